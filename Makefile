@@ -1,0 +1,39 @@
+# Two entry points on a fresh clone: `make run` and `make test`. Both create .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU build of torch lies on this machine's disk; install it first so that nothing pulls a
+# multi-GB CUDA build. Override on a GPU box: make install TORCH_SPEC='torch'
+TORCH_SPEC ?=
+
+.PHONY: run test install install-dev bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(if $(TORCH_SPEC),$(PIP) install -q '$(TORCH_SPEC)')
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(VENV)/bin/motionmask masks tests/data/sample.mp4 --out runs/sample --overlay
+
+# pytest exits 5 when it collects nothing: that is a failure here, never a pass.
+test: install-dev
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: install-dev
+	$(PY) bench/streamer.py
+	$(PY) bench/quality.py
+
+clean:
+	rm -rf $(VENV) runs bench/out

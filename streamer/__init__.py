@@ -1,0 +1,1 @@
+"""Streamer: video sources -> shots -> optical flow -> online motion masks -> pruning -> trimaps."""

@@ -1,0 +1,43 @@
+"""Atomic file writes: a temp file in the same directory, fsync, then rename over the target.
+An interrupted run leaves either the old file or the new one, never a torn one."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write a uint8 gray (HxW) or RGB (HxWx3) image as PNG, atomically."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OSError(f"could not encode PNG for {path}")
+    write_bytes(path, buf.tobytes())
+
+
+def write_json(path: str | Path, obj: object, fsync: bool = True) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), fsync=fsync)

@@ -1,0 +1,104 @@
+"""Typed configuration of the streamer. Loaded from YAML by motionmask.config; defaults here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SourceConfig:
+    open_timeout_s: float = 5.0  # network and camera open
+    read_timeout_s: float = 5.0  # a live source silent for this long counts as dropped
+    reconnect: bool = True  # live sources (camera, network) reconnect after a drop
+    reconnect_backoff_s: float = 0.5  # first wait; doubles up to the max
+    reconnect_backoff_max_s: float = 10.0
+    max_reconnects: int = 0  # 0 = retry forever
+    drop_stale: bool = True  # live sources: skip frames that queued up while we were busy
+    loop: bool = False  # files and folders: start again at the end (demo / make run)
+    camera_width: int = 0  # 0 = the camera's default
+    camera_height: int = 0
+    camera_fps: float = 0.0
+    folder_fps: float = 25.0  # timestamps for a folder of images
+
+
+@dataclass
+class ShotConfig:
+    hist_bins: int = 16  # per HSV channel
+    window: int = 30  # frames of history for the adaptive threshold
+    k_sigma: float = 5.0  # a cut is a distance this many robust sigmas above the recent median
+    min_distance: float = 0.30  # ... and at least this absolute histogram distance
+    min_shot_len: int = 3  # frames; suppresses double cuts at fades
+    dark_luma: float = 20.0  # mean luma (0-255) below which a frame is "black" and never cuts
+
+
+@dataclass
+class FlowConfig:
+    width: int = 160  # working resolution (height follows the aspect ratio)
+    preset: str = "fast"  # DIS preset: ultrafast | fast | medium
+    fb_sigma: float = 1.0  # forward-backward error (working px) at which confidence is exp(-1/2)
+
+
+@dataclass
+class GlobalMotionConfig:
+    model: str = "homography"  # homography | affine
+    samples: int = 600  # flow vectors sampled for RANSAC
+    ransac_threshold: float = 1.0  # working px
+    min_inliers: float = 0.3  # below this fraction the camera model is unreliable
+
+
+@dataclass
+class MotionConfig:
+    superpixels: str = "seeds"  # seeds (opencv-contrib) | slic (scikit-image)
+    num_superpixels: int = 300
+    history: int = 10  # recent frames of the same shot whose superpixels vote
+    neighbours: int = 8  # k of the k-nearest-neighbour vote
+    lookahead: int = 0  # frames of delay traded for quality; 0 = causal
+    iterations: int = 2  # rounds of vote propagation
+    saliency_scale: float = 0.0  # residual flow (working px) at saliency 0.5; 0 = adaptive
+
+
+@dataclass
+class PruneConfig:
+    fg_threshold: float = 0.5  # probability that counts as foreground for the checks below
+    min_fg: float = 0.10
+    max_fg: float = 0.80
+    border: float = 0.05  # width of the border band, as a fraction of each side
+    max_border_fg: float = 0.10  # fraction of the band that may be foreground
+
+
+@dataclass
+class TrimapConfig:
+    negative_below: float = 0.4
+    positive_above: float = 0.7
+
+
+@dataclass
+class StreamerConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    shots: ShotConfig = field(default_factory=ShotConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    global_motion: GlobalMotionConfig = field(default_factory=GlobalMotionConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    trimap: TrimapConfig = field(default_factory=TrimapConfig)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key for values no type check catches."""
+        checks = [
+            ("flow.preset", self.flow.preset in ("ultrafast", "fast", "medium"), "ultrafast, fast or medium"),
+            ("flow.width", 32 <= self.flow.width <= 2048, "between 32 and 2048"),
+            ("global_motion.model", self.global_motion.model in ("homography", "affine"), "homography or affine"),
+            ("motion.superpixels", self.motion.superpixels in ("seeds", "slic"), "seeds or slic"),
+            ("motion.num_superpixels", self.motion.num_superpixels >= 4, ">= 4"),
+            ("motion.history", self.motion.history >= 0, ">= 0"),
+            ("motion.neighbours", self.motion.neighbours >= 1, ">= 1"),
+            ("motion.lookahead", self.motion.lookahead >= 0, ">= 0"),
+            ("prune.min_fg", 0 <= self.prune.min_fg <= self.prune.max_fg <= 1, "0 <= min_fg <= max_fg <= 1"),
+            ("prune.border", 0 <= self.prune.border < 0.5, "in [0, 0.5)"),
+            ("trimap.negative_below", 0 <= self.trimap.negative_below <= self.trimap.positive_above <= 1,
+             "0 <= negative_below <= positive_above <= 1"),
+            ("source.read_timeout_s", self.source.read_timeout_s > 0, "> 0"),
+            ("source.open_timeout_s", self.source.open_timeout_s > 0, "> 0"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ValueError(f"streamer.{key} must be {want}")
