@@ -34,6 +34,7 @@ class ShotConfig:
 class FlowConfig:
     width: int = 160  # working resolution (height follows the aspect ratio)
     preset: str = "fast"  # DIS preset: ultrafast | fast | medium
+    finest_scale: int = 1  # DIS pyramid level where flow stops (0 = full res); the presets stop at 2, too blurry for small objects
     fb_sigma: float = 1.0  # forward-backward error (working px) at which confidence is exp(-1/2)
 
 
@@ -86,6 +87,7 @@ class StreamerConfig:
         checks = [
             ("flow.preset", self.flow.preset in ("ultrafast", "fast", "medium"), "ultrafast, fast or medium"),
             ("flow.width", 32 <= self.flow.width <= 2048, "between 32 and 2048"),
+            ("flow.finest_scale", 0 <= self.flow.finest_scale <= 4, "between 0 and 4"),
             ("global_motion.model", self.global_motion.model in ("homography", "affine"), "homography or affine"),
             ("motion.superpixels", self.motion.superpixels in ("seeds", "slic"), "seeds or slic"),
             ("motion.num_superpixels", self.motion.num_superpixels >= 4, ">= 4"),

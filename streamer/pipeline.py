@@ -3,11 +3,20 @@
 current shot and never mixes shots."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
+from streamer.config import StreamerConfig
+from streamer.flow import FlowEstimator, working_size
 from streamer.frames import Frame
+from streamer.global_motion import fit_global_motion, residual_motion
+from streamer.prune import prune, trimap
+from streamer.shots import ShotDetector
+from streamer.superpixels import Superpixels, SuperpixelExtractor
+from streamer.voting import OnlineVoter
 
 
 @dataclass
@@ -18,6 +27,148 @@ class MaskResult:
     trimap: np.ndarray  # H x W uint8: 0 negative, 128 don't care, 255 positive
     fg_fraction: float  # fraction of pixels with prob >= prune.fg_threshold
     kept: bool  # passed pruning (usable as a training sample)
-    reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | no_motion_history
+    reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | no_motion_history | dark
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     flow: np.ndarray | None = None  # h x w x 2 float32 at working resolution (frame t-1 -> t), if any
+
+
+@dataclass
+class _Analysis:
+    """What one frame contributes before voting: computed as soon as the frame arrives."""
+    frame: Frame
+    shot: int
+    small: np.ndarray  # working-resolution RGB
+    gray: np.ndarray
+    dark: bool
+    sp: Superpixels | None = None
+    saliency: np.ndarray | None = None  # per superpixel, raw (before voting)
+    to_prev: np.ndarray | None = None  # 3x3 camera model, this frame -> previous frame
+    motion: np.ndarray | None = None
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+def motion_saliency(residual: np.ndarray, noise: float, scale: float) -> np.ndarray:
+    """Residual motion (px) -> saliency in [0, 1); `scale` px gives 0.5. With scale 0 the
+    scale adapts to the frame's flow noise, so compression noise does not light up."""
+    tau = scale if scale > 0 else max(0.5, 3.0 * noise)
+    return (1.0 - np.exp(-np.log(2.0) * np.square(residual / tau))).astype(np.float32)
+
+
+class MotionSegmenter:
+    """Online uNLC. push() frames of one source in decode order; every pushed frame comes back
+    exactly once, in order, as a MaskResult (delayed by the look-ahead, and the first frame of
+    a shot waits for the second, whose flow it borrows)."""
+
+    def __init__(self, cfg: StreamerConfig):
+        self.cfg = cfg
+        self.shots = ShotDetector(cfg.shots)
+        self.flow = FlowEstimator(cfg.flow)
+        self.superpixels = SuperpixelExtractor(cfg.motion.superpixels, cfg.motion.num_superpixels)
+        self.voter = OnlineVoter(cfg.motion.history, cfg.motion.neighbours, cfg.motion.iterations)
+        self.pending: list[_Analysis] = []  # analysed, waiting for look-ahead frames
+        self.segment: list[_Analysis] = []  # frames of the current motion segment not yet voted
+
+    # -- public -------------------------------------------------------------------------------
+    def push(self, frame: Frame) -> list[MaskResult]:
+        t0 = time.perf_counter()
+        h, w = frame.height, frame.width
+        ww, wh = working_size(w, h, self.cfg.flow.width)
+        small = cv2.resize(frame.image, (ww, wh), interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        t1 = time.perf_counter()
+        decision = self.shots(small)
+        t2 = time.perf_counter()
+        a = _Analysis(frame, decision.shot, small, gray, decision.dark)
+        a.ms["resize"] = (t1 - t0) * 1e3
+        a.ms["shots"] = (t2 - t1) * 1e3
+        out: list[MaskResult] = []
+        prev = self.pending[-1] if self.pending else None
+        new_segment = (prev is None or decision.cut or prev.dark or prev.shot != a.shot
+                       or prev.gray.shape != gray.shape)
+        if new_segment:
+            out += self._finish_segment()
+        if a.dark:
+            out += self._finish_segment()
+            out.append(self._finalize(a, None))
+            return out
+        if new_segment or prev is None:
+            self.pending.append(a)  # head: analysed when the next frame brings flow
+            return out
+        if prev.sp is None:  # prev is a segment head: give it this frame's flow, reversed in time
+            self._analyse(prev, gray, reverse=True)
+        self._analyse(a, prev.gray)
+        self.pending.append(a)
+        out += self._emit_ready()
+        return out
+
+    def flush(self) -> list[MaskResult]:
+        return self._finish_segment()
+
+    # -- stages -------------------------------------------------------------------------------
+    def _analyse(self, a: _Analysis, other_gray: np.ndarray, reverse: bool = False) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        motion, conf = self.flow(other_gray, a.gray)
+        t1 = time.perf_counter()
+        gm = fit_global_motion(motion, conf, cfg.global_motion)
+        residual = residual_motion(motion, gm)
+        t2 = time.perf_counter()
+        sal = motion_saliency(residual, gm.residual_noise, cfg.motion.saliency_scale)
+        sp = self.superpixels(a.small)
+        t3 = time.perf_counter()
+        a.sp = sp
+        a.saliency = sp.pool(sal, conf + 0.05).astype(np.float32)
+        a.to_prev = None if reverse else gm.to_prev
+        a.motion = None if reverse else motion
+        a.ms.update(flow=(t1 - t0) * 1e3, global_motion=(t2 - t1) * 1e3, superpixels=(t3 - t2) * 1e3)
+
+    def _emit_ready(self) -> list[MaskResult]:
+        out = []
+        la = self.cfg.motion.lookahead
+        while self.pending and self.pending[0].sp is not None and len(self.pending) > la:
+            a = self.pending.pop(0)
+            out.append(self._finalize(a, self.pending[:la]))
+        return out
+
+    def _finish_segment(self) -> list[MaskResult]:
+        out = []
+        while self.pending:
+            a = self.pending.pop(0)
+            out.append(self._finalize(a, self.pending[: self.cfg.motion.lookahead]))
+        self.voter.reset()
+        return out
+
+    def _finalize(self, a: _Analysis, future: list[_Analysis] | None) -> MaskResult:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        h, w = a.frame.height, a.frame.width
+        if a.sp is None:  # dark, or a shot of one frame: no motion evidence at all
+            prob = np.zeros((h, w), np.float32)
+            reason = "dark" if a.dark else "no_motion_history"
+            a.ms["vote"] = 0.0
+            return self._result(a, prob, reason_override=reason, t_start=t0)
+        if a.to_prev is not None:
+            self.voter.move_history(np.linalg.inv(a.to_prev))
+        ahead = []
+        to_here = np.eye(3)
+        for f in future or []:
+            if f.sp is None or f.to_prev is None:
+                break
+            to_here = to_here @ f.to_prev  # f -> ... -> a
+            c = cv2.perspectiveTransform(f.sp.centroid[None].astype(np.float64), to_here)[0].astype(np.float32)
+            ahead.append((Superpixels(f.sp.labels, f.sp.n, f.sp.area, c, f.sp.features), f.saliency))
+        voted = self.voter.vote(a.sp, a.saliency, ahead)
+        small_prob = a.sp.paint(np.clip(voted, 0.0, 1.0))
+        t1 = time.perf_counter()
+        prob = cv2.resize(small_prob, (w, h), interpolation=cv2.INTER_LINEAR) if small_prob.shape != (h, w) else small_prob
+        a.ms["vote"] = (t1 - t0) * 1e3
+        return self._result(a, prob, t_start=t1)
+
+    def _result(self, a: _Analysis, prob: np.ndarray, t_start: float, reason_override: str = "") -> MaskResult:
+        cfg = self.cfg
+        frac, kept, reason = prune(prob, cfg.prune)
+        if reason_override:
+            kept, reason = False, reason_override
+        tri = trimap(prob, cfg.trimap)
+        a.ms["upsample_prune"] = (time.perf_counter() - t_start) * 1e3
+        return MaskResult(a.frame, a.shot, prob, tri, frac, kept, reason, dict(a.ms), a.motion)

@@ -1,0 +1,90 @@
+"""Superpixels and the per-superpixel features that the nearest-neighbour vote compares.
+
+SEEDS (OpenCV ximgproc) is the default: at 160x120 it runs in a few ms where scikit-image's
+SLIC takes tens of ms, and superpixels are the costliest stage of the streamer (see README).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+COLOR_BINS = 8  # per Lab channel (marginal histograms: dense enough for ~60-pixel superpixels)
+ORIENT_BINS = 8
+
+
+@dataclass
+class Superpixels:
+    labels: np.ndarray  # h x w int32 in [0, n)
+    n: int
+    area: np.ndarray  # (n,) pixels per superpixel (0 for empty labels)
+    centroid: np.ndarray  # (n, 2) x, y in working pixels
+    features: np.ndarray  # (n, d) float32 appearance: sqrt-normalised histograms (Hellinger)
+
+    def pool(self, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Mean of a per-pixel map over each superpixel (weighted if weights given)."""
+        lab = self.labels.ravel()
+        if weights is None:
+            s = np.bincount(lab, values.ravel(), minlength=self.n)
+            return s / np.maximum(self.area, 1)
+        w = weights.ravel()
+        s = np.bincount(lab, (values * weights).ravel(), minlength=self.n)
+        return s / np.maximum(np.bincount(lab, w, minlength=self.n), 1e-6)
+
+    def paint(self, values: np.ndarray) -> np.ndarray:
+        return values[self.labels].astype(np.float32)
+
+
+class SuperpixelExtractor:
+    def __init__(self, method: str, num_superpixels: int):
+        self.method = method
+        self.num = num_superpixels
+        self._seeds = None
+        self._seeds_size: tuple[int, int] | None = None
+
+    def labels(self, lab: np.ndarray) -> np.ndarray:
+        h, w = lab.shape[:2]
+        if self.method == "slic":
+            from skimage.segmentation import slic
+
+            return slic(lab, n_segments=self.num, compactness=10, start_label=0, convert2lab=False).astype(np.int32)
+        if self._seeds_size != (w, h):
+            # SEEDS objects are bound to one image size; rebuilt only when it changes.
+            self._seeds = cv2.ximgproc.createSuperpixelSEEDS(w, h, 3, self.num, 4, 2, 5, False)
+            self._seeds_size = (w, h)
+        self._seeds.iterate(lab, 4)
+        return self._seeds.getLabels().astype(np.int32)
+
+    def __call__(self, rgb: np.ndarray) -> Superpixels:
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
+        labels = self.labels(lab)
+        return describe(labels, lab)
+
+
+def describe(labels: np.ndarray, lab: np.ndarray) -> Superpixels:
+    """Colour (Lab) and gradient-orientation histograms per superpixel, plus centroids."""
+    h, w = labels.shape
+    n = int(labels.max()) + 1
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=n).astype(np.float64)
+    ys, xs = np.divmod(np.arange(h * w), w)
+    safe = np.maximum(area, 1)
+    centroid = np.stack([np.bincount(flat, xs, n) / safe, np.bincount(flat, ys, n) / safe], axis=1)
+
+    feats = []
+    q = (lab.reshape(-1, 3).astype(np.int32) * COLOR_BINS) >> 8  # 0..COLOR_BINS-1 per channel
+    for c in range(3):
+        hist = np.bincount(flat * COLOR_BINS + q[:, c], minlength=n * COLOR_BINS).reshape(n, COLOR_BINS)
+        feats.append(hist / safe[:, None])
+    gray = lab[..., 0].astype(np.float32)
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    mag = np.sqrt(gx * gx + gy * gy).ravel()
+    ang = (np.arctan2(gy, gx).ravel() % np.pi) / np.pi  # unsigned orientation in [0, 1)
+    ob = np.minimum((ang * ORIENT_BINS).astype(np.int32), ORIENT_BINS - 1)
+    ohist = np.bincount(flat * ORIENT_BINS + ob, mag, minlength=n * ORIENT_BINS).reshape(n, ORIENT_BINS)
+    feats.append(ohist / np.maximum(ohist.sum(axis=1, keepdims=True), 1e-6))
+    # sqrt turns Euclidean distance between histograms into the Hellinger distance
+    features = np.sqrt(np.concatenate(feats, axis=1)).astype(np.float32)
+    return Superpixels(labels, n, area, centroid.astype(np.float32), features)
