@@ -30,7 +30,7 @@ def put_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float) -> 
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
 
-def render_overlay(result: MaskResult, alpha: float = 0.55) -> np.ndarray:
+def render_overlay(result: MaskResult, alpha: float = 0.55, text: bool = True) -> np.ndarray:
     """The frame tinted by foreground probability, trimap contours, and a caption. RGB uint8."""
     img = result.frame.image
     h, w = img.shape[:2]
@@ -44,9 +44,16 @@ def render_overlay(result: MaskResult, alpha: float = 0.55) -> np.ndarray:
         if region.any() and not region.all():
             contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(out, contours, -1, colour, line, cv2.LINE_AA)
+    if not text:
+        return out
     scale = max(0.3, min(1.0, w / 900))
     put_text(out, caption(result), (3, max(10, round(22 * scale * 1.4))), scale)
     return out
+
+
+def contact_label(result: MaskResult) -> list[str]:
+    state = "kept" if result.kept else f"pruned: {result.reason or '?'}"
+    return [f"frame {result.frame.index}  shot {result.shot}", state]
 
 
 def trimap_rgb(trimap: np.ndarray) -> np.ndarray:
@@ -134,17 +141,19 @@ class ContactSheet:
         self.thumb_width = thumb_width
         self.stride = 1
         self.seen = 0
-        self._kept: list[tuple[int, int, list[np.ndarray]]] = []  # (position, frame index, rows)
+        self._kept: list[tuple[int, list[str], list[np.ndarray]]] = []  # (position, label lines, rows)
 
     def wants(self) -> bool:
         """Whether the next add() keeps its frame; lets callers skip rendering the others."""
         return self.seen % self.stride == 0
 
-    def add(self, index: int, rows: list[np.ndarray]) -> None:
+    def add(self, label: str | list[str], rows: list[np.ndarray]) -> None:
+        """`label`: the column's heading (one or more short lines); rows: RGB or gray images."""
         pos, self.seen = self.seen, self.seen + 1
         if pos % self.stride:
             return
-        self._kept.append((pos, index, [self._thumb(r) for r in rows]))
+        lines = [label] if isinstance(label, str) else list(label)
+        self._kept.append((pos, lines, [self._thumb(r) for r in rows]))
         if len(self._kept) > 2 * self.columns:
             self.stride *= 2
             self._kept = [k for k in self._kept if k[0] % self.stride == 0]
@@ -163,14 +172,17 @@ class ContactSheet:
             return None
         picks = np.unique(np.linspace(0, len(self._kept) - 1, min(self.columns, len(self._kept))).round().astype(int))
         chosen = [self._kept[i] for i in picks]
-        gap, label_h = 4, 22
+        gap = 4
+        n_lines = max(len(lines) for _, lines, _ in chosen)
+        label_h = 6 + 18 * n_lines
         tw = self.thumb_width
         th = max(t.shape[0] for _, _, rows in chosen for t in rows)
         n_rows = max(len(rows) for _, _, rows in chosen)
         sheet = np.full((label_h + n_rows * (th + gap), len(chosen) * (tw + gap) + gap, 3), 32, np.uint8)
-        for c, (_, index, rows) in enumerate(chosen):
+        for c, (_, lines, rows) in enumerate(chosen):
             x = gap + c * (tw + gap)
-            put_text(sheet, f"frame {index}", (x + 2, label_h - 6), 0.5)
+            for k, line in enumerate(lines):
+                put_text(sheet, line, (x + 2, 18 + 18 * k), 0.45)
             for r, thumb in enumerate(rows):
                 y = label_h + r * (th + gap)
                 sheet[y:y + thumb.shape[0], x:x + tw] = thumb

@@ -131,10 +131,21 @@ class MaskWriter:
         if self._fd is None:
             raise ValueError("MaskWriter is closed")
         name = mask_name(result.frame.index)
-        write_png(self.out_dir / name, prob_to_png(result.prob))
-        write_png(self.trimap_dir / name, np.ascontiguousarray(result.trimap, dtype=np.uint8))
         record = frame_record(result)
-        append_line(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        paths = [self.out_dir / name, self.trimap_dir / name]
+        try:
+            write_png(paths[0], prob_to_png(result.prob))
+            write_png(paths[1], np.ascontiguousarray(result.trimap, dtype=np.uint8))
+            append_line(self._fd, line)
+        except BaseException:
+            # all of a frame or none of it (full disk, Ctrl-C): no mask without its jsonl line
+            for p in paths:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+            raise
         self.written += 1
         return record
 

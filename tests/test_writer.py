@@ -13,7 +13,7 @@ import pytest
 
 from streamer.errors import UserError
 from streamer.frames import Frame
-from streamer.overlay import ContactSheet, OverlayVideo, render_overlay
+from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay
 from streamer.pipeline import MaskResult
 from streamer.writer import JSONL_NAME, MaskWriter, append_line, prob_to_png
 
@@ -152,11 +152,11 @@ def test_contact_sheet_picks_evenly_spaced_frames_in_bounded_memory(tmp_path):
     for i in range(1000):
         if sheet.wants():
             r = make_result(i)
-            sheet.add(i, [r.frame.image, render_overlay(r), r.trimap])
+            sheet.add(contact_label(r), [r.frame.image, render_overlay(r, text=False), r.trimap])
         else:
-            sheet.add(i, [])
+            sheet.add("", [])
         assert len(sheet._kept) <= 16
-    idx = [k[1] for k in sheet._kept]
+    idx = [k[0] for k in sheet._kept]  # positions in the run, here equal to frame indices
     picks = np.linspace(0, len(idx) - 1, 8).round().astype(int)
     chosen = [idx[p] for p in picks]
     assert chosen[0] == 0 and chosen[-1] > 800
