@@ -1,6 +1,7 @@
 """Pictures of the masks for a person: overlay frames, an H.264 overlay.mp4, a contact sheet PNG."""
 from __future__ import annotations
 
+import functools
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -12,8 +13,8 @@ import numpy as np
 from streamer.atomic import write_png
 from streamer.pipeline import MaskResult
 
-KEPT_TINT = np.array([40, 220, 90], np.float32)  # green: a usable training sample
-PRUNED_TINT = np.array([235, 60, 60], np.float32)  # red: pruned, with the reason in the text
+KEPT_TINT = (40, 220, 90)  # green: a usable training sample
+PRUNED_TINT = (235, 60, 60)  # red: pruned, with the reason in the text
 POSITIVE_EDGE = (255, 235, 0)  # trimap 255 boundary
 UNKNOWN_EDGE = (0, 190, 255)  # outer boundary of the don't-care band
 
@@ -30,14 +31,24 @@ def put_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float) -> 
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
 
+@functools.lru_cache(maxsize=4)
+def _solid(h: int, w: int, rgb: tuple[int, int, int]) -> np.ndarray:
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = rgb
+    img.flags.writeable = False
+    return img
+
+
 def render_overlay(result: MaskResult, alpha: float = 0.55, text: bool = True) -> np.ndarray:
     """The frame tinted by foreground probability, trimap contours, and a caption. RGB uint8."""
     img = result.frame.image
     h, w = img.shape[:2]
-    prob = np.clip(np.nan_to_num(result.prob.astype(np.float32, copy=False)), 0, 1)
-    tint = KEPT_TINT if result.kept else PRUNED_TINT
-    a = (alpha * prob)[..., None]
-    out = (img.astype(np.float32) * (1 - a) + tint * a).astype(np.uint8)
+    a = result.prob.astype(np.float32) * alpha
+    np.clip(a, 0.0, alpha, out=a)
+    if not np.isfinite(a.sum()):  # a NaN weight would smear garbage over the frame
+        a = np.nan_to_num(a, nan=0.0)
+    colour = _solid(h, w, KEPT_TINT if result.kept else PRUNED_TINT)
+    out = cv2.blendLinear(img, colour, 1.0 - a, a)  # several times faster than numpy at 1080p
     line = max(1, round(min(h, w) / 360))
     for value, colour in ((1, UNKNOWN_EDGE), (255, POSITIVE_EDGE)):
         region = (result.trimap >= value).astype(np.uint8)
