@@ -25,7 +25,9 @@ class ShotConfig:
     hist_bins: int = 16  # per HSV channel
     window: int = 30  # frames of history for the adaptive threshold
     k_sigma: float = 5.0  # a cut is a distance this many robust sigmas above the recent median
-    min_distance: float = 0.30  # ... and at least this absolute histogram distance
+    min_distance: float = 0.20  # ... and at least this absolute (Hellinger) histogram distance
+    dissolve_gap: int = 8  # a gradual transition: far from the frame this many frames back...
+    dissolve_distance: float = 0.50  # ... by at least this distance
     min_shot_len: int = 3  # frames; suppresses double cuts at fades
     dark_luma: float = 20.0  # mean luma (0-255) below which a frame is "black" and never cuts
 

@@ -37,14 +37,14 @@ def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class ShotDetector:
-    def __init__(self, cfg: ShotConfig, dissolve_gap: int = 8):
+    def __init__(self, cfg: ShotConfig):
         self.cfg = cfg
-        self.gap = dissolve_gap
+        self.gap = cfg.dissolve_gap
         self.shot = -1
         self.since_cut = 0
         self.last_lit: np.ndarray | None = None
         self.recent = deque(maxlen=cfg.window)  # distances within the current shot
-        self.lit_hists: deque[np.ndarray] = deque(maxlen=dissolve_gap + 1)
+        self.lit_hists: deque[np.ndarray] = deque(maxlen=cfg.dissolve_gap + 1)
 
     def __call__(self, rgb_small: np.ndarray) -> ShotDecision:
         luma = float(cv2.cvtColor(rgb_small, cv2.COLOR_RGB2GRAY).mean())
@@ -93,4 +93,4 @@ class ShotDetector:
         if len(self.lit_hists) <= self.gap:
             return False
         # far from `gap` frames ago although each step was small: a gradual transition
-        return histogram_distance(hist, self.lit_hists[0]) > 2.0 * self.cfg.min_distance
+        return histogram_distance(hist, self.lit_hists[0]) > self.cfg.dissolve_distance
