@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from streamer.config import StreamerConfig
+from streamer.ringbuffer import BufferConfig
+from streamer.publish import PublishConfig
 
 
 class ConfigError(ValueError):
@@ -25,6 +27,8 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     streamer: StreamerConfig = field(default_factory=StreamerConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -129,6 +133,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     try:
         cfg = from_dict(Config, data)
         cfg.streamer.validate()
+        cfg.buffer.validate()
+        cfg.publish.validate()
     except (ConfigError, ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     return cfg

@@ -1,0 +1,63 @@
+"""`motionmask keys`: create a CurveZMQ certificate pair for a publisher or a subscriber."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import zmq.auth
+
+from streamer.errors import UserError
+
+EPILOG = """examples:
+  motionmask keys keys/ --name server     # on the robot: keys/server.key, keys/server.key_secret
+  motionmask keys keys/ --name laptop     # on each viewer: keys/laptop.key, keys/laptop.key_secret
+
+then, on the robot, in the config:
+  publish:
+    curve_secret_file: keys/server.key_secret
+    curve_clients_dir: keys/clients        # copy each viewer's laptop.key (public) in here
+and on the viewer:
+  motionmask subscribe --endpoint tcp://robot:5555 --curve-server-key server.key \\
+      --curve-secret-file keys/laptop.key_secret
+NAME.key is public: hand it out. NAME.key_secret stays on its machine (written mode 0600)."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("keys", help="create CurveZMQ key files for encrypted, authenticated masks",
+                       description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", type=Path, help="directory for the key files (created if missing)")
+    p.add_argument("--name", default="server", help="file stem: NAME.key and NAME.key_secret (default server)")
+    p.add_argument("--force", action="store_true", help="replace existing key files of that name")
+    return p
+
+
+def create_keys(directory: Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """Write NAME.key (public) and NAME.key_secret (0600) atomically; refuse to overwrite
+    unless force, since replacing a server's secret locks out every client."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise UserError(f"--name {name!r}: use letters, digits, '_', '-' or '.'")
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    existing = [p for p in (public, secret) if p.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} already exists; pass --force to replace it "
+                        f"(clients holding the old public key will be refused)")
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".keys.") as tmp:
+        pub_tmp, sec_tmp = zmq.auth.create_certificates(tmp, name)
+        os.chmod(sec_tmp, 0o600)
+        os.replace(sec_tmp, secret)
+        os.replace(pub_tmp, public)
+    return public, secret
+
+
+def run(args: argparse.Namespace) -> int:
+    public, secret = create_keys(args.dir, args.name, args.force)
+    print(f"public key (share it): {public}")
+    print(f"secret key (keep it):  {secret}")
+    print("see `motionmask keys --help` for where each goes", file=sys.stderr)
+    return 0
