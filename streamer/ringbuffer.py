@@ -1,0 +1,772 @@
+"""Shared-memory ring buffer of training samples, between camera streamers and the learner.
+
+One process creates the buffer (`RingBuffer.create`, the owner, unlinks it on close); streamer
+processes (one per camera) and the learner attach by name (`RingBuffer.attach`) or receive the
+object through multiprocessing (it pickles as "attach by name"). Samples live in fixed-size slots
+at the training resolution: frame HxWx3 u8, trimap HxW u8 (0/128/255), motion probability HxW u8
+(prob*255), flow HxWx2 float16 (slot pixels) and a metadata row.
+
+Concurrency, and why it never blocks a streamer:
+- A writer takes one short lock (flock on the segment, held for tens of microseconds) only to pick
+  a slot and mark it WRITING; it waits at most `lock_timeout_ms` for it, else it drops the sample
+  and counts the drop. It copies the data after releasing the lock.
+- Each slot has a sequence number (a seqlock): odd while being written. A reader copies a slot out
+  and keeps the copy only if the number was even and unchanged across the copy, so it never returns
+  a torn sample and never waits for a writer.
+- flock is released by the kernel when its holder dies, and a slot left WRITING by a dead writer is
+  reclaimed once its writer pid is gone, so a SIGKILLed streamer never wedges the buffer.
+- Counters live in one row per attached process (only that process writes it), so drops that
+  happened *because* the lock was busy are still visible to every other process at once.
+
+Memory ordering: the seqlock relies on the CPU not reordering stores as seen by other cores
+(x86-TSO). Python offers no fences; on weakly ordered CPUs (ARM) the seqlock is best effort.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import _posixshmem  # the module multiprocessing.shared_memory is built on; gives us the fd
+import cv2
+import numpy as np
+from multiprocessing import resource_tracker
+
+from streamer.errors import UserError
+from streamer.log import log_event
+
+if TYPE_CHECKING:  # the pipeline pulls in flow and superpixels; config loading must stay light
+    from streamer.pipeline import MaskResult
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"MMRING01"
+VERSION = 1
+FREE, WRITING, READY = 0, 1, 2
+MAX_CLIENTS = 64  # attached processes at once; row 0 accumulates the counts of departed ones
+CAMERA_BYTES = 64
+# A slot WRITING for this long is checked: reclaimed if its writer pid is gone...
+ABANDON_CHECK_S = 1.0
+# ... or unconditionally after this long (pid reused, writer in another pid namespace).
+ABANDON_FORCE_S = 30.0
+
+COUNTERS = (
+    "puts", "drop_lock_timeout", "drop_no_slot", "drop_lost_slot",
+    "evict_shot_cap", "evict_oldest", "reclaimed", "samples", "sample_retries",
+)
+_C = {name: i for i, name in enumerate(COUNTERS)}
+
+_HEADER = np.dtype([
+    ("magic", "S8"), ("version", "<u4"), ("height", "<u4"), ("width", "<u4"), ("slots", "<u4"),
+    ("clients", "<u4"), ("per_shot_cap", "<u4"), ("owner_pid", "<i8"), ("created", "<f8"),
+    ("put_seq", "<u8"), ("size", "<u8"),
+])
+_HEADER_BYTES = 4096
+_CLIENT = np.dtype([("pid", "<i8"), ("counts", "<i8", (16,))])
+_META = np.dtype([
+    ("put_seq", "<u8"), ("frame_index", "<i8"), ("shot", "<i8"), ("capture_time", "<f8"),
+    ("put_time", "<f8"), ("write_start", "<f8"), ("writer_pid", "<i8"), ("camera_id", "<i8"),
+    ("valid", "<i4", (4,)), ("source_hw", "<i4", (2,)),
+    ("state", "u1"), ("has_flow", "u1"), ("camera", f"S{CAMERA_BYTES}"),
+])
+_ALIGN = 4096
+_NEVER = np.uint64(2**64 - 1)  # put_seq that loses every "oldest" comparison
+
+
+@dataclass
+class BufferConfig:
+    train_width: int = 320  # slot resolution: frames are resized to fit, keeping aspect, and padded
+    train_height: int = 240
+    memory_mb: float = 256.0  # budget for the whole segment (in /dev/shm); sets the number of slots
+    per_shot_cap: int = 0  # most samples one (camera, shot) may hold; 0 = a quarter of the slots
+    sampling: str = "uniform"  # uniform | recency
+    half_life_s: float = 120.0  # recency sampling: a sample this much older is half as likely
+    lock_timeout_ms: float = 2.0  # longest a streamer waits for the slot lock before dropping
+    name: str = ""  # shared-memory name; "" = unique per run. Set one so other processes can attach
+    replace_stale: bool = True  # a segment of that name left by a dead process is replaced
+
+    def slots(self) -> int:
+        return slots_for(self.train_height, self.train_width, self.memory_mb)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key for values no type check catches."""
+        checks = [
+            ("train_width", 16 <= self.train_width <= 4096, "between 16 and 4096"),
+            ("train_height", 16 <= self.train_height <= 4096, "between 16 and 4096"),
+            ("memory_mb", self.memory_mb > 0, "> 0"),
+            ("per_shot_cap", self.per_shot_cap >= 0, ">= 0 (0 = a quarter of the slots)"),
+            ("sampling", self.sampling in ("uniform", "recency"), "uniform or recency"),
+            ("half_life_s", self.half_life_s > 0, "> 0"),
+            ("lock_timeout_ms", 0 <= self.lock_timeout_ms <= 1000, "between 0 and 1000"),
+            ("name", "/" not in self.name and len(self.name) <= 200, "a name without '/' (<= 200 chars)"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ValueError(f"buffer.{key} must be {want}")
+        n = self.slots()
+        if n < 2:
+            need = _total_bytes(self.train_height, self.train_width, 2) / 2**20
+            raise ValueError(
+                f"buffer.memory_mb: {self.memory_mb:g} MB holds {n} slot(s) of "
+                f"{self.train_width}x{self.train_height}; need at least 2 (>= {need:.1f} MB), "
+                f"or lower buffer.train_width/train_height")
+
+
+@dataclass
+class Sample:
+    """One training sample in slot form (see `sample_from_result`)."""
+    camera: str
+    frame_index: int
+    shot: int
+    capture_time: float
+    image: np.ndarray  # H x W x 3 uint8 RGB, slot size
+    trimap: np.ndarray  # H x W uint8, 128 (don't care) in the padding
+    prob: np.ndarray  # H x W uint8, round(prob * 255), 0 in the padding
+    flow: np.ndarray | None  # H x W x 2 float16 in slot pixels, or None (first frame of a shot)
+    valid: tuple[int, int, int, int]  # y0, x0, height, width of the image inside the slot
+    source_hw: tuple[int, int] = (0, 0)  # original frame height, width
+
+
+def _aligned(n: int, a: int = _ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+def _layout(h: int, w: int, n: int) -> tuple[dict[str, tuple[int, Any, tuple]], int]:
+    """Offsets of every array in the segment; the same function on both sides of an attach."""
+    parts = [
+        ("header", _HEADER, (1,)),
+        ("clients", _CLIENT, (MAX_CLIENTS,)),
+        ("seq", np.dtype("<u8"), (n,)),
+        ("meta", _META, (n,)),
+        ("frames", np.dtype("u1"), (n, h, w, 3)),
+        ("trimaps", np.dtype("u1"), (n, h, w)),
+        ("probs", np.dtype("u1"), (n, h, w)),
+        ("flows", np.dtype("<f2"), (n, h, w, 2)),
+    ]
+    out, off = {}, 0
+    for name, dt, shape in parts:
+        out[name] = (off, dt, shape)
+        nbytes = dt.itemsize * int(np.prod(shape))
+        off = _aligned(off + (max(nbytes, _HEADER_BYTES) if name == "header" else nbytes))
+    return out, off
+
+
+def _total_bytes(h: int, w: int, n: int) -> int:
+    return _layout(h, w, n)[1]
+
+
+def slots_for(height: int, width: int, memory_mb: float) -> int:
+    """How many slots of height x width fit in memory_mb, metadata and alignment included."""
+    budget = int(memory_mb * 2**20)
+    per_slot = 9 * height * width + _META.itemsize + 8
+    n = max(0, (budget - _total_bytes(height, width, 0)) // per_slot)
+    while n > 0 and _total_bytes(height, width, n) > budget:
+        n -= 1
+    return int(n)
+
+
+def camera_key(camera: str) -> bytes:
+    """Camera ids are stored in 64 bytes; longer ones (URLs) keep a readable prefix and a hash."""
+    b = camera.encode()
+    if len(b) <= CAMERA_BYTES and not b.endswith(b"\0"):
+        return b
+    return b[:CAMERA_BYTES - 17] + b"~" + hashlib.blake2b(b, digest_size=8).hexdigest().encode()
+
+
+def _camera_id(key: bytes) -> int:
+    """64-bit id of a camera key: comparing ints under the lock is 10x faster than 64-byte names."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little", signed=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _shm_free_bytes() -> int | None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class Batch:
+    """Samples copied out of the buffer. Arrays are views of the first `n` rows of storage that is
+    allocated once; pass the batch back as `sample(..., out=batch)` to reuse it (the learner may
+    hand in its own, e.g. pinned, arrays through `storage`)."""
+
+    def __init__(self, capacity: int, height: int, width: int,
+                 storage: dict[str, np.ndarray] | None = None) -> None:
+        want = {
+            "frames": ((capacity, height, width, 3), np.uint8),
+            "trimaps": ((capacity, height, width), np.uint8),
+            "probs": ((capacity, height, width), np.uint8),
+            "flows": ((capacity, height, width, 2), np.float16),
+        }
+        storage = dict(storage or {})
+        for key, (shape, dt) in want.items():
+            arr = storage.get(key)
+            if arr is None:
+                storage[key] = np.empty(shape, dt)
+            elif arr.shape != shape or arr.dtype != dt or not arr.flags.c_contiguous:
+                raise ValueError(f"Batch storage {key!r}: need C-contiguous {shape} {np.dtype(dt)}, "
+                                 f"got {arr.shape} {arr.dtype}")
+        self.capacity, self.height, self.width = capacity, height, width
+        self._s = storage
+        self._meta = np.zeros(capacity, _META)
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    frames = property(lambda self: self._s["frames"][: self.n])  # n x H x W x 3 uint8
+    trimaps = property(lambda self: self._s["trimaps"][: self.n])  # n x H x W uint8
+    probs = property(lambda self: self._s["probs"][: self.n])  # n x H x W uint8 (prob * 255)
+    flows = property(lambda self: self._s["flows"][: self.n])  # n x H x W x 2 float16
+    frame_index = property(lambda self: self._meta["frame_index"][: self.n])
+    shot = property(lambda self: self._meta["shot"][: self.n])
+    capture_time = property(lambda self: self._meta["capture_time"][: self.n])
+    put_time = property(lambda self: self._meta["put_time"][: self.n])  # time.monotonic() at put
+    put_seq = property(lambda self: self._meta["put_seq"][: self.n])
+    valid = property(lambda self: self._meta["valid"][: self.n])  # n x 4: y0, x0, h, w
+    source_hw = property(lambda self: self._meta["source_hw"][: self.n])
+    has_flow = property(lambda self: self._meta["has_flow"][: self.n].astype(bool))
+
+    @property
+    def cameras(self) -> list[str]:
+        return [c.decode(errors="replace") for c in self._meta["camera"][: self.n]]
+
+
+class RingBuffer:
+    """See the module docstring. Use `create` or `attach`, not the constructor."""
+
+    def __init__(self, name: str, mm: mmap.mmap, owner: bool, cfg: BufferConfig) -> None:
+        self.name = name
+        self._mm = mm
+        self._owner = owner
+        self._closed = False
+        self._lock_timeout_s = cfg.lock_timeout_ms / 1000.0
+        self.sampling = cfg.sampling
+        self.half_life_s = cfg.half_life_s
+        hdr = np.frombuffer(mm, _HEADER, 1, 0)
+        self.height, self.width = int(hdr["height"][0]), int(hdr["width"][0])
+        self._cfg = dataclasses.replace(cfg, train_width=self.width, train_height=self.height, name=name)
+        self.capacity = int(hdr["slots"][0])
+        self.per_shot_cap = int(hdr["per_shot_cap"][0])
+        layout, size = _layout(self.height, self.width, self.capacity)
+        if size > len(mm):
+            raise UserError(f"ring buffer {name!r} is truncated ({len(mm)} < {size} bytes); "
+                            f"remove /dev/shm/{name} and restart the learner")
+        v = {k: np.frombuffer(mm, dt, int(np.prod(shape)), off).reshape(shape)
+             for k, (off, dt, shape) in layout.items()}
+        self._v = v
+        self._hdr, self._clients, self._seq, self._meta = v["header"], v["clients"], v["seq"], v["meta"]
+        self._frames, self._trimaps, self._probs, self._flows = v["frames"], v["trimaps"], v["probs"], v["flows"]
+        m = self._meta
+        self._m_state, self._m_camera, self._m_shot = m["state"], m["camera"], m["shot"]
+        self._m_camera_id = m["camera_id"]
+        self._m_put_seq, self._m_put_time = m["put_seq"], m["put_time"]
+        self._m_write_start, self._m_pid = m["write_start"], m["writer_pid"]
+        self._cam_cache: dict[str, tuple[bytes, int]] = {}
+        self._pid = -1
+        self._fd = -1
+        self._row = -1
+        self._bind_process()
+
+    # ---- lifetime -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: BufferConfig, name: str | None = None) -> "RingBuffer":
+        """Create the segment (this process owns it and unlinks it on close).
+
+        `name` (or cfg.name) may be given so that separately started processes can attach; a
+        segment of that name left by a crashed run is replaced when cfg.replace_stale is set, and
+        one whose owner is still running is never touched."""
+        cfg.validate()
+        name = name or cfg.name or f"motionmask_{os.getpid()}_{os.urandom(4).hex()}"
+        if "/" in name:
+            raise UserError(f"ring buffer name {name!r} must not contain '/'")
+        h, w, n = cfg.train_height, cfg.train_width, cfg.slots()
+        size = _total_bytes(h, w, n)
+        free = _shm_free_bytes()
+        if free is not None and size > free:
+            raise UserError(
+                f"buffer.memory_mb={cfg.memory_mb:g} needs {size / 2**20:.0f} MB but /dev/shm has "
+                f"{free / 2**20:.0f} MB free; lower buffer.memory_mb (in Docker: --shm-size)")
+        shm_path = "/" + name
+        try:
+            fd = _posixshmem.shm_open(shm_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        except FileExistsError:
+            cls._handle_existing(name, cfg)
+            fd = _posixshmem.shm_open(shm_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        try:
+            os.ftruncate(fd, size)
+            try:  # reserve the pages now: a full /dev/shm fails here, not with SIGBUS mid-run
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise UserError(f"/dev/shm is full: cannot reserve {size / 2**20:.0f} MB for "
+                                    f"ring buffer {name!r}; lower buffer.memory_mb") from None
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            _posixshmem.shm_unlink(shm_path)
+            raise
+        os.close(fd)
+        # The tracker unlinks the segment if this process dies without close().
+        resource_tracker.register(shm_path, "shared_memory")
+        hdr = np.frombuffer(mm, _HEADER, 1, 0)
+        hdr["version"], hdr["height"], hdr["width"], hdr["slots"] = VERSION, h, w, n
+        hdr["clients"] = MAX_CLIENTS
+        hdr["per_shot_cap"] = cfg.per_shot_cap or max(1, n // 4)
+        hdr["owner_pid"], hdr["created"], hdr["size"] = os.getpid(), time.time(), size
+        hdr["magic"] = MAGIC  # last: an attacher racing the creation sees no magic yet
+        del hdr
+        try:
+            rb = cls(name, mm, owner=True, cfg=cfg)
+        except BaseException:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # views of a half-built instance; unmapped when collected
+            _posixshmem.shm_unlink(shm_path)
+            resource_tracker.unregister(shm_path, "shared_memory")
+            raise
+        log_event(logger, "ring_create", name=name, slots=n, slot=f"{w}x{h}", mb=round(size / 2**20, 1),
+                  per_shot_cap=rb.per_shot_cap)
+        return rb
+
+    @classmethod
+    def _handle_existing(cls, name: str, cfg: BufferConfig) -> None:
+        owner = 0
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
+            try:
+                if os.fstat(fd).st_size >= _HEADER.itemsize:
+                    with mmap.mmap(fd, _HEADER.itemsize, prot=mmap.PROT_READ) as mm:
+                        hdr = np.frombuffer(mm, _HEADER, 1, 0).copy()
+                        if hdr["magic"][0] == MAGIC:
+                            owner = int(hdr["owner_pid"][0])
+                        del hdr
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            return  # vanished meanwhile
+        if owner and _pid_alive(owner):
+            raise UserError(f"ring buffer {name!r} is in use by running process {owner}; "
+                            f"stop it or choose another buffer.name")
+        if not cfg.replace_stale:
+            raise UserError(f"shared memory {name!r} already exists (left by a crashed run, owner pid "
+                            f"{owner or 'unknown'} is not running); delete /dev/shm/{name} or set "
+                            f"buffer.replace_stale: true")
+        _posixshmem.shm_unlink("/" + name)
+        log_event(logger, "ring_stale_replaced", logging.WARNING, name=name, dead_owner=owner)
+
+    @classmethod
+    def attach(cls, name: str, cfg: BufferConfig | None = None) -> "RingBuffer":
+        """Attach to a buffer created by another process. Never unlinks it; on close or exit it
+        only unmaps. cfg (optional) gives this process's lock timeout and sampling defaults; its
+        slot size, when set, must match the segment's."""
+        check_size = cfg is not None
+        cfg = cfg or BufferConfig()
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        except FileNotFoundError:
+            raise UserError(f"no ring buffer named {name!r} (is the process that creates it running? "
+                            f"segments are listed in /dev/shm)") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < _HEADER_BYTES:
+                raise UserError(f"shared memory {name!r} is not a motionmask ring buffer")
+            # Mapped directly, not through SharedMemory: on Python < 3.13 that registers the
+            # attacher with resource_tracker, which would unlink the segment when it exits.
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        hdr = np.frombuffer(mm, _HEADER, 1, 0)
+        magic, version = bytes(hdr["magic"][0]), int(hdr["version"][0])
+        h, w = int(hdr["height"][0]), int(hdr["width"][0])
+        del hdr
+        if magic != MAGIC or version != VERSION:
+            mm.close()
+            raise UserError(f"shared memory {name!r} is not a motionmask ring buffer of version "
+                            f"{VERSION} (magic {magic!r}); was it created by another program?")
+        if check_size and (cfg.train_width, cfg.train_height) != (w, h):
+            mm.close()
+            raise UserError(f"ring buffer {name!r} has {w}x{h} slots but buffer.train_width/"
+                            f"train_height say {cfg.train_width}x{cfg.train_height}; use one config")
+        rb = cls(name, mm, owner=False, cfg=cfg)
+        log_event(logger, "ring_attach", name=name, slots=rb.capacity, slot=f"{w}x{h}", pid=os.getpid())
+        return rb
+
+    def __reduce__(self) -> tuple:
+        # Sent to another process (multiprocessing), a buffer re-attaches there by name.
+        return (RingBuffer.attach, (self.name, self._cfg))
+
+    def _bind_process(self) -> None:
+        """Per-process state: own lock fd (flock belongs to the open file description, so a forked
+        child must not share its parent's), own thread lock, own counter row."""
+        if self._fd >= 0:
+            os.close(self._fd)  # the parent's description; the parent's lock stays with the parent
+        self._pid = os.getpid()
+        self._fd = _posixshmem.shm_open("/" + self.name, os.O_RDWR, mode=0o600)
+        self._tlock = threading.Lock()
+        self._count_lock = threading.Lock()
+        if self._row >= 0:
+            self._owner = False  # a forked child of the owner must not unlink the parent's buffer
+        self._row = -1
+        if not self._acquire(5.0):
+            raise UserError(f"ring buffer {self.name!r}: lock held for more than 5 s; is a process stuck?")
+        try:
+            self._row = self._claim_row()
+        finally:
+            self._release()
+
+    def _claim_row(self) -> int:
+        pids = self._clients["pid"]
+        counts = self._clients["counts"]
+        empty = np.flatnonzero(pids[1:] == 0)
+        if empty.size:
+            row = int(empty[0]) + 1
+        else:
+            gone = [i for i in range(1, MAX_CLIENTS) if pids[i] < 0 or not _pid_alive(int(pids[i]))]
+            if not gone:
+                raise UserError(f"ring buffer {self.name!r}: more than {MAX_CLIENTS - 1} processes attached")
+            row = gone[0]
+            counts[0] += counts[row]  # keep the departed process's counts in the totals
+            counts[row] = 0
+        pids[row] = self._pid
+        return row
+
+    def _check_process(self) -> None:
+        if self._closed:
+            raise ValueError(f"ring buffer {self.name!r} is closed")
+        if os.getpid() != self._pid:
+            self._bind_process()
+
+    def close(self) -> None:
+        """Unmap; the owner also unlinks the segment (attached processes keep their mapping)."""
+        if self._closed:
+            return
+        forked = os.getpid() != self._pid
+        if not forked and self._row > 0:
+            self._clients["pid"][self._row] = -self._pid  # closed: counts kept until the row is reused
+        self._closed = True
+        for k in list(vars(self)):
+            if k.startswith(("_m_", "_v", "_hdr", "_clients", "_seq", "_meta", "_frames", "_trimaps",
+                             "_probs", "_flows")):
+                delattr(self, k)
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a view is still referenced somewhere; the mapping goes when it does
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._owner and not forked:
+            try:
+                _posixshmem.shm_unlink("/" + self.name)
+            except FileNotFoundError:
+                pass
+            resource_tracker.unregister("/" + self.name, "shared_memory")
+            log_event(logger, "ring_close", name=self.name, unlinked=True)
+
+    def __enter__(self) -> "RingBuffer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"RingBuffer({self.name!r}, {self.capacity} slots of {self.width}x{self.height}, "
+                f"{'owner' if self._owner else 'attached'})")
+
+    # ---- locking --------------------------------------------------------------------------
+    def _acquire(self, timeout_s: float) -> bool:
+        """The allocation lock: a thread lock (flock is per process) then flock, within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        got = self._tlock.acquire(timeout=timeout_s) if timeout_s > 0 else self._tlock.acquire(False)
+        if not got:
+            return False
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= deadline:
+                self._tlock.release()
+                return False
+            time.sleep(50e-6)
+
+    def _release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._tlock.release()
+
+    def _count(self, name: str, k: int = 1) -> None:
+        with self._count_lock:
+            self._clients["counts"][self._row, _C[name]] += k
+
+    # ---- writing --------------------------------------------------------------------------
+    def put(self, s: Sample) -> bool:
+        """Store one sample. Never blocks for longer than lock_timeout_ms: returns False and counts
+        a drop when the lock is busy or no slot can be taken."""
+        self._check_process()
+        h, w = self.height, self.width
+        if (s.image.shape != (h, w, 3) or s.trimap.shape != (h, w) or s.prob.shape != (h, w)
+                or (s.flow is not None and s.flow.shape != (h, w, 2))):
+            raise ValueError(f"sample is {s.image.shape[1]}x{s.image.shape[0]}, ring buffer slots are "
+                             f"{w}x{h}; convert with sample_from_result(result, camera, cfg)")
+        cam = self._cam_cache.get(s.camera)
+        if cam is None:
+            key = camera_key(s.camera)
+            cam = self._cam_cache.setdefault(s.camera, (key, _camera_id(key)))
+        slot, mine = self._reserve(cam, int(s.shot))
+        if slot < 0:
+            return False
+        self._fill(slot, s)
+        if int(self._seq[slot]) != mine:
+            # Only if this writer stalled past ABANDON_FORCE_S and another took the slot over.
+            self._count("drop_lost_slot")
+            return False
+        self._m_state[slot] = READY
+        self._seq[slot] = mine + 1  # publish: even again, and different from before
+        self._count("puts")
+        return True
+
+    def _reserve(self, cam: tuple[bytes, int], shot: int) -> tuple[int, int]:
+        """Take a slot under the lock and mark it WRITING: (slot, its odd sequence) or (-1, 0)."""
+        if not self._acquire(self._lock_timeout_s):
+            self._count("drop_lock_timeout")
+            return -1, 0
+        try:
+            slot, why = self._allocate(cam[1], shot)
+            if slot < 0:
+                self._count("drop_no_slot")
+                return -1, 0
+            seq = int(self._seq[slot])
+            mine = seq + 1 if seq % 2 == 0 else seq + 2  # odd even if a dead writer left it odd
+            self._seq[slot] = mine
+            self._m_state[slot] = WRITING
+            self._m_camera[slot] = cam[0]
+            self._m_camera_id[slot] = cam[1]
+            self._m_shot[slot] = shot
+            self._m_pid[slot] = self._pid
+            self._m_write_start[slot] = time.monotonic()
+            put_seq = int(self._hdr["put_seq"][0]) + 1
+            self._hdr["put_seq"] = put_seq
+            self._m_put_seq[slot] = put_seq
+        finally:
+            self._release()
+        if why:
+            self._count(why)
+        return slot, mine
+
+    def _fill(self, slot: int, s: Sample) -> None:
+        """Copy the sample into its reserved slot (no lock: the odd sequence keeps readers off)."""
+        self._frames[slot] = s.image
+        self._trimaps[slot] = s.trimap
+        self._probs[slot] = s.prob
+        if s.flow is not None:
+            self._flows[slot] = s.flow
+        else:
+            self._flows[slot] = 0
+        m = self._meta
+        m["frame_index"][slot] = s.frame_index
+        m["capture_time"][slot] = s.capture_time
+        m["valid"][slot] = s.valid
+        m["source_hw"][slot] = s.source_hw
+        m["has_flow"][slot] = s.flow is not None
+        self._m_put_time[slot] = time.monotonic()
+
+    def _allocate(self, camera_id: int, shot: int) -> tuple[int, str]:
+        """Under the lock (keep it short: every streamer waits on it): a slot index (or -1) and
+        the eviction counter to bump ("" for none)."""
+        state = self._m_state
+        writing = state == WRITING
+        if writing.any():
+            self._reclaim_abandoned(np.flatnonzero(writing))
+        taken = state != FREE
+        same = taken & (self._m_camera_id == camera_id) & (self._m_shot == shot)
+        ready = state == READY
+        if np.count_nonzero(same) >= self.per_shot_cap:
+            cand = same & ready
+            if cand.any():
+                return int(np.where(cand, self._m_put_seq, _NEVER).argmin()), "evict_shot_cap"
+        free = np.flatnonzero(~taken)
+        if free.size:
+            return int(free[0]), ""
+        if ready.any():
+            return int(np.where(ready, self._m_put_seq, _NEVER).argmin()), "evict_oldest"
+        return -1, ""
+
+    def _reclaim_abandoned(self, writing: np.ndarray) -> None:
+        now = time.monotonic()
+        for i in writing:
+            age = now - float(self._m_write_start[i])
+            if age < ABANDON_CHECK_S:
+                continue
+            pid = int(self._m_pid[i])
+            if age > ABANDON_FORCE_S or (pid != self._pid and not _pid_alive(pid)):
+                self._m_state[i] = FREE  # seq stays odd; the next writer moves it on by 2
+                self._count("reclaimed")
+                log_event(logger, "ring_reclaim", logging.WARNING, name=self.name, slot=int(i),
+                          writer_pid=pid, age_s=age)
+
+    # ---- reading --------------------------------------------------------------------------
+    def new_batch(self, capacity: int) -> Batch:
+        return Batch(capacity, self.height, self.width)
+
+    def sample(self, batch_size: int, rng: np.random.Generator | None = None, mode: str | None = None,
+               half_life_s: float | None = None, out: Batch | None = None) -> Batch:
+        """Copy up to batch_size samples out of the buffer.
+
+        mode "uniform" draws every held sample alike; "recency" weights one put `age` seconds ago
+        by 0.5 ** (age / half_life_s). Draws are without replacement while the buffer holds
+        enough samples. A slot being rewritten during the copy is redrawn, a bounded number of
+        times, so the batch may come back short; an empty buffer gives an empty batch at once."""
+        self._check_process()
+        rng = rng if rng is not None else np.random.default_rng()
+        mode = mode or self.sampling
+        if mode not in ("uniform", "recency"):
+            raise ValueError(f"sample mode must be uniform or recency, got {mode!r}")
+        half_life = float(half_life_s or self.half_life_s)
+        if out is None:
+            out = self.new_batch(batch_size)
+        elif out.capacity < batch_size or (out.height, out.width) != (self.height, self.width):
+            raise ValueError(f"out batch holds {out.capacity} of {out.width}x{out.height}, "
+                             f"need {batch_size} of {self.width}x{self.height}")
+        out.n = 0
+        seq = self._seq
+        ready = (self._m_state == READY) & (seq % 2 == 0)
+        cand = np.flatnonzero(ready)
+        if cand.size == 0 or batch_size <= 0:
+            return out
+        p = None
+        if mode == "recency":
+            age = time.monotonic() - self._m_put_time[cand]
+            w = np.exp2(-(age - age.min()) / half_life)  # relative to the newest: no underflow
+            p = w / w.sum()
+        picks = list(rng.choice(cand, size=batch_size, replace=batch_size > cand.size, p=p))
+        k, retries, attempts = 0, 0, 0
+        while k < batch_size and attempts < 2 * batch_size + 8:
+            attempts += 1
+            i = picks.pop() if picks else int(rng.choice(cand, p=p))
+            s1 = int(seq[i])
+            if s1 & 1:
+                retries += 1
+                continue
+            out._s["frames"][k] = self._frames[i]
+            out._s["trimaps"][k] = self._trimaps[i]
+            out._s["probs"][k] = self._probs[i]
+            out._s["flows"][k] = self._flows[i]
+            out._meta[k] = self._meta[i]
+            if int(seq[i]) != s1 or out._meta["state"][k] != READY:
+                retries += 1  # rewritten while we copied: the copy may be torn, so drop it
+                continue
+            k += 1
+        out.n = k
+        with self._count_lock:
+            c = self._clients["counts"][self._row]
+            c[_C["samples"]] += k
+            c[_C["sample_retries"]] += retries
+        return out
+
+    # ---- statistics -----------------------------------------------------------------------
+    def stats(self) -> dict:
+        """A snapshot for logs and dashboards; counts are totals over every process."""
+        self._check_process()
+        state = self._m_state.copy()
+        ready = state == READY
+        counts = self._clients["counts"].sum(axis=0)
+        c = {name: int(counts[i]) for name, i in _C.items()}
+        by_camera: dict[str, int] = {}
+        by_shot: dict[str, dict[int, int]] = {}
+        cams, shots = self._m_camera[ready], self._m_shot[ready]
+        for cam, shot in zip(cams.tolist(), shots.tolist()):
+            name = cam.decode(errors="replace")
+            by_camera[name] = by_camera.get(name, 0) + 1
+            per = by_shot.setdefault(name, {})
+            per[int(shot)] = per.get(int(shot), 0) + 1
+        fill = int(ready.sum())
+        ages = time.monotonic() - self._m_put_time[ready]
+        drops = {"lock_timeout": c["drop_lock_timeout"], "no_slot": c["drop_no_slot"],
+                 "lost_slot": c["drop_lost_slot"]}
+        return {
+            "name": self.name,
+            "capacity": self.capacity,
+            "slot": [self.width, self.height],
+            "bytes": len(self._mm),
+            "per_shot_cap": self.per_shot_cap,
+            "fill": fill,
+            "fill_fraction": fill / self.capacity,
+            "writing": int((state == WRITING).sum()),
+            "puts": c["puts"],
+            "drops": drops,
+            "drops_total": sum(drops.values()),
+            "evictions": {"shot_cap": c["evict_shot_cap"], "oldest": c["evict_oldest"]},
+            "reclaimed_abandoned": c["reclaimed"],
+            "samples_drawn": c["samples"],
+            "sample_retries": c["sample_retries"],
+            "processes": sum(_pid_alive(int(p)) for p in self._clients["pid"][1:] if p > 0),
+            "oldest_age_s": float(ages.max()) if fill else 0.0,
+            "newest_age_s": float(ages.min()) if fill else 0.0,
+            "by_camera": by_camera,
+            "by_shot": by_shot,
+        }
+
+
+def sample_from_result(result: MaskResult, camera: str, cfg: BufferConfig) -> Sample:
+    """Resize a MaskResult into slot form: fit inside train_width x train_height keeping aspect,
+    top-left aligned; padding is black in the frame, 128 (don't care) in the trimap, 0 in prob and
+    flow. Flow (working resolution) is resized and its vectors rescaled to slot pixels.
+
+    Put only results the pipeline kept (`result.kept`): pruned frames are not training samples.
+    That choice stays with the caller, which also decides what to log about the rest."""
+    img = result.frame.image
+    H, W = img.shape[:2]
+    th, tw = cfg.train_height, cfg.train_width
+    scale = min(tw / W, th / H)
+    w, h = max(1, min(tw, round(W * scale))), max(1, min(th, round(H * scale)))
+
+    def fit(a: np.ndarray, interp: int) -> np.ndarray:
+        if a.shape[:2] == (h, w):
+            return a
+        if interp != cv2.INTER_NEAREST and (a.shape[0] > h or a.shape[1] > w):
+            interp = cv2.INTER_AREA  # downscaling: average, don't alias
+        return cv2.resize(a, (w, h), interpolation=interp)
+
+    image = np.zeros((th, tw, 3), np.uint8)
+    image[:h, :w] = fit(img, cv2.INTER_LINEAR)
+    trimap = np.full((th, tw), 128, np.uint8)
+    trimap[:h, :w] = fit(result.trimap, cv2.INTER_NEAREST)
+    prob = np.zeros((th, tw), np.uint8)
+    p = fit(np.ascontiguousarray(result.prob, dtype=np.float32), cv2.INTER_LINEAR)
+    prob[:h, :w] = np.clip(p * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    flow = None
+    if result.flow is not None:
+        fh, fw = result.flow.shape[:2]
+        f = fit(np.ascontiguousarray(result.flow, dtype=np.float32), cv2.INTER_LINEAR)
+        flow = np.zeros((th, tw, 2), np.float16)
+        flow[:h, :w, 0] = f[..., 0] * (w / fw)
+        flow[:h, :w, 1] = f[..., 1] * (h / fh)
+    return Sample(camera=camera, frame_index=result.frame.index, shot=result.shot,
+                  capture_time=result.frame.timestamp, image=image, trimap=trimap, prob=prob,
+                  flow=flow, valid=(0, 0, h, w), source_hw=(H, W))
