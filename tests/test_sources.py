@@ -330,6 +330,18 @@ def test_network_stream_that_goes_quiet_counts_as_dropped(ts_data):
     assert not [t for t in threading.enumerate() if t.name.startswith(f"source-{server.url}")]
 
 
+def test_close_from_another_thread_ends_a_waiting_next(ts_data):
+    # what a daemon's SIGTERM handler does while the camera is away and the source reconnects
+    with StreamServer(ts_data, seconds=4.0, stall_after=0.3) as server:
+        src = open_source(server.url, live_cfg())
+        threading.Timer(1.0, src.close).start()
+        t = time.monotonic()
+        with pytest.raises(StopIteration):
+            while True:
+                next(src)
+        assert 0.9 < time.monotonic() - t < 2.0
+
+
 def test_network_without_drop_stale_keeps_every_frame(ts_data):
     with StreamServer(ts_data, seconds=2.0) as server, open_source(server.url, live_cfg(drop_stale=False)) as src:
         first = next(src)
