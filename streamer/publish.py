@@ -174,13 +174,20 @@ class MaskPublisher:
         if self._closed:
             self._dropped += 1
             return False
-        topic = protocol.topic_for(camera, kind)
         h, w = mask_u8.shape
         try:
             payload = protocol.encode_payload(mask_u8, self.cfg.encoding)
         except protocol.ProtocolError as e:
             self._drop("encode_failed", camera, kind, frame, e)
             return False
+        return self.publish_encoded(camera, kind, payload, w, h, frame, shot, capture_ns, model_version)
+
+    def publish_encoded(self, camera: str, kind: str, payload: bytes, width: int, height: int, frame: int,
+                        shot: int, capture_ns: int, model_version: str = "") -> bool:
+        """Send a mask that is already encoded with `protocol.encode_payload(mask, cfg.encoding)`:
+        lets several processes (the daemon's cameras) encode in parallel and share one publisher."""
+        topic = protocol.topic_for(camera, kind)
+        w, h = width, height
         with self._lock:
             if self._closed:
                 self._dropped += 1
