@@ -27,7 +27,7 @@ log = logging.getLogger("streamer.publish")
 
 @dataclass
 class PublishConfig:
-    enabled: bool = True
+    enabled: bool = True  # read by whoever runs the streamer: false = create no MaskPublisher
     endpoint: str = "tcp://127.0.0.1:5555"  # loopback unless you mean it; "tcp://*:5555" = all interfaces
     latest_endpoint: str = ""  # e.g. tcp://127.0.0.1:5556: single-frame framing for latest-only viewers
     encoding: str = "png"  # png | u8
@@ -169,7 +169,7 @@ class MaskPublisher:
         """Send one H x W uint8 mask. `capture_ns` is the wall-clock time (time.time_ns()) the
         frame was captured, so subscribers on other processes can measure latency.
         Returns False when the mask was dropped here (publisher closed, encoding failed)."""
-        if mask_u8.dtype != np.uint8 or mask_u8.ndim != 2:
+        if mask_u8.dtype != np.uint8 or mask_u8.ndim != 2 or mask_u8.size == 0:
             raise ValueError(f"mask must be H x W uint8, got shape {mask_u8.shape} {mask_u8.dtype}")
         if self._closed:
             self._dropped += 1
