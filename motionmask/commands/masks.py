@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -114,33 +115,67 @@ class Tally:
 
 
 class Outputs:
-    """Everything written for one run, opened lazily at the first result so that a run that
-    fails before producing anything leaves an earlier run's folder untouched."""
+    """Everything written for one run. Writing runs on one worker thread, so that PNG and H.264
+    encoding (which release the GIL) overlap the segmentation of the next frames; a short queue
+    keeps memory flat and pushes back when the disk is slower than the pipeline. The first
+    write error stops the writing and is raised in the caller at the next submit() or finish().
+    Files are opened at the first result, so that a run that fails before producing anything
+    leaves an earlier run's folder untouched."""
 
-    def __init__(self, out: Path, overlay: bool, fps: float | None):
+    def __init__(self, out: Path, overlay: bool, fps: float | None, depth: int = 4):
         self.out = out
         self.want_overlay = overlay
         self.fps = fps
         self.writer: MaskWriter | None = None
         self.video: OverlayVideo | None = None
         self.sheet = ContactSheet() if overlay else None
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[MaskResult | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._work, name="mask-writer", daemon=True)
+        self._thread.start()
 
-    def write(self, r: MaskResult) -> None:
+    @property
+    def written(self) -> int:
+        return self.writer.written if self.writer is not None else 0
+
+    def submit(self, r: MaskResult) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(r)
+
+    def _work(self) -> None:
+        while (r := self._queue.get()) is not None:
+            if self.error is None:  # after an error, keep draining so that submit() never blocks
+                try:
+                    self._write(r)
+                except BaseException as e:
+                    self.error = e
+
+    def _write(self, r: MaskResult) -> None:
         if self.writer is None:
             self.writer = MaskWriter(self.out)
             if self.want_overlay:
                 self.video = OverlayVideo(self.out / "overlay.mp4", r.frame.width, r.frame.height, self.fps)
         self.writer.write(r)
         if self.video is not None:
-            over = render_overlay(r)
-            self.video.write(over)
+            self.video.write(render_overlay(r))
             if self.sheet.wants():  # without the caption: the sheet labels its columns itself
                 rows = [r.frame.image, render_overlay(r, text=False), trimap_rgb(r.trimap)]
                 self.sheet.add(contact_label(r), rows)
             else:
                 self.sheet.add("", [])
 
-    def close(self) -> None:
+    def _drain(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def finish(self) -> None:
+        """Write what is queued, then close every file; overlay.mp4 and contact.png appear now."""
+        self._drain()
+        if self.error is not None:
+            self.abort()
+            raise self.error
         try:
             if self.video is not None:
                 self.video.close()
@@ -151,7 +186,8 @@ class Outputs:
                 self.writer.close()
 
     def abort(self) -> None:
-        """After a write failed (full disk): keep what is whole, drop what is not."""
+        """After an error: keep what is whole, drop what is not."""
+        self._drain()
         if self.video is not None:
             try:
                 self.video.close()  # on a full disk this fails and removes the temp file
@@ -219,6 +255,12 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, cfg, out, start, limit)
 
 
+def _explained(e: BaseException, outputs: Outputs) -> BaseException:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return OSError(e.errno, f"{e.strerror}; {outputs.written} whole frames were written", str(outputs.out))
+    return e
+
+
 def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: int | None) -> int:
     # Frames just before --start are fed to the segmenter (not written) so that the first
     # written frame already has its motion history, as it would in a run from the beginning.
@@ -245,7 +287,7 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: in
                     continue
                 if ms is not None:
                     r.timings_ms.setdefault("decode", ms)
-                outputs.write(r)
+                outputs.submit(r)
                 tally.add(r)
                 now = time.perf_counter()
                 if now - last_postfix > 0.2:
@@ -278,13 +320,16 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: in
             bar.leave = False  # the error line follows alone
             bar.close()
             outputs.abort()
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                raise OSError(e.errno, f"{e.strerror}; {tally.written} whole frames were written", str(out)) from None
-            raise
-        with signals_ignored():
-            bar.set_postfix_str(f"{tally.fps:.1f} fps", refresh=False)
+            raise _explained(e, outputs) from None
+        try:
+            with signals_ignored():
+                outputs.finish()
+                bar.set_postfix_str(f"{tally.fps:.1f} fps", refresh=False)
+                bar.close()
+        except BaseException as e:
+            bar.leave = False
             bar.close()
-            outputs.close()
+            raise _explained(e, outputs) from None
         corrupt = int(source.stats.get("skipped_corrupt", 0) or 0)
     if tally.written == 0 and not status:
         raise UserError(f"{args.input}: no frames to write (--start {start} is past the last frame?)")
