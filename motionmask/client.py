@@ -80,7 +80,7 @@ class MaskSubscriber:
         topics = [topic] if isinstance(topic, str) else list(topic)
         self.endpoint = endpoint
         self.latest = latest
-        self._last_seq: dict[str, int] = {}
+        self._last_seq: dict[str, tuple[str, int]] = {}  # topic -> (publisher id, seq)
         self._received = self._rejected = self._missed = 0
         self._noted: set[str] = set()
         self._ctx = zmq.Context()
@@ -91,6 +91,10 @@ class MaskSubscriber:
         s.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)  # a rogue peer cannot make us buffer gigabytes
         s.setsockopt(zmq.RECONNECT_IVL, 200)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        # A publisher that vanishes without closing (power cut, cable) is noticed within 10 s,
+        # and the socket reconnects when it is back.
+        s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
         if latest:
             s.setsockopt(zmq.CONFLATE, 1)  # must precede connect
         try:
@@ -152,11 +156,12 @@ class MaskSubscriber:
             log_event(log, "message_rejected", logging.WARNING, endpoint=self.endpoint, topic=topic, reason=e)
             return None
         self._received += 1
-        seq, last = msg.header["seq"], self._last_seq.get(msg.topic)
-        if last is not None and seq > last + 1:
+        seq, pid = msg.header["seq"], str(msg.header.get("publisher", ""))
+        last_pid, last = self._last_seq.get(msg.topic, (pid, None))
+        # A new publisher id, or seq going back, is a restart: count afresh, lose nothing.
+        if last is not None and last_pid == pid and seq > last + 1:
             self._missed += seq - last - 1
-        # seq <= last: the publisher restarted; start counting afresh
-        self._last_seq[msg.topic] = seq
+        self._last_seq[msg.topic] = (pid, seq)
         header = dict(msg.header, recv_ns=recv_ns)
         return header, mask, msg.payload
 

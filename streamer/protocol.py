@@ -86,13 +86,18 @@ def encode_payload(mask_u8: np.ndarray, encoding: str) -> bytes:
 
 def make_header(camera: str, kind: str, frame: int, shot: int, seq: int, capture_ns: int,
                 publish_ns: int, width: int, height: int, encoding: str,
-                model_version: str = "") -> dict[str, Any]:
-    return {
+                model_version: str = "", publisher: str = "") -> dict[str, Any]:
+    """`publisher` (optional on the wire) names one publisher instance, so that a subscriber
+    tells a restart from lost masks when `seq` starts again."""
+    hdr = {
         "schema": SCHEMA, "camera": camera, "kind": kind, "frame": int(frame), "shot": int(shot),
         "seq": int(seq), "capture_ns": int(capture_ns), "publish_ns": int(publish_ns),
         "width": int(width), "height": int(height), "encoding": encoding,
         "model_version": model_version,
     }
+    if publisher:
+        hdr["publisher"] = publisher
+    return hdr
 
 
 def header_bytes(header: dict[str, Any]) -> bytes:
