@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 JSONL_NAME = "frames.jsonl"
 TRIMAP_DIR = "trimap"
+OVERLAY_NAME = "overlay.mp4"  # optional pictures for people (streamer.overlay)
+CONTACT_NAME = "contact.png"
 _OUTPUT_PNG = re.compile(r"^\d{6,}\.png$")
 
 
@@ -122,6 +124,11 @@ class MaskWriter:
                 if _OUTPUT_PNG.match(p.name) and p.is_file():
                     p.unlink()
                     removed += 1
+        for name in (OVERLAY_NAME, CONTACT_NAME):  # a run without --overlay must not keep stale ones
+            p = self.out_dir / name
+            if p.is_file():
+                p.unlink()
+                removed += 1
         if removed:
             log_event(logger, "previous_run_removed", out=self.out_dir, files=removed)
 

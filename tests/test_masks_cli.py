@@ -138,11 +138,16 @@ def test_start_and_frames_use_decode_indices(media, tmp_path, capsys):
     assert [r["frame"] for r in records(out)] == list(range(5, 12))
     assert png_names(out) == [f"{i:06d}.png" for i in range(5, 12)]
     assert err.strip().count("\n") == 0  # --quiet: no bar, only the summary line
-    # a fresh run into the same folder replaces the earlier one
-    rc, _ = run_cli(capsys, media["cut"], "--out", out, "--start", 20, "--quiet")
+    assert not (out / "overlay.mp4").exists() and not (out / "contact.png").exists()
+    # a fresh run into the same folder replaces the earlier one, pictures included
+    rc, _ = run_cli(capsys, media["cut"], "--out", out, "--start", 20, "--quiet", "--overlay")
     assert rc == 0
-    assert png_names(out) == [f"{i:06d}.png" for i in range(20, 24)]
-    assert [r["frame"] for r in records(out)] == list(range(20, 24))
+    assert decode_count(out / "overlay.mp4")[0] == 4
+    rc, _ = run_cli(capsys, media["cut"], "--out", out, "--start", 21, "--quiet")
+    assert rc == 0
+    assert png_names(out) == [f"{i:06d}.png" for i in range(21, 24)]
+    assert [r["frame"] for r in records(out)] == list(range(21, 24))
+    assert not (out / "overlay.mp4").exists() and not (out / "contact.png").exists()
 
 
 # -- bad input: one line, non-zero exit, no traceback -----------------------------------------
@@ -272,23 +277,36 @@ def test_interrupt_leaves_whole_outputs(media, tmp_path, sig, code):
     assert not [p.name for p in out.rglob(".*")]
 
 
-@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare for a private tmpfs")
+def in_private_mounts(script: str) -> subprocess.CompletedProcess:
+    """Run a shell script in a user + mount namespace: it may mount a tiny or read-only file
+    system that nobody else sees and that vanishes with it."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("user namespaces (unshare -rm) are not available here")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_read_only_out_is_one_line(media, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    proc = in_private_mounts(f"mount --bind -o ro {ro} {ro} && {PY} -m motionmask.cli masks {media['cut']} "
+                             f"--out {ro / 'masks'}")
+    assert proc.returncode == 2, proc.stderr
+    assert_one_error_line(proc.stderr, ro / "masks", "not writable")
+
+
 def test_full_disk_is_one_line_and_keeps_whole_files(media, tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
     shutil.copy(media["cut"], tmp_path / "in.mp4")
-    # a private 64 KiB tmpfs, mounted in a user namespace only this process sees
+    # a private 64 KiB tmpfs: the disk fills up after a few frames
     script = (f"mount -t tmpfs -o size=64k tmpfs {mnt} && {PY} -m motionmask.cli masks "
               f"{tmp_path / 'in.mp4'} --out {mnt / 'out'} --quiet")
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("user namespaces are not available here")
     # look at what survived from inside the namespace, before the tmpfs goes away with it
     check = (f"; rc=$?; cd {mnt / 'out'} && cat frames.jsonl > {tmp_path / 'jsonl'}; "
              f"ls -A > {tmp_path / 'ls_top'}; ls -A trimap > {tmp_path / 'ls_tri'}; "
              f"cp *.png {tmp_path}/; exit $rc")
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script + check], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = in_private_mounts(script + check)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]

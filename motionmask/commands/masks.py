@@ -26,7 +26,7 @@ from streamer.log import log_event
 from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay, trimap_rgb
 from streamer.pipeline import MaskResult, MotionSegmenter
 from streamer.sources import open_source
-from streamer.writer import MaskWriter, check_out_dir
+from streamer.writer import CONTACT_NAME, OVERLAY_NAME, MaskWriter, check_out_dir
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Outputs:
         if self.writer is None:
             self.writer = MaskWriter(self.out)
             if self.want_overlay:
-                self.video = OverlayVideo(self.out / "overlay.mp4", r.frame.width, r.frame.height, self.fps)
+                self.video = OverlayVideo(self.out / OVERLAY_NAME, r.frame.width, r.frame.height, self.fps)
         self.writer.write(r)
         if self.video is not None:
             self.video.write(render_overlay(r))
@@ -180,7 +180,7 @@ class Outputs:
             if self.video is not None:
                 self.video.close()
             if self.sheet is not None and self.writer is not None:
-                self.sheet.save(self.out / "contact.png")
+                self.sheet.save(self.out / CONTACT_NAME)
         finally:
             if self.writer is not None:
                 self.writer.close()
