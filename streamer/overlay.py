@@ -144,7 +144,7 @@ class OverlayVideo:
 
 class ContactSheet:
     """About `columns` evenly spaced frames of a run of unknown length in bounded memory: keep
-    every `stride`-th frame, and when more than 2 x columns are kept, drop every other one and
+    every `stride`-th frame, and when more than 4 x columns are kept, drop every other one and
     double the stride. Rows: frame, overlay, trimap."""
 
     def __init__(self, columns: int = 8, thumb_width: int = 240):
@@ -165,7 +165,7 @@ class ContactSheet:
             return
         lines = [label] if isinstance(label, str) else list(label)
         self._kept.append((pos, lines, [self._thumb(r) for r in rows]))
-        if len(self._kept) > 2 * self.columns:
+        if len(self._kept) > 4 * self.columns:  # 4x: the final picks land close to even
             self.stride *= 2
             self._kept = [k for k in self._kept if k[0] % self.stride == 0]
 
