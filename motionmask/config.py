@@ -18,6 +18,7 @@ import yaml
 from streamer.config import StreamerConfig
 from streamer.ringbuffer import BufferConfig
 from streamer.publish import PublishConfig
+from motionmask.daemon_config import CameraConfig, DaemonConfig, validate_cameras
 
 
 class ConfigError(ValueError):
@@ -29,6 +30,8 @@ class Config:
     streamer: StreamerConfig = field(default_factory=StreamerConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    cameras: list[CameraConfig] = field(default_factory=list)  # `motionmask run`: one streamer process each
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -135,6 +138,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         cfg.streamer.validate()
         cfg.buffer.validate()
         cfg.publish.validate()
+        cfg.daemon.validate()
+        validate_cameras(cfg.cameras, cfg.streamer, cfg.daemon, (cfg.publish.endpoint, cfg.publish.latest_endpoint))
     except (ConfigError, ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     return cfg
