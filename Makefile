@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 run: install
-	$(VENV)/bin/motionmask masks tests/data/sample.mp4 --out runs/sample --overlay
+	$(VENV)/bin/motionmask run --config configs/default.yaml
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a pass.
 test: install-dev

@@ -1,0 +1,296 @@
+"""One camera's streamer process, started by the daemon (motionmask/daemon.py):
+
+    open_source -> MotionSegmenter -> every result: masks `motion` (prob as u8) and `trimap`
+                                      forwarded to the daemon, which publishes them
+                                   -> kept results: the shared ring buffer (training samples)
+
+Run as `python -m motionmask.camera_process` with its spec as JSON on stdin (not argv: a camera
+URL may carry a password, and argv is readable by every user through ps).
+
+Talks to the daemon over two PUSH sockets on a private ipc:// endpoint: masks (already encoded
+here, so that PNG encoding runs in parallel across cameras) and, from a reporter thread twice a
+second, its counters. Nothing here ever blocks on the daemon: a full queue drops the mask and
+counts it. A SIGKILLed child loses at most the last half second of counters.
+
+Exit status: 0 the source ended (a file without loop), 128 + N stopped by signal N, 3 the source
+failed (missing, unplugged, unreachable), 2 another user error, 1 a crash.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import zmq
+
+from motionmask.config import from_dict
+from streamer import protocol
+from streamer.config import StreamerConfig
+from streamer.errors import SourceError, UserError
+from streamer.log import log_event
+from streamer.ringbuffer import BufferConfig, RingBuffer, sample_from_result
+
+log = logging.getLogger("motionmask.camera")
+
+EXIT_OK, EXIT_CRASH, EXIT_USER, EXIT_SOURCE = 0, 1, 2, 3
+REPORT_INTERVAL_S = 0.5
+FORWARD_HWM = 64  # masks queued for the daemon before this camera drops (and counts) them
+MSG_MASK, MSG_STATS = b"M", b"S"
+_RESYNC_S = 1.0  # realtime playback further behind than this stops catching up and re-anchors
+_FPS_WINDOW_S = 2.0
+
+
+class _Stopped(Exception):
+    """A stop signal that arrived while the source was still opening."""
+
+
+class CameraProcess:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.name: str = spec["name"]
+        self.spec = spec
+        self.cfg: StreamerConfig = from_dict(StreamerConfig, spec["streamer"], f"cameras.{self.name}.streamer")
+        self.realtime: bool = bool(spec.get("realtime", True))
+        self.encoding: str | None = spec.get("publish_encoding")  # None: publishing is off
+        self.stop = threading.Event()
+        self.signum = 0
+        self.phase = "opening"  # opening -> running -> finished | stopped | failed
+        self.error = ""
+        self.source = None
+        self.counters: dict[str, Any] = {
+            "frames": 0, "shots": 0, "kept": 0, "pruned": 0, "buffer_puts": 0, "buffer_drops": 0,
+            "forward_drops": 0, "ms_per_frame": 0.0, "fps": 0.0,
+        }
+        self.pruned_by: dict[str, int] = {}
+        self._times: deque[float] = deque()  # result times of the last _FPS_WINDOW_S, for fps
+        self._running_since = 0.0
+        self._capture_ns: dict[int, int] = {}
+        self.ctx = zmq.Context()
+        self.masks = self._push(spec["forward_endpoint"])
+        self.reporter = _Reporter(self, self._push(spec["forward_endpoint"]), int(spec["parent_pid"]))
+        self.ring: RingBuffer | None = None
+        self.buffer_cfg: BufferConfig | None = None
+
+    def _push(self, endpoint: str) -> zmq.Socket:
+        s = self.ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.SNDHWM, FORWARD_HWM)
+        s.setsockopt(zmq.LINGER, 500)  # the last counters get half a second to reach the daemon
+        s.connect(endpoint)
+        return s
+
+    # -- signals ----------------------------------------------------------------------------
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        self.stop.set()
+        if self.phase == "opening":
+            raise _Stopped()
+        src = self.source
+        if src is not None and src.live:
+            src.close()  # wakes a consumer waiting for a live frame; safe from a signal handler
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        from streamer.pipeline import MotionSegmenter  # heavy imports after the reporter is up
+        from streamer.sources import open_source
+
+        self.reporter.start()
+        code = EXIT_OK
+        try:
+            if self.spec.get("buffer_name"):
+                self.buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
+                self.ring = RingBuffer.attach(self.spec["buffer_name"], self.buffer_cfg)
+            log_event(log, "camera_opening", camera=self.name, source=self.spec["source_label"])
+            source = open_source(self.spec["source"], self.cfg.source, source_id=self.name)
+            self.source = source
+            self.phase = "running"
+            self._running_since = time.monotonic()
+            if self.stop.is_set():
+                source.close()
+            self.info = {"kind": source.kind, "width": source.width, "height": source.height,
+                         "fps_nominal": source.fps or 0.0}
+            log_event(log, "camera_running", camera=self.name, kind=source.kind,
+                      size=f"{source.width}x{source.height}", fps=source.fps or 0.0)
+            seg = MotionSegmenter(self.cfg)
+            pace = self.realtime and not source.live
+            anchor: tuple[float, float] | None = None  # (wall, stream time) of the pacing origin
+            with source:
+                for frame in source:
+                    if self.stop.is_set():
+                        break
+                    if pace:
+                        anchor = self._pace(frame.timestamp, anchor)
+                        if self.stop.is_set():
+                            break
+                    self._capture_ns[frame.index] = (int(frame.timestamp * 1e9) if source.live
+                                                     else time.time_ns())
+                    t0 = time.perf_counter()
+                    results = seg.push(frame)
+                    self._handle(results, (time.perf_counter() - t0) * 1e3)
+                if not self.stop.is_set():
+                    self._handle(seg.flush(), 0.0)
+            self.phase = "stopped" if self.stop.is_set() else "finished"
+            if self.phase == "stopped":
+                code = 128 + (self.signum or signal.SIGTERM)
+            if self.phase == "finished":
+                log_event(log, "camera_source_ended", camera=self.name, frames=self.counters["frames"])
+        except _Stopped:
+            self.phase = "stopped"
+            code = 128 + (self.signum or signal.SIGTERM)
+        except SourceError as e:
+            self.phase, self.error, code = "failed", str(e), EXIT_SOURCE
+            log_event(log, "camera_source_failed", logging.ERROR, camera=self.name, error=e)
+        except UserError as e:
+            self.phase, self.error, code = "failed", str(e), EXIT_USER
+            log_event(log, "camera_failed", logging.ERROR, camera=self.name, error=e)
+        except Exception as e:
+            self.phase, self.error, code = "failed", f"crashed: {type(e).__name__}: {e}", EXIT_CRASH
+            log.exception("event=camera_crashed camera=%s", self.name)
+        finally:
+            self.close()
+        return code
+
+    def _pace(self, ts: float, anchor: tuple[float, float] | None) -> tuple[float, float]:
+        """Sleep until stream time `ts` is due, as a camera would deliver it."""
+        now = time.monotonic()
+        if anchor is None:
+            return now, ts
+        due = anchor[0] + (ts - anchor[1])
+        if due - now > _RESYNC_S or now - due > _RESYNC_S:  # a loop restart, a jump, or we are too slow
+            return now, ts
+        if due > now:
+            self.stop.wait(due - now)
+        return anchor
+
+    def _handle(self, results: list, push_ms: float) -> None:
+        c = self.counters
+        if results:
+            # one push can emit several results (a shot's head, a flush): spread its time over them
+            per = push_ms / len(results)
+            c["ms_per_frame"] = per if c["frames"] == 0 else 0.9 * c["ms_per_frame"] + 0.1 * per
+        now = time.monotonic()
+        for r in results:
+            c["frames"] += 1
+            c["shots"] = max(c["shots"], r.shot + 1)
+            self._times.append(now)
+            capture_ns = self._capture_ns.pop(r.frame.index, time.time_ns())
+            if self.encoding is not None:
+                motion = np.clip(r.prob * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                self._forward(r, "motion", motion, capture_ns)
+                self._forward(r, "trimap", r.trimap, capture_ns)
+            if r.kept:
+                c["kept"] += 1
+                if self.ring is not None and self.buffer_cfg is not None:
+                    if self.ring.put(sample_from_result(r, self.name, self.buffer_cfg)):
+                        c["buffer_puts"] += 1
+                    else:
+                        c["buffer_drops"] += 1  # never waits: the buffer counts why, we count that
+            else:
+                c["pruned"] += 1
+                self.pruned_by[r.reason] = self.pruned_by.get(r.reason, 0) + 1
+        while self._times and now - self._times[0] > _FPS_WINDOW_S:
+            self._times.popleft()
+
+    def fps(self) -> float:
+        """Results per second over the last couple of seconds (0 when nothing came lately)."""
+        times = list(self._times)
+        now = time.monotonic()
+        recent = sum(1 for t in times if now - t <= _FPS_WINDOW_S)
+        span = min(_FPS_WINDOW_S, now - self._running_since) if self._running_since else 0.0
+        return recent / span if span >= 0.5 else 0.0
+
+    def _forward(self, r, kind: str, mask: np.ndarray, capture_ns: int) -> None:
+        h, w = mask.shape
+        try:
+            payload = protocol.encode_payload(mask, self.encoding)
+        except protocol.ProtocolError:
+            self.counters["forward_drops"] += 1
+            return
+        meta = json.dumps({"frame": r.frame.index, "shot": r.shot, "capture_ns": capture_ns,
+                           "width": w, "height": h}).encode()
+        try:
+            self.masks.send_multipart([MSG_MASK, self.name.encode(), kind.encode(), meta, payload], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["forward_drops"] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        c = dict(self.counters)
+        c["fps"] = self.fps()
+        src = self.source
+        out = {"child": self.name, "camera": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error,
+               "pruned_by": dict(self.pruned_by), **c}
+        if src is not None:
+            out["source"] = dict(getattr(self, "info", {}), **dict(src.stats))
+        return out
+
+    def close(self) -> None:
+        self.reporter.stop_and_send_last()
+        if self.ring is not None:
+            self.ring.close()
+        self.masks.close(0)
+        self.reporter.sock.close()  # lingers up to 500 ms for the last counters
+        self.ctx.term()
+
+
+class _Reporter(threading.Thread):
+    """Sends the counters every REPORT_INTERVAL_S, also while the main thread is blocked in a
+    source (opening, reconnecting), and stops the process if its daemon died (orphaned children
+    must not hold cameras forever)."""
+
+    def __init__(self, cam: CameraProcess, sock: zmq.Socket, parent_pid: int) -> None:
+        super().__init__(name=f"reporter-{cam.name}", daemon=True)
+        self.cam, self.sock, self.parent_pid = cam, sock, parent_pid
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(REPORT_INTERVAL_S):
+            if os.getppid() != self.parent_pid:
+                log_event(log, "camera_orphaned", logging.WARNING, camera=self.cam.name, parent=self.parent_pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                self._done.wait(5.0)
+                os._exit(EXIT_OK)  # the main thread did not come out of a stuck call in time
+            self.send()
+
+    def send(self) -> None:
+        try:
+            self.sock.send_multipart([MSG_STATS, json.dumps(self.cam.snapshot()).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the daemon is busy; the next report carries the same totals
+        except Exception as e:  # a report is never worth a crash
+            log_event(log, "report_failed", logging.WARNING, camera=self.cam.name, error=e)
+
+    def stop_and_send_last(self) -> None:
+        self._done.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=2.0)
+        self.send()
+
+
+def main() -> int:
+    spec = json.load(sys.stdin)
+    logging.basicConfig(level=getattr(logging, spec.get("log_level", "INFO")),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
+    cam: CameraProcess | None = None
+
+    def early(signum: int, _frame: object) -> None:
+        raise _Stopped()
+
+    signal.signal(signal.SIGTERM, early)
+    signal.signal(signal.SIGINT, early)
+    try:
+        cam = CameraProcess(spec)
+        signal.signal(signal.SIGTERM, cam.on_signal)
+        signal.signal(signal.SIGINT, cam.on_signal)
+        return cam.run()
+    except _Stopped:
+        return 128 + signal.SIGTERM
+
+
+if __name__ == "__main__":
+    sys.exit(main())

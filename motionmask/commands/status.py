@@ -1,0 +1,84 @@
+"""`motionmask status`: ask a running daemon how its cameras are doing."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from motionmask.control import DEFAULT_ENDPOINT, ControlUnavailable, request
+from streamer.errors import UserError
+
+EPILOG = f"""examples:
+  motionmask status                                   # the daemon at {DEFAULT_ENDPOINT}
+  motionmask status --endpoint tcp://robot:5556 --timeout 5
+  motionmask status --json | jq '.cameras[] | .fps'
+
+Exit status: 0 the daemon answered, 1 nothing answered within --timeout (is `motionmask run`
+running? is daemon.control_endpoint the same?), 2 a usage error."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("status", help="per-camera fps, frames, kept/pruned, drops of a running daemon",
+                       description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
+                   help=f"the daemon's daemon.control_endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--json", action="store_true", help="print the daemon's whole reply as JSON")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                   help="give up after S seconds without an answer (default 2)")
+    return p
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def format_status(st: dict) -> str:
+    pub, buf = st.get("publisher", {}), st.get("buffer", {})
+    lines = [f"motionmask daemon pid {st.get('pid')} (v{st.get('version', '?')}), up {_duration(st.get('uptime_s', 0))}"
+             f"{', stopping' if st.get('stopping') else ''}"]
+    if pub.get("endpoint"):
+        lines.append(f"masks:  {pub['endpoint']}  sent {pub.get('sent', 0)}, dropped {pub.get('dropped', 0)}")
+    else:
+        lines.append("masks:  publishing off (publish.enabled: false)")
+    if buf:
+        lines.append(f"buffer: {buf.get('name')}  {buf.get('fill', 0)}/{buf.get('capacity', 0)} samples "
+                     f"({100 * buf.get('fill_fraction', 0):.0f}%), puts {buf.get('puts', 0)}, "
+                     f"drops {buf.get('drops_total', 0)}, drawn {buf.get('samples_drawn', 0)}")
+    by_cam = buf.get("by_camera", {})
+    head = ("CAMERA", "STATE", "FPS", "FRAMES", "SHOTS", "KEPT", "PRUNED", "DROPS", "BUFFER", "RESTARTS", "LAST ERROR")
+    rows = []
+    for name, c in st.get("cameras", {}).items():
+        state = c["state"]
+        if state == "restarting" and c.get("restart_in_s") is not None:
+            state += f" ({c['restart_in_s']:g}s)"
+        rows.append((name, state, f"{c.get('fps', 0):.1f}", str(c.get("frames", 0)), str(c.get("shots", 0)),
+                     str(c.get("kept", 0)), str(c.get("pruned", 0)), str(c.get("drops", 0)),
+                     str(by_cam.get(name, 0)), str(c.get("restarts", 0)), c.get("last_error") or "-"))
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    for r in [head, *rows]:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        raise UserError(f"--timeout must be > 0, got {args.timeout}")
+    try:
+        reply = request(args.endpoint, "status", timeout=args.timeout)
+    except ControlUnavailable:
+        print(f"motionmask status: no daemon answering at {args.endpoint}: is `motionmask run` running?",
+              file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        raise UserError(f"{args.endpoint} refused the request: {reply.get('error', reply)}")
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    else:
+        print(format_status(reply))
+    return 0

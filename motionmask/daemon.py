@@ -1,0 +1,491 @@
+"""`motionmask run`: the supervisor. Starts one streamer process per camera (later also the learner
+and the exporter), restarts a child that dies with exponential backoff, publishes every camera's
+masks on one endpoint, owns the shared ring buffer, answers the control endpoint, and shuts it
+all down on SIGINT/SIGTERM within daemon.shutdown_timeout_s.
+
+Why the daemon owns the one PUB socket: ZeroMQ lets only one process bind an endpoint, and
+subscribers should see one endpoint for all cameras. Children encode their masks (PNG encoding
+runs in parallel across cameras) and PUSH them over a private ipc:// socket; the daemon hands them
+to its `MaskPublisher` unchanged. A PUSH/PULL hop rather than an XSUB/XPUB proxy because the
+publisher's latest-only endpoint relies on CONFLATE, which XPUB lacks, and because sequence
+numbers then continue across a camera's restarts. The same socket carries each child's counters
+(twice a second), so a SIGKILLed child costs at most half a second of counts.
+
+One thread does everything (a zmq poll loop over the children's socket and the control socket,
+with child exits, restarts and signals checked between polls): no locks, and a status reply is a
+consistent snapshot.
+
+Children run in their own process group so that a Ctrl-C in the terminal reaches only the daemon,
+which then stops them in order. A child whose daemon died stops itself (it watches its parent).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from motionmask import __version__
+from motionmask.camera_process import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, MSG_MASK, MSG_STATS
+from motionmask.config import Config, to_dict
+from motionmask.control import ControlServer
+from motionmask.daemon_config import CameraConfig, camera_streamer_config
+from streamer.errors import UserError
+from streamer.log import log_event
+from streamer.publish import MaskPublisher
+from streamer.ringbuffer import RingBuffer
+from streamer.sources import redact_url
+
+log = logging.getLogger("motionmask.daemon")
+
+POLL_MS = 100  # longest the loop sleeps: bounds how late exits, restarts and signals are seen
+DRAIN_BUDGET = 500  # child messages handled per loop turn before the control socket gets its turn
+HANG_TIMEOUT_S = 30.0  # a child that sends no counters for this long is killed and restarted
+# Counters a child reports that add up across its restarts.
+_TOTALS = ("frames", "kept", "pruned", "buffer_puts", "buffer_drops", "forward_drops")
+_SOURCE_TOTALS = ("decoded", "dropped_stale", "skipped_corrupt", "reconnects")
+_EXIT_WHY = {EXIT_OK: "source ended", EXIT_SOURCE: "source failed", EXIT_USER: "user error",
+             EXIT_CRASH: "crashed (traceback above)"}
+
+
+@dataclass
+class ChildSpec:
+    """A process the daemon keeps running: `python -m module`, `payload` as JSON on stdin."""
+    name: str
+    role: str  # camera (later: learner, exporter)
+    module: str
+    payload: dict[str, Any]
+    label: str = ""  # what it works on, fit for logs (URLs without passwords)
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    proc: subprocess.Popen | None = None
+    state: str = "starting"  # starting | running | restarting | failed | finished | stopped
+    started_at: float = 0.0  # monotonic
+    last_report: float = 0.0
+    next_start: float = 0.0
+    backoff: float = 0.0
+    failures: int = 0  # consecutive runs that ended before daemon.restart_reset_s
+    restarts: int = 0
+    last_error: str = ""
+    last_exit: str = ""
+    kill_reason: str = ""  # why the daemon killed it, when it did
+    report: dict[str, Any] = field(default_factory=dict)  # the current process's latest counters
+    totals: dict[str, int] = field(default_factory=dict)  # of its earlier processes
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+def _source_label(source: str | int) -> str:
+    return redact_url(source) if isinstance(source, str) else f"camera {source}"
+
+
+def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str) -> list[ChildSpec]:
+    specs = []
+    for i, cam in enumerate(cfg.cameras):
+        if not cam.enabled:
+            continue
+        specs.append(ChildSpec(cam.name, "camera", "motionmask.camera_process", {
+            "name": cam.name,
+            "source": cam.source,
+            "source_label": _source_label(cam.source),
+            "streamer": to_dict(camera_streamer_config(cfg.streamer, cam, i)),
+            "realtime": cam.realtime,
+            "publish_encoding": cfg.publish.encoding if cfg.publish.enabled else None,
+            "buffer_name": buffer_name,
+            "buffer": to_dict(cfg.buffer),
+            "forward_endpoint": forward,
+            "parent_pid": os.getpid(),
+            "log_level": log_level,
+        }, _source_label(cam.source)))
+    return specs
+
+
+def _warn_missing(cameras: list[CameraConfig]) -> None:
+    """A missing file is not fatal (it may appear later: a mount, a recording being copied), but
+    a typo deserves a word at startup rather than only restart lines."""
+    for cam in cameras:
+        s = cam.source
+        if cam.enabled and isinstance(s, str) and "://" not in s and not s.startswith(("camera:", "/dev/")) \
+                and not s.isdigit() and not os.path.exists(os.path.expanduser(s)):
+            log_event(log, "source_missing", logging.WARNING, camera=cam.name, source=s,
+                      note="will retry with backoff until it appears")
+
+
+class Daemon:
+    def __init__(self, cfg: Config, log_level: str = "INFO") -> None:
+        enabled = [c for c in cfg.cameras if c.enabled]
+        if not enabled:
+            raise UserError("no cameras to run: add a `cameras:` section to the config (see "
+                            "configs/rig.yaml), or enable one")
+        self.cfg = cfg
+        self.dcfg = cfg.daemon
+        self.log_level = log_level
+        self.children: dict[str, Child] = {}
+        self.stopping = False
+        self._signal: int | None = None
+        self._signals = 0
+        self._started = time.monotonic()
+        self._next_stats_log = 0.0
+        self._tmp = tempfile.mkdtemp(prefix="motionmask-")  # 0700: the ipc socket is ours alone
+        self.ctx = zmq.Context()
+        self.pull: zmq.Socket | None = None
+        self.control: ControlServer | None = None
+        self.publisher: MaskPublisher | None = None
+        self.ring: RingBuffer | None = None
+        self.forwarded = 0
+        self.bad_messages = 0
+        try:
+            self._open()
+        except BaseException:
+            self._close_resources()
+            raise
+        _warn_missing(cfg.cameras)
+        for spec in camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level):
+            self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
+
+    def _open(self) -> None:
+        # Everything that can fail on a user's mistake (ports, shared memory) fails here, before
+        # any child starts.
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.RCVHWM, 1000)
+        self.forward_endpoint = f"ipc://{self._tmp}/children.sock"
+        self.pull.bind(self.forward_endpoint)
+        self.control = ControlServer(self.ctx, self.dcfg.control_endpoint,
+                                     {"status": self._status, "ping": self._ping})
+        if self.cfg.publish.enabled:
+            self.publisher = MaskPublisher(self.cfg.publish)
+        self.ring = RingBuffer.create(self.cfg.buffer)
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Supervise until SIGINT/SIGTERM; returns the exit status (0 after a clean shutdown)."""
+        # SIGHUP too: a daemon started from an ssh session that drops shuts down cleanly
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            log_event(log, "daemon_started", pid=os.getpid(), version=__version__,
+                      cameras=",".join(self.children), control=self.control.endpoint,
+                      publish=self.publisher.endpoint if self.publisher else "off", buffer=self.ring.name,
+                      slots=self.ring.capacity)
+            for child in self.children.values():
+                self._start(child)
+            poller = zmq.Poller()
+            poller.register(self.pull, zmq.POLLIN)
+            poller.register(self.control.socket, zmq.POLLIN)
+            while self._signal is None:
+                events = dict(poller.poll(POLL_MS))
+                if self.pull in events:
+                    self._drain()
+                if self.control.socket in events:
+                    self.control.handle()
+                self._check_children()
+                self._log_stats()
+            self._shutdown()
+            return 0
+        finally:
+            self._kill_all(signal.SIGKILL)  # only if the loop itself failed: never leave children behind
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self._close_resources()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if self._signal is None:
+            self._signal = signum
+        elif self._signals >= 2 and self.stopping:
+            # a second Ctrl-C: the user does not want to wait for the graceful part
+            log_event(log, "shutdown_hurried", logging.WARNING, signal=signal.Signals(signum).name)
+            self._kill_all(signal.SIGKILL)
+
+    def _shutdown(self) -> None:
+        self.stopping = True
+        t0 = time.monotonic()
+        log_event(log, "shutdown", signal=signal.Signals(self._signal).name if self._signal else "-",
+                  timeout_s=self.dcfg.shutdown_timeout_s)
+        for child in self.children.values():
+            if child.state in ("restarting", "starting") and not child.alive():
+                child.state = "stopped"
+        self._kill_all(signal.SIGTERM)
+        deadline = t0 + self.dcfg.shutdown_timeout_s
+        while any(c.alive() for c in self.children.values()) and time.monotonic() < deadline:
+            if self.pull.poll(50):
+                self._drain()
+            self._check_children()
+        for child in self.children.values():
+            if child.alive():
+                log_event(log, "child_killed", logging.WARNING, child=child.spec.name, pid=child.proc.pid,
+                          reason=f"still running after shutdown_timeout_s={self.dcfg.shutdown_timeout_s:g}")
+                self._signal_child(child, signal.SIGKILL)
+        for child in self.children.values():
+            if child.proc is not None:
+                try:
+                    child.proc.wait(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    pass
+                self._check_children()
+        log_event(log, "shutdown_done", took_s=time.monotonic() - t0,
+                  frames=sum(self._counter(c, "frames") for c in self.children.values()),
+                  published=self.publisher.stats()["sent"] if self.publisher else 0)
+
+    def _close_resources(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.pull is not None:
+            self.pull.close(0)
+            self.pull = None
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
+        if self.ring is not None:
+            self.ring.close()  # the owner unlinks the segment
+            self.ring = None
+        if not self.ctx.closed:
+            self.ctx.term()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # -- children ---------------------------------------------------------------------------
+    def _start(self, child: Child) -> None:
+        spec = child.spec
+        try:
+            # process_group=0: a terminal's Ctrl-C goes to the daemon only, which stops children in order
+            proc = subprocess.Popen([sys.executable, "-m", spec.module], stdin=subprocess.PIPE,
+                                    process_group=0, close_fds=True)
+        except OSError as e:
+            child.last_error = f"cannot start: {e}"
+            log_event(log, "child_start_failed", logging.ERROR, child=spec.name, error=e)
+            self._schedule_restart(child, time.monotonic())
+            return
+        try:
+            proc.stdin.write(json.dumps(spec.payload).encode())
+            proc.stdin.close()
+        except OSError:
+            pass  # it died at once; its exit is handled like any other
+        now = time.monotonic()
+        child.proc, child.state, child.report, child.kill_reason = proc, "starting", {}, ""
+        child.started_at = child.last_report = now
+        log_event(log, "child_started", child=spec.name, role=spec.role, pid=proc.pid, source=spec.label,
+                  restarts=child.restarts)
+
+    def _signal_child(self, child: Child, sig: int) -> None:
+        if not child.alive():
+            return
+        try:
+            os.killpg(child.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # not its group's leader any more (cannot happen with process_group=0)
+            child.proc.send_signal(sig)
+
+    def _kill_all(self, sig: int) -> None:
+        for child in self.children.values():
+            self._signal_child(child, sig)
+
+    def _check_children(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.proc is not None and child.proc.poll() is not None:
+                self._drain()  # its last counters and error, if they are still queued
+                self._exited(child, now)
+            elif child.proc is not None and not self.stopping and now - child.last_report > HANG_TIMEOUT_S:
+                log_event(log, "child_hung", logging.WARNING, child=child.spec.name, pid=child.proc.pid,
+                          silent_s=now - child.last_report)
+                child.kill_reason = f"hung: no report for {now - child.last_report:.0f} s"
+                self._signal_child(child, signal.SIGKILL)
+            elif child.state == "restarting" and not self.stopping and now >= child.next_start:
+                child.restarts += 1
+                self._start(child)
+
+    def _exited(self, child: Child, now: float) -> None:
+        code = child.proc.returncode
+        pid = child.proc.pid
+        ran = now - child.started_at
+        for k in _TOTALS:
+            child.totals[k] = child.totals.get(k, 0) + int(child.report.get(k, 0))
+        for k in _SOURCE_TOTALS:
+            child.totals["source_" + k] = (child.totals.get("source_" + k, 0)
+                                           + int(child.report.get("source", {}).get(k, 0)))
+        child.totals["shots"] = child.totals.get("shots", 0) + int(child.report.get("shots", 0))
+        reported = str(child.report.get("error", ""))
+        child.report = {}
+        child.proc = None
+        if self.stopping:
+            why = "stopped by the daemon"
+        elif child.kill_reason:
+            why = child.kill_reason
+        elif code < 0:
+            why = f"killed by {_exit_text(code)}"
+        else:
+            why = reported or _EXIT_WHY.get(code, "stopped")
+        child.last_exit = _exit_text(code)
+        if code != 0 and not self.stopping:
+            child.last_error = why
+        log_event(log, "child_exited", logging.INFO if self.stopping or code == 0 else logging.WARNING,
+                  child=child.spec.name, pid=pid, code=_exit_text(code), reason=why, ran_s=ran)
+        if self.stopping:
+            child.state = "stopped"
+        elif code == EXIT_OK:
+            child.state = "finished"  # a file without loop played to its end: nothing to restart
+        else:
+            if ran >= self.dcfg.restart_reset_s:
+                child.failures, child.backoff = 0, self.dcfg.restart_backoff_s
+            self._schedule_restart(child, now)
+
+    def _schedule_restart(self, child: Child, now: float) -> None:
+        child.failures += 1
+        if self.dcfg.max_restarts and child.failures > self.dcfg.max_restarts:
+            child.state = "failed"
+            log_event(log, "child_failed", logging.ERROR, child=child.spec.name, attempts=child.failures - 1,
+                      reason=child.last_error, note="gave up (daemon.max_restarts); fix it and restart the daemon")
+            return
+        child.state = "restarting"
+        child.next_start = now + child.backoff
+        log_event(log, "child_restart", logging.WARNING, child=child.spec.name, attempt=child.failures,
+                  backoff_s=child.backoff, reason=child.last_error)
+        child.backoff = min(child.backoff * 2, self.dcfg.restart_backoff_max_s)
+
+    # -- messages from children -------------------------------------------------------------
+    def _drain(self) -> None:
+        for _ in range(DRAIN_BUDGET):
+            try:
+                parts = self.pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if parts[0] == MSG_MASK and len(parts) == 5:
+                    self._forward(parts)
+                elif parts[0] == MSG_STATS and len(parts) == 2:
+                    self._report(json.loads(parts[1]))
+                else:
+                    raise ValueError(f"unknown message type {parts[0][:8]!r}")
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+                self.bad_messages += 1
+                log_event(log, "child_message_bad", logging.WARNING, error=e)
+
+    def _forward(self, parts: list[bytes]) -> None:
+        if self.publisher is None:
+            return
+        meta = json.loads(parts[3])
+        self.publisher.publish_encoded(parts[1].decode(), parts[2].decode(), parts[4], int(meta["width"]),
+                                       int(meta["height"]), int(meta["frame"]), int(meta["shot"]),
+                                       int(meta["capture_ns"]))
+        self.forwarded += 1
+
+    def _report(self, report: dict[str, Any]) -> None:
+        child = self.children.get(report.get("child", ""))
+        if child is None or child.proc is None or report.get("pid") != child.proc.pid:
+            return  # from a process that has since exited: its totals are already counted
+        child.report = report
+        child.last_report = time.monotonic()
+        if report.get("error"):
+            child.last_error = report["error"]
+        if report.get("phase") == "running" and child.state == "starting":
+            child.state = "running"
+            if child.restarts:
+                log_event(log, "child_running", child=child.spec.name, pid=child.proc.pid, restarts=child.restarts)
+
+    # -- status -----------------------------------------------------------------------------
+    def _counter(self, child: Child, key: str) -> int:
+        if key.startswith("source_"):
+            now = child.report.get("source", {}).get(key[7:], 0)
+        else:
+            now = child.report.get(key, 0)
+        return child.totals.get(key, 0) + int(now)
+
+    def camera_status(self, child: Child) -> dict[str, Any]:
+        r = child.report
+        c = {k: self._counter(child, k) for k in (*_TOTALS, "shots")}
+        src = {k: self._counter(child, "source_" + k) for k in _SOURCE_TOTALS}
+        now = time.monotonic()
+        return {
+            "state": child.state,
+            "pid": child.pid,
+            "source": child.spec.label,
+            "fps": round(float(r.get("fps", 0.0)), 2) if child.state == "running" else 0.0,
+            "ms_per_frame": round(float(r.get("ms_per_frame", 0.0)), 2),
+            **c,
+            "drops": c["buffer_drops"] + c["forward_drops"] + src["dropped_stale"],
+            "source_stats": src,
+            "size": [r["source"]["width"], r["source"]["height"]] if "width" in r.get("source", {}) else None,
+            "pruned_by": r.get("pruned_by", {}),
+            "restarts": child.restarts,
+            "last_error": child.last_error,
+            "last_exit": child.last_exit,
+            "up_s": round(now - child.started_at, 1) if child.pid else 0.0,
+            "restart_in_s": round(max(0.0, child.next_start - now), 1) if child.state == "restarting" else None,
+        }
+
+    def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
+        ring = self.ring.stats()
+        ring.pop("by_shot", None)  # grows with every shot held; by_camera says enough here
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "stopping": self.stopping,
+            "cameras": {name: self.camera_status(c) for name, c in self.children.items()
+                        if c.spec.role == "camera"},
+            "buffer": ring,
+            "publisher": {
+                "endpoint": self.publisher.endpoint if self.publisher else "",
+                "latest_endpoint": self.publisher.latest_endpoint if self.publisher else "",
+                **(self.publisher.stats() if self.publisher else {"sent": 0, "dropped": 0}),
+                "forwarded": self.forwarded,
+            },
+            "control": {"endpoint": self.control.endpoint, "requests": self.control.requests,
+                        "errors": self.control.errors},
+        }
+
+    def _ping(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self._started, 1)}
+
+    def _log_stats(self) -> None:
+        every = self.dcfg.stats_interval_s
+        now = time.monotonic()
+        if not every or now < self._next_stats_log:
+            return
+        first = self._next_stats_log == 0.0
+        self._next_stats_log = now + every
+        if first:
+            return  # nothing to say yet at startup
+        fill = self.ring.stats()
+        for name, child in self.children.items():
+            s = self.camera_status(child)
+            log_event(log, "camera_stats", camera=name, state=s["state"], fps=s["fps"], frames=s["frames"],
+                      shots=s["shots"], kept=s["kept"], pruned=s["pruned"], drops=s["drops"],
+                      restarts=s["restarts"], buffer=fill["by_camera"].get(name, 0), ms_per_frame=s["ms_per_frame"])
+        log_event(log, "buffer_stats", fill=fill["fill"], capacity=fill["capacity"], puts=fill["puts"],
+                  drops=fill["drops_total"], published=self.publisher.stats()["sent"] if self.publisher else 0)
+
+
+def run_daemon(cfg: Config, log_level: str = "INFO") -> int:
+    return Daemon(cfg, log_level).run()
+
+
+__all__ = ["ChildSpec", "Daemon", "camera_specs", "run_daemon"]
