@@ -34,7 +34,7 @@ class ShotConfig:
 
 @dataclass
 class FlowConfig:
-    width: int = 160  # working resolution (height follows the aspect ratio)
+    width: int = 240  # working resolution (height follows the aspect ratio)
     preset: str = "fast"  # DIS preset: ultrafast | fast | medium
     finest_scale: int = 1  # DIS pyramid level where flow stops (0 = full res); the presets stop at 2, too blurry for small objects
     fb_sigma: float = 1.0  # forward-backward error (working px) at which confidence is exp(-1/2)
@@ -51,12 +51,20 @@ class GlobalMotionConfig:
 @dataclass
 class MotionConfig:
     superpixels: str = "seeds"  # seeds (opencv-contrib) | slic (scikit-image)
-    num_superpixels: int = 300
+    num_superpixels: int = 800  # SEEDS rounds to its block grid: 660 at 240x180
     history: int = 10  # recent frames of the same shot whose superpixels vote
-    neighbours: int = 8  # k of the k-nearest-neighbour vote
+    neighbours: int = 16  # k of the k-nearest-neighbour vote
     lookahead: int = 0  # frames of delay traded for quality; 0 = causal
     iterations: int = 2  # rounds of vote propagation
-    saliency_scale: float = 0.0  # residual flow (working px) at saliency 0.5; 0 = adaptive
+    location_weight: float = 1.5  # location vs appearance in the neighbour search
+    neighbour_weight: float = 1.0  # neighbours' total say relative to one fully reliable own measurement
+    static_evidence: float = 0.3  # weight of "did not move" relative to "moved" (objects pause)
+    memory_decay: float = 0.95  # per frame, on the weight of remembered votes
+    temporal_gain: float = 0.0  # 0..1: how much of the last frame's residual motion carries over (slow movers add up)
+    texture_scale: float = 1.0  # structure-tensor eigenvalue (gray levels^2 per px^2) at which flow is 63% trusted
+    saliency_scale: float = 0.0  # residual flow (working px) at saliency 0.5; 0 = adaptive:
+    noise_multiplier: float = 2.0  # ... this many times the frame's median camera-model residual,
+    min_saliency_scale: float = 0.5  # ... but at least this (working px)
 
 
 @dataclass

@@ -44,3 +44,18 @@ class FlowEstimator:
         err2 = np.square(back + warp_by_flow(fwd, back)).sum(axis=2)
         conf = np.exp(-0.5 * err2 / (self.cfg.fb_sigma**2)).astype(np.float32)
         return -back, conf
+
+
+def texture_weight(gray: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """How far flow can be trusted from texture alone: 1 - exp(-lambda_min / scale), where
+    lambda_min is the smaller eigenvalue of the 5x5 structure tensor (squared gray levels per
+    pixel). Flat regions (sky, walls, blurred backgrounds) get ~0: DIS fills them by
+    smoothness, so their residual motion says nothing about what moves."""
+    g = gray.astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) * 0.125
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) * 0.125
+    a = cv2.boxFilter(gx * gx, -1, (5, 5))
+    b = cv2.boxFilter(gx * gy, -1, (5, 5))
+    c = cv2.boxFilter(gy * gy, -1, (5, 5))
+    lam = 0.5 * (a + c) - np.sqrt(0.25 * np.square(a - c) + b * b)
+    return (1.0 - np.exp(-np.maximum(lam, 0) / scale)).astype(np.float32)

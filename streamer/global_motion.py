@@ -56,10 +56,10 @@ def fit_global_motion(motion: np.ndarray, conf: np.ndarray, cfg: GlobalMotionCon
 
 
 def residual_motion(motion: np.ndarray, gm: GlobalMotion) -> np.ndarray:
-    """Per-pixel magnitude of the motion the camera model does not explain (working px)."""
+    """Per-pixel motion the camera model does not explain (h x w x 2, working px)."""
     h, w = motion.shape[:2]
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     cur = np.stack([gx, gy], axis=2)
     camera_prev = cv2.perspectiveTransform(cur.reshape(1, -1, 2), gm.to_prev).reshape(h, w, 2)
     # where the pixel really was minus where the camera alone would have put it
-    return np.linalg.norm((cur - motion) - camera_prev, axis=2)
+    return camera_prev - (cur - motion)

@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 
 from streamer.config import StreamerConfig
-from streamer.flow import FlowEstimator, working_size
+from streamer.flow import FlowEstimator, texture_weight, warp_by_flow, working_size
 from streamer.frames import Frame
 from streamer.global_motion import fit_global_motion, residual_motion
 from streamer.prune import prune, trimap
 from streamer.shots import ShotDetector
 from streamer.superpixels import Superpixels, SuperpixelExtractor
-from streamer.voting import OnlineVoter
+from streamer.voting import OnlineVoter, VoteParams
 
 
 @dataclass
@@ -42,15 +42,17 @@ class _Analysis:
     dark: bool
     sp: Superpixels | None = None
     saliency: np.ndarray | None = None  # per superpixel, raw (before voting)
+    reliability: np.ndarray | None = None  # per superpixel: flow confidence x texture
     to_prev: np.ndarray | None = None  # 3x3 camera model, this frame -> previous frame
     motion: np.ndarray | None = None
     ms: dict[str, float] = field(default_factory=dict)
 
 
-def motion_saliency(residual: np.ndarray, noise: float, scale: float) -> np.ndarray:
+def motion_saliency(residual: np.ndarray, noise: float, scale: float, min_scale: float = 0.5,
+                    noise_multiplier: float = 3.0) -> np.ndarray:
     """Residual motion (px) -> saliency in [0, 1); `scale` px gives 0.5. With scale 0 the
     scale adapts to the frame's flow noise, so compression noise does not light up."""
-    tau = scale if scale > 0 else max(0.5, 3.0 * noise)
+    tau = scale if scale > 0 else max(min_scale, noise_multiplier * noise)
     return (1.0 - np.exp(-np.log(2.0) * np.square(residual / tau))).astype(np.float32)
 
 
@@ -64,9 +66,12 @@ class MotionSegmenter:
         self.shots = ShotDetector(cfg.shots)
         self.flow = FlowEstimator(cfg.flow)
         self.superpixels = SuperpixelExtractor(cfg.motion.superpixels, cfg.motion.num_superpixels)
-        self.voter = OnlineVoter(cfg.motion.history, cfg.motion.neighbours, cfg.motion.iterations)
+        m = cfg.motion
+        self.voter = OnlineVoter(VoteParams(m.history, m.neighbours, m.iterations, m.location_weight,
+                                            m.neighbour_weight, m.static_evidence, m.memory_decay))
         self.pending: list[_Analysis] = []  # analysed, waiting for look-ahead frames
-        self.segment: list[_Analysis] = []  # frames of the current motion segment not yet voted
+        self._acc: np.ndarray | None = None  # temporally integrated residual motion of the last frame
+        self.prev: _Analysis | None = None  # the last pushed frame (pending may already be empty)
 
     # -- public -------------------------------------------------------------------------------
     def push(self, frame: Frame) -> list[MaskResult]:
@@ -82,7 +87,7 @@ class MotionSegmenter:
         a.ms["resize"] = (t1 - t0) * 1e3
         a.ms["shots"] = (t2 - t1) * 1e3
         out: list[MaskResult] = []
-        prev = self.pending[-1] if self.pending else None
+        prev, self.prev = self.prev, a
         new_segment = (prev is None or decision.cut or prev.dark or prev.shot != a.shot
                        or prev.gray.shape != gray.shape)
         if new_segment:
@@ -91,7 +96,7 @@ class MotionSegmenter:
             out += self._finish_segment()
             out.append(self._finalize(a, None))
             return out
-        if new_segment or prev is None:
+        if new_segment:
             self.pending.append(a)  # head: analysed when the next frame brings flow
             return out
         if prev.sp is None:  # prev is a segment head: give it this frame's flow, reversed in time
@@ -112,12 +117,21 @@ class MotionSegmenter:
         t1 = time.perf_counter()
         gm = fit_global_motion(motion, conf, cfg.global_motion)
         residual = residual_motion(motion, gm)
+        if not reverse and cfg.motion.temporal_gain > 0 and self._acc is not None and self._acc.shape == residual.shape:
+            # Integrate the residual along the motion: an object that moves slowly but
+            # steadily adds up, flow noise (random direction) mostly cancels.
+            residual = residual + cfg.motion.temporal_gain * warp_by_flow(self._acc, -motion)
+        self._acc = None if reverse else residual
+        residual = np.linalg.norm(residual, axis=2)
         t2 = time.perf_counter()
-        sal = motion_saliency(residual, gm.residual_noise, cfg.motion.saliency_scale)
+        sal = motion_saliency(residual, gm.residual_noise, cfg.motion.saliency_scale, cfg.motion.min_saliency_scale,
+                              cfg.motion.noise_multiplier)
         sp = self.superpixels(a.small)
         t3 = time.perf_counter()
         a.sp = sp
-        a.saliency = sp.pool(sal, conf + 0.05).astype(np.float32)
+        rel = conf * texture_weight(a.gray, cfg.motion.texture_scale)
+        a.saliency = sp.pool(sal, rel + 1e-3).astype(np.float32)
+        a.reliability = sp.pool(rel).astype(np.float32)
         a.to_prev = None if reverse else gm.to_prev
         a.motion = None if reverse else motion
         a.ms.update(flow=(t1 - t0) * 1e3, global_motion=(t2 - t1) * 1e3, superpixels=(t3 - t2) * 1e3)
@@ -136,6 +150,7 @@ class MotionSegmenter:
             a = self.pending.pop(0)
             out.append(self._finalize(a, self.pending[: self.cfg.motion.lookahead]))
         self.voter.reset()
+        self._acc = None
         return out
 
     def _finalize(self, a: _Analysis, future: list[_Analysis] | None) -> MaskResult:
@@ -156,8 +171,8 @@ class MotionSegmenter:
                 break
             to_here = to_here @ f.to_prev  # f -> ... -> a
             c = cv2.perspectiveTransform(f.sp.centroid[None].astype(np.float64), to_here)[0].astype(np.float32)
-            ahead.append((Superpixels(f.sp.labels, f.sp.n, f.sp.area, c, f.sp.features), f.saliency))
-        voted = self.voter.vote(a.sp, a.saliency, ahead)
+            ahead.append((Superpixels(f.sp.labels, f.sp.n, f.sp.area, c, f.sp.features), f.saliency, f.reliability))
+        voted = self.voter.vote(a.sp, a.saliency, a.reliability, ahead)
         small_prob = a.sp.paint(np.clip(voted, 0.0, 1.0))
         t1 = time.perf_counter()
         prob = cv2.resize(small_prob, (w, h), interpolation=cv2.INTER_LINEAR) if small_prob.shape != (h, w) else small_prob

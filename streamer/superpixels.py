@@ -43,12 +43,13 @@ class SuperpixelExtractor:
         self._seeds = None
         self._seeds_size: tuple[int, int] | None = None
 
-    def labels(self, lab: np.ndarray) -> np.ndarray:
+    def labels(self, rgb: np.ndarray, lab: np.ndarray) -> np.ndarray:
         h, w = lab.shape[:2]
         if self.method == "slic":
             from skimage.segmentation import slic
 
-            return slic(lab, n_segments=self.num, compactness=10, start_label=0, convert2lab=False).astype(np.int32)
+            # from RGB: scikit-image's own Lab scaling is what its compactness is tuned for
+            return slic(rgb, n_segments=self.num, compactness=10, start_label=0).astype(np.int32)
         if self._seeds_size != (w, h):
             # SEEDS objects are bound to one image size; rebuilt only when it changes.
             self._seeds = cv2.ximgproc.createSuperpixelSEEDS(w, h, 3, self.num, 4, 2, 5, False)
@@ -58,7 +59,7 @@ class SuperpixelExtractor:
 
     def __call__(self, rgb: np.ndarray) -> Superpixels:
         lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
-        labels = self.labels(lab)
+        labels = self.labels(rgb, lab)
         return describe(labels, lab)
 
 

@@ -2,10 +2,13 @@
 
 Each superpixel of the current frame looks up its k nearest neighbours, by appearance and
 location, among the superpixels of recent frames of the same shot (and of look-ahead frames,
-when configured), and takes the affinity-weighted mean of their motion saliency. This spreads
-the evidence of the moving edges over the whole object (same colours and textures), lets an
-object that pauses stay foreground (it still looks like what moved a moment ago, at the same
-place), and averages away isolated flow noise.
+when configured), and combines their saliency with its own evidence, each weighted by how
+reliable it is. This spreads the evidence of moving edges over the whole object (same colours
+and textures), lets an object that pauses stay foreground (it still looks like what moved a
+moment ago, at the same place), and averages away isolated flow noise.
+
+Evidence is asymmetric on purpose: "this moved" is strong evidence, "this did not move right
+now" is weak, because objects pause and flat regions hide motion.
 """
 from __future__ import annotations
 
@@ -23,18 +26,41 @@ class _Memory:
     centroid: np.ndarray  # (n, 2) in the *current* frame's coordinates (kept up to date)
     features: np.ndarray  # (n, d)
     value: np.ndarray  # (n,) voted saliency
+    weight: np.ndarray  # (n,) how much evidence stands behind `value`
     valid: np.ndarray  # (n,) bool: non-empty superpixels
 
 
+@dataclass
+class VoteParams:
+    history: int = 10
+    neighbours: int = 8
+    iterations: int = 2
+    location_weight: float = 1.5  # location vs appearance in the neighbour search
+    neighbour_weight: float = 1.0  # total weight of the neighbours relative to one fully reliable own measurement
+    static_evidence: float = 0.3  # weight of "did not move" relative to "moved"
+    memory_decay: float = 0.85  # per frame of age, on the weight of remembered votes
+    prior: float = 0.02  # weight of the background prior (value 0) where evidence is thin
+
+
+def evidence_weight(saliency: np.ndarray, reliability: np.ndarray, static_evidence: float) -> np.ndarray:
+    return reliability * (static_evidence + (1.0 - static_evidence) * saliency)
+
+
+def nearest_others(queries: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours (indices, squared distances) in `pool` of each query, where query i
+    is pool row i and must not count as its own neighbour. OpenCV's brute-force search is ~3x
+    faster here than numpy's matrix product + argpartition."""
+    d2, idx = cv2.batchDistance(queries, pool, cv2.CV_32F, normType=cv2.NORM_L2SQR, K=k + 1)
+    is_self = idx == np.arange(len(queries))[:, None]
+    is_self[~is_self.any(axis=1), -1] = True  # self not among the k+1 (ties): drop the farthest
+    order = np.argsort(is_self, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(d2, order, axis=1)
+
+
 class OnlineVoter:
-    def __init__(self, history: int, neighbours: int, iterations: int, location_weight: float = 1.5,
-                 self_weight: float = 0.35):
-        self.history = history
-        self.k = neighbours
-        self.iterations = iterations
-        self.location_weight = location_weight
-        self.self_weight = self_weight  # how much of a superpixel's own evidence survives the vote
-        self.memory: deque[_Memory] = deque(maxlen=max(history, 1))
+    def __init__(self, params: VoteParams):
+        self.p = params
+        self.memory: deque[_Memory] = deque(maxlen=max(params.history, 1))
 
     def reset(self) -> None:
         self.memory.clear()
@@ -44,58 +70,58 @@ class OnlineVoter:
         for m in self.memory:
             if len(m.centroid):
                 m.centroid = cv2.perspectiveTransform(m.centroid[None].astype(np.float64), to_cur)[0].astype(np.float32)
+            m.weight = m.weight * self.p.memory_decay
 
     def _embed(self, feats: np.ndarray, centroid: np.ndarray, scale: float) -> np.ndarray:
-        return np.concatenate([feats, centroid * (self.location_weight / scale)], axis=1).astype(np.float32)
+        return np.concatenate([feats, centroid * (self.p.location_weight / scale)], axis=1).astype(np.float32)
 
-    def vote(self, sp: Superpixels, saliency: np.ndarray, future: list[tuple[Superpixels, np.ndarray]] = (),
-             remember: bool = True) -> np.ndarray:
-        """Voted saliency per superpixel of `sp`; `saliency` is its pooled raw motion saliency.
-        `future`: (superpixels, raw saliency) of look-ahead frames, already in this frame's coordinates."""
+    def vote(self, sp: Superpixels, saliency: np.ndarray, reliability: np.ndarray,
+             future: list[tuple[Superpixels, np.ndarray, np.ndarray]] = ()) -> np.ndarray:
+        """Voted saliency per superpixel of `sp`. `saliency`, `reliability`: its pooled raw motion
+        saliency and the reliability of that measurement (flow confidence x texture).
+        `future`: (superpixels, saliency, reliability) of look-ahead frames, in this frame's coordinates."""
+        p = self.p
         h, w = sp.labels.shape
         scale = float(np.hypot(h, w))
         valid = sp.area > 0
-        cur = self._embed(sp.features, sp.centroid, scale)
-        pool_x = [cur]
-        pool_v = [saliency]
-        pool_ok = [valid]
-        if self.history > 0:
+        own_w = evidence_weight(saliency, reliability, p.static_evidence)
+        pool_x = [self._embed(sp.features, sp.centroid, scale)]
+        pool_v, pool_w, pool_ok = [saliency], [own_w], [valid]
+        if p.history > 0:
             for m in self.memory:
                 pool_x.append(self._embed(m.features, m.centroid, scale))
                 pool_v.append(m.value)
+                pool_w.append(m.weight)
                 pool_ok.append(m.valid)
-        for fsp, fsal in future:
+        for fsp, fsal, frel in future:
             pool_x.append(self._embed(fsp.features, fsp.centroid, scale))
             pool_v.append(fsal)
+            pool_w.append(evidence_weight(fsal, frel, p.static_evidence))
             pool_ok.append(fsp.area > 0)
-        px = np.concatenate(pool_x)
-        pv = np.concatenate(pool_v).astype(np.float32)
         ok = np.concatenate(pool_ok)
-        px, pv = px[ok], pv[ok]
-        n_cur = int(valid.sum())
-        cur_idx_in_pool = np.arange(n_cur)  # current frame's valid superpixels come first
+        px = np.concatenate(pool_x)[ok]
+        pv = np.concatenate(pool_v).astype(np.float32)[ok]
+        pw = np.concatenate(pool_w).astype(np.float32)[ok]
+        n_cur = int(valid.sum())  # the current frame's valid superpixels come first in the pool
+        own_s, own_wv = saliency[valid].astype(np.float32), own_w[valid].astype(np.float32)
 
-        # squared distances, current x pool, via |a|^2 + |b|^2 - 2ab (one matrix product)
-        a = cur[valid]
-        d2 = (a * a).sum(1)[:, None] + (px * px).sum(1)[None, :] - 2.0 * a @ px.T
-        np.maximum(d2, 0, out=d2)
-        d2[cur_idx_in_pool, cur_idx_in_pool] = np.inf  # a superpixel does not vote for itself
-        k = min(self.k, px.shape[0] - 1)
+        k = min(p.neighbours, px.shape[0] - 1)
         if k < 1:
-            out = saliency.astype(np.float32).copy()
+            v_cur, total = own_s, own_wv
         else:
-            nn = np.argpartition(d2, k - 1, axis=1)[:, :k]
-            nd2 = np.take_along_axis(d2, nn, axis=1)
-            sigma2 = float(np.median(nd2)) + 1e-6
-            wgt = np.exp(-nd2 / (2 * sigma2)).astype(np.float32)
-            wgt /= wgt.sum(1, keepdims=True) + 1e-9
-            own = saliency[valid].astype(np.float32)
+            nn, nd2 = nearest_others(px[:n_cur], px, k)
+            aff = np.exp(-nd2 / (2 * (float(np.median(nd2)) + 1e-6))).astype(np.float32)
+            aff *= p.neighbour_weight / (aff.sum(1, keepdims=True) + 1e-9)
             v = pv.copy()
-            for _ in range(max(self.iterations, 1)):
-                voted = (wgt * v[nn]).sum(1)
-                v[:n_cur] = self.self_weight * own + (1 - self.self_weight) * voted
-            out = np.zeros(sp.n, np.float32)
-            out[valid] = v[:n_cur]
-        if remember and self.history > 0:
-            self.memory.append(_Memory(sp.centroid.copy(), sp.features, out, valid))
+            for _ in range(max(p.iterations, 1)):
+                nw = aff * pw[nn]
+                total = own_wv + nw.sum(1) + p.prior
+                v_cur = (own_wv * own_s + (nw * v[nn]).sum(1)) / total
+                v[:n_cur] = v_cur
+        out = np.zeros(sp.n, np.float32)
+        out[valid] = v_cur
+        weight = np.zeros(sp.n, np.float32)
+        weight[valid] = np.minimum(total, 1.0)
+        if p.history > 0:
+            self.memory.append(_Memory(sp.centroid.copy(), sp.features, out, weight, valid))
         return out
