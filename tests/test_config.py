@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_default_yaml_loads_and_matches_types():
     cfg = load_config(ROOT / "configs" / "default.yaml")
-    assert cfg.streamer.flow.width == 160
+    assert cfg.streamer.flow.width == 240
     assert isinstance(cfg.streamer.trimap.negative_below, float)
 
 
