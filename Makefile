@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# The CPU build of torch lies on this machine's disk; install it first so that nothing pulls a
-# multi-GB CUDA build. Override on a GPU box: make install TORCH_SPEC='torch'
-TORCH_SPEC ?=
+# torch is installed first, on its own, so that the `torch>=2.4` dependency is already met and
+# nothing pulls a multi-GB CUDA build: torch==2.13.0 resolves to the CPU build that pip finds in
+# /opt/wheels on this machine (find-links). On a GPU box: make install TORCH_SPEC='torch'
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: run test install install-dev bench clean
 
