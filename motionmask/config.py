@@ -19,6 +19,7 @@ from streamer.config import StreamerConfig
 from streamer.ringbuffer import BufferConfig
 from streamer.publish import PublishConfig
 from motionmask.daemon_config import CameraConfig, DaemonConfig, validate_cameras
+from learner.config import LearnerConfig
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     cameras: list[CameraConfig] = field(default_factory=list)  # `motionmask run`: one streamer process each
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -139,6 +141,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         cfg.buffer.validate()
         cfg.publish.validate()
         cfg.daemon.validate()
+        cfg.learner.validate()
         validate_cameras(cfg.cameras, cfg.streamer, cfg.daemon, (cfg.publish.endpoint, cfg.publish.latest_endpoint))
     except (ConfigError, ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None

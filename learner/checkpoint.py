@@ -1,0 +1,149 @@
+"""Checkpoints of a training run:
+
+    RUN/checkpoints/step_0001200.pt   one per save, the newest `keep` are kept
+    RUN/checkpoints/last.pt           always the newest whole checkpoint (a hard link of it)
+
+Each file is written to a temp name, fsynced and renamed, so a crash or SIGKILL leaves the
+previous files intact. A checkpoint is a dict of tensors and plain Python values (see
+`Trainer.state_dict` in learner/train.py) and loads with torch.load(weights_only=True): opening
+one never runs code from the file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamer.errors import UserError
+from streamer.log import log_event
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "motionmask-learner"
+VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+_STEP_FILE = re.compile(r"^step_(\d{7,})\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def step_files(run_dir: str | Path) -> list[Path]:
+    """step_*.pt of a run, oldest first."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _link_last(path: Path) -> None:
+    """last.pt -> the same file as `path`, swapped in by rename (a copy where links are refused)."""
+    last = path.parent / LAST
+    tmp = path.parent / f".{LAST}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, last)
+
+
+def save_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) -> Path:
+    """Write state as RUN/checkpoints/step_XXXXXXX.pt, point last.pt at it, remove old ones."""
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    step = int(state["step"])
+    path = d / f"step_{step:07d}.pt"
+    _atomic_save(state, path)
+    _link_last(path)
+    _fsync_dir(d)
+    for old in step_files(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint; a missing, truncated, corrupt or foreign file is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # zip/pickle errors of every kind: truncated, overwritten, not a checkpoint
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {why[:160]}); "
+                        f"delete it to resume from an older one") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not a motionmask learner checkpoint")
+    if int(state.get("version", -1)) != VERSION:
+        raise UserError(f"{path}: checkpoint version {state.get('version')} is not supported "
+                        f"(this motionmask reads version {VERSION})")
+    return state
+
+
+def check_compatible(state: dict, arch: dict, path: str | Path) -> None:
+    """UserError naming what differs when a checkpoint's architecture is not the configured one."""
+    theirs = state.get("arch", {})
+    diffs = [f"{k} {theirs.get(k)!r} in the checkpoint vs {arch.get(k)!r} in the config"
+             for k in sorted(set(arch) | set(theirs)) if theirs.get(k) != arch.get(k)]
+    if diffs:
+        raise UserError(f"{path}: incompatible checkpoint: {'; '.join(diffs)}; use the config it was "
+                        f"trained with, or another --out for a new run")
+
+
+def find_resume(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
+    """The newest checkpoint of a run that loads: last.pt, else the step files newest first.
+
+    None for a run without checkpoints; a UserError when every checkpoint there is unreadable."""
+    d = checkpoint_dir(run_dir)
+    candidates = ([d / LAST] if (d / LAST).is_file() else []) + step_files(run_dir)[::-1]
+    errors = []
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path, map_location)
+        except UserError as e:
+            errors.append(str(e))
+            log_event(logger, "checkpoint_unreadable", logging.WARNING, path=path, error=str(e))
+    if errors:
+        raise UserError(f"{d}: no readable checkpoint ({errors[0]}); move the folder away to start afresh")
+    return None

@@ -1,0 +1,168 @@
+"""Typed configuration of the learner (the `learner:` section of the YAML config); defaults here.
+
+The defaults are chosen for the CPU: they give a useful student from ten 90-frame 320x240 clips
+in 12 minutes on two cores. On a GPU raise `train.batch` (e.g. 256) and `crops.size` (e.g. 224).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# ImageNet statistics in 0..1 units: any fixed values work, these keep activations near unit scale
+# on natural images. The exporter bakes them into the exported graph.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+BACKBONES = ("compact", "alexnet")
+DEFAULT_WIDTH = {"compact": 24, "alexnet": 96}  # channels of the first stage
+DEFAULT_CROP = {"compact": 128, "alexnet": 227}  # the paper: w = 227 for AlexNet
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "compact"  # compact (fully convolutional, edge devices) | alexnet (the paper)
+    width: int = 0  # channels of the first stage, doubled per stage; 0 = the backbone's default (compact 24, alexnet 96)
+    blocks: list[int] = field(default_factory=lambda: [1, 2, 2, 1])  # compact: residual blocks at strides 4, 8, 16, 32
+    decoder: int = 0  # compact: decoder channels; 0 = 2 x width
+    mask_size: int = 56  # alexnet: s, the FC head predicts an s x s mask
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # input = (rgb / 255 - mean) / std
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+    def resolved_width(self) -> int:
+        return self.width or DEFAULT_WIDTH.get(self.backbone, 24)
+
+
+@dataclass
+class CropConfig:
+    size: int = 0  # crop side in pixels fed to the net; 0 = the backbone's default (compact 128, alexnet 227)
+    per_frame: int = 1  # crops cut from each buffer sample drawn (more: fewer copies out of the buffer per crop)
+    context_min: float = 1.3  # box side / longer side of the positive region's bounding box...
+    context_max: float = 2.6  # ... drawn log-uniformly in this range (jitter in scale)
+    shift: float = 0.25  # box centre moves up to this fraction of the box side (jitter in position)
+    min_side: float = 0.2  # smallest box, as a fraction of the frame's shorter side (tiny segments)
+    random_fraction: float = 0.25  # crops placed at random (side 0.4-1.0 of the frame) even when there are positives
+    flip: bool = True  # horizontal flips, half the crops
+    brightness: float = 0.3  # colour jitter: factors drawn in [1 - x, 1 + x]
+    contrast: float = 0.3
+    saturation: float = 0.3
+
+    def resolved_size(self, backbone: str) -> int:
+        return self.size or DEFAULT_CROP.get(backbone, 128)
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    strict_device: bool = False  # cuda requested but absent: false = fall back to the CPU with a warning; true = error
+    batch: int = 24  # crops per step
+    lr: float = 2e-3  # AdamW peak learning rate
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # constant | cosine (cosine decays over the run's step/time budget; online runs stay constant)
+    warmup_steps: int = 50
+    min_lr_fraction: float = 0.05  # cosine ends at lr x this
+    grad_clip: float = 5.0  # max global gradient norm; 0 = off
+    max_nan_steps: int = 20  # consecutive non-finite losses that stop training with an error
+    compile: bool = False  # torch.compile the model (CUDA: faster after a warm-up of a minute)
+    channels_last: bool = True  # on CUDA only: the memory format tensor cores like
+    threads: int = 0  # CPU threads of torch; 0 = the cores this process may use, minus one for the streamer
+    seed: int = 0
+    steps: int = 0  # offline (`motionmask train`): stop after this many steps; 0 = no step limit
+    minutes: float = 12.0  # ... or after this long, whichever comes first; 0 = no time limit
+    log_every: int = 10  # steps per RUN/train.jsonl line
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000  # save every N steps...
+    every_minutes: float = 3.0  # ... and at least this often; and always at shutdown. 0 = off
+    keep: int = 3  # step_XXXXXXX.pt files kept (last.pt is always the newest of them)
+
+
+@dataclass
+class SamplesConfig:
+    sampling: str = ""  # uniform | recency; "" = buffer.sampling
+    wait_log_s: float = 30.0  # an empty buffer: one log line when waiting starts and then every this many seconds
+    offline_draws_per_sample: float = 4.0  # offline, buffer full: the streamer waits until the learner drew this many samples per eviction
+    offline_max_buffer_mb: float = 1024.0  # offline: the buffer grows up to this to hold every frame of the inputs
+
+
+@dataclass
+class LearnerConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    crops: CropConfig = field(default_factory=CropConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+
+    @property
+    def crop_size(self) -> int:
+        return self.crops.resolved_size(self.model.backbone)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key for values no type check catches."""
+        m, c, t, k, s = self.model, self.crops, self.train, self.checkpoint, self.samples
+        checks = [
+            ("model.backbone", m.backbone in BACKBONES, " or ".join(BACKBONES)),
+            ("model.width", 0 <= m.width <= 1024, "between 0 and 1024 (0 = default)"),
+            ("model.blocks", len(m.blocks) == 4 and all(0 <= b <= 16 for b in m.blocks),
+             "four block counts between 0 and 16, e.g. [1, 2, 2, 1]"),
+            ("model.decoder", 0 <= m.decoder <= 1024, "between 0 and 1024 (0 = 2 x width)"),
+            ("model.mask_size", 4 <= m.mask_size <= 256, "between 4 and 256"),
+            ("model.mean", len(m.mean) == 3, "three numbers (R, G, B in 0..1)"),
+            ("model.std", len(m.std) == 3 and all(v > 0 for v in m.std), "three positive numbers"),
+            ("crops.size", c.size == 0 or 32 <= c.size <= 1024, "0 (default) or between 32 and 1024"),
+            ("crops.size", m.backbone != "compact" or c.size % 32 == 0, "a multiple of 32 for the compact backbone"),
+            ("crops.size", m.backbone != "alexnet" or c.size == 0 or c.size >= 67, ">= 67 for alexnet"),
+            ("crops.per_frame", 1 <= c.per_frame <= 64, "between 1 and 64"),
+            ("crops.context_min", 1.0 <= c.context_min <= c.context_max <= 8.0, "1 <= context_min <= context_max <= 8"),
+            ("crops.shift", 0 <= c.shift <= 0.5, "between 0 and 0.5"),
+            ("crops.min_side", 0 < c.min_side <= 1, "in (0, 1]"),
+            ("crops.random_fraction", 0 <= c.random_fraction <= 1, "between 0 and 1"),
+            ("crops.brightness", 0 <= c.brightness < 1, "in [0, 1)"),
+            ("crops.contrast", 0 <= c.contrast < 1, "in [0, 1)"),
+            ("crops.saturation", 0 <= c.saturation <= 1, "between 0 and 1"),
+            ("train.device", t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("train.threads", 0 <= t.threads <= 1024, "between 0 and 1024 (0 = auto)"),
+            ("train.batch", 1 <= t.batch <= 65536, "between 1 and 65536"),
+            ("train.lr", 0 < t.lr < 1, "in (0, 1)"),
+            ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
+            ("train.schedule", t.schedule in ("constant", "cosine"), "constant or cosine"),
+            ("train.warmup_steps", t.warmup_steps >= 0, ">= 0"),
+            ("train.min_lr_fraction", 0 <= t.min_lr_fraction <= 1, "between 0 and 1"),
+            ("train.grad_clip", t.grad_clip >= 0, ">= 0 (0 = off)"),
+            ("train.max_nan_steps", t.max_nan_steps >= 1, ">= 1"),
+            ("train.steps", t.steps >= 0, ">= 0 (0 = no limit)"),
+            ("train.minutes", t.minutes >= 0, ">= 0 (0 = no limit)"),
+            ("train.log_every", t.log_every >= 1, ">= 1"),
+            ("checkpoint.every_steps", k.every_steps >= 0, ">= 0 (0 = off)"),
+            ("checkpoint.every_minutes", k.every_minutes >= 0, ">= 0 (0 = off)"),
+            ("checkpoint.keep", k.keep >= 1, ">= 1"),
+            ("samples.sampling", s.sampling in ("", "uniform", "recency"), "uniform, recency or \"\" (= buffer.sampling)"),
+            ("samples.wait_log_s", s.wait_log_s > 0, "> 0"),
+            ("samples.offline_draws_per_sample", s.offline_draws_per_sample >= 0, ">= 0 (0 = never wait)"),
+            ("samples.offline_max_buffer_mb", s.offline_max_buffer_mb > 0, "> 0"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ValueError(f"learner.{key} must be {want}")
+
+
+def learner_config_from_dict(data: dict) -> LearnerConfig:
+    """The LearnerConfig saved in a checkpoint (dataclasses.asdict). Keys this version does not
+    know are ignored, so that checkpoints of a newer minor version still load for inference."""
+    def build(cls, d):
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for k, v in (d or {}).items():
+            if k not in known:
+                continue
+            sub = _SECTIONS.get((cls, k))
+            kwargs[k] = build(sub, v) if sub is not None else v
+        return cls(**kwargs)
+
+    return build(LearnerConfig, data)
+
+
+_SECTIONS = {(LearnerConfig, "model"): ModelConfig, (LearnerConfig, "crops"): CropConfig,
+             (LearnerConfig, "train"): TrainConfig, (LearnerConfig, "checkpoint"): CheckpointConfig,
+             (LearnerConfig, "samples"): SamplesConfig}

@@ -1,0 +1,440 @@
+"""Training: the training step and the loop around it. Read it top to bottom.
+
+    trainer = Trainer(cfg.learner)            # model, AdamW, RNGs, counters: what a checkpoint holds
+    trainer.step(batch)                       # one step on a Batch of ring-buffer samples
+    fit(trainer, feed, run_dir, Limits(steps=2000, minutes=12))   # the loop: logs, checkpoints, limits
+
+One training step = Trainer.forward_backward + Trainer.update:
+  1. crops     N buffer samples -> N x per_frame jittered crops with their trimaps, on the device
+               (learner/crops.py)
+  2. forward   normalise; on CUDA channels_last and bf16 autocast, on the CPU float32
+  3. loss      binary cross-entropy on the trimap's positive and negative pixels only (learner/loss.py)
+  4. backward  and clip the global gradient norm
+  5. update    one host sync reads the loss and the gradient norm. Not finite: the step is skipped
+               (no AdamW update, batch-norm statistics restored), counted, and `max_nan_steps` in a
+               row stop the run with an error. Finite: set this step's learning rate, AdamW step.
+
+The loop overlaps the CPU and the GPU: while the GPU runs step k (CUDA calls return at once), the
+CPU copies the samples of step k+1 out of the buffer into the other of two pinned host batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm import tqdm
+
+from learner.checkpoint import FORMAT, VERSION, check_compatible, save_checkpoint
+from learner.config import LearnerConfig
+from learner.crops import make_crops
+from learner.loss import masked_bce
+from learner.model import architecture, build_model, output_size
+from learner.samples import Feed, next_batch
+from streamer.errors import UserError
+from streamer.log import log_event
+from streamer.ringbuffer import Batch
+from streamer.writer import append_line
+
+logger = logging.getLogger(__name__)
+
+TRAIN_LOG = "train.jsonl"
+
+
+class NonFiniteLoss(UserError):
+    """The loss stayed NaN/inf for max_nan_steps steps in a row."""
+
+
+def resolve_device(requested: str = "auto", strict: bool = False) -> torch.device:
+    """auto: CUDA when there is one. cuda without CUDA: the CPU and one warning, or, when strict,
+    a UserError."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"
+        if strict:
+            raise UserError(f"learner.train.device is cuda but CUDA is not available ({why}); "
+                            f"use --device cpu, or set learner.train.strict_device: false to fall back")
+        log_event(logger, "device_fallback", logging.WARNING, requested="cuda", using="cpu", reason=why)
+    return torch.device("cpu")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """torch's CPU threads: `requested`, or all usable cores but one. On a small machine that one
+    is worth more to the streamer than to torch: an intra-op pool that must wait for a busy core
+    runs several times slower than one thread fewer (measured: 2 threads next to a busy core,
+    18 crops/s; 1 thread, 67)."""
+    return requested or max(1, available_cores() - 1)
+
+
+@dataclass
+class StepResult:
+    loss: float  # NaN when the step was skipped
+    lr: float
+    grad_norm: float
+    crops: int
+    skipped: bool
+
+
+@dataclass
+class _Pending:
+    """A step whose forward and backward are queued on the device, not yet applied."""
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    crops: int
+    gen_state: torch.Tensor  # crop RNG before the step (to undo it)
+
+
+class Trainer:
+    """The model, its optimiser, the random generators and the counters of one training run."""
+
+    def __init__(self, cfg: LearnerConfig, device: torch.device | str | None = None):
+        t = cfg.train
+        self.cfg = cfg
+        self.device = device if isinstance(device, torch.device) else resolve_device(device or t.device, t.strict_device)
+        self.cuda = self.device.type == "cuda"
+        if not self.cuda:
+            torch.set_num_threads(cpu_threads(t.threads))
+        random.seed(t.seed)
+        torch.manual_seed(t.seed)  # the weight initialisation
+        self.crop_size = cfg.crop_size
+        self.model = build_model(cfg.model, self.crop_size).to(self.device)
+        self.arch = architecture(cfg.model, self.crop_size)
+        self.target_size = output_size(self.model, self.crop_size)
+        self.channels_last = self.cuda and t.channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = torch.compile(self.model) if t.compile else self.model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in self.params if p.ndim > 1]  # no weight decay on biases and batch norm
+        no_decay = [p for p in self.params if p.ndim <= 1]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=t.lr, betas=(0.9, 0.99), fused=True if self.cuda else None)
+        self._bn = [b for m in self.model.modules() if isinstance(m, _BatchNorm)
+                    for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        self._bn_backup = [b.clone() for b in self._bn]
+        self.rng = np.random.default_rng(t.seed)  # which buffer samples each step draws
+        self.gen = torch.Generator(self.device)  # crop boxes, flips and colours
+        self.gen.manual_seed(t.seed)
+        self.step_count = 0  # AdamW updates done (skipped steps do not count)
+        self.nan_skipped = 0
+        self.nan_streak = 0
+        self.crops_seen = 0
+        self.train_seconds = 0.0  # of the whole run, resumes included
+        self.progress: float | None = None  # 0..1 of the run's budget (cosine lr); None: constant
+        self.slot_size: tuple[int, int] | None = None  # (h, w) of the buffer slots trained on
+        self._pending: _Pending | None = None
+
+    # ---- the training step ------------------------------------------------------------------
+    def lr_now(self) -> float:
+        t = self.cfg.train
+        warm = min(1.0, (self.step_count + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+        if t.schedule == "constant" or self.progress is None:
+            return t.lr * warm
+        p = min(max(self.progress, 0.0), 1.0)
+        return t.lr * warm * (t.min_lr_fraction + (1 - t.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * p)))
+
+    def upload(self, batch: Batch, pinned: dict[str, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames, trimaps and valid boxes of a Batch on the device. From pinned host tensors
+        (HostBatches) the copies are asynchronous."""
+        n = len(batch)
+        if pinned is not None:
+            frames, trimaps = pinned["frames"][:n], pinned["trimaps"][:n]
+        else:
+            frames, trimaps = torch.from_numpy(batch.frames), torch.from_numpy(batch.trimaps)
+        valid = torch.from_numpy(np.ascontiguousarray(batch.valid, dtype=np.int64))
+        nb = self.cuda and pinned is not None
+        return (frames.to(self.device, non_blocking=nb), trimaps.to(self.device, non_blocking=nb),
+                valid.to(self.device))
+
+    def forward_backward(self, frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor) -> _Pending:
+        """Steps 1-4. On CUDA this only queues work: nothing waits for the GPU here."""
+        self.model.train()
+        torch._foreach_copy_(self._bn_backup, self._bn)  # batch-norm statistics, to undo a skipped step
+        gen_state = self.gen.get_state()
+        crops = make_crops(frames, trimaps, valid, self.cfg.crops, self.crop_size, self.target_size, self.gen)
+        x = self.model.normalize(crops.images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            logits = self.net(x)
+        loss = masked_bce(logits, crops.targets)  # float32 even under autocast
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip or math.inf)
+        self._pending = _Pending(loss.detach(), norm.detach(), int(crops.images.shape[0]), gen_state)
+        return self._pending
+
+    def update(self, pending: _Pending) -> StepResult:
+        """Step 5: the one host sync of the step, then the AdamW update or a skipped step."""
+        self._pending = None
+        loss, norm = torch.stack([pending.loss, pending.grad_norm.float()]).tolist()
+        lr = self.lr_now()
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            torch._foreach_copy_(self._bn, self._bn_backup)
+            self.opt.zero_grad(set_to_none=True)
+            self.nan_skipped += 1
+            self.nan_streak += 1
+            log_event(logger, "nan_step_skipped", logging.WARNING, step=self.step_count, loss=loss,
+                      grad_norm=norm, in_a_row=self.nan_streak, total=self.nan_skipped)
+            if self.nan_streak >= self.cfg.train.max_nan_steps:
+                raise NonFiniteLoss(
+                    f"training stopped: the loss was not finite for {self.nan_streak} steps in a row "
+                    f"(learner.train.max_nan_steps) after step {self.step_count}; lower learner.train.lr "
+                    f"or check the input frames")
+            return StepResult(math.nan, lr, norm, pending.crops, True)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.step_count += 1
+        self.nan_streak = 0
+        self.crops_seen += pending.crops
+        return StepResult(loss, lr, norm, pending.crops, False)
+
+    def abandon_step(self) -> None:
+        """Forget a queued step (interrupted before update): statistics and crop RNG as before it."""
+        if self._pending is not None:
+            torch._foreach_copy_(self._bn, self._bn_backup)
+            self.gen.set_state(self._pending.gen_state)
+            self.opt.zero_grad(set_to_none=True)
+            self._pending = None
+
+    def step(self, batch: Batch) -> StepResult:
+        """One whole training step on a batch of buffer samples (fit() overlaps the two halves)."""
+        return self.update(self.forward_backward(*self.upload(batch)))
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self, numpy_rng_state: dict | None = None) -> dict:
+        """Everything needed to continue exactly; numpy_rng_state: the sampling RNG as it must be
+        when training resumes (fit passes the state before its prefetched batch was drawn)."""
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {
+            "format": FORMAT, "version": VERSION, "step": self.step_count,
+            "arch": self.arch, "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": numpy_rng_state or self.rng.bit_generator.state,
+                    "torch": torch.get_rng_state(), "cuda": cuda_rng, "crops": self.gen.get_state(),
+                    "crops_device": self.device.type},
+            "counters": {"nan_skipped": self.nan_skipped, "crops_seen": self.crops_seen,
+                         "train_seconds": self.train_seconds},
+            "slot_size": list(self.slot_size) if self.slot_size else None,
+            "saved_at": time.time(), "torch_version": torch.__version__,
+        }
+
+    def load_state_dict(self, state: dict, path: str | Path = "checkpoint") -> None:
+        """Restore a checkpoint of the same architecture (else a UserError naming the difference)."""
+        check_compatible(state, self.arch, path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"{path}: checkpoint does not fit the model ({first})") from None
+        for group in self.opt.param_groups:  # the configured values win over the saved ones
+            group["weight_decay"] = self.cfg.train.weight_decay if group["weight_decay"] else 0.0
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        self.rng.bit_generator.state = rng["numpy"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if rng.get("crops_device") == self.device.type:
+            self.gen.set_state(rng["crops"])
+        else:  # CPU and CUDA generators keep different states: continue with a fresh stream
+            self.gen.manual_seed(self.cfg.train.seed + int(state["step"]))
+            log_event(logger, "crop_rng_reseeded", saved_on=rng.get("crops_device"), now_on=self.device.type)
+        c = state["counters"]
+        self.step_count = int(state["step"])
+        self.nan_skipped, self.crops_seen = int(c["nan_skipped"]), int(c["crops_seen"])
+        self.train_seconds = float(c["train_seconds"])
+        self.slot_size = tuple(state["slot_size"]) if state.get("slot_size") else self.slot_size
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+class HostBatches:
+    """Two host batches used in turn: one is copied to the device while the other is filled.
+    Pinned (page-locked) on CUDA, so that the copies run asynchronously."""
+
+    def __init__(self, capacity: int, height: int, width: int, pin: bool):
+        self._tensors, self._batches, self._i = [], [], 0
+        for _ in range(2):
+            t = {"frames": torch.empty((capacity, height, width, 3), dtype=torch.uint8, pin_memory=pin),
+                 "trimaps": torch.empty((capacity, height, width), dtype=torch.uint8, pin_memory=pin)}
+            self._tensors.append(t)
+            self._batches.append(Batch(capacity, height, width, storage={k: v.numpy() for k, v in t.items()}))
+
+    def next(self) -> Batch:
+        self._i ^= 1
+        return self._batches[self._i]
+
+    def pinned(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self._tensors[self._batches.index(batch)]
+
+
+@dataclass
+class Limits:
+    steps: int = 0  # total steps of the run (a resumed run counts the steps it had); 0 = none
+    minutes: float = 0.0  # total training time of the run, resumes included; 0 = none
+
+
+@dataclass
+class Summary:
+    step: int  # the run's step count at the end
+    steps: int  # steps done by this call
+    crops: int  # crops trained on by this call
+    seconds: float  # wall time of this call's loop
+    first_loss: float  # mean loss of this call's first logged interval
+    last_loss: float  # ... and of its last
+    nan_skipped: int  # by this call
+    stopped: str  # steps | minutes | stop | interrupted
+    checkpoint: Path | None  # the last checkpoint written
+
+    @property
+    def crops_per_s(self) -> float:
+        return self.crops / self.seconds if self.seconds > 0 else 0.0
+
+
+def budget_used(trainer: Trainer, limits: Limits) -> float | None:
+    """Fraction of the run's budget spent (the cosine schedule's clock); None without a budget."""
+    parts = []
+    if limits.steps:
+        parts.append(trainer.step_count / limits.steps)
+    if limits.minutes:
+        parts.append(trainer.train_seconds / (limits.minutes * 60))
+    return max(parts) if parts else None
+
+
+def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits, progress: bool = True,
+        stop: Callable[[], bool] | None = None, status: Callable[[], str] | None = None,
+        interrupts: tuple[type[BaseException], ...] = (KeyboardInterrupt,)) -> Summary:
+    """Train on samples from `feed` until a limit is reached or `stop()` turns true. Writes
+    RUN/train.jsonl and checkpoints (on the configured schedule and at the end, also after an
+    interrupt or an error); run_dir None: neither. `status()` adds text to the progress bar.
+    An exception of a type in `interrupts` ends the loop like a limit (stopped="interrupted");
+    any other propagates, after the final checkpoint."""
+    cfg = trainer.cfg
+    run_dir = Path(run_dir) if run_dir is not None else None
+    n = max(1, math.ceil(cfg.train.batch / cfg.crops.per_frame))  # buffer samples per step
+    host = HostBatches(n, feed.height, feed.width, pin=trainer.cuda)
+    trainer.slot_size = (feed.height, feed.width)
+    log_fd = None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_fd = os.open(run_dir / TRAIN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    start_step, start_seen, start_nan = trainer.step_count, trainer.crops_seen, trainer.nan_skipped
+    t_start = last_ckpt_t = last_log_t = time.monotonic()
+    last_ckpt_step = trainer.step_count
+    interval_losses: list[float] = []
+    interval_crops = 0
+    first_loss = last_loss = math.nan
+    ema = None
+    checkpoint: Path | None = None
+    stopped = "stop"
+    rng_state = trainer.rng.bit_generator.state  # the sampling RNG before the next batch is drawn
+
+    def limit_reached() -> str | None:
+        if limits.steps and trainer.step_count >= limits.steps:
+            return "steps"
+        if limits.minutes and trainer.train_seconds >= limits.minutes * 60:
+            return "minutes"
+        if stop is not None and stop():
+            return "stop"
+        return None
+
+    def save() -> Path:
+        nonlocal last_ckpt_t, last_ckpt_step
+        path = save_checkpoint(run_dir, trainer.state_dict(numpy_rng_state=rng_state), keep=cfg.checkpoint.keep)
+        last_ckpt_t, last_ckpt_step = time.monotonic(), trainer.step_count
+        log_event(logger, "checkpoint_saved", step=trainer.step_count, path=path)
+        return path
+
+    bar = tqdm(total=limits.steps or None, initial=trainer.step_count, unit="step", desc="train",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        stopped = limit_reached() or ""
+        batch = None if stopped else next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)
+        while batch is not None:
+            t0 = time.monotonic()
+            trainer.progress = budget_used(trainer, limits)
+            pending = trainer.forward_backward(*trainer.upload(batch, host.pinned(batch) if trainer.cuda else None))
+            rng_state = trainer.rng.bit_generator.state
+            batch = next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)  # while the GPU works
+            result = trainer.update(pending)
+            trainer.train_seconds += time.monotonic() - t0
+            bar.update(0 if result.skipped else 1)
+            if not result.skipped:
+                interval_losses.append(result.loss)
+                interval_crops += result.crops
+                ema = result.loss if ema is None else 0.98 * ema + 0.02 * result.loss
+            if trainer.step_count % cfg.train.log_every == 0 and not result.skipped and interval_losses:
+                now = time.monotonic()
+                rate = interval_crops / max(now - last_log_t, 1e-9)
+                last_loss = float(np.mean(interval_losses))
+                first_loss = last_loss if math.isnan(first_loss) else first_loss
+                record = {"step": trainer.step_count, "loss": round(last_loss, 5), "lr": result.lr,
+                          "crops_per_s": round(rate, 1), "grad_norm": round(result.grad_norm, 4),
+                          "nan_skipped": trainer.nan_skipped, "train_s": round(trainer.train_seconds, 2),
+                          "time": round(time.time(), 3)}
+                if log_fd is not None:
+                    append_line(log_fd, (_json(record) + "\n").encode())
+                extra = f" {status()}" if status is not None else ""
+                bar.set_postfix_str(f"loss {ema:.3f} {rate:.0f} crops/s{extra}", refresh=False)
+                interval_losses, interval_crops, last_log_t = [], 0, now
+            if run_dir is not None and not result.skipped:
+                k = cfg.checkpoint
+                due_steps = k.every_steps and trainer.step_count - last_ckpt_step >= k.every_steps
+                due_time = k.every_minutes and time.monotonic() - last_ckpt_t >= k.every_minutes * 60
+                if due_steps or due_time:
+                    checkpoint = save()
+            stopped = limit_reached() or ""
+            if stopped:
+                break
+        stopped = stopped or "stop"
+    except interrupts:
+        stopped = "interrupted"
+        trainer.abandon_step()
+    except BaseException:
+        trainer.abandon_step()
+        raise
+    finally:
+        bar.close()
+        try:
+            if run_dir is not None and trainer.step_count > last_ckpt_step:
+                checkpoint = save()  # at shutdown, whatever the reason
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
+    if interval_losses:
+        last_loss = float(np.mean(interval_losses))
+        first_loss = last_loss if math.isnan(first_loss) else first_loss
+    return Summary(step=trainer.step_count, steps=trainer.step_count - start_step,
+                   crops=trainer.crops_seen - start_seen, seconds=time.monotonic() - t_start,
+                   first_loss=first_loss, last_loss=last_loss, nan_skipped=trainer.nan_skipped - start_nan,
+                   stopped=stopped, checkpoint=checkpoint)
+
+
+def _json(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":"))
