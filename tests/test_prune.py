@@ -1,0 +1,92 @@
+"""Pruning (Pathak et al. sec. 5.1) and trimaps at the exact thresholds of the config."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.config import PruneConfig, TrimapConfig
+from streamer.prune import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, prune, trimap
+
+CFG = PruneConfig()
+H = W = 100  # border band: 5 px on each side (0.05 x 100), 1900 px in all
+BAND = H * W - (H - 10) * (W - 10)
+
+
+def _centre_block(n: int, value: float = 1.0) -> np.ndarray:
+    """n foreground pixels inside the centre (never touching the border band)."""
+    inner = np.zeros((H, W), bool)
+    inner[5:H - 5, 5:W - 5] = True
+    idx = np.flatnonzero(inner)
+    assert n <= idx.size
+    prob = np.zeros((H, W), np.float32)
+    prob.reshape(-1)[idx[:n]] = value
+    return prob
+
+
+def test_config_thresholds_are_the_documented_ones():
+    assert (CFG.fg_threshold, CFG.min_fg, CFG.max_fg, CFG.border, CFG.max_border_fg) == (0.5, 0.1, 0.8, 0.05, 0.1)
+    assert (TrimapConfig().negative_below, TrimapConfig().positive_above) == (0.4, 0.7)
+
+
+def test_too_little_foreground_at_the_threshold():
+    frac, kept, reason = prune(_centre_block(999), CFG)
+    assert (kept, reason) == (False, "too_little_fg") and frac == pytest.approx(0.0999)
+    frac, kept, reason = prune(_centre_block(1000), CFG)  # exactly min_fg
+    assert (kept, reason) == (True, "") and frac == pytest.approx(0.1)
+
+
+def test_probability_exactly_at_fg_threshold_counts_as_foreground():
+    assert prune(_centre_block(2000, 0.5), CFG)[:2] == (pytest.approx(0.2), True)
+    assert prune(_centre_block(2000, 0.4999), CFG)[1:] == (False, "too_little_fg")
+
+
+def test_too_much_foreground_at_the_threshold():
+    prob = _centre_block((H - 10) * (W - 10))  # all 8100 inner pixels
+    band = np.ones((H, W), bool)
+    band[5:H - 5, 5:W - 5] = False
+    band_idx = np.flatnonzero(band)
+    prob.reshape(-1)[band_idx[:190]] = 1.0  # 8290 px: 82.9% > 80%, border 10% (not the reason)
+    assert prune(prob, CFG)[1:] == (False, "too_much_fg")
+    # exactly 80% is allowed by the fg check: 8000 px in the centre, nothing on the border
+    assert prune(_centre_block(8000), CFG)[1:] == (True, "")
+
+
+def test_foreground_on_the_border_at_the_threshold():
+    band = np.ones((H, W), bool)
+    band[5:H - 5, 5:W - 5] = False
+    band_idx = np.flatnonzero(band)
+    assert band_idx.size == BAND == 1900
+    prob = _centre_block(3000)
+    prob.reshape(-1)[band_idx[:190]] = 1.0  # exactly 10% of the band
+    assert prune(prob, CFG)[1:] == (True, "")
+    prob.reshape(-1)[band_idx[190]] = 1.0  # one pixel more
+    frac, kept, reason = prune(prob, CFG)
+    assert (kept, reason) == (False, "border_fg") and frac == pytest.approx(3191 / (H * W))
+
+
+def test_object_touching_one_edge_is_pruned_but_centred_object_kept():
+    prob = np.zeros((120, 160), np.float32)
+    prob[40:80, 60:100] = 0.9
+    assert prune(prob, CFG)[1:] == (False, "too_little_fg")  # 8.3%
+    prob[30:90, 50:110] = 0.9  # 18.75%, centred
+    frac, kept, reason = prune(prob, CFG)
+    assert kept and reason == "" and frac == pytest.approx(0.1875)
+    prob[30:90, 100:160] = 0.9  # now it runs off the right edge
+    assert prune(prob, CFG)[1:] == (False, "border_fg")
+
+
+def test_trimap_at_the_thresholds():
+    prob = np.array([[0.0, 0.3999, 0.4, 0.55, 0.7, 0.7001, 1.0]], np.float32)
+    tri = trimap(prob, TrimapConfig())
+    assert tri.dtype == np.uint8 and tri.shape == prob.shape
+    assert tri.tolist() == [[TRIMAP_NEGATIVE, TRIMAP_NEGATIVE, TRIMAP_IGNORE, TRIMAP_IGNORE, TRIMAP_IGNORE,
+                             TRIMAP_POSITIVE, TRIMAP_POSITIVE]]
+    assert (TRIMAP_NEGATIVE, TRIMAP_IGNORE, TRIMAP_POSITIVE) == (0, 128, 255)
+
+
+def test_trimap_follows_configured_thresholds():
+    prob = np.linspace(0, 1, 101, dtype=np.float32)[None]
+    tri = trimap(prob, TrimapConfig(negative_below=0.2, positive_above=0.9))
+    assert set(np.unique(tri)) == {0, 128, 255}
+    assert (tri[prob < 0.2] == 0).all() and (tri[prob > 0.9] == 255).all()
+    assert (tri[(prob >= 0.2) & (prob <= 0.9)] == 128).all()
