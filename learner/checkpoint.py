@@ -110,7 +110,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip/pickle errors of every kind: truncated, overwritten, not a checkpoint
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        m = re.search(r"WeightsUnpickler error:\s*([^\n]*)", text)
+        if m and "Unsupported global" in m.group(1):  # a pickle that needs code to load: never run it
+            what = m.group(1).split(" was not")[0].strip()
+            raise UserError(f"{path}: refused: the file holds objects that a safe load does not run "
+                            f"({what[:160]}); it is not a motionmask checkpoint") from None
+        why = m.group(1) if m else (text.strip().splitlines()[0] if text.strip() else type(e).__name__)
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {why[:160]}); "
                         f"delete it to resume from an older one") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -125,14 +125,15 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
 
 def offline_buffer(cfg: BufferConfig, frames: int, max_mb: float) -> BufferConfig:
-    """The offline buffer: large enough to hold every frame of the inputs (then nothing is ever
-    evicted and the per-shot cap is lifted), within [cfg.memory_mb, max_mb]."""
+    """The offline buffer: large enough to hold every frame of the inputs, within
+    [cfg.memory_mb, max_mb], and without a per-shot cap. The cap keeps one camera's long shot
+    from crowding a live buffer; offline it would evict a shot's samples before the learner saw
+    them, while a full buffer here evicts only the oldest, paced by the learner (_put_no_drop)."""
     per_slot = slots_for(cfg.train_height, cfg.train_width, 64.0) or 1
     mb_per_slot = 64.0 / per_slot
     want_mb = max(cfg.memory_mb, min(max_mb, (frames + 8) * mb_per_slot * 1.02))
     new = dataclasses.replace(cfg, memory_mb=want_mb, name="")
-    if new.slots() >= frames:
-        new.per_shot_cap = new.slots()
+    new.per_shot_cap = new.slots()
     return new
 
 
@@ -318,6 +319,8 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
                         last = time.monotonic()
                     if frame is None:
                         break
+            if stop.is_set():
+                return
             events.put(("input_done", spec))
         events.put(("done", (frames, kept, puts, waited)))
     except KeyboardInterrupt:

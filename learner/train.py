@@ -240,7 +240,7 @@ class Trainer:
             "counters": {"nan_skipped": self.nan_skipped, "crops_seen": self.crops_seen,
                          "train_seconds": self.train_seconds},
             "slot_size": list(self.slot_size) if self.slot_size else None,
-            "saved_at": time.time(), "torch_version": torch.__version__,
+            "saved_at": time.time(), "torch_version": str(torch.__version__),
         }
 
     def load_state_dict(self, state: dict, path: str | Path = "checkpoint") -> None:
@@ -311,6 +311,7 @@ class Summary:
     nan_skipped: int  # by this call
     stopped: str  # steps | minutes | stop | interrupted
     checkpoint: Path | None  # the last checkpoint written
+    interrupted_by: str = ""  # class name of the interrupt that stopped the loop
 
     @property
     def crops_per_s(self) -> float:
@@ -352,7 +353,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     first_loss = last_loss = math.nan
     ema = None
     checkpoint: Path | None = None
-    stopped = "stop"
+    stopped, interrupted_by = "stop", ""
     rng_state = trainer.rng.bit_generator.state  # the sampling RNG before the next batch is drawn
 
     def limit_reached() -> str | None:
@@ -413,8 +414,8 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
             if stopped:
                 break
         stopped = stopped or "stop"
-    except interrupts:
-        stopped = "interrupted"
+    except interrupts as e:
+        stopped, interrupted_by = "interrupted", type(e).__name__
         trainer.abandon_step()
     except BaseException:
         trainer.abandon_step()
@@ -433,7 +434,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     return Summary(step=trainer.step_count, steps=trainer.step_count - start_step,
                    crops=trainer.crops_seen - start_seen, seconds=time.monotonic() - t_start,
                    first_loss=first_loss, last_loss=last_loss, nan_skipped=trainer.nan_skipped - start_nan,
-                   stopped=stopped, checkpoint=checkpoint)
+                   stopped=stopped, checkpoint=checkpoint, interrupted_by=interrupted_by)
 
 
 def _json(record: dict) -> str:

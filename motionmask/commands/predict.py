@@ -1,0 +1,137 @@
+"""`motionmask predict --checkpoint CKPT INPUT --out DIR`: the trained ConvNet on every frame alone,
+written with the same file contract as `motionmask masks` (streamer.writer)."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from motionmask.commands.masks import (Outputs, Tally, Terminated, _explained, info_logs, parse_count, plural,
+                                       signals_as_exceptions, signals_ignored, source_spec)
+from motionmask.config import load_config
+from streamer.errors import UserError
+from streamer.flow import working_size
+from streamer.log import log_event
+from streamer.pipeline import MaskResult
+from streamer.prune import prune, trimap
+from streamer.shots import ShotDetector
+from streamer.sources import open_source
+from streamer.writer import check_out_dir
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """examples:
+  motionmask predict --checkpoint runs/r1/checkpoints/last.pt clip.mp4 --out pred/
+  motionmask predict --checkpoint runs/r1/checkpoints/last.pt frames/ --out pred/ --overlay --device cuda
+
+writes, as `motionmask masks` does, DIR/NNNNNN.png (foreground probability 0-255, input
+resolution), DIR/trimap/NNNNNN.png (0, 128 = don't care, 255; streamer.trimap thresholds),
+DIR/frames.jsonl (one line per frame: shot, fg_fraction, kept/reason by streamer.prune, ms) and
+with --overlay DIR/overlay.mp4 and DIR/contact.png. The net sees each frame alone, scaled to the
+resolution it was trained at (--native: as decoded)."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "predict",
+        help="masks of a video from a trained ConvNet (single frames), as `masks` writes them",
+        description="Run a trained mask ConvNet on every frame of a video, a folder of images, a "
+        "camera or a stream, and write per-frame probabilities with the file contract of `motionmask masks`.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", metavar="INPUT", help="video file, folder of images, camera (0, camera:0, /dev/video0) or URL")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint of `motionmask train`, e.g. RUN/checkpoints/last.pt")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; an earlier run there is replaced)")
+    p.add_argument("--config", metavar="FILE", help="YAML config: source, shots, prune and trimap settings (default: built-in)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (CUDA when present)")
+    p.add_argument("--start", default="0", metavar="N", help="first decode index to write")
+    p.add_argument("--frames", default=None, metavar="M", help="stop after writing M frames (default: to the end)")
+    p.add_argument("--native", action="store_true", help="run the net at the input resolution, not the training one")
+    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 and contact.png for a person to look at")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no info logs; warnings and the summary remain")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    start = parse_count("--start", args.start, minimum=0)
+    limit = parse_count("--frames", args.frames, minimum=1)
+    cfg = load_config(args.config)
+    out = check_out_dir(args.out)
+    if Path(args.input).exists() and Path(args.input).resolve() == out.resolve():
+        raise UserError(f"--out {out}: is the input folder; write the masks somewhere else")
+    from learner.predict import Predictor  # torch loads here, not at import
+
+    predictor = Predictor(args.checkpoint, args.device, native=args.native)
+    with info_logs(not args.quiet), signals_as_exceptions():
+        return _run(args, cfg, predictor, out, start, limit)
+
+
+def _run(args: argparse.Namespace, cfg, predictor, out: Path, start: int, limit: int | None) -> int:
+    s = cfg.streamer
+    tally = Tally()
+    shots = ShotDetector(s.shots)
+    with open_source(source_spec(args.input), s.source) as source:
+        log_event(logger, "predict_start", source=source.source_id, checkpoint=predictor.path, step=predictor.step,
+                  device=predictor.device.type, out=out, start=start)
+        outputs = Outputs(out, args.overlay, source.fps)
+        total = max(0, source.frame_count - start) if source.frame_count else None
+        if limit is not None:
+            total = min(total, limit) if total is not None else limit
+        bar = tqdm(total=total, unit="frame", file=sys.stderr, disable=args.quiet, dynamic_ncols=True,
+                   desc=source.source_id[:30])
+        status, note = 0, ""
+        tally.t0 = time.perf_counter()
+        try:
+            with logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext():
+                frames = iter(source)
+                while limit is None or tally.written < limit:
+                    t0 = time.perf_counter()
+                    frame = next(frames, None)
+                    if frame is None:
+                        break
+                    t1 = time.perf_counter()
+                    ww, wh = working_size(frame.width, frame.height, s.flow.width)
+                    shot = shots(cv2.resize(frame.image, (ww, wh), interpolation=cv2.INTER_AREA))  # every frame: cuts need history
+                    if frame.index < start:
+                        continue
+                    t2 = time.perf_counter()
+                    prob = predictor(frame.image)
+                    t3 = time.perf_counter()
+                    frac, kept, reason = prune(prob, s.prune)
+                    r = MaskResult(frame, shot.shot, prob, trimap(prob, s.trimap), frac, kept, reason,
+                                   {"decode": (t1 - t0) * 1e3, "shots": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3})
+                    outputs.submit(r)
+                    tally.add(r)
+                    bar.update(1)
+        except (KeyboardInterrupt, Terminated) as e:
+            status = 143 if isinstance(e, Terminated) else 130
+            note = "interrupted after "
+        except BaseException as e:
+            bar.leave = False
+            bar.close()
+            outputs.abort()
+            raise _explained(e, outputs) from None
+        try:
+            with signals_ignored():
+                outputs.finish()
+                bar.close()
+        except BaseException as e:
+            bar.leave = False
+            bar.close()
+            raise _explained(e, outputs) from None
+    if tally.written == 0 and not status:
+        raise UserError(f"{args.input}: no frames to write (--start {start} is past the last frame?)")
+    log_event(logger, "predict_done", source=source.source_id, frames=tally.written, kept=tally.kept,
+              fps=tally.fps, out=out, status=status)
+    print(f"motionmask predict: {note}{plural(tally.written, 'frame')}, {plural(len(tally.shots), 'shot')}, "
+          f"{tally.kept} kept by pruning, {tally.fps:.1f} fps on {predictor.device.type} "
+          f"(checkpoint step {predictor.step}) -> {out}", file=sys.stderr)
+    return status

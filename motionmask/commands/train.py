@@ -1,0 +1,147 @@
+"""`motionmask train INPUT... --out RUN`: run the streamer on videos (no frame dropped) and train
+the mask ConvNet on the frames it keeps, until --steps or --minutes; resumable."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import sys
+from typing import Iterator
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from motionmask.commands.masks import Terminated, info_logs, parse_count, signals_as_exceptions
+from motionmask.config import load_config
+from streamer.errors import UserError
+from streamer.log import log_event
+from streamer.writer import check_out_dir
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """examples:
+  motionmask synth --out synth/ --clips 10
+  motionmask train synth/ --out runs/r1                      # 12 minutes (learner.train.minutes)
+  motionmask train a.mp4 b.mp4 frames/ --out runs/r2 --steps 5000 --minutes 0 --device cuda
+  motionmask predict --checkpoint runs/r1/checkpoints/last.pt clip.mp4 --out pred/
+
+INPUT: video files, folders of videos (their videos, in natural order), or folders of images
+(one sequence each). The streamer runs on them in a separate process and never drops a frame:
+when the learner lags it waits. Training starts with the first kept frames and goes on over the
+buffer of all kept frames until --steps or --minutes, whichever comes first.
+
+writes RUN/checkpoints/step_XXXXXXX.pt (the newest learner.checkpoint.keep) and RUN/checkpoints/
+last.pt (always the newest whole one), on a schedule and at the end (also on Ctrl-C), and
+RUN/train.jsonl (step, loss, lr, crops/s every learner.train.log_every steps). Run the same
+command again to resume a run: --steps and --minutes count the whole run."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="train the mask ConvNet on videos (offline), resumable",
+        description="Compute motion masks of videos and train a ConvNet to predict them from single "
+        "frames (Pathak et al. 2017), until a step or time budget; checkpoints are resumable.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos or folders of images")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (created; an existing run there is resumed)")
+    p.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults, as configs/default.yaml)")
+    p.add_argument("--steps", default=None, metavar="N", help="stop at step N of the run; 0 = no step limit (default: learner.train.steps)")
+    p.add_argument("--minutes", default=None, metavar="M", help="stop after M minutes of training in the run; 0 = no time limit (default: learner.train.minutes = 12)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: learner.train.device (auto: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no info logs; warnings and the summary remain")
+    return p
+
+
+def parse_minutes(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--minutes {text!r}: expected a number >= 0") from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"--minutes {text}: must be a number >= 0")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    t = cfg.learner.train
+    steps = parse_count("--steps", args.steps, minimum=0)
+    minutes = parse_minutes(args.minutes)
+    t.steps = t.steps if steps is None else steps
+    t.minutes = t.minutes if minutes is None else minutes
+    t.device = args.device or t.device
+    if not t.steps and not t.minutes:
+        raise UserError("no budget: --steps 0 and --minutes 0 would train forever; give one of them")
+    out = check_out_dir(args.out)
+    with info_logs(not args.quiet), _learner_info_logs(not args.quiet), signals_as_exceptions():
+        return _run(args, cfg, out)
+
+
+@contextlib.contextmanager
+def _learner_info_logs(enabled: bool) -> Iterator[None]:
+    """--quiet for the learner's loggers too (info_logs covers streamer and motionmask)."""
+    lg = logging.getLogger("learner")
+    level = lg.level
+    if not enabled:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+
+
+def _run(args: argparse.Namespace, cfg, out) -> int:
+    # torch loads here, not at import: `motionmask --help` stays fast
+    from learner.checkpoint import find_resume
+    from learner.samples import OfflineFeed
+    from learner.train import Limits, Trainer, available_cores, fit
+
+    t = cfg.learner.train
+    feed = OfflineFeed(args.inputs, cfg.streamer, cfg.buffer, cfg.learner.samples.offline_draws_per_sample,
+                       cfg.learner.samples.offline_max_buffer_mb, streamer_threads=1,  # inputs checked here
+                       log_level=logging.WARNING if args.quiet else None)
+    trainer = Trainer(cfg.learner)
+    if trainer.cuda:
+        feed.streamer_threads = max(1, available_cores() - 2)  # the GPU trains: the CPUs can stream
+    limits = Limits(steps=t.steps, minutes=t.minutes)
+    resumed = find_resume(out, trainer.device)
+    if resumed is not None:
+        path, state = resumed
+        trainer.load_state_dict(state, path)
+        log_event(logger, "train_resume", checkpoint=path, step=trainer.step_count,
+                  trained_min=round(trainer.train_seconds / 60, 2))
+        if (limits.steps and trainer.step_count >= limits.steps) or \
+                (limits.minutes and trainer.train_seconds >= limits.minutes * 60):
+            print(f"motionmask train: {out} is complete (step {trainer.step_count}, "
+                  f"{trainer.train_seconds / 60:.1f} min trained); raise --steps or --minutes to go on", file=sys.stderr)
+            return 0
+    log_event(logger, "train_start", out=out, inputs=len(feed.specs), device=trainer.device.type,
+              backbone=cfg.learner.model.backbone, crop=trainer.crop_size, batch=t.batch, steps=t.steps,
+              minutes=t.minutes, start_step=trainer.step_count)
+
+    def status() -> str:
+        p = feed.progress
+        return "" if p.done else f"streamer {p.inputs_done}/{p.inputs} inputs, {p.kept} kept"
+
+    with feed, (logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext()):
+        summary = fit(trainer, feed, out, limits, progress=not args.quiet, status=status,
+                      interrupts=(KeyboardInterrupt, Terminated))
+    p = feed.progress
+    code = {"Terminated": 143, "KeyboardInterrupt": 130}.get(summary.interrupted_by, 0)
+    note = "interrupted; " if code else ""
+    nan = f", {summary.nan_skipped} non-finite steps skipped" if summary.nan_skipped else ""
+    loss = f"loss {summary.first_loss:.3f} -> {summary.last_loss:.3f}" if not math.isnan(summary.last_loss) else "no loss logged"
+    where = summary.checkpoint.parent / "last.pt" if summary.checkpoint else "no checkpoint (no step done)"
+    log_event(logger, "train_done", step=summary.step, steps=summary.steps, crops=summary.crops,
+              crops_per_s=summary.crops_per_s, stopped=summary.stopped, loss=summary.last_loss,
+              nan_skipped=summary.nan_skipped, frames=p.frames, kept=p.kept)
+    print(f"motionmask train: {note}{summary.steps} steps (run at step {summary.step}), {summary.crops} crops, "
+          f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}, {loss}{nan}; "
+          f"{p.kept} samples kept of {p.frames} frames streamed from {p.inputs_done}/{p.inputs} inputs -> {where}",
+          file=sys.stderr)
+    return code

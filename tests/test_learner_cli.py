@@ -1,0 +1,138 @@
+"""`motionmask train` and `motionmask predict` end to end on a real synthetic clip: train a tiny
+net for a few steps, resume it, stop it with SIGTERM, predict with the file contract of
+`motionmask masks`, and evaluate the student against its teacher."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from learner.checkpoint import load_checkpoint
+from learner.evaluate import evaluate_student
+from motionmask.cli import main
+from streamer.synth import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_KEYS = {"frame", "shot", "fg_fraction", "kept", "reason", "ms", "timestamp", "source"}
+TINY = """learner:
+  model: {width: 8, blocks: [1, 1, 1, 1]}
+  crops: {size: 64}
+  train: {batch: 4, warmup_steps: 0, log_every: 1, device: cpu}
+buffer: {train_width: 160, train_height: 120, memory_mb: 16}
+"""
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    generate(d, seed=11, clips=1, frames=24, size=(160, 120))
+    (d / "tiny.yaml").write_text(TINY)
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(clips, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "r"
+    rc = main(["train", str(clips / "clip000.mp4"), "--out", str(run), "--config", str(clips / "tiny.yaml"),
+               "--steps", "5", "--quiet"])
+    assert rc == 0
+    return run
+
+
+def test_train_end_to_end_and_resume(clips, trained, capsys):
+    last = trained / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["step"] == 5 and state["slot_size"] == [120, 160]
+    lines = [json.loads(x) for x in (trained / "train.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5] and all(np.isfinite(x["loss"]) for x in lines)
+    # the same command again: the run is complete
+    args = ["train", str(clips), "--out", str(trained), "--config", str(clips / "tiny.yaml"), "--quiet"]
+    assert main(args + ["--steps", "5"]) == 0
+    assert "is complete (step 5" in capsys.readouterr().err
+    # a larger budget resumes from step 5
+    assert main(args + ["--steps", "7"]) == 0
+    err = capsys.readouterr().err
+    assert "motionmask train: 2 steps (run at step 7)" in err and " samples kept of " in err
+    assert load_checkpoint(last)["step"] == 7
+    assert [json.loads(x)["step"] for x in (trained / "train.jsonl").read_text().splitlines()][-2:] == [6, 7]
+
+
+def test_train_user_errors(clips, tmp_path, capsys):
+    cfg = str(clips / "tiny.yaml")
+    assert main(["train", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "r"), "--config", cfg]) == 2
+    assert "none.mp4: no such file or folder" in capsys.readouterr().err
+    assert main(["train", str(clips), "--out", str(tmp_path / "r"), "--steps", "0", "--minutes", "0"]) == 2
+    assert "no budget" in capsys.readouterr().err
+    assert main(["train", str(clips), "--out", str(tmp_path / "r"), "--minutes", "-1"]) == 2
+    # a run folder trained with another width
+    wide = tmp_path / "wide.yaml"
+    wide.write_text(TINY.replace("width: 8", "width: 16"))
+    r = tmp_path / "r2"
+    assert main(["train", str(clips), "--out", str(r), "--config", cfg, "--steps", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(clips), "--out", str(r), "--config", str(wide), "--steps", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.pt: incompatible checkpoint: " in err[0]
+    assert "width 8 in the checkpoint vs 16 in the config" in err[0]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(clips, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "train", str(clips), "--out", str(run),
+                             "--config", str(clips / "tiny.yaml"), "--minutes", "5"],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    log = run / "train.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "motionmask train: interrupted; " in err
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] >= 3
+    assert not list(Path("/dev/shm").glob(f"motionmask_{proc.pid}_*"))  # the buffer is gone too
+
+
+def test_predict_writes_the_masks_contract(clips, trained, tmp_path, capsys):
+    out = tmp_path / "pred"
+    rc = main(["predict", "--checkpoint", str(trained / "checkpoints" / "last.pt"), str(clips / "clip000.mp4"),
+               "--out", str(out), "--quiet", "--overlay"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "motionmask predict: 24 frames" in err
+    recs = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in recs] == list(range(24))
+    assert all(set(r) == CONTRACT_KEYS and "predict" in r["ms"] for r in recs)
+    for i in (0, 23):
+        prob = cv2.imread(str(out / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        tri = cv2.imread(str(out / "trimap" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        assert prob.shape == (120, 160) and prob.dtype == np.uint8 and tri.shape == (120, 160)
+        assert set(np.unique(tri)) <= {0, 128, 255}
+        assert ((prob >= 179) <= (tri == 255)).all()  # trimap from the probability, streamer thresholds
+    assert (out / "overlay.mp4").is_file() and (out / "contact.png").is_file()
+    # --start/--frames as in `masks`; a broken checkpoint is one line and exit 2
+    assert main(["predict", "--checkpoint", str(trained / "checkpoints" / "last.pt"), str(clips / "clip000.mp4"),
+                 "--out", str(tmp_path / "p2"), "--start", "20", "--frames", "3", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "p2").glob("*.png")) == ["000020.png", "000021.png", "000022.png"]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(bad), str(clips / "clip000.mp4"), "--out", str(tmp_path / "p3")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.pt: not a readable checkpoint" in err[0]
+
+
+def test_evaluate_student_scores_student_and_teacher(clips, trained):
+    res = evaluate_student(trained / "checkpoints" / "last.pt", clips, device="cpu")
+    for m in ("student", "teacher"):
+        assert res[m]["frames"] > 0 and 0.0 <= res[m]["iou"] <= 1.0
+    assert res["clips"] == 1 and res["per_clip"][0]["clip"] == "clip000" and res["step"] >= 5
