@@ -25,7 +25,7 @@ class ShotConfig:
     hist_bins: int = 16  # per HSV channel
     window: int = 30  # frames of history for the adaptive threshold
     k_sigma: float = 5.0  # a cut is a distance this many robust sigmas above the recent median
-    min_distance: float = 0.20  # ... and at least this absolute (Hellinger) histogram distance
+    min_distance: float = 0.25  # ... and at least this absolute (Hellinger) histogram distance
     dissolve_gap: int = 8  # a gradual transition: far from the frame this many frames back...
     dissolve_distance: float = 0.50  # ... by at least this distance
     min_shot_len: int = 3  # frames; suppresses double cuts at fades
@@ -44,7 +44,7 @@ class FlowConfig:
 class GlobalMotionConfig:
     model: str = "homography"  # homography | affine
     samples: int = 600  # flow vectors sampled for RANSAC
-    ransac_threshold: float = 1.0  # working px
+    ransac_threshold: float = 0.5  # working px; slow objects hide inside a looser one
     min_inliers: float = 0.3  # below this fraction the camera model is unreliable
 
 
@@ -57,8 +57,10 @@ class MotionConfig:
     lookahead: int = 0  # frames of delay traded for quality; 0 = causal
     iterations: int = 2  # rounds of vote propagation
     location_weight: float = 1.5  # location vs appearance in the neighbour search
-    neighbour_weight: float = 1.0  # neighbours' total say relative to one fully reliable own measurement
+    neighbour_weight: float = 3.0  # neighbours' total say relative to one fully reliable own measurement
     static_evidence: float = 0.3  # weight of "did not move" relative to "moved" (objects pause)
+    prior: float = 0.1  # weight of "background" where evidence is thin (flat, unreliable regions)
+    relay: float = 0.5  # share of the neighbours' weight a remembered vote passes on as evidence
     memory_decay: float = 0.95  # per frame, on the weight of remembered votes
     temporal_gain: float = 0.0  # 0..1: how much of the last frame's residual motion carries over (slow movers add up)
     texture_scale: float = 1.0  # structure-tensor eigenvalue (gray levels^2 per px^2) at which flow is 63% trusted

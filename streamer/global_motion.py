@@ -15,6 +15,7 @@ class GlobalMotion:
     to_prev: np.ndarray  # 3x3: current-frame point -> where the camera model puts it in frame t-1
     inlier_fraction: float  # of the sampled vectors; low = the model explains little of the frame
     residual_noise: float  # median residual (px) of the inliers: how noisy this frame's flow is
+    reliable: bool = True  # False: too few trustworthy vectors or inliers; the camera is assumed static
 
     @property
     def to_cur(self) -> np.ndarray:
@@ -32,27 +33,28 @@ def fit_global_motion(motion: np.ndarray, conf: np.ndarray, cfg: GlobalMotionCon
     h, w = motion.shape[:2]
     ys, xs = _grid(h, w, cfg.samples)
     keep = conf[ys, xs] > 0.5
-    if keep.sum() < 12:  # too few reliable vectors: assume a static camera
-        keep = np.ones_like(keep)
     ys, xs = ys[keep], xs[keep]
     cur = np.stack([xs, ys], axis=1).astype(np.float32)
     prev = cur - motion[ys, xs]
-    model, inliers = None, None
-    if len(cur) >= 12:
-        if cfg.model == "homography":
-            model, inliers = cv2.findHomography(cur, prev, cv2.RANSAC, cfg.ransac_threshold, maxIters=200)
-        else:
-            a, inliers = cv2.estimateAffine2D(cur, prev, method=cv2.RANSAC,
-                                              ransacReprojThreshold=cfg.ransac_threshold, maxIters=200)
-            if a is not None:
-                model = np.vstack([a, [0, 0, 1]])
+    if len(cur) < 12:  # nothing to fit a camera to: assume it is static, and say so
+        return GlobalMotion(np.eye(3), 0.0, 0.0, reliable=False)
+    model = None
+    if cfg.model == "homography":
+        model, inliers = cv2.findHomography(cur, prev, cv2.RANSAC, cfg.ransac_threshold, maxIters=200)
+    else:
+        a, inliers = cv2.estimateAffine2D(cur, prev, method=cv2.RANSAC,
+                                          ransacReprojThreshold=cfg.ransac_threshold, maxIters=200)
+        if a is not None:
+            model = np.vstack([a, [0, 0, 1]])
     if model is None or inliers is None or not np.isfinite(model).all():
-        model, inliers = np.eye(3), np.ones((len(cur), 1), np.uint8)
+        return GlobalMotion(np.eye(3), 0.0, 0.0, reliable=False)
     inl = inliers.ravel().astype(bool)
+    fraction = float(inl.mean())
+    if fraction < cfg.min_inliers:  # no dominant motion: a fit this weak would mislead more than help
+        return GlobalMotion(np.eye(3), fraction, 0.0, reliable=False)
     pred = cv2.perspectiveTransform(cur[None], model)[0]
-    res = np.linalg.norm(pred - prev, axis=1)
-    noise = float(np.median(res[inl])) if inl.any() else 0.0
-    return GlobalMotion(model.astype(np.float64), float(inl.mean()) if len(inl) else 0.0, noise)
+    noise = float(np.median(np.linalg.norm(pred - prev, axis=1)[inl]))
+    return GlobalMotion(model.astype(np.float64), fraction, noise)
 
 
 def residual_motion(motion: np.ndarray, gm: GlobalMotion) -> np.ndarray:

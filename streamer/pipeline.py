@@ -27,7 +27,7 @@ class MaskResult:
     trimap: np.ndarray  # H x W uint8: 0 negative, 128 don't care, 255 positive
     fg_fraction: float  # fraction of pixels with prob >= prune.fg_threshold
     kept: bool  # passed pruning (usable as a training sample)
-    reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | no_motion_history | dark
+    reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | camera_unreliable | no_motion_history | dark
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     flow: np.ndarray | None = None  # h x w x 2 float32 at working resolution (frame t-1 -> t), if any
 
@@ -45,6 +45,7 @@ class _Analysis:
     reliability: np.ndarray | None = None  # per superpixel: flow confidence x texture
     to_prev: np.ndarray | None = None  # 3x3 camera model, this frame -> previous frame
     motion: np.ndarray | None = None
+    camera_ok: bool = True  # the camera model was fitted (False: assumed static; the mask is not trusted)
     ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -67,8 +68,10 @@ class MotionSegmenter:
         self.flow = FlowEstimator(cfg.flow)
         self.superpixels = SuperpixelExtractor(cfg.motion.superpixels, cfg.motion.num_superpixels)
         m = cfg.motion
-        self.voter = OnlineVoter(VoteParams(m.history, m.neighbours, m.iterations, m.location_weight,
-                                            m.neighbour_weight, m.static_evidence, m.memory_decay))
+        self.voter = OnlineVoter(VoteParams(
+            history=m.history, neighbours=m.neighbours, iterations=m.iterations, location_weight=m.location_weight,
+            neighbour_weight=m.neighbour_weight, static_evidence=m.static_evidence, memory_decay=m.memory_decay,
+            prior=m.prior, relay=m.relay))
         self.pending: list[_Analysis] = []  # analysed, waiting for look-ahead frames
         self._acc: np.ndarray | None = None  # temporally integrated residual motion of the last frame
         self.prev: _Analysis | None = None  # the last pushed frame (pending may already be empty)
@@ -133,6 +136,7 @@ class MotionSegmenter:
         a.saliency = sp.pool(sal, rel + 1e-3).astype(np.float32)
         a.reliability = sp.pool(rel).astype(np.float32)
         a.to_prev = None if reverse else gm.to_prev
+        a.camera_ok = gm.reliable
         a.motion = None if reverse else motion
         a.ms.update(flow=(t1 - t0) * 1e3, global_motion=(t2 - t1) * 1e3, superpixels=(t3 - t2) * 1e3)
 
@@ -182,6 +186,8 @@ class MotionSegmenter:
     def _result(self, a: _Analysis, prob: np.ndarray, t_start: float, reason_override: str = "") -> MaskResult:
         cfg = self.cfg
         frac, kept, reason = prune(prob, cfg.prune)
+        if kept and not a.camera_ok:
+            kept, reason = False, "camera_unreliable"
         if reason_override:
             kept, reason = False, reason_override
         tri = trimap(prob, cfg.trimap)

@@ -26,6 +26,11 @@ class ShotDecision:
 
 
 def hsv_histogram(rgb_small: np.ndarray, bins: int) -> np.ndarray:
+    """Colour histogram of the frame after normalising its mean brightness: a fade or a flicker
+    changes the gain, not the content, and must not look like a cut."""
+    luma = float(cv2.cvtColor(rgb_small, cv2.COLOR_RGB2GRAY).mean())
+    if luma > 1.0:
+        rgb_small = cv2.convertScaleAbs(rgb_small, alpha=110.0 / luma)
     hsv = cv2.cvtColor(rgb_small, cv2.COLOR_RGB2HSV)
     h = cv2.calcHist([hsv], [0, 1, 2], None, [bins, max(bins // 2, 2), max(bins // 2, 2)], [0, 180, 0, 256, 0, 256])
     return (h / max(h.sum(), 1.0)).ravel().astype(np.float32)

@@ -40,6 +40,7 @@ class VoteParams:
     static_evidence: float = 0.3  # weight of "did not move" relative to "moved"
     memory_decay: float = 0.85  # per frame of age, on the weight of remembered votes
     prior: float = 0.02  # weight of the background prior (value 0) where evidence is thin
+    relay: float = 1.0  # share of the neighbours' weight a remembered vote keeps as its own (<1: no evidence laundering)
 
 
 def evidence_weight(saliency: np.ndarray, reliability: np.ndarray, static_evidence: float) -> np.ndarray:
@@ -107,7 +108,7 @@ class OnlineVoter:
 
         k = min(p.neighbours, px.shape[0] - 1)
         if k < 1:
-            v_cur, total = own_s, own_wv
+            v_cur, total = own_s, own_wv + p.prior
         else:
             nn, nd2 = nearest_others(px[:n_cur], px, k)
             aff = np.exp(-nd2 / (2 * (float(np.median(nd2)) + 1e-6))).astype(np.float32)
@@ -121,7 +122,7 @@ class OnlineVoter:
         out = np.zeros(sp.n, np.float32)
         out[valid] = v_cur
         weight = np.zeros(sp.n, np.float32)
-        weight[valid] = np.minimum(total, 1.0)
+        weight[valid] = np.minimum(own_wv + p.relay * (total - own_wv - p.prior), 1.0)
         if p.history > 0:
             self.memory.append(_Memory(sp.centroid.copy(), sp.features, out, weight, valid))
         return out

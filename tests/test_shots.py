@@ -77,11 +77,6 @@ def _fade(img: np.ndarray, gains) -> list[np.ndarray]:
     return [(img.astype(np.float32) * g).astype(np.uint8) for g in gains]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ShotDetector: a 0.5 s linear fade-out/fade-in between two scenes gives 4 cuts, not one: the "
-    "fade-in cuts every min_shot_len frames (after a cut `recent` is empty, so the 0.2 absolute "
-    "floor alone decides and each brightening step exceeds it) and again by the dissolve check "
-    "(9 frames into the new shot, the histogram is far from the still-dark start)"))
 def test_fade_through_black_into_another_scene_is_one_cut(two_scenes):
     a, b = two_scenes
     n = 15  # 0.5 s at 30 fps
