@@ -51,7 +51,7 @@ class GlobalMotionConfig:
 @dataclass
 class MotionConfig:
     superpixels: str = "seeds"  # seeds (opencv-contrib) | slic (scikit-image)
-    num_superpixels: int = 800  # SEEDS rounds to its block grid: 660 at 240x180
+    num_superpixels: int = 300  # SEEDS rounds to its block grid; see superpixels._closest_seeds
     history: int = 10  # recent frames of the same shot whose superpixels vote
     neighbours: int = 16  # k of the k-nearest-neighbour vote
     lookahead: int = 0  # frames of delay traded for quality; 0 = causal

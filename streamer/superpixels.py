@@ -51,8 +51,7 @@ class SuperpixelExtractor:
             # from RGB: scikit-image's own Lab scaling is what its compactness is tuned for
             return slic(rgb, n_segments=self.num, compactness=10, start_label=0).astype(np.int32)
         if self._seeds_size != (w, h):
-            # SEEDS objects are bound to one image size; rebuilt only when it changes.
-            self._seeds = cv2.ximgproc.createSuperpixelSEEDS(w, h, 3, self.num, 4, 2, 5, False)
+            self._seeds = _closest_seeds(w, h, self.num)  # bound to one image size: rebuilt only when it changes
             self._seeds_size = (w, h)
         self._seeds.iterate(lab, 4)
         return self._seeds.getLabels().astype(np.int32)
@@ -61,6 +60,18 @@ class SuperpixelExtractor:
         lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
         labels = self.labels(rgb, lab)
         return describe(labels, lab)
+
+
+def _closest_seeds(w: int, h: int, num: int):
+    """SEEDS rounds the requested count to its block grid (at 240x180, 300-700 all give 165 with
+    4 levels); fewer levels allow other grids. Take the level count that comes closest."""
+    best = None
+    for levels in (4, 3, 2):
+        s = cv2.ximgproc.createSuperpixelSEEDS(w, h, 3, num, levels, 2, 5, False)
+        err = abs(s.getNumberOfSuperpixels() - num)
+        if best is None or err < best[0]:
+            best = (err, s)
+    return best[1]
 
 
 def describe(labels: np.ndarray, lab: np.ndarray) -> Superpixels:

@@ -82,7 +82,7 @@ def test_pool_and_paint_round_trip():
 
 
 def test_seeds_follows_a_change_of_frame_size():
-    ex = SuperpixelExtractor("seeds", 800)
+    ex = SuperpixelExtractor("seeds", MotionConfig().num_superpixels)  # what the pipeline uses
     assert ex(_photo("coffee", 160, 120)).labels.shape == (120, 160)
     assert ex(_photo("coffee", 240, 180)).labels.shape == (180, 240)
     assert ex(_photo("coffee", 160, 120)).labels.shape == (120, 160)
@@ -137,7 +137,7 @@ def _scene(x: int, y: int = 40) -> tuple[np.ndarray, np.ndarray]:
 def _play(voter: OnlineVoter, xs: list[int], moving: list[bool]) -> list[tuple[float, float]]:
     """Push frames of the object at x positions; raw saliency is its coverage while it moves and
     0 when it pauses. Returns (mean voted value on the object, max on the background) per frame."""
-    ex = SuperpixelExtractor("seeds", 800)
+    ex = SuperpixelExtractor("seeds", MotionConfig().num_superpixels)  # what the pipeline uses
     out = []
     for x, mov in zip(xs, moving):
         img, mask = _scene(x)
@@ -177,7 +177,7 @@ def test_without_history_a_pause_is_background():
 
 
 def test_isolated_one_frame_blip_is_suppressed():
-    ex = SuperpixelExtractor("seeds", 800)
+    ex = SuperpixelExtractor("seeds", MotionConfig().num_superpixels)  # what the pipeline uses
     voter = _voter()
     voted_blip = []
     for t in range(8):
