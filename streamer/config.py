@@ -51,8 +51,8 @@ class GlobalMotionConfig:
 @dataclass
 class MotionConfig:
     superpixels: str = "seeds"  # seeds (opencv-contrib) | slic (scikit-image)
-    num_superpixels: int = 300  # SEEDS rounds to its block grid; see superpixels._closest_seeds
-    history: int = 10  # recent frames of the same shot whose superpixels vote
+    num_superpixels: int = 450  # SEEDS rounds to its block grid; see superpixels._closest_seeds
+    history: int = 6  # recent frames of the same shot whose superpixels vote
     neighbours: int = 16  # k of the k-nearest-neighbour vote
     lookahead: int = 0  # frames of delay traded for quality; 0 = causal
     iterations: int = 2  # rounds of vote propagation
