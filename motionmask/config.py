@@ -20,6 +20,7 @@ from streamer.ringbuffer import BufferConfig
 from streamer.publish import PublishConfig
 from motionmask.daemon_config import CameraConfig, DaemonConfig, validate_cameras
 from learner.config import LearnerConfig
+from exporter.config import ExportConfig
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,7 @@ class Config:
     cameras: list[CameraConfig] = field(default_factory=list)  # `motionmask run`: one streamer process each
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -142,6 +144,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         cfg.publish.validate()
         cfg.daemon.validate()
         cfg.learner.validate()
+        cfg.export.validate()
         validate_cameras(cfg.cameras, cfg.streamer, cfg.daemon, (cfg.publish.endpoint, cfg.publish.latest_endpoint))
     except (ConfigError, ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None

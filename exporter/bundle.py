@@ -1,0 +1,368 @@
+"""Bundles on disk: one folder per version, published atomically, with pointers.
+
+    EXPORTS/20261127T101500Z-s0004000/model.onnx       self-contained ONNX model (no .onnx.data)
+    EXPORTS/20261127T101500Z-s0004000/manifest.json    version, sha256 of every file, specs, metrics
+    EXPORTS/LATEST                                     the version in service (one line)
+    EXPORTS/PREVIOUS                                   the one before, for rollback (one line)
+
+A bundle is written into EXPORTS/.tmp-<version>-<pid>/, every file fsynced, the folder fsynced and
+renamed into place; only then is LATEST rewritten (temp file, fsync, rename). A crash, a full disk
+or a failed check leaves LATEST on the previous good bundle. An exporter and a device keep the same
+layout, so `motionmask predict --model EXPORTS` and BundleRunner read either.
+
+No torch here: devices import this module.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamer.errors import UserError
+from streamer.log import log_event
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "motionmask-bundle"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+LATEST = "LATEST"
+PREVIOUS = "PREVIOUS"
+TMP_PREFIX = ".tmp-"
+# Version names become folder names, also on devices that got them over the network: no path
+# separators, no leading dot, bounded length.
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+FILE_RE = VERSION_RE
+
+
+@dataclass
+class Bundle:
+    dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / MODEL_FILE
+
+    @property
+    def sha256(self) -> str:
+        return str(self.manifest["sha256"])
+
+    @property
+    def step(self) -> int:
+        return int(self.manifest.get("source", {}).get("step", -1))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_dir(d: str | Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_version_name(version: str) -> str:
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise UserError(f"bundle version {version!r} is not a valid name (letters, digits, '.', '_', '-'; "
+                        f"at most 100; no leading dot)")
+    return version
+
+
+def new_version(exports: Path, step: int, now: float | None = None) -> str:
+    """A fresh, sortable version name: UTC time and training step, e.g. 20261127T101500Z-s0004000."""
+    now = time.time() if now is None else now
+    base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-s{max(step, 0):07d}"
+    version, n = base, 1
+    while (exports / version).exists():
+        n += 1
+        version = f"{base}-{n}"
+    return version
+
+
+# ----------------------------------------------------------------------------------------------
+# Pointers
+
+
+def read_pointer(d: str | Path, name: str = LATEST) -> str | None:
+    """The version a pointer file names, or None when it is missing, empty or not a valid name."""
+    try:
+        text = (Path(d) / name).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except UnicodeDecodeError:
+        return None
+    return text if VERSION_RE.match(text) else None
+
+
+def write_pointer(d: str | Path, version: str, name: str = LATEST) -> None:
+    """Rewrite a pointer atomically (temp file, fsync, rename, fsync of the folder)."""
+    d = Path(d)
+    data = f"{check_version_name(version)}\n".encode()
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # readable like the bundles (mkstemp makes it private)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, d / name)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(d)
+
+
+def versions(d: str | Path) -> list[str]:
+    """Complete bundles in an exports folder (those with a manifest), oldest first."""
+    d = Path(d)
+    if not d.is_dir():
+        return []
+    found = [p.name for p in d.iterdir()
+             if VERSION_RE.match(p.name) and p.is_dir() and (p / MANIFEST_FILE).is_file()]
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def resolve_bundle(path: str | Path) -> Path:
+    """A bundle folder (it holds manifest.json), or an exports folder (it holds LATEST), as the
+    bundle folder to load."""
+    p = Path(path).expanduser()
+    if (p / MANIFEST_FILE).is_file():
+        return p
+    if (p / LATEST).is_file():
+        version = read_pointer(p)
+        if version is None:
+            raise UserError(f"{p / LATEST}: does not name a bundle version; re-export, or "
+                            f"`motionmask device --dir {p} --rollback`")
+        if not (p / version / MANIFEST_FILE).is_file():
+            raise UserError(f"{p / LATEST}: names {version}, but {p / version} holds no bundle")
+        return p / version
+    if not p.exists():
+        raise UserError(f"{p}: no such bundle or exports folder")
+    raise UserError(f"{p}: neither a bundle folder (no {MANIFEST_FILE}) nor an exports folder (no {LATEST}); "
+                    f"make one with `motionmask export --checkpoint CKPT --out {p}`")
+
+
+def parse_manifest(data: bytes, where: str | Path) -> dict[str, Any]:
+    try:
+        m = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{where}: not a readable manifest ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise UserError(f"{where}: not a motionmask bundle manifest")
+    if int(m.get("format_version", -1)) != FORMAT_VERSION:
+        raise UserError(f"{where}: bundle format version {m.get('format_version')} is not supported "
+                        f"(this motionmask reads version {FORMAT_VERSION})")
+    files = m.get("files")
+    if not isinstance(files, dict) or MODEL_FILE not in files or not all(
+            isinstance(k, str) and FILE_RE.match(k) and isinstance(v, dict) and "sha256" in v
+            for k, v in files.items()):
+        raise UserError(f"{where}: manifest lists no valid files")
+    check_version_name(m.get("version"))
+    if m.get("sha256") != files[MODEL_FILE]["sha256"]:
+        raise UserError(f"{where}: manifest sha256 and files.{MODEL_FILE}.sha256 differ")
+    return m
+
+
+def load_bundle(path: str | Path, check_hash: bool = True) -> Bundle:
+    """Read and check a bundle (a bundle folder or an exports folder's LATEST). check_hash:
+    compare every file's sha256 with the manifest (a few ms per MB)."""
+    d = resolve_bundle(path)
+    m = parse_manifest((d / MANIFEST_FILE).read_bytes(), d / MANIFEST_FILE)
+    for name, meta in m["files"].items():
+        f = d / name
+        if not f.is_file():
+            raise UserError(f"{f}: missing from the bundle; re-export it or pull it again")
+        if check_hash:
+            got = sha256_file(f)
+            if got != meta["sha256"]:
+                raise UserError(f"{f}: sha256 {got[:12]}... does not match the manifest's {meta['sha256'][:12]}...: "
+                                f"the bundle is damaged or was altered; re-export it or pull it again")
+    return Bundle(d, m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _disk_message(path: Path, e: OSError) -> str:
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        return f"{path}: no space left on the device"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{path}: not writable ({e.strerror})"
+    return f"{path}: {e.strerror or e}"
+
+
+def check_exports_dir(path: str | Path) -> Path:
+    """Create the exports folder and prove it writable now, before minutes of work."""
+    d = Path(path).expanduser()
+    if d.exists() and not d.is_dir():
+        raise UserError(f"--out {d}: is a file, not a folder; pass a folder path")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f"{TMP_PREFIX}probe-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{_disk_message(d, e)}; choose an exports folder you can write to") from None
+    return d
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def publish_bundle(exports: str | Path, version: str, files: dict[str, bytes], manifest: dict[str, Any],
+                   keep: int = 5) -> Path:
+    """Write a bundle atomically and point LATEST at it (PREVIOUS at the bundle it replaces).
+
+    files: name -> bytes (model.onnx, and any other file the bundle ships); their sha256 and size
+    go into manifest["files"] (and the model's into manifest["sha256"]). On any error nothing
+    changes: the temp folder is removed and a UserError says why."""
+    d = Path(exports)
+    check_version_name(version)
+    final = d / version
+    if final.exists():
+        raise UserError(f"{final}: already exists; bundle versions are never overwritten")
+    manifest = dict(manifest)
+    manifest["files"] = {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in files.items()}
+    manifest["sha256"] = manifest["files"][MODEL_FILE]["sha256"]
+    manifest.update(format=FORMAT, format_version=FORMAT_VERSION, version=version)
+    body = (json.dumps(manifest, indent=2) + "\n").encode()
+    need = sum(len(b) for b in files.values()) + len(body) + (1 << 20)
+    try:
+        free = shutil.disk_usage(d).free
+    except OSError:
+        free = need
+    if free < need:
+        raise UserError(f"{d}: no space left on the device for bundle {version} (needs {need / 2**20:.1f} MB, "
+                        f"{free / 2**20:.1f} MB free); LATEST still names {read_pointer(d) or 'no bundle'}")
+    tmp = d / f"{TMP_PREFIX}{version}-{os.getpid()}"
+    previous = read_pointer(d)
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            _write_file(tmp / name, data)
+        _write_file(tmp / MANIFEST_FILE, body)
+        fsync_dir(tmp)
+        os.rename(tmp, final)
+        fsync_dir(d)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{_disk_message(d, e)} while writing bundle {version}; nothing was published, "
+                        f"LATEST still names {previous or 'no bundle'}") from None
+    try:
+        if previous and previous != version:
+            write_pointer(d, previous, PREVIOUS)
+        write_pointer(d, version, LATEST)
+    except OSError as e:
+        raise UserError(f"{_disk_message(d, e)} while pointing LATEST at {version}; "
+                        f"LATEST still names {read_pointer(d) or 'no bundle'}") from None
+    prune(d, keep)
+    return final
+
+
+def install_bundle(dest: str | Path, staged: Path, keep: int = 2) -> tuple[Path, str | None]:
+    """Move a checked bundle folder (staged, on the same file system) into dest as its version,
+    point LATEST at it and PREVIOUS at the one it replaces. Returns (bundle dir, previous)."""
+    d = Path(dest)
+    m = parse_manifest((staged / MANIFEST_FILE).read_bytes(), staged / MANIFEST_FILE)
+    version = m["version"]
+    final = d / version
+    previous = read_pointer(d)
+    if final.exists():  # the same version again (a rollback undone, a re-pull): keep the one we have
+        shutil.rmtree(staged, ignore_errors=True)
+    else:
+        fsync_dir(staged)
+        os.rename(staged, final)
+        fsync_dir(d)
+    if previous and previous != version:
+        write_pointer(d, previous, PREVIOUS)
+    write_pointer(d, version, LATEST)
+    prune(d, keep)
+    return final, (previous if previous != version else read_pointer(d, PREVIOUS))
+
+
+def rollback(d: str | Path) -> tuple[str, str]:
+    """Swap LATEST and PREVIOUS. Returns (now in service, the one rolled back from)."""
+    d = Path(d)
+    cur, prev = read_pointer(d), read_pointer(d, PREVIOUS)
+    if not prev or not (d / prev / MANIFEST_FILE).is_file():
+        raise UserError(f"{d}: no previous bundle to roll back to")
+    load_bundle(d / prev)  # refuse to roll back onto a damaged bundle
+    if cur:
+        write_pointer(d, cur, PREVIOUS)
+    write_pointer(d, prev, LATEST)
+    return prev, cur or ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune(d: str | Path, keep: int) -> list[str]:
+    """Remove all but the newest `keep` bundles (LATEST and PREVIOUS always stay) and temp folders
+    of processes that are gone. Returns the versions removed."""
+    d = Path(d)
+    protect = {read_pointer(d), read_pointer(d, PREVIOUS)}
+    all_versions = versions(d)
+    removed = []
+    for v in all_versions[:max(0, len(all_versions) - keep)]:
+        if v in protect:
+            continue
+        shutil.rmtree(d / v, ignore_errors=True)
+        removed.append(v)
+    for p in d.iterdir():
+        if p.name.startswith(TMP_PREFIX) and p.is_dir():
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+    if removed:
+        log_event(logger, "bundles_pruned", dir=d, removed=",".join(removed), kept=keep)
+    return removed

@@ -1,0 +1,68 @@
+"""Typed configuration of the exporter (the `export:` section of the YAML config); defaults here.
+
+The first block is what one export does (`motionmask export` and the daemon alike); the second
+is when the daemon exports; the third is how bundles are served to devices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_OPSET, MAX_OPSET = 18, 23  # torch's dynamo exporter starts at 18; 23 is the newest onnx 1.18+ knows
+
+
+@dataclass
+class ExportConfig:
+    width: int = 0  # input W x H of the exported model (fixed per bundle); 0 = the resolution the checkpoint
+    height: int = 0  # ... trained at (the ring-buffer slot, padded up to a multiple of 32), else 224 x 224
+    opset: int = 18  # ai.onnx opset: 18 runs on ONNX Runtime >= 1.14, TensorRT 8.6+, OpenVINO 2023+
+    keep: int = 5  # bundles kept in the exports folder (LATEST's always among them)
+    parity_tolerance: float = 1e-4  # max |ONNX Runtime - PyTorch| of any output on the parity frames (fp32)
+    parity_frames: int = 8  # real frames compared (batch 1 each, and all of them as one batch)
+    latency_runs: int = 20  # timed runs (after warm-up) of the latency measurement
+    max_latency_ms: float = 0.0  # per frame on one CPU thread, batch 1; a slower model is not published; 0 = no limit
+    # the daemon: export every N steps or minutes, whichever comes first, and only a model that
+    # beats the last export on held-back buffer samples
+    dir: str = "exports"  # exports folder (relative: to the working directory)
+    every_steps: int = 2000  # 0 = off
+    every_minutes: float = 10.0  # 0 = off
+    holdout_samples: int = 64  # buffer samples held back from training to compare exports
+    # bundles to devices (`motionmask device --endpoint ...`)
+    serve: bool = True  # the daemon runs a BundleServer for its exports folder
+    endpoint: str = "tcp://127.0.0.1:5560"  # ROUTER: devices ask for the latest version and its chunks here
+    announce_endpoint: str = "tcp://127.0.0.1:5561"  # PUB: a new version is announced here at once
+    announce_interval_s: float = 5.0  # ... and again this often, for devices that were away
+    chunk_kb: int = 256  # transfer chunk size
+    rate_limit_mbps: float = 0.0  # cap on the bytes served per second (all devices together), 0 = none
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key for values no type check catches."""
+        checks = [
+            ("width", self.width == 0 or 32 <= self.width <= 4096, "0 (auto) or between 32 and 4096"),
+            ("height", self.height == 0 or 32 <= self.height <= 4096, "0 (auto) or between 32 and 4096"),
+            ("height", (self.width == 0) == (self.height == 0), "0 exactly when export.width is 0"),
+            ("opset", MIN_OPSET <= self.opset <= MAX_OPSET, f"between {MIN_OPSET} and {MAX_OPSET}"),
+            ("keep", self.keep >= 1, ">= 1"),
+            ("parity_tolerance", 0 < self.parity_tolerance <= 0.1, "in (0, 0.1]"),
+            ("parity_frames", 1 <= self.parity_frames <= 256, "between 1 and 256"),
+            ("latency_runs", 1 <= self.latency_runs <= 10000, "between 1 and 10000"),
+            ("max_latency_ms", self.max_latency_ms >= 0, ">= 0 (0 = no limit)"),
+            ("dir", bool(self.dir.strip()), "a folder path"),
+            ("every_steps", self.every_steps >= 0, ">= 0 (0 = off)"),
+            ("every_minutes", self.every_minutes >= 0, ">= 0 (0 = off)"),
+            ("holdout_samples", self.holdout_samples >= 1, ">= 1"),
+            ("endpoint", "://" in self.endpoint, "a ZeroMQ endpoint such as tcp://127.0.0.1:5560"),
+            ("announce_endpoint", "://" in self.announce_endpoint,
+             "a ZeroMQ endpoint such as tcp://127.0.0.1:5561"),
+            ("announce_endpoint", self.announce_endpoint != self.endpoint or self.endpoint.endswith(":*"),
+             "different from export.endpoint"),
+            ("announce_interval_s", self.announce_interval_s > 0, "> 0"),
+            ("chunk_kb", 4 <= self.chunk_kb <= 4096, "between 4 and 4096"),
+            ("rate_limit_mbps", self.rate_limit_mbps >= 0, ">= 0 (0 = no limit)"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ValueError(f"export.{key} must be {want}")
+
+    def size(self) -> tuple[int, int] | None:
+        """(width, height), or None for auto."""
+        return (self.width, self.height) if self.width else None

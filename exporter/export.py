@@ -1,0 +1,362 @@
+"""torch -> ONNX: the learner's model as one self-contained ONNX model, and the one export path
+(load -> export -> verify -> publish) that `motionmask export` and the daemon take.
+
+The graph a device runs:
+
+    image  uint8 N x H x W x 3 RGB (what a decoder hands you; H, W fixed per bundle)
+      -> NCHW, float32, (x / 255 - mean) / std               (baked in: the learner's constants)
+      -> backbone feature pyramid -> every enabled head      (HEADS, in model.heads order)
+    mask   float32 N x H x W, foreground probability (sigmoid inside, resized to the input)
+
+Heads are data: HEADS maps a head name to its output's post-processing and description, so a
+head added to `model.heads` by a later learner (`embedding`, `segments`) becomes a named output
+once it has an entry here; a head without one is an error, never silently left out.
+
+The exporter is torch's dynamo exporter (torch.onnx.export(dynamo=True), the default since torch
+2.9; it needs onnxscript). It would write weights to a separate `.onnx.data` file when asked to:
+we take the in-memory ModelProto, refuse any tensor stored outside it, and serialise the model as
+one file. The example batch is 2 so that the batch axis stays symbolic (torch.export specialises
+sizes 0 and 1), and the batch dimension is declared dynamic.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exporter.bundle import MODEL_FILE, check_exports_dir, new_version, publish_bundle, read_pointer
+from exporter.config import ExportConfig
+from exporter.runtime import fit_frame
+from exporter.verify import ExportRejected, Verification, verify_onnx
+from streamer.errors import UserError
+from streamer.log import log_event
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+DEFAULT_SIZE = (224, 224)  # (width, height) when the checkpoint does not say what it trained at
+
+
+# ----------------------------------------------------------------------------------------------
+# Heads: what each becomes in the graph and in the manifest
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One named output. post: (the head's raw output, (H, W) of the input) -> the output tensor."""
+    post: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+    meaning: str
+    dims: tuple[str, ...]  # names of the output's axes, for the manifest
+
+
+def _mask_post(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(logits.shape[-2:]) != tuple(hw):  # alexnet's s x s mask -> the input size
+        logits = F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
+    return torch.sigmoid(logits)[:, 0]
+
+
+HEADS: dict[str, HeadSpec] = {
+    "mask": HeadSpec(_mask_post, "foreground probability in [0, 1] of each input pixel", ("N", "H", "W")),
+}
+
+
+def enabled_heads(model: nn.Module) -> list[str]:
+    """The model's heads, in its order; each must have an export spec."""
+    names = list(getattr(model, "heads", {}).keys())
+    if "mask" not in names:
+        raise UserError("the model has no `mask` head; nothing to export")
+    missing = [n for n in names if n not in HEADS]
+    if missing:
+        raise UserError(f"head(s) {', '.join(missing)} have no export spec; add them to exporter.export.HEADS")
+    return names
+
+
+class ExportModule(nn.Module):
+    """uint8 NHWC frames -> one tensor per head; the graph that is exported."""
+
+    def __init__(self, model: nn.Module, heads: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.head_names = list(heads)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hw = (image.shape[1], image.shape[2])
+        x = image.permute(0, 3, 1, 2).to(torch.float32)  # transpose the uint8s: a quarter of the bytes
+        x = self.model.normalize(x)
+        pyramid = self.model.features(x)
+        return tuple(HEADS[n].post(self.model.heads[n](pyramid), hw) for n in self.head_names)
+
+
+@torch.no_grad()
+def torch_outputs(model: nn.Module, heads: Sequence[str], images: np.ndarray) -> list[np.ndarray]:
+    """The reference: the learner's own inference path in eager PyTorch fp32 on the CPU."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    pyramid = model.features(model.normalize(x))
+    hw = (images.shape[1], images.shape[2])
+    return [HEADS[n].post(model.heads[n](pyramid), hw).float().numpy() for n in heads]
+
+
+# ----------------------------------------------------------------------------------------------
+# torch -> ONNX bytes
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter warns about optional torchvision ops and its own deprecations on every call;
+    none of it concerns this model. Errors still raise."""
+    names = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript", "onnx_ir", "torch._dynamo")
+    saved = [(lg, lg.level) for lg in map(logging.getLogger, names)]
+    for lg, _ in saved:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+def input_size(model: nn.Module, cfg: ExportConfig,
+               slot_size: Sequence[int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((width, height) of the bundle's input, (w, h) box frames are fitted into).
+    export.width/height when set (the box is the whole input); else the size the checkpoint
+    trained at (its ring-buffer slot: the box) padded up to the net's stride, as
+    learner.predict.Predictor runs it; else 224 x 224. AlexNet takes only its one size."""
+    fixed = getattr(model, "input_size", None)
+    if fixed:
+        if cfg.size() and cfg.size() != (fixed, fixed):
+            raise UserError(f"export.width/height {cfg.width}x{cfg.height}: this alexnet model takes only "
+                            f"{fixed}x{fixed} (its crop size); set both to 0 or to {fixed}")
+        return (fixed, fixed), (fixed, fixed)
+    stride = int(getattr(model, "stride", 1))
+    if cfg.size():
+        w, h = cfg.size()
+        if w % stride or h % stride:
+            raise UserError(f"export size {w}x{h}: width and height must be multiples of {stride} for this model")
+        return (w, h), (w, h)
+    if slot_size:
+        h, w = int(slot_size[0]), int(slot_size[1])
+        return (-(-w // stride) * stride, -(-h // stride) * stride), (w, h)
+    return DEFAULT_SIZE, DEFAULT_SIZE
+
+
+def to_onnx(model: nn.Module, heads: Sequence[str], width: int, height: int, opset: int,
+            metadata: dict[str, Any]) -> bytes:
+    """Export `model` (eval, fp32, on the CPU) to a self-contained ONNX model; metadata values
+    go into metadata_props as JSON strings."""
+    import onnx
+
+    wrapper = ExportModule(model, heads).eval()
+    example = torch.zeros((2, height, width, 3), dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                wrapper, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=list(heads),
+                dynamic_shapes={"image": {0: batch}}, opset_version=opset, external_data=False,
+                optimize=True, verbose=False)
+    except ImportError as e:
+        raise UserError(f"torch.onnx.export needs onnxscript ({e}); pip install onnxscript") from None
+    except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the reason is what counts
+        raise ExportRejected("export", f"torch.onnx.export failed: {str(e).strip().splitlines()[0][:300]}") from None
+    proto = program.model_proto
+    outside = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if outside:
+        raise ExportRejected("export", f"{len(outside)} weights stored outside the model ({outside[0]}, ...)")
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value, sort_keys=True)
+    proto.doc_string = "motionmask: uint8 RGB frames (N x H x W x 3) in; " + ", ".join(
+        f"{n}: {HEADS[n].meaning}" for n in heads)
+    return proto.SerializeToString()
+
+
+def output_specs(onnx_bytes: bytes, heads: Sequence[str]) -> list[dict[str, Any]]:
+    """Each output's name, dtype and shape as the graph states them (N = the dynamic batch)."""
+    import onnx
+
+    g = onnx.load_from_string(onnx_bytes).graph
+    specs = []
+    for o in g.output:
+        t = o.type.tensor_type
+        shape = [d.dim_param and "N" or d.dim_value for d in t.shape.dim]
+        specs.append({"name": o.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                      "shape": shape, "axes": list(HEADS[o.name].dims), "meaning": HEADS[o.name].meaning})
+    if [s["name"] for s in specs] != list(heads):
+        raise ExportRejected("export", f"graph outputs {[s['name'] for s in specs]} are not the heads {list(heads)}")
+    return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole export: model -> verified bundle
+
+
+@dataclass
+class ExportResult:
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    seconds: float
+    verification: Verification | None = None
+    previous: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def default_frames(n: int) -> list[np.ndarray]:
+    """Real photographs for the parity check when no footage is given: the ones scikit-image
+    ships (no network), as RGB uint8."""
+    import skimage.data
+
+    frames = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "camera", "brick", "grass",
+                 "gravel", "moon", "coins", "hubble_deep_field"):
+        img = skimage.data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(skimage.data, name)()
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        frames.append(np.ascontiguousarray(img[..., :3].astype(np.uint8)))
+        if len(frames) >= n:
+            break
+    while len(frames) < n:  # more than the photos: flipped copies are different inputs too
+        frames.append(np.ascontiguousarray(frames[len(frames) % 12][:, ::-1]))
+    return frames
+
+
+def load_frames(spec: str, n: int) -> list[np.ndarray]:
+    """n frames spread over a video or an image folder (streamer.sources)."""
+    from streamer.config import SourceConfig
+    from streamer.sources import open_source
+
+    frames = []
+    with open_source(spec, SourceConfig(reconnect=False)) as source:
+        total = source.frame_count or 0
+        stride = max(1, total // n) if total else 1
+        for frame in source:
+            if frame.index % stride == 0:
+                frames.append(frame.image)
+            if len(frames) >= n:
+                break
+    if not frames:
+        raise UserError(f"{spec}: no frames decoded for the parity check")
+    return frames
+
+
+def _model_for_export(model: nn.Module) -> nn.Module:
+    """A CPU fp32 eval copy: the caller's model (maybe training on a GPU) is left as it is."""
+    m = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    return m.to(memory_format=torch.contiguous_format)
+
+
+def export_model(model: nn.Module, out: str | Path, cfg: ExportConfig, *, step: int, source: dict[str, Any],
+                 frames: list[np.ndarray] | None = None, quality: dict[str, Any] | None = None,
+                 slot_size: Sequence[int] | None = None, preprocessing: dict[str, Any] | None = None) -> ExportResult:
+    """Export, verify and publish. Raises ExportRejected (a UserError: the reason is logged, nothing
+    is published) or UserError (e.g. the exports folder cannot be written)."""
+    t0 = time.perf_counter()
+    out = check_exports_dir(out)
+    model = _model_for_export(model)
+    heads = enabled_heads(model)
+    (width, height), box = input_size(model, cfg, slot_size)
+    version = new_version(out, step)
+    resize = "stretch" if getattr(model, "input_size", None) else "fit"
+    mcfg = model.cfg
+    pre = {
+        "in_graph": "NHWC uint8 -> NCHW float32, x / 255, (x - mean) / std",
+        "mean": [float(v) for v in mcfg.mean], "std": [float(v) for v in mcfg.std],
+        "resize": resize, "fit_box": list(box),
+        "resize_note": ("scale the frame keeping its aspect ratio to fit fit_box (w, h), pad right and bottom "
+                        "to the input's W x H by repeating the edge pixels, cut the outputs back to the "
+                        "frame's region and resize them to the frame"
+                        if resize == "fit" else "resize the frame to W x H and the outputs back"),
+        **(preprocessing or {}),
+    }
+    input_spec = {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", height, width, 3], "layout": "NHWC",
+                  "color": "RGB", "height": height, "width": width}
+    arch = dict(source.get("arch", {}))
+    metadata = {"version": version, "heads": heads, "input": input_spec, "preprocessing": pre,
+                "source": {"step": step, "arch": arch}}
+    log_event(logger, "export_start", version=version, heads=",".join(heads), size=f"{width}x{height}",
+              opset=cfg.opset, step=step)
+    t1 = time.perf_counter()
+    try:
+        onnx_bytes = to_onnx(model, heads, width, height, cfg.opset, metadata)
+        outputs = output_specs(onnx_bytes, heads)
+        t2 = time.perf_counter()
+        frames = frames if frames else default_frames(cfg.parity_frames)
+        fitted = np.stack([fit_frame(f, width, height, resize, box)[0] for f in frames[:cfg.parity_frames]])
+        ver = verify_onnx(onnx_bytes, heads, fitted, lambda x: torch_outputs(model, heads, x), cfg, what=version)
+    except ExportRejected as e:
+        log_event(logger, "export_rejected", logging.ERROR, version=version, check=e.check, reason=e.reason)
+        raise
+    t3 = time.perf_counter()
+    import onnx
+
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "created_unix": round(time.time(), 3),
+        "opset": cfg.opset, "heads": heads, "input": input_spec, "outputs": outputs, "preprocessing": pre,
+        "source": {**source, "step": step, "arch": arch},
+        "quality": quality or {}, "parity": ver.parity, "latency": ver.latency,
+        "checks": {"onnx_checker": "passed", "ort_session": ver.provider},
+        "producer": {"torch": str(torch.__version__).split("+")[0], "onnx": onnx.__version__,
+                     "onnxruntime": ver.ort_version},
+        "timings_s": {"export": round(t2 - t1, 3), "verify": round(t3 - t2, 3)},
+    }
+    previous = read_pointer(out)
+    path = publish_bundle(out, version, {MODEL_FILE: onnx_bytes}, manifest, cfg.keep)
+    final = json.loads((path / "manifest.json").read_text())
+    seconds = time.perf_counter() - t0
+    log_event(logger, "export_published", version=version, path=path, sha256=final["sha256"][:16],
+              mb=len(onnx_bytes) / 2**20, parity=ver.parity["max_abs_diff"], latency_ms=ver.latency["ms_median"],
+              previous=previous or "none", seconds=seconds)
+    return ExportResult(version, path, final, seconds, ver, previous,
+                        {"export": t2 - t1, "verify": t3 - t2, "total": seconds})
+
+
+def load_for_export(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A checkpoint -> (the model with its weights, the checkpoint state). A foreign, damaged or
+    mismatched checkpoint is a one-line UserError."""
+    from learner.checkpoint import load_checkpoint
+    from learner.config import BACKBONES, learner_config_from_dict
+    from learner.model import architecture, build_model
+
+    path = Path(checkpoint)
+    state = load_checkpoint(path, "cpu")
+    cfg = learner_config_from_dict(state.get("config", {}))
+    if cfg.model.backbone not in BACKBONES:
+        raise UserError(f"{path}: backbone {cfg.model.backbone!r} is not one this motionmask knows "
+                        f"({', '.join(BACKBONES)}); export it with the motionmask that trained it")
+    crop = cfg.crop_size
+    arch = architecture(cfg.model, crop)
+    if state.get("arch") != arch:
+        raise UserError(f"{path}: checkpoint from another architecture: it says {state.get('arch')}, its config "
+                        f"builds {arch}")
+    try:
+        model = build_model(cfg.model, crop)
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: checkpoint from another architecture: its weights do not fit a "
+                        f"{arch.get('backbone')} model ({first})") from None
+    return model, state
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig,
+                      frames: list[np.ndarray] | None = None, quality: dict[str, Any] | None = None) -> ExportResult:
+    """`motionmask export`: a checkpoint file -> a verified bundle in `out`."""
+    check_exports_dir(out)  # before loading anything: an unwritable --out fails in milliseconds
+    model, state = load_for_export(checkpoint)
+    source = {"checkpoint": str(Path(checkpoint).resolve()), "arch": state.get("arch"),
+              "saved_at": state.get("saved_at"), "trained_seconds": state.get("counters", {}).get("train_seconds")}
+    return export_model(model, out, cfg, step=int(state.get("step", 0)), source=source, frames=frames,
+                        quality=quality, slot_size=state.get("slot_size"))

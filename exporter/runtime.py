@@ -1,0 +1,280 @@
+"""Run a bundle with ONNX Runtime only: the device's code path. Never imports torch.
+
+    runner = BundleRunner("exports/")           # an exports folder (its LATEST) or a bundle folder
+    prob = runner(frame.image)                   # H x W float32 foreground probability, any frame size
+    outs = runner.run(batch)                     # N x h x w x 3 uint8 at the bundle's size -> {"mask": ...}
+    runner.reload_if_changed()                   # hot-load a new LATEST; a bad one is refused, the old kept
+
+Providers: "auto" takes CUDA when this onnxruntime has the CUDA provider and an NVIDIA GPU is
+present, else the CPU; "cuda" asks for CUDA. Whatever the session really got is logged, and a
+CUDA request that ends on the CPU is a warning (or, with strict=True, an error), never silent.
+
+A frame is fitted into the bundle's W x H the way the learner trained (manifest preprocessing):
+"fit" (compact) scales it keeping the aspect ratio to fit the box the net trained at (fit_box,
+e.g. 320 x 240) and pads right and bottom to W x H (320 x 256) by repeating the edge; the
+outputs are cut back to the frame's region and resized to the frame. "stretch" (alexnet)
+resizes the frame to W x H and the outputs back.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from exporter.bundle import LATEST, Bundle, load_bundle, read_pointer, resolve_bundle
+from streamer.errors import UserError
+from streamer.log import log_event
+
+logger = logging.getLogger(__name__)
+
+PROVIDERS = ("auto", "cpu", "cuda")
+CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a session runs: type "cpu" or "cuda" (what `motionmask predict` prints)."""
+    type: str
+    provider: str
+
+
+def nvidia_gpu_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
+def make_session(model: bytes | str | Path, provider: str = "auto", threads: int = 0, strict: bool = False,
+                 what: str = "model") -> tuple[Any, Device]:
+    """An ONNX Runtime session on the requested provider; logs the provider it really got.
+    threads: intra-op threads, 0 = ONNX Runtime's default (one per physical core)."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise UserError(f"provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
+    available = ort.get_available_providers()
+    has_cuda_ep = CUDA_EP in available
+    want_cuda = provider == "cuda" or (provider == "auto" and has_cuda_ep and nvidia_gpu_present())
+    reason = ""
+    if want_cuda and not has_cuda_ep:
+        reason = f"onnxruntime {ort.__version__} has no CUDA provider (pip install onnxruntime-gpu)"
+    elif want_cuda and hasattr(ort, "preload_dlls"):
+        try:  # CUDA and cuDNN from the nvidia-* pip packages (as torch installs them), when present
+            ort.preload_dlls(directory="")
+        except Exception:  # noqa: BLE001 - missing libraries show up as the provider failing below
+            pass
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(0, int(threads))
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = [CUDA_EP, CPU_EP] if (want_cuda and has_cuda_ep) else [CPU_EP]
+    src = str(model) if isinstance(model, Path) else model
+    try:
+        session = ort.InferenceSession(src, so, providers=providers)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for invalid models
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what}: ONNX Runtime cannot load it ({first})") from None
+    got = session.get_providers()
+    device = Device("cuda" if got and got[0] == CUDA_EP else "cpu", got[0] if got else CPU_EP)
+    if want_cuda and device.type != "cuda":
+        reason = reason or "the CUDA provider did not load (CUDA 12/13 or cuDNN 9 libraries missing?)"
+        if strict:
+            raise UserError(f"{what}: CUDA was requested but ONNX Runtime runs on the CPU: {reason}; "
+                            f"use --device cpu")
+        log_event(logger, "ort_provider_fallback", logging.WARNING, model=what, requested=provider,
+                  using=device.provider, reason=reason)
+    log_event(logger, "ort_session", model=what, provider=device.provider, requested=provider,
+              threads=threads or "default", ort=ort.__version__)
+    return session, device
+
+
+# ----------------------------------------------------------------------------------------------
+# Frames in, frames out
+
+
+def fit_frame(image: np.ndarray, width: int, height: int, resize: str = "fit",
+              box: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """An RGB frame as the model's input (height x width x 3 uint8) and the (h, w) region of that
+    input the frame covers. box: (w, h) the frame is fitted into ("fit"; default the whole input),
+    e.g. the 320 x 240 the net trained at inside a 320 x 256 input."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB frame, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    if resize == "stretch":
+        interp = cv2.INTER_AREA if (w > width or h > height) else cv2.INTER_LINEAR
+        x = image if (w, h) == (width, height) else cv2.resize(image, (width, height), interpolation=interp)
+        return np.ascontiguousarray(x), (height, width)
+    bw, bh = box or (width, height)
+    scale = min(bw / w, bh / h)
+    ww, wh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    x = image if (ww, wh) == (w, h) else cv2.resize(
+        image, (ww, wh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if (ww, wh) != (width, height):  # pad right and bottom; the padding is cut off the outputs again
+        x = cv2.copyMakeBorder(x, 0, height - wh, 0, width - ww, cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(x), (wh, ww)
+
+
+def unfit_map(out: np.ndarray, region: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """An h x w output map of the model's input -> the frame's (H, W): cut the region, resize."""
+    rh, rw = region
+    m = out[:rh, :rw]
+    H, W = size
+    if m.shape[:2] != (H, W):
+        m = cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR)
+    return m
+
+
+@dataclass
+class _Loaded:
+    bundle: Bundle
+    session: Any
+    device: Device
+    input_name: str
+    outputs: list[str]
+
+
+class BundleRunner:
+    """A bundle with ONNX Runtime. path: a bundle folder, or an exports folder whose LATEST is
+    followed by reload_if_changed()."""
+
+    def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0, strict: bool = False,
+                 check_hash: bool = True):
+        self.source = Path(path).expanduser()
+        self.provider, self.threads, self.strict, self.check_hash = provider, threads, strict, check_hash
+        self._lock = threading.Lock()
+        self._latest_seen = read_pointer(self.source)
+        self._loaded = self._load(resolve_bundle(self.source))
+
+    # -- loading ----------------------------------------------------------------------------
+    def _load(self, bundle_dir: Path) -> _Loaded:
+        bundle = load_bundle(bundle_dir, self.check_hash)
+        m = bundle.manifest
+        session, device = make_session(bundle.model_path, self.provider, self.threads, self.strict,
+                                       what=f"{bundle.dir.name}/model.onnx")
+        inputs = session.get_inputs()
+        spec = m.get("input", {})
+        if len(inputs) != 1 or inputs[0].name != spec.get("name") or inputs[0].type != "tensor(uint8)":
+            raise UserError(f"{bundle.dir}: model input {[(i.name, i.type) for i in inputs]} does not match the "
+                            f"manifest's {spec.get('name')!r} uint8")
+        shape = inputs[0].shape
+        if list(shape[1:]) != [spec["height"], spec["width"], 3]:
+            raise UserError(f"{bundle.dir}: model input shape {shape} does not match the manifest's "
+                            f"{spec['height']} x {spec['width']} x 3")
+        names = [o.name for o in session.get_outputs()]
+        wanted = [o["name"] for o in m.get("outputs", [])]
+        if names != wanted:
+            raise UserError(f"{bundle.dir}: model outputs {names} do not match the manifest's {wanted}")
+        return _Loaded(bundle, session, device, inputs[0].name, names)
+
+    def reload_if_changed(self) -> bool:
+        """When the runner follows an exports folder and its LATEST names another version, load
+        that one and swap it in. A bundle that fails to load is logged and refused; the current
+        one stays in service. True when a new bundle was swapped in."""
+        latest = read_pointer(self.source)
+        if latest is None or latest == self._latest_seen:
+            return False
+        self._latest_seen = latest
+        current = self._loaded.bundle.version
+        if latest == current:
+            return False
+        try:
+            loaded = self._load(self.source / latest)
+        except (UserError, OSError) as e:
+            log_event(logger, "bundle_refused", logging.WARNING, version=latest, error=str(e), keeping=current)
+            return False
+        with self._lock:
+            self._loaded = loaded
+        log_event(logger, "bundle_loaded", version=latest, previous=current, provider=loaded.device.provider)
+        return True
+
+    # -- what is loaded ---------------------------------------------------------------------
+    @property
+    def bundle(self) -> Bundle:
+        return self._loaded.bundle
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._loaded.bundle.manifest
+
+    @property
+    def version(self) -> str:
+        return self._loaded.bundle.version
+
+    @property
+    def path(self) -> Path:
+        return self._loaded.bundle.dir
+
+    @property
+    def step(self) -> int:
+        return self._loaded.bundle.step
+
+    @property
+    def device(self) -> Device:
+        return self._loaded.device
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self._loaded.outputs)
+
+    @property
+    def width(self) -> int:
+        return int(self.manifest["input"]["width"])
+
+    @property
+    def height(self) -> int:
+        return int(self.manifest["input"]["height"])
+
+    @property
+    def resize(self) -> str:
+        return str(self.manifest.get("preprocessing", {}).get("resize", "fit"))
+
+    @property
+    def box(self) -> tuple[int, int]:
+        """(w, h) a frame is fitted into: the size the net trained at (<= the input size)."""
+        b = self.manifest.get("preprocessing", {}).get("fit_box")
+        return (int(b[0]), int(b[1])) if b else (self.width, self.height)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """N x height x width x 3 uint8 RGB (the bundle's size) -> {output name: array}."""
+        loaded = self._loaded  # one reference: a concurrent reload swaps the whole bundle
+        spec = loaded.bundle.manifest["input"]
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (spec["height"], spec["width"], 3):
+            raise ValueError(f"expected N x {spec['height']} x {spec['width']} x 3 uint8, got {images.dtype} {images.shape}")
+        outs = loaded.session.run(loaded.outputs, {loaded.input_name: np.ascontiguousarray(images)})
+        return dict(zip(loaded.outputs, outs))
+
+    def predict(self, frames: list[np.ndarray], output: str = "mask") -> list[np.ndarray]:
+        """Frames of any size (H x W x 3 uint8 RGB) -> the output map of each at its frame's size
+        (mask: H x W float32 foreground probability), in one batch."""
+        if not frames:
+            return []
+        w, h, mode, box = self.width, self.height, self.resize, self.box
+        fitted = [fit_frame(f, w, h, mode, box) for f in frames]
+        out = self.run(np.stack([x for x, _ in fitted]))[output]
+        return [unfit_map(o, region, f.shape[:2]) for o, (_, region), f in zip(out, fitted, frames)]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.predict([image])[0]
+
+    def latency_ms(self, batch: int = 1, runs: int = 20, warmup: int = 3) -> list[float]:
+        """Wall time of `runs` calls on a batch of zeros, after `warmup` untimed ones."""
+        x = np.zeros((batch, self.height, self.width, 3), np.uint8)
+        for _ in range(warmup):
+            self.run(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self.run(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+def follows_latest(path: str | Path) -> bool:
+    """True for an exports folder (it has a LATEST), whose bundle can change under a runner."""
+    return (Path(path) / LATEST).is_file() and not os.path.isfile(Path(path) / "manifest.json")
