@@ -52,7 +52,7 @@ class GlobalMotionConfig:
 class MotionConfig:
     superpixels: str = "seeds"  # seeds (opencv-contrib) | slic (scikit-image)
     num_superpixels: int = 450  # SEEDS rounds to its block grid; see superpixels._closest_seeds
-    history: int = 6  # recent frames of the same shot whose superpixels vote
+    history: int = 8  # recent frames of the same shot whose superpixels vote
     neighbours: int = 16  # k of the k-nearest-neighbour vote
     lookahead: int = 0  # frames of delay traded for quality; 0 = causal
     iterations: int = 2  # rounds of vote propagation
