@@ -12,7 +12,7 @@ from motionmask import __version__
 from motionmask.config import ConfigError
 from streamer.errors import UserError
 
-COMMANDS: list[str] = ["subscribe", "keys", "synth", "masks", "run", "status", "train", "predict"]  # each helper module adds its name here
+COMMANDS: list[str] = ["subscribe", "keys", "synth", "masks", "run", "status", "train", "predict", "export", "device"]  # each helper module adds its name here
 
 EPILOG = """examples:
   motionmask masks clip.mp4 --out masks/ --overlay

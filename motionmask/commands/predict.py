@@ -1,5 +1,6 @@
 """`motionmask predict --checkpoint CKPT INPUT --out DIR`: the trained ConvNet on every frame alone,
-written with the same file contract as `motionmask masks` (streamer.writer)."""
+written with the same file contract as `motionmask masks` (streamer.writer). `--model BUNDLE`
+runs an exported bundle with ONNX Runtime instead (exporter.runtime; torch is never loaded)."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 EPILOG = """examples:
   motionmask predict --checkpoint runs/r1/checkpoints/last.pt clip.mp4 --out pred/
   motionmask predict --checkpoint runs/r1/checkpoints/last.pt frames/ --out pred/ --overlay --device cuda
+  motionmask predict --model exports/ clip.mp4 --out pred/     # the bundle LATEST names, ONNX Runtime
 
 writes, as `motionmask masks` does, DIR/NNNNNN.png (foreground probability 0-255, input
 resolution), DIR/trimap/NNNNNN.png (0, 128 = don't care, 255; streamer.trimap thresholds),
@@ -48,7 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", metavar="INPUT", help="video file, folder of images, camera (0, camera:0, /dev/video0) or URL")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint of `motionmask train`, e.g. RUN/checkpoints/last.pt")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint of `motionmask train`, e.g. RUN/checkpoints/last.pt")
+    what.add_argument("--model", metavar="BUNDLE", help="an exported bundle folder, or an exports folder (its LATEST): "
+                      "ONNX Runtime at the bundle's fixed size, no torch")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; an earlier run there is replaced)")
     p.add_argument("--config", metavar="FILE", help="YAML config: source, shots, prune and trimap settings (default: built-in)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (CUDA when present)")
@@ -67,9 +72,16 @@ def run(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out)
     if Path(args.input).exists() and Path(args.input).resolve() == out.resolve():
         raise UserError(f"--out {out}: is the input folder; write the masks somewhere else")
-    from learner.predict import Predictor  # torch loads here, not at import
+    if args.model:
+        if args.native:
+            raise UserError("--native: a bundle runs at its fixed input size; use --checkpoint for --native")
+        from exporter.runtime import BundleRunner  # ONNX Runtime only: the device's code path
 
-    predictor = Predictor(args.checkpoint, args.device, native=args.native)
+        predictor = BundleRunner(args.model, provider=args.device)
+    else:
+        from learner.predict import Predictor  # torch loads here, not at import
+
+        predictor = Predictor(args.checkpoint, args.device, native=args.native)
     with info_logs(not args.quiet), signals_as_exceptions():
         return _run(args, cfg, predictor, out, start, limit)
 
