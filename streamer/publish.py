@@ -30,7 +30,7 @@ log = logging.getLogger("streamer.publish")
 class PublishConfig:
     enabled: bool = True  # read by whoever runs the streamer: false = create no MaskPublisher
     endpoint: str = "tcp://127.0.0.1:5555"  # loopback unless you mean it; "tcp://*:5555" = all interfaces
-    latest_endpoint: str = ""  # e.g. tcp://127.0.0.1:5556: single-frame framing for latest-only viewers
+    latest_endpoint: str = ""  # e.g. tcp://127.0.0.1:5557: single-frame framing for latest-only viewers
     encoding: str = "png"  # png | u8
     sndhwm: int = 32  # messages queued per subscriber before that subscriber starts losing masks
     heartbeat_s: float = 2.0  # ping peers this often; a peer silent for 5x is dropped; 0 = off
@@ -42,7 +42,7 @@ class PublishConfig:
         checks = [
             ("endpoint", "://" in self.endpoint, "a ZeroMQ endpoint such as tcp://127.0.0.1:5555"),
             ("latest_endpoint", not self.latest_endpoint or "://" in self.latest_endpoint,
-             "empty or a ZeroMQ endpoint such as tcp://127.0.0.1:5556"),
+             "empty or a ZeroMQ endpoint such as tcp://127.0.0.1:5557"),
             ("latest_endpoint", self.latest_endpoint != self.endpoint or self.endpoint.endswith(":*"),
              "different from publish.endpoint"),
             ("encoding", self.encoding in protocol.ENCODINGS, "png or u8"),

@@ -335,7 +335,7 @@ def test_protocol_doc_examples_run_as_written(which):
     with MaskPublisher(PublishConfig(endpoint=ANY, latest_endpoint=ANY)) as pub:
         ep = pub.latest_endpoint if which else pub.endpoint
         code = code.replace("while True:", "for _ in range(3):")
-        code = re.sub(r"tcp://127\.0\.0\.1:555[56]", ep, code)
+        code = re.sub(r"tcp://127\.0\.0\.1:555[57]", ep, code)
         t = _publish_in_background(pub, stop)
         try:
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

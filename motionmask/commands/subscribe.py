@@ -13,7 +13,7 @@ from streamer.errors import UserError
 EPILOG = f"""examples:
   motionmask subscribe                                   # every mask from {DEFAULT_ENDPOINT}
   motionmask subscribe --topic mask.cam0.trimap --count 100 --out saved/
-  motionmask subscribe --endpoint tcp://127.0.0.1:5556 --latest --topic mask.cam0.motion
+  motionmask subscribe --endpoint tcp://127.0.0.1:5557 --latest --topic mask.cam0.motion
   motionmask subscribe --endpoint tcp://robot:5555 --curve-server-key keys/server.key \\
       --curve-secret-file keys/laptop.key_secret
 
