@@ -56,10 +56,17 @@ class CameraBackend:
         self.fps: float | None = None
 
     def open(self) -> None:
-        if isinstance(self.device, int):
-            cap = cv2.VideoCapture(self.device)
-        else:
-            cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2)
+        # OpenCV logs its own multi-line warnings for a missing device; our one-line SourceError
+        # says it better, so silence them for the open only.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            if isinstance(self.device, int):
+                cap = cv2.VideoCapture(self.device)
+            else:
+                cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         self.cap = cap
         if not cap.isOpened():
             raise SourceError(f"{self.label}: cannot open (unplugged? check /dev/video*)")
