@@ -5,7 +5,8 @@ Modules (each one job; the public API in brief):
   export    to_onnx(model, ...) -> ONNX bytes: uint8 NHWC `image` in, one named output per head
             (HEADS: today `mask`), normalisation and sigmoid inside, dynamic batch; and
             export_checkpoint / export_model: load -> export -> verify -> publish, the one path
-            `motionmask export` and the daemon take (torch)
+            `motionmask export` and the daemon take; PeriodicExport, the daemon's policy (every N
+            steps or minutes, only a model that beats the last export on held-back samples) (torch)
   verify    verify_onnx(...): onnx.checker, an ONNX Runtime CPU session, parity vs PyTorch on
             real frames, latency (torch)
   bundle    EXPORTS/<version>/{model.onnx, manifest.json} published atomically, LATEST, keep N,

@@ -360,3 +360,120 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
               "saved_at": state.get("saved_at"), "trained_seconds": state.get("counters", {}).get("train_seconds")}
     return export_model(model, out, cfg, step=int(state.get("step", 0)), source=source, frames=frames,
                         quality=quality, slot_size=state.get("slot_size"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The daemon's periodic export
+
+
+def fit_trimap(trimap: np.ndarray, width: int, height: int, resize: str = "fit",
+               box: tuple[int, int] | None = None) -> np.ndarray:
+    """A trimap through the same geometry as fit_frame (nearest neighbour; padding don't-care)."""
+    import cv2
+
+    h, w = trimap.shape[:2]
+    if resize == "stretch":
+        return cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)
+    bw, bh = box or (width, height)
+    scale = min(bw / w, bh / h)
+    ww, wh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    t = trimap if (ww, wh) == (w, h) else cv2.resize(trimap, (ww, wh), interpolation=cv2.INTER_NEAREST)
+    return cv2.copyMakeBorder(t, 0, height - wh, 0, width - ww, cv2.BORDER_CONSTANT, value=128)
+
+
+@dataclass
+class Holdout:
+    """Buffer samples held back from training, fitted to the model's input like a frame."""
+    images: np.ndarray  # N x H x W x 3 uint8
+    trimaps: np.ndarray  # N x H x W uint8: 255 positive, 0 negative, else ignored
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Any], width: int, height: int, resize: str = "fit",
+                     box: tuple[int, int] | None = None) -> Holdout:
+        """Ring-buffer samples (streamer.ringbuffer.Sample: image, trimap, valid) -> a holdout."""
+        imgs, tris = [], []
+        for s in samples:
+            y0, x0, h, w = s.valid
+            imgs.append(fit_frame(np.ascontiguousarray(s.image[y0:y0 + h, x0:x0 + w]), width, height, resize, box)[0])
+            tris.append(fit_trimap(np.ascontiguousarray(s.trimap[y0:y0 + h, x0:x0 + w]), width, height, resize, box))
+        if not imgs:
+            raise ValueError("a holdout needs at least one sample")
+        return cls(np.stack(imgs), np.stack(tris))
+
+
+@torch.no_grad()
+def holdout_score(model: nn.Module, holdout: Holdout, batch: int = 16) -> dict[str, float]:
+    """Masked BCE (the training loss: lower is better) and IoU of the mask at 0.5 on the counted
+    pixels of the held-back samples."""
+    model = model.eval()
+    bce_sum, counted, inter, union = 0.0, 0, 0, 0
+    for i in range(0, len(holdout.images), batch):
+        prob = torch.from_numpy(torch_outputs(model, ["mask"], holdout.images[i:i + batch])[0]).double()
+        tri = torch.from_numpy(holdout.trimaps[i:i + batch])
+        pos, neg = tri == 255, tri == 0
+        use = pos | neg
+        p = prob.clamp(1e-7, 1 - 1e-7)
+        bce = -(torch.where(pos, p.log(), (1 - p).log()))
+        bce_sum += float(bce[use].sum())
+        counted += int(use.sum())
+        fg = (prob >= 0.5) & use
+        inter += int((fg & pos).sum())
+        union += int((fg | pos).sum())
+    return {"holdout_bce": bce_sum / max(1, counted), "holdout_iou": inter / union if union else 1.0,
+            "holdout_samples": int(len(holdout.images))}
+
+
+class PeriodicExport:
+    """The daemon's export policy: every export.every_steps steps or export.every_minutes minutes
+    (whichever comes first), export the model, but only when it beats the last exported model on
+    the held-back samples (lower masked BCE; both scored on the same holdout, now). Failures are
+    logged and never raised: training goes on, and the bundle in service stays.
+
+        periodic = PeriodicExport(exports_dir, cfg.export, holdout, slot_size=(240, 320), source={...},
+                                  on_publish=server.announce)
+        ... in the training loop:
+        periodic.maybe_export(trainer.model, trainer.step_count)
+    """
+
+    def __init__(self, out: str | Path, cfg: ExportConfig, holdout: Holdout, *, slot_size: Sequence[int] | None = None,
+                 source: dict[str, Any] | None = None, on_publish: Callable[[ExportResult], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.out, self.cfg, self.holdout = Path(out), cfg, holdout
+        self.slot_size, self.source = slot_size, dict(source or {})
+        self.on_publish, self.clock = on_publish, clock
+        self.last_step: int | None = None
+        self.last_time = clock()
+        self.last_model: nn.Module | None = None
+        self.last_score: dict[str, float] | None = None
+        self.last_error = ""
+
+    def due(self, step: int) -> bool:
+        c = self.cfg
+        by_steps = c.every_steps and step - (self.last_step or 0) >= c.every_steps
+        by_time = c.every_minutes and self.clock() - self.last_time >= c.every_minutes * 60
+        return bool(by_steps or by_time) and step != self.last_step
+
+    def maybe_export(self, model: nn.Module, step: int, force: bool = False) -> ExportResult | None:
+        if not (force or self.due(step)):
+            return None
+        self.last_step, self.last_time = step, self.clock()
+        candidate = _model_for_export(model)
+        score = holdout_score(candidate, self.holdout)
+        previous = holdout_score(self.last_model, self.holdout) if self.last_model is not None else None
+        if previous is not None and not score["holdout_bce"] < previous["holdout_bce"]:
+            log_event(logger, "export_skipped", step=step, reason="not_better", holdout_bce=score["holdout_bce"],
+                      last_export_bce=previous["holdout_bce"])
+            return None
+        quality = {**score, **({"last_export_holdout_bce": previous["holdout_bce"]} if previous else {})}
+        try:
+            result = export_model(candidate, self.out, self.cfg, step=step, source={**self.source, "step": step},
+                                  quality=quality, slot_size=self.slot_size)
+        except UserError as e:  # ExportRejected included: already logged with its reason
+            self.last_error = str(e)
+            if not isinstance(e, ExportRejected):
+                log_event(logger, "export_failed", logging.ERROR, step=step, error=str(e))
+            return None
+        self.last_model, self.last_score, self.last_error = candidate, score, ""
+        if self.on_publish:
+            self.on_publish(result)
+        return result

@@ -217,3 +217,46 @@ def test_full_disk_publishes_nothing_and_keeps_the_bundle_in_service(exports, ck
     one_error_line(proc.stderr, "no space left", f"LATEST still names {v1}")
     assert (tmp_path / "ls").read_text().split() == sorted([v1, "LATEST"])
     assert (tmp_path / "latest").read_text().strip() == v1
+
+
+def test_periodic_export_publishes_only_a_model_that_beats_the_last_one(tmp_path, caplog):
+    """The daemon's policy: due every N steps or M minutes; exported only when better on the
+    held-back buffer samples than the last export; a failure is logged, never raised."""
+    from _learner_data import make_ring, object_sample, tiny_config
+    from exporter.export import Holdout, PeriodicExport
+    from learner.samples import RingFeed
+    from learner.train import Limits, Trainer, fit
+
+    rng = np.random.default_rng(7)
+    holdout = Holdout.from_samples([object_sample(rng, 96, 72, i) for i in range(12)], 96, 96, "fit", (96, 72))
+    assert holdout.images.shape == (12, 96, 96, 3) and (holdout.trimaps[:, 72:] == 128).all()
+    trainer = Trainer(tiny_config())  # untrained
+    now, published = [0.0], []
+    out = tmp_path / "exports"
+    periodic = PeriodicExport(out, ExportConfig(every_steps=10, every_minutes=1.0), holdout, slot_size=(72, 96),
+                              source={"run": "test"}, on_publish=published.append, clock=lambda: now[0])
+    caplog.set_level(logging.INFO)
+    assert periodic.maybe_export(trainer.model, 5) is None and not versions(out)  # not due yet
+    first = periodic.maybe_export(trainer.model, 10)  # nothing to beat yet
+    assert first is not None and first.manifest["source"]["run"] == "test"
+    q1 = first.manifest["quality"]
+    assert q1["holdout_samples"] == 12 and q1["holdout_bce"] > 0 and 0 <= q1["holdout_iou"] <= 1
+    assert periodic.maybe_export(trainer.model, 20) is None  # due, but no better
+    assert any("event=export_skipped" in r.message and "reason=not_better" in r.message for r in caplog.records)
+    assert not periodic.due(21)
+    now[0] = 61.0
+    assert periodic.due(21)  # a minute later, whatever the step
+    ring = make_ring(24)
+    try:
+        fit(trainer, RingFeed(ring), tmp_path / "run", Limits(steps=40), progress=False)
+    finally:
+        ring.close()
+    second = periodic.maybe_export(trainer.model, 40)
+    assert second is not None and second.manifest["quality"]["holdout_bce"] < q1["holdout_bce"]
+    assert second.manifest["quality"]["last_export_holdout_bce"] == pytest.approx(q1["holdout_bce"])
+    assert published == [first, second] and read_pointer(out) == second.version
+    # an export that cannot be published: logged, returned as None, training goes on
+    periodic.cfg.max_latency_ms = 1e-6
+    periodic.last_model = build_model(ModelConfig(width=8, blocks=[1, 1, 1, 1]), 64)  # a worse last export
+    assert periodic.maybe_export(trainer.model, 50) is None and "export rejected at latency" in periodic.last_error
+    assert read_pointer(out) == second.version and len(versions(out)) == 2
