@@ -258,7 +258,18 @@ def _frame_count(spec: str, cfg: StreamerConfig) -> int:
         return int(source.frame_count or 1000)
 
 
-def _put_no_drop(ring: RingBuffer, sample, my_puts: int, draws_per_sample: float, stop) -> float:
+class _Stop:
+    """The parent asked us to stop, or died (SIGKILL): then nobody will ever draw what we wait for."""
+
+    def __init__(self, event):
+        self.event = event
+        self.parent = os.getppid()
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or os.getppid() != self.parent
+
+
+def _put_no_drop(ring: RingBuffer, sample, my_puts: int, draws_per_sample: float, stop: _Stop) -> float:
     """put() until it succeeds. When the put would evict, first wait for the learner to draw
     draws_per_sample x (evictions so far) samples. Returns the seconds spent waiting."""
     t0 = time.monotonic()
@@ -280,6 +291,7 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
     import cv2
 
     cv2.setNumThreads(threads)
+    stop = _Stop(stop)
     from streamer.pipeline import MotionSegmenter
     from streamer.sources import open_source
 

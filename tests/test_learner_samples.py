@@ -110,3 +110,41 @@ def test_offline_feed_reports_inputs_without_training_samples(tmp_path):
             next_batch(feed, 2, np.random.default_rng(0), feed.ring.new_batch(2))
     with pytest.raises(UserError, match="nope.mp4: no such file"):
         OfflineFeed([str(tmp_path / "nope.mp4")], StreamerConfig(), BufferConfig())
+
+
+_ORPHAN = """
+import sys, time
+from learner.samples import OfflineFeed
+from streamer.config import StreamerConfig
+from streamer.ringbuffer import BufferConfig, _total_bytes
+small = BufferConfig(train_width=64, train_height=48, memory_mb=_total_bytes(48, 64, 2) / 2**20)
+feed = OfflineFeed([sys.argv[1]], StreamerConfig(), small, draws_per_sample=1.0, max_buffer_mb=small.memory_mb)
+feed.__enter__()
+print(feed._proc.pid, flush=True)
+time.sleep(60)  # never draws: the streamer fills 2 slots and waits for the learner
+"""
+
+
+def test_offline_streamer_exits_when_the_learner_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    generate(tmp_path / "clips", seed=3, clips=1, frames=30, size=(160, 120))
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(tmp_path / "clips" / "clip000.mp4")],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(2.0)  # the streamer is running (and soon waiting on back-pressure)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the streamer process outlived its learner")
