@@ -310,10 +310,20 @@ def install_bundle(dest: str | Path, staged: Path, keep: int = 2) -> tuple[Path,
     version = m["version"]
     final = d / version
     previous = read_pointer(d)
-    if final.exists():  # the same version again (a rollback undone, a re-pull): keep the one we have
+    keep_ours = False
+    if final.exists():  # the same version again (a re-pull): keep ours if it is whole and the same
+        try:
+            keep_ours = load_bundle(final).sha256 == m["sha256"]
+        except (UserError, OSError):
+            keep_ours = False
+    if keep_ours:
         shutil.rmtree(staged, ignore_errors=True)
     else:
         fsync_dir(staged)
+        if final.exists():  # a damaged or different copy under this name: replaced
+            trash = d / f"{TMP_PREFIX}old-{version}-{os.getpid()}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
         os.rename(staged, final)
         fsync_dir(d)
     if previous and previous != version:

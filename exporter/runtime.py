@@ -5,8 +5,8 @@
     outs = runner.run(batch)                     # N x h x w x 3 uint8 at the bundle's size -> {"mask": ...}
     runner.reload_if_changed()                   # hot-load a new LATEST; a bad one is refused, the old kept
 
-Providers: "auto" takes CUDA when this onnxruntime has the CUDA provider and an NVIDIA GPU is
-present, else the CPU; "cuda" asks for CUDA. Whatever the session really got is logged, and a
+Providers: "auto" asks for CUDA when an NVIDIA GPU is present, else takes the CPU; "cuda" asks
+for CUDA. Whatever the session really got is logged, and a
 CUDA request that ends on the CPU is a warning (or, with strict=True, an error), never silent.
 
 A frame is fitted into the bundle's W x H the way the learner trained (manifest preprocessing):
@@ -59,7 +59,9 @@ def make_session(model: bytes | str | Path, provider: str = "auto", threads: int
         raise UserError(f"provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
     available = ort.get_available_providers()
     has_cuda_ep = CUDA_EP in available
-    want_cuda = provider == "cuda" or (provider == "auto" and has_cuda_ep and nvidia_gpu_present())
+    # auto wants CUDA wherever there is an NVIDIA GPU: a GPU box whose onnxruntime lacks the CUDA
+    # provider runs on the CPU with a warning, not silently
+    want_cuda = provider == "cuda" or (provider == "auto" and nvidia_gpu_present())
     reason = ""
     if want_cuda and not has_cuda_ep:
         reason = f"onnxruntime {ort.__version__} has no CUDA provider (pip install onnxruntime-gpu)"

@@ -58,6 +58,7 @@ TOPIC = b"model"
 MAX_CHUNK = 4 << 20
 MAX_FILE = 4 << 30
 MAX_FILES = 16
+SKIP = "SKIP"  # a device folder's pointer to a version it was rolled back from: never pulled again
 
 
 class TransferError(UserError):
@@ -441,10 +442,15 @@ def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig) 
     """Download, check and install one announced bundle into dest; returns (bundle dir, previous)."""
     info = _check_info(info)
     version, files = info["version"], info["files"]
+    need = sum(f["bytes"] for f in files.values()) + (1 << 20)
+    free = shutil.disk_usage(dest).free
+    if free < need:
+        raise TransferError(f"{dest}: no space left for bundle {version} (needs {need / 2**20:.1f} MB, "
+                            f"{free / 2**20:.1f} MB free)")
     staging = dest / f"{TMP_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
+        staging.mkdir(parents=True)
         download_file(ch, version, MANIFEST_FILE, files[MANIFEST_FILE], staging / MANIFEST_FILE, cfg)
         m = parse_manifest((staging / MANIFEST_FILE).read_bytes(), f"{version}/{MANIFEST_FILE} (pulled)")
         if m["version"] != version:
@@ -457,16 +463,22 @@ def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig) 
         load_bundle(staging)  # every file against the manifest, once more, as it lies on disk
         smoke_test(staging)
         return install_bundle(dest, staging, cfg.keep)
+    except OSError as e:  # a full or failing disk: the pull fails, the agent backs off and tries again
+        shutil.rmtree(staging, ignore_errors=True)
+        raise TransferError(f"{dest}: {e.strerror or e} while pulling bundle {version}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def in_service(dest: Path) -> tuple[str, str] | None:
-    """(version, model sha256) of the bundle in service in a device folder, or None."""
+def in_service(dest: Path, check_hash: bool = False) -> tuple[str, str] | None:
+    """(version, model sha256) of the bundle in service in a device folder, or None (none, or,
+    with check_hash, one that is damaged)."""
     try:
-        b = load_bundle(dest, check_hash=False)
-    except (UserError, OSError):
+        b = load_bundle(dest, check_hash=check_hash)
+    except (UserError, OSError) as e:
+        if check_hash and read_pointer(dest):
+            log_event(logger, "bundle_damaged", logging.WARNING, dir=dest, error=str(e), action="pull it again")
         return None
     return b.version, b.sha256
 
@@ -506,6 +518,8 @@ class DeviceAgent:
         self.on_install = on_install
         self.failures: collections.Counter = collections.Counter()  # (version, sha256) -> failed pulls
         self.last_error = ""
+        self._checked = False
+        self._skip_logged = ""
 
     def _prepare_dest(self) -> None:
         try:
@@ -527,8 +541,15 @@ class DeviceAgent:
             info = hdr
         info = _check_info(info)
         sha = info["files"][MODEL_FILE]["sha256"]
-        current = in_service(self.dest)
+        current = in_service(self.dest, check_hash=not self._checked)  # once per run: heal a damaged bundle
+        self._checked = True
         if current and current == (info["version"], sha):
+            return None
+        if info["version"] == read_pointer(self.dest, SKIP):
+            if self._skip_logged != info["version"]:
+                self._skip_logged = info["version"]
+                log_event(logger, "pull_skipped", version=info["version"], reason=f"rolled back from it ({SKIP})",
+                          in_service=current[0] if current else "none")
             return None
         key = (info["version"], sha)
         if self.failures[key] >= self.cfg.attempts:
@@ -624,8 +645,13 @@ class DeviceAgent:
 
 
 def rollback_device(dest: str | Path) -> tuple[str, str]:
-    """Put the previous bundle back in service (LATEST <-> PREVIOUS)."""
-    from exporter.bundle import rollback
+    """Put the previous bundle back in service (LATEST <-> PREVIOUS) and remember the version
+    rolled back from in DIR/SKIP, so that a running agent does not pull it again (a newer
+    version is pulled as usual)."""
+    from exporter.bundle import rollback, write_pointer
 
     resolve_bundle(dest)
-    return rollback(dest)
+    now, was = rollback(dest)
+    if was:
+        write_pointer(dest, was, SKIP)
+    return now, was

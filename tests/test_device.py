@@ -72,13 +72,15 @@ def test_device_pulls_follows_announcements_and_keeps_the_previous_bundle(export
             stop.set()
             t.join(5)
         assert not t.is_alive()
-    assert [i.version for i in installed] == [v2] and installed[0].previous == v1
-    assert read_pointer(dev, PREVIOUS) == v1 and versions(dev) == sorted([v1, v2]) and no_temp(dev)
-    assert runner.reload_if_changed() and runner.version == v2  # hot-loaded by the runtime
+        assert [i.version for i in installed] == [v2] and installed[0].previous == v1
+        assert read_pointer(dev, PREVIOUS) == v1 and versions(dev) == sorted([v1, v2]) and no_temp(dev)
+        assert runner.reload_if_changed() and runner.version == v2  # hot-loaded by the runtime
 
-    # rollback, from the CLI
-    assert main(["device", "--dir", str(dev), "--rollback"]) == 0
-    assert read_pointer(dev) == v1 and read_pointer(dev, PREVIOUS) == v2
+        # rollback, from the CLI: v1 back in service, and the agent does not pull v2 again
+        assert main(["device", "--dir", str(dev), "--rollback"]) == 0
+        assert read_pointer(dev) == v1 and read_pointer(dev, PREVIOUS) == v2
+        assert DeviceAgent(server.endpoint, dev, PullConfig(**FAST)).run(once=True) is None
+        assert read_pointer(dev) == v1 and runner.reload_if_changed() and runner.version == v1
 
 
 class TamperingProxy:
@@ -245,6 +247,12 @@ def test_device_cli_once_and_offline_errors(exports, tmp_path, capsys):
         assert f"installed {v1}" in capsys.readouterr().err
         assert main(["device", "--endpoint", server.endpoint, "--dir", str(dev), "--once"]) == 0
         assert f"up to date ({v1})" in capsys.readouterr().err
+        # the bundle in service got damaged on the device's disk: pulled again, whole
+        model = dev / v1 / "model.onnx"
+        model.write_bytes(model.read_bytes()[:1000])
+        assert main(["device", "--endpoint", server.endpoint, "--dir", str(dev), "--once"]) == 0
+        assert f"installed {v1}" in capsys.readouterr().err
+        assert sha256_file(model) == sha256_file(exports / v1 / "model.onnx") and no_temp(dev)
         port = server.endpoint.rsplit(":", 1)[1]
     # the exporter is gone: one line, exit 2, the bundle in service named
     t0 = time.monotonic()
@@ -260,3 +268,26 @@ def test_device_cli_once_and_offline_errors(exports, tmp_path, capsys):
     assert "--endpoint URL is required" in capsys.readouterr().err
     assert os.listdir(dev) == sorted(os.listdir(dev))  # listing works: no temp leftovers below
     assert no_temp(dev)
+
+
+def test_device_with_a_full_disk_keeps_its_bundle(exports, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("user namespaces (unshare -rm) are not available here")
+    v1, v2 = versions(exports)
+    served, mnt = tmp_path / "served", tmp_path / "small"
+    copy_version(exports, v2, served)
+    mnt.mkdir()
+    with server_for(served) as server:
+        # a private 1 MiB tmpfs as the device's disk, v1 in service: v2 (0.4 MB + margin) does not fit
+        script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} && cp -r {exports / v1} {mnt}/ && echo {v1} > {mnt}/LATEST "
+                  f"&& {sys.executable} -m motionmask.cli device --endpoint {server.endpoint} --dir {mnt} --once "
+                  f"--attempts 1; rc=$?; ls -A {mnt} > {tmp_path / 'ls'}; exit $rc")
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    lines = [x for x in proc.stderr.splitlines() if "error" in x]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "no space left for bundle" in lines[0] and f"still in service: {v1}" in lines[0]
+    assert (tmp_path / "ls").read_text().split() == sorted([v1, "LATEST"])
