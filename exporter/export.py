@@ -400,6 +400,13 @@ class Holdout:
             raise ValueError("a holdout needs at least one sample")
         return cls(np.stack(imgs), np.stack(tris))
 
+    @classmethod
+    def for_model(cls, samples: Sequence[Any], model: nn.Module, cfg: ExportConfig,
+                  slot_size: Sequence[int] | None = None) -> Holdout:
+        """Samples fitted the way the bundles of this model and config will see frames."""
+        (w, h), box = input_size(model, cfg, slot_size)
+        return cls.from_samples(samples, w, h, "stretch" if getattr(model, "input_size", None) else "fit", box)
+
 
 @torch.no_grad()
 def holdout_score(model: nn.Module, holdout: Holdout, batch: int = 16) -> dict[str, float]:
@@ -429,8 +436,9 @@ class PeriodicExport:
     the held-back samples (lower masked BCE; both scored on the same holdout, now). Failures are
     logged and never raised: training goes on, and the bundle in service stays.
 
-        periodic = PeriodicExport(exports_dir, cfg.export, holdout, slot_size=(240, 320), source={...},
-                                  on_publish=server.announce)
+        holdout = Holdout.for_model(held_back_samples, trainer.model, cfg.export, slot_size=(240, 320))
+        periodic = PeriodicExport(cfg.export.dir, cfg.export, holdout, slot_size=(240, 320), source={...},
+                                  on_publish=lambda result: server.announce())
         ... in the training loop:
         periodic.maybe_export(trainer.model, trainer.step_count)
     """

@@ -228,9 +228,11 @@ def test_periodic_export_publishes_only_a_model_that_beats_the_last_one(tmp_path
     from learner.train import Limits, Trainer, fit
 
     rng = np.random.default_rng(7)
-    holdout = Holdout.from_samples([object_sample(rng, 96, 72, i) for i in range(12)], 96, 96, "fit", (96, 72))
-    assert holdout.images.shape == (12, 96, 96, 3) and (holdout.trimaps[:, 72:] == 128).all()
     trainer = Trainer(tiny_config())  # untrained
+    samples = [object_sample(rng, 96, 72, i) for i in range(12)]
+    holdout = Holdout.for_model(samples, trainer.model, ExportConfig(), slot_size=(72, 96))
+    assert holdout.images.shape == (12, 96, 96, 3) and (holdout.trimaps[:, 72:] == 128).all()
+    assert (holdout.images[:, :72] == np.stack([s.image for s in samples])).all()
     now, published = [0.0], []
     out = tmp_path / "exports"
     periodic = PeriodicExport(out, ExportConfig(every_steps=10, every_minutes=1.0), holdout, slot_size=(72, 96),

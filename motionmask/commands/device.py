@@ -28,6 +28,10 @@ A torn or tampered transfer is rejected and retried (up to --attempts per versio
 that goes offline mid-transfer reconnects and retries after --timeout, with backoff. Until a
 new bundle is whole and checked, the previous one stays in service.
 
+--rollback puts DIR/PREVIOUS back in service and writes the version it rolled back from to
+DIR/SKIP: an agent never pulls that version again (a newer one is pulled as usual). A bundle in
+service that is damaged on disk is pulled again when the agent starts.
+
 Runs until Ctrl-C or SIGTERM (exit 0). --once: exit 0 when up to date, 2 with the reason when
 the pull failed every try. The announcements' address is asked from the server (same host as
 --endpoint); --announce overrides it."""
