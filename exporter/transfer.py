@@ -586,23 +586,25 @@ class DeviceAgent:
         next_check = 0.0
         announced: dict[str, Any] | None = None
         tries = 0
+        failing = False  # in backoff: an announcement waits for it too (the exporter repeats them)
         last: Installed | None = None
         try:
             while not stop.is_set():
                 now = time.monotonic()
-                if announced is not None or now >= next_check:
+                if (announced is not None and not failing) or now >= next_check:
                     try:
                         if sub is None:
                             sub = self._subscribe(ch)
                         got = self.sync(ch, announced)
                         last = got or last
-                        backoff = cfg.backoff_s
+                        backoff, failing = cfg.backoff_s, False
                         next_check = time.monotonic() + cfg.poll_s
                         self.last_error = ""
                         if once:
                             return last
                     except TransferError as e:  # IntegrityError included
                         tries += 1
+                        failing = True
                         self.last_error = str(e)
                         if once and tries >= cfg.attempts:
                             raise
