@@ -61,6 +61,7 @@ ABANDON_FORCE_S = 30.0
 COUNTERS = (
     "puts", "drop_lock_timeout", "drop_no_slot", "drop_lost_slot",
     "evict_shot_cap", "evict_oldest", "reclaimed", "samples", "sample_retries",
+    "relabels", "relabel_refused",  # update_labels: written / refused (the slot held another sample by then)
 )
 _C = {name: i for i, name in enumerate(COUNTERS)}
 
@@ -230,6 +231,7 @@ class Batch:
         self.capacity, self.height, self.width = capacity, height, width
         self._s = storage
         self._meta = np.zeros(capacity, _META)
+        self._slots = np.zeros(capacity, np.int64)
         self.n = 0
 
     def __len__(self) -> int:
@@ -247,6 +249,7 @@ class Batch:
     valid = property(lambda self: self._meta["valid"][: self.n])  # n x 4: y0, x0, h, w
     source_hw = property(lambda self: self._meta["source_hw"][: self.n])
     has_flow = property(lambda self: self._meta["has_flow"][: self.n].astype(bool))
+    slots = property(lambda self: self._slots[: self.n])  # slot each sample was copied from (for update_labels)
 
     @property
     def cameras(self) -> list[str]:
@@ -681,6 +684,7 @@ class RingBuffer:
             if int(seq[i]) != s1 or out._meta["state"][k] != READY:
                 retries += 1  # rewritten while we copied: the copy may be torn, so drop it
                 continue
+            out._slots[k] = i
             k += 1
         out.n = k
         with self._count_lock:
@@ -688,6 +692,79 @@ class RingBuffer:
             c[_C["samples"]] += k
             c[_C["sample_retries"]] += retries
         return out
+
+    # ---- relabelling (the learner's bootstrapping rounds) -----------------------------------
+    def ready_slots(self) -> np.ndarray:
+        """Indices of the slots holding a sample now, newest first (a snapshot: any may be
+        replaced later; the oldest soonest)."""
+        self._check_process()
+        slots = np.flatnonzero((self._m_state == READY) & (self._seq % 2 == 0))
+        return slots[np.argsort(self._m_put_seq[slots], kind="stable")[::-1]]
+
+    def read(self, slots: np.ndarray | list[int], out: Batch | None = None) -> Batch:
+        """Copy the given slots out, in order, skipping any that is being written or no longer
+        holds a sample (seqlock, as in sample(); never waits). Does not count as samples drawn:
+        the offline streamer paces itself on those. `out.slots` and `out.put_seq` name each copy
+        for update_labels."""
+        self._check_process()
+        slots = [int(i) for i in slots]
+        if out is None:
+            out = self.new_batch(max(1, len(slots)))
+        elif out.capacity < len(slots) or (out.height, out.width) != (self.height, self.width):
+            raise ValueError(f"out batch holds {out.capacity} of {out.width}x{out.height}, "
+                             f"need {len(slots)} of {self.width}x{self.height}")
+        seq, k = self._seq, 0
+        for i in slots:
+            s1 = int(seq[i])
+            if s1 & 1 or self._m_state[i] != READY:
+                continue
+            out._s["frames"][k] = self._frames[i]
+            out._s["trimaps"][k] = self._trimaps[i]
+            out._s["probs"][k] = self._probs[i]
+            out._s["flows"][k] = self._flows[i]
+            out._meta[k] = self._meta[i]
+            if int(seq[i]) != s1 or out._meta["state"][k] != READY:
+                continue
+            out._slots[k] = i
+            k += 1
+        out.n = k
+        return out
+
+    def update_labels(self, slot: int, put_seq: int, trimap: np.ndarray, prob: np.ndarray | None = None,
+                      timeout_s: float = 0.1) -> bool:
+        """Replace the trimap (and, if given, the probability, u8) of the sample that `put_seq`
+        names, if slot `slot` still holds it. False, and counted, when the sample was evicted or is
+        being replaced meanwhile, or the lock stayed busy for timeout_s: a label never lands on
+        another sample.
+
+        Done under the allocation lock, which every writer takes to claim a slot, so no writer can
+        claim this one during the copy (two arrays of a slot: tens of microseconds, within what a
+        streamer's put already waits for). The sequence number is odd during the copy and moves on
+        by 2, so a reader copying the slot meanwhile drops its copy, as for any rewrite."""
+        self._check_process()
+        h, w = self.height, self.width
+        if trimap.shape != (h, w) or trimap.dtype != np.uint8 or (
+                prob is not None and (prob.shape != (h, w) or prob.dtype != np.uint8)):
+            raise ValueError(f"labels must be {w}x{h} uint8 like the slots, got trimap {trimap.shape} "
+                             f"{trimap.dtype}" + ("" if prob is None else f", prob {prob.shape} {prob.dtype}"))
+        if not self._acquire(timeout_s):
+            self._count("relabel_refused")
+            return False
+        try:
+            s = int(self._seq[slot])
+            if s & 1 or self._m_state[slot] != READY or int(self._m_put_seq[slot]) != int(put_seq):
+                ok = False
+            else:
+                self._seq[slot] = s + 1
+                self._trimaps[slot] = trimap
+                if prob is not None:
+                    self._probs[slot] = prob
+                self._seq[slot] = s + 2
+                ok = True
+        finally:
+            self._release()
+        self._count("relabels" if ok else "relabel_refused")
+        return ok
 
     # ---- statistics -----------------------------------------------------------------------
     def stats(self) -> dict:
@@ -725,6 +802,8 @@ class RingBuffer:
             "reclaimed_abandoned": c["reclaimed"],
             "samples_drawn": c["samples"],
             "sample_retries": c["sample_retries"],
+            "relabels": c["relabels"],
+            "relabel_refused": c["relabel_refused"],
             "processes": sum(_pid_alive(int(p)) for p in self._clients["pid"][1:] if p > 0),
             "oldest_age_s": float(ages.max()) if fill else 0.0,
             "newest_age_s": float(ages.min()) if fill else 0.0,
