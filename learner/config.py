@@ -14,6 +14,7 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 BACKBONES = ("compact", "alexnet")
+FUSION_RULES = ("linear", "geometric")
 DEFAULT_WIDTH = {"compact": 24, "alexnet": 96}  # channels of the first stage
 DEFAULT_CROP = {"compact": 128, "alexnet": 227}  # the paper: w = 227 for AlexNet
 
@@ -87,12 +88,32 @@ class SamplesConfig:
 
 
 @dataclass
+class BootstrapConfig:
+    """Rounds of pseudo-label refinement (learner/bootstrap.py): the student's own prediction
+    fused with the motion probability, the trimap re-derived, training goes on on the result."""
+    enabled: bool = True
+    every_steps: int = 400  # a round every this many steps...
+    start_step: int = 0  # ... the first one at this step; 0 = every_steps
+    rule: str = "linear"  # linear: w * student + (1 - w) * motion | geometric: weighted mean of the log-odds
+    weight_start: float = 0.3  # w, the student's weight, in the first round...
+    weight_step: float = 0.1  # ... plus this per later round...
+    weight_max: float = 0.6  # ... up to this
+    max_rounds: int = 0  # 0 = no limit (the daemon refines new samples every round)
+    max_samples: int = 0  # buffer samples refined per round, newest first; 0 = all of them
+    batch: int = 16  # frames per forward pass while refining
+    publish: bool = True  # the daemon publishes refined masks (kind `refined`)
+
+
+@dataclass
 class LearnerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     crops: CropConfig = field(default_factory=CropConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    enabled: bool = False  # `motionmask run`: a learner process trains on the daemon's ring buffer
+    run_dir: str = "runs/daemon"  # ... its checkpoints and logs; a restart resumes from there
 
     @property
     def crop_size(self) -> int:
@@ -100,7 +121,7 @@ class LearnerConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the key for values no type check catches."""
-        m, c, t, k, s = self.model, self.crops, self.train, self.checkpoint, self.samples
+        m, c, t, k, s, b = self.model, self.crops, self.train, self.checkpoint, self.samples, self.bootstrap
         checks = [
             ("model.backbone", m.backbone in BACKBONES, " or ".join(BACKBONES)),
             ("model.width", 0 <= m.width <= 1024, "between 0 and 1024 (0 = default)"),
@@ -141,6 +162,16 @@ class LearnerConfig:
             ("samples.wait_log_s", s.wait_log_s > 0, "> 0"),
             ("samples.offline_draws_per_sample", s.offline_draws_per_sample >= 0, ">= 0 (0 = never wait)"),
             ("samples.offline_max_buffer_mb", s.offline_max_buffer_mb > 0, "> 0"),
+            ("bootstrap.every_steps", b.every_steps >= 1, ">= 1"),
+            ("bootstrap.start_step", b.start_step >= 0, ">= 0 (0 = every_steps)"),
+            ("bootstrap.rule", b.rule in FUSION_RULES, " or ".join(FUSION_RULES)),
+            ("bootstrap.weight_start", 0 <= b.weight_start <= 1, "between 0 and 1"),
+            ("bootstrap.weight_step", 0 <= b.weight_step <= 1, "between 0 and 1"),
+            ("bootstrap.weight_max", b.weight_start <= b.weight_max <= 1, "between weight_start and 1"),
+            ("bootstrap.max_rounds", b.max_rounds >= 0, ">= 0 (0 = no limit)"),
+            ("bootstrap.max_samples", b.max_samples >= 0, ">= 0 (0 = all)"),
+            ("bootstrap.batch", 1 <= b.batch <= 4096, "between 1 and 4096"),
+            ("run_dir", bool(self.run_dir.strip()), "a folder, e.g. runs/daemon"),
         ]
         for key, ok, want in checks:
             if not ok:
@@ -165,4 +196,4 @@ def learner_config_from_dict(data: dict) -> LearnerConfig:
 
 _SECTIONS = {(LearnerConfig, "model"): ModelConfig, (LearnerConfig, "crops"): CropConfig,
              (LearnerConfig, "train"): TrainConfig, (LearnerConfig, "checkpoint"): CheckpointConfig,
-             (LearnerConfig, "samples"): SamplesConfig}
+             (LearnerConfig, "samples"): SamplesConfig, (LearnerConfig, "bootstrap"): BootstrapConfig}

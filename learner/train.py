@@ -330,10 +330,13 @@ def budget_used(trainer: Trainer, limits: Limits) -> float | None:
 
 def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits, progress: bool = True,
         stop: Callable[[], bool] | None = None, status: Callable[[], str] | None = None,
-        interrupts: tuple[type[BaseException], ...] = (KeyboardInterrupt,)) -> Summary:
+        interrupts: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
+        on_step: Callable[[Trainer, StepResult], bool] | None = None) -> Summary:
     """Train on samples from `feed` until a limit is reached or `stop()` turns true. Writes
     RUN/train.jsonl and checkpoints (on the configured schedule and at the end, also after an
     interrupt or an error); run_dir None: neither. `status()` adds text to the progress bar.
+    `on_step(trainer, result)` runs after every applied step (bootstrapping rounds, reports; its
+    time counts as training time); returning True asks for a checkpoint of this step.
     An exception of a type in `interrupts` ends the loop like a limit (stopped="interrupted");
     any other propagates, after the final checkpoint."""
     cfg = trainer.cfg
@@ -384,6 +387,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
             rng_state = trainer.rng.bit_generator.state
             batch = next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)  # while the GPU works
             result = trainer.update(pending)
+            want_checkpoint = bool(on_step(trainer, result)) if on_step is not None and not result.skipped else False
             trainer.train_seconds += time.monotonic() - t0
             bar.update(0 if result.skipped else 1)
             if not result.skipped:
@@ -408,7 +412,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
                 k = cfg.checkpoint
                 due_steps = k.every_steps and trainer.step_count - last_ckpt_step >= k.every_steps
                 due_time = k.every_minutes and time.monotonic() - last_ckpt_t >= k.every_minutes * 60
-                if due_steps or due_time:
+                if due_steps or due_time or want_checkpoint:
                     checkpoint = save()
             stopped = limit_reached() or ""
             if stopped:

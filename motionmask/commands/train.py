@@ -32,7 +32,8 @@ buffer of all kept frames until --steps or --minutes, whichever comes first.
 
 writes RUN/checkpoints/step_XXXXXXX.pt (the newest learner.checkpoint.keep) and RUN/checkpoints/
 last.pt (always the newest whole one), on a schedule and at the end (also on Ctrl-C), and
-RUN/train.jsonl (step, loss, lr, crops/s every learner.train.log_every steps). Run the same
+RUN/train.jsonl (step, loss, lr, crops/s every learner.train.log_every steps) and RUN/bootstrap.jsonl
+(one line per bootstrapping round: learner.bootstrap refines the labels every every_steps). Run the same
 command again to resume a run: --steps and --minutes count the whole run."""
 
 
@@ -97,6 +98,7 @@ def _learner_info_logs(enabled: bool) -> Iterator[None]:
 
 def _run(args: argparse.Namespace, cfg, out) -> int:
     # torch loads here, not at import: `motionmask --help` stays fast
+    from learner.bootstrap import Bootstrapper
     from learner.checkpoint import find_resume
     from learner.samples import OfflineFeed
     from learner.train import Limits, Trainer, available_cores, fit
@@ -129,19 +131,24 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         return "" if p.done else f"streamer {p.inputs_done}/{p.inputs} inputs, {p.kept} kept"
 
     with feed, (logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext()):
+        boot = None
+        if cfg.learner.bootstrap.enabled:  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
+            boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, out,
+                                fg_threshold=cfg.streamer.prune.fg_threshold)
         summary = fit(trainer, feed, out, limits, progress=not args.quiet, status=status,
-                      interrupts=(KeyboardInterrupt, Terminated))
+                      interrupts=(KeyboardInterrupt, Terminated), on_step=boot.on_step if boot else None)
     p = feed.progress
     code = {"Terminated": 143, "KeyboardInterrupt": 130}.get(summary.interrupted_by, 0)
     note = "interrupted; " if code else ""
     nan = f", {summary.nan_skipped} non-finite steps skipped" if summary.nan_skipped else ""
+    rounds = f", {len(boot.history)} bootstrapping rounds" if boot is not None and boot.history else ""
     loss = f"loss {summary.first_loss:.3f} -> {summary.last_loss:.3f}" if not math.isnan(summary.last_loss) else "no loss logged"
     where = summary.checkpoint.parent / "last.pt" if summary.checkpoint else "no checkpoint (no step done)"
     log_event(logger, "train_done", step=summary.step, steps=summary.steps, crops=summary.crops,
               crops_per_s=summary.crops_per_s, stopped=summary.stopped, loss=summary.last_loss,
               nan_skipped=summary.nan_skipped, frames=p.frames, kept=p.kept)
     print(f"motionmask train: {note}{summary.steps} steps (run at step {summary.step}), {summary.crops} crops, "
-          f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}, {loss}{nan}; "
+          f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}, {loss}{nan}{rounds}; "
           f"{p.kept} samples kept of {p.frames} frames streamed from {p.inputs_done}/{p.inputs} inputs -> {where}",
           file=sys.stderr)
     return code
