@@ -1,5 +1,5 @@
-"""`motionmask run`: the supervisor. Starts one streamer process per camera (later also the learner
-and the exporter), restarts a child that dies with exponential backoff, publishes every camera's
+"""`motionmask run`: the supervisor. Starts one streamer process per camera and, with
+`learner.enabled`, the learner process (motionmask/learner_process.py), restarts a child that dies with exponential backoff, publishes every camera's
 masks on one endpoint, owns the shared ring buffer, answers the control endpoint, and shuts it
 all down on SIGINT/SIGTERM within daemon.shutdown_timeout_s.
 
@@ -61,7 +61,7 @@ _EXIT_WHY = {EXIT_OK: "source ended", EXIT_SOURCE: "source failed", EXIT_USER: "
 class ChildSpec:
     """A process the daemon keeps running: `python -m module`, `payload` as JSON on stdin."""
     name: str
-    role: str  # camera (later: learner, exporter)
+    role: str  # camera | learner
     module: str
     payload: dict[str, Any]
     label: str = ""  # what it works on, fit for logs (URLs without passwords)
@@ -126,6 +126,33 @@ def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str) ->
     return specs
 
 
+LEARNER = "learner"  # the learner child's name (a camera may not take it while the learner runs)
+
+
+def learner_spec(cfg: Config, forward: str, buffer_name: str, log_level: str) -> ChildSpec:
+    cams = [(i, c) for i, c in enumerate(cfg.cameras) if c.enabled]
+    overrides = {}
+    for i, cam in cams:  # cameras whose own streamer section changes the trimap thresholds
+        t = camera_streamer_config(cfg.streamer, cam, i).trimap
+        if t != cfg.streamer.trimap:
+            overrides[cam.name] = to_dict(t)
+    publish = cfg.publish.enabled and cfg.learner.bootstrap.publish
+    return ChildSpec(LEARNER, "learner", "motionmask.learner_process", {
+        "name": LEARNER,
+        "learner": to_dict(cfg.learner),
+        "trimap": to_dict(cfg.streamer.trimap),
+        "trimap_by_camera": overrides,
+        "fg_threshold": cfg.streamer.prune.fg_threshold,
+        "buffer_name": buffer_name,
+        "buffer": to_dict(cfg.buffer),
+        "cameras": len(cams),
+        "publish_encoding": cfg.publish.encoding if publish else None,
+        "forward_endpoint": forward,
+        "parent_pid": os.getpid(),
+        "log_level": log_level,
+    }, cfg.learner.run_dir)
+
+
 def _warn_missing(cameras: list[CameraConfig]) -> None:
     """A missing file is not fatal (it may appear later: a mount, a recording being copied), but
     a typo deserves a word at startup rather than only restart lines."""
@@ -143,6 +170,9 @@ class Daemon:
         if not enabled:
             raise UserError("no cameras to run: add a `cameras:` section to the config (see "
                             "configs/rig.yaml), or enable one")
+        if cfg.learner.enabled and any(c.name == LEARNER for c in enabled):
+            raise UserError(f"a camera is named {LEARNER!r}, the name of the learner process; rename it "
+                            f"(or set learner.enabled: false)")
         self.cfg = cfg
         self.dcfg = cfg.daemon
         self.log_level = log_level
@@ -167,6 +197,9 @@ class Daemon:
             raise
         _warn_missing(cfg.cameras)
         for spec in camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level):
+            self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
+        if cfg.learner.enabled:
+            spec = learner_spec(cfg, self.forward_endpoint, self.ring.name, log_level)
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
 
     def _open(self) -> None:
@@ -394,7 +427,7 @@ class Daemon:
         meta = json.loads(parts[3])
         self.publisher.publish_encoded(parts[1].decode(), parts[2].decode(), parts[4], int(meta["width"]),
                                        int(meta["height"]), int(meta["frame"]), int(meta["shot"]),
-                                       int(meta["capture_ns"]))
+                                       int(meta["capture_ns"]), str(meta.get("model_version", "")))
         self.forwarded += 1
 
     def _report(self, report: dict[str, Any]) -> None:
@@ -441,6 +474,25 @@ class Daemon:
             "restart_in_s": round(max(0.0, child.next_start - now), 1) if child.state == "restarting" else None,
         }
 
+    def learner_status(self, child: Child) -> dict[str, Any]:
+        r = child.report
+        now = time.monotonic()
+        keys = ("step", "loss", "lr", "crops_per_s", "device", "threads", "nan_skipped", "checkpoint_step",
+                "checkpoint_age_s", "bootstrap_round", "bootstrap_last", "resumed_from", "refined_sent",
+                "refined_dropped")
+        return {
+            "state": child.state,
+            "pid": child.pid,
+            "run_dir": child.spec.label,
+            "activity": r.get("activity", child.state),
+            **{k: r.get(k) for k in keys},
+            "restarts": child.restarts,
+            "last_error": child.last_error,
+            "last_exit": child.last_exit,
+            "up_s": round(now - child.started_at, 1) if child.pid else 0.0,
+            "restart_in_s": round(max(0.0, child.next_start - now), 1) if child.state == "restarting" else None,
+        }
+
     def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
         ring = self.ring.stats()
         ring.pop("by_shot", None)  # grows with every shot held; by_camera says enough here
@@ -451,6 +503,7 @@ class Daemon:
             "stopping": self.stopping,
             "cameras": {name: self.camera_status(c) for name, c in self.children.items()
                         if c.spec.role == "camera"},
+            "learner": next((self.learner_status(c) for c in self.children.values() if c.spec.role == "learner"), None),
             "buffer": ring,
             "publisher": {
                 "endpoint": self.publisher.endpoint if self.publisher else "",
@@ -476,6 +529,13 @@ class Daemon:
             return  # nothing to say yet at startup
         fill = self.ring.stats()
         for name, child in self.children.items():
+            if child.spec.role == "learner":
+                s = self.learner_status(child)
+                log_event(log, "learner_stats", state=s["state"], activity=s["activity"], step=s["step"] or 0,
+                          loss=s["loss"] if s["loss"] is not None else "-", crops_per_s=s["crops_per_s"] or 0.0,
+                          checkpoint=s["checkpoint_step"] if s["checkpoint_step"] is not None else "-",
+                          round=s["bootstrap_round"] or 0, restarts=s["restarts"])
+                continue
             s = self.camera_status(child)
             log_event(log, "camera_stats", camera=name, state=s["state"], fps=s["fps"], frames=s["frames"],
                       shots=s["shots"], kept=s["kept"], pruned=s["pruned"], drops=s["drops"],
@@ -488,4 +548,4 @@ def run_daemon(cfg: Config, log_level: str = "INFO") -> int:
     return Daemon(cfg, log_level).run()
 
 
-__all__ = ["ChildSpec", "Daemon", "camera_specs", "run_daemon"]
+__all__ = ["ChildSpec", "Daemon", "camera_specs", "learner_spec", "run_daemon"]

@@ -18,7 +18,7 @@ running? is daemon.control_endpoint the same?), 2 a usage error."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("status", help="per-camera fps, frames, kept/pruned, drops of a running daemon",
+    p = sub.add_parser("status", help="per-camera fps, frames, kept/pruned, drops and the learner of a running daemon",
                        description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
@@ -63,7 +63,31 @@ def format_status(st: dict) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
     for r in [head, *rows]:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    if st.get("learner"):
+        lines.append(format_learner(st["learner"]))
     return "\n".join(lines)
+
+
+def format_learner(c: dict) -> str:
+    """One line: `learner: running (training) pid 12 on cpu x1, step 1200, loss 0.231, ...`."""
+    state = c["state"]
+    if state == "restarting" and c.get("restart_in_s") is not None:
+        state += f" ({c['restart_in_s']:g}s)"
+    elif state == "running" and c.get("activity") and c["activity"] != "running":
+        state += f" ({c['activity']})"
+    parts = [f"learner: {state}"]
+    if c.get("pid"):
+        parts[0] += f" pid {c['pid']} on {c.get('device') or '?'} x{c.get('threads') or '?'}"
+    loss = c.get("loss")
+    parts.append(f"step {c.get('step') or 0}, loss {'-' if loss is None else f'{loss:.3f}'}, "
+                 f"{c.get('crops_per_s') or 0:.0f} crops/s")
+    ck = c.get("checkpoint_step")
+    parts.append("no checkpoint yet" if ck is None else f"checkpoint step {ck} ({_duration(c.get('checkpoint_age_s') or 0)} ago)")
+    parts.append(f"bootstrap round {c.get('bootstrap_round') or 0}")
+    parts.append(f"restarts {c.get('restarts', 0)}")
+    if c.get("last_error"):
+        parts.append(f"last error: {c['last_error']}")
+    return ", ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:

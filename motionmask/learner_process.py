@@ -1,0 +1,318 @@
+"""The daemon's learner process, started and restarted by the supervisor (motionmask/daemon.py)
+next to the camera processes:
+
+    shared ring buffer --samples--> learner.train.fit --> RUN/checkpoints (schedule, rounds, exit)
+                       <--refined trimaps-- bootstrapping rounds (learner/bootstrap.py)
+                                         --> refined masks to the daemon, published as kind `refined`
+
+It only reads the buffer (a streamer never waits for it) and writes refined labels through the
+buffer's seqlock. An empty buffer at start is waited on with a log line, not spun on. It resumes
+from the newest readable checkpoint in `learner.run_dir` (model, optimiser, step, RNG), so a
+crash or a SIGKILL costs at most the steps since the last checkpoint; SIGTERM checkpoints first.
+
+Run as `python -m motionmask.learner_process` with its spec as JSON on stdin, like a camera.
+Counters go to the daemon over the same PUSH socket as the cameras' (twice a second, from a
+thread, so that a long step or a round never looks like a hang), and `motionmask status` shows
+them. torch uses `learner.train.threads` CPU threads; 0 here means the cores not taken by the
+cameras and the daemon (at least 1), and the process runs at nice 10, so the learner never
+starves a camera on a small machine.
+
+Exit status: 128 + N stopped by signal N, 2 a user error (e.g. an incompatible checkpoint in
+run_dir, a loss that stays NaN), 1 a crash.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from motionmask.camera_process import EXIT_CRASH, EXIT_USER, MSG_MASK, MSG_STATS
+from motionmask.config import from_dict
+from learner.config import LearnerConfig
+from streamer import protocol
+from streamer.config import TrimapConfig
+from streamer.errors import UserError
+from streamer.log import log_event
+from streamer.ringbuffer import BufferConfig
+
+log = logging.getLogger("motionmask.learner")
+
+REPORT_INTERVAL_S = 0.5
+REFINED_HWM = 1024  # a round sends one mask per buffered sample in a burst; the daemon drains 500 per turn
+_RATE_WINDOW_S = 10.0
+_WALL_CLOCK = 1e9  # capture times above this (2001) are wall clock (live sources); below, stream time
+# The cameras keep pace with their sources; the learner can wait. A nice learner gets the CPU the
+# cameras leave, so on a small machine a busy learner costs camera fps nothing it could give back.
+NICE = 10
+
+
+class _Stopped(Exception):
+    """A stop signal that arrived before training started."""
+
+
+def daemon_threads(requested: int, cameras: int) -> int:
+    """torch threads in the daemon: `requested`, or the cores left by the cameras and the daemon."""
+    from learner.train import available_cores
+
+    return requested or max(1, available_cores() - cameras - 1)
+
+
+class LearnerProcess:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.cfg: LearnerConfig = from_dict(LearnerConfig, spec["learner"], "learner")
+        self.trimap_cfg: TrimapConfig = from_dict(TrimapConfig, spec["trimap"], "streamer.trimap")
+        self.trimap_by_camera = {k: from_dict(TrimapConfig, v, f"cameras.{k}.streamer.trimap")
+                                 for k, v in spec.get("trimap_by_camera", {}).items()}
+        self.encoding: str | None = spec.get("publish_encoding")  # None: refined masks are not published
+        self.stop = threading.Event()
+        self.signum = 0
+        self.phase = "starting"  # starting -> running -> stopped | failed
+        self.error = ""
+        self.trainer = None
+        self.bootstrap = None
+        self.ring = None
+        self.counters: dict[str, Any] = {
+            "step": 0, "loss": None, "lr": 0.0, "crops_per_s": 0.0, "device": "", "threads": 0,
+            "nan_skipped": 0, "resumed_from": None, "refined_sent": 0, "refined_dropped": 0,
+        }
+        self._rate: deque[tuple[float, int]] = deque()  # (time, crops seen) for crops/s
+        self._ckpt_cache: tuple[float, dict] = (0.0, {})
+        self.ctx = zmq.Context()
+        self.masks = self._push(spec["forward_endpoint"], REFINED_HWM)
+        self.reporter = _Reporter(self, self._push(spec["forward_endpoint"], 64), int(spec["parent_pid"]))
+
+    def _push(self, endpoint: str, hwm: int) -> zmq.Socket:
+        s = self.ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.SNDHWM, hwm)
+        s.setsockopt(zmq.LINGER, 500)
+        s.connect(endpoint)
+        return s
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        self.stop.set()
+        if self.phase == "starting":
+            raise _Stopped()
+
+    # -- main -------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.reporter.start()
+        code = 0
+        try:
+            self._train()
+            self.phase = "stopped"
+            code = 128 + (self.signum or signal.SIGTERM)
+        except _Stopped:
+            self.phase = "stopped"
+            code = 128 + (self.signum or signal.SIGTERM)
+        except UserError as e:
+            self.phase, self.error, code = "failed", str(e), EXIT_USER
+            log_event(log, "learner_failed", logging.ERROR, error=e)
+        except Exception as e:
+            self.phase, self.error, code = "failed", f"crashed: {type(e).__name__}: {e}", EXIT_CRASH
+            log.exception("event=learner_crashed")
+        finally:
+            self.close()
+        return code
+
+    def _train(self) -> None:
+        # torch loads after the reporter is up: the daemon hears from us while it imports
+        from learner.bootstrap import Bootstrapper
+        from learner.checkpoint import find_resume
+        from learner.samples import RingFeed
+        from learner.train import Limits, Trainer, fit
+        from streamer.ringbuffer import RingBuffer
+
+        cfg = self.cfg
+        try:
+            os.nice(NICE)
+        except OSError:
+            pass
+        cfg.train.threads = daemon_threads(cfg.train.threads, int(self.spec.get("cameras", 1)))
+        run_dir = os.path.expanduser(cfg.run_dir)
+        buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
+        self.ring = RingBuffer.attach(self.spec["buffer_name"], buffer_cfg)
+        trainer = Trainer(cfg)
+        resumed = find_resume(run_dir, trainer.device)
+        if resumed is not None:
+            path, state = resumed
+            trainer.load_state_dict(state, path)
+            self.counters["resumed_from"] = trainer.step_count
+            log_event(log, "learner_resume", checkpoint=path, step=trainer.step_count)
+        self.bootstrap = Bootstrapper(cfg.bootstrap, self.trimap_cfg, self.ring, run_dir,
+                                      on_refined=self._publish_refined if self.encoding else None,
+                                      stop=self.stop.is_set, fg_threshold=float(self.spec.get("fg_threshold", 0.5)),
+                                      trimap_by_camera=self.trimap_by_camera)
+        self.bootstrap.round = self.bootstrap.rounds_before(trainer.step_count) if cfg.bootstrap.enabled else 0
+        self.trainer = trainer
+        self.counters.update(step=trainer.step_count, device=trainer.device.type, threads=cfg.train.threads,
+                             nan_skipped=trainer.nan_skipped)
+        self.phase = "running"
+        if self.stop.is_set():
+            return
+        log_event(log, "learner_running", device=trainer.device.type, threads=cfg.train.threads,
+                  backbone=cfg.model.backbone, crop=trainer.crop_size, batch=cfg.train.batch, run_dir=run_dir,
+                  step=trainer.step_count, bootstrap=cfg.bootstrap.enabled, buffer=self.ring.name)
+        feed = RingFeed(self.ring, mode=cfg.samples.sampling or None)
+        summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
+                      on_step=self._on_step)
+        log_event(log, "learner_stopped", step=summary.step, steps=summary.steps, crops=summary.crops,
+                  checkpoint=summary.checkpoint or "-")
+
+    def _on_step(self, trainer, result) -> bool:
+        c = self.counters
+        c["step"], c["lr"], c["nan_skipped"] = trainer.step_count, result.lr, trainer.nan_skipped
+        c["loss"] = result.loss if c["loss"] is None else 0.95 * c["loss"] + 0.05 * result.loss
+        now = time.monotonic()
+        self._rate.append((now, trainer.crops_seen))
+        while len(self._rate) > 2 and now - self._rate[0][0] > _RATE_WINDOW_S:
+            self._rate.popleft()
+        (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+        c["crops_per_s"] = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        return self.bootstrap.on_step(trainer, result)
+
+    # -- refined masks ----------------------------------------------------------------------
+    def _publish_refined(self, refined) -> None:
+        """One `refined` mask per refined sample, at the camera's frame size, through the daemon's
+        publisher (the cameras' path); model_version is the step of the model that refined it,
+        which is checkpointed at that step."""
+        now_wall, now_mono = time.time(), time.monotonic()
+        for k, camera in enumerate(refined.cameras):
+            prob = np.clip(refined.refined[k] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            h, w = refined.source_hw[k]
+            if h > 0 and w > 0 and (h, w) != prob.shape:
+                prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+            ct = refined.capture_time[k]
+            # live sources stamp wall-clock capture times; files stream time: use when it entered the buffer
+            capture = ct if ct > _WALL_CLOCK else now_wall - (now_mono - refined.put_time[k])
+            meta = json.dumps({"frame": refined.frame_index[k], "shot": refined.shot[k],
+                               "capture_ns": int(capture * 1e9), "width": prob.shape[1], "height": prob.shape[0],
+                               "model_version": str(refined.step)}).encode()
+            try:
+                payload = protocol.encode_payload(prob, self.encoding)
+                self.masks.send_multipart([MSG_MASK, camera.encode(), b"refined", meta, payload], zmq.NOBLOCK)
+                self.counters["refined_sent"] += 1
+            except (zmq.Again, protocol.ProtocolError):
+                self.counters["refined_dropped"] += 1
+
+    # -- reports ----------------------------------------------------------------------------
+    def _checkpoint_info(self) -> dict[str, Any]:
+        """The newest checkpoint on disk (looked up at most once a second)."""
+        now = time.monotonic()
+        if now - self._ckpt_cache[0] < 1.0:
+            return self._ckpt_cache[1]
+        info: dict[str, Any] = {"checkpoint_step": None, "checkpoint_age_s": None}
+        try:
+            from learner.checkpoint import step_files
+
+            files = step_files(os.path.expanduser(self.cfg.run_dir))
+            if files:
+                info["checkpoint_step"] = int(files[-1].stem.split("_")[1])
+                info["checkpoint_age_s"] = round(max(0.0, time.time() - files[-1].stat().st_mtime), 1)
+        except (OSError, ValueError, IndexError):
+            pass
+        self._ckpt_cache = (now, info)
+        return info
+
+    def activity(self) -> str:
+        if self.phase != "running":
+            return self.phase
+        if self.bootstrap is not None and self.bootstrap.busy:
+            return "bootstrapping"
+        ring = self.ring
+        if ring is not None and self.counters["step"] == (self.counters["resumed_from"] or 0):
+            try:
+                if not len(ring.ready_slots()):
+                    return "waiting for samples"
+            except ValueError:  # closed meanwhile
+                pass
+        return "training"
+
+    def snapshot(self) -> dict[str, Any]:
+        c = dict(self.counters)
+        if isinstance(c["loss"], float) and not math.isfinite(c["loss"]):
+            c["loss"] = None
+        b = self.bootstrap
+        last = b.history[-1] if b is not None and b.history else None
+        return {"child": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error,
+                "activity": self.activity(), **c, **self._checkpoint_info(),
+                "bootstrap_round": b.round if b is not None else 0,
+                "bootstrap_last": {"round": last.round, "step": last.step, "samples": last.samples,
+                                   "agreement": last.agreement, "changed": last.changed} if last else None}
+
+    def close(self) -> None:
+        self.reporter.stop_and_send_last()
+        if self.ring is not None:
+            self.ring.close()
+        self.masks.close(0)
+        self.reporter.sock.close()
+        self.ctx.term()
+
+
+class _Reporter(threading.Thread):
+    """Counters every REPORT_INTERVAL_S; stops the process if its daemon died."""
+
+    def __init__(self, owner: LearnerProcess, sock: zmq.Socket, parent_pid: int) -> None:
+        super().__init__(name="reporter-learner", daemon=True)
+        self.owner, self.sock, self.parent_pid = owner, sock, parent_pid
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(REPORT_INTERVAL_S):
+            if os.getppid() != self.parent_pid:
+                log_event(log, "learner_orphaned", logging.WARNING, parent=self.parent_pid)
+                os.kill(os.getpid(), signal.SIGTERM)  # checkpoint and go
+                self._done.wait(30.0)
+                os._exit(EXIT_CRASH)
+            self.send()
+
+    def send(self) -> None:
+        try:
+            self.sock.send_multipart([MSG_STATS, json.dumps(self.owner.snapshot()).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        except Exception as e:  # a report is never worth a crash
+            log_event(log, "report_failed", logging.WARNING, error=e)
+
+    def stop_and_send_last(self) -> None:
+        self._done.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=2.0)
+        self.send()
+
+
+def main() -> int:
+    spec = json.load(sys.stdin)
+    logging.basicConfig(level=getattr(logging, spec.get("log_level", "INFO")),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
+
+    def early(signum: int, _frame: object) -> None:
+        raise _Stopped()
+
+    signal.signal(signal.SIGTERM, early)
+    signal.signal(signal.SIGINT, early)
+    try:
+        proc = LearnerProcess(spec)
+        signal.signal(signal.SIGTERM, proc.on_signal)
+        signal.signal(signal.SIGINT, proc.on_signal)
+        return proc.run()
+    except _Stopped:
+        return 128 + signal.SIGTERM
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The learner process inside a real `motionmask run`: a real clip, a real camera process, real
+sockets, a tiny ConvNet on the CPU. It trains, checkpoints, runs bootstrapping rounds whose
+masks are published as kind `refined`, shows in `motionmask status`, survives a SIGKILL by
+resuming from its checkpoint, and stops cleanly (checkpoint first) on SIGTERM."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _media import free_port, moving_square, write_video
+from learner.checkpoint import LAST, checkpoint_dir, load_checkpoint
+from motionmask.client import MaskSubscriber
+from motionmask.control import ControlUnavailable, request
+
+SHUTDOWN_S = 5.0
+ROUND_EVERY = 40
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("clip") / "square.mp4",
+                       moving_square(50, 160, 120, size=36, step=3), fps=25)
+
+
+def _config(tmp_path: Path, clip: Path) -> dict:
+    return {
+        "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
+                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+        "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
+        "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
+        "daemon": {"control_endpoint": f"tcp://127.0.0.1:{free_port()}", "shutdown_timeout_s": SHUTDOWN_S,
+                   "restart_backoff_s": 0.3, "restart_backoff_max_s": 1.0, "stats_interval_s": 1.0},
+        "cameras": [{"name": "a", "source": str(clip), "loop": True}],
+        "learner": {
+            "enabled": True, "run_dir": str(tmp_path / "run"),
+            "model": {"width": 8, "blocks": [1, 1, 1, 1]}, "crops": {"size": 32},
+            "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
+            "checkpoint": {"every_steps": 50, "every_minutes": 0, "keep": 2},
+            "bootstrap": {"every_steps": ROUND_EVERY},
+        },
+    }
+
+
+def _learner(control: str) -> dict | None:
+    try:
+        return request(control, "status", timeout=2.0).get("learner")
+    except ControlUnavailable:
+        return None
+
+
+def _wait(proc, control: str, what, log: Path, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"daemon exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+        last = _learner(control)
+        if last is not None and what(last):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; learner {json.dumps(last)}\n{log.read_text()[-3000:]}")
+
+
+def test_learner_in_the_daemon(tmp_path, clip):
+    cfg = _config(tmp_path, clip)
+    config = tmp_path / "daemon.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    control, endpoint = cfg["daemon"]["control_endpoint"], cfg["publish"]["endpoint"]
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with MaskSubscriber(endpoint, "mask.a.refined") as sub:
+            st = _wait(proc, control, lambda s: s["state"] == "running" and (s["checkpoint_step"] or 0) >= 50
+                       and (s["bootstrap_round"] or 0) >= 1, log)
+            assert st["device"] == "cpu" and st["threads"] == 1 and st["pid"]
+            assert st["loss"] is not None and st["crops_per_s"] > 0
+            # refined masks: the camera's frame size, stamped with the step of the model that made them
+            peak = 0
+            for _ in range(10):
+                got = sub.recv(10.0)
+                assert got is not None, "no refined mask published"
+                header, mask = got
+                assert header["kind"] == "refined" and header["camera"] == "a" and mask.shape == (120, 160)
+                assert int(header["model_version"]) % ROUND_EVERY == 0 and int(header["model_version"]) > 0
+                peak = max(peak, int(mask.max()))
+            assert peak > 0  # a probability image, not an empty one (fusion values: test_bootstrap.py)
+
+        out = subprocess.run([sys.executable, "-m", "motionmask.cli", "status", "--endpoint", control],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        line = [x for x in out.stdout.splitlines() if x.startswith("learner:")]
+        assert len(line) == 1 and "running" in line[0] and "on cpu x1" in line[0], out.stdout
+        assert "bootstrap round" in line[0] and "checkpoint step" in line[0]
+
+        # SIGKILL: the daemon restarts it; it resumes from its last checkpoint and goes on counting
+        victim, ckpt = st["pid"], None
+        st = _wait(proc, control, lambda s: s["checkpoint_step"] is not None and s["step"] > s["checkpoint_step"], log)
+        victim, ckpt = st["pid"], st["checkpoint_step"]
+        os.kill(victim, signal.SIGKILL)
+        st = _wait(proc, control, lambda s: s["pid"] not in (None, victim) and s["resumed_from"] is not None
+                   and s["step"] > s["resumed_from"], log)
+        assert st["restarts"] == 1 and "SIGKILL" in st["last_error"]
+        assert st["resumed_from"] >= ckpt
+        step_before_stop = st["step"]
+
+        code = None
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(SHUTDOWN_S + 5)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    text = log.read_text(errors="replace")
+    assert code == 0 and took < SHUTDOWN_S + 2, text[-3000:]
+    assert "Traceback" not in text and "event=child_killed" not in text
+    assert f"event=learner_resume" in text and "event=bootstrap_round" in text
+    # the shutdown checkpoint holds at least the steps reported before SIGTERM
+    state = load_checkpoint(checkpoint_dir(cfg["learner"]["run_dir"]) / LAST)
+    assert int(state["step"]) >= step_before_stop
+    rounds = [json.loads(x) for x in (Path(cfg["learner"]["run_dir"]) / "bootstrap.jsonl").read_text().splitlines()]
+    assert rounds and all(r["step"] % ROUND_EVERY == 0 and r["samples"] + r["refused"] > 0 for r in rounds)
+    assert rounds[0]["weight"] == pytest.approx(0.3)
