@@ -15,6 +15,13 @@ How a clip is composed (read `plan_clip`, then `render_frame`):
 
 GT comes from geometry, never from pixels: a pixel is foreground when the topmost layer covering
 it by at least half is a mover. Cut-outs are real photos shipped inside scikit-image (no network).
+
+Things and stuff: as in real video, what moves belongs to kinds of things (people, animals,
+vehicles) and what stays is stuff (ground, walls) and clutter. Movers wear photos of THINGS;
+backgrounds, still distractors and occluders wear photos of STUFF. A still cut-out therefore has
+the sharp outline of an object but not its look, so a single-frame student (the learner) has to
+learn what movers look like, not where cut-out edges are; and motion alone must still tell a
+still cut-out from a moving one.
 Every random choice comes from the clip seed, so a seed gives the same frames, GT and MP4 bytes.
 """
 from __future__ import annotations
@@ -39,11 +46,13 @@ from streamer.errors import UserError
 FPS = 30
 REF_WIDTH = 320  # speeds and sizes below are in pixels of a 320-wide frame and scale with the width
 
-# Photos bundled inside scikit-image (they load offline). Backgrounds are scenes and textures; any
-# photo can texture a cut-out. chelsea == cat, and the stereo pair is one scene, so each appears once.
-BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera", "brick", "grass",
-               "gravel", "moon", "coins", "hubble_deep_field", "clock")
-TEXTURES = BACKGROUNDS + ("immunohistochemistry", "retina", "colorwheel", "page", "text", "cell")
+# Photos bundled inside scikit-image (they load offline). chelsea == cat, and the stereo pair is one
+# scene, so each appears once. Each group mixes colour and gray photos, so colour alone does not
+# tell a thing from stuff.
+THINGS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera", "colorwheel")
+STUFF = ("brick", "grass", "gravel", "moon", "coins", "hubble_deep_field", "clock", "page", "text",
+         "cell", "immunohistochemistry", "retina")
+BACKGROUNDS = STUFF
 
 CAMERA_TYPES = ("static", "pan", "zoom", "pan_zoom")
 CAMERA_P = (0.3, 0.35, 0.15, 0.2)
@@ -334,9 +343,8 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
     def still(n_: int, p: np.ndarray, a: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.repeat(p[None], n_, 0), np.full(n_, a), np.ones(n_)
 
-    def texture(avoid: str) -> str:
-        # now and then an object wears the background's own photo: camouflage, as in real scenes
-        return photo_name if rng.random() < 0.1 else str(rng.choice([p for p in TEXTURES if p != avoid]))
+    def stuff(avoid: str) -> str:
+        return str(rng.choice([p for p in STUFF if p != avoid]))
 
     layers: list[Layer] = []
     mid = n // 2
@@ -344,7 +352,7 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         size = str(rng.choice(["medium", "small"], p=[0.6, 0.4]))
         area = rng.uniform(*SIZES[size]) * width * height / zoom[mid] ** 2
         shape = str(rng.choice(["blob", "polygon", "horse"], p=[0.45, 0.45, 0.1]))
-        tex = texture(photo_name)
+        tex = stuff(photo_name)
         rgb, alpha = _sprite(rng, shape, area, tex)
         p = view_to_world(half_view * 2 * rng.uniform(0.2, 0.8, 2), mid)
         layers.append(Layer("distractor", 0, tex, shape, size, _cast(rgb, cast), alpha,
@@ -355,7 +363,7 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         size = str(rng.choice(["large", "medium", "small"], p=[0.5, 0.3, 0.2] if j == 0 else [0.0, 0.45, 0.55]))
         shape = str(rng.choice(["blob", "polygon", "horse"], p=[0.5, 0.35, 0.15]))
         area = rng.uniform(*SIZES[size]) * width * height / zoom[0] ** 2
-        tex = texture(photo_name)
+        tex = str(rng.choice(THINGS))
         rgb, alpha = _sprite(rng, shape, area, tex)
         margin = 0.3 if size == "large" else 0.15
         start_pos = view_to_world(half_view * 2 * rng.uniform(margin, 1 - margin, 2), 0)
@@ -370,7 +378,7 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
     if rng.random() < 0.35:  # occluder: a still post in front of everything
         pole_w = rng.uniform(0.05, 0.09) * width / zoom[mid]
         pole_h = 1.3 * height / zoom[mid]
-        tex = texture(photo_name)
+        tex = stuff(photo_name)
         alpha = _rasterize(_outline(rng, "pole")[0], round(pole_w), round(pole_h))
         rgb = _crop(rng, _photo(tex), alpha.shape[1], alpha.shape[0], (0.5, 1.3))
         p = view_to_world(half_view * 2 * np.array([rng.uniform(0.2, 0.8), 0.5]), mid)
