@@ -14,12 +14,11 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from streamer.atomic import fsync_dir, write_with
 from streamer.errors import UserError
 from streamer.log import log_event
 
@@ -45,35 +44,6 @@ def step_files(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _link_last(path: Path) -> None:
     """last.pt -> the same file as `path`, swapped in by rename (a copy where links are refused)."""
     last = path.parent / LAST
@@ -94,9 +64,9 @@ def save_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     step = int(state["step"])
     path = d / f"step_{step:07d}.pt"
-    _atomic_save(state, path)
+    write_with(path, lambda f: torch.save(state, f), fsync=True)
     _link_last(path)
-    _fsync_dir(d)
+    fsync_dir(d)
     for old in step_files(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

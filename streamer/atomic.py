@@ -6,17 +6,19 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import cv2
 import numpy as np
 
 
-def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:
+def write_with(path: str | Path, write: Callable[[BinaryIO], object], fsync: bool = False) -> None:
+    """Atomically replace `path` with what `write(file)` writes (e.g. lambda f: torch.save(obj, f))."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -27,6 +29,24 @@ def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:
+    write_with(path, lambda f: f.write(data), fsync=fsync)
+
+
+def fsync_dir(d: str | Path) -> None:
+    """Make a rename inside `d` durable (best effort: some filesystems refuse directory fsync)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
