@@ -13,8 +13,8 @@ Timed per frame, after --warmup frames: every stage in MaskResult.timings_ms (me
 wall time of push() (+ the final flush()), the "end to end"; fps = 1000 / mean ms. Also counted:
 pushes that returned no mask (frames held back: latency a live consumer sees).
 
-Superpixels: SEEDS (OpenCV ximgproc) vs SLIC (scikit-image, called as the streamer calls it and
-as scikit-image documents it), the same n_segments as the config, ms per frame at 160x120,
+Superpixels: SEEDS (OpenCV ximgproc) vs SLIC (scikit-image), each called as the streamer calls
+it, the same n_segments as the config, ms per frame at 160x120,
 240x180 and 320x240 on real frames, with the number of superpixels each really returns and
 boundary recall against the exact masks of the synthetic clips.
 
@@ -290,17 +290,13 @@ def pick(frames: list, k: int) -> list:
 
 
 def superpixel_methods(num: int) -> dict[str, object]:
-    """RGB (working size) -> labels, each as a user would get it. Two SLICs: the streamer passes
-    cv2's uint8 Lab with convert2lab=False, which scikit-image rescales to [0, 1], so compactness
-    10 outweighs colour; scikit-image's documented use is RGB in, its own Lab conversion."""
-    from skimage.segmentation import slic
-
+    """RGB (working size) -> labels, as the streamer calls each method (motion.superpixels):
+    SEEDS on cv2's Lab; SLIC from RGB with scikit-image's own Lab conversion."""
     seeds = SuperpixelExtractor("seeds", num)
-    slic_streamer = SuperpixelExtractor("slic", num)
+    slic = SuperpixelExtractor("slic", num)
     return {
-        "SEEDS (streamer)": lambda rgb: seeds.labels(cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)),
-        "SLIC (streamer's call)": lambda rgb: slic_streamer.labels(cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)),
-        "SLIC (RGB in, skimage Lab)": lambda rgb: slic(rgb, n_segments=num, compactness=10, start_label=0),
+        "SEEDS": lambda rgb: seeds.labels(rgb, cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)),
+        "SLIC": lambda rgb: slic.labels(rgb, cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)),
     }
 
 
