@@ -18,7 +18,6 @@ Prints a markdown table; writes bench/out/learner.json (--out).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform

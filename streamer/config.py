@@ -62,7 +62,6 @@ class MotionConfig:
     prior: float = 0.1  # weight of "background" where evidence is thin (flat, unreliable regions)
     relay: float = 0.5  # share of the neighbours' weight a remembered vote passes on as evidence
     memory_decay: float = 0.95  # per frame, on the weight of remembered votes
-    temporal_gain: float = 0.0  # 0..1: how much of the last frame's residual motion carries over (slow movers add up)
     texture_scale: float = 1.0  # structure-tensor eigenvalue (gray levels^2 per px^2) at which flow is 63% trusted
     saliency_scale: float = 0.0  # residual flow (working px) at saliency 0.5; 0 = adaptive:
     noise_multiplier: float = 2.0  # ... this many times the frame's median camera-model residual,

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from streamer.config import StreamerConfig
-from streamer.flow import FlowEstimator, texture_weight, warp_by_flow, working_size
+from streamer.flow import FlowEstimator, texture_weight, working_size
 from streamer.frames import Frame
 from streamer.global_motion import fit_global_motion, residual_motion
 from streamer.prune import prune, trimap
@@ -73,7 +73,6 @@ class MotionSegmenter:
             neighbour_weight=m.neighbour_weight, static_evidence=m.static_evidence, memory_decay=m.memory_decay,
             prior=m.prior, relay=m.relay))
         self.pending: list[_Analysis] = []  # analysed, waiting for look-ahead frames
-        self._acc: np.ndarray | None = None  # temporally integrated residual motion of the last frame
         self.prev: _Analysis | None = None  # the last pushed frame (pending may already be empty)
 
     # -- public -------------------------------------------------------------------------------
@@ -119,13 +118,7 @@ class MotionSegmenter:
         motion, conf = self.flow(other_gray, a.gray)
         t1 = time.perf_counter()
         gm = fit_global_motion(motion, conf, cfg.global_motion)
-        residual = residual_motion(motion, gm)
-        if not reverse and cfg.motion.temporal_gain > 0 and self._acc is not None and self._acc.shape == residual.shape:
-            # Integrate the residual along the motion: an object that moves slowly but
-            # steadily adds up, flow noise (random direction) mostly cancels.
-            residual = residual + cfg.motion.temporal_gain * warp_by_flow(self._acc, -motion)
-        self._acc = None if reverse else residual
-        residual = np.linalg.norm(residual, axis=2)
+        residual = np.linalg.norm(residual_motion(motion, gm), axis=2)
         t2 = time.perf_counter()
         sal = motion_saliency(residual, gm.residual_noise, cfg.motion.saliency_scale, cfg.motion.min_saliency_scale,
                               cfg.motion.noise_multiplier)
@@ -154,11 +147,9 @@ class MotionSegmenter:
             a = self.pending.pop(0)
             out.append(self._finalize(a, self.pending[: self.cfg.motion.lookahead]))
         self.voter.reset()
-        self._acc = None
         return out
 
     def _finalize(self, a: _Analysis, future: list[_Analysis] | None) -> MaskResult:
-        cfg = self.cfg
         t0 = time.perf_counter()
         h, w = a.frame.height, a.frame.width
         if a.sp is None:  # dark, or a shot of one frame: no motion evidence at all

@@ -11,9 +11,8 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
-from _learner_data import make_ring, object_sample, tiny_config
+from _learner_data import make_ring, tiny_config
 from learner.bootstrap import Bootstrapper, fuse, round_weight, slot_trimap, student_probs
 from learner.checkpoint import load_checkpoint, step_files
 from learner.config import BootstrapConfig

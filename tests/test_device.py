@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import zmq
 from _export_data import copy_version, exported
 from exporter.bundle import PREVIOUS, read_pointer, sha256_file, versions
 from exporter.runtime import BundleRunner
-from exporter.transfer import BundleServer, Channel, DeviceAgent, IntegrityError, PullConfig, TransferError
+from exporter.transfer import BundleServer, Channel, DeviceAgent, IntegrityError, PullConfig
 from motionmask.cli import main
 
 FAST = dict(timeout_s=0.5, retries=2, backoff_s=0.1, backoff_max_s=0.5, poll_s=30.0, attempts=3)

@@ -4,7 +4,6 @@ net for a few steps, resume it, stop it with SIGTERM, predict with the file cont
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

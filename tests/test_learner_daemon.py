@@ -122,7 +122,7 @@ def test_learner_in_the_daemon(tmp_path, clip):
     text = log.read_text(errors="replace")
     assert code == 0 and took < SHUTDOWN_S + 2, text[-3000:]
     assert "Traceback" not in text and "event=child_killed" not in text
-    assert f"event=learner_resume" in text and "event=bootstrap_round" in text
+    assert "event=learner_resume" in text and "event=bootstrap_round" in text
     # the shutdown checkpoint holds at least the steps reported before SIGTERM
     state = load_checkpoint(checkpoint_dir(cfg["learner"]["run_dir"]) / LAST)
     assert int(state["step"]) >= step_before_stop
