@@ -36,6 +36,13 @@ def hsv_histogram(rgb_small: np.ndarray, bins: int) -> np.ndarray:
     return (h / max(h.sum(), 1.0)).ravel().astype(np.float32)
 
 
+def is_dark(rgb_small: np.ndarray, dark_luma: float) -> bool:
+    """Black or faded out: dim on average AND without bright detail (a starry sky is dim on
+    average but full of content)."""
+    gray = cv2.cvtColor(rgb_small, cv2.COLOR_RGB2GRAY)
+    return float(gray.mean()) < dark_luma and float(np.percentile(gray, 99)) < 4 * dark_luma
+
+
 def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Hellinger distance in [0, 1]."""
     return float(np.sqrt(max(0.0, 1.0 - float(np.sqrt(a * b).sum()))))
@@ -52,15 +59,15 @@ class ShotDetector:
         self.lit_hists: deque[np.ndarray] = deque(maxlen=cfg.dissolve_gap + 1)
 
     def __call__(self, rgb_small: np.ndarray) -> ShotDecision:
-        luma = float(cv2.cvtColor(rgb_small, cv2.COLOR_RGB2GRAY).mean())
+        dark_now = is_dark(rgb_small, self.cfg.dark_luma)
         if self.shot < 0:
             self.shot = 0
-            dark = luma < self.cfg.dark_luma
+            dark = dark_now
             if not dark:
                 self._start(hsv_histogram(rgb_small, self.cfg.hist_bins))
             return ShotDecision(0, True, dark, 0.0)
         self.since_cut += 1
-        if luma < self.cfg.dark_luma:
+        if dark_now:
             return ShotDecision(self.shot, False, True, 0.0)
         hist = hsv_histogram(rgb_small, self.cfg.hist_bins)
         if self.last_lit is None:  # first lit frame after a dark lead-in: same shot
