@@ -8,7 +8,7 @@ Every `bootstrap.every_steps` training steps a round runs over the samples in th
                  linear     refined = w * student + (1 - w) * motion
                  geometric  logit(refined) = w * logit(student) + (1 - w) * logit(motion)
                w = the student's weight, weight_start in round 1, + weight_step per round, up to
-               weight_max: trust grows as the student does.
+               weight_max (a ramp: trust that grows as the student does; off by default, below).
   3. trimap    re-derived from `refined` with the streamer's thresholds (streamer.prune.trimap)
                and written back into the slot (RingBuffer.update_labels); training reads the
                refined trimaps from then on. A slot that meanwhile took a new sample is left alone.
@@ -18,7 +18,15 @@ clips) and is not calibrated, so under the log-odds rule whichever expert is mos
 and a confident student cannot overrule a saturated background or vice versa. The linear mix
 treats both as probabilities: where they disagree strongly the result lands in the trimap's
 don't-care band (0.4-0.7) and nobody trains on it; where they agree it stays a label.
-bench/quality.py --learner compares both rules on data with ground truth.
+
+Measured (bench/quality.py --learner: ten synthetic clips, 6 minutes on 2 CPU cores, rounds over
+the second half): with linear w = 0.3 the labels' IoU against ground truth rose every round
+(0.722 motion -> 0.780, 0.783, 0.788) with their accuracy unchanged (98.0%) and 7% more pixels
+labelled; the geometric rule labelled more pixels but less accurately (96.9% by round 3), and a
+ramp to w = 0.5 lost accuracy too (96.7%). Hence linear, w = 0.3, no ramp. At that budget the
+student scored the same on unseen clips with or without rounds (IoU 0.33), far below its teacher
+(0.71): better labels do not yet make a better student there. Raise weight_step/weight_max where
+the student has been seen to beat its teacher (a long GPU run); the per-round lines tell.
 
 Why the trimap is refined in place, the motion probability kept: every draw from the buffer then
 sees the refined label with no lookup (training is unchanged), the ring's seqlock and the

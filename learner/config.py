@@ -96,8 +96,8 @@ class BootstrapConfig:
     start_step: int = 0  # ... the first one at this step; 0 = every_steps
     rule: str = "linear"  # linear: w * student + (1 - w) * motion | geometric: weighted mean of the log-odds
     weight_start: float = 0.3  # w, the student's weight, in the first round...
-    weight_step: float = 0.1  # ... plus this per later round...
-    weight_max: float = 0.6  # ... up to this
+    weight_step: float = 0.0  # ... plus this per later round (0: no ramp; see learner/bootstrap.py)...
+    weight_max: float = 0.3  # ... up to this
     max_rounds: int = 0  # 0 = no limit (the daemon refines new samples every round)
     max_samples: int = 0  # buffer samples refined per round, newest first; 0 = all of them
     batch: int = 16  # frames per forward pass while refining
