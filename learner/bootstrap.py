@@ -70,6 +70,27 @@ EPS = 0.01  # probabilities are clipped to [EPS, 1 - EPS] before log-odds: a sat
 GroundTruth = Callable[[str, int], "np.ndarray | None"]  # (camera, frame index) -> bool mask, any size
 
 
+def synthetic_ground_truth(specs: list[str]) -> GroundTruth | None:
+    """Ground truth for offline samples of `motionmask synth` clips (CLIP.mp4 beside CLIP/gt/),
+    so that `motionmask train synth/` reports the labels' quality per round; None when no input
+    has any. Offline samples are named "<input index>:<file name>" (learner/samples.py)."""
+    from streamer.synth import load_gt
+
+    dirs = {i: Path(s).with_suffix("") / "gt" for i, s in enumerate(specs)}
+    dirs = {i: d for i, d in dirs.items() if d.is_dir()}
+    if not dirs:
+        return None
+
+    def lookup(camera: str, frame: int) -> np.ndarray | None:
+        head = camera.split(":", 1)[0]
+        d = dirs.get(int(head)) if head.isdigit() else None
+        if d is None or not (d / f"{frame:06d}.png").is_file():
+            return None
+        return load_gt(d.parent, frame) > 127
+
+    return lookup
+
+
 def fuse(student: np.ndarray, motion: np.ndarray, w: float, rule: str = "linear") -> np.ndarray:
     """The refined foreground probability from the student's and the motion probability (same
     shape, float in [0, 1]); w is the student's weight."""

@@ -142,6 +142,7 @@ class LearnerProcess:
         except OSError:
             pass
         cfg.train.threads = daemon_threads(cfg.train.threads, int(self.spec.get("cameras", 1)))
+        cv2.setNumThreads(1)  # only resizes refined masks for publishing: not worth a pool per core
         run_dir = os.path.expanduser(cfg.run_dir)
         buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
         self.ring = RingBuffer.attach(self.spec["buffer_name"], buffer_cfg)

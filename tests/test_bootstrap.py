@@ -223,4 +223,7 @@ def test_offline_train_runs_rounds(tmp_path):
     assert rc == 0
     rounds = [json.loads(x) for x in (run / "bootstrap.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rounds] == [3, 6] and all(r["samples"] > 0 for r in rounds)
+    # synthetic clips carry ground truth: every round says how good its labels are
+    assert all(r["gt_samples"] == r["samples"] and 0 <= r["quality"]["iou_refined"] <= 1 for r in rounds)
+    assert all(r["quality"]["accuracy_motion"] > 0.5 for r in rounds)
     assert [int(p.stem.split("_")[1]) for p in step_files(run)] == [3, 6]

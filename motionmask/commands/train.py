@@ -33,7 +33,8 @@ buffer of all kept frames until --steps or --minutes, whichever comes first.
 writes RUN/checkpoints/step_XXXXXXX.pt (the newest learner.checkpoint.keep) and RUN/checkpoints/
 last.pt (always the newest whole one), on a schedule and at the end (also on Ctrl-C), and
 RUN/train.jsonl (step, loss, lr, crops/s every learner.train.log_every steps) and RUN/bootstrap.jsonl
-(one line per bootstrapping round: learner.bootstrap refines the labels every every_steps). Run the same
+(one line per bootstrapping round: learner.bootstrap refines the labels every every_steps; on
+`motionmask synth` clips also the labels' IoU and accuracy against the ground truth). Run the same
 command again to resume a run: --steps and --minutes count the whole run."""
 
 
@@ -98,7 +99,7 @@ def _learner_info_logs(enabled: bool) -> Iterator[None]:
 
 def _run(args: argparse.Namespace, cfg, out) -> int:
     # torch loads here, not at import: `motionmask --help` stays fast
-    from learner.bootstrap import Bootstrapper
+    from learner.bootstrap import Bootstrapper, synthetic_ground_truth
     from learner.checkpoint import find_resume
     from learner.samples import OfflineFeed
     from learner.train import Limits, Trainer, available_cores, fit
@@ -134,6 +135,7 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         boot = None
         if cfg.learner.bootstrap.enabled:  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
             boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, out,
+                                ground_truth=synthetic_ground_truth(feed.specs),
                                 fg_threshold=cfg.streamer.prune.fg_threshold)
         summary = fit(trainer, feed, out, limits, progress=not args.quiet, status=status,
                       interrupts=(KeyboardInterrupt, Terminated), on_step=boot.on_step if boot else None)
