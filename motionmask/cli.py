@@ -12,10 +12,14 @@ from motionmask import __version__
 from motionmask.config import ConfigError
 from streamer.errors import UserError
 
-COMMANDS: list[str] = ["subscribe", "keys", "synth", "masks", "run", "status", "train", "predict", "export", "device"]  # each helper module adds its name here
+# in the order `motionmask --help` lists them: the daily ones first
+COMMANDS: list[str] = ["run", "status", "subscribe", "masks", "train", "predict", "export", "device", "synth", "keys"]
 
 EPILOG = """examples:
+  motionmask run --config configs/default.yaml     # the daemon on the bundled clip
+  motionmask status                                # how it is doing
   motionmask masks clip.mp4 --out masks/ --overlay
+  motionmask train synth/ --out runs/r1 --minutes 12
   motionmask synth --out synth/ --clips 4 --seed 0
 run `motionmask COMMAND --help` for each command's options."""
 
