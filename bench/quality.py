@@ -216,20 +216,6 @@ def _train(cfg, feed, run_dir: Path, minutes: float, stop_after_s: float | None 
     return trainer, summary
 
 
-def _gt_lookup(data_dir: Path):
-    """Ground truth of an offline training sample: its camera is "<input index>:<file name>"."""
-    cache: dict[tuple[str, int], np.ndarray] = {}
-
-    def lookup(camera: str, frame: int) -> np.ndarray | None:
-        key = (camera, frame)
-        if key not in cache:
-            clip = data_dir / Path(camera.split(":", 1)[-1]).stem
-            cache[key] = load_gt(clip, frame) > 127 if (clip / "gt").is_dir() else None
-        return cache[key]
-
-    return lookup
-
-
 def fusion_table(model, device, ring, trimap_cfg, lookup, fg: float = 0.5) -> list[dict]:
     """Label quality of each rule and weight on the buffer's samples, for one student (nothing
     is written): IoU of the thresholded probability and accuracy/coverage of its trimap."""
@@ -408,7 +394,7 @@ def real_part(args, cfg, out_dir: Path) -> dict | None:
 
 
 def learner_main(args) -> int:
-    from learner.bootstrap import Bootstrapper
+    from learner.bootstrap import Bootstrapper, synthetic_ground_truth
     from learner.samples import OfflineFeed
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -419,7 +405,6 @@ def learner_main(args) -> int:
     cfg.learner.train.steps = 0
     train_dir, train_clips = _synth(args.seed, args.clips)
     eval_dir, eval_clips = _synth(args.eval_seed, args.eval_clips)
-    lookup = _gt_lookup(train_dir)
     boot_cfg = cfg.learner.bootstrap
     cfg.learner.bootstrap.enabled = False  # the plain phases; the bootstrapped branch gets its own Bootstrapper
     M = args.minutes
@@ -427,6 +412,7 @@ def learner_main(args) -> int:
     res: dict = {"args": vars(args)}
     with OfflineFeed([str(train_dir)], cfg.streamer, cfg.buffer, s.offline_draws_per_sample, s.offline_max_buffer_mb,
                      log_level=logging.WARNING) as feed:
+        lookup = synthetic_ground_truth(feed.specs)
         print(f"training on {len(train_clips)} clips (seed {args.seed}) for {M:g} min: plain for "
               f"{args.branch * M:g} min, then a plain and a bootstrapped branch", file=sys.stderr)
         trainer, summary = _train(cfg, feed, runs / "branch", M, stop_after_s=args.branch * M * 60)
