@@ -164,8 +164,8 @@ def main() -> int:
     res = evaluate(data, clips, cfg)
     s = res["summary"]
     print(f"\nmask quality on {len(clips)} synthetic clips (seed {args.seed}), frames with a moving object")
-    print(f"| method | mean IoU | precision | recall | FP on empty frames |")
-    print(f"|---|---|---|---|---|")
+    print("| method | mean IoU | precision | recall | FP on empty frames |")
+    print("|---|---|---|---|---|")
     for m in METHODS:
         fp = s[m]["empty_fp"]
         print(f"| {m} | {s[m]['iou']:.3f} | {s[m]['precision']:.3f} | {s[m]['recall']:.3f} | "
