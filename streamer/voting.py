@@ -32,15 +32,17 @@ class _Memory:
 
 @dataclass
 class VoteParams:
-    history: int = 10
-    neighbours: int = 8
-    iterations: int = 2
-    location_weight: float = 1.5  # location vs appearance in the neighbour search
-    neighbour_weight: float = 1.0  # total weight of the neighbours relative to one fully reliable own measurement
-    static_evidence: float = 0.3  # weight of "did not move" relative to "moved"
-    memory_decay: float = 0.85  # per frame of age, on the weight of remembered votes
-    prior: float = 0.02  # weight of the background prior (value 0) where evidence is thin
-    relay: float = 1.0  # share of the neighbours' weight a remembered vote keeps as its own (<1: no evidence laundering)
+    """The vote's knobs; the pipeline fills them from streamer.config.MotionConfig, whose
+    comments say what each does (one set of defaults, there)."""
+    history: int
+    neighbours: int
+    iterations: int
+    location_weight: float
+    neighbour_weight: float
+    static_evidence: float
+    memory_decay: float
+    prior: float
+    relay: float
 
 
 def evidence_weight(saliency: np.ndarray, reliability: np.ndarray, static_evidence: float) -> np.ndarray:
