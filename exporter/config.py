@@ -22,6 +22,8 @@ class ExportConfig:
     max_latency_ms: float = 0.0  # per frame on one CPU thread, batch 1; a slower model is not published; 0 = no limit
     # the daemon: export every N steps or minutes, whichever comes first, and only a model that
     # beats the last export on held-back buffer samples
+    enabled: bool = False  # the daemon exports (learner), serves bundles, and cameras publish `student` masks
+    student_every: int = 5  # a camera runs the latest bundle on every Nth frame (protects its fps); 0 = never
     dir: str = "exports"  # exports folder (relative: to the working directory)
     every_steps: int = 2000  # 0 = off
     every_minutes: float = 10.0  # 0 = off
@@ -47,6 +49,7 @@ class ExportConfig:
             ("latency_runs", 1 <= self.latency_runs <= 10000, "between 1 and 10000"),
             ("max_latency_ms", self.max_latency_ms >= 0, ">= 0 (0 = no limit)"),
             ("dir", bool(self.dir.strip()), "a folder path"),
+            ("student_every", self.student_every >= 0, ">= 0 (0 = no student masks)"),
             ("every_steps", self.every_steps >= 0, ">= 0 (0 = off)"),
             ("every_minutes", self.every_minutes >= 0, ">= 0 (0 = off)"),
             ("holdout_samples", self.holdout_samples >= 1, ">= 1"),

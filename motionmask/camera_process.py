@@ -45,6 +45,7 @@ FORWARD_HWM = 64  # masks queued for the daemon before this camera drops (and co
 MSG_MASK, MSG_STATS = b"M", b"S"
 _RESYNC_S = 1.0  # realtime playback further behind than this stops catching up and re-anchors
 _FPS_WINDOW_S = 2.0
+STUDENT_CHECK_S = 2.0  # how often the exports folder is looked at for a new bundle
 
 
 class _Stopped(Exception):
@@ -76,6 +77,12 @@ class CameraProcess:
         self.reporter = _Reporter(self, self._push(spec["forward_endpoint"]), int(spec["parent_pid"]))
         self.ring: RingBuffer | None = None
         self.buffer_cfg: BufferConfig | None = None
+        export = spec.get("export")  # None: no student masks
+        self.student_dir: str | None = export["dir"] if export and self.encoding is not None else None
+        self.student_every = int(export.get("student_every", 0)) if self.student_dir else 0
+        self.student = None  # exporter.runtime.BundleRunner once a bundle exists
+        self._student_check = 0.0
+        self._student_error = ""
 
     def _push(self, endpoint: str) -> zmq.Socket:
         s = self.ctx.socket(zmq.PUSH)
@@ -183,6 +190,8 @@ class CameraProcess:
                 motion = np.clip(r.prob * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 self._forward(r, "motion", motion, capture_ns)
                 self._forward(r, "trimap", r.trimap, capture_ns)
+                if self.student_every and c["frames"] % self.student_every == 1 % self.student_every:
+                    self._student(r, capture_ns)
             if r.kept:
                 c["kept"] += 1
                 if self.ring is not None and self.buffer_cfg is not None:
@@ -196,6 +205,34 @@ class CameraProcess:
         while self._times and now - self._times[0] > _FPS_WINDOW_S:
             self._times.popleft()
 
+    def _student(self, r, capture_ns: int) -> None:
+        """The latest exported bundle's mask for this frame, published as kind `student`. The
+        bundle is (re)loaded every STUDENT_CHECK_S; a bundle that will not load or run is logged
+        (once per distinct error) and skipped: the camera never stops for it."""
+        now = time.monotonic()
+        try:
+            if now >= self._student_check:
+                self._student_check = now + STUDENT_CHECK_S
+                from exporter.runtime import BundleRunner, follows_latest  # ONNX Runtime only, no torch
+
+                if self.student is None and follows_latest(self.student_dir):
+                    self.student = BundleRunner(self.student_dir, threads=1)  # one thread: the camera's fps first
+                    log_event(log, "student_loaded", camera=self.name, version=self.student.version,
+                              provider=self.student.device.provider)
+                elif self.student is not None:
+                    self.student.reload_if_changed()
+            if self.student is None:
+                return
+            version = self.student.version
+            prob = self.student(r.frame.image)
+        except Exception as e:
+            if str(e) != self._student_error:
+                self._student_error = str(e)
+                log_event(log, "student_failed", logging.WARNING, camera=self.name, error=f"{type(e).__name__}: {e}")
+            return
+        mask = np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        self._forward(r, "student", mask, capture_ns, model_version=version)
+
     def fps(self) -> float:
         """Results per second over the last couple of seconds (0 when nothing came lately)."""
         times = list(self._times)
@@ -204,7 +241,7 @@ class CameraProcess:
         span = min(_FPS_WINDOW_S, now - self._running_since) if self._running_since else 0.0
         return recent / span if span >= 0.5 else 0.0
 
-    def _forward(self, r, kind: str, mask: np.ndarray, capture_ns: int) -> None:
+    def _forward(self, r, kind: str, mask: np.ndarray, capture_ns: int, model_version: str = "") -> None:
         h, w = mask.shape
         try:
             payload = protocol.encode_payload(mask, self.encoding)
@@ -212,7 +249,7 @@ class CameraProcess:
             self.counters["forward_drops"] += 1
             return
         meta = json.dumps({"frame": r.frame.index, "shot": r.shot, "capture_ns": capture_ns,
-                           "width": w, "height": h}).encode()
+                           "width": w, "height": h, **({"model_version": model_version} if model_version else {})}).encode()
         try:
             self.masks.send_multipart([MSG_MASK, self.name.encode(), kind.encode(), meta, payload], zmq.NOBLOCK)
         except zmq.Again:

@@ -105,6 +105,13 @@ def _source_label(source: str | int) -> str:
     return redact_url(source) if isinstance(source, str) else f"camera {source}"
 
 
+def export_spec(cfg: Config) -> dict[str, Any] | None:
+    """The export section for the children (its folder made absolute), or None when export is off."""
+    if not cfg.export.enabled:
+        return None
+    return dict(to_dict(cfg.export), dir=os.path.abspath(os.path.expanduser(cfg.export.dir)))
+
+
 def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str) -> list[ChildSpec]:
     specs = []
     for i, cam in enumerate(cfg.cameras):
@@ -119,6 +126,7 @@ def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str) ->
             "publish_encoding": cfg.publish.encoding if cfg.publish.enabled else None,
             "buffer_name": buffer_name,
             "buffer": to_dict(cfg.buffer),
+            "export": export_spec(cfg) if cfg.publish.enabled else None,  # student masks are published
             "forward_endpoint": forward,
             "parent_pid": os.getpid(),
             "log_level": log_level,
@@ -147,6 +155,7 @@ def learner_spec(cfg: Config, forward: str, buffer_name: str, log_level: str) ->
         "buffer": to_dict(cfg.buffer),
         "cameras": len(cams),
         "publish_encoding": cfg.publish.encoding if publish else None,
+        "export": export_spec(cfg),
         "forward_endpoint": forward,
         "parent_pid": os.getpid(),
         "log_level": log_level,
@@ -188,6 +197,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.publisher: MaskPublisher | None = None
         self.ring: RingBuffer | None = None
+        self.bundles = None  # exporter.transfer.BundleServer when export.enabled and export.serve
         self.forwarded = 0
         self.bad_messages = 0
         try:
@@ -215,6 +225,18 @@ class Daemon:
         if self.cfg.publish.enabled:
             self.publisher = MaskPublisher(self.cfg.publish)
         self.ring = RingBuffer.create(self.cfg.buffer)
+        e = self.cfg.export
+        if e.enabled and e.serve:
+            from exporter.transfer import BundleServer
+
+            try:
+                os.makedirs(os.path.expanduser(e.dir), exist_ok=True)
+            except OSError as err:
+                raise UserError(f"export.dir {e.dir}: cannot create it ({err.strerror}); choose a writable "
+                                f"folder or set export.enabled: false") from None
+            self.bundles = BundleServer(os.path.expanduser(e.dir), e.endpoint, e.announce_endpoint,
+                                        announce_interval_s=e.announce_interval_s,
+                                        rate_limit_mbps=e.rate_limit_mbps, context=self.ctx).start()
 
     # -- lifetime ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -296,6 +318,9 @@ class Daemon:
         if self.publisher is not None:
             self.publisher.close()
             self.publisher = None
+        if self.bundles is not None:
+            self.bundles.close()
+            self.bundles = None
         if self.ring is not None:
             self.ring.close()  # the owner unlinks the segment
             self.ring = None

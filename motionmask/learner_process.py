@@ -84,6 +84,9 @@ class LearnerProcess:
         self.trainer = None
         self.bootstrap = None
         self.ring = None
+        self.export_spec: dict[str, Any] | None = spec.get("export")  # None: export is off
+        self.periodic = None  # exporter.export.PeriodicExport, made once the buffer has samples to hold back
+        self.held_back: set[int] = set()  # put_seq of the buffer samples in the export holdout: not trained on
         self.counters: dict[str, Any] = {
             "step": 0, "loss": None, "lr": 0.0, "crops_per_s": 0.0, "device": "", "threads": 0,
             "nan_skipped": 0, "resumed_from": None, "refined_sent": 0, "refined_dropped": 0,
@@ -168,6 +171,8 @@ class LearnerProcess:
                   backbone=cfg.model.backbone, crop=trainer.crop_size, batch=cfg.train.batch, run_dir=run_dir,
                   step=trainer.step_count, bootstrap=cfg.bootstrap.enabled, buffer=self.ring.name)
         feed = RingFeed(self.ring, mode=cfg.samples.sampling or None)
+        if self.export_spec is not None:
+            feed = _HeldBack(feed, self.held_back)
         summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
                       on_step=self._on_step)
         log_event(log, "learner_stopped", step=summary.step, steps=summary.steps, crops=summary.crops,
@@ -183,7 +188,52 @@ class LearnerProcess:
             self._rate.popleft()
         (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
         c["crops_per_s"] = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-        return self.bootstrap.on_step(trainer, result)
+        keep = self.bootstrap.on_step(trainer, result)
+        if self.export_spec is not None:
+            self._maybe_export(trainer)
+        return keep
+
+    # -- periodic export --------------------------------------------------------------------
+    def _maybe_export(self, trainer) -> None:
+        """Export on schedule (exporter.export.PeriodicExport); the holdout is copied out of the
+        buffer at the first step that finds samples there. Failures are logged, never raised:
+        training goes on and the bundle in service stays."""
+        try:
+            if self.periodic is None:
+                self.periodic = self._periodic_export(trainer)
+            if self.periodic is not None:
+                self.periodic.maybe_export(trainer.model, trainer.step_count)
+        except Exception as e:
+            log_event(log, "export_failed", logging.ERROR, step=trainer.step_count, error=f"{type(e).__name__}: {e}")
+            if self.periodic is None:
+                self.export_spec = None  # a holdout that cannot be built will not build next step either
+
+    def _periodic_export(self, trainer):
+        from types import SimpleNamespace
+
+        from exporter.config import ExportConfig
+        from exporter.export import Holdout, PeriodicExport
+
+        cfg = from_dict(ExportConfig, self.export_spec, "export")
+        ring = self.ring
+        # The newest samples (the ring overwrites the oldest first); from here on _HeldBack keeps
+        # them out of training (the steps before this one may have drawn them once or twice).
+        # wait for a full holdout (a quarter of the buffer at most) with samples left over to train on
+        ready = ring.ready_slots()
+        if len(ready) <= min(cfg.holdout_samples, max(1, ring.capacity // 4)):
+            return None
+        batch = ring.read(ready[:cfg.holdout_samples])
+        if not len(batch):
+            return None
+        self.held_back.update(int(q) for q in batch.put_seq)
+        samples = [SimpleNamespace(image=batch.frames[k], trimap=batch.trimaps[k], valid=tuple(int(v) for v in batch.valid[k]))
+                   for k in range(len(batch))]
+        slot = (ring.height, ring.width)
+        holdout = Holdout.for_model(samples, trainer.model, cfg, slot_size=slot)
+        log_event(log, "export_holdout", samples=len(samples), every_steps=cfg.every_steps,
+                  every_minutes=cfg.every_minutes, dir=cfg.dir)
+        return PeriodicExport(cfg.dir, cfg, holdout, slot_size=slot,
+                              source={"run_dir": os.path.expanduser(self.cfg.run_dir)})
 
     # -- refined masks ----------------------------------------------------------------------
     def _publish_refined(self, refined) -> None:
@@ -261,6 +311,38 @@ class LearnerProcess:
         self.masks.close(0)
         self.reporter.sock.close()
         self.ctx.term()
+
+
+class _HeldBack:
+    """A feed that drops the export holdout's samples (by put_seq, unique per put) from every
+    batch, so exports are compared on samples the model was not trained on; empty when the
+    buffer holds nothing else yet (fit() waits, as on an empty buffer)."""
+
+    def __init__(self, feed, held: set[int]) -> None:
+        self.feed, self.held = feed, held
+        self.height, self.width = feed.height, feed.width
+
+    def sample(self, n: int, rng, out):
+        batch = self.feed.sample(n, rng, out)
+        if not self.held or not len(batch):
+            return batch
+        keep = np.flatnonzero([int(q) not in self.held for q in batch.put_seq])
+        if len(keep) == len(batch):
+            return batch
+        # the held rows are replaced by redraws of the others (as the buffer draws with replacement
+        # when it holds too few): a batch keeps its size, since BatchNorm cannot train on one sample
+        rows = keep if not len(keep) else np.concatenate(
+            [keep, rng.choice(keep, size=len(batch) - len(keep))])
+        m = len(rows)
+        for key in ("frames", "trimaps", "probs", "flows"):  # in place: Batch storage is reused
+            batch._s[key][:m] = batch._s[key][rows]
+        batch._meta[:m] = batch._meta[rows]
+        batch._slots[:m] = batch._slots[rows]
+        batch.n = m
+        return batch
+
+    def __getattr__(self, name: str):  # check(), fill(), ...
+        return getattr(self.feed, name)
 
 
 class _Reporter(threading.Thread):

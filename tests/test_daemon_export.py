@@ -1,0 +1,120 @@
+"""Export inside a real `motionmask run`: the learner exports a verified bundle every few steps
+(exports/<version> + LATEST), the daemon serves it to a device, and the camera hot-loads it and
+publishes kind `student` masks stamped with the bundle's version."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _media import free_port, moving_square, write_video
+from exporter.bundle import LATEST
+from exporter.transfer import DeviceAgent, PullConfig
+from motionmask.client import MaskSubscriber
+
+SHUTDOWN_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("clip") / "square.mp4",
+                       moving_square(50, 160, 120, size=36, step=3), fps=25)
+
+
+def _config(tmp_path: Path, clip: Path) -> dict:
+    return {
+        "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
+                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+        "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
+        "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
+        "daemon": {"control_endpoint": f"tcp://127.0.0.1:{free_port()}", "shutdown_timeout_s": SHUTDOWN_S,
+                   "restart_backoff_s": 0.3, "restart_backoff_max_s": 1.0, "stats_interval_s": 1.0},
+        "cameras": [{"name": "a", "source": str(clip), "loop": True}],
+        "learner": {
+            "enabled": True, "run_dir": str(tmp_path / "run"),
+            "model": {"width": 8, "blocks": [1, 1, 1, 1]}, "crops": {"size": 32},
+            "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
+            "checkpoint": {"every_steps": 1000, "every_minutes": 0, "keep": 2},
+            "bootstrap": {"enabled": False},
+        },
+        "export": {
+            "enabled": True, "dir": str(tmp_path / "exports"), "every_steps": 10, "every_minutes": 0,
+            "holdout_samples": 4, "parity_frames": 2, "latency_runs": 2, "keep": 2, "student_every": 2,
+            "endpoint": f"tcp://127.0.0.1:{free_port()}", "announce_endpoint": f"tcp://127.0.0.1:{free_port()}",
+            "announce_interval_s": 1.0,
+        },
+    }
+
+
+def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, clip):
+    cfg = _config(tmp_path, clip)
+    config = tmp_path / "daemon.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    exports = Path(cfg["export"]["dir"])
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    code = None
+    try:
+        with MaskSubscriber(cfg["publish"]["endpoint"], "mask.a.student") as sub:
+            deadline = time.monotonic() + 40
+            while not (exports / LATEST).is_file():
+                assert proc.poll() is None, f"daemon exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no bundle exported\n{log.read_text()[-3000:]}"
+                time.sleep(0.2)
+            version = (exports / LATEST).read_text().strip()
+            assert (exports / version / "model.onnx").is_file() and (exports / version / "manifest.json").is_file()
+
+            got = sub.recv(20.0)
+            assert got is not None, f"no student mask published\n{log.read_text()[-3000:]}"
+            header, mask = got
+            assert header["kind"] == "student" and header["camera"] == "a" and mask.shape == (120, 160)
+            assert header["model_version"] and (exports / header["model_version"] / "manifest.json").is_file()
+
+        # the daemon's BundleServer hands the bundle to a device, which checks and installs it
+        device = tmp_path / "device"
+        installed = DeviceAgent(cfg["export"]["endpoint"], device, PullConfig(), announce=None).run(once=True)
+        assert installed is not None and (device / LATEST).is_file()
+
+        proc.send_signal(2)
+        code = proc.wait(SHUTDOWN_S + 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text and "event=export_failed" not in text and "event=student_failed" not in text
+    assert "event=bundle_server_start" in text and "event=student_loaded" in text
+
+
+def test_held_back_samples_never_reach_training():
+    import numpy as np
+
+    from learner.samples import RingFeed
+    from motionmask.learner_process import _HeldBack
+    from streamer.ringbuffer import BufferConfig, RingBuffer, Sample
+
+    cfg = BufferConfig(train_width=32, train_height=24, memory_mb=1, per_shot_cap=64)
+    with RingBuffer.create(cfg) as ring:
+        for i in range(12):
+            img = np.full((24, 32, 3), i, np.uint8)
+            assert ring.put(Sample("a", i, 0, float(i), img, np.full((24, 32), 128, np.uint8),
+                                   np.zeros((24, 32), np.uint8), None, (0, 0, 24, 32)))
+        held_batch = ring.read(ring.ready_slots()[:4])
+        held = {int(q) for q in held_batch.put_seq}
+        held_frames = {int(f) for f in held_batch.frame_index}
+        feed = _HeldBack(RingFeed(ring), held)
+        rng = np.random.default_rng(0)
+        out = ring.new_batch(12)
+        seen = set()
+        for _ in range(20):
+            b = feed.sample(12, rng, out)
+            assert len(b) == 12 and not held & {int(q) for q in b.put_seq}
+            # rows were compacted whole: each image still matches its own metadata
+            assert all(int(b.frames[k, 0, 0, 0]) == int(b.frame_index[k]) for k in range(len(b)))
+            seen |= {int(f) for f in b.frame_index}
+        assert seen == set(range(12)) - held_frames
