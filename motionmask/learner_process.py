@@ -333,12 +333,7 @@ class _HeldBack:
         # when it holds too few): a batch keeps its size, since BatchNorm cannot train on one sample
         rows = keep if not len(keep) else np.concatenate(
             [keep, rng.choice(keep, size=len(batch) - len(keep))])
-        m = len(rows)
-        for key in ("frames", "trimaps", "probs", "flows"):  # in place: Batch storage is reused
-            batch._s[key][:m] = batch._s[key][rows]
-        batch._meta[:m] = batch._meta[rows]
-        batch._slots[:m] = batch._slots[rows]
-        batch.n = m
+        batch.take(rows)
         return batch
 
     def __getattr__(self, name: str):  # check(), fill(), ...

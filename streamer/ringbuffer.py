@@ -237,6 +237,16 @@ class Batch:
     def __len__(self) -> int:
         return self.n
 
+    def take(self, rows: np.ndarray) -> None:
+        """Keep only `rows` (indices into the current batch, repeats allowed), in place: the
+        storage is reused, so the arrays the learner holds stay valid."""
+        m = len(rows)
+        for arr in self._s.values():
+            arr[:m] = arr[rows]
+        self._meta[:m] = self._meta[rows]
+        self._slots[:m] = self._slots[rows]
+        self.n = m
+
     frames = property(lambda self: self._s["frames"][: self.n])  # n x H x W x 3 uint8
     trimaps = property(lambda self: self._s["trimaps"][: self.n])  # n x H x W uint8
     probs = property(lambda self: self._s["probs"][: self.n])  # n x H x W uint8 (prob * 255)
