@@ -39,6 +39,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
+from learner.evaluate import score  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
 from streamer.flow import FlowEstimator, working_size  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
@@ -79,13 +80,6 @@ def baselines(frames: list[np.ndarray], shot_starts: set[int], cfg) -> dict[str,
         out["otsu"].append(cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) > 0)
         prev = gray
     return out
-
-
-def score(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
-    inter = float(np.logical_and(pred, gt).sum())
-    union = float(np.logical_or(pred, gt).sum())
-    p, g = float(pred.sum()), float(gt.sum())
-    return inter / union if union else 1.0, inter / p if p else 0.0, inter / g if g else 1.0
 
 
 def evaluate(data_dir: Path, clips: list[dict], cfg, progress: bool = True) -> dict:
