@@ -86,6 +86,25 @@ class TrimapConfig:
 
 
 @dataclass
+class PatchConfig:
+    """Tracked-patch pairs (Wang & Gupta 2015) for the learner's embedding head; see streamer/patches.py."""
+    enabled: bool = False
+    size: int = 64  # P: pairs are P x P RGB patches
+    track_length: int = 30  # frames from the query patch to the tracked one (same shot)
+    box: float = 0.4  # box side as a fraction of the frame's shorter side (the paper: 227 of 448)
+    points: int = 300  # interest points (Shi-Tomasi corners) per examined frame, working resolution
+    move_threshold: float = 0.5  # working px: a point moves when its flow departs this far from the camera model
+    min_moving: float = 0.25  # examined frames with fewer moving points are noise: skipped
+    max_moving: float = 0.75  # ... with more, the camera model failed (or the scene is all motion): skipped
+    min_box_points: int = 6  # moving points a track starts from (inside its box)
+    start_every: int = 5  # frames between track starts of one camera: pairs not all of one moment
+    max_tracks: int = 4  # tracks alive at once per camera
+    min_survivors: float = 0.5  # a track ends when fewer of its points pass the forward-backward check
+    store_mb: float = 32.0  # shared-memory pair store (daemon and offline train): pairs of the newest
+    lock_timeout_ms: float = 2.0  # longest a camera waits for the pair store's slot lock before dropping
+
+
+@dataclass
 class StreamerConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     shots: ShotConfig = field(default_factory=ShotConfig)
@@ -94,6 +113,7 @@ class StreamerConfig:
     motion: MotionConfig = field(default_factory=MotionConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     trimap: TrimapConfig = field(default_factory=TrimapConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
 
     def validate(self) -> None:
         """Raise ValueError naming the key for values no type check catches."""
@@ -113,6 +133,18 @@ class StreamerConfig:
              "0 <= negative_below <= positive_above <= 1"),
             ("source.read_timeout_s", self.source.read_timeout_s > 0, "> 0"),
             ("source.open_timeout_s", self.source.open_timeout_s > 0, "> 0"),
+            ("patches.size", 8 <= self.patches.size <= 512, "between 8 and 512"),
+            ("patches.track_length", self.patches.track_length >= 1, ">= 1"),
+            ("patches.box", 0.05 <= self.patches.box <= 1.0, "in [0.05, 1]"),
+            ("patches.points", self.patches.points >= 8, ">= 8"),
+            ("patches.min_moving", 0 <= self.patches.min_moving <= self.patches.max_moving <= 1,
+             "0 <= min_moving <= max_moving <= 1"),
+            ("patches.min_box_points", self.patches.min_box_points >= 1, ">= 1"),
+            ("patches.start_every", self.patches.start_every >= 1, ">= 1"),
+            ("patches.max_tracks", self.patches.max_tracks >= 1, ">= 1"),
+            ("patches.min_survivors", 0 < self.patches.min_survivors <= 1, "in (0, 1]"),
+            ("patches.store_mb", self.patches.store_mb > 0, "> 0"),
+            ("patches.lock_timeout_ms", 0 <= self.patches.lock_timeout_ms <= 1000, "between 0 and 1000"),
         ]
         for key, ok, want in checks:
             if not ok:

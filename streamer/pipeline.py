@@ -30,6 +30,12 @@ class MaskResult:
     reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | camera_unreliable | no_motion_history | dark
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     flow: np.ndarray | None = None  # h x w x 2 float32 at working resolution (frame t-1 -> t), if any
+    # with the flow (None without): what tracking on it needs (streamer/patches.py)
+    flow_conf: np.ndarray | None = None  # h x w float32 forward-backward confidence of `flow`, in [0, 1]
+    to_prev: np.ndarray | None = None  # 3x3 camera model, working px of this frame -> frame t-1
+    camera_ok: bool = True  # the camera model was fitted (False: assumed static)
+    camera_noise: float = 0.0  # median residual (working px) of the flow the camera model explains
+    gray: np.ndarray | None = None  # h x w uint8 working-resolution gray frame
 
 
 @dataclass
@@ -45,6 +51,8 @@ class _Analysis:
     reliability: np.ndarray | None = None  # per superpixel: flow confidence x texture
     to_prev: np.ndarray | None = None  # 3x3 camera model, this frame -> previous frame
     motion: np.ndarray | None = None
+    conf: np.ndarray | None = None  # forward-backward confidence of `motion`
+    noise: float = 0.0  # the camera model's median residual (px)
     camera_ok: bool = True  # the camera model was fitted (False: assumed static; the mask is not trusted)
     ms: dict[str, float] = field(default_factory=dict)
 
@@ -131,6 +139,8 @@ class MotionSegmenter:
         a.to_prev = None if reverse else gm.to_prev
         a.camera_ok = gm.reliable
         a.motion = None if reverse else motion
+        a.conf = None if reverse else conf
+        a.noise = gm.residual_noise
         a.ms.update(flow=(t1 - t0) * 1e3, global_motion=(t2 - t1) * 1e3, superpixels=(t3 - t2) * 1e3)
 
     def _emit_ready(self) -> list[MaskResult]:
@@ -183,4 +193,5 @@ class MotionSegmenter:
             kept, reason = False, reason_override
         tri = trimap(prob, cfg.trimap)
         a.ms["upsample_prune"] = (time.perf_counter() - t_start) * 1e3
-        return MaskResult(a.frame, a.shot, prob, tri, frac, kept, reason, dict(a.ms), a.motion)
+        return MaskResult(a.frame, a.shot, prob, tri, frac, kept, reason, dict(a.ms), a.motion,
+                          flow_conf=a.conf, to_prev=a.to_prev, camera_ok=a.camera_ok, camera_noise=a.noise, gray=a.gray)
