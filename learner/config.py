@@ -15,6 +15,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 BACKBONES = ("compact", "alexnet")
 FUSION_RULES = ("linear", "geometric")
+SEGMENT_LOSSES = ("affine", "entropy")
+ROBUST_LOSSES = ("charbonnier", "huber", "l2")
 DEFAULT_WIDTH = {"compact": 24, "alexnet": 96}  # channels of the first stage
 DEFAULT_CROP = {"compact": 128, "alexnet": 227}  # the paper: w = 227 for AlexNet
 
@@ -105,6 +107,74 @@ class BootstrapConfig:
 
 
 @dataclass
+class MaskHeadConfig:
+    enabled: bool = True  # the mask head is the model's output (bootstrapping, predict, export): always on
+    weight: float = 1.0  # its loss's weight in the total
+
+
+@dataclass
+class EmbeddingHeadConfig:
+    """Tracked-patch embeddings (Wang & Gupta 2015): triplet ranking loss on (query, tracked) pairs."""
+    enabled: bool = False
+    weight: float = 1.0
+    dim: int = 128  # length of the L2-normalised vector
+    hidden: int = 256  # the MLP's hidden layer on the global-pooled top feature
+    margin: float = 0.5  # M in max(0, D(q, t) - D(q, n) + M), D = 1 - cos
+    hard_negatives: int = 4  # K: after warm-up, the K hardest negatives per pair
+    warmup_steps: int = 500  # before this step every negative counts (the paper: random negatives first)
+    patch: int = 64  # patches are fed at this side (resized when the pair store's differs)
+    pairs: int = 16  # pairs drawn per step (each gives two patches through the backbone)
+
+
+@dataclass
+class SegmentsHeadConfig:
+    """Soft segments grouped by motion (S3-CNN, Mahendran et al. 2018); the flow enters the loss only."""
+    enabled: bool = False
+    weight: float = 1.0
+    count: int = 8  # L, softmax channels
+    loss: str = "affine"  # affine: per-segment weighted least-squares affine fit | entropy: flow-magnitude histogram entropy
+    robust: str = "charbonnier"  # affine: robust residual charbonnier | huber | l2
+    robust_scale: float = 0.5  # ... its scale in pixels of the loss map (charbonnier epsilon, huber delta)
+    ridge: float = 1e-4  # affine: ridge on the normal equations, relative to the segment's weight
+    bins: int = 16  # entropy: histogram bins over [0, the crop's largest flow magnitude]
+    loss_size: int = 64  # the loss is computed on segments and flow resized to this side
+
+
+@dataclass
+class HeadsConfig:
+    mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    embedding: EmbeddingHeadConfig = field(default_factory=EmbeddingHeadConfig)
+    segments: SegmentsHeadConfig = field(default_factory=SegmentsHeadConfig)
+
+    def extra(self) -> list[str]:
+        """The enabled heads besides the mask, in output order."""
+        return [n for n in ("embedding", "segments") if getattr(self, n).enabled]
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        m, e, s = self.mask, self.embedding, self.segments
+        return [
+            ("heads.mask.enabled", m.enabled, "true (the mask head is the model's output; scale its loss with heads.mask.weight)"),
+            ("heads.mask.weight", m.weight >= 0, ">= 0"),
+            ("heads.embedding.weight", e.weight >= 0, ">= 0"),
+            ("heads.embedding.dim", 2 <= e.dim <= 4096, "between 2 and 4096"),
+            ("heads.embedding.hidden", 1 <= e.hidden <= 8192, "between 1 and 8192"),
+            ("heads.embedding.margin", 0 < e.margin <= 2, "in (0, 2] (cosine distances lie in [0, 2])"),
+            ("heads.embedding.hard_negatives", e.hard_negatives >= 1, ">= 1"),
+            ("heads.embedding.warmup_steps", e.warmup_steps >= 0, ">= 0"),
+            ("heads.embedding.patch", 32 <= e.patch <= 512 and e.patch % 32 == 0, "a multiple of 32 between 32 and 512"),
+            ("heads.embedding.pairs", 2 <= e.pairs <= 4096, "between 2 and 4096"),
+            ("heads.segments.weight", s.weight >= 0, ">= 0"),
+            ("heads.segments.count", 2 <= s.count <= 64, "between 2 and 64"),
+            ("heads.segments.loss", s.loss in SEGMENT_LOSSES, " or ".join(SEGMENT_LOSSES)),
+            ("heads.segments.robust", s.robust in ROBUST_LOSSES, " or ".join(ROBUST_LOSSES)),
+            ("heads.segments.robust_scale", s.robust_scale > 0, "> 0"),
+            ("heads.segments.ridge", 0 < s.ridge <= 1, "in (0, 1]"),
+            ("heads.segments.bins", 2 <= s.bins <= 256, "between 2 and 256"),
+            ("heads.segments.loss_size", 8 <= s.loss_size <= 1024, "between 8 and 1024"),
+        ]
+
+
+@dataclass
 class LearnerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     crops: CropConfig = field(default_factory=CropConfig)
@@ -112,6 +182,7 @@ class LearnerConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)  # the mask head and the optional multi-task heads (learner/heads.py)
     enabled: bool = False  # `motionmask run`: a learner process trains on the daemon's ring buffer
     run_dir: str = "runs/daemon"  # ... its checkpoints and logs; a restart resumes from there
 
@@ -172,7 +243,7 @@ class LearnerConfig:
             ("bootstrap.max_samples", b.max_samples >= 0, ">= 0 (0 = all)"),
             ("bootstrap.batch", 1 <= b.batch <= 4096, "between 1 and 4096"),
             ("run_dir", bool(self.run_dir.strip()), "a folder, e.g. runs/daemon"),
-        ]
+        ] + self.heads.checks()
         for key, ok, want in checks:
             if not ok:
                 raise ValueError(f"learner.{key} must be {want}")
@@ -196,4 +267,6 @@ def learner_config_from_dict(data: dict) -> LearnerConfig:
 
 _SECTIONS = {(LearnerConfig, "model"): ModelConfig, (LearnerConfig, "crops"): CropConfig,
              (LearnerConfig, "train"): TrainConfig, (LearnerConfig, "checkpoint"): CheckpointConfig,
-             (LearnerConfig, "samples"): SamplesConfig, (LearnerConfig, "bootstrap"): BootstrapConfig}
+             (LearnerConfig, "samples"): SamplesConfig, (LearnerConfig, "bootstrap"): BootstrapConfig,
+             (LearnerConfig, "heads"): HeadsConfig, (HeadsConfig, "mask"): MaskHeadConfig,
+             (HeadsConfig, "embedding"): EmbeddingHeadConfig, (HeadsConfig, "segments"): SegmentsHeadConfig}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learner.config import ModelConfig
+from learner.config import HeadsConfig, ModelConfig
 
 FG_PRIOR = 0.25  # the heads start by predicting this foreground probability everywhere
 
@@ -193,22 +193,35 @@ def _init(model: nn.Module) -> None:
     nn.init.constant_(last.bias, math.log(FG_PRIOR / (1 - FG_PRIOR)))
 
 
-def build_model(cfg: ModelConfig, crop_size: int) -> MaskNet:
-    """The configured network. `crop_size` fixes alexnet's input size (the compact net takes any)."""
+def build_model(cfg: ModelConfig, crop_size: int, heads: HeadsConfig | None = None) -> MaskNet:
+    """The configured network. `crop_size` fixes alexnet's input size (the compact net takes any).
+    heads: the multi-task heads to attach (learner/heads.py); None or mask only: the plain mask net."""
     if cfg.backbone == "compact":
-        return CompactNet(cfg)
-    if cfg.backbone == "alexnet":
-        return AlexNet(cfg, crop_size)
-    raise ValueError(f"learner.model.backbone {cfg.backbone!r}: expected compact or alexnet")
+        model = CompactNet(cfg)
+    elif cfg.backbone == "alexnet":
+        model = AlexNet(cfg, crop_size)
+    else:
+        raise ValueError(f"learner.model.backbone {cfg.backbone!r}: expected compact or alexnet")
+    if heads is not None and heads.extra():
+        from learner.heads import add_heads  # heads.py builds on this module's blocks
+
+        add_heads(model, heads)
+    return model
 
 
-def architecture(cfg: ModelConfig, crop_size: int) -> dict:
-    """What must match for weights to load: stored in checkpoints and compared on load."""
+def architecture(cfg: ModelConfig, crop_size: int, heads: HeadsConfig | None = None) -> dict:
+    """What must match for weights to load: stored in checkpoints and compared on load. The extra
+    heads appear only when enabled: mask-only checkpoints keep the architecture they always had."""
+    extra = {}
+    if heads is not None and heads.extra():
+        from learner.heads import heads_architecture
+
+        extra = heads_architecture(heads)
     if cfg.backbone == "compact":
         return {"backbone": "compact", "width": cfg.resolved_width(), "blocks": list(cfg.blocks),
-                "decoder": cfg.decoder or 2 * cfg.resolved_width()}
+                "decoder": cfg.decoder or 2 * cfg.resolved_width(), **extra}
     return {"backbone": cfg.backbone, "width": cfg.resolved_width(), "input_size": crop_size,
-            "mask_size": cfg.mask_size}
+            "mask_size": cfg.mask_size, **extra}
 
 
 def output_size(model: MaskNet, crop_size: int) -> int:

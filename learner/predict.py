@@ -32,10 +32,10 @@ class Predictor:
         self.cfg = learner_config_from_dict(state.get("config", {}))
         self.step = int(state["step"])
         crop = self.cfg.crop_size
-        if state.get("arch") != architecture(self.cfg.model, crop):
+        if state.get("arch") != architecture(self.cfg.model, crop, self.cfg.heads):
             raise UserError(f"{self.path}: checkpoint architecture {state.get('arch')} does not match its own config")
         self.device = device if isinstance(device, torch.device) else resolve_device(device, False)
-        self.model = build_model(self.cfg.model, crop)
+        self.model = build_model(self.cfg.model, crop, self.cfg.heads)
         try:
             self.model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as e:

@@ -8,7 +8,10 @@ One training step = Trainer.forward_backward + Trainer.update:
   1. crops     N buffer samples -> N x per_frame jittered crops with their trimaps, on the device
                (learner/crops.py)
   2. forward   normalise; on CUDA channels_last and bf16 autocast, on the CPU float32
-  3. loss      binary cross-entropy on the trimap's positive and negative pixels only (learner/loss.py)
+  3. loss      binary cross-entropy on the trimap's positive and negative pixels only (learner/loss.py);
+               with extra heads enabled (learner.heads), their losses too, on the same backbone
+               step: segments against the flow cropped like the image (learner/grouping_loss.py),
+               embeddings of tracked-patch pairs (learner/embedding_loss.py); the weighted sum
   4. backward  and clip the global gradient norm
   5. update    one host sync reads the loss and the gradient norm. Not finite: the step is skipped
                (no AdamW update, batch-norm statistics restored), counted, and `max_nan_steps` in a
@@ -27,18 +30,22 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from learner.checkpoint import FORMAT, VERSION, check_compatible, save_checkpoint
 from learner.config import LearnerConfig
 from learner.crops import make_crops
+from learner.embedding_loss import triplet_loss
+from learner.grouping_loss import segments_loss
+from learner.heads import HeadInputs, crop_flow, forward_heads
 from learner.loss import masked_bce
 from learner.model import architecture, build_model, output_size
 from learner.samples import Feed, next_batch
@@ -94,6 +101,7 @@ class StepResult:
     grad_norm: float
     crops: int
     skipped: bool
+    losses: dict[str, float] = field(default_factory=dict)  # per head, with extra heads enabled
 
 
 @dataclass
@@ -103,6 +111,7 @@ class _Pending:
     grad_norm: torch.Tensor
     crops: int
     gen_state: torch.Tensor  # crop RNG before the step (to undo it)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # per head, with extra heads enabled
 
 
 class Trainer:
@@ -118,13 +127,15 @@ class Trainer:
         random.seed(t.seed)
         torch.manual_seed(t.seed)  # the weight initialisation
         self.crop_size = cfg.crop_size
-        self.model = build_model(cfg.model, self.crop_size).to(self.device)
-        self.arch = architecture(cfg.model, self.crop_size)
+        self.heads = cfg.heads.extra()  # [] (the default): the plain mask net, trained exactly as ever
+        self.model = build_model(cfg.model, self.crop_size, cfg.heads).to(self.device)
+        self.arch = architecture(cfg.model, self.crop_size, cfg.heads)
         self.target_size = output_size(self.model, self.crop_size)
         self.channels_last = self.cuda and t.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if t.compile else self.model
+        self.net_heads = torch.compile(forward_heads) if (t.compile and self.heads) else forward_heads
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.ndim > 1]  # no weight decay on biases and batch norm
         no_decay = [p for p in self.params if p.ndim <= 1]
@@ -145,6 +156,7 @@ class Trainer:
         self.progress: float | None = None  # 0..1 of the run's budget (cosine lr); None: constant
         self.slot_size: tuple[int, int] | None = None  # (h, w) of the buffer slots trained on
         self._pending: _Pending | None = None
+        self._pairs_missing: str | None = None  # why the embedding head got no pairs (logged once)
 
     # ---- the training step ------------------------------------------------------------------
     def lr_now(self) -> float:
@@ -169,8 +181,10 @@ class Trainer:
         return (frames.to(self.device, non_blocking=nb), trimaps.to(self.device, non_blocking=nb),
                 valid.to(self.device))
 
-    def forward_backward(self, frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor) -> _Pending:
-        """Steps 1-4. On CUDA this only queues work: nothing waits for the GPU here."""
+    def forward_backward(self, frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor,
+                         extra: HeadInputs | None = None) -> _Pending:
+        """Steps 1-4. On CUDA this only queues work: nothing waits for the GPU here.
+        extra: what the extra heads' losses need (upload_heads); ignored without extra heads."""
         self.model.train()
         torch._foreach_copy_(self._bn_backup, self._bn)  # batch-norm statistics, to undo a skipped step
         gen_state = self.gen.get_state()
@@ -179,18 +193,57 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
-            logits = self.net(x)
+            if self.heads:  # one backbone pass for the mask and the segments
+                outputs = self.net_heads(self.model, x, [n for n in ("mask", "segments") if n in self.model.heads])
+                logits = outputs["mask"]
+            else:
+                logits = self.net(x)
         loss = masked_bce(logits, crops.targets)  # float32 even under autocast
+        losses: dict[str, torch.Tensor] = {}
+        if self.heads:
+            losses = self.head_losses(loss, outputs, crops, valid, extra or HeadInputs())
+            w = self.cfg.heads
+            loss = sum(getattr(w, name).weight * value for name, value in losses.items())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip or math.inf)
-        self._pending = _Pending(loss.detach(), norm.detach(), int(crops.images.shape[0]), gen_state)
+        self._pending = _Pending(loss.detach(), norm.detach(), int(crops.images.shape[0]), gen_state,
+                                 {k: v.detach() for k, v in losses.items()})
         return self._pending
+
+    def head_losses(self, mask_loss: torch.Tensor, outputs: dict[str, torch.Tensor], crops, valid: torch.Tensor,
+                    extra: HeadInputs) -> dict[str, torch.Tensor]:
+        """Step 3 for the extra heads: each enabled head's loss (float32), unweighted. A head with
+        nothing to learn from in this batch (no flow, no pairs) is left out of the sum."""
+        h = self.cfg.heads
+        losses = {"mask": mask_loss}
+        if "segments" in outputs and extra.flows is not None:
+            flow, ok = crop_flow(extra.flows, extra.has_flow, valid, crops.boxes, crops.source, self.target_size)
+            seg = segments_loss(outputs["segments"], flow, ok, h.segments)
+            if seg is not None:
+                losses["segments"] = seg
+        if "embedding" in self.heads and extra.query is not None:
+            patches = torch.cat([extra.query, extra.tracked]).permute(0, 3, 1, 2).float()
+            side = getattr(self.model, "input_size", None) or h.embedding.patch
+            if patches.shape[-1] != side or patches.shape[-2] != side:
+                patches = F.interpolate(patches, size=(side, side), mode="bilinear", align_corners=False)
+            x = self.model.normalize(patches)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+                emb = self.net_heads(self.model, x, ["embedding"])["embedding"]
+            n = extra.query.shape[0]
+            hard = h.embedding.hard_negatives if self.step_count >= h.embedding.warmup_steps else None
+            tri = triplet_loss(emb[:n], emb[n:], extra.group, h.embedding.margin, hard)
+            if tri is not None:
+                losses["embedding"] = tri
+        return losses
 
     def update(self, pending: _Pending) -> StepResult:
         """Step 5: the one host sync of the step, then the AdamW update or a skipped step."""
         self._pending = None
-        loss, norm = torch.stack([pending.loss, pending.grad_norm.float()]).tolist()
+        loss, norm, *head_values = torch.stack([pending.loss, pending.grad_norm.float(), *pending.losses.values()]).tolist()
+        head_losses = dict(zip(pending.losses, head_values))
         lr = self.lr_now()
         if not (math.isfinite(loss) and math.isfinite(norm)):
             torch._foreach_copy_(self._bn, self._bn_backup)
@@ -211,7 +264,7 @@ class Trainer:
         self.step_count += 1
         self.nan_streak = 0
         self.crops_seen += pending.crops
-        return StepResult(loss, lr, norm, pending.crops, False)
+        return StepResult(loss, lr, norm, pending.crops, False, head_losses)
 
     def abandon_step(self) -> None:
         """Forget a queued step (interrupted before update): statistics and crop RNG as before it."""
@@ -221,9 +274,47 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             self._pending = None
 
-    def step(self, batch: Batch) -> StepResult:
-        """One whole training step on a batch of buffer samples (fit() overlaps the two halves)."""
-        return self.update(self.forward_backward(*self.upload(batch)))
+    def step(self, batch: Batch, pairs=None) -> StepResult:
+        """One whole training step on a batch of buffer samples (fit() overlaps the two halves);
+        pairs: a PairBatch of tracked patches for the embedding head (learner/pairs.py)."""
+        extra = self.upload_heads(batch, pairs) if self.heads else None
+        return self.update(self.forward_backward(*self.upload(batch), extra))
+
+    # ---- the extra heads' inputs ----------------------------------------------------------------
+    def draw_pairs(self, pair_feed):
+        """Tracked-patch pairs for this step from a PairFeed (learner/pairs.py), or None: no
+        embedding head, no feed, or too few pairs yet (one log line when that starts and one when
+        pairs arrive; the embedding loss is skipped meanwhile)."""
+        if "embedding" not in self.heads:
+            return None
+        want = self.cfg.heads.embedding.pairs
+        pairs = pair_feed.sample_pairs(want, self.rng) if pair_feed is not None else None
+        got = 0 if pairs is None else len(pairs.group)
+        if got < 2:
+            why = ("no pair feed" if pair_feed is None else
+                   f"{got} pair(s) in the store (streamer.patches.enabled mines them from moving objects)")
+            if self._pairs_missing is None:
+                log_event(logger, "embedding_no_pairs", logging.WARNING, step=self.step_count, reason=why,
+                          effect="embedding loss skipped until pairs arrive")
+            self._pairs_missing = why
+            return None
+        if self._pairs_missing is not None:
+            log_event(logger, "embedding_pairs_ready", step=self.step_count, pairs=got)
+            self._pairs_missing = None
+        return pairs
+
+    def upload_heads(self, batch: Batch, pairs=None) -> HeadInputs:
+        """The flow of the batch (for the segments head) and the pairs (embedding) on the device."""
+        dev = self.device
+        out = HeadInputs()
+        if "segments" in self.heads:
+            out.flows = torch.from_numpy(batch.flows).to(dev)
+            out.has_flow = torch.from_numpy(np.ascontiguousarray(batch.has_flow)).to(dev)
+        if pairs is not None:
+            out.query = torch.from_numpy(np.ascontiguousarray(pairs.query)).to(dev)
+            out.tracked = torch.from_numpy(np.ascontiguousarray(pairs.tracked)).to(dev)
+            out.group = torch.from_numpy(np.asarray(pairs.group, dtype=np.int64)).to(dev)
+        return out
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self, numpy_rng_state: dict | None = None) -> dict:
@@ -312,6 +403,7 @@ class Summary:
     stopped: str  # steps | minutes | stop | interrupted
     checkpoint: Path | None  # the last checkpoint written
     interrupted_by: str = ""  # class name of the interrupt that stopped the loop
+    last_losses: dict[str, float] = field(default_factory=dict)  # extra heads: each head's loss, last interval
 
     @property
     def crops_per_s(self) -> float:
@@ -331,14 +423,16 @@ def budget_used(trainer: Trainer, limits: Limits) -> float | None:
 def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits, progress: bool = True,
         stop: Callable[[], bool] | None = None, status: Callable[[], str] | None = None,
         interrupts: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
-        on_step: Callable[[Trainer, StepResult], bool] | None = None) -> Summary:
+        on_step: Callable[[Trainer, StepResult], bool] | None = None, pairs=None) -> Summary:
     """Train on samples from `feed` until a limit is reached or `stop()` turns true. Writes
     RUN/train.jsonl and checkpoints (on the configured schedule and at the end, also after an
     interrupt or an error); run_dir None: neither. `status()` adds text to the progress bar.
     `on_step(trainer, result)` runs after every applied step (bootstrapping rounds, reports; its
     time counts as training time); returning True asks for a checkpoint of this step.
     An exception of a type in `interrupts` ends the loop like a limit (stopped="interrupted");
-    any other propagates, after the final checkpoint."""
+    any other propagates, after the final checkpoint.
+    pairs: a PairFeed (learner/pairs.py) for the embedding head; default: the feed itself when it
+    has sample_pairs (RingFeed, OfflineFeed). Without pairs the embedding loss is skipped (one log line)."""
     cfg = trainer.cfg
     run_dir = Path(run_dir) if run_dir is not None else None
     n = max(1, math.ceil(cfg.train.batch / cfg.crops.per_frame))  # buffer samples per step
@@ -352,12 +446,15 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     t_start = last_ckpt_t = last_log_t = time.monotonic()
     last_ckpt_step = trainer.step_count
     interval_losses: list[float] = []
+    interval_heads: dict[str, list[float]] = {}  # extra heads: each head's losses of the interval
+    last_heads: dict[str, float] = {}
     interval_crops = 0
     first_loss = last_loss = math.nan
     ema = None
     checkpoint: Path | None = None
     stopped, interrupted_by = "stop", ""
     rng_state = trainer.rng.bit_generator.state  # the sampling RNG before the next batch is drawn
+    pair_feed = pairs if pairs is not None else (feed if hasattr(feed, "sample_pairs") else None)
 
     def limit_reached() -> str | None:
         if limits.steps and trainer.step_count >= limits.steps:
@@ -380,12 +477,16 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     try:
         stopped = limit_reached() or ""
         batch = None if stopped else next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)
+        pair_batch = trainer.draw_pairs(pair_feed) if batch is not None else None
         while batch is not None:
             t0 = time.monotonic()
             trainer.progress = budget_used(trainer, limits)
-            pending = trainer.forward_backward(*trainer.upload(batch, host.pinned(batch) if trainer.cuda else None))
+            head_inputs = trainer.upload_heads(batch, pair_batch) if trainer.heads else None
+            pending = trainer.forward_backward(*trainer.upload(batch, host.pinned(batch) if trainer.cuda else None),
+                                               head_inputs)
             rng_state = trainer.rng.bit_generator.state
             batch = next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)  # while the GPU works
+            pair_batch = trainer.draw_pairs(pair_feed) if batch is not None else None
             result = trainer.update(pending)
             want_checkpoint = bool(on_step(trainer, result)) if on_step is not None and not result.skipped else False
             trainer.train_seconds += time.monotonic() - t0
@@ -394,6 +495,8 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
                 interval_losses.append(result.loss)
                 interval_crops += result.crops
                 ema = result.loss if ema is None else 0.98 * ema + 0.02 * result.loss
+                for name, value in result.losses.items():
+                    interval_heads.setdefault(name, []).append(value)
             if trainer.step_count % cfg.train.log_every == 0 and not result.skipped and interval_losses:
                 now = time.monotonic()
                 rate = interval_crops / max(now - last_log_t, 1e-9)
@@ -403,11 +506,16 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
                           "crops_per_s": round(rate, 1), "grad_norm": round(result.grad_norm, 4),
                           "nan_skipped": trainer.nan_skipped, "train_s": round(trainer.train_seconds, 2),
                           "time": round(time.time(), 3)}
+                if interval_heads:  # each head's loss of the interval (unweighted), when it had one
+                    last_heads = {k: float(np.mean(v)) for k, v in interval_heads.items()}
+                    record.update({f"loss_{k}": round(v, 5) for k, v in last_heads.items()})
                 if log_fd is not None:
                     append_line(log_fd, (_json(record) + "\n").encode())
                 extra = f" {status()}" if status is not None else ""
-                bar.set_postfix_str(f"loss {ema:.3f} {rate:.0f} crops/s{extra}", refresh=False)
+                heads = "".join(f" {k[:3]} {v:.3f}" for k, v in last_heads.items()) if interval_heads else ""
+                bar.set_postfix_str(f"loss {ema:.3f}{heads} {rate:.0f} crops/s{extra}", refresh=False)
                 interval_losses, interval_crops, last_log_t = [], 0, now
+                interval_heads = {}
             if run_dir is not None and not result.skipped:
                 k = cfg.checkpoint
                 due_steps = k.every_steps and trainer.step_count - last_ckpt_step >= k.every_steps
@@ -438,7 +546,8 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     return Summary(step=trainer.step_count, steps=trainer.step_count - start_step,
                    crops=trainer.crops_seen - start_seen, seconds=time.monotonic() - t_start,
                    first_loss=first_loss, last_loss=last_loss, nan_skipped=trainer.nan_skipped - start_nan,
-                   stopped=stopped, checkpoint=checkpoint, interrupted_by=interrupted_by)
+                   stopped=stopped, checkpoint=checkpoint, interrupted_by=interrupted_by,
+                   last_losses={k: float(np.mean(v)) for k, v in interval_heads.items()} or last_heads)
 
 
 def _json(record: dict) -> str:
