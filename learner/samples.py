@@ -30,6 +30,8 @@ import numpy as np
 from streamer.config import StreamerConfig
 from streamer.errors import SourceError, UserError
 from streamer.log import log_event
+from learner.pairs import PairBatch, PairFeed, RingPairFeed
+from streamer.pairbuffer import PairBuffer
 from streamer.ringbuffer import Batch, BufferConfig, RingBuffer, sample_from_result, slots_for
 
 logger = logging.getLogger(__name__)
@@ -51,14 +53,20 @@ class Feed(Protocol):
 class RingFeed:
     """Samples from a ring buffer that others fill (the daemon's camera processes)."""
 
-    def __init__(self, ring: RingBuffer, mode: str | None = None, half_life_s: float | None = None):
+    def __init__(self, ring: RingBuffer, mode: str | None = None, half_life_s: float | None = None,
+                 pairs: PairFeed | None = None):
         self.ring = ring
         self.mode = mode or ring.sampling
         self.half_life_s = half_life_s
         self.height, self.width = ring.height, ring.width
+        self.pairs = pairs  # tracked-patch pairs (streamer.patches.enabled), or None
 
     def sample(self, n: int, rng: np.random.Generator, out: Batch) -> Batch:
         return self.ring.sample(n, rng, mode=self.mode, half_life_s=self.half_life_s, out=out)
+
+    def sample_pairs(self, n: int, rng: np.random.Generator) -> PairBatch | None:
+        """Tracked-patch pairs (learner/pairs.py); None while none are held or mining is off."""
+        return self.pairs.sample_pairs(n, rng) if self.pairs is not None else None
 
     def check(self) -> None:
         pass
@@ -164,6 +172,7 @@ class OfflineFeed:
         self.log_level = log_level if log_level is not None else logging.getLogger().getEffectiveLevel()
         self.progress = OfflineProgress(inputs=len(self.specs))
         self.ring: RingBuffer | None = None
+        self.pair_store: PairBuffer | None = None  # with streamer.patches.enabled: pairs mined from the inputs
         self._proc = None
         self._events = None
         self._stop = None
@@ -171,13 +180,21 @@ class OfflineFeed:
 
     def __enter__(self) -> "OfflineFeed":
         self.ring = RingBuffer.create(self.buffer_cfg)
+        pc = self.streamer_cfg.patches
+        if pc.enabled:
+            try:
+                self.pair_store = PairBuffer.create(pc.size, pc.store_mb, lock_timeout_ms=pc.lock_timeout_ms)
+            except BaseException:
+                self.close()
+                raise
         ctx = mp.get_context("spawn")  # never fork a process that holds torch's thread pools
         self._events = ctx.Queue()
         self._stop = ctx.Event()
         self._proc = ctx.Process(target=_produce, name="motionmask-streamer", daemon=True,
                                  args=(self.specs, self.streamer_cfg, self.ring.name, self.buffer_cfg,
                                        self.draws_per_sample, self._events, self._stop, self.log_level,
-                                       self.streamer_threads))
+                                       self.streamer_threads,
+                                       self.pair_store.name if self.pair_store is not None else ""))
         self._proc.start()
         log_event(logger, "offline_streamer_start", inputs=len(self.specs), pid=self._proc.pid,
                   buffer=self.ring.name, slots=self.ring.capacity)
@@ -188,6 +205,13 @@ class OfflineFeed:
 
     def sample(self, n: int, rng: np.random.Generator, out: Batch) -> Batch:
         return self.ring.sample(n, rng, mode="uniform", out=out)
+
+    def sample_pairs(self, n: int, rng: np.random.Generator) -> PairBatch | None:
+        """Tracked-patch pairs mined from the inputs (learner/pairs.py); None while none are held
+        or streamer.patches is off. Pairs are never waited for: frames pace the training."""
+        if self.pair_store is None:
+            return None
+        return RingPairFeed(self.pair_store).sample_pairs(n, rng)
 
     def fill(self) -> int:
         return self.progress.puts if self.progress.puts <= self.ring.capacity else self.ring.capacity
@@ -245,6 +269,9 @@ class OfflineFeed:
         if self.ring is not None:
             self.ring.close()
             self.ring = None
+        if self.pair_store is not None:
+            self.pair_store.close()
+            self.pair_store = None
 
 
 def _frame_count(spec: str, cfg: StreamerConfig) -> int:
@@ -284,8 +311,10 @@ def _put_no_drop(ring: RingBuffer, sample, my_puts: int, draws_per_sample: float
 
 
 def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg: BufferConfig,
-             draws_per_sample: float, events, stop, log_level: int, threads: int = 1) -> None:
-    """The offline streamer process: inputs one after another, kept results into the buffer."""
+             draws_per_sample: float, events, stop, log_level: int, threads: int = 1, pairs_name: str = "") -> None:
+    """The offline streamer process: inputs one after another, kept results into the buffer, and
+    with `pairs_name` every result through a PatchMiner, its pairs into that store (which keeps
+    the newest: pairs are not paced like frames)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         datefmt="%Y-%m-%dT%H:%M:%S")
     import cv2
@@ -298,6 +327,11 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
     frames = kept = puts = 0
     waited = 0.0
     ring = RingBuffer.attach(buffer_name, buffer_cfg)
+    store = None
+    if pairs_name:
+        from streamer.patches import PatchMiner
+
+        store = PairBuffer.attach(pairs_name, cfg.patches.lock_timeout_ms)
     last = time.monotonic()
     try:
         for i, spec in enumerate(specs):
@@ -310,6 +344,7 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
                 continue
             camera = f"{i}:{source.source_id}"  # per-shot caps count (camera, shot): one per input
             seg = MotionSegmenter(cfg)
+            miner = PatchMiner(cfg.patches, camera) if store is not None else None
             with source:
                 frame_iter = iter(source)
                 while not stop.is_set():
@@ -321,6 +356,10 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
                     results = seg.push(frame) if frame is not None else seg.flush()
                     for r in results:
                         frames += 1
+                        if miner is not None:
+                            for pair in miner.push(r):
+                                while not stop.is_set() and not store.put(pair):
+                                    time.sleep(0.002)  # lock busy: offline, a pair is not worth dropping
                         if r.kept:
                             kept += 1
                             waited += _put_no_drop(ring, sample_from_result(r, camera, buffer_cfg), puts,
@@ -331,6 +370,10 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
                         last = time.monotonic()
                     if frame is None:
                         break
+            if miner is not None:
+                miner.flush()
+                log_event(logger, "offline_pairs", input=spec, **{k: v for k, v in miner.stats.as_dict().items()
+                                                                   if k in ("examined", "started", "pairs", "ms_per_frame")})
             if stop.is_set():
                 return
             events.put(("input_done", spec))
@@ -342,3 +385,5 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
         raise
     finally:
         ring.close()
+        if store is not None:
+            store.close()
