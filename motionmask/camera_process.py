@@ -3,6 +3,8 @@
     open_source -> MotionSegmenter -> every result: masks `motion` (prob as u8) and `trimap`
                                       forwarded to the daemon, which publishes them
                                    -> kept results: the shared ring buffer (training samples)
+                                   -> with streamer.patches.enabled, every result: PatchMiner ->
+                                      tracked-patch pairs into the shared pair store
 
 Run as `python -m motionmask.camera_process` with its spec as JSON on stdin (not argv: a camera
 URL may carry a password, and argv is readable by every user through ps).
@@ -66,7 +68,8 @@ class CameraProcess:
         self.source = None
         self.counters: dict[str, Any] = {
             "frames": 0, "shots": 0, "kept": 0, "pruned": 0, "buffer_puts": 0, "buffer_drops": 0,
-            "forward_drops": 0, "ms_per_frame": 0.0, "fps": 0.0,
+            "forward_drops": 0, "ms_per_frame": 0.0, "fps": 0.0, "pair_puts": 0, "pair_drops": 0,
+            "pair_ms_per_frame": 0.0,
         }
         self.pruned_by: dict[str, int] = {}
         self._times: deque[float] = deque()  # result times of the last _FPS_WINDOW_S, for fps
@@ -77,6 +80,8 @@ class CameraProcess:
         self.reporter = _Reporter(self, self._push(spec["forward_endpoint"]), int(spec["parent_pid"]))
         self.ring: RingBuffer | None = None
         self.buffer_cfg: BufferConfig | None = None
+        self.pairs = None  # streamer.pairbuffer.PairBuffer, with a PatchMiner, when this camera mines pairs
+        self.miner = None
         export = spec.get("export")  # None: no student masks
         self.student_dir: str | None = export["dir"] if export and self.encoding is not None else None
         self.student_every = int(export.get("student_every", 0)) if self.student_dir else 0
@@ -112,6 +117,12 @@ class CameraProcess:
             if self.spec.get("buffer_name"):
                 self.buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
                 self.ring = RingBuffer.attach(self.spec["buffer_name"], self.buffer_cfg)
+            if self.spec.get("pairs_name") and self.cfg.patches.enabled:
+                from streamer.pairbuffer import PairBuffer
+                from streamer.patches import PatchMiner
+
+                self.pairs = PairBuffer.attach(self.spec["pairs_name"], self.cfg.patches.lock_timeout_ms)
+                self.miner = PatchMiner(self.cfg.patches, self.name)
             log_event(log, "camera_opening", camera=self.name, source=self.spec["source_label"])
             source = open_source(self.spec["source"], self.cfg.source, source_id=self.name)
             self.source = source
@@ -192,6 +203,8 @@ class CameraProcess:
                 self._forward(r, "trimap", r.trimap, capture_ns)
                 if self.student_every and c["frames"] % self.student_every == 1 % self.student_every:
                     self._student(r, capture_ns)
+            if self.miner is not None:
+                self._mine(r)
             if r.kept:
                 c["kept"] += 1
                 if self.ring is not None and self.buffer_cfg is not None:
@@ -204,6 +217,17 @@ class CameraProcess:
                 self.pruned_by[r.reason] = self.pruned_by.get(r.reason, 0) + 1
         while self._times and now - self._times[0] > _FPS_WINDOW_S:
             self._times.popleft()
+
+    def _mine(self, r) -> None:
+        """Tracked-patch pairs into the pair store; never waits (a busy store drops, and counts)."""
+        c = self.counters
+        for pair in self.miner.push(r):
+            if self.pairs.put(pair):
+                c["pair_puts"] += 1
+            else:
+                c["pair_drops"] += 1
+        st = self.miner.stats
+        c["pair_ms_per_frame"] = st.ms / st.frames if st.frames else 0.0
 
     def _student(self, r, capture_ns: int) -> None:
         """The latest exported bundle's mask for this frame, published as kind `student`. The
@@ -269,6 +293,8 @@ class CameraProcess:
         self.reporter.stop_and_send_last()
         if self.ring is not None:
             self.ring.close()
+        if self.pairs is not None:
+            self.pairs.close()
         self.masks.close(0)
         self.reporter.sock.close()  # lingers up to 500 ms for the last counters
         self.ctx.term()

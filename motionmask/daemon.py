@@ -40,7 +40,9 @@ from motionmask.config import Config, to_dict
 from motionmask.control import ControlServer
 from motionmask.daemon_config import CameraConfig, camera_streamer_config
 from streamer.errors import UserError
+from streamer.config import PatchConfig
 from streamer.log import log_event
+from streamer.pairbuffer import PairBuffer
 from streamer.publish import MaskPublisher
 from streamer.ringbuffer import RingBuffer
 from streamer.sources import redact_url
@@ -51,7 +53,7 @@ POLL_MS = 100  # longest the loop sleeps: bounds how late exits, restarts and si
 DRAIN_BUDGET = 500  # child messages handled per loop turn before the control socket gets its turn
 HANG_TIMEOUT_S = 30.0  # a child that sends no counters for this long is killed and restarted
 # Counters a child reports that add up across its restarts.
-_TOTALS = ("frames", "kept", "pruned", "buffer_puts", "buffer_drops", "forward_drops")
+_TOTALS = ("frames", "kept", "pruned", "buffer_puts", "buffer_drops", "forward_drops", "pair_puts", "pair_drops")
 _SOURCE_TOTALS = ("decoded", "dropped_stale", "skipped_corrupt", "reconnects")
 _EXIT_WHY = {EXIT_OK: "source ended", EXIT_SOURCE: "source failed", EXIT_USER: "user error",
              EXIT_CRASH: "crashed (traceback above)"}
@@ -112,7 +114,19 @@ def export_spec(cfg: Config) -> dict[str, Any] | None:
     return dict(to_dict(cfg.export), dir=os.path.abspath(os.path.expanduser(cfg.export.dir)))
 
 
-def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str) -> list[ChildSpec]:
+def pair_store_config(cfg: Config) -> PatchConfig | None:
+    """The pair store's settings when some enabled camera mines tracked patches, else None."""
+    on = [camera_streamer_config(cfg.streamer, c, i).patches for i, c in enumerate(cfg.cameras) if c.enabled]
+    on = [p for p in on if p.enabled]
+    if not on:
+        return None
+    if len({p.size for p in on}) > 1:
+        raise UserError("streamer.patches.size differs between cameras; all cameras share one pair store, "
+                        "so set it once in streamer.patches")
+    return on[0]
+
+
+def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str, pairs_name: str = "") -> list[ChildSpec]:
     specs = []
     for i, cam in enumerate(cfg.cameras):
         if not cam.enabled:
@@ -126,6 +140,7 @@ def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str) ->
             "publish_encoding": cfg.publish.encoding if cfg.publish.enabled else None,
             "buffer_name": buffer_name,
             "buffer": to_dict(cfg.buffer),
+            "pairs_name": pairs_name,  # "" = no pair store
             "export": export_spec(cfg) if cfg.publish.enabled else None,  # student masks are published
             "forward_endpoint": forward,
             "parent_pid": os.getpid(),
@@ -137,7 +152,7 @@ def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str) ->
 LEARNER = "learner"  # the learner child's name (a camera may not take it while the learner runs)
 
 
-def learner_spec(cfg: Config, forward: str, buffer_name: str, log_level: str) -> ChildSpec:
+def learner_spec(cfg: Config, forward: str, buffer_name: str, log_level: str, pairs_name: str = "") -> ChildSpec:
     cams = [(i, c) for i, c in enumerate(cfg.cameras) if c.enabled]
     overrides = {}
     for i, cam in cams:  # cameras whose own streamer section changes the trimap thresholds
@@ -153,6 +168,7 @@ def learner_spec(cfg: Config, forward: str, buffer_name: str, log_level: str) ->
         "fg_threshold": cfg.streamer.prune.fg_threshold,
         "buffer_name": buffer_name,
         "buffer": to_dict(cfg.buffer),
+        "pairs_name": pairs_name,
         "cameras": len(cams),
         "publish_encoding": cfg.publish.encoding if publish else None,
         "export": export_spec(cfg),
@@ -197,6 +213,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.publisher: MaskPublisher | None = None
         self.ring: RingBuffer | None = None
+        self.pairs: PairBuffer | None = None  # tracked-patch pairs, when a camera mines them
         self.bundles = None  # exporter.transfer.BundleServer when export.enabled and export.serve
         self.forwarded = 0
         self.bad_messages = 0
@@ -206,10 +223,11 @@ class Daemon:
             self._close_resources()
             raise
         _warn_missing(cfg.cameras)
-        for spec in camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level):
+        pairs_name = self.pairs.name if self.pairs is not None else ""
+        for spec in camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name):
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
         if cfg.learner.enabled:
-            spec = learner_spec(cfg, self.forward_endpoint, self.ring.name, log_level)
+            spec = learner_spec(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name)
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
 
     def _open(self) -> None:
@@ -225,6 +243,9 @@ class Daemon:
         if self.cfg.publish.enabled:
             self.publisher = MaskPublisher(self.cfg.publish)
         self.ring = RingBuffer.create(self.cfg.buffer)
+        pc = pair_store_config(self.cfg)
+        if pc is not None:
+            self.pairs = PairBuffer.create(pc.size, pc.store_mb, lock_timeout_ms=pc.lock_timeout_ms)
         e = self.cfg.export
         if e.enabled and e.serve:
             from exporter.transfer import BundleServer
@@ -324,6 +345,9 @@ class Daemon:
         if self.ring is not None:
             self.ring.close()  # the owner unlinks the segment
             self.ring = None
+        if self.pairs is not None:
+            self.pairs.close()
+            self.pairs = None
         if not self.ctx.closed:
             self.ctx.term()
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -530,6 +554,7 @@ class Daemon:
                         if c.spec.role == "camera"},
             "learner": next((self.learner_status(c) for c in self.children.values() if c.spec.role == "learner"), None),
             "buffer": ring,
+            "pairs": self.pairs.stats() if self.pairs is not None else None,
             "publisher": {
                 "endpoint": self.publisher.endpoint if self.publisher else "",
                 "latest_endpoint": self.publisher.latest_endpoint if self.publisher else "",

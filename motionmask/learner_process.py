@@ -84,6 +84,7 @@ class LearnerProcess:
         self.trainer = None
         self.bootstrap = None
         self.ring = None
+        self.pairs = None  # streamer.pairbuffer.PairBuffer when cameras mine tracked-patch pairs
         self.export_spec: dict[str, Any] | None = spec.get("export")  # None: export is off
         self.periodic = None  # exporter.export.PeriodicExport, made once the buffer has samples to hold back
         self.held_back: set[int] = set()  # put_seq of the buffer samples in the export holdout: not trained on
@@ -167,10 +168,18 @@ class LearnerProcess:
         self.phase = "running"
         if self.stop.is_set():
             return
+        pairs = None
+        if self.spec.get("pairs_name"):  # a camera mines tracked-patch pairs (streamer.patches.enabled)
+            from learner.pairs import RingPairFeed
+            from streamer.pairbuffer import PairBuffer
+
+            self.pairs = PairBuffer.attach(self.spec["pairs_name"])
+            pairs = RingPairFeed(self.pairs)
         log_event(log, "learner_running", device=trainer.device.type, threads=cfg.train.threads,
                   backbone=cfg.model.backbone, crop=trainer.crop_size, batch=cfg.train.batch, run_dir=run_dir,
-                  step=trainer.step_count, bootstrap=cfg.bootstrap.enabled, buffer=self.ring.name)
-        feed = RingFeed(self.ring, mode=cfg.samples.sampling or None)
+                  step=trainer.step_count, bootstrap=cfg.bootstrap.enabled, buffer=self.ring.name,
+                  pairs=self.pairs.name if self.pairs is not None else "off")
+        feed = RingFeed(self.ring, mode=cfg.samples.sampling or None, pairs=pairs)
         if self.export_spec is not None:
             feed = _HeldBack(feed, self.held_back)
         summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
@@ -308,6 +317,8 @@ class LearnerProcess:
         self.reporter.stop_and_send_last()
         if self.ring is not None:
             self.ring.close()
+        if self.pairs is not None:
+            self.pairs.close()
         self.masks.close(0)
         self.reporter.sock.close()
         self.ctx.term()

@@ -3,13 +3,18 @@ to the learner (learner/pairs.py, OfflineFeed.sample_pairs)."""
 from __future__ import annotations
 
 import fcntl
+import json
 import multiprocessing as mp
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import _posixshmem
 import numpy as np
 import pytest
+import yaml
 
 from learner.pairs import MemoryPairFeed, PairBatch, RingPairFeed
 from learner.samples import OfflineFeed, RingFeed
@@ -19,8 +24,8 @@ from streamer.pairbuffer import WRITING, PairBuffer, pair_slots
 from streamer.patches import PatchPair
 from streamer.ringbuffer import BufferConfig
 from streamer.synth import render_clip
-from tests._learner_data import make_ring
-from tests._media import write_video
+from _learner_data import make_ring
+from _media import free_port, write_video
 
 P = 16
 
@@ -159,3 +164,54 @@ def test_offline_feed_mines_pairs(tmp_path):
     assert not (batch.query == batch.tracked).all()
     with OfflineFeed([str(clip)], StreamerConfig(), BufferConfig(train_width=64, train_height=48, memory_mb=8)) as off:
         assert off.pair_store is None and off.sample_pairs(4, np.random.default_rng(0)) is None
+
+
+def test_daemon_cameras_mine_pairs_into_the_store_the_learner_reads(tmp_path):
+    rgb, *_ = render_clip(1003, 90)
+    clip = write_video(tmp_path / "clip.mp4", rgb, fps=30)
+    control = f"tcp://127.0.0.1:{free_port()}"
+    cfg = {
+        "streamer": {"patches": {"enabled": True, "size": 32, "store_mb": 1}},
+        "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
+        "publish": {"enabled": False},
+        "daemon": {"control_endpoint": control, "shutdown_timeout_s": 5.0},
+        "cameras": [{"name": "a", "source": str(clip), "loop": True, "realtime": False}],
+        "learner": {"enabled": True, "run_dir": str(tmp_path / "run"), "model": {"width": 8, "blocks": [1, 1, 1, 1]},
+                    "crops": {"size": 32}, "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
+                    "bootstrap": {"enabled": False}},
+    }
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "daemon.log"
+    from motionmask.control import ControlUnavailable, request
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(tmp_path / "d.yaml")],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        st, deadline = None, time.monotonic() + 25
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                st = request(control, "status", timeout=2.0)
+            except ControlUnavailable:
+                st = None
+            if st and st["pairs"]["puts"] >= 2 and "event=learner_running" in log.read_text(errors="replace"):
+                break
+            time.sleep(0.3)
+        assert st and st["pairs"]["puts"] >= 2, (json.dumps(st), log.read_text()[-3000:])
+        assert st["cameras"]["a"]["pair_puts"] >= 2 and st["pairs"]["by_camera"].get("a", 0) >= 2
+        out = subprocess.run([sys.executable, "-m", "motionmask.cli", "status", "--endpoint", control],
+                             capture_output=True, text=True, timeout=30)
+        assert any(x.startswith("pairs:") and "tracked-patch pairs" in x for x in out.stdout.splitlines()), out.stdout
+        with PairBuffer.attach(st["pairs"]["name"]) as store:  # as the learner does
+            b = RingPairFeed(store).sample_pairs(4, np.random.default_rng(0))
+            assert b is not None and b.query.shape == (4, 32, 32, 3)
+        text = log.read_text(errors="replace")
+        assert f"pairs={st['pairs']['name']}" in text  # the learner process attached the same store
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert not os.path.exists(f"/dev/shm/{st['pairs']['name']}")  # the daemon unlinked its store

@@ -50,6 +50,11 @@ def format_status(st: dict) -> str:
         lines.append(f"buffer: {buf.get('name')}  {buf.get('fill', 0)}/{buf.get('capacity', 0)} samples "
                      f"({100 * buf.get('fill_fraction', 0):.0f}%), puts {buf.get('puts', 0)}, "
                      f"drops {buf.get('drops_total', 0)}, drawn {buf.get('samples_drawn', 0)}")
+    pairs = st.get("pairs")
+    if pairs:
+        lines.append(f"pairs:  {pairs.get('fill', 0)}/{pairs.get('capacity', 0)} tracked-patch pairs "
+                     f"({100 * pairs.get('fill_fraction', 0):.0f}%), puts {pairs.get('puts', 0)}, "
+                     f"drops {pairs.get('drops_total', 0)}, drawn {pairs.get('pairs_drawn', 0)}")
     by_cam = buf.get("by_camera", {})
     head = ("CAMERA", "STATE", "FPS", "FRAMES", "SHOTS", "KEPT", "PRUNED", "DROPS", "BUFFER", "RESTARTS", "LAST ERROR")
     rows = []
