@@ -512,7 +512,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
                 if log_fd is not None:
                     append_line(log_fd, (_json(record) + "\n").encode())
                 extra = f" {status()}" if status is not None else ""
-                heads = "".join(f" {k[:3]} {v:.3f}" for k, v in last_heads.items()) if interval_heads else ""
+                heads = "".join(f" {_SHORT.get(k, k)} {v:.3f}" for k, v in last_heads.items()) if interval_heads else ""
                 bar.set_postfix_str(f"loss {ema:.3f}{heads} {rate:.0f} crops/s{extra}", refresh=False)
                 interval_losses, interval_crops, last_log_t = [], 0, now
                 interval_heads = {}
@@ -548,6 +548,9 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
                    first_loss=first_loss, last_loss=last_loss, nan_skipped=trainer.nan_skipped - start_nan,
                    stopped=stopped, checkpoint=checkpoint, interrupted_by=interrupted_by,
                    last_losses={k: float(np.mean(v)) for k, v in interval_heads.items()} or last_heads)
+
+
+_SHORT = {"mask": "mask", "embedding": "emb", "segments": "seg"}  # progress bar labels
 
 
 def _json(record: dict) -> str:
