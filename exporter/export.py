@@ -6,7 +6,9 @@ The graph a device runs:
     image  uint8 N x H x W x 3 RGB (what a decoder hands you; H, W fixed per bundle)
       -> NCHW, float32, (x / 255 - mean) / std               (baked in: the learner's constants)
       -> backbone feature pyramid -> every enabled head      (HEADS, in model.heads order)
-    mask   float32 N x H x W, foreground probability (sigmoid inside, resized to the input)
+    mask       float32 N x H x W, foreground probability (sigmoid inside, resized to the input)
+    embedding  float32 N x D, one L2-normalised vector per input image (feed a patch to embed a patch)
+    segments   float32 N x L x H x W, soft segments (softmax over L inside, resized to the input)
 
 Heads are data: HEADS maps a head name to its output's post-processing and description, so a
 head added to `model.heads` by a later learner (`embedding`, `segments`) becomes a named output
@@ -66,8 +68,22 @@ def _mask_post(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return torch.sigmoid(logits)[:, 0]
 
 
+def _embedding_post(vectors: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    return vectors.float()  # unit length already (learner/heads.py)
+
+
+def _segments_post(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(logits.shape[-2:]) != tuple(hw):  # alexnet's segments sit at its pool1 resolution
+        logits = F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
+    return torch.softmax(logits.float(), dim=1)
+
+
 HEADS: dict[str, HeadSpec] = {
     "mask": HeadSpec(_mask_post, "foreground probability in [0, 1] of each input pixel", ("N", "H", "W")),
+    "embedding": HeadSpec(_embedding_post, "L2-normalised embedding of each input image (cosine similarity = dot "
+                                           "product); feed a patch to embed a patch", ("N", "D")),
+    "segments": HeadSpec(_segments_post, "soft segments: probability of each of L segments at each input pixel "
+                                         "(sums to 1 over L); pixels of one segment move together", ("N", "L", "H", "W")),
 }
 
 
@@ -337,12 +353,12 @@ def load_for_export(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise UserError(f"{path}: backbone {cfg.model.backbone!r} is not one this motionmask knows "
                         f"({', '.join(BACKBONES)}); export it with the motionmask that trained it")
     crop = cfg.crop_size
-    arch = architecture(cfg.model, crop)
+    arch = architecture(cfg.model, crop, cfg.heads)
     if state.get("arch") != arch:
         raise UserError(f"{path}: checkpoint from another architecture: it says {state.get('arch')}, its config "
                         f"builds {arch}")
     try:
-        model = build_model(cfg.model, crop)
+        model = build_model(cfg.model, crop, cfg.heads)
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

@@ -2,7 +2,9 @@
 
     runner = BundleRunner("exports/")           # an exports folder (its LATEST) or a bundle folder
     prob = runner(frame.image)                   # H x W float32 foreground probability, any frame size
-    outs = runner.run(batch)                     # N x h x w x 3 uint8 at the bundle's size -> {"mask": ...}
+    outs = runner.run(batch)                     # N x h x w x 3 uint8 at the bundle's size -> every output:
+                                                 #   {"mask": N x h x w, "embedding": N x D, "segments": N x L x h x w}
+    per_frame = runner.predict_all(frames)       # any frame sizes -> {output: [one per frame, at its size]}
     runner.reload_if_changed()                   # hot-load a new LATEST; a bad one is refused, the old kept
 
 Providers: "auto" asks for CUDA when an NVIDIA GPU is present, else takes the CPU; "cuda" asks
@@ -252,14 +254,31 @@ class BundleRunner:
         return dict(zip(loaded.outputs, outs))
 
     def predict(self, frames: list[np.ndarray], output: str = "mask") -> list[np.ndarray]:
-        """Frames of any size (H x W x 3 uint8 RGB) -> the output map of each at its frame's size
-        (mask: H x W float32 foreground probability), in one batch."""
+        """Frames of any size (H x W x 3 uint8 RGB) -> one output of each, in one batch: mask
+        H x W float32 foreground probability; segments L x H x W; embedding a D vector."""
+        if output not in self.outputs:
+            raise UserError(f"{self.path}: the bundle has no output {output!r} (it has {', '.join(self.outputs)})")
+        return self.predict_all(frames, [output])[output]
+
+    def predict_all(self, frames: list[np.ndarray], names: list[str] | None = None) -> dict[str, list[np.ndarray]]:
+        """Every output of the bundle (or those named) for frames of any size, maps at each frame's size."""
+        names = list(self.outputs) if names is None else names
         if not frames:
-            return []
+            return {name: [] for name in names}
         w, h, mode, box = self.width, self.height, self.resize, self.box
         fitted = [fit_frame(f, w, h, mode, box) for f in frames]
-        out = self.run(np.stack([x for x, _ in fitted]))[output]
-        return [unfit_map(o, region, f.shape[:2]) for o, (_, region), f in zip(out, fitted, frames)]
+        outs = self.run(np.stack([x for x, _ in fitted]))
+        result = {}
+        for name in names:
+            out = outs[name]
+            if out.ndim == 2:  # one vector per image (embedding): the whole fitted frame, padding included
+                result[name] = list(out)
+            elif out.ndim == 4:  # N x L x h x w (segments): each channel like a mask
+                result[name] = [np.stack([unfit_map(c, region, f.shape[:2]) for c in o])
+                                for o, (_, region), f in zip(out, fitted, frames)]
+            else:
+                result[name] = [unfit_map(o, region, f.shape[:2]) for o, (_, region), f in zip(out, fitted, frames)]
+        return result
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.predict([image])[0]
