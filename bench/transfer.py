@@ -1,0 +1,391 @@
+"""What each self-supervised signal buys the shared backbone (issue 6), in the spirit of the
+papers' low-shot transfer: pre-train the same backbone with different heads for the same minutes
+on the same synthetic clips, freeze it, train a fresh mask head on 20 ground-truth-labelled
+frames, and score that head on unseen clips.
+
+    python bench/transfer.py            # about 15 min on 2 CPU cores (3 backbones x 3 min of pre-training)
+    python bench/transfer.py --quick    # about 3 min: smaller, noisier
+Prints tables and writes bench/out/transfer.json.
+
+Backbones compared (one seed, one initialisation; heads are drawn after the backbone):
+  random      no pre-training
+  mask        the mask head on the motion masks' trimaps (Pathak et al. 2017)
+  mask+emb    plus tracked-patch embeddings (Wang & Gupta 2015), pairs mined by streamer/patches.py
+              (--track-length 15: synthetic shots last 20-90 frames; --pairs gt: pairs cut around
+              the same object instance from the ground truth instead, i.e. perfect tracking)
+  all         plus soft segments grouped by the flow (S3-CNN, affine loss)
+Pre-training data: `motionmask synth` clips (H.264) through the real streamer (motion masks,
+DIS flow, patch mining) into a ring buffer, no ground truth anywhere. Bootstrapping is off.
+
+Scores (ground truth: streamer/synth.py gt/ and inst/ maps):
+  transfer IoU  frozen backbone + a fresh FPN mask head trained on 20 labelled frames of other
+                clips (--label-seed), mean IoU at p >= 0.5 over frames with a moving object of
+                unseen clips (--eval-seed)
+  retrieval     a moving object's patch at frame t of a shot, its own patch `gap` frames later
+                among the patches of every other moving object of the unseen clips: top-1 by
+                cosine similarity. With the embedding head's vectors where there is one, and with
+                the global-pooled top feature of every backbone
+  grouping      best-match IoU of the segments (argmax over L) with each moving instance, mean
+                over instances; references: the whole frame as one segment, and an untrained head
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
+
+from learner.heads import forward_heads  # noqa: E402
+from learner.model import FPNMaskHead, _init  # noqa: E402
+from learner.samples import RingFeed  # noqa: E402
+from learner.train import Limits, Trainer, fit  # noqa: E402
+from motionmask.config import load_config  # noqa: E402
+from streamer.atomic import write_json  # noqa: E402
+from streamer.frames import Frame  # noqa: E402
+from streamer.pipeline import MotionSegmenter  # noqa: E402
+from streamer.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result  # noqa: E402
+from streamer.synth import generate, load_gt  # noqa: E402
+
+VARIANTS = {"random": (), "mask": (), "mask+emb": ("embedding",), "all": ("embedding", "segments")}
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def decode(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def clip_set(folder: Path, seed: int, clips: int, frames: int) -> list[dict]:
+    """`motionmask synth` clips (made once per seed and size), each with frames, GT and instances."""
+    meta = folder / "clips.json"
+    entries = json.loads(meta.read_text()) if meta.is_file() else []
+    if len(entries) != clips or entries[0]["frames"] != frames:
+        entries = generate(folder, seed=seed, clips=clips, frames=frames, progress=True)
+    out = []
+    for e in entries:
+        d = folder / e["name"]
+        rgb = decode(folder / e["file"])
+        out.append({**e, "dir": d, "rgb": rgb, "gt": [load_gt(d, i) for i in range(len(rgb))],
+                    "inst": [load_gt(d, i, kind="inst") for i in range(len(rgb))]})
+    return out
+
+
+def stream(clips: list[dict], cfg, gt_pairs: bool = False) -> tuple[RingBuffer, object, dict]:
+    """The real streamer over the pre-training clips: kept samples into a ring, mined pairs in memory."""
+    from learner.pairs import MemoryPairFeed
+    from streamer.patches import PatchMiner, PatchPair
+
+    bcfg = cfg.buffer
+    pcfg = copy.deepcopy(cfg.streamer.patches)
+    pcfg.enabled = True
+    samples, pairs, frames = [], [], 0
+    bar = tqdm(total=sum(len(c["rgb"]) for c in clips), unit="frame", desc="stream", file=sys.stderr)
+    for c in clips:
+        seg, miner = MotionSegmenter(cfg.streamer), PatchMiner(pcfg, camera=c["name"])
+        results = []
+        for i, rgb in enumerate(c["rgb"]):
+            results += seg.push(Frame(image=rgb, source_id=c["name"], index=i, timestamp=i / 30))
+            bar.update(1)
+        results += seg.flush()
+        for r in results:
+            pairs += miner.push(r)
+            if r.kept:
+                samples.append(sample_from_result(r, c["name"], bcfg))
+        pairs += miner.flush()
+        frames += len(results)
+    if gt_pairs:  # the same object instance track_length frames apart in a shot, from the ground truth
+        pairs, L = [], pcfg.track_length
+        for c in clips:
+            starts = c["shot_starts"] + [len(c["rgb"])]
+            for s in range(len(starts) - 1):
+                for t0 in range(starts[s], starts[s + 1] - L, pcfg.start_every):
+                    for obj in {o["id"] for o in c["objects"] if o["moving"]}:
+                        a = patch_at(c["rgb"][t0], c["inst"][t0] == obj, pcfg.size)
+                        b = patch_at(c["rgb"][t0 + L], c["inst"][t0 + L] == obj, pcfg.size)
+                        if a is not None and b is not None:
+                            pairs.append(PatchPair(a, b, c["name"], s, t0, t0 + L, int(obj)))
+    bar.close()
+    n = len(samples) + 2
+    ring = RingBuffer.create(BufferConfig(train_width=bcfg.train_width, train_height=bcfg.train_height,
+                                          memory_mb=_total_bytes(bcfg.train_height, bcfg.train_width, n) / 2**20,
+                                          per_shot_cap=n))
+    for s in samples:
+        ring.put(s)
+    feed = MemoryPairFeed(pairs) if pairs else None
+    groups = len(np.unique(feed.group)) if feed else 0
+    return ring, feed, {"frames": frames, "samples": len(samples), "pairs": len(pairs), "pair_groups": groups}
+
+
+def padded(frames: list[np.ndarray], stride: int = 32) -> tuple[np.ndarray, tuple[int, int]]:
+    """N x H' x W' x 3, padded right and bottom (edge pixels) to a multiple of the stride."""
+    h, w = frames[0].shape[:2]
+    ph, pw = -h % stride, -w % stride
+    return np.stack([cv2.copyMakeBorder(f, 0, ph, 0, pw, cv2.BORDER_REPLICATE) for f in frames]), (h, w)
+
+
+def moving_frames(clips: list[dict], every: int, min_fg: float = 0.005) -> list[tuple[int, int]]:
+    """(clip, frame) pairs with a moving object, every `every`th frame."""
+    return [(c, i) for c, clip in enumerate(clips) for i in range(1, len(clip["rgb"]), every)
+            if (clip["gt"][i] > 0).mean() >= min_fg]
+
+
+# ---- pre-training ------------------------------------------------------------------------------
+
+def learner_config(cfg, heads: tuple[str, ...]):
+    lc = copy.deepcopy(cfg.learner)
+    lc.train.device, lc.train.seed = "cpu", 0
+    lc.heads.embedding.enabled = "embedding" in heads
+    lc.heads.segments.enabled = "segments" in heads
+    return lc
+
+
+def pretrain(name: str, cfg, ring, pairs, minutes: float) -> tuple[torch.nn.Module, dict]:
+    heads = VARIANTS[name]
+    trainer = Trainer(learner_config(cfg, heads if name != "random" else ("embedding", "segments")))
+    info = {"heads": ["mask", *heads] if name != "random" else [], "steps": 0, "crops": 0, "minutes": 0.0}
+    if name != "random":
+        print(f"pre-training {name}: heads {', '.join(info['heads'])}, {minutes:g} min", file=sys.stderr)
+        s = fit(trainer, RingFeed(ring), None, Limits(minutes=minutes), progress=True,
+                pairs=pairs if "embedding" in heads else None)
+        info.update(steps=s.steps, crops=s.crops, minutes=round(trainer.train_seconds / 60, 2),
+                    last_losses={k: round(v, 4) for k, v in s.last_losses.items()})
+    return trainer.model.eval(), info
+
+
+# ---- scores ------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def pyramids(model, images: np.ndarray, batch: int = 8) -> list[torch.Tensor]:
+    out = None
+    for i in range(0, len(images), batch):
+        x = model.normalize(torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2))
+        levels = [f.clone() for f in model.features(x)]
+        out = levels if out is None else [torch.cat([a, b]) for a, b in zip(out, levels)]
+    return out
+
+
+def transfer_iou(model, train_x: np.ndarray, train_gt: np.ndarray, test_x: np.ndarray, test_gt: np.ndarray,
+                 hw: tuple[int, int], steps: int, seed: int = 0) -> dict:
+    """A fresh FPN mask head on the frozen backbone's features of the labelled frames; mean IoU
+    of its masks on the test frames (the frame's region only, not the padding)."""
+    h, w = hw
+    feats, test_feats = pyramids(model, train_x), pyramids(model, test_x)
+    torch.manual_seed(seed)
+    head = FPNMaskHead(model.channels, model.cfg.decoder or 2 * model.cfg.resolved_width())
+    holder = torch.nn.Module()  # _init initialises model.heads["mask"] with the foreground prior
+    holder.heads = torch.nn.ModuleDict({"mask": head})
+    _init(holder)
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    target = torch.from_numpy(train_gt > 0).float()
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randperm(len(target), generator=g)[:10]
+        head.train()
+        logits = head([f[idx] for f in feats])[:, 0, :h, :w]
+        loss = F.binary_cross_entropy_with_logits(logits, target[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    with torch.no_grad():
+        prob = torch.cat([torch.sigmoid(head([f[i:i + 8] for f in test_feats])[:, 0, :h, :w])
+                          for i in range(0, len(test_x), 8)]).numpy()
+    ious = []
+    for p, gt in zip(prob, test_gt):
+        m, g_ = p >= 0.5, gt > 0
+        ious.append((m & g_).sum() / max(1, (m | g_).sum()))
+    return {"iou": float(np.mean(ious)), "frames": len(ious), "train_loss": float(loss.detach())}
+
+
+def patch_at(rgb: np.ndarray, mask: np.ndarray, patch: int = 64) -> np.ndarray | None:
+    """The square around the object's bounding box (1.2 x its longer side), patch x patch."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 40:
+        return None
+    side = max(16.0, 1.2 * max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    m = np.float32([[side / patch, 0, cx - side / 2], [0, side / patch, cy - side / 2]])
+    return cv2.warpAffine(rgb, m, (patch, patch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT101)
+
+
+def retrieval_set(clips: list[dict], gap: int, every: int = 10) -> dict:
+    """Queries: a moving object's patch at t; matches: its patch at t + gap (same shot); the
+    gallery holds every match patch, so the other objects' (and other times') are the distractors."""
+    q, g, q_key, g_key = [], [], [], []
+    for c, clip in enumerate(clips):
+        movers = {o["id"] for o in clip["objects"] if o["moving"]}
+        starts = clip["shot_starts"] + [len(clip["rgb"])]
+        for s in range(len(starts) - 1):
+            for t0 in range(starts[s] + 1, starts[s + 1] - gap, every):
+                t1 = t0 + gap
+                for obj in movers:
+                    a = patch_at(clip["rgb"][t0], clip["inst"][t0] == obj)
+                    b = patch_at(clip["rgb"][t1], clip["inst"][t1] == obj)
+                    if a is None or b is None:
+                        continue
+                    q.append(a), g.append(b)
+                    q_key.append((c, obj, t0)), g_key.append((c, obj, t0))
+    return {"query": np.stack(q), "gallery": np.stack(g), "keys": q_key}
+
+
+@torch.no_grad()
+def embed(model, patches: np.ndarray, use_head: bool) -> torch.Tensor:
+    x = model.normalize(torch.from_numpy(patches).permute(0, 3, 1, 2))
+    if use_head:
+        return forward_heads(model, x, ["embedding"])["embedding"]
+    return F.normalize(model.features(x)[-1].mean(dim=(2, 3)), dim=1)
+
+
+def retrieval_top1(model, rs: dict, use_head: bool) -> float:
+    """Fraction of queries whose nearest gallery patch (cosine) is their own object gap frames later;
+    distractors are the other objects' patches (the same object at other times is left out)."""
+    q, g = embed(model, rs["query"], use_head), embed(model, rs["gallery"], use_head)
+    sim = q @ g.T
+    keys = rs["keys"]
+    hits = 0
+    for i, (c, obj, t0) in enumerate(keys):
+        same_object_other_time = torch.tensor([(k[0], k[1]) == (c, obj) and k[2] != t0 for k in keys])
+        s = sim[i].masked_fill(same_object_other_time, -2.0)
+        hits += int(int(s.argmax()) == i)
+    return hits / len(keys)
+
+
+@torch.no_grad()
+def grouping_iou(model, x: np.ndarray, inst: list[np.ndarray], hw: tuple[int, int]) -> dict:
+    """Best-match IoU of the hard segments (argmax over L) with each moving instance (>= 50 px)."""
+    h, w = hw
+    best, whole = [], []
+    for i in range(0, len(x), 8):
+        t = model.normalize(torch.from_numpy(x[i:i + 8]).permute(0, 3, 1, 2))
+        seg = forward_heads(model, t, ["segments"])["segments"].argmax(1)[:, :h, :w].numpy()
+        for s, ins in zip(seg, inst[i:i + 8]):
+            for obj in np.unique(ins):
+                m = ins == obj
+                if obj == 0 or m.sum() < 50:
+                    continue
+                ious = [(m & (s == l)).sum() / (m | (s == l)).sum() for l in np.unique(s)]
+                best.append(max(ious))
+                whole.append(m.mean())
+    return {"best_match_iou": float(np.mean(best)), "whole_frame_iou": float(np.mean(whole)), "instances": len(best)}
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 min: 0.5 min per backbone, fewer clips and head steps")
+    ap.add_argument("--minutes", type=float, default=3.0, help="pre-training minutes per backbone (default 3)")
+    ap.add_argument("--seed", type=int, default=100, help="pre-training clips")
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=90)
+    ap.add_argument("--label-seed", type=int, default=11, help="clips the 20 labelled frames come from")
+    ap.add_argument("--labelled", type=int, default=20)
+    ap.add_argument("--eval-seed", type=int, default=7, help="unseen clips for every score")
+    ap.add_argument("--eval-clips", type=int, default=6)
+    ap.add_argument("--head-steps", type=int, default=150, help="steps of the fresh mask head (batch 10)")
+    ap.add_argument("--gap", type=int, default=15, help="retrieval: frames between a query and its match")
+    ap.add_argument("--pairs", choices=("miner", "gt"), default="miner",
+                    help="tracked-patch pairs: streamer/patches.py (default) or ground-truth tracks")
+    ap.add_argument("--track-length", type=int, default=15, help="frames from a query patch to its tracked patch")
+    ap.add_argument("--data", default=str(ROOT / "bench" / "out" / "transfer_data"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "transfer.json"))
+    args = ap.parse_args()
+    if args.quick:
+        args.minutes, args.clips, args.eval_clips, args.head_steps = 0.5, 4, 3, 60
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    t_start = time.time()
+    cfg = load_config(None)
+    cfg.streamer.patches.track_length = args.track_length
+    data = Path(args.data)
+    pre = clip_set(data / f"pretrain_s{args.seed}", args.seed, args.clips, args.frames)
+    lab = clip_set(data / f"label_s{args.label_seed}", args.label_seed, 4, args.frames)
+    ev = clip_set(data / f"eval_s{args.eval_seed}", args.eval_seed, args.eval_clips, args.frames)
+
+    ring, pairs, streamed = stream(pre, cfg, gt_pairs=args.pairs == "gt")
+    print(f"streamed {streamed['frames']} frames: {streamed['samples']} samples, {streamed['pairs']} tracked-patch "
+          f"pairs in {streamed['pair_groups']} shots", file=sys.stderr)
+
+    labelled = moving_frames(lab, 1)
+    pick = np.linspace(0, len(labelled) - 1, args.labelled).round().astype(int)
+    labelled = [labelled[i] for i in pick]
+    train_x, hw = padded([lab[c]["rgb"][i] for c, i in labelled])
+    train_gt = np.stack([lab[c]["gt"][i] for c, i in labelled])
+    test = moving_frames(ev, 6)
+    test_x, _ = padded([ev[c]["rgb"][i] for c, i in test])
+    test_gt = np.stack([ev[c]["gt"][i] for c, i in test])
+    test_inst = [ev[c]["inst"][i] for c, i in test]
+    rs = retrieval_set(ev, args.gap)
+
+    results = {}
+    try:
+        for name in VARIANTS:
+            model, info = pretrain(name, cfg, ring, pairs, args.minutes)
+            r = {**info, "transfer": transfer_iou(model, train_x, train_gt, test_x, test_gt, hw, args.head_steps),
+                 "retrieval_top1_backbone": retrieval_top1(model, rs, use_head=False)}
+            if "embedding" in info["heads"]:
+                r["retrieval_top1_embedding"] = retrieval_top1(model, rs, use_head=True)
+            if "segments" in model.heads and name in ("all", "random"):
+                r["grouping"] = grouping_iou(model, test_x, test_inst, hw)
+            results[name] = r
+            print(f"{name}: transfer IoU {r['transfer']['iou']:.3f}", file=sys.stderr)
+    finally:
+        ring.close()
+
+    res = {"args": vars(args), "streamed": streamed, "labelled_frames": len(labelled), "test_frames": len(test),
+           "retrieval_queries": len(rs["keys"]), "results": results, "seconds": round(time.time() - t_start, 1),
+           "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": 1}}
+    write_json(Path(args.out), res)
+    print_tables(res)
+    print(f"wrote {args.out} ({res['seconds'] / 60:.1f} min)")
+    return 0
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def print_tables(res: dict) -> None:
+    a = res["args"]
+    st = res["streamed"]
+    print(f"\npre-training data: {st['samples']} samples kept of {st['frames']} frames; {st['pairs']} tracked-patch "
+          f"pairs ({a['pairs']}) from {st['pair_groups']} shots")
+    print(f"low-shot transfer: frozen backbone, fresh mask head on {res['labelled_frames']} labelled frames, "
+          f"mean IoU on {res['test_frames']} frames of {a['eval_clips']} unseen clips; retrieval top-1 over "
+          f"{res['retrieval_queries']} queries")
+    print("| backbone | pre-training | steps | transfer IoU | retrieval top-1 (pooled backbone) | "
+          "retrieval top-1 (embedding head) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in res["results"].items():
+        pre = f"{r['minutes']:g} min" if r["steps"] else "none"
+        print(f"| {name} | {pre} | {r['steps']} | {r['transfer']['iou']:.3f} | {r['retrieval_top1_backbone']:.3f} | "
+              f"{_f(r.get('retrieval_top1_embedding'))} |")
+    print("\ngrouping: best-match IoU of the segments (argmax) with each moving instance")
+    print("| segments head | best-match IoU | whole frame as one segment | instances |")
+    print("|---|---|---|---|")
+    for name in ("all", "random"):
+        g = res["results"].get(name, {}).get("grouping")
+        if g:
+            label = "trained (all heads)" if name == "all" else "untrained"
+            print(f"| {label} | {g['best_match_iou']:.3f} | {g['whole_frame_iou']:.3f} | {g['instances']} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
