@@ -29,15 +29,14 @@ def hardest_negatives(hinge: torch.Tensor, negatives: torch.Tensor, k: int) -> t
 
 
 def triplet_loss(query: torch.Tensor, tracked: torch.Tensor, group: torch.Tensor, margin: float = 0.5,
-                 hard_negatives: int | None = None) -> torch.Tensor | None:
-    """Mean ranking loss over the pairs that have a negative in the batch (None: no pair has one).
+                 hard_negatives: int | None = None) -> torch.Tensor:
+    """Mean ranking loss over the pairs that have a negative in the batch (0 when none has one;
+    no host sync: the trainer checks the groups on the host before it calls this).
 
     query, tracked: n x D unit vectors; group: n ints. hard_negatives: K, or None for all negatives."""
     query, tracked = query.float(), tracked.float()
     negatives = negative_mask(group)
-    has = negatives.any(1)
-    if not bool(has.any()):
-        return None
+    has = negatives.any(1).float()
     cand = torch.cat([query, tracked])
     d_pos = 1 - (query * tracked).sum(1)  # n
     d_neg = 1 - query @ cand.T  # n x 2n
@@ -49,4 +48,4 @@ def triplet_loss(query: torch.Tensor, tracked: torch.Tensor, group: torch.Tensor
         idx, real = hardest_negatives(hinge.detach(), negatives, hard_negatives)
         use = real.float()
         per_pair = (hinge.gather(1, idx) * use).sum(1) / use.sum(1).clamp_min(1)
-    return per_pair[has].mean()
+    return (per_pair * has).sum() / has.sum().clamp_min(1)

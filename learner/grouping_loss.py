@@ -10,8 +10,9 @@ one coherent motion. The flow is the target, never an input.
            magnitude (triangular bin kernels, differentiable in s); the loss is the segments'
            mass-weighted histogram entropy, low when each segment holds one speed.
 
-Both count only valid pixels (the sample has flow, the point lies inside the image) and return
-None for a batch without one, so the caller skips the loss instead of training on nothing.
+Both count only valid pixels (the sample has flow, the point lies inside the image); a batch
+without one gives 0 with zero gradients, never NaN. Nothing here waits for the device (no host
+sync): the trainer knows from the batch's has_flow whether to compute the loss at all.
 """
 from __future__ import annotations
 
@@ -72,11 +73,9 @@ def robust(r2: torch.Tensor, kind: str, scale: float) -> torch.Tensor:
 
 
 def affine_residual(segments: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, ridge: float = 1e-4,
-                    kind: str = "charbonnier", scale: float = 0.5) -> torch.Tensor | None:
+                    kind: str = "charbonnier", scale: float = 0.5) -> torch.Tensor:
     """Mean robust residual between the flow and the segments' recombined affine fits.
     segments: N x L x H x W probabilities (sum 1 over L); flow N x 2 x H x W; ok N x H x W bool."""
-    if not bool(ok.any()):
-        return None
     n, l, h, w = segments.shape
     v = ok.float()
     theta = affine_fit(segments * v.unsqueeze(1), flow, ridge)  # N x L x 3 x 2
@@ -84,17 +83,14 @@ def affine_residual(segments: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor
     pred = (phi @ theta).transpose(-1, -2).reshape(n, l, 2, h, w)  # N x L x P x 2 -> N x L x 2 x H x W
     recombined = (segments.unsqueeze(2) * pred).sum(1)  # N x 2 x H x W
     r2 = (recombined - flow).square().sum(1)
-    return (robust(r2, kind, scale) * v).sum() / v.sum()
+    return (robust(r2, kind, scale) * v).sum() / v.sum().clamp_min(1)
 
 
-def entropy_loss(segments: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, bins: int = 16) -> torch.Tensor | None:
+def entropy_loss(segments: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, bins: int = 16) -> torch.Tensor:
     """Mass-weighted entropy (nats) of each segment's soft flow-magnitude histogram; magnitudes
     are scaled by each crop's largest valid magnitude, so the bins span [0, 1] in every crop."""
     v = ok.float()
-    keep = v.flatten(1).sum(1) > 0
-    if not bool(keep.any()):
-        return None
-    segments, flow, v = segments[keep], flow[keep], v[keep]
+    keep = (v.flatten(1).sum(1) > 0).float()  # crops with a valid pixel
     n, l = segments.shape[:2]
     mag = flow.square().sum(1).sqrt() * v  # N x H x W
     top = mag.flatten(1).amax(1).clamp_min(1e-3).view(n, 1, 1)
@@ -107,11 +103,11 @@ def entropy_loss(segments: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, b
     p = hist / mass.clamp_min(1e-8).unsqueeze(-1)
     ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)  # N x L
     per_crop = (mass * ent).sum(1) / mass.sum(1).clamp_min(1e-8)
-    return per_crop.mean()
+    return (per_crop * keep).sum() / keep.sum().clamp_min(1)
 
 
 def segments_loss(logits: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, cfg: SegmentsHeadConfig
-                  ) -> torch.Tensor | None:
+                  ) -> torch.Tensor:
     """The configured grouping loss of the segments head's logits (N x L x h x w, any size) against
     the cropped flow (N x 2 x S x S pixels, ok N x S x S), at cfg.loss_size."""
     s, f, v = _resize(logits, flow, ok, cfg.loss_size)

@@ -214,14 +214,13 @@ class Trainer:
     def head_losses(self, mask_loss: torch.Tensor, outputs: dict[str, torch.Tensor], crops, valid: torch.Tensor,
                     extra: HeadInputs) -> dict[str, torch.Tensor]:
         """Step 3 for the extra heads: each enabled head's loss (float32), unweighted. A head with
-        nothing to learn from in this batch (no flow, no pairs) is left out of the sum."""
+        nothing to learn from in this batch (no sample with flow; no pairs from two groups: see
+        upload_heads and draw_pairs, decided on the host) is left out of the sum."""
         h = self.cfg.heads
         losses = {"mask": mask_loss}
         if "segments" in outputs and extra.flows is not None:
             flow, ok = crop_flow(extra.flows, extra.has_flow, valid, crops.boxes, crops.source, self.target_size)
-            seg = segments_loss(outputs["segments"], flow, ok, h.segments)
-            if seg is not None:
-                losses["segments"] = seg
+            losses["segments"] = segments_loss(outputs["segments"], flow, ok, h.segments)
         if "embedding" in self.heads and extra.query is not None:
             patches = torch.cat([extra.query, extra.tracked]).permute(0, 3, 1, 2).float()
             side = getattr(self.model, "input_size", None) or h.embedding.patch
@@ -234,9 +233,7 @@ class Trainer:
                 emb = self.net_heads(self.model, x, ["embedding"])["embedding"]
             n = extra.query.shape[0]
             hard = h.embedding.hard_negatives if self.step_count >= h.embedding.warmup_steps else None
-            tri = triplet_loss(emb[:n], emb[n:], extra.group, h.embedding.margin, hard)
-            if tri is not None:
-                losses["embedding"] = tri
+            losses["embedding"] = triplet_loss(emb[:n], emb[n:], extra.group, h.embedding.margin, hard)
         return losses
 
     def update(self, pending: _Pending) -> StepResult:
@@ -290,9 +287,11 @@ class Trainer:
         want = self.cfg.heads.embedding.pairs
         pairs = pair_feed.sample_pairs(want, self.rng) if pair_feed is not None else None
         got = 0 if pairs is None else len(pairs.group)
-        if got < 2:
+        groups = 0 if pairs is None else len(np.unique(pairs.group))
+        if groups < 2:  # a pair needs a negative from another (camera, shot)
             why = ("no pair feed" if pair_feed is None else
-                   f"{got} pair(s) in the store (streamer.patches.enabled mines them from moving objects)")
+                   f"{got} pair(s) from {groups} shot(s) in the store; negatives need two "
+                   f"(streamer.patches.enabled mines pairs from moving objects)")
             if self._pairs_missing is None:
                 log_event(logger, "embedding_no_pairs", logging.WARNING, step=self.step_count, reason=why,
                           effect="embedding loss skipped until pairs arrive")
@@ -307,7 +306,7 @@ class Trainer:
         """The flow of the batch (for the segments head) and the pairs (embedding) on the device."""
         dev = self.device
         out = HeadInputs()
-        if "segments" in self.heads:
+        if "segments" in self.heads and batch.has_flow.any():  # the first frames of shots have none
             out.flows = torch.from_numpy(batch.flows).to(dev)
             out.has_flow = torch.from_numpy(np.ascontiguousarray(batch.has_flow)).to(dev)
         if pairs is not None:

@@ -72,16 +72,20 @@ def test_two_motions_are_fitted_better_by_segments_aligned_with_them():
     assert entropy_loss(split(32, 40, True), flow, ok).item() < entropy_loss(split(32, 40, False), flow, ok).item()
 
 
-def test_grouping_losses_count_valid_pixels_only_and_skip_a_batch_without_any():
+def test_grouping_losses_count_valid_pixels_only_and_give_zero_without_any():
     flow = two_motions()
     ok = torch.zeros(1, 32, 40, dtype=torch.bool)
     ok[..., :20] = True  # only the translating half has flow: one segment fits it exactly
     segs = split(32, 40, False)
     assert affine_residual(segs, flow, ok).item() < 1e-3
     none = torch.zeros_like(ok)
-    assert affine_residual(segs, flow, none) is None and entropy_loss(segs, flow, none) is None
-    cfg = LearnerConfig().heads.segments
-    assert segments_loss(torch.zeros(1, 4, 16, 16), flow, none, cfg) is None
+    for loss in ("affine", "entropy"):
+        cfg = LearnerConfig().heads.segments
+        cfg.loss = loss
+        logits = torch.randn(1, 4, 16, 16, requires_grad=True)
+        value = segments_loss(logits, flow, none, cfg)
+        value.backward()
+        assert value.item() == 0 and torch.count_nonzero(logits.grad) == 0, loss  # 0, not NaN
 
 
 @pytest.mark.parametrize("loss", [affine_residual, entropy_loss])
@@ -109,7 +113,7 @@ def test_triplet_loss_is_zero_when_the_margin_holds_and_exact_when_it_does_not()
     loss = triplet_loss(q2, t, group, 0.5).item()
     # pair 0's negatives: q1, q2 (D = 1) and t1, t2 (D = 1): hinge 0.5 each
     assert math.isclose(loss, 0.5, abs_tol=1e-6)
-    assert triplet_loss(q, q.clone(), torch.tensor([5, 5, 5]), 0.5) is None  # one shot: no negatives
+    assert triplet_loss(q, q.clone(), torch.tensor([5, 5, 5]), 0.5).item() == 0  # one shot: no negatives
 
 
 def test_hard_negative_mining_keeps_the_k_hardest_of_the_other_groups():
@@ -236,12 +240,16 @@ def test_mask_only_training_is_the_plain_step_unchanged():
 
 def test_embedding_without_pairs_skips_its_loss_with_one_log_line(synth, caplog):
     ring, _ = synth
-    cfg = multitask_config()
-    trainer = Trainer(cfg)
+    trainer = Trainer(multitask_config())
     with caplog.at_level(logging.INFO):
         s = fit(trainer, RingFeed(ring), None, Limits(steps=3), progress=False)
     assert s.steps == 3 and set(s.last_losses) == {"mask", "segments"}
     assert caplog.text.count("embedding_no_pairs") == 1
+    # pairs of one shot only: no negatives, still skipped (decided on the host, before the step)
+    _, pairs = synth
+    one_shot = GTPairFeed.__new__(GTPairFeed)
+    one_shot.query, one_shot.tracked, one_shot.group = pairs.query, pairs.tracked, np.full_like(pairs.group, 7)
+    assert trainer.draw_pairs(one_shot) is None and trainer.draw_pairs(pairs) is not None
 
 
 # ---- config and checkpoints ----------------------------------------------------------------------
