@@ -48,6 +48,10 @@ class CropConfig:
     brightness: float = 0.3  # colour jitter: factors drawn in [1 - x, 1 + x]
     contrast: float = 0.3
     saturation: float = 0.3
+    hue: float = 0.0  # hue rotation of up to +-this fraction of a turn
+    grayscale: float = 0.0  # probability that a crop is made grey
+    paste: float = 0.0  # copy-paste: probability that a crop gets another crop's object pasted on top
+    paste_rim: float = 0.04  # ... grown by this fraction of the crop side, that ring "don't care"
 
     def resolved_size(self, backbone: str) -> int:
         return self.size or DEFAULT_CROP.get(backbone, 128)
@@ -213,6 +217,10 @@ class LearnerConfig:
             ("crops.brightness", 0 <= c.brightness < 1, "in [0, 1)"),
             ("crops.contrast", 0 <= c.contrast < 1, "in [0, 1)"),
             ("crops.saturation", 0 <= c.saturation <= 1, "between 0 and 1"),
+            ("crops.hue", 0 <= c.hue <= 0.5, "between 0 and 0.5 (a fraction of a turn)"),
+            ("crops.grayscale", 0 <= c.grayscale <= 1, "between 0 and 1"),
+            ("crops.paste", 0 <= c.paste <= 1, "between 0 and 1"),
+            ("crops.paste_rim", 0 <= c.paste_rim <= 0.25, "between 0 and 0.25"),
             ("train.device", t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
             ("train.threads", 0 <= t.threads <= 1024, "between 0 and 1024 (0 = auto)"),
             ("train.batch", 1 <= t.batch <= 65536, "between 1 and 65536"),

@@ -3,6 +3,13 @@ segment (the bounding box of the trimap's positive pixels), jittered in scale an
 that a blob in the centre of the box cannot win; horizontal flips and colour jitter. Samples
 without positives (and `random_fraction` of the others) get a box placed at random.
 
+Copy-paste (Ghiasi et al. 2021, "Simple Copy-Paste"): `paste` of the crops get the pseudo-labelled
+object of another crop of the batch pasted on top. A learner fed by a few cameras sees the same
+objects in front of the same backgrounds for hours; pasting breaks that pairing, so the net has to
+learn what the objects look like rather than where in which scene they tend to be. The pasted
+object is moved and scaled at random, and its rim is "don't care", so the seam of the paste is
+never a label.
+
 Vectorised on whatever device the tensors live on: one random draw per batch from a
 torch.Generator (deterministic given its seed), one affine grid, two grid_sample calls.
 
@@ -31,6 +38,7 @@ class Crops:
     boxes: torch.Tensor  # M x 4 float32: centre x, centre y, side (slot pixels), flip (+1 / -1)
     random: torch.Tensor  # M bool: the box was placed at random (no positives, or random_fraction)
     source: torch.Tensor  # M long: which input sample each crop comes from
+    pasted: torch.Tensor | None = None  # M x S x S bool: pixels pasted from another crop (copy-paste), or None
 
 
 def positive_boxes(trimaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,19 +98,68 @@ def _grid(boxes: torch.Tensor, h: int, w: int, size: int) -> torch.Tensor:
 
 
 def colour_jitter(images: torch.Tensor, cfg: CropConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Per-image brightness, contrast and saturation factors in [1 - x, 1 + x], in 0..255 RGB."""
+    """Per-image brightness, contrast and saturation factors in [1 - x, 1 + x], a hue rotation of
+    up to +-hue of a turn, and grey with probability `grayscale`; in 0..255 RGB."""
     n = images.shape[0]
-    u = torch.rand((n, 3, 1, 1, 1), generator=generator, device=images.device)
+    u = torch.rand((n, 5, 1, 1, 1), generator=generator, device=images.device)
     b = 1 + cfg.brightness * (2 * u[:, 0] - 1)
     c = 1 + cfg.contrast * (2 * u[:, 1] - 1)
-    s = 1 + cfg.saturation * (2 * u[:, 2] - 1)
+    s = torch.where(u[:, 3] < cfg.grayscale, 0.0, 1 + cfg.saturation * (2 * u[:, 2] - 1))
     luma = torch.tensor(_LUMA, device=images.device).view(1, 3, 1, 1)
     x = images * b
     mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
     x = (x - mean) * c + mean
+    if cfg.hue:
+        x = torch.einsum("nij,njhw->nihw", _hue_rotation(cfg.hue * (2 * u[:, 4, 0, 0, 0] - 1)), x)
     gray = (x * luma).sum(1, keepdim=True)
     x = gray + (x - gray) * s
     return x.clamp_(0, 255)
+
+
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
+    """N x 3 x 3 RGB -> RGB matrices that rotate the chroma plane (I, Q of YIQ) by `turns` x 2 pi,
+    keeping luma."""
+    a = turns * 2 * math.pi
+    rot = torch.zeros((a.shape[0], 3, 3), device=a.device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = a.cos(), -a.sin(), a.sin(), a.cos()
+    yiq = _YIQ.to(a.device)
+    return torch.linalg.inv(yiq) @ rot @ yiq
+
+
+def paste_objects(images: torch.Tensor, targets: torch.Tensor, cfg: CropConfig, generator: torch.Generator | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Copy-paste: each crop, with probability `paste`, gets the positive region of another crop
+    of the batch (grown by `paste_rim` of the crop side, that ring labelled "don't care") pasted
+    on top, moved by up to half the crop side and scaled by 0.7-1.3. Returns images, targets and
+    the pasted pixels (M x S x S bool)."""
+    m, t, s = targets.shape[0], targets.shape[-1], images.shape[-1]
+    if m < 2 or cfg.paste <= 0:
+        return images, targets, None
+    dev = targets.device
+    u = torch.rand((m, 5), generator=generator, device=dev)
+    donor = (torch.arange(m, device=dev) + 1 + (u[:, 1] * (m - 1)).long().clamp_(max=m - 2)) % m
+    # where each output pixel reads the donor: scale 0.7-1.3, shift up to half the side
+    theta = torch.zeros((m, 2, 3), device=dev)
+    zoom = 0.7 + 0.6 * u[:, 2]
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * u[:, 3] - 1, 2 * u[:, 4] - 1
+    pos = (targets[donor] == POSITIVE).unsqueeze(1).float()
+    pos = F.grid_sample(pos, F.affine_grid(theta, [m, 1, t, t], align_corners=False), mode="nearest",
+                        padding_mode="zeros", align_corners=False).squeeze(1) > 0
+    pos &= (u[:, 0] < cfg.paste).view(m, 1, 1)
+    r = max(1, round(cfg.paste_rim * t))
+    region = F.max_pool2d(pos.unsqueeze(1).float(), 2 * r + 1, 1, r).squeeze(1) > 0
+    targets = torch.where(pos, POSITIVE, torch.where(region, DONT_CARE, targets)).to(torch.uint8)
+    if s != t:
+        region = F.interpolate(region.unsqueeze(1).float(), size=(s, s), mode="nearest").squeeze(1) > 0
+    moved = F.grid_sample(images[donor], F.affine_grid(theta, [m, 3, s, s], align_corners=False), mode="bilinear",
+                          padding_mode="zeros", align_corners=False)
+    images = torch.where(region.unsqueeze(1), moved, images)
+    return images, targets, region
 
 
 @torch.no_grad()
@@ -126,6 +183,7 @@ def make_crops(frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor,
     t = F.grid_sample(t, _grid(boxes, h, w, target_size or size), mode="nearest", padding_mode="zeros",
                       align_corners=False)
     targets = (t.squeeze(1) + DONT_CARE).round_().to(torch.uint8)
-    if cfg.brightness or cfg.contrast or cfg.saturation:
+    img, targets, pasted = paste_objects(img, targets, cfg, generator)
+    if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue or cfg.grayscale:
         img = colour_jitter(img, cfg, generator)
-    return Crops(img, targets, boxes, rand, src)
+    return Crops(img, targets, boxes, rand, src, pasted)

@@ -132,6 +132,41 @@ def test_flip_mirrors_image_and_labels_and_colour_jitter_keeps_geometry():
     assert means.std(0).max() > 0.02  # factors differ from crop to crop
 
 
+def test_copy_paste_puts_another_crops_object_with_its_labels_and_a_dont_care_rim():
+    frames, tri, valid, _ = scene(n=8)
+    base = CropConfig(random_fraction=0.0, flip=False, brightness=0, contrast=0, saturation=0)
+    plain = make_crops(frames, tri, valid, base, 64, generator=gen(5))
+    pasted = make_crops(frames, tri, valid, CropConfig(**{**base.__dict__, "paste": 1.0}), 64, generator=gen(5))
+    assert plain.pasted is None and pasted.pasted is not None
+    region = pasted.pasted
+    assert region.any(dim=(1, 2)).sum() >= 6  # nearly every crop got an object (some land off the crop)
+    pos = pasted.targets == 255
+    # new positives appear only inside pasted regions, and they wear the object's colour
+    new_pos = pos & ~(plain.targets == 255)
+    assert new_pos.any() and not (new_pos & ~region).any()
+    assert pasted.images[:, 0][new_pos].mean() > 200 and pasted.images[:, 2][new_pos].mean() < 60
+    # the rim of the paste (pasted, not positive) is "don't care": the seam is never a label
+    rim = region & ~pos
+    assert rim.any() and (pasted.targets[rim] == 128).all()
+    # outside the pasted regions nothing changed
+    assert torch.equal(pasted.images.permute(0, 2, 3, 1)[~region], plain.images.permute(0, 2, 3, 1)[~region])
+    assert torch.equal(pasted.targets[~region], plain.targets[~region])
+
+
+def test_hue_rotation_keeps_luma_and_grayscale_makes_grey():
+    frames, tri, valid, _ = scene(n=4)
+    base = dict(random_fraction=0.0, flip=False, brightness=0, contrast=0, saturation=0)
+    a = make_crops(frames, tri, valid, CropConfig(**base), 64, generator=gen(2), per_frame=4)
+    b = make_crops(frames, tri, valid, CropConfig(**base, hue=0.5), 64, generator=gen(2), per_frame=4)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    pos = a.targets == 255  # the saturated object: its hue turns, its brightness stays
+    la, lb = (a.images * luma).sum(1)[pos], (b.images * luma).sum(1)[pos]
+    assert (la - lb).abs().mean() < 6.0
+    assert (a.images - b.images).abs().permute(0, 2, 3, 1)[pos].mean() > 20
+    g = make_crops(frames, tri, valid, CropConfig(**base, grayscale=1.0), 64, generator=gen(2), per_frame=4)
+    assert torch.allclose(g.images[:, 0], g.images[:, 1], atol=1e-3) and torch.allclose(g.images[:, 1], g.images[:, 2], atol=1e-3)
+
+
 def test_samples_without_positives_get_random_crops_and_outside_is_dont_care():
     frames, tri, valid, _ = scene(n=4)
     tri[2:] = torch.where(tri[2:] == 255, torch.zeros_like(tri[2:]), tri[2:])  # samples 2, 3: no positives
