@@ -17,8 +17,10 @@ GT comes from geometry, never from pixels: a pixel is foreground when the topmos
 it by at least half is a mover. Cut-outs are real photos shipped inside scikit-image (no network).
 
 Things and stuff: as in real video, what moves belongs to kinds of things (people, animals,
-vehicles) and what stays is stuff (ground, walls) and clutter. Movers wear photos of THINGS;
-backgrounds, still distractors and occluders wear photos of STUFF. A still cut-out therefore has
+vehicles) and what stays is stuff (ground, walls) and clutter. Movers wear photos of THINGS, each
+seen whole (most of the photo squeezed into the cut-out, as a person is seen whole, not as a
+random patch of a shirt); backgrounds, still distractors and occluders wear random pieces of photos
+of STUFF. A still cut-out therefore has
 the sharp outline of an object but not its look, so a single-frame student (the learner) has to
 learn what movers look like, not where cut-out edges are; and motion alone must still tell a
 still cut-out from a moving one.
@@ -145,6 +147,17 @@ def _crop(rng: np.random.Generator, photo: np.ndarray, w: int, h: int, zoom: tup
     return cv2.resize(photo[y:y + ch, x:x + cw], (w, h), interpolation=interp)
 
 
+def _whole_view(rng: np.random.Generator, photo: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Most of `photo` (75-100% of the largest w:h window in it) squeezed into w x h: a thing seen
+    whole, so that a mover always looks like the thing it is, whatever its size."""
+    ph, pw = photo.shape[:2]
+    k = min(pw / w, ph / h) * rng.uniform(0.75, 1.0)
+    cw, ch = max(1, int(w * k)), max(1, int(h * k))
+    x, y = int(rng.integers(0, pw - cw + 1)), int(rng.integers(0, ph - ch + 1))
+    interp = cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR
+    return cv2.resize(photo[y:y + ch, x:x + cw], (w, h), interpolation=interp)
+
+
 def _outline(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, float]:
     """Polygon (N x 2) of a shape scaled into the unit square, and the shape's natural aspect w/h."""
     aspect = 1.0
@@ -190,15 +203,17 @@ def _rasterize(pts: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.copyMakeBorder(alpha, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=0)
 
 
-def _sprite(rng: np.random.Generator, shape: str, area: float, photo: str) -> tuple[np.ndarray, np.ndarray]:
-    """Texture and coverage of a cut-out whose covered area is about `area` px."""
+def _sprite(rng: np.random.Generator, shape: str, area: float, photo: str, whole: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Texture and coverage of a cut-out whose covered area is about `area` px; whole: the cut-out
+    wears the whole photo (a thing), else a random piece of it (stuff)."""
     pts, aspect = _outline(rng, shape)
     aspect *= rng.uniform(0.85, 1.15) if shape == "horse" else rng.uniform(0.6, 1.6)
     fill = float(_rasterize(pts, 64, 64)[2:-2, 2:-2].mean())
     h = math.sqrt(area / max(fill, 0.1) / aspect)
     w, h = max(6, round(h * aspect)), max(6, round(h))
     alpha = _rasterize(pts, w, h)
-    rgb = _crop(rng, _photo(photo), w + 4, h + 4, (0.5, 1.3))
+    rgb = _whole_view(rng, _photo(photo), w + 4, h + 4) if whole else _crop(rng, _photo(photo), w + 4, h + 4, (0.5, 1.3))
     return rgb, alpha
 
 
@@ -364,7 +379,7 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         shape = str(rng.choice(["blob", "polygon", "horse"], p=[0.5, 0.35, 0.15]))
         area = rng.uniform(*SIZES[size]) * width * height / zoom[0] ** 2
         tex = str(rng.choice(THINGS))
-        rgb, alpha = _sprite(rng, shape, area, tex)
+        rgb, alpha = _sprite(rng, shape, area, tex, whole=True)
         margin = 0.3 if size == "large" else 0.15
         start_pos = view_to_world(half_view * 2 * rng.uniform(margin, 1 - margin, 2), 0)
         speed = rng.uniform(1.0, 8.0)
