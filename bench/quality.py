@@ -45,7 +45,7 @@ from streamer.flow import FlowEstimator, working_size  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
 from streamer.global_motion import fit_global_motion, residual_motion  # noqa: E402
 from streamer.pipeline import MotionSegmenter, motion_saliency  # noqa: E402
-from streamer.synth import generate, load_gt  # noqa: E402
+from streamer.synth import cached as synth_cached, load_gt  # noqa: E402
 
 METHODS = ["motion_masks", "saliency", "otsu"]
 
@@ -150,11 +150,11 @@ def main() -> int:
         return learner_main(args)
     args.out = args.out or str(ROOT / "bench" / "out" / "quality.json")
     cfg = load_config(args.config).streamer
-    data = Path(args.data) if args.data else ROOT / "bench" / "out" / f"synth_s{args.seed}_n{args.clips}"
-    if (data / "clips.json").exists():
+    if args.data:
+        data = Path(args.data)
         clips = json.loads((data / "clips.json").read_text())
     else:
-        clips = generate(data, seed=args.seed, clips=args.clips, progress=True)
+        data, clips = synth_cached(ROOT / "bench" / "out", args.seed, args.clips)
     res = evaluate(data, clips, cfg)
     s = res["summary"]
     print(f"\nmask quality on {len(clips)} synthetic clips (seed {args.seed}), frames with a moving object")
@@ -183,10 +183,7 @@ STUDENTS = {"student_branch": "plain student at the branch point", "student": "p
 
 def _synth(seed: int, clips: int) -> tuple[Path, list[dict]]:
     # its own copy: the masks benchmark (and whoever tunes the streamer) regenerates bench/out/synth_*
-    d = ROOT / "bench" / "out" / "learner_runs" / f"synth_s{seed}_n{clips}"
-    if (d / "clips.json").exists():
-        return d, json.loads((d / "clips.json").read_text())
-    return d, generate(d, seed=seed, clips=clips, progress=True)
+    return synth_cached(ROOT / "bench" / "out" / "learner_runs", seed, clips)
 
 
 def _train(cfg, feed, run_dir: Path, minutes: float, stop_after_s: float | None = None,

@@ -36,7 +36,6 @@ if __name__ == "__main__" and any(os.environ.get(v) != "1" for v in _THREAD_VARS
               {**os.environ, **{v: "1" for v in _THREAD_VARS}})
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
@@ -63,7 +62,7 @@ from streamer.frames import Frame  # noqa: E402
 from streamer.pipeline import MotionSegmenter  # noqa: E402
 from streamer.sources import open_source  # noqa: E402
 from streamer.superpixels import SuperpixelExtractor  # noqa: E402
-from streamer.synth import generate, load_gt  # noqa: E402
+from streamer.synth import cached as synth_cached, load_gt  # noqa: E402
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".ts")
 SP_SIZES = ((160, 120), (240, 180), (320, 240))
@@ -151,12 +150,7 @@ def real_paths(data: Path, notes: list[str]) -> list[Path]:
 
 def synth_paths(notes: list[str]) -> list[tuple[Path, Path]]:
     """(clip, folder of its exact masks), generated once into bench/out/."""
-    folder = ROOT / "bench" / "out" / f"synth_s{SYNTH_SEED}_n{SYNTH_CLIPS}"
-    if (folder / "clips.json").exists():
-        entries = json.loads((folder / "clips.json").read_text())
-    else:
-        notes.append(f"generated {SYNTH_CLIPS} synthetic clips into {folder.relative_to(ROOT)}")
-        entries = generate(folder, seed=SYNTH_SEED, clips=SYNTH_CLIPS, progress=True)
+    folder, entries = synth_cached(ROOT / "bench" / "out", SYNTH_SEED, SYNTH_CLIPS)
     return [(folder / e["file"], folder / e["name"]) for e in entries]
 
 
