@@ -146,17 +146,17 @@ def moving_frames(clips: list[dict], every: int, min_fg: float = 0.005) -> list[
 
 # ---- pre-training ------------------------------------------------------------------------------
 
-def learner_config(cfg, heads: tuple[str, ...]):
+def learner_config(cfg, heads: tuple[str, ...], seed: int = 0):
     lc = copy.deepcopy(cfg.learner)
-    lc.train.device, lc.train.seed = "cpu", 0
+    lc.train.device, lc.train.seed = "cpu", seed
     lc.heads.embedding.enabled = "embedding" in heads
     lc.heads.segments.enabled = "segments" in heads
     return lc
 
 
-def pretrain(name: str, cfg, ring, pairs, minutes: float) -> tuple[torch.nn.Module, dict]:
+def pretrain(name: str, cfg, ring, pairs, minutes: float, seed: int = 0) -> tuple[torch.nn.Module, dict]:
     heads = VARIANTS[name]
-    trainer = Trainer(learner_config(cfg, heads if name != "random" else ("embedding", "segments")))
+    trainer = Trainer(learner_config(cfg, heads if name != "random" else ("embedding", "segments"), seed))
     info = {"heads": ["mask", *heads] if name != "random" else [], "steps": 0, "crops": 0, "minutes": 0.0}
     if name != "random":
         print(f"pre-training {name}: heads {', '.join(info['heads'])}, {minutes:g} min", file=sys.stderr)
@@ -303,9 +303,14 @@ def main() -> int:
     ap.add_argument("--pairs", choices=("miner", "gt"), default="miner",
                     help="tracked-patch pairs: streamer/patches.py (default) or ground-truth tracks")
     ap.add_argument("--track-length", type=int, default=15, help="frames from a query patch to its tracked patch")
+    ap.add_argument("--train-seed", type=int, default=0, help="initialisation and sampling of the pre-training")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"which backbones (default: {','.join(VARIANTS)})")
     ap.add_argument("--data", default=str(ROOT / "bench" / "out" / "transfer_data"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "transfer.json"))
     args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    if not variants or set(variants) - set(VARIANTS):
+        ap.error(f"--variants {args.variants}: choose from {', '.join(VARIANTS)}")
     if args.quick:
         args.minutes, args.clips, args.eval_clips, args.head_steps = 0.5, 4, 3, 60
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
@@ -336,8 +341,8 @@ def main() -> int:
 
     results = {}
     try:
-        for name in VARIANTS:
-            model, info = pretrain(name, cfg, ring, pairs, args.minutes)
+        for name in variants:
+            model, info = pretrain(name, cfg, ring, pairs, args.minutes, args.train_seed)
             r = {**info, "transfer": transfer_iou(model, train_x, train_gt, test_x, test_gt, hw, args.head_steps),
                  "retrieval_top1_backbone": retrieval_top1(model, rs, use_head=False)}
             if "embedding" in info["heads"]:
@@ -377,6 +382,8 @@ def print_tables(res: dict) -> None:
         pre = f"{r['minutes']:g} min" if r["steps"] else "none"
         print(f"| {name} | {pre} | {r['steps']} | {r['transfer']['iou']:.3f} | {r['retrieval_top1_backbone']:.3f} | "
               f"{_f(r.get('retrieval_top1_embedding'))} |")
+    if not any("grouping" in r for r in res["results"].values()):
+        return
     print("\ngrouping: best-match IoU of the segments (argmax) with each moving instance")
     print("| segments head | best-match IoU | whole frame as one segment | instances |")
     print("|---|---|---|---|")
