@@ -58,7 +58,7 @@ from streamer.atomic import write_json  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
 from streamer.pipeline import MotionSegmenter  # noqa: E402
 from streamer.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result  # noqa: E402
-from streamer.synth import generate, load_gt  # noqa: E402
+from streamer.synth import VERSION, generate, load_gt  # noqa: E402
 
 VARIANTS = {"random": (), "mask": (), "mask+emb": ("embedding",), "all": ("embedding", "segments")}
 
@@ -71,7 +71,8 @@ def decode(path: Path) -> list[np.ndarray]:
 
 
 def clip_set(folder: Path, seed: int, clips: int, frames: int) -> list[dict]:
-    """`motionmask synth` clips (made once per seed and size), each with frames, GT and instances."""
+    """`motionmask synth` clips (made once per generator version, seed and count), each with frames,
+    GT and instances."""
     meta = folder / "clips.json"
     entries = json.loads(meta.read_text()) if meta.is_file() else []
     if len(entries) != clips or entries[0]["frames"] != frames:
@@ -320,9 +321,9 @@ def main() -> int:
     cfg = load_config(None)
     cfg.streamer.patches.track_length = args.track_length
     data = Path(args.data)
-    pre = clip_set(data / f"pretrain_s{args.seed}", args.seed, args.clips, args.frames)
-    lab = clip_set(data / f"label_s{args.label_seed}", args.label_seed, 4, args.frames)
-    ev = clip_set(data / f"eval_s{args.eval_seed}", args.eval_seed, args.eval_clips, args.frames)
+    pre = clip_set(data / f"pretrain_v{VERSION}_s{args.seed}", args.seed, args.clips, args.frames)
+    lab = clip_set(data / f"label_v{VERSION}_s{args.label_seed}", args.label_seed, 4, args.frames)
+    ev = clip_set(data / f"eval_v{VERSION}_s{args.eval_seed}", args.eval_seed, args.eval_clips, args.frames)
 
     ring, pairs, streamed = stream(pre, cfg, gt_pairs=args.pairs == "gt")
     print(f"streamed {streamed['frames']} frames: {streamed['samples']} samples, {streamed['pairs']} tracked-patch "
@@ -354,7 +355,7 @@ def main() -> int:
     finally:
         ring.close()
 
-    res = {"args": vars(args), "streamed": streamed, "labelled_frames": len(labelled), "test_frames": len(test),
+    res = {"args": vars(args), "synth_version": VERSION, "streamed": streamed, "labelled_frames": len(labelled), "test_frames": len(test),
            "retrieval_queries": len(rs["keys"]), "results": results, "seconds": round(time.time() - t_start, 1),
            "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": 1}}
     write_json(Path(args.out), res)
