@@ -220,6 +220,9 @@ class Trainer:
         losses = {"mask": mask_loss}
         if "segments" in outputs and extra.flows is not None:
             flow, ok = crop_flow(extra.flows, extra.has_flow, valid, crops.boxes, crops.source, self.target_size)
+            pasted = getattr(crops, "pasted", None)  # copy-paste: the flow there is the background's
+            if pasted is not None:
+                ok = ok & ~(F.interpolate(pasted.unsqueeze(1).float(), size=ok.shape[-2:], mode="nearest")[:, 0] > 0)
             losses["segments"] = segments_loss(outputs["segments"], flow, ok, h.segments)
         if "embedding" in self.heads and extra.query is not None:
             patches = torch.cat([extra.query, extra.tracked]).permute(0, 3, 1, 2).float()

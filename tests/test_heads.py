@@ -287,3 +287,15 @@ def test_a_checkpoint_with_other_heads_is_refused_by_name(tmp_path):
             Trainer(cfg6).load_state_dict(state, "ckpt.pt")
     finally:
         ring.close()
+
+
+def test_copy_paste_crops_train_the_segments_head_too(synth):
+    """With copy-paste (learner.crops.paste) the pasted pixels carry the background's flow: they
+    are left out of the grouping loss, and the step runs."""
+    ring, pairs = synth
+    cfg = multitask_config()
+    cfg.crops.paste = 1.0
+    trainer = Trainer(cfg)
+    r = trainer.step(ring.sample(8, trainer.rng), trainer.draw_pairs(pairs))
+    assert not r.skipped and set(r.losses) == {"mask", "segments", "embedding"}
+    assert all(math.isfinite(v) for v in r.losses.values())
