@@ -3,7 +3,8 @@
 Modules (each one job; the public API in brief):
   config    ExportConfig, the `export:` section of the YAML config
   export    to_onnx(model, ...) -> ONNX bytes: uint8 NHWC `image` in, one named output per head
-            (HEADS: today `mask`), normalisation and sigmoid inside, dynamic batch; and
+            (HEADS: `mask`, `embedding`, `segments`), normalisation, sigmoid and softmax inside,
+            dynamic batch; and
             export_checkpoint / export_model: load -> export -> verify -> publish, the one path
             `motionmask export` and the daemon take; PeriodicExport, the daemon's policy (every N
             steps or minutes, only a model that beats the last export on held-back samples) (torch)

@@ -2,7 +2,9 @@
 
 Modules (each one job; the public API in brief):
   config      LearnerConfig, the `learner:` section of the YAML config
-  model       build_model(cfg.model, crop_size) -> MaskNet: .features(x) pyramid, .heads["mask"]
+  model       build_model(cfg.model, crop_size, cfg.heads) -> MaskNet: .features(x) pyramid, .heads["mask"]
+  heads       the multi-task heads (learner.heads): .heads["embedding"], .heads["segments"]; their
+              losses in embedding_loss (triplet ranking) and grouping_loss (S3-CNN affine / entropy)
   crops       make_crops(...): jittered boxes around pseudo-labelled segments, flips, colour jitter
   loss        masked_bce(logits, trimap): BCE on positive and negative trimap pixels only
   train       Trainer (THE training step), fit (the loop), resolve_device
