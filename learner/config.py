@@ -113,7 +113,7 @@ class BootstrapConfig:
 @dataclass
 class MaskHeadConfig:
     enabled: bool = True  # the mask head is the model's output (bootstrapping, predict, export): always on
-    weight: float = 1.0  # its loss's weight in the total
+    weight: float = 1.0  # its loss's weight in the total when other heads are on (alone, it is the loss)
 
 
 @dataclass
