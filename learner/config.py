@@ -48,9 +48,9 @@ class CropConfig:
     brightness: float = 0.3  # colour jitter: factors drawn in [1 - x, 1 + x]
     contrast: float = 0.3
     saturation: float = 0.3
-    hue: float = 0.0  # hue rotation of up to +-this fraction of a turn
-    grayscale: float = 0.0  # probability that a crop is made grey
-    paste: float = 0.0  # copy-paste: probability that a crop gets another crop's object pasted on top
+    hue: float = 0.1  # hue rotation of up to +-this fraction of a turn
+    grayscale: float = 0.1  # probability that a crop is made grey
+    paste: float = 0.5  # copy-paste: probability that a crop gets another crop's object pasted on top
     paste_rim: float = 0.04  # ... grown by this fraction of the crop side, that ring "don't care"
 
     def resolved_size(self, backbone: str) -> int:

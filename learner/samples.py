@@ -47,6 +47,7 @@ class Feed(Protocol):
     width: int
 
     def sample(self, n: int, rng: np.random.Generator, out: Batch) -> Batch: ...  # may come back short or empty
+    def finished(self) -> bool: ...  # no more samples will come (offline inputs all streamed); live feeds: never
     def check(self) -> None: ...  # raise when samples will never come (the offline streamer failed or found none)
 
 
@@ -70,6 +71,9 @@ class RingFeed:
 
     def check(self) -> None:
         pass
+
+    def finished(self) -> bool:
+        return False  # a live buffer keeps filling
 
     def fill(self) -> int:
         return int(self.ring.stats()["fill"])
@@ -238,6 +242,9 @@ class OfflineFeed:
             elif kind == "fatal":
                 p.errors.append(data)
         return p
+
+    def finished(self) -> bool:
+        return self.poll().done
 
     def check(self) -> None:
         p = self.poll()

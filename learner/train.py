@@ -456,6 +456,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     checkpoint: Path | None = None
     stopped, interrupted_by = "stop", ""
     rng_state = trainer.rng.bit_generator.state  # the sampling RNG before the next batch is drawn
+    threads_trial = None if trainer.cuda or cfg.train.threads or available_cores() < 2 else _ThreadTrial()
     pair_feed = pairs if pairs is not None else (feed if hasattr(feed, "sample_pairs") else None)
 
     def limit_reached() -> str | None:
@@ -491,6 +492,8 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
             pair_batch = trainer.draw_pairs(pair_feed) if batch is not None else None
             result = trainer.update(pending)
             want_checkpoint = bool(on_step(trainer, result)) if on_step is not None and not result.skipped else False
+            if threads_trial is not None and not result.skipped:
+                threads_trial = threads_trial.check(trainer, feed)
             trainer.train_seconds += time.monotonic() - t0
             bar.update(0 if result.skipped else 1)
             if not result.skipped:
@@ -553,6 +556,43 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
 
 
 _SHORT = {"mask": "mask", "embedding": "emb", "segments": "seg"}  # progress bar labels
+
+
+class _ThreadTrial:
+    """Offline on the CPU, torch runs one thread fewer than the cores while the streamer process
+    streams the inputs. Once it is done, try all cores for a few steps and keep them only if steps
+    got faster: on a machine busy with other work, an intra-op pool that waits for a busy core is
+    several times slower than one thread fewer (measured here: 353 ms a step became 4177)."""
+
+    STEPS = 5  # steps timed with all cores
+
+    def __init__(self) -> None:
+        self.before: float | None = None  # seconds per step with the streamer's threads
+        self.mark = (0, 0.0)  # (step, train_seconds) where the current timing started
+        self.old = torch.get_num_threads()
+
+    def check(self, trainer: Trainer, feed: Feed) -> "_ThreadTrial | None":
+        """Call after every step; returns None once decided."""
+        step, t = trainer.step_count, trainer.train_seconds
+        if self.before is None:  # waiting for the streamer; time the last 25 steps
+            if step % 25 or step == self.mark[0]:
+                return self
+            if not feed.finished():
+                self.mark = (step, t)
+                return self
+            self.before = (t - self.mark[1]) / (step - self.mark[0])
+            torch.set_num_threads(available_cores())
+            self.mark = (step, t)
+            return self
+        n = step - self.mark[0]
+        after = (t - self.mark[1]) / max(n, 1)
+        if n < self.STEPS and after < 3 * self.before:  # a much slower step ends the trial at once
+            return self
+        if after >= 0.95 * self.before:
+            torch.set_num_threads(self.old)
+        log_event(logger, "train_threads", threads=torch.get_num_threads(), tried=available_cores(),
+                  ms_per_step_before=round(self.before * 1000, 1), ms_per_step_tried=round(after * 1000, 1))
+        return None
 
 
 def _json(record: dict) -> str:

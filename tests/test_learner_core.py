@@ -65,6 +65,9 @@ def scene(n: int = 8, h: int = 96, w: int = 128, seed: int = 0):
     return torch.from_numpy(frames), torch.from_numpy(tri), valid, boxes
 
 
+PLAIN = dict(paste=0.0, hue=0.0, grayscale=0.0)  # no copy-paste and no colour changes beyond the test's own
+
+
 def gen(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
@@ -82,7 +85,7 @@ def test_positive_boxes_are_the_bounding_boxes():
 
 def test_crops_jitter_around_the_segment_with_positives_inside():
     frames, tri, valid, boxes = scene(n=1)
-    cfg = CropConfig(random_fraction=0.0, brightness=0, contrast=0, saturation=0)
+    cfg = CropConfig(random_fraction=0.0, brightness=0, contrast=0, saturation=0, **PLAIN)
     c = make_crops(frames, tri, valid, cfg, size=64, generator=gen(0), per_frame=64)
     assert c.images.shape == (64, 3, 64, 64) and c.targets.shape == (64, 64, 64)
     assert c.images.dtype == torch.float32 and c.targets.dtype == torch.uint8
@@ -114,8 +117,8 @@ def test_crops_are_deterministic_given_the_seed():
 
 def test_flip_mirrors_image_and_labels_and_colour_jitter_keeps_geometry():
     frames, tri, valid, _ = scene(n=1)
-    plain = CropConfig(random_fraction=0.0, flip=False, brightness=0, contrast=0, saturation=0)
-    flips = CropConfig(random_fraction=0.0, flip=True, brightness=0, contrast=0, saturation=0)
+    plain = CropConfig(random_fraction=0.0, flip=False, brightness=0, contrast=0, saturation=0, **PLAIN)
+    flips = CropConfig(random_fraction=0.0, flip=True, brightness=0, contrast=0, saturation=0, **PLAIN)
     a = make_crops(frames, tri, valid, plain, 64, generator=gen(1), per_frame=16)
     b = make_crops(frames, tri, valid, flips, 64, generator=gen(1), per_frame=16)
     flipped = b.boxes[:, 3] < 0
@@ -124,7 +127,8 @@ def test_flip_mirrors_image_and_labels_and_colour_jitter_keeps_geometry():
     assert torch.allclose(b.images[flipped], a.images[flipped].flip(-1), atol=1e-3)
     assert torch.equal(b.targets[flipped], a.targets[flipped].flip(-1))
     assert torch.equal(b.images[~flipped], a.images[~flipped])
-    jit = make_crops(frames, tri, valid, CropConfig(random_fraction=0.0, flip=False), 64, generator=gen(1), per_frame=16)
+    jit = make_crops(frames, tri, valid, CropConfig(random_fraction=0.0, flip=False, paste=0.0), 64, generator=gen(1),
+                     per_frame=16)
     assert torch.equal(jit.targets, a.targets)  # colour changes, labels and geometry do not
     assert not torch.allclose(jit.images, a.images, atol=1.0)
     assert jit.images.min() >= 0 and jit.images.max() <= 255
@@ -134,7 +138,7 @@ def test_flip_mirrors_image_and_labels_and_colour_jitter_keeps_geometry():
 
 def test_copy_paste_puts_another_crops_object_with_its_labels_and_a_dont_care_rim():
     frames, tri, valid, _ = scene(n=8)
-    base = CropConfig(random_fraction=0.0, flip=False, brightness=0, contrast=0, saturation=0)
+    base = CropConfig(random_fraction=0.0, flip=False, brightness=0, contrast=0, saturation=0, **PLAIN)
     plain = make_crops(frames, tri, valid, base, 64, generator=gen(5))
     pasted = make_crops(frames, tri, valid, CropConfig(**{**base.__dict__, "paste": 1.0}), 64, generator=gen(5))
     assert plain.pasted is None and pasted.pasted is not None
@@ -155,7 +159,7 @@ def test_copy_paste_puts_another_crops_object_with_its_labels_and_a_dont_care_ri
 
 def test_hue_rotation_keeps_luma_and_grayscale_makes_grey():
     frames, tri, valid, _ = scene(n=4)
-    base = dict(random_fraction=0.0, flip=False, brightness=0, contrast=0, saturation=0)
+    base = dict(random_fraction=0.0, flip=False, brightness=0, contrast=0, saturation=0, paste=0.0)
     a = make_crops(frames, tri, valid, CropConfig(**base), 64, generator=gen(2), per_frame=4)
     b = make_crops(frames, tri, valid, CropConfig(**base, hue=0.5), 64, generator=gen(2), per_frame=4)
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
