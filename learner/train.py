@@ -220,8 +220,6 @@ class Trainer:
         losses = {"mask": mask_loss}
         if "segments" in outputs and extra.flows is not None:
             flow, ok = crop_flow(extra.flows, extra.has_flow, valid, crops.boxes, crops.source, self.target_size)
-            if crops.pasted is not None:  # a pasted object's pixels do not move with this crop's flow
-                ok = ok & ~F.interpolate(crops.pasted.unsqueeze(1).float(), size=ok.shape[-2:], mode="nearest").squeeze(1).bool()
             pasted = getattr(crops, "pasted", None)  # copy-paste: the flow there is the background's
             if pasted is not None:
                 ok = ok & ~(F.interpolate(pasted.unsqueeze(1).float(), size=ok.shape[-2:], mode="nearest")[:, 0] > 0)
