@@ -1,0 +1,50 @@
+"""Score student checkpoints against the synthetic ground truth (learner.evaluate.evaluate_student):
+mean IoU, precision and recall of each checkpoint, and of the motion masks (the teacher), on every
+frame with a moving object of a `motionmask synth` folder. For comparing training recipes.
+
+    motionmask synth --out runs/s100 --seed 100 --clips 10     # train on these
+    motionmask synth --out runs/s7 --seed 7 --clips 10         # score on these
+    motionmask train runs/s100 --out runs/a --steps 1120 --minutes 0
+    python bench/student.py runs/s7 runs/a/checkpoints/last.pt runs/b/checkpoints/last.pt
+
+Prints a markdown table and writes bench/out/student.json (--out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
+
+from learner.evaluate import evaluate_student  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("clips", help="a motionmask synth folder (clips never trained on)")
+    ap.add_argument("checkpoints", nargs="+", help="student checkpoints (.pt)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "student.json"))
+    args = ap.parse_args()
+    rows = []
+    for ck in args.checkpoints:
+        r = evaluate_student(ck, args.clips, device="cpu", progress=True)
+        rows.append({"checkpoint": ck, "step": r["step"], "student": r["student"], "teacher": r["teacher"],
+                     "per_clip": r["per_clip"]})
+    print(f"\nstudents on {args.clips} (frames with a moving object)")
+    print("| checkpoint | step | student IoU | precision | recall | teacher IoU |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        s, t = r["student"], r["teacher"]
+        print(f"| {r['checkpoint']} | {r['step']} | {s['iou']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | "
+              f"{t['iou']:.3f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"clips": args.clips, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
