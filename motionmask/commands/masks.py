@@ -214,6 +214,41 @@ def signals_as_exceptions() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+class StopRequest:
+    """A SIGINT or SIGTERM seen by signals_deferred(), waiting for the loop to act on it."""
+
+    signum = 0
+
+    def check(self) -> None:
+        """Between frames: raise KeyboardInterrupt (SIGINT) or Terminated (SIGTERM) if one came."""
+        if self.signum:
+            raise Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM only set a flag that the frame loop turns into an exception between
+    frames (StopRequest.check). An exception raised wherever the signal lands (inside a queue's
+    lock, inside the decoder) can leave a lock taken and hang the shutdown; a second signal
+    raises at once, for a loop that no longer reaches its check."""
+    req = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield req
+        return
+
+    def on_signal(signum: int, frame: object) -> None:
+        if req.signum:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        req.signum = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield req
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 @contextlib.contextmanager
 def signals_ignored() -> Iterator[None]:
     """While outputs are being finished, a second Ctrl-C must not leave them half-written."""
@@ -251,8 +286,8 @@ def run(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out)
     if Path(args.input).exists() and Path(args.input).resolve() == out.resolve():
         raise UserError(f"--out {out}: is the input folder; write the masks somewhere else")
-    with info_logs(not args.quiet), signals_as_exceptions():
-        return _run(args, cfg, out, start, limit)
+    with info_logs(not args.quiet), signals_deferred() as stop:
+        return _run(args, cfg, out, start, limit, stop)
 
 
 def _explained(e: BaseException, outputs: Outputs) -> BaseException:
@@ -261,7 +296,7 @@ def _explained(e: BaseException, outputs: Outputs) -> BaseException:
     return e
 
 
-def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: int | None) -> int:
+def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: int | None, stop: StopRequest) -> int:
     # Frames just before --start are fed to the segmenter (not written) so that the first
     # written frame already has its motion history, as it would in a run from the beginning.
     warmup = cfg.streamer.motion.history + 1
@@ -305,6 +340,7 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: in
                 while limit is None or pushed < limit:
                     t = time.perf_counter()
                     frame = next(frames, None)
+                    stop.check()
                     if frame is None:
                         break
                     if frame.index < start - warmup:
@@ -313,6 +349,7 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: in
                     pushed += frame.index >= start
                     emit(segmenter.push(frame))
                 emit(segmenter.flush())
+                stop.check()
         except (KeyboardInterrupt, Terminated) as e:
             status = 143 if isinstance(e, Terminated) else 130
             note = "interrupted after "

@@ -14,8 +14,8 @@ import cv2
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from motionmask.commands.masks import (Outputs, Tally, Terminated, _explained, info_logs, parse_count, plural,
-                                       signals_as_exceptions, signals_ignored, source_spec)
+from motionmask.commands.masks import (Outputs, StopRequest, Tally, Terminated, _explained, info_logs, parse_count,
+                                       plural, signals_deferred, signals_ignored, source_spec)
 from motionmask.config import load_config
 from streamer.errors import UserError
 from streamer.flow import working_size
@@ -82,11 +82,12 @@ def run(args: argparse.Namespace) -> int:
         from learner.predict import Predictor  # torch loads here, not at import
 
         predictor = Predictor(args.checkpoint, args.device, native=args.native)
-    with info_logs(not args.quiet), signals_as_exceptions():
-        return _run(args, cfg, predictor, out, start, limit)
+    with info_logs(not args.quiet), signals_deferred() as stop:
+        return _run(args, cfg, predictor, out, start, limit, stop)
 
 
-def _run(args: argparse.Namespace, cfg, predictor, out: Path, start: int, limit: int | None) -> int:
+def _run(args: argparse.Namespace, cfg, predictor, out: Path, start: int, limit: int | None,
+         stop: StopRequest) -> int:
     s = cfg.streamer
     tally = Tally()
     shots = ShotDetector(s.shots)
@@ -107,6 +108,7 @@ def _run(args: argparse.Namespace, cfg, predictor, out: Path, start: int, limit:
                 while limit is None or tally.written < limit:
                     t0 = time.perf_counter()
                     frame = next(frames, None)
+                    stop.check()
                     if frame is None:
                         break
                     t1 = time.perf_counter()
