@@ -195,7 +195,9 @@ def test_daemon_cameras_mine_pairs_into_the_store_the_learner_reads(tmp_path):
                 st = request(control, "status", timeout=2.0)
             except ControlUnavailable:
                 st = None
-            if st and st["pairs"]["puts"] >= 2 and "event=learner_running" in log.read_text(errors="replace"):
+            # the camera's own count reaches status with its next report, after the store's
+            if (st and st["pairs"]["puts"] >= 2 and st["cameras"].get("a", {}).get("pair_puts", 0) >= 2
+                    and "event=learner_running" in log.read_text(errors="replace")):
                 break
             time.sleep(0.3)
         assert st and st["pairs"]["puts"] >= 2, (json.dumps(st), log.read_text()[-3000:])
