@@ -16,7 +16,6 @@ Slots hold two P x P x 3 uint8 patches and a metadata row; the number of slots f
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import mmap
 import os
@@ -30,15 +29,15 @@ from multiprocessing import resource_tracker
 
 from streamer.errors import UserError
 from streamer.log import log_event
-from streamer.ringbuffer import (ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, _aligned, _camera_id, _pid_alive,
-                                 _shm_free_bytes, camera_key)
+from streamer.ringbuffer import (ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, _aligned, _camera_id,
+                                 _pid_alive, _shm_free_bytes, camera_key, claim_client_row, lock_segment,
+                                 unlock_segment)
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"MMPAIR01"
 VERSION = 1
 FREE, WRITING, READY = 0, 1, 2
-MAX_CLIENTS = 64
 COUNTERS = ("puts", "drop_lock_timeout", "drop_busy", "drop_lost_slot", "reclaimed", "drawn", "retries")
 _C = {name: i for i, name in enumerate(COUNTERS)}
 _HEADER = np.dtype([("magic", "S8"), ("version", "<u4"), ("patch", "<u4"), ("slots", "<u4"),
@@ -187,19 +186,7 @@ class PairBuffer:
         if not self._acquire(5.0):
             raise UserError(f"pair store {self.name!r}: lock held for more than 5 s; is a process stuck?")
         try:
-            pids, counts = self._clients["pid"], self._clients["counts"]
-            empty = np.flatnonzero(pids[1:] == 0)
-            if empty.size:
-                row = int(empty[0]) + 1
-            else:
-                gone = [i for i in range(1, MAX_CLIENTS) if pids[i] < 0 or not _pid_alive(int(pids[i]))]
-                if not gone:
-                    raise UserError(f"pair store {self.name!r}: more than {MAX_CLIENTS - 1} processes attached")
-                row = gone[0]
-                counts[0] += counts[row]  # keep a departed process's counts in the totals
-                counts[row] = 0
-            pids[row] = self._pid
-            self._row = row
+            self._row = claim_client_row(self._clients, self._pid, f"pair store {self.name!r}")
         finally:
             self._release()
 
@@ -239,23 +226,10 @@ class PairBuffer:
 
     # ---- locking --------------------------------------------------------------------------
     def _acquire(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        if not (self._tlock.acquire(timeout=timeout_s) if timeout_s > 0 else self._tlock.acquire(False)):
-            return False
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                pass
-            if time.monotonic() >= deadline:
-                self._tlock.release()
-                return False
-            time.sleep(50e-6)
+        return lock_segment(self._tlock, self._fd, timeout_s)
 
     def _release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._tlock.release()
+        unlock_segment(self._tlock, self._fd)
 
     def _count(self, name: str, k: int = 1) -> None:
         with self._count_lock:

@@ -207,6 +207,48 @@ def _shm_free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+def lock_segment(tlock: threading.Lock, fd: int, timeout_s: float) -> bool:
+    """A segment's allocation lock: the thread lock (flock is per process), then flock on the
+    process's own descriptor, both within timeout_s (0: one try). False when either is busy."""
+    deadline = time.monotonic() + timeout_s
+    got = tlock.acquire(timeout=timeout_s) if timeout_s > 0 else tlock.acquire(False)
+    if not got:
+        return False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        if time.monotonic() >= deadline:
+            tlock.release()
+            return False
+        time.sleep(50e-6)
+
+
+def unlock_segment(tlock: threading.Lock, fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    tlock.release()
+
+
+def claim_client_row(clients: np.ndarray, pid: int, what: str) -> int:
+    """Under the segment lock: a counter row (1 .. len - 1) for process pid in a clients table
+    (fields pid, counts); a departed process's row is reused, its counts added to row 0 first."""
+    pids, counts = clients["pid"], clients["counts"]
+    empty = np.flatnonzero(pids[1:] == 0)
+    if empty.size:
+        row = int(empty[0]) + 1
+    else:
+        gone = [i for i in range(1, len(pids)) if pids[i] < 0 or not _pid_alive(int(pids[i]))]
+        if not gone:
+            raise UserError(f"{what}: more than {len(pids) - 1} processes attached")
+        row = gone[0]
+        counts[0] += counts[row]  # keep the departed process's counts in the totals
+        counts[row] = 0
+    pids[row] = pid
+    return row
+
+
 class Batch:
     """Samples copied out of the buffer. Arrays are views of the first `n` rows of storage that is
     allocated once; pass the batch back as `sample(..., out=batch)` to reuse it (the learner may
@@ -448,25 +490,9 @@ class RingBuffer:
         if not self._acquire(5.0):
             raise UserError(f"ring buffer {self.name!r}: lock held for more than 5 s; is a process stuck?")
         try:
-            self._row = self._claim_row()
+            self._row = claim_client_row(self._clients, self._pid, f"ring buffer {self.name!r}")
         finally:
             self._release()
-
-    def _claim_row(self) -> int:
-        pids = self._clients["pid"]
-        counts = self._clients["counts"]
-        empty = np.flatnonzero(pids[1:] == 0)
-        if empty.size:
-            row = int(empty[0]) + 1
-        else:
-            gone = [i for i in range(1, MAX_CLIENTS) if pids[i] < 0 or not _pid_alive(int(pids[i]))]
-            if not gone:
-                raise UserError(f"ring buffer {self.name!r}: more than {MAX_CLIENTS - 1} processes attached")
-            row = gone[0]
-            counts[0] += counts[row]  # keep the departed process's counts in the totals
-            counts[row] = 0
-        pids[row] = self._pid
-        return row
 
     def _check_process(self) -> None:
         if self._closed:
@@ -513,25 +539,10 @@ class RingBuffer:
 
     # ---- locking --------------------------------------------------------------------------
     def _acquire(self, timeout_s: float) -> bool:
-        """The allocation lock: a thread lock (flock is per process) then flock, within timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        got = self._tlock.acquire(timeout=timeout_s) if timeout_s > 0 else self._tlock.acquire(False)
-        if not got:
-            return False
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                pass
-            if time.monotonic() >= deadline:
-                self._tlock.release()
-                return False
-            time.sleep(50e-6)
+        return lock_segment(self._tlock, self._fd, timeout_s)
 
     def _release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._tlock.release()
+        unlock_segment(self._tlock, self._fd)
 
     def _count(self, name: str, k: int = 1) -> None:
         with self._count_lock:
