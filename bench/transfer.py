@@ -58,7 +58,7 @@ from streamer.atomic import write_json  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
 from streamer.pipeline import MotionSegmenter  # noqa: E402
 from streamer.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result  # noqa: E402
-from streamer.synth import VERSION, generate, load_gt  # noqa: E402
+from streamer.synth import VERSION, generate, load_gt, object_patch  # noqa: E402
 
 VARIANTS = {"random": (), "mask": (), "mask+emb": ("embedding",), "all": ("embedding", "segments")}
 
@@ -116,8 +116,8 @@ def stream(clips: list[dict], cfg, gt_pairs: bool = False) -> tuple[RingBuffer, 
             for s in range(len(starts) - 1):
                 for t0 in range(starts[s], starts[s + 1] - L, pcfg.start_every):
                     for obj in {o["id"] for o in c["objects"] if o["moving"]}:
-                        a = patch_at(c["rgb"][t0], c["inst"][t0] == obj, pcfg.size)
-                        b = patch_at(c["rgb"][t0 + L], c["inst"][t0 + L] == obj, pcfg.size)
+                        a = object_patch(c["rgb"][t0], c["inst"][t0] == obj, pcfg.size, 40)
+                        b = object_patch(c["rgb"][t0 + L], c["inst"][t0 + L] == obj, pcfg.size, 40)
                         if a is not None and b is not None:
                             pairs.append(PatchPair(a, b, c["name"], s, t0, t0 + L, int(obj)))
     bar.close()
@@ -213,18 +213,6 @@ def transfer_iou(model, train_x: np.ndarray, train_gt: np.ndarray, test_x: np.nd
     return {"iou": float(np.mean(ious)), "frames": len(ious), "train_loss": float(loss.detach())}
 
 
-def patch_at(rgb: np.ndarray, mask: np.ndarray, patch: int = 64) -> np.ndarray | None:
-    """The square around the object's bounding box (1.2 x its longer side), patch x patch."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) < 40:
-        return None
-    side = max(16.0, 1.2 * max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
-    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
-    m = np.float32([[side / patch, 0, cx - side / 2], [0, side / patch, cy - side / 2]])
-    return cv2.warpAffine(rgb, m, (patch, patch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT101)
-
-
 def retrieval_set(clips: list[dict], gap: int, every: int = 10) -> dict:
     """Queries: a moving object's patch at t; matches: its patch at t + gap (same shot); the
     gallery holds every match patch, so the other objects' (and other times') are the distractors."""
@@ -236,8 +224,8 @@ def retrieval_set(clips: list[dict], gap: int, every: int = 10) -> dict:
             for t0 in range(starts[s] + 1, starts[s + 1] - gap, every):
                 t1 = t0 + gap
                 for obj in movers:
-                    a = patch_at(clip["rgb"][t0], clip["inst"][t0] == obj)
-                    b = patch_at(clip["rgb"][t1], clip["inst"][t1] == obj)
+                    a = object_patch(clip["rgb"][t0], clip["inst"][t0] == obj, 64, 40)
+                    b = object_patch(clip["rgb"][t1], clip["inst"][t1] == obj, 64, 40)
                     if a is None or b is None:
                         continue
                     q.append(a), g.append(b)

@@ -558,6 +558,19 @@ def load_gt(clip_dir: str | Path, index: int, kind: str = "gt") -> np.ndarray:
     return img
 
 
+def object_patch(rgb: np.ndarray, mask: np.ndarray, patch: int, min_pixels: int = 30) -> np.ndarray | None:
+    """The square around an object's ground-truth mask (1.2 x its bounding box's longer side),
+    resized to patch x patch; None when the object shows fewer than min_pixels pixels."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) < min_pixels:
+        return None
+    side = max(16.0, 1.2 * max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    m = np.float32([[side / patch, 0, cx - side / 2], [0, side / patch, cy - side / 2]])
+    return cv2.warpAffine(rgb, m, (patch, patch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT101)
+
+
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)

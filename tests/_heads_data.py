@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from streamer.config import StreamerConfig
 from streamer.pipeline import MotionSegmenter
 from streamer.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result
-from streamer.synth import plan_clip, render_clip
+from streamer.synth import object_patch, plan_clip, render_clip
 
 
 @dataclass
@@ -79,7 +78,7 @@ class GTPairFeed:
                 if clip.shot_of[t0] != clip.shot_of[t1]:
                     continue
                 for obj in set(np.unique(clip.inst[t0])) & set(np.unique(clip.inst[t1])) - {0}:
-                    a, b = patch_at(clip.frames[t0], clip.inst[t0] == obj, patch), patch_at(clip.frames[t1], clip.inst[t1] == obj, patch)
+                    a, b = object_patch(clip.frames[t0], clip.inst[t0] == obj, patch), object_patch(clip.frames[t1], clip.inst[t1] == obj, patch)
                     if a is not None and b is not None:
                         q.append(a), t.append(b), g.append(c * 100 + clip.shot_of[t0])
         self.query, self.tracked, self.group = np.stack(q), np.stack(t), np.asarray(g, np.int64)
@@ -90,15 +89,3 @@ class GTPairFeed:
     def sample_pairs(self, n: int, rng: np.random.Generator) -> Pairs | None:
         idx = rng.choice(len(self.group), size=min(n, len(self.group)), replace=False)
         return Pairs(self.query[idx], self.tracked[idx], self.group[idx])
-
-
-def patch_at(rgb: np.ndarray, mask: np.ndarray, patch: int, min_pixels: int = 30) -> np.ndarray | None:
-    """A square around the object's bounding box (1.2 x its longer side), resized to patch x patch."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) < min_pixels:
-        return None
-    side = max(16.0, 1.2 * max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
-    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
-    m = np.float32([[side / patch, 0, cx - side / 2], [0, side / patch, cy - side / 2]])
-    return cv2.warpAffine(rgb, m, (patch, patch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT101)
