@@ -148,18 +148,26 @@ def paste_objects(images: torch.Tensor, targets: torch.Tensor, cfg: CropConfig, 
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
     theta[:, 0, 2], theta[:, 1, 2] = 2 * u[:, 3] - 1, 2 * u[:, 4] - 1
     pos = (targets[donor] == POSITIVE).unsqueeze(1).float()
-    pos = F.grid_sample(pos, F.affine_grid(theta, [m, 1, t, t], align_corners=False), mode="nearest",
-                        padding_mode="zeros", align_corners=False).squeeze(1) > 0
+    grid_t = F.affine_grid(theta, [m, 1, t, t], align_corners=False)
+    pos = F.grid_sample(pos, grid_t, mode="nearest", padding_mode="zeros", align_corners=False).squeeze(1) > 0
     pos &= (u[:, 0] < cfg.paste).view(m, 1, 1)
     r = max(1, round(cfg.paste_rim * t))
-    region = F.max_pool2d(pos.unsqueeze(1).float(), 2 * r + 1, 1, r).squeeze(1) > 0
+    region = dilate(pos, r)
     targets = torch.where(pos, POSITIVE, torch.where(region, DONT_CARE, targets)).to(torch.uint8)
     if s != t:
         region = F.interpolate(region.unsqueeze(1).float(), size=(s, s), mode="nearest").squeeze(1) > 0
-    moved = F.grid_sample(images[donor], F.affine_grid(theta, [m, 3, s, s], align_corners=False), mode="bilinear",
-                          padding_mode="zeros", align_corners=False)
+    grid_s = grid_t if s == t else F.affine_grid(theta, [m, 3, s, s], align_corners=False)
+    moved = F.grid_sample(images[donor], grid_s, mode="bilinear", padding_mode="zeros", align_corners=False)
     images = torch.where(region.unsqueeze(1), moved, images)
     return images, targets, region
+
+
+def dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
+    """N x H x W bool grown by r pixels (a (2r+1)-square): two 1-D box sums, the same result as
+    a square max pool at a tenth of its cost on the CPU (max pooling also computes indices)."""
+    x = mask.unsqueeze(1).float()
+    x = F.avg_pool2d(x, (1, 2 * r + 1), 1, (0, r))
+    return F.avg_pool2d(x, (2 * r + 1, 1), 1, (r, 0)).squeeze(1) > 0
 
 
 @torch.no_grad()
@@ -176,12 +184,12 @@ def make_crops(frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor,
     tri = trimaps if k == 1 else trimaps[src]
     boxes, rand = crop_boxes(tri, valid[src], cfg, generator)
     img = frames.permute(0, 3, 1, 2).float()  # N x 3 x H x W, channels-last in memory already
-    img = F.grid_sample(img if k == 1 else img[src], _grid(boxes, h, w, size), mode="bilinear",
-                        padding_mode="zeros", align_corners=False)
+    grid = _grid(boxes, h, w, size)
+    img = F.grid_sample(img if k == 1 else img[src], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # the trimap is shifted by -128 so that zero padding outside the frame reads "don't care"
     t = (tri.unsqueeze(1).float() - DONT_CARE)
-    t = F.grid_sample(t, _grid(boxes, h, w, target_size or size), mode="nearest", padding_mode="zeros",
-                      align_corners=False)
+    t_grid = grid if (target_size or size) == size else _grid(boxes, h, w, target_size)
+    t = F.grid_sample(t, t_grid, mode="nearest", padding_mode="zeros", align_corners=False)
     targets = (t.squeeze(1) + DONT_CARE).round_().to(torch.uint8)
     img, targets, pasted = paste_objects(img, targets, cfg, generator)
     if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue or cfg.grayscale:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from learner.config import LearnerConfig, ModelConfig, CropConfig, learner_config_from_dict
-from learner.crops import make_crops, positive_boxes
+from learner.crops import dilate, make_crops, positive_boxes
 from learner.loss import masked_bce
 from learner.model import AlexNet, CompactNet, architecture, build_model, output_size, upsample_logits
 from motionmask.config import ConfigError, load_config
@@ -155,6 +155,16 @@ def test_copy_paste_puts_another_crops_object_with_its_labels_and_a_dont_care_ri
     # outside the pasted regions nothing changed
     assert torch.equal(pasted.images.permute(0, 2, 3, 1)[~region], plain.images.permute(0, 2, 3, 1)[~region])
     assert torch.equal(pasted.targets[~region], plain.targets[~region])
+
+
+def test_dilate_is_a_square_max_pool():
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand((6, 64, 48), generator=g) > 0.995
+    mask[0, 0, 0] = mask[1, -1, -1] = True  # corners: the padding must not leak or cut
+    for r in (1, 3, 5):
+        want = torch.nn.functional.max_pool2d(mask.unsqueeze(1).float(), 2 * r + 1, 1, r).squeeze(1) > 0
+        assert torch.equal(dilate(mask, r), want)
+    assert not dilate(torch.zeros((1, 8, 8), dtype=torch.bool), 2).any()
 
 
 def test_hue_rotation_keeps_luma_and_grayscale_makes_grey():
