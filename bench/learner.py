@@ -1,6 +1,7 @@
 """Learner speed: training crops per second for both backbones at 128 and 224 px.
 
-For each (backbone, crop size), on --device (cpu here; cuda with bf16 autocast and channels_last):
+For each (backbone, crop size), on --device (cpu here; cuda with bf16 autocast and channels_last;
+the CPU in bf16 + channels_last where it has native bf16, see --cpu-precision):
   end to end  the real loop (learner.train.fit): samples copied out of a shared-memory ring
               buffer of 320x240 slots, uploaded (pinned, asynchronous on CUDA), cropped and jittered
               on the device, forward, masked BCE, backward, AdamW; crops/s over --seconds after
@@ -11,6 +12,7 @@ For each (backbone, crop size), on --device (cpu here; cuda with bf16 autocast a
               end-to-end crops/s, and on a GPU of known peak the fraction of its dense bf16 peak
 
     python bench/learner.py                        # CPU, about 1-2 minutes
+    python bench/learner.py --cpu-precision fp32   # the CPU in float32, for comparison
     python bench/learner.py --device cuda          # on a GPU box: batch 256, 4 crops per sample
     python bench/learner.py --device cuda --compile --sizes 224 --backbones compact
 Prints a markdown table; writes bench/out/learner.json (--out).
@@ -76,8 +78,10 @@ def fill_ring(n: int = 48, w: int = 320, h: int = 240, seed: int = 0) -> RingBuf
     return ring
 
 
-def config(backbone: str, size: int, batch: int, per_frame: int, device: str, compile_: bool) -> LearnerConfig:
+def config(backbone: str, size: int, batch: int, per_frame: int, device: str, compile_: bool,
+           cpu_precision: str = "auto") -> LearnerConfig:
     cfg = LearnerConfig()
+    cfg.train.cpu_precision = cpu_precision
     cfg.model.backbone = backbone
     cfg.crops.size = size
     cfg.crops.per_frame = per_frame
@@ -152,6 +156,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0, help="timed seconds per measurement (default: cpu 8, cuda 10)")
     ap.add_argument("--warmup", type=int, default=0, help="steps before timing (default: cpu 3, cuda 20)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; adds a minute of warm-up)")
+    ap.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="learner.train.cpu_precision (auto: bf16 where the CPU has native bf16)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "learner.json"))
     args = ap.parse_args()
     device = resolve_device(args.device, strict=args.device == "cuda")
@@ -163,42 +169,43 @@ def main() -> int:
     name = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine())
     peak = gpu_peak(name) if cuda else None
     print(f"device: {device.type} ({name}), torch {torch.__version__}, batch {batch}, {per_frame} crops per "
-          f"sample, {'bf16 autocast + channels_last' if cuda else 'float32'}{', compiled' if args.compile else ''}, "
+          f"sample, cpu precision {args.cpu_precision}{', compiled' if args.compile else ''}, "
           f"load average at start {os.getloadavg()[0]:.2f}", file=sys.stderr)
     ring = fill_ring()
     rows = []
     try:
         for backbone in args.backbones.split(","):
             for size in (int(s) for s in args.sizes.split(",")):
-                cfg = config(backbone, size, batch, per_frame, device.type, args.compile)
+                cfg = config(backbone, size, batch, per_frame, device.type, args.compile, args.cpu_precision)
                 trainer = Trainer(cfg, device)
                 e2e = end_to_end(trainer, ring, warmup, seconds)
                 only, flops = step_only(trainer, ring, seconds / 2)
                 row = {"backbone": backbone, "width": cfg.model.resolved_width(), "size": size, "batch": batch,
                        "device": device.type, "threads": torch.get_num_threads(),
+                       "precision": "bf16" if trainer.bf16 else "fp32",
                        "end_to_end_crops_per_s": round(e2e, 1), "step_only_crops_per_s": round(only, 1),
                        "gflop_per_crop": round(flops / 1e9, 3), "tflops": round(flops * e2e / 1e12, 3),
                        "peak_tflops": peak, "fraction_of_peak": round(flops * e2e / 1e12 / peak, 4) if peak else None}
                 rows.append(row)
-                print(f"{backbone} {size}px: {e2e:.0f} crops/s end to end, {only:.0f} step only", file=sys.stderr)
+                print(f"{backbone} {size}px {row['precision']}: {e2e:.0f} crops/s end to end, {only:.0f} step only", file=sys.stderr)
                 del trainer
                 if cuda:
                     torch.cuda.empty_cache()
     finally:
         ring.close()
     print(f"\ntraining crops per second, {device.type} ({name}), batch {batch}")
-    print("| backbone | crop | end to end crops/s | step only crops/s | GFLOP/crop (fwd+bwd) | achieved TFLOP/s | of peak |")
-    print("|---|---|---|---|---|---|---|")
+    print("| backbone | crop | precision | end to end crops/s | step only crops/s | GFLOP/crop (fwd+bwd) | achieved TFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         frac = f"{r['fraction_of_peak']:.1%}" if r["fraction_of_peak"] is not None else "-"
-        print(f"| {r['backbone']} (width {r['width']}) | {r['size']} | {r['end_to_end_crops_per_s']:.0f} | "
+        print(f"| {r['backbone']} (width {r['width']}) | {r['size']} | {r['precision']} | {r['end_to_end_crops_per_s']:.0f} | "
               f"{r['step_only_crops_per_s']:.0f} | {r['gflop_per_crop']:.2f} | {r['tflops']:.3f} | {frac} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, {"rows": rows, "machine": {"device": name, "torch": torch.__version__,
                                                     "python": platform.python_version(), "cpus": os.cpu_count(),
                                                     "loadavg": os.getloadavg()},
                           "settings": {"batch": batch, "per_frame": per_frame, "seconds": seconds, "warmup": warmup,
-                                       "compile": args.compile}})
+                                       "compile": args.compile, "cpu_precision": args.cpu_precision}})
     return 0
 
 

@@ -70,7 +70,8 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global gradient norm; 0 = off
     max_nan_steps: int = 20  # consecutive non-finite losses that stop training with an error
     compile: bool = False  # torch.compile the model (CUDA: faster after a warm-up of a minute)
-    channels_last: bool = True  # on CUDA only: the memory format tensor cores like
+    channels_last: bool = True  # with bf16 (CUDA, or cpu_precision bf16): the memory format tensor cores and oneDNN like
+    cpu_precision: str = "auto"  # auto | bf16 | fp32: training on the CPU; auto = bf16 where the CPU has native bf16 (AVX512-BF16, AMX)
     threads: int = 0  # CPU threads of torch; 0 = the cores this process may use, minus one for the streamer
     seed: int = 0
     steps: int = 0  # offline (`motionmask train`): stop after this many steps; 0 = no step limit
@@ -227,6 +228,7 @@ class LearnerConfig:
             ("train.lr", 0 < t.lr < 1, "in (0, 1)"),
             ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
             ("train.schedule", t.schedule in ("constant", "cosine"), "constant or cosine"),
+            ("train.cpu_precision", t.cpu_precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
             ("train.warmup_steps", t.warmup_steps >= 0, ">= 0"),
             ("train.min_lr_fraction", 0 <= t.min_lr_fraction <= 1, "between 0 and 1"),
             ("train.grad_clip", t.grad_clip >= 0, ">= 0 (0 = off)"),

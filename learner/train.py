@@ -7,7 +7,8 @@
 One training step = Trainer.forward_backward + Trainer.update:
   1. crops     N buffer samples -> N x per_frame jittered crops with their trimaps, on the device
                (learner/crops.py)
-  2. forward   normalise; on CUDA channels_last and bf16 autocast, on the CPU float32
+  2. forward   normalise; channels_last and bf16 autocast on CUDA and on CPUs with native bf16
+               (learner.train.cpu_precision), else float32
   3. loss      binary cross-entropy on the trimap's positive and negative pixels only (learner/loss.py);
                with extra heads enabled (learner.heads), their losses too, on the same backbone
                step: segments against the flow cropped like the image (learner/grouping_loss.py),
@@ -79,6 +80,28 @@ def resolve_device(requested: str = "auto", strict: bool = False) -> torch.devic
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there autocast to bf16 makes a
+    training step about 1.8x faster (bench/learner.py). Without those instructions oneDNN
+    emulates bf16, which is slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def use_bf16(device: torch.device, cpu_precision: str) -> bool:
+    """bf16 autocast for training: always on CUDA; on the CPU per learner.train.cpu_precision."""
+    if device.type == "cuda":
+        return True
+    return cpu_precision == "bf16" or (cpu_precision == "auto" and cpu_has_native_bf16())
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -131,7 +154,9 @@ class Trainer:
         self.model = build_model(cfg.model, self.crop_size, cfg.heads).to(self.device)
         self.arch = architecture(cfg.model, self.crop_size, cfg.heads)
         self.target_size = output_size(self.model, self.crop_size)
-        self.channels_last = self.cuda and t.channels_last
+        self.bf16 = use_bf16(self.device, t.cpu_precision)
+        # channels_last: what tensor cores and oneDNN's bf16 kernels like (CPU float32: left alone)
+        self.channels_last = t.channels_last and self.bf16
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if t.compile else self.model
@@ -192,7 +217,7 @@ class Trainer:
         x = self.model.normalize(crops.images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if self.heads:  # one backbone pass for the mask and the segments
                 outputs = self.net_heads(self.model, x, [n for n in ("mask", "segments") if n in self.model.heads])
                 logits = outputs["mask"]
@@ -232,7 +257,7 @@ class Trainer:
             x = self.model.normalize(patches)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 emb = self.net_heads(self.model, x, ["embedding"])["embedding"]
             n = extra.query.shape[0]
             hard = h.embedding.hard_negatives if self.step_count >= h.embedding.warmup_steps else None
@@ -562,22 +587,25 @@ class _ThreadTrial:
     """Offline on the CPU, torch runs one thread fewer than the cores while the streamer process
     streams the inputs. Once it is done, try all cores for a few steps and keep them only if steps
     got faster: on a machine busy with other work, an intra-op pool that waits for a busy core is
-    several times slower than one thread fewer (measured here: 353 ms a step became 4177)."""
+    several times slower than one thread fewer (measured here: 353 ms a step became 4177).
+    A trial that lost is tried again RETRY_STEPS later: the other work may have been brief."""
 
     STEPS = 5  # steps timed with all cores
+    RETRY_STEPS = 1000
 
-    def __init__(self) -> None:
+    def __init__(self, not_before: int = 0) -> None:
         self.before: float | None = None  # seconds per step with the streamer's threads
         self.mark = (0, 0.0)  # (step, train_seconds) where the current timing started
         self.old = torch.get_num_threads()
+        self.not_before = not_before  # step at which a retry starts timing
 
     def check(self, trainer: Trainer, feed: Feed) -> "_ThreadTrial | None":
-        """Call after every step; returns None once decided."""
+        """Call after every step; returns None once all cores are kept."""
         step, t = trainer.step_count, trainer.train_seconds
         if self.before is None:  # waiting for the streamer; time the last 25 steps
             if step % 25 or step == self.mark[0]:
                 return self
-            if not feed.finished():
+            if not feed.finished() or step < self.not_before + 25:
                 self.mark = (step, t)
                 return self
             self.before = (t - self.mark[1]) / (step - self.mark[0])
@@ -588,11 +616,13 @@ class _ThreadTrial:
         after = (t - self.mark[1]) / max(n, 1)
         if n < self.STEPS and after < 3 * self.before:  # a much slower step ends the trial at once
             return self
-        if after >= 0.95 * self.before:
+        kept = after < 0.95 * self.before
+        if not kept:
             torch.set_num_threads(self.old)
         log_event(logger, "train_threads", threads=torch.get_num_threads(), tried=available_cores(),
-                  ms_per_step_before=round(self.before * 1000, 1), ms_per_step_tried=round(after * 1000, 1))
-        return None
+                  ms_per_step_before=round(self.before * 1000, 1), ms_per_step_tried=round(after * 1000, 1),
+                  retry_at_step=None if kept else step + self.RETRY_STEPS)
+        return None if kept else _ThreadTrial(not_before=step + self.RETRY_STEPS)
 
 
 def _json(record: dict) -> str:

@@ -17,7 +17,8 @@ from learner.checkpoint import find_resume, load_checkpoint, step_files
 from learner.crops import make_crops
 from learner.loss import masked_bce
 from learner.samples import RingFeed
-from learner.train import Limits, NonFiniteLoss, Trainer, fit, resolve_device
+from learner import train as train_mod
+from learner.train import Limits, NonFiniteLoss, Trainer, fit, resolve_device, use_bf16
 from streamer.errors import UserError
 
 
@@ -161,6 +162,27 @@ def test_corrupt_and_incompatible_checkpoints(ring, tmp_path):
     assert find_resume(tmp_path / "elsewhere") is None
 
 
+def test_cpu_precision_bf16_trains_and_auto_follows_the_cpu(ring, monkeypatch):
+    """bf16 autocast on the CPU (learner.train.cpu_precision): the loss falls as in float32, and
+    auto picks bf16 exactly when the CPU reports native bf16."""
+    trainer = Trainer(tiny_config(cpu_precision="bf16"))
+    assert trainer.bf16 and trainer.channels_last
+    assert next(trainer.model.parameters()).dtype == torch.float32  # autocast: the weights stay float32
+    before = fixed_loss(trainer, ring)
+    s = fit(trainer, RingFeed(ring), None, Limits(steps=40), progress=False)
+    assert s.nan_skipped == 0 and fixed_loss(trainer, ring) < 0.6 * before
+    fp32 = Trainer(tiny_config(cpu_precision="fp32"))
+    assert not fp32.bf16 and not fp32.channels_last
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
+        assert use_bf16(cpu, "auto") is native
+        assert use_bf16(cpu, "bf16") and not use_bf16(cpu, "fp32")
+    cfg = tiny_config(cpu_precision="half")
+    with pytest.raises(ValueError, match="learner.train.cpu_precision"):
+        cfg.validate()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_falls_back_with_one_warning_or_fails_when_strict(caplog):
     with caplog.at_level(logging.WARNING):
@@ -173,3 +195,41 @@ def test_cuda_without_cuda_falls_back_with_one_warning_or_fails_when_strict(capl
     cfg = tiny_config(device="cuda", strict_device=True)
     with pytest.raises(UserError, match="strict_device"):
         Trainer(cfg)
+
+
+def test_thread_trial_reverts_when_slower_and_retries_later(caplog):
+    """Offline CPU training tries all cores once the streamer is done; a slower trial reverts and
+    is tried again RETRY_STEPS later (driven here with step times, not the clock)."""
+    from types import SimpleNamespace
+
+    from learner.train import _ThreadTrial
+
+    threads = torch.get_num_threads()
+    trainer = SimpleNamespace(step_count=0, train_seconds=0.0)
+    feed = SimpleNamespace(finished=lambda: True)
+
+    def run(trial, steps, seconds_per_step):
+        for _ in range(steps):
+            trainer.step_count += 1
+            trainer.train_seconds += seconds_per_step
+            trial = trial.check(trainer, feed)
+            if trial is None:
+                break
+        return trial
+
+    try:
+        with caplog.at_level(logging.INFO):
+            trial = run(_ThreadTrial(), 25, 0.1)  # the baseline: 25 steps at 0.1 s
+            assert trial is not None and trial.before == pytest.approx(0.1)
+            retry = run(trial, 1, 0.5)  # all cores 5x slower: one step ends the trial; retried later
+            assert isinstance(retry, _ThreadTrial) and retry is not trial
+            assert retry.not_before == trainer.step_count + _ThreadTrial.RETRY_STEPS
+            assert torch.get_num_threads() == trial.old
+            assert run(retry, _ThreadTrial.RETRY_STEPS, 0.5) is retry  # waits, times nothing
+            assert retry.before is None
+            assert run(retry, 50, 0.1) is retry and retry.before == pytest.approx(0.1)  # 25 fresh steps
+            assert run(retry, 5, 0.05) is None  # faster now: kept for good
+        lines = [r.getMessage() for r in caplog.records if "train_threads" in r.getMessage()]
+        assert len(lines) == 2 and "retry_at_step" in lines[0]
+    finally:
+        torch.set_num_threads(threads)
