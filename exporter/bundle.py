@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamer.atomic import fsync_dir
+from streamer.atomic import fsync_dir, pid_alive
 from streamer.errors import UserError
 from streamer.log import log_event
 
@@ -334,16 +334,6 @@ def rollback(d: str | Path) -> tuple[str, str]:
     return prev, cur or ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def prune(d: str | Path, keep: int) -> list[str]:
     """Remove all but the newest `keep` bundles (LATEST and PREVIOUS always stay) and temp folders
     of processes that are gone. Returns the versions removed."""
@@ -359,7 +349,7 @@ def prune(d: str | Path, keep: int) -> list[str]:
     for p in d.iterdir():
         if p.name.startswith(TMP_PREFIX) and p.is_dir():
             pid = p.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
     if removed:
         log_event(logger, "bundles_pruned", dir=d, removed=",".join(removed), kept=keep)

@@ -27,10 +27,11 @@ import _posixshmem
 import numpy as np
 from multiprocessing import resource_tracker
 
+from streamer.atomic import pid_alive
 from streamer.errors import UserError
 from streamer.log import log_event
 from streamer.ringbuffer import (ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, _aligned, _camera_id,
-                                 _pid_alive, _shm_free_bytes, camera_key, claim_client_row, lock_segment,
+                                 _shm_free_bytes, camera_key, claim_client_row, lock_segment,
                                  unlock_segment)
 
 logger = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ class PairBuffer:
         """Under the lock: a slot odd for a while whose writer is gone (or far too slow) is taken over."""
         age = time.monotonic() - float(self._meta["write_start"][slot])
         pid = int(self._meta["writer_pid"][slot])
-        if age < ABANDON_CHECK_S or not (age > ABANDON_FORCE_S or (pid != self._pid and not _pid_alive(pid))):
+        if age < ABANDON_CHECK_S or not (age > ABANDON_FORCE_S or (pid != self._pid and not pid_alive(pid))):
             return False
         self._count("reclaimed")
         log_event(logger, "pairs_reclaim", logging.WARNING, name=self.name, slot=slot, writer_pid=pid, age_s=age)

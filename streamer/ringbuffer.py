@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 from multiprocessing import resource_tracker
 
+from streamer.atomic import pid_alive
 from streamer.errors import UserError
 from streamer.log import log_event
 
@@ -187,18 +188,6 @@ def _camera_id(key: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little", signed=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _shm_free_bytes() -> int | None:
     try:
         st = os.statvfs("/dev/shm")
@@ -239,7 +228,7 @@ def claim_client_row(clients: np.ndarray, pid: int, what: str) -> int:
     if empty.size:
         row = int(empty[0]) + 1
     else:
-        gone = [i for i in range(1, len(pids)) if pids[i] < 0 or not _pid_alive(int(pids[i]))]
+        gone = [i for i in range(1, len(pids)) if pids[i] < 0 or not pid_alive(int(pids[i]))]
         if not gone:
             raise UserError(f"{what}: more than {len(pids) - 1} processes attached")
         row = gone[0]
@@ -424,7 +413,7 @@ class RingBuffer:
                 os.close(fd)
         except FileNotFoundError:
             return  # vanished meanwhile
-        if owner and _pid_alive(owner):
+        if owner and pid_alive(owner):
             raise UserError(f"ring buffer {name!r} is in use by running process {owner}; "
                             f"stop it or choose another buffer.name")
         if not cfg.replace_stale:
@@ -648,7 +637,7 @@ class RingBuffer:
             if age < ABANDON_CHECK_S:
                 continue
             pid = int(self._m_pid[i])
-            if age > ABANDON_FORCE_S or (pid != self._pid and not _pid_alive(pid)):
+            if age > ABANDON_FORCE_S or (pid != self._pid and not pid_alive(pid)):
                 self._m_state[i] = FREE  # seq stays odd; the next writer moves it on by 2
                 self._count("reclaimed")
                 log_event(logger, "ring_reclaim", logging.WARNING, name=self.name, slot=int(i),
@@ -825,7 +814,7 @@ class RingBuffer:
             "sample_retries": c["sample_retries"],
             "relabels": c["relabels"],
             "relabel_refused": c["relabel_refused"],
-            "processes": sum(_pid_alive(int(p)) for p in self._clients["pid"][1:] if p > 0),
+            "processes": sum(pid_alive(int(p)) for p in self._clients["pid"][1:] if p > 0),
             "oldest_age_s": float(ages.max()) if fill else 0.0,
             "newest_age_s": float(ages.min()) if fill else 0.0,
             "by_camera": by_camera,
