@@ -135,3 +135,9 @@ def test_evaluate_student_scores_student_and_teacher(clips, trained):
     for m in ("student", "teacher"):
         assert res[m]["frames"] > 0 and 0.0 <= res[m]["iou"] <= 1.0
     assert res["clips"] == 1 and res["per_clip"][0]["clip"] == "clip000" and res["step"] >= 5
+    # the quick mode of bench/student.py: every 3rd frame, student only, the same per-frame scores
+    quick = evaluate_student(trained / "checkpoints" / "last.pt", clips, device="cpu", every=3, teacher=False)
+    assert quick["teacher"]["iou"] is None and quick["teacher"]["frames"] == 0
+    n = res["student"]["frames"]
+    assert 0 < quick["student"]["frames"] <= n // 3 + 1
+    assert 0.0 <= quick["student"]["iou"] <= 1.0 and quick["every"] == 3
