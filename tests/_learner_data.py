@@ -54,6 +54,7 @@ def tiny_config(**train) -> LearnerConfig:
     cfg.train.schedule = "constant"
     cfg.train.device = "cpu"
     cfg.train.threads = 1
+    cfg.train.cpu_precision = "fp32"  # the same arithmetic on every CI machine (auto follows the CPU's flags)
     cfg.train.log_every = 1
     cfg.checkpoint.every_minutes = 0
     for k, v in train.items():
