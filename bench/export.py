@@ -21,13 +21,10 @@ from __future__ import annotations
 import os
 import sys
 
-# Before numpy and torch load: BLAS/OpenMP pools size themselves at import, so set the env and
-# re-exec (ONNX Runtime's own threads are set per session below).
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS")
-if __name__ == "__main__" and any(os.environ.get(v) != "1" for v in _THREAD_VARS):
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
-              {**os.environ, **{v: "1" for v in _THREAD_VARS}})
+if __name__ == "__main__":  # before numpy and torch load: one thread per BLAS/OpenMP pool (ONNX Runtime's own threads are set per session below)
+    from _one_thread import reexec_single_threaded  # bench/ is sys.path[0] here
+
+    reexec_single_threaded(__file__)
 
 import argparse  # noqa: E402
 import logging  # noqa: E402

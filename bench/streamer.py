@@ -28,12 +28,10 @@ from __future__ import annotations
 import os
 import sys
 
-# Before numpy loads: BLAS/OpenMP pools size themselves at import, so set the env and re-exec.
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS")
-if __name__ == "__main__" and any(os.environ.get(v) != "1" for v in _THREAD_VARS):
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
-              {**os.environ, **{v: "1" for v in _THREAD_VARS}})
+if __name__ == "__main__":  # before numpy and torch load: one thread per BLAS/OpenMP pool
+    from _one_thread import THREAD_VARS, reexec_single_threaded  # bench/ is sys.path[0] here
+
+    reexec_single_threaded(__file__)
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
@@ -513,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         "revision": git_revision(), "config": args.config or "built-in defaults", "warmup": warmup,
         "timed_frames_per_clip": n_timed, "python": platform.python_version(), "numpy": np.__version__,
         "opencv": cv2.__version__, "pyav": av.__version__, "notes": notes,
-        "threads_env": {v: os.environ.get(v) for v in _THREAD_VARS},
+        "threads_env": {v: os.environ.get(v) for v in THREAD_VARS},
     }
     headline = headline_lines(groups, (640, 480)) or headline_lines(groups, sizes[0])
     print(report(meta, groups, runs, sp, headline))
