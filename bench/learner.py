@@ -182,7 +182,7 @@ def main() -> int:
                 only, flops = step_only(trainer, ring, seconds / 2)
                 row = {"backbone": backbone, "width": cfg.model.resolved_width(), "size": size, "batch": batch,
                        "device": device.type, "threads": torch.get_num_threads(),
-                       "precision": "bf16" if trainer.bf16 else "fp32",
+                       "precision": trainer.precision,
                        "end_to_end_crops_per_s": round(e2e, 1), "step_only_crops_per_s": round(only, 1),
                        "gflop_per_crop": round(flops / 1e9, 3), "tflops": round(flops * e2e / 1e12, 3),
                        "peak_tflops": peak, "fraction_of_peak": round(flops * e2e / 1e12 / peak, 4) if peak else None}

@@ -183,6 +183,11 @@ class Trainer:
         self._pending: _Pending | None = None
         self._pairs_missing: str | None = None  # why the embedding head got no pairs (logged once)
 
+    @property
+    def precision(self) -> str:
+        """bf16 or fp32: how the forward and backward run (for logs and benchmarks)."""
+        return "bf16" if self.bf16 else "fp32"
+
     # ---- the training step ------------------------------------------------------------------
     def lr_now(self) -> float:
         t = self.cfg.train

@@ -176,7 +176,7 @@ class LearnerProcess:
             self.pairs = PairBuffer.attach(self.spec["pairs_name"])
             pairs = RingPairFeed(self.pairs)
         log_event(log, "learner_running", device=trainer.device.type, threads=cfg.train.threads,
-                  precision="bf16" if trainer.bf16 else "fp32",
+                  precision=trainer.precision,
                   backbone=cfg.model.backbone, crop=trainer.crop_size, batch=cfg.train.batch, run_dir=run_dir,
                   step=trainer.step_count, bootstrap=cfg.bootstrap.enabled, buffer=self.ring.name,
                   pairs=self.pairs.name if self.pairs is not None else "off")

@@ -166,13 +166,13 @@ def test_cpu_precision_bf16_trains_and_auto_follows_the_cpu(ring, monkeypatch):
     """bf16 autocast on the CPU (learner.train.cpu_precision): the loss falls as in float32, and
     auto picks bf16 exactly when the CPU reports native bf16."""
     trainer = Trainer(tiny_config(cpu_precision="bf16"))
-    assert trainer.bf16 and trainer.channels_last
+    assert trainer.bf16 and trainer.channels_last and trainer.precision == "bf16"
     assert next(trainer.model.parameters()).dtype == torch.float32  # autocast: the weights stay float32
     before = fixed_loss(trainer, ring)
     s = fit(trainer, RingFeed(ring), None, Limits(steps=40), progress=False)
     assert s.nan_skipped == 0 and fixed_loss(trainer, ring) < 0.6 * before
     fp32 = Trainer(tiny_config(cpu_precision="fp32"))
-    assert not fp32.bf16 and not fp32.channels_last
+    assert not fp32.bf16 and not fp32.channels_last and fp32.precision == "fp32"
     cpu = torch.device("cpu")
     for native in (True, False):
         monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)

@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
                   f"{trainer.train_seconds / 60:.1f} min trained); raise --steps or --minutes to go on", file=sys.stderr)
             return 0
     log_event(logger, "train_start", out=out, inputs=len(feed.specs), device=trainer.device.type,
-              precision="bf16" if trainer.bf16 else "fp32",
+              precision=trainer.precision,
               backbone=cfg.learner.model.backbone, crop=trainer.crop_size, batch=t.batch, steps=t.steps,
               minutes=t.minutes, start_step=trainer.step_count)
 
