@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from motionmask.child import Stopped, run_child
 from motionmask.config import from_dict
 from streamer import protocol
 from streamer.config import StreamerConfig
@@ -48,10 +49,6 @@ MSG_MASK, MSG_STATS = b"M", b"S"
 _RESYNC_S = 1.0  # realtime playback further behind than this stops catching up and re-anchors
 _FPS_WINDOW_S = 2.0
 STUDENT_CHECK_S = 2.0  # how often the exports folder is looked at for a new bundle
-
-
-class _Stopped(Exception):
-    """A stop signal that arrived while the source was still opening."""
 
 
 class CameraProcess:
@@ -101,7 +98,7 @@ class CameraProcess:
         self.signum = signum
         self.stop.set()
         if self.phase == "opening":
-            raise _Stopped()
+            raise Stopped()
         src = self.source
         if src is not None and src.live:
             src.close()  # wakes a consumer waiting for a live frame; safe from a signal handler
@@ -157,7 +154,7 @@ class CameraProcess:
                 code = 128 + (self.signum or signal.SIGTERM)
             if self.phase == "finished":
                 log_event(log, "camera_source_ended", camera=self.name, frames=self.counters["frames"])
-        except _Stopped:
+        except Stopped:
             self.phase = "stopped"
             code = 128 + (self.signum or signal.SIGTERM)
         except SourceError as e:
@@ -335,24 +332,7 @@ class _Reporter(threading.Thread):
 
 
 def main() -> int:
-    spec = json.load(sys.stdin)
-    logging.basicConfig(level=getattr(logging, spec.get("log_level", "INFO")),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
-    cam: CameraProcess | None = None
-
-    def early(signum: int, _frame: object) -> None:
-        raise _Stopped()
-
-    signal.signal(signal.SIGTERM, early)
-    signal.signal(signal.SIGINT, early)
-    try:
-        cam = CameraProcess(spec)
-        signal.signal(signal.SIGTERM, cam.on_signal)
-        signal.signal(signal.SIGINT, cam.on_signal)
-        return cam.run()
-    except _Stopped:
-        return 128 + signal.SIGTERM
+    return run_child(CameraProcess)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import numpy as np
 import zmq
 
 from motionmask.camera_process import EXIT_CRASH, EXIT_USER, MSG_MASK, MSG_STATS
+from motionmask.child import Stopped, run_child
 from motionmask.config import from_dict
 from learner.config import LearnerConfig
 from streamer import protocol
@@ -55,10 +56,6 @@ _WALL_CLOCK = 1e9  # capture times above this (2001) are wall clock (live source
 # The cameras keep pace with their sources; the learner can wait. A nice learner gets the CPU the
 # cameras leave, so on a small machine a busy learner costs camera fps nothing it could give back.
 NICE = 10
-
-
-class _Stopped(Exception):
-    """A stop signal that arrived before training started."""
 
 
 def daemon_threads(requested: int, cameras: int) -> int:
@@ -109,7 +106,7 @@ class LearnerProcess:
         self.signum = signum
         self.stop.set()
         if self.phase == "starting":
-            raise _Stopped()
+            raise Stopped()
 
     # -- main -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -119,7 +116,7 @@ class LearnerProcess:
             self._train()
             self.phase = "stopped"
             code = 128 + (self.signum or signal.SIGTERM)
-        except _Stopped:
+        except Stopped:
             self.phase = "stopped"
             code = 128 + (self.signum or signal.SIGTERM)
         except UserError as e:
@@ -385,23 +382,7 @@ class _Reporter(threading.Thread):
 
 
 def main() -> int:
-    spec = json.load(sys.stdin)
-    logging.basicConfig(level=getattr(logging, spec.get("log_level", "INFO")),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
-
-    def early(signum: int, _frame: object) -> None:
-        raise _Stopped()
-
-    signal.signal(signal.SIGTERM, early)
-    signal.signal(signal.SIGINT, early)
-    try:
-        proc = LearnerProcess(spec)
-        signal.signal(signal.SIGTERM, proc.on_signal)
-        signal.signal(signal.SIGINT, proc.on_signal)
-        return proc.run()
-    except _Stopped:
-        return 128 + signal.SIGTERM
+    return run_child(LearnerProcess)
 
 
 if __name__ == "__main__":
