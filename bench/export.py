@@ -30,12 +30,13 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from _machine import cpu_model, git_revision  # noqa: E402  (bench/ is still sys.path[0] here)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Python puts this script's folder first on the path, where bench/zmq.py would shadow pyzmq.
@@ -47,27 +48,6 @@ from streamer.errors import UserError  # noqa: E402
 
 TARGET_MS = 10.0  # per 224x224 frame, one core
 TARGET_PARITY = 1e-4
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:

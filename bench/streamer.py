@@ -36,7 +36,6 @@ if __name__ == "__main__":  # before numpy and torch load: one thread per BLAS/O
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,6 +44,8 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+from _machine import cpu_model, git_revision  # noqa: E402  (bench/ is still sys.path[0] here)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Python puts this script's folder first on the path, where bench/zmq.py would shadow pyzmq.
@@ -83,27 +84,6 @@ def pin_to_one_cpu(cpu: int | None) -> str:
         raise UserError(f"--cpu {cpu}: not one of the CPUs this process may use ({allowed}); pick one of those")
     os.sched_setaffinity(0, {cpu})
     return f"pinned to CPU {cpu} (1 of {os.cpu_count()} cores); cv2 and BLAS threads = 1"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # ----------------------------------------------------------------------------------------------
