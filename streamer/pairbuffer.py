@@ -16,23 +16,20 @@ Slots hold two P x P x 3 uint8 patches and a metadata row; the number of slots f
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
-import threading
 import time
 from dataclasses import dataclass
 
-import _posixshmem
 import numpy as np
-from multiprocessing import resource_tracker
 
 from streamer.atomic import pid_alive
 from streamer.errors import UserError
 from streamer.log import log_event
-from streamer.ringbuffer import (ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, _aligned, _camera_id,
-                                 _shm_free_bytes, camera_key, claim_client_row, lock_segment,
-                                 unlock_segment)
+from streamer.ringbuffer import ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, _camera_id, camera_key
+from streamer.shm import Format, Layout, Segment, attach_segment, create_segment, layout
 
 logger = logging.getLogger(__name__)
 
@@ -43,23 +40,18 @@ COUNTERS = ("puts", "drop_lock_timeout", "drop_busy", "drop_lost_slot", "reclaim
 _C = {name: i for i, name in enumerate(COUNTERS)}
 _HEADER = np.dtype([("magic", "S8"), ("version", "<u4"), ("patch", "<u4"), ("slots", "<u4"),
                     ("owner_pid", "<i8"), ("created", "<f8"), ("put_seq", "<u8"), ("size", "<u8")])
-_HEADER_BYTES = 4096
 _CLIENT = np.dtype([("pid", "<i8"), ("counts", "<i8", (8,))])
 _META = np.dtype([("put_seq", "<u8"), ("camera_id", "<i8"), ("shot", "<i8"), ("t0", "<i8"), ("t1", "<i8"),
                   ("track", "<i8"), ("put_time", "<f8"), ("write_start", "<f8"), ("writer_pid", "<i8"),
                   ("state", "u1"), ("camera", f"S{CAMERA_BYTES}")])
+_FORMAT = Format("pair store", MAGIC, VERSION, _HEADER)
 _GROUP_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _layout(p: int, n: int) -> tuple[dict, int]:
-    parts = [("header", _HEADER, (1,)), ("clients", _CLIENT, (MAX_CLIENTS,)), ("seq", np.dtype("<u8"), (n,)),
-             ("meta", _META, (n,)), ("query", np.dtype("u1"), (n, p, p, 3)), ("tracked", np.dtype("u1"), (n, p, p, 3))]
-    out, off = {}, 0
-    for name, dt, shape in parts:
-        out[name] = (off, dt, shape)
-        nbytes = dt.itemsize * int(np.prod(shape))
-        off = _aligned(off + (max(nbytes, _HEADER_BYTES) if name == "header" else nbytes))
-    return out, off
+def _layout(p: int, n: int) -> Layout:
+    return layout([("header", _HEADER, (1,)), ("clients", _CLIENT, (MAX_CLIENTS,)), ("seq", np.dtype("<u8"), (n,)),
+                   ("meta", _META, (n,)), ("query", np.dtype("u1"), (n, p, p, 3)),
+                   ("tracked", np.dtype("u1"), (n, p, p, 3))])
 
 
 def pair_slots(patch: int, memory_mb: float) -> int:
@@ -94,23 +86,19 @@ class PairRows:
         return len(self.group)
 
 
-class PairBuffer:
+class PairBuffer(contextlib.AbstractContextManager["PairBuffer"]):
     """See the module docstring. Use `create` or `attach`."""
 
     def __init__(self, name: str, mm: mmap.mmap, owner: bool, lock_timeout_ms: float) -> None:
-        self.name, self._mm, self._owner, self._closed = name, mm, owner, False
-        self.lock_timeout_ms = lock_timeout_ms
+        self.name, self.lock_timeout_ms = name, lock_timeout_ms
         hdr = np.frombuffer(mm, _HEADER, 1, 0)
         self.patch, self.capacity = int(hdr["patch"][0]), int(hdr["slots"][0])
-        layout, size = _layout(self.patch, self.capacity)
-        if size > len(mm):
-            raise UserError(f"pair store {name!r} is truncated; remove /dev/shm/{name} and restart")
-        v = {k: np.frombuffer(mm, dt, int(np.prod(shape)), off).reshape(shape) for k, (off, dt, shape) in layout.items()}
+        self._seg = seg = Segment(_FORMAT, name, mm, _layout(self.patch, self.capacity), owner, _C)
+        self._acquire, self._release, self._count = seg.acquire, seg.release, seg.count
+        v = seg.arrays
         self._hdr, self._clients, self._seq, self._meta = v["header"], v["clients"], v["seq"], v["meta"]
         self._query, self._tracked = v["query"], v["tracked"]
         self._cams: dict[str, tuple[bytes, int]] = {}
-        self._pid, self._fd, self._row = -1, -1, -1
-        self._bind_process()
 
     # ---- lifetime -------------------------------------------------------------------------
     @classmethod
@@ -122,29 +110,8 @@ class PairBuffer:
                             f"raise it or lower streamer.patches.size")
         name = name or f"motionmask_pairs_{os.getpid()}_{os.urandom(4).hex()}"
         size = _layout(patch, n)[1]
-        free = _shm_free_bytes()
-        if free is not None and size > free:
-            raise UserError(f"streamer.patches.store_mb={memory_mb:g} needs {size / 2**20:.0f} MB but /dev/shm "
-                            f"has {free / 2**20:.0f} MB free; lower it (in Docker: --shm-size)")
-        path = "/" + name
-        try:
-            fd = _posixshmem.shm_open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
-        except FileExistsError:
-            raise UserError(f"shared memory {name!r} already exists; delete /dev/shm/{name}") from None
-        try:
-            os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            _posixshmem.shm_unlink(path)
-            raise
-        os.close(fd)
-        resource_tracker.register(path, "shared_memory")  # unlinked if this process dies without close()
-        hdr = np.frombuffer(mm, _HEADER, 1, 0)
-        hdr["version"], hdr["patch"], hdr["slots"] = VERSION, patch, n
-        hdr["owner_pid"], hdr["created"], hdr["size"] = os.getpid(), time.time(), size
-        hdr["magic"] = MAGIC  # last: an attacher racing the creation sees no magic yet
-        del hdr
+        mm = create_segment(_FORMAT, name, size, {"patch": patch, "slots": n},
+                            setting="streamer.patches.store_mb", mb=memory_mb)
         pb = cls(name, mm, True, lock_timeout_ms)
         log_event(logger, "pairs_create", name=name, slots=n, patch=patch, mb=round(size / 2**20, 1))
         return pb
@@ -152,95 +119,25 @@ class PairBuffer:
     @classmethod
     def attach(cls, name: str, lock_timeout_ms: float = 2.0) -> "PairBuffer":
         """Attach to a store another process created; close() only unmaps."""
-        try:
-            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
-        except FileNotFoundError:
-            raise UserError(f"no pair store named {name!r} (is the process that creates it running?)") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < _HEADER_BYTES:
-                raise UserError(f"shared memory {name!r} is not a motionmask pair store")
-            mm = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        hdr = np.frombuffer(mm, _HEADER, 1, 0)
-        ok = bytes(hdr["magic"][0]) == MAGIC and int(hdr["version"][0]) == VERSION
-        del hdr
-        if not ok:
-            mm.close()
-            raise UserError(f"shared memory {name!r} is not a motionmask pair store of version {VERSION}")
-        return cls(name, mm, False, lock_timeout_ms)
+        return cls(name, attach_segment(_FORMAT, name), False, lock_timeout_ms)
 
     def __reduce__(self) -> tuple:
         return (PairBuffer.attach, (self.name, self.lock_timeout_ms))
 
-    def _bind_process(self) -> None:
-        """Own flock descriptor, thread lock and counter row per process (see RingBuffer)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-        if self._row >= 0:
-            self._owner = False  # a forked child never unlinks its parent's store
-        self._pid = os.getpid()
-        self._fd = _posixshmem.shm_open("/" + self.name, os.O_RDWR, mode=0o600)
-        self._tlock, self._count_lock = threading.Lock(), threading.Lock()
-        self._row = -1
-        if not self._acquire(5.0):
-            raise UserError(f"pair store {self.name!r}: lock held for more than 5 s; is a process stuck?")
-        try:
-            self._row = claim_client_row(self._clients, self._pid, f"pair store {self.name!r}")
-        finally:
-            self._release()
-
-    def _check(self) -> None:
-        if self._closed:
-            raise ValueError(f"pair store {self.name!r} is closed")
-        if os.getpid() != self._pid:
-            self._bind_process()
-
     def close(self) -> None:
-        if self._closed:
-            return
-        forked = os.getpid() != self._pid
-        if not forked and self._row > 0:
-            self._clients["pid"][self._row] = -self._pid
-        self._closed = True
-        del self._hdr, self._clients, self._seq, self._meta, self._query, self._tracked
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a view is still referenced; unmapped when it goes
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._owner and not forked:
-            try:
-                _posixshmem.shm_unlink("/" + self.name)
-            except FileNotFoundError:
-                pass
-            resource_tracker.unregister("/" + self.name, "shared_memory")
-
-    def __enter__(self) -> "PairBuffer":
-        return self
+        """Unmap; the creator also unlinks the store."""
+        if not self._seg.closed:
+            del self._hdr, self._clients, self._seq, self._meta, self._query, self._tracked  # views first
+            self._seg.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # ---- locking --------------------------------------------------------------------------
-    def _acquire(self, timeout_s: float) -> bool:
-        return lock_segment(self._tlock, self._fd, timeout_s)
-
-    def _release(self) -> None:
-        unlock_segment(self._tlock, self._fd)
-
-    def _count(self, name: str, k: int = 1) -> None:
-        with self._count_lock:
-            self._clients["counts"][self._row, _C[name]] += k
 
     # ---- writing --------------------------------------------------------------------------
     def put(self, pair) -> bool:
         """Store one PatchPair (streamer.patches); overwrites the oldest. Never waits longer than
         lock_timeout_ms: False, and counted, when the lock is busy or the slot is mid-write."""
-        self._check()
+        self._seg.check()
         p = self.patch
         if pair.query.shape != (p, p, 3) or pair.tracked.shape != (p, p, 3):
             raise ValueError(f"pair patches are {pair.query.shape}, the store holds {p}x{p}x3; "
@@ -264,7 +161,7 @@ class PairBuffer:
             put_seq = int(self._hdr["put_seq"][0]) + 1
             self._hdr["put_seq"] = put_seq
             m["state"][slot], m["put_seq"][slot] = WRITING, put_seq
-            m["writer_pid"][slot], m["write_start"][slot] = self._pid, time.monotonic()
+            m["writer_pid"][slot], m["write_start"][slot] = self._seg.pid, time.monotonic()
         finally:
             self._release()
         self._query[slot] = pair.query
@@ -284,7 +181,7 @@ class PairBuffer:
         """Under the lock: a slot odd for a while whose writer is gone (or far too slow) is taken over."""
         age = time.monotonic() - float(self._meta["write_start"][slot])
         pid = int(self._meta["writer_pid"][slot])
-        if age < ABANDON_CHECK_S or not (age > ABANDON_FORCE_S or (pid != self._pid and not pid_alive(pid))):
+        if age < ABANDON_CHECK_S or not (age > ABANDON_FORCE_S or (pid != self._seg.pid and not pid_alive(pid))):
             return False
         self._count("reclaimed")
         log_event(logger, "pairs_reclaim", logging.WARNING, name=self.name, slot=slot, writer_pid=pid, age_s=age)
@@ -294,7 +191,7 @@ class PairBuffer:
     def sample(self, n: int, rng: np.random.Generator) -> PairRows:
         """Up to n pairs drawn uniformly (without replacement while enough are held); a slot
         rewritten during its copy is redrawn a bounded number of times. Empty store: empty rows."""
-        self._check()
+        self._seg.check()
         p = self.patch
         seq = self._seq
         cand = np.flatnonzero((self._meta["state"] == READY) & (seq % 2 == 0))
@@ -316,10 +213,8 @@ class PairBuffer:
                     retries += 1  # rewritten while we copied: the copy may be torn
                     continue
                 k += 1
-            with self._count_lock:
-                c = self._clients["counts"][self._row]
-                c[_C["drawn"]] += k
-                c[_C["retries"]] += retries
+            self._count("drawn", k)
+            self._count("retries", retries)
         meta = meta[:k]
         return PairRows(q[:k], t[:k], group_ids(meta["camera_id"], meta["shot"]), meta["shot"].astype(np.int64),
                         meta["t0"].astype(np.int64), meta["t1"].astype(np.int64),
@@ -327,7 +222,7 @@ class PairBuffer:
 
     # ---- statistics -----------------------------------------------------------------------
     def stats(self) -> dict:
-        self._check()
+        self._seg.check()
         m = self._meta
         ready = m["state"] == READY
         counts = self._clients["counts"].sum(axis=0)
@@ -339,7 +234,7 @@ class PairBuffer:
         fill = int(ready.sum())
         drops = {"lock_timeout": c["drop_lock_timeout"], "busy": c["drop_busy"], "lost_slot": c["drop_lost_slot"]}
         return {
-            "name": self.name, "capacity": self.capacity, "patch": self.patch, "bytes": len(self._mm),
+            "name": self.name, "capacity": self.capacity, "patch": self.patch, "bytes": len(self._seg.mm),
             "fill": fill, "fill_fraction": fill / self.capacity, "puts": c["puts"], "drops": drops,
             "drops_total": sum(drops.values()), "reclaimed_abandoned": c["reclaimed"], "pairs_drawn": c["drawn"],
             "sample_retries": c["retries"],

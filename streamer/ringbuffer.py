@@ -23,26 +23,24 @@ Memory ordering: the seqlock relies on the CPU not reordering stores as seen by 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import logging
 import mmap
 import os
-import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import _posixshmem  # the module multiprocessing.shared_memory is built on; gives us the fd
 import cv2
 import numpy as np
-from multiprocessing import resource_tracker
 
 from streamer.atomic import pid_alive
 from streamer.errors import UserError
 from streamer.log import log_event
+from streamer.shm import Format, Layout, Segment, attach_segment, create_segment, layout, unlink_segment, unmap
 
 if TYPE_CHECKING:  # the pipeline pulls in flow and superpixels; config loading must stay light
     from streamer.pipeline import MaskResult
@@ -71,7 +69,6 @@ _HEADER = np.dtype([
     ("clients", "<u4"), ("per_shot_cap", "<u4"), ("owner_pid", "<i8"), ("created", "<f8"),
     ("put_seq", "<u8"), ("size", "<u8"),
 ])
-_HEADER_BYTES = 4096
 _CLIENT = np.dtype([("pid", "<i8"), ("counts", "<i8", (16,))])
 _META = np.dtype([
     ("put_seq", "<u8"), ("frame_index", "<i8"), ("shot", "<i8"), ("capture_time", "<f8"),
@@ -79,7 +76,7 @@ _META = np.dtype([
     ("valid", "<i4", (4,)), ("source_hw", "<i4", (2,)),
     ("state", "u1"), ("has_flow", "u1"), ("camera", f"S{CAMERA_BYTES}"),
 ])
-_ALIGN = 4096
+_FORMAT = Format("ring buffer", MAGIC, VERSION, _HEADER)
 _NEVER = np.uint64(2**64 - 1)  # put_seq that loses every "oldest" comparison
 
 
@@ -137,13 +134,9 @@ class Sample:
     source_hw: tuple[int, int] = (0, 0)  # original frame height, width
 
 
-def _aligned(n: int, a: int = _ALIGN) -> int:
-    return (n + a - 1) // a * a
-
-
-def _layout(h: int, w: int, n: int) -> tuple[dict[str, tuple[int, Any, tuple]], int]:
+def _layout(h: int, w: int, n: int) -> Layout:
     """Offsets of every array in the segment; the same function on both sides of an attach."""
-    parts = [
+    return layout([
         ("header", _HEADER, (1,)),
         ("clients", _CLIENT, (MAX_CLIENTS,)),
         ("seq", np.dtype("<u8"), (n,)),
@@ -152,13 +145,7 @@ def _layout(h: int, w: int, n: int) -> tuple[dict[str, tuple[int, Any, tuple]], 
         ("trimaps", np.dtype("u1"), (n, h, w)),
         ("probs", np.dtype("u1"), (n, h, w)),
         ("flows", np.dtype("<f2"), (n, h, w, 2)),
-    ]
-    out, off = {}, 0
-    for name, dt, shape in parts:
-        out[name] = (off, dt, shape)
-        nbytes = dt.itemsize * int(np.prod(shape))
-        off = _aligned(off + (max(nbytes, _HEADER_BYTES) if name == "header" else nbytes))
-    return out, off
+    ])
 
 
 def _total_bytes(h: int, w: int, n: int) -> int:
@@ -186,56 +173,6 @@ def camera_key(camera: str) -> bytes:
 def _camera_id(key: bytes) -> int:
     """64-bit id of a camera key: comparing ints under the lock is 10x faster than 64-byte names."""
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little", signed=True)
-
-
-def _shm_free_bytes() -> int | None:
-    try:
-        st = os.statvfs("/dev/shm")
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def lock_segment(tlock: threading.Lock, fd: int, timeout_s: float) -> bool:
-    """A segment's allocation lock: the thread lock (flock is per process), then flock on the
-    process's own descriptor, both within timeout_s (0: one try). False when either is busy."""
-    deadline = time.monotonic() + timeout_s
-    got = tlock.acquire(timeout=timeout_s) if timeout_s > 0 else tlock.acquire(False)
-    if not got:
-        return False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        if time.monotonic() >= deadline:
-            tlock.release()
-            return False
-        time.sleep(50e-6)
-
-
-def unlock_segment(tlock: threading.Lock, fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    tlock.release()
-
-
-def claim_client_row(clients: np.ndarray, pid: int, what: str) -> int:
-    """Under the segment lock: a counter row (1 .. len - 1) for process pid in a clients table
-    (fields pid, counts); a departed process's row is reused, its counts added to row 0 first."""
-    pids, counts = clients["pid"], clients["counts"]
-    empty = np.flatnonzero(pids[1:] == 0)
-    if empty.size:
-        row = int(empty[0]) + 1
-    else:
-        gone = [i for i in range(1, len(pids)) if pids[i] < 0 or not pid_alive(int(pids[i]))]
-        if not gone:
-            raise UserError(f"{what}: more than {len(pids) - 1} processes attached")
-        row = gone[0]
-        counts[0] += counts[row]  # keep the departed process's counts in the totals
-        counts[row] = 0
-    pids[row] = pid
-    return row
 
 
 class Batch:
@@ -297,14 +234,11 @@ class Batch:
         return [c.decode(errors="replace") for c in self._meta["camera"][: self.n]]
 
 
-class RingBuffer:
+class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
     """See the module docstring. Use `create` or `attach`, not the constructor."""
 
     def __init__(self, name: str, mm: mmap.mmap, owner: bool, cfg: BufferConfig) -> None:
         self.name = name
-        self._mm = mm
-        self._owner = owner
-        self._closed = False
         self._lock_timeout_s = cfg.lock_timeout_ms / 1000.0
         self.sampling = cfg.sampling
         self.half_life_s = cfg.half_life_s
@@ -313,13 +247,10 @@ class RingBuffer:
         self._cfg = dataclasses.replace(cfg, train_width=self.width, train_height=self.height, name=name)
         self.capacity = int(hdr["slots"][0])
         self.per_shot_cap = int(hdr["per_shot_cap"][0])
-        layout, size = _layout(self.height, self.width, self.capacity)
-        if size > len(mm):
-            raise UserError(f"ring buffer {name!r} is truncated ({len(mm)} < {size} bytes); "
-                            f"remove /dev/shm/{name} and restart the learner")
-        v = {k: np.frombuffer(mm, dt, int(np.prod(shape)), off).reshape(shape)
-             for k, (off, dt, shape) in layout.items()}
-        self._v = v
+        self._seg = seg = Segment(_FORMAT, name, mm, _layout(self.height, self.width, self.capacity), owner, _C)
+        # Bound once: put() is the streamers' hot path.
+        self._acquire, self._release, self._count = seg.acquire, seg.release, seg.count
+        v = seg.arrays
         self._hdr, self._clients, self._seq, self._meta = v["header"], v["clients"], v["seq"], v["meta"]
         self._frames, self._trimaps, self._probs, self._flows = v["frames"], v["trimaps"], v["probs"], v["flows"]
         m = self._meta
@@ -328,10 +259,6 @@ class RingBuffer:
         self._m_put_seq, self._m_put_time = m["put_seq"], m["put_time"]
         self._m_write_start, self._m_pid = m["write_start"], m["writer_pid"]
         self._cam_cache: dict[str, tuple[bytes, int]] = {}
-        self._pid = -1
-        self._fd = -1
-        self._row = -1
-        self._bind_process()
 
     # ---- lifetime -------------------------------------------------------------------------
     @classmethod
@@ -347,51 +274,15 @@ class RingBuffer:
             raise UserError(f"ring buffer name {name!r} must not contain '/'")
         h, w, n = cfg.train_height, cfg.train_width, cfg.slots()
         size = _total_bytes(h, w, n)
-        free = _shm_free_bytes()
-        if free is not None and size > free:
-            raise UserError(
-                f"buffer.memory_mb={cfg.memory_mb:g} needs {size / 2**20:.0f} MB but /dev/shm has "
-                f"{free / 2**20:.0f} MB free; lower buffer.memory_mb (in Docker: --shm-size)")
-        shm_path = "/" + name
-        try:
-            fd = _posixshmem.shm_open(shm_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
-        except FileExistsError:
-            cls._handle_existing(name, cfg)
-            fd = _posixshmem.shm_open(shm_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
-        try:
-            os.ftruncate(fd, size)
-            try:  # reserve the pages now: a full /dev/shm fails here, not with SIGBUS mid-run
-                os.posix_fallocate(fd, 0, size)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise UserError(f"/dev/shm is full: cannot reserve {size / 2**20:.0f} MB for "
-                                    f"ring buffer {name!r}; lower buffer.memory_mb") from None
-                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            _posixshmem.shm_unlink(shm_path)
-            raise
-        os.close(fd)
-        # The tracker unlinks the segment if this process dies without close().
-        resource_tracker.register(shm_path, "shared_memory")
-        hdr = np.frombuffer(mm, _HEADER, 1, 0)
-        hdr["version"], hdr["height"], hdr["width"], hdr["slots"] = VERSION, h, w, n
-        hdr["clients"] = MAX_CLIENTS
-        hdr["per_shot_cap"] = cfg.per_shot_cap or max(1, n // 4)
-        hdr["owner_pid"], hdr["created"], hdr["size"] = os.getpid(), time.time(), size
-        hdr["magic"] = MAGIC  # last: an attacher racing the creation sees no magic yet
-        del hdr
+        fields = {"height": h, "width": w, "slots": n, "clients": MAX_CLIENTS,
+                  "per_shot_cap": cfg.per_shot_cap or max(1, n // 4)}
+        mm = create_segment(_FORMAT, name, size, fields, setting="buffer.memory_mb", mb=cfg.memory_mb,
+                            on_exists=lambda: cls._handle_existing(name, cfg), reserve=True)
         try:
             rb = cls(name, mm, owner=True, cfg=cfg)
         except BaseException:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # views of a half-built instance; unmapped when collected
-            _posixshmem.shm_unlink(shm_path)
-            resource_tracker.unregister(shm_path, "shared_memory")
+            unmap(mm)  # views of a half-built instance may keep it until they are collected
+            unlink_segment(name)
             raise
         log_event(logger, "ring_create", name=name, slots=n, slot=f"{w}x{h}", mb=round(size / 2**20, 1),
                   per_shot_cap=rb.per_shot_cap)
@@ -430,28 +321,10 @@ class RingBuffer:
         slot size, when set, must match the segment's."""
         check_size = cfg is not None
         cfg = cfg or BufferConfig()
-        try:
-            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
-        except FileNotFoundError:
-            raise UserError(f"no ring buffer named {name!r} (is the process that creates it running? "
-                            f"segments are listed in /dev/shm)") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < _HEADER_BYTES:
-                raise UserError(f"shared memory {name!r} is not a motionmask ring buffer")
-            # Mapped directly, not through SharedMemory: on Python < 3.13 that registers the
-            # attacher with resource_tracker, which would unlink the segment when it exits.
-            mm = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+        mm = attach_segment(_FORMAT, name)
         hdr = np.frombuffer(mm, _HEADER, 1, 0)
-        magic, version = bytes(hdr["magic"][0]), int(hdr["version"][0])
         h, w = int(hdr["height"][0]), int(hdr["width"][0])
         del hdr
-        if magic != MAGIC or version != VERSION:
-            mm.close()
-            raise UserError(f"shared memory {name!r} is not a motionmask ring buffer of version "
-                            f"{VERSION} (magic {magic!r}); was it created by another program?")
         if check_size and (cfg.train_width, cfg.train_height) != (w, h):
             mm.close()
             raise UserError(f"ring buffer {name!r} has {w}x{h} slots but buffer.train_width/"
@@ -464,84 +337,29 @@ class RingBuffer:
         # Sent to another process (multiprocessing), a buffer re-attaches there by name.
         return (RingBuffer.attach, (self.name, self._cfg))
 
-    def _bind_process(self) -> None:
-        """Per-process state: own lock fd (flock belongs to the open file description, so a forked
-        child must not share its parent's), own thread lock, own counter row."""
-        if self._fd >= 0:
-            os.close(self._fd)  # the parent's description; the parent's lock stays with the parent
-        self._pid = os.getpid()
-        self._fd = _posixshmem.shm_open("/" + self.name, os.O_RDWR, mode=0o600)
-        self._tlock = threading.Lock()
-        self._count_lock = threading.Lock()
-        if self._row >= 0:
-            self._owner = False  # a forked child of the owner must not unlink the parent's buffer
-        self._row = -1
-        if not self._acquire(5.0):
-            raise UserError(f"ring buffer {self.name!r}: lock held for more than 5 s; is a process stuck?")
-        try:
-            self._row = claim_client_row(self._clients, self._pid, f"ring buffer {self.name!r}")
-        finally:
-            self._release()
-
-    def _check_process(self) -> None:
-        if self._closed:
-            raise ValueError(f"ring buffer {self.name!r} is closed")
-        if os.getpid() != self._pid:
-            self._bind_process()
-
     def close(self) -> None:
         """Unmap; the owner also unlinks the segment (attached processes keep their mapping)."""
-        if self._closed:
+        if self._seg.closed:
             return
-        forked = os.getpid() != self._pid
-        if not forked and self._row > 0:
-            self._clients["pid"][self._row] = -self._pid  # closed: counts kept until the row is reused
-        self._closed = True
-        for k in list(vars(self)):
-            if k.startswith(("_m_", "_v", "_hdr", "_clients", "_seq", "_meta", "_frames", "_trimaps",
+        for k in list(vars(self)):  # our views first: the mapping cannot be unmapped under them
+            if k.startswith(("_m_", "_hdr", "_clients", "_seq", "_meta", "_frames", "_trimaps",
                              "_probs", "_flows")):
                 delattr(self, k)
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a view is still referenced somewhere; the mapping goes when it does
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._owner and not forked:
-            try:
-                _posixshmem.shm_unlink("/" + self.name)
-            except FileNotFoundError:
-                pass
-            resource_tracker.unregister("/" + self.name, "shared_memory")
+        if self._seg.close():
             log_event(logger, "ring_close", name=self.name, unlinked=True)
-
-    def __enter__(self) -> "RingBuffer":
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return (f"RingBuffer({self.name!r}, {self.capacity} slots of {self.width}x{self.height}, "
-                f"{'owner' if self._owner else 'attached'})")
-
-    # ---- locking --------------------------------------------------------------------------
-    def _acquire(self, timeout_s: float) -> bool:
-        return lock_segment(self._tlock, self._fd, timeout_s)
-
-    def _release(self) -> None:
-        unlock_segment(self._tlock, self._fd)
-
-    def _count(self, name: str, k: int = 1) -> None:
-        with self._count_lock:
-            self._clients["counts"][self._row, _C[name]] += k
+                f"{'owner' if self._seg.owner else 'attached'})")
 
     # ---- writing --------------------------------------------------------------------------
     def put(self, s: Sample) -> bool:
         """Store one sample. Never blocks for longer than lock_timeout_ms: returns False and counts
         a drop when the lock is busy or no slot can be taken."""
-        self._check_process()
+        self._seg.check()
         h, w = self.height, self.width
         if (s.image.shape != (h, w, 3) or s.trimap.shape != (h, w) or s.prob.shape != (h, w)
                 or (s.flow is not None and s.flow.shape != (h, w, 2))):
@@ -581,7 +399,7 @@ class RingBuffer:
             self._m_camera[slot] = cam[0]
             self._m_camera_id[slot] = cam[1]
             self._m_shot[slot] = shot
-            self._m_pid[slot] = self._pid
+            self._m_pid[slot] = self._seg.pid
             self._m_write_start[slot] = time.monotonic()
             put_seq = int(self._hdr["put_seq"][0]) + 1
             self._hdr["put_seq"] = put_seq
@@ -637,7 +455,7 @@ class RingBuffer:
             if age < ABANDON_CHECK_S:
                 continue
             pid = int(self._m_pid[i])
-            if age > ABANDON_FORCE_S or (pid != self._pid and not pid_alive(pid)):
+            if age > ABANDON_FORCE_S or (pid != self._seg.pid and not pid_alive(pid)):
                 self._m_state[i] = FREE  # seq stays odd; the next writer moves it on by 2
                 self._count("reclaimed")
                 log_event(logger, "ring_reclaim", logging.WARNING, name=self.name, slot=int(i),
@@ -655,7 +473,7 @@ class RingBuffer:
         by 0.5 ** (age / half_life_s). Draws are without replacement while the buffer holds
         enough samples. A slot being rewritten during the copy is redrawn, a bounded number of
         times, so the batch may come back short; an empty buffer gives an empty batch at once."""
-        self._check_process()
+        self._seg.check()
         rng = rng if rng is not None else np.random.default_rng()
         mode = mode or self.sampling
         if mode not in ("uniform", "recency"):
@@ -697,17 +515,15 @@ class RingBuffer:
             out._slots[k] = i
             k += 1
         out.n = k
-        with self._count_lock:
-            c = self._clients["counts"][self._row]
-            c[_C["samples"]] += k
-            c[_C["sample_retries"]] += retries
+        self._count("samples", k)
+        self._count("sample_retries", retries)
         return out
 
     # ---- relabelling (the learner's bootstrapping rounds) -----------------------------------
     def ready_slots(self) -> np.ndarray:
         """Indices of the slots holding a sample now, newest first (a snapshot: any may be
         replaced later; the oldest soonest)."""
-        self._check_process()
+        self._seg.check()
         slots = np.flatnonzero((self._m_state == READY) & (self._seq % 2 == 0))
         return slots[np.argsort(self._m_put_seq[slots], kind="stable")[::-1]]
 
@@ -716,7 +532,7 @@ class RingBuffer:
         holds a sample (seqlock, as in sample(); never waits). Does not count as samples drawn:
         the offline streamer paces itself on those. `out.slots` and `out.put_seq` name each copy
         for update_labels."""
-        self._check_process()
+        self._seg.check()
         slots = [int(i) for i in slots]
         if out is None:
             out = self.new_batch(max(1, len(slots)))
@@ -751,7 +567,7 @@ class RingBuffer:
         claim this one during the copy (two arrays of a slot: tens of microseconds, within what a
         streamer's put already waits for). The sequence number is odd during the copy and moves on
         by 2, so a reader copying the slot meanwhile drops its copy, as for any rewrite."""
-        self._check_process()
+        self._seg.check()
         h, w = self.height, self.width
         if trimap.shape != (h, w) or trimap.dtype != np.uint8 or (
                 prob is not None and (prob.shape != (h, w) or prob.dtype != np.uint8)):
@@ -779,7 +595,7 @@ class RingBuffer:
     # ---- statistics -----------------------------------------------------------------------
     def stats(self) -> dict:
         """A snapshot for logs and dashboards; counts are totals over every process."""
-        self._check_process()
+        self._seg.check()
         state = self._m_state.copy()
         ready = state == READY
         counts = self._clients["counts"].sum(axis=0)
@@ -800,7 +616,7 @@ class RingBuffer:
             "name": self.name,
             "capacity": self.capacity,
             "slot": [self.width, self.height],
-            "bytes": len(self._mm),
+            "bytes": len(self._seg.mm),
             "per_shot_cap": self.per_shot_cap,
             "fill": fill,
             "fill_fraction": fill / self.capacity,
