@@ -14,19 +14,12 @@ import pytest
 import yaml
 import zmq
 
-from _media import StreamServer, free_port, moving_square, write_video
+from _media import StreamServer, free_port
 from motionmask.cli import main
 from motionmask.client import MaskSubscriber
 from motionmask.control import ControlUnavailable, request
 
 SHUTDOWN_S = 5.0
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    # 160x120 with a square big enough to survive pruning; 2 s at 25 fps
-    return write_video(tmp_path_factory.mktemp("clip") / "square.mp4",
-                       moving_square(50, 160, 120, size=36, step=3), fps=25)
 
 
 def _config(tmp_path: Path, cameras: list[dict], **sections) -> tuple[Path, dict]:

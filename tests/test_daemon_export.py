@@ -6,10 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
-from _media import free_port, moving_square, write_video
+from _media import free_port
 from exporter.bundle import LATEST
 from exporter.transfer import DeviceAgent, PullConfig
 from motionmask.client import MaskSubscriber
@@ -17,39 +16,15 @@ from motionmask.client import MaskSubscriber
 SHUTDOWN_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("clip") / "square.mp4",
-                       moving_square(50, 160, 120, size=36, step=3), fps=25)
-
-
-def _config(tmp_path: Path, clip: Path) -> dict:
-    return {
-        "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
-        "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
-        "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
-        "daemon": {"control_endpoint": f"tcp://127.0.0.1:{free_port()}", "shutdown_timeout_s": SHUTDOWN_S,
-                   "restart_backoff_s": 0.3, "restart_backoff_max_s": 1.0, "stats_interval_s": 1.0},
-        "cameras": [{"name": "a", "source": str(clip), "loop": True}],
-        "learner": {
-            "enabled": True, "run_dir": str(tmp_path / "run"),
-            "model": {"width": 8, "blocks": [1, 1, 1, 1]}, "crops": {"size": 32},
-            "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
-            "checkpoint": {"every_steps": 1000, "every_minutes": 0, "keep": 2},
-            "bootstrap": {"enabled": False},
-        },
-        "export": {
-            "enabled": True, "dir": str(tmp_path / "exports"), "every_steps": 10, "every_minutes": 0,
-            "holdout_samples": 4, "parity_frames": 2, "latency_runs": 2, "keep": 2, "student_every": 2,
-            "endpoint": f"tcp://127.0.0.1:{free_port()}", "announce_endpoint": f"tcp://127.0.0.1:{free_port()}",
-            "announce_interval_s": 1.0,
-        },
+def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_daemon_config):
+    cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 1000, "every_minutes": 0, "keep": 2},
+                                bootstrap={"enabled": False})
+    cfg["export"] = {
+        "enabled": True, "dir": str(tmp_path / "exports"), "every_steps": 10, "every_minutes": 0,
+        "holdout_samples": 4, "parity_frames": 2, "latency_runs": 2, "keep": 2, "student_every": 2,
+        "endpoint": f"tcp://127.0.0.1:{free_port()}", "announce_endpoint": f"tcp://127.0.0.1:{free_port()}",
+        "announce_interval_s": 1.0,
     }
-
-
-def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, clip):
-    cfg = _config(tmp_path, clip)
     config = tmp_path / "daemon.yaml"
     config.write_text(yaml.safe_dump(cfg))
     exports = Path(cfg["export"]["dir"])

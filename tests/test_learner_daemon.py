@@ -13,38 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _media import free_port, moving_square, write_video
 from learner.checkpoint import LAST, checkpoint_dir, load_checkpoint
 from motionmask.client import MaskSubscriber
 from motionmask.control import ControlUnavailable, request
 
 SHUTDOWN_S = 5.0
 ROUND_EVERY = 40
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("clip") / "square.mp4",
-                       moving_square(50, 160, 120, size=36, step=3), fps=25)
-
-
-def _config(tmp_path: Path, clip: Path) -> dict:
-    return {
-        "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
-        "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
-        "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
-        "daemon": {"control_endpoint": f"tcp://127.0.0.1:{free_port()}", "shutdown_timeout_s": SHUTDOWN_S,
-                   "restart_backoff_s": 0.3, "restart_backoff_max_s": 1.0, "stats_interval_s": 1.0},
-        "cameras": [{"name": "a", "source": str(clip), "loop": True}],
-        "learner": {
-            "enabled": True, "run_dir": str(tmp_path / "run"),
-            "model": {"width": 8, "blocks": [1, 1, 1, 1]}, "crops": {"size": 32},
-            "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
-            "checkpoint": {"every_steps": 50, "every_minutes": 0, "keep": 2},
-            "bootstrap": {"every_steps": ROUND_EVERY},
-        },
-    }
 
 
 def _learner(control: str) -> dict | None:
@@ -66,8 +40,9 @@ def _wait(proc, control: str, what, log: Path, timeout: float = 30.0) -> dict:
     raise AssertionError(f"timed out; learner {json.dumps(last)}\n{log.read_text()[-3000:]}")
 
 
-def test_learner_in_the_daemon(tmp_path, clip):
-    cfg = _config(tmp_path, clip)
+def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
+    cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 50, "every_minutes": 0, "keep": 2},
+                                bootstrap={"every_steps": ROUND_EVERY})
     config = tmp_path / "daemon.yaml"
     config.write_text(yaml.safe_dump(cfg))
     control, endpoint = cfg["daemon"]["control_endpoint"], cfg["publish"]["endpoint"]
