@@ -39,7 +39,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
-from learner.evaluate import score  # noqa: E402
+from learner.evaluate import evaluate_checkpoints, score  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
 from streamer.flow import FlowEstimator, working_size  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
@@ -245,38 +245,8 @@ def fusion_table(model, device, ring, trimap_cfg, lookup, fg: float = 0.5) -> li
 
 def evaluate_students(data_dir: Path, clips: list[dict], scfg, checkpoints: dict[str, Path]) -> dict:
     """Teacher and students on clips never seen in training: IoU, precision, recall on frames with
-    a moving object, false-positive fraction on frames without."""
-    from learner.predict import Predictor
-
-    preds = {name: Predictor(ck, "auto") for name, ck in checkpoints.items()}
-    methods = ["teacher", *preds]
-    rows = {m: {"iou": [], "precision": [], "recall": [], "empty_fp": []} for m in methods}
-    per_clip = []
-    for clip in tqdm(clips, desc="evaluate", unit="clip", file=sys.stderr):
-        frames = decode(data_dir / clip["file"])
-        seg = MotionSegmenter(scfg)
-        teacher = []
-        for i, rgb in enumerate(frames):
-            teacher += [r.prob for r in seg.push(Frame(rgb, clip["name"], i, i / clip["fps"]))]
-        teacher += [r.prob for r in seg.flush()]
-        clip_iou = {m: [] for m in methods}
-        for i, rgb in enumerate(frames):
-            gt = load_gt(data_dir / clip["name"], i) > 127
-            masks = {"teacher": teacher[i] >= scfg.prune.fg_threshold}
-            masks.update({name: p(rgb) >= 0.5 for name, p in preds.items()})
-            for m in methods:
-                if gt.any():
-                    iou, pr, rc = score(masks[m], gt)
-                    rows[m]["iou"].append(iou)
-                    rows[m]["precision"].append(pr)
-                    rows[m]["recall"].append(rc)
-                    clip_iou[m].append(iou)
-                else:
-                    rows[m]["empty_fp"].append(float(masks[m].mean()))
-        per_clip.append({"clip": clip["name"], **{m: float(np.mean(v)) if v else None for m, v in clip_iou.items()}})
-    summary = {m: {k: (float(np.mean(v)) if v else None) for k, v in rows[m].items()} | {"frames": len(rows[m]["iou"])}
-               for m in methods}
-    return {"summary": summary, "per_clip": per_clip, "steps": {n: p.step for n, p in preds.items()}}
+    a moving object, false-positive fraction on frames without (learner.evaluate)."""
+    return evaluate_checkpoints(checkpoints, data_dir, "auto", scfg, max_clips=len(clips), progress=True)
 
 
 def _real_clips(folder: Path, max_frames: int, work: Path) -> list[dict]:

@@ -40,24 +40,25 @@ def _mean(v: list[float]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def evaluate_student(checkpoint: str | Path, clips_dir: str | Path, device: str | torch.device = "auto",
-                     streamer_cfg: StreamerConfig | None = None, threshold: float = 0.5,
-                     max_clips: int | None = None, progress: bool = False, native: bool = False,
-                     every: int = 1, teacher: bool = True) -> dict:
-    """Mean IoU (and precision, recall, false positives on empty frames) of the student and of
-    the teacher on the clips of clips_dir (a `motionmask synth` folder). Returns a dict:
-    {"student": {...}, "teacher": {...}, "per_clip": [...], "clips", "checkpoint", "step"}.
-    every: score every this many frames (0, every, 2 x every, ...); teacher False: the student
-    only (the teacher's entries are None), several times faster for comparing recipes."""
+def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Path,
+                         device: str | torch.device = "auto", streamer_cfg: StreamerConfig | None = None,
+                         threshold: float = 0.5, max_clips: int | None = None, progress: bool = False,
+                         native: bool = False, every: int = 1, teacher: bool = True) -> dict:
+    """The teacher and any number of students (name -> checkpoint) on the clips of clips_dir (a
+    `motionmask synth` folder), every clip decoded and its motion masks computed once. Returns
+    {"summary": {method: {iou, precision, recall, empty_fp, frames}}, "per_clip": [{clip, method:
+    IoU}], "steps": {name: step}, "clips": n}; methods are "teacher" (when teacher) and the names.
+    every: score every this many frames (0, every, 2 x every, ...); teacher False: the students
+    only, several times faster for comparing recipes."""
     clips_dir = Path(clips_dir)
     index = clips_dir / "clips.json"
     if not index.is_file():
         raise UserError(f"{clips_dir}: no clips.json; generate clips with `motionmask synth --out {clips_dir}`")
     clips = json.loads(index.read_text())[:max_clips]
     cfg = streamer_cfg or StreamerConfig()
-    student = Predictor(checkpoint, device, native=native)
-    methods = METHODS if teacher else ("student",)
-    rows = {m: {"iou": [], "precision": [], "recall": [], "empty_fp": []} for m in METHODS}
+    students = {name: Predictor(ck, device, native=native) for name, ck in checkpoints.items()}
+    methods = (["teacher"] if teacher else []) + list(students)
+    rows = {m: {"iou": [], "precision": [], "recall": [], "empty_fp": []} for m in methods}
     per_clip = []
     from tqdm import tqdm
 
@@ -71,10 +72,10 @@ def evaluate_student(checkpoint: str | Path, clips_dir: str | Path, device: str 
                     motion += [r.prob for r in seg.push(frame)]
         if seg is not None:
             motion += [r.prob for r in seg.flush()]
-        clip_iou = {m: [] for m in METHODS}
+        clip_iou = {m: [] for m in methods}
         for i in range(0, len(images), every):
             gt = load_gt(clips_dir / clip["name"], i) > 127
-            preds = {"student": student(images[i]) >= threshold}
+            preds = {name: p(images[i]) >= threshold for name, p in students.items()}
             if teacher:
                 preds["teacher"] = motion[i] >= cfg.prune.fg_threshold
             for m in methods:
@@ -86,7 +87,23 @@ def evaluate_student(checkpoint: str | Path, clips_dir: str | Path, device: str 
                     clip_iou[m].append(iou)
                 else:
                     rows[m]["empty_fp"].append(float(preds[m].mean()))
-        per_clip.append({"clip": clip["name"], **{m: _mean(clip_iou[m]) for m in METHODS}})
-    summary = {m: {k: _mean(v) for k, v in rows[m].items()} | {"frames": len(rows[m]["iou"])} for m in METHODS}
-    return {**summary, "per_clip": per_clip, "clips": len(clips), "checkpoint": str(checkpoint),
-            "step": student.step, "threshold": threshold, "every": every}
+        per_clip.append({"clip": clip["name"], **{m: _mean(clip_iou[m]) for m in methods}})
+    summary = {m: {k: _mean(v) for k, v in rows[m].items()} | {"frames": len(rows[m]["iou"])} for m in methods}
+    return {"summary": summary, "per_clip": per_clip, "steps": {n: p.step for n, p in students.items()},
+            "clips": len(clips)}
+
+
+def evaluate_student(checkpoint: str | Path, clips_dir: str | Path, device: str | torch.device = "auto",
+                     streamer_cfg: StreamerConfig | None = None, threshold: float = 0.5,
+                     max_clips: int | None = None, progress: bool = False, native: bool = False,
+                     every: int = 1, teacher: bool = True) -> dict:
+    """One student against the teacher (evaluate_checkpoints). Returns {"student": {...},
+    "teacher": {...} (its entries None when teacher is False), "per_clip": [...], "clips",
+    "checkpoint", "step", "threshold", "every"}."""
+    res = evaluate_checkpoints({"student": checkpoint}, clips_dir, device, streamer_cfg, threshold, max_clips,
+                               progress, native, every, teacher)
+    summary = res["summary"]
+    summary.setdefault("teacher", {k: None for k in ("iou", "precision", "recall", "empty_fp")} | {"frames": 0})
+    per_clip = [{"clip": c["clip"], "student": c["student"], "teacher": c.get("teacher")} for c in res["per_clip"]]
+    return {**{m: summary[m] for m in METHODS}, "per_clip": per_clip, "clips": res["clips"],
+            "checkpoint": str(checkpoint), "step": res["steps"]["student"], "threshold": threshold, "every": every}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from learner.checkpoint import load_checkpoint
-from learner.evaluate import evaluate_student
+from learner.evaluate import evaluate_checkpoints, evaluate_student
 from motionmask.cli import main
 from streamer.synth import generate
 
@@ -141,3 +141,9 @@ def test_evaluate_student_scores_student_and_teacher(clips, trained):
     n = res["student"]["frames"]
     assert 0 < quick["student"]["frames"] <= n // 3 + 1
     assert 0.0 <= quick["student"]["iou"] <= 1.0 and quick["every"] == 3
+    # several students in one pass (bench/quality.py): each scored as if alone, the teacher once
+    both = evaluate_checkpoints({"a": trained / "checkpoints" / "last.pt", "b": trained / "checkpoints" / "last.pt"},
+                                clips, device="cpu")
+    assert both["summary"]["a"] == both["summary"]["b"] == res["student"]
+    assert both["summary"]["teacher"] == res["teacher"] and both["steps"]["a"] == res["step"]
+    assert both["per_clip"][0]["a"] == res["per_clip"][0]["student"]
