@@ -1,4 +1,4 @@
-"""Score student checkpoints against the synthetic ground truth (learner.evaluate.evaluate_student):
+"""Score student checkpoints against the synthetic ground truth (learner.evaluate.evaluate_checkpoints):
 mean IoU, precision and recall of each checkpoint, and of the motion masks (the teacher), on every
 frame with a moving object of a `motionmask synth` folder. For comparing training recipes.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
-from learner.evaluate import evaluate_student  # noqa: E402
+from learner.evaluate import evaluate_checkpoints  # noqa: E402
 
 
 def main() -> int:
@@ -31,12 +31,13 @@ def main() -> int:
     ap.add_argument("--no-teacher", action="store_true", help="score the students only (no motion masks)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "student.json"))
     args = ap.parse_args()
-    rows = []
-    for ck in args.checkpoints:
-        r = evaluate_student(ck, args.clips, device="cpu", progress=True, every=max(1, args.every),
-                             teacher=not args.no_teacher)
-        rows.append({"checkpoint": ck, "step": r["step"], "student": r["student"], "teacher": r["teacher"],
-                     "per_clip": r["per_clip"]})
+    names = {f"#{i}": ck for i, ck in enumerate(args.checkpoints)}  # the same file may be given twice
+    res = evaluate_checkpoints(names, args.clips, device="cpu", progress=True, every=max(1, args.every),
+                               teacher=not args.no_teacher)
+    teacher = res["summary"].get("teacher", {"iou": None})
+    rows = [{"checkpoint": ck, "step": res["steps"][n], "student": res["summary"][n], "teacher": teacher,
+             "per_clip": [{"clip": c["clip"], "student": c[n], "teacher": c.get("teacher")} for c in res["per_clip"]]}
+            for n, ck in names.items()]
     print(f"\nstudents on {args.clips} (frames with a moving object"
           f"{f', every {args.every}th' if args.every > 1 else ''})")
     print("| checkpoint | step | student IoU | precision | recall | teacher IoU |")
