@@ -36,6 +36,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from _machine import cpu_model, git_revision  # bench/ is still sys.path[0] here
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
@@ -167,7 +169,7 @@ def main() -> int:
     mm = s["motion_masks"]
     print(f"kept after pruning: {mm['kept_fraction']:.1%} of frames, IoU on kept frames {mm['kept_iou'] or 0:.3f}; "
           f"segmenter {mm['fps']:.1f} fps (decode excluded)")
-    res["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+    res["machine"] = {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision()}
     res["args"] = vars(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
@@ -401,7 +403,7 @@ def learner_main(args) -> int:
     cfg.learner.bootstrap = boot_cfg
     cfg.learner.bootstrap.enabled = True
     res["real"] = real_part(args, cfg, out_dir)
-    res["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+    res["machine"] = {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision(),
                       "load_avg": os.getloadavg()}
     res["seconds"] = time.monotonic() - t_start
     _print_learner(res, args)
