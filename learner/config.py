@@ -43,7 +43,7 @@ class CropConfig:
     context_max: float = 2.6  # ... drawn log-uniformly in this range (jitter in scale)
     shift: float = 0.25  # box centre moves up to this fraction of the box side (jitter in position)
     min_side: float = 0.2  # smallest box, as a fraction of the frame's shorter side (tiny segments)
-    random_fraction: float = 0.25  # crops placed at random (side 0.4-1.0 of the frame) even when there are positives
+    random_fraction: float = 0.5  # crops placed at random (side 0.4-1.0 of the frame) even when there are positives
     flip: bool = True  # horizontal flips, half the crops
     brightness: float = 0.3  # colour jitter: factors drawn in [1 - x, 1 + x]
     contrast: float = 0.3
