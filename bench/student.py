@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
-from learner.evaluate import evaluate_checkpoints  # noqa: E402
+from learner.evaluate import evaluate_checkpoints, student_view  # noqa: E402
 
 
 def main() -> int:
@@ -34,10 +34,7 @@ def main() -> int:
     names = {f"#{i}": ck for i, ck in enumerate(args.checkpoints)}  # the same file may be given twice
     res = evaluate_checkpoints(names, args.clips, device="cpu", progress=True, every=max(1, args.every),
                                teacher=not args.no_teacher)
-    teacher = res["summary"].get("teacher", {"iou": None})
-    rows = [{"checkpoint": ck, "step": res["steps"][n], "student": res["summary"][n], "teacher": teacher,
-             "per_clip": [{"clip": c["clip"], "student": c[n], "teacher": c.get("teacher")} for c in res["per_clip"]]}
-            for n, ck in names.items()]
+    rows = [student_view(res, n, ck) for n, ck in names.items()]
     print(f"\nstudents on {args.clips} (frames with a moving object"
           f"{f', every {args.every}th' if args.every > 1 else ''})")
     print("| checkpoint | step | student IoU | precision | recall | teacher IoU |")

@@ -25,8 +25,6 @@ from streamer.pipeline import MotionSegmenter
 from streamer.sources import open_source
 from streamer.synth import load_gt
 
-METHODS = ("student", "teacher")
-
 
 def score(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
     """IoU, precision, recall of boolean masks (an empty prediction has precision 0)."""
@@ -102,8 +100,14 @@ def evaluate_student(checkpoint: str | Path, clips_dir: str | Path, device: str 
     "checkpoint", "step", "threshold", "every"}."""
     res = evaluate_checkpoints({"student": checkpoint}, clips_dir, device, streamer_cfg, threshold, max_clips,
                                progress, native, every, teacher)
-    summary = res["summary"]
-    summary.setdefault("teacher", {k: None for k in ("iou", "precision", "recall", "empty_fp")} | {"frames": 0})
-    per_clip = [{"clip": c["clip"], "student": c["student"], "teacher": c.get("teacher")} for c in res["per_clip"]]
-    return {**{m: summary[m] for m in METHODS}, "per_clip": per_clip, "clips": res["clips"],
-            "checkpoint": str(checkpoint), "step": res["steps"]["student"], "threshold": threshold, "every": every}
+    return {**student_view(res, "student", checkpoint), "clips": res["clips"], "threshold": threshold,
+            "every": every}
+
+
+def student_view(res: dict, name: str, checkpoint: str | Path) -> dict:
+    """One student of an evaluate_checkpoints result, side by side with the teacher:
+    {"student", "teacher" (entries None when it was not scored), "per_clip", "checkpoint", "step"}."""
+    none = {k: None for k in ("iou", "precision", "recall", "empty_fp")} | {"frames": 0}
+    return {"student": res["summary"][name], "teacher": res["summary"].get("teacher", none),
+            "per_clip": [{"clip": c["clip"], "student": c[name], "teacher": c.get("teacher")} for c in res["per_clip"]],
+            "checkpoint": str(checkpoint), "step": res["steps"][name]}
