@@ -21,7 +21,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
-from learner.evaluate import score  # noqa: E402
+from learner.evaluate import score, synth_clips  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
 from streamer.errors import UserError  # noqa: E402
 from streamer.pipeline import MotionSegmenter  # noqa: E402
@@ -85,10 +85,7 @@ def main() -> int:
     try:
         cfg = load_config(args.config).streamer
         clips_dir = Path(args.clips)
-        index = clips_dir / "clips.json"
-        if not index.is_file():
-            raise UserError(f"{clips_dir}: no clips.json; make clips with `motionmask synth --out {clips_dir}`")
-        clips = json.loads(index.read_text())
+        clips = synth_clips(clips_dir)
     except UserError as e:
         print(f"labels.py: error: {e}", file=sys.stderr)
         return 2

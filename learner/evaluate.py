@@ -38,6 +38,14 @@ def _mean(v: list[float]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
+def synth_clips(clips_dir: str | Path) -> list[dict]:
+    """The clips.json entries of a `motionmask synth` folder; UserError when it is not one."""
+    index = Path(clips_dir) / "clips.json"
+    if not index.is_file():
+        raise UserError(f"{clips_dir}: no clips.json; generate clips with `motionmask synth --out {clips_dir}`")
+    return json.loads(index.read_text())
+
+
 def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Path,
                          device: str | torch.device = "auto", streamer_cfg: StreamerConfig | None = None,
                          threshold: float = 0.5, max_clips: int | None = None, progress: bool = False,
@@ -49,10 +57,7 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Pa
     every: score every this many frames (0, every, 2 x every, ...); teacher False: the students
     only, several times faster for comparing recipes."""
     clips_dir = Path(clips_dir)
-    index = clips_dir / "clips.json"
-    if not index.is_file():
-        raise UserError(f"{clips_dir}: no clips.json; generate clips with `motionmask synth --out {clips_dir}`")
-    clips = json.loads(index.read_text())[:max_clips]
+    clips = synth_clips(clips_dir)[:max_clips]
     cfg = streamer_cfg or StreamerConfig()
     students = {name: Predictor(ck, device, native=native) for name, ck in checkpoints.items()}
     methods = (["teacher"] if teacher else []) + list(students)
