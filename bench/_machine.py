@@ -1,7 +1,10 @@
 """What a benchmark's JSON records about where it ran: the CPU model and the git revision, so that
 numbers from different machines or commits are never compared by mistake.
 
-    from _machine import cpu_model, git_revision  # bench/ is sys.path[0] when run as a script
+    from bench._machine import cpu_model, git_revision  # once ROOT, not bench/, is first on sys.path
+
+Imported as part of `bench`, not as a top-level module, so that a process that multiprocessing
+spawns (which re-runs the script from the parent's sys.path, without bench/) imports it too.
 """
 from __future__ import annotations
 

@@ -36,10 +36,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from _machine import cpu_model, git_revision  # bench/ is still sys.path[0] here
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
+
+from bench._machine import cpu_model, git_revision  # noqa: E402
 
 from learner.evaluate import evaluate_checkpoints, score  # noqa: E402
 from motionmask.config import load_config  # noqa: E402

@@ -45,12 +45,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from _machine import cpu_model, git_revision  # noqa: E402  (bench/ is still sys.path[0] here)
-
 ROOT = Path(__file__).resolve().parents[1]
 # Python puts this script's folder first on the path, where bench/zmq.py would shadow pyzmq.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+
+from bench._machine import cpu_model, git_revision  # noqa: E402
 
 from motionmask.config import ConfigError, load_config, to_dict  # noqa: E402
 from streamer.atomic import write_json  # noqa: E402
