@@ -41,7 +41,7 @@ sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
 from bench._machine import cpu_model, git_revision  # noqa: E402
 
-from learner.evaluate import evaluate_checkpoints, score  # noqa: E402
+from learner.evaluate import coverage, evaluate_checkpoints, score  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
 from streamer.flow import FlowEstimator, working_size  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
@@ -400,6 +400,7 @@ def learner_main(args) -> int:
           "student": runs / "plain" / "checkpoints" / "last.pt",
           "bootstrapped": runs / "bootstrapped" / "checkpoints" / "last.pt"}
     res["unseen"] = evaluate_students(eval_dir, eval_clips, cfg.streamer, ck)
+    res["coverage"] = coverage(res["unseen"], eval_dir, train_dir)
     cfg.learner.bootstrap = boot_cfg
     cfg.learner.bootstrap.enabled = True
     res["real"] = real_part(args, cfg, out_dir)
@@ -430,6 +431,13 @@ def _print_learner(res: dict, args) -> None:
         r = u[m]
         print(f"| {names[m]} | {_f(r['iou'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['empty_fp'])} | "
               f"{steps.get(m, '-')} |")
+    print(f"\nthe same frames by what the training clips showed of their shot: its background, and its movers' "
+          f"photos (common: each moved in >= 5 training objects)")
+    print("| background | movers | frames | teacher | plain at the branch | plain | bootstrapped |")
+    print("|---|---|---|---|---|---|---|")
+    for g in res["coverage"]:
+        print(f"| {g['background']} | {g['movers']} | {g['frames']} | {_f(g['teacher'])} | "
+              f"{_f(g['student_branch'])} | {_f(g['student'])} | {_f(g['bootstrapped'])} |")
     print(f"\npseudo-label quality per round (training samples with ground truth; {t['rule']} rule, round 0 = "
           f"the motion labels; a round every {t['round_every_steps']} steps from step {t['branch_step'] + 1})")
     print("| round | step | w | IoU of labels | label accuracy | labelled pixels | labels changed | student IoU |")

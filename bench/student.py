@@ -7,6 +7,10 @@ frame with a moving object of a `motionmask synth` folder. For comparing trainin
     motionmask train runs/s100 --out runs/a --steps 1120 --minutes 0
     python bench/student.py runs/s7 runs/a/checkpoints/last.pt runs/b/checkpoints/last.pt
     python bench/student.py runs/s7 runs/a/checkpoints/last.pt --every 3 --no-teacher   # ~10x faster
+    python bench/student.py runs/s7 runs/a/checkpoints/last.pt --train runs/s100   # + by coverage
+
+--train also splits the frames by what those training clips showed: the shot's background (seen
+or not) and its movers' photos (each moving in at least --common training objects, or not).
 
 Prints a markdown table and writes bench/out/student.json (--out).
 """
@@ -20,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
-from learner.evaluate import evaluate_checkpoints, student_view  # noqa: E402
+from learner.evaluate import coverage, evaluate_checkpoints, student_view, synth_clips  # noqa: E402
+from streamer.errors import UserError  # noqa: E402
 
 
 def main() -> int:
@@ -29,11 +34,20 @@ def main() -> int:
     ap.add_argument("checkpoints", nargs="+", help="student checkpoints (.pt)")
     ap.add_argument("--every", type=int, default=1, help="score every N-th frame (default: all)")
     ap.add_argument("--no-teacher", action="store_true", help="score the students only (no motion masks)")
+    ap.add_argument("--train", help="the motionmask synth folder the students trained on: adds the split by coverage")
+    ap.add_argument("--common", type=int, default=5,
+                    help="with --train: a mover photo is common from this many training objects (default 5)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "student.json"))
     args = ap.parse_args()
     names = {f"#{i}": ck for i, ck in enumerate(args.checkpoints)}  # the same file may be given twice
-    res = evaluate_checkpoints(names, args.clips, device="cpu", progress=True, every=max(1, args.every),
-                               teacher=not args.no_teacher)
+    try:
+        if args.train:
+            synth_clips(args.train)  # before minutes of scoring
+        res = evaluate_checkpoints(names, args.clips, device="cpu", progress=True, every=max(1, args.every),
+                                   teacher=not args.no_teacher)
+    except UserError as e:  # no clips.json, an unreadable checkpoint
+        print(f"bench/student.py: {e}", file=sys.stderr)
+        return 2
     rows = [student_view(res, n, ck) for n, ck in names.items()]
     print(f"\nstudents on {args.clips} (frames with a moving object"
           f"{f', every {args.every}th' if args.every > 1 else ''})")
@@ -44,8 +58,19 @@ def main() -> int:
         teacher = f"{t['iou']:.3f}" if t["iou"] is not None else "-"
         print(f"| {r['checkpoint']} | {r['step']} | {s['iou']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | "
               f"{teacher} |")
+    split = coverage(res, args.clips, args.train, args.common) if args.train else None
+    if split:
+        methods = (["teacher"] if not args.no_teacher else []) + list(names)
+        print(f"\nby what {args.train} showed (#i: the i-th checkpoint above; movers common: each photo "
+              f"moved in >= {args.common} training objects)")
+        print("| background | movers | frames | " + " | ".join(methods) + " |")
+        print("|---|---|---:|" + "---:|" * len(methods))
+        for g in split:
+            print(f"| {g['background']} | {g['movers']} | {g['frames']} | "
+                  + " | ".join(f"{g[m]:.3f}" for m in methods) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"clips": args.clips, "rows": rows}, indent=2))
+    Path(args.out).write_text(json.dumps({"clips": args.clips, "rows": rows, "train": args.train,
+                                          "coverage": split}, indent=2))
     print(f"wrote {args.out}")
     return 0
 

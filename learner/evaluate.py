@@ -8,11 +8,15 @@ motion history); the student is the ConvNet on each frame alone (learner.predict
 Both are thresholded at 0.5 and scored on every frame whose ground truth holds a moving object
 (IoU, precision, recall; averaged over frames); frames without one count the fraction of pixels
 each wrongly calls foreground.
+
+`coverage` splits those frames by what the training clips showed (the background, how often each
+mover's photo), to tell a student that cannot generalise from one that has seen too little.
 """
 from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +57,8 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Pa
     """The teacher and any number of students (name -> checkpoint) on the clips of clips_dir (a
     `motionmask synth` folder), every clip decoded and its motion masks computed once. Returns
     {"summary": {method: {iou, precision, recall, empty_fp, frames}}, "per_clip": [{clip, method:
-    IoU}], "steps": {name: step}, "clips": n}; methods are "teacher" (when teacher) and the names.
+    IoU}], "per_frame": [{clip, frame, method: IoU}] (frames with a moving object), "steps": {name:
+    step}, "clips": n}; methods are "teacher" (when teacher) and the names.
     every: score every this many frames (0, every, 2 x every, ...); teacher False: the students
     only, several times faster for comparing recipes."""
     clips_dir = Path(clips_dir)
@@ -62,7 +67,7 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Pa
     students = {name: Predictor(ck, device, native=native) for name, ck in checkpoints.items()}
     methods = (["teacher"] if teacher else []) + list(students)
     rows = {m: {"iou": [], "precision": [], "recall": [], "empty_fp": []} for m in methods}
-    per_clip = []
+    per_clip, per_frame = [], []
     from tqdm import tqdm
 
     for clip in tqdm(clips, desc="evaluate", unit="clip", disable=not progress, file=sys.stderr):
@@ -77,6 +82,7 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Pa
             motion += [r.prob for r in seg.flush()]
         clip_iou = {m: [] for m in methods}
         for i in range(0, len(images), every):
+            frame_iou = {}
             gt = load_gt(clips_dir / clip["name"], i) > 127
             preds = {name: p(images[i]) >= threshold for name, p in students.items()}
             if teacher:
@@ -88,12 +94,15 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Pa
                     rows[m]["precision"].append(p)
                     rows[m]["recall"].append(r)
                     clip_iou[m].append(iou)
+                    frame_iou[m] = iou
                 else:
                     rows[m]["empty_fp"].append(float(preds[m].mean()))
+            if frame_iou:
+                per_frame.append({"clip": clip["name"], "frame": i, **frame_iou})
         per_clip.append({"clip": clip["name"], **{m: _mean(clip_iou[m]) for m in methods}})
     summary = {m: {k: _mean(v) for k, v in rows[m].items()} | {"frames": len(rows[m]["iou"])} for m in methods}
-    return {"summary": summary, "per_clip": per_clip, "steps": {n: p.step for n, p in students.items()},
-            "clips": len(clips)}
+    return {"summary": summary, "per_clip": per_clip, "per_frame": per_frame,
+            "steps": {n: p.step for n, p in students.items()}, "clips": len(clips)}
 
 
 def evaluate_student(checkpoint: str | Path, clips_dir: str | Path, device: str | torch.device = "auto",
@@ -116,3 +125,27 @@ def student_view(res: dict, name: str, checkpoint: str | Path) -> dict:
     return {"student": res["summary"][name], "teacher": res["summary"].get("teacher", none),
             "per_clip": [{"clip": c["clip"], "student": c[name], "teacher": c.get("teacher")} for c in res["per_clip"]],
             "checkpoint": str(checkpoint), "step": res["steps"][name]}
+
+
+def coverage(res: dict, eval_dir: str | Path, train_dir: str | Path, common: int = 5) -> list[dict]:
+    """The per-frame IoUs of an evaluate_checkpoints result, grouped by what the training clips (a
+    `motionmask synth` folder) showed of each frame's shot: was its background among the training
+    backgrounds, and did each of its movers' photos move in at least `common` training objects.
+    Returns one row per group present, [{"background": "seen" | "unseen", "movers": "common" |
+    "rare", "frames": n, method: mean IoU, ...}], seen-and-common last."""
+    train = synth_clips(train_dir)
+    backgrounds = {shot["background"] for c in train for shot in c["shots"]}
+    counts = Counter(o["photo"] for c in train for o in c["objects"] if o["role"] == "mover")
+    clips = {c["name"]: c for c in synth_clips(eval_dir)}
+    methods = list(res["summary"])
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rec in res["per_frame"]:
+        clip = clips[rec["clip"]]
+        shot = max(k for k, s in enumerate(clip["shots"]) if s["start"] <= rec["frame"])
+        movers = [o["photo"] for o in clip["objects"] if o["role"] == "mover" and o["shot"] == shot]
+        key = ("seen" if clip["shots"][shot]["background"] in backgrounds else "unseen",
+               "common" if all(counts[p] >= common for p in movers) else "rare")
+        groups.setdefault(key, []).append(rec)
+    order = [("unseen", "rare"), ("unseen", "common"), ("seen", "rare"), ("seen", "common")]
+    return [{"background": b, "movers": m, "frames": len(groups[b, m]),
+             **{k: _mean([r[k] for r in groups[b, m]]) for k in methods}} for b, m in order if (b, m) in groups]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from learner.checkpoint import load_checkpoint
-from learner.evaluate import evaluate_checkpoints, evaluate_student
+from learner.evaluate import coverage, evaluate_checkpoints, evaluate_student
 from motionmask.cli import main
 from streamer.synth import generate
 
@@ -147,3 +147,23 @@ def test_evaluate_student_scores_student_and_teacher(clips, trained):
     assert both["summary"]["a"] == both["summary"]["b"] == res["student"]
     assert both["summary"]["teacher"] == res["teacher"] and both["steps"]["a"] == res["step"]
     assert both["per_clip"][0]["a"] == res["per_clip"][0]["student"]
+
+
+def test_coverage_splits_the_frames_by_what_training_showed(clips, trained, tmp_path):
+    res = evaluate_checkpoints({"s": trained / "checkpoints" / "last.pt"}, clips, device="cpu")
+    n = res["summary"]["s"]["frames"]
+    assert len(res["per_frame"]) == n and [r["frame"] for r in res["per_frame"]] == sorted(r["frame"] for r in res["per_frame"])
+    assert np.mean([r["s"] for r in res["per_frame"]]) == pytest.approx(res["summary"]["s"]["iou"])
+    # trained on these very clips: every background seen, every mover's photo moved at least once
+    [g] = coverage(res, clips, clips, common=1)
+    assert (g["background"], g["movers"], g["frames"]) == ("seen", "common", n)
+    assert g["s"] == pytest.approx(res["summary"]["s"]["iou"]) and g["teacher"] == pytest.approx(res["summary"]["teacher"]["iou"])
+    assert [g["movers"] for g in coverage(res, clips, clips, common=99)] == ["rare"]
+    # a training set whose first shot had another background: that shot's frames become unseen
+    meta = json.loads((clips / "clips.json").read_text())
+    meta[0]["shots"][0]["background"] = "somewhere else"
+    (tmp_path / "clips.json").write_text(json.dumps(meta))
+    split = {(g["background"], g["movers"]): g["frames"] for g in coverage(res, clips, tmp_path, common=1)}
+    first = meta[0]["shots"][1]["start"] if len(meta[0]["shots"]) > 1 else 10 ** 9
+    unseen = sum(r["frame"] < first for r in res["per_frame"])
+    assert split == {k: v for k, v in {("unseen", "common"): unseen, ("seen", "common"): n - unseen}.items() if v}
