@@ -431,8 +431,8 @@ def _print_learner(res: dict, args) -> None:
         r = u[m]
         print(f"| {names[m]} | {_f(r['iou'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['empty_fp'])} | "
               f"{steps.get(m, '-')} |")
-    print(f"\nthe same frames by what the training clips showed of their shot: its background, and its movers' "
-          f"photos (common: each moved in >= 5 training objects)")
+    print("\nthe same frames by what the training clips showed of their shot: its background, and its movers' "
+          "photos (common: each moved in >= 5 training objects)")
     print("| background | movers | frames | teacher | plain at the branch | plain | bootstrapped |")
     print("|---|---|---|---|---|---|---|")
     for g in res["coverage"]:
