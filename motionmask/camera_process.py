@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from motionmask.child import Stopped, run_child
+from motionmask.child import Reporter, Stopped, run_child
 from motionmask.config import from_dict
 from streamer import protocol
 from streamer.config import StreamerConfig
@@ -74,7 +74,10 @@ class CameraProcess:
         self._capture_ns: dict[int, int] = {}
         self.ctx = zmq.Context()
         self.masks = self._push(spec["forward_endpoint"])
-        self.reporter = _Reporter(self, self._push(spec["forward_endpoint"]), int(spec["parent_pid"]))
+        # an orphan closes its source on SIGTERM; 5 s later it exits whatever the source is doing
+        self.reporter = Reporter("camera", self.snapshot, self._push(spec["forward_endpoint"]), MSG_STATS,
+                                 int(spec["parent_pid"]), grace_s=5.0, orphan_exit=EXIT_OK,
+                                 interval=REPORT_INTERVAL_S, camera=self.name)
         self.ring: RingBuffer | None = None
         self.buffer_cfg: BufferConfig | None = None
         self.pairs = None  # streamer.pairbuffer.PairBuffer, with a PatchMiner, when this camera mines pairs
@@ -295,40 +298,6 @@ class CameraProcess:
         self.masks.close(0)
         self.reporter.sock.close()  # lingers up to 500 ms for the last counters
         self.ctx.term()
-
-
-class _Reporter(threading.Thread):
-    """Sends the counters every REPORT_INTERVAL_S, also while the main thread is blocked in a
-    source (opening, reconnecting), and stops the process if its daemon died (orphaned children
-    must not hold cameras forever)."""
-
-    def __init__(self, cam: CameraProcess, sock: zmq.Socket, parent_pid: int) -> None:
-        super().__init__(name=f"reporter-{cam.name}", daemon=True)
-        self.cam, self.sock, self.parent_pid = cam, sock, parent_pid
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.wait(REPORT_INTERVAL_S):
-            if os.getppid() != self.parent_pid:
-                log_event(log, "camera_orphaned", logging.WARNING, camera=self.cam.name, parent=self.parent_pid)
-                os.kill(os.getpid(), signal.SIGTERM)
-                self._done.wait(5.0)
-                os._exit(EXIT_OK)  # the main thread did not come out of a stuck call in time
-            self.send()
-
-    def send(self) -> None:
-        try:
-            self.sock.send_multipart([MSG_STATS, json.dumps(self.cam.snapshot()).encode()], zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the daemon is busy; the next report carries the same totals
-        except Exception as e:  # a report is never worth a crash
-            log_event(log, "report_failed", logging.WARNING, camera=self.cam.name, error=e)
-
-    def stop_and_send_last(self) -> None:
-        self._done.set()
-        if self.is_alive() and self is not threading.current_thread():
-            self.join(timeout=2.0)
-        self.send()
 
 
 def main() -> int:

@@ -1,15 +1,24 @@
 """How the daemon's child processes (motionmask/camera_process.py, motionmask/learner_process.py)
 start: the spec as JSON on stdin (not argv: a camera URL may carry a password, and argv is
 readable by every user through ps), log lines to stderr (inherited from the daemon), and SIGTERM
-and SIGINT taken as a stop from the first moment, before the process object exists.
+and SIGINT taken as a stop from the first moment, before the process object exists; and how they
+report to the daemon and notice that it died (Reporter).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from typing import Any, Callable, Protocol
+
+import zmq
+
+from streamer.log import log_event
+
+log = logging.getLogger(__name__)
 
 
 class Stopped(Exception):
@@ -45,3 +54,43 @@ def run_child(make: Callable[[dict[str, Any]], Child]) -> int:
         return child.run()
     except Stopped:
         return 128 + signal.SIGTERM
+
+
+class Reporter(threading.Thread):
+    """Sends [topic, snapshot() as JSON] every `interval` seconds, also while the main thread is
+    blocked (a camera opening its source, the learner in a long step), and stops the process if its
+    daemon died: an orphan must not hold a camera or go on training forever. The stop is the
+    child's own SIGTERM (a camera closes its source, the learner saves a checkpoint); after
+    `grace_s` without an exit the process exits with `orphan_exit` (the main thread is stuck).
+    `role` names the log event (`<role>_orphaned`); `fields` go into every log line."""
+
+    def __init__(self, role: str, snapshot: Callable[[], dict], sock: zmq.Socket, topic: bytes, parent_pid: int,
+                 grace_s: float, orphan_exit: int, interval: float = 0.5, **fields: Any) -> None:
+        super().__init__(name=f"reporter-{fields.get('camera', role)}", daemon=True)
+        self.role, self.snapshot, self.sock, self.topic = role, snapshot, sock, topic
+        self.parent_pid, self.grace_s, self.orphan_exit, self.interval = parent_pid, grace_s, orphan_exit, interval
+        self.fields = fields
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            if os.getppid() != self.parent_pid:
+                log_event(log, f"{self.role}_orphaned", logging.WARNING, **self.fields, parent=self.parent_pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                self._done.wait(self.grace_s)
+                os._exit(self.orphan_exit)
+            self.send()
+
+    def send(self) -> None:
+        try:
+            self.sock.send_multipart([self.topic, json.dumps(self.snapshot()).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the daemon is busy; the next report carries the same totals
+        except Exception as e:  # a report is never worth a crash
+            log_event(log, "report_failed", logging.WARNING, **self.fields, error=e)
+
+    def stop_and_send_last(self) -> None:
+        self._done.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=2.0)
+        self.send()

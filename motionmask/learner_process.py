@@ -38,7 +38,7 @@ import numpy as np
 import zmq
 
 from motionmask.camera_process import EXIT_CRASH, EXIT_USER, MSG_MASK, MSG_STATS
-from motionmask.child import Stopped, run_child
+from motionmask.child import Reporter, Stopped, run_child
 from motionmask.config import from_dict
 from learner.config import LearnerConfig
 from streamer import protocol
@@ -93,7 +93,10 @@ class LearnerProcess:
         self._ckpt_cache: tuple[float, dict] = (0.0, {})
         self.ctx = zmq.Context()
         self.masks = self._push(spec["forward_endpoint"], REFINED_HWM)
-        self.reporter = _Reporter(self, self._push(spec["forward_endpoint"], 64), int(spec["parent_pid"]))
+        # an orphan checkpoints on SIGTERM; 30 s later it exits whatever the step is doing
+        self.reporter = Reporter("learner", self.snapshot, self._push(spec["forward_endpoint"], 64), MSG_STATS,
+                                 int(spec["parent_pid"]), grace_s=30.0, orphan_exit=EXIT_CRASH,
+                                 interval=REPORT_INTERVAL_S)
 
     def _push(self, endpoint: str, hwm: int) -> zmq.Socket:
         s = self.ctx.socket(zmq.PUSH)
@@ -347,38 +350,6 @@ class _HeldBack:
 
     def __getattr__(self, name: str):  # check(), fill(), ...
         return getattr(self.feed, name)
-
-
-class _Reporter(threading.Thread):
-    """Counters every REPORT_INTERVAL_S; stops the process if its daemon died."""
-
-    def __init__(self, owner: LearnerProcess, sock: zmq.Socket, parent_pid: int) -> None:
-        super().__init__(name="reporter-learner", daemon=True)
-        self.owner, self.sock, self.parent_pid = owner, sock, parent_pid
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.wait(REPORT_INTERVAL_S):
-            if os.getppid() != self.parent_pid:
-                log_event(log, "learner_orphaned", logging.WARNING, parent=self.parent_pid)
-                os.kill(os.getpid(), signal.SIGTERM)  # checkpoint and go
-                self._done.wait(30.0)
-                os._exit(EXIT_CRASH)
-            self.send()
-
-    def send(self) -> None:
-        try:
-            self.sock.send_multipart([MSG_STATS, json.dumps(self.owner.snapshot()).encode()], zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-        except Exception as e:  # a report is never worth a crash
-            log_event(log, "report_failed", logging.WARNING, error=e)
-
-    def stop_and_send_last(self) -> None:
-        self._done.set()
-        if self.is_alive() and self is not threading.current_thread():
-            self.join(timeout=2.0)
-        self.send()
 
 
 def main() -> int:

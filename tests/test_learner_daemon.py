@@ -104,3 +104,40 @@ def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
     rounds = [json.loads(x) for x in (Path(cfg["learner"]["run_dir"]) / "bootstrap.jsonl").read_text().splitlines()]
     assert rounds and all(r["step"] % ROUND_EVERY == 0 and r["samples"] + r["refused"] > 0 for r in rounds)
     assert rounds[0]["weight"] == pytest.approx(0.3)
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_an_orphaned_learner_checkpoints_and_exits(tmp_path, learner_daemon_config):
+    """A daemon killed with SIGKILL cannot stop its learner: the learner notices (its parent is
+    gone), saves a checkpoint as on SIGTERM, and exits instead of training forever."""
+    cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 10_000, "every_minutes": 0, "keep": 2})
+    config = tmp_path / "daemon.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        st = _wait(proc, cfg["daemon"]["control_endpoint"], lambda s: s["state"] == "running" and s["step"] >= 5, log)
+        learner, step = st["pid"], st["step"]
+        proc.kill()
+        proc.wait(5)
+        assert _gone(learner, 15.0), f"orphaned learner kept running:\n{log.read_text()[-3000:]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    text = log.read_text(errors="replace")
+    assert "event=learner_orphaned" in text, text[-3000:]
+    state = load_checkpoint(checkpoint_dir(cfg["learner"]["run_dir"]) / LAST)  # no scheduled one: the exit's
+    assert int(state["step"]) >= step
