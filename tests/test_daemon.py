@@ -14,7 +14,7 @@ import pytest
 import yaml
 import zmq
 
-from _media import StreamServer, free_port
+from _media import StreamServer, free_port, process_gone
 from motionmask.cli import main
 from motionmask.client import MaskSubscriber
 from motionmask.control import ControlUnavailable, request
@@ -86,17 +86,6 @@ class Daemon:
 
 def _shm_left(name: str) -> bool:
     return os.path.exists(f"/dev/shm/{name}")
-
-
-def _gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_daemon_end_to_end_with_faults(tmp_path, clip):
@@ -186,7 +175,7 @@ def test_daemon_end_to_end_with_faults(tmp_path, clip):
     assert code == 0, log[-3000:]
     assert took < SHUTDOWN_S + 2
     assert not _shm_left(ring)
-    assert all(_gone(p, 1.0) for p in pids)
+    assert all(process_gone(p, 1.0) for p in pids)
     for event in ("event=child_started", "event=child_exited child=b", 'code="exit 3"', "code=SIGKILL",
                   "event=child_restart child=b", "event=camera_stats camera=a", "event=shutdown ",
                   "event=shutdown_done"):
@@ -226,7 +215,7 @@ def test_give_up_sigint_and_daemon_killed(tmp_path, clip):
         child, ring = st["cameras"]["solo"]["pid"], st["buffer"]["name"]
         d.proc.kill()
         d.proc.wait(5)
-        assert _gone(child, 5.0), "orphaned camera process kept running"
+        assert process_gone(child, 5.0), "orphaned camera process kept running"
         deadline = time.monotonic() + 5
         while _shm_left(ring) and time.monotonic() < deadline:
             time.sleep(0.1)

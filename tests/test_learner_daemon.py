@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _media import process_gone
 from learner.checkpoint import LAST, checkpoint_dir, load_checkpoint
 from motionmask.client import MaskSubscriber
 from motionmask.control import ControlUnavailable, request
@@ -106,17 +107,6 @@ def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
     assert rounds[0]["weight"] == pytest.approx(0.3)
 
 
-def _gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_an_orphaned_learner_checkpoints_and_exits(tmp_path, learner_daemon_config):
     """A daemon killed with SIGKILL cannot stop its learner: the learner notices (its parent is
     gone), saves a checkpoint as on SIGTERM, and exits instead of training forever."""
@@ -132,7 +122,7 @@ def test_an_orphaned_learner_checkpoints_and_exits(tmp_path, learner_daemon_conf
         learner, step = st["pid"], st["step"]
         proc.kill()
         proc.wait(5)
-        assert _gone(learner, 15.0), f"orphaned learner kept running:\n{log.read_text()[-3000:]}"
+        assert process_gone(learner, 15.0), f"orphaned learner kept running:\n{log.read_text()[-3000:]}"
     finally:
         if proc.poll() is None:
             proc.kill()
