@@ -60,7 +60,7 @@ def main() -> int:
               f"{teacher} |")
     split = coverage(res, args.clips, args.train, args.common) if args.train else None
     if split:
-        methods = (["teacher"] if not args.no_teacher else []) + list(names)
+        methods = list(res["summary"])  # the teacher (unless --no-teacher), then #0, #1, ...
         print(f"\nby what {args.train} showed (#i: the i-th checkpoint above; movers common: each photo "
               f"moved in >= {args.common} training objects)")
         print("| background | movers | frames | " + " | ".join(methods) + " |")

@@ -41,16 +41,22 @@ def _wait(proc, control: str, what, log: Path, timeout: float = 30.0) -> dict:
     raise AssertionError(f"timed out; learner {json.dumps(last)}\n{log.read_text()[-3000:]}")
 
 
-def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
-    cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 50, "every_minutes": 0, "keep": 2},
-                                bootstrap={"every_steps": ROUND_EVERY})
+def _start_daemon(tmp_path: Path, cfg: dict) -> tuple[subprocess.Popen, Path]:
+    """`motionmask run` with cfg, its log (the children's lines too) in tmp_path/daemon.log."""
     config = tmp_path / "daemon.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    control, endpoint = cfg["daemon"]["control_endpoint"], cfg["publish"]["endpoint"]
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
+    cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 50, "every_minutes": 0, "keep": 2},
+                                bootstrap={"every_steps": ROUND_EVERY})
+    control, endpoint = cfg["daemon"]["control_endpoint"], cfg["publish"]["endpoint"]
+    proc, log = _start_daemon(tmp_path, cfg)
     try:
         with MaskSubscriber(endpoint, "mask.a.refined") as sub:
             st = _wait(proc, control, lambda s: s["state"] == "running" and (s["checkpoint_step"] or 0) >= 50
@@ -111,12 +117,7 @@ def test_an_orphaned_learner_checkpoints_and_exits(tmp_path, learner_daemon_conf
     """A daemon killed with SIGKILL cannot stop its learner: the learner notices (its parent is
     gone), saves a checkpoint as on SIGTERM, and exits instead of training forever."""
     cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 10_000, "every_minutes": 0, "keep": 2})
-    config = tmp_path / "daemon.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT)
+    proc, log = _start_daemon(tmp_path, cfg)
     try:
         st = _wait(proc, cfg["daemon"]["control_endpoint"], lambda s: s["state"] == "running" and s["step"] >= 5, log)
         learner, step = st["pid"], st["step"]
