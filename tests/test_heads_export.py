@@ -13,7 +13,6 @@ import pytest
 from _export_data import SAMPLE, sample_frames
 from _heads_data import GTPairFeed, render, streamed_ring
 from _learner_data import tiny_config
-from exporter.config import ExportConfig
 from exporter.export import load_for_export, torch_outputs
 from exporter.runtime import BundleRunner, fit_frame
 from learner.samples import RingFeed
