@@ -32,6 +32,7 @@ from streamer.errors import SourceError, UserError
 from streamer.log import log_event
 from learner.pairs import PairBatch, PairFeed, RingPairFeed
 from streamer.pairbuffer import PairBuffer
+from streamer.prune import pruned_summary, relax_hint
 from streamer.ringbuffer import Batch, BufferConfig, RingBuffer, sample_from_result, slots_for
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class OfflineProgress:
     kept: int = 0
     puts: int = 0
     waited_s: float = 0.0  # time the streamer spent waiting on back-pressure
+    pruned: dict[str, int] = dataclasses.field(default_factory=dict)  # frames pruned, per reason
     done: bool = False
     errors: list[str] = dataclasses.field(default_factory=list)
 
@@ -229,7 +231,7 @@ class OfflineFeed:
             except (queue.Empty, OSError, ValueError):
                 break
             if kind == "progress":
-                p.frames, p.kept, p.puts, p.waited_s = data
+                p.frames, p.kept, p.puts, p.waited_s, p.pruned = data
             elif kind == "input_done":
                 p.inputs_done += 1
             elif kind == "input_error":
@@ -237,7 +239,7 @@ class OfflineFeed:
                 p.errors.append(data)
                 log_event(logger, "input_skipped", logging.WARNING, error=data)
             elif kind == "done":
-                p.frames, p.kept, p.puts, p.waited_s = data
+                p.frames, p.kept, p.puts, p.waited_s, p.pruned = data
                 p.done = True
             elif kind == "fatal":
                 p.errors.append(data)
@@ -250,9 +252,10 @@ class OfflineFeed:
         p = self.poll()
         if p.done:
             if p.kept == 0:
-                why = f" ({'; '.join(p.errors)})" if p.errors else ""
+                why = "; ".join(p.errors) or pruned_summary(p.pruned)
+                hint = relax_hint(p.pruned, self.streamer_cfg.prune) or "relax streamer.prune"
                 raise UserError(f"no training samples: the motion masks of {p.frames} frames were all pruned"
-                                f"{why}; use longer clips with moving objects, or relax streamer.prune")
+                                f"{f' ({why})' if why else ''}; use clips with moving objects, or {hint}")
             return
         if self._proc is not None and not self._proc.is_alive():
             self.poll()
@@ -333,6 +336,7 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
 
     frames = kept = puts = 0
     waited = 0.0
+    pruned: dict[str, int] = {}
     ring = RingBuffer.attach(buffer_name, buffer_cfg)
     store = None
     if pairs_name:
@@ -372,8 +376,10 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
                             waited += _put_no_drop(ring, sample_from_result(r, camera, buffer_cfg), puts,
                                                    draws_per_sample, stop)
                             puts += 1
+                        else:
+                            pruned[r.reason] = pruned.get(r.reason, 0) + 1
                     if time.monotonic() - last > 0.5:
-                        events.put(("progress", (frames, kept, puts, waited)))
+                        events.put(("progress", (frames, kept, puts, waited, dict(pruned))))
                         last = time.monotonic()
                     if frame is None:
                         break
@@ -384,7 +390,7 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
             if stop.is_set():
                 return
             events.put(("input_done", spec))
-        events.put(("done", (frames, kept, puts, waited)))
+        events.put(("done", (frames, kept, puts, waited, pruned)))
     except KeyboardInterrupt:
         pass  # the parent handles Ctrl-C and stops us through `stop`
     except BaseException as e:

@@ -38,6 +38,7 @@ from streamer import protocol
 from streamer.config import StreamerConfig
 from streamer.errors import SourceError, UserError
 from streamer.log import log_event
+from streamer.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
 from streamer.ringbuffer import BufferConfig, RingBuffer, sample_from_result
 
 log = logging.getLogger("motionmask.camera")
@@ -49,6 +50,8 @@ MSG_MASK, MSG_STATS = b"M", b"S"
 _RESYNC_S = 1.0  # realtime playback further behind than this stops catching up and re-anchors
 _FPS_WINDOW_S = 2.0
 STUDENT_CHECK_S = 2.0  # how often the exports folder is looked at for a new bundle
+KEEP_RATE_CHECK_FRAMES = 300  # the keep rate is judged once, after this many frames (10 s at 30 fps),
+KEEP_RATE_MIN_FRAMES = 20  # or at the end of a shorter file of at least this many
 
 
 class CameraProcess:
@@ -157,6 +160,8 @@ class CameraProcess:
                 code = 128 + (self.signum or signal.SIGTERM)
             if self.phase == "finished":
                 log_event(log, "camera_source_ended", camera=self.name, frames=self.counters["frames"])
+                if KEEP_RATE_MIN_FRAMES <= self.counters["frames"] < KEEP_RATE_CHECK_FRAMES:
+                    self._check_keep_rate()
         except Stopped:
             self.phase = "stopped"
             code = 128 + (self.signum or signal.SIGTERM)
@@ -215,8 +220,20 @@ class CameraProcess:
             else:
                 c["pruned"] += 1
                 self.pruned_by[r.reason] = self.pruned_by.get(r.reason, 0) + 1
+            if c["frames"] == KEEP_RATE_CHECK_FRAMES:
+                self._check_keep_rate()
         while self._times and now - self._times[0] > _FPS_WINDOW_S:
             self._times.popleft()
+
+    def _check_keep_rate(self) -> None:
+        """Once per run: a camera whose pruning keeps few frames starves the learner; say which
+        threshold to change (the status command shows the counts, this says why)."""
+        c = self.counters
+        if c["kept"] >= FEW_KEPT_FRACTION * c["frames"]:
+            return
+        hint = relax_hint(self.pruned_by, self.cfg.prune)
+        log_event(log, "few_frames_kept", logging.WARNING, camera=self.name, kept=c["kept"], frames=c["frames"],
+                  pruned=pruned_summary(self.pruned_by), hint=hint or "-")
 
     def _mine(self, r) -> None:
         """Tracked-patch pairs into the pair store; never waits (a busy store drops, and counts)."""

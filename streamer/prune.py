@@ -2,6 +2,8 @@
 probability into a trimap so the ConvNet never trains on the uncertain middle."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from streamer.config import PruneConfig, TrimapConfig
@@ -24,6 +26,34 @@ def prune(prob: np.ndarray, cfg: PruneConfig) -> tuple[float, bool, str]:
     if fg[band].mean() > cfg.max_border_fg:
         return frac, False, "border_fg"
     return frac, True, ""
+
+
+# Pruning that keeps under this fraction of a video earns a warning (motionmask train, the daemon's
+# cameras): the learner then sees few frames, and usually one threshold is off for the footage.
+FEW_KEPT_FRACTION = 0.25
+
+# The reasons a threshold decides, with what to do when one of them prunes most of a video; the
+# others (no_motion_history, dark, camera_unreliable) come from the footage, not a setting.
+_KNOBS = {"too_little_fg": ("min_fg", "for small or distant movers lower"),
+          "too_much_fg": ("max_fg", "for large movers or a close camera raise"),
+          "border_fg": ("max_border_fg", "for movers that cross the frame's edge raise")}
+
+
+def pruned_summary(pruned: Mapping[str, int]) -> str:
+    """'too_little_fg 80, border_fg 3': pruned frames per reason, the most first."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(pruned.items(), key=lambda kv: (-kv[1], kv[0])) if v)
+
+
+def relax_hint(pruned: Mapping[str, int], cfg: PruneConfig) -> str:
+    """What to change when a threshold pruned most frames, e.g. 'for small or distant movers lower
+    streamer.prune.min_fg (now 0.03)'; '' when the main reason is not a threshold's."""
+    if not pruned:
+        return ""
+    reason = max(pruned, key=lambda k: pruned[k])
+    if reason not in _KNOBS:
+        return ""
+    key, advice = _KNOBS[reason]
+    return f"{advice} streamer.prune.{key} (now {getattr(cfg, key):g})"
 
 
 def trimap(prob: np.ndarray, cfg: TrimapConfig) -> np.ndarray:

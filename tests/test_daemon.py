@@ -93,7 +93,9 @@ def test_daemon_end_to_end_with_faults(tmp_path, clip):
     config, cfg = _config(tmp_path, [
         {"name": "a", "source": str(clip), "loop": True},
         {"name": "b", "source": str(later), "loop": True},
-        {"name": "c", "source": str(clip), "loop": False, "realtime": False},  # plays once, then done
+        # plays once, then done; a foreground floor no frame reaches: pruning keeps none
+        {"name": "c", "source": str(clip), "loop": False, "realtime": False,
+         "streamer": {"prune": {"min_fg": 0.85, "max_fg": 0.9}}},
     ])
     d = Daemon(config, cfg, tmp_path)
     try:
@@ -178,8 +180,12 @@ def test_daemon_end_to_end_with_faults(tmp_path, clip):
     assert all(process_gone(p, 1.0) for p in pids)
     for event in ("event=child_started", "event=child_exited child=b", 'code="exit 3"', "code=SIGKILL",
                   "event=child_restart child=b", "event=camera_stats camera=a", "event=shutdown ",
-                  "event=shutdown_done"):
+                  "event=shutdown_done",
+                  # c kept nothing: one warning names the reasons and the threshold to change
+                  'event=few_frames_kept camera=c kept=0 frames=50 pruned="too_little_fg ',
+                  'hint="for small or distant movers lower streamer.prune.min_fg (now 0.85)"'):
         assert event in log, event
+    assert log.count("event=few_frames_kept") == 1  # a and b keep every frame (min_fg 0)
     assert "Traceback" not in log
     assert "event=child_killed" not in log  # every camera stopped on SIGTERM, none needed SIGKILL
 

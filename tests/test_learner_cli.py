@@ -4,6 +4,7 @@ net for a few steps, resume it, stop it with SIGTERM, predict with the file cont
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,7 @@ def test_train_end_to_end_and_resume(clips, trained, capsys):
     assert main(args + ["--steps", "7"]) == 0
     err = capsys.readouterr().err
     assert "motionmask train: 2 steps (run at step 7)" in err and " samples kept of " in err
+    assert "warning: pruning kept" not in err  # 23 of this clip's 24 frames pass pruning
     assert load_checkpoint(last)["step"] == 7
     assert [json.loads(x)["step"] for x in (trained / "train.jsonl").read_text().splitlines()][-2:] == [6, 7]
 
@@ -81,6 +83,19 @@ def test_train_user_errors(clips, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "last.pt: incompatible checkpoint: " in err[0]
     assert "width 8 in the checkpoint vs 16 in the config" in err[0]
+
+
+def test_train_warns_when_pruning_keeps_few_frames(clips, tmp_path, capsys):
+    # this clip's movers cover 10-37% of the frame: a min_fg of 0.36 keeps one or two frames of 24
+    cfg = tmp_path / "strict.yaml"
+    cfg.write_text(TINY + "streamer: {prune: {min_fg: 0.36}}\n")
+    # 3 s of training: the streamer's 24 frames are done long before (the summary counts what it streamed)
+    assert main(["train", str(clips / "clip000.mp4"), "--out", str(tmp_path / "r"), "--config", str(cfg),
+                 "--steps", "0", "--minutes", "0.05", "--quiet"]) == 0
+    warning = [ln for ln in capsys.readouterr().err.splitlines() if "warning: pruning" in ln]
+    assert len(warning) == 1, warning
+    assert re.search(r"pruning kept [12] of 24 frames \(too_little_fg 2[12]\b", warning[0]), warning[0]
+    assert warning[0].endswith("for small or distant movers lower streamer.prune.min_fg (now 0.36)")
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(clips, tmp_path):

@@ -106,7 +106,10 @@ def test_offline_feed_reports_inputs_without_training_samples(tmp_path):
         for pkt in s.encode():
             c.mux(pkt)
     with OfflineFeed([str(path)], StreamerConfig(), BufferConfig(train_width=64, train_height=48, memory_mb=8)) as feed:
-        with pytest.raises(UserError, match="no training samples: the motion masks of 8 frames were all pruned"):
+        # the reasons, the most first, and what to change for the main one
+        with pytest.raises(UserError, match=r"no training samples: the motion masks of 8 frames were all pruned "
+                                            r"\(too_little_fg 8\); use clips with moving objects, or for "
+                                            r"small or distant movers lower streamer.prune.min_fg \(now 0.03\)"):
             next_batch(feed, 2, np.random.default_rng(0), feed.ring.new_batch(2))
     with pytest.raises(UserError, match="nope.mp4: no such file"):
         OfflineFeed([str(tmp_path / "nope.mp4")], StreamerConfig(), BufferConfig())

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from streamer.config import PruneConfig, TrimapConfig
-from streamer.prune import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, prune, trimap
+from streamer.prune import (TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, prune, pruned_summary, relax_hint,
+                           trimap)
 
 CFG = PruneConfig(min_fg=0.10)  # the paper's thresholds (the default min_fg is lower: see below)
 H = W = 100  # border band: 5 px on each side (0.05 x 100), 1900 px in all
@@ -92,3 +93,19 @@ def test_trimap_follows_configured_thresholds():
     assert set(np.unique(tri)) == {0, 128, 255}
     assert (tri[prob < 0.2] == 0).all() and (tri[prob > 0.9] == 255).all()
     assert (tri[(prob >= 0.2) & (prob <= 0.9)] == 128).all()
+
+
+def test_pruned_reasons_are_summarised_and_the_main_threshold_named():
+    # the counts a video's pruning produced, the largest first
+    counts: dict[str, int] = {}
+    for n, prob in ((3, _centre_block(50)), (1, _centre_block(8100)), (2, np.zeros((H, W), np.float32))):
+        for _ in range(n):
+            reason = prune(prob, CFG)[2]
+            counts[reason] = counts.get(reason, 0) + 1
+    assert pruned_summary(counts) == "too_little_fg 5, too_much_fg 1"
+    assert relax_hint(counts, CFG) == "for small or distant movers lower streamer.prune.min_fg (now 0.1)"
+    assert relax_hint({"border_fg": 4, "too_little_fg": 1}, CFG).endswith("streamer.prune.max_border_fg (now 0.1)")
+    assert relax_hint({"too_much_fg": 2}, CFG).endswith("raise streamer.prune.max_fg (now 0.8)")
+    # a reason no threshold decides has no setting to change
+    assert relax_hint({"no_motion_history": 9, "too_little_fg": 1}, CFG) == ""
+    assert relax_hint({}, CFG) == "" and pruned_summary({}) == ""

@@ -25,6 +25,7 @@ from streamer.errors import UserError
 from streamer.log import log_event
 from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay, trimap_rgb
 from streamer.pipeline import MaskResult, MotionSegmenter
+from streamer.prune import pruned_summary
 from streamer.sources import open_source
 from streamer.writer import CONTACT_NAME, OVERLAY_NAME, MaskWriter, check_out_dir
 
@@ -108,7 +109,7 @@ class Tally:
 
     def summary(self, out: Path, corrupt: int = 0, note: str = "") -> str:
         pruned = self.written - self.kept
-        why = " (" + ", ".join(f"{k} {v}" for k, v in sorted(self.pruned.items())) + ")" if pruned else ""
+        why = f" ({pruned_summary(self.pruned)})" if pruned else ""
         bad = f", {corrupt} corrupt packets skipped" if corrupt else ""
         return (f"motionmask masks: {note}{plural(self.written, 'frame')}, {plural(len(self.shots), 'shot')}, "
                 f"{self.kept} kept, {pruned} pruned{why}{bad}, {self.fps:.1f} fps -> {out}")

@@ -15,9 +15,12 @@ from motionmask.commands.masks import Terminated, info_logs, parse_count, signal
 from motionmask.config import load_config
 from streamer.errors import UserError
 from streamer.log import log_event
+from streamer.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
 from streamer.writer import check_out_dir
 
 logger = logging.getLogger(__name__)
+
+MIN_FRAMES_TO_JUDGE = 20  # fewer, and a low keep rate may be the first frames of each shot
 
 EPILOG = """examples:
   motionmask synth --out synth/ --clips 10
@@ -154,4 +157,15 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
           f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}, {loss}{nan}{rounds}; "
           f"{p.kept} samples kept of {p.frames} frames streamed from {p.inputs_done}/{p.inputs} inputs -> {where}",
           file=sys.stderr)
+    warn_if_few_kept(p, cfg.streamer.prune)
     return code
+
+
+def warn_if_few_kept(p, prune_cfg) -> None:
+    """One warning line when pruning kept under FEW_KEPT_FRACTION of the frames, with the reasons and
+    the threshold to change."""
+    if p.frames < MIN_FRAMES_TO_JUDGE or p.kept >= FEW_KEPT_FRACTION * p.frames:
+        return
+    hint = relax_hint(p.pruned, prune_cfg)
+    print(f"motionmask train: warning: pruning kept {p.kept} of {p.frames} frames ({pruned_summary(p.pruned)})"
+          f"{'; ' + hint if hint else ''}", file=sys.stderr)
