@@ -13,6 +13,13 @@ def test_default_yaml_loads_and_matches_types():
     assert isinstance(cfg.streamer.trimap.negative_below, float)
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_bundled_config_loads(name):
+    cfg = load_config(ROOT / "configs" / name)  # a typo in a shipped example is a user's first error
+    if name == "small-movers.yaml":
+        assert cfg.streamer.prune.min_fg == 0.02
+
+
 @pytest.mark.parametrize(
     "text, key",
     [
