@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
 from bench._machine import cpu_model, git_revision  # noqa: E402
+from bench._sheet import overlay, tile  # noqa: E402
 
 from learner.evaluate import coverage, evaluate_checkpoints, score  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
@@ -279,22 +280,6 @@ def _real_clips(folder: Path, max_frames: int, work: Path) -> list[dict]:
     return out
 
 
-def _tile(rgb: np.ndarray, width: int, label: str) -> np.ndarray:
-    h = int(round(rgb.shape[0] * width / rgb.shape[1]))
-    t = cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA)
-    cv2.putText(t, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(t, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    return t
-
-
-def _overlay(rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """The frame darkened where the mask says background, tinted red where it says foreground."""
-    fg = (prob >= 0.5)[..., None]
-    out = (rgb * 0.35).astype(np.uint8)
-    tint = (0.5 * rgb + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
-    return np.where(fg, tint, out)
-
-
 def real_part(args, cfg, out_dir: Path) -> dict | None:
     from learner.predict import Predictor
     from learner.samples import OfflineFeed
@@ -339,9 +324,9 @@ def real_part(args, cfg, out_dir: Path) -> dict | None:
         if not picks:  # nothing kept: show the held-back frames anyway
             picks = [(r, student(r.frame.image)) for r in held[:: max(1, len(held) // 2)][:2]]
         for r, sp in picks[:: max(1, len(picks) // 2)][:2]:
-            sheet.append(np.concatenate([_tile(r.frame.image, 240, f"{c['name']} #{r.frame.index}"),
-                                         _tile(_overlay(r.frame.image, r.prob), 240, "teacher (motion)"),
-                                         _tile(_overlay(r.frame.image, sp), 240, "student (one frame)")], axis=1))
+            sheet.append(np.concatenate([tile(r.frame.image, 240, f"{c['name']} #{r.frame.index}"),
+                                         tile(overlay(r.frame.image, r.prob), 240, "teacher (motion)"),
+                                         tile(overlay(r.frame.image, sp), 240, "student (one frame)")], axis=1))
         rows.append({"clip": c["name"], "train_frames": c["split"], "held_back": len(held),
                      "kept_held_back": sum(r.kept for r in held), "scored": len(agree),
                      "agreement_iou": float(np.mean(agree)) if agree else None,
