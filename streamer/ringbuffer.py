@@ -85,7 +85,7 @@ class BufferConfig:
     train_width: int = 320  # slot resolution: frames are resized to fit, keeping aspect, and padded
     train_height: int = 240
     memory_mb: float = 256.0  # budget for the whole segment (in /dev/shm); sets the number of slots
-    per_shot_cap: int = 0  # most samples one (camera, shot) may hold; 0 = a quarter of the slots
+    per_shot_cap: int = 0  # once full, a (camera, shot) holding this many gives way first; 0 = a quarter of the slots
     sampling: str = "uniform"  # uniform | recency
     half_life_s: float = 120.0  # recency sampling: a sample this much older is half as likely
     lock_timeout_ms: float = 2.0  # longest a streamer waits for the slot lock before dropping
@@ -435,18 +435,41 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         if writing.any():
             self._reclaim_abandoned(np.flatnonzero(writing))
         taken = state != FREE
-        same = taken & (self._m_camera_id == camera_id) & (self._m_shot == shot)
-        ready = state == READY
-        if np.count_nonzero(same) >= self.per_shot_cap:
-            cand = same & ready
-            if cand.any():
-                return int(np.where(cand, self._m_put_seq, _NEVER).argmin()), "evict_shot_cap"
         free = np.flatnonzero(~taken)
         if free.size:
+            # room left: a long shot may use it (a fixed camera is one endless shot); the cap
+            # only decides who gives way once the buffer is full
             return int(free[0]), ""
-        if ready.any():
-            return int(np.where(ready, self._m_put_seq, _NEVER).argmin()), "evict_oldest"
-        return -1, ""
+        ready = state == READY
+        if not ready.any():
+            return -1, ""
+        same = self._same_shot(taken, camera_id, shot)
+        if np.count_nonzero(same) >= self.per_shot_cap and (same & ready).any():
+            return self._oldest(same & ready), "evict_shot_cap"
+        # a newer or smaller shot takes the place of the oldest sample of a shot at its cap; most
+        # often that is the oldest sample of all (a long shot filled the buffer), checked cheaply first
+        oldest = self._oldest(ready)
+        cam, sh = self._m_camera_id[oldest], self._m_shot[oldest]
+        if np.count_nonzero(self._same_shot(taken, cam, sh)) >= self.per_shot_cap:
+            return oldest, "evict_shot_cap"
+        over = ready & self._in_full_shots(taken)
+        if over.any():
+            return self._oldest(over), "evict_shot_cap"
+        return oldest, "evict_oldest"
+
+    def _same_shot(self, taken: np.ndarray, camera_id: int, shot: int) -> np.ndarray:
+        return taken & (self._m_camera_id == camera_id) & (self._m_shot == shot)
+
+    def _oldest(self, among: np.ndarray) -> int:
+        return int(np.where(among, self._m_put_seq, _NEVER).argmin())
+
+    def _in_full_shots(self, taken: np.ndarray) -> np.ndarray:
+        """Slots whose (camera, shot) holds per_shot_cap samples or more (~20 us for 400 slots)."""
+        # one int64 key per (camera, shot); a wrapped product that collided would only pick
+        # another victim, never corrupt a sample
+        key = np.where(taken, self._m_camera_id * np.int64(1_000_003) + self._m_shot, np.iinfo(np.int64).min)
+        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        return taken & (counts[inverse.reshape(-1)] >= self.per_shot_cap)
 
     def _reclaim_abandoned(self, writing: np.ndarray) -> None:
         now = time.monotonic()

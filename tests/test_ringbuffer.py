@@ -138,30 +138,37 @@ def test_empty_buffer_gives_empty_batch_at_once(rb_factory):
 def test_per_shot_cap_then_oldest_first_eviction(rb_factory):
     rb = rb_factory(cfg_for(6, per_shot_cap=3))
     rng = np.random.default_rng(2)
-    for f in range(5):  # one long shot: only its newest 3 stay
-        assert rb.put(random_sample(rng, 64, 48, "a", frame=f, shot=0))
-    st = rb.stats()
-    assert st["fill"] == 3 and st["evictions"]["shot_cap"] == 2
-    assert st["by_shot"] == {"a": {0: 3}}
-    for f in (10, 11, 12):
-        rb.put(random_sample(rng, 64, 48, "a", frame=f, shot=1))
-    assert rb.stats()["fill"] == 6
+
+    def put(camera, shot, *frames):
+        for f in frames:
+            assert rb.put(random_sample(rng, 64, 48, camera, frame=f, shot=shot))
 
     def held():
         b = rb.sample(6, rng)
-        assert b.n == 6
+        assert b.n == rb.stats()["fill"]
         return sorted(zip(b.cameras, b.frame_index.tolist()))
 
-    assert held() == [("a", 2), ("a", 3), ("a", 4), ("a", 10), ("a", 11), ("a", 12)]
-    # full: a new (camera, shot) replaces the globally oldest sample, and never blocks
-    t = time.perf_counter()
-    assert rb.put(random_sample(rng, 64, 48, "b", frame=20, shot=0))
-    assert rb.put(random_sample(rng, 64, 48, "b", frame=21, shot=0))
-    assert time.perf_counter() - t < 0.05
-    assert held() == [("a", 4), ("a", 10), ("a", 11), ("a", 12), ("b", 20), ("b", 21)]
+    # one long shot (a fixed camera never cuts) fills the free slots, past its cap
+    put("a", 0, 0, 1, 2, 3, 4, 5)
     st = rb.stats()
-    assert st["evictions"]["oldest"] == 2 and st["puts"] == 10 and st["drops_total"] == 0
-    assert st["by_camera"] == {"a": 4, "b": 2} and st["by_shot"] == {"a": {0: 1, 1: 3}, "b": {0: 2}}
+    assert st["fill"] == 6 and st["evictions"] == {"shot_cap": 0, "oldest": 0}
+    # full: the shot at its cap replaces its own oldest
+    put("a", 0, 6)
+    assert held() == [("a", f) for f in range(1, 7)] and rb.stats()["evictions"]["shot_cap"] == 1
+    # a new shot takes the long shot's oldest slots until both hold their cap
+    put("a", 1, 10, 11, 12)
+    assert held() == [("a", 4), ("a", 5), ("a", 6), ("a", 10), ("a", 11), ("a", 12)]
+    # a new camera takes from the shots at their cap, the oldest first, and never blocks
+    t = time.perf_counter()
+    put("b", 0, 20, 21)
+    assert time.perf_counter() - t < 0.05
+    assert held() == [("a", 5), ("a", 6), ("a", 11), ("a", 12), ("b", 20), ("b", 21)]
+    # no shot at its cap: the globally oldest sample goes
+    put("c", 0, 30)
+    assert held() == [("a", 6), ("a", 11), ("a", 12), ("b", 20), ("b", 21), ("c", 30)]
+    st = rb.stats()
+    assert st["evictions"] == {"shot_cap": 6, "oldest": 1} and st["puts"] == 13 and st["drops_total"] == 0
+    assert st["by_camera"] == {"a": 3, "b": 2, "c": 1} and st["by_shot"] == {"a": {0: 1, 1: 2}, "b": {0: 2}, "c": {0: 1}}
 
 
 def test_recency_sampling_prefers_new_samples(rb_factory):
