@@ -219,6 +219,34 @@ def test_full_disk_publishes_nothing_and_keeps_the_bundle_in_service(exports, ck
     assert (tmp_path / "latest").read_text().strip() == v1
 
 
+def test_the_export_gate_ranks_by_holdout_iou_and_breaks_ties_by_bce():
+    """A sure student that disagrees with a few teacher pixels has a higher masked BCE than a timid
+    one, yet marks the objects better: the gate must prefer it (docs/learner-trials.md)."""
+    from exporter.export import Holdout, beats, holdout_score
+
+    tri = np.zeros((1, 8, 8), np.uint8)
+    tri[0, 2:6, 2:6] = 255
+    holdout = Holdout(np.zeros((1, 8, 8, 3), np.uint8), tri)
+
+    class Fixed(torch.nn.Module):  # a "model" whose mask head gives these probabilities
+        def __init__(self, prob):
+            super().__init__()
+            logits = torch.logit(torch.tensor(prob, dtype=torch.float32)[None, None])
+            self.heads = torch.nn.ModuleDict({"mask": torch.nn.Identity()})
+            self.normalize = lambda x: x
+            self.features = lambda x: logits.expand(x.shape[0], 1, 8, 8)
+
+    sure = np.where(tri[0] == 255, 0.999, 0.001)
+    sure[2, 2:5] = 1e-6  # three labelled pixels it is sure of otherwise (the teacher's mistakes, say)
+    timid = np.where(tri[0] == 255, 0.6, 0.4)
+    timid[2:6, 2] = 0.4  # a whole column of the object missed, timidly
+    s_sure, s_timid = holdout_score(Fixed(sure), holdout), holdout_score(Fixed(timid), holdout)
+    assert s_sure["holdout_bce"] > s_timid["holdout_bce"] and s_sure["holdout_iou"] > s_timid["holdout_iou"]
+    assert beats(s_sure, s_timid) and not beats(s_timid, s_sure)
+    assert beats({"holdout_iou": 1.0, "holdout_bce": 0.1}, {"holdout_iou": 1.0, "holdout_bce": 0.2})
+    assert not beats(s_sure, s_sure)
+
+
 def test_periodic_export_publishes_only_a_model_that_beats_the_last_one(tmp_path, caplog):
     """The daemon's policy: due every N steps or M minutes; exported only when better on the
     held-back buffer samples than the last export; a failure is logged, never raised."""
@@ -254,7 +282,8 @@ def test_periodic_export_publishes_only_a_model_that_beats_the_last_one(tmp_path
     finally:
         ring.close()
     second = periodic.maybe_export(trainer.model, 40)
-    assert second is not None and second.manifest["quality"]["holdout_bce"] < q1["holdout_bce"]
+    assert second is not None and second.manifest["quality"]["holdout_iou"] > q1["holdout_iou"]
+    assert second.manifest["quality"]["last_export_holdout_iou"] == pytest.approx(q1["holdout_iou"])
     assert second.manifest["quality"]["last_export_holdout_bce"] == pytest.approx(q1["holdout_bce"])
     assert published == [first, second] and read_pointer(out) == second.version
     # an export that cannot be published: logged, returned as None, training goes on
