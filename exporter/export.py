@@ -449,9 +449,9 @@ def holdout_score(model: nn.Module, holdout: Holdout, batch: int = 16) -> dict[s
 def beats(score: dict[str, float], previous: dict[str, float]) -> bool:
     """Is a holdout_score better than another? IoU first: the masked BCE also rises when a student
     grows sure of itself where its teacher's labels are wrong, and on a holdout from the camera's
-    own scene it stopped falling after a third of a 12-minute run while the student's real IoU kept
-    rising (docs/learner-trials.md, "Which model the daemon exports"); BCE breaks ties, such as a
-    holdout without positives."""
+    own scene it stopped falling mid-run while the student's real IoU kept rising (README, "Which
+    model the daemon ships"; bench/export_gate.py); BCE breaks ties, such as a holdout without
+    positives."""
     if score["holdout_iou"] != previous["holdout_iou"]:
         return score["holdout_iou"] > previous["holdout_iou"]
     return score["holdout_bce"] < previous["holdout_bce"]
