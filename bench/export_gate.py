@@ -31,16 +31,20 @@ sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
 from bench._machine import cpu_model, git_revision  # noqa: E402
 from exporter.config import ExportConfig  # noqa: E402
-from exporter.export import Holdout, holdout_score, load_for_export  # noqa: E402
+from exporter.export import Holdout, beats, holdout_score, load_for_export  # noqa: E402
 from learner.evaluate import evaluate_checkpoints, synth_clips  # noqa: E402
 from streamer.config import StreamerConfig  # noqa: E402
 from streamer.errors import UserError  # noqa: E402
 from streamer.pipeline import MotionSegmenter  # noqa: E402
 from streamer.sources import open_source  # noqa: E402
 
-RULES = {  # name -> (score key, higher is better)
+SCORES = {  # rule name -> (holdout_score key, higher is better), for the rank correlations
     "bce": ("holdout_bce", False),
     "iou": ("holdout_iou", True),
+}
+RULES = {  # rule name -> does a candidate's holdout score beat the exported model's?
+    "bce": lambda score, last: score["holdout_bce"] < last["holdout_bce"],  # the gate until session 9
+    "iou": beats,  # the gate now
 }
 
 
@@ -68,11 +72,12 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def replay(rows: list[dict], holdout: str, rule: str, every: int) -> dict:
     """The gate at every `every`-th checkpoint: the one in service at the end and how many shipped."""
-    key, higher = RULES[rule]
-    key = f"{holdout}_{key}"
+    def score(r: dict) -> dict[str, float]:
+        return {key: r[f"{holdout}_{key}"] for key in ("holdout_bce", "holdout_iou")}
+
     served, shipped = None, 0
     for r in rows[every - 1::every]:
-        if served is None or (r[key] > served[key] if higher else r[key] < served[key]):
+        if served is None or RULES[rule](score(r), score(served)):
             served, shipped = r, shipped + 1
     return {"served_step": served["step"], "served_gt_iou": served["gt_iou"], "exports": shipped}
 
@@ -93,16 +98,16 @@ def main() -> int:
               "--config configs/checkpoint-often.yaml to keep one every 400 steps", file=sys.stderr)
         return 2
     try:
-        first, _ = load_for_export(checkpoints[0])
+        models = {c: load_for_export(c)[0] for c in checkpoints}
         holdouts = {}
         for name, d in (("seen", args.seen), ("unseen", args.eval)):
             samples = kept_samples(Path(d), args.samples)  # the clips' own size stands in for the buffer slot
-            holdouts[name] = Holdout.for_model(samples, first, ExportConfig(), slot_size=samples[0].image.shape[:2])
+            holdouts[name] = Holdout.for_model(samples, models[checkpoints[0]], ExportConfig(),
+                                               slot_size=samples[0].image.shape[:2])
         truth = evaluate_checkpoints({c.stem: c for c in checkpoints}, args.eval, device="cpu", progress=True,
                                      every=max(1, args.every), teacher=False)
         rows = []
-        for c in checkpoints:
-            model, _ = load_for_export(c)
+        for c, model in models.items():
             row = {"checkpoint": c.stem, "step": truth["steps"][c.stem], "gt_iou": truth["summary"][c.stem]["iou"]}
             for name, h in holdouts.items():
                 s = holdout_score(model, h)
@@ -121,7 +126,7 @@ def main() -> int:
               f"{r['unseen_holdout_bce']:.4f} | {r['unseen_holdout_iou']:.3f} |")
     gt = [r["gt_iou"] for r in rows]
     ranks = {f"{h}_{rule}": spearman(gt, [r[f"{h}_{key}"] * (1 if higher else -1) for r in rows])
-             for h in holdouts for rule, (key, higher) in RULES.items()}
+             for h in holdouts for rule, (key, higher) in SCORES.items()}
     print("\nrank correlation (Spearman) of each gate score with the truth (1 = the same order)")
     print("| holdout | BCE (lower better) | IoU (higher better) |")
     print("|---|---:|---:|")

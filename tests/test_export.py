@@ -221,7 +221,7 @@ def test_full_disk_publishes_nothing_and_keeps_the_bundle_in_service(exports, ck
 
 def test_the_export_gate_ranks_by_holdout_iou_and_breaks_ties_by_bce():
     """A sure student that disagrees with a few teacher pixels has a higher masked BCE than a timid
-    one, yet marks the objects better: the gate must prefer it (docs/learner-trials.md)."""
+    one, yet marks the objects better: the gate must prefer it (README, "Which model the daemon ships")."""
     from exporter.export import Holdout, beats, holdout_score
 
     tri = np.zeros((1, 8, 8), np.uint8)
