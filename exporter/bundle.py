@@ -1,7 +1,10 @@
 """Bundles on disk: one folder per version, published atomically, with pointers.
 
     EXPORTS/20261127T101500Z-s0004000/model.onnx       self-contained ONNX model (no .onnx.data)
-    EXPORTS/20261127T101500Z-s0004000/manifest.json    version, sha256 of every file, specs, metrics
+    EXPORTS/20261127T101500Z-s0004000/manifest.json    version, sequence, sha256 and length of every file,
+                                                       specs, metrics (and, signed, key_id and expiry)
+    EXPORTS/20261127T101500Z-s0004000/manifest.sig     Ed25519 signature of manifest.json, when the
+                                                       exporter has a signing key (exporter/signing.py)
     EXPORTS/LATEST                                     the version in service (one line)
     EXPORTS/PREVIOUS                                   the one before, for rollback (one line)
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.signing import SIG_FILE, next_sequence, signed_fields
 from streamer.atomic import fsync_dir, pid_alive
 from streamer.errors import UserError
 from streamer.log import log_event
@@ -240,13 +244,29 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def sequences(d: str | Path) -> list[int]:
+    """The sequence numbers of the bundles in an exports folder (bundles from before sequences: none)."""
+    found = []
+    for v in versions(d):
+        try:
+            seq = json.loads((Path(d) / v / MANIFEST_FILE).read_bytes()).get("sequence")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(seq, int):
+            found.append(seq)
+    return found
+
+
 def publish_bundle(exports: str | Path, version: str, files: dict[str, bytes], manifest: dict[str, Any],
-                   keep: int = 5) -> Path:
+                   keep: int = 5, signer: Any = None, expiry_days: float = 30.0) -> Path:
     """Write a bundle atomically and point LATEST at it (PREVIOUS at the bundle it replaces).
 
     files: name -> bytes (model.onnx, and any other file the bundle ships); their sha256 and size
-    go into manifest["files"] (and the model's into manifest["sha256"]). On any error nothing
-    changes: the temp folder is removed and a UserError says why."""
+    go into manifest["files"] (and the model's into manifest["sha256"]). Every manifest gets a
+    sequence number above the folder's earlier ones; with a signer (exporter.signing.Signer) it
+    also gets key_id and an expiry `expiry_days` ahead, and manifest.sig is written next to it in
+    the same atomic step. On any error nothing changes: the temp folder is removed and a
+    UserError says why."""
     d = Path(exports)
     check_version_name(version)
     final = d / version
@@ -256,7 +276,12 @@ def publish_bundle(exports: str | Path, version: str, files: dict[str, bytes], m
     manifest["files"] = {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in files.items()}
     manifest["sha256"] = manifest["files"][MODEL_FILE]["sha256"]
     manifest.update(format=FORMAT, format_version=FORMAT_VERSION, version=version)
+    sequence = next_sequence(sequences(d))
+    manifest["sequence"] = sequence
+    if signer is not None:
+        manifest.update(signed_fields(signer, sequence, expiry_days))
     body = (json.dumps(manifest, indent=2) + "\n").encode()
+    signature = signer.sign(body) if signer is not None else None
     need = sum(len(b) for b in files.values()) + len(body) + (1 << 20)
     try:
         free = shutil.disk_usage(d).free
@@ -272,6 +297,8 @@ def publish_bundle(exports: str | Path, version: str, files: dict[str, bytes], m
         for name, data in files.items():
             _write_file(tmp / name, data)
         _write_file(tmp / MANIFEST_FILE, body)
+        if signature is not None:
+            _write_file(tmp / SIG_FILE, signature)
         fsync_dir(tmp)
         os.rename(tmp, final)
         fsync_dir(d)

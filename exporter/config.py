@@ -20,6 +20,12 @@ class ExportConfig:
     parity_frames: int = 8  # real frames compared (batch 1 each, and all of them as one batch)
     latency_runs: int = 20  # timed runs (after warm-up) of the latency measurement
     max_latency_ms: float = 0.0  # per frame on one CPU thread, batch 1; a slower model is not published; 0 = no limit
+    # Ed25519 private key (NAME.sign_key of `motionmask keys DIR --signing`, mode 0600) that signs
+    # every bundle's manifest (docs/signing.md). "" = bundles go out unsigned: devices started with
+    # --trusted-key refuse them, devices without one take them as before and log once that they
+    # are unverified.
+    signing_key: str = ""
+    signature_days: float = 30.0  # a signed bundle expires this long after export; devices refuse it after
     # the daemon: export every N steps or minutes, whichever comes first, and only a model that
     # beats the last export on held-back buffer samples
     enabled: bool = False  # the daemon exports (learner), serves bundles, and cameras publish `student` masks
@@ -49,6 +55,7 @@ class ExportConfig:
             ("latency_runs", 1 <= self.latency_runs <= 10000, "between 1 and 10000"),
             ("max_latency_ms", self.max_latency_ms >= 0, ">= 0 (0 = no limit)"),
             ("dir", bool(self.dir.strip()), "a folder path"),
+            ("signature_days", 0 < self.signature_days <= 3650, "in (0, 3650] days"),
             ("student_every", self.student_every >= 0, ">= 0 (0 = no student masks)"),
             ("every_steps", self.every_steps >= 0, ">= 0 (0 = off)"),
             ("every_minutes", self.every_minutes >= 0, ">= 0 (0 = off)"),

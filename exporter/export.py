@@ -40,6 +40,7 @@ from torch import nn
 from exporter.bundle import MODEL_FILE, check_exports_dir, new_version, publish_bundle, read_pointer
 from exporter.config import ExportConfig
 from exporter.runtime import fit_frame
+from exporter.signing import Signer
 from exporter.verify import ExportRejected, Verification, verify_onnx
 from streamer.errors import UserError
 from streamer.log import log_event
@@ -281,6 +282,7 @@ def export_model(model: nn.Module, out: str | Path, cfg: ExportConfig, *, step: 
     is published) or UserError (e.g. the exports folder cannot be written)."""
     t0 = time.perf_counter()
     out = check_exports_dir(out)
+    signer = Signer.from_file(cfg.signing_key) if cfg.signing_key else None  # a bad key fails before the work
     model = _model_for_export(model)
     heads = enabled_heads(model)
     (width, height), box = input_size(model, cfg, slot_size)
@@ -329,12 +331,13 @@ def export_model(model: nn.Module, out: str | Path, cfg: ExportConfig, *, step: 
         "timings_s": {"export": round(t2 - t1, 3), "verify": round(t3 - t2, 3)},
     }
     previous = read_pointer(out)
-    path = publish_bundle(out, version, {MODEL_FILE: onnx_bytes}, manifest, cfg.keep)
+    path = publish_bundle(out, version, {MODEL_FILE: onnx_bytes}, manifest, cfg.keep, signer=signer,
+                          expiry_days=cfg.signature_days)
     final = json.loads((path / "manifest.json").read_text())
     seconds = time.perf_counter() - t0
     log_event(logger, "export_published", version=version, path=path, sha256=final["sha256"][:16],
               mb=len(onnx_bytes) / 2**20, parity=ver.parity["max_abs_diff"], latency_ms=ver.latency["ms_median"],
-              previous=previous or "none", seconds=seconds)
+              previous=previous or "none", signed=signer.key_id if signer else "no", seconds=seconds)
     return ExportResult(version, path, final, seconds, ver, previous,
                         {"export": t2 - t1, "verify": t3 - t2, "total": seconds})
 

@@ -16,6 +16,12 @@ size (manifest.json included, hashed as served). An unknown op, a bad request or
 version is answered {"ok": false, "error": ...}, never left hanging; replies to a device that is
 gone are dropped by ZeroMQ, so a vanished device never blocks the server.
 
+Signed bundles (exporter/signing.py, docs/signing.md): a bundle the exporter signed carries
+manifest.sig, served as one more file. A device with a pinned key fetches it and the manifest
+first (each capped at a few KB), checks the signature, the expiry and the sequence against the
+highest it installed, and only then fetches the files, at their signed lengths; a refusal is
+final for that version (one log line, BundleRefused) and the bundle in service stays.
+
 Device (`DeviceAgent`, `motionmask device`): asks "hello" and "latest" on start, subscribes to
 announcements, and also asks "latest" every poll_s (a PUB message can be missed). A version
 whose sha256 differs from the one in service is pulled: manifest first, then each file, `window`
@@ -31,6 +37,7 @@ No torch here.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -48,6 +55,8 @@ import zmq
 from exporter.bundle import (FILE_RE, LATEST, MANIFEST_FILE, MODEL_FILE, TMP_PREFIX, check_version_name,
                              install_bundle, load_bundle, parse_manifest, read_pointer, resolve_bundle,
                              sha256_bytes, sha256_file)
+from exporter.signing import (MAX_MANIFEST_BYTES, MAX_SIG_BYTES, SIG_FILE, SignatureError, TrustedKey,
+                              check_fresh, read_trust, write_trust)
 from streamer.errors import UserError
 from streamer.log import log_event
 
@@ -69,6 +78,15 @@ class IntegrityError(TransferError):
     """A pulled file whose size or sha256 is not the announced one: torn or tampered."""
 
 
+class BundleRefused(IntegrityError):
+    """A bundle the device's trust policy refuses (unsigned, wrongly signed, older, expired,
+    oversized): never retried, logged once. kind: as exporter.signing.SignatureError."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 # ----------------------------------------------------------------------------------------------
 # Serving
 
@@ -87,6 +105,9 @@ def bundle_info(exports: Path, version: str) -> dict[str, Any]:
     body = (d / MANIFEST_FILE).read_bytes()
     m = parse_manifest(body, d / MANIFEST_FILE)
     files = {MANIFEST_FILE: {"sha256": sha256_bytes(body), "bytes": len(body)}}
+    with contextlib.suppress(FileNotFoundError):
+        sig = (d / SIG_FILE).read_bytes()
+        files[SIG_FILE] = {"sha256": sha256_bytes(sig), "bytes": len(sig)}
     for name, meta in m["files"].items():
         files[name] = {"sha256": meta["sha256"], "bytes": int(meta["bytes"])}
     return {"version": version, "files": files, "step": m.get("source", {}).get("step"),
@@ -438,31 +459,83 @@ def smoke_test(bundle_dir: Path) -> None:
         raise IntegrityError(f"bundle {bundle_dir.name} does not run here: {e}") from None
 
 
-def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig) -> tuple[Path, str | None]:
-    """Download, check and install one announced bundle into dest; returns (bundle dir, previous)."""
+def _fetch_capped(ch: Channel, version: str, name: str, meta: dict[str, Any] | None, cap: int, staging: Path,
+                  cfg: PullConfig) -> bytes:
+    """A small file of the bundle (manifest, signature) whose length nothing signed yet: never more
+    than `cap` bytes, whatever the announcement says."""
+    if meta["bytes"] > cap:
+        raise BundleRefused("oversized", f"bundle {version}: {name} is announced at {meta['bytes']} bytes, more "
+                                         f"than the {cap} this device accepts")
+    download_file(ch, version, name, meta, staging / name, cfg)
+    return (staging / name).read_bytes()
+
+
+def verified_floor(dest: Path, trusted: TrustedKey) -> dict[str, Any] | None:
+    """The highest sequence this device installed under `trusted`: DEVICE/TRUST.json, or, when that
+    is missing or unreadable, the bundle in service if the pinned key signed it."""
+    trust = read_trust(dest)
+    if trust is not None:
+        return trust
+    try:
+        b = load_bundle(dest, check_hash=False)
+        body = (b.dir / MANIFEST_FILE).read_bytes()
+        trusted.verify(body, (b.dir / SIG_FILE).read_bytes(), b.version)
+        return {"sequence": int(b.manifest["sequence"]), "version": b.version}
+    except (UserError, OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
+                trusted: TrustedKey | None = None) -> tuple[Path, str | None]:
+    """Download, check and install one announced bundle into dest; returns (bundle dir, previous).
+
+    With a pinned key (trusted): the signature and the manifest first (each capped), the signature
+    checked, then expiry and sequence against DEVICE/TRUST.json, and only then each file, at the
+    length and sha256 the signed manifest gives; TRUST.json is raised once the bundle is installed.
+    A refusal raises BundleRefused before a byte of the model is fetched."""
     info = _check_info(info)
     version, files = info["version"], info["files"]
-    need = sum(f["bytes"] for f in files.values()) + (1 << 20)
-    free = shutil.disk_usage(dest).free
-    if free < need:
-        raise TransferError(f"{dest}: no space left for bundle {version} (needs {need / 2**20:.1f} MB, "
-                            f"{free / 2**20:.1f} MB free)")
     staging = dest / f"{TMP_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
+    where = f"bundle {version}"
     try:
+        if trusted is not None and SIG_FILE not in files:
+            trusted.verify(b"", None, where)  # raises: unsigned, before anything is fetched
         staging.mkdir(parents=True)
-        download_file(ch, version, MANIFEST_FILE, files[MANIFEST_FILE], staging / MANIFEST_FILE, cfg)
-        m = parse_manifest((staging / MANIFEST_FILE).read_bytes(), f"{version}/{MANIFEST_FILE} (pulled)")
+        sig = None
+        if SIG_FILE in files:  # kept with the bundle even when unpinned: a key pinned later can use it
+            sig = _fetch_capped(ch, version, SIG_FILE, files[SIG_FILE], MAX_SIG_BYTES, staging, cfg)
+        body = _fetch_capped(ch, version, MANIFEST_FILE, files[MANIFEST_FILE], MAX_MANIFEST_BYTES, staging, cfg)
+        sequence = None
+        if trusted is not None:
+            trusted.verify(body, sig, where)
+        m = parse_manifest(body, f"{version}/{MANIFEST_FILE} (pulled)")
         if m["version"] != version:
             raise IntegrityError(f"{version}: the pulled manifest names version {m['version']}")
+        if trusted is not None:
+            sequence = check_fresh(m, verified_floor(dest, trusted), where)
+        # the space the manifest says it needs (signed, with a pinned key), not what an announcement claims
+        need = sum(int(f.get("bytes") or 0) for f in m["files"].values()) + (1 << 20)
+        free = shutil.disk_usage(dest).free
+        if free < need:
+            raise TransferError(f"{dest}: no space left for bundle {version} (needs {need / 2**20:.1f} MB, "
+                                f"{free / 2**20:.1f} MB free)")
         for name, meta in m["files"].items():
             theirs = files.get(name)
-            if theirs is None or theirs["sha256"] != meta["sha256"] or theirs["bytes"] != meta["bytes"]:
+            if theirs is None or theirs["sha256"] != meta["sha256"] or theirs["bytes"] != meta.get("bytes"):
                 raise IntegrityError(f"{version}: the announcement and the manifest disagree on {name}")
-            download_file(ch, version, name, theirs, staging / name, cfg)
+            # the manifest's own length and hash: signed when a key is pinned
+            download_file(ch, version, name, {"sha256": meta["sha256"], "bytes": int(meta["bytes"])},
+                          staging / name, cfg)
         load_bundle(staging)  # every file against the manifest, once more, as it lies on disk
         smoke_test(staging)
-        return install_bundle(dest, staging, cfg.keep)
+        done = install_bundle(dest, staging, cfg.keep)
+        if trusted is not None:
+            write_trust(dest, sequence, version, trusted.key_id)
+        return done
+    except SignatureError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BundleRefused(e.kind, str(e)) from None
     except OSError as e:  # a full or failing disk: the pull fails, the agent backs off and tries again
         shutil.rmtree(staging, ignore_errors=True)
         raise TransferError(f"{dest}: {e.strerror or e} while pulling bundle {version}") from None
@@ -509,8 +582,10 @@ class DeviceAgent:
     (or, once=True, until up to date)."""
 
     def __init__(self, endpoint: str, dest: str | Path, cfg: PullConfig | None = None, announce: str | None = None,
-                 context: zmq.Context | None = None, on_install: Callable[[Installed], None] | None = None):
+                 context: zmq.Context | None = None, on_install: Callable[[Installed], None] | None = None,
+                 trusted: TrustedKey | None = None):
         self.endpoint = endpoint
+        self.trusted = trusted  # the pinned public key; None: bundles are taken unverified (as before signing)
         self.dest = Path(dest).expanduser()
         self.cfg = cfg or PullConfig()
         self.announce = announce
@@ -558,11 +633,13 @@ class DeviceAgent:
         log_event(logger, "pull_start", version=info["version"], sha256=sha[:16], current=current[0] if current else "none",
                   mb=sum(f["bytes"] for f in info["files"].values()) / 2**20)
         try:
-            path, previous = pull_bundle(ch, self.dest, info, self.cfg)
+            path, previous = pull_bundle(ch, self.dest, info, self.cfg, self.trusted)
         except IntegrityError as e:
-            self.failures[key] += 1
+            # a refusal by the trust policy is final for this version: one line, no retries
+            self.failures[key] = self.cfg.attempts if isinstance(e, BundleRefused) else self.failures[key] + 1
             left = self.cfg.attempts - self.failures[key]
-            log_event(logger, "bundle_rejected", logging.ERROR, version=info["version"], reason=str(e),
+            log_event(logger, "bundle_rejected", logging.ERROR, version=info["version"],
+                      check=e.kind if isinstance(e, BundleRefused) else "integrity", reason=str(e),
                       attempts_left=left, in_service=current[0] if current else "none")
             raise
         done = Installed(info["version"], path, previous, info.get("step"), sha, time.monotonic() - t0,
@@ -579,6 +656,14 @@ class DeviceAgent:
         failed (cfg.attempts tries, with backoff)."""
         stop = stop or threading.Event()
         self._prepare_dest()
+        if self.trusted is None:
+            log_event(logger, "bundles_unverified", logging.WARNING, dir=self.dest,
+                      note="no --trusted-key: bundles are checked against their own manifest only; pin the "
+                           "exporter's public key (docs/signing.md)")
+        else:
+            floor = verified_floor(self.dest, self.trusted)
+            log_event(logger, "bundles_verified", key_id=self.trusted.key_id,
+                      highest_sequence=floor["sequence"] if floor else "none")
         cfg = self.cfg
         ch = Channel(self.endpoint, self.ctx)
         sub: zmq.Socket | None = None
@@ -606,7 +691,7 @@ class DeviceAgent:
                         tries += 1
                         failing = True
                         self.last_error = str(e)
-                        if once and tries >= cfg.attempts:
+                        if once and (tries >= cfg.attempts or isinstance(e, BundleRefused)):
                             raise
                         if not isinstance(e, IntegrityError):
                             log_event(logger, "pull_failed", logging.WARNING, error=str(e), retry_in_s=backoff,

@@ -111,7 +111,9 @@ def export_spec(cfg: Config) -> dict[str, Any] | None:
     """The export section for the children (its folder made absolute), or None when export is off."""
     if not cfg.export.enabled:
         return None
-    return dict(to_dict(cfg.export), dir=os.path.abspath(os.path.expanduser(cfg.export.dir)))
+    key = cfg.export.signing_key
+    return dict(to_dict(cfg.export), dir=os.path.abspath(os.path.expanduser(cfg.export.dir)),
+                signing_key=os.path.abspath(os.path.expanduser(key)) if key else "")
 
 
 def pair_store_config(cfg: Config) -> PatchConfig | None:
@@ -247,6 +249,10 @@ class Daemon:
         if pc is not None:
             self.pairs = PairBuffer.create(pc.size, pc.store_mb, lock_timeout_ms=pc.lock_timeout_ms)
         e = self.cfg.export
+        if e.enabled and e.signing_key:  # a missing or readable-by-others key fails now, not at the first export
+            from exporter.signing import Signer
+
+            Signer.from_file(e.signing_key)
         if e.enabled and e.serve:
             from exporter.transfer import BundleServer
 

@@ -1,6 +1,7 @@
-"""`motionmask device --endpoint URL --dir DIR`: keep a device's model on the exporter's latest
-bundle: subscribe to announcements, pull in chunks, check sha256, swap atomically, keep the
-previous bundle for rollback. ONNX Runtime only: this command never loads torch."""
+"""`motionmask device --endpoint URL --dir DIR [--trusted-key FILE]`: keep a device's model on the
+exporter's latest bundle: subscribe to announcements, pull in chunks, check the signature (with a
+pinned key) and sha256, swap atomically, keep the previous bundle for rollback. ONNX Runtime
+only: this command never loads torch."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,8 @@ from streamer.log import log_event
 logger = logging.getLogger(__name__)
 
 EPILOG = """examples:
-  motionmask device --endpoint tcp://exporter-host:5560 --dir /var/lib/motionmask/model
+  motionmask device --endpoint tcp://exporter-host:5560 --dir /var/lib/motionmask/model \\
+      --trusted-key /etc/motionmask/exporter.sign_pub                      # only bundles signed by it
   motionmask device --endpoint tcp://exporter-host:5560 --dir model/ --once    # pull if newer, exit
   motionmask device --dir model/ --rollback                                 # previous bundle back
   motionmask predict --model model/ camera:0 --out live/                    # what is in service
@@ -27,6 +29,15 @@ loaded and run once with ONNX Runtime, and only then swapped in (LATEST rewritte
 A torn or tampered transfer is rejected and retried (up to --attempts per version); a device
 that goes offline mid-transfer reconnects and retries after --timeout, with backoff. Until a
 new bundle is whole and checked, the previous one stays in service.
+
+--trusted-key pins the exporter's public key (NAME.sign_pub of `motionmask keys DIR --signing`):
+a bundle is installed only when its manifest is signed by that key, its sequence is above the
+highest this device installed (kept in DIR/TRUST.json, so a replayed older bundle is refused
+after a restart too) and it has not expired; nothing is downloaded beyond the signed lengths.
+A refused bundle is logged once (event=bundle_rejected check=unsigned|wrong_key|bad_signature|
+rollback|expired|oversized) and the bundle in service stays. Without --trusted-key bundles are
+taken as before (sha256 against their own manifest) and the agent logs once that they are
+unverified. See docs/signing.md.
 
 --rollback puts DIR/PREVIOUS back in service and writes the version it rolled back from to
 DIR/SKIP: an agent never pulls that version again (a newer one is pulled as usual). A bundle in
@@ -48,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--endpoint", metavar="URL", help="the exporter's bundle server, e.g. tcp://exporter-host:5560")
     p.add_argument("--dir", required=True, metavar="DIR", help="the device's model folder (created)")
+    p.add_argument("--trusted-key", metavar="FILE", help="the exporter's Ed25519 public key (NAME.sign_pub): "
+                   "refuse every bundle it did not sign (default: bundles unverified)")
     p.add_argument("--announce", metavar="URL", help="announcement address (default: asked from the server)")
     p.add_argument("--once", action="store_true", help="pull the latest bundle if it is new, then exit")
     p.add_argument("--rollback", action="store_true", help="put DIR/PREVIOUS back in service and exit")
@@ -65,6 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from exporter.signing import TrustedKey
     from exporter.transfer import DeviceAgent, PullConfig, rollback_device
 
     if args.rollback:
@@ -87,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
               f"{done.bytes / 2**20:.1f} MB in {done.seconds:.1f} s) -> {done.path}; "
               f"previous: {done.previous or 'none'}", file=sys.stderr)
 
-    agent = DeviceAgent(args.endpoint, args.dir, cfg, announce=args.announce, on_install=installed)
+    trusted = TrustedKey.from_file(args.trusted_key) if args.trusted_key else None
+    agent = DeviceAgent(args.endpoint, args.dir, cfg, announce=args.announce, on_install=installed, trusted=trusted)
     stop = threading.Event()
     with signals_as_exceptions():
         try:

@@ -22,6 +22,7 @@ EPILOG = """examples:
   motionmask export --checkpoint runs/r1/checkpoints/last.pt --out exports/
   motionmask export --checkpoint runs/r1/checkpoints/last.pt --out exports/ --size 320x256 --frames clip.mp4
   motionmask export --out exports/ --serve --endpoint tcp://*:5560 --announce tcp://*:5561
+  motionmask export --checkpoint last.pt --out exports/ --signing-key keys/exporter.sign_key   # signed
   motionmask predict --model exports/ clip.mp4 --out pred/            # ONNX Runtime, no torch
 
 writes DIR/<version>/model.onnx (one self-contained file: uint8 RGB N x H x W x 3 `image` in,
@@ -31,6 +32,10 @@ step, parity, latency), then points DIR/LATEST at it (DIR/PREVIOUS at the one be
 the newest export.keep bundles. Published only after onnx.checker, an ONNX Runtime CPU session,
 parity with PyTorch on real frames (<= export.parity_tolerance) and a latency measurement pass;
 otherwise nothing changes and the reason is printed (exit 2).
+
+--signing-key (or export.signing_key): sign the manifest with that Ed25519 key (manifest.sig;
+`motionmask keys DIR --signing` makes one); devices started with --trusted-key take only
+bundles it signed. Without a key the bundle is unsigned (docs/signing.md).
 
 --serve: serve DIR to devices until Ctrl-C or SIGTERM (exit 0), `motionmask device --endpoint
 URL --dir DIR` on each device: new versions are announced on --announce, chunks served on
@@ -55,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "(default: photographs shipped with scikit-image)")
     p.add_argument("--eval", metavar="CLIPS", help="also score the checkpoint on a `motionmask synth` folder; "
                    "the IoU goes into the manifest's quality")
+    p.add_argument("--signing-key", metavar="FILE", help="Ed25519 private key that signs the bundle (default: "
+                   "export.signing_key; none: unsigned)")
     p.add_argument("--keep", metavar="N", type=int, help="bundles kept in DIR (default: export.keep)")
     p.add_argument("--serve", action="store_true", help="serve DIR to devices until Ctrl-C (after exporting, if --checkpoint)")
     p.add_argument("--endpoint", metavar="URL", help="--serve: chunk requests (default: export.endpoint, tcp://127.0.0.1:5560)")
@@ -93,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
     e = cfg.export
     if args.size:
         e.width, e.height = parse_size(args.size)
+    if args.signing_key:
+        e.signing_key = args.signing_key
+    if e.signing_key and args.checkpoint:
+        from exporter.signing import Signer
+
+        Signer.from_file(e.signing_key, "--signing-key" if args.signing_key else "export.signing_key")  # now, not after the export
     if args.keep is not None:
         if args.keep < 1:
             raise UserError(f"--keep {args.keep}: must be >= 1")
