@@ -91,6 +91,12 @@ class CameraProcess:
         self.student = None  # exporter.runtime.BundleRunner once a bundle exists
         self._student_check = 0.0
         self._student_error = ""
+        # camera frames for web consoles (web.frame_fps), JPEG, published as topic frame.<camera>
+        frames = spec.get("frames") if self.encoding is not None else None
+        self.frame_every_s = 1.0 / frames["fps"] if frames and frames.get("fps", 0) > 0 else 0.0
+        self.frame_width = int(frames.get("width", 640)) if frames else 640
+        self.frame_quality = int(frames.get("quality", 70)) if frames else 70
+        self._next_frame = 0.0
 
     def _push(self, endpoint: str) -> zmq.Socket:
         s = self.ctx.socket(zmq.PUSH)
@@ -208,6 +214,9 @@ class CameraProcess:
                 self._forward(r, "trimap", r.trimap, capture_ns)
                 if self.student_every and c["frames"] % self.student_every == 1 % self.student_every:
                     self._student(r, capture_ns)
+                if self.frame_every_s and now >= self._next_frame:
+                    self._next_frame = now + self.frame_every_s
+                    self._forward_frame(r, capture_ns)  # after its masks: a viewer finds them waiting
             if self.miner is not None:
                 self._mine(r)
             if r.kept:
@@ -293,6 +302,29 @@ class CameraProcess:
                            "width": w, "height": h, **({"model_version": model_version} if model_version else {})}).encode()
         try:
             self.masks.send_multipart([MSG_MASK, self.name.encode(), kind.encode(), meta, payload], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["forward_drops"] += 1
+
+    def _forward_frame(self, r, capture_ns: int) -> None:
+        """The frame itself, JPEG, for web consoles (kind `frame`; the daemon publishes it on
+        topic frame.<camera>, which `mask.` subscribers never see). At most web.frame_fps, scaled
+        to web.frame_width: a few ms of this process's time per second."""
+        import cv2
+
+        img = r.frame.image
+        h, w = img.shape[:2]
+        if w > self.frame_width:
+            img = cv2.resize(img, (self.frame_width, max(1, round(h * self.frame_width / w))),
+                             interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, self.frame_quality])
+        if not ok:
+            return
+        h, w = img.shape[:2]
+        meta = json.dumps({"frame": r.frame.index, "shot": r.shot, "capture_ns": capture_ns,
+                           "width": w, "height": h}).encode()
+        try:
+            self.masks.send_multipart([MSG_MASK, self.name.encode(), b"frame", meta, buf.tobytes()], zmq.NOBLOCK)
         except zmq.Again:
             self.counters["forward_drops"] += 1
 

@@ -21,6 +21,7 @@ from streamer.publish import PublishConfig
 from motionmask.daemon_config import CameraConfig, DaemonConfig, validate_cameras
 from learner.config import LearnerConfig
 from exporter.config import ExportConfig
+from motionmask.web.config import WebConfig
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    web: WebConfig = field(default_factory=WebConfig)  # the console `motionmask run` serves (motionmask/web)
 
 
 def _type_name(tp: Any) -> str:
@@ -145,6 +147,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         cfg.daemon.validate()
         cfg.learner.validate()
         cfg.export.validate()
+        cfg.web.validate()
         validate_cameras(cfg.cameras, cfg.streamer, cfg.daemon, (cfg.publish.endpoint, cfg.publish.latest_endpoint))
     except (ConfigError, ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None

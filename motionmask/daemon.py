@@ -67,6 +67,7 @@ class ChildSpec:
     module: str
     payload: dict[str, Any]
     label: str = ""  # what it works on, fit for logs (URLs without passwords)
+    pass_fds: tuple[int, ...] = ()  # descriptors it inherits (the web console's listening socket)
 
 
 @dataclass
@@ -144,6 +145,7 @@ def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str, pa
             "buffer": to_dict(cfg.buffer),
             "pairs_name": pairs_name,  # "" = no pair store
             "export": export_spec(cfg) if cfg.publish.enabled else None,  # student masks are published
+            "frames": {"fps": cfg.web.frame_fps, "width": cfg.web.frame_width, "quality": cfg.web.jpeg_quality},
             "forward_endpoint": forward,
             "parent_pid": os.getpid(),
             "log_level": log_level,
@@ -178,6 +180,20 @@ def learner_spec(cfg: Config, forward: str, buffer_name: str, log_level: str, pa
         "parent_pid": os.getpid(),
         "log_level": log_level,
     }, cfg.learner.run_dir)
+
+
+WEB = "web.console"  # the web console child's name ('.' is not allowed in camera names)
+
+
+def web_spec(cfg: Config, url: str, fd: int, control: str, masks: str, forward: str, log_level: str) -> ChildSpec:
+    """The console process (motionmask/web/process.py): it reads this daemon like an outside client."""
+    return ChildSpec(WEB, "web", "motionmask.web.process", {
+        "name": WEB, "web": to_dict(cfg.web), "url": url, "listen_fd": fd, "control_endpoint": control,
+        "masks_endpoint": masks,
+        "run_dir": os.path.abspath(os.path.expanduser(cfg.learner.run_dir)) if cfg.learner.enabled else "",
+        "exports_dir": os.path.abspath(os.path.expanduser(cfg.export.dir)) if cfg.export.enabled else "",
+        "forward_endpoint": forward, "parent_pid": os.getpid(), "log_level": log_level,
+    }, url, pass_fds=(fd,))
 
 
 def _warn_missing(cameras: list[CameraConfig]) -> None:
@@ -217,6 +233,8 @@ class Daemon:
         self.ring: RingBuffer | None = None
         self.pairs: PairBuffer | None = None  # tracked-patch pairs, when a camera mines them
         self.bundles = None  # exporter.transfer.BundleServer when export.enabled and export.serve
+        self.web_sock = None  # the console's listening socket: bound here, served by the web child
+        self.web_note = "off (web.enabled: false)"
         self.forwarded = 0
         self.bad_messages = 0
         try:
@@ -230,6 +248,13 @@ class Daemon:
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
         if cfg.learner.enabled:
             spec = learner_spec(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name)
+            self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
+        if self.web_sock is not None:
+            from motionmask.web.server import url_of
+
+            pub = self.publisher.endpoint if self.publisher else ""
+            spec = web_spec(cfg, url_of(self.web_sock), self.web_sock.fileno(), self.control.endpoint, pub,
+                            self.forward_endpoint, log_level)
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
 
     def _open(self) -> None:
@@ -248,6 +273,8 @@ class Daemon:
         pc = pair_store_config(self.cfg)
         if pc is not None:
             self.pairs = PairBuffer.create(pc.size, pc.store_mb, lock_timeout_ms=pc.lock_timeout_ms)
+        if self.cfg.web.enabled:
+            self._open_web()
         e = self.cfg.export
         if e.enabled and e.signing_key:  # a missing or readable-by-others key fails now, not at the first export
             from exporter.signing import Signer
@@ -265,6 +292,18 @@ class Daemon:
                                         announce_interval_s=e.announce_interval_s,
                                         rate_limit_mbps=e.rate_limit_mbps, context=self.ctx).start()
 
+    def _open_web(self) -> None:
+        # A taken port leaves the rig without its console, not without its cameras: a viewer must
+        # not stop the recording (8080 is a popular port). The warning and `motionmask status` say so.
+        from motionmask.web.server import listen
+
+        w = self.cfg.web
+        try:
+            self.web_sock = listen(w.host, w.port)
+        except UserError as e:
+            self.web_note = f"off ({e})"
+            log_event(log, "web_unavailable", logging.WARNING, reason=e)
+
     # -- lifetime ---------------------------------------------------------------------------
     def run(self) -> int:
         """Supervise until SIGINT/SIGTERM; returns the exit status (0 after a clean shutdown)."""
@@ -274,7 +313,7 @@ class Daemon:
             log_event(log, "daemon_started", pid=os.getpid(), version=__version__,
                       cameras=",".join(self.children), control=self.control.endpoint,
                       publish=self.publisher.endpoint if self.publisher else "off", buffer=self.ring.name,
-                      slots=self.ring.capacity)
+                      slots=self.ring.capacity, web=self.children[WEB].spec.label if WEB in self.children else "off")
             for child in self.children.values():
                 self._start(child)
             poller = zmq.Poller()
@@ -348,6 +387,9 @@ class Daemon:
         if self.bundles is not None:
             self.bundles.close()
             self.bundles = None
+        if self.web_sock is not None:
+            self.web_sock.close()
+            self.web_sock = None
         if self.ring is not None:
             self.ring.close()  # the owner unlinks the segment
             self.ring = None
@@ -364,7 +406,7 @@ class Daemon:
         try:
             # process_group=0: a terminal's Ctrl-C goes to the daemon only, which stops children in order
             proc = subprocess.Popen([sys.executable, "-m", spec.module], stdin=subprocess.PIPE,
-                                    process_group=0, close_fds=True)
+                                    process_group=0, close_fds=True, pass_fds=spec.pass_fds)
         except OSError as e:
             child.last_error = f"cannot start: {e}"
             log_event(log, "child_start_failed", logging.ERROR, child=spec.name, error=e)
@@ -480,6 +522,10 @@ class Daemon:
         if self.publisher is None:
             return
         meta = json.loads(parts[3])
+        if parts[2] == b"frame":  # a camera frame for web consoles: its own topic, JPEG
+            self.publisher.publish_frame(parts[1].decode(), parts[4], int(meta["width"]), int(meta["height"]),
+                                         int(meta["frame"]), int(meta["shot"]), int(meta["capture_ns"]))
+            return
         self.publisher.publish_encoded(parts[1].decode(), parts[2].decode(), parts[4], int(meta["width"]),
                                        int(meta["height"]), int(meta["frame"]), int(meta["shot"]),
                                        int(meta["capture_ns"]), str(meta.get("model_version", "")))
@@ -569,7 +615,16 @@ class Daemon:
             },
             "control": {"endpoint": self.control.endpoint, "requests": self.control.requests,
                         "errors": self.control.errors},
+            "web": self.web_status(),
         }
+
+    def web_status(self) -> dict[str, Any]:
+        child = self.children.get(WEB)
+        if child is None:
+            return {"url": "", "state": self.web_note}
+        r = child.report
+        return {"url": child.spec.label, "state": child.state, "pid": child.pid, "clients": r.get("clients", 0),
+                "stream_drops": r.get("stream_drops", 0), "restarts": child.restarts, "last_error": child.last_error}
 
     def _ping(self, _request: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self._started, 1)}
@@ -585,6 +640,8 @@ class Daemon:
             return  # nothing to say yet at startup
         fill = self.ring.stats()
         for name, child in self.children.items():
+            if child.spec.role == "web":
+                continue
             if child.spec.role == "learner":
                 s = self.learner_status(child)
                 log_event(log, "learner_stats", state=s["state"], activity=s["activity"], step=s["step"] or 0,

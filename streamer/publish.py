@@ -25,6 +25,8 @@ from streamer.log import log_event
 
 log = logging.getLogger("streamer.publish")
 
+FRAME_TOPIC = "frame."  # camera frames for web consoles (motionmask/web): frame.<camera>, JPEG
+
 
 @dataclass
 class PublishConfig:
@@ -218,6 +220,26 @@ class MaskPublisher:
         self._drop("send_failed", camera, kind, frame, err, counted=True)
         return False
 
+    def publish_frame(self, camera: str, jpeg: bytes, width: int, height: int, frame: int, shot: int,
+                      capture_ns: int) -> bool:
+        """Send a camera frame (JPEG bytes) for web consoles on topic `frame.<camera>`: the mask
+        header with kind "frame" and encoding "jpeg". A topic of its own, so `mask.` subscribers
+        never see it; only the multipart endpoint carries it."""
+        topic = FRAME_TOPIC + protocol.topic_token(camera)
+        with self._lock:
+            if self._closed:
+                return False
+            seq = self._seq.get(topic, 0)
+            self._seq[topic] = seq + 1
+            hdr = protocol.header_bytes(protocol.make_header(
+                camera, "frame", frame, shot, seq, capture_ns, time.time_ns(), width, height, "jpeg", "",
+                self.publisher_id))
+            try:
+                self._pub.send_multipart(protocol.pack_multipart(topic, hdr, jpeg), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return False
+            return True
+
     def _drop(self, why: str, camera: str, kind: str, frame: int, err: Exception, counted: bool = False) -> None:
         if not counted:
             with self._lock:
@@ -252,4 +274,4 @@ class MaskPublisher:
         self.close()
 
 
-__all__ = ["MaskPublisher", "PublishConfig"]
+__all__ = ["FRAME_TOPIC", "MaskPublisher", "PublishConfig"]

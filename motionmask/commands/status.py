@@ -46,6 +46,9 @@ def format_status(st: dict) -> str:
         lines.append(f"masks:  {pub['endpoint']}  sent {pub.get('sent', 0)}, dropped {pub.get('dropped', 0)}")
     else:
         lines.append("masks:  publishing off (publish.enabled: false)")
+    web = st.get("web")
+    if web is not None:
+        lines.append(format_web(web))
     if buf:
         lines.append(f"buffer: {buf.get('name')}  {buf.get('fill', 0)}/{buf.get('capacity', 0)} samples "
                      f"({100 * buf.get('fill_fraction', 0):.0f}%), puts {buf.get('puts', 0)}, "
@@ -71,6 +74,15 @@ def format_status(st: dict) -> str:
     if st.get("learner"):
         lines.append(format_learner(st["learner"]))
     return "\n".join(lines)
+
+
+def format_web(w: dict) -> str:
+    """`web:    http://127.0.0.1:8080  running, 1 viewer` or `web:    off (why)`."""
+    if not w.get("url"):
+        return f"web:    {w.get('state', 'off')}"
+    n = w.get("clients", 0)
+    extra = f", restarts {w['restarts']}, last error: {w['last_error']}" if w.get("restarts") else ""
+    return f"web:    {w['url']}  {w.get('state')}, {n} viewer{'' if n == 1 else 's'}{extra}"
 
 
 def format_learner(c: dict) -> str:

@@ -1,0 +1,226 @@
+"""The web console of a real `motionmask run` on the bundled clip, over real HTTP: the JSON
+endpoints say what `motionmask status --json` says, /metrics parses, a stalled viewer costs the
+camera nothing; and, where Debian's chromium and playwright are installed, the page in a real
+headless browser. One daemon for the whole module (2-core machines)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _media import free_port
+from motionmask.cli import main
+from motionmask.control import ControlUnavailable, request
+
+httpx = pytest.importorskip("httpx")
+
+CLIP = Path(__file__).parent / "data" / "sample.mp4"  # 384x288 at 10 fps, played in real time, looping
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _browser_missing() -> str:
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does it as root)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return ""
+
+
+needs_browser = pytest.mark.skipif(bool(_browser_missing()), reason=_browser_missing() or "-")
+
+
+class WebDaemon:
+    def __init__(self, root: Path) -> None:
+        self.web_port = free_port()
+        self.control = f"tcp://127.0.0.1:{free_port()}"
+        self.cfg = {
+            "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
+                         "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+            "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
+            "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
+            "daemon": {"control_endpoint": self.control, "shutdown_timeout_s": 5.0, "stats_interval_s": 5.0},
+            "cameras": [{"name": "a", "source": str(CLIP), "loop": True}],
+            "learner": {"enabled": True, "run_dir": str(root / "run"), "model": {"width": 8, "blocks": [1, 1, 1, 1]},
+                        "crops": {"size": 32}, "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
+                        "bootstrap": {"every_steps": 100}},
+            "web": {"port": self.web_port},
+        }
+        self.url = f"http://127.0.0.1:{self.web_port}"
+        path = root / "daemon.yaml"
+        path.write_text(yaml.safe_dump(self.cfg))
+        self.log_path = root / "daemon.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=5.0, **kw)
+
+    def wait_for(self, what, timeout: float = 60.0) -> dict:
+        deadline, last = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.log()}"
+            try:
+                r = self.get("/api/status")
+                if r.status_code == 200:
+                    last = r.json()
+                    if what(last):
+                        return last
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"timed out; last /api/status {json.dumps(last)[:2000]}\n{self.log()}")
+
+    def fps(self, seconds: float) -> float:
+        """Frames per second the camera made over `seconds`, from the daemon's own counters."""
+        a = request(self.control, "status")["cameras"]["a"]["frames"]
+        time.sleep(seconds)
+        b = request(self.control, "status")["cameras"]["a"]["frames"]
+        return (b - a) / seconds
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = WebDaemon(tmp_path_factory.mktemp("web"))
+    try:
+        d.wait_for(lambda s: s["cameras"]["a"]["state"] == "running" and s["cameras"]["a"]["frames"] > 10)
+        yield d
+    finally:
+        code = d.stop()
+        assert code == 0, d.log()
+
+
+def _status_json(endpoint: str) -> dict:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["status", "--endpoint", endpoint, "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_json_endpoints_match_status(daemon):
+    cli = _status_json(daemon.control)
+    api = daemon.get("/api/status").json()
+    assert api.keys() == cli.keys() and api["web"]["url"] == daemon.url
+    assert api["cameras"].keys() == cli["cameras"].keys() == {"a"}
+    for key in ("state", "source", "size", "restarts", "last_error", "pid"):
+        assert api["cameras"]["a"][key] == cli["cameras"]["a"][key], key
+    assert abs(api["cameras"]["a"]["frames"] - cli["cameras"]["a"]["frames"]) <= 30  # <= 1 s apart at 10 fps
+    assert api["cameras"]["a"].keys() == cli["cameras"]["a"].keys()
+    assert api["learner"].keys() == cli["learner"].keys() and api["learner"]["pid"] == cli["learner"]["pid"]
+
+    cam = daemon.get("/api/cameras/a").json()
+    assert cam.items() >= {k: v for k, v in api["cameras"]["a"].items() if k in ("state", "source", "size")}.items()
+    assert cam["name"] == "a" and cam["quality"]["grade"] in ("good", "fair", "poor", "unknown")
+    r = daemon.get("/api/cameras/nope")
+    assert r.status_code == 404 and "cameras: a" in r.json()["error"]
+
+    st = daemon.wait_for(lambda s: ((s["learner"] or {}).get("step") or 0) >= 20)
+    time.sleep(1.5)  # train.jsonl gets a line every 10 steps
+    learner = daemon.get("/api/learner").json()
+    assert learner["run_dir"] == st["learner"]["run_dir"] and learner["curve_source"].endswith("train.jsonl")
+    assert len(learner["curve"]["step"]) == len(learner["curve"]["loss"]) > 0
+
+    ex = daemon.get("/api/exports").json()
+    assert ex["readable"] is False and ex["versions"] == []
+    assert isinstance(daemon.get("/api/events").json(), list)
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        main(["status", "--endpoint", daemon.control])
+    assert f"web:    {daemon.url}  running" in out.getvalue()
+
+
+def test_metrics_parse(daemon):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = daemon.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+    assert samples[("motionmask_daemon_up", ())] == 1.0
+    assert samples[("motionmask_camera_frames_total", (("camera", "a"),))] > 0
+    assert ("motionmask_camera_fps", (("camera", "a"),)) in samples
+    for name in ("motionmask_buffer_fill", "motionmask_publisher_sent_total", "motionmask_learner_step",
+                 "motionmask_camera_restarts_total", "motionmask_console_clients"):
+        assert any(k[0] == name for k in samples), name
+
+
+def _ws_handshake(port: int, path: str) -> socket.socket:
+    """A WebSocket client that opens the stream and then never reads (a frozen tablet)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    return s
+
+
+def test_stalled_viewers_do_not_slow_the_camera(daemon):
+    import websockets.sync.client as wsc
+
+    before = daemon.fps(6.0)
+    stalled = [_ws_handshake(daemon.web_port, "/ws/cameras/a?kind=motion") for _ in range(3)]
+    stalled.append(socket.create_connection(("127.0.0.1", daemon.web_port), timeout=5))  # an SSE reader that never reads
+    stalled[-1].sendall(f"GET /api/live HTTP/1.1\r\nHost: 127.0.0.1:{daemon.web_port}\r\n\r\n".encode())
+    try:
+        time.sleep(3.0)  # long enough for their socket buffers to fill
+        during = daemon.fps(6.0)
+        # another viewer still gets fresh pictures while the stalled ones hold their sockets
+        with wsc.connect(f"ws://127.0.0.1:{daemon.web_port}/ws/cameras/a?kind=trimap", open_timeout=5) as ws:
+            frames = []
+            for _ in range(5):
+                unit = ws.recv(timeout=5)
+                n = int.from_bytes(unit[:4], "big")
+                head = json.loads(unit[4:4 + n])
+                assert head["camera"] == "a" and head["mask"]["kind"] == "trimap"
+                frames.append((head["frame"] or head["mask"])["frame"])
+            assert frames == sorted(frames) and frames[-1] > frames[0]
+        console = daemon.get("/api/console").json()
+        assert console["clients"] >= 3
+    finally:
+        for s in stalled:
+            s.close()
+    assert before >= 8.0, f"camera too slow to judge ({before:.1f} fps on a 10 fps clip)"
+    assert during >= 0.9 * before, f"camera fps {before:.1f} -> {during:.1f} with stalled viewers"
+
+
+def test_still_picture(daemon):
+    r = daemon.get("/api/cameras/a/still?kind=motion")
+    assert r.status_code == 200
+    body = r.content
+    n = int.from_bytes(body[:4], "big")
+    head = json.loads(body[4:4 + n])
+    m = int.from_bytes(body[4 + n:8 + n], "big")
+    assert head["mask"]["kind"] == "motion" and body[8 + n + m:][:4] == b"\x89PNG"
+    assert head["frame"] is not None and body[8 + n:10 + n] == b"\xff\xd8"  # a JPEG frame under it
+    assert daemon.get("/api/cameras/zz/still").status_code == 404
