@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 
 import zmq
 
+from motionmask.journald import setup_logging
 from streamer.log import log_event
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,7 @@ def run_child(make: Callable[[dict[str, Any]], Child]) -> int:
     """Read the spec from stdin, set up logging, build the child with `make(spec)` and run it;
     returns its exit status (128 + SIGTERM for a stop that came while it was being built)."""
     spec = json.load(sys.stdin)
-    logging.basicConfig(level=getattr(logging, spec.get("log_level", "INFO")),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
+    setup_logging(spec.get("log_level", "INFO"))  # children share the daemon's stderr: journald too
 
     def early(signum: int, _frame: object) -> None:
         raise Stopped()

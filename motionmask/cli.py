@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from motionmask import __version__
@@ -42,12 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
+    from motionmask.journald import setup_logging as setup  # terminal lines, or journald's with priorities
+
+    setup(level)
 
 
 def main(argv: list[str] | None = None) -> int:

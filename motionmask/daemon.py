@@ -39,6 +39,8 @@ from motionmask.camera_process import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USE
 from motionmask.config import Config, to_dict
 from motionmask.control import ControlServer
 from motionmask.daemon_config import CameraConfig, camera_streamer_config
+from motionmask.lockfile import hold_lock, release
+from motionmask.sdnotify import Notifier
 from streamer.errors import UserError
 from streamer.config import PatchConfig
 from streamer.log import log_event
@@ -237,6 +239,10 @@ class Daemon:
         self.web_note = "off (web.enabled: false)"
         self.forwarded = 0
         self.bad_messages = 0
+        self.notify = Notifier.from_env()  # systemd's Type=notify and watchdog; a no-op elsewhere
+        self._locks: list[int] = []  # flock'd: one daemon per learner run dir and ipc control endpoint
+        self._last_frame_at: float | None = None  # when a camera's frame count last rose: the watchdog's proof
+        self._last_ping = 0.0
         try:
             self._open()
         except BaseException:
@@ -260,6 +266,7 @@ class Daemon:
     def _open(self) -> None:
         # Everything that can fail on a user's mistake (ports, shared memory) fails here, before
         # any child starts.
+        self._take_locks()
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.RCVHWM, 1000)
@@ -304,6 +311,17 @@ class Daemon:
             self.web_note = f"off ({e})"
             log_event(log, "web_unavailable", logging.WARNING, reason=e)
 
+    def _take_locks(self) -> None:
+        """One daemon per learner run dir (two learners would write the same checkpoints) and per
+        ipc:// control endpoint (ZeroMQ's bind of an ipc path silently takes it from the first daemon,
+        where a tcp port fails with EADDRINUSE)."""
+        if self.cfg.learner.enabled:
+            run_dir = os.path.abspath(os.path.expanduser(self.cfg.learner.run_dir))
+            self._locks.append(hold_lock(os.path.join(run_dir, "daemon.lock"), "learner.run_dir", run_dir))
+        ep = self.dcfg.control_endpoint
+        if ep.startswith("ipc://"):
+            self._locks.append(hold_lock(ep[len("ipc://"):] + ".lock", "daemon.control_endpoint", ep))
+
     # -- lifetime ---------------------------------------------------------------------------
     def run(self) -> int:
         """Supervise until SIGINT/SIGTERM; returns the exit status (0 after a clean shutdown)."""
@@ -316,6 +334,7 @@ class Daemon:
                       slots=self.ring.capacity, web=self.children[WEB].spec.label if WEB in self.children else "off")
             for child in self.children.values():
                 self._start(child)
+            self.notify.send(f"READY=1\nSTATUS=supervising {len(self.children)} processes")
             poller = zmq.Poller()
             poller.register(self.pull, zmq.POLLIN)
             poller.register(self.control.socket, zmq.POLLIN)
@@ -327,6 +346,7 @@ class Daemon:
                     self.control.handle()
                 self._check_children()
                 self._log_stats()
+                self._watchdog()
             self._shutdown()
             return 0
         finally:
@@ -334,6 +354,22 @@ class Daemon:
             for s, h in previous.items():
                 signal.signal(s, h)
             self._close_resources()
+
+    def _watchdog(self) -> None:
+        """WATCHDOG=1 to systemd, from this loop only and only while it proves progress: a camera
+        processed a frame within the watchdog interval. A loop that spins while every camera is
+        stuck stays silent, and systemd restarts the daemon (Restart=on-failure). With no camera left
+        to wait for (every one finished its file), the loop turning is the progress."""
+        every = self.notify.watchdog_s
+        now = time.monotonic()
+        if not every or now - self._last_ping < every / 2:
+            return
+        waiting = [c for c in self.children.values() if c.spec.role == "camera" and c.state != "finished"]
+        recent = self._last_frame_at is not None and now - self._last_frame_at < every
+        if waiting and not recent:
+            return
+        self._last_ping = now
+        self.notify.send("WATCHDOG=1")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals += 1
@@ -346,6 +382,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.stopping = True
+        self.notify.send("STOPPING=1")
         t0 = time.monotonic()
         log_event(log, "shutdown", signal=signal.Signals(self._signal).name if self._signal else "-",
                   timeout_s=self.dcfg.shutdown_timeout_s)
@@ -399,6 +436,10 @@ class Daemon:
         if not self.ctx.closed:
             self.ctx.term()
         shutil.rmtree(self._tmp, ignore_errors=True)
+        for fd in self._locks:  # last: nothing of this daemon is left when the next one takes over
+            release(fd)
+        self._locks = []
+        self.notify.close()
 
     # -- children ---------------------------------------------------------------------------
     def _start(self, child: Child) -> None:
@@ -535,6 +576,8 @@ class Daemon:
         child = self.children.get(report.get("child", ""))
         if child is None or child.proc is None or report.get("pid") != child.proc.pid:
             return  # from a process that has since exited: its totals are already counted
+        if child.spec.role == "camera" and int(report.get("frames", 0)) > int(child.report.get("frames", 0)):
+            self._last_frame_at = time.monotonic()
         child.report = report
         child.last_report = time.monotonic()
         if report.get("error"):

@@ -17,7 +17,10 @@ EPILOG = """examples:
 Runs until SIGINT (Ctrl-C) or SIGTERM, then stops every camera within daemon.shutdown_timeout_s
 and exits 0. A camera that fails (unplugged, unreachable, crashed) restarts with backoff while the
 others keep running. Exit status 2: a config or environment problem (a port in use, a typo in a
-key), said in one line."""
+key, another daemon on the same learner.run_dir or control endpoint), said in one line.
+
+As a systemd service (docs/motionmask.service, Type=notify): READY=1 once started, WATCHDOG=1
+while cameras deliver frames, STOPPING=1 on shutdown; journald lines carry priorities."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
