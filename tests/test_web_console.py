@@ -224,3 +224,104 @@ def test_still_picture(daemon):
     assert head["mask"]["kind"] == "motion" and body[8 + n + m:][:4] == b"\x89PNG"
     assert head["frame"] is not None and body[8 + n:10 + n] == b"\xff\xd8"  # a JPEG frame under it
     assert daemon.get("/api/cameras/zz/still").status_code == 404
+
+
+# ---- in a real browser ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30000)
+        yield b
+        b.close()
+
+
+def _open(browser, url: str, height: int = 1100):
+    page = browser.new_page(viewport={"width": 1280, "height": height})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}")
+            if "/api/live" not in r.url and "/ws/" not in r.url else None)  # closed by us on exit
+    page.goto(url, wait_until="load", timeout=15000)
+    return page, problems
+
+
+def _drawn(page) -> int:
+    return int(page.eval_on_selector('[data-camera="a"] canvas', "c => c.dataset.drawn || '0'"))
+
+
+@needs_browser
+def test_page_live_numbers_and_curves(daemon, browser):
+    daemon.wait_for(lambda s: ((s["learner"] or {}).get("step") or 0) >= 20)
+    page, problems = _open(browser, daemon.url)
+    try:
+        page.wait_for_function("() => +(document.querySelector('[data-camera=\"a\"] canvas')?.dataset.drawn || 0) >= 2",
+                               timeout=15000)
+        canvas = page.locator('[data-camera="a"] canvas')
+        first, frame1 = canvas.screenshot(), page.eval_on_selector('[data-camera="a"] canvas', "c => c.dataset.frame")
+        page.wait_for_function(f"() => document.querySelector('[data-camera=\"a\"] canvas').dataset.frame != '{frame1}'",
+                               timeout=10000)
+        time.sleep(0.3)
+        assert canvas.screenshot() != first, "the live image did not change"
+
+        # the numbers on the page are those of /api/status (the same snapshot: same uptime)
+        for _ in range(40):
+            api = daemon.get("/api/status").json()
+            shown = page.evaluate("""() => {
+                const t = document.querySelector('[data-camera="a"]'), out = {uptime: document.body.dataset.uptime};
+                for (const el of t.querySelectorAll('[data-field]')) out[el.dataset.field] = el.dataset.value;
+                out.state = t.querySelector('.state').textContent;
+                return out; }""")
+            if shown["uptime"] == str(api["uptime_s"]):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the page never showed the snapshot of /api/status: {shown} vs {api['uptime_s']}")
+        cam = api["cameras"]["a"]
+        for key in ("frames", "kept", "pruned", "drops", "restarts", "shots", "fps"):
+            assert float(shown[key]) == float(cam[key]), (key, shown[key], cam[key])
+        assert float(shown["buffer"]) == api["buffer"]["by_camera"].get("a", 0)
+        assert shown["state"] == cam["state"]
+
+        # the loss plot has points once the learner has stepped
+        page.wait_for_function("() => +document.getElementById('loss-plot').dataset.points > 0", timeout=15000)
+        assert "train.jsonl" in page.text_content("#curve-source")
+    finally:
+        page.close()
+    assert not problems, problems
+
+
+@needs_browser
+def test_hidden_tiles_stop_streaming_and_still_mode(daemon, browser):
+    def streams() -> int:
+        return daemon.get("/api/console").json()["clients"]
+
+    def wait(cond, what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+
+    page, problems = _open(browser, daemon.url, height=500)
+    try:
+        page.wait_for_function("() => +(document.querySelector('[data-camera=\"a\"] canvas')?.dataset.drawn || 0) >= 1",
+                               timeout=15000)
+        wait(lambda: streams() == 1, "the visible tile opened no stream")
+        page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")  # the tile leaves the screen
+        wait(lambda: streams() == 0, "an off-screen tile kept streaming")
+        page.evaluate("() => window.scrollTo(0, 0)")
+        wait(lambda: streams() == 1, "the tile did not stream again once back on screen")
+
+        page.check("#still")  # still images: no stream, a picture every few seconds
+        wait(lambda: streams() == 0, "still mode kept a stream open")
+        drawn = _drawn(page)
+        wait(lambda: _drawn(page) > drawn, "still mode drew no picture", timeout=12.0)
+        page.uncheck("#still")
+        wait(lambda: streams() == 1, "live mode did not come back")
+    finally:
+        page.evaluate("() => localStorage.clear()")
+        page.close()
+    assert not problems, problems
