@@ -1,6 +1,6 @@
-"""Export inside a real `motionmask run`: the learner exports a verified bundle every few steps
-(exports/<version> + LATEST), the daemon serves it to a device, and the camera hot-loads it and
-publishes kind `student` masks stamped with the bundle's version."""
+"""Export inside a real `motionmask run`: the learner exports a verified, signed bundle every few
+steps (exports/<version> + LATEST), the daemon serves it to a device that pins the signing key,
+and the camera hot-loads it and publishes kind `student` masks stamped with the bundle's version."""
 import subprocess
 import sys
 import time
@@ -10,6 +10,7 @@ import yaml
 
 from _media import free_port
 from exporter.bundle import LATEST
+from exporter.signing import SIG_FILE, TrustedKey, create_signing_keys, read_trust
 from exporter.transfer import DeviceAgent, PullConfig
 from motionmask.client import MaskSubscriber
 
@@ -25,6 +26,8 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
         "endpoint": f"tcp://127.0.0.1:{free_port()}", "announce_endpoint": f"tcp://127.0.0.1:{free_port()}",
         "announce_interval_s": 1.0,
     }
+    private, public = create_signing_keys(tmp_path / "keys", "exporter")
+    cfg["export"]["signing_key"] = str(private)
     config = tmp_path / "daemon.yaml"
     config.write_text(yaml.safe_dump(cfg))
     exports = Path(cfg["export"]["dir"])
@@ -51,8 +54,10 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
 
         # the daemon's BundleServer hands the bundle to a device, which checks and installs it
         device = tmp_path / "device"
-        installed = DeviceAgent(cfg["export"]["endpoint"], device, PullConfig(), announce=None).run(once=True)
+        pinned = TrustedKey.from_file(public)
+        installed = DeviceAgent(cfg["export"]["endpoint"], device, PullConfig(), trusted=pinned).run(once=True)
         assert installed is not None and (device / LATEST).is_file()
+        assert (device / installed.version / SIG_FILE).is_file() and read_trust(device)["version"] == installed.version
 
         proc.send_signal(2)
         code = proc.wait(SHUTDOWN_S + 5)
