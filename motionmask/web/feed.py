@@ -198,6 +198,8 @@ class DaemonFeed:
             healthy = c.get("state") == "running" and advancing
             hist = self._history.setdefault(name, deque())
             stalls = self._stalls.setdefault(name, deque())
+            if not hist and not healthy and c.get("state") == "starting" and not reconnects:
+                continue  # a camera still opening its source for the first time is not a bad link yet
             if hist and hist[-1][1] and not healthy:
                 stalls.append(now)
             hist.append((now, healthy, reconnects))
@@ -208,7 +210,9 @@ class DaemonFeed:
             if p is None:
                 continue
             if c.get("state") != p.get("state"):
-                if c["state"] == "running":
+                if c["state"] == "running" and not c.get("restarts") and p.get("state") == "starting":
+                    self.event(name, "info", f"camera {name} running ({c.get('source')})")
+                elif c["state"] == "running":
                     self.event(name, "info", f"camera {name} running again (restarts {c.get('restarts', 0)})")
                 else:
                     why = f": {c['last_error']}" if c.get("last_error") else ""
