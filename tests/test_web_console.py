@@ -7,8 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import importlib.util
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +22,7 @@ import yaml
 
 from _media import free_port
 from motionmask.cli import main
-from motionmask.control import ControlUnavailable, request
+from motionmask.control import request
 
 httpx = pytest.importorskip("httpx")
 
@@ -35,9 +35,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 def _browser_missing() -> str:
     if not os.path.exists(CHROMIUM):
         return f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does it as root)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "playwright is not installed (pip install -e '.[dev]')"
     return ""
 

@@ -22,7 +22,6 @@ import asyncio
 import hmac
 import json
 import logging
-import time
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
