@@ -1,110 +1,181 @@
-"""What the learner is taught: the streamer's pseudo-labels (trimaps of the kept frames) against the
-exact masks of a `motionmask synth` folder. Where a student trails its teacher, this says whether
-its labels were the limit: how much of the real foreground became a positive label, a negative
-one or "don't care", how precise each label is, and how many frames pruning kept.
+"""What the learner is taught: the streamer's pseudo-labels (trimaps of the kept frames) against
+reference masks, on every evaluation family (bench/_families.py: things-s100, THE TUNING SET;
+things-s7; patchwork-s1; real, skipped with a note when ../shared/data is absent). Where a student
+trails its teacher, this says whether its labels were the limit: of the pixels of moving objects,
+the share labelled positive, negative or "don't care"; of the background, the share labelled
+positive; how many frames pruning kept; the teacher's IoU on kept and pruned frames. Void pixels
+(128 in a reference) count nowhere (bench/_maskscore.LabelScore).
 
-    python bench/labels.py runs/s100                        # the default streamer config
-    python bench/labels.py runs/s100 --config la4.yaml      # e.g. streamer: {motion: {lookahead: 4}}
+Targets (issue 18), on kept frames: >= 70% of object pixels positive, <= 5% negative, <= 2% of
+background positive; each marked met / NOT MET.
 
-Prints a markdown table per clip and the totals; writes bench/out/labels.json (--out).
+    python bench/labels.py                                   # every family (a few minutes)
+    python bench/labels.py --family patchwork-s1 --family real
+    python bench/labels.py runs/s100                         # one folder, with a row per clip
+    python bench/labels.py --data runs/s100 --config la4.yaml  # e.g. streamer: {motion: {lookahead: 4}}
+
+Prints markdown tables; writes bench/out/labels.json (keyed by family; --out).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
-from learner.evaluate import score, synth_clips  # noqa: E402
+from bench._families import FAMILIES, Family, Skipped, folder_family, resolve, select, title  # noqa: E402
+from bench._machine import cpu_model, git_revision  # noqa: E402
+from bench._maskscore import LabelScore, MaskScore  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
+from streamer.config import SourceConfig  # noqa: E402
 from streamer.errors import UserError  # noqa: E402
 from streamer.pipeline import MotionSegmenter  # noqa: E402
-from streamer.prune import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, trimap  # noqa: E402
 from streamer.sources import open_source  # noqa: E402
 from streamer.synth import load_gt  # noqa: E402
 
-# pixel counts on kept frames: (trimap label, ground truth)
-CELLS = {"pos_fg": (TRIMAP_POSITIVE, True), "pos_bg": (TRIMAP_POSITIVE, False),
-         "neg_fg": (TRIMAP_NEGATIVE, True), "neg_bg": (TRIMAP_NEGATIVE, False),
-         "dc_fg": (TRIMAP_IGNORE, True), "dc_bg": (TRIMAP_IGNORE, False)}
+# issue 18, on kept frames: (summary key, bound, at least?)
+TARGETS = {"fg_positive": (0.70, True), "fg_negative": (0.05, False), "bg_positive": (0.02, False)}
 
 
-def clip_labels(path: Path, clip_dir: Path, cfg) -> dict:
-    """Label counts on the kept frames of one clip, and the teacher's IoU on kept and pruned frames."""
+def clip_labels(path: Path, clip_dir: Path, cfg, total: LabelScore, iou: dict[str, MaskScore], bar=None) -> dict:
+    """One clip's trimaps into `total` (and a LabelScore of its own), the teacher's IoU on kept and
+    pruned frames into `iou`; returns the clip's row."""
+    mine = LabelScore()
+    own = {"kept": MaskScore(), "pruned": MaskScore()}
+
+    def take(results) -> None:
+        for r in results:
+            ref = load_gt(clip_dir, r.frame.index)
+            for s in (mine, total):
+                s.add(r.trimap, ref, r.kept)
+            part = "kept" if r.kept else "pruned"
+            for s in (own[part], iou[part]):
+                s.add(r.prob, ref)
+
     seg = MotionSegmenter(cfg)
-    results = []
-    with open_source(str(path), cfg.source) as source:
+    # the reader the reference sets were written from: frame i is reference frame i
+    with open_source(str(path), SourceConfig()) as source:
         for frame in source:
-            results += seg.push(frame)
-    results += seg.flush()
-    counts = dict.fromkeys(CELLS, 0)
-    iou = {"kept": [], "pruned": []}
-    for r in results:
-        gt = load_gt(clip_dir, r.frame.index) > 127
-        if gt.any():
-            iou["pruned" if r.reason else "kept"].append(score(r.prob >= cfg.prune.fg_threshold, gt)[0])
-        if r.reason:
-            continue
-        t = trimap(r.prob, cfg.trimap)
-        for k, (label, fg) in CELLS.items():
-            counts[k] += int(((t == label) & (gt if fg else ~gt)).sum())
-    return {"frames": len(results), "kept": sum(1 for r in results if not r.reason), **counts,
-            "iou_kept": float(np.mean(iou["kept"])) if iou["kept"] else None,
-            "iou_pruned": float(np.mean(iou["pruned"])) if iou["pruned"] else None}
+            take(seg.push(frame))
+            if bar is not None:
+                bar.update(1)
+    take(seg.flush())
+    return {**mine.summary(), "iou_kept": own["kept"].summary()["iou"], "iou_pruned": own["pruned"].summary()["iou"]}
 
 
-def _ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
+def family_labels(folder: Path, clips: list[dict], cfg, desc: str = "labels") -> dict:
+    """Every clip of a folder: {"total": LabelScore summary + teacher IoU kept / pruned, "targets",
+    "clips": per-clip rows}."""
+    total = LabelScore()
+    iou = {"kept": MaskScore(), "pruned": MaskScore()}
+    rows = []
+    frames = sum(int(c.get("frames", 0)) for c in clips) or None
+    with tqdm(total=frames, desc=desc, unit="frame", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        for clip in clips:
+            rows.append({"clip": clip["name"],
+                         **clip_labels(folder / clip["file"], folder / clip["name"], cfg, total, iou, bar)})
+    t = {**total.summary(), "iou_kept": iou["kept"].summary()["iou"], "iou_pruned": iou["pruned"].summary()["iou"]}
+    return {"total": t, "targets": targets(t), "clips": rows}
 
 
-def fractions(c: dict) -> dict:
-    """Where the foreground went, and how right each label is (None where nothing was labelled)."""
-    fg = c["pos_fg"] + c["neg_fg"] + c["dc_fg"]
-    return {"fg_positive": _ratio(c["pos_fg"], fg), "fg_negative": _ratio(c["neg_fg"], fg),
-            "fg_dont_care": _ratio(c["dc_fg"], fg),
-            "positive_precision": _ratio(c["pos_fg"], c["pos_fg"] + c["pos_bg"]),
-            "negative_precision": _ratio(c["neg_bg"], c["neg_bg"] + c["neg_fg"])}
+def targets(summary: dict) -> dict:
+    """Each label target: its value, bound and whether it is met (None: nothing to judge by)."""
+    out = {}
+    for key, (bound, at_least) in TARGETS.items():
+        v = summary[key]
+        out[key] = {"value": v, "bound": bound, "at_least": at_least,
+                    "met": None if v is None else (v >= bound if at_least else v <= bound)}
+    return out
 
 
 def _f(v: float | None, pct: bool = False) -> str:
     return "-" if v is None else f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
+def _met(t: dict) -> str:
+    return "" if t["met"] is None else " met" if t["met"] else " NOT MET"
+
+
+def print_clips(name: str, r: dict) -> None:
+    print(f"\npseudo-labels of {name} on kept frames, per clip")
+    print("| clip | kept frames | fg -> positive | fg -> negative | fg -> don't care | bg -> positive | "
+          "positive precision | negative precision | teacher IoU kept / pruned |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for c in r["clips"] + [{"clip": "**all**", **r["total"]}]:
+        print(f"| {c['clip']} | {c['kept']}/{c['frames']} | {_f(c['fg_positive'], True)} | "
+              f"{_f(c['fg_negative'], True)} | {_f(c['fg_dont_care'], True)} | {_f(c['bg_positive'], True)} | "
+              f"{_f(c['positive_precision'], True)} | {_f(c['negative_precision'], True)} | "
+              f"{_f(c['iou_kept'])} / {_f(c['iou_pruned'])} |")
+
+
+def print_families(res: dict, config: str | None) -> None:
+    print(f"\n### pseudo-labels on kept frames, every family (streamer config: {config or 'defaults'})")
+    print("| family | kept frames | fg -> positive (>= 70%) | fg -> negative (<= 5%) | bg -> positive (<= 2%) | "
+          "fg -> don't care | positive precision | teacher IoU kept / pruned |")
+    print("|---|---:|---|---|---|---:|---:|---|")
+    for name, r in res["families"].items():
+        t, g = r["total"], r["targets"]
+        label = f"{name} (tuning set)" if r["tuning"] else name
+        print(f"| {label} | {t['kept']}/{t['frames']} | {_f(t['fg_positive'], True)}{_met(g['fg_positive'])} | "
+              f"{_f(t['fg_negative'], True)}{_met(g['fg_negative'])} | "
+              f"{_f(t['bg_positive'], True)}{_met(g['bg_positive'])} | {_f(t['fg_dont_care'], True)} | "
+              f"{_f(t['positive_precision'], True)} | {_f(t['iou_kept'])} / {_f(t['iou_pruned'])} |")
+    for note in res["skipped"].values():
+        print(note)
+
+
+def chosen_families(args) -> list[Family]:
+    """--family names (all by default) and a --data folder (alone, without --family)."""
+    folder = args.data or args.clips
+    extra = [folder_family(folder)] if folder else []
+    return (select(args.family) if args.family or not extra else []) + extra
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("clips", help="a motionmask synth folder (clips.json, CLIP.mp4, CLIP/gt/)")
+    ap.add_argument("clips", nargs="?", help="a folder in the synthetic sets' format (clips.json, CLIP.mp4, "
+                    "CLIP/gt/); the same as --data")
+    ap.add_argument("--data", help="also (or, without --family, only) this folder; printed with a row per clip")
+    ap.add_argument("--family", action="append", choices=list(FAMILIES), metavar="NAME",
+                    help=f"an evaluation family, repeatable (default: all of {', '.join(FAMILIES)})")
     ap.add_argument("--config", help="YAML config whose streamer section makes the labels (default: built-in)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "labels.json"))
     args = ap.parse_args()
+    if args.clips and args.data:
+        ap.error("give the folder once: CLIPS or --data")
+    t0 = time.monotonic()
+    res: dict = {"families": {}, "skipped": {}}
     try:
         cfg = load_config(args.config).streamer
-        clips_dir = Path(args.clips)
-        clips = synth_clips(clips_dir)
+        for fam in chosen_families(args):
+            try:
+                folder, clips = resolve(fam)
+            except Skipped as e:
+                print(f"\n{e}")
+                res["skipped"][fam.name] = str(e)
+                continue
+            r = family_labels(folder, clips, cfg, desc=fam.name)
+            res["families"][fam.name] = {"folder": str(folder), "tuning": fam.tuning, **r}
+            if fam.kind == "folder":
+                print_clips(title(fam), r)
     except UserError as e:
         print(f"labels.py: error: {e}", file=sys.stderr)
         return 2
-    rows = []
-    for clip in tqdm(clips, desc="labels", unit="clip", file=sys.stderr):
-        rows.append({"clip": clip["name"], **clip_labels(clips_dir / clip["file"], clips_dir / clip["name"], cfg)})
-    total = {k: sum(r[k] for r in rows) for k in ("frames", "kept", *CELLS)}
-    print(f"\npseudo-labels of {args.clips} on kept frames (streamer config: {args.config or 'defaults'})")
-    print("| clip | kept frames | fg -> positive | fg -> negative | fg -> don't care | positive precision | "
-          "negative precision | teacher IoU kept / pruned |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for r in rows + [{"clip": "**all**", **total, "iou_kept": None, "iou_pruned": None}]:
-        f = fractions(r)
-        print(f"| {r['clip']} | {r['kept']}/{r['frames']} | {_f(f['fg_positive'], True)} | {_f(f['fg_negative'], True)} "
-              f"| {_f(f['fg_dont_care'], True)} | {_f(f['positive_precision'], True)} | "
-              f"{_f(f['negative_precision'], True)} | {_f(r['iou_kept'])} / {_f(r['iou_pruned'])} |")
+    print_families(res, args.config)
+    res |= {"config": args.config, "targets": {k: {"bound": b, "at_least": a} for k, (b, a) in TARGETS.items()},
+            "machine": {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision(),
+                        "load_avg": os.getloadavg()},
+            "seconds": time.monotonic() - t0}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"clips": args.clips, "config": args.config, "rows": rows,
-                                          "total": {**total, **fractions(total)}}, indent=2))
+    Path(args.out).write_text(json.dumps(res, indent=2))
     print(f"wrote {args.out}")
     return 0
 

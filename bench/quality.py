@@ -1,14 +1,29 @@
-"""Mask quality against the synthetic ground truth (motionmask synth).
+"""Mask quality against reference masks, on every evaluation family (issue 18: tune on one,
+report all; bench/_families.py lists them):
 
-For every frame with a moving object: IoU, precision and recall of the motion masks (prob >=
-0.5) and of two baselines that use the same flow and camera model:
-  - otsu:     residual flow magnitude after camera-motion removal, Otsu threshold per frame
-  - saliency: our per-pixel motion saliency >= 0.5, without superpixels or voting
-Frames whose ground truth is empty are scored separately (false-positive fraction of pixels).
+  things-s100   synthetic "things" clips, seed 100: THE TUNING SET (the streamer was tuned here)
+  things-s7     synthetic "things" clips, seed 7, never tuned on
+  patchwork-s1  synthetic "patchwork" clips (streamer/synth_patchwork.py), other assumptions
+  real          the still-camera real clips of ../shared/data with reference masks
+                (streamer/reference_masks.py; skipped with a note when the folder is absent)
 
-    python bench/quality.py                    # 10 clips, seed 100 (not the test seeds)
-    python bench/quality.py --clips 20 --seed 7 --config configs/default.yaml
-Prints a table and writes bench/out/quality.json.
+Each is generated under bench/out on first use. Methods, all from the same flow and camera model:
+  motion_masks  the teacher (streamer.pipeline.MotionSegmenter), its probability
+  saliency      our per-pixel motion saliency, without superpixels or voting
+  otsu          residual flow magnitude after camera-motion removal, Otsu threshold per frame
+Scored by bench/_maskscore.MaskScore (void, 128 in a reference, counts nowhere): on frames with a
+moving object, mIoU at 0.5 and at the best threshold (and which), precision and recall at 0.5,
+expected calibration error; frames without an object count only for false positives. Then the
+targets of issue 18, each met or not met: teacher IoU@0.5 - Otsu's >= +0.10, and |IoU@0.5 - best
+IoU| <= 0.02 (0.5 is the decision point); a reliability table of the teacher's probability; a
+contact sheet of the two worst clips per family (bench/out/quality_worst_<family>.png).
+
+    python bench/quality.py                          # every family (a few minutes)
+    python bench/quality.py --family things-s7 --family real
+    python bench/quality.py --data runs/s100         # any folder in the synthetic sets' format
+    python bench/quality.py --seed 7 --clips 20      # a "things" set of that seed and size
+    python bench/quality.py --config my.yaml         # a streamer config to compare
+Prints markdown tables and writes bench/out/quality.json (keyed by family; --out).
 
 --learner: the student against its teacher (learner_main below; about 15 min on 2 CPU cores)
     python bench/quality.py --learner               # --minutes 6 per student, --real-minutes 2.5
@@ -27,8 +42,10 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -39,104 +56,308 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
+from bench._families import FAMILIES, Family, Skipped, folder_family, resolve, select, synth_family, title  # noqa: E402
 from bench._machine import cpu_model, git_revision  # noqa: E402
+from bench._maskscore import THRESHOLDS, MaskScore  # noqa: E402
 from bench._sheet import overlay, tile  # noqa: E402
 
 from learner.evaluate import coverage, evaluate_checkpoints, score  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
+from streamer.atomic import write_png  # noqa: E402
+from streamer.config import SourceConfig  # noqa: E402
 from streamer.flow import FlowEstimator, working_size  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
 from streamer.global_motion import fit_global_motion, residual_motion  # noqa: E402
 from streamer.pipeline import MotionSegmenter, motion_saliency  # noqa: E402
+from streamer.sources import open_source  # noqa: E402
 from streamer.synth import cached as synth_cached, load_gt  # noqa: E402
 
 METHODS = ["motion_masks", "saliency", "otsu"]
+NAMES = {"motion_masks": "motion masks (teacher)", "saliency": "per-pixel saliency", "otsu": "flow magnitude, Otsu"}
+TARGET_GAP = 0.10  # teacher IoU@0.5 - Otsu's, on every family (issue 18)
+TARGET_CALIBRATION = 0.02  # |IoU@0.5 - best IoU|: 0.5 must be the decision point
+SHEET_WIDTH = 240  # px per tile
+SHEET_CANDIDATES = 16  # frames with an object kept per clip for the sheet (thumbnails)
+SHEET_CLIPS, SHEET_FRAMES = 2, 4
 
 
-def decode(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as c:
-        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+def _progress() -> bool:
+    return sys.stderr.isatty()
 
 
-def baselines(frames: list[np.ndarray], shot_starts: set[int], cfg) -> dict[str, list[np.ndarray]]:
-    """Per-frame binary masks of the two baselines (first frame of a shot: empty)."""
-    fe = FlowEstimator(cfg.flow)
-    out = {"saliency": [], "otsu": []}
-    prev = None
-    for i, rgb in enumerate(frames):
+def frames_of(path: Path) -> Iterator[Frame]:
+    """A clip's frames as the project reads them: frame i is reference frame i (a real set's
+    reference was written from the same reader, streamer/reference_masks.py)."""
+    with open_source(str(path), SourceConfig()) as source:
+        yield from source
+
+
+class Baselines:
+    """The two baselines of one clip, frame by frame: float32 maps at the frame's size (the first
+    frame of a shot has no flow: empty)."""
+
+    def __init__(self, cfg, shot_starts: set[int]) -> None:
+        self.cfg, self.shot_starts = cfg, shot_starts
+        self.fe = FlowEstimator(cfg.flow)
+        self.prev: np.ndarray | None = None
+
+    def __call__(self, rgb: np.ndarray, index: int) -> dict[str, np.ndarray]:
+        cfg = self.cfg
         h, w = rgb.shape[:2]
         ww, wh = working_size(w, h, cfg.flow.width)
         gray = cv2.cvtColor(cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
-        if prev is None or i in shot_starts:
-            prev = gray
-            out["saliency"].append(np.zeros((h, w), bool))
-            out["otsu"].append(np.zeros((h, w), bool))
-            continue
-        motion, conf = fe(prev, gray)
+        prev, self.prev = self.prev, gray
+        if prev is None or index in self.shot_starts:
+            empty = np.zeros((h, w), np.float32)
+            return {"saliency": empty, "otsu": empty}
+        motion, conf = self.fe(prev, gray)
         gm = fit_global_motion(motion, conf, cfg.global_motion)
-        res = residual_motion(motion, gm)
-        res = np.linalg.norm(res, axis=2)
-        sal = motion_saliency(res, gm.residual_noise, cfg.motion.saliency_scale)
-        out["saliency"].append(cv2.resize(sal, (w, h)) >= 0.5)
+        res = np.linalg.norm(residual_motion(motion, gm), axis=2)
+        # saliency stays soft: its best threshold and calibration are figures too
+        sal = motion_saliency(res, gm.residual_noise, cfg.motion.saliency_scale).astype(np.float32)
         r8 = np.clip(res / max(float(res.max()), 1e-6) * 255, 0, 255).astype(np.uint8)
         _, m = cv2.threshold(r8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        out["otsu"].append(cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) > 0)
-        prev = gray
+        return {"saliency": cv2.resize(sal, (w, h)),
+                "otsu": (cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) > 0).astype(np.float32)}
+
+
+def _thumb(rgb: np.ndarray, prob: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h, w = ref.shape
+    size = (SHEET_WIDTH, int(round(h * SHEET_WIDTH / w)))
+    return (cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.resize(prob, size),
+            cv2.resize(ref, size, interpolation=cv2.INTER_NEAREST))
+
+
+def evaluate_clip(path: Path, gt_dir: Path, clip: dict, cfg, scores: dict[str, MaskScore], bar=None) -> dict:
+    """Score one clip into the family's `scores`; returns its row (per-method mean IoU@0.5,
+    kept frames, the teacher's seconds) and, under "_sheet", thumbnails for the contact sheet."""
+    seg = MotionSegmenter(cfg)
+    base = Baselines(cfg, set(clip.get("shot_starts", [0])))
+    pending: dict[int, dict[str, np.ndarray]] = {}  # baseline maps until the teacher's result (lookahead)
+    stride = max(1, int(clip.get("frames", 90)) // SHEET_CANDIDATES)
+    row = {"clip": clip["name"], "frames": 0, "kept": 0, "seconds": 0.0, "iou": {m: [] for m in METHODS},
+           "kept_iou": [], "_sheet": []}
+
+    def take(results) -> None:
+        for r in results:
+            i = r.frame.index
+            ref = load_gt(gt_dir, i)
+            maps = {"motion_masks": r.prob, **pending.pop(i)}
+            ious = {m: scores[m].add(maps[m], ref) for m in METHODS}
+            row["frames"] += 1
+            row["kept"] += int(r.kept)
+            if ious["motion_masks"] is None:
+                continue
+            for m in METHODS:
+                row["iou"][m].append(ious[m])
+            if r.kept:
+                row["kept_iou"].append(ious["motion_masks"])
+            if i % stride == 0:
+                row["_sheet"].append((i, ious["motion_masks"], *_thumb(r.frame.image, r.prob, ref)))
+
+    for frame in frames_of(path):
+        pending[frame.index] = base(frame.image, frame.index)
+        t0 = time.perf_counter()
+        results = seg.push(frame)
+        row["seconds"] += time.perf_counter() - t0
+        take(results)
+        if bar is not None:
+            bar.update(1)
+    t0 = time.perf_counter()
+    results = seg.flush()
+    row["seconds"] += time.perf_counter() - t0
+    take(results)
+    return row
+
+
+def evaluate(data_dir: Path, clips: list[dict], cfg, progress: bool = True, desc: str = "frames") -> dict:
+    """Every method on every clip of a folder: {"summary": {method: MaskScore.summary() (+ kept
+    frames and speed for the teacher)}, "curve", "reliability", "per_clip", "_sheet"}."""
+    scores = {m: MaskScore() for m in METHODS}
+    rows = []
+    total = sum(int(c.get("frames", 0)) for c in clips) or None
+    with tqdm(total=total, desc=desc, unit="frame", disable=not progress, file=sys.stderr) as bar:
+        for clip in clips:
+            rows.append(evaluate_clip(data_dir / clip["file"], data_dir / clip["name"], clip, cfg, scores, bar))
+    summary = {m: scores[m].summary() for m in METHODS}
+    frames = sum(r["frames"] for r in rows)
+    kept_iou = [v for r in rows for v in r["kept_iou"]]
+    summary["motion_masks"] |= {"kept_fraction": sum(r["kept"] for r in rows) / max(frames, 1),
+                                "kept_iou": float(np.mean(kept_iou)) if kept_iou else None,
+                                "fps": frames / max(sum(r["seconds"] for r in rows), 1e-9)}
+    per_clip = [{"clip": r["clip"], "frames": r["frames"], "object_frames": len(r["iou"]["motion_masks"]),
+                 **{m: (float(np.mean(r["iou"][m])) if r["iou"][m] else None) for m in METHODS}} for r in rows]
+    return {"summary": summary, "targets": targets(summary), "curve": {m: scores[m].curve() for m in METHODS},
+            "reliability": scores["motion_masks"].reliability(), "per_clip": per_clip,
+            "_sheet": {r["clip"]: r["_sheet"] for r in rows}}
+
+
+def targets(summary: dict) -> dict:
+    """Issue 18's targets on one family, each with its value and whether it is met (None: no frame
+    with an object to judge by)."""
+    t, o = summary["motion_masks"], summary["otsu"]
+    if t["iou"] is None:
+        return {"gap_to_otsu": None, "gap_met": None, "calibration_gap": None, "calibration_met": None}
+    gap, cal = t["iou"] - o["iou"], abs(t["iou"] - t["best_iou"])
+    return {"gap_to_otsu": gap, "gap_met": gap >= TARGET_GAP, "calibration_gap": cal,
+            "calibration_met": cal <= TARGET_CALIBRATION}
+
+
+def _outline(img: np.ndarray, ref: np.ndarray, void: bool = False) -> np.ndarray:
+    """The reference object's outline in green; with `void`, the void pixels tinted cyan (on the
+    frame only: on every tile, a real clip's void specks in foliage hid the masks)."""
+    out = img.copy()
+    if void:
+        v = (ref > 64) & (ref < 192)
+        out[v] = (0.5 * out[v] + 0.5 * np.array([0, 220, 255])).astype(np.uint8)
+    contours, _ = cv2.findContours((ref > 192).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, (40, 255, 40), 1, cv2.LINE_AA)
     return out
 
 
-def evaluate(data_dir: Path, clips: list[dict], cfg, progress: bool = True) -> dict:
-    rows = {m: {"iou": [], "precision": [], "recall": [], "empty_fp": []} for m in METHODS}
-    per_clip = []
-    kept_iou, kept_n, total = [], 0, 0
-    seconds = 0.0
-    for clip in tqdm(clips, desc="clips", disable=not progress, file=sys.stderr):
-        frames = decode(data_dir / clip["file"])
-        gts = [load_gt(data_dir / clip["name"], i) > 127 for i in range(len(frames))]
-        seg = MotionSegmenter(cfg)
-        t0 = time.perf_counter()
-        results = []
-        for i, rgb in enumerate(frames):
-            results += seg.push(Frame(rgb, clip["name"], i, i / clip["fps"]))
-        results += seg.flush()
-        seconds += time.perf_counter() - t0
-        preds = {"motion_masks": [r.prob >= cfg.prune.fg_threshold for r in results]}
-        preds.update(baselines(frames, set(clip["shot_starts"]), cfg))
-        clip_iou = []
-        for i, gt in enumerate(gts):
-            for m in METHODS:
-                if gt.any():
-                    iou, p, r = score(preds[m][i], gt)
-                    rows[m]["iou"].append(iou)
-                    rows[m]["precision"].append(p)
-                    rows[m]["recall"].append(r)
-                    if m == "motion_masks":
-                        clip_iou.append(iou)
-                else:
-                    rows[m]["empty_fp"].append(float(preds[m][i].mean()))
-            total += 1
-            if results[i].kept:
-                kept_n += 1
-                if gt.any():
-                    kept_iou.append(score(results[i].prob >= cfg.prune.fg_threshold, gt)[0])
-        per_clip.append({"clip": clip["name"], "iou": float(np.mean(clip_iou)) if clip_iou else None})
-    summary = {
-        m: {k: (float(np.mean(v)) if v else None) for k, v in rows[m].items()} | {"frames": len(rows[m]["iou"])}
-        for m in METHODS
-    }
-    summary["motion_masks"]["kept_fraction"] = kept_n / max(total, 1)
-    summary["motion_masks"]["kept_iou"] = float(np.mean(kept_iou)) if kept_iou else None
-    summary["motion_masks"]["fps"] = total / max(seconds, 1e-9)
-    return {"summary": summary, "per_clip": per_clip}
+def _heat(rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    heat = cv2.cvtColor(cv2.applyColorMap((np.clip(prob, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET),
+                        cv2.COLOR_BGR2RGB)
+    gray = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    return (0.7 * heat + 0.3 * gray).astype(np.uint8)  # a little of the frame, to see what is hot
+
+
+def worst_sheet(result: dict, path: Path) -> list[str]:
+    """Contact sheet of the SHEET_CLIPS clips with the lowest teacher IoU@0.5: per row a frame (void
+    tinted cyan), the probability as a heat map (blue 0, red 1) and the mask at 0.5 (red), the
+    reference outline in green on each; frames evenly spaced over the clip's frames with an object.
+    Returns the clips shown (none: nothing written)."""
+    scored = [c for c in result["per_clip"] if c["motion_masks"] is not None]
+    worst = sorted(scored, key=lambda c: c["motion_masks"])[:SHEET_CLIPS]
+    rows = []
+    for c in worst:
+        cands = result["_sheet"][c["clip"]]
+        picks = sorted({int(round(k)) for k in np.linspace(0, len(cands) - 1, SHEET_FRAMES)}) if cands else []
+        for k in picks:
+            i, iou, rgb, prob, ref = cands[k]
+            rows.append(np.concatenate([
+                tile(_outline(rgb, ref, void=True), SHEET_WIDTH, f"{c['clip']} #{i}"),
+                tile(_outline(_heat(rgb, prob), ref), SHEET_WIDTH, "teacher probability"),
+                tile(_outline(overlay(rgb, prob), ref), SHEET_WIDTH,
+                     f"p>=0.5 IoU {iou:.2f}, clip {c['motion_masks']:.2f}")], axis=1))
+    if not rows:
+        return []
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 3), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(path, np.concatenate(rows, axis=0))
+    return [c["clip"] for c in worst]
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else "met" if ok else "NOT MET"
+
+
+def print_family(fam: Family, folder: Path, n_clips: int, r: dict) -> None:
+    s, t = r["summary"], r["targets"]
+    mm = s["motion_masks"]
+    print(f"\n### {title(fam)}: {n_clips} clips, {mm['frames']} frames with a moving object, "
+          f"{mm['empty_frames']} without ({folder})")
+    print("| method | mIoU@0.5 | best mIoU (threshold) | precision | recall | ECE | FP on frames without objects |")
+    print("|---|---|---|---|---|---|---|")
+    for m in METHODS:
+        x = s[m]
+        best = "-" if x["best_iou"] is None else f"{x['best_iou']:.3f} ({x['best_threshold']:.2f})"
+        print(f"| {NAMES[m]} | {_f(x['iou'])} | {best} | {_f(x['precision'])} | {_f(x['recall'])} | "
+              f"{_f(x['ece'])} | {_f(x['empty_fp'])} |")
+    if t["gap_to_otsu"] is not None:
+        print(f"targets: teacher IoU@0.5 - Otsu = {t['gap_to_otsu']:+.3f} (>= +{TARGET_GAP:.2f}: "
+              f"{_met(t['gap_met'])}); |IoU@0.5 - best IoU| = {t['calibration_gap']:.3f} "
+              f"(<= {TARGET_CALIBRATION:.2f}: {_met(t['calibration_met'])})")
+    print(f"kept after pruning: {mm['kept_fraction']:.1%} of frames, teacher IoU on kept frames "
+          f"{_f(mm['kept_iou'])}; segmenter {mm['fps']:.1f} fps (decode excluded)")
+    print(f"\nreliability of the teacher's probability, {fam.name} (frames with an object, void excluded)")
+    print("| probability | pixels | mean probability | foreground fraction |")
+    print("|---|---|---|---|")
+    n = sum(b["pixels"] for b in r["reliability"]) or 1
+    for b in r["reliability"]:
+        print(f"| {b['bin']} | {b['pixels'] / n:.1%} | {_f(b['mean_prob'])} | {_f(b['fg_fraction'])} |")
+    if r.get("contact_sheet"):
+        print(f"worst clips ({', '.join(r['worst_clips'])}): {r['contact_sheet']}")
+
+
+def print_overview(res: dict) -> None:
+    print("\n### every family: the targets of issue 18 (teacher = motion masks)")
+    print("| family | teacher mIoU@0.5 | best (threshold) | Otsu mIoU@0.5 | teacher - Otsu (>= +0.10) | "
+          "abs(IoU@0.5 - best) (<= 0.02) | ECE |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in res["families"].items():
+        mm, t = r["summary"]["motion_masks"], r["targets"]
+        best = "-" if mm["best_iou"] is None else f"{mm['best_iou']:.3f} ({mm['best_threshold']:.2f})"
+        gap = "-" if t["gap_to_otsu"] is None else f"{t['gap_to_otsu']:+.3f} {_met(t['gap_met'])}"
+        cal = "-" if t["calibration_gap"] is None else f"{t['calibration_gap']:.3f} {_met(t['calibration_met'])}"
+        label = f"{name} (tuning set)" if r["tuning"] else name
+        print(f"| {label} | {_f(mm['iou'])} | {best} | {_f(r['summary']['otsu']['iou'])} | {gap} | {cal} | "
+              f"{_f(mm['ece'])} |")
+    for note in res["skipped"].values():
+        print(note)
+
+
+def chosen_families(args) -> list[Family]:
+    """--family names (all by default), a --seed/--clips "things" set, and a --data folder."""
+    extra = []
+    if args.seed is not None or args.clips is not None:
+        extra.append(synth_family(100 if args.seed is None else args.seed, 10 if args.clips is None else args.clips))
+    if args.data:
+        extra.append(folder_family(args.data))
+    named = select(args.family) if args.family or not extra else []
+    return named + [f for f in extra if f.name not in {n.name for n in named}]
+
+
+def quality_main(args) -> int:
+    args.out = args.out or str(ROOT / "bench" / "out" / "quality.json")
+    out = Path(args.out)
+    cfg = load_config(args.config).streamer
+    res: dict = {"families": {}, "skipped": {}}
+    t0 = time.monotonic()
+    for fam in chosen_families(args):
+        try:
+            folder, clips = resolve(fam)
+        except Skipped as e:
+            print(f"\n{e}")
+            res["skipped"][fam.name] = str(e)
+            continue
+        r = evaluate(folder, clips, cfg, progress=_progress(), desc=fam.name)
+        sheet = out.parent / f"quality_worst_{re.sub(r'[^A-Za-z0-9_.-]+', '_', fam.name)}.png"
+        r["worst_clips"] = worst_sheet(r, sheet)
+        r["contact_sheet"] = str(sheet) if r["worst_clips"] else None
+        del r["_sheet"]
+        res["families"][fam.name] = {"folder": str(folder), "tuning": fam.tuning, "clips": len(clips), **r}
+        print_family(fam, folder, len(clips), r)
+    print_overview(res)
+    res["thresholds_grid"] = [float(t) for t in THRESHOLDS]
+    res["machine"] = {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision(),
+                      "load_avg": os.getloadavg()}
+    res["args"] = vars(args)
+    res["seconds"] = time.monotonic() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
+    return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--family", action="append", choices=list(FAMILIES), metavar="NAME",
+                    help=f"an evaluation family, repeatable (default: all of {', '.join(FAMILIES)})")
+    ap.add_argument("--data", default=None, help="also (or, without --family, only) this folder in the synthetic "
+                    "sets' format (clips.json, CLIP/gt/)")
+    ap.add_argument("--clips", type=int, default=None,
+                    help="a 'things' set of this many clips (default 10; --learner: the training clips)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="a 'things' set of this seed (default 100; --learner: the training seed)")
     ap.add_argument("--config", default=None)
-    ap.add_argument("--data", default=None, help="existing synth folder (default: generate into bench/out)")
-    ap.add_argument("--out", default=None, help="default bench/out/quality.json (--learner: quality_learner.json)")
+    ap.add_argument("--out", default=None, help="default bench/out/quality.json (--learner: quality_learner.json); "
+                    "the contact sheets go next to it")
     learner = ap.add_argument_group("--learner")
     learner.add_argument("--learner", action="store_true", help="student vs teacher and bootstrapping (see above)")
     learner.add_argument("--minutes", type=float, default=6.0, help="training minutes of each student (default 6)")
@@ -150,32 +371,10 @@ def main() -> int:
     learner.add_argument("--real-frames", type=int, default=300, help="at most this many frames of each real clip")
     args = ap.parse_args()
     if args.learner:
+        args.seed = 100 if args.seed is None else args.seed
+        args.clips = 10 if args.clips is None else args.clips
         return learner_main(args)
-    args.out = args.out or str(ROOT / "bench" / "out" / "quality.json")
-    cfg = load_config(args.config).streamer
-    if args.data:
-        data = Path(args.data)
-        clips = json.loads((data / "clips.json").read_text())
-    else:
-        data, clips = synth_cached(ROOT / "bench" / "out", args.seed, args.clips)
-    res = evaluate(data, clips, cfg)
-    s = res["summary"]
-    print(f"\nmask quality on {len(clips)} synthetic clips (seed {args.seed}), frames with a moving object")
-    print("| method | mean IoU | precision | recall | FP on empty frames |")
-    print("|---|---|---|---|---|")
-    for m in METHODS:
-        fp = s[m]["empty_fp"]
-        print(f"| {m} | {s[m]['iou']:.3f} | {s[m]['precision']:.3f} | {s[m]['recall']:.3f} | "
-              f"{'-' if fp is None else f'{fp:.3f}'} |")
-    mm = s["motion_masks"]
-    print(f"kept after pruning: {mm['kept_fraction']:.1%} of frames, IoU on kept frames {mm['kept_iou'] or 0:.3f}; "
-          f"segmenter {mm['fps']:.1f} fps (decode excluded)")
-    res["machine"] = {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision()}
-    res["args"] = vars(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return quality_main(args)
 
 
 # ---- --learner: the student against its teacher ------------------------------------------------
