@@ -451,6 +451,33 @@ def _blur_kernel(v: np.ndarray) -> np.ndarray | None:
     return kern / kern.sum()
 
 
+def paste(out: np.ndarray, owner: np.ndarray, index: int, rgb: np.ndarray, alpha: np.ndarray,
+          m: np.ndarray, kern: np.ndarray | None) -> None:
+    """Composite a sprite (rgb, alpha) placed by `m` (3x3, sprite -> view) over `out` (H x W x 3
+    float32), blurred by `kern`, and write `index` into `owner` where its UNBLURRED coverage is at
+    least half (GT comes from geometry). Shared with streamer/synth_rig.py."""
+    H, W = owner.shape
+    h, w = alpha.shape
+    pad = 2 + (kern.shape[0] if kern is not None else 0)
+    box = m[:2] @ np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float).T
+    x0, y0 = max(0, int(box[0].min()) - pad), max(0, int(box[1].min()) - pad)
+    x1, y1 = min(W, math.ceil(box[0].max()) + pad), min(H, math.ceil(box[1].max()) + pad)
+    if x1 <= x0 or y1 <= y0:
+        return  # outside the view
+    roi = (np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], float) @ m)[:2]
+    a = cv2.warpAffine(alpha, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0)
+    src = cv2.warpAffine(rgb, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    owner[y0:y1, x0:x1][a >= 0.5] = index  # GT: the unblurred geometry
+    prem = src * a[:, :, None]
+    if kern is not None:
+        prem = cv2.filter2D(prem, -1, kern, borderType=cv2.BORDER_CONSTANT)
+        a = cv2.filter2D(a, -1, kern, borderType=cv2.BORDER_CONSTANT)
+    view = out[y0:y1, x0:x1]
+    view *= 1 - a[:, :, None]
+    view += prem
+
+
 def render_frame(plan: ClipPlan, t: int) -> Rendered:
     """Frame t of the clip, with its GT. A pure function of (plan, t): frames render in any order."""
     W, H = plan.width, plan.height
@@ -476,24 +503,7 @@ def render_frame(plan: ClipPlan, t: int) -> Rendered:
         centre = np.array([w / 2, h / 2, 1.0])
         v = (m @ centre - cam_prev @ _placement(layer, prev) @ centre)[:2]
         kern = _blur_kernel(v * plan.shutter) if plan.shutter > 0 else None
-        pad = 2 + (kern.shape[0] if kern is not None else 0)
-        box = m[:2] @ np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float).T
-        x0, y0 = max(0, int(box[0].min()) - pad), max(0, int(box[1].min()) - pad)
-        x1, y1 = min(W, math.ceil(box[0].max()) + pad), min(H, math.ceil(box[1].max()) + pad)
-        if x1 <= x0 or y1 <= y0:
-            continue  # outside the view
-        roi = (np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], float) @ m)[:2]
-        a = cv2.warpAffine(layer.alpha, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0)
-        rgb = cv2.warpAffine(layer.rgb, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        owner[y0:y1, x0:x1][a >= 0.5] = index  # GT: the unblurred geometry
-        prem = rgb * a[:, :, None]
-        if kern is not None:
-            prem = cv2.filter2D(prem, -1, kern, borderType=cv2.BORDER_CONSTANT)
-            a = cv2.filter2D(a, -1, kern, borderType=cv2.BORDER_CONSTANT)
-        view = out[y0:y1, x0:x1]
-        view *= 1 - a[:, :, None]
-        view += prem
+        paste(out, owner, index, layer.rgb, layer.alpha, m, kern)
 
     noise = np.random.default_rng([plan.seed, t]).standard_normal((H, W, 3), dtype=np.float32)
     out = out * np.float32(plan.flicker[t]) + noise * np.float32(plan.noise_sigma)
@@ -581,14 +591,15 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
 
 
-def _encode(path: Path, frames, width: int, height: int, crf: int) -> int:
-    """H.264 yuv420p at a constant FPS, frame i at pts i; encoded to a temp name, then renamed."""
+def _encode(path: Path, frames, width: int, height: int, crf: int, fps: int = FPS) -> int:
+    """H.264 yuv420p at a constant fps (FPS unless told: the rig scenario runs at its own), frame i
+    at pts i; encoded to a temp name, then renamed."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(FPS))
+            stream = container.add_stream("libx264", rate=Fraction(fps))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.codec_context.time_base = Fraction(1, FPS)
+            stream.codec_context.time_base = Fraction(1, fps)
             # Same bytes on every run: one thread, and no macroblock tree, whose AVX-512 code in
             # x264 gave different bytes run to run on identical input (it reads uninitialised memory).
             stream.codec_context.thread_count = 1
@@ -597,7 +608,7 @@ def _encode(path: Path, frames, width: int, height: int, crf: int) -> int:
             for rgb in frames:
                 # convert here: the encoder's own reused converter gave different bytes run to run
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-                frame.pts, frame.time_base = n, Fraction(1, FPS)
+                frame.pts, frame.time_base = n, Fraction(1, fps)
                 for packet in stream.encode(frame):
                     container.mux(packet)
                 n += 1
