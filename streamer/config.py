@@ -68,6 +68,13 @@ class MotionConfig:
     saliency_scale: float = 0.0  # residual flow (working px) at saliency 0.5; 0 = adaptive:
     noise_multiplier: float = 2.0  # ... this many times the frame's median camera-model residual,
     min_saliency_scale: float = 0.5  # ... but at least this (working px)
+    # geodesic fill (streamer/geodesic.py): a superpixel of reliability r keeps r / (r + trust) of
+    # its vote and takes the rest from its geodesic distance to this frame's sure foreground vs
+    # sure background; 0 = off. Chosen on the tuning family (things, seed 100): docs/teacher.md
+    geodesic_trust: float = 0.3
+    sure_fg: float = 0.5  # voted probability that seeds the foreground (the decision point: an object the vote finds is never erased) ...
+    sure_bg: float = 0.2  # ... and the background (with the frame's border)
+    edge_floor: float = 0.05  # cost of a step between two superpixels of the same colour (a typical edge costs 1)
 
 
 @dataclass
@@ -86,6 +93,10 @@ class PruneConfig:
 class TrimapConfig:
     negative_below: float = 0.4
     positive_above: float = 0.7
+    # "don't care" instead of negative within this fraction of the frame's diagonal of a positive,
+    # and in holes of the mask: an object's own pixels next to its sure part are the likeliest
+    # wrong negatives (a negative inside an object teaches that objects are background); 0 = off
+    near_positive: float = 0.04
 
 
 @dataclass
@@ -130,10 +141,14 @@ class StreamerConfig:
             ("motion.history", self.motion.history >= 0, ">= 0"),
             ("motion.neighbours", self.motion.neighbours >= 1, ">= 1"),
             ("motion.lookahead", self.motion.lookahead >= 0, ">= 0"),
+            ("motion.geodesic_trust", self.motion.geodesic_trust >= 0, ">= 0"),
+            ("motion.sure_bg", 0 <= self.motion.sure_bg < self.motion.sure_fg <= 1, "0 <= sure_bg < sure_fg <= 1"),
+            ("motion.edge_floor", self.motion.edge_floor > 0, "> 0"),
             ("prune.min_fg", 0 <= self.prune.min_fg <= self.prune.max_fg <= 1, "0 <= min_fg <= max_fg <= 1"),
             ("prune.border", 0 <= self.prune.border < 0.5, "in [0, 0.5)"),
             ("trimap.negative_below", 0 <= self.trimap.negative_below <= self.trimap.positive_above <= 1,
              "0 <= negative_below <= positive_above <= 1"),
+            ("trimap.near_positive", 0 <= self.trimap.near_positive <= 0.5, "in [0, 0.5]"),
             ("source.read_timeout_s", self.source.read_timeout_s > 0, "> 0"),
             ("source.open_timeout_s", self.source.open_timeout_s > 0, "> 0"),
             ("patches.size", 8 <= self.patches.size <= 512, "between 8 and 512"),

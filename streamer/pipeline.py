@@ -12,6 +12,7 @@ import numpy as np
 from streamer.config import StreamerConfig
 from streamer.flow import FlowEstimator, texture_weight, working_size
 from streamer.frames import Frame
+from streamer.geodesic import fill, geodesic_foreground
 from streamer.global_motion import fit_global_motion, residual_motion
 from streamer.prune import prune, trimap
 from streamer.shots import ShotDetector
@@ -178,6 +179,11 @@ class MotionSegmenter:
             c = cv2.perspectiveTransform(f.sp.centroid[None].astype(np.float64), to_here)[0].astype(np.float32)
             ahead.append((Superpixels(f.sp.labels, f.sp.n, f.sp.area, c, f.sp.features), f.saliency, f.reliability))
         voted = self.voter.vote(a.sp, a.saliency, a.reliability, ahead)
+        m = self.cfg.motion
+        if m.geodesic_trust > 0:
+            geo = geodesic_foreground(a.sp, a.small, voted, a.reliability, m.sure_fg, m.sure_bg, m.geodesic_trust,
+                                      m.edge_floor)
+            voted = fill(voted, geo, a.reliability, m.geodesic_trust)
         small_prob = a.sp.paint(np.clip(voted, 0.0, 1.0))
         t1 = time.perf_counter()
         prob = cv2.resize(small_prob, (w, h), interpolation=cv2.INTER_LINEAR) if small_prob.shape != (h, w) else small_prob

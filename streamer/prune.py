@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import cv2
 import numpy as np
 
 from streamer.config import PruneConfig, TrimapConfig
@@ -57,7 +58,23 @@ def relax_hint(pruned: Mapping[str, int], cfg: PruneConfig) -> str:
 
 
 def trimap(prob: np.ndarray, cfg: TrimapConfig) -> np.ndarray:
+    """Positive above positive_above, negative below negative_below, else "don't care"; and "don't
+    care" for would-be negatives near a positive or enclosed by the mask (TrimapConfig.near_positive)."""
     out = np.full(prob.shape, TRIMAP_IGNORE, np.uint8)
     out[prob < cfg.negative_below] = TRIMAP_NEGATIVE
-    out[prob > cfg.positive_above] = TRIMAP_POSITIVE
+    sure = prob > cfg.positive_above
+    out[sure] = TRIMAP_POSITIVE
+    if cfg.near_positive > 0 and sure.any():
+        out[(out == TRIMAP_NEGATIVE) & _near_or_inside(sure, prob >= 0.5, cfg.near_positive)] = TRIMAP_IGNORE
     return out
+
+
+def _near_or_inside(sure: np.ndarray, mask: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels within radius x the diagonal of `sure`, or in a hole of `mask` (not connected to the border)."""
+    h, w = sure.shape
+    k = max(3, int(radius * np.hypot(h, w)) | 1)
+    near = cv2.dilate(sure.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+    outside = np.zeros((h + 2, w + 2), np.uint8)
+    outside[1:-1, 1:-1] = mask
+    cv2.floodFill(outside, None, (0, 0), 2)  # the padded frame reaches every background region that touches the border
+    return near | (outside[1:-1, 1:-1] == 0)
