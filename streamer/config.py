@@ -70,9 +70,10 @@ class MotionConfig:
     min_saliency_scale: float = 0.5  # ... but at least this (working px)
     # geodesic fill (streamer/geodesic.py): a superpixel of reliability r keeps r / (r + trust) of
     # its vote and takes the rest from its geodesic distance to this frame's sure foreground vs
-    # sure background; 0 = off. Chosen on the tuning family (things, seed 100): docs/teacher.md
-    geodesic_trust: float = 0.3
-    sure_fg: float = 0.5  # voted probability that seeds the foreground (the decision point: an object the vote finds is never erased) ...
+    # sure background; 0 = off. Off by default: at 0.3 it helps flat objects (patchwork +0.02)
+    # but not the tuning family (docs/teacher.md); configs/geodesic.yaml turns it on
+    geodesic_trust: float = 0.0
+    sure_fg: float = 0.5  # vote that seeds the foreground: the decision point, so no found object is erased...
     sure_bg: float = 0.2  # ... and the background (with the frame's border)
     edge_floor: float = 0.05  # cost of a step between two superpixels of the same colour (a typical edge costs 1)
 
