@@ -17,14 +17,13 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from _media import free_port
 from motionmask.cli import main
 from motionmask.control import request
-
-httpx = pytest.importorskip("httpx")
 
 CLIP = Path(__file__).parent / "data" / "sample.mp4"  # 384x288 at 10 fps, played in real time, looping
 CHROMIUM = "/usr/bin/chromium"
