@@ -30,6 +30,8 @@ class ExportConfig:
     # beats the last export on held-back buffer samples
     enabled: bool = False  # the daemon exports (learner), serves bundles, and cameras publish `student` masks
     student_every: int = 5  # a camera runs the latest bundle on every Nth frame (protects its fps); 0 = never
+    fused: bool = True  # cameras publish kind `fused` every frame (motionmask/fuse.py), the student carried along the flow
+    fuse_min_student: float = 0.5  # the student marks a pixel of the fused mask alone from this probability
     dir: str = "exports"  # exports folder (relative: to the working directory)
     every_steps: int = 2000  # 0 = off
     every_minutes: float = 10.0  # 0 = off
@@ -57,6 +59,7 @@ class ExportConfig:
             ("dir", bool(self.dir.strip()), "a folder path"),
             ("signature_days", 0 < self.signature_days <= 3650, "in (0, 3650] days"),
             ("student_every", self.student_every >= 0, ">= 0 (0 = no student masks)"),
+            ("fuse_min_student", 0.0 <= self.fuse_min_student <= 1.0, "in [0, 1]"),
             ("every_steps", self.every_steps >= 0, ">= 0 (0 = off)"),
             ("every_minutes", self.every_minutes >= 0, ">= 0 (0 = off)"),
             ("holdout_samples", self.holdout_samples >= 1, ">= 1"),

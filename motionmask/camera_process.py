@@ -34,9 +34,11 @@ import zmq
 
 from motionmask.child import Reporter, Stopped, run_child
 from motionmask.config import from_dict
+from motionmask.fuse import MIN_STUDENT, CarriedStudent, fuse
 from streamer import protocol
 from streamer.config import StreamerConfig
 from streamer.errors import SourceError, UserError
+from streamer.flow import working_size
 from streamer.log import log_event
 from streamer.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
 from streamer.ringbuffer import BufferConfig, RingBuffer, sample_from_result
@@ -89,6 +91,10 @@ class CameraProcess:
         self.student_dir: str | None = export["dir"] if export and self.encoding is not None else None
         self.student_every = int(export.get("student_every", 0)) if self.student_dir else 0
         self.student = None  # exporter.runtime.BundleRunner once a bundle exists
+        # kind `fused` every frame (motionmask/fuse.py): the student between its runs is carried along the flow
+        self.fused = bool(export.get("fused", True)) if self.student_dir else False
+        self.min_student = float(export.get("fuse_min_student", MIN_STUDENT)) if self.student_dir else MIN_STUDENT
+        self.carried = CarriedStudent(max(1, self.student_every))
         self._student_check = 0.0
         self._student_error = ""
         # camera frames for web consoles (web.frame_fps), JPEG, published as topic frame.<camera>
@@ -212,8 +218,8 @@ class CameraProcess:
                 motion = np.clip(r.prob * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 self._forward(r, "motion", motion, capture_ns)
                 self._forward(r, "trimap", r.trimap, capture_ns)
-                if self.student_every and c["frames"] % self.student_every == 1 % self.student_every:
-                    self._student(r, capture_ns)
+                if self.student_every:
+                    self._student(r, capture_ns, motion)
                 if self.frame_every_s and now >= self._next_frame:
                     self._next_frame = now + self.frame_every_s
                     self._forward_frame(r, capture_ns)  # after its masks: a viewer finds them waiting
@@ -255,11 +261,14 @@ class CameraProcess:
         st = self.miner.stats
         c["pair_ms_per_frame"] = st.ms / st.frames if st.frames else 0.0
 
-    def _student(self, r, capture_ns: int) -> None:
-        """The latest exported bundle's mask for this frame, published as kind `student`. The
-        bundle is (re)loaded every STUDENT_CHECK_S; a bundle that will not load or run is logged
-        (once per distinct error) and skipped: the camera never stops for it."""
+    def _student(self, r, capture_ns: int, motion: np.ndarray) -> None:
+        """The latest exported bundle on every student_every-th frame, published as kind
+        `student`; with export.fused, kind `fused` on every frame (motionmask/fuse.py), the
+        student's last mask carried along the flow in between. The bundle is (re)loaded every
+        STUDENT_CHECK_S; a bundle that will not load or run is logged (once per distinct error)
+        and skipped: the camera never stops for it."""
         now = time.monotonic()
+        carried = self.carried
         try:
             if now >= self._student_check:
                 self._student_check = now + STUDENT_CHECK_S
@@ -274,6 +283,12 @@ class CameraProcess:
             if self.student is None:
                 return
             version = self.student.version
+            if not carried.due(r.shot, r.flow, version):
+                carried.step(r.flow)
+                if self.fused:
+                    self._forward(r, "fused", fuse(motion, carried.mask, self.min_student), capture_ns,
+                                  model_version=version)
+                return
             prob = self.student(r.frame.image)
         except Exception as e:
             if str(e) != self._student_error:
@@ -281,7 +296,13 @@ class CameraProcess:
                 log_event(log, "student_failed", logging.WARNING, camera=self.name, error=f"{type(e).__name__}: {e}")
             return
         mask = np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        flow_hw = r.flow.shape[:2] if r.flow is not None else None
+        h, w = mask.shape
+        size = (flow_hw[1], flow_hw[0]) if flow_hw else working_size(w, h, self.cfg.flow.width)
+        carried.ran(mask, r.shot, version, size)
         self._forward(r, "student", mask, capture_ns, model_version=version)
+        if self.fused:
+            self._forward(r, "fused", fuse(motion, mask, self.min_student), capture_ns, model_version=version)
 
     def fps(self) -> float:
         """Results per second over the last couple of seconds (0 when nothing came lately)."""
