@@ -43,11 +43,6 @@ def square_x(image: np.ndarray) -> float:
     return float(np.nonzero(red)[1].mean())
 
 
-def closest(image: np.ndarray, originals: list[np.ndarray]) -> int:
-    """Which original a decoded (lossy) frame is."""
-    return int(np.argmin([np.abs(image.astype(np.int16) - o).mean() for o in originals]))
-
-
 # -- files
 
 
@@ -65,8 +60,9 @@ def test_file_decodes_every_frame_in_rgb_with_index_and_time(tmp_path, name, cod
     for f in got:
         assert f.image.shape == (48, 64, 3) and f.image.dtype == np.uint8 and f.image.flags.c_contiguous
         assert f.source_id == name
-        assert closest(f.image, frames) == f.index
-        square_x(f.image)  # red is still red: RGB, not BGR
+        # which frame it is, by where its square stands (1 px a frame, centre at x + 5.5): the mean
+        # difference to every original once picked a neighbour on a loaded CI machine
+        assert abs(square_x(f.image) - (f.index + 5.5)) < 0.5, f.index  # and red is red: RGB, not BGR
 
 
 def test_odd_size_yuv444_and_grayscale_come_out_hxwx3(tmp_path):
