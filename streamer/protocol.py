@@ -18,6 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from streamer import json_input
+
 SCHEMA = 1
 TOPIC_ROOT = "mask"
 ENCODINGS = ("png", "u8")
@@ -126,8 +128,8 @@ def parse(parts: list[bytes]) -> Message:
     except UnicodeDecodeError:
         raise ProtocolError("topic is not ASCII") from None
     try:
-        header = json.loads(hdr_b)
-    except (UnicodeDecodeError, ValueError):
+        header = json_input.loads(hdr_b)
+    except ValueError:  # UnicodeDecodeError, nesting too deep and huge numbers included
         raise ProtocolError("header is not JSON") from None
     _check_header(header, topic)
     return Message(topic, header, bytes(payload))
