@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import zmq
 
+from streamer import json_input
 from streamer.errors import UserError
 from streamer.log import log_event
 
@@ -122,8 +123,8 @@ class ControlServer:
             raise ValueError(f"expected one frame holding a JSON object, got {len(frames)} frames")
         raw = frames[0]
         try:
-            request = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            request = json_input.loads(raw.decode("utf-8"))
+        except ValueError:  # not UTF-8, not JSON, nested too deeply, a number too long
             shown = raw[:_MAX_REPLY_TO_JUNK].decode("utf-8", "replace")
             raise ValueError(f"request is not JSON: {shown!r}; send e.g. {{\"cmd\": \"status\"}}") from None
         if not isinstance(request, dict):
@@ -161,16 +162,21 @@ def request(endpoint: str, cmd: str = "status", timeout: float = 2.0, **fields: 
             raw = s.recv()
         except zmq.Again:
             raise ControlUnavailable(endpoint) from None
-        try:
-            reply = json.loads(raw)
-        except ValueError:
-            raise UserError(f"{endpoint} answered with something that is not JSON: is it a motionmask "
-                            f"daemon's control endpoint?") from None
-        if not isinstance(reply, dict):
-            raise UserError(f"{endpoint} answered {type(reply).__name__}, not a JSON object")
-        return reply
+        return parse_reply(endpoint, raw)
     finally:
         ctx.destroy(linger=0)
 
 
-__all__ = ["ControlServer", "ControlUnavailable", "DEFAULT_ENDPOINT", "bind_error", "request"]
+def parse_reply(endpoint: str, raw: bytes) -> dict[str, Any]:
+    """A control reply as a dict; UserError for anything else (the peer is not a motionmask daemon)."""
+    try:
+        reply = json_input.loads(raw)
+    except ValueError:
+        raise UserError(f"{endpoint} answered with something that is not JSON: is it a motionmask "
+                        f"daemon's control endpoint?") from None
+    if not isinstance(reply, dict):
+        raise UserError(f"{endpoint} answered {type(reply).__name__}, not a JSON object")
+    return reply
+
+
+__all__ = ["ControlServer", "ControlUnavailable", "DEFAULT_ENDPOINT", "bind_error", "parse_reply", "request"]

@@ -118,8 +118,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not reply.get("ok"):
         raise UserError(f"{args.endpoint} refused the request: {reply.get('error', reply)}")
-    if args.json:
-        print(json.dumps(reply, indent=2))
-    else:
-        print(format_status(reply))
+    print(json.dumps(reply, indent=2) if args.json else describe(args.endpoint, reply))
     return 0
+
+
+def describe(endpoint: str, reply: dict) -> str:
+    """format_status, or a UserError when the reply is not a status this version can read (a
+    daemon of another version, or something else answering on the port): never a traceback."""
+    try:
+        return format_status(reply)
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as e:
+        raise UserError(f"{endpoint} answered a status this motionmask cannot read ({type(e).__name__}: "
+                        f"{str(e)[:80]}); another version? `motionmask status --json` shows it whole") from None
