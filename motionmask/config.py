@@ -7,6 +7,7 @@ everywhere.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,7 +89,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer with hundreds of digits
+                number = math.inf
+            if not math.isfinite(number):  # .nan passes every `x > 0` check as False, .inf as True
+                raise ConfigError(f"{key}: expected a finite number, got {str(value)[:40]}")
+            return number
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -130,7 +137,11 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if not p.is_file():
             raise ConfigError(f"{where}: config file not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(_checked_text(p, where)) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+        except RecursionError:
+            raise ConfigError(f"{where}: is nested too deeply to be a config") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark is not None else ""
@@ -152,6 +163,30 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     except (ConfigError, ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     return cfg
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB
+MAX_FLOW_DEPTH = 64  # [ and { nesting; a real config has 2 or 3
+
+
+def _checked_text(p: Path, where: str) -> str:
+    """The file's text, refused before YAML sees it when it is huge or its [ { nesting is deep:
+    PyYAML's scanner takes time quadratic in that depth (5000 "[" took 4 s here, a megabyte of
+    them would not finish)."""
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: {p.stat().st_size} bytes is too large for a config (at most "
+                          f"{MAX_CONFIG_BYTES}); is it the right file?")
+    text = p.read_text(encoding="utf-8")
+    depth = deepest = 0
+    for ch in text:  # brackets inside strings count too: no real config comes near the limit
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}" and depth:
+            depth -= 1
+    if deepest > MAX_FLOW_DEPTH:
+        raise ConfigError(f"{where}: [ and {{ nested {deepest} deep (at most {MAX_FLOW_DEPTH}); is it the right file?")
+    return text
 
 
 def _merge(base: dict, extra: dict) -> dict:
