@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.signing import SIG_FILE, next_sequence, signed_fields
+from streamer import json_input
 from streamer.atomic import fsync_dir, pid_alive
 from streamer.errors import UserError
 from streamer.log import log_event
@@ -70,7 +71,8 @@ class Bundle:
 
     @property
     def step(self) -> int:
-        return int(self.manifest.get("source", {}).get("step", -1))
+        step = self.manifest.get("source", {}).get("step", -1)  # parse_manifest: source is a mapping
+        return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -171,21 +173,33 @@ def resolve_bundle(path: str | Path) -> Path:
                     f"make one with `motionmask export --checkpoint CKPT --out {p}`")
 
 
+def _file_entry_ok(name: Any, meta: Any) -> bool:
+    """A manifest's files entry: a safe name, a sha256 string and, when given, a length >= 0."""
+    if not (isinstance(name, str) and FILE_RE.match(name) and isinstance(meta, dict)
+            and isinstance(meta.get("sha256"), str)):
+        return False
+    n = meta.get("bytes", 0)
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
 def parse_manifest(data: bytes, where: str | Path) -> dict[str, Any]:
+    """A manifest's bytes (from disk, or pulled from an exporter) checked as far as every reader
+    relies on them; UserError naming `where` for anything else."""
     try:
-        m = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{where}: not a readable manifest ({e})") from None
+        m = json_input.loads(data)
+    except ValueError as e:  # not UTF-8, not JSON, nested too deeply, a number too long
+        raise UserError(f"{where}: not a readable manifest ({str(e)[:200]})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise UserError(f"{where}: not a motionmask bundle manifest")
-    if int(m.get("format_version", -1)) != FORMAT_VERSION:
-        raise UserError(f"{where}: bundle format version {m.get('format_version')} is not supported "
+    if m.get("format_version") != FORMAT_VERSION or isinstance(m.get("format_version"), bool):
+        raise UserError(f"{where}: bundle format version {str(m.get('format_version'))[:40]} is not supported "
                         f"(this motionmask reads version {FORMAT_VERSION})")
     files = m.get("files")
     if not isinstance(files, dict) or MODEL_FILE not in files or not all(
-            isinstance(k, str) and FILE_RE.match(k) and isinstance(v, dict) and "sha256" in v
-            for k, v in files.items()):
+            _file_entry_ok(k, v) for k, v in files.items()):
         raise UserError(f"{where}: manifest lists no valid files")
+    if not isinstance(m.get("source", {}), dict):
+        raise UserError(f"{where}: manifest's source is not a mapping")
     check_version_name(m.get("version"))
     if m.get("sha256") != files[MODEL_FILE]["sha256"]:
         raise UserError(f"{where}: manifest sha256 and files.{MODEL_FILE}.sha256 differ")

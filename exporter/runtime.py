@@ -133,6 +133,29 @@ def unfit_map(out: np.ndarray, region: tuple[int, int], size: tuple[int, int]) -
     return m
 
 
+MAX_SIDE = 16384  # pixels of a model input side; a manifest claiming more is foreign or broken
+
+
+def _side(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE
+
+
+def check_runtime_spec(m: dict[str, Any], where: str | Path) -> None:
+    """The manifest fields a runner reads (input, outputs, preprocessing), checked for shape and
+    type before they are used: a manifest from a device's exporter is outside input, and a wrong
+    one must be refused with a UserError (the device keeps its bundle), never a KeyError."""
+    spec, outs, pre = m.get("input"), m.get("outputs", []), m.get("preprocessing", {})
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and _side(spec.get("width"))
+            and _side(spec.get("height"))):
+        raise UserError(f"{where}: the manifest's input is not {{name, width, height}} (1..{MAX_SIDE} px)")
+    if not (isinstance(outs, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outs)):
+        raise UserError(f"{where}: the manifest's outputs are not a list of {{name}}")
+    box = pre.get("fit_box") if isinstance(pre, dict) else None
+    if not (isinstance(pre, dict) and pre.get("resize", "fit") in ("fit", "stretch")
+            and (not box or (isinstance(box, list) and len(box) == 2 and all(_side(v) for v in box)))):
+        raise UserError(f"{where}: the manifest's preprocessing is not resize fit|stretch with a fit_box [w, h]")
+
+
 @dataclass
 class _Loaded:
     bundle: Bundle
@@ -158,6 +181,7 @@ class BundleRunner:
     def _load(self, bundle_dir: Path) -> _Loaded:
         bundle = load_bundle(bundle_dir, self.check_hash)
         m = bundle.manifest
+        check_runtime_spec(m, bundle.dir)
         session, device = make_session(bundle.model_path, self.provider, self.threads, self.strict,
                                        what=f"{bundle.dir.name}/model.onnx")
         inputs = session.get_inputs()

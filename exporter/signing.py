@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamer import json_input
 from streamer.atomic import fsync_dir
 from streamer.errors import UserError
 
@@ -199,7 +200,7 @@ class TrustedKey:
             raise SignatureError("oversized", f"{where}: {SIG_FILE} is {len(sig_body)} bytes, more than "
                                               f"{MAX_SIG_BYTES}")
         try:
-            doc = json.loads(sig_body)
+            doc = json_input.loads(sig_body)
             if not isinstance(doc, dict) or doc.get("alg") != ALG:
                 raise ValueError(f"alg {doc.get('alg') if isinstance(doc, dict) else None!r}")
             sig = base64.b64decode(str(doc["sig"]), validate=True)
@@ -256,10 +257,11 @@ def read_trust(device_dir: str | Path) -> dict[str, Any] | None:
     """The device's highest installed sequence, or None (none yet, or unreadable: the caller falls
     back on the sequence of the bundle in service)."""
     try:
-        doc = json.loads((Path(device_dir) / TRUST_FILE).read_bytes())
+        doc = json_input.loads((Path(device_dir) / TRUST_FILE).read_bytes())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("sequence"), int) else None
+    ok = isinstance(doc, dict) and isinstance(doc.get("sequence"), int) and not isinstance(doc["sequence"], bool)
+    return doc if ok else None
 
 
 def write_trust(device_dir: str | Path, sequence: int, version: str, key: str) -> None:

@@ -52,11 +52,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import zmq
 
-from exporter.bundle import (FILE_RE, LATEST, MANIFEST_FILE, MODEL_FILE, TMP_PREFIX, check_version_name,
+from exporter.bundle import (FILE_RE, LATEST, MANIFEST_FILE, MODEL_FILE, TMP_PREFIX, VERSION_RE, check_version_name,
                              install_bundle, load_bundle, parse_manifest, read_pointer, resolve_bundle,
                              sha256_bytes, sha256_file)
 from exporter.signing import (MAX_MANIFEST_BYTES, MAX_SIG_BYTES, SIG_FILE, SignatureError, TrustedKey,
                               check_fresh, read_trust, write_trust)
+from streamer import json_input
 from streamer.errors import UserError
 from streamer.log import log_event
 
@@ -254,7 +255,7 @@ class BundleServer:
         try:
             if len(frames) != 1:
                 raise ValueError("expected one JSON frame")
-            parsed = json.loads(frames[0])
+            parsed = json_input.loads(frames[0])
             if not isinstance(parsed, dict):
                 raise ValueError("expected a JSON object")
             req = parsed
@@ -269,14 +270,15 @@ class BundleServer:
             if op == "chunk":
                 return self._chunk(req)
             raise ValueError(f"unknown op {op!r}")
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+        except (ValueError, TypeError, KeyError, OverflowError) as e:  # OverflowError: an infinite offset
             self.stats["bad_requests"] += 1
             return [self._hdr(req, ok=False, error=f"bad request: {e}", code="bad")]
 
     def _chunk(self, req: dict[str, Any]) -> list[bytes]:
         version, name = req["version"], req["file"]
         offset, size = int(req["offset"]), int(req["size"])
-        if not (isinstance(version, str) and isinstance(name, str) and FILE_RE.match(name)):
+        if not (isinstance(version, str) and VERSION_RE.match(version) and isinstance(name, str)
+                and FILE_RE.match(name)):
             raise ValueError("version and file must be names")
         check = self._files.get(version)
         if check is None and (self.exports / version / MANIFEST_FILE).is_file():
@@ -355,10 +357,14 @@ class Channel:
             return None
         frames = self.sock.recv_multipart()
         try:
-            hdr = json.loads(frames[0])
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            hdr = json_input.loads(frames[0])
+        except ValueError:
             return {"id": None}, None
-        return (hdr if isinstance(hdr, dict) else {"id": None}), (frames[1] if len(frames) > 1 else None)
+        if not isinstance(hdr, dict):
+            return {"id": None}, None
+        if not isinstance(hdr.get("id"), int) or isinstance(hdr["id"], bool):
+            hdr["id"] = None  # ours are ints; anything else (a list: unhashable) answers no request of ours
+        return hdr, (frames[1] if len(frames) > 1 else None)
 
     def request(self, msg: dict[str, Any], timeout_s: float, retries: int) -> tuple[dict[str, Any], bytes | None]:
         for _ in range(retries + 1):
@@ -381,8 +387,14 @@ class Channel:
 
 
 def _check_info(info: dict[str, Any]) -> dict[str, Any]:
-    """An announcement or "latest" answer, checked before any of it names a file or folder here."""
-    version = check_version_name(info.get("version"))
+    """An announcement or "latest" answer, checked before any of it names a file or folder here.
+    TransferError for anything else: the agent backs off and asks again, and keeps running."""
+    if not isinstance(info, dict):
+        raise TransferError(f"announcement is a {type(info).__name__}, not a JSON object")
+    try:
+        version = check_version_name(info.get("version"))
+    except UserError as e:
+        raise TransferError(f"announcement: {e}") from None
     files = info.get("files")
     if not isinstance(files, dict) or not 0 < len(files) <= MAX_FILES or MANIFEST_FILE not in files \
             or MODEL_FILE not in files:
@@ -390,7 +402,8 @@ def _check_info(info: dict[str, Any]) -> dict[str, Any]:
     for name, meta in files.items():
         if not (isinstance(name, str) and FILE_RE.match(name) and isinstance(meta, dict)
                 and isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
-                and isinstance(meta.get("bytes"), int) and 0 <= meta["bytes"] <= MAX_FILE):
+                and isinstance(meta.get("bytes"), int) and not isinstance(meta["bytes"], bool)
+                and 0 <= meta["bytes"] <= MAX_FILE):
             raise TransferError(f"announcement of {version}: bad entry for file {name!r}")
     return info
 
@@ -480,9 +493,10 @@ def verified_floor(dest: Path, trusted: TrustedKey) -> dict[str, Any] | None:
         b = load_bundle(dest, check_hash=False)
         body = (b.dir / MANIFEST_FILE).read_bytes()
         trusted.verify(body, (b.dir / SIG_FILE).read_bytes(), b.version)
-        return {"sequence": int(b.manifest["sequence"]), "version": b.version}
-    except (UserError, OSError, KeyError, ValueError, TypeError):
+    except (UserError, OSError):
         return None
+    seq = b.manifest.get("sequence")
+    return {"sequence": seq, "version": b.version} if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
 def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
@@ -509,7 +523,10 @@ def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
         sequence = None
         if trusted is not None:
             trusted.verify(body, sig, where)
-        m = parse_manifest(body, f"{version}/{MANIFEST_FILE} (pulled)")
+        try:
+            m = parse_manifest(body, f"{version}/{MANIFEST_FILE} (pulled)")
+        except UserError as e:  # announced with this sha256, so the exporter's own: rejected, not fatal
+            raise IntegrityError(str(e)) from None
         if m["version"] != version:
             raise IntegrityError(f"{version}: the pulled manifest names version {m['version']}")
         if trusted is not None:
@@ -527,7 +544,10 @@ def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
             # the manifest's own length and hash: signed when a key is pinned
             download_file(ch, version, name, {"sha256": meta["sha256"], "bytes": int(meta["bytes"])},
                           staging / name, cfg)
-        load_bundle(staging)  # every file against the manifest, once more, as it lies on disk
+        try:
+            load_bundle(staging)  # every file against the manifest, once more, as it lies on disk
+        except UserError as e:
+            raise IntegrityError(str(e)) from None
         smoke_test(staging)
         done = install_bundle(dest, staging, cfg.keep)
         if trusted is not None:
@@ -704,7 +724,7 @@ class DeviceAgent:
                 if sub is not None and sub.poll(wait * 1e3):
                     try:
                         parts = sub.recv_multipart()
-                        announced = json.loads(parts[1]) if len(parts) == 2 and parts[0] == TOPIC else None
+                        announced = json_input.loads(parts[1]) if len(parts) == 2 and parts[0] == TOPIC else None
                         if announced is not None and in_service(self.dest) == (
                                 announced.get("version"), announced.get("files", {}).get(MODEL_FILE, {}).get("sha256")):
                             announced = None  # the periodic repeat of what we have
