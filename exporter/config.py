@@ -35,7 +35,12 @@ class ExportConfig:
     dir: str = "exports"  # exports folder (relative: to the working directory)
     every_steps: int = 2000  # 0 = off
     every_minutes: float = 10.0  # 0 = off
-    holdout_samples: int = 64  # buffer samples held back from training to compare exports
+    # the gate's holdout follows the scene (motionmask/holdout.py): one block of holdout_block
+    # consecutive buffer samples in every holdout_every is never trained on, and the gate scores
+    # models on the newest holdout_samples of those, refreshed before each decision
+    holdout_samples: int = 64
+    holdout_every: int = 10  # 1 sample in this many is held out of training (blocks of holdout_block)
+    holdout_block: int = 8  # neighbouring frames are near copies: they are held out together
     # bundles to devices (`motionmask device --endpoint ...`)
     serve: bool = True  # the daemon runs a BundleServer for its exports folder
     endpoint: str = "tcp://127.0.0.1:5560"  # ROUTER: devices ask for the latest version and its chunks here
@@ -63,6 +68,8 @@ class ExportConfig:
             ("every_steps", self.every_steps >= 0, ">= 0 (0 = off)"),
             ("every_minutes", self.every_minutes >= 0, ">= 0 (0 = off)"),
             ("holdout_samples", self.holdout_samples >= 1, ">= 1"),
+            ("holdout_every", 2 <= self.holdout_every <= 1000, "between 2 and 1000"),
+            ("holdout_block", 1 <= self.holdout_block <= 10000, "between 1 and 10000"),
             ("endpoint", "://" in self.endpoint, "a ZeroMQ endpoint such as tcp://127.0.0.1:5560"),
             ("announce_endpoint", "://" in self.announce_endpoint,
              "a ZeroMQ endpoint such as tcp://127.0.0.1:5561"),

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Container
 from typing import Any
 
 import cv2
@@ -84,7 +85,8 @@ class LearnerProcess:
         self.pairs = None  # streamer.pairbuffer.PairBuffer when cameras mine tracked-patch pairs
         self.export_spec: dict[str, Any] | None = spec.get("export")  # None: export is off
         self.periodic = None  # exporter.export.PeriodicExport, made once the buffer has samples to hold back
-        self.held_back: set[int] = set()  # put_seq of the buffer samples in the export holdout: not trained on
+        self.window = None  # motionmask.holdout.HoldoutWindow: the export holdout's samples, never trained on
+        self.export_cfg = None  # exporter.config.ExportConfig, parsed when training starts
         self.counters: dict[str, Any] = {
             "step": 0, "loss": None, "lr": 0.0, "crops_per_s": 0.0, "device": "", "threads": 0,
             "nan_skipped": 0, "resumed_from": None, "refined_sent": 0, "refined_dropped": 0,
@@ -182,7 +184,12 @@ class LearnerProcess:
                   pairs=self.pairs.name if self.pairs is not None else "off")
         feed = RingFeed(self.ring, mode=cfg.samples.sampling or None, pairs=pairs)
         if self.export_spec is not None:
-            feed = _HeldBack(feed, self.held_back)
+            from exporter.config import ExportConfig
+            from motionmask.holdout import HoldoutWindow
+
+            self.export_cfg = ecfg = from_dict(ExportConfig, self.export_spec, "export")
+            self.window = HoldoutWindow(self.ring, ecfg.holdout_samples, ecfg.holdout_every, ecfg.holdout_block)
+            feed = _HeldBack(feed, self.window)
         summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
                       on_step=self._on_step)
         log_event(log, "learner_stopped", step=summary.step, steps=summary.steps, crops=summary.crops,
@@ -198,6 +205,8 @@ class LearnerProcess:
             self._rate.popleft()
         (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
         c["crops_per_s"] = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        if self.window is not None:
+            self.window.collect()  # before a bootstrapping round relabels them: the gate scores against the teacher
         keep = self.bootstrap.on_step(trainer, result)
         if self.export_spec is not None:
             self._maybe_export(trainer)
@@ -205,12 +214,15 @@ class LearnerProcess:
 
     # -- periodic export --------------------------------------------------------------------
     def _maybe_export(self, trainer) -> None:
-        """Export on schedule (exporter.export.PeriodicExport); the holdout is copied out of the
-        buffer at the first step that finds samples there. Failures are logged, never raised:
-        training goes on and the bundle in service stays."""
+        """Export on schedule (exporter.export.PeriodicExport), judged on the holdout window
+        (motionmask/holdout.py): made once it holds a quarter of its samples, refreshed before
+        each decision, so the gate scores both models on the scene the cameras show now.
+        Failures are logged, never raised: training goes on and the bundle in service stays."""
         try:
             if self.periodic is None:
                 self.periodic = self._periodic_export(trainer)
+            elif self.periodic.due(trainer.step_count):
+                self.periodic.holdout = self._holdout(trainer, "refresh")
             if self.periodic is not None:
                 self.periodic.maybe_export(trainer.model, trainer.step_count)
         except Exception as e:
@@ -218,31 +230,28 @@ class LearnerProcess:
             if self.periodic is None:
                 self.export_spec = None  # a holdout that cannot be built will not build next step either
 
+    def _holdout(self, trainer, why: str):
+        """The gate's holdout from the window's samples, fitted like the bundles' frames."""
+        from exporter.export import Holdout
+
+        cfg = self.export_cfg
+        slot = (self.ring.height, self.ring.width)
+        holdout = Holdout.for_model(self.window.samples(), trainer.model, cfg, slot_size=slot)
+        log_event(log, "export_holdout", why=why, step=trainer.step_count, **self.window.describe(time.monotonic()),
+                  every=cfg.holdout_every, block=cfg.holdout_block)
+        return holdout
+
     def _periodic_export(self, trainer):
-        from types import SimpleNamespace
+        from exporter.export import PeriodicExport
 
-        from exporter.config import ExportConfig
-        from exporter.export import Holdout, PeriodicExport
-
-        cfg = from_dict(ExportConfig, self.export_spec, "export")
-        ring = self.ring
-        # The newest samples (the ring overwrites the oldest first); from here on _HeldBack keeps
-        # them out of training (the steps before this one may have drawn them once or twice).
-        # wait for a full holdout (a quarter of the buffer at most) with samples left over to train on
-        ready = ring.ready_slots()
-        if len(ready) <= min(cfg.holdout_samples, max(1, ring.capacity // 4)):
+        # the first export ships whatever its score (there is nothing to beat); the gate's later
+        # decisions run on the window as it fills, from a quarter of holdout_samples on
+        if len(self.window) < max(1, self.window.size // 4):
             return None
-        batch = ring.read(ready[:cfg.holdout_samples])
-        if not len(batch):
-            return None
-        self.held_back.update(int(q) for q in batch.put_seq)
-        samples = [SimpleNamespace(image=batch.frames[k], trimap=batch.trimaps[k], valid=tuple(int(v) for v in batch.valid[k]))
-                   for k in range(len(batch))]
-        slot = (ring.height, ring.width)
-        holdout = Holdout.for_model(samples, trainer.model, cfg, slot_size=slot)
-        log_event(log, "export_holdout", samples=len(samples), every_steps=cfg.every_steps,
-                  every_minutes=cfg.every_minutes, dir=cfg.dir)
-        return PeriodicExport(cfg.dir, cfg, holdout, slot_size=slot,
+        cfg = self.export_cfg
+        holdout = self._holdout(trainer, "first")
+        log_event(log, "export_schedule", every_steps=cfg.every_steps, every_minutes=cfg.every_minutes, dir=cfg.dir)
+        return PeriodicExport(cfg.dir, cfg, holdout, slot_size=(self.ring.height, self.ring.width),
                               source={"run_dir": os.path.expanduser(self.cfg.run_dir)})
 
     # -- refined masks ----------------------------------------------------------------------
@@ -326,11 +335,12 @@ class LearnerProcess:
 
 
 class _HeldBack:
-    """A feed that drops the export holdout's samples (by put_seq, unique per put) from every
-    batch, so exports are compared on samples the model was not trained on; empty when the
-    buffer holds nothing else yet (fit() waits, as on an empty buffer)."""
+    """A feed that drops the export holdout's samples (by put_seq, unique per put: `q in held`,
+    a set or a motionmask.holdout.HoldoutWindow) from every batch, so exports are compared on
+    samples the model was not trained on; empty when the buffer holds nothing else yet (fit()
+    waits, as on an empty buffer)."""
 
-    def __init__(self, feed, held: set[int]) -> None:
+    def __init__(self, feed, held: Container[int]) -> None:
         self.feed, self.held = feed, held
         self.height, self.width = feed.height, feed.width
 
