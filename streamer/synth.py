@@ -660,7 +660,15 @@ def cached(root: str | Path, seed: int, clips: int, family: str = "things") -> t
 
 def generate(out_dir: str | Path, seed: int = 0, clips: int = 10, frames: int = 90,
              size: tuple[int, int] = (320, 240), progress: bool = False) -> list[dict]:
-    """Write `clips` clips under out_dir (see the module docstring) and return the clips.json entries.
+    """Write `clips` clips under out_dir (see the module docstring) and return the clips.json entries."""
+    return write_clips(out_dir, plan_clip, clip_info, seed, clips, frames, size, progress)
+
+
+def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]], ClipPlan],
+                info: Callable[[ClipPlan], dict], seed: int, clips: int, frames: int,
+                size: tuple[int, int], progress: bool = False, desc: str = "synth") -> list[dict]:
+    """The write loop of every family that renders with render_frame: `plan(seed, frames, size)`
+    plans a clip, `info(plan)` is its clips.json entry. Returns the entries.
 
     Each clip is built in a hidden folder and swapped in whole, its MP4 under a temp name and
     renamed. clips.json is removed first and written last: where it exists, every clip it lists
@@ -679,11 +687,11 @@ def generate(out_dir: str | Path, seed: int = 0, clips: int = 10, frames: int = 
     # it describes if this run is interrupted halfway
     (out / "clips.json").unlink(missing_ok=True)
     entries = []
-    bar = tqdm(total=clips * frames, unit="frame", desc="synth", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=clips * frames, unit="frame", desc=desc, disable=not progress, file=sys.stderr)
     try:
         for c in range(clips):
             name = f"clip{c:03d}"
-            plan = plan_clip(clip_seed(seed, c), frames, size)
+            p = plan(clip_seed(seed, c), frames, size)
             work = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
             try:
                 (work / "gt").mkdir()
@@ -691,17 +699,17 @@ def generate(out_dir: str | Path, seed: int = 0, clips: int = 10, frames: int = 
 
                 def frames_with_gt():
                     for t in range(frames):
-                        r = render_frame(plan, t)
+                        r = render_frame(p, t)
                         write_png(work / "gt" / f"{t:06d}.png", r.gt)
                         write_png(work / "inst" / f"{t:06d}.png", r.inst)
                         bar.update(1)
                         yield r.rgb
 
-                _encode(out / f"{name}.mp4", frames_with_gt(), width, height, plan.crf)
+                _encode(out / f"{name}.mp4", frames_with_gt(), width, height, p.crf)
                 _swap_dir(work, out / name)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            entries.append({"name": name, "file": f"{name}.mp4", **clip_info(plan)})
+            entries.append({"name": name, "file": f"{name}.mp4", **info(p)})
     finally:
         bar.close()
     write_json(out / "clips.json", entries)

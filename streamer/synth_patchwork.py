@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,7 +41,6 @@ import cv2
 import numpy as np
 
 from streamer import synth as things
-from streamer.atomic import write_json, write_png
 from streamer.errors import UserError
 from streamer.synth import ClipPlan, Layer, Shot
 
@@ -360,48 +356,8 @@ def render_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)
 
 def generate(out_dir: str | Path, seed: int = 0, clips: int = 10, frames: int = 90,
              size: tuple[int, int] = (320, 240), progress: bool = False) -> list[dict]:
-    """Write `clips` clips under out_dir in the folder format of streamer.synth.generate and return
-    the clips.json entries (each with "family": "patchwork" and "version").
-
-    Each clip is built in a hidden folder and swapped in whole, its MP4 under a temp name and
-    renamed. clips.json is removed first and written last: where it exists, every clip it lists
-    is complete.
-    """
-    from tqdm import tqdm
-
-    width, height = size
-    if clips < 1 or frames < 2:
-        raise UserError(f"need at least 1 clip of at least 2 frames (got --clips {clips} --frames {frames})")
-    if width < 32 or height < 32 or width % 2 or height % 2:
-        raise UserError(f"--size {width}x{height}: width and height must be even and at least 32 (H.264 yuv420p)")
-    out = Path(out_dir)
-    things._check_writable(out)
-    (out / "clips.json").unlink(missing_ok=True)
-    entries = []
-    bar = tqdm(total=clips * frames, unit="frame", desc=f"synth {FAMILY}", disable=not progress, file=sys.stderr)
-    try:
-        for c in range(clips):
-            name = f"clip{c:03d}"
-            plan = plan_clip(things.clip_seed(seed, c), frames, size)
-            work = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
-            try:
-                (work / "gt").mkdir()
-                (work / "inst").mkdir()
-
-                def frames_with_gt():
-                    for t in range(frames):
-                        r = things.render_frame(plan, t)
-                        write_png(work / "gt" / f"{t:06d}.png", r.gt)
-                        write_png(work / "inst" / f"{t:06d}.png", r.inst)
-                        bar.update(1)
-                        yield r.rgb
-
-                things._encode(out / f"{name}.mp4", frames_with_gt(), width, height, plan.crf)
-                things._swap_dir(work, out / name)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            entries.append({"name": name, "file": f"{name}.mp4", **clip_info(plan)})
-    finally:
-        bar.close()
-    write_json(out / "clips.json", entries)
-    return entries
+    """Write `clips` clips under out_dir in the folder format of streamer.synth.generate (its write
+    loop: streamer.synth.write_clips) and return the clips.json entries (each with "family":
+    "patchwork" and "version")."""
+    return things.write_clips(out_dir, plan_clip, clip_info, seed, clips, frames, size, progress,
+                              desc=f"synth {FAMILY}")
