@@ -72,7 +72,6 @@ version (a new folder, real_v<N>), never an edit of this one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -86,6 +85,7 @@ from streamer.atomic import write_json, write_png
 from streamer.config import SourceConfig
 from streamer.errors import UserError
 from streamer.sources import open_source
+from streamer.synth import swap_dir
 
 VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
@@ -289,17 +289,6 @@ def reference_mask(rgb: np.ndarray, model: Model) -> np.ndarray:
     return out
 
 
-def _swap_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_clip(path: Path, out: Path, name: str, params: Params = Params(), progress: bool = False,
                max_frames: int | None = None) -> dict:
     """Write out/<name>/gt/*.png for one video and return its clips.json entry. max_frames: the
@@ -327,7 +316,7 @@ def build_clip(path: Path, out: Path, name: str, params: Params = Params(), prog
             raise UserError(f"{path}: decoded {n} frames, then {written}; the file changed while reading")
         with open_source(str(path), SourceConfig()) as source:
             fps = source.fps or 25.0
-        _swap_dir(work, out / name)
+        swap_dir(work, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"name": name, "file": str(path.resolve()), "width": w, "height": h, "fps": fps, "frames": n,

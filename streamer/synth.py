@@ -706,7 +706,7 @@ def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]],
                         yield r.rgb
 
                 _encode(out / f"{name}.mp4", frames_with_gt(), width, height, p.crf)
-                _swap_dir(work, out / name)
+                swap_dir(work, out / name)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             entries.append({"name": name, "file": f"{name}.mp4", **info(p)})
@@ -716,8 +716,9 @@ def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]],
     return entries
 
 
-def _swap_dir(new: Path, target: Path) -> None:
-    """Put folder `new` at `target`, replacing what was there (rename is atomic; the old is removed after)."""
+def swap_dir(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`, replacing what was there (rename is atomic; the old is removed
+    after). The synthetic families and the reference masks (streamer.reference_masks) use it."""
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old")

@@ -530,7 +530,7 @@ def generate_rig(out_dir: str | Path, seed: int = 0, minutes: float = 3.0, size:
                 yield r.rgb
 
         things._encode(out / f"{NAME}.mp4", frames_with_gt(), size[0], size[1], plan.crf, fps=fps)
-        things._swap_dir(work, out / NAME)
+        things.swap_dir(work, out / NAME)
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
