@@ -17,7 +17,7 @@ Why `linear` is the default: the motion probability saturates at 0 and 1 (the su
 clips) and is not calibrated, so under the log-odds rule whichever expert is most extreme wins,
 and a confident student cannot overrule a saturated background or vice versa. The linear mix
 treats both as probabilities: where they disagree strongly the result lands in the trimap's
-don't-care band (0.4-0.7) and nobody trains on it; where they agree it stays a label.
+don't-care band (0.3-0.6 by default) and nobody trains on it; where they agree it stays a label.
 
 Measured (bench/quality.py --learner: ten synthetic clips, 6 minutes on 2 CPU cores, 3 rounds
 over the second half): with linear w = 0.3 the labels' IoU against ground truth went from 0.722

@@ -28,7 +28,7 @@ class MaskResult:
     trimap: np.ndarray  # H x W uint8: 0 negative, 128 don't care, 255 positive
     fg_fraction: float  # fraction of pixels with prob >= prune.fg_threshold
     kept: bool  # passed pruning (usable as a training sample)
-    reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | camera_unreliable | no_motion_history | dark
+    reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | unsure | camera_unreliable | no_motion_history | dark
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     flow: np.ndarray | None = None  # h x w x 2 float32 at working resolution (frame t-1 -> t), if any
     # with the flow (None without): what tracking on it needs (streamer/patches.py)
@@ -192,7 +192,7 @@ class MotionSegmenter:
 
     def _result(self, a: _Analysis, prob: np.ndarray, t_start: float, reason_override: str = "") -> MaskResult:
         cfg = self.cfg
-        frac, kept, reason = prune(prob, cfg.prune)
+        frac, kept, reason = prune(prob, cfg.prune, (cfg.trimap.negative_below, cfg.trimap.positive_above))
         if kept and not a.camera_ok:
             kept, reason = False, "camera_unreliable"
         if reason_override:

@@ -12,8 +12,9 @@ from streamer.config import PruneConfig, TrimapConfig
 TRIMAP_NEGATIVE, TRIMAP_IGNORE, TRIMAP_POSITIVE = 0, 128, 255
 
 
-def prune(prob: np.ndarray, cfg: PruneConfig) -> tuple[float, bool, str]:
-    """(foreground fraction, kept, reason). Reasons: too_little_fg, too_much_fg, border_fg."""
+def prune(prob: np.ndarray, cfg: PruneConfig, band: tuple[float, float] = (0.3, 0.6)) -> tuple[float, bool, str]:
+    """(foreground fraction, kept, reason). Reasons: too_little_fg, too_much_fg, border_fg, unsure.
+    `band` is the trimap's (negative_below, positive_above): its "don't care" band."""
     fg = prob >= cfg.fg_threshold
     frac = float(fg.mean())
     if frac < cfg.min_fg:
@@ -22,11 +23,20 @@ def prune(prob: np.ndarray, cfg: PruneConfig) -> tuple[float, bool, str]:
         return frac, False, "too_much_fg"
     h, w = fg.shape
     by, bx = max(1, int(round(h * cfg.border))), max(1, int(round(w * cfg.border)))
-    band = np.ones_like(fg)
-    band[by : h - by, bx : w - bx] = False
-    if fg[band].mean() > cfg.max_border_fg:
+    edge = np.ones_like(fg)
+    edge[by : h - by, bx : w - bx] = False
+    if fg[edge].mean() > cfg.max_border_fg:
         return frac, False, "border_fg"
+    if cfg.max_unsure < 1 and unsure_share(prob, *band) > cfg.max_unsure:
+        return frac, False, "unsure"
     return frac, True, ""
+
+
+def unsure_share(prob: np.ndarray, negative_below: float, positive_above: float) -> float:
+    """Of the pixels not labelled negative, the share in the "don't care" band (0 when there are none)."""
+    maybe = prob >= negative_below
+    n = int(np.count_nonzero(maybe))
+    return float(np.count_nonzero(maybe & (prob <= positive_above))) / n if n else 0.0
 
 
 # Pruning that keeps under this fraction of a video earns a warning (motionmask train, the daemon's
@@ -37,7 +47,8 @@ FEW_KEPT_FRACTION = 0.25
 # others (no_motion_history, dark, camera_unreliable) come from the footage, not a setting.
 _KNOBS = {"too_little_fg": ("min_fg", "for small or distant movers lower"),
           "too_much_fg": ("max_fg", "for large movers or a close camera raise"),
-          "border_fg": ("max_border_fg", "for movers that cross the frame's edge raise")}
+          "border_fg": ("max_border_fg", "for movers that cross the frame's edge raise"),
+          "unsure": ("max_unsure", "for faint or weakly textured movers raise")}
 
 
 def pruned_summary(pruned: Mapping[str, int]) -> str:

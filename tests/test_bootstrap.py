@@ -145,7 +145,9 @@ def test_a_round_changes_the_labels_training_reads_and_is_measured(tmp_path):
         gts = {int(f): before.probs[k] > 127 for k, f in enumerate(before.frame_index)}
         published = []
         bcfg = BootstrapConfig(every_steps=1, weight_start=0.5, weight_max=0.5, batch=5)
-        boot = Bootstrapper(bcfg, TrimapConfig(), ring, tmp_path, on_refined=published.append,
+        # the paper's thresholds: 0.5 x 0.25 + 0.5 x 1 = 0.625 is "don't care" under them (not under the defaults)
+        paper = TrimapConfig(negative_below=0.4, positive_above=0.7, near_positive=0.0)
+        boot = Bootstrapper(bcfg, paper, ring, tmp_path, on_refined=published.append,
                             ground_truth=lambda cam, i: gts.get(i))
         st = boot.run_round(trainer.model, trainer.device, 7, 1)
         assert st.samples == 12 and st.refused == 0 and trainer.model.training  # the mode is restored
@@ -156,7 +158,7 @@ def test_a_round_changes_the_labels_training_reads_and_is_measured(tmp_path):
         order = {int(f): k for k, f in enumerate(before.frame_index)}
         for k, f in enumerate(after.frame_index):
             j = order[int(f)]
-            want = slot_trimap(fuse(students[j], probs[j] / 255.0, 0.5), valid[j], (72, 96), TrimapConfig())
+            want = slot_trimap(fuse(students[j], probs[j] / 255.0, 0.5), valid[j], (72, 96), paper)
             np.testing.assert_array_equal(after.trimaps[k], want)
         # an untrained student (about 0.25 everywhere) at w = 0.5 turns the positives into "don't care"
         assert (after.trimaps == 128).sum() > (before.trimaps == 128).sum() and st.changed > 0

@@ -8,7 +8,7 @@ from streamer.config import PruneConfig, TrimapConfig
 from streamer.prune import (TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, prune, pruned_summary, relax_hint,
                            trimap)
 
-CFG = PruneConfig(min_fg=0.10)  # the paper's thresholds (the default min_fg is lower: see below)
+CFG = PruneConfig(min_fg=0.10, max_unsure=1.0)  # the paper's rules (the defaults add one and lower min_fg: below)
 H = W = 100  # border band: 5 px on each side (0.05 x 100), 1900 px in all
 BAND = H * W - (H - 10) * (W - 10)
 
@@ -28,7 +28,24 @@ def test_config_thresholds_are_the_documented_ones():
     d = PruneConfig()
     # the paper's, except min_fg: 10% of the frame starves a learner whose cameras see small objects
     assert (d.fg_threshold, d.min_fg, d.max_fg, d.border, d.max_border_fg) == (0.5, 0.03, 0.8, 0.05, 0.1)
-    assert (TrimapConfig().negative_below, TrimapConfig().positive_above) == (0.4, 0.7)
+    assert d.max_unsure == 0.8
+    # not the paper's 0.4 / 0.7: placed where the teacher's measured foreground rate gives them that meaning
+    t = TrimapConfig()
+    assert (t.negative_below, t.positive_above, t.near_positive) == (0.3, 0.6, 0.04)
+
+
+def test_a_mostly_unsure_mask_is_pruned_at_the_documented_share():
+    cfg = PruneConfig(min_fg=0.10, max_unsure=0.7)
+    sure, faint = _centre_block(3000, 0.9), _centre_block(3000, 0.55)
+    # 1000 of 3000 maybe-foreground pixels sure: 2/3 unsure, kept; 900 of 3000: 70% + 1 px, pruned
+    assert prune(np.where(_centre_block(1000) > 0, sure, faint), cfg)[1:] == (True, "")
+    prob = np.where(_centre_block(899) > 0, sure, faint)
+    assert prune(prob, cfg)[1:] == (False, "unsure")
+    assert prune(prob, PruneConfig(min_fg=0.10, max_unsure=1.0))[1:] == (True, "")  # 1 = off
+    # the band is the trimap's (default 0.3-0.6): with positives above 0.5, the faint pixels are sure
+    assert prune(prob, cfg, band=(0.4, 0.5))[1:] == (True, "")
+    # below the negative threshold nothing counts, so a faint halo does not prune a sure object
+    assert prune(np.where(_centre_block(1000) > 0, 0.9, 0.2).astype(np.float32), cfg)[1:] == (True, "")
 
 
 def test_too_little_foreground_at_the_threshold():
@@ -80,7 +97,7 @@ def test_object_touching_one_edge_is_pruned_but_centred_object_kept():
 
 def test_trimap_at_the_thresholds():
     prob = np.array([[0.0, 0.3999, 0.4, 0.55, 0.7, 0.7001, 1.0]], np.float32)
-    tri = trimap(prob, TrimapConfig())
+    tri = trimap(prob, TrimapConfig(negative_below=0.4, positive_above=0.7, near_positive=0.0))  # the paper's
     assert tri.dtype == np.uint8 and tri.shape == prob.shape
     assert tri.tolist() == [[TRIMAP_NEGATIVE, TRIMAP_NEGATIVE, TRIMAP_IGNORE, TRIMAP_IGNORE, TRIMAP_IGNORE,
                              TRIMAP_POSITIVE, TRIMAP_POSITIVE]]
@@ -89,7 +106,7 @@ def test_trimap_at_the_thresholds():
 
 def test_trimap_follows_configured_thresholds():
     prob = np.linspace(0, 1, 101, dtype=np.float32)[None]
-    tri = trimap(prob, TrimapConfig(negative_below=0.2, positive_above=0.9))
+    tri = trimap(prob, TrimapConfig(negative_below=0.2, positive_above=0.9, near_positive=0.0))
     assert set(np.unique(tri)) == {0, 128, 255}
     assert (tri[prob < 0.2] == 0).all() and (tri[prob > 0.9] == 255).all()
     assert (tri[(prob >= 0.2) & (prob <= 0.9)] == 128).all()

@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace, cfg, predictor, out: Path, start: int, limit:
                     t2 = time.perf_counter()
                     prob = predictor(frame.image)
                     t3 = time.perf_counter()
-                    frac, kept, reason = prune(prob, s.prune)
+                    frac, kept, reason = prune(prob, s.prune, (s.trimap.negative_below, s.trimap.positive_above))
                     r = MaskResult(frame, shot.shot, prob, trimap(prob, s.trimap), frac, kept, reason,
                                    {"decode": (t1 - t0) * 1e3, "shots": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3})
                     outputs.submit(r)
