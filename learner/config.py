@@ -74,6 +74,8 @@ class TrainConfig:
     cpu_precision: str = "auto"  # auto | bf16 | fp32: training on the CPU; auto = bf16 where the CPU has native bf16 (AVX512-BF16, AMX)
     threads: int = 0  # CPU threads of torch; 0 = the cores this process may use, minus one for the streamer
     seed: int = 0
+    nproc: int = 1  # `motionmask train`: data-parallel ranks it starts (DDP; one GPU each on CUDA, gloo on the CPU; learner/distributed.py)
+    sync_batchnorm: bool = True  # with several ranks: batch norm over the global batch (false: each rank's own)
     steps: int = 0  # offline (`motionmask train`): stop after this many steps; 0 = no step limit
     minutes: float = 12.0  # ... or after this long, whichever comes first; 0 = no time limit
     log_every: int = 10  # steps per RUN/train.jsonl line
@@ -224,6 +226,7 @@ class LearnerConfig:
             ("crops.paste_rim", 0 <= c.paste_rim <= 0.25, "between 0 and 0.25"),
             ("train.device", t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
             ("train.threads", 0 <= t.threads <= 1024, "between 0 and 1024 (0 = auto)"),
+            ("train.nproc", 1 <= t.nproc <= 1024, "between 1 and 1024"),
             ("train.batch", 1 <= t.batch <= 65536, "between 1 and 65536"),
             ("train.lr", 0 < t.lr < 1, "in (0, 1)"),
             ("train.weight_decay", t.weight_decay >= 0, ">= 0"),

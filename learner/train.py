@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
+from learner import distributed
 from learner.checkpoint import FORMAT, VERSION, check_compatible, save_checkpoint
 from learner.config import LearnerConfig
 from learner.crops import make_crops
@@ -237,7 +238,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip or math.inf)
-        self._pending = _Pending(loss.detach(), norm.detach(), int(crops.images.shape[0]), gen_state,
+        crops_all_ranks = int(crops.images.shape[0]) * distributed.world_size()
+        self._pending = _Pending(loss.detach(), norm.detach(), crops_all_ranks, gen_state,
                                  {k: v.detach() for k, v in losses.items()})
         return self._pending
 
@@ -272,7 +274,8 @@ class Trainer:
     def update(self, pending: _Pending) -> StepResult:
         """Step 5: the one host sync of the step, then the AdamW update or a skipped step."""
         self._pending = None
-        loss, norm, *head_values = torch.stack([pending.loss, pending.grad_norm.float(), *pending.losses.values()]).tolist()
+        values = torch.stack([pending.loss, pending.grad_norm.float(), *pending.losses.values()])
+        loss, norm, *head_values = distributed.mean(values).tolist()  # several ranks: one decision for all
         head_losses = dict(zip(pending.losses, head_values))
         lr = self.lr_now()
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -486,7 +489,8 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     checkpoint: Path | None = None
     stopped, interrupted_by = "stop", ""
     rng_state = trainer.rng.bit_generator.state  # the sampling RNG before the next batch is drawn
-    threads_trial = None if trainer.cuda or cfg.train.threads or available_cores() < 2 else _ThreadTrial()
+    threads_trial = (None if trainer.cuda or cfg.train.threads or available_cores() < 2 or distributed.active()
+                     else _ThreadTrial())
     pair_feed = pairs if pairs is not None else (feed if hasattr(feed, "sample_pairs") else None)
 
     def limit_reached() -> str | None:
@@ -508,7 +512,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     bar = tqdm(total=limits.steps or None, initial=trainer.step_count, unit="step", desc="train",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
-        stopped = limit_reached() or ""
+        stopped = distributed.agree(trainer, limit_reached()) or ""  # several ranks: stop together
         batch = None if stopped else next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)
         pair_batch = trainer.draw_pairs(pair_feed) if batch is not None else None
         while batch is not None:
@@ -557,7 +561,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
                 due_time = k.every_minutes and time.monotonic() - last_ckpt_t >= k.every_minutes * 60
                 if due_steps or due_time or want_checkpoint:
                     checkpoint = save()
-            stopped = limit_reached() or ""
+            stopped = distributed.agree(trainer, limit_reached()) or ""
             if stopped:
                 break
         stopped = stopped or "stop"

@@ -215,8 +215,8 @@ class LearnerProcess:
     # -- periodic export --------------------------------------------------------------------
     def _maybe_export(self, trainer) -> None:
         """Export on schedule (exporter.export.PeriodicExport), judged on the holdout window
-        (motionmask/holdout.py): made once it holds a quarter of its samples, refreshed before
-        each decision, so the gate scores both models on the scene the cameras show now.
+        (motionmask/holdout.py): made once it holds one held-out block, refreshed before each
+        decision, so the gate scores both models on the scene the cameras show now.
         Failures are logged, never raised: training goes on and the bundle in service stays."""
         try:
             if self.periodic is None:
@@ -244,9 +244,9 @@ class LearnerProcess:
     def _periodic_export(self, trainer):
         from exporter.export import PeriodicExport
 
-        # the first export ships whatever its score (there is nothing to beat); the gate's later
-        # decisions run on the window as it fills, from a quarter of holdout_samples on
-        if len(self.window) < max(1, self.window.size // 4):
+        # from the first held-out block on: the first export ships whatever its score (there is
+        # nothing to beat), and by the gate's next decision the window has grown (refreshed then)
+        if len(self.window) < min(self.window.size, self.window.block):
             return None
         cfg = self.export_cfg
         holdout = self._holdout(trainer, "first")

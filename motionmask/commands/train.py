@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import sys
 from typing import Iterator
 
@@ -26,6 +27,8 @@ EPILOG = """examples:
   motionmask synth --out synth/ --clips 10
   motionmask train synth/ --out runs/r1                      # 12 minutes (learner.train.minutes)
   motionmask train a.mp4 b.mp4 frames/ --out runs/r2 --steps 5000 --minutes 0 --device cuda
+  motionmask train synth/ --out runs/r3 --nproc 4 --device cuda   # DDP on 4 GPUs (torchrun's agent)
+  torchrun --standalone --nproc-per-node 8 -m motionmask.cli train synth/ --out runs/r4 --device cuda
   motionmask predict --checkpoint runs/r1/checkpoints/last.pt clip.mp4 --out pred/
 
 INPUT: video files, folders of videos (their videos, in natural order), or folders of images
@@ -38,7 +41,13 @@ last.pt (always the newest whole one), on a schedule and at the end (also on Ctr
 RUN/train.jsonl (step, loss, lr, crops/s every learner.train.log_every steps) and RUN/bootstrap.jsonl
 (one line per bootstrapping round: learner.bootstrap refines the labels every every_steps; on
 `motionmask synth` clips also the labels' IoU and accuracy against the ground truth). Run the same
-command again to resume a run: --steps and --minutes count the whole run."""
+command again to resume a run: --steps and --minutes count the whole run.
+
+--nproc N: data-parallel training (DistributedDataParallel) in N ranks, one GPU each on CUDA (nccl),
+N processes on the CPU (gloo). Each rank samples its own batches from one shared buffer, so a step
+trains on N x learner.train.batch crops; rank 0 alone streams, bootstraps, logs and checkpoints,
+and a resumed run restores every rank. The same command under torchrun (its --nproc-per-node, or
+several machines with a shared RUN folder) does the same; see learner/distributed.py."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,6 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--steps", default=None, metavar="N", help="stop at step N of the run; 0 = no step limit (default: learner.train.steps)")
     p.add_argument("--minutes", default=None, metavar="M", help="stop after M minutes of training in the run; 0 = no time limit (default: learner.train.minutes = 12)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: learner.train.device (auto: CUDA when present)")
+    p.add_argument("--nproc", default=None, metavar="N", help="data-parallel ranks: N GPUs on CUDA, N processes on the CPU "
+                   "(default: learner.train.nproc = 1; under torchrun, its --nproc-per-node)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no info logs; warnings and the summary remain")
     return p
 
@@ -80,11 +91,73 @@ def run(args: argparse.Namespace) -> int:
     t.steps = t.steps if steps is None else steps
     t.minutes = t.minutes if minutes is None else minutes
     t.device = args.device or t.device
+    nproc = parse_count("--nproc", args.nproc, minimum=1)
+    t.nproc = t.nproc if nproc is None else nproc
     if not t.steps and not t.minutes:
         raise UserError("no budget: --steps 0 and --minutes 0 would train forever; give one of them")
     out = check_out_dir(args.out)
+    ranked = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a rank of --nproc or of torchrun
+    if t.nproc > 1 and not ranked:
+        return _launch(args, t.nproc)
+    if ranked and int(os.environ.get("RANK", "0")) > 0:
+        args.quiet = True  # rank 0 speaks for the run
     with info_logs(not args.quiet), _learner_info_logs(not args.quiet), signals_as_exceptions():
-        return _run(args, cfg, out)
+        code = _run(args, cfg, out)
+    if ranked:
+        from learner.distributed import shutdown
+
+        shutdown()
+    return code
+
+
+def _launch(args: argparse.Namespace, nproc: int) -> int:
+    """--nproc N: this command in N ranks under torch's elastic agent (what torchrun runs); rank 0's
+    exit status, or the first failure's. The agent's own logs stay quiet: one line per failure."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from learner.distributed import launch
+    from learner.samples import expand_inputs
+
+    expand_inputs(args.inputs)  # a wrong path is one line from here, not one from every rank
+    quiet = [lg for name, lg in logging.root.manager.loggerDict.items()
+             if isinstance(lg, logging.Logger) and name.startswith(("torch.distributed", "torch.multiprocessing"))]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        return int(launch(nproc, _rank, args)[0] or 0)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        if failure.exitcode not in (130, 143) and (rank or failure.exitcode != 2):  # rank 0 printed its own
+            data = failure.message if isinstance(failure.message, dict) else {}
+            why = data.get("message") or f"exit code {failure.exitcode}"
+            trace = data.get("extraInfo", {}).get("py_callstack", "") if not why.startswith("UserError") else ""
+            print(f"{trace}motionmask train: rank {rank} failed: {why.removeprefix('UserError: ')}", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as e:  # SIGTERM or SIGINT here: the agent passed it on to the ranks, which saved
+        return 128 + int(e.sigval)
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+
+
+def _rank(args: argparse.Namespace) -> int:
+    """One rank of --nproc (the agent sets RANK, WORLD_SIZE, ... in its environment). Rank 0
+    prints its errors like the command; another rank's error reaches _launch through the agent."""
+    from motionmask.cli import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        code = run(args)
+    except (UserError, OSError) as e:
+        if int(os.environ.get("RANK", "0")) > 0:
+            raise
+        print(f"motionmask train: error: {e}", file=sys.stderr)
+        code = 2
+    if code:
+        sys.exit(code)  # a failed rank: the agent stops the others
+    return 0
 
 
 @contextlib.contextmanager
@@ -102,17 +175,19 @@ def _learner_info_logs(enabled: bool) -> Iterator[None]:
 
 def _run(args: argparse.Namespace, cfg, out) -> int:
     # torch loads here, not at import: `motionmask --help` stays fast
+    from learner import distributed
     from learner.bootstrap import Bootstrapper, synthetic_ground_truth
     from learner.checkpoint import find_resume
     from learner.samples import OfflineFeed
-    from learner.train import Limits, Trainer, available_cores, fit
+    from learner.train import Limits, Trainer, available_cores, fit, resolve_device
 
     t = cfg.learner.train
+    main = distributed.is_main()  # with several ranks the others sample rank 0's buffer (share_feed)
     feed = OfflineFeed(args.inputs, cfg.streamer, cfg.buffer, cfg.learner.samples.offline_draws_per_sample,
                        cfg.learner.samples.offline_max_buffer_mb, streamer_threads=1,  # inputs checked here
-                       log_level=logging.WARNING if args.quiet else None)
-    trainer = Trainer(cfg.learner)
-    if trainer.cuda:
+                       log_level=logging.WARNING if args.quiet else None) if main else None
+    trainer = Trainer(cfg.learner, distributed.init(resolve_device(t.device, t.strict_device)))
+    if trainer.cuda and main:
         feed.streamer_threads = max(1, available_cores() - 2)  # the GPU trains: the CPUs can stream
     limits = Limits(steps=t.steps, minutes=t.minutes)
     resumed = find_resume(out, trainer.device)
@@ -123,10 +198,13 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
                   trained_min=round(trainer.train_seconds / 60, 2))
         if (limits.steps and trainer.step_count >= limits.steps) or \
                 (limits.minutes and trainer.train_seconds >= limits.minutes * 60):
-            print(f"motionmask train: {out} is complete (step {trainer.step_count}, "
-                  f"{trainer.train_seconds / 60:.1f} min trained); raise --steps or --minutes to go on", file=sys.stderr)
+            if main:
+                print(f"motionmask train: {out} is complete (step {trainer.step_count}, "
+                      f"{trainer.train_seconds / 60:.1f} min trained); raise --steps or --minutes to go on",
+                      file=sys.stderr)
             return 0
-    log_event(logger, "train_start", out=out, inputs=len(feed.specs), device=trainer.device.type,
+    distributed.wrap(trainer)
+    log_event(logger, "train_start", out=out, inputs=len(feed.specs) if main else None, device=trainer.device.type,
               precision=trainer.precision,
               backbone=cfg.learner.model.backbone, crop=trainer.crop_size, batch=t.batch, steps=t.steps,
               minutes=t.minutes, start_step=trainer.step_count)
@@ -135,26 +213,29 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         p = feed.progress
         return "" if p.done else f"streamer {p.inputs_done}/{p.inputs} inputs, {p.kept} kept"
 
-    with feed, (logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext()):
+    with distributed.share_feed(feed) as feed, (logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext()):
         boot = None
-        if cfg.learner.bootstrap.enabled:  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
+        if cfg.learner.bootstrap.enabled and main:  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
             boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, out,
                                 ground_truth=synthetic_ground_truth(feed.specs),
                                 fg_threshold=cfg.streamer.prune.fg_threshold)
-        summary = fit(trainer, feed, out, limits, progress=not args.quiet, status=status,
+        summary = fit(trainer, feed, out if main else None, limits, progress=not args.quiet, status=status if main else None,
                       interrupts=(KeyboardInterrupt, Terminated), on_step=boot.on_step if boot else None)
-    p = feed.progress
     code = {"Terminated": 143, "KeyboardInterrupt": 130}.get(summary.interrupted_by, 0)
+    if not main:
+        return code
+    p = feed.progress
     note = "interrupted; " if code else ""
     nan = f", {summary.nan_skipped} non-finite steps skipped" if summary.nan_skipped else ""
     rounds = f", {len(boot.history)} bootstrapping rounds" if boot is not None and boot.history else ""
     loss = f"loss {summary.first_loss:.3f} -> {summary.last_loss:.3f}" if not math.isnan(summary.last_loss) else "no loss logged"
     where = summary.checkpoint.parent / "last.pt" if summary.checkpoint else "no checkpoint (no step done)"
+    ranks = f" x {distributed.world_size()} ranks" if distributed.active() else ""
     log_event(logger, "train_done", step=summary.step, steps=summary.steps, crops=summary.crops,
               crops_per_s=summary.crops_per_s, stopped=summary.stopped, loss=summary.last_loss,
               nan_skipped=summary.nan_skipped, frames=p.frames, kept=p.kept)
     print(f"motionmask train: {note}{summary.steps} steps (run at step {summary.step}), {summary.crops} crops, "
-          f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}, {loss}{nan}{rounds}; "
+          f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}{ranks}, {loss}{nan}{rounds}; "
           f"{p.kept} samples kept of {p.frames} frames streamed from {p.inputs_done}/{p.inputs} inputs -> {where}",
           file=sys.stderr)
     warn_if_few_kept(p, cfg.streamer.prune)
