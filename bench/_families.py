@@ -1,13 +1,11 @@
 """The evaluation families every quality figure is reported on (issue 18: tune on one, report all).
 
-    from bench._families import FAMILIES, Skipped, resolve, title   # once ROOT is first on sys.path
+    from bench._families import chosen, each_resolved, print_skipped   # once ROOT is first on sys.path
 
-    for fam in FAMILIES.values():
-        try:
-            folder, clips = resolve(fam)   # generated / built under bench/out on first use
-        except Skipped as e:
-            print(e)                       # one line naming what is missing
-            continue
+    skipped = {}
+    for fam, folder, clips in each_resolved(chosen(args.family, extra), skipped):
+        ...                                # generated / built under bench/out on first use
+    print_skipped(skipped)                 # one line each, naming what is missing
 
 Each family resolves to a folder in the synthetic sets' format (clips.json, <clip>/gt/NNNNNN.png
 with 0 background, 255 moving object, 128 void): streamer.synth.cached for the synthetic ones,
@@ -16,6 +14,7 @@ streamer's thresholds were chosen on it, so its figures flatter the teacher; eve
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +66,32 @@ def select(names: list[str] | None) -> list[Family]:
     if unknown:
         raise ValueError(f"unknown family {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
     return [f for f in FAMILIES.values() if f.name in names]
+
+
+def chosen(names: list[str] | None, extra: Sequence[Family] = ()) -> list[Family]:
+    """The --family names (all of FAMILIES when none is named and there is no `extra`), then the
+    `extra` families (a --data folder, a --seed/--clips set) that are not among them."""
+    named = select(names) if names or not extra else []
+    return named + [f for f in extra if f.name not in {n.name for n in named}]
+
+
+def each_resolved(families: Iterable[Family], skipped: dict[str, str]) -> Iterator[tuple[Family, Path, list[dict]]]:
+    """(family, folder, clips.json entries) of each family that resolves; one that is Skipped is
+    printed on a line of its own and noted in `skipped` (name -> note) instead."""
+    for fam in families:
+        try:
+            folder, clips = resolve(fam)
+        except Skipped as e:
+            print(f"\n{e}")
+            skipped[fam.name] = str(e)
+            continue
+        yield fam, folder, clips
+
+
+def print_skipped(skipped: dict[str, str]) -> None:
+    """The skipped families' notes again, under a summary table."""
+    for note in skipped.values():
+        print(note)
 
 
 def title(fam: Family) -> str:

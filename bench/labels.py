@@ -31,7 +31,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
-from bench._families import FAMILIES, Family, Skipped, folder_family, resolve, select, title  # noqa: E402
+from bench._families import FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped, title  # noqa: E402
 from bench._machine import cpu_model, git_revision  # noqa: E402
 from bench._maskscore import LabelScore, MaskScore  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
@@ -128,15 +128,13 @@ def print_families(res: dict, config: str | None) -> None:
               f"{_f(t['fg_negative'], True)}{_met(g['fg_negative'])} | "
               f"{_f(t['bg_positive'], True)}{_met(g['bg_positive'])} | {_f(t['fg_dont_care'], True)} | "
               f"{_f(t['positive_precision'], True)} | {_f(t['iou_kept'])} / {_f(t['iou_pruned'])} |")
-    for note in res["skipped"].values():
-        print(note)
+    print_skipped(res["skipped"])
 
 
 def chosen_families(args) -> list[Family]:
     """--family names (all by default) and a --data folder (alone, without --family)."""
     folder = args.data or args.clips
-    extra = [folder_family(folder)] if folder else []
-    return (select(args.family) if args.family or not extra else []) + extra
+    return chosen(args.family, [folder_family(folder)] if folder else [])
 
 
 def main() -> int:
@@ -155,13 +153,7 @@ def main() -> int:
     res: dict = {"families": {}, "skipped": {}}
     try:
         cfg = load_config(args.config).streamer
-        for fam in chosen_families(args):
-            try:
-                folder, clips = resolve(fam)
-            except Skipped as e:
-                print(f"\n{e}")
-                res["skipped"][fam.name] = str(e)
-                continue
+        for fam, folder, clips in each_resolved(chosen_families(args), res["skipped"]):
             r = family_labels(folder, clips, cfg, desc=fam.name)
             res["families"][fam.name] = {"folder": str(folder), "tuning": fam.tuning, **r}
             if fam.kind == "folder":

@@ -56,7 +56,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
-from bench._families import FAMILIES, Family, Skipped, folder_family, resolve, select, synth_family, title  # noqa: E402
+from bench._families import (FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped,  # noqa: E402
+                             synth_family, title)
 from bench._machine import cpu_model, git_revision  # noqa: E402
 from bench._maskscore import THRESHOLDS, MaskScore  # noqa: E402
 from bench._sheet import overlay, tile  # noqa: E402
@@ -298,8 +299,7 @@ def print_overview(res: dict) -> None:
         label = f"{name} (tuning set)" if r["tuning"] else name
         print(f"| {label} | {_f(mm['iou'])} | {best} | {_f(r['summary']['otsu']['iou'])} | {gap} | {cal} | "
               f"{_f(mm['ece'])} |")
-    for note in res["skipped"].values():
-        print(note)
+    print_skipped(res["skipped"])
 
 
 def chosen_families(args) -> list[Family]:
@@ -309,8 +309,7 @@ def chosen_families(args) -> list[Family]:
         extra.append(synth_family(100 if args.seed is None else args.seed, 10 if args.clips is None else args.clips))
     if args.data:
         extra.append(folder_family(args.data))
-    named = select(args.family) if args.family or not extra else []
-    return named + [f for f in extra if f.name not in {n.name for n in named}]
+    return chosen(args.family, extra)
 
 
 def quality_main(args) -> int:
@@ -319,13 +318,7 @@ def quality_main(args) -> int:
     cfg = load_config(args.config).streamer
     res: dict = {"families": {}, "skipped": {}}
     t0 = time.monotonic()
-    for fam in chosen_families(args):
-        try:
-            folder, clips = resolve(fam)
-        except Skipped as e:
-            print(f"\n{e}")
-            res["skipped"][fam.name] = str(e)
-            continue
+    for fam, folder, clips in each_resolved(chosen_families(args), res["skipped"]):
         r = evaluate(folder, clips, cfg, progress=_progress(), desc=fam.name)
         sheet = out.parent / f"quality_worst_{re.sub(r'[^A-Za-z0-9_.-]+', '_', fam.name)}.png"
         r["worst_clips"] = worst_sheet(r, sheet)
