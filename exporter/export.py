@@ -22,6 +22,7 @@ sizes 0 and 1), and the batch dimension is declared dynamic.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import json
@@ -48,6 +49,7 @@ from streamer.log import log_event
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
+DECISIONS_KEPT = 20  # export decisions a status carries (the console shows them)
 DEFAULT_SIZE = (224, 224)  # (width, height) when the checkpoint does not say what it trained at
 
 
@@ -460,6 +462,20 @@ def beats(score: dict[str, float], previous: dict[str, float]) -> bool:
     return score["holdout_bce"] < previous["holdout_bce"]
 
 
+def gate_reason(score: dict[str, float], previous: dict[str, float] | None) -> str:
+    """The gate's verdict in words, as the console and `motionmask status` show it: which score
+    decided (IoU, or BCE at equal IoU), and both values."""
+    if previous is None:
+        return "first export of this run"
+    iou, last = score["holdout_iou"], previous["holdout_iou"]
+    if iou != last:
+        verb = "beats" if iou > last else "does not beat"
+        return f"holdout IoU {iou:.4f} {verb} the last export's {last:.4f}"
+    verb = "below" if score["holdout_bce"] < previous["holdout_bce"] else "not below"
+    return (f"holdout IoU equal ({iou:.4f}); BCE {score['holdout_bce']:.4f} {verb} the last export's "
+            f"{previous['holdout_bce']:.4f}")
+
+
 class PeriodicExport:
     """The daemon's export policy: every export.every_steps steps or export.every_minutes minutes
     (whichever comes first), export the model, but only when it beats the last exported model on
@@ -485,6 +501,10 @@ class PeriodicExport:
         self.last_model: nn.Module | None = None
         self.last_score: dict[str, float] | None = None
         self.last_error = ""
+        # the gate's decisions, newest last: what the daemon's status (and so the console) says
+        # about why a model did or did not ship; counts since this process started
+        self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=DECISIONS_KEPT)
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def due(self, step: int) -> bool:
         c = self.cfg
@@ -503,6 +523,7 @@ class PeriodicExport:
             log_event(logger, "export_skipped", step=step, reason="not_better", holdout_iou=score["holdout_iou"],
                       last_export_iou=previous["holdout_iou"], holdout_bce=score["holdout_bce"],
                       last_export_bce=previous["holdout_bce"])
+            self._decided(step, "skipped", gate_reason(score, previous), score, previous)
             return None
         quality = {**score, **({"last_export_holdout_iou": previous["holdout_iou"],
                                 "last_export_holdout_bce": previous["holdout_bce"]} if previous else {})}
@@ -513,8 +534,26 @@ class PeriodicExport:
             self.last_error = str(e)
             if not isinstance(e, ExportRejected):
                 log_event(logger, "export_failed", logging.ERROR, step=step, error=str(e))
+            why = f"rejected by the {e.check} check: {e.reason}" if isinstance(e, ExportRejected) else str(e)
+            self._decided(step, "failed", why, score, previous)
             return None
+        self._decided(step, "shipped", gate_reason(score, previous), score, previous, result.version)
         self.last_model, self.last_score, self.last_error = candidate, score, ""
         if self.on_publish:
             self.on_publish(result)
         return result
+
+    def _decided(self, step: int, outcome: str, reason: str, score: dict[str, float],
+                 previous: dict[str, float] | None, version: str | None = None) -> None:
+        self.counts[outcome] += 1
+        self.decisions.append({
+            "time": round(time.time(), 3), "step": step, "outcome": outcome, "reason": reason, "version": version,
+            "holdout_iou": score["holdout_iou"], "holdout_bce": score["holdout_bce"],
+            "last_export_holdout_iou": previous["holdout_iou"] if previous else None,
+            "last_export_holdout_bce": previous["holdout_bce"] if previous else None})
+
+    def summary(self) -> dict[str, Any]:
+        """The gate's record for the daemon's status: counts by outcome and the recent decisions
+        (oldest first), each with its reason."""
+        return {"shipped": self.counts["shipped"], "skipped": self.counts["skipped"],
+                "failed": self.counts["failed"], "last_step": self.last_step, "decisions": list(self.decisions)}

@@ -55,6 +55,7 @@ import zmq
 from exporter.bundle import (FILE_RE, LATEST, MANIFEST_FILE, MODEL_FILE, TMP_PREFIX, VERSION_RE, check_version_name,
                              install_bundle, load_bundle, parse_manifest, read_pointer, resolve_bundle,
                              sha256_bytes, sha256_file)
+from exporter.pulls import PullLog
 from exporter.signing import (MAX_MANIFEST_BYTES, MAX_SIG_BYTES, SIG_FILE, SignatureError, TrustedKey,
                               check_fresh, read_trust, write_trust)
 from streamer import json_input
@@ -135,7 +136,8 @@ class BundleServer:
         self._thread: threading.Thread | None = None
         self._info: dict[str, Any] | None = None
         self._latest_stat: tuple | None = None
-        self._files: dict[str, set[str]] = {}
+        self._files: dict[str, dict[str, int]] = {}  # version -> its files' sizes
+        self.pulls = PullLog()  # which device (peer address) pulled which version, and when
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> BundleServer:
@@ -200,11 +202,12 @@ class BundleServer:
                     continue
                 while True:
                     try:
-                        frames = self._router.recv_multipart(zmq.NOBLOCK)
+                        parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    frames = [f.bytes for f in parts]
                     try:
-                        reply = [frames[0], *self._answer(frames[1:])]
+                        reply = [frames[0], *self._answer(frames[1:], _peer(parts[-1], self.endpoint))]
                     except Exception as e:  # noqa: BLE001 - one bad request must not stop the server
                         log_event(logger, "bundle_server_error", logging.ERROR, error=f"{type(e).__name__}: {e}")
                         reply = [frames[0], json.dumps({"ok": False, "error": "internal error", "code": "bad"}).encode()]
@@ -245,11 +248,19 @@ class BundleServer:
             self._latest_stat = None  # look again next time
             return False
         self._info = info
-        self._files[version] = set(info["files"])
+        self._files[version] = {n: f["bytes"] for n, f in info["files"].items()}
         log_event(logger, "bundle_announce", version=version, sha256=info["files"][MODEL_FILE]["sha256"][:16])
         return True
 
-    def _answer(self, frames: list[bytes]) -> list[bytes]:
+    def status(self) -> dict[str, Any]:
+        """For the daemon's status: where it serves, what it announces, its counters, and the
+        pulls (exporter.pulls.PullLog)."""
+        info = self._info
+        return {"endpoint": self.endpoint, "announce_endpoint": self.announce_endpoint, "dir": str(self.exports),
+                "announced": info["version"] if info else None, "requests": self.stats["requests"],
+                "chunks": self.stats["chunks"], **self.pulls.status()}
+
+    def _answer(self, frames: list[bytes], peer: str = "") -> list[bytes]:
         self.stats["requests"] += 1
         req: dict[str, Any] = {}
         try:
@@ -268,13 +279,13 @@ class BundleServer:
                     return [self._hdr(req, ok=False, error="no bundle published yet", code="empty")]
                 return [self._hdr(req, ok=True, **self._info)]
             if op == "chunk":
-                return self._chunk(req)
+                return self._chunk(req, peer)
             raise ValueError(f"unknown op {op!r}")
         except (ValueError, TypeError, KeyError, OverflowError) as e:  # OverflowError: an infinite offset
             self.stats["bad_requests"] += 1
             return [self._hdr(req, ok=False, error=f"bad request: {e}", code="bad")]
 
-    def _chunk(self, req: dict[str, Any]) -> list[bytes]:
+    def _chunk(self, req: dict[str, Any], peer: str = "") -> list[bytes]:
         version, name = req["version"], req["file"]
         offset, size = int(req["offset"]), int(req["size"])
         if not (isinstance(version, str) and VERSION_RE.match(version) and isinstance(name, str)
@@ -283,7 +294,8 @@ class BundleServer:
         check = self._files.get(version)
         if check is None and (self.exports / version / MANIFEST_FILE).is_file():
             try:
-                check = self._files[check_version_name(version)] = set(bundle_info(self.exports, version)["files"])
+                check = self._files[check_version_name(version)] = {
+                    n: f["bytes"] for n, f in bundle_info(self.exports, version)["files"].items()}
             except (OSError, UserError):
                 check = None
         if check is None:
@@ -300,11 +312,22 @@ class BundleServer:
             return [self._hdr(req, ok=False, error=f"version {version} is not here (pruned?)", code="gone")]
         self.stats["chunks"] += 1
         self.stats["bytes"] += len(data)
+        self.pulls.chunk(peer or "unknown", version, name, offset, len(data), check)
         return [self._hdr(req, ok=True, version=version, file=name, offset=offset, size=len(data)), data]
 
     @staticmethod
     def _hdr(req: dict[str, Any], **fields: Any) -> bytes:
         return json.dumps({"id": req.get("id"), **fields}).encode()
+
+
+def _peer(frame: zmq.Frame, endpoint: str) -> str:
+    """The device's address as ZeroMQ saw the connection (the protocol carries no device id)."""
+    if not endpoint.startswith("tcp://"):
+        return "local"
+    try:
+        return str(frame.get("Peer-Address"))
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return "unknown"
 
 
 # ----------------------------------------------------------------------------------------------

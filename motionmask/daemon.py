@@ -38,7 +38,7 @@ from motionmask import __version__
 from motionmask.camera_process import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, MSG_MASK, MSG_STATS
 from motionmask.config import Config, to_dict
 from motionmask.control import ControlServer
-from motionmask.daemon_config import CameraConfig, camera_streamer_config
+from motionmask.daemon_config import camera_streamer_config
 from motionmask.lockfile import hold_lock, release
 from motionmask.sdnotify import Notifier
 from streamer.errors import UserError
@@ -198,17 +198,6 @@ def web_spec(cfg: Config, url: str, fd: int, control: str, masks: str, forward: 
     }, url, pass_fds=(fd,))
 
 
-def _warn_missing(cameras: list[CameraConfig]) -> None:
-    """A missing file is not fatal (it may appear later: a mount, a recording being copied), but
-    a typo deserves a word at startup rather than only restart lines."""
-    for cam in cameras:
-        s = cam.source
-        if cam.enabled and isinstance(s, str) and "://" not in s and not s.startswith(("camera:", "/dev/")) \
-                and not s.isdigit() and not os.path.exists(os.path.expanduser(s)):
-            log_event(log, "source_missing", logging.WARNING, camera=cam.name, source=s,
-                      note="will retry with backoff until it appears")
-
-
 class Daemon:
     def __init__(self, cfg: Config, log_level: str = "INFO") -> None:
         enabled = [c for c in cfg.cameras if c.enabled]
@@ -237,6 +226,7 @@ class Daemon:
         self.bundles = None  # exporter.transfer.BundleServer when export.enabled and export.serve
         self.web_sock = None  # the console's listening socket: bound here, served by the web child
         self.web_note = "off (web.enabled: false)"
+        self.warnings: list[dict[str, Any]] = []  # motionmask.config_warnings, logged once, in the status
         self.forwarded = 0
         self.bad_messages = 0
         self.notify = Notifier.from_env()  # systemd's Type=notify and watchdog; a no-op elsewhere
@@ -248,7 +238,7 @@ class Daemon:
         except BaseException:
             self._close_resources()
             raise
-        _warn_missing(cfg.cameras)
+        self.warnings = self._config_warnings()
         pairs_name = self.pairs.name if self.pairs is not None else ""
         for spec in camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name):
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
@@ -623,7 +613,7 @@ class Daemon:
         now = time.monotonic()
         keys = ("step", "loss", "lr", "crops_per_s", "device", "threads", "nan_skipped", "checkpoint_step",
                 "checkpoint_age_s", "bootstrap_round", "bootstrap_last", "resumed_from", "refined_sent",
-                "refined_dropped")
+                "refined_dropped", "export")
         return {
             "state": child.state,
             "pid": child.pid,
@@ -659,7 +649,23 @@ class Daemon:
             "control": {"endpoint": self.control.endpoint, "requests": self.control.requests,
                         "errors": self.control.errors},
             "web": self.web_status(),
+            "bundle_server": self.bundles.status() if self.bundles is not None else None,
+            "warnings": self.warnings,
         }
+
+    def _config_warnings(self) -> list[dict[str, Any]]:
+        """Each warning of the config (motionmask.config_warnings) logged once and kept for the
+        status, with the time it was said."""
+        from motionmask.config_warnings import config_warnings
+
+        found = config_warnings(self.cfg)
+        if self.cfg.web.enabled and self.web_sock is None:
+            found.append({"key": "web.port", "event": "", "text": f"web console {self.web_note}"})  # logged by _open_web
+        now = round(time.time(), 3)
+        for w in found:
+            if w["event"]:
+                log_event(log, w["event"], logging.WARNING, key=w["key"], warning=w["text"])
+        return [{"time": now, "key": w["key"], "text": w["text"]} for w in found]
 
     def web_status(self) -> dict[str, Any]:
         child = self.children.get(WEB)

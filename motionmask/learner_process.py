@@ -86,6 +86,7 @@ class LearnerProcess:
         self.export_spec: dict[str, Any] | None = spec.get("export")  # None: export is off
         self.periodic = None  # exporter.export.PeriodicExport, made once the buffer has samples to hold back
         self.window = None  # motionmask.holdout.HoldoutWindow: the export holdout's samples, never trained on
+        self.export_error = ""  # why periodic export stopped in this process (the holdout could not be built)
         self.export_cfg = None  # exporter.config.ExportConfig, parsed when training starts
         self.counters: dict[str, Any] = {
             "step": 0, "loss": None, "lr": 0.0, "crops_per_s": 0.0, "device": "", "threads": 0,
@@ -229,6 +230,7 @@ class LearnerProcess:
             log_event(log, "export_failed", logging.ERROR, step=trainer.step_count, error=f"{type(e).__name__}: {e}")
             if self.periodic is None:
                 self.export_spec = None  # a holdout that cannot be built will not build next step either
+                self.export_error = f"the export holdout could not be built: {type(e).__name__}: {e}"
 
     def _holdout(self, trainer, why: str):
         """The gate's holdout from the window's samples, fitted like the bundles' frames."""
@@ -319,9 +321,21 @@ class LearnerProcess:
         last = b.history[-1] if b is not None and b.history else None
         return {"child": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error,
                 "activity": self.activity(), **c, **self._checkpoint_info(),
-                "bootstrap_round": b.round if b is not None else 0,
+                "bootstrap_round": b.round if b is not None else 0, "export": self._export_status(),
                 "bootstrap_last": {"round": last.round, "step": last.step, "samples": last.samples,
                                    "agreement": last.agreement, "changed": last.changed} if last else None}
+
+    def _export_status(self) -> dict[str, Any] | None:
+        """The export gate's record (exporter.export.PeriodicExport.summary) with its state: why
+        a model did or did not ship is part of the status, so the console needs no other source."""
+        if self.periodic is not None:
+            return {"state": "exporting", "holdout_samples": len(self.periodic.holdout.images),
+                    **self.periodic.summary()}
+        if self.export_error:
+            return {"state": "off", "reason": self.export_error}
+        if self.export_spec is None:
+            return None
+        return {"state": "waiting", "reason": "waiting for the first held-out block of buffer samples (the gate's holdout window)"}
 
     def close(self) -> None:
         self.reporter.stop_and_send_last()

@@ -291,3 +291,13 @@ def test_periodic_export_publishes_only_a_model_that_beats_the_last_one(tmp_path
     periodic.last_model = build_model(ModelConfig(width=8, blocks=[1, 1, 1, 1]), 64)  # a worse last export
     assert periodic.maybe_export(trainer.model, 50) is None and "export rejected at latency" in periodic.last_error
     assert read_pointer(out) == second.version and len(versions(out)) == 2
+    # every decision is in the gate's record (the daemon's status, the web console), with why
+    summary = periodic.summary()
+    assert (summary["shipped"], summary["skipped"], summary["failed"]) == (2, 1, 1)
+    d = summary["decisions"]
+    assert [(x["step"], x["outcome"], x["version"]) for x in d] == [
+        (10, "shipped", first.version), (20, "skipped", None), (40, "shipped", second.version), (50, "failed", None)]
+    assert d[0]["reason"] == "first export of this run" and d[0]["last_export_holdout_iou"] is None
+    assert d[1]["reason"].startswith("holdout IoU equal") and "not below the last export's" in d[1]["reason"]
+    assert f"{second.manifest['quality']['holdout_iou']:.4f} beats the last export's {q1['holdout_iou']:.4f}" in d[2]["reason"]
+    assert d[3]["reason"].startswith("rejected by the latency check: ")

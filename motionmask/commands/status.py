@@ -73,7 +73,35 @@ def format_status(st: dict) -> str:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     if st.get("learner"):
         lines.append(format_learner(st["learner"]))
+    if st.get("remote"):  # a rig's sender or a learner's receiver (motionmask/remote_roles.py)
+        from motionmask.remote_roles import format_remote
+
+        lines += format_remote(st["remote"])
+    gate, served = (st.get("learner") or {}).get("export"), st.get("bundle_server")
+    if gate or served:
+        lines.append(format_exports(gate, served))
+    for w in st.get("warnings") or []:
+        lines.append(f"warning: {w.get('key')}: {w.get('text')}")
     return "\n".join(lines)
+
+
+def format_exports(gate: dict | None, served: dict | None) -> str:
+    """One line: the export gate's last decision and why, and what the bundle server handed out."""
+    parts = []
+    if gate:
+        last = (gate.get("decisions") or [None])[-1]
+        if last:
+            parts.append(f"last at step {last['step']} {last['outcome']}: {last['reason']}")
+        elif gate.get("reason"):
+            parts.append(f"{gate.get('state')}: {gate['reason']}")
+        if "shipped" in gate:
+            parts.append(f"shipped {gate['shipped']}, skipped {gate['skipped']}, failed {gate['failed']}")
+    if served:
+        devices = served.get("devices") or []
+        parts.append(f"served at {served.get('endpoint')}: {served.get('pulls_total', 0)} pulls by "
+                     f"{len(devices)} device{'' if len(devices) == 1 else 's'}"
+                     + (f" (last {devices[0]['device']} took {devices[0]['version']})" if devices else ""))
+    return "export: " + "; ".join(parts)
 
 
 def format_web(w: dict) -> str:
