@@ -57,7 +57,13 @@ class WebDaemon:
                         "crops": {"size": 32}, "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
                         "bootstrap": {"every_steps": 100}},
             "web": {"port": self.web_port},
+            # exports with their gate, and a bundle server on all interfaces without a signing key:
+            # a config warning (export.signing_key) for the event list
+            "export": {"enabled": True, "dir": str(root / "exports"), "every_steps": 30, "every_minutes": 0,
+                       "holdout_samples": 4, "parity_frames": 2, "latency_runs": 2, "keep": 3, "student_every": 0,
+                       "endpoint": f"tcp://0.0.0.0:{free_port()}", "announce_endpoint": f"tcp://127.0.0.1:{free_port()}"},
         }
+        self.bundles = self.cfg["export"]["endpoint"].replace("0.0.0.0", "127.0.0.1")
         self.url = f"http://127.0.0.1:{self.web_port}"
         path = root / "daemon.yaml"
         path.write_text(yaml.safe_dump(self.cfg))
@@ -147,8 +153,7 @@ def test_json_endpoints_match_status(daemon):
     assert learner["run_dir"] == st["learner"]["run_dir"] and learner["curve_source"].endswith("train.jsonl")
     assert len(learner["curve"]["step"]) == len(learner["curve"]["loss"]) > 0
 
-    ex = daemon.get("/api/exports").json()
-    assert ex["readable"] is False and ex["versions"] == []
+    assert isinstance(learner["checkpoints"], list)
     assert isinstance(daemon.get("/api/events").json(), list)
 
     out = io.StringIO()
@@ -170,6 +175,57 @@ def test_metrics_parse(daemon):
     for name in ("motionmask_buffer_fill", "motionmask_publisher_sent_total", "motionmask_learner_step",
                  "motionmask_camera_restarts_total", "motionmask_console_clients"):
         assert any(k[0] == name for k in samples), name
+
+
+def test_exports_say_why_and_who_pulled(daemon, tmp_path):
+    """The gate's decisions with their reasons, the bundle server's pulls, and config warnings,
+    as the daemon's status records them, in /api/exports, /api/events, /metrics and `motionmask status`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.transfer import DeviceAgent, PullConfig
+
+    st = daemon.wait_for(lambda s: ((s["learner"] or {}).get("export") or {}).get("decisions"), 90)
+    gate = st["learner"]["export"]
+    assert gate["state"] == "exporting" and gate["shipped"] >= 1 and gate["holdout_samples"] == 4
+    first = gate["decisions"][0]
+    assert first["outcome"] == "shipped" and first["reason"] == "first export of this run", first
+    for d in gate["decisions"][1:]:
+        assert d["outcome"] in ("shipped", "skipped") and "holdout IoU" in d["reason"], d
+
+    ex = daemon.get("/api/exports").json()
+    assert ex["readable"] and ex["latest"] and ex["gate"]["shipped"] >= 1
+    assert [d["step"] for d in ex["decisions"]] == sorted((d["step"] for d in ex["decisions"]), reverse=True)
+    shipped = {d["version"] for d in ex["decisions"] if d["outcome"] == "shipped"}
+    assert ex["latest"] in shipped and ex["server"]["endpoint"].endswith(daemon.bundles.rpartition(":")[2])
+
+    got = DeviceAgent(daemon.bundles, tmp_path / "device", PullConfig()).run(once=True)
+    assert got is not None
+    deadline = time.monotonic() + 10
+    while not (ex := daemon.get("/api/exports").json())["pulls"]:
+        assert time.monotonic() < deadline, ex
+        time.sleep(0.3)
+    (pull,) = ex["pulls"]
+    assert (pull["device"], pull["version"]) == ("127.0.0.1", got.version) and ex["devices"] == [pull]
+    assert {"device": "127.0.0.1", "time": pull["time"]} in next(
+        v for v in ex["versions"] if v["version"] == got.version)["pulled_by"]
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(daemon.get("/metrics").text) for s in fam.samples}
+    assert samples[("motionmask_export_pulls_total", ())] == 1.0
+    assert samples[("motionmask_export_decisions_total", (("outcome", "shipped"),))] >= 1.0
+
+    events = daemon.get("/api/events").json()
+    assert [e["time"] for e in events] == sorted((e["time"] for e in events), reverse=True)  # newest first
+    texts = [e["text"] for e in events]
+    assert any(e["subject"] == "config" and "export.signing_key" in e["text"] for e in events), texts
+    assert any("shipped: first export of this run" in t for t in texts), texts
+    assert any(t.startswith(f"device 127.0.0.1 pulled {got.version}") for t in texts), texts
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        main(["status", "--endpoint", daemon.control])
+    text = out.getvalue()
+    assert "export: last at step" in text and "pulls by 1 device" in text and "warning: export.signing_key:" in text
 
 
 def _ws_handshake(port: int, path: str) -> socket.socket:
@@ -286,6 +342,53 @@ def test_page_live_numbers_and_curves(daemon, browser):
         # the loss plot has points once the learner has stepped
         page.wait_for_function("() => +document.getElementById('loss-plot').dataset.points > 0", timeout=15000)
         assert "train.jsonl" in page.text_content("#curve-source")
+        assert page.text_content("#checkpoints").startswith("checkpoints")
+
+        # the kind buttons are the kinds the daemon publishes for this camera
+        for _ in range(30):
+            kinds = set(daemon.get("/api/cameras/a").json()["kinds"])
+            buttons = set(page.eval_on_selector_all('[data-camera="a"] .kinds button', "bs => bs.map(b => b.textContent)"))
+            if buttons == kinds | {"motion"}:
+                break
+            time.sleep(0.2)
+        assert buttons == kinds | {"motion"} and {"motion", "trimap"} <= kinds, (buttons, kinds)
+
+        # the mask as an outline: live pictures drawn that way, and a known mask (a square over the
+        # camera's real frame, through the page's own drawing) outlined in exactly the kind's colour
+        page.select_option("#overlay", "outline")
+        drawn = _drawn(page)
+        page.wait_for_function(f"""() => {{ const c = document.querySelector('[data-camera="a"] canvas');
+            return c.dataset.overlay === 'outline' && +c.dataset.drawn > {drawn}; }}""", timeout=10000)
+        outlined, coloured = page.evaluate("""async () => {
+            const t = tiles.a; t.stop();
+            const buf = await (await fetch('/api/cameras/a/still?kind=motion')).arrayBuffer();
+            const v = new DataView(buf), n = v.getUint32(0), m = v.getUint32(4 + n);
+            const head = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
+            const W = head.frame.width, H = head.frame.height, px = new Uint8Array(W * H);
+            for (let y = H / 4; y < 3 * H / 4; y++) for (let x = W / 4; x < 3 * W / 4; x++) px[y * W + x] = 255;
+            head.mask = {...head.mask, encoding: 'u8', width: W, height: H};
+            const hb = new TextEncoder().encode(JSON.stringify(head)), unit = new Uint8Array(8 + hb.length + m + px.length);
+            const dv = new DataView(unit.buffer);
+            dv.setUint32(0, hb.length); unit.set(hb, 4); dv.setUint32(4 + hb.length, m);
+            unit.set(new Uint8Array(buf, 8 + n, m), 8 + hb.length); unit.set(px, 8 + hb.length + m);
+            await t.draw(unit.buffer);
+            const c = t.canvas, d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let k = 0;
+            for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 59 && d[i + 2] === 59) k++;
+            t.sync();
+            return [+c.dataset.outlined, k]; }""")
+        assert outlined == 2 * 192 + 2 * 142, outlined  # the square's border, one mask pixel wide (384 x 288)
+        assert outlined <= coloured <= 3 * outlined, coloured  # drawn two screen pixels wide
+        page.select_option("#overlay", "tint")
+        page.wait_for_function("""() => { const c = document.querySelector('[data-camera="a"] canvas');
+            return c.dataset.overlay === 'tint' && c.dataset.outlined === '0'; }""", timeout=10000)
+
+        # exports: the gate's decisions with their reasons, the pull of the test before, config warnings
+        page.wait_for_function("() => document.querySelectorAll('#decisions tbody tr').length > 0 && "
+                               "document.querySelectorAll('#pulls tbody tr').length > 0", timeout=15000)
+        assert "first export of this run" in page.text_content("#decisions")
+        assert "127.0.0.1" in page.text_content("#pulls") and "127.0.0.1" in page.text_content("#exports")
+        assert "export.signing_key" in page.text_content('#events li[data-subject="config"]')
     finally:
         page.close()
     assert not problems, problems

@@ -46,7 +46,6 @@ log = logging.getLogger("motionmask.web")
 STATIC = Path(__file__).parent / "static"
 COOKIE = "motionmask_token"
 SEND_TIMEOUT_S = 30.0  # a viewer that takes longer than this to accept one picture is closed
-KINDS = ("motion", "trimap", "refined", "student")
 
 
 @dataclass
@@ -256,4 +255,4 @@ def build_app(feed: DaemonFeed, url: str = "", token: str = "", interval_s: floa
     return TokenGate(app, token) if token else app
 
 
-__all__ = ["KINDS", "build_app"]
+__all__ = ["build_app"]

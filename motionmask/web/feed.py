@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -35,6 +36,7 @@ HOUR_S = 3600.0
 MAX_EVENTS = 500
 MAX_CURVE_POINTS = 2000
 FRAME_TOPIC = b"frame."
+CHECKPOINT_FILE = re.compile(r"^step_(\d{7,})\.pt$")  # learner.checkpoint's names (importing it imports torch)
 
 
 def connectable(endpoint: str, near: str = "") -> str:
@@ -112,6 +114,7 @@ class DaemonFeed:
         self._boot: JsonlTail | None = None
         self._exports_seen: set[str] = set()
         self._latest_seen: str | None = None
+        self._evented: set[tuple] = set()  # records of the status already in the event list
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sub_started = False
@@ -178,15 +181,43 @@ class DaemonFeed:
             del self._status_curve[:-MAX_CURVE_POINTS * 4]
 
     # -- history and events -----------------------------------------------------------------
-    def event(self, subject: str, level: str, text: str) -> None:
+    def event(self, subject: str, level: str, text: str, at: float | None = None) -> None:
+        """at: when it happened, for records the daemon keeps with their time (config warnings,
+        export decisions, pulls), which may be older than this console."""
         with self._lock:
-            self._events.appendleft({"time": round(time.time(), 3), "subject": subject, "level": level,
-                                     "text": redact_text(text)})
+            self._events.appendleft({"time": round(time.time() if at is None else at, 3), "subject": subject,
+                                     "level": level, "text": redact_text(text)})
 
     def events(self, limit: int = MAX_EVENTS) -> list[dict[str, Any]]:
         """Newest first."""
         with self._lock:
-            return list(self._events)[:limit]
+            return sorted(self._events, key=lambda e: -e["time"])[:limit]
+
+    def _once(self, key: tuple) -> bool:
+        if key in self._evented:
+            return False
+        self._evented.add(key)
+        return True
+
+    def _track_records(self, st: dict[str, Any]) -> None:
+        """Events from what the daemon keeps with its time: config warnings, the export gate's
+        decisions (shipped, skipped and why, failed), completed pulls."""
+        for w in st.get("warnings") or []:
+            if self._once(("warning", w.get("time"), w.get("key"))):
+                self.event("config", "warning", f"{w.get('key')}: {w.get('text')}", w.get("time"))
+        gate = (st.get("learner") or {}).get("export") or {}
+        for d in gate.get("decisions") or []:
+            if not self._once(("export", d.get("time"), d.get("step"), d.get("outcome"))):
+                continue
+            if d.get("version"):
+                self._exports_seen.add(d["version"])  # not said again from its manifest
+            what = f"export {d['version']}" if d.get("version") else f"export at step {d.get('step')}"
+            level = {"shipped": "info", "skipped": "info"}.get(d.get("outcome"), "error")
+            self.event("export", level, f"{what} {d.get('outcome')}: {d.get('reason')}", d.get("time"))
+        for pull in (st.get("bundle_server") or {}).get("pulls") or []:
+            if self._once(("pull", pull.get("device"), pull.get("version"), pull.get("time"))):
+                self.event("export", "info", f"device {pull.get('device')} pulled {pull.get('version')} "
+                           f"({pull.get('bytes', 0) / 2**20:.1f} MB in {pull.get('seconds', 0):.1f} s)", pull.get("time"))
 
     def _track(self, prev: dict[str, Any] | None, st: dict[str, Any]) -> None:
         now = time.time()
@@ -236,9 +267,11 @@ class DaemonFeed:
                 self.event("learner", "info", f"bootstrap round {lc['bootstrap_round']}{agree}")
             if lc.get("checkpoint_step") is not None and lc.get("checkpoint_step") != lp.get("checkpoint_step"):
                 self.event("learner", "info", f"checkpoint at step {lc['checkpoint_step']}")
-        self._track_exports()
+        self._track_records(st)
+        # the learner's gate says what it shipped, with why; manifests speak for other exports
+        self._track_exports(gate_speaks="decisions" in ((lc or {}).get("export") or {}))
 
-    def _track_exports(self) -> None:
+    def _track_exports(self, gate_speaks: bool = False) -> None:
         ex = self.exports()
         if not ex.get("readable"):
             return
@@ -246,7 +279,7 @@ class DaemonFeed:
         for v in ex["versions"]:
             if v["version"] not in self._exports_seen:
                 self._exports_seen.add(v["version"])
-                if not first:
+                if not first and not gate_speaks:
                     iou = v.get("holdout_iou")
                     score = f" (holdout IoU {iou:.3f})" if isinstance(iou, (int, float)) else ""
                     self.event("export", "info", f"export {v['version']} shipped{score}")
@@ -285,9 +318,41 @@ class DaemonFeed:
                  "crops_per_s": [r.get("crops_per_s") for r in rows], "time": [r.get("time") for r in rows],
                  **{h: [r.get(h) for r in rows] for h in heads}}
         boot = list(self._boot.read()) if self._boot is not None else []
-        return {**lr, "curve": curve, "curve_source": source, "heads": ["loss", *heads], "bootstrap_rounds": boot}
+        return {**lr, "curve": curve, "curve_source": source, "heads": ["loss", *heads], "bootstrap_rounds": boot,
+                "checkpoints": self._checkpoints()}
+
+    def _checkpoints(self) -> list[dict[str, Any]] | None:
+        """The run's step checkpoints on disk, newest first (None: the run folder is not readable here)."""
+        if self._train is None:
+            return None
+        out = []
+        try:
+            with os.scandir(self._train.path.parent / "checkpoints") as it:
+                for e in it:
+                    m = CHECKPOINT_FILE.match(e.name)
+                    if m:
+                        st = e.stat()
+                        out.append({"step": int(m.group(1)), "time": round(st.st_mtime, 3), "bytes": st.st_size})
+        except OSError:
+            pass
+        return sorted(out, key=lambda c: -c["step"])
 
     def exports(self) -> dict[str, Any]:
+        """The bundles in the exports folder (their manifests, LATEST) with what the daemon's
+        status says about them: the gate's decisions and reasons (`gate`, `decisions` newest first)
+        and the bundle server's pulls (`server`, `devices`, `pulls`; `pulled_by` per version)."""
+        st = self.status or {}
+        gate = dict((st.get("learner") or {}).get("export") or {})
+        decisions = list(reversed(gate.pop("decisions", None) or []))
+        server = dict(st.get("bundle_server") or {})
+        devices, pulls = server.pop("devices", []), server.pop("pulls", [])
+        out = self._versions()
+        for v in out["versions"]:
+            v["pulled_by"] = [{"device": p["device"], "time": p["time"]} for p in pulls if p["version"] == v["version"]]
+        return {**out, "gate": gate or None, "decisions": decisions, "server": server or None,
+                "devices": devices, "pulls": pulls}
+
+    def _versions(self) -> dict[str, Any]:
         d = self.exports_dir
         if not d or not os.path.isdir(d):
             return {"dir": d or "", "readable": False, "latest": None, "previous": None, "versions": [],

@@ -78,6 +78,24 @@ class StatusCollector(Collector):
         c.add_metric([], float(extra.get("stream_drops", 0)))
         yield c
         ex = extra.get("exports") or {}
+        server = ex.get("server")
+        if server:
+            c = CounterMetricFamily("motionmask_export_pulls", "bundles pulled whole by devices from this daemon")
+            c.add_metric([], float(server.get("pulls_total") or 0))
+            yield c
+            c = CounterMetricFamily("motionmask_export_served_bytes", "bundle bytes served to devices")
+            c.add_metric([], float(server.get("bytes_served") or 0))
+            yield c
+            g = GaugeMetricFamily("motionmask_export_devices", "devices (peer addresses) that pulled a bundle")
+            g.add_metric([], float(len(ex.get("devices") or [])))
+            yield g
+        gate = ex.get("gate")
+        if gate and "shipped" in gate:
+            c = CounterMetricFamily("motionmask_export_decisions", "the export gate's decisions (since the learner "
+                                    "process started), by outcome", labels=["outcome"])
+            for outcome in ("shipped", "skipped", "failed"):
+                c.add_metric([outcome], float(gate.get(outcome) or 0))
+            yield c
         latest = next((v for v in ex.get("versions", []) if v.get("latest")), None)
         if latest:
             info = InfoMetricFamily("motionmask_export", "the bundle in service (LATEST)")

@@ -4,11 +4,14 @@
 "use strict";
 
 const $ = (sel, el = document) => el.querySelector(sel);
-const KINDS = ["motion", "trimap", "refined", "student"];
-const TINT = { motion: "#ff3b3b", trimap: "#ffcc00", refined: "#3bd1ff", student: "#7dff5a" };
+// the order of the kind buttons; the buttons themselves are the kinds the daemon publishes
+const ORDER = ["motion", "trimap", "refined", "student", "fused"];
+const TINT = { motion: "#ff3b3b", trimap: "#ffcc00", refined: "#3bd1ff", student: "#7dff5a", fused: "#ff6bff" };
+const OTHER_TINT = "#ff9d3b";
 const STILL_EVERY_MS = 5000;
 const tiles = {};
 let stillMode = localStorage.getItem("motionmask.still") === "1";
+let overlay = localStorage.getItem("motionmask.overlay") || "tint";  // tint | outline | both
 let lastStatus = null;
 
 function fmt(v, digits = 0) {
@@ -51,18 +54,22 @@ class Tile {
     this.canvas = $("canvas", this.el);
     this.ctx = this.canvas.getContext("2d");
     this.tint = document.createElement("canvas");
+    this.edge = document.createElement("canvas");
+    this.edgeCtx = this.edge.getContext("2d", { willReadFrequently: true });
     $("#cameras").appendChild(this.el);
-    this.renderKinds(["motion", "trimap"]);
+    this.renderKinds([]);
     new IntersectionObserver((entries) => {
       this.onScreen = entries[entries.length - 1].isIntersecting;
       this.sync();
     }).observe(this.el);
   }
 
+  // the kinds this camera's masks came in (the console's subscription sees them); the one shown
+  // stays listed even before its first mask
   renderKinds(kinds) {
     const box = $(".kinds", this.el);
-    const want = KINDS.filter((k) => kinds.includes(k) || k === "motion" || k === "trimap")
-      .concat(kinds.filter((k) => !KINDS.includes(k)));
+    const seen = kinds.includes(this.kind) ? kinds : kinds.concat([this.kind]);
+    const want = ORDER.filter((k) => seen.includes(k)).concat(seen.filter((k) => !ORDER.includes(k)).sort());
     if (box.dataset.kinds === want.join(",")) return;
     box.dataset.kinds = want.join(",");
     box.replaceChildren(...want.map((k) => {
@@ -173,16 +180,17 @@ class Tile {
     if (c.width !== W || c.height !== H) { c.width = W; c.height = H; }
     ctx.globalCompositeOperation = "source-over";
     ctx.globalAlpha = 1;
+    let outlined = 0;
     if (frame) {
       ctx.drawImage(frame, 0, 0);
-      if (mask) {
+      if (mask && overlay !== "outline") {
         // tint: mask x colour (black where 0), added over the frame with "screen"
         const t = this.tint, tc = t.getContext("2d");
         if (t.width !== mask.width || t.height !== mask.height) { t.width = mask.width; t.height = mask.height; }
         tc.globalCompositeOperation = "source-over";
         tc.drawImage(mask, 0, 0);
         tc.globalCompositeOperation = "multiply";
-        tc.fillStyle = TINT[this.kind] || "#ff3b3b";
+        tc.fillStyle = TINT[this.kind] || OTHER_TINT;
         tc.fillRect(0, 0, t.width, t.height);
         ctx.globalCompositeOperation = "screen";
         ctx.globalAlpha = 0.85;
@@ -191,6 +199,9 @@ class Tile {
     } else if (mask) {
       ctx.drawImage(mask, 0, 0, W, H);  // no frames published: the mask alone
     }
+    if (mask && overlay !== "tint") outlined = this.outline(mask, W, H);
+    c.dataset.overlay = overlay;
+    c.dataset.outlined = String(outlined);
     if (frame) frame.close();
     if (mask) mask.close();
     this.drawn += 1;
@@ -199,6 +210,35 @@ class Tile {
     const p50 = percentile(this.latencies, 0.5), p99 = percentile(this.latencies, 0.99);
     setField(this.el, "latency", p50 === null ? "-" :
       `p50 ${p50.toFixed(0)} ms, p99 ${p99.toFixed(0)} ms · frame ${(fh || mh).frame}${fh ? "" : " (masks only)"} · viewer drops ${head.drops || 0}`, p50);
+  }
+
+  // the mask's boundary (>= 0.5 next to < 0.5) in the kind's colour, opaque, one mask pixel wide
+  // (two screen pixels at least); a few ms for a VGA mask, and only while the outline is on
+  outline(mask, W, H) {
+    const w = mask.width, h = mask.height, e = this.edge, ec = this.edgeCtx, ctx = this.ctx;
+    if (e.width !== w || e.height !== h) { e.width = w; e.height = h; }
+    ec.globalCompositeOperation = "copy";
+    ec.drawImage(mask, 0, 0);
+    const img = ec.getImageData(0, 0, w, h), d = img.data, on = new Uint8Array(w * h);
+    for (let i = 0; i < on.length; i++) on[i] = d[4 * i] >= 128 ? 1 : 0;
+    const hex = TINT[this.kind] || OTHER_TINT, r = parseInt(hex.slice(1, 3), 16), g = parseInt(hex.slice(3, 5), 16), b = parseInt(hex.slice(5, 7), 16);
+    let n = 0;
+    for (let y = 0, i = 0; y < h; y++) {
+      for (let x = 0; x < w; x++, i++) {
+        const j = 4 * i;
+        if (on[i] && (x === 0 || y === 0 || x === w - 1 || y === h - 1 || !on[i - 1] || !on[i + 1] || !on[i - w] || !on[i + w])) {
+          d[j] = r; d[j + 1] = g; d[j + 2] = b; d[j + 3] = 255; n++;
+        } else d[j + 3] = 0;
+      }
+    }
+    ec.putImageData(img, 0, 0);
+    ctx.globalCompositeOperation = "source-over";
+    ctx.globalAlpha = 1;
+    ctx.imageSmoothingEnabled = false;  // crisp lines, in exactly the kind's colour
+    const thin = W / w < 2;
+    for (const [dx, dy] of thin ? [[0, 0], [1, 0], [0, 1]] : [[0, 0]]) ctx.drawImage(e, dx, dy, W, H);
+    ctx.imageSmoothingEnabled = true;
+    return n;
   }
 
   update(c, st, extra) {
@@ -269,10 +309,12 @@ function renderEvents(events) {
   const ol = $("#events");
   const key = events.length ? events[0].time + events[0].text + events.length : "";
   if (ol.dataset.key === key) return;
+  if (ol.dataset.key !== undefined && events.length && events[0].subject === "export") pollExports();
   ol.dataset.key = key;
   ol.replaceChildren(...events.map((e) => {
     const li = document.createElement("li");
     li.className = e.level;
+    li.dataset.subject = e.subject;
     const t = document.createElement("time");
     t.textContent = new Date(e.time * 1000).toLocaleTimeString();
     li.append(t, e.text);
@@ -315,9 +357,29 @@ async function pollLearner() {
       const rounds = l.bootstrap_rounds || [];
       if (rounds.length) plot("boot-plot", "round", ["agreement"], [rounds.map((r) => r.round), rounds.map((r) => r.agreement)]);
       $("#curve-source").textContent = `curves from ${l.curve_source}`;
+      const ck = l.checkpoints;
+      $("#checkpoints").textContent = ck == null ? "checkpoints: the run folder is not readable from here" :
+        !ck.length ? "checkpoints: none yet" : "checkpoints on disk: " + ck.map((c) =>
+          `step ${c.step} (${dur(Date.now() / 1000 - c.time)} ago, ${(c.bytes / 2 ** 20).toFixed(1)} MB)`).join(", ");
+      $("#checkpoints").dataset.count = String(ck ? ck.length : 0);
     }
   } catch (e) { /* shown as "daemon unreachable" by the status stream */ }
 }
+
+function rows(tbody, items, cells) {
+  $(tbody).replaceChildren(...items.map((item) => {
+    const tr = document.createElement("tr");
+    const values = cells(item);
+    if (values.cls) tr.className = values.cls;
+    for (const text of values.cells || values) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
+}
+const clock = (t) => t ? new Date(t * 1000).toLocaleString() : "-";
 
 async function pollExports() {
   try {
@@ -325,17 +387,20 @@ async function pollExports() {
     if (!r.ok) return;
     const ex = await r.json();
     $("#exports-note").textContent = ex.readable ? `${ex.dir}: LATEST ${ex.latest || "none"}` : (ex.note || "");
-    const body = $("#exports tbody");
-    body.replaceChildren(...(ex.versions || []).map((v) => {
-      const tr = document.createElement("tr");
-      for (const text of [v.version, fmt(v.step), v.created || "-", fmt(v.holdout_iou, 3), fmt(v.holdout_bce, 4),
-                          v.latest ? "LATEST" : v.previous ? "previous" : ""]) {
-        const td = document.createElement("td");
-        td.textContent = text;
-        tr.appendChild(td);
-      }
-      return tr;
-    }));
+    rows("#exports tbody", ex.versions || [], (v) => [v.version, fmt(v.step), v.created || "-", fmt(v.holdout_iou, 3),
+      fmt(v.holdout_bce, 4), v.latest ? "LATEST" : v.previous ? "previous" : "",
+      (v.pulled_by || []).map((p) => p.device).filter((d, i, a) => a.indexOf(d) === i).join(", ") || "-"]);
+    const g = ex.gate;
+    $("#gate").textContent = !g ? "the daemon's learner does not export (export.enabled: false, or no learner)" :
+      g.state !== "exporting" ? `export gate ${g.state}: ${g.reason || ""}` :
+      `export gate: ${g.shipped} shipped, ${g.skipped} skipped, ${g.failed} failed (holdout of ${g.holdout_samples} samples)`;
+    rows("#decisions tbody", ex.decisions || [], (d) => ({ cls: d.outcome,
+      cells: [clock(d.time), fmt(d.step), d.outcome, d.version || "-", d.reason || ""] }));
+    const s = ex.server;
+    $("#served").textContent = !s ? "no bundle server (export.serve: false, or export off)" :
+      `served at ${s.endpoint} (announced ${s.announced || "nothing yet"}): ${s.pulls_total} pulls by ` +
+      `${(ex.devices || []).length} devices, ${(s.bytes_served / 2 ** 20).toFixed(1)} MB`;
+    rows("#pulls tbody", ex.pulls || [], (p) => [p.device, p.version, clock(p.time), (p.bytes / 2 ** 20).toFixed(2), fmt(p.seconds, 1)]);
   } catch (e) { /* next poll */ }
 }
 
@@ -348,6 +413,9 @@ function start() {
     localStorage.setItem("motionmask.still", stillMode ? "1" : "0");
     for (const t of Object.values(tiles)) { t.stop(); t.sync(); }
   };
+  const ov = $("#overlay");
+  ov.value = overlay;
+  ov.onchange = () => { overlay = ov.value; localStorage.setItem("motionmask.overlay", overlay); };
   document.addEventListener("visibilitychange", () => { for (const t of Object.values(tiles)) t.sync(); });
   const es = new EventSource("/api/live");
   es.addEventListener("status", (e) => render(JSON.parse(e.data)));
