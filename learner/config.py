@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from learner.transport_config import DEFAULT_LISTEN, TransportConfig
+
 # ImageNet statistics in 0..1 units: any fixed values work, these keep activations near unit scale
 # on natural images. The exporter bakes them into the exported graph.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -192,6 +194,11 @@ class LearnerConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)  # the mask head and the optional multi-task heads (learner/heads.py)
     enabled: bool = False  # `motionmask run`: a learner process trains on the daemon's ring buffer
     run_dir: str = "runs/daemon"  # ... its checkpoints and logs; a restart resumes from there
+    # Across machines (docs/protocol.md, "Training samples between machines"): a rig with
+    # enabled: false sends its samples to `remote`; `motionmask learn` takes them in on `listen`.
+    remote: str = ""  # rig: the learner's learner.listen, e.g. tcp://gpu-box:5562; "" = samples stay here
+    listen: str = DEFAULT_LISTEN  # `motionmask learn`: where rigs send samples (tcp://*:5562 for every interface)
+    transport: TransportConfig = field(default_factory=TransportConfig)
 
     @property
     def crop_size(self) -> int:
@@ -256,7 +263,14 @@ class LearnerConfig:
             ("bootstrap.max_samples", b.max_samples >= 0, ">= 0 (0 = all)"),
             ("bootstrap.batch", 1 <= b.batch <= 4096, "between 1 and 4096"),
             ("run_dir", bool(self.run_dir.strip()), "a folder, e.g. runs/daemon"),
-        ] + self.heads.checks()
+            ("remote", not self.remote or "://" in self.remote, "empty or a ZeroMQ endpoint such as tcp://gpu-box:5562"),
+            ("remote", not (self.remote and self.enabled), "empty when learner.enabled is true (a rig whose "
+             "samples go to a remote learner sets learner.enabled: false)"),
+            ("listen", "://" in self.listen, "a ZeroMQ endpoint such as tcp://127.0.0.1:5562"),
+            ("transport.tolerance", not self.transport.samples_per_insert or self.transport.tolerance >= max(
+                t.batch, self.transport.samples_per_insert), f">= learner.train.batch ({t.batch}) and >= "
+             f"transport.samples_per_insert: a whole batch and one insert must fit in the slack"),
+        ] + self.heads.checks() + self.transport.checks()
         for key, ok, want in checks:
             if not ok:
                 raise ValueError(f"learner.{key} must be {want}")
@@ -282,4 +296,5 @@ _SECTIONS = {(LearnerConfig, "model"): ModelConfig, (LearnerConfig, "crops"): Cr
              (LearnerConfig, "train"): TrainConfig, (LearnerConfig, "checkpoint"): CheckpointConfig,
              (LearnerConfig, "samples"): SamplesConfig, (LearnerConfig, "bootstrap"): BootstrapConfig,
              (LearnerConfig, "heads"): HeadsConfig, (HeadsConfig, "mask"): MaskHeadConfig,
-             (HeadsConfig, "embedding"): EmbeddingHeadConfig, (HeadsConfig, "segments"): SegmentsHeadConfig}
+             (HeadsConfig, "embedding"): EmbeddingHeadConfig, (HeadsConfig, "segments"): SegmentsHeadConfig,
+             (LearnerConfig, "transport"): TransportConfig}

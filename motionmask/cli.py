@@ -12,7 +12,7 @@ from motionmask.config import ConfigError
 from streamer.errors import UserError
 
 # in the order `motionmask --help` lists them: the daily ones first
-COMMANDS: list[str] = ["run", "status", "console", "subscribe", "masks", "train", "predict", "export", "device", "synth", "keys"]
+COMMANDS: list[str] = ["run", "learn", "status", "console", "subscribe", "masks", "train", "predict", "export", "device", "synth", "keys"]
 
 EPILOG = """examples:
   motionmask run --config configs/default.yaml     # the daemon on the bundled clip

@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from motionmask import __version__
+from motionmask import __version__, remote_roles
 from motionmask.camera_process import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, MSG_MASK, MSG_STATS
 from motionmask.config import Config, to_dict
 from motionmask.control import ControlServer
@@ -199,9 +199,15 @@ def web_spec(cfg: Config, url: str, fd: int, control: str, masks: str, forward: 
 
 
 class Daemon:
-    def __init__(self, cfg: Config, log_level: str = "INFO") -> None:
-        enabled = [c for c in cfg.cameras if c.enabled]
-        if not enabled:
+    def __init__(self, cfg: Config, log_level: str = "INFO", role: str = "run") -> None:
+        # role "learn" (`motionmask learn`): no cameras; a receiver fills the buffer from rigs
+        # (motionmask/remote_roles.py); a rig's sender comes with learner.remote in role "run"
+        self.role = role
+        enabled = [c for c in cfg.cameras if c.enabled] if role == "run" else []
+        if role == "run" and remote_roles.check_names(cfg, role):
+            raise UserError(f"a camera is named {remote_roles.check_names(cfg, role)!r}, the name of the sample "
+                            f"sender process; rename it")
+        if not enabled and role == "run":
             raise UserError("no cameras to run: add a `cameras:` section to the config (see "
                             "configs/rig.yaml), or enable one")
         if cfg.learner.enabled and any(c.name == LEARNER for c in enabled):
@@ -240,10 +246,14 @@ class Daemon:
             raise
         self.warnings = self._config_warnings()
         pairs_name = self.pairs.name if self.pairs is not None else ""
-        for spec in camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name):
+        for spec in camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name) if enabled else []:
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
         if cfg.learner.enabled:
             spec = learner_spec(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name)
+            if role == "learn":
+                remote_roles.learn_payload(spec.payload, cfg)
+            self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
+        for spec in remote_roles.remote_specs(cfg, role, self.forward_endpoint, self.ring.name, log_level, pairs_name):
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
         if self.web_sock is not None:
             from motionmask.web.server import url_of
@@ -267,9 +277,11 @@ class Daemon:
         if self.cfg.publish.enabled:
             self.publisher = MaskPublisher(self.cfg.publish)
         self.ring = RingBuffer.create(self.cfg.buffer)
-        pc = pair_store_config(self.cfg)
+        pc = pair_store_config(self.cfg) if self.role == "run" else None
         if pc is not None:
             self.pairs = PairBuffer.create(pc.size, pc.store_mb, lock_timeout_ms=pc.lock_timeout_ms)
+        elif self.role == "learn" and remote_roles.learn_pair_store(self.cfg):
+            self.pairs = PairBuffer.create(*remote_roles.learn_pair_store(self.cfg))
         if self.cfg.web.enabled:
             self._open_web()
         e = self.cfg.export
@@ -649,6 +661,7 @@ class Daemon:
             "control": {"endpoint": self.control.endpoint, "requests": self.control.requests,
                         "errors": self.control.errors},
             "web": self.web_status(),
+            "remote": remote_roles.remote_status(self),
             "bundle_server": self.bundles.status() if self.bundles is not None else None,
             "warnings": self.warnings,
         }
@@ -689,7 +702,7 @@ class Daemon:
             return  # nothing to say yet at startup
         fill = self.ring.stats()
         for name, child in self.children.items():
-            if child.spec.role == "web":
+            if child.spec.role in ("web", "sender", "receiver"):  # their status has them (motionmask status)
                 continue
             if child.spec.role == "learner":
                 s = self.learner_status(child)
@@ -706,8 +719,8 @@ class Daemon:
                   drops=fill["drops_total"], published=self.publisher.stats()["sent"] if self.publisher else 0)
 
 
-def run_daemon(cfg: Config, log_level: str = "INFO") -> int:
-    return Daemon(cfg, log_level).run()
+def run_daemon(cfg: Config, log_level: str = "INFO", role: str = "run") -> int:
+    return Daemon(cfg, log_level, role).run()
 
 
 __all__ = ["ChildSpec", "Daemon", "camera_specs", "learner_spec", "run_daemon"]

@@ -86,11 +86,11 @@ class LearnerProcess:
         self.export_spec: dict[str, Any] | None = spec.get("export")  # None: export is off
         self.periodic = None  # exporter.export.PeriodicExport, made once the buffer has samples to hold back
         self.window = None  # motionmask.holdout.HoldoutWindow: the export holdout's samples, never trained on
-        self.export_error = ""  # why periodic export stopped in this process (the holdout could not be built)
         self.export_cfg = None  # exporter.config.ExportConfig, parsed when training starts
+        self.export_error = ""  # why periodic export stopped in this process (the holdout could not be built)
         self.counters: dict[str, Any] = {
             "step": 0, "loss": None, "lr": 0.0, "crops_per_s": 0.0, "device": "", "threads": 0,
-            "nan_skipped": 0, "resumed_from": None, "refined_sent": 0, "refined_dropped": 0,
+            "nan_skipped": 0, "resumed_from": None, "refined_sent": 0, "refined_dropped": 0, "appetite_waits": 0,
         }
         self._rate: deque[tuple[float, int]] = deque()  # (time, crops seen) for crops/s
         self._ckpt_cache: tuple[float, dict] = (0.0, {})
@@ -191,6 +191,8 @@ class LearnerProcess:
             self.export_cfg = ecfg = from_dict(ExportConfig, self.export_spec, "export")
             self.window = HoldoutWindow(self.ring, ecfg.holdout_samples, ecfg.holdout_every, ecfg.holdout_block)
             feed = _HeldBack(feed, self.window)
+        if self.spec.get("appetite"):  # `motionmask learn`: samples per insert (learner/appetite.py)
+            feed = _Rationed(feed, self.ring, self.spec["appetite"], self.counters)
         summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
                       on_step=self._on_step)
         log_event(log, "learner_stopped", step=summary.step, steps=summary.steps, crops=summary.crops,
@@ -346,6 +348,29 @@ class LearnerProcess:
         self.masks.close(0)
         self.reporter.sock.close()
         self.ctx.term()
+
+
+class _Rationed:
+    """A feed that comes back empty (fit() waits, as on an empty buffer) while the learner is
+    ahead of its appetite: more samples drawn per sample inserted than the ratio allows."""
+
+    def __init__(self, feed, ring, appetite: dict[str, float], counters: dict[str, Any]) -> None:
+        from learner.appetite import Appetite
+
+        self.feed, self.ring, self.counters = feed, ring, counters
+        self.appetite = Appetite(float(appetite["samples_per_insert"]), float(appetite["tolerance"]))
+        self.height, self.width = feed.height, feed.width
+
+    def sample(self, n: int, rng, out):
+        t = self.ring.totals()
+        if not self.appetite.can_sample(t["puts"], t["samples"], n):
+            self.counters["appetite_waits"] += 1
+            out.n = 0
+            return out
+        return self.feed.sample(n, rng, out)
+
+    def __getattr__(self, name: str):  # check(), fill(), sample_pairs(), ...
+        return getattr(self.feed, name)
 
 
 class _HeldBack:

@@ -220,6 +220,37 @@ class PairBuffer(contextlib.AbstractContextManager["PairBuffer"]):
                         meta["t0"].astype(np.int64), meta["t1"].astype(np.int64),
                         [c.decode(errors="replace") for c in meta["camera"]])
 
+    def put_seq(self) -> int:
+        """The put_seq of the newest pair put so far (0 before the first): a cursor for read_after."""
+        self._seg.check()
+        return int(self._hdr["put_seq"][0])
+
+    def read_after(self, put_seq: int, limit: int) -> tuple[PairRows, np.ndarray, int]:
+        """Up to `limit` pairs put after `put_seq`, oldest first, for a reader that follows the
+        store (a rig's sender): (rows, their track ids, the cursor to pass next time). Pairs
+        overwritten before they were read, torn or still being written are skipped."""
+        self._seg.check()
+        p, head = self.patch, int(self._hdr["put_seq"][0])
+        start = max(int(put_seq), head - self.capacity)  # older ones are overwritten already
+        q = np.empty((max(0, min(limit, head - start)), p, p, 3), np.uint8)
+        t = np.empty_like(q)
+        meta = np.zeros(len(q), _META)
+        k, cursor = 0, start
+        for want in range(start + 1, start + 1 + len(q)):
+            slot = (want - 1) % self.capacity
+            s1 = int(self._seq[slot])
+            if s1 & 1:
+                break  # being written: read it next time
+            q[k], t[k], meta[k] = self._query[slot], self._tracked[slot], self._meta[slot]
+            cursor = want
+            if int(self._seq[slot]) == s1 and meta["state"][k] == READY and int(meta["put_seq"][k]) == want:
+                k += 1
+        meta = meta[:k]
+        rows = PairRows(q[:k], t[:k], group_ids(meta["camera_id"], meta["shot"]), meta["shot"].astype(np.int64),
+                        meta["t0"].astype(np.int64), meta["t1"].astype(np.int64),
+                        [c.decode(errors="replace") for c in meta["camera"]])
+        return rows, meta["track"].astype(np.int64), cursor
+
     # ---- statistics -----------------------------------------------------------------------
     def stats(self) -> dict:
         self._seg.check()

@@ -550,6 +550,32 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         slots = np.flatnonzero((self._m_state == READY) & (self._seq % 2 == 0))
         return slots[np.argsort(self._m_put_seq[slots], kind="stable")[::-1]]
 
+    def put_seq(self) -> int:
+        """The put_seq of the newest put so far (0 before the first): a cursor for slots_after."""
+        self._seg.check()
+        return int(self._hdr["put_seq"][0])
+
+    def slots_after(self, put_seq: int) -> np.ndarray:
+        """Slots holding samples put after `put_seq`, oldest first: a reader that follows the
+        buffer (a rig's sender, motionmask/remote_send.py) remembers the last put_seq it read."""
+        self._seg.check()
+        after = self._m_put_seq > np.uint64(max(0, put_seq))
+        slots = np.flatnonzero((self._m_state == READY) & after)
+        # stop short of a slot still being written (put_seq is taken before the copy), or the
+        # reader's cursor would pass it; one left by a dead writer holds nobody up for long
+        writing = np.flatnonzero((self._m_state == WRITING) & after
+                                 & (time.monotonic() - self._m_write_start < ABANDON_CHECK_S))
+        if writing.size:
+            slots = slots[self._m_put_seq[slots] < self._m_put_seq[writing].min()]
+        return slots[np.argsort(self._m_put_seq[slots], kind="stable")]
+
+    def totals(self) -> dict[str, int]:
+        """The counters of stats() alone (puts, samples, ...), summed over every process: cheap
+        enough to read per sample (a rate limiter compares samples drawn with puts)."""
+        self._seg.check()
+        counts = self._clients["counts"].sum(axis=0)
+        return {name: int(counts[i]) for name, i in _C.items()}
+
     def read(self, slots: np.ndarray | list[int], out: Batch | None = None) -> Batch:
         """Copy the given slots out, in order, skipping any that is being written or no longer
         holds a sample (seqlock, as in sample(); never waits). Does not count as samples drawn:
