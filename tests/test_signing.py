@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import threading
 import time
@@ -63,12 +64,34 @@ def rejected(caplog) -> list[str]:
     return [r.message for r in caplog.records if "event=bundle_rejected" in r.message]
 
 
+@pytest.fixture(scope="module")
+def served_v1(exports, keys, tmp_path_factory) -> Path:
+    """v1 signed by key a, once for the module (served read-only; copy it to change it)."""
+    served = tmp_path_factory.mktemp("served") / "v1"
+    sign_copy(exports, versions(exports)[0], served, keys["a"])
+    return served
+
+
+@pytest.fixture(scope="module")
+def served_v2(exports, keys, served_v1, tmp_path_factory) -> Path:
+    """v1 and v2 signed by key a after served_v1 (so above its sequence), LATEST v2; once for the
+    module, served read-only: a test that edits it works on a copy."""
+    served = tmp_path_factory.mktemp("served") / "v2"
+    for v in versions(exports):
+        sign_copy(exports, v, served, keys["a"])
+    return served
+
+
+def copy_of(folder: Path, dest: Path) -> Path:
+    shutil.copytree(folder, dest)
+    return dest
+
+
 @pytest.fixture
-def device_on_v1(exports, keys, tmp_path):
+def device_on_v1(exports, keys, served_v1, tmp_path):
     """A device that pulled the signed v1 over a real socket: TRUST.json holds v1's sequence."""
     v1 = versions(exports)[0]
-    served, dev = tmp_path / "served-v1", tmp_path / "device"
-    sign_copy(exports, v1, served, keys["a"])
+    served, dev = served_v1, tmp_path / "device"
     with server_for(served) as server:
         got = DeviceAgent(server.endpoint, dev, PullConfig(**FAST), trusted=keys["pin"]).run(once=True)
     assert got.version == v1 and read_pointer(dev) == v1 and (dev / v1 / SIG_FILE).is_file()
@@ -172,12 +195,10 @@ def test_signature_and_freshness_checks(keys):
         assert e.value.kind == kind
 
 
-def test_a_good_signed_bundle_goes_end_to_end(exports, keys, device_on_v1, tmp_path, caplog):
+def test_a_good_signed_bundle_goes_end_to_end(exports, keys, device_on_v1, served_v2, tmp_path, caplog):
     v1, v2 = versions(exports)
     dev = device_on_v1
-    served = tmp_path / "served"
-    sign_copy(exports, v1, served, keys["a"])
-    sign_copy(exports, v2, served, keys["a"])
+    served = served_v2
     m2 = json.loads((served / v2 / MANIFEST_FILE).read_bytes())
     assert m2["key_id"] == keys["a"].key_id and m2["expires"].endswith("Z") and m2["sequence"] > read_trust(dev)["sequence"]
     caplog.set_level(logging.INFO)
@@ -211,15 +232,15 @@ def test_a_good_signed_bundle_goes_end_to_end(exports, keys, device_on_v1, tmp_p
     assert caplog.text.count("event=bundles_unverified") == 1 and read_pointer(plain) == v2
 
 
-def test_another_key_an_edited_manifest_and_no_signature_are_refused(exports, keys, device_on_v1, tmp_path, caplog):
+def test_another_key_an_edited_manifest_and_no_signature_are_refused(exports, keys, device_on_v1, served_v2, tmp_path,
+                                                                     caplog):
     v2 = versions(exports)[1]
     dev = device_on_v1
     sign_copy(exports, v2, tmp_path / "other-key", keys["b"])
     line = refuse(tmp_path / "other-key", dev, keys, caplog, "wrong_key")
     assert keys["a"].key_id in line and keys["b"].key_id in line
 
-    edited = tmp_path / "edited"
-    sign_copy(exports, v2, edited, keys["a"])
+    edited = copy_of(served_v2, tmp_path / "edited")
     m = json.loads((edited / v2 / MANIFEST_FILE).read_bytes())
     m["quality"] = {"holdout_iou": 0.99}  # anything: the bytes are what is signed
     (edited / v2 / MANIFEST_FILE).write_text(json.dumps(m, indent=2) + "\n")
@@ -229,8 +250,7 @@ def test_another_key_an_edited_manifest_and_no_signature_are_refused(exports, ke
     sign_copy(exports, v2, unsigned, None)
     assert not (unsigned / v2 / SIG_FILE).exists()
     assert "refuses unsigned bundles" in refuse(unsigned, dev, keys, caplog, "unsigned")
-    stripped = tmp_path / "stripped"
-    sign_copy(exports, v2, stripped, keys["a"])
+    stripped = copy_of(served_v2, tmp_path / "stripped")
     (stripped / v2 / SIG_FILE).unlink()  # a signed bundle whose signature was dropped on the way
     refuse(stripped, dev, keys, caplog, "unsigned")
 
@@ -247,12 +267,11 @@ def test_another_key_an_edited_manifest_and_no_signature_are_refused(exports, ke
     assert len(rejected(caplog)) == 1 and read_pointer(dev) == versions(exports)[0]
 
 
-def test_a_replayed_older_version_is_refused_also_after_a_restart(exports, keys, device_on_v1, tmp_path, caplog):
+def test_a_replayed_older_version_is_refused_also_after_a_restart(exports, keys, device_on_v1, served_v2, tmp_path,
+                                                                  caplog):
     v1, v2 = versions(exports)
     dev = device_on_v1
-    served = tmp_path / "served"
-    sign_copy(exports, v1, served, keys["a"])
-    sign_copy(exports, v2, served, keys["a"])
+    served = copy_of(served_v2, tmp_path / "served")  # LATEST is rewritten below
     with server_for(served) as server:
         assert DeviceAgent(server.endpoint, dev, PullConfig(**FAST), trusted=keys["pin"]).run(once=True).version == v2
     high = read_trust(dev)["sequence"]
@@ -329,11 +348,9 @@ class InflatingProxy:
 
 
 @pytest.mark.parametrize("name", [MANIFEST_FILE, SIG_FILE])
-def test_an_oversized_manifest_or_signature_is_refused_before_it_is_fetched(exports, keys, device_on_v1, tmp_path,
+def test_an_oversized_manifest_or_signature_is_refused_before_it_is_fetched(exports, keys, device_on_v1, served_v2,
                                                                            caplog, name):
-    v2 = versions(exports)[1]
-    served = tmp_path / "served"
-    sign_copy(exports, v2, served, keys["a"])
+    served = served_v2
     with server_for(served) as server:
         proxy = InflatingProxy(server.endpoint, inflate={name: 3 << 30})
         try:
@@ -349,10 +366,9 @@ def test_an_oversized_manifest_or_signature_is_refused_before_it_is_fetched(expo
     assert len(rejected(caplog)) == 1 and read_pointer(device_on_v1) == versions(exports)[0] and no_temp(device_on_v1)
 
 
-def test_a_model_download_never_goes_beyond_the_signed_length(exports, keys, device_on_v1, tmp_path, caplog):
+def test_a_model_download_never_goes_beyond_the_signed_length(exports, keys, device_on_v1, served_v2, caplog):
     v1, v2 = versions(exports)
-    served = tmp_path / "served"
-    sign_copy(exports, v2, served, keys["a"])
+    served = served_v2
     signed = json.loads((served / v2 / MANIFEST_FILE).read_bytes())["files"]["model.onnx"]["bytes"]
     # the announcement claims a bigger model than the signed manifest: nothing of it is fetched
     with server_for(served) as server:
