@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
-import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from streamer import json_input
-from streamer.atomic import fsync_dir
+from streamer.atomic import write_durable, write_private
 from streamer.errors import UserError
 
 ALG = "ed25519"
@@ -93,25 +90,9 @@ def create_signing_keys(directory: str | Path, name: str, force: bool = False) -
     key = _ed25519().Ed25519PrivateKey.generate()
     priv_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
     pub_pem = key.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo)
-    _write_atomic(private, priv_pem, 0o600)
-    _write_atomic(public, pub_pem, 0o644)
+    write_private(private, priv_pem)
+    write_durable(public, pub_pem)
     return private, public
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def _public_raw(public_key: Any) -> bytes:
@@ -269,4 +250,4 @@ def write_trust(device_dir: str | Path, sequence: int, version: str, key: str) -
     leaves the old or the new one, never a torn one that would forget the floor."""
     body = json.dumps({"sequence": int(sequence), "version": version, "key_id": key,
                        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n"
-    _write_atomic(Path(device_dir) / TRUST_FILE, body.encode(), 0o644)
+    write_durable(Path(device_dir) / TRUST_FILE, body.encode())

@@ -141,6 +141,12 @@ def test_keys_command_writes_a_private_pair_and_never_prints_the_key(tmp_path, c
     with pytest.raises(SystemExit):
         main(["keys", "--help"])
     assert "--name exporter --signing" in capsys.readouterr().out
+    # the CurveZMQ pair goes through the same private-file writer (streamer.atomic.write_private)
+    assert main(["keys", str(d), "--name", "server"]) == 0
+    curve_secret, curve_public = d / "server.key_secret", d / "server.key"
+    assert stat.S_IMODE(curve_secret.stat().st_mode) == 0o600 and stat.S_IMODE(curve_public.stat().st_mode) == 0o644
+    assert b"secret-key" in curve_secret.read_bytes() and b"secret-key" not in curve_public.read_bytes()
+    assert not [p.name for p in d.iterdir() if p.name.startswith(".")]  # no temp file or folder left
 
 
 def test_export_signs_when_a_key_is_configured(tmp_path_factory, tmp_path, keys, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import zmq.auth
 
+from streamer.atomic import write_durable, write_private
 from streamer.errors import UserError
 
 EPILOG = """examples:
@@ -60,11 +60,10 @@ def create_keys(directory: Path, name: str, force: bool = False) -> tuple[Path, 
     if existing and not force:
         raise UserError(f"{existing[0]} already exists; pass --force to replace it "
                         f"(clients holding the old public key will be refused)")
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".keys.") as tmp:
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".keys.") as tmp:  # 0700: private meanwhile
         pub_tmp, sec_tmp = zmq.auth.create_certificates(tmp, name)
-        os.chmod(sec_tmp, 0o600)
-        os.replace(sec_tmp, secret)
-        os.replace(pub_tmp, public)
+        write_private(secret, Path(sec_tmp).read_bytes())
+        write_durable(public, Path(pub_tmp).read_bytes())
     return public, secret
 
 
