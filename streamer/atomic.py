@@ -53,22 +53,12 @@ def write_durable(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data`, file mode `mode`, fsynced and the folder too: a power cut leaves
     the old file or the new one. The temp file is mkstemp's (0600) until fchmod, so a private
     file is never readable by others, not even for a moment."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    def write(f: BinaryIO) -> None:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+
+    write_with(path, write, fsync=True)
+    fsync_dir(Path(path).parent)
 
 
 def write_private(path: str | Path, data: bytes) -> None:
