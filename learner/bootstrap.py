@@ -354,9 +354,12 @@ class Bootstrapper:
                   **({"stopped": True} if st.stopped else {}))
         if self.run_dir is None:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run_dir / BOOTSTRAP_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            append_line(fd, (json.dumps(st.line(), separators=(",", ":")) + "\n").encode())
-        finally:
-            os.close(fd)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run_dir / BOOTSTRAP_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                append_line(fd, (json.dumps(st.line(), separators=(",", ":")) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as e:  # a full disk costs this line of bootstrap.jsonl, not the round or the learner
+            log_event(logger, "bootstrap_log_failed", logging.WARNING, round=st.round, error=e)

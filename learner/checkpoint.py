@@ -58,15 +58,37 @@ def _link_last(path: Path) -> None:
     os.replace(tmp, last)
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint that could not be written (a full or failing disk); the previous ones stay whole."""
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e`: torch.save turns a failed write into a RuntimeError of its own."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
 def save_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) -> Path:
-    """Write state as RUN/checkpoints/step_XXXXXXX.pt, point last.pt at it, remove old ones."""
+    """Write state as RUN/checkpoints/step_XXXXXXX.pt, point last.pt at it, remove old ones.
+    CheckpointWriteError when the disk refuses (full, read-only): nothing of it is left behind."""
     d = checkpoint_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
     step = int(state["step"])
     path = d / f"step_{step:07d}.pt"
-    write_with(path, lambda f: torch.save(state, f), fsync=True)
-    _link_last(path)
-    fsync_dir(d)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        write_with(path, lambda f: torch.save(state, f), fsync=True)
+        _link_last(path)
+        fsync_dir(d)
+    except (OSError, RuntimeError) as e:
+        err = _os_error(e)
+        if err is None:
+            raise
+        raise CheckpointWriteError(f"{path}: cannot write the checkpoint ({err.strerror or err}); "
+                                   f"{LAST} still names the previous one; free space in {d}") from None
     for old in step_files(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -42,7 +42,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from learner import distributed
-from learner.checkpoint import FORMAT, VERSION, check_compatible, save_checkpoint
+from learner.checkpoint import FORMAT, VERSION, CheckpointWriteError, check_compatible, save_checkpoint
 from learner.config import LearnerConfig
 from learner.crops import make_crops
 from learner.embedding_loss import triplet_loss
@@ -502,9 +502,14 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
             return "stop"
         return None
 
-    def save() -> Path:
+    def save() -> Path | None:
         nonlocal last_ckpt_t, last_ckpt_step
-        path = save_checkpoint(run_dir, trainer.state_dict(numpy_rng_state=rng_state), keep=cfg.checkpoint.keep)
+        try:
+            path = save_checkpoint(run_dir, trainer.state_dict(numpy_rng_state=rng_state), keep=cfg.checkpoint.keep)
+        except CheckpointWriteError as e:  # a full disk: training goes on, the next one is tried on schedule
+            last_ckpt_t, last_ckpt_step = time.monotonic(), trainer.step_count
+            log_event(logger, "checkpoint_failed", logging.WARNING, step=trainer.step_count, error=e)
+            return None
         last_ckpt_t, last_ckpt_step = time.monotonic(), trainer.step_count
         log_event(logger, "checkpoint_saved", step=trainer.step_count, path=path)
         return path
@@ -549,7 +554,10 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
                     last_heads = {k: float(np.mean(v)) for k, v in interval_heads.items()}
                     record.update({f"loss_{k}": round(v, 5) for k, v in last_heads.items()})
                 if log_fd is not None:
-                    append_line(log_fd, (_json(record) + "\n").encode())
+                    try:
+                        append_line(log_fd, (_json(record) + "\n").encode())
+                    except OSError as e:  # a full disk costs this line of train.jsonl, not the run
+                        log_event(logger, "train_log_failed", logging.WARNING, step=trainer.step_count, error=e)
                 extra = f" {status()}" if status is not None else ""
                 heads = "".join(f" {_SHORT.get(k, k)} {v:.3f}" for k, v in last_heads.items()) if interval_heads else ""
                 bar.set_postfix_str(f"loss {ema:.3f}{heads} {rate:.0f} crops/s{extra}", refresh=False)
@@ -560,7 +568,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
                 due_steps = k.every_steps and trainer.step_count - last_ckpt_step >= k.every_steps
                 due_time = k.every_minutes and time.monotonic() - last_ckpt_t >= k.every_minutes * 60
                 if due_steps or due_time or want_checkpoint:
-                    checkpoint = save()
+                    checkpoint = save() or checkpoint
             stopped = distributed.agree(trainer, limit_reached()) or ""
             if stopped:
                 break
@@ -575,7 +583,7 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
         bar.close()
         try:
             if run_dir is not None and trainer.step_count > last_ckpt_step:
-                checkpoint = save()  # at shutdown, whatever the reason
+                checkpoint = save() or checkpoint  # at shutdown, whatever the reason
         finally:
             if log_fd is not None:
                 os.close(log_fd)
