@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +39,7 @@ from motionmask.config import Config, to_dict
 from motionmask.control import ControlServer
 from motionmask.daemon_config import camera_streamer_config
 from motionmask.lockfile import hold_lock, release
+from motionmask.private_tmp import make_private_dir
 from motionmask.sdnotify import Notifier
 from streamer.errors import UserError
 from streamer.config import PatchConfig
@@ -222,7 +222,7 @@ class Daemon:
         self._signals = 0
         self._started = time.monotonic()
         self._next_stats_log = 0.0
-        self._tmp = tempfile.mkdtemp(prefix="motionmask-")  # 0700: the ipc socket is ours alone
+        self._tmp = make_private_dir()  # 0700: the ipc socket is ours alone; dead daemons' ones removed
         self.ctx = zmq.Context()
         self.pull: zmq.Socket | None = None
         self.control: ControlServer | None = None
