@@ -30,6 +30,7 @@ class TransportConfig:
     # behind by more, received samples are dropped (counted) rather than inserted. 0 = no limit.
     samples_per_insert: float = 16.0
     tolerance: float = 2048.0  # samples (drawn) of slack either way; >= one training batch
+    decoders: int = 2  # learner: threads decoding received samples (JPEG/PNG decoding takes ~1 ms of CPU per sample)
     max_message_kb: int = 4096  # larger messages are refused by ZeroMQ before they are read
     max_rigs: int = 256  # rigs tracked in status; more distinct names are counted as foreign
 
@@ -47,6 +48,7 @@ class TransportConfig:
              f"empty unless learner.{prefix}.curve_secret_file is set (the learner's key pair)"),
             (f"{prefix}.samples_per_insert", 0 <= self.samples_per_insert <= 1e6, ">= 0 (0 = no limit)"),
             (f"{prefix}.tolerance", self.tolerance >= 1, ">= 1 sample"),
+            (f"{prefix}.decoders", 1 <= self.decoders <= 64, "between 1 and 64"),
             (f"{prefix}.max_message_kb", 64 <= self.max_message_kb <= 1 << 20, "between 64 and 1048576"),
             (f"{prefix}.max_rigs", 1 <= self.max_rigs <= 100_000, "between 1 and 100000"),
         ]

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import sys
+import queue
 import threading
 import time
 from collections import Counter, deque
@@ -114,6 +115,8 @@ class ReceiverProcess:
         self.bad: Counter[str] = Counter()
         self.foreign_rigs = 0
         self._bad_logged: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.queue: queue.Queue = queue.Queue(maxsize=RCVHWM)  # to the decoder threads
         self.ctx = zmq.Context()
         self.reporter = Reporter(NAME, self.snapshot, self._stats_socket(spec["forward_endpoint"]), MSG_STATS,
                                  int(spec["parent_pid"]), grace_s=5.0, orphan_exit=EXIT_CRASH)
@@ -186,6 +189,12 @@ class ReceiverProcess:
         log_event(log, "receiver_running", listen=self.endpoint, curve=self.auth is not None,
                   samples_per_insert=self.cfg.samples_per_insert or "off", tolerance=self.cfg.tolerance,
                   slot=f"{self.ring.width}x{self.ring.height}", pairs=self.pairs is not None)
+        # decoders > 1: threads decode in parallel (cv2.imdecode releases the GIL); a full queue
+        # holds this loop, then ZeroMQ's queues, then the rigs drop: nothing here grows unbounded
+        workers = [threading.Thread(target=self._work, name=f"decoder-{i}", daemon=True)
+                   for i in range(self.cfg.decoders if self.cfg.decoders > 1 else 0)]
+        for w in workers:
+            w.start()
         while not self.stop.is_set():
             if not self.pull.poll(100):
                 continue
@@ -194,7 +203,35 @@ class ReceiverProcess:
                     parts = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self.handle([p.buffer for p in parts])
+                if not workers:
+                    self.handle([p.buffer for p in parts])
+                    continue
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put([p.buffer for p in parts], timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+        while True:  # stopping: what is queued is dropped, the threads finish the sample in hand
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        for _ in workers:
+            self.queue.put(None)
+        for w in workers:
+            w.join(timeout=10.0)
+
+    def _work(self) -> None:
+        while True:
+            parts = self.queue.get()
+            if parts is None:
+                return
+            try:
+                self.handle(parts)
+            except Exception as e:  # a bug shows in the log and the counters, the receiver goes on
+                with self.lock:
+                    self._bad("error", f"{type(e).__name__}: {e}", None)
 
     def handle(self, parts: list) -> None:
         """One received message: checked, decoded and put, or counted and dropped."""
@@ -202,29 +239,34 @@ class ReceiverProcess:
         rig = None
         try:
             hdr = parse_header(parts)
-            rig = self._rig(hdr["rig"])
-            if rig is None:
-                raise WireError("too_many_rigs", f"more than learner.transport.max_rigs={self.cfg.max_rigs} rigs")
-            rig.seen(hdr, nbytes, time.monotonic())
+            with self.lock:  # bookkeeping only: decoding, which releases the GIL, runs outside it
+                rig = self._rig(hdr["rig"])
+                if rig is None:
+                    raise WireError("too_many_rigs", f"more than learner.transport.max_rigs={self.cfg.max_rigs} rigs")
+                rig.seen(hdr, nbytes, time.monotonic())
+                if hdr["kind"] == "sample":
+                    t = self.ring.totals()
+                    if not self.appetite.can_insert(t["puts"], t["samples"]):
+                        rig.appetite_dropped += 1  # the learner is behind: it trains on a subsample
+                        return
             if hdr["kind"] == "pair":
                 self._put_pair(hdr, parts)
                 return
-            t = self.ring.totals()
-            if not self.appetite.can_insert(t["puts"], t["samples"]):
-                rig.appetite_dropped += 1  # the learner is behind: it trains on a subsample
-                return
             s = decode_sample(hdr, parts, (self.ring.height, self.ring.width))
         except WireError as e:
-            self._bad(e.reason, str(e), rig)
+            with self.lock:
+                self._bad(e.reason, str(e), rig)
             return
         h = s.header
         sample = Sample(camera=f"{h['rig']}/{h['camera']}", frame_index=h["frame"], shot=h["shot"],
                         capture_time=float(h["capture_time"]), image=s.image, trimap=s.trimap, prob=s.prob,
                         flow=s.flow, valid=tuple(h["valid"]), source_hw=tuple(h["source_hw"]))
-        if self.ring.put(sample):
-            rig.inserted += 1
-        else:
-            rig.buffer_dropped += 1
+        ok = self.ring.put(sample)
+        with self.lock:
+            if ok:
+                rig.inserted += 1
+            else:
+                rig.buffer_dropped += 1
 
     def _put_pair(self, hdr: dict[str, Any], parts: list) -> None:
         if self.pairs is None:
@@ -255,12 +297,11 @@ class ReceiverProcess:
     # -- reports ----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
-        out: dict[str, Any] = {"child": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error,
-                               "listen": self.endpoint, "curve": self.auth is not None,
-                               "bad": dict(self.bad), "bad_total": sum(self.bad.values()),
-                               "foreign_rigs": self.foreign_rigs}
-        out["rigs"] = {name: r.snapshot(now) for name, r in list(self.rigs.items())}
-        return out
+        with self.lock:  # the decoder threads count meanwhile
+            return {"child": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error,
+                    "listen": self.endpoint, "curve": self.auth is not None, "decoders": self.cfg.decoders,
+                    "bad": dict(self.bad), "bad_total": sum(self.bad.values()), "foreign_rigs": self.foreign_rigs,
+                    "rigs": {name: r.snapshot(now) for name, r in self.rigs.items()}}
 
     def close(self) -> None:
         self.reporter.stop_and_send_last()
