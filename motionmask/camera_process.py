@@ -74,6 +74,7 @@ class CameraProcess:
             "pair_ms_per_frame": 0.0,
         }
         self.pruned_by: dict[str, int] = {}
+        self.warnings: list[dict[str, Any]] = []  # said once (a log line), kept for the daemon's status
         self._times: deque[float] = deque()  # result times of the last _FPS_WINDOW_S, for fps
         self._running_since = 0.0
         self._capture_ns: dict[int, int] = {}
@@ -249,6 +250,9 @@ class CameraProcess:
         hint = relax_hint(self.pruned_by, self.cfg.prune)
         log_event(log, "few_frames_kept", logging.WARNING, camera=self.name, kept=c["kept"], frames=c["frames"],
                   pruned=pruned_summary(self.pruned_by), hint=hint or "-")
+        self.warnings.append({"time": round(time.time(), 3), "key": "streamer.prune",
+                              "text": f"camera {self.name} kept {c['kept']} of its first {c['frames']} frames "
+                                      f"(pruned: {pruned_summary(self.pruned_by)})" + (f"; {hint}" if hint else "")})
 
     def _mine(self, r) -> None:
         """Tracked-patch pairs into the pair store; never waits (a busy store drops, and counts)."""
@@ -357,6 +361,10 @@ class CameraProcess:
                "pruned_by": dict(self.pruned_by), **c}
         if src is not None:
             out["source"] = dict(getattr(self, "info", {}), **dict(src.stats))
+            if getattr(src, "link", None):  # network sources: running | reconnecting | failed, and why
+                out["source_link"] = dict(src.link)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     def close(self) -> None:

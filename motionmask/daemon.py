@@ -88,6 +88,7 @@ class Child:
     kill_reason: str = ""  # why the daemon killed it, when it did
     report: dict[str, Any] = field(default_factory=dict)  # the current process's latest counters
     totals: dict[str, int] = field(default_factory=dict)  # of its earlier processes
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # said by its processes (few_frames_kept), kept
 
     @property
     def pid(self) -> int | None:
@@ -155,6 +156,7 @@ def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str, pa
     return specs
 
 
+WARNINGS_KEPT = 10  # per child, in the status
 LEARNER = "learner"  # the learner child's name (a camera may not take it while the learner runs)
 
 
@@ -582,6 +584,9 @@ class Daemon:
             self._last_frame_at = time.monotonic()
         child.report = report
         child.last_report = time.monotonic()
+        for w in report.get("warnings") or ():
+            if w not in child.warnings:  # each said once per process, kept across its restarts
+                child.warnings = [*child.warnings, w][-WARNINGS_KEPT:]
         if report.get("error"):
             child.last_error = report["error"]
         if report.get("phase") == "running" and child.state == "starting":
@@ -613,6 +618,8 @@ class Daemon:
             "source_stats": src,
             "size": [r["source"]["width"], r["source"]["height"]] if "width" in r.get("source", {}) else None,
             "pruned_by": r.get("pruned_by", {}),
+            "source_link": r.get("source_link"),  # network sources: state running | reconnecting | failed, error, since
+            "warnings": child.warnings,  # e.g. few frames kept, with the threshold to change
             "restarts": child.restarts,
             "last_error": child.last_error,
             "last_exit": child.last_exit,

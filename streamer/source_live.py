@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 import av
@@ -192,6 +192,9 @@ class LiveSource(Source):
         self._buf: deque[Frame] = deque()
         self._error: SourceError | None = None
         self._next_index = 0
+        # the connection as a person reads it (the daemon's status, the web console): state
+        # running | reconnecting | failed, the last drop's or failure's reason, and since when
+        self.link: dict[str, Any] = {"state": "opening", "error": "", "since": time.time()}
         # The first attempt is not retried: a wrong URL or an unplugged camera fails here, fast.
         conn = self._connect()
         self._wait(lambda: conn.state != "opening", self._open_budget())
@@ -209,6 +212,7 @@ class LiveSource(Source):
         self.fps = conn.backend.fps
         log_event(logger, "source_open", source=source_id, kind=kind, width=self.width, height=self.height,
                   fps=self.fps or 0.0)
+        self.link = {"state": "running", "error": "", "since": time.time()}
         self._supervisor = threading.Thread(target=self._supervise, args=(conn,), daemon=True,
                                             name=f"source-{source_id}")
         self._supervisor.start()
@@ -342,6 +346,7 @@ class LiveSource(Source):
 
     def _fail(self, message: str) -> None:
         log_event(logger, "source_failed", level=logging.ERROR, source=self.source_id, reason=message)
+        self.link = {"state": "failed", "error": message, "since": time.time()}
         with self._cond:
             self._error = SourceError(message)
             self._cond.notify_all()
@@ -359,6 +364,8 @@ class LiveSource(Source):
                     failures, backoff = 0, cfg.reconnect_backoff_s
                 log_event(logger, "source_dropped", level=logging.WARNING, source=self.source_id,
                           reason=reason, frames=conn.frames)
+                self.link = {"state": "reconnecting", "error": reason, "since": time.time()}
+                dropped = reason
                 while True:
                     if not cfg.reconnect:
                         self._fail(f"{reason}; reconnect is off")
@@ -380,6 +387,7 @@ class LiveSource(Source):
                         return
                     if not reason:
                         log_event(logger, "reconnected", source=self.source_id, attempt=failures)
+                        self.link = {"state": "running", "error": dropped, "since": time.time()}  # the last drop
                         break
         except Exception as e:  # never leave the consumer waiting on a dead supervisor
             self._fail(f"{self.label}: reader failed ({why(e)})")

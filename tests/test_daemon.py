@@ -166,6 +166,10 @@ def test_daemon_end_to_end_with_faults(tmp_path, clip):
         out = subprocess.run([sys.executable, "-m", "motionmask.cli", "status", "--endpoint", d.control, "--json"],
                              capture_output=True, text=True, timeout=30)
         assert set(json.loads(out.stdout)["cameras"]) == {"a", "b", "c"}
+        cams = json.loads(out.stdout)["cameras"]  # c's warning stays in the status after it finished
+        assert [w["key"] for w in cams["c"]["warnings"]] == ["streamer.prune"], cams["c"]
+        assert "lower streamer.prune.min_fg (now 0.85)" in cams["c"]["warnings"][0]["text"]
+        assert cams["a"]["source_link"] is None  # a file has no link to lose
 
         ring = st["buffer"]["name"]
         pids = [c["pid"] for c in st["cameras"].values() if c["pid"]]

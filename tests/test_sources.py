@@ -285,6 +285,16 @@ def test_network_reconnects_after_server_restart_without_resetting_index(ts_data
     try:
         with open_source(server.url, live_cfg(max_reconnects=20)) as src:  # fail, never hang
             before = [next(src) for _ in range(5)]
+            assert src.link["state"] == "running" and src.link["error"] == ""
+            states, watching = set(), threading.Event()
+            watching.set()
+
+            def watch() -> None:  # what the daemon's status would say meanwhile
+                while watching.is_set():
+                    states.add((src.link["state"], bool(src.link["error"])))
+                    time.sleep(0.005)
+
+            threading.Thread(target=watch, daemon=True).start()
             server.stop()  # the encoder box reboots...
             threading.Timer(0.6, server.start).start()  # ...and comes back on the same port
             after = []
@@ -294,6 +304,9 @@ def test_network_reconnects_after_server_restart_without_resetting_index(ts_data
                     after.append(frame)
                 before.append(frame)
             assert src.stats["reconnects"] >= 1
+            watching.clear()
+            assert ("reconnecting", True) in states, states
+            assert src.link["state"] == "running" and src.link["error"]  # back, with the last drop's reason
     finally:
         server.stop()
     indices = [f.index for f in before]
@@ -358,6 +371,7 @@ def test_network_gives_up_after_max_reconnects(ts_data, caplog):
                 for _ in range(200):
                     next(src)
             assert src.stats["reconnects"] == 2
+            assert src.link["state"] == "failed" and "gave up after 2 reconnect attempts" in src.link["error"]
     finally:
         server.stop()
     waits = [m.split(" in_s=")[1].split()[0] for m in events(caplog, "reconnect")]

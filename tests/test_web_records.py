@@ -97,3 +97,52 @@ def test_beyond_loopback(endpoint, beyond):
     from motionmask.config_warnings import _beyond_loopback
 
     assert _beyond_loopback(endpoint) is beyond
+
+
+def test_console_events_from_what_the_daemon_records():
+    """The console's event list from two successive status replies (as its poll sees them): config
+    and camera warnings, the gate's decisions and pulls at the time the daemon recorded them (older
+    than the console included), a network source dropping and coming back; newest first, each once."""
+    from motionmask.web.feed import DaemonFeed
+
+    feed = DaemonFeed("tcp://127.0.0.1:1")  # never started: fed the replies below
+    t = 1_700_000_000.0
+    cam = {"state": "running", "frames": 10, "restarts": 0, "source": "rtsp://cam/1",
+           "source_stats": {"reconnects": 0}, "source_link": {"state": "running", "error": "", "since": t}}
+    first = {"cameras": {"a": cam}, "warnings": [{"time": t, "key": "export.signing_key", "text": "unsigned"}],
+             "learner": {"state": "running", "export": {"state": "exporting", "shipped": 1, "skipped": 1, "failed": 0,
+                                                        "decisions": [
+                {"time": t + 1, "step": 30, "outcome": "shipped", "version": "v1", "reason": "first export of this run"},
+                {"time": t + 2, "step": 60, "outcome": "skipped", "version": None,
+                 "reason": "holdout IoU 0.3000 does not beat the last export's 0.4000"}]}},
+             "bundle_server": {"pulls": [{"device": "10.0.0.7", "version": "v1", "time": t + 3, "bytes": 2 << 20,
+                                          "seconds": 0.5}], "devices": [], "pulls_total": 1}}
+    feed._track(None, first)
+    dropped = {**cam, "frames": 12, "source_stats": {"reconnects": 1},
+               "source_link": {"state": "reconnecting", "error": "rtsp://cam/1: no frame within 5 s", "since": t + 4},
+               "warnings": [{"time": t + 5, "key": "streamer.prune", "text": "camera a kept 3 of its first 300 frames"}]}
+    second = {**first, "cameras": {"a": dropped}}
+    feed._track(first, second)
+    feed._track(second, second)  # the same records again: no new events
+    back = {**dropped, "frames": 20, "source_link": {**dropped["source_link"], "state": "running", "since": t + 6}}
+    feed._track(second, {**second, "cameras": {"a": back}})
+
+    ev = feed.events()
+    assert [e["time"] for e in ev] == sorted((e["time"] for e in ev), reverse=True)
+    texts = [e["text"] for e in ev if e["time"] < t + 100]  # the records keep their own times
+    assert texts == [
+        "streamer.prune: camera a kept 3 of its first 300 frames",
+        "device 10.0.0.7 pulled v1 (2.0 MB in 0.5 s)",
+        "export at step 60 skipped: holdout IoU 0.3000 does not beat the last export's 0.4000",
+        "export v1 shipped: first export of this run",
+        "export.signing_key: unsigned",
+    ]
+    live = [e["text"] for e in ev if e["time"] >= t + 100]  # seen by the polls: their time
+    assert live == ["camera a source back (after: rtsp://cam/1: no frame within 5 s)",
+                    "camera a source reconnecting: rtsp://cam/1: no frame within 5 s"]
+
+    feed.status = second
+    ex = feed.exports()  # no exports folder here: the status's records still answer
+    assert not ex["readable"] and [d["step"] for d in ex["decisions"]] == [60, 30]
+    assert ex["gate"] == {"state": "exporting", "shipped": 1, "skipped": 1, "failed": 0}
+    assert ex["pulls"][0]["device"] == "10.0.0.7" and ex["server"]["pulls_total"] == 1

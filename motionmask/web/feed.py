@@ -205,6 +205,10 @@ class DaemonFeed:
         for w in st.get("warnings") or []:
             if self._once(("warning", w.get("time"), w.get("key"))):
                 self.event("config", "warning", f"{w.get('key')}: {w.get('text')}", w.get("time"))
+        for name, c in st.get("cameras", {}).items():  # e.g. few frames kept, with the threshold to change
+            for w in c.get("warnings") or []:
+                if self._once(("warning", name, w.get("time"), w.get("key"))):
+                    self.event("config", "warning", f"{w.get('key')}: {w.get('text')}", w.get("time"))
         gate = (st.get("learner") or {}).get("export") or {}
         for d in gate.get("decisions") or []:
             if not self._once(("export", d.get("time"), d.get("step"), d.get("outcome"))):
@@ -251,9 +255,16 @@ class DaemonFeed:
                     self.event(name, level, f"camera {name} {p.get('state')} -> {c['state']}{why}")
             elif c.get("restarts", 0) > p.get("restarts", 0):
                 self.event(name, "warning", f"camera {name} restarted ({c.get('last_error') or c.get('last_exit')})")
+            l0, l1 = p.get("source_link") or {}, c.get("source_link") or {}
+            if l1.get("state") and l1.get("state") != l0.get("state"):
+                if l1["state"] == "running" and l0.get("state"):
+                    self.event(name, "info", f"camera {name} source back (after: {l1.get('error') or '?'})")
+                elif l1["state"] != "running":
+                    self.event(name, "error" if l1["state"] == "failed" else "warning",
+                               f"camera {name} source {l1['state']}: {l1.get('error') or '?'}")
             r0 = int(p.get("source_stats", {}).get("reconnects", 0))
             r1 = int(c.get("source_stats", {}).get("reconnects", 0))
-            if r1 > r0:
+            if r1 > r0 and l1.get("state") == l0.get("state"):  # a drop between two polls
                 self.event(name, "warning", f"camera {name} source reconnected ({r1 - r0}x)")
         lp, lc = (prev or {}).get("learner"), st.get("learner")
         if lp and lc:

@@ -254,6 +254,14 @@ class Tile {
     const size = c.size ? ` ${c.size[0]}x${c.size[1]}` : "";
     setField(this.el, "source", `${c.source}${size} · up ${dur(c.up_s)}`);
     setField(this.el, "last_error", c.last_error ? `last error: ${c.last_error}` : "");
+    const link = c.source_link;  // network sources only
+    const lb = $(".link", this.el);
+    lb.textContent = link && link.state !== "running" ? `source ${link.state}` : "";
+    lb.className = "badge link " + (link ? link.state : "");
+    lb.hidden = !lb.textContent;
+    setField(this.el, "source_link", !link || !link.error ? "" : link.state === "running" ?
+      `source back since ${new Date(link.since * 1000).toLocaleTimeString()}, last drop: ${link.error}` :
+      `source ${link.state} since ${new Date(link.since * 1000).toLocaleTimeString()}: ${link.error}`);
     const q = (extra && extra.quality) || {};
     setField(this.el, "quality", q.grade === "unknown" || q.up == null ? "-" :
       `${q.grade} · up ${(100 * q.up).toFixed(1)}% · ${q.reconnects} reconnects · ${q.stalls} stalls (last ${dur(q.window_s)})`, q.grade);
