@@ -46,8 +46,8 @@ command again to resume a run: --steps and --minutes count the whole run.
 --nproc N: data-parallel training (DistributedDataParallel) in N ranks, one GPU each on CUDA (nccl),
 N processes on the CPU (gloo). Each rank samples its own batches from one shared buffer, so a step
 trains on N x learner.train.batch crops; rank 0 alone streams, bootstraps, logs and checkpoints,
-and a resumed run restores every rank. The same command under torchrun (its --nproc-per-node, or
-several machines with a shared RUN folder) does the same; see learner/distributed.py."""
+and a resumed run restores every rank. One machine: the ranks share rank 0's buffer in shared
+memory. Under torchrun (--nproc-per-node N) the command runs the same; docs/distributed.md."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out)
     ranked = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a rank of --nproc or of torchrun
     if t.nproc > 1 and not ranked:
+        if cfg.learner.heads.extra():
+            raise UserError(f"--nproc {t.nproc} with learner.heads {', '.join(cfg.learner.heads.extra())}: the multi-task "
+                            f"heads do not train on several ranks yet; train them with --nproc 1")
         return _launch(args, t.nproc)
     if ranked and int(os.environ.get("RANK", "0")) > 0:
         args.quiet = True  # rank 0 speaks for the run
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace, nproc: int) -> int:
     """--nproc N: this command in N ranks under torch's elastic agent (what torchrun runs); rank 0's
     exit status, or the first failure's. The agent's own logs stay quiet: one line per failure."""
+    import torch.distributed.launcher.api  # noqa: F401  (the agent's loggers exist before they are quieted)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
