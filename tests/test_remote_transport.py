@@ -236,3 +236,37 @@ def test_sender_follows_the_buffer_and_drops_past_its_high_water_mark(ring):
         err = child.stop()
         ctx.destroy(linger=0)
     assert "Traceback" not in err and "event=learner_disconnected" in err
+
+
+def test_curve_admits_a_rig_with_keys_and_refuses_one_without(ring, tmp_path):
+    from motionmask.commands.keys import create_keys
+
+    _, server_secret = create_keys(tmp_path / "learner", "learner")
+    rig_public, rig_secret = create_keys(tmp_path / "rig", "rig")
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients" / "rig.key").write_bytes(rig_public.read_bytes())
+    ctx = zmq.Context()
+    rig_ring = RingBuffer.create(BufferConfig(train_width=W, train_height=H, memory_mb=2))  # the rig's own
+    child, listen = _receiver(ring, ctx, curve_secret_file=str(server_secret), curve_clients_dir=str(tmp_path / "clients"))
+    sender = None
+    try:
+        assert child.last["curve"]
+        plain = _push(ctx, listen)  # no keys: the handshake fails, nothing gets through
+        plain.send_multipart(_parts(_sample(1), rig="intruder"))
+        cfg = asdict(TransportConfig(rig="rigK", curve_secret_file=str(rig_secret),
+                                     curve_server_key=str(tmp_path / "learner" / "learner.key")))
+        sender = _Child("motionmask.remote_send", {"name": "sender", "remote": listen, "transport": cfg,
+                                                   "buffer_name": rig_ring.name, "buffer": asdict(rig_ring._cfg)}, ctx)
+        sender.wait_for(lambda r: r["phase"] == "running" and r["connected"] and r["curve"])
+        rig_ring.put(_sample(2))
+        r = child.wait_for(lambda r: r["rigs"].get("rigK", {}).get("received") == 1)
+        time.sleep(0.5)
+        r = child.wait_for(lambda r: True)
+        assert set(r["rigs"]) == {"rigK"} and r["bad_total"] == 0 and ring.totals()["puts"] == 1
+        plain.close(0)
+    finally:
+        if sender is not None:
+            sender.stop()
+        child.stop()
+        ctx.destroy(linger=0)
+        rig_ring.close()
