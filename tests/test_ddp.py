@@ -3,7 +3,8 @@ started by torch's elastic agent, as `motionmask train --nproc 2` starts them:
 
 - one training step on 2 ranks, each on its half of a batch, equals the single-process step on
   the whole batch (the real Trainer.step: crops, forward, masked BCE, backward, clip, AdamW)
-  when batch norm is synchronised across the ranks; with per-rank batch norm it does not
+  when batch norm is synchronised across the ranks; with per-rank batch norm it does not; a stop
+  on one rank stops both after the same step
 - `motionmask train --nproc 2`: the loss falls, a second run resumes from the checkpoint on both
   ranks, and the checkpoint exports to a bundle that passes the exporter's verification
 """
@@ -19,7 +20,8 @@ import torch
 from learner import distributed
 from learner.checkpoint import load_checkpoint
 from learner.config import LearnerConfig
-from learner.train import Trainer
+from learner.samples import RingFeed
+from learner.train import Limits, Trainer, fit
 from motionmask.cli import main
 from streamer.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
 from streamer.synth import generate
@@ -72,7 +74,8 @@ def one_step(cfg: LearnerConfig, ring: RingBuffer, rows: slice) -> tuple[Trainer
 
 
 def _rank_step(ring: RingBuffer) -> dict:
-    """In each rank: one step on this rank's half, with synchronised and with per-rank batch norm."""
+    """In each rank: one step on this rank's half, with synchronised and with per-rank batch norm;
+    then a short fit() in which only rank 1 asks to stop."""
     distributed.init(torch.device("cpu"))
     r, half = distributed.rank(), N // 2
     out = {"draw": None}
@@ -80,6 +83,11 @@ def _rank_step(ring: RingBuffer) -> dict:
         trainer, loss = one_step(step_config(sync), ring, slice(r * half, (r + 1) * half))
         out[sync] = (loss, {k: v.numpy().copy() for k, v in trainer.model.state_dict().items()})
         out["draw"] = int(trainer.rng.integers(1 << 40))  # each rank samples its own batches
+    trainer = distributed.wrap(Trainer(step_config(), torch.device("cpu")))
+    trainer.train_seconds = 100.0 * r  # the ranks' clocks differ: they agree on the slowest
+    summary = fit(trainer, RingFeed(ring, mode="uniform"), None, Limits(steps=50), progress=False,
+                  stop=lambda: r == 1 and trainer.step_count >= 3)
+    out["fit"] = (summary.stopped, summary.step, trainer.train_seconds >= 100.0)
     distributed.shutdown()
     return out
 
@@ -105,6 +113,8 @@ def test_two_ranks_step_like_one_process_on_the_concatenated_batch():
     per_rank = max(float(np.abs(ranks[0][False][1][k].astype(np.float64) - want[k]).max()) for k in params)
     assert per_rank > 100 * ATOL
     assert ranks[0]["draw"] != ranks[1]["draw"]
+    # one rank's stop ends the loop on both after the same step (no rank left in an all-reduce)
+    assert ranks[0]["fit"] == ranks[1]["fit"] == ("stop", 3, True)
 
 
 TINY = """learner:
