@@ -152,3 +152,17 @@ def test_train_nproc_2_learns_resumes_and_exports(tmp_path, capfd):
                  "--frames", str(clip)]) == 0  # onnx.checker, ONNX Runtime, parity with PyTorch, latency
     manifest = json.loads(next((tmp_path / "exports").glob("*/manifest.json")).read_text())
     assert manifest["source"]["step"] == 20 and manifest["parity"]
+
+
+def test_train_nproc_user_errors(tmp_path, capsys):
+    """Refused before any rank starts, in one line each."""
+    (tmp_path / "heads.yaml").write_text("learner:\n  heads: {segments: {enabled: true}}\n")
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--nproc", "0"]) == 2
+    assert "--nproc 0: must be >= 1" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "r"), "--nproc", "2"]) == 2
+    assert "none.mp4: no such file or folder" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--nproc", "2",
+                 "--config", str(tmp_path / "heads.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "learner.heads segments" in err and "--nproc 1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.learner.heads.extra():
             raise UserError(f"--nproc {t.nproc} with learner.heads {', '.join(cfg.learner.heads.extra())}: the multi-task "
                             f"heads do not train on several ranks yet; train them with --nproc 1")
-        return _launch(args, t.nproc)
+        return _launch(args, t.nproc, t.device)
     if ranked and int(os.environ.get("RANK", "0")) > 0:
         args.quiet = True  # rank 0 speaks for the run
     with info_logs(not args.quiet), _learner_info_logs(not args.quiet), signals_as_exceptions():
@@ -113,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _launch(args: argparse.Namespace, nproc: int) -> int:
+def _launch(args: argparse.Namespace, nproc: int, device: str) -> int:
     """--nproc N: this command in N ranks under torch's elastic agent (what torchrun runs); rank 0's
     exit status, or the first failure's. The agent's own logs stay quiet: one line per failure."""
+    import torch
     import torch.distributed.launcher.api  # noqa: F401  (the agent's loggers exist before they are quieted)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -124,6 +125,10 @@ def _launch(args: argparse.Namespace, nproc: int) -> int:
     from learner.samples import expand_inputs
 
     expand_inputs(args.inputs)  # a wrong path is one line from here, not one from every rank
+    gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
+    if gpus and nproc > gpus:
+        raise UserError(f"--nproc {nproc}: this machine shows {gpus} GPU(s), one per rank; use --nproc {gpus} "
+                        f"or fewer (or --device cpu)")
     quiet = [lg for name, lg in logging.root.manager.loggerDict.items()
              if isinstance(lg, logging.Logger) and name.startswith(("torch.distributed", "torch.multiprocessing"))]
     levels = [lg.level for lg in quiet]
