@@ -18,6 +18,7 @@ import yaml
 from _media import free_port, process_gone
 from exporter.bundle import LATEST
 from motionmask.client import MaskSubscriber
+from motionmask.commands.status import format_status
 from motionmask.control import ControlUnavailable, request
 
 CLIP = Path(__file__).parent / "data" / "sample.mp4"  # 384x288, 10 fps, 80 frames
@@ -106,6 +107,8 @@ def test_rig_and_learner_on_loopback_survive_a_killed_learner(tmp_path):
                        and (s["learner"] or {}).get("checkpoint_step"), procs, 90)
             assert _rig_in(st)["inserted"] > 0 and st["learner"]["step"] > 0
             assert st["remote"]["bad_total"] == 0 and st["remote"]["appetite"]["ratio"] is not None
+            text = format_status(st)  # what `motionmask status` prints on the learner
+            assert "appetite:" in text and "samples per insert" in text and "\n  rigA " in text
             got = sub.recv(40.0)
             assert got is not None, f"no student mask on the rig\n{rlog.read_text()[-3000:]}"
             assert got[0]["model_version"] and (tmp_path / "rig_model" / got[0]["model_version"]).is_dir()
@@ -113,6 +116,7 @@ def test_rig_and_learner_on_loopback_survive_a_killed_learner(tmp_path):
         rst = _wait("a steady rig", rctl, lambda s: s["remote"]["connected"] and s["cameras"]["cam"]["fps"] > 0, procs)
         fps_before = [_wait("rig fps", rctl, lambda s: True, procs)["cameras"]["cam"]["fps"] for _ in range(3)]
         sent_before = rst["remote"]["sent"]
+        assert "remote: samples to" in format_status(rst) and "(connected)" in format_status(rst)
         st = _status(lctl)
         checkpoint, children = st["learner"]["checkpoint_step"], [st["learner"]["pid"], st["remote"]["pid"]]
 

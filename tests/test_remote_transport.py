@@ -270,3 +270,67 @@ def test_curve_admits_a_rig_with_keys_and_refuses_one_without(ring, tmp_path):
         child.stop()
         ctx.destroy(linger=0)
         rig_ring.close()
+
+
+def test_tracked_pairs_travel_from_a_rigs_store_to_the_learners(ring):
+    """A rig's sender follows its pair store too; the learner's receiver puts them into its own."""
+    from streamer.pairbuffer import PairBuffer
+    from streamer.patches import PatchPair
+
+    def pair(i: int) -> PatchPair:
+        q = np.full((32, 32, 3), 10 * i, np.uint8)
+        q[8:24, 8:24] = 200
+        return PatchPair(q, np.roll(q, 2, axis=1), "cam0", shot=i // 3, t0=i, t1=i + 2, track=i % 3)
+
+    ctx = zmq.Context()
+    rig_ring = RingBuffer.create(BufferConfig(train_width=W, train_height=H, memory_mb=2))
+    with PairBuffer.create(32, 1) as rig_pairs, PairBuffer.create(32, 1) as learner_pairs:
+        # read_after: oldest first from the cursor, and the cursor moves past what was read
+        for i in range(3):
+            rig_pairs.put(pair(i))
+        rows, tracks, cursor = rig_pairs.read_after(1, 10)
+        assert list(rows.t0) == [1, 2] and list(tracks) == [1, 2] and cursor == 3
+        assert rig_pairs.read_after(cursor, 10)[2] == 3 and not len(rig_pairs.read_after(cursor, 10)[0])
+
+        listen = f"tcp://127.0.0.1:{free_port()}"
+        receiver = _Child("motionmask.remote_learn", {
+            "name": "receiver", "listen": listen, "transport": asdict(TransportConfig(samples_per_insert=0)),
+            "buffer_name": ring.name, "buffer": asdict(ring._cfg), "pairs_name": learner_pairs.name}, ctx)
+        sender = _Child("motionmask.remote_send", {
+            "name": "sender", "remote": listen, "transport": asdict(TransportConfig(rig="rigP")),
+            "buffer_name": rig_ring.name, "buffer": asdict(rig_ring._cfg), "pairs_name": rig_pairs.name}, ctx)
+        try:
+            sender.wait_for(lambda r: r["phase"] == "running" and r["connected"])
+            for i in range(3, 8):
+                rig_pairs.put(pair(i))
+            receiver.wait_for(lambda r: r["rigs"].get("rigP", {}).get("pairs") == 5)
+            got = learner_pairs.read_after(0, 10)[0]
+            assert sorted(got.t0) == [3, 4, 5, 6, 7] and set(got.cameras) == {"rigP/cam0"}
+            k = list(got.t0).index(4)
+            assert np.abs(got.query[k].astype(int) - pair(4).query).mean() < 3  # JPEG
+            assert list(got.t1 - got.t0) == [2] * 5
+        finally:
+            sender.stop()
+            receiver.stop()
+            ctx.destroy(linger=0)
+            rig_ring.close()
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from motionmask.config import ConfigError, load_config
+
+    cases = [({"learner": {"enabled": True, "remote": "tcp://gpu:5562"}}, "learner.remote"),
+             ({"learner": {"remote": "gpu:5562"}}, "learner.remote"),
+             ({"learner": {"transport": {"samples_per_insert": 8, "tolerance": 4}}}, "learner.transport.tolerance"),
+             ({"learner": {"transport": {"sndhwm": 0}}}, "learner.transport.sndhwm"),
+             ({"learner": {"transport": {"curve_server_key": "k.key"}}}, "learner.transport.curve_server_key"),
+             ({"learner": {"transport": {"samples_per_inset": 8}}}, "learner.transport.samples_per_inset")]
+    for data, key in cases:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, data)
+    from motionmask.commands.learn import learn_config
+    from streamer.errors import UserError
+
+    cfg = load_config(None, {"learner": {"listen": "tcp://127.0.0.1:5560"}, "export": {"enabled": True}})
+    with pytest.raises(UserError, match="learner.listen .* is also export.endpoint"):
+        learn_config(cfg)
