@@ -388,6 +388,7 @@ function rows(tbody, items, cells) {
   }));
 }
 const clock = (t) => t ? new Date(t * 1000).toLocaleString() : "-";
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 async function pollExports() {
   try {
@@ -406,8 +407,8 @@ async function pollExports() {
       cells: [clock(d.time), fmt(d.step), d.outcome, d.version || "-", d.reason || ""] }));
     const s = ex.server;
     $("#served").textContent = !s ? "no bundle server (export.serve: false, or export off)" :
-      `served at ${s.endpoint} (announced ${s.announced || "nothing yet"}): ${s.pulls_total} pulls by ` +
-      `${(ex.devices || []).length} devices, ${(s.bytes_served / 2 ** 20).toFixed(1)} MB`;
+      `served at ${s.endpoint} (announced ${s.announced || "nothing yet"}): ${plural(s.pulls_total, "pull")} by ` +
+      `${plural((ex.devices || []).length, "device")}, ${(s.bytes_served / 2 ** 20).toFixed(1)} MB served`;
     rows("#pulls tbody", ex.pulls || [], (p) => [p.device, p.version, clock(p.time), (p.bytes / 2 ** 20).toFixed(2), fmt(p.seconds, 1)]);
   } catch (e) { /* next poll */ }
 }
