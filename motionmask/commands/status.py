@@ -69,7 +69,7 @@ def format_status(st: dict) -> str:
                      str(c.get("kept", 0)), str(c.get("pruned", 0)), str(c.get("drops", 0)),
                      str(by_cam.get(name, 0)), str(c.get("restarts", 0)), c.get("last_error") or "-"))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
-    for r in [head, *rows]:
+    for r in [head, *rows] if rows else []:  # `motionmask learn` has no cameras
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     if st.get("learner"):
         lines.append(format_learner(st["learner"]))
