@@ -120,7 +120,7 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(trainer: Any, sync_batchnorm: bool | None = None) -> Any:
+def wrap(trainer: Any) -> Any:
     """Make a Trainer one rank of data-parallel training (no-op in one process): batch norm
     synchronised across ranks (learner.train.sync_batchnorm), the model wrapped in DDP (which
     starts every rank from rank 0's weights), and this rank's own sampling and crop streams.
@@ -132,7 +132,7 @@ def wrap(trainer: Any, sync_batchnorm: bool | None = None) -> Any:
     if trainer.heads:
         raise UserError(f"learner.heads {', '.join(trainer.heads)}: multi-task heads do not train on several "
                         f"ranks yet (their extra forward passes bypass DDP); run them with one process")
-    sync = trainer.cfg.train.sync_batchnorm if sync_batchnorm is None else sync_batchnorm
+    sync = trainer.cfg.train.sync_batchnorm
     model = trainer.model
     if sync:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if trainer.cuda else convert_batchnorm(model)
