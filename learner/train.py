@@ -519,6 +519,8 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     try:
         stopped = distributed.agree(trainer, limit_reached()) or ""  # several ranks: stop together
         batch = None if stopped else next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)
+        if distributed.agree(trainer, "stop" if batch is None else None):  # several ranks: all start or none
+            batch = None
         pair_batch = trainer.draw_pairs(pair_feed) if batch is not None else None
         while batch is not None:
             t0 = time.monotonic()

@@ -10,7 +10,9 @@ started by torch's elastic agent, as `motionmask train --nproc 2` starts them:
 """
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 
 import cv2
 import numpy as np
@@ -57,14 +59,18 @@ def object_ring() -> RingBuffer:
     ring = RingBuffer.create(cfg)
     rng = np.random.default_rng(5)
     for i in range(N):
-        img = cv2.resize(rng.integers(0, 255, (H // 8, W // 8, 3), dtype=np.uint8), (W, H), interpolation=cv2.INTER_CUBIC)
-        tri = np.zeros((H, W), np.uint8)
-        r = int(rng.integers(10, 18))
-        centre = (int(rng.integers(r + 2, W - r - 2)), int(rng.integers(r + 2, H - r - 2)))
-        cv2.circle(tri, centre, r, 255, -1)
-        cv2.circle(img, centre, r, tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
-        assert ring.put(Sample("cam", i, 0, i / 25, img, tri, tri, None, (0, 0, H, W), (H, W)))
+        assert ring.put(disc_sample(rng, i))
     return ring
+
+
+def disc_sample(rng: np.random.Generator, i: int) -> Sample:
+    img = cv2.resize(rng.integers(0, 255, (H // 8, W // 8, 3), dtype=np.uint8), (W, H), interpolation=cv2.INTER_CUBIC)
+    tri = np.zeros((H, W), np.uint8)
+    r = int(rng.integers(10, 18))
+    centre = (int(rng.integers(r + 2, W - r - 2)), int(rng.integers(r + 2, H - r - 2)))
+    cv2.circle(tri, centre, r, 255, -1)
+    cv2.circle(img, centre, r, tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
+    return Sample("cam", i, 0, i / 25, img, tri, tri, None, (0, 0, H, W), (H, W))
 
 
 def one_step(cfg: LearnerConfig, ring: RingBuffer, rows: slice) -> tuple[Trainer, float]:
@@ -73,9 +79,10 @@ def one_step(cfg: LearnerConfig, ring: RingBuffer, rows: slice) -> tuple[Trainer
     return trainer, trainer.step(batch).loss
 
 
-def _rank_step(ring: RingBuffer) -> dict:
+def _rank_step(ring: RingBuffer, empty: RingBuffer) -> dict:
     """In each rank: one step on this rank's half, with synchronised and with per-rank batch norm;
-    then a short fit() in which only rank 1 asks to stop."""
+    then short fit() runs in which only rank 1 asks to stop: after 3 steps, and while it waits
+    for the first samples of an empty buffer (which rank 0 then fills)."""
     distributed.init(torch.device("cpu"))
     r, half = distributed.rank(), N // 2
     out = {"draw": None}
@@ -88,17 +95,24 @@ def _rank_step(ring: RingBuffer) -> dict:
     summary = fit(trainer, RingFeed(ring, mode="uniform"), None, Limits(steps=50), progress=False,
                   stop=lambda: r == 1 and trainer.step_count >= 3)
     out["fit"] = (summary.stopped, summary.step, trainer.train_seconds >= 100.0)
+    asked = itertools.count()
+    if r == 0:
+        threading.Timer(1.0, lambda: empty.put(disc_sample(np.random.default_rng(0), 0))).start()
+    summary = fit(trainer, RingFeed(empty, mode="uniform"), None, Limits(steps=50), progress=False,
+                  stop=lambda: r == 1 and next(asked) >= 1)  # not at the first limit check: in the wait
+    out["fit_waiting"] = (summary.stopped, summary.steps)
     distributed.shutdown()
     return out
 
 
 def test_two_ranks_step_like_one_process_on_the_concatenated_batch():
-    ring = object_ring()
+    ring, empty = object_ring(), RingBuffer.create(BufferConfig(train_width=W, train_height=H, memory_mb=1))
     try:
-        ranks = distributed.launch(2, _rank_step, ring)
+        ranks = distributed.launch(2, _rank_step, ring, empty)
         single, loss = one_step(step_config(), ring, slice(0, N))
     finally:
         ring.close()
+        empty.close()
     want = {k: v.numpy() for k, v in single.model.state_dict().items()}
     for r in (0, 1):
         got_loss, got = ranks[r][True]
@@ -115,6 +129,7 @@ def test_two_ranks_step_like_one_process_on_the_concatenated_batch():
     assert ranks[0]["draw"] != ranks[1]["draw"]
     # one rank's stop ends the loop on both after the same step (no rank left in an all-reduce)
     assert ranks[0]["fit"] == ranks[1]["fit"] == ("stop", 3, True)
+    assert ranks[0]["fit_waiting"] == ranks[1]["fit_waiting"] == ("stop", 0)
 
 
 TINY = """learner:
