@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+import zmq
 
 from _media import free_port, process_gone
 from exporter.bundle import LATEST
@@ -46,7 +47,7 @@ def _configs(tmp: Path) -> tuple[dict, dict]:
     }
     rig = {
         "streamer": {"flow": {"width": 96}, "motion": {"num_superpixels": 60},
-                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
         "buffer": SLOT,
         "publish": {"endpoint": ep["rpub"]},
         "daemon": {"control_endpoint": ep["rctl"], "stats_interval_s": 0, "restart_backoff_s": 0.3},
@@ -112,6 +113,17 @@ def test_rig_and_learner_on_loopback_survive_a_killed_learner(tmp_path):
             got = sub.recv(40.0)
             assert got is not None, f"no student mask on the rig\n{rlog.read_text()[-3000:]}"
             assert got[0]["model_version"] and (tmp_path / "rig_model" / got[0]["model_version"]).is_dir()
+
+        # junk on the learner's port is counted and dropped; its receiver goes on as it was
+        ctx = zmq.Context()
+        junk = ctx.socket(zmq.PUSH)
+        junk.connect(learn_cfg["learner"]["listen"])
+        for parts in ([b"GET / HTTP/1.0"], [b'{"schema":"motionmask.sample","version":7}', b"x"], [b"{}", b"", b"", b""]):
+            junk.send_multipart(parts)
+        st = _wait("junk counted", lctl, lambda s: s["remote"]["bad_total"] >= 3, procs, 20)
+        assert st["remote"]["state"] == "running" and st["remote"]["restarts"] == 0
+        junk.close(0)
+        ctx.term()
 
         rst = _wait("a steady rig", rctl, lambda s: s["remote"]["connected"] and s["cameras"]["cam"]["fps"] > 0, procs)
         fps_before = [_wait("rig fps", rctl, lambda s: True, procs)["cameras"]["cam"]["fps"] for _ in range(3)]
