@@ -46,7 +46,8 @@ awkward_numbers = st.one_of(
 )
 awkward_text = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["", "..", "../x", "/etc/passwd", "a" * 300, "\x00", "é", "\ufffd", "LATEST", "model.onnx", "manifest.json", "NaN"]),
+    st.sampled_from(["", "..", "../x", "/etc/passwd", "a" * 300, "\x00", "é", "\ufffd", "LATEST", "model.onnx",
+                     "manifest.json", "NaN"]),
 )
 scalars = st.one_of(st.none(), st.booleans(), awkward_numbers, awkward_text)
 json_values = st.recursive(

@@ -31,7 +31,7 @@ from exporter.runtime import BundleRunner
 from exporter.signing import (SIG_FILE, TRUST_FILE, SignatureError, Signer, TrustedKey, check_fresh,
                               create_signing_keys, read_trust)
 from exporter.transfer import (BundleServer, Channel, DeviceAgent, PullConfig, TransferError, _check_info,
-                               bundle_info, download_file)
+                               download_file)
 from streamer.errors import UserError
 
 VERSION = "20261206T080000Z-s0000005"
@@ -299,7 +299,8 @@ def mangle_with(plan: list[tuple[str, Any]]):
 plans = st.lists(st.one_of(
     st.tuples(st.just("honest"), st.none()),
     st.tuples(st.just("field"), st.tuples(st.sampled_from(["id", "ok", "offset", "size", "error"]), json_values)),
-    st.tuples(st.just("data"), st.sampled_from([lambda b: b[:-1], lambda b: b + b"x", lambda b: b"", lambda b: b[::-1]])),
+    st.tuples(st.just("data"), st.sampled_from([lambda b: b[:-1], lambda b: b + b"x", lambda b: b"",
+                                                lambda b: b[::-1]])),
     st.tuples(st.just("no_data"), st.none()),
     st.tuples(st.just("frames"), st.lists(st.one_of(st.binary(max_size=32), malformed_json_bytes(CHUNK)),
                                           min_size=1, max_size=3)),

@@ -16,7 +16,7 @@ import zmq
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from _fuzz import dict_mutations, fuzz, json_bytes, malformed_json_bytes
+from _fuzz import dict_mutations, fuzz, malformed_json_bytes
 from motionmask.commands.status import describe
 from motionmask.control import MAX_REQUEST_BYTES, ControlServer, parse_reply, request
 from streamer.errors import UserError
