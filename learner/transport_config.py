@@ -20,6 +20,7 @@ class TransportConfig:
     jpeg_quality: int = 90  # the frame goes as JPEG; trimap and motion probability as lossless PNG
     heartbeat_s: float = 2.0  # ping the peer this often; one silent for 5x this is dropped and reconnected
     bundles: str = ""  # rig: the learner's export.endpoint to pull bundles from; "" = learner.remote's host, port 5560
+    trusted_key: str = ""  # rig: the learner's NAME.sign_pub (docs/signing.md): only bundles it signed are taken
     # CurveZMQ (`motionmask keys`): the learner holds a server key pair; each rig holds its own pair
     # and the learner's public key. Empty = plain TCP (fine on loopback and trusted links).
     curve_secret_file: str = ""  # rig: its own NAME.key_secret; learner: the server's NAME.key_secret

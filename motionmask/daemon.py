@@ -206,9 +206,7 @@ class Daemon:
         # (motionmask/remote_roles.py); a rig's sender comes with learner.remote in role "run"
         self.role = role
         enabled = [c for c in cfg.cameras if c.enabled] if role == "run" else []
-        if role == "run" and remote_roles.check_names(cfg, role):
-            raise UserError(f"a camera is named {remote_roles.check_names(cfg, role)!r}, the name of the sample "
-                            f"sender process; rename it")
+        remote_roles.check(cfg, role)  # names and key files, before anything is opened
         if not enabled and role == "run":
             raise UserError("no cameras to run: add a `cameras:` section to the config (see "
                             "configs/rig.yaml), or enable one")

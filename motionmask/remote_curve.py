@@ -28,6 +28,25 @@ def _load(path_s: str, key: str, secret: bool) -> tuple[bytes, bytes | None]:
     return public, sec
 
 
+def check_keys(cfg: TransportConfig, role: str) -> None:
+    """At the daemon's start: every key file this role will use exists and reads, so that a typo
+    stops `motionmask run` / `learn` in one line instead of failing a child over and over."""
+    if cfg.curve_secret_file:
+        _load(cfg.curve_secret_file, "curve_secret_file", True)
+    if role == "rig" and cfg.curve_secret_file:
+        if not cfg.curve_server_key:
+            raise UserError("learner.transport.curve_server_key: the learner's public NAME.key is needed "
+                            "with learner.transport.curve_secret_file on a rig")
+        _load(cfg.curve_server_key, "curve_server_key", False)
+    if role == "learner" and cfg.curve_clients_dir and not Path(cfg.curve_clients_dir).expanduser().is_dir():
+        raise UserError(f"learner.transport.curve_clients_dir: {cfg.curve_clients_dir} is not a directory; "
+                        f"create it and copy each rig's public .key file into it")
+    if role == "rig" and cfg.trusted_key:
+        from exporter.signing import TrustedKey
+
+        TrustedKey.from_file(cfg.trusted_key, "learner.transport.trusted_key")
+
+
 def client_curve(sock: zmq.Socket, cfg: TransportConfig) -> bool:
     """Set a rig's socket up as a CurveZMQ client when keys are configured (before connect)."""
     if not cfg.curve_secret_file:
@@ -63,4 +82,4 @@ def server_curve(ctx: zmq.Context, sock: zmq.Socket, cfg: TransportConfig) -> Th
     return auth
 
 
-__all__ = ["client_curve", "server_curve"]
+__all__ = ["check_keys", "client_curve", "server_curve"]

@@ -44,10 +44,19 @@ def remote_specs(cfg: Config, role: str, forward: str, buffer_name: str, log_lev
     return []
 
 
-def check_names(cfg: Config, role: str) -> str | None:
-    """A camera named like the extra child would clash with it: the clashing name, else None."""
-    taken = {SENDER} if cfg.learner.remote and role == "run" else set()
-    return next((c.name for c in cfg.cameras if c.enabled and c.name in taken), None)
+def check(cfg: Config, role: str) -> None:
+    """UserError, in one line, for what would make the extra child fail over and over: a camera
+    named like it, a key file that is missing or unreadable."""
+    from motionmask.remote_curve import check_keys
+    from streamer.errors import UserError
+
+    if role == "learn":
+        check_keys(cfg.learner.transport, "learner")
+    elif cfg.learner.remote:
+        clash = next((c.name for c in cfg.cameras if c.enabled and c.name == SENDER), None)
+        if clash:
+            raise UserError(f"a camera is named {clash!r}, the name of the sample sender process; rename it")
+        check_keys(cfg.learner.transport, "rig")
 
 
 def learn_payload(payload: dict[str, Any], cfg: Config) -> None:
@@ -143,5 +152,5 @@ def format_remote(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["RECEIVER", "SENDER", "check_names", "format_remote", "learn_pair_store", "learn_payload",
+__all__ = ["RECEIVER", "SENDER", "check", "format_remote", "learn_pair_store", "learn_payload",
            "remote_specs", "remote_status"]

@@ -250,12 +250,16 @@ class SenderProcess:
 
     # -- bundles from the learner -----------------------------------------------------------
     def _start_bundles(self, endpoint: str, dest: str) -> None:
+        from exporter.signing import TrustedKey
         from exporter.transfer import DeviceAgent, PullConfig
 
         def installed(done) -> None:
             self.counters["bundle"] = done.version
 
-        agent = DeviceAgent(endpoint, dest, PullConfig(poll_s=5.0, backoff_max_s=5.0), on_install=installed)
+        key = self.cfg.trusted_key
+        trusted = TrustedKey.from_file(key, "learner.transport.trusted_key") if key else None
+        agent = DeviceAgent(endpoint, dest, PullConfig(poll_s=10.0, backoff_max_s=10.0), on_install=installed,
+                            trusted=trusted)
 
         def follow() -> None:
             while not self.stop.is_set():

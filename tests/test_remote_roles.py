@@ -32,7 +32,7 @@ def _configs(tmp: Path) -> tuple[dict, dict]:
         "buffer": dict(SLOT, name=f"mm_test_learn_{os.getpid()}"),  # a restart replaces the killed one's segment
         "publish": {"endpoint": ep["lpub"]},
         "daemon": {"control_endpoint": ep["lctl"], "stats_interval_s": 0, "restart_backoff_s": 0.3,
-                   "shutdown_timeout_s": 10.0},
+                   "shutdown_timeout_s": 5.0},
         "web": {"enabled": False},
         "learner": {
             "run_dir": str(tmp / "run"), "listen": ep["samples"],

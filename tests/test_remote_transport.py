@@ -334,3 +334,19 @@ def test_config_errors_name_the_key(tmp_path):
     cfg = load_config(None, {"learner": {"listen": "tcp://127.0.0.1:5560"}, "export": {"enabled": True}})
     with pytest.raises(UserError, match="learner.listen .* is also export.endpoint"):
         learn_config(cfg)
+
+
+def test_a_missing_key_file_stops_the_rig_at_start_in_one_line(tmp_path):
+    cfg = tmp_path / "rig.yaml"
+    cfg.write_text(f"""
+cameras: [{{name: cam, source: {tmp_path / 'none.mp4'}}}]
+daemon: {{control_endpoint: tcp://127.0.0.1:{free_port()}}}
+publish: {{endpoint: tcp://127.0.0.1:{free_port()}}}
+web: {{enabled: false}}
+learner: {{enabled: false, remote: tcp://127.0.0.1:{free_port()},
+          transport: {{curve_secret_file: {tmp_path / 'rig.key_secret'}, curve_server_key: x.key}}}}
+""")
+    r = subprocess.run([sys.executable, "-m", "motionmask.cli", "run", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "learner.transport.curve_secret_file" in r.stderr and "motionmask keys" in r.stderr
+    assert "Traceback" not in r.stderr
