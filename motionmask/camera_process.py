@@ -34,11 +34,10 @@ import zmq
 
 from motionmask.child import Reporter, Stopped, run_child
 from motionmask.config import from_dict
-from motionmask.fuse import MIN_STUDENT, CarriedStudent, fuse
+from motionmask.fuse import MIN_STUDENT, CarriedStudent, live_step
 from streamer import protocol
 from streamer.config import StreamerConfig
 from streamer.errors import SourceError, UserError
-from streamer.flow import working_size
 from streamer.log import log_event
 from streamer.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
 from streamer.ringbuffer import BufferConfig, RingBuffer, sample_from_result
@@ -287,26 +286,17 @@ class CameraProcess:
             if self.student is None:
                 return
             version = self.student.version
-            if not carried.due(r.shot, r.flow, version):
-                carried.step(r.flow)
-                if self.fused:
-                    self._forward(r, "fused", fuse(motion, carried.mask, self.min_student), capture_ns,
-                                  model_version=version)
-                return
-            prob = self.student(r.frame.image)
+            fused, mask = live_step(carried, motion, r.frame.image, r.shot, r.flow, self.student, version,
+                                    self.min_student, self.cfg.flow.width)
         except Exception as e:
             if str(e) != self._student_error:
                 self._student_error = str(e)
                 log_event(log, "student_failed", logging.WARNING, camera=self.name, error=f"{type(e).__name__}: {e}")
             return
-        mask = np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        flow_hw = r.flow.shape[:2] if r.flow is not None else None
-        h, w = mask.shape
-        size = (flow_hw[1], flow_hw[0]) if flow_hw else working_size(w, h, self.cfg.flow.width)
-        carried.ran(mask, r.shot, version, size)
-        self._forward(r, "student", mask, capture_ns, model_version=version)
+        if mask is not None:
+            self._forward(r, "student", mask, capture_ns, model_version=version)
         if self.fused:
-            self._forward(r, "fused", fuse(motion, mask, self.min_student), capture_ns, model_version=version)
+            self._forward(r, "fused", fused, capture_ns, model_version=version)
 
     def fps(self) -> float:
         """Results per second over the last couple of seconds (0 when nothing came lately)."""

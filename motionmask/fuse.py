@@ -16,11 +16,13 @@ mask. Motion passes whole: it is what a subscriber got before a bundle existed.
 The student runs on every Nth frame only (export.student_every: it costs the camera its fps); in
 between, its last mask is carried along the optical flow the pipeline already computed
 (`carry_forward`), so a walking actor's student mask walks with it and a still one stays put.
-`CarriedStudent` keeps that state for one camera.
+`CarriedStudent` keeps that state for one camera; `live_step` is one frame of it, the camera
+process's code and the benchmarks' alike.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -95,4 +97,33 @@ class CarriedStudent:
         self.age += 1
 
 
-__all__ = ["MIN_STUDENT", "CarriedStudent", "carry_forward", "fuse"]
+def to_u8(prob: np.ndarray) -> np.ndarray:
+    """A probability map in [0, 1] as the uint8 mask the wire carries (prob * 255, rounded)."""
+    return np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def live_step(carried: CarriedStudent, motion: np.ndarray, image: np.ndarray, shot: int, flow: np.ndarray | None,
+              student: Callable[[np.ndarray], np.ndarray], version: str = "", min_student: float = MIN_STUDENT,
+              flow_width: int = 240) -> tuple[np.ndarray, np.ndarray | None]:
+    """One frame of a camera's live masks, exactly as motionmask/camera_process.py publishes them:
+    (the fused mask, the student's fresh uint8 mask or None on a frame it was carried to).
+
+    motion: the frame's uint8 motion mask; image: the frame (H x W x 3 RGB); shot, flow: the
+    frame's MaskResult.shot and .flow; student: frame -> probability map at the frame's size (an
+    exporter.runtime.BundleRunner); version: the bundle's (a new one runs the student at once);
+    flow_width: streamer.flow.width, the carry resolution of a frame that has no flow."""
+    if not carried.due(shot, flow, version):
+        carried.step(flow)
+        return fuse(motion, carried.mask, min_student), None
+    mask = to_u8(student(image))
+    if flow is not None:
+        size = (flow.shape[1], flow.shape[0])
+    else:
+        from streamer.flow import working_size
+
+        size = working_size(mask.shape[1], mask.shape[0], flow_width)
+    carried.ran(mask, shot, version, size)
+    return fuse(motion, mask, min_student), mask
+
+
+__all__ = ["MIN_STUDENT", "CarriedStudent", "carry_forward", "fuse", "live_step", "to_u8"]

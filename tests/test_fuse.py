@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from motionmask.config import ConfigError, load_config
-from motionmask.fuse import CarriedStudent, carry_forward, fuse
+from motionmask.fuse import CarriedStudent, carry_forward, fuse, live_step
 from streamer.config import FlowConfig
 from streamer.flow import FlowEstimator
 
@@ -127,3 +127,38 @@ def test_fuse_config_keys_are_typed_and_named(tmp_path):
     bad.write_text("export:\n  fused: maybe\n")
     with pytest.raises(ConfigError, match=r"export\.fused: expected true or false"):
         load_config(bad)
+
+
+def test_live_step_runs_the_student_every_nth_frame_and_carries_it_in_between():
+    """The camera's frame step (motionmask.fuse.live_step) on a textured square walking right over
+    real DIS flow; motion sees nothing (as if it had stopped), so the fused mask is the student's,
+    fresh on every 3rd frame and carried along the flow on the others."""
+    rng = np.random.default_rng(5)
+    h, w, step = 72, 96, 4
+    bg = (rng.random((h, w)) * 60 + 40).astype(np.uint8)
+    tex = (rng.random((24, 24)) * 100 + 140).astype(np.uint8)
+    grays, truths = [], []
+    for i in range(7):
+        g = bg.copy()
+        g[24:48, 10 + step * i:34 + step * i] = tex
+        grays.append(g)
+        truths.append(_box(h, w, 24, 48, 10 + step * i, 34 + step * i, 255) >= 128)
+    est = FlowEstimator(FlowConfig())
+    calls = []
+
+    def student(image):  # sees the square wherever it is in the frame it is given
+        calls.append(int(image[0, 0, 0]))
+        return truths[int(image[0, 0, 0])].astype(np.float32)
+
+    carried = CarriedStudent(every=3)
+    motion = np.zeros((h, w), np.uint8)
+    for i in range(7):
+        flow = est(grays[i - 1], grays[i])[0] if i else None
+        image = np.dstack([grays[i]] * 3)
+        image[0, 0, 0] = i  # tells the student which frame it was handed
+        fused, fresh = live_step(carried, motion, image, 0, flow, student, "v1", 0.5, flow_width=w)
+        assert (fresh is not None) == (i % 3 == 0)
+        assert _iou(fused >= 128, truths[i]) > 0.8, i  # carried along: it walks with the square
+        if i % 3:
+            assert _iou(fused >= 128, truths[i]) > _iou(truths[i - i % 3], truths[i])  # better than standing still
+    assert calls == [0, 3, 6]
