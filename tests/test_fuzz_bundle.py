@@ -26,12 +26,13 @@ from hypothesis import strategies as st
 
 from _fuzz import (byte_mutations, deeply_nested_json, dict_mutations, fuzz, json_bytes, json_values,
                    malformed_json_bytes)
-from exporter.bundle import MANIFEST_FILE, MODEL_FILE, parse_manifest, publish_bundle, read_pointer
+from exporter.bundle import (MANIFEST_FILE, MODEL_FILE, parse_manifest, publish_bundle, read_pointer,
+                             write_pointer)
 from exporter.runtime import BundleRunner
 from exporter.signing import (SIG_FILE, TRUST_FILE, SignatureError, Signer, TrustedKey, check_fresh,
                               create_signing_keys, read_trust)
 from exporter.transfer import (BundleServer, Channel, DeviceAgent, PullConfig, TransferError, _check_info,
-                               download_file)
+                               download_file, verified_floor)
 from streamer.errors import UserError
 
 VERSION = "20261206T080000Z-s0000005"
@@ -157,6 +158,26 @@ def test_trust_files(tmp_path_factory, raw):
     (d / TRUST_FILE).write_bytes(raw)
     got = read_trust(d)
     assert got is None or (isinstance(got, dict) and type(got["sequence"]) is int)
+    shutil.rmtree(d)
+
+
+@fuzz(40)
+@given(sequence=json_values)
+@example(sequence=float("inf"))  # was OverflowError from int() when TRUST.json is gone
+@example(sequence="12")
+def test_the_floor_from_the_bundle_in_service(published, keys, tmp_path_factory, sequence):
+    """TRUST.json lost: the floor is the sequence of the bundle in service, if the pinned key
+    signed it. Whatever that manifest holds, the answer is an int floor or none."""
+    d = tmp_path_factory.mktemp("floor", numbered=True)
+    shutil.copytree(published / VERSION, d / VERSION)
+    m = manifest_of(published)
+    m["sequence"] = sequence
+    body = json_bytes(m)
+    (d / VERSION / MANIFEST_FILE).write_bytes(body)
+    (d / VERSION / SIG_FILE).write_bytes(keys[0].sign(body))
+    write_pointer(d, VERSION)
+    got = verified_floor(d, keys[1])
+    assert got is None or (type(got["sequence"]) is int and got["version"] == VERSION)
     shutil.rmtree(d)
 
 
