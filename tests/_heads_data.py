@@ -36,7 +36,7 @@ def streamed_ring(clips: list[Clip], size: tuple[int, int] = (128, 96)) -> RingB
     """Every analysed frame of the clips (pruning off) in a ring buffer, flow included."""
     w, h = size
     cfg = StreamerConfig()
-    cfg.prune.min_fg, cfg.prune.max_fg, cfg.prune.max_border_fg = 0.0, 1.0, 1.0
+    cfg.prune.min_fg, cfg.prune.max_fg, cfg.prune.max_border_fg, cfg.prune.max_unsure = 0.0, 1.0, 1.0, 1.0
     samples = []
     for i, clip in enumerate(clips):
         seg = MotionSegmenter(cfg)

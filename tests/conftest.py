@@ -26,7 +26,7 @@ def learner_daemon_config(tmp_path: Path, clip: Path) -> Callable[..., dict[str,
     def make(shutdown_s: float, **learner: Any) -> dict[str, Any]:
         return {
             "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                         "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+                         "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
             "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
             "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
             "daemon": {"control_endpoint": f"tcp://127.0.0.1:{free_port()}", "shutdown_timeout_s": shutdown_s,

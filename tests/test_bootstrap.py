@@ -212,7 +212,7 @@ TINY = """learner:
   checkpoint: {keep: 5}
   bootstrap: {every_steps: 3}
 buffer: {train_width: 160, train_height: 120, memory_mb: 16}
-streamer: {prune: {min_fg: 0.0, max_border_fg: 1.0}}
+streamer: {prune: {min_fg: 0.0, max_border_fg: 1.0, max_unsure: 1.0}}
 """
 
 

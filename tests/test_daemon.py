@@ -26,7 +26,7 @@ def _config(tmp_path: Path, cameras: list[dict], **sections) -> tuple[Path, dict
     ports = {"publish": free_port(), "control": free_port()}
     cfg = {
         "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
         "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
         "publish": {"endpoint": f"tcp://127.0.0.1:{ports['publish']}"},
         "daemon": {"control_endpoint": f"tcp://127.0.0.1:{ports['control']}",

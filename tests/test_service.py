@@ -23,7 +23,7 @@ from motionmask.sdnotify import Notifier
 def config(tmp_path: Path, source: str, name: str = "daemon.yaml", **sections) -> tuple[Path, dict]:
     cfg = {
         "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
         "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
         "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
         "daemon": {"control_endpoint": f"tcp://127.0.0.1:{free_port()}", "shutdown_timeout_s": 5.0,

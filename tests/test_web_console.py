@@ -48,7 +48,7 @@ class WebDaemon:
         self.control = f"tcp://127.0.0.1:{free_port()}"
         self.cfg = {
             "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                         "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+                         "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
             "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
             "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
             "daemon": {"control_endpoint": self.control, "shutdown_timeout_s": 5.0, "stats_interval_s": 5.0},
