@@ -207,7 +207,7 @@ def test_sender_follows_the_buffer_and_drops_past_its_high_water_mark(ring):
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     before = _sample(0)
     assert ring.put(before)  # already there when the sender starts: not sent (a restart would repeat it)
-    cfg = asdict(TransportConfig(rig="rigX", sndhwm=4, heartbeat_s=0.5))
+    cfg = asdict(TransportConfig(rig="rigX", sndhwm=16, heartbeat_s=0.5))
     child = _Child("motionmask.remote_send", {"name": "sender", "remote": f"tcp://127.0.0.1:{port}", "transport": cfg,
                                              "buffer_name": ring.name, "buffer": asdict(ring._cfg)}, ctx)
     try:
@@ -227,11 +227,11 @@ def test_sender_follows_the_buffer_and_drops_past_its_high_water_mark(ring):
         pull.close(0)  # the learner goes away: the sender queues sndhwm samples, then drops and counts
         child.wait_for(lambda r: not r["connected"])
         t0 = time.perf_counter()
-        for i in range(11, 41):
+        for i in range(11, 71):
             assert ring.put(_sample(i))
         assert time.perf_counter() - t0 < 1.0  # the cameras' puts never wait for the network
-        r = child.wait_for(lambda r: r["sent"] + r["dropped"] == 40)
-        assert r["dropped"] >= 30 - 2 * 4 - 2  # the queue (sndhwm at both ends of the pipe) holds the rest
+        r = child.wait_for(lambda r: r["sent"] + r["dropped"] == 70)
+        assert r["dropped"] >= 60 - 2 * 16  # the queue for the absent learner (sndhwm) holds the rest
     finally:
         err = child.stop()
         ctx.destroy(linger=0)
