@@ -49,6 +49,7 @@ Prints markdown tables and writes bench/out/rig.json (--out) and bench/out/rig_s
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -697,10 +698,8 @@ def run(args) -> int:
         raise UserError("--steps 0 and --minutes 0: no training budget; give one of them")
     # everything the scoring needs, loaded now: not first after a long training, when a broken
     # install (or a checkout being edited) would lose the run's work at the export
-    import exporter.export  # noqa: F401
-    import exporter.runtime  # noqa: F401
-    import learner.predict  # noqa: F401
-    import streamer.pipeline  # noqa: F401
+    for module in ("exporter.export", "exporter.runtime", "learner.predict", "learner.heads", "streamer.pipeline"):
+        importlib.import_module(module)
     fuse_function()
     if args.device == "cuda":
         import torch
