@@ -91,6 +91,7 @@ class LearnerProcess:
         self.counters: dict[str, Any] = {
             "step": 0, "loss": None, "lr": 0.0, "crops_per_s": 0.0, "device": "", "threads": 0,
             "nan_skipped": 0, "resumed_from": None, "refined_sent": 0, "refined_dropped": 0, "appetite_waits": 0,
+            "appetite_waiting": False,
         }
         self._rate: deque[tuple[float, int]] = deque()  # (time, crops seen) for crops/s
         self._ckpt_cache: tuple[float, dict] = (0.0, {})
@@ -313,6 +314,8 @@ class LearnerProcess:
                     return "waiting for samples"
             except ValueError:  # closed meanwhile
                 pass
+        if self.counters.get("appetite_waiting"):
+            return "waiting for samples (samples per insert)"
         return "training"
 
     def snapshot(self) -> dict[str, Any]:
@@ -363,7 +366,9 @@ class _Rationed:
 
     def sample(self, n: int, rng, out):
         t = self.ring.totals()
-        if not self.appetite.can_sample(t["puts"], t["samples"], n):
+        waiting = not self.appetite.can_sample(t["puts"], t["samples"], n)
+        self.counters["appetite_waiting"] = waiting
+        if waiting:
             self.counters["appetite_waits"] += 1
             out.n = 0
             return out

@@ -350,3 +350,21 @@ learner: {{enabled: false, remote: tcp://127.0.0.1:{free_port()},
                        text=True, timeout=60)
     assert r.returncode == 2 and "learner.transport.curve_secret_file" in r.stderr and "motionmask keys" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_learner_waits_when_ahead_of_its_appetite(ring):
+    from motionmask.learner_process import _Rationed
+    from learner.samples import RingFeed
+
+    counters = {"appetite_waits": 0, "appetite_waiting": False}
+    feed = _Rationed(RingFeed(ring), ring, {"samples_per_insert": 2, "tolerance": 4}, counters)
+    rng, out = np.random.default_rng(0), ring.new_batch(4)
+    for i in range(2):
+        ring.put(_sample(i))
+    # drawn + n - inserts x 2 <= 4: 0 + 4 - 4, then 4 + 4 - 4, then 8 + 4 - 4 is too many
+    assert len(feed.sample(4, rng, out)) == 4 and not counters["appetite_waiting"]
+    assert len(feed.sample(4, rng, out)) == 4
+    assert len(feed.sample(4, rng, out)) == 0 and counters["appetite_waiting"] and counters["appetite_waits"] == 1
+    ring.put(_sample(2))
+    ring.put(_sample(3))  # 8 + 4 - 4 x 2 = 4: one more batch
+    assert len(feed.sample(4, rng, out)) == 4 and not counters["appetite_waiting"]
