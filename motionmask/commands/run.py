@@ -13,6 +13,8 @@ EPILOG = """examples:
   motionmask run --config configs/rig.yaml          # a USB camera and an RTSP camera
   motionmask status                                 # in another terminal
   motionmask subscribe --topic mask.sample.motion   # the live masks
+  motionmask run --config configs/remote-rig.yaml   # a rig whose learner runs elsewhere (`motionmask learn`):
+                                                    # learner.enabled false, learner.remote tcp://HOST:5562
 
 Runs until SIGINT (Ctrl-C) or SIGTERM, then stops every camera within daemon.shutdown_timeout_s
 and exits 0. A camera that fails (unplugged, unreachable, crashed) restarts with backoff while the
