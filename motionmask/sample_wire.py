@@ -26,6 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from streamer import json_input
+
 SCHEMA = "motionmask.sample"
 VERSION = 1
 KINDS = ("sample", "pair")
@@ -122,7 +124,7 @@ def parse_header(parts: list[bytes]) -> dict[str, Any]:
     if not parts or len(parts[0]) > MAX_HEADER:
         raise WireError("header", "first part missing or too long for a header")
     try:
-        hdr = json.loads(bytes(parts[0]))
+        hdr = json_input.loads(bytes(parts[0]))  # a deeply nested header: ValueError, not RecursionError
     except (UnicodeDecodeError, ValueError):
         raise WireError("header", "header is not JSON") from None
     if not isinstance(hdr, dict) or hdr.get("schema") != SCHEMA:
