@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 import numpy as np
 
 from exporter.bundle import LATEST, Bundle, load_bundle, read_pointer, resolve_bundle

@@ -8,7 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 import numpy as np
 
 

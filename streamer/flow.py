@@ -1,15 +1,18 @@
 """Dense optical flow (OpenCV DIS) with a forward-backward consistency confidence."""
 from __future__ import annotations
 
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 import numpy as np
 
 from streamer.config import FlowConfig
 
-_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+_PRESETS = {  # names, looked up when a flow estimator is made: a device imports this module for working_size
+    "ultrafast": "DISOPTICAL_FLOW_PRESET_ULTRAFAST",
+    "fast": "DISOPTICAL_FLOW_PRESET_FAST",
+    "medium": "DISOPTICAL_FLOW_PRESET_MEDIUM",
 }
 
 
@@ -34,7 +37,7 @@ class FlowEstimator:
 
     def __init__(self, cfg: FlowConfig):
         self.cfg = cfg
-        self._dis = cv2.DISOpticalFlow.create(_PRESETS[cfg.preset])
+        self._dis = cv2.DISOpticalFlow.create(getattr(cv2, _PRESETS[cfg.preset]))
         self._dis.setFinestScale(cfg.finest_scale)
 
     def __call__(self, gray_prev: np.ndarray, gray_cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 import numpy as np
 
 from streamer.atomic import write_png
-from streamer.pipeline import MaskResult
+from streamer.frames import MaskResult
 
 KEPT_TINT = (40, 220, 90)  # green: a usable training sample
 PRUNED_TINT = (235, 60, 60)  # red: pruned, with the reason in the text

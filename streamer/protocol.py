@@ -15,7 +15,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 import numpy as np
 
 from streamer import json_input

@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import _posixshmem  # the module multiprocessing.shared_memory is built on; gives us the fd
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 import numpy as np
 
 from streamer.atomic import pid_alive

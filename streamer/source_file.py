@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Iterator
 
 import av
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 import numpy as np
 from av.error import FFmpegError
 

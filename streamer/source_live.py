@@ -16,7 +16,10 @@ from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 import av
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 import numpy as np
 from av.error import ExitError, FFmpegError
 

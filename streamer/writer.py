@@ -22,7 +22,7 @@ import numpy as np
 from streamer.atomic import write_png
 from streamer.errors import UserError
 from streamer.log import log_event
-from streamer.pipeline import MaskResult
+from streamer.frames import MaskResult
 
 logger = logging.getLogger(__name__)
 

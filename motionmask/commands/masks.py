@@ -24,7 +24,7 @@ from motionmask.config import Config, load_config
 from streamer.errors import UserError
 from streamer.log import log_event
 from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay, trimap_rgb
-from streamer.pipeline import MaskResult, MotionSegmenter
+from streamer.frames import MaskResult
 from streamer.prune import pruned_summary
 from streamer.sources import open_source
 from streamer.writer import CONTACT_NAME, OVERLAY_NAME, MaskWriter, check_out_dir
@@ -335,6 +335,8 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: in
         try:
             # log lines go through tqdm.write so that they do not tear the progress bar
             with logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext():
+                from streamer.pipeline import MotionSegmenter  # OpenCV and SciPy: the rig role; devices import this module
+
                 segmenter = MotionSegmenter(cfg.streamer)
                 pushed = 0
                 frames = iter(source)

@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
+try:
+    import cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
+    from streamer import npcv as cv2
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -20,7 +23,7 @@ from motionmask.config import load_config
 from streamer.errors import UserError
 from streamer.flow import working_size
 from streamer.log import log_event
-from streamer.pipeline import MaskResult
+from streamer.frames import MaskResult
 from streamer.prune import prune, trimap
 from streamer.shots import ShotDetector
 from streamer.sources import open_source
