@@ -1,4 +1,5 @@
-# Two entry points on a fresh clone: `make run` and `make test`. Both create .venv themselves.
+# Two entry points on a fresh clone: `make run` and `make test`. Both create .venv themselves and
+# install every role (`.[all]`); a plain `pip install .` is the device role only (README).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -14,11 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(PIP) install -q '$(TORCH_SPEC)')
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[all,dev]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from motionmask import __version__
@@ -13,6 +14,18 @@ from streamer.errors import UserError
 
 # in the order `motionmask --help` lists them: the daily ones first
 COMMANDS: list[str] = ["run", "learn", "status", "console", "subscribe", "masks", "train", "predict", "export", "device", "synth", "keys"]
+
+# What each command imports beyond the device role (`pip install motionmask`: numpy, ONNX Runtime,
+# ZeroMQ, PyYAML, PyAV). In an install without them the command answers with ROLE_ERROR, one line.
+_RIG = ("cv2", "skimage", "scipy")
+_WEB = ("starlette", "uvicorn")
+_LEARN = ("torch", "onnx", "onnxscript")
+NEEDS: dict[str, tuple[str, ...]] = {
+    "run": _RIG + _WEB, "learn": _RIG + _WEB + _LEARN, "console": _WEB, "subscribe": _RIG, "masks": _RIG,
+    "train": _RIG + _LEARN, "export": _RIG + _LEARN, "synth": _RIG,
+}  # device, predict, keys, status: the device role (predict --checkpoint and --overlay load more, see main)
+ROLE_MODULES = frozenset(_RIG + _WEB + _LEARN)
+ROLE_ERROR = "motionmask {command} needs the rig/learn role: pip install 'motionmask[all]'"
 
 EPILOG = """examples:
   motionmask run --config configs/default.yaml     # the daemon on the bundled clip
@@ -34,10 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if missing_role(name):  # listed, never imported: main() answers with ROLE_ERROR
+            sub.add_parser(name, help="(not installed: needs the rig/learn role)", add_help=False)
+            continue
         module = importlib.import_module(f"motionmask.commands.{name}")
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def missing_role(command: str) -> bool:
+    """Whether a package the command needs is not installed (looked up, not imported)."""
+    return any(importlib.util.find_spec(m) is None for m in NEEDS.get(command, ()))
 
 
 def setup_logging(level: str) -> None:
@@ -47,6 +68,11 @@ def setup_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in COMMANDS), None)
+    if command and missing_role(command):  # before argparse, so that `train --help` says it too
+        print(ROLE_ERROR.format(command=command), file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -61,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"motionmask {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        # a device-role install asked for more (predict --checkpoint: torch; --overlay: OpenCV)
+        if (e.name or "").split(".")[0] not in ROLE_MODULES:
+            raise
+        print(ROLE_ERROR.format(command=args.command), file=sys.stderr)
+        return 2
     except OSError as e:
         # full disk, permissions: name the file and stop; partial outputs are never half-written
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
