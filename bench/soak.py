@@ -651,7 +651,9 @@ class Faults:
                 from bench._soak_checks import device_model
 
                 version, why = device_model(fresh, _checks(rig))
-                return extra.returncode == 0 and version is not None and not why
+                text = (rig.logs / f"{fresh.name}.log").read_text(errors="replace")
+                noticed = any(e in text for e in ("event=bundle_rejected", "event=pull_retry", "event=pull_failed"))
+                return extra.returncode == 0 and noticed and version is not None and not why
 
             took = wait_until(done, BOUND_S[kind])
             if extra.poll() is None:
@@ -746,7 +748,8 @@ def schedule(rng: random.Random, kinds: list[str]) -> list[str]:
     return out
 
 
-def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None) -> dict[str, Any]:
+def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None,
+         quiet_minutes: float = 0.0) -> dict[str, Any]:
     from bench._soak_checks import alive, children_of, shm_segments, slope_per_hour
 
     rng = random.Random(seed)
@@ -788,6 +791,11 @@ def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None) -
             gap = rng.uniform(3, 10)
             time.sleep(max(0.0, min(gap, end - time.monotonic())))
         soak_s = time.monotonic() - t_faults
+        quiet_from = None
+        if quiet_minutes > 0:  # no faults: the steady state, where growth means a leak
+            log(f"{quiet_minutes:g} min without faults")
+            quiet_from = time.monotonic() - monitor.t0
+            time.sleep(quiet_minutes * 60)
     finally:
         if monitor is not None:
             monitor.stop()
@@ -856,6 +864,13 @@ def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None) -
 
     span = (m.samples[-1]["t"] - m.samples[0]["t"]) if len(m.samples) > 1 else 0.0
     growth = growth_rates(m.procs, span)
+    quiet = None
+    if quiet_from is not None:  # the whole tree, after a minute to settle: no restart resets anything there
+        qs = [x for x in m.samples if x["t"] >= quiet_from + WARMUP_S and "tree_rss_mb" in x]
+        quiet = {k: round(slope_per_hour([x["t"] for x in qs], [x[key] for x in qs]), 2)
+                 for k, key in (("rss_mb", "tree_rss_mb"), ("daemon_rss_mb", "daemon_rss_mb"), ("fds", "tree_fds"),
+                                ("threads", "tree_threads"), ("shm", "shm"))}
+        quiet.update(minutes=quiet_minutes, samples=len(qs))
 
     logs = {p.name: p.read_text(errors="replace") for p in rig.logs.glob("*.log")}
     tracebacks = {n: t.count("Traceback") for n, t in logs.items() if "Traceback" in t}
@@ -869,13 +884,21 @@ def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None) -
         "recover_p50_s": percentile(all_times, 50), "recover_p99_s": percentile(all_times, 99),
         "unreadable_checkpoints": len(m.checks.bad_checkpoints),
         "unreadable_bundles": len(m.checks.bad_bundles),
+        "checkpoints_written": logs.get("daemon.log", "").count("event=checkpoint_saved"),
+        "checkpoints_failed": logs.get("daemon.log", "").count("event=checkpoint_failed"),
+        "bundles_written": logs.get("daemon.log", "").count("event=export_published"),
+        "device_installs": sum(t.count("event=bundle_installed") for n, t in logs.items() if n.startswith("device")),
+        "device_rejections": sum(t.count("event=bundle_rejected") for n, t in logs.items() if n.startswith("device")),
         "checkpoints_checked": m.checks.checkpoints, "bundles_checked": m.checks.bundles,
         "device_checks": m.device_checks, "device_unverified": len(m.device_bad),
         "leftover_shm": len(leftover_shm), "leftover_processes": len(leftover_procs),
         "leftover_tmp_dirs": len(leftover_tmp), "daemon_tmp_dirs_seen": len(rig.tmp_dirs),
-        "rss_slope_mb_per_hour": growth["rss"]["all"],
-        "fds_slope_per_hour": growth["fds"]["all"], "threads_slope_per_hour": growth["threads"]["all"],
-        "slopes_by_role": growth,
+        # with --quiet-minutes: the tree's slope once the faults are over; else per-process slopes under faults
+        "rss_slope_mb_per_hour": quiet["rss_mb"] if quiet else growth["rss"]["all"],
+        "fds_slope_per_hour": quiet["fds"] if quiet else growth["fds"]["all"],
+        "threads_slope_per_hour": quiet["threads"] if quiet else growth["threads"]["all"],
+        "growth_quiet": quiet,
+        "growth_under_faults": growth,
         "shm_slope_per_hour": round(slope_per_hour([x["t"] for x in m.samples], [x["shm"] for x in m.samples]), 2),
         "shm_max": max((s["shm"] for s in m.samples), default=0),
         "cameras": cameras,
@@ -922,17 +945,27 @@ def table(r: dict[str, Any]) -> str:
     for name, c in r["cameras"].items():
         lines.append(f"| {name} | {c['decoded']} | {c['processed']} | {c['kept']} | {c['motion_masks_received']} "
                      f"| {c['motion_masks_missing_by_seq']} | {c['restarts']} |")
-    lines += ["", f"checkpoints checked {r['checkpoints_checked']}, unreadable {r['unreadable_checkpoints']}; "
+    lines += ["", f"written: {r['checkpoints_written']} checkpoints ({r['checkpoints_failed']} refused by a full disk), "
+              f"{r['bundles_written']} bundles; the device installed {r['device_installs']} and rejected "
+              f"{r['device_rejections']} (damaged in transit)",
+              f"checkpoints checked {r['checkpoints_checked']}, unreadable {r['unreadable_checkpoints']}; "
               f"bundles checked {r['bundles_checked']}, unreadable {r['unreadable_bundles']}; device model checked "
               f"{r['device_checks']} times, unverified {r['device_unverified']}",
               f"left in /dev/shm {r['leftover_shm']}, in /tmp {r['leftover_tmp_dirs']}, processes left "
-              f"{r['leftover_processes']}; growth of the process tree (per-process slopes after "
-              f"{WARMUP_S:g} s of warm-up): RSS {r['rss_slope_mb_per_hour']} MB/h, open files "
-              f"{r['fds_slope_per_hour']}/h, threads {r['threads_slope_per_hour']}/h; shm segments {r['shm_slope_per_hour']}/h "
-              f"(max {r['shm_max']})",
-              "  by role (MB/h): " + ", ".join(f"{k} {v}" for k, v in r["slopes_by_role"]["rss"].items() if k != "all"),
-              f"daemon starts {r['daemon_starts']}, device starts {r['device_starts']}, final stop exit "
-              f"{r['final_stop_exit']}; problems: {len(r['problems'])}"]
+              f"{r['leftover_processes']}; shm segments {r['shm_slope_per_hour']}/h (max {r['shm_max']})",
+              f"growth under faults (per-process slopes after {WARMUP_S:g} s of warm-up, weighted by lifetime): RSS "
+              f"{r['growth_under_faults']['rss']['all']} MB/h ("
+              + ", ".join(f"{k} {v}" for k, v in r["growth_under_faults"]["rss"].items() if k != "all")
+              + f"), open files {r['growth_under_faults']['fds']['all']}/h, threads "
+              f"{r['growth_under_faults']['threads']['all']}/h"]
+    q = r["growth_quiet"]
+    if q:
+        lines.append(f"growth without faults (the whole tree, {q['minutes']:g} min, {q['samples']} samples after "
+                     f"{WARMUP_S:g} s): RSS {q['rss_mb']} MB/h (daemon {q['daemon_rss_mb']}), open files {q['fds']}/h, "
+                     f"threads {q['threads']}/h, shm segments {q['shm']}/h")
+    lines += [f"daemon starts {r['daemon_starts']}, device starts {r['device_starts']}, final stop exit "
+              f"{r['final_stop_exit']} ({r['children_killed_at_stop']} children SIGKILLed at a stop after "
+              f"shutdown_timeout_s); problems: {len(r['problems'])}"]
     lines += [f"  - {p}" for p in r["problems"]]
     return "\n".join(lines)
 
@@ -947,6 +980,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=20.0, help="minutes of faults after the rig is up (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seeds the fault order, pauses and durations (default 0)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "soak.json"), help="JSON output")
+    p.add_argument("--quiet-minutes", type=float, default=0.0, help="then this long without faults: the growth "
+                   "of RSS, files and threads in a steady state (default 0)")
     p.add_argument("--kinds", default="", help=f"comma-separated faults to draw from (default: all of {', '.join(KINDS)})")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, run dir, device dir)")
     args = p.parse_args(argv)
@@ -958,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="motionmask-soak-"))
     keep = args.keep
     try:
-        r = soak(args.minutes, args.seed, work, only or None)
+        r = soak(args.minutes, args.seed, work, only or None, args.quiet_minutes)
         keep = keep or bool(r["problems"])
     except SoakFailure as e:
         keep = True
