@@ -29,6 +29,9 @@ log = logging.getLogger("motionmask.control")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 MAX_REQUEST_BYTES = 64 << 10  # a request is a few bytes of JSON; a peer sending more is cut off
 _MAX_REPLY_TO_JUNK = 200  # characters of an unreadable request echoed back in the error
+# Bad requests are logged one line this often at most, with the count of the ones in between:
+# whoever can reach the port must not be able to flood the journal (bench/soak.py's junk fault).
+BAD_LOG_EVERY_S = 10.0
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -55,6 +58,8 @@ class ControlServer:
         self.handlers = handlers
         self.requests = 0
         self.errors = 0
+        self._bad_logged_at = -BAD_LOG_EVERY_S
+        self._bad_unlogged = 0
         s = ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
@@ -110,7 +115,13 @@ class ControlServer:
             return {"ok": True, "cmd": cmd, **handler(request)}
         except ValueError as e:
             self.errors += 1
-            log_event(log, "control_bad_request", logging.WARNING, reason=e)
+            now = time.monotonic()
+            if now - self._bad_logged_at >= BAD_LOG_EVERY_S:
+                log_event(log, "control_bad_request", logging.WARNING, reason=e,
+                          **({"not_logged_since": self._bad_unlogged} if self._bad_unlogged else {}))
+                self._bad_logged_at, self._bad_unlogged = now, 0
+            else:
+                self._bad_unlogged += 1
             return {"ok": False, "error": str(e)}
         except Exception as e:  # a bug in a handler must not take the daemon down; say so instead
             self.errors += 1

@@ -152,3 +152,38 @@ def test_a_daemon_removes_the_private_folder_a_killed_one_left(tmp_path: Path, c
             if p.poll() is None:
                 p.terminate()
                 p.wait(15)
+
+
+def test_junk_on_the_control_socket_is_logged_once_in_a_while_not_once_per_message(caplog) -> None:
+    """Found by the soak's junk fault: every malformed control request was a WARNING line quoting
+    up to 200 bytes of it, so whoever can reach the port could flood the journal (and journald's
+    rate limit would then drop the daemon's own lines). Every request still gets its error reply."""
+    import logging
+
+    import zmq
+
+    from motionmask.control import ControlServer
+
+    ctx = zmq.Context()
+    srv = ControlServer(ctx, "tcp://127.0.0.1:*", {"ping": lambda r: {}})
+    client = ctx.socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(srv.endpoint)
+    try:
+        with caplog.at_level(logging.INFO, logger="motionmask.control"):
+            for i in range(200):
+                client.send(b"\x00junk %d" % i)
+            replies = 0
+            deadline = time.monotonic() + 10
+            while replies < 200 and time.monotonic() < deadline:
+                srv.handle()
+                while client.poll(10):
+                    assert json.loads(client.recv())["ok"] is False
+                    replies += 1
+        assert replies == 200 and srv.errors == 200
+        lines = [r.getMessage() for r in caplog.records if "control_bad_request" in r.getMessage()]
+        assert 1 <= len(lines) <= 2, len(lines)
+    finally:
+        client.close(0)
+        srv.close()
+        ctx.term()
