@@ -10,6 +10,9 @@ buffer's seqlock. An empty buffer at start is waited on with a log line, not spu
 from the newest readable checkpoint in `learner.run_dir` (model, optimiser, step, RNG), so a
 crash or a SIGKILL costs at most the steps since the last checkpoint; SIGTERM checkpoints first.
 
+learner.train.nproc > 1 (`motionmask learn --nproc N`): this process is rank 0 of N data-parallel
+ranks and starts the others (motionmask/learner_ranks.py, docs/distributed.md).
+
 Run as `python -m motionmask.learner_process` with its spec as JSON on stdin, like a camera.
 Counters go to the daemon over the same PUSH socket as the cameras' (twice a second, from a
 thread, so that a long step or a round never looks like a hang), and `motionmask status` shows
@@ -83,6 +86,8 @@ class LearnerProcess:
         self.bootstrap = None
         self.ring = None
         self.pairs = None  # streamer.pairbuffer.PairBuffer when cameras mine tracked-patch pairs
+        self.ranks: list = []  # learner.train.nproc > 1: the processes of ranks 1..N-1 (motionmask/learner_ranks.py)
+        self.ranks_done = False
         self.export_spec: dict[str, Any] | None = spec.get("export")  # None: export is off
         self.periodic = None  # exporter.export.PeriodicExport, made once the buffer has samples to hold back
         self.window = None  # motionmask.holdout.HoldoutWindow: the export holdout's samples, never trained on
@@ -154,7 +159,18 @@ class LearnerProcess:
         run_dir = os.path.expanduser(cfg.run_dir)
         buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
         self.ring = RingBuffer.attach(self.spec["buffer_name"], buffer_cfg)
-        trainer = Trainer(cfg)
+        device = None
+        if cfg.train.nproc > 1:  # `motionmask learn --nproc N`: this process is rank 0 (motionmask/learner_ranks.py)
+            from learner import distributed
+            from learner.train import resolve_device
+            from motionmask import learner_ranks
+
+            cfg.train.threads = max(1, cfg.train.threads // cfg.train.nproc)  # the cores, shared by the ranks
+            self.ranks = learner_ranks.start(cfg.train.nproc, {
+                "learner": self.spec["learner"] | {"train": self.spec["learner"]["train"] | {"threads": cfg.train.threads}},
+                "export": self.export_spec, "log_level": self.spec.get("log_level", "INFO")})
+            device = distributed.init(resolve_device(cfg.train.device, cfg.train.strict_device))
+        trainer = Trainer(cfg, device)
         resumed = find_resume(run_dir, trainer.device)
         if resumed is not None:
             path, state = resumed
@@ -194,10 +210,27 @@ class LearnerProcess:
             feed = _HeldBack(feed, self.window)
         if self.spec.get("appetite"):  # `motionmask learn`: samples per insert (learner/appetite.py)
             feed = _Rationed(feed, self.ring, self.spec["appetite"], self.counters)
-        summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
-                      on_step=self._on_step)
+        if self.ranks:
+            summary = self._fit_ranked(trainer, feed, run_dir, buffer_cfg)
+        else:
+            summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
+                          on_step=self._on_step)
         log_event(log, "learner_stopped", step=summary.step, steps=summary.steps, crops=summary.crops,
                   checkpoint=summary.checkpoint or "-")
+
+    def _fit_ranked(self, trainer, feed, run_dir: str, buffer_cfg: BufferConfig):
+        """fit() as rank 0 of several: the other ranks attach to this buffer (share_feed) and
+        train on their own batches; this rank alone checkpoints, bootstraps and exports."""
+        from learner import distributed
+        from learner.train import Limits, fit
+
+        distributed.wrap(trainer)
+        with distributed.share_feed(_Shared(self.ring, buffer_cfg)):
+            summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
+                          on_step=self._on_step)
+        distributed.shutdown()
+        self.ranks_done = True  # the others left fit() with this rank: close() waits for them
+        return summary
 
     def _on_step(self, trainer, result) -> bool:
         c = self.counters
@@ -343,6 +376,10 @@ class LearnerProcess:
         return {"state": "waiting", "reason": "waiting for the first held-out block of buffer samples (the gate's holdout window)"}
 
     def close(self) -> None:
+        if self.ranks:
+            from motionmask import learner_ranks
+
+            learner_ranks.stop(self.ranks, learner_ranks.STOP_WAIT_S if self.ranks_done else 0.0)
         self.reporter.stop_and_send_last()
         if self.ring is not None:
             self.ring.close()
@@ -351,6 +388,19 @@ class LearnerProcess:
         self.masks.close(0)
         self.reporter.sock.close()
         self.ctx.term()
+
+
+class _Shared:
+    """What distributed.share_feed needs of rank 0's feed: the buffer the other ranks attach to."""
+
+    def __init__(self, ring, buffer_cfg: BufferConfig) -> None:
+        self.ring, self.buffer_cfg = ring, buffer_cfg
+
+    def __enter__(self) -> "_Shared":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 class _Rationed:

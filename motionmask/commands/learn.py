@@ -11,12 +11,14 @@ from pathlib import Path
 
 import zmq
 
+from motionmask.commands.masks import parse_count
 from motionmask.config import Config, load_config
 from motionmask.daemon import run_daemon
 from streamer.errors import UserError
 
 EPILOG = """examples:
   motionmask learn --config configs/learner.yaml    # on the GPU machine
+  motionmask learn --config configs/learner.yaml --nproc 4   # DDP on 4 GPUs (docs/distributed.md)
   motionmask status --endpoint tcp://gpu-box:5556   # per rig: received, dropped, last seen, kB/s; the appetite
 
 and on each rig (its config: learner.enabled: false, learner.remote: tcp://gpu-box:5562,
@@ -35,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, required=True, metavar="FILE",
                    help="YAML config: learner, buffer, export, daemon sections (see configs/learner.yaml)")
+    p.add_argument("--nproc", default=None, metavar="N", help="data-parallel ranks on this machine: N GPUs on CUDA, "
+                   "N processes on the CPU; rank 0 receives, checkpoints and exports (default: learner.train.nproc = 1)")
     return p
 
 
@@ -80,5 +84,11 @@ def probe_listen(endpoint: str, wait_s: float = 3.0) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = learn_config(load_config(args.config))
+    nproc = parse_count("--nproc", getattr(args, "nproc", None), minimum=1)
+    t = cfg.learner.train
+    t.nproc = t.nproc if nproc is None else nproc
+    if t.nproc > 1 and cfg.learner.heads.extra():
+        raise UserError(f"--nproc {t.nproc} with learner.heads {', '.join(cfg.learner.heads.extra())}: the multi-task "
+                        f"heads do not train on several ranks yet; run them with --nproc 1")
     probe_listen(cfg.learner.listen)
     return run_daemon(cfg, getattr(args, "log_level", "INFO"), role="learn")
