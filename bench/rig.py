@@ -89,8 +89,8 @@ TARGET_STILL = 0.60  # the student keeps >= 60% of still-actor pixels
 TARGET_EXPORT = 0.01  # the exported bundle within 0.01 mIoU of its checkpoint
 CUDA_RECIPE = {"learner": {"train": {"batch": 256}, "crops": {"size": 224, "per_frame": 4}}}  # bench/gpu_student.sh
 REAL_CLIP = ROOT.parent / "shared" / "data" / "vtest.avi"
-STILL_DIFF = 12  # real footage: a pixel changed when its gray level moved more than this over a second...
-STILL_CHANGED = 0.08  # ... and a person stands still when under this share of their pixels changed
+STILL_DIFF = 20  # real footage: a pixel changed when its gray level moved more than this over a second...
+STILL_CHANGED = 0.4  # ... and a person stands still when under this share of their pixels changed (walkers: 0.7-1)
 
 
 # ----------------------------------------------------------------------------------------------
