@@ -116,6 +116,9 @@ class ReceiverProcess:
         self.foreign_rigs = 0
         self._bad_logged: dict[str, float] = {}
         self.lock = threading.Lock()
+        # samples the appetite admitted that a decoder thread has not put yet: counted as inserts,
+        # or two threads that both checked before either put would pass the limit together
+        self.admitted = 0
         self.queue: queue.Queue = queue.Queue(maxsize=RCVHWM)  # to the decoder threads
         self.ctx = zmq.Context()
         self.reporter = Reporter(NAME, self.snapshot, self._stats_socket(spec["forward_endpoint"]), MSG_STATS,
@@ -246,13 +249,19 @@ class ReceiverProcess:
                 rig.seen(hdr, nbytes, time.monotonic())
                 if hdr["kind"] == "sample":
                     t = self.ring.totals()
-                    if not self.appetite.can_insert(t["puts"], t["samples"]):
+                    if not self.appetite.can_insert(t["puts"] + self.admitted, t["samples"]):
                         rig.appetite_dropped += 1  # the learner is behind: it trains on a subsample
                         return
+                    self.admitted += 1
             if hdr["kind"] == "pair":
                 self._put_pair(hdr, parts)
                 return
-            s = decode_sample(hdr, parts, (self.ring.height, self.ring.width))
+            try:
+                s = decode_sample(hdr, parts, (self.ring.height, self.ring.width))
+            except WireError:
+                with self.lock:
+                    self.admitted -= 1
+                raise
         except WireError as e:
             with self.lock:
                 self._bad(e.reason, str(e), rig)
@@ -261,7 +270,11 @@ class ReceiverProcess:
         sample = Sample(camera=f"{h['rig']}/{h['camera']}", frame_index=h["frame"], shot=h["shot"],
                         capture_time=float(h["capture_time"]), image=s.image, trimap=s.trimap, prob=s.prob,
                         flow=s.flow, valid=tuple(h["valid"]), source_hw=tuple(h["source_hw"]))
-        ok = self.ring.put(sample)
+        try:
+            ok = self.ring.put(sample)
+        finally:
+            with self.lock:
+                self.admitted -= 1
         with self.lock:
             if ok:
                 rig.inserted += 1

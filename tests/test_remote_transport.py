@@ -185,12 +185,15 @@ def test_receiver_drops_what_a_lagging_learner_cannot_eat(ring):
         push = _push(ctx, listen)
         for i in range(6):
             push.send_multipart(_parts(_sample(i), seq=i))
-        r = child.wait_for(lambda r: r["rigs"].get("rig1", {}).get("received") == 6)
+        # received counts a message as it arrives, inserted once a decoder thread has put it: wait for both
+        settled = lambda n: lambda r: (r["rigs"].get("rig1", {}).get("received") == n  # noqa: E731
+                                       and r["rigs"]["rig1"]["inserted"] + r["rigs"]["rig1"]["dropped_by"]["appetite"] == n)
+        r = child.wait_for(settled(6))
         assert r["rigs"]["rig1"]["inserted"] == 2 and r["rigs"]["rig1"]["dropped_by"]["appetite"] == 4
         ring.sample(8, np.random.default_rng(0))  # the learner eats: two more inserts fit
         for i in range(6, 9):
             push.send_multipart(_parts(_sample(i), seq=i))
-        r = child.wait_for(lambda r: r["rigs"]["rig1"]["received"] == 9)
+        r = child.wait_for(settled(9))
         assert r["rigs"]["rig1"]["inserted"] == 4 and ring.totals()["puts"] == 4
         push.close(0)
     finally:
