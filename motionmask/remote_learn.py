@@ -117,7 +117,8 @@ class ReceiverProcess:
         self._bad_logged: dict[str, float] = {}
         self.lock = threading.Lock()
         # samples the appetite admitted that a decoder thread has not put yet: counted as inserts,
-        # or two threads that both checked before either put would pass the limit together
+        # or two threads that both checked before either put would pass the limit together. The
+        # put (a copy into shared memory; decoding stays outside) and its end share the lock
         self.admitted = 0
         self.queue: queue.Queue = queue.Queue(maxsize=RCVHWM)  # to the decoder threads
         self.ctx = zmq.Context()
@@ -270,12 +271,11 @@ class ReceiverProcess:
         sample = Sample(camera=f"{h['rig']}/{h['camera']}", frame_index=h["frame"], shot=h["shot"],
                         capture_time=float(h["capture_time"]), image=s.image, trimap=s.trimap, prob=s.prob,
                         flow=s.flow, valid=tuple(h["valid"]), source_hw=tuple(h["source_hw"]))
-        try:
-            ok = self.ring.put(sample)
-        finally:
-            with self.lock:
+        with self.lock:  # the put and the end of its admission at once, as the appetite sees them
+            try:
+                ok = self.ring.put(sample)
+            finally:
                 self.admitted -= 1
-        with self.lock:
             if ok:
                 rig.inserted += 1
             else:
