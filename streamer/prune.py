@@ -91,7 +91,8 @@ def _near_or_inside(sure: np.ndarray, mask: np.ndarray, radius: float) -> np.nda
     # coarser (the band's edge moves by under f px, a few % of its width), where any sure pixel
     # marks its cell
     f = max(1, k // 8)
-    cells = cv2.resize(sure.astype(np.uint8), (-(-w // f), -(-h // f)), interpolation=cv2.INTER_AREA) if f > 1 \
+    # (255, not 1: the cell's mean of one sure pixel in 16 must not round to 0)
+    cells = cv2.resize(sure.astype(np.uint8) * 255, (-(-w // f), -(-h // f)), interpolation=cv2.INTER_AREA) if f > 1 \
         else sure.astype(np.uint8)
     kc = max(3, (k // f) | 1)
     near = cv2.dilate((cells > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kc, kc)))

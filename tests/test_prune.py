@@ -126,3 +126,13 @@ def test_pruned_reasons_are_summarised_and_the_main_threshold_named():
     # a reason no threshold decides has no setting to change
     assert relax_hint({"no_motion_history": 9, "too_little_fg": 1}, CFG) == ""
     assert relax_hint({}, CFG) == "" and pruned_summary({}) == ""
+
+
+def test_the_band_next_to_positives_holds_for_a_lone_sure_pixel_at_full_size():
+    # at 640x480 the band is dilated on a coarser grid: one sure pixel must still mark its cell
+    prob = np.full((480, 640), 0.1, np.float32)
+    prob[100, 100] = 0.9
+    t = trimap(prob, TrimapConfig())  # near_positive 0.04: 16 px at this size
+    assert t[100, 100] == TRIMAP_POSITIVE
+    assert t[100, 110] == TRIMAP_IGNORE and t[108, 100] == TRIMAP_IGNORE  # inside the band
+    assert t[100, 130] == TRIMAP_NEGATIVE and t[300, 300] == TRIMAP_NEGATIVE  # beyond it

@@ -328,7 +328,7 @@ def test_page_live_numbers_and_curves(daemon, browser):
                 for (const el of t.querySelectorAll('[data-field]')) out[el.dataset.field] = el.dataset.value;
                 out.state = t.querySelector('.state').textContent;
                 return out; }""")
-            if shown["uptime"] == str(api["uptime_s"]):
+            if float(shown["uptime"] or "nan") == float(api["uptime_s"]):  # JS writes 35 where Python writes 35.0
                 break
             time.sleep(0.1)
         else:
