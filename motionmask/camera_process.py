@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from motionmask.child import Reporter, Stopped, run_child
+from motionmask.child import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, Reporter, Stopped, push_socket, run_child
 from motionmask.config import from_dict
 from motionmask.fuse import MIN_STUDENT, CarriedStudent, live_step
 from streamer import protocol
@@ -44,7 +44,6 @@ from streamer.ringbuffer import BufferConfig, RingBuffer, sample_from_result
 
 log = logging.getLogger("motionmask.camera")
 
-EXIT_OK, EXIT_CRASH, EXIT_USER, EXIT_SOURCE = 0, 1, 2, 3
 REPORT_INTERVAL_S = 0.5
 FORWARD_HWM = 64  # masks queued for the daemon before this camera drops (and counts) them
 MSG_MASK, MSG_STATS = b"M", b"S"
@@ -78,11 +77,11 @@ class CameraProcess:
         self._running_since = 0.0
         self._capture_ns: dict[int, int] = {}
         self.ctx = zmq.Context()
-        self.masks = self._push(spec["forward_endpoint"])
+        self.masks = push_socket(self.ctx, spec["forward_endpoint"], FORWARD_HWM)
         # an orphan closes its source on SIGTERM; 5 s later it exits whatever the source is doing
-        self.reporter = Reporter("camera", self.snapshot, self._push(spec["forward_endpoint"]), MSG_STATS,
-                                 int(spec["parent_pid"]), grace_s=5.0, orphan_exit=EXIT_OK,
-                                 interval=REPORT_INTERVAL_S, camera=self.name)
+        stats = push_socket(self.ctx, spec["forward_endpoint"], FORWARD_HWM)
+        self.reporter = Reporter("camera", self.snapshot, stats, MSG_STATS, int(spec["parent_pid"]), grace_s=5.0,
+                                 orphan_exit=EXIT_OK, interval=REPORT_INTERVAL_S, camera=self.name)
         self.ring: RingBuffer | None = None
         self.buffer_cfg: BufferConfig | None = None
         self.pairs = None  # streamer.pairbuffer.PairBuffer, with a PatchMiner, when this camera mines pairs
@@ -103,13 +102,6 @@ class CameraProcess:
         self.frame_width = int(frames.get("width", 640)) if frames else 640
         self.frame_quality = int(frames.get("quality", 70)) if frames else 70
         self._next_frame = 0.0
-
-    def _push(self, endpoint: str) -> zmq.Socket:
-        s = self.ctx.socket(zmq.PUSH)
-        s.setsockopt(zmq.SNDHWM, FORWARD_HWM)
-        s.setsockopt(zmq.LINGER, 500)  # the last counters get half a second to reach the daemon
-        s.connect(endpoint)
-        return s
 
     # -- signals ----------------------------------------------------------------------------
     def on_signal(self, signum: int, _frame: object) -> None:

@@ -17,9 +17,13 @@ from typing import Any, Callable, Protocol
 import zmq
 
 from motionmask.journald import setup_logging
+from streamer.errors import UserError
 from streamer.log import log_event
 
 log = logging.getLogger(__name__)
+
+# a child's exit status, as the daemon reads it (motionmask/daemon.py _EXIT_WHY)
+EXIT_OK, EXIT_CRASH, EXIT_USER, EXIT_SOURCE = 0, 1, 2, 3
 
 
 class Stopped(Exception):
@@ -53,6 +57,49 @@ def run_child(make: Callable[[dict[str, Any]], Child]) -> int:
         return child.run()
     except Stopped:
         return 128 + signal.SIGTERM
+
+
+def push_socket(ctx: zmq.Context, endpoint: str, hwm: int) -> zmq.Socket:
+    """A PUSH socket to the daemon's forward endpoint; the last counters get half a second
+    (LINGER) to reach it when the child closes."""
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.SNDHWM, hwm)
+    s.setsockopt(zmq.LINGER, 500)
+    s.connect(endpoint)
+    return s
+
+
+class Supervised(Protocol):
+    phase: str
+    error: str
+    signum: int
+    reporter: "Reporter"
+
+    def close(self) -> None: ...
+
+
+def run_reported(child: Supervised, body: Callable[[], None], role: str, logger: logging.Logger) -> int:
+    """The run() of a child that reports (the learner, the rig's sender, the learner's receiver):
+    start its reporter, run `body`, and turn how it ended into phase, error and exit status: a stop
+    (128 + the signal), a user error (EXIT_USER, event <role>_failed) or a crash (EXIT_CRASH,
+    event <role>_crashed with the traceback, both on the child's `logger`); `child.close()` in
+    every case."""
+    child.reporter.start()
+    code = 0
+    try:
+        body()
+        child.phase, code = "stopped", 128 + (child.signum or signal.SIGTERM)
+    except Stopped:
+        child.phase, code = "stopped", 128 + (child.signum or signal.SIGTERM)
+    except UserError as e:
+        child.phase, child.error, code = "failed", str(e), EXIT_USER
+        log_event(logger, f"{role}_failed", logging.ERROR, error=e)
+    except Exception as e:
+        child.phase, child.error, code = "failed", f"crashed: {type(e).__name__}: {e}", EXIT_CRASH
+        logger.exception(f"event={role}_crashed")
+    finally:
+        child.close()
+    return code
 
 
 class Reporter(threading.Thread):

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -41,13 +40,12 @@ import cv2
 import numpy as np
 import zmq
 
-from motionmask.camera_process import EXIT_CRASH, EXIT_USER, MSG_MASK, MSG_STATS
-from motionmask.child import Reporter, Stopped, run_child
+from motionmask.camera_process import MSG_MASK, MSG_STATS
+from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
 from motionmask.config import from_dict
 from learner.config import LearnerConfig
 from streamer import protocol
 from streamer.config import TrimapConfig
-from streamer.errors import UserError
 from streamer.log import log_event
 from streamer.ringbuffer import BufferConfig
 
@@ -101,18 +99,12 @@ class LearnerProcess:
         self._rate: deque[tuple[float, int]] = deque()  # (time, crops seen) for crops/s
         self._ckpt_cache: tuple[float, dict] = (0.0, {})
         self.ctx = zmq.Context()
-        self.masks = self._push(spec["forward_endpoint"], REFINED_HWM)
+        self.masks = push_socket(self.ctx, spec["forward_endpoint"], REFINED_HWM)
         # an orphan checkpoints on SIGTERM; 30 s later it exits whatever the step is doing
-        self.reporter = Reporter("learner", self.snapshot, self._push(spec["forward_endpoint"], 64), MSG_STATS,
+        stats = push_socket(self.ctx, spec["forward_endpoint"], 64)
+        self.reporter = Reporter("learner", self.snapshot, stats, MSG_STATS,
                                  int(spec["parent_pid"]), grace_s=30.0, orphan_exit=EXIT_CRASH,
                                  interval=REPORT_INTERVAL_S)
-
-    def _push(self, endpoint: str, hwm: int) -> zmq.Socket:
-        s = self.ctx.socket(zmq.PUSH)
-        s.setsockopt(zmq.SNDHWM, hwm)
-        s.setsockopt(zmq.LINGER, 500)
-        s.connect(endpoint)
-        return s
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.signum = signum
@@ -122,24 +114,7 @@ class LearnerProcess:
 
     # -- main -------------------------------------------------------------------------------
     def run(self) -> int:
-        self.reporter.start()
-        code = 0
-        try:
-            self._train()
-            self.phase = "stopped"
-            code = 128 + (self.signum or signal.SIGTERM)
-        except Stopped:
-            self.phase = "stopped"
-            code = 128 + (self.signum or signal.SIGTERM)
-        except UserError as e:
-            self.phase, self.error, code = "failed", str(e), EXIT_USER
-            log_event(log, "learner_failed", logging.ERROR, error=e)
-        except Exception as e:
-            self.phase, self.error, code = "failed", f"crashed: {type(e).__name__}: {e}", EXIT_CRASH
-            log.exception("event=learner_crashed")
-        finally:
-            self.close()
-        return code
+        return run_reported(self, self._train, "learner", log)
 
     def _train(self) -> None:
         # torch loads after the reporter is up: the daemon hears from us while it imports

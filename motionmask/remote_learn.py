@@ -36,8 +36,8 @@ import zmq
 
 from learner.appetite import Appetite
 from learner.transport_config import TransportConfig
-from motionmask.camera_process import EXIT_CRASH, EXIT_USER, MSG_STATS
-from motionmask.child import Reporter, Stopped, run_child
+from motionmask.camera_process import MSG_STATS
+from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
 from motionmask.config import from_dict
 from motionmask.remote_curve import server_curve
 from motionmask.sample_wire import WireError, decode_pair, decode_sample, parse_header
@@ -122,17 +122,10 @@ class ReceiverProcess:
         self.admitted = 0
         self.queue: queue.Queue = queue.Queue(maxsize=RCVHWM)  # to the decoder threads
         self.ctx = zmq.Context()
-        self.reporter = Reporter(NAME, self.snapshot, self._stats_socket(spec["forward_endpoint"]), MSG_STATS,
+        self.reporter = Reporter(NAME, self.snapshot, push_socket(self.ctx, spec["forward_endpoint"], 64), MSG_STATS,
                                  int(spec["parent_pid"]), grace_s=5.0, orphan_exit=EXIT_CRASH)
         self.pull: zmq.Socket | None = None
         self.endpoint = ""
-
-    def _stats_socket(self, endpoint: str) -> zmq.Socket:
-        s = self.ctx.socket(zmq.PUSH)
-        s.setsockopt(zmq.SNDHWM, 64)
-        s.setsockopt(zmq.LINGER, 500)
-        s.connect(endpoint)
-        return s
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.signum = signum
@@ -141,22 +134,7 @@ class ReceiverProcess:
             raise Stopped()
 
     def run(self) -> int:
-        self.reporter.start()
-        code = 0
-        try:
-            self._run()
-            self.phase, code = "stopped", 128 + (self.signum or 15)
-        except Stopped:
-            self.phase, code = "stopped", 128 + (self.signum or 15)
-        except UserError as e:
-            self.phase, self.error, code = "failed", str(e), EXIT_USER
-            log_event(log, "receiver_failed", logging.ERROR, error=e)
-        except Exception as e:
-            self.phase, self.error, code = "failed", f"crashed: {type(e).__name__}: {e}", EXIT_CRASH
-            log.exception("event=receiver_crashed")
-        finally:
-            self.close()
-        return code
+        return run_reported(self, self._run, "receiver", log)
 
     def bind(self) -> None:
         s = self.ctx.socket(zmq.PULL)

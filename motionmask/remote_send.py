@@ -33,12 +33,11 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from learner.transport_config import TransportConfig
-from motionmask.camera_process import EXIT_CRASH, EXIT_USER, MSG_STATS
-from motionmask.child import Reporter, Stopped, run_child
+from motionmask.camera_process import MSG_STATS
+from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
 from motionmask.config import from_dict
 from motionmask.remote_curve import client_curve
 from motionmask.sample_wire import WireError, encode_pair, encode_sample
-from streamer.errors import UserError
 from streamer.log import log_event
 from streamer.ringbuffer import BufferConfig
 
@@ -82,7 +81,7 @@ class SenderProcess:
                                          "connected": False, "connects": 0, "bundle": "", "bundle_error": ""}
         self._rate: deque[tuple[float, int, int]] = deque()
         self.ctx = zmq.Context()
-        self.reporter = Reporter(NAME, self.snapshot, self._stats_socket(spec["forward_endpoint"]), MSG_STATS,
+        self.reporter = Reporter(NAME, self.snapshot, push_socket(self.ctx, spec["forward_endpoint"], 64), MSG_STATS,
                                  int(spec["parent_pid"]), grace_s=5.0, orphan_exit=EXIT_CRASH)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.SNDHWM, self.cfg.sndhwm)
@@ -96,13 +95,6 @@ class SenderProcess:
         self.curve = client_curve(self.push, self.cfg)
         self.monitor = self.push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
 
-    def _stats_socket(self, endpoint: str) -> zmq.Socket:
-        s = self.ctx.socket(zmq.PUSH)
-        s.setsockopt(zmq.SNDHWM, 64)
-        s.setsockopt(zmq.LINGER, 500)
-        s.connect(endpoint)
-        return s
-
     def on_signal(self, signum: int, _frame: object) -> None:
         self.signum = signum
         self.stop.set()
@@ -110,22 +102,7 @@ class SenderProcess:
             raise Stopped()
 
     def run(self) -> int:
-        self.reporter.start()
-        code = 0
-        try:
-            self._run()
-            self.phase, code = "stopped", 128 + (self.signum or 15)
-        except Stopped:
-            self.phase, code = "stopped", 128 + (self.signum or 15)
-        except UserError as e:
-            self.phase, self.error, code = "failed", str(e), EXIT_USER
-            log_event(log, "sender_failed", logging.ERROR, error=e)
-        except Exception as e:
-            self.phase, self.error, code = "failed", f"crashed: {type(e).__name__}: {e}", EXIT_CRASH
-            log.exception("event=sender_crashed")
-        finally:
-            self.close()
-        return code
+        return run_reported(self, self._run, "sender", log)
 
     def _run(self) -> None:
         from streamer.ringbuffer import RingBuffer

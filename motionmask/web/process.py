@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import Any
 
-from motionmask.child import Reporter, run_child
+from motionmask.child import Reporter, push_socket, run_child
 from motionmask.config import from_dict
 from motionmask.web.config import WebConfig
 from streamer.log import log_event
@@ -39,11 +39,8 @@ class WebProcess:
         self.servers: list = []
         self.phase = "starting"
         self.ctx = zmq.Context()
-        push = self.ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.SNDHWM, 4)
-        push.setsockopt(zmq.LINGER, 500)
-        push.connect(spec["forward_endpoint"])
-        self.reporter = Reporter("web", self.snapshot, push, MSG_STATS, int(spec["parent_pid"]), grace_s=3.0,
+        stats = push_socket(self.ctx, spec["forward_endpoint"], 4)
+        self.reporter = Reporter("web", self.snapshot, stats, MSG_STATS, int(spec["parent_pid"]), grace_s=3.0,
                                  orphan_exit=0, interval=1.0, camera=self.name)
         self.app_state = None
         self.stop_requested = False
