@@ -8,8 +8,8 @@
     print_skipped(skipped)                 # one line each, naming what is missing
 
 Each family resolves to a folder in the synthetic sets' format (clips.json, <clip>/gt/NNNNNN.png
-with 0 background, 255 moving object, 128 void): streamer.synth.cached for the synthetic ones,
-streamer.reference_masks.reference_set for the real clips. things-s100 is THE TUNING SET: the
+with 0 background, 255 moving object, 128 void): synth.things.cached for the synthetic ones,
+synth.reference_masks.reference_set for the real clips. things-s100 is THE TUNING SET: the
 streamer's thresholds were chosen on it, so its figures flatter the teacher; every table marks it.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 @dataclass(frozen=True)
 class Family:
     name: str
-    kind: str  # "synth" (streamer.synth.cached) | "real" (streamer.reference_masks) | "folder" (--data)
+    kind: str  # "synth" (synth.things.cached) | "real" (synth.reference_masks) | "folder" (--data)
     synth_family: str = ""
     seed: int = 0
     clips: int = 0
@@ -106,11 +106,11 @@ def resolve(fam: Family, out: Path = OUT, data: Path = SHARED_DATA) -> tuple[Pat
 
         return fam.folder, synth_clips(fam.folder)
     if fam.kind == "synth":
-        from streamer.synth import cached
+        from synth.things import cached
 
         return cached(out, fam.seed, fam.clips, family=fam.synth_family)
-    from streamer.errors import UserError
-    from streamer.reference_masks import CLIPS, VERSION, reference_set
+    from common.errors import UserError
+    from synth.reference_masks import CLIPS, VERSION, reference_set
 
     built = (out / f"real_v{VERSION}" / "clips.json").exists()
     missing = [c.file for c in CLIPS if not (data / c.file).is_file()]

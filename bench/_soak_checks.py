@@ -104,7 +104,7 @@ class FileChecks:
 
     def scan_checkpoints(self, run_dir: Path) -> None:
         from learner.checkpoint import CHECKPOINT_DIR, load_checkpoint
-        from streamer.errors import UserError
+        from common.errors import UserError
 
         d = run_dir / CHECKPOINT_DIR
         if not d.is_dir():
@@ -132,7 +132,7 @@ class FileChecks:
         from exporter.signing import SIG_FILE
         from exporter.transfer import smoke_test
         from exporter.verify import check_onnx
-        from streamer.errors import UserError
+        from common.errors import UserError
 
         try:
             b = load_bundle(d, check_hash=True)

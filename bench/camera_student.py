@@ -42,9 +42,9 @@ from bench._sheet import overlay, tile  # noqa: E402
 from learner.evaluate import score  # noqa: E402
 from learner.predict import Predictor  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
-from streamer.atomic import write_png  # noqa: E402
-from streamer.errors import UserError  # noqa: E402
-from streamer.pipeline import MotionSegmenter  # noqa: E402
+from streamer.png import write_png  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
 from streamer.sources import open_source  # noqa: E402
 
 SHEET_FRAMES = 8

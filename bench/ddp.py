@@ -34,8 +34,8 @@ from bench._machine import cpu_model, git_revision  # noqa: E402
 from bench.learner import config, end_to_end, fill_ring  # noqa: E402
 from learner import distributed  # noqa: E402
 from learner.train import Trainer, resolve_device  # noqa: E402
-from streamer.atomic import write_json  # noqa: E402
-from streamer.ringbuffer import RingBuffer  # noqa: E402
+from common.atomic import write_json  # noqa: E402
+from streamer.shm.ringbuffer import RingBuffer  # noqa: E402
 
 
 def measure(ring: RingBuffer, settings: dict) -> dict:

@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench._machine import cpu_model, git_revision  # noqa: E402
 
-from streamer.atomic import write_json  # noqa: E402
-from streamer.errors import UserError  # noqa: E402
+from common.atomic import write_json  # noqa: E402
+from common.errors import UserError  # noqa: E402
 
 TARGET_MS = 10.0  # per 224x224 frame, one core
 TARGET_PARITY = 1e-4

@@ -34,8 +34,8 @@ from exporter.config import ExportConfig  # noqa: E402
 from exporter.export import Holdout, beats, holdout_score, load_for_export  # noqa: E402
 from learner.evaluate import evaluate_checkpoints, synth_clips  # noqa: E402
 from streamer.config import StreamerConfig  # noqa: E402
-from streamer.errors import UserError  # noqa: E402
-from streamer.pipeline import MotionSegmenter  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
 from streamer.sources import open_source  # noqa: E402
 
 SCORES = {  # rule name -> (holdout_score key, higher is better), for the rank correlations

@@ -1,5 +1,5 @@
-"""Extract the photo pool of the synthetic family "patchwork" (streamer/synth_patchwork.py) from
-the real clips in ../shared/data/, once. The photos are committed under streamer/data/patchwork/
+"""Extract the photo pool of the synthetic family "patchwork" (synth/patchwork.py) from
+the real clips in ../shared/data/, once. The photos are committed under synth/data/patchwork/
 so that the family is frozen and a fresh clone generates it without ../shared.
 
     .venv/bin/python bench/extract_patchwork_photos.py [--data ../shared/data]

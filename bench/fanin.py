@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
 from bench._machine import cpu_model, git_revision  # noqa: E402
-from streamer.atomic import write_json  # noqa: E402
+from common.atomic import write_json  # noqa: E402
 
 TARGET = 2000.0
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
@@ -47,8 +47,8 @@ CLIP = ROOT / "tests" / "data" / "sample.mp4"
 def real_samples(n: int, width: int, height: int) -> list:
     """Up to n kept samples of the bundled clip in slot form (the streamer's own output)."""
     from streamer.config import StreamerConfig
-    from streamer.pipeline import MotionSegmenter
-    from streamer.ringbuffer import BufferConfig, sample_from_result
+    from streamer.motion.pipeline import MotionSegmenter
+    from streamer.shm.ringbuffer import BufferConfig, sample_from_result
     from streamer.sources import open_source
 
     cfg = StreamerConfig()
@@ -109,7 +109,7 @@ def _cpu_s(pid: int) -> float:
 
 def run_fanin(n_rigs: int, samples: list, seconds: float, width: int, height: int, decoders: int) -> dict:
     from learner.transport_config import TransportConfig
-    from streamer.ringbuffer import BufferConfig, RingBuffer
+    from streamer.shm.ringbuffer import BufferConfig, RingBuffer
 
     msgs = [[encode(s, f"rig{r:02d}", k) for k, s in enumerate(samples)] for r in range(n_rigs)]
     nbytes = float(np.mean([sum(map(len, m)) for m in msgs[0]]))
@@ -172,7 +172,7 @@ def rig_cost(samples: list, width: int, height: int, n: int = 300) -> dict:
     """A rig's sender, per sample, on one thread: ring read + encode + send (CPU ms, median);
     and the learner's decode of the same message."""
     from motionmask.sample_wire import decode_sample, parse_header
-    from streamer.ringbuffer import BufferConfig, RingBuffer
+    from streamer.shm.ringbuffer import BufferConfig, RingBuffer
 
     ctx = zmq.Context()
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)

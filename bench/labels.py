@@ -36,10 +36,10 @@ from bench._machine import cpu_model, git_revision  # noqa: E402
 from bench._maskscore import LabelScore, MaskScore  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
 from streamer.config import SourceConfig  # noqa: E402
-from streamer.errors import UserError  # noqa: E402
-from streamer.pipeline import MotionSegmenter  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
 from streamer.sources import open_source  # noqa: E402
-from streamer.synth import load_gt  # noqa: E402
+from synth.things import load_gt  # noqa: E402
 
 # issue 18, on kept frames: (summary key, bound, at least?)
 TARGETS = {"fg_positive": (0.70, True), "fg_negative": (0.05, False), "bg_positive": (0.02, False)}

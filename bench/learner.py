@@ -41,8 +41,8 @@ from learner.crops import make_crops  # noqa: E402
 from learner.loss import masked_bce  # noqa: E402
 from learner.samples import RingFeed  # noqa: E402
 from learner.train import Limits, Trainer, fit, resolve_device  # noqa: E402
-from streamer.atomic import write_json  # noqa: E402
-from streamer.ringbuffer import BufferConfig, RingBuffer, Sample  # noqa: E402
+from common.atomic import write_json  # noqa: E402
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {

@@ -3,12 +3,12 @@ report all; bench/_families.py lists them):
 
   things-s100   synthetic "things" clips, seed 100: THE TUNING SET (the streamer was tuned here)
   things-s7     synthetic "things" clips, seed 7, never tuned on
-  patchwork-s1  synthetic "patchwork" clips (streamer/synth_patchwork.py), other assumptions
+  patchwork-s1  synthetic "patchwork" clips (synth/patchwork.py), other assumptions
   real          the still-camera real clips of ../shared/data with reference masks
-                (streamer/reference_masks.py; skipped with a note when the folder is absent)
+                (synth/reference_masks.py; skipped with a note when the folder is absent)
 
 Each is generated under bench/out on first use. Methods, all from the same flow and camera model:
-  motion_masks  the teacher (streamer.pipeline.MotionSegmenter), its probability
+  motion_masks  the teacher (streamer.motion.pipeline.MotionSegmenter), its probability
   saliency      our per-pixel motion saliency, without superpixels or voting
   otsu          residual flow magnitude after camera-motion removal, Otsu threshold per frame
 Scored by bench/_maskscore.MaskScore (void, 128 in a reference, counts nowhere): on frames with a
@@ -64,14 +64,14 @@ from bench._sheet import overlay, tile  # noqa: E402
 
 from learner.evaluate import coverage, evaluate_checkpoints, score  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
-from streamer.atomic import write_png  # noqa: E402
+from streamer.png import write_png  # noqa: E402
 from streamer.config import SourceConfig  # noqa: E402
-from streamer.flow import FlowEstimator, working_size  # noqa: E402
+from streamer.motion.flow import FlowEstimator, working_size  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
-from streamer.global_motion import fit_global_motion, residual_motion  # noqa: E402
-from streamer.pipeline import MotionSegmenter, motion_saliency  # noqa: E402
+from streamer.motion.global_motion import fit_global_motion, residual_motion  # noqa: E402
+from streamer.motion.pipeline import MotionSegmenter, motion_saliency  # noqa: E402
 from streamer.sources import open_source  # noqa: E402
-from streamer.synth import cached as synth_cached, load_gt  # noqa: E402
+from synth.things import cached as synth_cached, load_gt  # noqa: E402
 
 METHODS = ["motion_masks", "saliency", "otsu"]
 NAMES = {"motion_masks": "motion masks (teacher)", "saliency": "per-pixel saliency", "otsu": "flow magnitude, Otsu"}
@@ -88,7 +88,7 @@ def _progress() -> bool:
 
 def frames_of(path: Path) -> Iterator[Frame]:
     """A clip's frames as the project reads them: frame i is reference frame i (a real set's
-    reference was written from the same reader, streamer/reference_masks.py)."""
+    reference was written from the same reader, synth/reference_masks.py)."""
     with open_source(str(path), SourceConfig()) as source:
         yield from source
 
@@ -406,7 +406,7 @@ def fusion_table(model, device, ring, trimap_cfg, lookup, fg: float = 0.5) -> li
     """Label quality of each rule and weight on the buffer's samples, for one student (nothing
     is written): IoU of the thresholded probability and accuracy/coverage of its trimap."""
     from learner.bootstrap import fuse, student_probs
-    from streamer.prune import trimap
+    from streamer.motion.trimap import trimap
 
     grid = [("motion", None, 0.0), ("student", None, 1.0)] + [(r, r, w) for r in ("linear", "geometric")
                                                             for w in (0.3, 0.5, 0.7)]
@@ -475,7 +475,7 @@ def _real_clips(folder: Path, max_frames: int, work: Path) -> list[dict]:
 def real_part(args, cfg, out_dir: Path) -> dict | None:
     from learner.predict import Predictor
     from learner.samples import OfflineFeed
-    from streamer.atomic import write_png
+    from streamer.png import write_png
 
     folder = Path(args.real)
     if args.real_minutes <= 0 or not folder.is_dir():

@@ -1,4 +1,4 @@
-"""Reference masks for the still-camera real clips (streamer.reference_masks): build the set,
+"""Reference masks for the still-camera real clips (synth.reference_masks): build the set,
 print a table per clip and write a contact sheet per clip for a person to check by eye.
 
     python bench/real_reference.py                          # ../shared/data -> bench/out/real_v1
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
 from bench._sheet import tile  # noqa: E402
-from streamer import reference_masks as rm  # noqa: E402
-from streamer.errors import UserError  # noqa: E402
-from streamer.synth import load_gt  # noqa: E402
+from synth import reference_masks as rm  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from synth.things import load_gt  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 SHEET_FRAMES = 9

@@ -1,10 +1,10 @@
 """The student where it lives (issue 19): one camera, one scene, a long stream, actors that stop.
 
-For each generator seed and training seed, on the rig stream of streamer/synth_rig.py (cached under
+For each generator seed and training seed, on the rig stream of synth/rig.py (cached under
 bench/out/rig/, keyed by seed and generator version; 3 minutes at 15 fps, the first 70% to train,
 the later 30% scored against its ground truth):
 
-  teacher    the motion masks (streamer.pipeline.MotionSegmenter, as `motionmask masks` writes
+  teacher    the motion masks (streamer.motion.pipeline.MotionSegmenter, as `motionmask masks` writes
              them: uint8), run over the stream from a little before the split so it has history
   student    `motionmask train` (the CLI, defaults; --minutes) on the first 70%, its checkpoint
              through learner.predict.Predictor, one frame at a time
@@ -29,7 +29,7 @@ Per method, on the scored frames (bench/_maskscore.MaskScore, threshold 0.5):
                 flicker_still: the same over actors standing still in both frames (ceiling 1)
 
 Who is who (configs/multitask.yaml, trained like the student for --id-minutes): a square crop of
-every actor (streamer.synth.object_patch: 1.2 x its box, 64 px) every ID_STRIDE frames of the
+every actor (synth.things.object_patch: 1.2 x its box, 64 px) every ID_STRIDE frames of the
 scored part; each crop retrieves its nearest crop (top-1) among all crops of OTHER visits, by the
 student's embedding (learner/heads.py EmbeddingHead, cosine) and by a colour histogram of the same
 crop (RGB 8x8x8, Bhattacharyya); right when it is the same actor. `chance`: the share of same-actor
@@ -37,7 +37,7 @@ crops among the candidates. The run's embedding loss (train.jsonl) and pair warn
 
 Real footage (../shared/data/vtest.avi, a fixed camera over a square): `motionmask train` on the
 later 70%, the teacher and the student on the first 30%, a contact sheet bench/out/rig_vtest.png:
-frames, teacher, student; people who stand still (a reference-mask region, streamer/reference_masks.py,
+frames, teacher, student; people who stand still (a reference-mask region, synth/reference_masks.py,
 whose pixels hardly changed over the last second) outlined in yellow.
 
     python bench/rig.py --gen-seeds 0 --train-seeds 0 --minutes 12   # one run: ~45 min on 2 cores
@@ -69,9 +69,10 @@ sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 from bench._machine import cpu_model, git_revision  # noqa: E402
 from bench._maskscore import MaskScore  # noqa: E402
 from bench._sheet import overlay, tile  # noqa: E402
-from streamer.atomic import write_png  # noqa: E402
+from streamer.png import write_png  # noqa: E402
 from streamer.config import SourceConfig  # noqa: E402
-from streamer.errors import UserError  # noqa: E402
+from common.config import merge  # noqa: E402
+from common.errors import UserError  # noqa: E402
 
 METHODS = ("teacher", "student", "exported", "fused", "live")
 NAMES = {"teacher": "teacher (motion masks)", "student": "student (checkpoint)",
@@ -207,7 +208,7 @@ def frames_of(path: Path, start: int = 0, stop: int | None = None):
 
 
 def truth_of(clip_dir: Path, t: int) -> Truth:
-    from streamer.synth import load_gt
+    from synth.things import load_gt
 
     return Truth(t, load_gt(clip_dir, t, "gt"), load_gt(clip_dir, t, "inst"), load_gt(clip_dir, t, "still"))
 
@@ -222,24 +223,17 @@ def write_train_frames(video: Path, indices: range, folder: Path) -> None:
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def run_config(path: Path, base: str | None, seed: int, device: str, extra: dict) -> Path:
     """The YAML `motionmask train` gets: `base` (None: the built-in defaults), the training seed,
     the device (cuda: the GPU recipe of batch and crop size), then `extra` (--config) over it."""
     data = yaml.safe_load(Path(base).read_text()) if base else {}
     data.pop("cameras", None)  # a daemon's cameras: training reads the stream given on its command line
-    data = _merge(data, {"learner": {"train": {"seed": seed, "device": device}}})
+    data = merge(data, {"learner": {"train": {"seed": seed, "device": device}}})
     if device == "cuda":
-        data = _merge(data, CUDA_RECIPE)
+        data = merge(data, CUDA_RECIPE)
         if not hasattr(cv2, "ximgproc"):  # the lent GPU machine's opencv has no ximgproc (bench/gpu_student.sh)
-            data = _merge(data, {"streamer": {"motion": {"superpixels": "slic"}}})
-    data = _merge(data, extra)
+            data = merge(data, {"streamer": {"motion": {"superpixels": "slic"}}})
+    data = merge(data, extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -315,8 +309,8 @@ def evaluate(video: Path, clip_dir: Path, split: int, frames: int, fps: int, str
     from exporter.config import ExportConfig
     from exporter.runtime import BundleRunner
     from learner.predict import Predictor
-    from streamer.flow import working_size
-    from streamer.pipeline import MotionSegmenter
+    from streamer.motion.flow import working_size
+    from streamer.motion.pipeline import MotionSegmenter
 
     predictor = Predictor(checkpoint, device)
     runner = BundleRunner(bundle, provider="cuda" if device == "cuda" else "cpu", strict=device == "cuda")
@@ -384,7 +378,7 @@ def export_bundle(checkpoint: Path, out: Path, parity_frames: list[np.ndarray]) 
 
 def crops_of(video: Path, clip_dir: Path, entry: dict, split: int, frames: int) -> tuple[list, list, list]:
     """(64 x 64 crops, actor ids, visit keys) of every actor every ID_STRIDE scored frames."""
-    from streamer.synth import load_gt, object_patch
+    from synth.things import load_gt, object_patch
 
     visits = {a["id"]: a["visits"] for a in entry["cast"]}
     crops, ids, keys = [], [], []
@@ -478,8 +472,8 @@ def real_part(args, extra: dict, work: Path, sheet_path: Path) -> dict:
     """vtest: train on the later 70%, teacher and student on the first 30%, the contact sheet."""
     from learner.predict import Predictor
     from motionmask.config import load_config
-    from streamer.pipeline import MotionSegmenter
-    from streamer.reference_masks import reference_set
+    from streamer.motion.pipeline import MotionSegmenter
+    from synth.reference_masks import reference_set
 
     clip = Path(args.real_clip)
     if not clip.is_file():
@@ -692,13 +686,13 @@ def main() -> int:
 
 def run(args) -> int:
     from motionmask.config import load_config
-    from streamer.synth_rig import VERSION, cached_rig
+    from synth.rig import VERSION, cached_rig
 
     if not args.steps and not args.minutes:
         raise UserError("--steps 0 and --minutes 0: no training budget; give one of them")
     # everything the scoring needs, loaded now: not first after a long training, when a broken
     # install (or a checkout being edited) would lose the run's work at the export
-    for module in ("exporter.export", "exporter.runtime", "learner.predict", "learner.heads", "streamer.pipeline"):
+    for module in ("exporter.export", "exporter.runtime", "learner.predict", "learner.heads", "streamer.motion.pipeline"):
         importlib.import_module(module)
     fuse_function()
     if args.device == "cuda":

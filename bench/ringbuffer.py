@@ -29,10 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.atomic import write_json  # noqa: E402
+from common.atomic import write_json  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
-from streamer.pipeline import MaskResult  # noqa: E402
-from streamer.ringbuffer import BufferConfig, RingBuffer, sample_from_result  # noqa: E402
+from streamer.motion.pipeline import MaskResult  # noqa: E402
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result  # noqa: E402
 
 
 def _pct(lat_s: list[float]) -> dict[str, float]:

@@ -262,7 +262,7 @@ class Subscribers:
     def _read(self) -> None:
         import zmq
 
-        from streamer import protocol
+        from streamer.live import protocol
 
         s = self.ctx.socket(zmq.SUB)
         s.setsockopt(zmq.SUBSCRIBE, b"mask.")

@@ -5,7 +5,7 @@ pins itself to one CPU (FFmpeg's decode threads inherit the pin) and sets cv2.se
 
 Inputs
   real   every video in --data (default /work/shared/data), its first --warmup + --frames frames
-  synth  3 clips from streamer.synth (320x240 H.264, generated once into bench/out/)
+  synth  3 clips from synth.things (320x240 H.264, generated once into bench/out/)
 Each clip is decoded once at its native size through streamer.sources.open_source (timed per
 frame: the "decode" column), then fed to a fresh MotionSegmenter at each --sizes input size
 (default 640x480 and 1280x720). Resizing to the input size happens outside the timed region.
@@ -52,16 +52,18 @@ sys.path.insert(0, str(ROOT))
 
 from bench._machine import cpu_model, git_revision  # noqa: E402
 
-from motionmask.config import ConfigError, load_config, to_dict  # noqa: E402
-from streamer.atomic import write_json  # noqa: E402
+from motionmask.config import ConfigError, load_config  # noqa: E402
+
+from common.config import to_dict
+from common.atomic import write_json  # noqa: E402
 from streamer.config import StreamerConfig  # noqa: E402
-from streamer.errors import UserError  # noqa: E402
-from streamer.flow import working_size  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from streamer.motion.flow import working_size  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
-from streamer.pipeline import MotionSegmenter  # noqa: E402
+from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
 from streamer.sources import open_source  # noqa: E402
-from streamer.superpixels import SuperpixelExtractor  # noqa: E402
-from streamer.synth import cached as synth_cached, load_gt  # noqa: E402
+from streamer.motion.superpixels import SuperpixelExtractor  # noqa: E402
+from synth.things import cached as synth_cached, load_gt  # noqa: E402
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".ts")
 SP_SIZES = ((160, 120), (240, 180), (320, 240))

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
 
 from learner.evaluate import coverage, evaluate_checkpoints, student_view, synth_clips  # noqa: E402
-from streamer.errors import UserError  # noqa: E402
+from common.errors import UserError  # noqa: E402
 
 
 def main() -> int:

@@ -10,14 +10,14 @@ Prints tables and writes bench/out/transfer.json.
 Backbones compared (one seed, one initialisation; heads are drawn after the backbone):
   random      no pre-training
   mask        the mask head on the motion masks' trimaps (Pathak et al. 2017)
-  mask+emb    plus tracked-patch embeddings (Wang & Gupta 2015), pairs mined by streamer/patches.py
+  mask+emb    plus tracked-patch embeddings (Wang & Gupta 2015), pairs mined by streamer/motion/patches.py
               (--track-length 15: synthetic shots last 20-90 frames; --pairs gt: pairs cut around
               the same object instance from the ground truth instead, i.e. perfect tracking)
   all         plus soft segments grouped by the flow (S3-CNN, affine loss)
 Pre-training data: `motionmask synth` clips (H.264) through the real streamer (motion masks,
 DIS flow, patch mining) into a ring buffer, no ground truth anywhere. Bootstrapping is off.
 
-Scores (ground truth: streamer/synth.py gt/ and inst/ maps):
+Scores (ground truth: synth/things.py gt/ and inst/ maps):
   transfer IoU  frozen backbone + a fresh FPN mask head trained on 20 labelled frames of other
                 clips (--label-seed), mean IoU at p >= 0.5 over frames with a moving object of
                 unseen clips (--eval-seed)
@@ -54,11 +54,11 @@ from learner.model import FPNMaskHead, _init  # noqa: E402
 from learner.samples import RingFeed  # noqa: E402
 from learner.train import Limits, Trainer, fit  # noqa: E402
 from motionmask.config import load_config  # noqa: E402
-from streamer.atomic import write_json  # noqa: E402
+from common.atomic import write_json  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
-from streamer.pipeline import MotionSegmenter  # noqa: E402
-from streamer.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result  # noqa: E402
-from streamer.synth import VERSION, generate, load_gt, object_patch  # noqa: E402
+from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result  # noqa: E402
+from synth.things import VERSION, generate, load_gt, object_patch  # noqa: E402
 
 VARIANTS = {"random": (), "mask": (), "mask+emb": ("embedding",), "all": ("embedding", "segments")}
 
@@ -89,7 +89,7 @@ def clip_set(folder: Path, seed: int, clips: int, frames: int) -> list[dict]:
 def stream(clips: list[dict], cfg, gt_pairs: bool = False) -> tuple[RingBuffer, object, dict]:
     """The real streamer over the pre-training clips: kept samples into a ring, mined pairs in memory."""
     from learner.pairs import MemoryPairFeed
-    from streamer.patches import PatchMiner, PatchPair
+    from streamer.motion.patches import PatchMiner, PatchPair
 
     bcfg = cfg.buffer
     pcfg = copy.deepcopy(cfg.streamer.patches)
@@ -290,7 +290,7 @@ def main() -> int:
     ap.add_argument("--head-steps", type=int, default=150, help="steps of the fresh mask head (batch 10)")
     ap.add_argument("--gap", type=int, default=15, help="retrieval: frames between a query and its match")
     ap.add_argument("--pairs", choices=("miner", "gt"), default="miner",
-                    help="tracked-patch pairs: streamer/patches.py (default) or ground-truth tracks")
+                    help="tracked-patch pairs: streamer/motion/patches.py (default) or ground-truth tracks")
     ap.add_argument("--track-length", type=int, default=15, help="frames from a query patch to its tracked patch")
     ap.add_argument("--train-seed", type=int, default=0, help="initialisation and sampling of the pre-training")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"which backbones (default: {','.join(VARIANTS)})")

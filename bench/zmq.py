@@ -41,8 +41,8 @@ import multiprocessing as mp  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from streamer.atomic import write_json  # noqa: E402
-from streamer.publish import MaskPublisher, PublishConfig  # noqa: E402
+from common.atomic import write_json  # noqa: E402
+from streamer.live.publish import MaskPublisher, PublishConfig  # noqa: E402
 
 W, H = 640, 480
 TARGET_RATE, TARGET_P99_MS, TARGET_STALL = 500.0, 5.0, 0.05

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from exporter.signing import SIG_FILE, next_sequence, signed_fields
-from streamer import json_input
-from streamer.atomic import fsync_dir, pid_alive
-from streamer.errors import UserError
-from streamer.log import log_event
+from common import json_input
+from common.atomic import fsync_dir, pid_alive
+from common.errors import UserError
+from common.log import log_event
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ is when the daemon exports; the third is how bundles are served to devices.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from common.config import check
 
 MIN_OPSET, MAX_OPSET = 18, 23  # torch's dynamo exporter starts at 18; 23 is the newest onnx 1.18+ knows
 
@@ -79,9 +80,7 @@ class ExportConfig:
             ("chunk_kb", 4 <= self.chunk_kb <= 4096, "between 4 and 4096"),
             ("rate_limit_mbps", self.rate_limit_mbps >= 0, ">= 0 (0 = no limit)"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"export.{key} must be {want}")
+        check("export", checks)
 
     def size(self) -> tuple[int, int] | None:
         """(width, height), or None for auto."""

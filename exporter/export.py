@@ -43,8 +43,8 @@ from exporter.config import ExportConfig
 from exporter.runtime import fit_frame
 from exporter.signing import Signer
 from exporter.verify import ExportRejected, Verification, verify_onnx
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.errors import UserError
+from common.log import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ class Holdout:
     @classmethod
     def from_samples(cls, samples: Sequence[Any], width: int, height: int, resize: str = "fit",
                      box: tuple[int, int] | None = None) -> Holdout:
-        """Ring-buffer samples (streamer.ringbuffer.Sample: image, trimap, valid) -> a holdout."""
+        """Ring-buffer samples (streamer.shm.ringbuffer.Sample: image, trimap, valid) -> a holdout."""
         imgs, tris = [], []
         for s in samples:
             y0, x0, h, w = s.valid

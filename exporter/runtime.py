@@ -34,8 +34,8 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
 import numpy as np
 
 from exporter.bundle import LATEST, Bundle, load_bundle, read_pointer, resolve_bundle
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.errors import UserError
+from common.log import log_event
 
 logger = logging.getLogger(__name__)
 

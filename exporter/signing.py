@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamer import json_input
-from streamer.atomic import write_durable, write_private
-from streamer.errors import UserError
+from common import json_input
+from common.atomic import write_durable, write_private
+from common.errors import UserError
 
 ALG = "ed25519"
 SIG_FILE = "manifest.sig"

@@ -58,9 +58,9 @@ from exporter.bundle import (FILE_RE, LATEST, MANIFEST_FILE, MODEL_FILE, TMP_PRE
 from exporter.pulls import PullLog
 from exporter.signing import (MAX_MANIFEST_BYTES, MAX_SIG_BYTES, SIG_FILE, SignatureError, TrustedKey,
                               check_fresh, read_trust, write_trust)
-from streamer import json_input
-from streamer.errors import UserError
-from streamer.log import log_event
+from common import json_input
+from common.errors import UserError
+from common.log import log_event
 
 logger = logging.getLogger(__name__)
 

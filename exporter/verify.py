@@ -20,7 +20,7 @@ import numpy as np
 
 from exporter.config import ExportConfig
 from exporter.runtime import make_session
-from streamer.errors import UserError
+from common.errors import UserError
 
 
 class ExportRejected(UserError):

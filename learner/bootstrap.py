@@ -9,7 +9,7 @@ Every `bootstrap.every_steps` training steps a round runs over the samples in th
                  geometric  logit(refined) = w * logit(student) + (1 - w) * logit(motion)
                w = the student's weight, weight_start in round 1, + weight_step per round, up to
                weight_max (a ramp: trust that grows as the student does; off by default, below).
-  3. trimap    re-derived from `refined` with the streamer's thresholds (streamer.prune.trimap)
+  3. trimap    re-derived from `refined` with the streamer's thresholds (streamer.motion.trimap)
                and written back into the slot (RingBuffer.update_labels); training reads the
                refined trimaps from then on. A slot that meanwhile took a new sample is left alone.
 
@@ -58,9 +58,9 @@ import torch.nn.functional as F
 from learner.config import BootstrapConfig
 from learner.model import AlexNet, MaskNet, upsample_logits
 from streamer.config import TrimapConfig
-from streamer.log import log_event
-from streamer.prune import TRIMAP_IGNORE, trimap
-from streamer.ringbuffer import Batch, RingBuffer
+from common.log import log_event
+from streamer.motion.trimap import TRIMAP_IGNORE, trimap
+from streamer.shm.ringbuffer import Batch, RingBuffer
 from streamer.writer import append_line
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def synthetic_ground_truth(specs: list[str]) -> GroundTruth | None:
     """Ground truth for offline samples of `motionmask synth` clips (CLIP.mp4 beside CLIP/gt/),
     so that `motionmask train synth/` reports the labels' quality per round; None when no input
     has any. Offline samples are named "<input index>:<file name>" (learner/samples.py)."""
-    from streamer.synth import load_gt
+    from synth.things import load_gt
 
     dirs = {i: Path(s).with_suffix("") / "gt" for i, s in enumerate(specs)}
     dirs = {i: d for i, d in dirs.items() if d.is_dir()}

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from streamer.atomic import fsync_dir, write_with
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.atomic import fsync_dir, write_with
+from common.errors import UserError
+from common.log import log_event
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from common.config import check
 from learner.transport_config import DEFAULT_LISTEN, TransportConfig
 
 # ImageNet statistics in 0..1 units: any fixed values work, these keep activations near unit scale
@@ -271,9 +272,7 @@ class LearnerConfig:
                 t.batch, self.transport.samples_per_insert), f">= learner.train.batch ({t.batch}) and >= "
              f"transport.samples_per_insert: a whole batch and one insert must fit in the slack"),
         ] + self.heads.checks() + self.transport.checks()
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"learner.{key} must be {want}")
+        check("learner", checks)
 
 
 def learner_config_from_dict(data: dict) -> LearnerConfig:

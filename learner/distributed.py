@@ -42,8 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.errors import UserError
+from common.log import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def share_feed(feed: Any) -> Iterator[Any]:
             yield feed
         return
     from learner.samples import RingFeed
-    from streamer.ringbuffer import RingBuffer
+    from streamer.shm.ringbuffer import RingBuffer
 
     if is_main():
         with feed:

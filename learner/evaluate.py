@@ -3,7 +3,7 @@
     res = evaluate_student("runs/r1/checkpoints/last.pt", "synth_unseen/")
     res["student"]["iou"], res["teacher"]["iou"]
 
-The teacher is the motion masks (streamer.pipeline.MotionSegmenter over the whole clip, with
+The teacher is the motion masks (streamer.motion.pipeline.MotionSegmenter over the whole clip, with
 motion history); the student is the ConvNet on each frame alone (learner.predict.Predictor).
 Both are thresholded at 0.5 and scored on every frame whose ground truth holds a moving object
 (IoU, precision, recall; averaged over frames); frames without one count the fraction of pixels
@@ -24,10 +24,10 @@ import torch
 
 from learner.predict import Predictor
 from streamer.config import StreamerConfig
-from streamer.errors import UserError
-from streamer.pipeline import MotionSegmenter
+from common.errors import UserError
+from streamer.motion.pipeline import MotionSegmenter
 from streamer.sources import open_source
-from streamer.synth import load_gt
+from synth.things import load_gt
 
 
 def score(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:

@@ -1,17 +1,17 @@
-"""How tracked-patch pairs (streamer/patches.py) reach the trainer's embedding head.
+"""How tracked-patch pairs (streamer/motion/patches.py) reach the trainer's embedding head.
 
   PairBatch       n (query, tracked) pairs and a group id per pair: one per (camera, shot,
                   segment of time); a negative for a pair must come from another group.
   PairFeed        what the trainer draws from: sample_pairs(n, rng) -> PairBatch | None (None when
                   no pair is held yet; a batch may come back short).
-  RingPairFeed    the shared-memory pair store (streamer/pairbuffer.py), written by the daemon's
+  RingPairFeed    the shared-memory pair store (streamer/shm/pairbuffer.py), written by the daemon's
                   camera processes or by the offline streamer of `motionmask train`.
   MemoryPairFeed  pairs held in this process (tests, notebooks).
 
 Sampling uses the trainer's numpy Generator, as for frames.
 
 Groups and long shots: a negative must come from another group, and a group was (camera, shot).
-A rig is one camera and one shot for hours (streamer/synth_rig.py; a daemon on a fixed camera):
+A rig is one camera and one shot for hours (synth/rig.py; a daemon on a fixed camera):
 every pair fell in one group, no pair ever had a negative, and the embedding loss was skipped for
 the whole run. So a group is (camera, shot, segment): the query frame t0 // SEGMENT_FRAMES. Pairs
 minutes apart in one shot are mostly different actors; those near in time (one visit) are not
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
-from streamer.pairbuffer import PairBuffer, group_ids
-from streamer.ringbuffer import _camera_id, camera_key
+from streamer.shm.pairbuffer import PairBuffer, group_ids
+from streamer.shm.ringbuffer import _camera_id, camera_key
 
 if TYPE_CHECKING:  # the miner pulls in the whole pipeline
-    from streamer.patches import PatchPair
+    from streamer.motion.patches import PatchPair
 
 
 # frames of one shot per group: 30 s at 15 fps, 15 s at 30 fps; longer than a track (30 frames) and

@@ -21,7 +21,7 @@ from learner.checkpoint import load_checkpoint
 from learner.config import learner_config_from_dict
 from learner.model import AlexNet, architecture, build_model, upsample_logits
 from learner.train import resolve_device
-from streamer.errors import UserError
+from common.errors import UserError
 
 
 class Predictor:

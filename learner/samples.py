@@ -1,5 +1,5 @@
 """How training samples reach the trainer: always through the shared-memory ring buffer
-(streamer/ringbuffer.py), filled by streamers with the frames their pruning kept.
+(streamer/shm/ringbuffer.py), filled by streamers with the frames their pruning kept.
 
   RingFeed     online: the daemon's buffer, attached by name; the streamers fill it and never wait.
   OfflineFeed  `motionmask train INPUT...`: creates its own buffer and runs the streamer on the
@@ -28,12 +28,12 @@ from typing import Callable, Protocol
 import numpy as np
 
 from streamer.config import StreamerConfig
-from streamer.errors import SourceError, UserError
-from streamer.log import log_event
+from common.errors import SourceError, UserError
+from common.log import log_event
 from learner.pairs import PairBatch, PairFeed, RingPairFeed
-from streamer.pairbuffer import PairBuffer
-from streamer.prune import pruned_summary, relax_hint
-from streamer.ringbuffer import Batch, BufferConfig, RingBuffer, sample_from_result, slots_for
+from streamer.shm.pairbuffer import PairBuffer
+from streamer.motion.prune import pruned_summary, relax_hint
+from streamer.shm.ringbuffer import Batch, BufferConfig, RingBuffer, sample_from_result, slots_for
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
 
     cv2.setNumThreads(threads)
     stop = _Stop(stop)
-    from streamer.pipeline import MotionSegmenter
+    from streamer.motion.pipeline import MotionSegmenter
     from streamer.sources import open_source
 
     frames = kept = puts = 0
@@ -340,7 +340,7 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
     ring = RingBuffer.attach(buffer_name, buffer_cfg)
     store = None
     if pairs_name:
-        from streamer.patches import PatchMiner
+        from streamer.motion.patches import PatchMiner
 
         store = PairBuffer.attach(pairs_name, cfg.patches.lock_timeout_ms)
     last = time.monotonic()

@@ -51,9 +51,9 @@ from learner.heads import HeadInputs, crop_flow, forward_heads
 from learner.loss import masked_bce
 from learner.model import architecture, build_model, output_size
 from learner.samples import Feed, next_batch
-from streamer.errors import UserError
-from streamer.log import log_event
-from streamer.ringbuffer import Batch
+from common.errors import UserError
+from common.log import log_event
+from streamer.shm.ringbuffer import Batch
 from streamer.writer import append_line
 
 logger = logging.getLogger(__name__)

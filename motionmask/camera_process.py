@@ -33,14 +33,14 @@ import numpy as np
 import zmq
 
 from motionmask.child import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, Reporter, Stopped, push_socket, run_child
-from motionmask.config import from_dict
+from common.config import from_dict
 from motionmask.fuse import MIN_STUDENT, CarriedStudent, live_step
-from streamer import protocol
+from streamer.live import protocol
 from streamer.config import StreamerConfig
-from streamer.errors import SourceError, UserError
-from streamer.log import log_event
-from streamer.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
-from streamer.ringbuffer import BufferConfig, RingBuffer, sample_from_result
+from common.errors import SourceError, UserError
+from common.log import log_event
+from streamer.motion.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result
 
 log = logging.getLogger("motionmask.camera")
 
@@ -84,7 +84,7 @@ class CameraProcess:
                                  orphan_exit=EXIT_OK, interval=REPORT_INTERVAL_S, camera=self.name)
         self.ring: RingBuffer | None = None
         self.buffer_cfg: BufferConfig | None = None
-        self.pairs = None  # streamer.pairbuffer.PairBuffer, with a PatchMiner, when this camera mines pairs
+        self.pairs = None  # streamer.shm.pairbuffer.PairBuffer, with a PatchMiner, when this camera mines pairs
         self.miner = None
         export = spec.get("export")  # None: no student masks
         self.student_dir: str | None = export["dir"] if export and self.encoding is not None else None
@@ -115,7 +115,7 @@ class CameraProcess:
 
     # -- main loop --------------------------------------------------------------------------
     def run(self) -> int:
-        from streamer.pipeline import MotionSegmenter  # heavy imports after the reporter is up
+        from streamer.motion.pipeline import MotionSegmenter  # heavy imports after the reporter is up
         from streamer.sources import open_source
 
         self.reporter.start()
@@ -125,8 +125,8 @@ class CameraProcess:
                 self.buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
                 self.ring = RingBuffer.attach(self.spec["buffer_name"], self.buffer_cfg)
             if self.spec.get("pairs_name") and self.cfg.patches.enabled:
-                from streamer.pairbuffer import PairBuffer
-                from streamer.patches import PatchMiner
+                from streamer.shm.pairbuffer import PairBuffer
+                from streamer.motion.patches import PatchMiner
 
                 self.pairs = PairBuffer.attach(self.spec["pairs_name"], self.cfg.patches.lock_timeout_ms)
                 self.miner = PatchMiner(self.cfg.patches, self.name)

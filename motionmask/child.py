@@ -17,8 +17,8 @@ from typing import Any, Callable, Protocol
 import zmq
 
 from motionmask.journald import setup_logging
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.errors import UserError
+from common.log import log_event
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import sys
 
 from motionmask import __version__
 from motionmask.config import ConfigError
-from streamer.errors import UserError
+from common.errors import UserError
 
 # in the order `motionmask --help` lists them: the daily ones first
 COMMANDS: list[str] = ["run", "learn", "status", "console", "subscribe", "masks", "train", "predict", "export", "device", "synth", "keys"]

@@ -20,9 +20,9 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from streamer import protocol
-from streamer.errors import UserError
-from streamer.log import log_event
+from streamer.live import protocol
+from common.errors import UserError
+from common.log import log_event
 
 log = logging.getLogger("motionmask.client")
 

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import zmq
 
-from streamer import json_input
-from streamer.errors import UserError
-from streamer.log import log_event
+from common import json_input
+from common.errors import UserError
+from common.log import log_event
 
 log = logging.getLogger("motionmask.control")
 

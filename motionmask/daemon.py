@@ -35,18 +35,19 @@ import zmq
 
 from motionmask import __version__, remote_roles
 from motionmask.camera_process import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, MSG_MASK, MSG_STATS
-from motionmask.config import Config, to_dict
+from motionmask.config import Config
+from common.config import to_dict
 from motionmask.control import ControlServer
 from motionmask.daemon_config import camera_streamer_config
 from motionmask.lockfile import hold_lock, release
 from motionmask.private_tmp import make_private_dir
 from motionmask.sdnotify import Notifier
-from streamer.errors import UserError
+from common.errors import UserError
 from streamer.config import PatchConfig
-from streamer.log import log_event
-from streamer.pairbuffer import PairBuffer
-from streamer.publish import MaskPublisher
-from streamer.ringbuffer import RingBuffer
+from common.log import log_event
+from streamer.shm.pairbuffer import PairBuffer
+from streamer.live.publish import MaskPublisher
+from streamer.shm.ringbuffer import RingBuffer
 from streamer.sources import redact_url
 
 log = logging.getLogger("motionmask.daemon")

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.config import check, from_dict, merge, to_dict
 from streamer.config import StreamerConfig
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -14,7 +15,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 @dataclass
 class CameraConfig:
     name: str = ""  # topic token (mask.<name>.motion) and ring-buffer camera id; "" = cam<index>
-    source: str | int = ""  # path, folder, camera:N, /dev/videoN, rtsp://... (see streamer/sources.py)
+    source: str | int = ""  # path, folder, camera:N, /dev/videoN, rtsp://... (see streamer/sources/__init__.py)
     enabled: bool = True
     loop: bool = False  # files and folders start again at the end (same as streamer.source.loop)
     realtime: bool = True  # files and folders play at their frame rate, as a camera would; false = flat out
@@ -45,18 +46,14 @@ class DaemonConfig:
             ("max_restarts", self.max_restarts >= 0, ">= 0 (0 = never give up)"),
             ("stats_interval_s", self.stats_interval_s >= 0, ">= 0 (0 = off)"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"daemon.{key} must be {want}")
+        check("daemon", checks)
 
 
 def camera_streamer_config(base: StreamerConfig, cam: CameraConfig, index: int) -> StreamerConfig:
     """The top-level streamer section with this camera's overrides applied, validated; errors name
     `cameras[i].streamer.<key>`."""
-    from motionmask.config import _merge, from_dict, to_dict  # the one loader; avoids an import cycle
-
     prefix = f"cameras[{index}].streamer"
-    merged = from_dict(StreamerConfig, _merge(to_dict(base), cam.streamer), prefix)
+    merged = from_dict(StreamerConfig, merge(to_dict(base), cam.streamer), prefix)
     if cam.loop:
         merged.source.loop = True
     try:

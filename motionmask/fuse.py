@@ -119,7 +119,7 @@ def live_step(carried: CarriedStudent, motion: np.ndarray, image: np.ndarray, sh
     if flow is not None:
         size = (flow.shape[1], flow.shape[0])
     else:
-        from streamer.flow import working_size
+        from streamer.motion.flow import working_size
 
         size = working_size(mask.shape[1], mask.shape[0], flow_width)
     carried.ran(mask, shot, version, size)

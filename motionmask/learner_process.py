@@ -42,12 +42,12 @@ import zmq
 
 from motionmask.camera_process import MSG_MASK, MSG_STATS
 from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
-from motionmask.config import from_dict
+from common.config import from_dict
 from learner.config import LearnerConfig
-from streamer import protocol
+from streamer.live import protocol
 from streamer.config import TrimapConfig
-from streamer.log import log_event
-from streamer.ringbuffer import BufferConfig
+from common.log import log_event
+from streamer.shm.ringbuffer import BufferConfig
 
 log = logging.getLogger("motionmask.learner")
 
@@ -83,7 +83,7 @@ class LearnerProcess:
         self.trainer = None
         self.bootstrap = None
         self.ring = None
-        self.pairs = None  # streamer.pairbuffer.PairBuffer when cameras mine tracked-patch pairs
+        self.pairs = None  # streamer.shm.pairbuffer.PairBuffer when cameras mine tracked-patch pairs
         self.ranks: list = []  # learner.train.nproc > 1: the processes of ranks 1..N-1 (motionmask/learner_ranks.py)
         self.ranks_done = False
         self.export_spec: dict[str, Any] | None = spec.get("export")  # None: export is off
@@ -122,7 +122,7 @@ class LearnerProcess:
         from learner.checkpoint import find_resume
         from learner.samples import RingFeed
         from learner.train import Limits, Trainer, fit
-        from streamer.ringbuffer import RingBuffer
+        from streamer.shm.ringbuffer import RingBuffer
 
         cfg = self.cfg
         try:
@@ -166,7 +166,7 @@ class LearnerProcess:
         pairs = None
         if self.spec.get("pairs_name"):  # a camera mines tracked-patch pairs (streamer.patches.enabled)
             from learner.pairs import RingPairFeed
-            from streamer.pairbuffer import PairBuffer
+            from streamer.shm.pairbuffer import PairBuffer
 
             self.pairs = PairBuffer.attach(self.spec["pairs_name"])
             pairs = RingPairFeed(self.pairs)

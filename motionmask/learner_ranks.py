@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from motionmask.journald import setup_logging
-from streamer.log import log_event
+from common.log import log_event
 
 log = logging.getLogger("motionmask.learner_ranks")
 
@@ -84,7 +84,7 @@ def run(spec: dict[str, Any]) -> int:
     from learner.checkpoint import find_resume
     from learner.config import LearnerConfig
     from learner.train import Limits, Trainer, fit, resolve_device
-    from motionmask.config import from_dict
+    from common.config import from_dict
 
     stop_ev = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_ev.set())

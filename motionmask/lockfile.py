@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from streamer.errors import UserError
+from common.errors import UserError
 
 
 def hold_lock(path: str | Path, key: str, what: str | Path) -> int:

@@ -17,8 +17,8 @@ import shutil
 import socket
 import tempfile
 
-from streamer.atomic import pid_alive
-from streamer.log import log_event
+from common.atomic import pid_alive
+from common.log import log_event
 
 log = logging.getLogger("motionmask.daemon")
 

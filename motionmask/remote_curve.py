@@ -10,8 +10,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from learner.transport_config import TransportConfig
-from streamer.errors import UserError
-from streamer.publish import _ClientKeys
+from common.errors import UserError
+from streamer.live.publish import _ClientKeys
 
 
 def _load(path_s: str, key: str, secret: bool) -> tuple[bytes, bytes | None]:

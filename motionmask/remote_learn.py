@@ -38,12 +38,12 @@ from learner.appetite import Appetite
 from learner.transport_config import TransportConfig
 from motionmask.camera_process import MSG_STATS
 from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
-from motionmask.config import from_dict
+from common.config import from_dict
 from motionmask.remote_curve import server_curve
 from motionmask.sample_wire import WireError, decode_pair, decode_sample, parse_header
-from streamer.errors import UserError
-from streamer.log import log_event
-from streamer.ringbuffer import BufferConfig, Sample
+from common.errors import UserError
+from common.log import log_event
+from streamer.shm.ringbuffer import BufferConfig, Sample
 
 log = logging.getLogger("motionmask.remote_learn")
 
@@ -158,12 +158,12 @@ class ReceiverProcess:
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _run(self) -> None:
-        from streamer.ringbuffer import RingBuffer
+        from streamer.shm.ringbuffer import RingBuffer
 
         cv2.setNumThreads(1)
         self.ring = RingBuffer.attach(self.spec["buffer_name"], from_dict(BufferConfig, self.spec["buffer"], "buffer"))
         if self.spec.get("pairs_name"):
-            from streamer.pairbuffer import PairBuffer
+            from streamer.shm.pairbuffer import PairBuffer
 
             self.pairs = PairBuffer.attach(self.spec["pairs_name"])
         self.bind()

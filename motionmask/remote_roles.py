@@ -16,7 +16,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from learner.appetite import Appetite
-from motionmask.config import Config, to_dict
+from motionmask.config import Config
+from common.config import to_dict
 
 if TYPE_CHECKING:
     from motionmask.daemon import ChildSpec, Daemon
@@ -48,7 +49,7 @@ def check(cfg: Config, role: str) -> None:
     """UserError, in one line, for what would make the extra child fail over and over: a camera
     named like it, a key file that is missing or unreadable."""
     from motionmask.remote_curve import check_keys
-    from streamer.errors import UserError
+    from common.errors import UserError
 
     if role == "learn":
         check_keys(cfg.learner.transport, "learner")

@@ -35,11 +35,11 @@ from zmq.utils.monitor import recv_monitor_message
 from learner.transport_config import TransportConfig
 from motionmask.camera_process import MSG_STATS
 from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
-from motionmask.config import from_dict
+from common.config import from_dict
 from motionmask.remote_curve import client_curve
 from motionmask.sample_wire import WireError, encode_pair, encode_sample
-from streamer.log import log_event
-from streamer.ringbuffer import BufferConfig
+from common.log import log_event
+from streamer.shm.ringbuffer import BufferConfig
 
 log = logging.getLogger("motionmask.remote_send")
 
@@ -105,7 +105,7 @@ class SenderProcess:
         return run_reported(self, self._run, "sender", log)
 
     def _run(self) -> None:
-        from streamer.ringbuffer import RingBuffer
+        from streamer.shm.ringbuffer import RingBuffer
 
         try:
             os.nice(NICE)
@@ -113,7 +113,7 @@ class SenderProcess:
             pass
         self.ring = RingBuffer.attach(self.spec["buffer_name"], from_dict(BufferConfig, self.spec["buffer"], "buffer"))
         if self.spec.get("pairs_name"):
-            from streamer.pairbuffer import PairBuffer
+            from streamer.shm.pairbuffer import PairBuffer
 
             self.pairs = PairBuffer.attach(self.spec["pairs_name"])
         if self.spec.get("export_dir"):

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamer import json_input
+from common import json_input
 
 SCHEMA = "motionmask.sample"
 VERSION = 1

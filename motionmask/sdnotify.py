@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 
-from streamer.log import log_event
+from common.log import log_event
 
 log = logging.getLogger("motionmask.sdnotify")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from common.config import check
 
 
 @dataclass
@@ -68,7 +69,7 @@ class MotionConfig:
     saliency_scale: float = 0.0  # residual flow (working px) at saliency 0.5; 0 = adaptive:
     noise_multiplier: float = 2.0  # ... this many times the frame's median camera-model residual,
     min_saliency_scale: float = 0.5  # ... but at least this (working px)
-    # geodesic fill (streamer/geodesic.py): a superpixel of reliability r keeps r / (r + trust) of
+    # geodesic fill (streamer/motion/geodesic.py): a superpixel of reliability r keeps r / (r + trust) of
     # its vote and takes the rest from its geodesic distance to this frame's sure foreground vs
     # sure background; 0 = off. Off by default: at 0.3 it helps flat objects (patchwork +0.02)
     # but not the tuning family (docs/teacher.md); configs/geodesic.yaml turns it on
@@ -113,7 +114,7 @@ class TrimapConfig:
 
 @dataclass
 class PatchConfig:
-    """Tracked-patch pairs (Wang & Gupta 2015) for the learner's embedding head; see streamer/patches.py."""
+    """Tracked-patch pairs (Wang & Gupta 2015) for the learner's embedding head; see streamer/motion/patches.py."""
     enabled: bool = False
     size: int = 64  # P: pairs are P x P RGB patches
     track_length: int = 30  # frames from the query patch to the tracked one (same shot)
@@ -177,6 +178,4 @@ class StreamerConfig:
             ("patches.store_mb", self.patches.store_mb > 0, "> 0"),
             ("patches.lock_timeout_ms", 0 <= self.patches.lock_timeout_ms <= 1000, "between 0 and 1000"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"streamer.{key} must be {want}")
+        check("streamer", checks)

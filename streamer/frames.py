@@ -33,7 +33,7 @@ class MaskResult:
     reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | unsure | camera_unreliable | no_motion_history | dark
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     flow: np.ndarray | None = None  # h x w x 2 float32 at working resolution (frame t-1 -> t), if any
-    # with the flow (None without): what tracking on it needs (streamer/patches.py)
+    # with the flow (None without): what tracking on it needs (streamer/motion/patches.py)
     flow_conf: np.ndarray | None = None  # h x w float32 forward-backward confidence of `flow`, in [0, 1]
     to_prev: np.ndarray | None = None  # 3x3 camera model, working px of this frame -> frame t-1
     camera_ok: bool = True  # the camera model was fitted (False: assumed static)

@@ -13,7 +13,7 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
     from streamer import npcv as cv2
 import numpy as np
 
-from streamer.atomic import write_png
+from streamer.png import write_png
 from streamer.frames import MaskResult
 
 KEPT_TINT = (40, 220, 90)  # green: a usable training sample

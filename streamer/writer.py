@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.atomic import write_png
-from streamer.errors import UserError
-from streamer.log import log_event
+from streamer.png import write_png
+from common.errors import UserError
+from common.log import log_event
 from streamer.frames import MaskResult
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Real data for the multi-task head tests: synthetic clips (streamer/synth.py) rendered in memory,
+"""Real data for the multi-task head tests: synthetic clips (synth/things.py) rendered in memory,
 run through the real motion streamer into a real ring buffer (frames, trimaps and DIS flow), and
 tracked-patch pairs cut around the same object instance in two frames of a shot (from the
 clips' instance ground truth), served by a small in-memory PairFeed."""
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamer.config import StreamerConfig
-from streamer.pipeline import MotionSegmenter
-from streamer.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result
-from streamer.synth import object_patch, plan_clip, render_clip
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result
+from synth.things import object_patch, plan_clip, render_clip
 
 
 @dataclass

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from learner.config import LearnerConfig
-from streamer.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
 
 
 def texture(rng: np.random.Generator, h: int, w: int, colour) -> np.ndarray:

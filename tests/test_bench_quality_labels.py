@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench._families import FAMILIES, Skipped, folder_family, resolve, select
-from streamer.synth import generate
+from synth.things import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.cli import main
 from streamer.config import TrimapConfig
-from streamer.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
-from streamer.synth import generate
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
+from synth.things import generate
 
 FORK = mp.get_context("fork")
 

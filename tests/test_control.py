@@ -9,7 +9,7 @@ import zmq
 
 from motionmask.cli import main
 from motionmask.control import ControlServer, ControlUnavailable, request
-from streamer.errors import UserError
+from common.errors import UserError
 from _media import free_port
 
 

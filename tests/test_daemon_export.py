@@ -76,7 +76,7 @@ def test_held_back_samples_never_reach_training():
 
     from learner.samples import RingFeed
     from motionmask.learner_process import _HeldBack
-    from streamer.ringbuffer import BufferConfig, RingBuffer, Sample
+    from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample
 
     cfg = BufferConfig(train_width=32, train_height=24, memory_mb=1, per_shot_cap=64)
     with RingBuffer.create(cfg) as ring:

@@ -25,8 +25,8 @@ from learner.config import LearnerConfig
 from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.cli import main
-from streamer.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
-from streamer.synth import generate
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
+from synth.things import generate
 
 H, W, N = 72, 96, 8  # slots, and samples in the whole batch (4 per rank)
 # float32 throughout; the ranks' sums and the single process's run in different orders. Measured:

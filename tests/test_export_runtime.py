@@ -19,7 +19,7 @@ from _export_data import SAMPLE, copy_version, exported, sample_frames
 from exporter.bundle import versions, write_pointer
 from exporter.runtime import BundleRunner, make_session
 from motionmask.cli import main
-from streamer.errors import UserError
+from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

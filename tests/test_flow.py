@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 
 from streamer.config import FlowConfig
-from streamer.flow import FlowEstimator, texture_weight, warp_by_flow, working_size
+from streamer.motion.flow import FlowEstimator, texture_weight, warp_by_flow, working_size
 
 W, H = 240, 180
 INNER = (slice(16, H - 16), slice(16, W - 16))  # away from borders that the shift exposes

@@ -6,7 +6,7 @@ import pytest
 from motionmask.config import ConfigError, load_config
 from motionmask.fuse import CarriedStudent, carry_forward, fuse, live_step
 from streamer.config import FlowConfig
-from streamer.flow import FlowEstimator
+from streamer.motion.flow import FlowEstimator
 
 
 def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int, value: int) -> np.ndarray:

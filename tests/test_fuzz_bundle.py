@@ -33,7 +33,7 @@ from exporter.signing import (SIG_FILE, TRUST_FILE, SignatureError, Signer, Trus
                               create_signing_keys, read_trust)
 from exporter.transfer import (BundleServer, Channel, DeviceAgent, PullConfig, TransferError, _check_info,
                                download_file, verified_floor)
-from streamer.errors import UserError
+from common.errors import UserError
 
 VERSION = "20261206T080000Z-s0000005"
 FAST = PullConfig(timeout_s=0.15, retries=1, backoff_s=0.05, backoff_max_s=0.1, poll_s=30.0, attempts=2,

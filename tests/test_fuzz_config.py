@@ -15,7 +15,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from _fuzz import byte_mutations, deep, dict_mutations, fuzz, json_values
-from motionmask.config import Config, ConfigError, load_config, to_dict
+from motionmask.config import Config, ConfigError, load_config
+from common.config import to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from _fuzz import dict_mutations, fuzz, malformed_json_bytes
 from motionmask.commands.status import describe
 from motionmask.control import MAX_REQUEST_BYTES, ControlServer, parse_reply, request
-from streamer.errors import UserError
+from common.errors import UserError
 
 HANDLERS = {"status": lambda r: {"cameras": {}}, "ping": lambda r: {"pong": 1}}
 VALID = {"cmd": "status", "verbose": True}

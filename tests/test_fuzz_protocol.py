@@ -1,4 +1,4 @@
-"""Live-mask headers (streamer/protocol.py, docs/protocol.md) under any input: a subscriber's
+"""Live-mask headers (streamer/live/protocol.py, docs/protocol.md) under any input: a subscriber's
 parser returns a schema-1 mask or raises ProtocolError, never anything else, never hangs.
 
 Hypothesis settings: tests/_fuzz.py (derandomized, no database; MOTIONMASK_FUZZ=deep for more).
@@ -12,8 +12,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from _fuzz import byte_mutations, deeply_nested_json, dict_mutations, fuzz, json_bytes, malformed_json_bytes
-from streamer import protocol
-from streamer.protocol import ProtocolError
+from streamer.live import protocol
+from streamer.live.protocol import ProtocolError
 
 MASK = np.zeros((12, 16), np.uint8)
 MASK[3:9, 4:12] = 255

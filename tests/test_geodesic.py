@@ -1,5 +1,5 @@
-"""The geodesic fill of weakly textured objects (streamer/geodesic.py) and the trimap's "don't
-care" near positives and in holes (streamer/prune.trimap), on real pipeline runs and tiny maps."""
+"""The geodesic fill of weakly textured objects (streamer/motion/geodesic.py) and the trimap's "don't
+care" near positives and in holes (streamer/motion/trimap.py), on real pipeline runs and tiny maps."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -9,10 +9,10 @@ import numpy as np
 
 from streamer.config import MotionConfig, StreamerConfig, TrimapConfig
 from streamer.frames import Frame
-from streamer.geodesic import adjacency, fill, geodesic_foreground
-from streamer.pipeline import MotionSegmenter
-from streamer.prune import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, trimap
-from streamer.superpixels import describe
+from streamer.motion.geodesic import adjacency, fill, geodesic_foreground
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.motion.trimap import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, trimap
+from streamer.motion.superpixels import describe
 
 
 def _flat_box_clip(n: int = 16, size: int = 70) -> tuple[list[np.ndarray], list[np.ndarray]]:

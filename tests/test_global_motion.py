@@ -8,8 +8,8 @@ import pytest
 import skimage.data
 
 from streamer.config import FlowConfig, GlobalMotionConfig
-from streamer.flow import FlowEstimator
-from streamer.global_motion import GlobalMotion, fit_global_motion, residual_motion
+from streamer.motion.flow import FlowEstimator
+from streamer.motion.global_motion import GlobalMotion, fit_global_motion, residual_motion
 
 W, H = 240, 180
 WORLD = cv2.cvtColor(cv2.resize(skimage.data.astronaut(), (400, 400), interpolation=cv2.INTER_AREA),

@@ -24,7 +24,7 @@ from learner.model import architecture, build_model
 from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.config import ConfigError, load_config
-from streamer.errors import UserError
+from common.errors import UserError
 
 
 def grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from exporter.runtime import BundleRunner, fit_frame
 from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.cli import main
-from streamer.errors import UserError
+from common.errors import UserError
 
 
 @pytest.fixture(scope="module")

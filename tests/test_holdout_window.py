@@ -17,8 +17,8 @@ from motionmask.holdout import HoldoutWindow
 from motionmask.learner_process import _HeldBack
 from streamer.config import StreamerConfig
 from streamer.frames import Frame
-from streamer.pipeline import MotionSegmenter
-from streamer.ringbuffer import BufferConfig, RingBuffer, sample_from_result
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result
 
 W, H = 160, 120
 SWITCH = 90  # the frame at which the background changes

@@ -18,7 +18,7 @@ import pytest
 from learner.checkpoint import load_checkpoint
 from learner.evaluate import coverage, evaluate_checkpoints, evaluate_student
 from motionmask.cli import main
-from streamer.synth import generate
+from synth.things import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_KEYS = {"frame", "shot", "fg_fraction", "kept", "reason", "ms", "timestamp", "source"}

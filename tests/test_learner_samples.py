@@ -13,9 +13,9 @@ import pytest
 from _learner_data import object_sample
 from learner.samples import OfflineFeed, RingFeed, expand_inputs, next_batch
 from streamer.config import StreamerConfig
-from streamer.errors import UserError
-from streamer.ringbuffer import BufferConfig, RingBuffer, _total_bytes
-from streamer.synth import generate
+from common.errors import UserError
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, _total_bytes
+from synth.things import generate
 
 
 def _late_put(name: str, delay: float) -> None:
@@ -119,7 +119,7 @@ _ORPHAN = """
 import sys, time
 from learner.samples import OfflineFeed
 from streamer.config import StreamerConfig
-from streamer.ringbuffer import BufferConfig, _total_bytes
+from streamer.shm.ringbuffer import BufferConfig, _total_bytes
 small = BufferConfig(train_width=64, train_height=48, memory_mb=_total_bytes(48, 64, 2) / 2**20)
 feed = OfflineFeed([sys.argv[1]], StreamerConfig(), small, draws_per_sample=1.0, max_buffer_mb=small.memory_mb)
 feed.__enter__()

@@ -19,7 +19,7 @@ from learner.loss import masked_bce
 from learner.samples import RingFeed
 from learner import train as train_mod
 from learner.train import Limits, NonFiniteLoss, Trainer, fit, resolve_device, use_bf16
-from streamer.errors import UserError
+from common.errors import UserError
 
 
 @pytest.fixture(scope="module")

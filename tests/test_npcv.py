@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from streamer import npcv
-from streamer.prune import _near_or_inside
-from streamer.shots import hsv_histogram
+from streamer.motion.trimap import near_or_inside
+from streamer.motion.shots import hsv_histogram
 
 
 @pytest.fixture
@@ -63,15 +63,15 @@ def test_flood_fill_matches_opencv() -> None:
 
 
 def test_trimap_band_and_shot_histogram_through_stand_ins(monkeypatch: pytest.MonkeyPatch, rgb: np.ndarray) -> None:
-    import streamer.prune as prune
-    import streamer.shots as shots
+    import streamer.motion.trimap as trimap
+    import streamer.motion.shots as shots
 
     prob = cv2.GaussianBlur(rgb[..., 1].astype(np.float32) / 255, (0, 0), 6)
     sure, mask = prob > 0.6, prob >= 0.5
-    ref_band, ref_hist = _near_or_inside(sure, mask, 0.1), hsv_histogram(rgb, 16)
-    monkeypatch.setattr(prune, "cv2", npcv)
+    ref_band, ref_hist = near_or_inside(sure, mask, 0.1), hsv_histogram(rgb, 16)
+    monkeypatch.setattr(trimap, "cv2", npcv)
     monkeypatch.setattr(shots, "cv2", npcv)
-    band = _near_or_inside(sure, mask, 0.1)
+    band = near_or_inside(sure, mask, 0.1)
     assert (band != ref_band).mean() < 0.01  # the coarse grid's edge may move by a pixel
     assert np.abs(hsv_histogram(rgb, 16) - ref_hist).sum() < 0.02
 
@@ -81,7 +81,7 @@ def test_png_decodes_to_the_same_pixels(rgb: np.ndarray) -> None:
         ok, buf = npcv.imencode(".png", np.ascontiguousarray(img), [npcv.IMWRITE_PNG_COMPRESSION, 1])
         assert ok
         assert np.array_equal(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), img)
-    from streamer.protocol import _PNG_PARAMS  # the mask stream's settings: run-length deflate, no filter
+    from streamer.live.protocol import _PNG_PARAMS  # the mask stream's settings: run-length deflate, no filter
     ok, buf = npcv.imencode(".png", rgb[..., 0] // 64 * 64, _PNG_PARAMS)
     assert np.array_equal(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), rgb[..., 0] // 64 * 64)
 

@@ -1,4 +1,4 @@
-"""The pair store (streamer/pairbuffer.py) across real processes, and the feeds that hand pairs
+"""The pair store (streamer/shm/pairbuffer.py) across real processes, and the feeds that hand pairs
 to the learner (learner/pairs.py, OfflineFeed.sample_pairs)."""
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import yaml
 from learner.pairs import MemoryPairFeed, PairBatch, RingPairFeed
 from learner.samples import OfflineFeed, RingFeed
 from streamer.config import StreamerConfig
-from streamer.errors import UserError
-from streamer.pairbuffer import WRITING, PairBuffer, pair_slots
-from streamer.patches import PatchPair
-from streamer.ringbuffer import BufferConfig
-from streamer.synth import render_clip
+from common.errors import UserError
+from streamer.shm.pairbuffer import WRITING, PairBuffer, pair_slots
+from streamer.motion.patches import PatchPair
+from streamer.shm.ringbuffer import BufferConfig
+from synth.things import render_clip
 from _learner_data import make_ring
 from _media import free_port, write_video
 

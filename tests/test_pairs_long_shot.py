@@ -9,8 +9,8 @@ import torch
 from learner.embedding_loss import negative_mask, triplet_loss
 from learner.pairs import SEGMENT_FRAMES, MemoryPairFeed, RingPairFeed
 from learner.train import Trainer
-from streamer.pairbuffer import PairBuffer
-from streamer.patches import PatchPair
+from streamer.shm.pairbuffer import PairBuffer
+from streamer.motion.patches import PatchPair
 from _learner_data import tiny_config
 
 P = 16

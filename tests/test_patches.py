@@ -1,4 +1,4 @@
-"""Tracked-patch mining (streamer/patches.py) on real pipeline output: synthetic clips with
+"""Tracked-patch mining (streamer/motion/patches.py) on real pipeline output: synthetic clips with
 instance ground truth, a camera panning over a still photo, a crowd of movers, shot cuts."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from streamer.config import PatchConfig, StreamerConfig
 from streamer.frames import Frame
-from streamer.patches import PatchMiner, PatchPair, best_box
-from streamer.pipeline import MotionSegmenter
-from streamer.synth import _photo, render_clip
+from streamer.motion.patches import PatchMiner, PatchPair, best_box
+from streamer.motion.pipeline import MotionSegmenter
+from synth.things import _photo, render_clip
 
 FRAMES = 90
 

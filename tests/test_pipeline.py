@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from streamer import synth
+from synth import things as synth
 from streamer.config import MotionConfig, StreamerConfig
 from streamer.frames import Frame
-from streamer.pipeline import MotionSegmenter, motion_saliency
+from streamer.motion.pipeline import MotionSegmenter, motion_saliency
 
 SAMPLE = Path(__file__).parent / "data" / "sample.mp4"
 SMALL = (160, 120)

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from streamer import protocol
-from streamer.protocol import ProtocolError
+from streamer.live import protocol
+from streamer.live.protocol import ProtocolError
 
 
 def _mask(h=48, w=64, seed=0):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from streamer.config import PruneConfig, TrimapConfig
-from streamer.prune import (TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, prune, pruned_summary, relax_hint,
-                           trimap)
+from streamer.motion.prune import prune, pruned_summary, relax_hint
+from streamer.motion.trimap import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, trimap
 
 CFG = PruneConfig(min_fg=0.10, max_unsure=1.0)  # the paper's rules (the defaults add one and lower min_fg: below)
 H = W = 100  # border band: 5 px on each side (0.05 x 100), 1900 px in all

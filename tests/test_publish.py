@@ -16,9 +16,9 @@ from motionmask.cli import main
 from motionmask.client import MaskSubscriber, subscribe
 from motionmask.commands.keys import create_keys
 from motionmask.config import ConfigError, load_config
-from streamer import protocol
-from streamer.errors import UserError
-from streamer.publish import MaskPublisher, PublishConfig
+from streamer.live import protocol
+from common.errors import UserError
+from streamer.live.publish import MaskPublisher, PublishConfig
 
 ANY = "tcp://127.0.0.1:*"
 

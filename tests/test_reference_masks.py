@@ -1,4 +1,4 @@
-"""Reference masks from a median background (streamer.reference_masks) on a real encoded video
+"""Reference masks from a median background (synth.reference_masks) on a real encoded video
 with a known mover, and on the first frames of the shared vtest.avi when it is there."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer import reference_masks as rm
+from synth import reference_masks as rm
 from streamer.config import SourceConfig
-from streamer.errors import UserError
+from common.errors import UserError
 from streamer.sources import open_source
-from streamer.synth import load_gt
+from synth.things import load_gt
 from tests._media import moving_square, write_video
 
 W, H, SIZE, STEP, N = 128, 96, 24, 3, 40

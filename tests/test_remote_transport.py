@@ -19,7 +19,7 @@ from _media import free_port
 from learner.appetite import Appetite
 from learner.transport_config import TransportConfig
 from motionmask.sample_wire import WireError, decode_sample, encode_sample, parse_header
-from streamer.ringbuffer import BufferConfig, RingBuffer, Sample
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample
 
 W, H = 64, 48
 
@@ -277,8 +277,8 @@ def test_curve_admits_a_rig_with_keys_and_refuses_one_without(ring, tmp_path):
 
 def test_tracked_pairs_travel_from_a_rigs_store_to_the_learners(ring):
     """A rig's sender follows its pair store too; the learner's receiver puts them into its own."""
-    from streamer.pairbuffer import PairBuffer
-    from streamer.patches import PatchPair
+    from streamer.shm.pairbuffer import PairBuffer
+    from streamer.motion.patches import PatchPair
 
     def pair(i: int) -> PatchPair:
         q = np.full((32, 32, 3), 10 * i, np.uint8)
@@ -332,7 +332,7 @@ def test_config_errors_name_the_key(tmp_path):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, data)
     from motionmask.commands.learn import learn_config
-    from streamer.errors import UserError
+    from common.errors import UserError
 
     cfg = load_config(None, {"learner": {"listen": "tcp://127.0.0.1:5560"}, "export": {"enabled": True}})
     with pytest.raises(UserError, match="learner.listen .* is also export.endpoint"):

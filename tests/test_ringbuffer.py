@@ -15,12 +15,12 @@ from multiprocessing import resource_tracker
 import numpy as np
 import pytest
 
-import streamer.ringbuffer as ringbuffer
+import streamer.shm.ringbuffer as ringbuffer
 from motionmask.config import ConfigError, load_config
-from streamer.errors import UserError
+from common.errors import UserError
 from streamer.frames import Frame
-from streamer.pipeline import MaskResult
-from streamer.ringbuffer import (
+from streamer.motion.pipeline import MaskResult
+from streamer.shm.ringbuffer import (
     READY, WRITING, BufferConfig, RingBuffer, Sample, camera_key, sample_from_result,
 )
 
@@ -290,7 +290,7 @@ def test_attacher_in_another_interpreter_neither_unlinks_nor_warns(rb_factory):
     rb = rb_factory(cfg_for(4))
     code = (
         "import numpy as np, sys\n"
-        "from streamer.ringbuffer import RingBuffer, Sample\n"
+        "from streamer.shm.ringbuffer import RingBuffer, Sample\n"
         "rb = RingBuffer.attach(sys.argv[1])\n"
         "z = np.zeros((48, 64), np.uint8)\n"
         "ok = rb.put(Sample('ext', 7, 0, 0.0, np.zeros((48, 64, 3), np.uint8), z, z, None, (0, 0, 48, 64)))\n"

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer import synth
+from synth import things as synth
 from streamer.config import ShotConfig
-from streamer.flow import working_size
-from streamer.shots import ShotDetector
+from streamer.motion.flow import working_size
+from streamer.motion.shots import ShotDetector
 
 SMALL = (160, 120)
 SAMPLE = Path(__file__).parent / "data" / "sample.mp4"

@@ -24,7 +24,7 @@ from exporter.signing import (SIG_FILE, TRUST_FILE, SignatureError, Signer, Trus
                               create_signing_keys, read_trust)
 from exporter.transfer import BundleRefused, BundleServer, DeviceAgent, IntegrityError, PullConfig
 from motionmask.cli import main
-from streamer.errors import UserError
+from common.errors import UserError
 
 FAST = dict(timeout_s=0.5, retries=2, backoff_s=0.1, backoff_max_s=0.5, poll_s=30.0, attempts=3)
 
@@ -141,7 +141,7 @@ def test_keys_command_writes_a_private_pair_and_never_prints_the_key(tmp_path, c
     with pytest.raises(SystemExit):
         main(["keys", "--help"])
     assert "--name exporter --signing" in capsys.readouterr().out
-    # the CurveZMQ pair goes through the same private-file writer (streamer.atomic.write_private)
+    # the CurveZMQ pair goes through the same private-file writer (common.atomic.write_private)
     assert main(["keys", str(d), "--name", "server"]) == 0
     curve_secret, curve_public = d / "server.key_secret", d / "server.key"
     assert stat.S_IMODE(curve_secret.stat().st_mode) == 0o600 and stat.S_IMODE(curve_public.stat().st_mode) == 0o644

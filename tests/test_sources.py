@@ -15,7 +15,7 @@ import pytest
 from _media import (StreamServer, encode_stream, free_port, moving_square, stream_udp, write_empty_video,
                     write_images, write_video)
 from streamer.config import SourceConfig
-from streamer.errors import SourceError, UserError
+from common.errors import SourceError, UserError
 from streamer.sources import open_source, redact_url
 
 SHARED = Path("/work/shared/data")

@@ -9,8 +9,8 @@ import pytest
 import skimage.data
 
 from streamer.config import MotionConfig
-from streamer.superpixels import COLOR_BINS, ORIENT_BINS, SuperpixelExtractor
-from streamer.voting import OnlineVoter, VoteParams, nearest_others
+from streamer.motion.superpixels import COLOR_BINS, ORIENT_BINS, SuperpixelExtractor
+from streamer.motion.voting import OnlineVoter, VoteParams, nearest_others
 
 W, H = 240, 180
 

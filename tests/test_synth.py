@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from motionmask.cli import main
-from streamer import synth
+from synth import things as synth
 
 SMALL = (160, 120)
 

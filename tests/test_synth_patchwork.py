@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from motionmask.cli import main
-from streamer import synth, synth_patchwork as pw
+from synth import things as synth
+
+from synth import patchwork as pw
 
 SMALL = (160, 120)
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from motionmask.cli import main
-from streamer import synth, synth_rig as rig
+from synth import things as synth
+
+from synth import rig
 
 SMALL = (96, 72)
 MINUTES = 0.3  # 270 frames at 15 fps

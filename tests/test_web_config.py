@@ -12,7 +12,7 @@ import yaml
 from motionmask.web.config import WebConfig, is_loopback
 from motionmask.web.redact import redact
 from motionmask.web.stream import LiveStore
-from streamer.errors import UserError
+from common.errors import UserError
 
 
 def _one_line_error(cmd: list[str]) -> str:

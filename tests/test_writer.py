@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer.errors import UserError
+from common.errors import UserError
 from streamer.frames import Frame
 from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay
-from streamer.pipeline import MaskResult
+from streamer.motion.pipeline import MaskResult
 from streamer.writer import JSONL_NAME, MaskWriter, append_line, prob_to_png
 
 

@@ -8,8 +8,8 @@ import logging
 
 from motionmask.control import DEFAULT_ENDPOINT
 from motionmask.web.config import WebConfig, is_loopback
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.errors import UserError
+from common.log import log_event
 
 log = logging.getLogger("motionmask.web")
 

@@ -10,8 +10,8 @@ import sys
 import threading
 
 from motionmask.commands.masks import Terminated, signals_as_exceptions
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.errors import UserError
+from common.log import log_event
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Iterator
 
 from motionmask.commands.masks import Terminated, signals_as_exceptions
 from motionmask.config import load_config
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.errors import UserError
+from common.log import log_event
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import zmq.auth
 
-from streamer.atomic import write_durable, write_private
-from streamer.errors import UserError
+from common.atomic import write_durable, write_private
+from common.errors import UserError
 
 EPILOG = """examples:
   motionmask keys keys/ --name server     # on the robot: keys/server.key, keys/server.key_secret

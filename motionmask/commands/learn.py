@@ -14,7 +14,7 @@ import zmq
 from motionmask.commands.masks import parse_count
 from motionmask.config import Config, load_config
 from motionmask.daemon import run_daemon
-from streamer.errors import UserError
+from common.errors import UserError
 
 EPILOG = """examples:
   motionmask learn --config configs/learner.yaml    # on the GPU machine

@@ -21,11 +21,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from motionmask.config import Config, load_config
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.errors import UserError
+from common.log import log_event
 from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay, trimap_rgb
 from streamer.frames import MaskResult
-from streamer.prune import pruned_summary
+from streamer.motion.prune import pruned_summary
 from streamer.sources import open_source
 from streamer.writer import CONTACT_NAME, OVERLAY_NAME, MaskWriter, check_out_dir
 
@@ -335,7 +335,7 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: in
         try:
             # log lines go through tqdm.write so that they do not tear the progress bar
             with logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext():
-                from streamer.pipeline import MotionSegmenter  # OpenCV and SciPy: the rig role; devices import this module
+                from streamer.motion.pipeline import MotionSegmenter  # OpenCV and SciPy: the rig role; devices import this module
 
                 segmenter = MotionSegmenter(cfg.streamer)
                 pushed = 0

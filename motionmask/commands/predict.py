@@ -20,12 +20,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from motionmask.commands.masks import (Outputs, StopRequest, Tally, Terminated, _explained, info_logs, parse_count,
                                        plural, signals_deferred, signals_ignored, source_spec)
 from motionmask.config import load_config
-from streamer.errors import UserError
-from streamer.flow import working_size
-from streamer.log import log_event
+from common.errors import UserError
+from streamer.motion.flow import working_size
+from common.log import log_event
 from streamer.frames import MaskResult
-from streamer.prune import prune, trimap
-from streamer.shots import ShotDetector
+from streamer.motion.prune import prune
+from streamer.motion.trimap import trimap
+from streamer.motion.shots import ShotDetector
 from streamer.sources import open_source
 from streamer.writer import check_out_dir
 

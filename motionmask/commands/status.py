@@ -6,7 +6,7 @@ import json
 import sys
 
 from motionmask.control import DEFAULT_ENDPOINT, ControlUnavailable, request
-from streamer.errors import UserError
+from common.errors import UserError
 
 EPILOG = f"""examples:
   motionmask status                                   # the daemon at {DEFAULT_ENDPOINT}

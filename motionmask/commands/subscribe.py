@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 from motionmask.client import DEFAULT_ENDPOINT, MaskSubscriber
-from streamer import protocol
-from streamer.atomic import write_bytes, write_png
-from streamer.errors import UserError
+from streamer.live import protocol
+from common.atomic import write_bytes
+from streamer.png import write_png
+from common.errors import UserError
 
 EPILOG = f"""examples:
   motionmask subscribe                                   # every mask from {DEFAULT_ENDPOINT}

@@ -1,6 +1,6 @@
 """`motionmask synth --out DIR [--family F | --scenario rig]`: synthetic clips with exact motion
-masks. Family "things" (streamer/synth.py) is the one the project tunes on; "patchwork"
-(streamer/synth_patchwork.py) is for reporting only; scenario "rig" (streamer/synth_rig.py) is one
+masks. Family "things" (synth/things.py) is the one the project tunes on; "patchwork"
+(synth/patchwork.py) is for reporting only; scenario "rig" (synth/rig.py) is one
 long stream of one scene with recurring actors that stop (issue 19)."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import argparse
 import logging
 import time
 
-from streamer.errors import UserError
-from streamer.log import log_event
-from streamer.synth import FAMILIES, family_generate
+from common.errors import UserError
+from common.log import log_event
+from synth.things import FAMILIES, family_generate
 
 SCENARIOS = ("rig",)
-RIG_FPS = 15  # streamer.synth_rig.FPS, without importing it for every command's --help
+RIG_FPS = 15  # synth.rig.FPS, without importing it for every command's --help
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _only_for(args: argparse.Namespace, scenario: bool) -> None:
 
 
 def _run_rig(args: argparse.Namespace) -> int:
-    from streamer.synth_rig import generate_rig
+    from synth.rig import generate_rig
 
     _only_for(args, scenario=True)
     started = time.monotonic()

@@ -14,9 +14,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from motionmask.commands.masks import Terminated, info_logs, parse_count, signals_as_exceptions
 from motionmask.config import load_config
-from streamer.errors import UserError
-from streamer.log import log_event
-from streamer.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
+from common.errors import UserError
+from common.log import log_event
+from streamer.motion.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
 from streamer.writer import check_out_dir
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from motionmask.web.feed import DaemonFeed
 from motionmask.web.metrics import registry
 from motionmask.web.stream import pack_unit
-from streamer.log import log_event
+from common.log import log_event
 
 log = logging.getLogger("motionmask.web")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from common.config import check
 
 
 def is_loopback(host: str) -> bool:
@@ -42,9 +43,7 @@ class WebConfig:
             ("jpeg_quality", 1 <= self.jpeg_quality <= 100, "1-100"),
             ("status_interval_s", self.status_interval_s > 0, "> 0"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"web.{key} must be {want}")
+        check("web", checks)
         if self.enabled and not is_loopback(self.host) and not self.token:
             raise ValueError(f"web.host {self.host} would open the console beyond this machine without a token: "
                              f"set web.token (a long random string) or keep web.host: 127.0.0.1")

@@ -26,9 +26,9 @@ import zmq
 from motionmask.control import ControlUnavailable, request
 from motionmask.web.redact import redact, redact_text
 from motionmask.web.stream import LiveStore
-from streamer import protocol
-from streamer.errors import UserError
-from streamer.log import log_event
+from streamer.live import protocol
+from common.errors import UserError
+from common.log import log_event
 
 log = logging.getLogger("motionmask.web")
 

@@ -19,9 +19,9 @@ import sys
 from typing import Any
 
 from motionmask.child import Reporter, push_socket, run_child
-from motionmask.config import from_dict
+from common.config import from_dict
 from motionmask.web.config import WebConfig
-from streamer.log import log_event
+from common.log import log_event
 
 log = logging.getLogger("motionmask.web")
 

@@ -6,7 +6,7 @@ import errno
 import logging
 import socket
 
-from streamer.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger("motionmask.web")
 

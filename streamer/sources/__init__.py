@@ -21,10 +21,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from streamer.config import SourceConfig
-from streamer.errors import SourceError
-from streamer.source_base import Source
-from streamer.source_file import FileSource, FolderSource
-from streamer.source_live import CameraBackend, LiveSource, NetworkBackend
+from common.errors import SourceError
+from streamer.sources.base import Source
+from streamer.sources.file import FileSource, FolderSource
+from streamer.sources.live import CameraBackend, LiveSource, NetworkBackend
 
 __all__ = ["NETWORK_SCHEMES", "Source", "open_source", "redact_url"]
 

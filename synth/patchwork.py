@@ -1,14 +1,14 @@
 """Synthetic family "patchwork": clips with exact motion masks, for REPORTING only, never tuning.
 
-Family "things" (streamer/synth.py) is the one the project tunes on, and it drifted toward what
+Family "things" (synth/things.py) is the one the project tunes on, and it drifted toward what
 the motion-mask method does well: movers wear a whole photo of a thing, and the thresholds were
 tuned on that look. This family is built on different assumptions (issue 18):
 
-  pool     one shared pool of photos (frames of real clips, streamer/data/patchwork/, see
+  pool     one shared pool of photos (frames of real clips, synth/data/patchwork/, see
            sources.json there), apart from the scikit-image photos of "things". Backgrounds AND
            object textures are cut at random from it: no "this photo is a thing" cue.
   clip     1-2 shots with hard cuts; per shot a background, a camera path (static | pan | zoom |
-           pan_zoom, the camera code of streamer/synth.py), still distractors (GT 0), 1-3 movers
+           pan_zoom, the camera code of synth/things.py), still distractors (GT 0), 1-3 movers
            (GT 255, also while they pause), sometimes a still post in front (GT 0)
   movers   large (20-40% of the frame), medium (6-20%) or small (1-6%); blob, polygon or box
            contrast  normal      a random piece of any pool photo
@@ -21,8 +21,8 @@ tuned on that look. This family is built on different assumptions (issue 18):
            carried   sometimes a box carried by an arm: an elongated polygon from the box to a
                      shoulder outside the view, behind the box, moving with it; the arm is the
                      same instance as the box and is foreground too (a hand carrying a box)
-  frame    rendered by streamer.synth.render_frame (motion blur, colour cast, flicker, sensor
-           noise), H.264 by streamer.synth's encoder: the same folder format as family "things".
+  frame    rendered by synth.things.render_frame (motion blur, colour cast, flicker, sensor
+           noise), H.264 by synth.things's encoder: the same folder format as family "things".
 
 Every random choice comes from the clip seed: a seed gives the same frames, GT and MP4 bytes.
 
@@ -40,15 +40,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamer import synth as things
-from streamer.errors import UserError
-from streamer.synth import ClipPlan, Layer, Shot
+from synth import things
+from common.errors import UserError
+from synth.things import ClipPlan, Layer, Shot
 
 FAMILY = "patchwork"
 VERSION = 1  # FROZEN: bump when a seed's clips change; cached sets are keyed by it
 PHOTO_DIR = Path(__file__).resolve().parent / "data" / "patchwork"
 
-CAMERA_P = (0.3, 0.3, 0.2, 0.2)  # over streamer.synth.CAMERA_TYPES
+CAMERA_P = (0.3, 0.3, 0.2, 0.2)  # over synth.things.CAMERA_TYPES
 SIZES = {"large": (0.20, 0.40), "medium": (0.06, 0.20), "small": (0.01, 0.06)}  # of the view area
 SHAPES = ("blob", "polygon", "box")
 CONTRASTS = ("normal", "same_scene", "matched")
@@ -59,7 +59,7 @@ TEXTURE_P = (0.6, 0.2, 0.2)
 
 @dataclass
 class Part(Layer):
-    """A layer with what this family varies on top of streamer.synth.Layer (for clips.json)."""
+    """A layer with what this family varies on top of synth.things.Layer (for clips.json)."""
     contrast: str = "normal"  # CONTRASTS
     texture: str = "photo"  # TEXTURES
     part: str = "object"  # object | arm (an arm has its box's inst)
@@ -104,7 +104,7 @@ def photo(name: str) -> np.ndarray:
 
 def _outline(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, float]:
     """Unit-square polygon and natural aspect; "box" is a slightly skewed quadrilateral (a box seen
-    at an angle), the rest come from streamer.synth."""
+    at an angle), the rest come from synth.things."""
     if shape != "box":
         return things._outline(rng, shape)
     pts = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float) + rng.uniform(-0.08, 0.08, (4, 2))
@@ -166,7 +166,7 @@ def _window(world: np.ndarray, centre: np.ndarray, w: int, h: int) -> np.ndarray
 
 def plan_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)) -> ClipPlan:
     """Lay out a clip: shots, backgrounds, camera paths, cut-outs and their paths. No pixels yet.
-    Render its frames with streamer.synth.render_frame."""
+    Render its frames with synth.things.render_frame."""
     width, height = size
     rng = np.random.default_rng(seed)
     min_shot = 30 if frames >= 60 else max(2, frames // 2)
@@ -337,7 +337,7 @@ def _arm(rng: np.random.Generator, box: Part, view: _View, n: int, cast: np.ndar
 
 
 def clip_info(plan: ClipPlan) -> dict:
-    """streamer.synth.clip_info plus the family, its version and what this family varies per object."""
+    """synth.things.clip_info plus the family, its version and what this family varies per object."""
     info = things.clip_info(plan)
     layers = [layer for shot in plan.shots for layer in shot.layers]
     for obj, layer in zip(info["objects"], layers):
@@ -356,8 +356,8 @@ def render_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)
 
 def generate(out_dir: str | Path, seed: int = 0, clips: int = 10, frames: int = 90,
              size: tuple[int, int] = (320, 240), progress: bool = False) -> list[dict]:
-    """Write `clips` clips under out_dir in the folder format of streamer.synth.generate (its write
-    loop: streamer.synth.write_clips) and return the clips.json entries (each with "family":
+    """Write `clips` clips under out_dir in the folder format of synth.things.generate (its write
+    loop: synth.things.write_clips) and return the clips.json entries (each with "family":
     "patchwork" and "version")."""
     return things.write_clips(out_dir, plan_clip, clip_info, seed, clips, frames, size, progress,
                               desc=f"synth {FAMILY}")

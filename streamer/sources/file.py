@@ -17,10 +17,10 @@ import numpy as np
 from av.error import FFmpegError
 
 from streamer.config import SourceConfig
-from streamer.errors import SourceError
+from common.errors import SourceError
 from streamer.frames import Frame
-from streamer.log import log_event
-from streamer.source_base import Source, logger, rgb, why
+from common.log import log_event
+from streamer.sources.base import Source, logger, rgb, why
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from streamer.config import PatchConfig
-from streamer.pipeline import MaskResult
+from streamer.motion.pipeline import MaskResult
 
 _CONFIDENT = 0.5  # forward-backward confidence above which a flow vector is trusted
 _MAX_OUTSIDE = 0.2  # a box more than this fraction outside the frame has left it

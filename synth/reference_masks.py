@@ -1,6 +1,6 @@
 """Reference masks for real fixed-camera footage, made by a method unlike the teacher's.
 
-The teacher (streamer.pipeline) finds motion with optical flow and superpixel voting. To score
+The teacher (streamer.motion.pipeline) finds motion with optical flow and superpixel voting. To score
 it on real video without tuning to it, the reference here uses neither: a clean background
 plate and a colour difference against it.
 
@@ -37,7 +37,7 @@ People who stand still: a mover is 255 also while it pauses (as in the synthetic
 difference keeps it so as long as it stands for less than half of the clip. Nobody in vtest
 stands that long (the plate is an empty scene, checked on the sheet), so no void is spent on it.
 
-Output: the same folder format as a synthetic set (streamer.synth.generate), so the benchmarks
+Output: the same folder format as a synthetic set (synth.things.generate), so the benchmarks
 read it: DIR/clips.json and DIR/<name>/gt/NNNNNN.png, uint8, 0 = background, 255 = moving object,
 128 = void (not scored). "file" is the absolute path of the source video, not a re-encode: the
 teacher is scored on the footage as delivered, without a second generation of codec loss, and
@@ -81,11 +81,13 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from streamer.atomic import write_json, write_png
+from common.atomic import write_json
+
+from streamer.png import write_png
 from streamer.config import SourceConfig
-from streamer.errors import UserError
+from common.errors import UserError
 from streamer.sources import open_source
-from streamer.synth import swap_dir
+from synth.things import swap_dir
 
 VERSION = 1
 REPO = Path(__file__).resolve().parents[1]

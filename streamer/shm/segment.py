@@ -1,5 +1,5 @@
-"""The life cycle of a POSIX shared-memory segment, shared by the ring buffer (streamer/ringbuffer.py)
-and the pair store (streamer/pairbuffer.py).
+"""The life cycle of a POSIX shared-memory segment, shared by the ring buffer (streamer/shm/ringbuffer.py)
+and the pair store (streamer/shm/pairbuffer.py).
 
 A segment holds page-aligned arrays: a header (magic, version, owner_pid, created, size and the
 kind's own fields), a table of counter rows (pid, counts), one per attached process, and the data.
@@ -23,8 +23,8 @@ import _posixshmem  # the module multiprocessing.shared_memory is built on; give
 import numpy as np
 from multiprocessing import resource_tracker
 
-from streamer.atomic import pid_alive
-from streamer.errors import UserError
+from common.atomic import pid_alive
+from common.errors import UserError
 
 HEADER_BYTES = 4096  # the header's page; anything smaller is not one of our segments
 _ALIGN = 4096

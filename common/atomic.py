@@ -8,11 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-try:
-    import cv2
-except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
-    from streamer import npcv as cv2
-import numpy as np
 
 
 def write_with(path: str | Path, write: Callable[[BinaryIO], object], fsync: bool = False) -> None:
@@ -67,16 +62,6 @@ def write_durable(path: str | Path, data: bytes, mode: int = 0o644) -> None:
 def write_private(path: str | Path, data: bytes) -> None:
     """A secret (a private key: signing or CurveZMQ), mode 0600 from its first byte, durably."""
     write_durable(path, data, 0o600)
-
-
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write a uint8 gray (HxW) or RGB (HxWx3) image as PNG, atomically."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise OSError(f"could not encode PNG for {path}")
-    write_bytes(path, buf.tobytes())
 
 
 def write_json(path: str | Path, obj: object, fsync: bool = True) -> None:

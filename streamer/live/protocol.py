@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
     from streamer import npcv as cv2
 import numpy as np
 
-from streamer import json_input
+from common import json_input
 
 SCHEMA = 1
 TOPIC_ROOT = "mask"

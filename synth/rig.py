@@ -1,11 +1,11 @@
 """Scenario "rig": one camera, one scene, a long stream, the same few actors again and again (issue 19).
 
-The families (streamer/synth.py "things", streamer/synth_patchwork.py "patchwork") are many short
+The families (synth/things.py "things", synth/patchwork.py "patchwork") are many short
 clips of new scenes. A rig is the opposite, and it is what the student is for: a single-frame
 model that has watched one scene for a while should keep an actor that stops, where the motion
 teacher loses it the moment it stands still. This module writes one continuous stream to score that.
 
-  scene    one background photo of the patchwork pool (streamer/data/patchwork/, the photos at
+  scene    one background photo of the patchwork pool (synth/data/patchwork/, the photos at
            least 320 px wide: carphone's 176 px is too little for a whole world), with 2-4 still
            decoys glued to it: actor-shaped cut-outs (a person-shaped sign, a parked cart) and a
            box, wearing pieces of pool photos of OTHER source clips. They are background: GT 0.
@@ -26,9 +26,9 @@ teacher loses it the moment it stands still. This module writes one continuous s
            they go; when standing they stand EXACTLY still. Lower on the floor = nearer: larger
            and in front (perspective scale 0.55-1.2 over the floor band).
   frame    the world through the camera, actors pasted back to front with motion blur
-           (streamer.synth.paste), slow daylight drift (global gain +-12% and colour temperature
+           (synth.things.paste), slow daylight drift (global gain +-12% and colour temperature
            +-5% red/blue, over periods of 1.5-6 minutes), sensor noise; real H.264
-           (streamer.synth._encode at the rig's fps).
+           (synth.things._encode at the rig's fps).
 
 Ground truth per frame, from geometry (a pixel belongs to the topmost actor covering it by >= 1/2):
   gt/NNNNNN.png     255 = an actor is there, moving or standing still
@@ -56,10 +56,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamer import synth as things
-from streamer import synth_patchwork as patchwork
-from streamer.atomic import write_json, write_png
-from streamer.errors import UserError
+from synth import things
+from synth import patchwork
+from common.atomic import write_json
+from streamer.png import write_png
+from common.errors import UserError
 
 FAMILY = "rig"
 VERSION = 1  # bump when a seed's stream changes; cached streams are keyed by it
@@ -67,7 +68,7 @@ FPS = 15  # half the families' rate: a 3-minute stream is 2,700 frames, not 5,40
 NAME = "rig"
 TRAIN_FRACTION = 0.7
 CAST = ("robot", "person", "cart", "dog", "person")  # kinds of actors 1..5
-# streamer.synth.THINGS less the colour chart (a test pattern, not a look any actor has)
+# synth.things.THINGS less the colour chart (a test pattern, not a look any actor has)
 ACTOR_PHOTOS = ("astronaut", "coffee", "rocket", "motorcycle", "camera", "chelsea")
 MAX_SCALE = 1.2  # perspective scale of the nearest floor row; sprites are rasterised at it
 FLOOR = (0.55, 0.95)  # where feet can be, as fractions of the view height (the farthest row first)
@@ -439,7 +440,7 @@ def render_rig_frame(plan: RigPlan, t: int) -> RigFrame:
     owner = np.zeros((H, W), np.uint8)
     for actor, v in present:
         i = t - v.enter
-        prev = i - 1 if i > 0 else min(1, len(v.feet) - 1)  # image motion for the blur (as streamer.synth)
+        prev = i - 1 if i > 0 else min(1, len(v.feet) - 1)  # image motion for the blur (as synth.things)
         m = cam @ _placement(actor, v, i)
         m_prev = plan.camera(t + prev - i) @ _placement(actor, v, prev)
         centre = np.array([actor.alpha.shape[1] / 2, actor.alpha.shape[0] / 2, 1.0])

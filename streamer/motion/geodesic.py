@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from streamer.superpixels import Superpixels
+from streamer.motion.superpixels import Superpixels
 
 
 def adjacency(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,14 +10,15 @@ import cv2
 import numpy as np
 
 from streamer.config import StreamerConfig
-from streamer.flow import FlowEstimator, texture_weight, working_size
+from streamer.motion.flow import FlowEstimator, texture_weight, working_size
 from streamer.frames import Frame, MaskResult  # noqa: F401  MaskResult lives in frames, light to import
-from streamer.geodesic import fill, geodesic_foreground
-from streamer.global_motion import fit_global_motion, residual_motion
-from streamer.prune import prune, trimap
-from streamer.shots import ShotDetector
-from streamer.superpixels import Superpixels, SuperpixelExtractor
-from streamer.voting import OnlineVoter, VoteParams
+from streamer.motion.geodesic import fill, geodesic_foreground
+from streamer.motion.global_motion import fit_global_motion, residual_motion
+from streamer.motion.prune import prune
+from streamer.motion.trimap import trimap
+from streamer.motion.shots import ShotDetector
+from streamer.motion.superpixels import Superpixels, SuperpixelExtractor
+from streamer.motion.voting import OnlineVoter, VoteParams
 
 
 @dataclass

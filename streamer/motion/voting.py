@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from streamer.superpixels import Superpixels
+from streamer.motion.superpixels import Superpixels
 
 
 @dataclass

@@ -24,10 +24,10 @@ import numpy as np
 from av.error import ExitError, FFmpegError
 
 from streamer.config import SourceConfig
-from streamer.errors import SourceError
+from common.errors import SourceError
 from streamer.frames import Frame
-from streamer.log import log_event
-from streamer.source_base import Source, logger, rgb, why
+from common.log import log_event
+from streamer.sources.base import Source, logger, rgb, why
 
 # Beyond the library's own timeouts, before the watchdog gives up on a silent connection; the
 # library's error (with its better reason) normally arrives first.

@@ -40,13 +40,14 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
     from streamer import npcv as cv2
 import numpy as np
 
-from streamer.atomic import pid_alive
-from streamer.errors import UserError
-from streamer.log import log_event
-from streamer.shm import Format, Layout, Segment, attach_segment, create_segment, layout, unlink_segment, unmap
+from common.config import check
+from common.atomic import pid_alive
+from common.errors import UserError
+from common.log import log_event
+from streamer.shm.segment import Format, Layout, Segment, attach_segment, create_segment, layout, unlink_segment, unmap
 
 if TYPE_CHECKING:  # the pipeline pulls in flow and superpixels; config loading must stay light
-    from streamer.pipeline import MaskResult
+    from streamer.motion.pipeline import MaskResult
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,7 @@ class BufferConfig:
             ("lock_timeout_ms", 0 <= self.lock_timeout_ms <= 1000, "between 0 and 1000"),
             ("name", "/" not in self.name and len(self.name) <= 200, "a name without '/' (<= 200 chars)"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"buffer.{key} must be {want}")
+        check("buffer", checks)
         n = self.slots()
         if n < 2:
             need = _total_bytes(self.train_height, self.train_width, 2) / 2**20

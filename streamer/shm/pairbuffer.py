@@ -1,5 +1,5 @@
-"""Shared-memory store of tracked-patch pairs (streamer/patches.py), between camera processes
-(writers) and the learner (reader), with the guarantees of streamer/ringbuffer.py:
+"""Shared-memory store of tracked-patch pairs (streamer/motion/patches.py), between camera processes
+(writers) and the learner (reader), with the guarantees of streamer/shm/ringbuffer.py:
 
 - A writer takes one short lock (flock on the segment, microseconds) only to claim the next slot
   in ring order and mark it odd (being written); it waits at most `lock_timeout_ms`, else it drops
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.atomic import pid_alive
-from streamer.errors import UserError
-from streamer.log import log_event
-from streamer.ringbuffer import ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, _camera_id, camera_key
-from streamer.shm import Format, Layout, Segment, attach_segment, create_segment, layout
+from common.atomic import pid_alive
+from common.errors import UserError
+from common.log import log_event
+from streamer.shm.ringbuffer import ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, _camera_id, camera_key
+from streamer.shm.segment import Format, Layout, Segment, attach_segment, create_segment, layout
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,12 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from streamer import protocol
-from streamer.errors import UserError
-from streamer.log import log_event
+from common.config import check
+from streamer.live import protocol
+from common.errors import UserError
+from common.log import log_event
 
-log = logging.getLogger("streamer.publish")
+log = logging.getLogger("streamer.live.publish")
 
 FRAME_TOPIC = "frame."  # camera frames for web consoles (motionmask/web): frame.<camera>, JPEG
 
@@ -53,9 +54,7 @@ class PublishConfig:
             ("curve_clients_dir", not self.curve_clients_dir or bool(self.curve_secret_file),
              "empty unless publish.curve_secret_file is set"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"publish.{key} must be {want}")
+        check("publish", checks)
 
 
 class _ClientKeys:
@@ -134,7 +133,7 @@ class MaskPublisher:
         if not self.cfg.curve_secret_file:
             return None
         keys = _load_secret(self.cfg.curve_secret_file)
-        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("streamer.publish.auth"))
+        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("streamer.live.publish.auth"))
         self._auth.start()
         if self.cfg.curve_clients_dir:
             d = Path(self.cfg.curve_clients_dir).expanduser()

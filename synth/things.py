@@ -44,8 +44,10 @@ import av
 import cv2
 import numpy as np
 
-from streamer.atomic import write_json, write_png
-from streamer.errors import UserError
+from common.atomic import write_json
+
+from streamer.png import write_png
+from common.errors import UserError
 
 FPS = 30
 VERSION = 2  # bump when a seed's clips change (2: movers wear their photo whole); cached sets are keyed by it
@@ -455,7 +457,7 @@ def paste(out: np.ndarray, owner: np.ndarray, index: int, rgb: np.ndarray, alpha
           m: np.ndarray, kern: np.ndarray | None) -> None:
     """Composite a sprite (rgb, alpha) placed by `m` (3x3, sprite -> view) over `out` (H x W x 3
     float32), blurred by `kern`, and write `index` into `owner` where its UNBLURRED coverage is at
-    least half (GT comes from geometry). Shared with streamer/synth_rig.py."""
+    least half (GT comes from geometry). Shared with synth/rig.py."""
     H, W = owner.shape
     h, w = alpha.shape
     pad = 2 + (kern.shape[0] if kern is not None else 0)
@@ -635,11 +637,11 @@ FAMILIES = ("things", "patchwork")  # tune on "things", report every family (iss
 
 def family_generate(family: str) -> tuple[int, Callable[..., list[dict]]]:
     """(VERSION, generate) of a synthetic family: "things" (this module) or "patchwork"
-    (streamer/synth_patchwork.py, built on other assumptions, never tuned on)."""
+    (synth/patchwork.py, built on other assumptions, never tuned on)."""
     if family == "things":
         return VERSION, generate
     if family == "patchwork":
-        from streamer import synth_patchwork
+        from synth import patchwork as synth_patchwork
 
         return synth_patchwork.VERSION, synth_patchwork.generate
     raise UserError(f"unknown synthetic family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -718,7 +720,7 @@ def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]],
 
 def swap_dir(new: Path, target: Path) -> None:
     """Put folder `new` at `target`, replacing what was there (rename is atomic; the old is removed
-    after). The synthetic families and the reference masks (streamer.reference_masks) use it."""
+    after). The synthetic families and the reference masks (synth.reference_masks) use it."""
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old")

@@ -1,0 +1,8 @@
+"""What every package shares, and the leaf of the import graph: it imports nothing of the project.
+
+  errors       UserError, SourceError: a problem the user can fix, shown as one line
+  log          log_event: one key=value line per event
+  atomic       atomic and durable file writes, pid_alive
+  json_input   JSON from outside, every failure a ValueError
+  config       the strict config loader: from_dict, merge, check
+"""

@@ -1,0 +1,1 @@
+"""Live masks over ZeroMQ: the wire format (protocol) and the publisher (publish)."""
