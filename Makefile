@@ -34,7 +34,7 @@ test: install-dev
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: install-dev
-	$(PY) bench/streamer.py
+	$(PY) bench/streamer_speed.py
 	$(PY) bench/quality.py
 
 clean:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench._machine import cpu_model, git_revision  # noqa: E402
-from bench.learner import config, end_to_end, fill_ring  # noqa: E402
+from bench.learner_speed import config, end_to_end, fill_ring  # noqa: E402
 from learner import distributed  # noqa: E402
 from learner.train import Trainer, resolve_device  # noqa: E402
 from common.atomic import write_json  # noqa: E402

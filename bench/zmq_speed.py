@@ -19,7 +19,7 @@ Stall cost = how much more CPU publish() takes with the stalled subscriber, at t
 unlike wall and flat-out figures it does not swing with other load on a small shared host, nor
 with how much the readers manage to drain.
 
-    python bench/zmq.py                 # about a minute; prints a table, writes bench/out/zmq.json
+    python bench/zmq_speed.py                 # about a minute; prints a table, writes bench/out/zmq.json
 Targets: >= 500 masks/s, p99 < 5 ms, stall cost < 5 %.
 """
 from __future__ import annotations

@@ -18,9 +18,9 @@ it, the same n_segments as the config, ms per frame at 160x120,
 240x180 and 320x240 on real frames, with the number of superpixels each really returns and
 boundary recall against the exact masks of the synthetic clips.
 
-    python bench/streamer.py                   # 1-2 minutes; markdown tables on stdout
-    python bench/streamer.py --quick           # about 15 s, fewer frames
-    python bench/streamer.py --config configs/default.yaml --sizes 640x480 --cpu 0
+    python bench/streamer_speed.py                   # 1-2 minutes; markdown tables on stdout
+    python bench/streamer_speed.py --quick           # about 15 s, fewer frames
+    python bench/streamer_speed.py --config configs/default.yaml --sizes 640x480 --cpu 0
 Writes bench/out/streamer.json (--out).
 """
 from __future__ import annotations
@@ -410,8 +410,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description="Streamer speed on one CPU core: decode, each pipeline stage, end to end; SEEDS vs SLIC.",
-        epilog="examples:\n  python bench/streamer.py\n  python bench/streamer.py --quick\n"
-               "  python bench/streamer.py --config configs/default.yaml --sizes 640x480 --cpu 0",
+        epilog="examples:\n  python bench/streamer_speed.py\n  python bench/streamer_speed.py --quick\n"
+               "  python bench/streamer_speed.py --config configs/default.yaml --sizes 640x480 --cpu 0",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer frames (about 15 s): a smoke run, noisier numbers")
     ap.add_argument("--config", default=None, help="YAML config to bench (default: the built-in defaults)")
@@ -430,10 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     except argparse.ArgumentTypeError as e:
-        print(f"bench/streamer.py: error: --sizes {e}", file=sys.stderr)
+        print(f"bench/streamer_speed.py: error: --sizes {e}", file=sys.stderr)
         return 2
     if not sizes or (args.frames is not None and args.frames < 1) or (args.warmup is not None and args.warmup < 0):
-        print("bench/streamer.py: error: need at least one --sizes entry, --frames >= 1 and --warmup >= 0",
+        print("bench/streamer_speed.py: error: need at least one --sizes entry, --frames >= 1 and --warmup >= 0",
               file=sys.stderr)
         return 2
     n_timed = args.frames if args.frames is not None else (20 if args.quick else 200)
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = [(p, "real", None) for p in real_paths(Path(args.data), notes)]
         specs += [(p, "synth", gt) for p, gt in synth_paths(notes)]
     except (UserError, ConfigError) as e:
-        print(f"bench/streamer.py: error: {e}", file=sys.stderr)
+        print(f"bench/streamer_speed.py: error: {e}", file=sys.stderr)
         return 2
 
     # Clip by clip, keeping only the few frames the superpixel table needs: the frames of all
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             clip.frames = pick(clip.frames, sp_per_clip)
             clips.append(clip)
     if not clips:
-        print(f"bench/streamer.py: error: no clip could be decoded ({'; '.join(notes)})", file=sys.stderr)
+        print(f"bench/streamer_speed.py: error: no clip could be decoded ({'; '.join(notes)})", file=sys.stderr)
         return 2
     real = [c for c in clips if c.kind == "real"]
     synth = [c for c in clips if c.kind == "synth"]

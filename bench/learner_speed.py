@@ -11,10 +11,10 @@ the CPU in bf16 + channels_last where it has native bf16, see --cpu-precision):
               torch.utils.flop_counter.FlopCounterMode; achieved TFLOP/s = FLOPs per crop x
               end-to-end crops/s, and on a GPU of known peak the fraction of its dense bf16 peak
 
-    python bench/learner.py                        # CPU, about 1-2 minutes
-    python bench/learner.py --cpu-precision fp32   # the CPU in float32, for comparison
-    python bench/learner.py --device cuda          # on a GPU box: batch 256, 4 crops per sample
-    python bench/learner.py --device cuda --compile --sizes 224 --backbones compact
+    python bench/learner_speed.py                        # CPU, about 1-2 minutes
+    python bench/learner_speed.py --cpu-precision fp32   # the CPU in float32, for comparison
+    python bench/learner_speed.py --device cuda          # on a GPU box: batch 256, 4 crops per sample
+    python bench/learner_speed.py --device cuda --compile --sizes 224 --backbones compact
 Prints a markdown table; writes bench/out/learner.json (--out).
 """
 from __future__ import annotations
