@@ -9,7 +9,7 @@ import logging
 import sys
 import threading
 
-from motionmask.commands.masks import Terminated, signals_as_exceptions
+from motionmask.commands.signals import Terminated, signals_as_exceptions
 from common.errors import UserError
 from common.log import log_event
 

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from motionmask.commands.masks import Terminated, signals_as_exceptions
+from motionmask.commands.signals import Terminated, signals_as_exceptions
 from motionmask.config import load_config
 from common.errors import UserError
 from common.log import log_event

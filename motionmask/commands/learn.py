@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq
 
-from motionmask.commands.masks import parse_count
+from motionmask.commands.options import parse_count
 from motionmask.config import Config, load_config
 from motionmask.daemon import run_daemon
 from common.errors import UserError

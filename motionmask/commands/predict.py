@@ -17,8 +17,9 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from motionmask.commands.masks import (Outputs, StopRequest, Tally, Terminated, _explained, info_logs, parse_count,
-                                       plural, signals_deferred, signals_ignored, source_spec)
+from motionmask.commands.mask_outputs import Outputs, Tally, explained
+from motionmask.commands.options import info_logs, parse_count, plural, source_spec
+from motionmask.commands.signals import StopRequest, Terminated, signals_deferred, signals_ignored
 from motionmask.config import load_config
 from common.errors import UserError
 from streamer.motion.flow import working_size
@@ -136,7 +137,7 @@ def _run(args: argparse.Namespace, cfg, predictor, out: Path, start: int, limit:
             bar.leave = False
             bar.close()
             outputs.abort()
-            raise _explained(e, outputs) from None
+            raise explained(e, outputs) from None
         try:
             with signals_ignored():
                 outputs.finish()
@@ -144,7 +145,7 @@ def _run(args: argparse.Namespace, cfg, predictor, out: Path, start: int, limit:
         except BaseException as e:
             bar.leave = False
             bar.close()
-            raise _explained(e, outputs) from None
+            raise explained(e, outputs) from None
     if tally.written == 0 and not status:
         raise UserError(f"{args.input}: no frames to write (--start {start} is past the last frame?)")
     log_event(logger, "predict_done", source=source.source_id, frames=tally.written, kept=tally.kept,

@@ -12,7 +12,8 @@ from typing import Iterator
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from motionmask.commands.masks import Terminated, info_logs, parse_count, signals_as_exceptions
+from motionmask.commands.options import info_logs, parse_count
+from motionmask.commands.signals import Terminated, signals_as_exceptions
 from motionmask.config import load_config
 from common.errors import UserError
 from common.log import log_event

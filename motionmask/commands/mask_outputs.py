@@ -1,0 +1,138 @@
+"""What `motionmask masks` and `motionmask predict` share for writing their results: the files of
+one run (Outputs, on a writer thread), the counts of its summary line (Tally), and a disk error
+told with how much was written."""
+from __future__ import annotations
+
+import errno
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from motionmask.commands.options import plural
+from streamer.frames import MaskResult
+from streamer.motion.prune import pruned_summary
+from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay, trimap_rgb
+from streamer.writer import CONTACT_NAME, OVERLAY_NAME, MaskWriter
+
+
+@dataclass
+class Tally:
+    written: int = 0
+    kept: int = 0
+    shots: set[int] = field(default_factory=set)
+    pruned: Counter = field(default_factory=Counter)
+    last_index: int = -1
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, r: MaskResult) -> None:
+        self.written += 1
+        self.kept += bool(r.kept)
+        self.shots.add(r.shot)
+        if not r.kept:
+            self.pruned[r.reason or "unknown"] += 1
+        self.last_index = r.frame.index
+
+    @property
+    def fps(self) -> float:
+        return self.written / max(time.perf_counter() - self.t0, 1e-9)
+
+    def summary(self, out: Path, corrupt: int = 0, note: str = "") -> str:
+        pruned = self.written - self.kept
+        why = f" ({pruned_summary(self.pruned)})" if pruned else ""
+        bad = f", {corrupt} corrupt packets skipped" if corrupt else ""
+        return (f"motionmask masks: {note}{plural(self.written, 'frame')}, {plural(len(self.shots), 'shot')}, "
+                f"{self.kept} kept, {pruned} pruned{why}{bad}, {self.fps:.1f} fps -> {out}")
+
+
+class Outputs:
+    """Everything written for one run. Writing runs on one worker thread, so that PNG and H.264
+    encoding (which release the GIL) overlap the segmentation of the next frames; a short queue
+    keeps memory flat and pushes back when the disk is slower than the pipeline. The first
+    write error stops the writing and is raised in the caller at the next submit() or finish().
+    Files are opened at the first result, so that a run that fails before producing anything
+    leaves an earlier run's folder untouched."""
+
+    def __init__(self, out: Path, overlay: bool, fps: float | None, depth: int = 4):
+        self.out = out
+        self.want_overlay = overlay
+        self.fps = fps
+        self.writer: MaskWriter | None = None
+        self.video: OverlayVideo | None = None
+        self.sheet = ContactSheet() if overlay else None
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[MaskResult | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._work, name="mask-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def written(self) -> int:
+        return self.writer.written if self.writer is not None else 0
+
+    def submit(self, r: MaskResult) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(r)
+
+    def _work(self) -> None:
+        while (r := self._queue.get()) is not None:
+            if self.error is None:  # after an error, keep draining so that submit() never blocks
+                try:
+                    self._write(r)
+                except BaseException as e:
+                    self.error = e
+
+    def _write(self, r: MaskResult) -> None:
+        if self.writer is None:
+            self.writer = MaskWriter(self.out)
+            if self.want_overlay:
+                self.video = OverlayVideo(self.out / OVERLAY_NAME, r.frame.width, r.frame.height, self.fps)
+        self.writer.write(r)
+        if self.video is not None:
+            self.video.write(render_overlay(r))
+            if self.sheet.wants():  # without the caption: the sheet labels its columns itself
+                rows = [r.frame.image, render_overlay(r, text=False), trimap_rgb(r.trimap)]
+                self.sheet.add(contact_label(r), rows)
+            else:
+                self.sheet.add("", [])
+
+    def _drain(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def finish(self) -> None:
+        """Write what is queued, then close every file; overlay.mp4 and contact.png appear now."""
+        self._drain()
+        if self.error is not None:
+            self.abort()
+            raise self.error
+        try:
+            if self.video is not None:
+                self.video.close()
+            if self.sheet is not None and self.writer is not None:
+                self.sheet.save(self.out / CONTACT_NAME)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
+    def abort(self) -> None:
+        """After an error: keep what is whole, drop what is not."""
+        self._drain()
+        if self.video is not None:
+            try:
+                self.video.close()  # on a full disk this fails and removes the temp file
+            except Exception:
+                pass
+        if self.writer is not None:
+            self.writer.close()
+
+
+
+def explained(e: BaseException, outputs: Outputs) -> BaseException:
+    """A full disk is told with the number of whole frames written; other errors as they are."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return OSError(e.errno, f"{e.strerror}; {outputs.written} whole frames were written", str(outputs.out))
+    return e
