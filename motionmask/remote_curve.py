@@ -11,7 +11,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from learner.transport_config import TransportConfig
 from common.errors import UserError
-from streamer.live.publish import _ClientKeys
+from streamer.live.publish import ClientKeys
 
 
 def _load(path_s: str, key: str, secret: bool) -> tuple[bytes, bytes | None]:
@@ -74,7 +74,7 @@ def server_curve(ctx: zmq.Context, sock: zmq.Socket, cfg: TransportConfig) -> Th
             auth.stop()
             raise UserError(f"learner.transport.curve_clients_dir: {d} is not a directory; create it and copy "
                             f"each rig's public .key file into it")
-        auth.configure_curve_callback(domain="*", credentials_provider=_ClientKeys(d))
+        auth.configure_curve_callback(domain="*", credentials_provider=ClientKeys(d))
     else:
         auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
     sock.curve_publickey, sock.curve_secretkey = pub, sec

@@ -57,7 +57,7 @@ class PublishConfig:
         check("publish", checks)
 
 
-class _ClientKeys:
+class ClientKeys:
     """Allowed client keys, re-read when the directory changes, so adding a client's public
     certificate takes effect without restarting the daemon."""
 
@@ -140,7 +140,7 @@ class MaskPublisher:
             if not d.is_dir():
                 raise UserError(f"publish.curve_clients_dir: {d} is not a directory; create it and "
                                 f"copy each allowed client's public .key file into it")
-            self._auth.configure_curve_callback(domain="*", credentials_provider=_ClientKeys(d))
+            self._auth.configure_curve_callback(domain="*", credentials_provider=ClientKeys(d))
         else:
             self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
         return keys
