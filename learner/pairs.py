@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 import numpy as np
 
 from streamer.shm.pairbuffer import PairBuffer, group_ids
-from streamer.shm.ringbuffer import _camera_id, camera_key
+from streamer.shm.ringbuffer import camera_id_of, camera_key
 
 if TYPE_CHECKING:  # the miner pulls in the whole pipeline
     from streamer.motion.patches import PatchPair
@@ -88,7 +88,7 @@ class MemoryPairFeed:
 
     def __init__(self, pairs: Sequence[PatchPair]):
         self.pairs = list(pairs)
-        cams = np.array([_camera_id(camera_key(p.camera)) for p in self.pairs], np.int64)
+        cams = np.array([camera_id_of(camera_key(p.camera)) for p in self.pairs], np.int64)
         self.group = segment_groups(group_ids(cams, np.array([p.shot for p in self.pairs], np.int64)),
                                     np.array([p.t0 for p in self.pairs], np.int64))
         self.patch = self.pairs[0].query.shape[0] if self.pairs else 0

@@ -400,7 +400,7 @@ def _die_mid_write(name, stage, ready):
         rb._acquire(1.0)
     else:  # killed after taking a slot, halfway through copying into it
         key = camera_key(s.camera)
-        slot, _ = rb._reserve((key, ringbuffer._camera_id(key)), s.shot)
+        slot, _ = rb._reserve((key, ringbuffer.camera_id_of(key)), s.shot)
         rb._frames[slot][:24] = 255
     ready.set()
     time.sleep(60)

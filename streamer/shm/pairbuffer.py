@@ -28,7 +28,7 @@ import numpy as np
 from common.atomic import pid_alive
 from common.errors import UserError
 from common.log import log_event
-from streamer.shm.ringbuffer import ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, _camera_id, camera_key
+from streamer.shm.ringbuffer import ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, camera_id_of, camera_key
 from streamer.shm.segment import Format, Layout, Segment, attach_segment, create_segment, layout
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class PairBuffer(contextlib.AbstractContextManager["PairBuffer"]):
         cam = self._cams.get(pair.camera)
         if cam is None:
             key = camera_key(pair.camera)
-            cam = self._cams.setdefault(pair.camera, (key, _camera_id(key)))
+            cam = self._cams.setdefault(pair.camera, (key, camera_id_of(key)))
         if not self._acquire(self.lock_timeout_ms / 1000.0):
             self._count("drop_lock_timeout")
             return False
