@@ -1,21 +1,89 @@
-"""What `motionmask masks` and `motionmask predict` share for writing their results: the files of
-one run (Outputs, on a writer thread), the counts of its summary line (Tally), and a disk error
-told with how much was written."""
+"""What `motionmask masks` and `motionmask predict` share for writing their results: the loop that
+writes them (write_all), the files of one run (Outputs, on a writer thread), the progress bar
+(Progress), the counts of the summary line (Tally), and a disk error told with how much was
+written (explained)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import queue
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from motionmask.commands.options import plural
+from motionmask.commands.signals import Terminated, exit_status, signals_ignored
+from streamer.sources.base import Source
 from streamer.frames import MaskResult
 from streamer.motion.prune import pruned_summary
 from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay, trimap_rgb
 from streamer.writer import CONTACT_NAME, OVERLAY_NAME, MaskWriter
+
+
+def write_all(results: Iterator[MaskResult], outputs: Outputs, progress: Progress, quiet: bool) -> tuple[Tally, int]:
+    """Write every result, then finish the outputs; returns the tally and the exit status.
+
+    Ctrl-C or SIGTERM (raised between frames by the results' StopRequest.check) ends the run
+    early with status 130 or 143: what was written is finished whole. Any other error drops
+    what is not whole (Outputs.abort) and is raised, explained."""
+    tally, status = Tally(), 0
+    try:
+        # log lines go through tqdm.write so that they do not tear the progress bar
+        with logging_redirect_tqdm() if not quiet else contextlib.nullcontext():
+            for r in results:
+                outputs.submit(r)
+                tally.add(r)
+                progress.step(tally)
+    except (KeyboardInterrupt, Terminated) as e:
+        status = exit_status(e)
+    except BaseException as e:
+        progress.close(failed=True)
+        outputs.abort()
+        raise explained(e, outputs) from None
+    try:
+        with signals_ignored():
+            outputs.finish()
+            progress.close(tally)
+    except BaseException as e:
+        progress.close(failed=True)
+        raise explained(e, outputs) from None
+    return tally, status
+
+
+class Progress:
+    """The run's progress bar on stderr (none with --quiet), over the frames it will write when
+    the source knows its length; with show_fps, the rate so far beside it."""
+
+    def __init__(self, source: Source, start: int, limit: int | None, quiet: bool, show_fps: bool) -> None:
+        total = max(0, source.frame_count - start) if source.frame_count else None
+        if limit is not None:
+            total = min(total, limit) if total is not None else limit
+        self.bar = tqdm(total=total, unit="frame", file=sys.stderr, disable=quiet, dynamic_ncols=True,
+                        desc=source.source_id[:30])
+        self.show_fps = show_fps
+        self._last_postfix = 0.0
+
+    def step(self, tally: Tally) -> None:
+        if self.show_fps:
+            now = time.perf_counter()
+            if now - self._last_postfix > 0.2:
+                self.bar.set_postfix_str(f"{tally.fps:.1f} fps", refresh=False)
+                self._last_postfix = now
+        self.bar.update(1)
+
+    def close(self, tally: Tally | None = None, failed: bool = False) -> None:
+        if failed:
+            self.bar.leave = False  # the error line follows alone
+        elif self.show_fps and tally is not None:
+            self.bar.set_postfix_str(f"{tally.fps:.1f} fps", refresh=False)
+        self.bar.close()
 
 
 @dataclass

@@ -3,23 +3,22 @@ DIR following the contract of streamer.writer, and optionally an overlay video a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-from motionmask.commands.mask_outputs import Outputs, Tally, explained
+from motionmask.commands.mask_outputs import Outputs, Progress, write_all
 from motionmask.commands.options import info_logs, parse_count, source_spec
-from motionmask.commands.signals import StopRequest, Terminated, signals_deferred, signals_ignored
+from motionmask.commands.signals import StopRequest, signals_deferred
 from motionmask.config import Config, load_config
 from common.errors import UserError
 from common.log import log_event
+from streamer.config import StreamerConfig
 from streamer.frames import MaskResult
 from streamer.sources import open_source
+from streamer.sources.base import Source
 from streamer.writer import check_out_dir
 
 logger = logging.getLogger(__name__)
@@ -66,82 +65,55 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: int | None, stop: StopRequest) -> int:
-    # Frames just before --start are fed to the segmenter (not written) so that the first
-    # written frame already has its motion history, as it would in a run from the beginning.
-    warmup = cfg.streamer.motion.history + 1
-    tally = Tally()
     with open_source(source_spec(args.input), cfg.streamer.source) as source:
         log_event(logger, "masks_start", source=source.source_id, kind=source.kind, out=out, start=start,
                   frames=limit if limit is not None else "all", overlay=args.overlay)
         outputs = Outputs(out, args.overlay, source.fps)
-        total = max(0, source.frame_count - start) if source.frame_count else None
-        if limit is not None:
-            total = min(total, limit) if total is not None else limit
-        bar = tqdm(total=total, unit="frame", file=sys.stderr, disable=args.quiet, dynamic_ncols=True,
-                   desc=source.source_id[:30])
-        decode_ms: dict[int, float] = {}
-        last_postfix = 0.0
-        tally.t0 = time.perf_counter()
-
-        def emit(results: list[MaskResult]) -> None:
-            nonlocal last_postfix
-            for r in results:
-                ms = decode_ms.pop(r.frame.index, None)
-                if r.frame.index < start:
-                    continue
-                if ms is not None:
-                    r.timings_ms.setdefault("decode", ms)
-                outputs.submit(r)
-                tally.add(r)
-                now = time.perf_counter()
-                if now - last_postfix > 0.2:
-                    bar.set_postfix_str(f"{tally.fps:.1f} fps", refresh=False)
-                    last_postfix = now
-                bar.update(1)
-
-        status, note = 0, ""
-        try:
-            # log lines go through tqdm.write so that they do not tear the progress bar
-            with logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext():
-                from streamer.motion.pipeline import MotionSegmenter  # OpenCV and SciPy: the rig role; devices import this module
-
-                segmenter = MotionSegmenter(cfg.streamer)
-                pushed = 0
-                frames = iter(source)
-                while limit is None or pushed < limit:
-                    t = time.perf_counter()
-                    frame = next(frames, None)
-                    stop.check()
-                    if frame is None:
-                        break
-                    if frame.index < start - warmup:
-                        continue
-                    decode_ms[frame.index] = (time.perf_counter() - t) * 1000
-                    pushed += frame.index >= start
-                    emit(segmenter.push(frame))
-                emit(segmenter.flush())
-                stop.check()
-        except (KeyboardInterrupt, Terminated) as e:
-            status = 143 if isinstance(e, Terminated) else 130
-            note = "interrupted after "
-        except BaseException as e:
-            bar.leave = False  # the error line follows alone
-            bar.close()
-            outputs.abort()
-            raise explained(e, outputs) from None
-        try:
-            with signals_ignored():
-                outputs.finish()
-                bar.set_postfix_str(f"{tally.fps:.1f} fps", refresh=False)
-                bar.close()
-        except BaseException as e:
-            bar.leave = False
-            bar.close()
-            raise explained(e, outputs) from None
+        progress = Progress(source, start, limit, args.quiet, show_fps=True)
+        results = _masks(source, cfg.streamer, start, limit, stop)
+        tally, status = write_all(results, outputs, progress, args.quiet)
         corrupt = int(source.stats.get("skipped_corrupt", 0) or 0)
     if tally.written == 0 and not status:
         raise UserError(f"{args.input}: no frames to write (--start {start} is past the last frame?)")
     log_event(logger, "masks_done", source=source.source_id, frames=tally.written, shots=len(tally.shots),
               kept=tally.kept, fps=tally.fps, out=out, status=status)
-    print(tally.summary(out, corrupt, note), file=sys.stderr)
+    print(tally.summary(out, corrupt, "interrupted after " if status else ""), file=sys.stderr)
     return status
+
+
+def _masks(source: Source, cfg: StreamerConfig, start: int, limit: int | None,
+           stop: StopRequest) -> Iterator[MaskResult]:
+    """The masks of frames start.. (at most limit of them), each with its decode time."""
+    from streamer.motion.pipeline import MotionSegmenter  # OpenCV and SciPy: the rig role, loaded when run
+
+    segmenter = MotionSegmenter(cfg)
+    # Frames just before --start are fed to the segmenter (not written) so that the first
+    # written frame already has its motion history, as it would in a run from the beginning.
+    warmup = cfg.motion.history + 1
+    decode_ms: dict[int, float] = {}
+    pushed = 0
+    frames = iter(source)
+    while limit is None or pushed < limit:
+        t = time.perf_counter()
+        frame = next(frames, None)
+        stop.check()
+        if frame is None:
+            break
+        if frame.index < start - warmup:
+            continue
+        decode_ms[frame.index] = (time.perf_counter() - t) * 1000
+        pushed += frame.index >= start
+        yield from _written(segmenter.push(frame), decode_ms, start)
+    yield from _written(segmenter.flush(), decode_ms, start)
+    stop.check()
+
+
+def _written(results: list[MaskResult], decode_ms: dict[int, float], start: int) -> Iterator[MaskResult]:
+    """The results to write (those from start on), each given the decode time of its frame."""
+    for r in results:
+        ms = decode_ms.pop(r.frame.index, None)
+        if r.frame.index < start:
+            continue
+        if ms is not None:
+            r.timings_ms.setdefault("decode", ms)
+        yield r

@@ -4,32 +4,36 @@ runs an exported bundle with ONNX Runtime instead (exporter.runtime; torch is ne
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 try:
     import cv2
 except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
     from streamer import npcv as cv2
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from motionmask.commands.mask_outputs import Outputs, Tally, explained
+from motionmask.commands.mask_outputs import Outputs, Progress, write_all
 from motionmask.commands.options import info_logs, parse_count, plural, source_spec
-from motionmask.commands.signals import StopRequest, Terminated, signals_deferred, signals_ignored
-from motionmask.config import load_config
+from motionmask.commands.signals import StopRequest, signals_deferred
+from motionmask.config import Config, load_config
 from common.errors import UserError
-from streamer.motion.flow import working_size
 from common.log import log_event
+from streamer.config import StreamerConfig
 from streamer.frames import MaskResult
+from streamer.motion.flow import working_size
 from streamer.motion.prune import prune
-from streamer.motion.trimap import trimap
 from streamer.motion.shots import ShotDetector
+from streamer.motion.trimap import trimap
 from streamer.sources import open_source
+from streamer.sources.base import Source
 from streamer.writer import check_out_dir
+
+if TYPE_CHECKING:
+    from exporter.runtime import BundleRunner
+    from learner.predict import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -91,66 +95,47 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, cfg, predictor, out, start, limit, stop)
 
 
-def _run(args: argparse.Namespace, cfg, predictor, out: Path, start: int, limit: int | None,
+def _run(args: argparse.Namespace, cfg: Config, predictor: BundleRunner | Predictor, out: Path, start: int, limit: int | None,
          stop: StopRequest) -> int:
-    s = cfg.streamer
-    tally = Tally()
-    shots = ShotDetector(s.shots)
-    with open_source(source_spec(args.input), s.source) as source:
+    with open_source(source_spec(args.input), cfg.streamer.source) as source:
         log_event(logger, "predict_start", source=source.source_id, checkpoint=predictor.path, step=predictor.step,
                   device=predictor.device.type, out=out, start=start)
         outputs = Outputs(out, args.overlay, source.fps)
-        total = max(0, source.frame_count - start) if source.frame_count else None
-        if limit is not None:
-            total = min(total, limit) if total is not None else limit
-        bar = tqdm(total=total, unit="frame", file=sys.stderr, disable=args.quiet, dynamic_ncols=True,
-                   desc=source.source_id[:30])
-        status, note = 0, ""
-        tally.t0 = time.perf_counter()
-        try:
-            with logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext():
-                frames = iter(source)
-                while limit is None or tally.written < limit:
-                    t0 = time.perf_counter()
-                    frame = next(frames, None)
-                    stop.check()
-                    if frame is None:
-                        break
-                    t1 = time.perf_counter()
-                    ww, wh = working_size(frame.width, frame.height, s.flow.width)
-                    shot = shots(cv2.resize(frame.image, (ww, wh), interpolation=cv2.INTER_AREA))  # every frame: cuts need history
-                    if frame.index < start:
-                        continue
-                    t2 = time.perf_counter()
-                    prob = predictor(frame.image)
-                    t3 = time.perf_counter()
-                    frac, kept, reason = prune(prob, s.prune, (s.trimap.negative_below, s.trimap.positive_above))
-                    r = MaskResult(frame, shot.shot, prob, trimap(prob, s.trimap), frac, kept, reason,
-                                   {"decode": (t1 - t0) * 1e3, "shots": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3})
-                    outputs.submit(r)
-                    tally.add(r)
-                    bar.update(1)
-        except (KeyboardInterrupt, Terminated) as e:
-            status = 143 if isinstance(e, Terminated) else 130
-            note = "interrupted after "
-        except BaseException as e:
-            bar.leave = False
-            bar.close()
-            outputs.abort()
-            raise explained(e, outputs) from None
-        try:
-            with signals_ignored():
-                outputs.finish()
-                bar.close()
-        except BaseException as e:
-            bar.leave = False
-            bar.close()
-            raise explained(e, outputs) from None
+        progress = Progress(source, start, limit, args.quiet, show_fps=False)
+        results = _predictions(source, cfg.streamer, predictor, start, limit, stop)
+        tally, status = write_all(results, outputs, progress, args.quiet)
     if tally.written == 0 and not status:
         raise UserError(f"{args.input}: no frames to write (--start {start} is past the last frame?)")
     log_event(logger, "predict_done", source=source.source_id, frames=tally.written, kept=tally.kept,
               fps=tally.fps, out=out, status=status)
-    print(f"motionmask predict: {note}{plural(tally.written, 'frame')}, {plural(len(tally.shots), 'shot')}, "
-          f"{tally.kept} kept by pruning, {tally.fps:.1f} fps on {predictor.device.type} "
-          f"(checkpoint step {predictor.step}) -> {out}", file=sys.stderr)
+    print(f"motionmask predict: {'interrupted after ' if status else ''}{plural(tally.written, 'frame')}, "
+          f"{plural(len(tally.shots), 'shot')}, {tally.kept} kept by pruning, {tally.fps:.1f} fps on "
+          f"{predictor.device.type} (checkpoint step {predictor.step}) -> {out}", file=sys.stderr)
     return status
+
+
+def _predictions(source: Source, s: StreamerConfig, predictor: BundleRunner | Predictor, start: int, limit: int | None,
+                 stop: StopRequest) -> Iterator[MaskResult]:
+    """The net's mask of frames start.. (at most limit of them), pruned and thresholded as
+    `motionmask masks` does, each with its decode, shots and predict times."""
+    shots = ShotDetector(s.shots)
+    written = 0
+    frames = iter(source)
+    while limit is None or written < limit:
+        t0 = time.perf_counter()
+        frame = next(frames, None)
+        stop.check()
+        if frame is None:
+            break
+        t1 = time.perf_counter()
+        ww, wh = working_size(frame.width, frame.height, s.flow.width)
+        shot = shots(cv2.resize(frame.image, (ww, wh), interpolation=cv2.INTER_AREA))  # every frame: cuts need history
+        if frame.index < start:
+            continue
+        t2 = time.perf_counter()
+        prob = predictor(frame.image)
+        t3 = time.perf_counter()
+        frac, kept, reason = prune(prob, s.prune, (s.trimap.negative_below, s.trimap.positive_above))
+        yield MaskResult(frame, shot.shot, prob, trimap(prob, s.trimap), frac, kept, reason,
+                         {"decode": (t1 - t0) * 1e3, "shots": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3})
+        written += 1
