@@ -56,7 +56,8 @@ import torch
 import torch.nn.functional as F
 
 from learner.config import BootstrapConfig
-from learner.model import AlexNet, MaskNet, upsample_logits
+from learner.layers import upsample_logits
+from learner.model import AlexNet, MaskNet
 from streamer.config import TrimapConfig
 from common.log import log_event
 from streamer.motion.trimap import TRIMAP_IGNORE, trimap

@@ -195,3 +195,31 @@ def make_crops(frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor,
     if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue or cfg.grayscale:
         img = colour_jitter(img, cfg, generator)
     return Crops(img, targets, boxes, rand, src, pasted)
+
+
+def crop_flow(flows: torch.Tensor, has_flow: torch.Tensor, valid: torch.Tensor, boxes: torch.Tensor,
+              source: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flow through the crops' boxes (Crops.boxes: centre x, centre y, side, flip in slot
+    pixels), for the segments head's loss (learner/grouping_loss.py): M x 2 x size x size in
+    pixels of the crop, and M x size x size bool where it counts (the sample has flow and the
+    point lies inside the image, not its padding). Vectors are scaled by the crop's scale and x is
+    negated for flipped crops.
+
+    flows: N x H x W x 2 (slot pixels); has_flow: N bool; valid, source: as for make_crops."""
+    n, h, w, _ = flows.shape
+    m = boxes.shape[0]
+    boxes = boxes.float()
+    _, _, side, flip = boxes.unbind(1)
+    grid = _grid(boxes, h, w, size)
+    # the valid box and has_flow as a third channel, sampled like the flow: 1 only well inside
+    ys = torch.arange(h, device=flows.device).view(1, h, 1)
+    xs = torch.arange(w, device=flows.device).view(1, 1, w)
+    v = valid.to(flows.device).long()
+    inside = ((ys >= v[:, 0, None, None]) & (ys < (v[:, 0] + v[:, 2])[:, None, None])
+              & (xs >= v[:, 1, None, None]) & (xs < (v[:, 1] + v[:, 3])[:, None, None]))
+    ok = (inside & has_flow.to(flows.device).view(n, 1, 1)).float()
+    src = torch.cat([flows.float().permute(0, 3, 1, 2), ok.unsqueeze(1)], 1)[source]
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    scale = (size / side).view(m, 1, 1)
+    flow = torch.stack([out[:, 0] * scale * flip.view(m, 1, 1), out[:, 1] * scale], 1)
+    return flow, out[:, 2] > 0.999

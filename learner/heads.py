@@ -14,7 +14,10 @@ the model is exactly the plain mask net.
 
     add_heads(model, cfg.heads)                        # build_model(..., heads) calls this
     out = forward_heads(model, x, ["mask", "segments"])  # {name: raw head output}
-    flow, ok = crop_flow(flows, has_flow, valid, crops.boxes, crops.source, size)
+
+The heads know the backbone only by what it reports (learner/model.py MaskNet): its pyramid's
+channels and the width and output scale of a decoder over it. The flow the segments loss needs is
+cropped like the images (learner/crops.py crop_flow).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from learner.config import HeadsConfig
-from learner.model import MaskNet, conv_bn
+from learner.layers import conv_bn
 
 
 class EmbeddingHead(nn.Module):
@@ -62,25 +65,17 @@ class SegmentsHead(nn.Module):
         return F.interpolate(x, scale_factor=self.up, mode="bilinear", align_corners=False) if self.up > 1 else x
 
 
-def pyramid_channels(model: MaskNet) -> list[int]:
-    """Channels of each level of model.features()."""
-    if hasattr(model, "channels"):  # compact
-        return list(model.channels)
-    return [model.conv1[0].out_channels, model.conv2[0][0].out_channels, model.conv345[2][0].out_channels]
-
-
-def add_heads(model: MaskNet, cfg: HeadsConfig) -> MaskNet:
+def add_heads(model: nn.Module, cfg: HeadsConfig) -> nn.Module:
     """Attach the enabled extra heads to model.heads (in output order: embedding, segments).
-    Their weights are drawn after the backbone's, so the backbone starts the same either way."""
-    chans = pyramid_channels(model)
-    w = model.cfg.resolved_width()
+    Their weights are drawn after the backbone's, so the backbone starts the same either way.
+    model: a backbone of learner/model.py (it reports pyramid_channels, decoder_channels and
+    decoder_upsample)."""
+    chans = list(model.pyramid_channels)
     if cfg.embedding.enabled:
         e = cfg.embedding
         model.heads["embedding"] = EmbeddingHead(chans[-1], e.hidden, e.dim)
     if cfg.segments.enabled:
-        compact = hasattr(model, "channels")
-        d = (model.cfg.decoder or 2 * w) if compact else 2 * chans[0]
-        head = SegmentsHead(chans, d, cfg.segments.count, 4 if compact else 1)
+        head = SegmentsHead(chans, model.decoder_channels, cfg.segments.count, model.decoder_upsample)
         for m in head.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -101,7 +96,7 @@ def heads_architecture(cfg: HeadsConfig) -> dict:
     return {"heads": out} if out else {}
 
 
-def forward_heads(model: MaskNet, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+def forward_heads(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     """One backbone pass, the named heads on its pyramid."""
     pyramid = model.features(x)
     return {n: model.heads[n](pyramid) for n in names}
@@ -115,32 +110,3 @@ class HeadInputs:
     query: torch.Tensor | None = None  # n x P x P x 3 uint8: tracked-patch pairs (None: no pairs this step)
     tracked: torch.Tensor | None = None
     group: torch.Tensor | None = None  # n int64: one id per (camera, shot)
-
-
-def crop_flow(flows: torch.Tensor, has_flow: torch.Tensor, valid: torch.Tensor, boxes: torch.Tensor,
-              source: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flow through the crops' boxes (learner/crops.py Crops.boxes: centre x, centre y, side,
-    flip in slot pixels): M x 2 x size x size in pixels of the crop, and M x size x size bool where
-    it counts (the sample has flow and the point lies inside the image, not its padding).
-    Vectors are scaled by the crop's scale and x is negated for flipped crops."""
-    n, h, w, _ = flows.shape
-    m = boxes.shape[0]
-    cx, cy, side, flip = boxes.float().unbind(1)
-    theta = torch.zeros((m, 2, 3), device=boxes.device)
-    theta[:, 0, 0] = flip * side / w
-    theta[:, 0, 2] = 2 * cx / w - 1
-    theta[:, 1, 1] = side / h
-    theta[:, 1, 2] = 2 * cy / h - 1
-    grid = F.affine_grid(theta, [m, 1, size, size], align_corners=False)
-    # the valid box and has_flow as a third channel, sampled like the flow: 1 only well inside
-    ys = torch.arange(h, device=flows.device).view(1, h, 1)
-    xs = torch.arange(w, device=flows.device).view(1, 1, w)
-    v = valid.to(flows.device).long()
-    inside = ((ys >= v[:, 0, None, None]) & (ys < (v[:, 0] + v[:, 2])[:, None, None])
-              & (xs >= v[:, 1, None, None]) & (xs < (v[:, 1] + v[:, 3])[:, None, None]))
-    ok = (inside & has_flow.to(flows.device).view(n, 1, 1)).float()
-    src = torch.cat([flows.float().permute(0, 3, 1, 2), ok.unsqueeze(1)], 1)[source]
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    scale = (size / side).view(m, 1, 1)
-    flow = torch.stack([out[:, 0] * scale * flip.view(m, 1, 1), out[:, 1] * scale], 1)
-    return flow, out[:, 2] > 0.999

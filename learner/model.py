@@ -21,51 +21,26 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from learner.config import HeadsConfig, ModelConfig
+from learner.heads import add_heads, heads_architecture
+from learner.layers import BasicBlock, conv_bn, upsample
 
 FG_PRIOR = 0.25  # the heads start by predicting this foreground probability everywhere
 
 
-def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
-
-
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Logits at any resolution (the alexnet head's s x s) -> logits at `size` (H, W)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block; the last BN starts at zero so that every block starts as identity."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = conv_bn(cin, cout, 3, stride)
-        self.conv2 = conv_bn(cout, cout, 3, 1, relu=False)
-        nn.init.zeros_(self.conv2[1].weight)
-        self.shortcut = conv_bn(cin, cout, 1, stride, relu=False) if (stride != 1 or cin != cout) else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
-
-
 class MaskNet(nn.Module):
-    """Base of both backbones: input normalisation constants and the heads dictionary."""
+    """Base of both backbones: input normalisation constants and the heads dictionary. Each
+    backbone reports what heads on its pyramid need to know (learner/heads.py reads these):
+    pyramid_channels (of each level of features()), decoder_channels (of a top-down decoder over
+    the pyramid) and decoder_upsample (the decoder's output: from the finest level to this)."""
 
     stride = 1  # compact: input sides must be multiples of this
     input_size: int | None = None  # alexnet: the one input size the model accepts
+    pyramid_channels: list[int]
+    decoder_channels: int
+    decoder_upsample: int
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -93,7 +68,9 @@ class CompactNet(MaskNet):
         super().__init__(cfg)
         w = cfg.resolved_width()
         chans = [w, 2 * w, 4 * w, 8 * w]
-        self.channels = chans
+        self.channels = self.pyramid_channels = chans
+        self.decoder_channels = cfg.decoder or 2 * w
+        self.decoder_upsample = 4  # stride 4 -> the input size
         self.stem = nn.Sequential(conv_bn(3, w, 3, 2), conv_bn(w, w, 3, 2))  # stride 4
         stages, cin = [], w
         for i, (cout, n) in enumerate(zip(chans, cfg.blocks)):
@@ -142,6 +119,9 @@ class AlexNet(MaskNet):
         self.conv1 = nn.Sequential(nn.Conv2d(3, c[0], 11, 4), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
         self.conv2 = nn.Sequential(conv_bn(c[0], c[1], 5), nn.MaxPool2d(3, 2))
         self.conv345 = nn.Sequential(conv_bn(c[1], c[2]), conv_bn(c[2], c[3]), conv_bn(c[3], c[4]), nn.MaxPool2d(3, 2))
+        self.pyramid_channels = [c[0], c[1], c[4]]
+        self.decoder_channels = 2 * c[0]
+        self.decoder_upsample = 1  # pool1's grid
         side = alexnet_feature_side(input_size)
         if side < 1:
             raise ValueError(f"alexnet needs an input of at least 67 px, got {input_size}")
@@ -203,8 +183,6 @@ def build_model(cfg: ModelConfig, crop_size: int, heads: HeadsConfig | None = No
     else:
         raise ValueError(f"learner.model.backbone {cfg.backbone!r}: expected compact or alexnet")
     if heads is not None and heads.extra():
-        from learner.heads import add_heads  # heads.py builds on this module's blocks
-
         add_heads(model, heads)
     return model
 
@@ -214,8 +192,6 @@ def architecture(cfg: ModelConfig, crop_size: int, heads: HeadsConfig | None = N
     heads appear only when enabled: mask-only checkpoints keep the architecture they always had."""
     extra = {}
     if heads is not None and heads.extra():
-        from learner.heads import heads_architecture
-
         extra = heads_architecture(heads)
     if cfg.backbone == "compact":
         return {"backbone": "compact", "width": cfg.resolved_width(), "blocks": list(cfg.blocks),

@@ -19,7 +19,8 @@ import torch
 
 from learner.checkpoint import load_checkpoint
 from learner.config import learner_config_from_dict
-from learner.model import AlexNet, architecture, build_model, upsample_logits
+from learner.layers import upsample_logits
+from learner.model import AlexNet, architecture, build_model
 from learner.train import resolve_device
 from common.errors import UserError
 

@@ -44,10 +44,10 @@ from tqdm import tqdm
 from learner import distributed
 from learner.checkpoint import FORMAT, VERSION, CheckpointWriteError, check_compatible, save_checkpoint
 from learner.config import LearnerConfig
-from learner.crops import make_crops
+from learner.crops import crop_flow, make_crops
 from learner.embedding_loss import triplet_loss
 from learner.grouping_loss import segments_loss
-from learner.heads import HeadInputs, crop_flow, forward_heads
+from learner.heads import HeadInputs, forward_heads
 from learner.loss import masked_bce
 from learner.model import architecture, build_model, output_size
 from learner.samples import Feed, next_batch

@@ -15,10 +15,10 @@ import torch
 from _heads_data import GTPairFeed, render, streamed_ring
 from _learner_data import make_ring, tiny_config
 from learner.config import LearnerConfig
-from learner.crops import make_crops
+from learner.crops import crop_flow, make_crops
 from learner.embedding_loss import hardest_negatives, negative_mask, triplet_loss
 from learner.grouping_loss import affine_residual, entropy_loss, segments_loss
-from learner.heads import crop_flow, forward_heads
+from learner.heads import forward_heads
 from learner.loss import masked_bce
 from learner.model import architecture, build_model
 from learner.samples import RingFeed

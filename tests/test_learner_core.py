@@ -12,7 +12,8 @@ import torch
 from learner.config import LearnerConfig, ModelConfig, CropConfig, learner_config_from_dict
 from learner.crops import dilate, make_crops, positive_boxes
 from learner.loss import masked_bce
-from learner.model import AlexNet, CompactNet, architecture, build_model, output_size, upsample_logits
+from learner.layers import upsample_logits
+from learner.model import AlexNet, CompactNet, architecture, build_model, output_size
 from motionmask.config import ConfigError, load_config
 
 
