@@ -140,8 +140,8 @@ MAX_FLOW_DEPTH = 64  # [ and { nesting; a real config has 2 or 3
 
 def _checked_text(p: Path, where: str) -> str:
     """The file's text, refused before YAML sees it when it is huge or its [ { nesting is deep:
-    PyYAML's scanner takes time quadratic in that depth (5000 "[" took 4 s here, a megabyte of
-    them would not finish)."""
+    PyYAML's scanner takes time quadratic in that depth (a megabyte of them would not finish;
+    figures: docs/benchmarks.md, "Small measurements behind the code")."""
     if p.stat().st_size > MAX_CONFIG_BYTES:
         raise ConfigError(f"{where}: {p.stat().st_size} bytes is too large for a config (at most "
                           f"{MAX_CONFIG_BYTES}); is it the right file?")

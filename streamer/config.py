@@ -71,7 +71,7 @@ class MotionConfig:
     min_saliency_scale: float = 0.5  # ... but at least this (working px)
     # geodesic fill (streamer/motion/geodesic.py): a superpixel of reliability r keeps r / (r + trust) of
     # its vote and takes the rest from its geodesic distance to this frame's sure foreground vs
-    # sure background; 0 = off. Off by default: at 0.3 it helps flat objects (patchwork +0.02)
+    # sure background; 0 = off. Off by default: at 0.3 it helps flat objects (patchwork)
     # but not the tuning family (docs/teacher.md); configs/geodesic.yaml turns it on
     geodesic_trust: float = 0.0
     sure_fg: float = 0.5  # vote that seeds the foreground: the decision point, so no found object is erased...
@@ -84,7 +84,7 @@ class PruneConfig:
     fg_threshold: float = 0.5  # probability that counts as foreground for the checks below
     # the paper discards frames under 10% foreground; its objects fill YouTube frames. A rig's are
     # often smaller (people across a room: 1-5%), and at 10% the learner starved: on the synthetic
-    # benchmark 0.03 keeps 2.2x the frames and the student scored 0.60 instead of 0.57 (README)
+    # benchmark 0.03 keeps more frames and the student scores higher (docs/learner-trials.md)
     min_fg: float = 0.03
     max_fg: float = 0.80
     border: float = 0.05  # width of the border band, as a fraction of each side
@@ -99,16 +99,16 @@ class PruneConfig:
 @dataclass
 class TrimapConfig:
     # Pathak et al. label < 0.4 negative and > 0.7 positive. The teacher's probability is not
-    # calibrated that way: measured on every synthetic family, pixels at 0.6-0.7 are 69-72%
-    # foreground and those at 0.3-0.4 5-26% (bench/quality.py's reliability tables), so these
-    # thresholds give the paper's labels their meaning: positive where >= 70% of pixels are
-    # foreground. Object pixels labelled positive on kept frames: 59% -> 80% on the tuning set
+    # calibrated that way: on every synthetic family its pixels are foreground more often than the
+    # paper's thresholds assume (the reliability tables of `python -m bench.quality`; figures in
+    # docs/teacher.md), so these thresholds give the paper's labels their meaning: positive where
+    # most pixels are foreground, and far more object pixels labelled positive on kept frames
     negative_below: float = 0.3
     positive_above: float = 0.6
     # "don't care" instead of negative within this fraction of the frame's diagonal of a positive,
     # and in holes of the mask: an object's own pixels next to its sure part are the likeliest
     # wrong negatives (a negative inside an object teaches that objects are background); 0 = off.
-    # 0.04 turns 3-20% of the wrong negatives into "don't care" (docs/teacher.md)
+    # its share of the wrong negatives turned "don't care" is in docs/teacher.md
     near_positive: float = 0.04
 
 

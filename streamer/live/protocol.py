@@ -31,8 +31,8 @@ MAX_TOPIC = 255  # bytes; bounds the search for the separator in a single frame
 MAX_SIDE = 16384  # pixels; a header claiming more is foreign or hostile
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _LEN = struct.Struct(">I")
-# Masks are piecewise constant: no row filter plus run-length deflate is ~5x faster than
-# OpenCV's default PNG settings and smaller too (measured on 640x480 masks: 0.4 ms, ~1.5 kB).
+# Masks are piecewise constant: no row filter plus run-length deflate is faster than OpenCV's
+# default PNG settings and smaller too (docs/benchmarks.md, "Small measurements behind the code").
 _PNG_PARAMS = [
     cv2.IMWRITE_PNG_COMPRESSION, 1,
     cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,

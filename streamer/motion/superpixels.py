@@ -1,7 +1,8 @@
 """Superpixels and the per-superpixel features that the nearest-neighbour vote compares.
 
-SEEDS (OpenCV ximgproc) is the default: at 160x120 it runs in a few ms where scikit-image's
-SLIC takes tens of ms, and superpixels are the costliest stage of the streamer (see README).
+SEEDS (OpenCV ximgproc) is the default: several times faster than scikit-image's SLIC for the
+same boundary recall, and superpixels were the costliest stage of the streamer (figures:
+docs/benchmarks.md, "Why SEEDS, not SLIC").
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def near_or_inside(sure: np.ndarray, mask: np.ndarray, radius: float) -> np.ndar
     """Pixels within radius x the diagonal of `sure`, or in a hole of `mask` (not connected to the border)."""
     h, w = sure.shape
     k = max(3, int(radius * np.hypot(h, w)) | 1)
-    # a wide kernel at full resolution cost 12 ms a 640x480 frame: dilate on a grid `f` times
+    # a wide kernel at full resolution is slow (docs/benchmarks.md): dilate on a grid `f` times
     # coarser (the band's edge moves by under f px, a few % of its width), where any sure pixel
     # marks its cell
     f = max(1, k // 8)

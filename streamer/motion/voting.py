@@ -51,8 +51,8 @@ def evidence_weight(saliency: np.ndarray, reliability: np.ndarray, static_eviden
 
 def nearest_others(queries: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours (indices, squared distances) in `pool` of each query, where query i
-    is pool row i and must not count as its own neighbour. OpenCV's brute-force search is ~3x
-    faster here than numpy's matrix product + argpartition."""
+    is pool row i and must not count as its own neighbour. OpenCV's brute-force search is
+    faster here than numpy's matrix product + argpartition (docs/benchmarks.md)."""
     d2, idx = cv2.batchDistance(queries, pool, cv2.CV_32F, normType=cv2.NORM_L2SQR, K=k + 1)
     is_self = idx == np.arange(len(queries))[:, None]
     is_self[~is_self.any(axis=1), -1] = True  # self not among the k+1 (ties): drop the farthest
