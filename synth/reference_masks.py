@@ -354,7 +354,7 @@ def generate(out_dir: Path | str, data_dir: Path | str = DEFAULT_DATA, clips: tu
 
 def reference_set(root: Path | str, data_dir: Path | str = DEFAULT_DATA) -> tuple[Path, list[dict]]:
     """root/real_v<VERSION>: the reference masks of the still-camera real clips, built on first use
-    (~1 min for vtest), then read back. Returns (folder, clips.json entries)."""
+    (slow: docs/benchmarks.md), then read back. Returns (folder, clips.json entries)."""
     d = Path(root) / f"real_v{VERSION}"
     if not (d / "clips.json").exists():
         return d, generate(d, data_dir)
