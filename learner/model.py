@@ -81,7 +81,7 @@ class CompactNet(MaskNet):
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.heads["mask"] = FPNMaskHead(chans, cfg.decoder or 2 * w)
-        _init(self)
+        init_weights(self)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature pyramid at strides 4, 8, 16, 32 (channels: width x 1, 2, 4, 8)."""
@@ -126,7 +126,7 @@ class AlexNet(MaskNet):
         if side < 1:
             raise ValueError(f"alexnet needs an input of at least 67 px, got {input_size}")
         self.heads["mask"] = FCMaskHead(c[4] * side * side, cfg.mask_size)
-        _init(self)
+        init_weights(self)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """pool1 (stride 8), pool2 (stride 16), pool5 (stride 32) feature maps."""
@@ -158,7 +158,9 @@ def alexnet_feature_side(size: int) -> int:
     return s
 
 
-def _init(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convolutions, small linear layers, zero biases; the mask head's logit starts
+    at the foreground prior (FG_PRIOR)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -171,6 +173,9 @@ def _init(model: nn.Module) -> None:
     last = head.logit if isinstance(head, FPNMaskHead) else head.fc
     nn.init.normal_(last.weight, std=0.01)
     nn.init.constant_(last.bias, math.log(FG_PRIOR / (1 - FG_PRIOR)))
+
+
+_init = init_weights  # the name bench/transfer.py imports; to go once it imports init_weights
 
 
 def build_model(cfg: ModelConfig, crop_size: int, heads: HeadsConfig | None = None) -> MaskNet:

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch import nn
 from tqdm import tqdm
 
 from learner import distributed
@@ -59,6 +59,7 @@ from streamer.writer import append_line
 logger = logging.getLogger(__name__)
 
 TRAIN_LOG = "train.jsonl"
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # their statistics, restored after a skipped step
 
 
 class NonFiniteLoss(UserError):
@@ -168,7 +169,7 @@ class Trainer:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=t.lr, betas=(0.9, 0.99), fused=True if self.cuda else None)
-        self._bn = [b for m in self.model.modules() if isinstance(m, _BatchNorm)
+        self._bn = [b for m in self.model.modules() if isinstance(m, BATCH_NORMS)
                     for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
         self._bn_backup = [b.clone() for b in self._bn]
         self.rng = np.random.default_rng(t.seed)  # which buffer samples each step draws

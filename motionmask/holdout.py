@@ -12,7 +12,7 @@ come in blocks because neighbouring frames of one camera are near copies: a sing
 between two trained ones would be a training sample in all but name.
 
     window = HoldoutWindow(ring, size=64, every=10, block=8)
-    feed = _HeldBack(RingFeed(ring), window)    # `put_seq in window`: never trained on
+    feed = HeldBack(RingFeed(ring), window)     # `put_seq in window`: never trained on
     ... each step: window.collect(); at each gate decision: Holdout.for_model(window.samples(), ...)
 """
 from __future__ import annotations

@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Container
 from typing import Any
 
 import cv2
@@ -44,6 +43,7 @@ from motionmask.camera_process import MSG_MASK, MSG_STATS
 from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
 from common.config import from_dict
 from learner.config import LearnerConfig
+from learner.held_back import HeldBack
 from streamer.live import protocol
 from streamer.config import TrimapConfig
 from common.log import log_event
@@ -182,7 +182,7 @@ class LearnerProcess:
 
             self.export_cfg = ecfg = from_dict(ExportConfig, self.export_spec, "export")
             self.window = HoldoutWindow(self.ring, ecfg.holdout_samples, ecfg.holdout_every, ecfg.holdout_block)
-            feed = _HeldBack(feed, self.window)
+            feed = HeldBack(feed, self.window)
         if self.spec.get("appetite"):  # `motionmask learn`: samples per insert (learner/appetite.py)
             feed = _Rationed(feed, self.ring, self.spec["appetite"], self.counters)
         if self.ranks:
@@ -400,34 +400,6 @@ class _Rationed:
         return self.feed.sample(n, rng, out)
 
     def __getattr__(self, name: str):  # check(), fill(), sample_pairs(), ...
-        return getattr(self.feed, name)
-
-
-class _HeldBack:
-    """A feed that drops the export holdout's samples (by put_seq, unique per put: `q in held`,
-    a set or a motionmask.holdout.HoldoutWindow) from every batch, so exports are compared on
-    samples the model was not trained on; empty when the buffer holds nothing else yet (fit()
-    waits, as on an empty buffer)."""
-
-    def __init__(self, feed, held: Container[int]) -> None:
-        self.feed, self.held = feed, held
-        self.height, self.width = feed.height, feed.width
-
-    def sample(self, n: int, rng, out):
-        batch = self.feed.sample(n, rng, out)
-        if not self.held or not len(batch):
-            return batch
-        keep = np.flatnonzero([int(q) not in self.held for q in batch.put_seq])
-        if len(keep) == len(batch):
-            return batch
-        # the held rows are replaced by redraws of the others (as the buffer draws with replacement
-        # when it holds too few): a batch keeps its size, since BatchNorm cannot train on one sample
-        rows = keep if not len(keep) else np.concatenate(
-            [keep, rng.choice(keep, size=len(batch) - len(keep))])
-        batch.take(rows)
-        return batch
-
-    def __getattr__(self, name: str):  # check(), fill(), ...
         return getattr(self.feed, name)
 
 

@@ -100,10 +100,10 @@ def run(spec: dict[str, Any]) -> int:
     with distributed.share_feed(None) as feed:
         if spec.get("export"):  # rank 0's export holdout: never trained on, here neither
             from motionmask.holdout import HoldoutWindow
-            from motionmask.learner_process import _HeldBack
+            from learner.held_back import HeldBack
 
             e = spec["export"]
-            feed = _HeldBack(feed, HoldoutWindow(feed.ring, e["holdout_samples"], e["holdout_every"], e["holdout_block"]))
+            feed = HeldBack(feed, HoldoutWindow(feed.ring, e["holdout_samples"], e["holdout_every"], e["holdout_block"]))
         summary = fit(trainer, feed, None, Limits(), progress=False, stop=stop_ev.is_set)
     log_event(log, "rank_stopped", rank=distributed.rank(), step=summary.step, steps=summary.steps)
     distributed.shutdown()

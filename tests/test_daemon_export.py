@@ -75,7 +75,7 @@ def test_held_back_samples_never_reach_training():
     import numpy as np
 
     from learner.samples import RingFeed
-    from motionmask.learner_process import _HeldBack
+    from learner.held_back import HeldBack as _HeldBack
     from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample
 
     cfg = BufferConfig(train_width=32, train_height=24, memory_mb=1, per_shot_cap=64)

@@ -14,7 +14,7 @@ from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.config import ConfigError, load_config
 from motionmask.holdout import HoldoutWindow
-from motionmask.learner_process import _HeldBack
+from learner.held_back import HeldBack as _HeldBack
 from streamer.config import StreamerConfig
 from streamer.frames import Frame
 from streamer.motion.pipeline import MotionSegmenter
