@@ -1,5 +1,5 @@
 """Mask quality against reference masks, on every evaluation family (issue 18: tune on one,
-report all; bench/_families.py lists them):
+report all; bench/families.py lists them):
 
   things-s100   synthetic "things" clips, seed 100: THE TUNING SET (the streamer was tuned here)
   things-s7     synthetic "things" clips, seed 7, never tuned on
@@ -18,15 +18,15 @@ targets of issue 18, each met or not met: teacher IoU@0.5 - Otsu's >= +0.10, and
 IoU| <= 0.02 (0.5 is the decision point); a reliability table of the teacher's probability; a
 contact sheet of the two worst clips per family (bench/out/quality_worst_<family>.png).
 
-    python bench/quality.py                          # every family (a few minutes)
-    python bench/quality.py --family things-s7 --family real
-    python bench/quality.py --data runs/s100         # any folder in the synthetic sets' format
-    python bench/quality.py --seed 7 --clips 20      # a "things" set of that seed and size
-    python bench/quality.py --config my.yaml         # a streamer config to compare
+    python -m bench.quality                          # every family (a few minutes)
+    python -m bench.quality --family things-s7 --family real
+    python -m bench.quality --data runs/s100         # any folder in the synthetic sets' format
+    python -m bench.quality --seed 7 --clips 20      # a "things" set of that seed and size
+    python -m bench.quality --config my.yaml         # a streamer config to compare
 Prints markdown tables and writes bench/out/quality.json (keyed by family; --out).
 
 --learner: the student against its teacher (learner_main below; about 15 min on 2 CPU cores)
-    python bench/quality.py --learner               # --minutes 6 per student, --real-minutes 2.5
+    python -m bench.quality --learner               # --minutes 6 per student, --real-minutes 2.5
 Trains on --seed clips (default 100) and scores on --eval-seed clips (default 7), never seen in
 training: the motion masks (teacher), the ConvNet from single frames (student), and the student
 after bootstrapping rounds; the pseudo-label quality of every round; the fusion rules compared on
@@ -53,25 +53,22 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
-
-from bench._families import (FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped,  # noqa: E402
+from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, tile
+from bench.families import (FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped,
                              synth_family, title)
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from bench._maskscore import THRESHOLDS, MaskScore  # noqa: E402
-from bench._sheet import overlay, tile  # noqa: E402
+from bench.maskscore import THRESHOLDS, MaskScore
+from learner.evaluate import coverage, evaluate_checkpoints, score
+from motionmask.config import load_config
+from streamer.config import SourceConfig
+from streamer.frames import Frame
+from streamer.motion.flow import FlowEstimator, working_size
+from streamer.motion.global_motion import fit_global_motion, residual_motion
+from streamer.motion.pipeline import MotionSegmenter, motion_saliency
+from streamer.png import write_png
+from streamer.sources import open_source
+from synth.things import load_gt
 
-from learner.evaluate import coverage, evaluate_checkpoints, score  # noqa: E402
-from motionmask.config import load_config  # noqa: E402
-from streamer.png import write_png  # noqa: E402
-from streamer.config import SourceConfig  # noqa: E402
-from streamer.motion.flow import FlowEstimator, working_size  # noqa: E402
-from streamer.frames import Frame  # noqa: E402
-from streamer.motion.global_motion import fit_global_motion, residual_motion  # noqa: E402
-from streamer.motion.pipeline import MotionSegmenter, motion_saliency  # noqa: E402
-from streamer.sources import open_source  # noqa: E402
-from synth.things import cached as synth_cached, load_gt  # noqa: E402
+from synth.families import cached as synth_cached
 
 METHODS = ["motion_masks", "saliency", "otsu"]
 NAMES = {"motion_masks": "motion masks (teacher)", "saliency": "per-pixel saliency", "otsu": "flow magnitude, Otsu"}
@@ -313,7 +310,7 @@ def chosen_families(args) -> list[Family]:
 
 
 def quality_main(args) -> int:
-    args.out = args.out or str(ROOT / "bench" / "out" / "quality.json")
+    args.out = args.out or str(OUT / "quality.json")
     out = Path(args.out)
     cfg = load_config(args.config).streamer
     res: dict = {"families": {}, "skipped": {}}
@@ -378,7 +375,7 @@ STUDENTS = {"student_branch": "plain student at the branch point", "student": "p
 
 def _synth(seed: int, clips: int) -> tuple[Path, list[dict]]:
     # its own copy: the masks benchmark (and whoever tunes the streamer) regenerates bench/out/synth_*
-    return synth_cached(ROOT / "bench" / "out" / "learner_runs", seed, clips)
+    return synth_cached(OUT / "learner_runs", seed, clips)
 
 
 def _train(cfg, feed, run_dir: Path, minutes: float, stop_after_s: float | None = None,
@@ -539,7 +536,7 @@ def learner_main(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     t_start = time.monotonic()
-    out_dir = ROOT / "bench" / "out"
+    out_dir = OUT
     runs = out_dir / "learner_runs"
     cfg = load_config(args.config)
     cfg.learner.train.steps = 0

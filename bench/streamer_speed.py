@@ -18,52 +18,41 @@ it, the same n_segments as the config, ms per frame at 160x120,
 240x180 and 320x240 on real frames, with the number of superpixels each really returns and
 boundary recall against the exact masks of the synthetic clips.
 
-    python bench/streamer_speed.py                   # 1-2 minutes; markdown tables on stdout
-    python bench/streamer_speed.py --quick           # about 15 s, fewer frames
-    python bench/streamer_speed.py --config configs/default.yaml --sizes 640x480 --cpu 0
+    python -m bench.streamer_speed                   # 1-2 minutes; markdown tables on stdout
+    python -m bench.streamer_speed --quick           # about 15 s, fewer frames
+    python -m bench.streamer_speed --config configs/default.yaml --sizes 640x480 --cpu 0
 Writes bench/out/streamer.json (--out).
 """
 from __future__ import annotations
 
+import argparse
 import os
+import platform
+import shlex
 import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-if __name__ == "__main__":  # before numpy and torch load: one thread per BLAS/OpenMP pool
-    from _one_thread import THREAD_VARS, reexec_single_threaded  # bench/ is sys.path[0] here
+import av
+import cv2
+import numpy as np
+from tqdm import tqdm
 
-    reexec_single_threaded(__file__)
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import av  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-# Python puts this script's folder first on the path, where bench/zmq.py would shadow pyzmq.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
-
-from bench._machine import cpu_model, git_revision  # noqa: E402
-
-from motionmask.config import ConfigError, load_config  # noqa: E402
-
+from bench.common import OUT, THREAD_VARS, cpu_model, git_revision, reexec_single_threaded
+from common.atomic import write_json
 from common.config import to_dict
-from common.atomic import write_json  # noqa: E402
-from streamer.config import StreamerConfig  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from streamer.motion.flow import working_size  # noqa: E402
-from streamer.frames import Frame  # noqa: E402
-from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
-from streamer.sources import open_source  # noqa: E402
-from streamer.motion.superpixels import SuperpixelExtractor  # noqa: E402
-from synth.things import cached as synth_cached, load_gt  # noqa: E402
+from common.errors import UserError
+from motionmask.config import ConfigError, load_config
+from streamer.config import StreamerConfig
+from streamer.frames import Frame
+from streamer.motion.flow import working_size
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.motion.superpixels import SuperpixelExtractor
+from streamer.sources import open_source
+from synth.things import load_gt
+
+from synth.families import cached as synth_cached
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".ts")
 SP_SIZES = ((160, 120), (240, 180), (320, 240))
@@ -130,7 +119,7 @@ def real_paths(data: Path, notes: list[str]) -> list[Path]:
 
 def synth_paths(notes: list[str]) -> list[tuple[Path, Path]]:
     """(clip, folder of its exact masks), generated once into bench/out/."""
-    folder, entries = synth_cached(ROOT / "bench" / "out", SYNTH_SEED, SYNTH_CLIPS)
+    folder, entries = synth_cached(OUT, SYNTH_SEED, SYNTH_CLIPS)
     return [(folder / e["file"], folder / e["name"]) for e in entries]
 
 
@@ -410,13 +399,13 @@ def parse_size(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description="Streamer speed on one CPU core: decode, each pipeline stage, end to end; SEEDS vs SLIC.",
-        epilog="examples:\n  python bench/streamer_speed.py\n  python bench/streamer_speed.py --quick\n"
-               "  python bench/streamer_speed.py --config configs/default.yaml --sizes 640x480 --cpu 0",
+        epilog="examples:\n  python -m bench.streamer_speed\n  python -m bench.streamer_speed --quick\n"
+               "  python -m bench.streamer_speed --config configs/default.yaml --sizes 640x480 --cpu 0",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer frames (about 15 s): a smoke run, noisier numbers")
     ap.add_argument("--config", default=None, help="YAML config to bench (default: the built-in defaults)")
     ap.add_argument("--data", default="/work/shared/data", help="folder of real clips (skipped with a note if missing)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "streamer.json"), help="JSON results")
+    ap.add_argument("--out", default=str(OUT / "streamer.json"), help="JSON results")
     ap.add_argument("--sizes", default="640x480,1280x720", help="input sizes, comma-separated WIDTHxHEIGHT")
     ap.add_argument("--frames", type=int, default=None, help="timed frames per clip (default 200, --quick 20)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed frames per clip first (default 10, --quick 5)")
@@ -488,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             sp = bench_superpixels(real, synth, cfg.motion.num_superpixels, sp_per_clip, bar)
 
     meta = {
-        "command": shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "bench.streamer_speed", *sys.argv[1:]]),
         "cpu_model": cpu_model(), "cores": os.cpu_count(), "pinning": pinning, "load_average": load,
         "revision": git_revision(), "config": args.config or "built-in defaults", "warmup": warmup,
         "timed_frames_per_clip": n_timed, "python": platform.python_version(), "numpy": np.__version__,
@@ -515,4 +504,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_single_threaded("bench.streamer_speed")  # one thread per BLAS/OpenMP pool, set before numpy loads
     sys.exit(main())

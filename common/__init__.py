@@ -2,7 +2,8 @@
 
   errors       UserError, SourceError: a problem the user can fix, shown as one line
   log          log_event: one key=value line per event
-  atomic       atomic and durable file writes, pid_alive
+  atomic       atomic and durable file writes
+  pids         pid_alive: is the writer of a temp file or a shared-memory row still running?
   json_input   JSON from outside, every failure a ValueError
   config       the strict config loader: from_dict, merge, check
 """

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
-
 def write_with(path: str | Path, write: Callable[[BinaryIO], object], fsync: bool = False) -> None:
     """Atomically replace `path` with what `write(file)` writes (e.g. lambda f: torch.save(obj, f))."""
     path = Path(path)
@@ -66,17 +65,3 @@ def write_private(path: str | Path, data: bytes) -> None:
 
 def write_json(path: str | Path, obj: object, fsync: bool = True) -> None:
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), fsync=fsync)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (signal 0): a temp file or a shared-memory client
-    row whose writer is gone may be cleaned up. A pid owned by another user counts as alive."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -33,7 +33,8 @@ from typing import Any
 
 from exporter.signing import SIG_FILE, next_sequence, signed_fields
 from common import json_input
-from common.atomic import fsync_dir, pid_alive
+from common.atomic import fsync_dir
+from common.pids import pid_alive
 from common.errors import UserError
 from common.log import log_event
 

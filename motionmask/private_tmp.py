@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 
-from common.atomic import pid_alive
+from common.pids import pid_alive
 from common.log import log_event
 
 log = logging.getLogger("motionmask.daemon")

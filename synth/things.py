@@ -28,7 +28,6 @@ Every random choice comes from the clip seed, so a seed gives the same frames, G
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -630,34 +629,6 @@ def count_frames(path: str | Path) -> int:
     """Frames that decode from a video file (decoding them all: container counts can lie)."""
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
-
-
-FAMILIES = ("things", "patchwork")  # tune on "things", report every family (issue 18)
-
-
-def family_generate(family: str) -> tuple[int, Callable[..., list[dict]]]:
-    """(VERSION, generate) of a synthetic family: "things" (this module) or "patchwork"
-    (synth/patchwork.py, built on other assumptions, never tuned on)."""
-    if family == "things":
-        return VERSION, generate
-    if family == "patchwork":
-        from synth import patchwork as synth_patchwork
-
-        return synth_patchwork.VERSION, synth_patchwork.generate
-    raise UserError(f"unknown synthetic family {family!r}; choose one of {', '.join(FAMILIES)}")
-
-
-def cached(root: str | Path, seed: int, clips: int, family: str = "things") -> tuple[Path, list[dict]]:
-    """The clips of (family, seed, clips) under root, generated on first use (the benchmarks'
-    cache): synth_v<VERSION>_s<seed>_n<clips> for "things" (the name it always had),
-    synth_<family>_v<VERSION>_s<seed>_n<clips> for the others. A change of a generator bumps its
-    VERSION, so it never scores against stale clips."""
-    version, gen = family_generate(family)
-    prefix = "synth" if family == "things" else f"synth_{family}"
-    d = Path(root) / f"{prefix}_v{version}_s{seed}_n{clips}"
-    if (d / "clips.json").exists():
-        return d, json.loads((d / "clips.json").read_text())
-    return d, gen(d, seed=seed, clips=clips, progress=True)
 
 
 def generate(out_dir: str | Path, seed: int = 0, clips: int = 10, frames: int = 90,

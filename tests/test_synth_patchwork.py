@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from motionmask.cli import main
+from synth import families
 from synth import things as synth
 
 from synth import patchwork as pw
@@ -125,15 +126,15 @@ def test_cli_writes_a_patchwork_set_and_rejects_a_bad_family(tmp_path: Path, cap
 
 
 def test_cache_is_keyed_by_family_and_keeps_the_things_name(tmp_path: Path):
-    d, entries = synth.cached(tmp_path, 5, 1, family="patchwork")
+    d, entries = families.cached(tmp_path, 5, 1, family="patchwork")
     assert d.name == f"synth_patchwork_v{pw.VERSION}_s5_n1"
     assert entries[0]["family"] == "patchwork" and (d / "clip000.mp4").exists()
-    again, same = synth.cached(tmp_path, 5, 1, family="patchwork")
+    again, same = families.cached(tmp_path, 5, 1, family="patchwork")
     assert again == d and same == entries
     # an existing "things" cache keeps its name and is served as it is
     things_dir = tmp_path / f"synth_v{synth.VERSION}_s5_n1"
     things_dir.mkdir()
     (things_dir / "clips.json").write_text("[]")
-    assert synth.cached(tmp_path, 5, 1) == (things_dir, [])
+    assert families.cached(tmp_path, 5, 1) == (things_dir, [])
     with pytest.raises(synth.UserError):
-        synth.cached(tmp_path, 5, 1, family="stripes")
+        families.cached(tmp_path, 5, 1, family="stripes")

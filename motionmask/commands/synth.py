@@ -10,7 +10,7 @@ import time
 
 from common.errors import UserError
 from common.log import log_event
-from synth.things import FAMILIES, family_generate
+from synth.families import FAMILIES, family_generate
 
 SCENARIOS = ("rig",)
 RIG_FPS = 15  # synth.rig.FPS, without importing it for every command's --help

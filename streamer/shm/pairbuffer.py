@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.atomic import pid_alive
+from common.pids import pid_alive
 from common.errors import UserError
 from common.log import log_event
 from streamer.shm.ringbuffer import ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, camera_id_of, camera_key

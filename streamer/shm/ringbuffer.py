@@ -41,7 +41,7 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
 import numpy as np
 
 from common.config import check
-from common.atomic import pid_alive
+from common.pids import pid_alive
 from common.errors import UserError
 from common.log import log_event
 from streamer.shm.segment import Format, Layout, Segment, attach_segment, create_segment, layout, unlink_segment, unmap

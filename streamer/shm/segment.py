@@ -23,7 +23,7 @@ import _posixshmem  # the module multiprocessing.shared_memory is built on; give
 import numpy as np
 from multiprocessing import resource_tracker
 
-from common.atomic import pid_alive
+from common.pids import pid_alive
 from common.errors import UserError
 
 HEADER_BYTES = 4096  # the header's page; anything smaller is not one of our segments
