@@ -34,8 +34,8 @@ test: install-dev
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: install-dev
-	$(PY) bench/streamer_speed.py
-	$(PY) bench/quality.py
+	$(PY) -m bench.streamer_speed
+	$(PY) -m bench.quality
 
 clean:
 	rm -rf $(VENV) runs bench/out

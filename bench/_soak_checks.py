@@ -1,4 +1,4 @@
-"""What bench/soak.py checks and measures besides recovery: every checkpoint loads with the
+"""What bench.soak checks and measures besides recovery: every checkpoint loads with the
 learner's loader, every bundle passes the device's checks (sha256 of each file, the pinned key's
 signature, onnx.checker, an ONNX Runtime session that runs a frame), the device's model in service
 is such a bundle, and the daemon's process tree (RSS, open files, threads, shared-memory segments)

@@ -1,5 +1,5 @@
 """Malformed and oversized messages to every socket a `motionmask run` daemon binds, for
-bench/soak.py. Each function sends its batch and returns how many messages it sent; none waits
+bench.soak. Each function sends its batch and returns how many messages it sent; none waits
 for a reply longer than a second (a daemon that answers junk with an error is fine, one that
 stops answering is what the soak then catches)."""
 from __future__ import annotations
@@ -9,13 +9,9 @@ import random
 import socket
 import sys
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
-if __name__ == "__main__":  # run as a script: bench/ first on sys.path, and bench/zmq.py would shadow pyzmq
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import zmq  # noqa: E402
+import zmq
 
 BIG = 1 << 20  # an oversized message: far beyond any request the daemon expects
 
@@ -198,13 +194,13 @@ def everything(endpoints: dict[str, str], rng: random.Random) -> dict[str, int]:
 
 
 def main() -> int:
-    """Run as a process of its own (bench/soak.py does): a client that sends junk can itself crash
+    """Run as a process of its own (bench.soak does): a client that sends junk can itself crash
     in libzmq (a SUB keeps its subscriptions in a recursive trie: a megabyte-long topic overflows
     the stack of the client's own I/O thread), and that must not take the soak down with it."""
     import argparse
 
     p = argparse.ArgumentParser(description="Send malformed and oversized messages to a daemon's endpoints.",
-                                epilog='example: python bench/_soak_junk.py \'{"control": "tcp://127.0.0.1:5556"}\' 0')
+                                epilog='example: python -m bench._soak_junk \'{"control": "tcp://127.0.0.1:5556"}\' 0')
     p.add_argument("endpoints", help="JSON object: name -> endpoint (control, publish, bundles, announce, web)")
     p.add_argument("seed", type=int)
     a = p.parse_args()

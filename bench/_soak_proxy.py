@@ -1,4 +1,4 @@
-"""A TCP proxy between a device and the bundle server, for bench/soak.py: it forwards bytes both
+"""A TCP proxy between a device and the bundle server, for bench.soak: it forwards bytes both
 ways and, when armed, damages the next large read from the server (a chunk of a bundle in
 transit): `flip` inverts one byte in its second half (the ZMTP frame stays well formed, the
 payload is wrong: the device's sha256 check must catch it), `truncate` forwards the first half

@@ -1,9 +1,9 @@
-"""A live camera on loopback for bench/soak.py: a clip's frames, looped forever, encoded as H.264 in
+"""A live camera on loopback for bench.soak: a clip's frames, looped forever, encoded as H.264 in
 MPEG-TS and sent to every client of tcp://127.0.0.1:PORT, paced at the clip's frame rate with
 monotonic timestamps (what an encoder box sends; a new client joins mid-stream at the next
 keyframe). The soak stops the camera by killing this process and brings it back on the same port.
 
-    python bench/_soak_stream.py --port 8554 --clip tests/data/sample.mp4
+    python -m bench._soak_stream --port 8554 --clip tests/data/sample.mp4
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def serve(port: int, clip: str, width: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description="Serve a clip, looped, as a live MPEG-TS stream on loopback TCP "
                                 "(the soak's network camera).",
-                                epilog="example: python bench/_soak_stream.py --port 8554 --clip tests/data/sample.mp4")
+                                epilog="example: python -m bench._soak_stream --port 8554 --clip tests/data/sample.mp4")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--clip", required=True)
     p.add_argument("--width", type=int, default=320)

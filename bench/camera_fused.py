@@ -14,8 +14,8 @@ threads, from /proc) and the fps it keeps by that measure (no-bundle CPU ms / th
 CPU-bound camera's fps is the inverse of its CPU time per frame, and CPU time does not swing with
 other work on a shared machine the way wall-clock fps does.
 
-    python bench/camera_fused.py                                 # sample clip, ~5 min
-    python bench/camera_fused.py --clip ../shared/data/vtest.avi --seconds 20 --rounds 2 --every 1,5,10
+    python -m bench.camera_fused                                 # sample clip, ~5 min
+    python -m bench.camera_fused --clip ../shared/data/vtest.avi --seconds 20 --rounds 2 --every 1,5,10
 
 Prints a markdown table; writes bench/out/camera_fused.json (--out).
 """
@@ -32,16 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]  # bench/zmq.py is not pyzmq
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+import yaml
 
-import yaml  # noqa: E402
-
-from _media import free_port  # noqa: E402
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from motionmask.control import ControlUnavailable, request  # noqa: E402
+from bench.common import OUT, ROOT, cpu_model, free_port, git_revision
+from motionmask.control import ControlUnavailable, request
 
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
 SLOT = (240, 320)  # (h, w): the default buffer slot, the daemon's default bundle input
@@ -138,7 +132,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase (default 20)")
     ap.add_argument("--warm", type=float, default=5.0, help="seconds after start-up before measuring (default 5)")
     ap.add_argument("--rounds", type=int, default=2, help="every phase once per round (default 2)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "camera_fused.json")
+    ap.add_argument("--out", type=Path, default=OUT / "camera_fused.json")
     args = ap.parse_args()
     if not args.clip.is_file():
         print(f"{args.clip}: no such clip; pass --clip PATH", file=sys.stderr)

@@ -13,8 +13,8 @@ reports what can be measured without one, and a contact sheet for a person to ju
   - stability: IoU of each mask with the previous frame's (objects move between frames, so neither
     reaches 1; a mask that comes and goes scores low).
 
-    python bench/camera_student.py                      # ../shared/data/vtest.avi, 12 minutes (~15 min)
-    python bench/camera_student.py CLIP --minutes 3 --config my.yaml --frames 300
+    python -m bench.camera_student                      # ../shared/data/vtest.avi, 12 minutes (~15 min)
+    python -m bench.camera_student CLIP --minutes 3 --config my.yaml --frames 300
 
 Prints a markdown table and writes bench/out/camera_student.json (--out) and the sheet
 bench/out/camera_student.png: eight held-back frames, the teacher's masks and the student's.
@@ -34,18 +34,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
-
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from bench._sheet import overlay, tile  # noqa: E402
-from learner.evaluate import score  # noqa: E402
-from learner.predict import Predictor  # noqa: E402
-from motionmask.config import load_config  # noqa: E402
-from streamer.png import write_png  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
-from streamer.sources import open_source  # noqa: E402
+from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, tile
+from common.errors import UserError
+from learner.evaluate import score
+from learner.predict import Predictor
+from motionmask.config import load_config
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.png import write_png
+from streamer.sources import open_source
 
 SHEET_FRAMES = 8
 
@@ -171,7 +167,7 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=12.0, help="training minutes (default 12, the issue's budget)")
     ap.add_argument("--config", default=None, help="YAML config for `motionmask train` and the teacher")
     ap.add_argument("--frames", type=int, default=100000, help="at most this many frames of the clip")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "camera_student.json"))
+    ap.add_argument("--out", default=str(OUT / "camera_student.json"))
     args = ap.parse_args()
     clip = Path(args.clip)
     try:

@@ -11,8 +11,8 @@ a frame's capture (`capture_ns`, wall clock, set when the camera read it) to its
 the client, p50 and p99 (same host, same clock). Prints a markdown table; writes
 bench/out/console.json.
 
-    python bench/console.py                       # ~2 min
-    python bench/console.py --seconds 10 --consoles 0,1
+    python -m bench.console                       # ~2 min
+    python -m bench.console --seconds 10 --consoles 0,1
 """
 from __future__ import annotations
 
@@ -27,18 +27,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]  # bench/zmq.py is not pyzmq
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+import httpx
+import yaml
+from websockets.sync.client import connect
 
-import httpx  # noqa: E402
-import yaml  # noqa: E402
-from websockets.sync.client import connect  # noqa: E402
-
-from _media import free_port  # noqa: E402
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from motionmask.control import ControlUnavailable, request  # noqa: E402
+from bench.common import OUT, ROOT, cpu_model, free_port, git_revision
+from motionmask.control import ControlUnavailable, request
 
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
 
@@ -111,7 +105,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="measured seconds per phase (default 30)")
     ap.add_argument("--consoles", default="0,1,5", help="open consoles per phase (default 0,1,5)")
     ap.add_argument("--realtime", action="store_true", help="play the clip at its 10 fps instead of flat out")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "console.json")
+    ap.add_argument("--out", type=Path, default=OUT / "console.json")
     args = ap.parse_args()
     phases = [int(x) for x in args.consoles.split(",")]
 

@@ -8,8 +8,8 @@ the crops of all ranks (per rank: divided by N), over --seconds after --warmup s
 the single-process path (no launch, no process group); N ranks start under torch's elastic
 agent (distributed.launch, as torchrun would), gloo on the CPU, nccl and one GPU each on CUDA.
 
-    python bench/ddp.py                                   # CPU, 1 and 2 gloo ranks, about 2 minutes
-    python bench/ddp.py --device cuda --nproc 1,2,4,8     # a GPU box: crops/s per GPU
+    python -m bench.ddp                                   # CPU, 1 and 2 gloo ranks, about 2 minutes
+    python -m bench.ddp --device cuda --nproc 1,2,4,8     # a GPU box: crops/s per GPU
 On the CPU the ranks share the machine's cores (each gets (cores - 1) // N threads, at least one):
 there the figure says what the collectives cost, never that more ranks are faster.
 Prints a markdown table; writes bench/out/ddp.json (--out).
@@ -23,19 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# Python puts this script's folder first on the path, where bench/zmq.py would shadow pyzmq.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from bench.common import OUT, cpu_model, git_revision
+from bench.learner_speed import config, end_to_end, fill_ring
+from common.atomic import write_json
+from learner import distributed
+from learner.train import Trainer, resolve_device
+from streamer.shm.ringbuffer import RingBuffer
 
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from bench.learner_speed import config, end_to_end, fill_ring  # noqa: E402
-from learner import distributed  # noqa: E402
-from learner.train import Trainer, resolve_device  # noqa: E402
-from common.atomic import write_json  # noqa: E402
-from streamer.shm.ringbuffer import RingBuffer  # noqa: E402
 
 
 def measure(ring: RingBuffer, settings: dict) -> dict:
@@ -68,7 +64,7 @@ def main() -> int:
     ap.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto")
     ap.add_argument("--batchnorm", default="sync,local", help="with several ranks: sync (learner.train.sync_batchnorm, "
                     "the default) and/or local (each rank's own statistics), to see what synchronising costs")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "ddp.json"))
+    ap.add_argument("--out", default=str(OUT / "ddp.json"))
     args = ap.parse_args()
     cuda = args.device == "cuda"
     settings = {"device": args.device, "backbone": args.backbone, "size": args.size,

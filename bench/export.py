@@ -11,40 +11,29 @@ CPU this process may use), at batch 1 and batch 8; per-frame ms = batch time / b
 
 Target (issue 7): <= 10 ms per 224x224 frame on one core; parity <= 1e-4.
 
-    python bench/export.py                      # ~1 min: table on stdout
-    python bench/export.py --sizes 224x224,320x256 --runs 50
-    python bench/export.py --checkpoint runs/r1/checkpoints/last.pt
+    python -m bench.export                      # ~1 min: table on stdout
+    python -m bench.export --sizes 224x224,320x256 --runs 50
+    python -m bench.export --checkpoint runs/r1/checkpoints/last.pt
 Writes bench/out/export.json (--out).
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import platform
+import shutil
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-if __name__ == "__main__":  # before numpy and torch load: one thread per BLAS/OpenMP pool (ONNX Runtime's own threads are set per session below)
-    from _one_thread import reexec_single_threaded  # bench/ is sys.path[0] here
+import numpy as np
 
-    reexec_single_threaded(__file__)
+from bench.common import OUT, ROOT, cpu_model, git_revision, reexec_single_threaded
+from common.atomic import write_json
+from common.errors import UserError
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-# Python puts this script's folder first on the path, where bench/zmq.py would shadow pyzmq.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
-
-from bench._machine import cpu_model, git_revision  # noqa: E402
-
-from common.atomic import write_json  # noqa: E402
-from common.errors import UserError  # noqa: E402
 
 TARGET_MS = 10.0  # per 224x224 frame, one core
 TARGET_PARITY = 1e-4
@@ -107,7 +96,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", help="export this checkpoint instead of a freshly initialised default compact net")
     ap.add_argument("--runs", type=int, default=40, help="timed runs at batch 1 (batch 8: a quarter)")
     ap.add_argument("--cpu", type=int, default=None, help="the CPU for the one-thread runs (default: the last allowed)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "export.json"))
+    ap.add_argument("--out", default=str(OUT / "export.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     try:
@@ -200,4 +189,5 @@ def run(args, sizes: list[tuple[int, int]], cpu: int, allowed: list[int]) -> int
 
 
 if __name__ == "__main__":
+    reexec_single_threaded("bench.export")  # BLAS/OpenMP pools at one thread (ONNX Runtime: per session)
     sys.exit(main())

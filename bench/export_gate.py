@@ -12,7 +12,7 @@ have left in service.
     motionmask synth --out runs/s100 --seed 100 --clips 10
     motionmask synth --out runs/s7 --seed 7 --clips 10
     motionmask train runs/s100 --out runs/gate --config configs/checkpoint-often.yaml   # 12 min
-    python bench/export_gate.py runs/gate --seen runs/s100 --eval runs/s7             # ~2 min
+    python -m bench.export_gate runs/gate --seen runs/s100 --eval runs/s7             # ~2 min
 
 Prints markdown tables and writes bench/out/export_gate.json (--out).
 """
@@ -26,17 +26,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
-
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from exporter.config import ExportConfig  # noqa: E402
-from exporter.export import Holdout, beats, holdout_score, load_for_export  # noqa: E402
-from learner.evaluate import evaluate_checkpoints, synth_clips  # noqa: E402
-from streamer.config import StreamerConfig  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
-from streamer.sources import open_source  # noqa: E402
+from bench.common import OUT, cpu_model, git_revision
+from common.errors import UserError
+from exporter.config import ExportConfig
+from exporter.export import Holdout, beats, holdout_score, load_for_export
+from learner.evaluate import evaluate_checkpoints, synth_clips
+from streamer.config import StreamerConfig
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.sources import open_source
 
 SCORES = {  # rule name -> (holdout_score key, higher is better), for the rank correlations
     "bce": ("holdout_bce", False),
@@ -90,7 +87,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=ExportConfig().holdout_samples,
                     help="frames per holdout (default: export.holdout_samples)")
     ap.add_argument("--every", type=int, default=3, help="score the truth on every N-th frame (default 3)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "export_gate.json"))
+    ap.add_argument("--out", default=str(OUT / "export_gate.json"))
     args = ap.parse_args()
     checkpoints = sorted((Path(args.run) / "checkpoints").glob("step_*.pt"))
     if len(checkpoints) < 3:

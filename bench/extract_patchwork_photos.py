@@ -2,7 +2,7 @@
 the real clips in ../shared/data/, once. The photos are committed under synth/data/patchwork/
 so that the family is frozen and a fresh clone generates it without ../shared.
 
-    .venv/bin/python bench/extract_patchwork_photos.py [--data ../shared/data]
+    .venv/bin/python -m bench.extract_patchwork_photos [--data ../shared/data]
 
 Rerunning it rewrites the JPEGs (the bytes may differ with another OpenCV build, which would change
 the family: do not rerun it on a quoted version; add photos under a new family version instead).

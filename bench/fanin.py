@@ -14,8 +14,8 @@ and the receiver's CPU per sample (from /proc: it does not swing with other load
 rates do). Then the rig's cost per sample sent, on one thread: ring read + encode + send (CPU
 time, median), and the receiver's decode alone.
 
-    python bench/fanin.py                  # about 30 s; table + bench/out/fanin.json
-    python bench/fanin.py --rigs 1 4 16 --seconds 4
+    python -m bench.fanin                  # about 30 s; table + bench/out/fanin.json
+    python -m bench.fanin --rigs 1 4 16 --seconds 4
 Target: the learner takes in >= 2,000 samples/s (about 60 cameras at 30 fps).
 """
 from __future__ import annotations
@@ -31,14 +31,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
+import numpy as np
+import zmq
 
-import numpy as np  # noqa: E402
-import zmq  # noqa: E402
-
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from common.atomic import write_json  # noqa: E402
+from bench.common import OUT, ROOT, cpu_model, git_revision
+from common.atomic import write_json
 
 TARGET = 2000.0
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
@@ -233,7 +230,7 @@ def main() -> int:
     ap.add_argument("--size", default="320x240", help="slot WxH (default 320x240)")
     ap.add_argument("--decoders", type=int, default=2, help="the receiver's decoder threads (learner.transport.decoders)")
     ap.add_argument("--samples", type=int, default=32, help="distinct real samples each rig cycles through")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fanin.json")
+    ap.add_argument("--out", type=Path, default=OUT / "fanin.json")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
     samples = real_samples(args.samples, w, h)
@@ -259,7 +256,7 @@ def main() -> int:
     write_json(args.out, {"size": [w, h], "samples": len(samples), "rows": rows, "rig_cost": cost, "target": TARGET,
                           "cpu": cpu_model(), "cores": os.cpu_count(), "load_average": round(load, 2),
                           "decoders": args.decoders, "git": git_revision(),
-                          "command": "python bench/fanin.py " + " ".join(sys.argv[1:])})
+                          "command": "python -m bench.fanin " + " ".join(sys.argv[1:])})
     print(f"wrote {args.out}")
     return 0
 

@@ -1,5 +1,5 @@
 """What the learner is taught: the streamer's pseudo-labels (trimaps of the kept frames) against
-reference masks, on every evaluation family (bench/_families.py: things-s100, THE TUNING SET;
+reference masks, on every evaluation family (bench/families.py: things-s100, THE TUNING SET;
 things-s7; patchwork-s1; real, skipped with a note when ../shared/data is absent). Where a student
 trails its teacher, this says whether its labels were the limit: of the pixels of moving objects,
 the share labelled positive, negative or "don't care"; of the background, the share labelled
@@ -9,10 +9,10 @@ positive; how many frames pruning kept; the teacher's IoU on kept and pruned fra
 Targets (issue 18), on kept frames: >= 70% of object pixels positive, <= 5% negative, <= 2% of
 background positive; each marked met / NOT MET.
 
-    python bench/labels.py                                   # every family (a few minutes)
-    python bench/labels.py --family patchwork-s1 --family real
-    python bench/labels.py runs/s100                         # one folder, with a row per clip
-    python bench/labels.py --data runs/s100 --config la4.yaml  # e.g. streamer: {motion: {lookahead: 4}}
+    python -m bench.labels                                   # every family (a few minutes)
+    python -m bench.labels --family patchwork-s1 --family real
+    python -m bench.labels runs/s100                         # one folder, with a row per clip
+    python -m bench.labels --data runs/s100 --config la4.yaml  # e.g. streamer: {motion: {lookahead: 4}}
 
 Prints markdown tables; writes bench/out/labels.json (keyed by family; --out).
 """
@@ -28,18 +28,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
+from bench.common import OUT, cpu_model, git_revision
+from bench.families import FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped, title
+from bench.maskscore import LabelScore, MaskScore
+from common.errors import UserError
+from motionmask.config import load_config
+from streamer.config import SourceConfig
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.sources import open_source
+from synth.things import load_gt
 
-from bench._families import FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped, title  # noqa: E402
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from bench._maskscore import LabelScore, MaskScore  # noqa: E402
-from motionmask.config import load_config  # noqa: E402
-from streamer.config import SourceConfig  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
-from streamer.sources import open_source  # noqa: E402
-from synth.things import load_gt  # noqa: E402
+
 
 # issue 18, on kept frames: (summary key, bound, at least?)
 TARGETS = {"fg_positive": (0.70, True), "fg_negative": (0.05, False), "bg_positive": (0.02, False)}
@@ -145,7 +144,7 @@ def main() -> int:
     ap.add_argument("--family", action="append", choices=list(FAMILIES), metavar="NAME",
                     help=f"an evaluation family, repeatable (default: all of {', '.join(FAMILIES)})")
     ap.add_argument("--config", help="YAML config whose streamer section makes the labels (default: built-in)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "labels.json"))
+    ap.add_argument("--out", default=str(OUT / "labels.json"))
     args = ap.parse_args()
     if args.clips and args.data:
         ap.error("give the folder once: CLIPS or --data")

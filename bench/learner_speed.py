@@ -11,10 +11,10 @@ the CPU in bf16 + channels_last where it has native bf16, see --cpu-precision):
               torch.utils.flop_counter.FlopCounterMode; achieved TFLOP/s = FLOPs per crop x
               end-to-end crops/s, and on a GPU of known peak the fraction of its dense bf16 peak
 
-    python bench/learner_speed.py                        # CPU, about 1-2 minutes
-    python bench/learner_speed.py --cpu-precision fp32   # the CPU in float32, for comparison
-    python bench/learner_speed.py --device cuda          # on a GPU box: batch 256, 4 crops per sample
-    python bench/learner_speed.py --device cuda --compile --sizes 224 --backbones compact
+    python -m bench.learner_speed                        # CPU, about 1-2 minutes
+    python -m bench.learner_speed --cpu-precision fp32   # the CPU in float32, for comparison
+    python -m bench.learner_speed --device cuda          # on a GPU box: batch 256, 4 crops per sample
+    python -m bench.learner_speed --device cuda --compile --sizes 224 --backbones compact
 Prints a markdown table; writes bench/out/learner.json (--out).
 """
 from __future__ import annotations
@@ -27,22 +27,20 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# Python puts this script's folder first on the path, where bench/zmq.py would shadow pyzmq.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from bench.common import OUT
+from common.atomic import write_json
+from learner.config import LearnerConfig
+from learner.crops import make_crops
+from learner.loss import masked_bce
+from learner.samples import RingFeed
+from learner.train import Limits, Trainer, fit, resolve_device
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample
 
-from learner.config import LearnerConfig  # noqa: E402
-from learner.crops import make_crops  # noqa: E402
-from learner.loss import masked_bce  # noqa: E402
-from learner.samples import RingFeed  # noqa: E402
-from learner.train import Limits, Trainer, fit, resolve_device  # noqa: E402
-from common.atomic import write_json  # noqa: E402
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample  # noqa: E402
+
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {
@@ -158,7 +156,7 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; adds a minute of warm-up)")
     ap.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="learner.train.cpu_precision (auto: bf16 where the CPU has native bf16)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "learner.json"))
+    ap.add_argument("--out", default=str(OUT / "learner.json"))
     args = ap.parse_args()
     device = resolve_device(args.device, strict=args.device == "cuda")
     cuda = device.type == "cuda"

@@ -66,9 +66,8 @@ from streamer.motion.global_motion import fit_global_motion, residual_motion
 from streamer.motion.pipeline import MotionSegmenter, motion_saliency
 from streamer.png import write_png
 from streamer.sources import open_source
-from synth.things import load_gt
-
 from synth.families import cached as synth_cached
+from synth.things import load_gt
 
 METHODS = ["motion_masks", "saliency", "otsu"]
 NAMES = {"motion_masks": "motion masks (teacher)", "saliency": "per-pixel saliency", "otsu": "flow magnitude, Otsu"}

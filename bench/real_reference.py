@@ -1,9 +1,9 @@
 """Reference masks for the still-camera real clips (synth.reference_masks): build the set,
 print a table per clip and write a contact sheet per clip for a person to check by eye.
 
-    python bench/real_reference.py                          # ../shared/data -> bench/out/real_v1
-    python bench/real_reference.py --data DIR --out DIR     # build elsewhere (rebuilds if asked)
-    python bench/real_reference.py --rebuild                # replace an existing set
+    python -m bench.real_reference                          # ../shared/data -> bench/out/real_v1
+    python -m bench.real_reference --data DIR --out DIR     # build elsewhere (rebuilds if asked)
+    python -m bench.real_reference --rebuild                # replace an existing set
 
 The sheet bench/out/real_reference_<clip>.png shows the median background plate, then nine frames
 spread over the clip with the reference outline in red and the void (not scored) tinted cyan.
@@ -21,15 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
+from bench.common import OUT, tile
+from common.errors import UserError
+from synth import reference_masks as rm
+from synth.things import load_gt
 
-from bench._sheet import tile  # noqa: E402
-from synth import reference_masks as rm  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from synth.things import load_gt  # noqa: E402
-
-OUT = ROOT / "bench" / "out"
 SHEET_FRAMES = 9
 TILE = 480
 

@@ -40,10 +40,10 @@ later 70%, the teacher and the student on the first 30%, a contact sheet bench/o
 frames, teacher, student; people who stand still (a reference-mask region, synth/reference_masks.py,
 whose pixels hardly changed over the last second) outlined in yellow.
 
-    python bench/rig.py --gen-seeds 0 --train-seeds 0 --minutes 12   # one run: ~45 min on 2 cores
-    python bench/rig.py                        # the issue's 2 x 2 runs (hours on a CPU)
-    python bench/rig.py --device cuda          # the GPU recipe (bench/gpu_student.sh): batch 256, crops 224
-    python bench/rig.py --quick                # smoke: a 30 s stream, a few steps, no vtest training
+    python -m bench.rig --gen-seeds 0 --train-seeds 0 --minutes 12   # one run: ~45 min on 2 cores
+    python -m bench.rig                        # the issue's 2 x 2 runs (hours on a CPU)
+    python -m bench.rig --device cuda          # the GPU recipe (bench/gpu_student.sh): batch 256, crops 224
+    python -m bench.rig --quick                # smoke: a 30 s stream, a few steps, no vtest training
 Prints markdown tables and writes bench/out/rig.json (--out) and bench/out/rig_sheet.png.
 """
 from __future__ import annotations
@@ -63,16 +63,12 @@ import cv2
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
-
-from bench._machine import cpu_model, git_revision  # noqa: E402
-from bench._maskscore import MaskScore  # noqa: E402
-from bench._sheet import overlay, tile  # noqa: E402
-from streamer.png import write_png  # noqa: E402
-from streamer.config import SourceConfig  # noqa: E402
-from common.config import merge  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, tile
+from bench.maskscore import MaskScore
+from common.config import merge
+from common.errors import UserError
+from streamer.config import SourceConfig
+from streamer.png import write_png
 
 METHODS = ("teacher", "student", "exported", "fused", "live")
 NAMES = {"teacher": "teacher (motion masks)", "student": "student (checkpoint)",
@@ -488,7 +484,7 @@ def real_part(args, extra: dict, work: Path, sheet_path: Path) -> dict:
     ref_dir = None
     if clip.resolve() == REAL_CLIP.resolve():
         try:
-            root, entries = reference_set(ROOT / "bench" / "out")
+            root, entries = reference_set(OUT)
             ref_dir = root / next(e["name"] for e in entries if e["name"] == clip.stem)
         except (UserError, StopIteration) as e:
             print(f"rig: no reference masks for {clip.name} ({e}); no still marks", file=sys.stderr)
@@ -668,7 +664,7 @@ def main() -> int:
                     help="smoke run: a 0.5-minute stream, 5 steps, one seed each, 200 frames of vtest")
     ap.add_argument("--reuse", action="store_true",
                     help="take the finished trainings of an earlier call with the same --out as they are (scores again)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "rig.json"))
+    ap.add_argument("--out", default=str(OUT / "rig.json"))
     args = ap.parse_args()
     if args.quick:
         args.stream_minutes, args.steps, args.minutes = 0.5, args.steps or 5, 0.0
@@ -706,7 +702,7 @@ def run(args) -> int:
     runs = []
     sheet_rows: list[tuple] = []
     for g in args.gen_seeds:
-        clip_root, entries = cached_rig(ROOT / "bench" / "out" / "rig", seed=g, minutes=args.stream_minutes, ptz=args.ptz)
+        clip_root, entries = cached_rig(OUT / "rig", seed=g, minutes=args.stream_minutes, ptz=args.ptz)
         entry = entries[0]
         video, clip_dir = clip_root / entry["file"], clip_root / entry["name"]
         frames, split, fps = entry["frames"], entry["split"]["test_start"], entry["fps"]

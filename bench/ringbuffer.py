@@ -10,8 +10,8 @@ Scenarios, all at the training resolution (default 320x240):
 Reported: puts/s, put latency p50/p99/max (the streamer's cost and the "never blocks" claim),
 drops by reason, learner batches/s and samples/s, torn-read retries.
 
-    python bench/ringbuffer.py                      # about 15 s; prints a table
-    python bench/ringbuffer.py --writers 4 --seconds 5 --batch 64
+    python -m bench.ringbuffer                      # about 15 s; prints a table
+    python -m bench.ringbuffer --writers 4 --seconds 5 --batch 64
 Writes bench/out/ringbuffer.json.
 """
 from __future__ import annotations
@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import OUT
+from common.atomic import write_json
+from streamer.frames import Frame
+from streamer.motion.pipeline import MaskResult
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result
 
-from common.atomic import write_json  # noqa: E402
-from streamer.frames import Frame  # noqa: E402
-from streamer.motion.pipeline import MaskResult  # noqa: E402
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result  # noqa: E402
 
 
 def _pct(lat_s: list[float]) -> dict[str, float]:
@@ -160,7 +159,7 @@ def bench_adapter(cfg: BufferConfig, n: int = 60) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 epilog="example: python bench/ringbuffer.py --writers 2 --seconds 3",
+                                 epilog="example: python -m bench.ringbuffer --writers 2 --seconds 3",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--writers", type=int, default=2, help="streamer processes (cameras)")
     ap.add_argument("--seconds", type=float, default=3.0, help="measured time per scenario")
@@ -170,7 +169,7 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--memory-mb", type=float, default=256.0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "ringbuffer.json"))
+    ap.add_argument("--out", default=str(OUT / "ringbuffer.json"))
     args = ap.parse_args()
     cfg = BufferConfig(train_width=args.width, train_height=args.height, memory_mb=args.memory_mb,
                        sampling=args.mode, half_life_s=30.0)

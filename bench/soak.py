@@ -34,8 +34,8 @@ sample; no shared memory of the soak's daemons is left after the final stop. Als
 to recover (p50/p99) per kind, masks received vs frames decoded per camera, RSS, open files,
 threads and shared-memory segments of the daemon's process tree over time (least-squares slope).
 
-    python bench/soak.py --minutes 20 --seed 0          # the issue's run, ~22 min
-    python bench/soak.py --minutes 2 --seed 1 --out /tmp/soak.json
+    python -m bench.soak --minutes 20 --seed 0          # the issue's run, ~22 min
+    python -m bench.soak --minutes 2 --seed 1 --out /tmp/soak.json
 
 Prints a table and writes bench/out/soak.json (--out); exit 1 when an assertion failed.
 """
@@ -57,8 +57,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
+from bench.common import OUT, ROOT
 
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
 KINDS = ("camera_kill", "learner_kill", "device_kill", "daemon_kill", "stream_stop", "disk_full", "junk",
@@ -175,7 +174,7 @@ class Rig:
 
     # -- components
     def start_stream(self) -> None:
-        self.stream = self._spawn("stream", [sys.executable, str(ROOT / "bench" / "_soak_stream.py"),
+        self.stream = self._spawn("stream", [sys.executable, "-m", "bench._soak_stream",
                                              "--port", str(self.ports["stream"]), "--clip", str(CLIP)])
         self.stream_starts += 1
 
@@ -580,8 +579,8 @@ class Faults:
     def junk(self) -> dict:
         rig = self.rig
         st = rig.status()
-        # a process of its own: a junk client may crash itself (bench/_soak_junk.py says how)
-        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "_soak_junk.py"), json.dumps(rig.endpoints()),
+        # a process of its own: a junk client may crash itself (bench._soak_junk says how)
+        proc = subprocess.run([sys.executable, "-m", "bench._soak_junk", json.dumps(rig.endpoints()),
                                str(self.rng.randrange(1 << 30))], capture_output=True, text=True, timeout=120, cwd=ROOT)
         try:
             sent = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -924,7 +923,7 @@ def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None,
 
 def machine() -> str:
     try:
-        from bench._machine import cpu_model
+        from bench.common import cpu_model
 
         return f"{cpu_model()}, {os.cpu_count()} cores"
     except Exception:  # noqa: BLE001
@@ -974,12 +973,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Soak a real `motionmask run` (two cameras, learner, exports, a device, subscribers) under a "
                     "seeded schedule of faults; assert that each is recovered and nothing is lost or corrupted.",
-        epilog="examples:\n  python bench/soak.py                       # 20 minutes of faults, seed 0\n"
-               "  python bench/soak.py --minutes 2 --seed 3 --out /tmp/soak.json",
+        epilog="examples:\n  python -m bench.soak                       # 20 minutes of faults, seed 0\n"
+               "  python -m bench.soak --minutes 2 --seed 3 --out /tmp/soak.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=20.0, help="minutes of faults after the rig is up (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seeds the fault order, pauses and durations (default 0)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "soak.json"), help="JSON output")
+    p.add_argument("--out", default=str(OUT / "soak.json"), help="JSON output")
     p.add_argument("--quiet-minutes", type=float, default=0.0, help="then this long without faults: the growth "
                    "of RSS, files and threads in a steady state (default 0)")
     p.add_argument("--kinds", default="", help=f"comma-separated faults to draw from (default: all of {', '.join(KINDS)})")

@@ -50,9 +50,8 @@ from streamer.motion.flow import working_size
 from streamer.motion.pipeline import MotionSegmenter
 from streamer.motion.superpixels import SuperpixelExtractor
 from streamer.sources import open_source
-from synth.things import load_gt
-
 from synth.families import cached as synth_cached
+from synth.things import load_gt
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".ts")
 SP_SIZES = ((160, 120), (240, 180), (320, 240))

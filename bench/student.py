@@ -5,9 +5,9 @@ frame with a moving object of a `motionmask synth` folder. For comparing trainin
     motionmask synth --out runs/s100 --seed 100 --clips 10     # train on these
     motionmask synth --out runs/s7 --seed 7 --clips 10         # score on these
     motionmask train runs/s100 --out runs/a --steps 1120 --minutes 0
-    python bench/student.py runs/s7 runs/a/checkpoints/last.pt runs/b/checkpoints/last.pt
-    python bench/student.py runs/s7 runs/a/checkpoints/last.pt --every 3 --no-teacher   # ~10x faster
-    python bench/student.py runs/s7 runs/a/checkpoints/last.pt --train runs/s100   # + by coverage
+    python -m bench.student runs/s7 runs/a/checkpoints/last.pt runs/b/checkpoints/last.pt
+    python -m bench.student runs/s7 runs/a/checkpoints/last.pt --every 3 --no-teacher   # ~10x faster
+    python -m bench.student runs/s7 runs/a/checkpoints/last.pt --train runs/s100   # + by coverage
 
 --train also splits the frames by what those training clips showed: the shot's background (seen
 or not) and its movers' photos (each moving in at least --common training objects, or not).
@@ -21,11 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
+from bench.common import OUT
+from common.errors import UserError
+from learner.evaluate import coverage, evaluate_checkpoints, student_view, synth_clips
 
-from learner.evaluate import coverage, evaluate_checkpoints, student_view, synth_clips  # noqa: E402
-from common.errors import UserError  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +36,7 @@ def main() -> int:
     ap.add_argument("--train", help="the motionmask synth folder the students trained on: adds the split by coverage")
     ap.add_argument("--common", type=int, default=5,
                     help="with --train: a mover photo is common from this many training objects (default 5)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "student.json"))
+    ap.add_argument("--out", default=str(OUT / "student.json"))
     args = ap.parse_args()
     names = {f"#{i}": ck for i, ck in enumerate(args.checkpoints)}  # the same file may be given twice
     try:

@@ -3,8 +3,8 @@ papers' low-shot transfer: pre-train the same backbone with different heads for 
 on the same synthetic clips, freeze it, train a fresh mask head on 20 ground-truth-labelled
 frames, and score that head on unseen clips.
 
-    python bench/transfer.py            # about 15 min on 2 CPU cores (3 backbones x 3 min of pre-training)
-    python bench/transfer.py --quick    # about 3 min: smaller, noisier
+    python -m bench.transfer            # about 15 min on 2 CPU cores (3 backbones x 3 min of pre-training)
+    python -m bench.transfer --quick    # about 3 min: smaller, noisier
 Prints tables and writes bench/out/transfer.json.
 
 Backbones compared (one seed, one initialisation; heads are drawn after the backbone):
@@ -46,19 +46,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/zmq.py would shadow pyzmq
-
-from learner.heads import forward_heads  # noqa: E402
-from learner.model import FPNMaskHead, _init  # noqa: E402
-from learner.samples import RingFeed  # noqa: E402
-from learner.train import Limits, Trainer, fit  # noqa: E402
-from motionmask.config import load_config  # noqa: E402
-from common.atomic import write_json  # noqa: E402
-from streamer.frames import Frame  # noqa: E402
-from streamer.motion.pipeline import MotionSegmenter  # noqa: E402
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result  # noqa: E402
-from synth.things import VERSION, generate, load_gt, object_patch  # noqa: E402
+from bench.common import OUT
+from common.atomic import write_json
+from learner.heads import forward_heads
+from learner.model import FPNMaskHead, _init
+from learner.samples import RingFeed
+from learner.train import Limits, Trainer, fit
+from motionmask.config import load_config
+from streamer.frames import Frame
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result
+from synth.things import VERSION, generate, load_gt, object_patch
 
 VARIANTS = {"random": (), "mask": (), "mask+emb": ("embedding",), "all": ("embedding", "segments")}
 
@@ -294,8 +292,8 @@ def main() -> int:
     ap.add_argument("--track-length", type=int, default=15, help="frames from a query patch to its tracked patch")
     ap.add_argument("--train-seed", type=int, default=0, help="initialisation and sampling of the pre-training")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"which backbones (default: {','.join(VARIANTS)})")
-    ap.add_argument("--data", default=str(ROOT / "bench" / "out" / "transfer_data"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "transfer.json"))
+    ap.add_argument("--data", default=str(OUT / "transfer_data"))
+    ap.add_argument("--out", default=str(OUT / "transfer.json"))
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     if not variants or set(variants) - set(VARIANTS):

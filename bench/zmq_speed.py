@@ -19,12 +19,13 @@ Stall cost = how much more CPU publish() takes with the stalled subscriber, at t
 unlike wall and flat-out figures it does not swing with other load on a small shared host, nor
 with how much the readers manage to drain.
 
-    python bench/zmq_speed.py                 # about a minute; prints a table, writes bench/out/zmq.json
+    python -m bench.zmq_speed                 # about a minute; prints a table, writes bench/out/zmq.json
 Targets: >= 500 masks/s, p99 < 5 ms, stall cost < 5 %.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import platform
 import queue
@@ -32,17 +33,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# This file is named zmq.py: drop its folder from the path so `import zmq` finds pyzmq.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import multiprocessing as mp  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from common.atomic import write_json  # noqa: E402
-from streamer.live.publish import MaskPublisher, PublishConfig  # noqa: E402
+from bench.common import OUT
+from common.atomic import write_json
+from streamer.live.publish import MaskPublisher, PublishConfig
 
 W, H = 640, 480
 TARGET_RATE, TARGET_P99_MS, TARGET_STALL = 500.0, 5.0, 0.05
@@ -233,7 +228,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds per scenario (default 3)")
     ap.add_argument("--rate", type=float, default=TARGET_RATE, help="latency run pace, masks/s (default 500)")
     ap.add_argument("--seconds", type=float, default=2.0, help="latency run length (default 2)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "zmq.json")
+    ap.add_argument("--out", type=Path, default=OUT / "zmq.json")
     args = ap.parse_args()
 
     rows = []

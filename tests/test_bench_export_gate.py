@@ -1,4 +1,4 @@
-"""bench/export_gate.py end to end: real synthetic clips, a real `motionmask train` run (a tiny net)
+"""bench.export_gate end to end: real synthetic clips, a real `motionmask train` run (a tiny net)
 with a checkpoint every 10 steps, and the gate's scores and replays it promises."""
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ def test_export_gate_bench_scores_every_checkpoint_and_replays_both_rules(tmp_pa
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "gate.json"
-    bench = [sys.executable, str(ROOT / "bench" / "export_gate.py")]
-    proc = run(*bench, "r", "--seen", "seen", "--eval", "unseen", "--samples", "8", "--out", str(out), cwd=tmp_path)
+    bench = [sys.executable, "-m", "bench.export_gate"]
+    seen, unseen = str(tmp_path / "seen"), str(tmp_path / "unseen")
+    proc = run(*bench, str(tmp_path / "r"), "--seen", seen, "--eval", unseen, "--samples", "8", "--out", str(out),
+               cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert [r["step"] for r in doc["rows"]] == [10, 20, 30]
@@ -47,6 +49,6 @@ def test_export_gate_bench_scores_every_checkpoint_and_replays_both_rules(tmp_pa
 
     # a run without step checkpoints: one line naming it and what to do, exit 2
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
-    proc = run(*bench, "empty", "--seen", "seen", "--eval", "unseen", cwd=tmp_path)
+    proc = run(*bench, str(tmp_path / "empty"), "--seen", seen, "--eval", unseen, cwd=ROOT)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "empty: 0 step checkpoints" in proc.stderr and "checkpoint-often.yaml" in proc.stderr

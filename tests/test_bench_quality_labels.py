@@ -1,5 +1,5 @@
-"""bench/quality.py and bench/labels.py end to end on a tiny generated folder (--data), and the
-family list they share (bench/_families.py)."""
+"""bench.quality and bench.labels end to end on a tiny generated folder (--data), and the
+family list they share (bench/families.py)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench._families import FAMILIES, Skipped, folder_family, resolve, select
+from bench.families import FAMILIES, Skipped, folder_family, resolve, select
 from synth.things import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,16 +29,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
 
 def test_quality_reports_every_figure_of_a_folder(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "quality.json"
-    proc = _run("quality.py", "--data", str(tiny), "--out", str(out), cwd=tmp_path)
+    proc = _run("bench.quality", "--data", str(tiny), "--out", str(out))
     doc = json.loads(out.read_text())
     assert list(doc["families"]) == ["data:" + tiny.name]
     fam = doc["families"]["data:" + tiny.name]
@@ -59,7 +59,7 @@ def test_quality_reports_every_figure_of_a_folder(tiny: Path, tmp_path: Path) ->
 
 def test_labels_reports_a_folder_per_clip(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "labels.json"
-    proc = _run("labels.py", "--data", str(tiny), "--out", str(out), cwd=tmp_path)
+    proc = _run("bench.labels", "--data", str(tiny), "--out", str(out))
     doc = json.loads(out.read_text())
     fam = doc["families"]["data:" + tiny.name]
     t = fam["total"]

@@ -1,4 +1,4 @@
-"""bench/rig.py end to end, smoke sized: a 30-second rig stream (generated and cached under
+"""bench.rig end to end, smoke sized: a 30-second rig stream (generated and cached under
 bench/out/rig), the teacher on its later 30%, real `motionmask train` runs of a tiny net for a few
 steps (the student and the multitask net), a real export and ONNX Runtime session, then the JSON."""
 from __future__ import annotations
@@ -26,9 +26,9 @@ def test_rig_bench_smoke(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "rig.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "rig.py"), "--quick", "--steps", "2", "--no-real",
+    proc = subprocess.run([sys.executable, "-m", "bench.rig", "--quick", "--steps", "2", "--no-real",
                            "--config", str(cfg), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     [run] = doc["runs"]

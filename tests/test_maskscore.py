@@ -1,11 +1,11 @@
-"""bench/_maskscore: the scores every quality figure of issue 18 comes from, on arrays small
+"""bench/maskscore: the scores every quality figure of issue 18 comes from, on arrays small
 enough to work out by hand."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench._maskscore import HALF, THRESHOLDS, LabelScore, MaskScore
+from bench.maskscore import HALF, THRESHOLDS, LabelScore, MaskScore
 
 
 def _at(t: float) -> int:

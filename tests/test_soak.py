@@ -1,4 +1,4 @@
-"""bench/soak.py (issue 22): a short soak of a real daemon under a seeded fault schedule, and the
+"""bench.soak (issue 22): a short soak of a real daemon under a seeded fault schedule, and the
 regressions it found, each with a test that failed before its fix."""
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def test_a_short_soak_recovers_from_every_fault(tmp_path: Path) -> None:
     fault injected is recovered within its bound, nothing unreadable, nothing left in /dev/shm or
     /tmp, the device's model verified at every sample."""
     out_json = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "1.3", "--seed", "7",
-                           "--out", str(out_json)], capture_output=True, text=True, timeout=420, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "1.3", "--seed", "7",
+                           "--out", str(out_json)], capture_output=True, text=True, timeout=420, cwd=ROOT)
     assert out_json.is_file(), proc.stderr[-4000:]
     r = json.loads(out_json.read_text())
     assert proc.returncode == 0, (r["problems"], proc.stderr[-4000:])

@@ -1,0 +1,104 @@
+"""What every benchmark shares: where it ran (CPU model, git revision), where it writes (bench/out),
+a free loopback port, one-thread re-execution, and contact-sheet tiles.
+
+    from bench.common import OUT, cpu_model, git_revision, save_json
+
+Benchmarks run as modules from the repository root (`python -m bench.quality`), so `bench`,
+`common`, `streamer`, `learner`, ... all import as packages and nothing edits sys.path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common.atomic import write_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS")
+
+
+# ---- where it ran ----------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's model name, so that numbers from different machines are never compared by mistake."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_revision() -> str:
+    """The checkout's short commit, "+ uncommitted changes" when tracked files differ from it."""
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---- what it writes --------------------------------------------------------------------------
+
+
+def save_json(path: str | Path, doc: object, indent: int = 2, default=None) -> None:
+    """Write a benchmark's JSON whole (a temp file renamed over it), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, (json.dumps(doc, indent=indent, default=default) + "\n").encode(), fsync=False)
+
+
+# ---- how it runs -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reexec_single_threaded(module: str) -> None:
+    """Replace this process with `python -m module argv...` with every BLAS/OpenMP pool at one
+    thread (a no-op once they are): the pools size themselves when numpy or torch is first
+    imported, so an honest single-core benchmark sets the environment and starts again. The same
+    working directory and environment, so `bench` imports as it did."""
+    if any(os.environ.get(v) != "1" for v in THREAD_VARS):
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]],
+                  {**os.environ, **{v: "1" for v in THREAD_VARS}})
+
+
+# ---- contact sheets --------------------------------------------------------------------------
+
+
+def tile(rgb: np.ndarray, width: int, label: str) -> np.ndarray:
+    """A frame scaled to `width` with a label a person can read on any frame."""
+    h = int(round(rgb.shape[0] * width / rgb.shape[1]))
+    t = cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA)
+    # a dark outline under white text reads on any frame
+    cv2.putText(t, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(t, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return t
+
+
+def overlay(rgb: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The frame darkened where the mask says background, tinted red where it says foreground."""
+    fg = (prob >= threshold)[..., None]
+    out = (rgb * 0.35).astype(np.uint8)
+    tint = (0.5 * rgb + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
+    return np.where(fg, tint, out)
