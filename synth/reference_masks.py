@@ -362,5 +362,5 @@ def reference_set(root: Path | str, data_dir: Path | str = DEFAULT_DATA) -> tupl
     for e in entries:  # the set points at the source videos; they must still be where it says
         if not Path(e["file"]).is_file():
             raise UserError(f"{e['file']}: missing, and {d} scores against it; restore it, or delete {d} "
-                            f"and rebuild from another folder (python bench/real_reference.py --data DIR)")
+                            f"and rebuild from another folder (python -m bench.real_reference --data DIR)")
     return d, entries
