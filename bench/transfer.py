@@ -49,13 +49,13 @@ from tqdm import tqdm
 from bench.common import OUT
 from common.atomic import write_json
 from learner.heads import forward_heads
-from learner.model import FPNMaskHead, _init
+from learner.model import FPNMaskHead, init_weights
 from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.config import load_config
 from streamer.frames import Frame
 from streamer.motion.pipeline import MotionSegmenter
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result, slots_for
 from synth.things import VERSION, generate, load_gt, object_patch
 
 VARIANTS = {"random": (), "mask": (), "mask+emb": ("embedding",), "all": ("embedding", "segments")}
@@ -82,6 +82,21 @@ def clip_set(folder: Path, seed: int, clips: int, frames: int) -> list[dict]:
         out.append({**e, "dir": d, "rgb": rgb, "gt": [load_gt(d, i) for i in range(len(rgb))],
                     "inst": [load_gt(d, i, kind="inst") for i in range(len(rgb))]})
     return out
+
+
+def ring_mb(height: int, width: int, slots: int) -> float:
+    """The smallest ring buffer, in MB, that holds `slots` samples: its whole bytes, found with
+    the ring's own slots_for (the ring holds exactly these samples, as it always has)."""
+    lo, hi = 0, 1 << 20
+    while slots_for(height, width, hi / 2**20) < slots:
+        hi *= 2
+    while lo < hi:  # the fewest bytes b with slots_for(b) >= slots
+        mid = (lo + hi) // 2
+        if slots_for(height, width, mid / 2**20) >= slots:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi / 2**20
 
 
 def stream(clips: list[dict], cfg, gt_pairs: bool = False) -> tuple[RingBuffer, object, dict]:
@@ -121,7 +136,7 @@ def stream(clips: list[dict], cfg, gt_pairs: bool = False) -> tuple[RingBuffer, 
     bar.close()
     n = len(samples) + 2
     ring = RingBuffer.create(BufferConfig(train_width=bcfg.train_width, train_height=bcfg.train_height,
-                                          memory_mb=_total_bytes(bcfg.train_height, bcfg.train_width, n) / 2**20,
+                                          memory_mb=ring_mb(bcfg.train_height, bcfg.train_width, n),
                                           per_shot_cap=n))
     for s in samples:
         ring.put(s)
@@ -186,9 +201,9 @@ def transfer_iou(model, train_x: np.ndarray, train_gt: np.ndarray, test_x: np.nd
     feats, test_feats = pyramids(model, train_x), pyramids(model, test_x)
     torch.manual_seed(seed)
     head = FPNMaskHead(model.channels, model.cfg.decoder or 2 * model.cfg.resolved_width())
-    holder = torch.nn.Module()  # _init initialises model.heads["mask"] with the foreground prior
+    holder = torch.nn.Module()  # init_weights initialises model.heads["mask"] with the foreground prior
     holder.heads = torch.nn.ModuleDict({"mask": head})
-    _init(holder)
+    init_weights(holder)
     opt = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
     target = torch.from_numpy(train_gt > 0).float()
     g = torch.Generator().manual_seed(seed)
