@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -41,6 +41,10 @@ from common.errors import SourceError, UserError
 from common.log import log_event
 from streamer.motion.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
 from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result
+
+if TYPE_CHECKING:
+    from streamer.motion.pipeline import MotionSegmenter
+    from streamer.sources.base import Source
 
 log = logging.getLogger("motionmask.camera")
 
@@ -119,68 +123,85 @@ class CameraProcess:
         from streamer.sources import open_source
 
         self.reporter.start()
-        code = EXIT_OK
         try:
-            if self.spec.get("buffer_name"):
-                self.buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
-                self.ring = RingBuffer.attach(self.spec["buffer_name"], self.buffer_cfg)
-            if self.spec.get("pairs_name") and self.cfg.patches.enabled:
-                from streamer.shm.pairbuffer import PairBuffer
-                from streamer.motion.patches import PatchMiner
-
-                self.pairs = PairBuffer.attach(self.spec["pairs_name"], self.cfg.patches.lock_timeout_ms)
-                self.miner = PatchMiner(self.cfg.patches, self.name)
+            self._attach_stores()
             log_event(log, "camera_opening", camera=self.name, source=self.spec["source_label"])
             source = open_source(self.spec["source"], self.cfg.source, source_id=self.name)
-            self.source = source
-            self.phase = "running"
-            self._running_since = time.monotonic()
-            if self.stop.is_set():
-                source.close()
-            self.info = {"kind": source.kind, "width": source.width, "height": source.height,
-                         "fps_nominal": source.fps or 0.0}
-            log_event(log, "camera_running", camera=self.name, kind=source.kind,
-                      size=f"{source.width}x{source.height}", fps=source.fps or 0.0)
-            seg = MotionSegmenter(self.cfg)
-            pace = self.realtime and not source.live
-            anchor: tuple[float, float] | None = None  # (wall, stream time) of the pacing origin
-            with source:
-                for frame in source:
-                    if self.stop.is_set():
-                        break
-                    if pace:
-                        anchor = self._pace(frame.timestamp, anchor)
-                        if self.stop.is_set():
-                            break
-                    self._capture_ns[frame.index] = (int(frame.timestamp * 1e9) if source.live
-                                                     else time.time_ns())
-                    t0 = time.perf_counter()
-                    results = seg.push(frame)
-                    self._handle(results, (time.perf_counter() - t0) * 1e3)
-                if not self.stop.is_set():
-                    self._handle(seg.flush(), 0.0)
-            self.phase = "stopped" if self.stop.is_set() else "finished"
-            if self.phase == "stopped":
-                code = 128 + (self.signum or signal.SIGTERM)
-            if self.phase == "finished":
-                log_event(log, "camera_source_ended", camera=self.name, frames=self.counters["frames"])
-                if KEEP_RATE_MIN_FRAMES <= self.counters["frames"] < KEEP_RATE_CHECK_FRAMES:
-                    self._check_keep_rate()
+            self._running(source)
+            self._segment(source, MotionSegmenter(self.cfg))
+            return self._ended()
         except Stopped:
             self.phase = "stopped"
-            code = 128 + (self.signum or signal.SIGTERM)
+            return 128 + (self.signum or signal.SIGTERM)
         except SourceError as e:
-            self.phase, self.error, code = "failed", str(e), EXIT_SOURCE
+            self.phase, self.error = "failed", str(e)
             log_event(log, "camera_source_failed", logging.ERROR, camera=self.name, error=e)
+            return EXIT_SOURCE
         except UserError as e:
-            self.phase, self.error, code = "failed", str(e), EXIT_USER
+            self.phase, self.error = "failed", str(e)
             log_event(log, "camera_failed", logging.ERROR, camera=self.name, error=e)
+            return EXIT_USER
         except Exception as e:
-            self.phase, self.error, code = "failed", f"crashed: {type(e).__name__}: {e}", EXIT_CRASH
+            self.phase, self.error = "failed", f"crashed: {type(e).__name__}: {e}"
             log.exception("event=camera_crashed camera=%s", self.name)
+            return EXIT_CRASH
         finally:
             self.close()
-        return code
+
+    def _attach_stores(self) -> None:
+        """The daemon's shared ring buffer (training samples) and pair store, when it has them."""
+        if self.spec.get("buffer_name"):
+            self.buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
+            self.ring = RingBuffer.attach(self.spec["buffer_name"], self.buffer_cfg)
+        if self.spec.get("pairs_name") and self.cfg.patches.enabled:
+            from streamer.motion.patches import PatchMiner
+            from streamer.shm.pairbuffer import PairBuffer
+
+            self.pairs = PairBuffer.attach(self.spec["pairs_name"], self.cfg.patches.lock_timeout_ms)
+            self.miner = PatchMiner(self.cfg.patches, self.name)
+
+    def _running(self, source: Source) -> None:
+        self.source = source
+        self.phase = "running"
+        self._running_since = time.monotonic()
+        if self.stop.is_set():
+            source.close()
+        self.info = {"kind": source.kind, "width": source.width, "height": source.height,
+                     "fps_nominal": source.fps or 0.0}
+        log_event(log, "camera_running", camera=self.name, kind=source.kind,
+                  size=f"{source.width}x{source.height}", fps=source.fps or 0.0)
+
+    def _segment(self, source: Source, seg: MotionSegmenter) -> None:
+        """Every frame through the segmenter until the source ends or a stop; a file in realtime
+        is paced as a camera would deliver it."""
+        pace = self.realtime and not source.live
+        anchor: tuple[float, float] | None = None  # (wall, stream time) of the pacing origin
+        with source:
+            for frame in source:
+                if self.stop.is_set():
+                    break
+                if pace:
+                    anchor = self._pace(frame.timestamp, anchor)
+                    if self.stop.is_set():
+                        break
+                self._capture_ns[frame.index] = (int(frame.timestamp * 1e9) if source.live
+                                                 else time.time_ns())
+                t0 = time.perf_counter()
+                results = seg.push(frame)
+                self._handle(results, (time.perf_counter() - t0) * 1e3)
+            if not self.stop.is_set():
+                self._handle(seg.flush(), 0.0)
+
+    def _ended(self) -> int:
+        """The exit status once the loop is over: stopped by a signal, or the source ended."""
+        if self.stop.is_set():
+            self.phase = "stopped"
+            return 128 + (self.signum or signal.SIGTERM)
+        self.phase = "finished"
+        log_event(log, "camera_source_ended", camera=self.name, frames=self.counters["frames"])
+        if KEEP_RATE_MIN_FRAMES <= self.counters["frames"] < KEEP_RATE_CHECK_FRAMES:
+            self._check_keep_rate()
+        return EXIT_OK
 
     def _pace(self, ts: float, anchor: tuple[float, float] | None) -> tuple[float, float]:
         """Sleep until stream time `ts` is due, as a camera would deliver it."""
