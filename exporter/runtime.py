@@ -27,10 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:
-    import cv2
-except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
-    from streamer import npcv as cv2
 import numpy as np
 
 from exporter.bundle import LATEST, Bundle, load_bundle, read_pointer, resolve_bundle
@@ -104,6 +100,17 @@ def make_session(model: bytes | str | Path, provider: str = "auto", threads: int
 # Frames in, frames out
 
 
+def _cv2() -> Any:
+    """OpenCV, loaded at the first frame and not at import: `motionmask device` imports this
+    module and must load nothing of the rig role. A device-only install has NumPy stand-ins
+    instead (streamer/npcv.py)."""
+    try:
+        import cv2
+    except ModuleNotFoundError:
+        from streamer import npcv as cv2
+    return cv2
+
+
 def fit_frame(image: np.ndarray, width: int, height: int, resize: str = "fit",
               box: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """An RGB frame as the model's input (height x width x 3 uint8) and the (h, w) region of that
@@ -112,6 +119,7 @@ def fit_frame(image: np.ndarray, width: int, height: int, resize: str = "fit",
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an H x W x 3 uint8 RGB frame, got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
+    cv2 = _cv2()
     if resize == "stretch":
         interp = cv2.INTER_AREA if (w > width or h > height) else cv2.INTER_LINEAR
         x = image if (w, h) == (width, height) else cv2.resize(image, (width, height), interpolation=interp)
@@ -128,6 +136,7 @@ def fit_frame(image: np.ndarray, width: int, height: int, resize: str = "fit",
 
 def unfit_map(out: np.ndarray, region: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """An h x w output map of the model's input -> the frame's (H, W): cut the region, resize."""
+    cv2 = _cv2()
     rh, rw = region
     m = out[:rh, :rw]
     H, W = size
