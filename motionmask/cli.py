@@ -8,9 +8,9 @@ import importlib
 import importlib.util
 import sys
 
-from motionmask import __version__
-from motionmask.config import ConfigError
+from common.config import ConfigError
 from common.errors import UserError
+from motionmask import __version__
 
 # in the order `motionmask --help` lists them: the daily ones first
 COMMANDS: list[str] = ["run", "learn", "status", "console", "subscribe", "masks", "train", "predict", "export", "device", "synth", "keys"]
@@ -36,7 +36,9 @@ EPILOG = """examples:
 run `motionmask COMMAND --help` for each command's options."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `only`, every command is listed but only that one's
+    module is imported (each imports its role's packages: `motionmask device` loads no streamer)."""
     parser = argparse.ArgumentParser(
         prog="motionmask",
         description="Learn to segment what moves, by watching video.",
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         if missing_role(name):  # listed, never imported: main() answers with ROLE_ERROR
             sub.add_parser(name, help="(not installed: needs the rig/learn role)", add_help=False)
             continue
+        if only is not None and name != only:
+            sub.add_parser(name, add_help=False)  # not the command being run: never parsed
+            continue
         module = importlib.import_module(f"motionmask.commands.{name}")
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
@@ -59,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 def missing_role(command: str) -> bool:
     """Whether a package the command needs is not installed (looked up, not imported)."""
     return any(importlib.util.find_spec(m) is None for m in NEEDS.get(command, ()))
+
+
+def _help_before(argv: list[str], command: str) -> bool:
+    """`motionmask --help masks` prints the list of commands, which needs every one of them."""
+    return any(a in ("-h", "--help") for a in argv[: argv.index(command)])
 
 
 def setup_logging(level: str) -> None:
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if command and missing_role(command):  # before argparse, so that `train --help` says it too
         print(ROLE_ERROR.format(command=command), file=sys.stderr)
         return 2
-    parser = build_parser()
+    parser = build_parser(command if command and not _help_before(argv, command) else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
