@@ -24,3 +24,10 @@ def _loaded_after(code: str) -> list[str]:
 
 def test_device_modules_load_nothing_of_the_streamer_or_the_learner():
     assert _loaded_after("\n".join(f"import {m}" for m in DEVICE_MODULES)) == []
+
+
+def test_the_device_command_through_the_cli_loads_nothing_of_them():
+    # the CLI imports only the module of the command it runs (`motionmask --help` imports them all)
+    run = "from motionmask.cli import main\ntry:\n    main(['device', '--help'])\nexcept SystemExit:\n    pass"
+    assert _loaded_after(run) == []
+    assert _loaded_after("from motionmask.cli import main\nassert main(['device', '--dir', '.', '--once']) == 2") == []
