@@ -6,4 +6,5 @@
   pids         pid_alive: is the writer of a temp file or a shared-memory row still running?
   json_input   JSON from outside, every failure a ValueError
   config       the strict config loader: from_dict, merge, check
+  npcv         NumPy stand-ins for the few OpenCV calls on a device's path (no OpenCV installed)
 """

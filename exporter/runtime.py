@@ -103,11 +103,11 @@ def make_session(model: bytes | str | Path, provider: str = "auto", threads: int
 def _cv2() -> Any:
     """OpenCV, loaded at the first frame and not at import: `motionmask device` imports this
     module and must load nothing of the rig role. A device-only install has NumPy stand-ins
-    instead (streamer/npcv.py)."""
+    instead (common/npcv.py)."""
     try:
         import cv2
     except ModuleNotFoundError:
-        from streamer import npcv as cv2
+        from common import npcv as cv2
     return cv2
 
 

@@ -1,4 +1,4 @@
-"""streamer.npcv, the NumPy stand-ins a device-only install uses for OpenCV on predict's path,
+"""common.npcv, the NumPy stand-ins a device-only install uses for OpenCV on predict's path,
 against OpenCV itself on the same inputs."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer import npcv
+from common import npcv
 from streamer.motion.trimap import near_or_inside
 from streamer.motion.shots import hsv_histogram
 

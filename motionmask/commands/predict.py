@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Iterator
 
 try:
     import cv2
-except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
-    from streamer import npcv as cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
+    from common import npcv as cv2
 
 from motionmask.commands.mask_outputs import Outputs, Progress, write_all
 from motionmask.commands.options import info_logs, parse_count, plural, source_spec

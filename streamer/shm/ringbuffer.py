@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 import _posixshmem  # the module multiprocessing.shared_memory is built on; gives us the fd
 try:
     import cv2
-except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
-    from streamer import npcv as cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
+    from common import npcv as cv2
 import numpy as np
 
 from common.config import check

@@ -11,8 +11,8 @@ from typing import Iterator
 import av
 try:
     import cv2
-except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (streamer/npcv.py)
-    from streamer import npcv as cv2
+except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
+    from common import npcv as cv2
 import numpy as np
 from av.error import FFmpegError
 
