@@ -25,7 +25,7 @@ from exporter.transfer import BundleServer
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ["pyproject.toml", "README.md", "motionmask", "streamer", "learner", "exporter"]
+SOURCE = ["pyproject.toml", "README.md", "common", "motionmask", "streamer", "synth", "learner", "exporter"]
 ROLE_ONLY = ["torch", "cv2", "skimage", "scipy", "onnx", "onnxscript", "starlette", "uvicorn"]
 ROLE_LINE = "motionmask {} needs the rig/learn role: pip install 'motionmask[all]'"
 
