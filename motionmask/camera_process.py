@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
-from motionmask.child import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, Reporter, Stopped, push_socket, run_child
 from common.config import from_dict
-from motionmask.fuse import MIN_STUDENT, CarriedStudent, live_step
-from streamer.live import protocol
-from streamer.config import StreamerConfig
 from common.errors import SourceError, UserError
 from common.log import log_event
+from motionmask.child import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, Reporter, Stopped, push_socket, run_child
+from motionmask.fuse import MIN_STUDENT, CarriedStudent, live_step
+from streamer.config import StreamerConfig
+from streamer.live import protocol
 from streamer.motion.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
 from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result
 

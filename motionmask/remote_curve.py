@@ -9,8 +9,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from learner.transport_config import TransportConfig
 from common.errors import UserError
+from learner.transport_config import TransportConfig
 from streamer.live.publish import ClientKeys
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from motionmask.control import DEFAULT_ENDPOINT
-from motionmask.web.config import WebConfig, is_loopback
 from common.errors import UserError
 from common.log import log_event
+from motionmask.control import DEFAULT_ENDPOINT
+from motionmask.web.config import WebConfig, is_loopback
 
 log = logging.getLogger("motionmask.web")
 

@@ -9,9 +9,9 @@ import logging
 import sys
 import threading
 
-from motionmask.commands.signals import Terminated, signals_as_exceptions
 from common.errors import UserError
 from common.log import log_event
+from motionmask.commands.signals import Terminated, signals_as_exceptions
 
 logger = logging.getLogger(__name__)
 

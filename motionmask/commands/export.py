@@ -8,13 +8,13 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from motionmask.commands.signals import Terminated, signals_as_exceptions
-from motionmask.config import load_config
 from common.errors import UserError
 from common.log import log_event
+from motionmask.commands.signals import Terminated, signals_as_exceptions
+from motionmask.config import load_config
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import zmq
 
+from common.errors import UserError
 from motionmask.commands.options import parse_count
 from motionmask.config import Config, load_config
 from motionmask.daemon import run_daemon
-from common.errors import UserError
 
 EPILOG = """examples:
   motionmask learn --config configs/learner.yaml    # on the GPU machine

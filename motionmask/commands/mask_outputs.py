@@ -11,19 +11,19 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from motionmask.commands.options import plural
 from motionmask.commands.signals import Terminated, exit_status, signals_ignored
-from streamer.sources.base import Source
 from streamer.frames import MaskResult
 from streamer.motion.prune import pruned_summary
 from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay, trimap_rgb
+from streamer.sources.base import Source
 from streamer.writer import CONTACT_NAME, OVERLAY_NAME, MaskWriter
 
 

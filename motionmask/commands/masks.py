@@ -6,15 +6,15 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+from common.errors import UserError
+from common.log import log_event
 from motionmask.commands.mask_outputs import Outputs, Progress, write_all
 from motionmask.commands.options import info_logs, parse_count, source_spec
 from motionmask.commands.signals import StopRequest, signals_deferred
 from motionmask.config import Config, load_config
-from common.errors import UserError
-from common.log import log_event
 from streamer.config import StreamerConfig
 from streamer.frames import MaskResult
 from streamer.sources import open_source

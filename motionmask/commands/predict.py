@@ -7,20 +7,21 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 try:
     import cv2
 except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
     from common import npcv as cv2
 
+from common.errors import UserError
+from common.log import log_event
 from motionmask.commands.mask_outputs import Outputs, Progress, write_all
 from motionmask.commands.options import info_logs, parse_count, plural, source_spec
 from motionmask.commands.signals import StopRequest, signals_deferred
 from motionmask.config import Config, load_config
-from common.errors import UserError
-from common.log import log_event
 from streamer.config import StreamerConfig
 from streamer.frames import MaskResult
 from streamer.motion.flow import working_size

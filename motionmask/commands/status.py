@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from motionmask.control import DEFAULT_ENDPOINT, ControlUnavailable, request
 from common.errors import UserError
+from motionmask.control import DEFAULT_ENDPOINT, ControlUnavailable, request
 
 EPILOG = f"""examples:
   motionmask status                                   # the daemon at {DEFAULT_ENDPOINT}

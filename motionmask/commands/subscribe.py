@@ -5,11 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.atomic import write_bytes
+from common.errors import UserError
 from motionmask.client import DEFAULT_ENDPOINT, MaskSubscriber
 from streamer.live import protocol
-from common.atomic import write_bytes
 from streamer.png import write_png
-from common.errors import UserError
 
 EPILOG = f"""examples:
   motionmask subscribe                                   # every mask from {DEFAULT_ENDPOINT}
