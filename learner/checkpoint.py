@@ -14,6 +14,8 @@ import logging
 import os
 import re
 import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -145,3 +147,23 @@ def find_resume(run_dir: str | Path, map_location: str | torch.device = "cpu") -
     if errors:
         raise UserError(f"{d}: no readable checkpoint ({errors[0]}); move the folder away to start afresh")
     return None
+
+
+@dataclass
+class CheckpointClock:
+    """When fit() saves: every `every_steps` steps and every `every_minutes` minutes since the
+    last save (learner.checkpoint; 0 = off), and whenever asked (a bootstrapping round). fit()
+    also saves once at the end, whatever the reason, when a step was done since."""
+    every_steps: int
+    every_minutes: float
+    step: int  # the step of the last save (at first: the run's step when fit() began)
+    time: float = field(default_factory=time.monotonic)
+
+    def due(self, step: int, asked: bool = False) -> bool:
+        return bool((self.every_steps and step - self.step >= self.every_steps)
+                    or (self.every_minutes and time.monotonic() - self.time >= self.every_minutes * 60)
+                    or asked)
+
+    def saved(self, step: int) -> None:
+        """A save was tried at `step` (a failed one too: the next is tried on schedule)."""
+        self.step, self.time = step, time.monotonic()

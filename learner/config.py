@@ -37,6 +37,19 @@ class ModelConfig:
     def resolved_width(self) -> int:
         return self.width or DEFAULT_WIDTH.get(self.backbone, 24)
 
+    def checks(self) -> list[tuple[str, bool, str]]:
+        """(key, ok, what it must be) for common.config.check; keys relative to learner."""
+        return [
+            ("model.backbone", self.backbone in BACKBONES, " or ".join(BACKBONES)),
+            ("model.width", 0 <= self.width <= 1024, "between 0 and 1024 (0 = default)"),
+            ("model.blocks", len(self.blocks) == 4 and all(0 <= n <= 16 for n in self.blocks),
+             "four block counts between 0 and 16, e.g. [1, 2, 2, 1]"),
+            ("model.decoder", 0 <= self.decoder <= 1024, "between 0 and 1024 (0 = 2 x width)"),
+            ("model.mask_size", 4 <= self.mask_size <= 256, "between 4 and 256"),
+            ("model.mean", len(self.mean) == 3, "three numbers (R, G, B in 0..1)"),
+            ("model.std", len(self.std) == 3 and all(v > 0 for v in self.std), "three positive numbers"),
+        ]
+
 
 @dataclass
 class CropConfig:
@@ -58,6 +71,26 @@ class CropConfig:
 
     def resolved_size(self, backbone: str) -> int:
         return self.size or DEFAULT_CROP.get(backbone, 128)
+
+    def checks(self, backbone: str) -> list[tuple[str, bool, str]]:
+        """(key, ok, what it must be) for common.config.check; keys relative to learner."""
+        return [
+            ("crops.size", self.size == 0 or 32 <= self.size <= 1024, "0 (default) or between 32 and 1024"),
+            ("crops.size", backbone != "compact" or self.size % 32 == 0, "a multiple of 32 for the compact backbone"),
+            ("crops.size", backbone != "alexnet" or self.size == 0 or self.size >= 67, ">= 67 for alexnet"),
+            ("crops.per_frame", 1 <= self.per_frame <= 64, "between 1 and 64"),
+            ("crops.context_min", 1.0 <= self.context_min <= self.context_max <= 8.0, "1 <= context_min <= context_max <= 8"),
+            ("crops.shift", 0 <= self.shift <= 0.5, "between 0 and 0.5"),
+            ("crops.min_side", 0 < self.min_side <= 1, "in (0, 1]"),
+            ("crops.random_fraction", 0 <= self.random_fraction <= 1, "between 0 and 1"),
+            ("crops.brightness", 0 <= self.brightness < 1, "in [0, 1)"),
+            ("crops.contrast", 0 <= self.contrast < 1, "in [0, 1)"),
+            ("crops.saturation", 0 <= self.saturation <= 1, "between 0 and 1"),
+            ("crops.hue", 0 <= self.hue <= 0.5, "between 0 and 0.5 (a fraction of a turn)"),
+            ("crops.grayscale", 0 <= self.grayscale <= 1, "between 0 and 1"),
+            ("crops.paste", 0 <= self.paste <= 1, "between 0 and 1"),
+            ("crops.paste_rim", 0 <= self.paste_rim <= 0.25, "between 0 and 0.25"),
+        ]
 
 
 @dataclass
@@ -83,12 +116,40 @@ class TrainConfig:
     minutes: float = 12.0  # ... or after this long, whichever comes first; 0 = no time limit
     log_every: int = 10  # steps per RUN/train.jsonl line
 
+    def checks(self) -> list[tuple[str, bool, str]]:
+        """(key, ok, what it must be) for common.config.check; keys relative to learner."""
+        return [
+            ("train.device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("train.threads", 0 <= self.threads <= 1024, "between 0 and 1024 (0 = auto)"),
+            ("train.nproc", 1 <= self.nproc <= 1024, "between 1 and 1024"),
+            ("train.batch", 1 <= self.batch <= 65536, "between 1 and 65536"),
+            ("train.lr", 0 < self.lr < 1, "in (0, 1)"),
+            ("train.weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("train.schedule", self.schedule in ("constant", "cosine"), "constant or cosine"),
+            ("train.cpu_precision", self.cpu_precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+            ("train.warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("train.min_lr_fraction", 0 <= self.min_lr_fraction <= 1, "between 0 and 1"),
+            ("train.grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"),
+            ("train.max_nan_steps", self.max_nan_steps >= 1, ">= 1"),
+            ("train.steps", self.steps >= 0, ">= 0 (0 = no limit)"),
+            ("train.minutes", self.minutes >= 0, ">= 0 (0 = no limit)"),
+            ("train.log_every", self.log_every >= 1, ">= 1"),
+        ]
+
 
 @dataclass
 class CheckpointConfig:
     every_steps: int = 1000  # save every N steps...
     every_minutes: float = 3.0  # ... and at least this often; and always at shutdown. 0 = off
     keep: int = 3  # step_XXXXXXX.pt files kept (last.pt is always the newest of them)
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        """(key, ok, what it must be) for common.config.check; keys relative to learner."""
+        return [
+            ("checkpoint.every_steps", self.every_steps >= 0, ">= 0 (0 = off)"),
+            ("checkpoint.every_minutes", self.every_minutes >= 0, ">= 0 (0 = off)"),
+            ("checkpoint.keep", self.keep >= 1, ">= 1"),
+        ]
 
 
 @dataclass
@@ -97,6 +158,15 @@ class SamplesConfig:
     wait_log_s: float = 30.0  # an empty buffer: one log line when waiting starts and then every this many seconds
     offline_draws_per_sample: float = 4.0  # offline, buffer full: the streamer waits until the learner drew this many samples per eviction
     offline_max_buffer_mb: float = 1024.0  # offline: the buffer grows up to this to hold every frame of the inputs
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        """(key, ok, what it must be) for common.config.check; keys relative to learner."""
+        return [
+            ("samples.sampling", self.sampling in ("", "uniform", "recency"), "uniform, recency or \"\" (= buffer.sampling)"),
+            ("samples.wait_log_s", self.wait_log_s > 0, "> 0"),
+            ("samples.offline_draws_per_sample", self.offline_draws_per_sample >= 0, ">= 0 (0 = never wait)"),
+            ("samples.offline_max_buffer_mb", self.offline_max_buffer_mb > 0, "> 0"),
+        ]
 
 
 @dataclass
@@ -114,6 +184,20 @@ class BootstrapConfig:
     max_samples: int = 0  # buffer samples refined per round, newest first; 0 = all of them
     batch: int = 16  # frames per forward pass while refining
     publish: bool = True  # the daemon publishes refined masks (kind `refined`)
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        """(key, ok, what it must be) for common.config.check; keys relative to learner."""
+        return [
+            ("bootstrap.every_steps", self.every_steps >= 1, ">= 1"),
+            ("bootstrap.start_step", self.start_step >= 0, ">= 0 (0 = every_steps)"),
+            ("bootstrap.rule", self.rule in FUSION_RULES, " or ".join(FUSION_RULES)),
+            ("bootstrap.weight_start", 0 <= self.weight_start <= 1, "between 0 and 1"),
+            ("bootstrap.weight_step", 0 <= self.weight_step <= 1, "between 0 and 1"),
+            ("bootstrap.weight_max", self.weight_start <= self.weight_max <= 1, "between weight_start and 1"),
+            ("bootstrap.max_rounds", self.max_rounds >= 0, ">= 0 (0 = no limit)"),
+            ("bootstrap.max_samples", self.max_samples >= 0, ">= 0 (0 = all)"),
+            ("bootstrap.batch", 1 <= self.batch <= 4096, "between 1 and 4096"),
+        ]
 
 
 @dataclass
@@ -207,72 +291,23 @@ class LearnerConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the key for values no type check catches."""
-        m, c, t, k, s, b = self.model, self.crops, self.train, self.checkpoint, self.samples, self.bootstrap
-        checks = [
-            ("model.backbone", m.backbone in BACKBONES, " or ".join(BACKBONES)),
-            ("model.width", 0 <= m.width <= 1024, "between 0 and 1024 (0 = default)"),
-            ("model.blocks", len(m.blocks) == 4 and all(0 <= b <= 16 for b in m.blocks),
-             "four block counts between 0 and 16, e.g. [1, 2, 2, 1]"),
-            ("model.decoder", 0 <= m.decoder <= 1024, "between 0 and 1024 (0 = 2 x width)"),
-            ("model.mask_size", 4 <= m.mask_size <= 256, "between 4 and 256"),
-            ("model.mean", len(m.mean) == 3, "three numbers (R, G, B in 0..1)"),
-            ("model.std", len(m.std) == 3 and all(v > 0 for v in m.std), "three positive numbers"),
-            ("crops.size", c.size == 0 or 32 <= c.size <= 1024, "0 (default) or between 32 and 1024"),
-            ("crops.size", m.backbone != "compact" or c.size % 32 == 0, "a multiple of 32 for the compact backbone"),
-            ("crops.size", m.backbone != "alexnet" or c.size == 0 or c.size >= 67, ">= 67 for alexnet"),
-            ("crops.per_frame", 1 <= c.per_frame <= 64, "between 1 and 64"),
-            ("crops.context_min", 1.0 <= c.context_min <= c.context_max <= 8.0, "1 <= context_min <= context_max <= 8"),
-            ("crops.shift", 0 <= c.shift <= 0.5, "between 0 and 0.5"),
-            ("crops.min_side", 0 < c.min_side <= 1, "in (0, 1]"),
-            ("crops.random_fraction", 0 <= c.random_fraction <= 1, "between 0 and 1"),
-            ("crops.brightness", 0 <= c.brightness < 1, "in [0, 1)"),
-            ("crops.contrast", 0 <= c.contrast < 1, "in [0, 1)"),
-            ("crops.saturation", 0 <= c.saturation <= 1, "between 0 and 1"),
-            ("crops.hue", 0 <= c.hue <= 0.5, "between 0 and 0.5 (a fraction of a turn)"),
-            ("crops.grayscale", 0 <= c.grayscale <= 1, "between 0 and 1"),
-            ("crops.paste", 0 <= c.paste <= 1, "between 0 and 1"),
-            ("crops.paste_rim", 0 <= c.paste_rim <= 0.25, "between 0 and 0.25"),
-            ("train.device", t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
-            ("train.threads", 0 <= t.threads <= 1024, "between 0 and 1024 (0 = auto)"),
-            ("train.nproc", 1 <= t.nproc <= 1024, "between 1 and 1024"),
-            ("train.batch", 1 <= t.batch <= 65536, "between 1 and 65536"),
-            ("train.lr", 0 < t.lr < 1, "in (0, 1)"),
-            ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
-            ("train.schedule", t.schedule in ("constant", "cosine"), "constant or cosine"),
-            ("train.cpu_precision", t.cpu_precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
-            ("train.warmup_steps", t.warmup_steps >= 0, ">= 0"),
-            ("train.min_lr_fraction", 0 <= t.min_lr_fraction <= 1, "between 0 and 1"),
-            ("train.grad_clip", t.grad_clip >= 0, ">= 0 (0 = off)"),
-            ("train.max_nan_steps", t.max_nan_steps >= 1, ">= 1"),
-            ("train.steps", t.steps >= 0, ">= 0 (0 = no limit)"),
-            ("train.minutes", t.minutes >= 0, ">= 0 (0 = no limit)"),
-            ("train.log_every", t.log_every >= 1, ">= 1"),
-            ("checkpoint.every_steps", k.every_steps >= 0, ">= 0 (0 = off)"),
-            ("checkpoint.every_minutes", k.every_minutes >= 0, ">= 0 (0 = off)"),
-            ("checkpoint.keep", k.keep >= 1, ">= 1"),
-            ("samples.sampling", s.sampling in ("", "uniform", "recency"), "uniform, recency or \"\" (= buffer.sampling)"),
-            ("samples.wait_log_s", s.wait_log_s > 0, "> 0"),
-            ("samples.offline_draws_per_sample", s.offline_draws_per_sample >= 0, ">= 0 (0 = never wait)"),
-            ("samples.offline_max_buffer_mb", s.offline_max_buffer_mb > 0, "> 0"),
-            ("bootstrap.every_steps", b.every_steps >= 1, ">= 1"),
-            ("bootstrap.start_step", b.start_step >= 0, ">= 0 (0 = every_steps)"),
-            ("bootstrap.rule", b.rule in FUSION_RULES, " or ".join(FUSION_RULES)),
-            ("bootstrap.weight_start", 0 <= b.weight_start <= 1, "between 0 and 1"),
-            ("bootstrap.weight_step", 0 <= b.weight_step <= 1, "between 0 and 1"),
-            ("bootstrap.weight_max", b.weight_start <= b.weight_max <= 1, "between weight_start and 1"),
-            ("bootstrap.max_rounds", b.max_rounds >= 0, ">= 0 (0 = no limit)"),
-            ("bootstrap.max_samples", b.max_samples >= 0, ">= 0 (0 = all)"),
-            ("bootstrap.batch", 1 <= b.batch <= 4096, "between 1 and 4096"),
+        sections = (self.model.checks() + self.crops.checks(self.model.backbone) + self.train.checks()
+                    + self.checkpoint.checks() + self.samples.checks() + self.bootstrap.checks())
+        check("learner", sections + self._checks() + self.heads.checks() + self.transport.checks())
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """The learner's own keys (where its checkpoints go, where its samples come from)."""
+        tr, batch = self.transport, self.train.batch
+        return [
             ("run_dir", bool(self.run_dir.strip()), "a folder, e.g. runs/daemon"),
             ("remote", not self.remote or "://" in self.remote, "empty or a ZeroMQ endpoint such as tcp://gpu-box:5562"),
             ("remote", not (self.remote and self.enabled), "empty when learner.enabled is true (a rig whose "
              "samples go to a remote learner sets learner.enabled: false)"),
             ("listen", "://" in self.listen, "a ZeroMQ endpoint such as tcp://127.0.0.1:5562"),
-            ("transport.tolerance", not self.transport.samples_per_insert or self.transport.tolerance >= max(
-                t.batch, self.transport.samples_per_insert), f">= learner.train.batch ({t.batch}) and >= "
-             f"transport.samples_per_insert: a whole batch and one insert must fit in the slack"),
-        ] + self.heads.checks() + self.transport.checks()
-        check("learner", checks)
+            ("transport.tolerance", not tr.samples_per_insert or tr.tolerance >= max(batch, tr.samples_per_insert),
+             f">= learner.train.batch ({batch}) and >= transport.samples_per_insert: a whole batch and one "
+             f"insert must fit in the slack"),
+        ]
 
 
 def learner_config_from_dict(data: dict) -> LearnerConfig:

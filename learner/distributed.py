@@ -44,6 +44,7 @@ from torch import nn
 
 from common.errors import UserError
 from common.log import log_event
+from learner.device import available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,6 @@ def wrap(trainer: Any) -> Any:
         trainer.rng = np.random.default_rng([seed, r, trainer.step_count])
         trainer.gen.manual_seed(int(np.random.SeedSequence([seed, r, trainer.step_count]).generate_state(1)[0]))
     if not trainer.cuda and not trainer.cfg.train.threads:  # share the cores, one left to the streamer
-        from learner.train import available_cores
-
         torch.set_num_threads(max(1, (available_cores() - 1) // dist.get_world_size()))
     log_event(logger, "ddp_wrap", rank=r, world=dist.get_world_size(), sync_batchnorm=sync,
               threads=torch.get_num_threads() if not trainer.cuda else None)

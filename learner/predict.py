@@ -21,7 +21,7 @@ from learner.checkpoint import load_checkpoint
 from learner.config import learner_config_from_dict
 from learner.layers import upsample_logits
 from learner.model import AlexNet, architecture, build_model
-from learner.train import resolve_device
+from learner.device import resolve_device
 from common.errors import UserError
 
 

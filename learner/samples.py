@@ -330,73 +330,101 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
     import cv2
 
     cv2.setNumThreads(threads)
-    stop = _Stop(stop)
-    from streamer.motion.pipeline import MotionSegmenter
-    from streamer.sources import open_source
-
-    frames = kept = puts = 0
-    waited = 0.0
-    pruned: dict[str, int] = {}
-    ring = RingBuffer.attach(buffer_name, buffer_cfg)
-    store = None
+    streamer = _OfflineStreamer(cfg, buffer_cfg, draws_per_sample, events, _Stop(stop))
+    streamer.ring = RingBuffer.attach(buffer_name, buffer_cfg)
     if pairs_name:
-        from streamer.motion.patches import PatchMiner
-
-        store = PairBuffer.attach(pairs_name, cfg.patches.lock_timeout_ms)
-    last = time.monotonic()
+        streamer.store = PairBuffer.attach(pairs_name, cfg.patches.lock_timeout_ms)
     try:
-        for i, spec in enumerate(specs):
-            if stop.is_set():
-                return
-            try:
-                source = open_source(spec, cfg.source)
-            except SourceError as e:
-                events.put(("input_error", str(e)))
-                continue
-            camera = f"{i}:{source.source_id}"  # per-shot caps count (camera, shot): one per input
-            seg = MotionSegmenter(cfg)
-            miner = PatchMiner(cfg.patches, camera) if store is not None else None
-            with source:
-                frame_iter = iter(source)
-                while not stop.is_set():
-                    try:
-                        frame = next(frame_iter, None)
-                    except SourceError as e:
-                        events.put(("input_error", str(e)))
-                        break
-                    results = seg.push(frame) if frame is not None else seg.flush()
-                    for r in results:
-                        frames += 1
-                        if miner is not None:
-                            for pair in miner.push(r):
-                                while not stop.is_set() and not store.put(pair):
-                                    time.sleep(0.002)  # lock busy: offline, a pair is not worth dropping
-                        if r.kept:
-                            kept += 1
-                            waited += _put_no_drop(ring, sample_from_result(r, camera, buffer_cfg), puts,
-                                                   draws_per_sample, stop)
-                            puts += 1
-                        else:
-                            pruned[r.reason] = pruned.get(r.reason, 0) + 1
-                    if time.monotonic() - last > 0.5:
-                        events.put(("progress", (frames, kept, puts, waited, dict(pruned))))
-                        last = time.monotonic()
-                    if frame is None:
-                        break
-            if miner is not None:
-                miner.flush()
-                log_event(logger, "offline_pairs", input=spec, **{k: v for k, v in miner.stats.as_dict().items()
-                                                                   if k in ("examined", "started", "pairs", "ms_per_frame")})
-            if stop.is_set():
-                return
-            events.put(("input_done", spec))
-        events.put(("done", (frames, kept, puts, waited, pruned)))
+        streamer.run(specs)
     except KeyboardInterrupt:
         pass  # the parent handles Ctrl-C and stops us through `stop`
     except BaseException as e:
         events.put(("fatal", f"{type(e).__name__}: {e}"))
         raise
     finally:
-        ring.close()
-        if store is not None:
-            store.close()
+        streamer.ring.close()
+        if streamer.store is not None:
+            streamer.store.close()
+
+
+@dataclasses.dataclass
+class _OfflineStreamer:
+    """The motion pipeline of the offline streamer process (_produce), and what it tells the
+    parent through `events`: progress twice a second, each input done or skipped, the end."""
+    cfg: StreamerConfig
+    buffer_cfg: BufferConfig
+    draws_per_sample: float
+    events: object  # multiprocessing Queue of (kind, data)
+    stop: _Stop
+    ring: RingBuffer | None = None
+    store: PairBuffer | None = None  # with streamer.patches.enabled: the pair store
+    frames: int = 0
+    kept: int = 0
+    puts: int = 0
+    waited: float = 0.0  # seconds put() waited on back-pressure
+    pruned: dict[str, int] = dataclasses.field(default_factory=dict)
+    reported: float = dataclasses.field(default_factory=time.monotonic)
+
+    def run(self, specs: list[str]) -> None:
+        for i, spec in enumerate(specs):
+            if self.stop.is_set():
+                return
+            if not self.stream(i, spec):
+                continue
+            if self.stop.is_set():
+                return
+            self.events.put(("input_done", spec))
+        self.events.put(("done", (self.frames, self.kept, self.puts, self.waited, self.pruned)))
+
+    def stream(self, index: int, spec: str) -> bool:
+        """One input, to its end or until stopped; False when it cannot be opened."""
+        from streamer.motion.pipeline import MotionSegmenter
+        from streamer.sources import open_source
+
+        try:
+            source = open_source(spec, self.cfg.source)
+        except SourceError as e:
+            self.events.put(("input_error", str(e)))
+            return False
+        camera = f"{index}:{source.source_id}"  # per-shot caps count (camera, shot): one per input
+        seg = MotionSegmenter(self.cfg)
+        miner = None
+        if self.store is not None:
+            from streamer.motion.patches import PatchMiner
+
+            miner = PatchMiner(self.cfg.patches, camera)
+        with source:
+            frame_iter = iter(source)
+            while not self.stop.is_set():
+                try:
+                    frame = next(frame_iter, None)
+                except SourceError as e:
+                    self.events.put(("input_error", str(e)))
+                    break
+                for r in seg.push(frame) if frame is not None else seg.flush():
+                    self.take(r, camera, miner)
+                if time.monotonic() - self.reported > 0.5:
+                    self.events.put(("progress", (self.frames, self.kept, self.puts, self.waited, dict(self.pruned))))
+                    self.reported = time.monotonic()
+                if frame is None:
+                    break
+        if miner is not None:
+            miner.flush()
+            log_event(logger, "offline_pairs", input=spec, **{k: v for k, v in miner.stats.as_dict().items()
+                                                               if k in ("examined", "started", "pairs", "ms_per_frame")})
+        return True
+
+    def take(self, r, camera: str, miner) -> None:
+        """One pipeline result: its pairs into the store, the sample into the buffer if kept."""
+        self.frames += 1
+        if miner is not None:
+            for pair in miner.push(r):
+                while not self.stop.is_set() and not self.store.put(pair):
+                    time.sleep(0.002)  # lock busy: offline, a pair is not worth dropping
+        if r.kept:
+            self.kept += 1
+            self.waited += _put_no_drop(self.ring, sample_from_result(r, camera, self.buffer_cfg), self.puts,
+                                        self.draws_per_sample, self.stop)
+            self.puts += 1
+        else:
+            self.pruned[r.reason] = self.pruned.get(r.reason, 0) + 1

@@ -4,11 +4,11 @@
     trainer.step(batch)                       # one step on a Batch of ring-buffer samples
     fit(trainer, feed, run_dir, Limits(steps=2000, minutes=12))   # the loop: logs, checkpoints, limits
 
-One training step = Trainer.forward_backward + Trainer.update:
+One training step = Trainer.queue_step (1-4) + Trainer.update (5):
   1. crops     N buffer samples -> N x per_frame jittered crops with their trimaps, on the device
                (learner/crops.py)
   2. forward   normalise; channels_last and bf16 autocast on CUDA and on CPUs with native bf16
-               (learner.train.cpu_precision), else float32
+               (learner.train.cpu_precision, learner/device.py), else float32
   3. loss      binary cross-entropy on the trimap's positive and negative pixels only (learner/loss.py);
                with extra heads enabled (learner.heads), their losses too, on the same backbone
                step: segments against the flow cropped like the image (learner/grouping_loss.py),
@@ -18,18 +18,18 @@ One training step = Trainer.forward_backward + Trainer.update:
                (no AdamW update, batch-norm statistics restored), counted, and `max_nan_steps` in a
                row stop the run with an error. Finite: set this step's learning rate, AdamW step.
 
-The loop overlaps the CPU and the GPU: while the GPU runs step k (CUDA calls return at once), the
-CPU copies the samples of step k+1 out of the buffer into the other of two pinned host batches.
+The loop (fit) overlaps the CPU and the GPU: while the GPU runs step k (CUDA calls return at
+once), the CPU copies the samples of step k+1 out of the buffer into the other of two pinned host
+batches. Around the steps: train.jsonl lines and the progress display every log_every steps
+(learner/progress.py), checkpoints when the clock says (learner/checkpoint.py CheckpointClock),
+the limits, and with several ranks one decision for all (learner/distributed.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,84 +39,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from learner import distributed
-from learner.checkpoint import FORMAT, VERSION, CheckpointWriteError, check_compatible, save_checkpoint
+from learner.checkpoint import (FORMAT, VERSION, CheckpointClock, CheckpointWriteError, check_compatible,
+                                save_checkpoint)
 from learner.config import LearnerConfig
 from learner.crops import crop_flow, make_crops
+from learner.device import ThreadTrial, available_cores, cpu_threads, resolve_device, use_bf16
 from learner.embedding_loss import triplet_loss
 from learner.grouping_loss import segments_loss
 from learner.heads import HeadInputs, forward_heads
 from learner.loss import masked_bce
 from learner.model import architecture, build_model, output_size
+from learner.progress import IntervalLog, TrainLog, display
 from learner.samples import Feed, next_batch
 from common.errors import UserError
 from common.log import log_event
 from streamer.shm.ringbuffer import Batch
-from streamer.writer import append_line
 
 logger = logging.getLogger(__name__)
 
-TRAIN_LOG = "train.jsonl"
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # their statistics, restored after a skipped step
+# the layers whose running statistics a skipped step restores
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class NonFiniteLoss(UserError):
     """The loss stayed NaN/inf for max_nan_steps steps in a row."""
-
-
-def resolve_device(requested: str = "auto", strict: bool = False) -> torch.device:
-    """auto: CUDA when there is one. cuda without CUDA: the CPU and one warning, or, when strict,
-    a UserError."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "cuda":
-        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"
-        if strict:
-            raise UserError(f"learner.train.device is cuda but CUDA is not available ({why}); "
-                            f"use --device cpu, or set learner.train.strict_device: false to fall back")
-        log_event(logger, "device_fallback", logging.WARNING, requested="cuda", using="cpu", reason=why)
-    return torch.device("cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there autocast to bf16 makes a
-    training step about 1.8x faster (bench/learner.py). Without those instructions oneDNN
-    emulates bf16, which is slower than float32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def use_bf16(device: torch.device, cpu_precision: str) -> bool:
-    """bf16 autocast for training: always on CUDA; on the CPU per learner.train.cpu_precision."""
-    if device.type == "cuda":
-        return True
-    return cpu_precision == "bf16" or (cpu_precision == "auto" and cpu_has_native_bf16())
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def cpu_threads(requested: int = 0) -> int:
-    """torch's CPU threads: `requested`, or all usable cores but one. On a small machine that one
-    is worth more to the streamer than to torch: an intra-op pool that must wait for a busy core
-    runs several times slower than one thread fewer (measured: 2 threads next to a busy core,
-    18 crops/s; 1 thread, 67)."""
-    return requested or max(1, available_cores() - 1)
 
 
 @dataclass
@@ -311,8 +259,14 @@ class Trainer:
     def step(self, batch: Batch, pairs=None) -> StepResult:
         """One whole training step on a batch of buffer samples (fit() overlaps the two halves);
         pairs: a PairBatch of tracked patches for the embedding head (learner/pairs.py)."""
+        return self.update(self.queue_step(batch, pairs))
+
+    def queue_step(self, batch: Batch, pairs=None, host: HostBatches | None = None) -> _Pending:
+        """Steps 1-4 on a batch: its samples (and pairs) on the device, crops, forward, loss,
+        backward. On CUDA this only queues work; from a HostBatches batch the copies are asynchronous."""
         extra = self.upload_heads(batch, pairs) if self.heads else None
-        return self.update(self.forward_backward(*self.upload(batch), extra))
+        pinned = host.pinned(batch) if host is not None and self.cuda else None
+        return self.forward_backward(*self.upload(batch, pinned), extra)
 
     # ---- the extra heads' inputs ----------------------------------------------------------------
     def draw_pairs(self, pair_feed):
@@ -456,123 +410,58 @@ def budget_used(trainer: Trainer, limits: Limits) -> float | None:
     return max(parts) if parts else None
 
 
+def limit_reached(trainer: Trainer, limits: Limits, stop: Callable[[], bool] | None) -> str | None:
+    """Why the run ends now (steps | minutes | stop), or None; with several ranks pass it through
+    distributed.agree, so that all stop after the same step."""
+    if limits.steps and trainer.step_count >= limits.steps:
+        return "steps"
+    if limits.minutes and trainer.train_seconds >= limits.minutes * 60:
+        return "minutes"
+    if stop is not None and stop():
+        return "stop"
+    return None
+
+
 def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits, progress: bool = True,
         stop: Callable[[], bool] | None = None, status: Callable[[], str] | None = None,
         interrupts: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
         on_step: Callable[[Trainer, StepResult], bool] | None = None, pairs=None) -> Summary:
     """Train on samples from `feed` until a limit is reached or `stop()` turns true. Writes
     RUN/train.jsonl and checkpoints (on the configured schedule and at the end, also after an
-    interrupt or an error); run_dir None: neither. `status()` adds text to the progress bar.
+    interrupt or an error); run_dir None: neither. progress: a bar on a terminal, a log line per
+    interval otherwise (learner/progress.py); `status()` adds text to it.
     `on_step(trainer, result)` runs after every applied step (bootstrapping rounds, reports; its
     time counts as training time); returning True asks for a checkpoint of this step.
     An exception of a type in `interrupts` ends the loop like a limit (stopped="interrupted");
     any other propagates, after the final checkpoint.
     pairs: a PairFeed (learner/pairs.py) for the embedding head; default: the feed itself when it
     has sample_pairs (RingFeed, OfflineFeed). Without pairs the embedding loss is skipped (one log line)."""
-    cfg = trainer.cfg
     run_dir = Path(run_dir) if run_dir is not None else None
-    n = max(1, math.ceil(cfg.train.batch / cfg.crops.per_frame))  # buffer samples per step
-    host = HostBatches(n, feed.height, feed.width, pin=trainer.cuda)
-    trainer.slot_size = (feed.height, feed.width)
-    log_fd = None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_fd = os.open(run_dir / TRAIN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    start_step, start_seen, start_nan = trainer.step_count, trainer.crops_seen, trainer.nan_skipped
-    t_start = last_ckpt_t = last_log_t = time.monotonic()
-    last_ckpt_step = trainer.step_count
-    interval_losses: list[float] = []
-    interval_heads: dict[str, list[float]] = {}  # extra heads: each head's losses of the interval
-    last_heads: dict[str, float] = {}
-    interval_crops = 0
-    first_loss = last_loss = math.nan
-    ema = None
-    checkpoint: Path | None = None
-    stopped, interrupted_by = "stop", ""
-    rng_state = trainer.rng.bit_generator.state  # the sampling RNG before the next batch is drawn
-    threads_trial = (None if trainer.cuda or cfg.train.threads or available_cores() < 2 or distributed.active()
-                     else _ThreadTrial())
-    pair_feed = pairs if pairs is not None else (feed if hasattr(feed, "sample_pairs") else None)
-
-    def limit_reached() -> str | None:
-        if limits.steps and trainer.step_count >= limits.steps:
-            return "steps"
-        if limits.minutes and trainer.train_seconds >= limits.minutes * 60:
-            return "minutes"
-        if stop is not None and stop():
-            return "stop"
-        return None
-
-    def save() -> Path | None:
-        nonlocal last_ckpt_t, last_ckpt_step
-        try:
-            path = save_checkpoint(run_dir, trainer.state_dict(numpy_rng_state=rng_state), keep=cfg.checkpoint.keep)
-        except CheckpointWriteError as e:  # a full disk: training goes on, the next one is tried on schedule
-            last_ckpt_t, last_ckpt_step = time.monotonic(), trainer.step_count
-            log_event(logger, "checkpoint_failed", logging.WARNING, step=trainer.step_count, error=e)
-            return None
-        last_ckpt_t, last_ckpt_step = time.monotonic(), trainer.step_count
-        log_event(logger, "checkpoint_saved", step=trainer.step_count, path=path)
-        return path
-
-    bar = tqdm(total=limits.steps or None, initial=trainer.step_count, unit="step", desc="train",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    draw = _Draw(trainer, feed, pairs, stop)  # the next batch of buffer samples and its pairs
+    log = IntervalLog(trainer.cfg.train.log_every, TrainLog.open(run_dir),
+                      display(progress, limits.steps, trainer.step_count, status))
+    k = trainer.cfg.checkpoint
+    clock = CheckpointClock(k.every_steps, k.every_minutes, trainer.step_count)
+    threads = ThreadTrial() if _try_all_cores(trainer) else None
+    start = _Start.of(trainer)
+    checkpoint, stopped, interrupted_by = None, "stop", ""
     try:
-        stopped = distributed.agree(trainer, limit_reached()) or ""  # several ranks: stop together
-        batch = None if stopped else next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)
-        if distributed.agree(trainer, "stop" if batch is None else None):  # several ranks: all start or none
-            batch = None
-        pair_batch = trainer.draw_pairs(pair_feed) if batch is not None else None
+        stopped = distributed.agree(trainer, limit_reached(trainer, limits, stop)) or ""  # several ranks: together
+        batch, pair_batch = draw.first(skip=bool(stopped))
         while batch is not None:
             t0 = time.monotonic()
             trainer.progress = budget_used(trainer, limits)
-            head_inputs = trainer.upload_heads(batch, pair_batch) if trainer.heads else None
-            pending = trainer.forward_backward(*trainer.upload(batch, host.pinned(batch) if trainer.cuda else None),
-                                               head_inputs)
-            rng_state = trainer.rng.bit_generator.state
-            batch = next_batch(feed, n, trainer.rng, host.next(), stop, cfg.samples.wait_log_s)  # while the GPU works
-            pair_batch = trainer.draw_pairs(pair_feed) if batch is not None else None
-            result = trainer.update(pending)
-            want_checkpoint = bool(on_step(trainer, result)) if on_step is not None and not result.skipped else False
-            if threads_trial is not None and not result.skipped:
-                threads_trial = threads_trial.check(trainer, feed)
+            pending = trainer.queue_step(batch, pair_batch, draw.host)  # steps 1-4; on CUDA only queued
+            batch, pair_batch = draw.next()  # while the GPU works
+            result = trainer.update(pending)  # step 5
+            asked = bool(on_step(trainer, result)) if on_step is not None and not result.skipped else False
+            if threads is not None and not result.skipped:
+                threads = threads.check(trainer, feed)
             trainer.train_seconds += time.monotonic() - t0
-            bar.update(0 if result.skipped else 1)
-            if not result.skipped:
-                interval_losses.append(result.loss)
-                interval_crops += result.crops
-                ema = result.loss if ema is None else 0.98 * ema + 0.02 * result.loss
-                for name, value in result.losses.items():
-                    interval_heads.setdefault(name, []).append(value)
-            if trainer.step_count % cfg.train.log_every == 0 and not result.skipped and interval_losses:
-                now = time.monotonic()
-                rate = interval_crops / max(now - last_log_t, 1e-9)
-                last_loss = float(np.mean(interval_losses))
-                first_loss = last_loss if math.isnan(first_loss) else first_loss
-                record = {"step": trainer.step_count, "loss": round(last_loss, 5), "lr": result.lr,
-                          "crops_per_s": round(rate, 1), "grad_norm": round(result.grad_norm, 4),
-                          "nan_skipped": trainer.nan_skipped, "train_s": round(trainer.train_seconds, 2),
-                          "time": round(time.time(), 3)}
-                if interval_heads:  # each head's loss of the interval (unweighted), when it had one
-                    last_heads = {k: float(np.mean(v)) for k, v in interval_heads.items()}
-                    record.update({f"loss_{k}": round(v, 5) for k, v in last_heads.items()})
-                if log_fd is not None:
-                    try:
-                        append_line(log_fd, (_json(record) + "\n").encode())
-                    except OSError as e:  # a full disk costs this line of train.jsonl, not the run
-                        log_event(logger, "train_log_failed", logging.WARNING, step=trainer.step_count, error=e)
-                extra = f" {status()}" if status is not None else ""
-                heads = "".join(f" {_SHORT.get(k, k)} {v:.3f}" for k, v in last_heads.items()) if interval_heads else ""
-                bar.set_postfix_str(f"loss {ema:.3f}{heads} {rate:.0f} crops/s{extra}", refresh=False)
-                interval_losses, interval_crops, last_log_t = [], 0, now
-                interval_heads = {}
-            if run_dir is not None and not result.skipped:
-                k = cfg.checkpoint
-                due_steps = k.every_steps and trainer.step_count - last_ckpt_step >= k.every_steps
-                due_time = k.every_minutes and time.monotonic() - last_ckpt_t >= k.every_minutes * 60
-                if due_steps or due_time or want_checkpoint:
-                    checkpoint = save() or checkpoint
-            stopped = distributed.agree(trainer, limit_reached()) or ""
+            log.add(trainer, result)
+            if run_dir is not None and not result.skipped and clock.due(trainer.step_count, asked):
+                checkpoint = save(trainer, run_dir, clock, draw.rng_state) or checkpoint
+            stopped = distributed.agree(trainer, limit_reached(trainer, limits, stop)) or ""
             if stopped:
                 break
         stopped = stopped or "stop"
@@ -583,67 +472,86 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
         trainer.abandon_step()
         raise
     finally:
-        bar.close()
+        log.close_display()
         try:
-            if run_dir is not None and trainer.step_count > last_ckpt_step:
-                checkpoint = save() or checkpoint  # at shutdown, whatever the reason
+            if run_dir is not None and trainer.step_count > clock.step:
+                checkpoint = save(trainer, run_dir, clock, draw.rng_state) or checkpoint  # at shutdown, whatever the reason
         finally:
-            if log_fd is not None:
-                os.close(log_fd)
-    if interval_losses:
-        last_loss = float(np.mean(interval_losses))
-        first_loss = last_loss if math.isnan(first_loss) else first_loss
-    return Summary(step=trainer.step_count, steps=trainer.step_count - start_step,
-                   crops=trainer.crops_seen - start_seen, seconds=time.monotonic() - t_start,
-                   first_loss=first_loss, last_loss=last_loss, nan_skipped=trainer.nan_skipped - start_nan,
-                   stopped=stopped, checkpoint=checkpoint, interrupted_by=interrupted_by,
-                   last_losses={k: float(np.mean(v)) for k, v in interval_heads.items()} or last_heads)
+            losses = log.close()
+    return start.summary(trainer, losses, stopped, checkpoint, interrupted_by)
 
 
-_SHORT = {"mask": "mask", "embedding": "emb", "segments": "seg"}  # progress bar labels
+def save(trainer: Trainer, run_dir: Path, clock: CheckpointClock, numpy_rng_state: dict) -> Path | None:
+    """A checkpoint of this step (numpy_rng_state: the sampling RNG before the batch fit() has
+    drawn ahead). A failed write (a full disk) is logged and training goes on: the next is tried
+    on schedule."""
+    try:
+        path = save_checkpoint(run_dir, trainer.state_dict(numpy_rng_state=numpy_rng_state),
+                               keep=trainer.cfg.checkpoint.keep)
+    except CheckpointWriteError as e:
+        clock.saved(trainer.step_count)
+        log_event(logger, "checkpoint_failed", logging.WARNING, step=trainer.step_count, error=e)
+        return None
+    clock.saved(trainer.step_count)
+    log_event(logger, "checkpoint_saved", step=trainer.step_count, path=path)
+    return path
 
 
-class _ThreadTrial:
-    """Offline on the CPU, torch runs one thread fewer than the cores while the streamer process
-    streams the inputs. Once it is done, try all cores for a few steps and keep them only if steps
-    got faster: on a machine busy with other work, an intra-op pool that waits for a busy core is
-    several times slower than one thread fewer (measured here: 353 ms a step became 4177).
-    A trial that lost is tried again RETRY_STEPS later: the other work may have been brief."""
+class _Draw:
+    """fit()'s samples: the next batch of buffer samples (into one of two host batches) with its
+    tracked-patch pairs, and the sampling RNG's state before it was drawn (what a checkpoint of
+    the step before must hold, so that a resumed run draws this batch again)."""
 
-    STEPS = 5  # steps timed with all cores
-    RETRY_STEPS = 1000
+    def __init__(self, trainer: Trainer, feed: Feed, pairs, stop: Callable[[], bool] | None):
+        cfg = trainer.cfg
+        self.trainer, self.feed, self.stop = trainer, feed, stop
+        self.n = max(1, math.ceil(cfg.train.batch / cfg.crops.per_frame))  # buffer samples per step
+        self.host = HostBatches(self.n, feed.height, feed.width, pin=trainer.cuda)
+        trainer.slot_size = (feed.height, feed.width)
+        self.pair_feed = pairs if pairs is not None else (feed if hasattr(feed, "sample_pairs") else None)
+        self.rng_state = trainer.rng.bit_generator.state
 
-    def __init__(self, not_before: int = 0) -> None:
-        self.before: float | None = None  # seconds per step with the streamer's threads
-        self.mark = (0, 0.0)  # (step, train_seconds) where the current timing started
-        self.old = torch.get_num_threads()
-        self.not_before = not_before  # step at which a retry starts timing
+    def first(self, skip: bool) -> tuple[Batch | None, object]:
+        """The first batch, waiting for samples; None when skipped, stopped, or another rank has none."""
+        batch = None if skip else self._batch()
+        if distributed.agree(self.trainer, "stop" if batch is None else None):  # several ranks: all start or none
+            batch = None
+        return batch, self._pairs(batch)
 
-    def check(self, trainer: Trainer, feed: Feed) -> "_ThreadTrial | None":
-        """Call after every step; returns None once all cores are kept."""
-        step, t = trainer.step_count, trainer.train_seconds
-        if self.before is None:  # waiting for the streamer; time the last 25 steps
-            if step % 25 or step == self.mark[0]:
-                return self
-            if not feed.finished() or step < self.not_before + 25:
-                self.mark = (step, t)
-                return self
-            self.before = (t - self.mark[1]) / (step - self.mark[0])
-            torch.set_num_threads(available_cores())
-            self.mark = (step, t)
-            return self
-        n = step - self.mark[0]
-        after = (t - self.mark[1]) / max(n, 1)
-        if n < self.STEPS and after < 3 * self.before:  # a much slower step ends the trial at once
-            return self
-        kept = after < 0.95 * self.before
-        if not kept:
-            torch.set_num_threads(self.old)
-        log_event(logger, "train_threads", threads=torch.get_num_threads(), tried=available_cores(),
-                  ms_per_step_before=round(self.before * 1000, 1), ms_per_step_tried=round(after * 1000, 1),
-                  retry_at_step=None if kept else step + self.RETRY_STEPS)
-        return None if kept else _ThreadTrial(not_before=step + self.RETRY_STEPS)
+    def next(self) -> tuple[Batch | None, object]:
+        self.rng_state = self.trainer.rng.bit_generator.state
+        batch = self._batch()
+        return batch, self._pairs(batch)
+
+    def _batch(self) -> Batch | None:
+        t = self.trainer
+        return next_batch(self.feed, self.n, t.rng, self.host.next(), self.stop, t.cfg.samples.wait_log_s)
+
+    def _pairs(self, batch: Batch | None):
+        return self.trainer.draw_pairs(self.pair_feed) if batch is not None else None
 
 
-def _json(record: dict) -> str:
-    return json.dumps(record, separators=(",", ":"))
+def _try_all_cores(trainer: Trainer) -> bool:
+    """Offline on the CPU with threads on auto: once the streamer is done, try all cores (ThreadTrial)."""
+    return not (trainer.cuda or trainer.cfg.train.threads or available_cores() < 2 or distributed.active())
+
+
+@dataclass(frozen=True)
+class _Start:
+    """The run's counters when fit() began: its Summary counts from here."""
+    step: int
+    crops_seen: int
+    nan_skipped: int
+    time: float
+
+    @classmethod
+    def of(cls, trainer: Trainer) -> "_Start":
+        return cls(trainer.step_count, trainer.crops_seen, trainer.nan_skipped, time.monotonic())
+
+    def summary(self, trainer: Trainer, losses: tuple[float, float, dict[str, float]], stopped: str,
+                checkpoint: Path | None, interrupted_by: str) -> Summary:
+        first, last, heads = losses
+        return Summary(step=trainer.step_count, steps=trainer.step_count - self.step,
+                       crops=trainer.crops_seen - self.crops_seen, seconds=time.monotonic() - self.time,
+                       first_loss=first, last_loss=last, nan_skipped=trainer.nan_skipped - self.nan_skipped,
+                       stopped=stopped, checkpoint=checkpoint, interrupted_by=interrupted_by, last_losses=heads)

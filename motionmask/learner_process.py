@@ -62,7 +62,7 @@ NICE = 10
 
 def daemon_threads(requested: int, cameras: int) -> int:
     """torch threads in the daemon: `requested`, or the cores left by the cameras and the daemon."""
-    from learner.train import available_cores
+    from learner.device import available_cores
 
     return requested or max(1, available_cores() - cameras - 1)
 
@@ -119,9 +119,36 @@ class LearnerProcess:
     def _train(self) -> None:
         # torch loads after the reporter is up: the daemon hears from us while it imports
         from learner.bootstrap import Bootstrapper
+        from learner.train import Limits, fit
+
+        cfg = self.cfg
+        run_dir = os.path.expanduser(cfg.run_dir)
+        trainer, buffer_cfg = self._start_trainer(run_dir)
+        self.bootstrap = Bootstrapper(cfg.bootstrap, self.trimap_cfg, self.ring, run_dir,
+                                      on_refined=self._publish_refined if self.encoding else None,
+                                      stop=self.stop.is_set, fg_threshold=float(self.spec.get("fg_threshold", 0.5)),
+                                      trimap_by_camera=self.trimap_by_camera)
+        self.bootstrap.round = self.bootstrap.rounds_before(trainer.step_count) if cfg.bootstrap.enabled else 0
+        self.trainer = trainer
+        self.counters.update(step=trainer.step_count, device=trainer.device.type, threads=cfg.train.threads,
+                             nan_skipped=trainer.nan_skipped)
+        self.phase = "running"
+        if self.stop.is_set():
+            return
+        feed = self._feed(trainer, run_dir)
+        if self.ranks:
+            summary = self._fit_ranked(trainer, feed, run_dir, buffer_cfg)
+        else:
+            summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
+                          on_step=self._on_step)
+        log_event(log, "learner_stopped", step=summary.step, steps=summary.steps, crops=summary.crops,
+                  checkpoint=summary.checkpoint or "-")
+
+    def _start_trainer(self, run_dir: str):
+        """This process's share of the machine, the buffer attached, the other ranks started
+        (learner.train.nproc > 1), and the Trainer, resumed from run_dir's newest checkpoint."""
         from learner.checkpoint import find_resume
-        from learner.samples import RingFeed
-        from learner.train import Limits, Trainer, fit
+        from learner.train import Trainer
         from streamer.shm.ringbuffer import RingBuffer
 
         cfg = self.cfg
@@ -131,13 +158,12 @@ class LearnerProcess:
             pass
         cfg.train.threads = daemon_threads(cfg.train.threads, int(self.spec.get("cameras", 1)))
         cv2.setNumThreads(1)  # only resizes refined masks for publishing: not worth a pool per core
-        run_dir = os.path.expanduser(cfg.run_dir)
         buffer_cfg = from_dict(BufferConfig, self.spec["buffer"], "buffer")
         self.ring = RingBuffer.attach(self.spec["buffer_name"], buffer_cfg)
         device = None
         if cfg.train.nproc > 1:  # `motionmask learn --nproc N`: this process is rank 0 (motionmask/learner_ranks.py)
             from learner import distributed
-            from learner.train import resolve_device
+            from learner.device import resolve_device
             from motionmask import learner_ranks
 
             cfg.train.threads = max(1, cfg.train.threads // cfg.train.nproc)  # the cores, shared by the ranks
@@ -152,17 +178,14 @@ class LearnerProcess:
             trainer.load_state_dict(state, path)
             self.counters["resumed_from"] = trainer.step_count
             log_event(log, "learner_resume", checkpoint=path, step=trainer.step_count)
-        self.bootstrap = Bootstrapper(cfg.bootstrap, self.trimap_cfg, self.ring, run_dir,
-                                      on_refined=self._publish_refined if self.encoding else None,
-                                      stop=self.stop.is_set, fg_threshold=float(self.spec.get("fg_threshold", 0.5)),
-                                      trimap_by_camera=self.trimap_by_camera)
-        self.bootstrap.round = self.bootstrap.rounds_before(trainer.step_count) if cfg.bootstrap.enabled else 0
-        self.trainer = trainer
-        self.counters.update(step=trainer.step_count, device=trainer.device.type, threads=cfg.train.threads,
-                             nan_skipped=trainer.nan_skipped)
-        self.phase = "running"
-        if self.stop.is_set():
-            return
+        return trainer, buffer_cfg
+
+    def _feed(self, trainer, run_dir: str):
+        """The buffer's samples (and the cameras' tracked-patch pairs), less the export holdout's,
+        rationed by the appetite of `motionmask learn`."""
+        from learner.samples import RingFeed
+
+        cfg = self.cfg
         pairs = None
         if self.spec.get("pairs_name"):  # a camera mines tracked-patch pairs (streamer.patches.enabled)
             from learner.pairs import RingPairFeed
@@ -185,13 +208,7 @@ class LearnerProcess:
             feed = HeldBack(feed, self.window)
         if self.spec.get("appetite"):  # `motionmask learn`: samples per insert (learner/appetite.py)
             feed = _Rationed(feed, self.ring, self.spec["appetite"], self.counters)
-        if self.ranks:
-            summary = self._fit_ranked(trainer, feed, run_dir, buffer_cfg)
-        else:
-            summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
-                          on_step=self._on_step)
-        log_event(log, "learner_stopped", step=summary.step, steps=summary.steps, crops=summary.crops,
-                  checkpoint=summary.checkpoint or "-")
+        return feed
 
     def _fit_ranked(self, trainer, feed, run_dir: str, buffer_cfg: BufferConfig):
         """fit() as rank 0 of several: the other ranks attach to this buffer (share_feed) and

@@ -83,7 +83,8 @@ def run(spec: dict[str, Any]) -> int:
     from learner import distributed
     from learner.checkpoint import find_resume
     from learner.config import LearnerConfig
-    from learner.train import Limits, Trainer, fit, resolve_device
+    from learner.device import resolve_device
+    from learner.train import Limits, Trainer, fit
     from common.config import from_dict
 
     stop_ev = threading.Event()

@@ -17,7 +17,7 @@ from learner.checkpoint import find_resume, load_checkpoint, step_files
 from learner.crops import make_crops
 from learner.loss import masked_bce
 from learner.samples import RingFeed
-from learner import train as train_mod
+from learner import device as device_mod
 from learner.train import Limits, NonFiniteLoss, Trainer, fit, resolve_device, use_bf16
 from common.errors import UserError
 
@@ -175,7 +175,7 @@ def test_cpu_precision_bf16_trains_and_auto_follows_the_cpu(ring, monkeypatch):
     assert not fp32.bf16 and not fp32.channels_last and fp32.precision == "fp32"
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: native)
         assert use_bf16(cpu, "auto") is native
         assert use_bf16(cpu, "bf16") and not use_bf16(cpu, "fp32")
     cfg = tiny_config(cpu_precision="half")
@@ -202,7 +202,7 @@ def test_thread_trial_reverts_when_slower_and_retries_later(caplog):
     is tried again RETRY_STEPS later (driven here with step times, not the clock)."""
     from types import SimpleNamespace
 
-    from learner.train import _ThreadTrial
+    from learner.device import ThreadTrial
 
     threads = torch.get_num_threads()
     trainer = SimpleNamespace(step_count=0, train_seconds=0.0)
@@ -219,13 +219,13 @@ def test_thread_trial_reverts_when_slower_and_retries_later(caplog):
 
     try:
         with caplog.at_level(logging.INFO):
-            trial = run(_ThreadTrial(), 25, 0.1)  # the baseline: 25 steps at 0.1 s
+            trial = run(ThreadTrial(), 25, 0.1)  # the baseline: 25 steps at 0.1 s
             assert trial is not None and trial.before == pytest.approx(0.1)
             retry = run(trial, 1, 0.5)  # all cores 5x slower: one step ends the trial; retried later
-            assert isinstance(retry, _ThreadTrial) and retry is not trial
-            assert retry.not_before == trainer.step_count + _ThreadTrial.RETRY_STEPS
+            assert isinstance(retry, ThreadTrial) and retry is not trial
+            assert retry.not_before == trainer.step_count + ThreadTrial.RETRY_STEPS
             assert torch.get_num_threads() == trial.old
-            assert run(retry, _ThreadTrial.RETRY_STEPS, 0.5) is retry  # waits, times nothing
+            assert run(retry, ThreadTrial.RETRY_STEPS, 0.5) is retry  # waits, times nothing
             assert retry.before is None
             assert run(retry, 50, 0.1) is retry and retry.before == pytest.approx(0.1)  # 25 fresh steps
             assert run(retry, 5, 0.05) is None  # faster now: kept for good

@@ -187,9 +187,9 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
     # torch loads here, not at import: `motionmask --help` stays fast
     from learner import distributed
     from learner.bootstrap import Bootstrapper, synthetic_ground_truth
-    from learner.checkpoint import find_resume
+    from learner.device import available_cores, resolve_device
     from learner.samples import OfflineFeed
-    from learner.train import Limits, Trainer, available_cores, fit, resolve_device
+    from learner.train import Limits, Trainer, fit
 
     t = cfg.learner.train
     main = distributed.is_main()  # with several ranks the others sample rank 0's buffer (share_feed)
@@ -200,19 +200,8 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
     if trainer.cuda and main:
         feed.streamer_threads = max(1, available_cores() - 2)  # the GPU trains: the CPUs can stream
     limits = Limits(steps=t.steps, minutes=t.minutes)
-    resumed = find_resume(out, trainer.device)
-    if resumed is not None:
-        path, state = resumed
-        trainer.load_state_dict(state, path)
-        log_event(logger, "train_resume", checkpoint=path, step=trainer.step_count,
-                  trained_min=round(trainer.train_seconds / 60, 2))
-        if (limits.steps and trainer.step_count >= limits.steps) or \
-                (limits.minutes and trainer.train_seconds >= limits.minutes * 60):
-            if main:
-                print(f"motionmask train: {out} is complete (step {trainer.step_count}, "
-                      f"{trainer.train_seconds / 60:.1f} min trained); raise --steps or --minutes to go on",
-                      file=sys.stderr)
-            return 0
+    if _resume(trainer, out, limits, main):
+        return 0
     distributed.wrap(trainer)
     log_event(logger, "train_start", out=out, inputs=len(feed.specs) if main else None, device=trainer.device.type,
               precision=trainer.precision,
@@ -223,7 +212,8 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         p = feed.progress
         return "" if p.done else f"streamer {p.inputs_done}/{p.inputs} inputs, {p.kept} kept"
 
-    with distributed.share_feed(feed) as feed, (logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext()):
+    bar = not args.quiet
+    with distributed.share_feed(feed) as feed, (logging_redirect_tqdm() if bar else contextlib.nullcontext()):
         boot = None
         if cfg.learner.bootstrap.enabled and main:  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
             boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, out,
@@ -232,10 +222,38 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         summary = fit(trainer, feed, out if main else None, limits, progress=not args.quiet, status=status if main else None,
                       interrupts=(KeyboardInterrupt, Terminated), on_step=boot.on_step if boot else None)
     code = {"Terminated": 143, "KeyboardInterrupt": 130}.get(summary.interrupted_by, 0)
-    if not main:
-        return code
-    p = feed.progress
-    note = "interrupted; " if code else ""
+    if main:
+        _report(summary, trainer, feed.progress, boot, interrupted=bool(code))
+        warn_if_few_kept(feed.progress, cfg.streamer.prune)
+    return code
+
+
+def _resume(trainer, out, limits, main: bool) -> bool:
+    """Resume the run in `out` if it has a checkpoint; True when it is complete already (one line says so)."""
+    from learner.checkpoint import find_resume
+
+    resumed = find_resume(out, trainer.device)
+    if resumed is None:
+        return False
+    path, state = resumed
+    trainer.load_state_dict(state, path)
+    log_event(logger, "train_resume", checkpoint=path, step=trainer.step_count,
+              trained_min=round(trainer.train_seconds / 60, 2))
+    if (limits.steps and trainer.step_count >= limits.steps) or \
+            (limits.minutes and trainer.train_seconds >= limits.minutes * 60):
+        if main:
+            print(f"motionmask train: {out} is complete (step {trainer.step_count}, "
+                  f"{trainer.train_seconds / 60:.1f} min trained); raise --steps or --minutes to go on",
+                  file=sys.stderr)
+        return True
+    return False
+
+
+def _report(summary, trainer, p, boot, interrupted: bool) -> None:
+    """The run's last log event and its one-line summary on stderr. p: the streamer's progress."""
+    from learner import distributed
+
+    note = "interrupted; " if interrupted else ""
     nan = f", {summary.nan_skipped} non-finite steps skipped" if summary.nan_skipped else ""
     rounds = f", {len(boot.history)} bootstrapping rounds" if boot is not None and boot.history else ""
     loss = f"loss {summary.first_loss:.3f} -> {summary.last_loss:.3f}" if not math.isnan(summary.last_loss) else "no loss logged"
@@ -248,8 +266,6 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
           f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}{ranks}, {loss}{nan}{rounds}; "
           f"{p.kept} samples kept of {p.frames} frames streamed from {p.inputs_done}/{p.inputs} inputs -> {where}",
           file=sys.stderr)
-    warn_if_few_kept(p, cfg.streamer.prune)
-    return code
 
 
 def warn_if_few_kept(p, prune_cfg) -> None:
