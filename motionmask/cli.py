@@ -12,8 +12,23 @@ from common.config import ConfigError
 from common.errors import UserError
 from motionmask import __version__
 
-# in the order `motionmask --help` lists them: the daily ones first
-COMMANDS: list[str] = ["run", "learn", "status", "console", "subscribe", "masks", "train", "predict", "export", "device", "synth", "keys"]
+# in the order `motionmask --help` lists them, the daily ones first, with the line it shows for each
+# (the same as each command's add_parser, which tests/test_cli_help.py checks): listing the
+# commands imports none of them, and a command imports only its own module
+COMMANDS: dict[str, str] = {
+    "run": "run the daemon: cameras -> live masks + training samples",
+    "learn": "the learner role: train on samples that rigs send over the network",
+    "status": "per-camera fps, frames, kept/pruned, drops and the learner of a running daemon",
+    "console": "the web console for a daemon reached over its ZeroMQ endpoints",
+    "subscribe": "print and save the live masks a daemon publishes",
+    "masks": "compute motion masks of a video into a folder",
+    "train": "train the mask ConvNet on videos (offline), resumable",
+    "predict": "masks of a video from a trained ConvNet (single frames), as `masks` writes them",
+    "export": "export a checkpoint as a verified ONNX bundle; serve bundles to devices",
+    "device": "keep a device's model on the exporter's latest bundle (pull, check, swap, rollback)",
+    "synth": "generate synthetic clips with exact motion masks (fixture and benchmark)",
+    "keys": "create CurveZMQ key files for encrypted, authenticated masks",
+}
 
 # What each command imports beyond the device role (`pip install motionmask`: numpy, ONNX Runtime,
 # ZeroMQ, PyYAML, PyAV). In an install without them the command answers with ROLE_ERROR, one line.
@@ -36,9 +51,9 @@ EPILOG = """examples:
 run `motionmask COMMAND --help` for each command's options."""
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every command; with `only`, every command is listed but only that one's
-    module is imported (each imports its role's packages: `motionmask device` loads no streamer)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command listed; only `command`'s module is imported and parses its options (each
+    imports its role's packages: `motionmask --help` and `motionmask device` load no streamer)."""
     parser = argparse.ArgumentParser(
         prog="motionmask",
         description="Learn to segment what moves, by watching video.",
@@ -48,12 +63,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"motionmask {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name, summary in COMMANDS.items():
         if missing_role(name):  # listed, never imported: main() answers with ROLE_ERROR
             sub.add_parser(name, help="(not installed: needs the rig/learn role)", add_help=False)
             continue
-        if only is not None and name != only:
-            sub.add_parser(name, add_help=False)  # not the command being run: never parsed
+        if name != command:  # listed, not imported: not the command being run
+            sub.add_parser(name, help=summary, add_help=False)
             continue
         module = importlib.import_module(f"motionmask.commands.{name}")
         p = module.add_parser(sub)
@@ -64,11 +79,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def missing_role(command: str) -> bool:
     """Whether a package the command needs is not installed (looked up, not imported)."""
     return any(importlib.util.find_spec(m) is None for m in NEEDS.get(command, ()))
-
-
-def _help_before(argv: list[str], command: str) -> bool:
-    """`motionmask --help masks` prints the list of commands, which needs every one of them."""
-    return any(a in ("-h", "--help") for a in argv[: argv.index(command)])
 
 
 def setup_logging(level: str) -> None:
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if command and missing_role(command):  # before argparse, so that `train --help` says it too
         print(ROLE_ERROR.format(command=command), file=sys.stderr)
         return 2
-    parser = build_parser(command if command and not _help_before(argv, command) else None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
