@@ -534,44 +534,14 @@ def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
     version, files = info["version"], info["files"]
     staging = dest / f"{TMP_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    where = f"bundle {version}"
     try:
         if trusted is not None and SIG_FILE not in files:
-            trusted.verify(b"", None, where)  # raises: unsigned, before anything is fetched
+            trusted.verify(b"", None, f"bundle {version}")  # raises: unsigned, before anything is fetched
         staging.mkdir(parents=True)
-        sig = None
-        if SIG_FILE in files:  # kept with the bundle even when unpinned: a key pinned later can use it
-            sig = _fetch_capped(ch, version, SIG_FILE, files[SIG_FILE], MAX_SIG_BYTES, staging, cfg)
-        body = _fetch_capped(ch, version, MANIFEST_FILE, files[MANIFEST_FILE], MAX_MANIFEST_BYTES, staging, cfg)
-        sequence = None
-        if trusted is not None:
-            trusted.verify(body, sig, where)
-        try:
-            m = parse_manifest(body, f"{version}/{MANIFEST_FILE} (pulled)")
-        except UserError as e:  # announced with this sha256, so the exporter's own: rejected, not fatal
-            raise IntegrityError(str(e)) from None
-        if m["version"] != version:
-            raise IntegrityError(f"{version}: the pulled manifest names version {m['version']}")
-        if trusted is not None:
-            sequence = check_fresh(m, verified_floor(dest, trusted), where)
-        # the space the manifest says it needs (signed, with a pinned key), not what an announcement claims
-        need = sum(int(f.get("bytes") or 0) for f in m["files"].values()) + (1 << 20)
-        free = shutil.disk_usage(dest).free
-        if free < need:
-            raise TransferError(f"{dest}: no space left for bundle {version} (needs {need / 2**20:.1f} MB, "
-                                f"{free / 2**20:.1f} MB free)")
-        for name, meta in m["files"].items():
-            theirs = files.get(name)
-            if theirs is None or theirs["sha256"] != meta["sha256"] or theirs["bytes"] != meta.get("bytes"):
-                raise IntegrityError(f"{version}: the announcement and the manifest disagree on {name}")
-            # the manifest's own length and hash: signed when a key is pinned
-            download_file(ch, version, name, {"sha256": meta["sha256"], "bytes": int(meta["bytes"])},
-                          staging / name, cfg)
-        try:
-            load_bundle(staging)  # every file against the manifest, once more, as it lies on disk
-        except UserError as e:
-            raise IntegrityError(str(e)) from None
-        smoke_test(staging)
+        m, sequence = _pull_manifest(ch, dest, staging, info, cfg, trusted)
+        _check_space(dest, m, version)
+        _pull_files(ch, staging, info, m, cfg)
+        _check_staged(staging)
         done = install_bundle(dest, staging, cfg.keep)
         if trusted is not None:
             write_trust(dest, sequence, version, trusted.key_id)
@@ -585,6 +555,56 @@ def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _pull_manifest(ch: Channel, dest: Path, staging: Path, info: dict[str, Any], cfg: PullConfig,
+                   trusted: TrustedKey | None) -> tuple[dict[str, Any], int | None]:
+    """The bundle's manifest (and its signature, when announced) into staging: (the parsed manifest,
+    its sequence once checked fresh against a pinned key, else None)."""
+    version, files = info["version"], info["files"]
+    where = f"bundle {version}"
+    sig = None
+    if SIG_FILE in files:  # kept with the bundle even when unpinned: a key pinned later can use it
+        sig = _fetch_capped(ch, version, SIG_FILE, files[SIG_FILE], MAX_SIG_BYTES, staging, cfg)
+    body = _fetch_capped(ch, version, MANIFEST_FILE, files[MANIFEST_FILE], MAX_MANIFEST_BYTES, staging, cfg)
+    if trusted is not None:
+        trusted.verify(body, sig, where)
+    try:
+        m = parse_manifest(body, f"{version}/{MANIFEST_FILE} (pulled)")
+    except UserError as e:  # announced with this sha256, so the exporter's own: rejected, not fatal
+        raise IntegrityError(str(e)) from None
+    if m["version"] != version:
+        raise IntegrityError(f"{version}: the pulled manifest names version {m['version']}")
+    sequence = check_fresh(m, verified_floor(dest, trusted), where) if trusted is not None else None
+    return m, sequence
+
+
+def _check_space(dest: Path, manifest: dict[str, Any], version: str) -> None:
+    # the space the manifest says it needs (signed, with a pinned key), not what an announcement claims
+    need = sum(int(f.get("bytes") or 0) for f in manifest["files"].values()) + (1 << 20)
+    free = shutil.disk_usage(dest).free
+    if free < need:
+        raise TransferError(f"{dest}: no space left for bundle {version} (needs {need / 2**20:.1f} MB, "
+                            f"{free / 2**20:.1f} MB free)")
+
+
+def _pull_files(ch: Channel, staging: Path, info: dict[str, Any], manifest: dict[str, Any], cfg: PullConfig) -> None:
+    """Every file the manifest lists, at the manifest's own length and hash (signed when a key is pinned)."""
+    version, files = info["version"], info["files"]
+    for name, meta in manifest["files"].items():
+        theirs = files.get(name)
+        if theirs is None or theirs["sha256"] != meta["sha256"] or theirs["bytes"] != meta.get("bytes"):
+            raise IntegrityError(f"{version}: the announcement and the manifest disagree on {name}")
+        download_file(ch, version, name, {"sha256": meta["sha256"], "bytes": int(meta["bytes"])},
+                      staging / name, cfg)
+
+
+def _check_staged(staging: Path) -> None:
+    try:
+        load_bundle(staging)  # every file against the manifest, once more, as it lies on disk
+    except UserError as e:
+        raise IntegrityError(str(e)) from None
+    smoke_test(staging)
 
 
 def in_service(dest: Path, check_hash: bool = False) -> tuple[str, str] | None:
@@ -618,6 +638,34 @@ class Installed:
     sha256: str
     seconds: float
     bytes: int
+
+
+class _Schedule:
+    """When the agent asks the exporter next: poll_s after a success, a doubling backoff after each
+    failure. In backoff an announcement waits too (the exporter repeats them)."""
+
+    def __init__(self, cfg: PullConfig) -> None:
+        self.cfg = cfg
+        self.backoff = cfg.backoff_s
+        self.next_check = 0.0
+        self.tries = 0
+        self.failing = False
+
+    def due(self, announced: dict[str, Any] | None) -> bool:
+        return (announced is not None and not self.failing) or time.monotonic() >= self.next_check
+
+    def succeeded(self) -> None:
+        self.backoff, self.failing = self.cfg.backoff_s, False
+        self.next_check = time.monotonic() + self.cfg.poll_s
+
+    def failed(self) -> float:
+        """Count a failed try; returns the wait before the next one."""
+        self.tries += 1
+        self.failing = True
+        wait = self.backoff
+        self.next_check = time.monotonic() + wait
+        self.backoff = min(self.cfg.backoff_max_s, self.backoff * 2)
+        return wait
 
 
 class DeviceAgent:
@@ -699,6 +747,45 @@ class DeviceAgent:
         failed (cfg.attempts tries, with backoff)."""
         stop = stop or threading.Event()
         self._prepare_dest()
+        self._log_trust()
+        ch = Channel(self.endpoint, self.ctx)
+        sub: zmq.Socket | None = None
+        schedule = _Schedule(self.cfg)
+        announced: dict[str, Any] | None = None
+        last: Installed | None = None
+        try:
+            while not stop.is_set():
+                if schedule.due(announced):
+                    try:
+                        if sub is None:
+                            sub = self._subscribe(ch)
+                        last = self.sync(ch, announced) or last
+                        schedule.succeeded()
+                        self.last_error = ""
+                        if once:
+                            return last
+                    except TransferError as e:  # IntegrityError included
+                        self.last_error = str(e)
+                        retry_in = schedule.failed()
+                        if once and (schedule.tries >= self.cfg.attempts or isinstance(e, BundleRefused)):
+                            raise
+                        if not isinstance(e, IntegrityError):
+                            log_event(logger, "pull_failed", logging.WARNING, error=str(e), retry_in_s=retry_in,
+                                      in_service=(in_service(self.dest) or ("none",))[0])
+                        ch.reset()
+                    announced = None
+                wait = max(0.0, min(schedule.next_check - time.monotonic(), 0.25))
+                if sub is not None and sub.poll(wait * 1e3):
+                    announced = self._announcement(sub)
+                elif sub is None:
+                    stop.wait(wait)
+        finally:
+            if sub is not None:
+                sub.close(0)
+            ch.close()
+        return last
+
+    def _log_trust(self) -> None:
         if self.trusted is None:
             log_event(logger, "bundles_unverified", logging.WARNING, dir=self.dest,
                       note="no --trusted-key: bundles are checked against their own manifest only; pin the "
@@ -707,59 +794,19 @@ class DeviceAgent:
             floor = verified_floor(self.dest, self.trusted)
             log_event(logger, "bundles_verified", key_id=self.trusted.key_id,
                       highest_sequence=floor["sequence"] if floor else "none")
-        cfg = self.cfg
-        ch = Channel(self.endpoint, self.ctx)
-        sub: zmq.Socket | None = None
-        backoff = cfg.backoff_s
-        next_check = 0.0
-        announced: dict[str, Any] | None = None
-        tries = 0
-        failing = False  # in backoff: an announcement waits for it too (the exporter repeats them)
-        last: Installed | None = None
+
+    def _announcement(self, sub: zmq.Socket) -> dict[str, Any] | None:
+        """The announcement waiting on sub; None for anything else and for the periodic repeat of
+        the bundle in service."""
         try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if (announced is not None and not failing) or now >= next_check:
-                    try:
-                        if sub is None:
-                            sub = self._subscribe(ch)
-                        got = self.sync(ch, announced)
-                        last = got or last
-                        backoff, failing = cfg.backoff_s, False
-                        next_check = time.monotonic() + cfg.poll_s
-                        self.last_error = ""
-                        if once:
-                            return last
-                    except TransferError as e:  # IntegrityError included
-                        tries += 1
-                        failing = True
-                        self.last_error = str(e)
-                        if once and (tries >= cfg.attempts or isinstance(e, BundleRefused)):
-                            raise
-                        if not isinstance(e, IntegrityError):
-                            log_event(logger, "pull_failed", logging.WARNING, error=str(e), retry_in_s=backoff,
-                                      in_service=(in_service(self.dest) or ("none",))[0])
-                        next_check = time.monotonic() + backoff
-                        backoff = min(cfg.backoff_max_s, backoff * 2)
-                        ch.reset()
-                    announced = None
-                wait = max(0.0, min(next_check - time.monotonic(), 0.25))
-                if sub is not None and sub.poll(wait * 1e3):
-                    try:
-                        parts = sub.recv_multipart()
-                        announced = json_input.loads(parts[1]) if len(parts) == 2 and parts[0] == TOPIC else None
-                        if announced is not None and in_service(self.dest) == (
-                                announced.get("version"), announced.get("files", {}).get(MODEL_FILE, {}).get("sha256")):
-                            announced = None  # the periodic repeat of what we have
-                    except (ValueError, AttributeError):
-                        announced = None
-                elif sub is None:
-                    stop.wait(wait)
-        finally:
-            if sub is not None:
-                sub.close(0)
-            ch.close()
-        return last
+            parts = sub.recv_multipart()
+            announced = json_input.loads(parts[1]) if len(parts) == 2 and parts[0] == TOPIC else None
+            if announced is not None and in_service(self.dest) == (
+                    announced.get("version"), announced.get("files", {}).get(MODEL_FILE, {}).get("sha256")):
+                return None
+            return announced
+        except (ValueError, AttributeError):
+            return None
 
     def _subscribe(self, ch: Channel) -> zmq.Socket:
         hdr, _ = ch.request({"op": "hello"}, self.cfg.timeout_s, 0)
