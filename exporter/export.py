@@ -290,17 +290,7 @@ def export_model(model: nn.Module, out: str | Path, cfg: ExportConfig, *, step: 
     (width, height), box = input_size(model, cfg, slot_size)
     version = new_version(out, step)
     resize = "stretch" if getattr(model, "input_size", None) else "fit"
-    mcfg = model.cfg
-    pre = {
-        "in_graph": "NHWC uint8 -> NCHW float32, x / 255, (x - mean) / std",
-        "mean": [float(v) for v in mcfg.mean], "std": [float(v) for v in mcfg.std],
-        "resize": resize, "fit_box": list(box),
-        "resize_note": ("scale the frame keeping its aspect ratio to fit fit_box (w, h), pad right and bottom "
-                        "to the input's W x H by repeating the edge pixels, cut the outputs back to the "
-                        "frame's region and resize them to the frame"
-                        if resize == "fit" else "resize the frame to W x H and the outputs back"),
-        **(preprocessing or {}),
-    }
+    pre = preprocessing_spec(model.cfg, resize, box, preprocessing)
     input_spec = {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", height, width, 3], "layout": "NHWC",
                   "color": "RGB", "height": height, "width": width}
     arch = dict(source.get("arch", {}))
@@ -313,25 +303,57 @@ def export_model(model: nn.Module, out: str | Path, cfg: ExportConfig, *, step: 
         onnx_bytes = to_onnx(model, heads, width, height, cfg.opset, metadata)
         outputs = output_specs(onnx_bytes, heads)
         t2 = time.perf_counter()
-        frames = frames if frames else default_frames(cfg.parity_frames)
-        fitted = np.stack([fit_frame(f, width, height, resize, box)[0] for f in frames[:cfg.parity_frames]])
+        fitted = parity_batch(frames or default_frames(cfg.parity_frames), cfg.parity_frames, width, height,
+                              resize, box)
         ver = verify_onnx(onnx_bytes, heads, fitted, lambda x: torch_outputs(model, heads, x), cfg, what=version)
     except ExportRejected as e:
         log_event(logger, "export_rejected", logging.ERROR, version=version, check=e.check, reason=e.reason)
         raise
-    t3 = time.perf_counter()
+    timings = {"export": t2 - t1, "verify": time.perf_counter() - t2}
+    manifest = build_manifest(cfg, heads, input_spec, outputs, pre, {**source, "step": step, "arch": arch},
+                              quality or {}, ver, timings)
+    return _publish(out, version, onnx_bytes, manifest, cfg, signer, ver, timings, t0)
+
+
+def preprocessing_spec(mcfg: Any, resize: str, box: Sequence[int], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's `preprocessing`: what the graph does inside, and how a caller fits a frame to it."""
+    return {
+        "in_graph": "NHWC uint8 -> NCHW float32, x / 255, (x - mean) / std",
+        "mean": [float(v) for v in mcfg.mean], "std": [float(v) for v in mcfg.std],
+        "resize": resize, "fit_box": list(box),
+        "resize_note": ("scale the frame keeping its aspect ratio to fit fit_box (w, h), pad right and bottom "
+                        "to the input's W x H by repeating the edge pixels, cut the outputs back to the "
+                        "frame's region and resize them to the frame"
+                        if resize == "fit" else "resize the frame to W x H and the outputs back"),
+        **(extra or {}),
+    }
+
+
+def parity_batch(frames: list[np.ndarray], n: int, width: int, height: int, resize: str,
+                 box: Sequence[int]) -> np.ndarray:
+    """The first n frames fitted to the input, as the device will fit them: the parity check's batch."""
+    return np.stack([fit_frame(f, width, height, resize, box)[0] for f in frames[:n]])
+
+
+def build_manifest(cfg: ExportConfig, heads: list[str], input_spec: dict[str, Any], outputs: list[dict[str, Any]],
+                   pre: dict[str, Any], source: dict[str, Any], quality: dict[str, Any], ver: Verification,
+                   timings: dict[str, float]) -> dict[str, Any]:
     import onnx
 
-    manifest = {
+    return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "created_unix": round(time.time(), 3),
         "opset": cfg.opset, "heads": heads, "input": input_spec, "outputs": outputs, "preprocessing": pre,
-        "source": {**source, "step": step, "arch": arch},
-        "quality": quality or {}, "parity": ver.parity, "latency": ver.latency,
+        "source": source, "quality": quality, "parity": ver.parity, "latency": ver.latency,
         "checks": {"onnx_checker": "passed", "ort_session": ver.provider},
         "producer": {"torch": str(torch.__version__).split("+")[0], "onnx": onnx.__version__,
                      "onnxruntime": ver.ort_version},
-        "timings_s": {"export": round(t2 - t1, 3), "verify": round(t3 - t2, 3)},
+        "timings_s": {"export": round(timings["export"], 3), "verify": round(timings["verify"], 3)},
     }
+
+
+def _publish(out: Path, version: str, onnx_bytes: bytes, manifest: dict[str, Any], cfg: ExportConfig,
+             signer: Signer | None, ver: Verification, timings: dict[str, float], t0: float) -> ExportResult:
+    """The verified model and its manifest into `out` as the newest bundle (LATEST moves to it)."""
     previous = read_pointer(out)
     path = publish_bundle(out, version, {MODEL_FILE: onnx_bytes}, manifest, cfg.keep, signer=signer,
                           expiry_days=cfg.signature_days)
@@ -340,8 +362,7 @@ def export_model(model: nn.Module, out: str | Path, cfg: ExportConfig, *, step: 
     log_event(logger, "export_published", version=version, path=path, sha256=final["sha256"][:16],
               mb=len(onnx_bytes) / 2**20, parity=ver.parity["max_abs_diff"], latency_ms=ver.latency["ms_median"],
               previous=previous or "none", signed=signer.key_id if signer else "no", seconds=seconds)
-    return ExportResult(version, path, final, seconds, ver, previous,
-                        {"export": t2 - t1, "verify": t3 - t2, "total": seconds})
+    return ExportResult(version, path, final, seconds, ver, previous, {**timings, "total": seconds})
 
 
 def load_for_export(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
