@@ -201,19 +201,26 @@ def web_spec(cfg: Config, url: str, fd: int, control: str, masks: str, forward: 
     }, url, pass_fds=(fd,))
 
 
+def cameras_to_run(cfg: Config, role: str) -> list[Any]:
+    """The enabled cameras of role "run" (none for "learn"); UserError for a config that cannot run,
+    before anything is opened."""
+    enabled = [c for c in cfg.cameras if c.enabled] if role == "run" else []
+    remote_roles.check(cfg, role)  # names and key files, before anything is opened
+    if not enabled and role == "run":
+        raise UserError("no cameras to run: add a `cameras:` section to the config (see "
+                        "configs/rig.yaml), or enable one")
+    if cfg.learner.enabled and any(c.name == LEARNER for c in enabled):
+        raise UserError(f"a camera is named {LEARNER!r}, the name of the learner process; rename it "
+                        f"(or set learner.enabled: false)")
+    return enabled
+
+
 class Daemon:
     def __init__(self, cfg: Config, log_level: str = "INFO", role: str = "run") -> None:
         # role "learn" (`motionmask learn`): no cameras; a receiver fills the buffer from rigs
         # (motionmask/remote_roles.py); a rig's sender comes with learner.remote in role "run"
         self.role = role
-        enabled = [c for c in cfg.cameras if c.enabled] if role == "run" else []
-        remote_roles.check(cfg, role)  # names and key files, before anything is opened
-        if not enabled and role == "run":
-            raise UserError("no cameras to run: add a `cameras:` section to the config (see "
-                            "configs/rig.yaml), or enable one")
-        if cfg.learner.enabled and any(c.name == LEARNER for c in enabled):
-            raise UserError(f"a camera is named {LEARNER!r}, the name of the learner process; rename it "
-                            f"(or set learner.enabled: false)")
+        enabled = cameras_to_run(cfg, role)
         self.cfg = cfg
         self.dcfg = cfg.daemon
         self.log_level = log_level
@@ -246,23 +253,28 @@ class Daemon:
             self._close_resources()
             raise
         self.warnings = self._config_warnings()
-        pairs_name = self.pairs.name if self.pairs is not None else ""
-        for spec in camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name) if enabled else []:
+        for spec in self._child_specs(bool(enabled)):
             self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
+
+    def _child_specs(self, cameras: bool) -> list[ChildSpec]:
+        """The children, in the order they start: cameras, the learner, a remote role's sender or
+        receiver, the web console."""
+        cfg, log_level = self.cfg, self.log_level
+        pairs_name = self.pairs.name if self.pairs is not None else ""
+        specs = camera_specs(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name) if cameras else []
         if cfg.learner.enabled:
             spec = learner_spec(cfg, self.forward_endpoint, self.ring.name, log_level, pairs_name)
-            if role == "learn":
+            if self.role == "learn":
                 remote_roles.learn_payload(spec.payload, cfg)
-            self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
-        for spec in remote_roles.remote_specs(cfg, role, self.forward_endpoint, self.ring.name, log_level, pairs_name):
-            self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
+            specs.append(spec)
+        specs += remote_roles.remote_specs(cfg, self.role, self.forward_endpoint, self.ring.name, log_level, pairs_name)
         if self.web_sock is not None:
             from motionmask.web.server import url_of
 
             pub = self.publisher.endpoint if self.publisher else ""
-            spec = web_spec(cfg, url_of(self.web_sock), self.web_sock.fileno(), self.control.endpoint, pub,
-                            self.forward_endpoint, log_level)
-            self.children[spec.name] = Child(spec, backoff=self.dcfg.restart_backoff_s)
+            specs.append(web_spec(cfg, url_of(self.web_sock), self.web_sock.fileno(), self.control.endpoint, pub,
+                                  self.forward_endpoint, log_level))
+        return specs
 
     def _open(self) -> None:
         # Everything that can fail on a user's mistake (ports, shared memory) fails here, before
