@@ -65,23 +65,26 @@ def test_training_goes_on_when_the_disk_refuses_checkpoints(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_a_short_soak_recovers_from_every_fault(tmp_path: Path) -> None:
-    """About 80 s of faults on a real daemon (plus ~40 s to bring the rig up and down): every
-    fault injected is recovered within its bound, nothing unreadable, nothing left in /dev/shm or
-    /tmp, the device's model verified at every sample."""
+    """Four faults, each once (a process killed and restarted by the daemon, the device killed and
+    restarted, junk to every socket, a bundle damaged in transit) on a real daemon: every fault
+    recovered within its bound, nothing unreadable, nothing left in /dev/shm or /tmp, the device's
+    model verified at every sample. About 40 s of faults after ~40-80 s to bring the rig up."""
     out_json = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "1.3", "--seed", "7",
+    kinds = ("camera_kill", "device_kill", "junk", "bundle_flip")
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--once", "--kinds", ",".join(kinds), "--seed", "7",
                            "--out", str(out_json)], capture_output=True, text=True, timeout=420, cwd=ROOT)
     assert out_json.is_file(), proc.stderr[-4000:]
     r = json.loads(out_json.read_text())
     assert proc.returncode == 0, (r["problems"], proc.stderr[-4000:])
-    assert r["faults_injected"] >= 4 and r["faults_recovered"] == r["faults_injected"], r["events"]
+    assert r["faults_injected"] == r["faults_recovered"] == len(kinds), r["events"]
+    assert {k: v["injected"] for k, v in r["by_kind"].items() if v["injected"]} == dict.fromkeys(kinds, 1)
     for key in ("unreadable_checkpoints", "unreadable_bundles", "leftover_shm", "leftover_processes",
                 "leftover_tmp_dirs", "device_unverified"):
         assert r[key] == 0, (key, r["problems"])
     assert r["checkpoints_checked"] > 0 and r["bundles_checked"] > 0 and r["device_checks"] > 0
     assert isinstance(r["rss_slope_mb_per_hour"], float)
     assert all(c["processed"] > 0 and c["motion_masks_received"] > 0 for c in r["cameras"].values()), r["cameras"]
-    assert "| fault |" in proc.stdout
+    assert "| fault |" in proc.stdout and "soak: each fault once" in proc.stdout
 
 
 def _private_dirs(pid: int) -> set[str]:

@@ -3,7 +3,7 @@ MPEG-TS and sent to every client of tcp://127.0.0.1:PORT, paced at the clip's fr
 monotonic timestamps (what an encoder box sends; a new client joins mid-stream at the next
 keyframe). The soak stops the camera by killing this process and brings it back on the same port.
 
-    python -m bench._soak_stream --port 8554 --clip tests/data/sample.mp4
+    python -m bench.soak.stream --port 8554 --clip tests/data/sample.mp4
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import time
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 
 
@@ -44,8 +45,6 @@ class Broadcast:
 
 
 def load_frames(clip: str, width: int) -> tuple[list[np.ndarray], float]:
-    import cv2
-
     with av.open(clip) as c:
         s = c.streams.video[0]
         fps = float(s.average_rate or 10)
@@ -94,7 +93,7 @@ def serve(port: int, clip: str, width: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description="Serve a clip, looped, as a live MPEG-TS stream on loopback TCP "
                                 "(the soak's network camera).",
-                                epilog="example: python -m bench._soak_stream --port 8554 --clip tests/data/sample.mp4")
+                                epilog="example: python -m bench.soak.stream --port 8554 --clip tests/data/sample.mp4")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--clip", required=True)
     p.add_argument("--width", type=int, default=320)

@@ -12,6 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
+from exporter.bundle import MANIFEST_FILE, MODEL_FILE, TMP_PREFIX, load_bundle, read_pointer
+from exporter.signing import SIG_FILE
+from exporter.transfer import smoke_test
+from exporter.verify import check_onnx
+from learner.checkpoint import CHECKPOINT_DIR, load_checkpoint
+
 
 # ---- processes -------------------------------------------------------------------------------
 
@@ -103,9 +110,6 @@ class FileChecks:
         return (str(p), st.st_size, st.st_mtime_ns)
 
     def scan_checkpoints(self, run_dir: Path) -> None:
-        from learner.checkpoint import CHECKPOINT_DIR, load_checkpoint
-        from common.errors import UserError
-
         d = run_dir / CHECKPOINT_DIR
         if not d.is_dir():
             return
@@ -128,12 +132,6 @@ class FileChecks:
         """"" when the bundle folder passes every check a device makes, else why not: each file
         against the manifest's sha256 and length, the manifest's signature by the pinned key, and
         (once per bundle) onnx.checker and an ONNX Runtime session that runs a frame."""
-        from exporter.bundle import MANIFEST_FILE, MODEL_FILE, load_bundle
-        from exporter.signing import SIG_FILE
-        from exporter.transfer import smoke_test
-        from exporter.verify import check_onnx
-        from common.errors import UserError
-
         try:
             b = load_bundle(d, check_hash=True)
             self.trusted.verify((d / MANIFEST_FILE).read_bytes(), (d / SIG_FILE).read_bytes(), b.version)
@@ -146,8 +144,6 @@ class FileChecks:
         return ""
 
     def scan_bundles(self, folder: Path) -> None:
-        from exporter.bundle import TMP_PREFIX
-
         if not folder.is_dir():
             return
         for d in sorted(folder.iterdir()):
@@ -167,8 +163,6 @@ class FileChecks:
 
 def device_model(device_dir: Path, checks: FileChecks) -> tuple[str | None, str]:
     """(version in service or None, "" when it passes every check else why)."""
-    from exporter.bundle import read_pointer
-
     version = read_pointer(device_dir)
     if version is None:
         return None, ""

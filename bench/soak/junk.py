@@ -4,6 +4,7 @@ for a reply longer than a second (a daemon that answers junk with an error is fi
 stops answering is what the soak then catches)."""
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import socket
@@ -14,6 +15,21 @@ from urllib.parse import urlsplit
 import zmq
 
 BIG = 1 << 20  # an oversized message: far beyond any request the daemon expects
+
+
+def send_raw(host: str, port: int, data: bytes, wait_s: float, read: int) -> None:
+    """Connect, send `data`, read up to `read` bytes of any answer within `wait_s`; a refused or
+    reset connection is an answer too."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as s:
+            s.sendall(data)
+            s.settimeout(wait_s)
+            try:
+                s.recv(read)
+            except OSError:
+                pass
+    except OSError:
+        pass
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:
@@ -31,16 +47,7 @@ def raw_tcp(endpoint: str, rng: random.Random) -> int:
              b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03",  # a greeting cut off
              rng.randbytes(BIG)]
     for blob in blobs:
-        try:
-            with socket.create_connection((host, port), timeout=1.0) as s:
-                s.sendall(blob)
-                s.settimeout(0.2)
-                try:
-                    s.recv(64)
-                except OSError:
-                    pass
-        except OSError:
-            pass
+        send_raw(host, port, blob, 0.2, 64)
     return len(blobs)
 
 
@@ -148,16 +155,7 @@ def http(url: str, rng: random.Random) -> int:
             b"GET /api/status HTTP/1.1\r\nHost: x\r\nContent-Le",
             rng.randbytes(4096)]
     for r in reqs:
-        try:
-            with socket.create_connection((host, port), timeout=1.0) as s:
-                s.sendall(r)
-                s.settimeout(0.5)
-                try:
-                    s.recv(256)
-                except OSError:
-                    pass
-        except OSError:
-            pass
+        send_raw(host, port, r, 0.5, 256)
     return len(reqs)
 
 
@@ -197,10 +195,8 @@ def main() -> int:
     """Run as a process of its own (bench.soak does): a client that sends junk can itself crash
     in libzmq (a SUB keeps its subscriptions in a recursive trie: a megabyte-long topic overflows
     the stack of the client's own I/O thread), and that must not take the soak down with it."""
-    import argparse
-
     p = argparse.ArgumentParser(description="Send malformed and oversized messages to a daemon's endpoints.",
-                                epilog='example: python -m bench._soak_junk \'{"control": "tcp://127.0.0.1:5556"}\' 0')
+                                epilog='example: python -m bench.soak.junk \'{"control": "tcp://127.0.0.1:5556"}\' 0')
     p.add_argument("endpoints", help="JSON object: name -> endpoint (control, publish, bundles, announce, web)")
     p.add_argument("seed", type=int)
     a = p.parse_args()
