@@ -409,7 +409,7 @@ class Channel:
             self.sock = None
 
 
-def _check_info(info: dict[str, Any]) -> dict[str, Any]:
+def check_announcement(info: dict[str, Any]) -> dict[str, Any]:
     """An announcement or "latest" answer, checked before any of it names a file or folder here.
     TransferError for anything else: the agent backs off and asks again, and keeps running."""
     if not isinstance(info, dict):
@@ -530,7 +530,7 @@ def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
     checked, then expiry and sequence against DEVICE/TRUST.json, and only then each file, at the
     length and sha256 the signed manifest gives; TRUST.json is raised once the bundle is installed.
     A refusal raises BundleRefused before a byte of the model is fetched."""
-    info = _check_info(info)
+    info = check_announcement(info)
     version, files = info["version"], info["files"]
     staging = dest / f"{TMP_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -705,7 +705,7 @@ class DeviceAgent:
                     return None
                 raise TransferError(f"exporter: {hdr.get('error')}")
             info = hdr
-        info = _check_info(info)
+        info = check_announcement(info)
         sha = info["files"][MODEL_FILE]["sha256"]
         current = in_service(self.dest, check_hash=not self._checked)  # once per run: heal a damaged bundle
         self._checked = True

@@ -31,7 +31,7 @@ from exporter.bundle import (MANIFEST_FILE, MODEL_FILE, parse_manifest, publish_
 from exporter.runtime import BundleRunner
 from exporter.signing import (SIG_FILE, TRUST_FILE, SignatureError, Signer, TrustedKey, check_fresh,
                               create_signing_keys, read_trust)
-from exporter.transfer import (BundleServer, Channel, DeviceAgent, PullConfig, TransferError, _check_info,
+from exporter.transfer import (BundleServer, Channel, DeviceAgent, PullConfig, TransferError, check_announcement,
                                download_file, verified_floor)
 from common.errors import UserError
 
@@ -197,7 +197,7 @@ INFO = {"version": VERSION, "protocol": 1, "step": 5, "created": "2026-12-06T08:
 @example(info=[INFO])  # was AttributeError
 def test_announcements(info):
     try:
-        got = _check_info(info)
+        got = check_announcement(info)
     except TransferError:
         return
     assert got["files"][MODEL_FILE]["bytes"] >= 0
