@@ -91,7 +91,7 @@ def display(enabled: bool, total: int, initial: int, status: Callable[[], str] |
     """The run's progress display: a bar on a terminal, log lines otherwise, nothing when disabled."""
     if not enabled:
         return NoDisplay()
-    return Bar(total, initial, status)
+    return Bar(total, initial, status) if draws_bar(enabled) else Lines(total, status)
 
 
 class TrainLog:

@@ -116,6 +116,25 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(clips, tmp_path):
     assert not list(Path("/dev/shm").glob(f"motionmask_{proc.pid}_*"))  # the buffer is gone too
 
 
+def test_train_logs_one_line_per_interval_when_stderr_is_not_a_terminal(clips, tmp_path):
+    """Redirected to a file or a pipe, `motionmask train` draws no progress bar (no carriage
+    returns in the log): every learner.train.log_every steps it writes one log line instead."""
+    cfg = tmp_path / "every2.yaml"
+    cfg.write_text(TINY.replace("log_every: 1", "log_every: 2"))
+    out = subprocess.run([sys.executable, "-m", "motionmask.cli", "train", str(clips / "clip000.mp4"),
+                          "--out", str(tmp_path / "r"), "--config", str(cfg), "--steps", "6"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if "event=train_progress" in ln]
+    assert [re.search(r" step=(\S+)", ln).group(1) for ln in lines] == ["2/6", "4/6", "6/6"], out.stderr
+    for ln in lines:
+        fields = dict(kv.split("=", 1) for kv in ln.split(" event=train_progress ")[1].split() if "=" in kv)
+        assert np.isfinite(float(fields["loss"])) and float(fields["crops_per_s"]) > 0 and float(fields["lr"]) > 0
+        assert float(fields["train_s"]) > 0
+    assert "motionmask train: 6 steps (run at step 6)" in out.stderr
+
+
 def test_predict_writes_the_masks_contract(clips, trained, tmp_path, capsys):
     out = tmp_path / "pred"
     rc = main(["predict", "--checkpoint", str(trained / "checkpoints" / "last.pt"), str(clips / "clip000.mp4"),

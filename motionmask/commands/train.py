@@ -44,6 +44,9 @@ RUN/train.jsonl (step, loss, lr, crops/s every learner.train.log_every steps) an
 `motionmask synth` clips also the labels' IoU and accuracy against the ground truth). Run the same
 command again to resume a run: --steps and --minutes count the whole run.
 
+Progress: a bar on a terminal; with stderr redirected to a file or a pipe, one log line
+(event=train_progress: step, loss, crops/s, lr, training seconds) every learner.train.log_every steps.
+
 --nproc N: data-parallel training (DistributedDataParallel) in N ranks, one GPU each on CUDA (nccl),
 N processes on the CPU (gloo). Each rank samples its own batches from one shared buffer, so a step
 trains on N x learner.train.batch crops; rank 0 alone streams, bootstraps, logs and checkpoints,
@@ -68,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: learner.train.device (auto: CUDA when present)")
     p.add_argument("--nproc", default=None, metavar="N", help="data-parallel ranks: N GPUs on CUDA, N processes on the CPU "
                    "(default: learner.train.nproc = 1; under torchrun, its --nproc-per-node)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no info logs; warnings and the summary remain")
+    p.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no info logs; warnings and the summary remain")
     return p
 
 
@@ -189,6 +192,7 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
     from learner.bootstrap import Bootstrapper, synthetic_ground_truth
     from learner.device import available_cores, resolve_device
     from learner.samples import OfflineFeed
+    from learner.progress import draws_bar
     from learner.train import Limits, Trainer, fit
 
     t = cfg.learner.train
@@ -212,7 +216,7 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         p = feed.progress
         return "" if p.done else f"streamer {p.inputs_done}/{p.inputs} inputs, {p.kept} kept"
 
-    bar = not args.quiet
+    bar = draws_bar(not args.quiet)  # on a terminal: logs go above the bar; elsewhere one line per interval
     with distributed.share_feed(feed) as feed, (logging_redirect_tqdm() if bar else contextlib.nullcontext()):
         boot = None
         if cfg.learner.bootstrap.enabled and main:  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
