@@ -22,9 +22,7 @@ Prints a markdown table; writes bench/out/camera_fused.json (--out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import OUT, ROOT, cpu_model, free_port, git_revision
+from bench.common import OUT, ROOT, cpu_model, free_port, git_revision, save_json, stop
 from motionmask.control import ControlUnavailable, request
 
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
@@ -67,8 +65,8 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, warm_s: float,
-          seconds: float) -> dict:
+def daemon_config(path: Path, clip: Path, exports: Path | None, every: int, fused: bool) -> str:
+    """A one-camera `motionmask run` config at `path`, flat out, no learner; its control endpoint."""
     control = f"tcp://127.0.0.1:{free_port()}"
     cfg = {
         "cameras": [{"name": "cam", "source": str(clip), "loop": True, "realtime": False}],
@@ -80,8 +78,15 @@ def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, 
         "export": ({"enabled": True, "dir": str(exports), "serve": False, "student_every": every, "fused": fused}
                    if exports is not None else {"enabled": False}),
     }
+    path.write_text(yaml.safe_dump(cfg))
+    return control
+
+
+def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, warm_s: float,
+          seconds: float) -> dict:
+    """One daemon run: the camera's fps and CPU ms per frame over `seconds`, after `warm_s`."""
     conf = tmp / "d.yaml"
-    conf.write_text(yaml.safe_dump(cfg))
+    control = daemon_config(conf, clip, exports, every, fused)
     log_path = tmp / f"daemon-{every}-{int(fused)}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(conf)],
@@ -104,12 +109,7 @@ def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, 
         f1, t1, d1, _ = camera(control)
         c1, p1 = cpu_s(pid), cpu_s(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
     text = log_path.read_text(errors="replace")
     if exports is not None and "event=student_loaded" not in text:
         raise SystemExit(f"the camera never loaded the bundle; see {log_path}")
@@ -144,27 +144,42 @@ def main() -> int:
     if args.student_only:
         plan.append((True, args.student_only, False))
     load0 = os.getloadavg()[0]
-    rows = []
-    for rnd in range(args.rounds):
-        base = None
-        for bundle, every, fused in plan:
-            row = phase(tmp, args.clip, tmp / "exports" if bundle else None, every, fused, args.warm, args.seconds)
-            base = row if not bundle else base
-            row["round"] = rnd
-            row["vs_no_bundle"] = round(row["camera_fps"] / base["camera_fps"], 3) if base else None
-            # CPU-bound, a camera's fps is 1 / its CPU time per frame: this ratio does not move with the
-            # machine's other load the way the wall-clock one does
-            row["cpu_vs_no_bundle"] = (round(base["camera_cpu_ms_per_frame"] / row["camera_cpu_ms_per_frame"], 3)
-                                       if base else None)
-            rows.append(row)
-            print(f"round {rnd}: {row}", file=sys.stderr)
+    rows = [row for rnd in range(args.rounds) for row in one_round(rnd, plan, tmp, args)]
     load1 = os.getloadavg()[0]
+    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "revision": git_revision(), "clip": str(args.clip),
+              "bundle_version": version, "bundle_input": input_wh, "seconds_per_phase": args.seconds,
+              "rounds": args.rounds, "load_avg_start_end": [load0, load1], "phases": rows,
+              "summary": summarize(plan, rows)}
+    save_json(args.out, result)
+    print_table(result, args.clip)
+    return 0
 
-    def label(r: dict) -> str:
-        if not r["bundle"]:
-            return "no bundle (motion, trimap)"
-        return f"student every {r['student_every']}" + (" + fused" if r["fused"] else ", no fused")
 
+def one_round(rnd: int, plan: list[tuple[bool, int, bool]], tmp: Path, args: argparse.Namespace) -> list[dict]:
+    """Every phase of the plan once, each against the round's phase without a bundle."""
+    rows, base = [], None
+    for bundle, every, fused in plan:
+        row = phase(tmp, args.clip, tmp / "exports" if bundle else None, every, fused, args.warm, args.seconds)
+        base = row if not bundle else base
+        row["round"] = rnd
+        row["vs_no_bundle"] = round(row["camera_fps"] / base["camera_fps"], 3) if base else None
+        # CPU-bound, a camera's fps is 1 / its CPU time per frame: this ratio does not move with the
+        # machine's other load the way the wall-clock one does
+        row["cpu_vs_no_bundle"] = (round(base["camera_cpu_ms_per_frame"] / row["camera_cpu_ms_per_frame"], 3)
+                                   if base else None)
+        rows.append(row)
+        print(f"round {rnd}: {row}", file=sys.stderr)
+    return rows
+
+
+def label(r: dict) -> str:
+    if not r["bundle"]:
+        return "no bundle (motion, trimap)"
+    return f"student every {r['student_every']}" + (" + fused" if r["fused"] else ", no fused")
+
+
+def summarize(plan: list[tuple[bool, int, bool]], rows: list[dict]) -> list[dict]:
+    """Per phase of the plan: its figures in every round, and the mean fps kept by CPU time."""
     summary = []
     for bundle, every, fused in plan:
         mine = [r for r in rows if r["bundle"] == bundle and (r["student_every"] == every or not bundle)
@@ -172,14 +187,16 @@ def main() -> int:
         summary.append({"phase": label(mine[0]), **{k: [r[k] for r in mine] for k in (
             "camera_fps", "vs_no_bundle", "camera_cpu_ms_per_frame", "cpu_vs_no_bundle")},
             "mean_cpu_vs_no_bundle": round(statistics.mean(r["cpu_vs_no_bundle"] for r in mine), 3)})
-    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "revision": git_revision(), "clip": str(args.clip),
-              "bundle_version": version, "bundle_input": input_wh, "seconds_per_phase": args.seconds,
-              "rounds": args.rounds, "load_avg_start_end": [load0, load1], "phases": rows, "summary": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return summary
+
+
+def print_table(result: dict, clip: Path) -> None:
+    load0, load1 = result["load_avg_start_end"]
+    input_wh = result["bundle_input"]
     print(f"Camera fps with the student and the fused mask: {result['cpu']}, {result['cores']} cores, load "
-          f"{load0:.1f} at start, {load1:.1f} at end; one camera ({args.clip.name}, flat out, PNG masks), "
-          f"bundle {input_wh[0]}x{input_wh[1]} in (default model), {args.seconds:g} s per phase, {args.rounds} rounds\n")
+          f"{load0:.1f} at start, {load1:.1f} at end; one camera ({clip.name}, flat out, PNG masks), "
+          f"bundle {input_wh[0]}x{input_wh[1]} in (default model), {result['seconds_per_phase']:g} s per phase, "
+          f"{result['rounds']} rounds\n")
     print("| phase | camera fps, per round | vs no bundle, same round | camera CPU ms per frame | "
           "fps kept by CPU time (mean) |")
     print("|---|---|---|---|---:|")
@@ -187,10 +204,9 @@ def main() -> int:
     def join(vs: list, fmt: str) -> str:
         return " / ".join(format(v, fmt) for v in vs)
 
-    for s in summary:
+    for s in result["summary"]:
         print(f"| {s['phase']} | {join(s['camera_fps'], '.1f')} | {join(s['vs_no_bundle'], '.2f')} "
               f"| {join(s['camera_cpu_ms_per_frame'], '.1f')} | {s['mean_cpu_vs_no_bundle']:.2f} |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import httpx
 import yaml
 from websockets.sync.client import connect
 
-from bench.common import OUT, ROOT, cpu_model, free_port, git_revision
+from bench.common import OUT, ROOT, cpu_model, free_port, git_revision, save_json, stop
 from motionmask.control import ControlUnavailable, request
 
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
@@ -108,11 +107,36 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT / "console.json")
     args = ap.parse_args()
     phases = [int(x) for x in args.consoles.split(",")]
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
     web_port, control = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{web_port}"
+    log = open(tmp / "daemon.log", "wb")
+    proc = start_daemon(tmp, control, web_port, args.realtime, log)
+    try:
+        wait_until_up(proc, control, url, tmp / "daemon.log")
+        time.sleep(3.0)  # past the start-up
+        load0 = os.getloadavg()[0]
+        rows = []
+        for n in phases:
+            rows.append(measure(n, url, control, args.seconds))
+            print(f"consoles {n}: {rows[-1]}", file=sys.stderr)
+            time.sleep(2.0)
+        st = httpx.get(url + "/api/status", timeout=5).json()
+    finally:
+        stop(proc)
+        log.close()
+    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "revision": git_revision(), "load_avg_at_start": load0,
+              "clip": str(CLIP.relative_to(ROOT)), "realtime": args.realtime, "seconds_per_phase": args.seconds,
+              "frame_fps": 5.0, "size": st["cameras"]["cam"]["size"], "phases": rows}
+    save_json(args.out, result)
+    print_table(result, args.realtime)
+    return 0
+
+
+def start_daemon(tmp: Path, control: str, web_port: int, realtime: bool, log) -> subprocess.Popen:
+    """`motionmask run` with one camera looping the clip, no learner, the console on web_port."""
     cfg = {
-        "cameras": [{"name": "cam", "source": str(CLIP), "loop": True, "realtime": args.realtime}],
+        "cameras": [{"name": "cam", "source": str(CLIP), "loop": True, "realtime": realtime}],
         "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
         "daemon": {"control_endpoint": control, "stats_interval_s": 0.0},
         "learner": {"enabled": False},
@@ -120,73 +144,63 @@ def main() -> int:
         "web": {"port": web_port},
     }
     (tmp / "d.yaml").write_text(yaml.safe_dump(cfg))
-    log = open(tmp / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(tmp / "d.yaml")],
+    return subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(tmp / "d.yaml")],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{web_port}"
-    rows = []
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if frames(control)[0] > 20 and httpx.get(url + "/api/status", timeout=2).status_code == 200:
-                    break
-            except (ControlUnavailable, httpx.HTTPError, KeyError):
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"daemon did not come up; see {tmp / 'daemon.log'}")
-            time.sleep(0.5)
-        time.sleep(3.0)  # past the start-up
-        load0 = os.getloadavg()[0]
-        for n in phases:
-            stop = threading.Event()
-            consoles = [Console(url, stop) for _ in range(n)]
-            for c in consoles:
-                c.start()
-            time.sleep(3.0)  # connected and streaming
-            f0, t0 = frames(control)
-            for c in consoles:
-                c.latencies_ms.clear()
-            time.sleep(args.seconds)
-            f1, t1 = frames(control)
-            lat = [x for c in consoles for x in c.latencies_ms]
-            units = sum(len(c.latencies_ms) for c in consoles)
-            stop.set()
-            for c in consoles:
-                c.join(timeout=10)
-            errors = [e for c in consoles for e in c.errors]
-            row = {"consoles": n, "camera_fps": round((f1 - f0) / (t1 - t0), 2),
-                   "latency_p50_ms": round(pct(lat, 0.5), 1) if lat else None,
-                   "latency_p99_ms": round(pct(lat, 0.99), 1) if lat else None,
-                   "pictures_per_console_s": round(units / max(n, 1) / (t1 - t0), 2) if n else None,
-                   "errors": errors[:5]}
-            rows.append(row)
-            print(f"consoles {n}: {row}", file=sys.stderr)
-            time.sleep(2.0)
-        st = httpx.get(url + "/api/status", timeout=5).json()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
-    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "revision": git_revision(), "load_avg_at_start": load0,
-              "clip": str(CLIP.relative_to(ROOT)), "realtime": args.realtime, "seconds_per_phase": args.seconds,
-              "frame_fps": 5.0, "size": st["cameras"]["cam"]["size"], "phases": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"Console cost and latency: {result['cpu']}, {result['cores']} cores, load {load0:.2f} at start; "
-          f"one camera ({CLIP.name} {result['size'][0]}x{result['size'][1]}, "
-          f"{'real time' if args.realtime else 'flat out'}), frames to consoles at 5 fps, {args.seconds:g} s per phase\n")
+
+def wait_until_up(proc: subprocess.Popen, control: str, url: str, log_path: Path) -> None:
+    """Until the camera has counted 20 frames and the console answers (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if frames(control)[0] > 20 and httpx.get(url + "/api/status", timeout=2).status_code == 200:
+                return
+        except (ControlUnavailable, httpx.HTTPError, KeyError):
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"daemon did not come up; see {log_path}")
+        time.sleep(0.5)
+
+
+def measure(n: int, url: str, control: str, seconds: float) -> dict:
+    """One phase: n consoles open; the camera's fps and the capture-to-client latency."""
+    stop_consoles = threading.Event()
+    consoles = [Console(url, stop_consoles) for _ in range(n)]
+    for c in consoles:
+        c.start()
+    time.sleep(3.0)  # connected and streaming
+    f0, t0 = frames(control)
+    for c in consoles:
+        c.latencies_ms.clear()
+    time.sleep(seconds)
+    f1, t1 = frames(control)
+    lat = [x for c in consoles for x in c.latencies_ms]
+    units = sum(len(c.latencies_ms) for c in consoles)
+    stop_consoles.set()
+    for c in consoles:
+        c.join(timeout=10)
+    errors = [e for c in consoles for e in c.errors]
+    return {"consoles": n, "camera_fps": round((f1 - f0) / (t1 - t0), 2),
+            "latency_p50_ms": round(pct(lat, 0.5), 1) if lat else None,
+            "latency_p99_ms": round(pct(lat, 0.99), 1) if lat else None,
+            "pictures_per_console_s": round(units / max(n, 1) / (t1 - t0), 2) if n else None,
+            "errors": errors[:5]}
+
+
+def print_table(result: dict, realtime: bool) -> None:
+    print(f"Console cost and latency: {result['cpu']}, {result['cores']} cores, load {result['load_avg_at_start']:.2f} "
+          f"at start; one camera ({CLIP.name} {result['size'][0]}x{result['size'][1]}, "
+          f"{'real time' if realtime else 'flat out'}), frames to consoles at 5 fps, "
+          f"{result['seconds_per_phase']:g} s per phase\n")
     print("| open consoles | camera fps | capture -> mask at client p50 | p99 | pictures/s per console |")
     print("|---:|---:|---:|---:|---:|")
-    for r in rows:
-        f = lambda v, u="": "-" if v is None else f"{v}{u}"  # noqa: E731
+
+    def f(v, u=""):
+        return "-" if v is None else f"{v}{u}"
+
+    for r in result["phases"]:
         print(f"| {r['consoles']} | {r['camera_fps']} | {f(r['latency_p50_ms'], ' ms')} | {f(r['latency_p99_ms'], ' ms')} "
               f"| {f(r['pictures_per_console_s'])} |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import OUT, ROOT, cpu_model, git_revision, reexec_single_threaded
-from common.atomic import write_json
+from bench.common import OUT, ROOT, cpu_model, git_revision, reexec_single_threaded, save_json
 from common.errors import UserError
 
 
@@ -115,23 +114,50 @@ def run(args, sizes: list[tuple[int, int]], cpu: int, allowed: list[int]) -> int
     import onnxruntime as ort
     import torch
 
-    from exporter.config import ExportConfig
-    from exporter.export import export_model, load_for_export
-    from exporter.runtime import fit_frame
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    torch.set_num_threads(len(allowed))
+    model, step, arch, what = the_model(args.checkpoint)
+    params = sum(p.numel() for p in model.parameters())
+    rows = export_and_time(model, step, arch, what, sizes, cpu, allowed, args.runs)
+    n = len(allowed)
+    print(f"\n### ONNX Runtime {ort.__version__}, compact mask net ({what}; {params / 1e6:.2f} M parameters)\n")
+    print(f"{cpu_model()}, {os.cpu_count()} cores; one thread pinned to CPU {cpu}; all threads = {n} "
+          f"(CPUs {allowed}); load average {load} at start; ms per frame, median (p90)\n")
+    print_table(rows, n)
+    save_json(args.out, {"rows": rows, "model": what, "arch": arch, "parameters": params, "cpu_model": cpu_model(),
+                         "cores": os.cpu_count(), "one_thread_cpu": cpu, "all_threads": n, "load_average": load,
+                         "onnxruntime": ort.__version__, "torch": str(torch.__version__),
+                         "python": platform.python_version(), "git": git_revision(),
+                         "targets": {"ms_per_224_frame_one_core": TARGET_MS, "parity": TARGET_PARITY}})
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def the_model(checkpoint: str | None):
+    """(model, step, arch, what): the checkpoint's net, or the default compact net with seed-0 weights."""
+    import torch
+
+    from exporter.export import load_for_export
     from learner.config import LearnerConfig
     from learner.model import architecture, build_model
 
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    torch.set_num_threads(len(allowed))
-    if args.checkpoint:
-        model, state = load_for_export(args.checkpoint)
-        step, arch, what = int(state["step"]), state["arch"], args.checkpoint
-    else:
-        cfg = LearnerConfig()
-        torch.manual_seed(0)
-        model = build_model(cfg.model, cfg.crop_size)
-        step, arch, what = 0, architecture(cfg.model, cfg.crop_size), "default compact net, random weights"
-    params = sum(p.numel() for p in model.parameters())
+    if checkpoint:
+        model, state = load_for_export(checkpoint)
+        return model, int(state["step"]), state["arch"], checkpoint
+    cfg = LearnerConfig()
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.crop_size)
+    return model, 0, architecture(cfg.model, cfg.crop_size), "default compact net, random weights"
+
+
+def export_and_time(model, step: int, arch: dict, what: str, sizes: list[tuple[int, int]], cpu: int,
+                    allowed: list[int], runs: int) -> list[dict]:
+    """Per size: `motionmask export`'s export and verification into a scratch folder, then the
+    bundle timed with one pinned thread and with every allowed CPU."""
+    from exporter.config import ExportConfig
+    from exporter.export import export_model
+    from exporter.runtime import fit_frame
+
     frames = real_frames(8)
     scratch = Path(tempfile.mkdtemp(prefix="bench-export-"))
     rows = []
@@ -144,19 +170,18 @@ def run(args, sizes: list[tuple[int, int]], cpu: int, allowed: list[int]) -> int
             total = time.perf_counter() - t0
             x = np.stack([fit_frame(f, w, h)[0] for f in frames])
             print(f"time {w}x{h} ...", file=sys.stderr, flush=True)
-            one = measure(r.path, x, 1, {cpu}, args.runs)
-            every = measure(r.path, x, len(allowed), set(allowed), args.runs)
+            one = measure(r.path, x, 1, {cpu}, runs)
+            every = measure(r.path, x, len(allowed), set(allowed), runs)
             rows.append({"size": [w, h], "version": r.version, "mb": round(r.manifest["files"]["model.onnx"]["bytes"] / 2**20, 2),
                          "export_s": round(r.timings["export"], 2), "verify_s": round(r.timings["verify"], 2),
                          "export_total_s": round(total, 2), "parity_max_abs_diff": r.manifest["parity"]["max_abs_diff"],
                          "threads_1": one, f"threads_{len(allowed)}": every})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return rows
 
-    n = len(allowed)
-    print(f"\n### ONNX Runtime {ort.__version__}, compact mask net ({what}; {params / 1e6:.2f} M parameters)\n")
-    print(f"{cpu_model()}, {os.cpu_count()} cores; one thread pinned to CPU {cpu}; all threads = {n} "
-          f"(CPUs {allowed}); load average {load} at start; ms per frame, median (p90)\n")
+
+def print_table(rows: list[dict], n: int) -> None:
     print(f"| input | 1 thread, batch 1 | 1 thread, batch 8 | {n} threads, batch 1 | {n} threads, batch 8 | "
           f"export + verify s | parity | MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -178,14 +203,6 @@ def run(args, sizes: list[tuple[int, int]], cpu: int, allowed: list[int]) -> int
     verdicts.append(f"parity: max |onnxruntime - pytorch| {worst:.1e} "
                     f"({'meets' if worst <= TARGET_PARITY else 'MISSES'} the <= {TARGET_PARITY:g} target)")
     print("\n" + "\n".join(f"- {v}" for v in verdicts))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, {"rows": rows, "model": what, "arch": arch, "parameters": params, "cpu_model": cpu_model(),
-                     "cores": os.cpu_count(), "one_thread_cpu": cpu, "all_threads": n, "load_average": load,
-                     "onnxruntime": ort.__version__, "torch": str(torch.__version__), "python": platform.python_version(),
-                     "git": git_revision(), "targets": {"ms_per_224_frame_one_core": TARGET_MS, "parity": TARGET_PARITY}})
-    print(f"\nwrote {out}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

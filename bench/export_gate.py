@@ -19,14 +19,13 @@ Prints markdown tables and writes bench/out/export_gate.json (--out).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from bench.common import OUT, cpu_model, git_revision
+from bench.common import OUT, cpu_model, git_revision, save_json
 from common.errors import UserError
 from exporter.config import ExportConfig
 from exporter.export import Holdout, beats, holdout_score, load_for_export
@@ -95,25 +94,10 @@ def main() -> int:
               "--config configs/checkpoint-often.yaml to keep one every 400 steps", file=sys.stderr)
         return 2
     try:
-        models = {c: load_for_export(c)[0] for c in checkpoints}
-        holdouts = {}
-        for name, d in (("seen", args.seen), ("unseen", args.eval)):
-            samples = kept_samples(Path(d), args.samples)  # the clips' own size stands in for the buffer slot
-            holdouts[name] = Holdout.for_model(samples, models[checkpoints[0]], ExportConfig(),
-                                               slot_size=samples[0].image.shape[:2])
-        truth = evaluate_checkpoints({c.stem: c for c in checkpoints}, args.eval, device="cpu", progress=True,
-                                     every=max(1, args.every), teacher=False)
-        rows = []
-        for c, model in models.items():
-            row = {"checkpoint": c.stem, "step": truth["steps"][c.stem], "gt_iou": truth["summary"][c.stem]["iou"]}
-            for name, h in holdouts.items():
-                s = holdout_score(model, h)
-                row |= {f"{name}_holdout_bce": s["holdout_bce"], f"{name}_holdout_iou": s["holdout_iou"]}
-            rows.append(row)
+        rows, holdouts = score_checkpoints(checkpoints, args)
     except UserError as e:
         print(f"bench/export_gate.py: {e}", file=sys.stderr)
         return 2
-
     print(f"\ncheckpoints of {args.run}: the truth ({args.eval}, one frame in {args.every}) and the gate's "
           f"scores on {args.samples} held-back kept frames")
     print("| step | IoU vs ground truth | seen: BCE | seen: IoU | unseen: BCE | unseen: IoU |")
@@ -121,6 +105,39 @@ def main() -> int:
     for r in rows:
         print(f"| {r['step']} | {r['gt_iou']:.3f} | {r['seen_holdout_bce']:.4f} | {r['seen_holdout_iou']:.3f} | "
               f"{r['unseen_holdout_bce']:.4f} | {r['unseen_holdout_iou']:.3f} |")
+    ranks = rank_correlations(rows, holdouts)
+    replays = replays_of(rows, holdouts)
+    best = max(rows, key=lambda r: r["gt_iou"])
+    print(f"\nbest checkpoint by the truth: step {best['step']} ({best['gt_iou']:.3f})")
+    save_json(args.out, {"run": args.run, "seen": args.seen, "eval": args.eval, "samples": args.samples,
+                         "cpu": cpu_model(), "revision": git_revision(), "rows": rows,
+                         "spearman": ranks, "replay": replays}, indent=1)
+    return 0
+
+
+def score_checkpoints(checkpoints: list[Path], args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Per step checkpoint: its IoU against the unseen clips' ground truth and the gate's scores
+    (masked BCE, IoU) on kept frames of the seen and the unseen clips; and the two holdouts."""
+    models = {c: load_for_export(c)[0] for c in checkpoints}
+    holdouts = {}
+    for name, d in (("seen", args.seen), ("unseen", args.eval)):
+        samples = kept_samples(Path(d), args.samples)  # the clips' own size stands in for the buffer slot
+        holdouts[name] = Holdout.for_model(samples, models[checkpoints[0]], ExportConfig(),
+                                           slot_size=samples[0].image.shape[:2])
+    truth = evaluate_checkpoints({c.stem: c for c in checkpoints}, args.eval, device="cpu", progress=True,
+                                 every=max(1, args.every), teacher=False)
+    rows = []
+    for c, model in models.items():
+        row = {"checkpoint": c.stem, "step": truth["steps"][c.stem], "gt_iou": truth["summary"][c.stem]["iou"]}
+        for name, h in holdouts.items():
+            s = holdout_score(model, h)
+            row |= {f"{name}_holdout_bce": s["holdout_bce"], f"{name}_holdout_iou": s["holdout_iou"]}
+        rows.append(row)
+    return rows, holdouts
+
+
+def rank_correlations(rows: list[dict], holdouts: dict) -> dict[str, float]:
+    """Spearman's rank correlation of each gate score with the truth, printed as a table."""
     gt = [r["gt_iou"] for r in rows]
     ranks = {f"{h}_{rule}": spearman(gt, [r[f"{h}_{key}"] * (1 if higher else -1) for r in rows])
              for h in holdouts for rule, (key, higher) in SCORES.items()}
@@ -129,6 +146,12 @@ def main() -> int:
     print("|---|---:|---:|")
     for h in holdouts:
         print(f"| {h} | {ranks[f'{h}_bce']:.2f} | {ranks[f'{h}_iou']:.2f} |")
+    return ranks
+
+
+def replays_of(rows: list[dict], holdouts: dict) -> list[dict]:
+    """The gate replayed at export intervals of one, two checkpoints and the default: the
+    checkpoint each rule leaves in service; printed as a table."""
     gap = max(1, rows[1]["step"] - rows[0]["step"])
     replays = []
     print("\nthe gate replayed: the checkpoint in service at the end (its true IoU), exports shipped")
@@ -143,14 +166,7 @@ def main() -> int:
             replays.append({"every_steps": every * gap, "holdout": h, **got})
             cell = {k: f"step {v['served_step']} ({v['served_gt_iou']:.3f}), {v['exports']}" for k, v in got.items()}
             print(f"| {every * gap} | {h} | {cell['bce']} | {cell['iou']} |")
-    best = max(rows, key=lambda r: r["gt_iou"])
-    print(f"\nbest checkpoint by the truth: step {best['step']} ({best['gt_iou']:.3f})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"run": args.run, "seen": args.seen, "eval": args.eval, "samples": args.samples,
-                               "cpu": cpu_model(), "revision": git_revision(), "rows": rows,
-                               "spearman": ranks, "replay": replays}, indent=1))
-    return 0
+    return replays
 
 
 if __name__ == "__main__":

@@ -25,14 +25,12 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import OUT
-from common.atomic import write_json
+from bench.common import OUT, save_json
 from learner.config import LearnerConfig
 from learner.crops import make_crops
 from learner.loss import masked_bce
@@ -144,6 +142,32 @@ def end_to_end(trainer: Trainer, ring: RingBuffer, warmup: int, seconds: float) 
     return s.crops_per_s
 
 
+def measure(cfg: LearnerConfig, device: torch.device, ring: RingBuffer, warmup: int, seconds: float,
+            peak: float | None) -> dict:
+    """One backbone at one crop size: crops/s end to end and step only, FLOPs per crop."""
+    trainer = Trainer(cfg, device)
+    e2e = end_to_end(trainer, ring, warmup, seconds)
+    only, flops = step_only(trainer, ring, seconds / 2)
+    row = {"backbone": cfg.model.backbone, "width": cfg.model.resolved_width(), "size": cfg.crops.size,
+           "batch": cfg.train.batch, "device": device.type, "threads": torch.get_num_threads(),
+           "precision": trainer.precision,
+           "end_to_end_crops_per_s": round(e2e, 1), "step_only_crops_per_s": round(only, 1),
+           "gflop_per_crop": round(flops / 1e9, 3), "tflops": round(flops * e2e / 1e12, 3),
+           "peak_tflops": peak, "fraction_of_peak": round(flops * e2e / 1e12 / peak, 4) if peak else None}
+    print(f"{row['backbone']} {row['size']}px {row['precision']}: {e2e:.0f} crops/s end to end, {only:.0f} step only",
+          file=sys.stderr)
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| backbone | crop | precision | end to end crops/s | step only crops/s | GFLOP/crop (fwd+bwd) | achieved TFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        frac = f"{r['fraction_of_peak']:.1%}" if r["fraction_of_peak"] is not None else "-"
+        print(f"| {r['backbone']} (width {r['width']}) | {r['size']} | {r['precision']} | {r['end_to_end_crops_per_s']:.0f} | "
+              f"{r['step_only_crops_per_s']:.0f} | {r['gflop_per_crop']:.2f} | {r['tflops']:.3f} | {frac} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
@@ -175,31 +199,14 @@ def main() -> int:
         for backbone in args.backbones.split(","):
             for size in (int(s) for s in args.sizes.split(",")):
                 cfg = config(backbone, size, batch, per_frame, device.type, args.compile, args.cpu_precision)
-                trainer = Trainer(cfg, device)
-                e2e = end_to_end(trainer, ring, warmup, seconds)
-                only, flops = step_only(trainer, ring, seconds / 2)
-                row = {"backbone": backbone, "width": cfg.model.resolved_width(), "size": size, "batch": batch,
-                       "device": device.type, "threads": torch.get_num_threads(),
-                       "precision": trainer.precision,
-                       "end_to_end_crops_per_s": round(e2e, 1), "step_only_crops_per_s": round(only, 1),
-                       "gflop_per_crop": round(flops / 1e9, 3), "tflops": round(flops * e2e / 1e12, 3),
-                       "peak_tflops": peak, "fraction_of_peak": round(flops * e2e / 1e12 / peak, 4) if peak else None}
-                rows.append(row)
-                print(f"{backbone} {size}px {row['precision']}: {e2e:.0f} crops/s end to end, {only:.0f} step only", file=sys.stderr)
-                del trainer
+                rows.append(measure(cfg, device, ring, warmup, seconds, peak))
                 if cuda:
                     torch.cuda.empty_cache()
     finally:
         ring.close()
     print(f"\ntraining crops per second, {device.type} ({name}), batch {batch}")
-    print("| backbone | crop | precision | end to end crops/s | step only crops/s | GFLOP/crop (fwd+bwd) | achieved TFLOP/s | of peak |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        frac = f"{r['fraction_of_peak']:.1%}" if r["fraction_of_peak"] is not None else "-"
-        print(f"| {r['backbone']} (width {r['width']}) | {r['size']} | {r['precision']} | {r['end_to_end_crops_per_s']:.0f} | "
-              f"{r['step_only_crops_per_s']:.0f} | {r['gflop_per_crop']:.2f} | {r['tflops']:.3f} | {frac} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {"rows": rows, "machine": {"device": name, "torch": torch.__version__,
+    print_table(rows)
+    save_json(args.out, {"rows": rows, "machine": {"device": name, "torch": torch.__version__,
                                                     "python": platform.python_version(), "cpus": os.cpu_count(),
                                                     "loadavg": os.getloadavg()},
                           "settings": {"batch": batch, "per_frame": per_frame, "seconds": seconds, "warmup": warmup,

@@ -588,10 +588,6 @@ def learner_main(args) -> int:
     return 0
 
 
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def _print_learner(res: dict, args) -> None:
     u, t = res["unseen"]["summary"], res["training"]
     print(f"\nstudent vs teacher on {args.eval_clips} unseen synthetic clips (seed {args.eval_seed}; trained on "

@@ -305,7 +305,6 @@ def evaluate(video: Path, clip_dir: Path, split: int, frames: int, fps: int, str
     from exporter.config import ExportConfig
     from exporter.runtime import BundleRunner
     from learner.predict import Predictor
-    from streamer.motion.flow import working_size
     from streamer.motion.pipeline import MotionSegmenter
 
     predictor = Predictor(checkpoint, device)
@@ -335,19 +334,9 @@ def evaluate(video: Path, clip_dir: Path, split: int, frames: int, fps: int, str
             scores["student"].add(sp, truth)
             scores["exported"].add(ep, truth)
             scores["ground_truth"].add(truth.gt, truth)
-            fp = lp = None
+            lp = None
             if fuse is not None:
-                e8 = np.clip(ep * 255 + 0.5, 0, 255).astype(np.uint8)  # the camera's student mask
-                fp = fuse(motion, e8)
-                if carried.due(r.shot, r.flow, runner.version):
-                    h, w = e8.shape
-                    size = (r.flow.shape[1], r.flow.shape[0]) if r.flow is not None else \
-                        working_size(w, h, streamer_cfg.flow.width)
-                    carried.ran(e8, r.shot, runner.version, size)
-                    lp = fp
-                else:
-                    carried.step(r.flow)
-                    lp = fuse(motion, carried.mask)
+                fp, lp = fused_and_live(fuse, carried, motion, ep, r, runner.version, streamer_cfg.flow.width)
                 scores["fused"].add(fp, truth)
                 scores["live"].add(lp, truth)
             if t in sheet_at:
@@ -362,6 +351,23 @@ def evaluate(video: Path, clip_dir: Path, split: int, frames: int, fps: int, str
             "exported": {"provider": runner.device.provider, "version": runner.version,
                          "max_abs_diff_max": max(diffs) if diffs else None,
                          "max_abs_diff_mean": _mean(diffs)}, "_sheet": sheet}
+
+
+def fused_and_live(fuse: Callable, carried, motion: np.ndarray, ep: np.ndarray, r, version: str,
+                   flow_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fused mask with the bundle run on this frame, and the live one as the camera makes it:
+    the bundle's mask when it is due, else the last one carried along the flow, fused."""
+    from streamer.motion.flow import working_size
+
+    e8 = np.clip(ep * 255 + 0.5, 0, 255).astype(np.uint8)  # the camera's student mask
+    fp = fuse(motion, e8)
+    if carried.due(r.shot, r.flow, version):
+        h, w = e8.shape
+        size = (r.flow.shape[1], r.flow.shape[0]) if r.flow is not None else working_size(w, h, flow_width)
+        carried.ran(e8, r.shot, version, size)
+        return fp, fp
+    carried.step(r.flow)
+    return fp, fuse(motion, carried.mask)
 
 
 def export_bundle(checkpoint: Path, out: Path, parity_frames: list[np.ndarray]) -> Path:
@@ -469,7 +475,6 @@ def real_part(args, extra: dict, work: Path, sheet_path: Path) -> dict:
     from learner.predict import Predictor
     from motionmask.config import load_config
     from streamer.motion.pipeline import MotionSegmenter
-    from synth.reference_masks import reference_set
 
     clip = Path(args.real_clip)
     if not clip.is_file():
@@ -481,13 +486,7 @@ def real_part(args, extra: dict, work: Path, sheet_path: Path) -> dict:
         write_train_frames(clip, range(first, n), work / "train")
     cfg = run_config(work / "cfg.yaml", None, 0, args.device, extra)
     tr = train(work / "train", work / "run", cfg, args.real_minutes, args.real_steps, args.reuse)
-    ref_dir = None
-    if clip.resolve() == REAL_CLIP.resolve():
-        try:
-            root, entries = reference_set(OUT)
-            ref_dir = root / next(e["name"] for e in entries if e["name"] == clip.stem)
-        except (UserError, StopIteration) as e:
-            print(f"rig: no reference masks for {clip.name} ({e}); no still marks", file=sys.stderr)
+    ref_dir = vtest_reference(clip)
     fps = 10
     scfg = load_config(cfg).streamer
     seg, student = MotionSegmenter(scfg), Predictor(tr["checkpoint"], args.device)
@@ -517,6 +516,30 @@ def real_part(args, extra: dict, work: Path, sheet_path: Path) -> dict:
     for frame in frames_of(clip, 0, first):
         take(seg.push(frame))
     take(seg.flush())
+    if rows:
+        vtest_sheet(sheet_path, rows)
+    return {"clip": str(clip), "frames": n, "train_frames": [first, n - 1], "shown_frames": [0, first - 1],
+            "train": tr, "agreement_iou": _mean(agree), "frames_with_still_people": still_frames,
+            "still_marks": "reference masks + frame difference" if ref_dir is not None else "none",
+            "contact_sheet": str(sheet_path) if rows else None}
+
+
+def vtest_reference(clip: Path) -> Path | None:
+    """The reference masks' folder of the real clip (built once under bench/out), or None."""
+    from synth.reference_masks import reference_set
+
+    if clip.resolve() != REAL_CLIP.resolve():
+        return None
+    try:
+        root, entries = reference_set(OUT)
+        return root / next(e["name"] for e in entries if e["name"] == clip.stem)
+    except (UserError, StopIteration) as e:
+        print(f"rig: no reference masks for {clip.name} ({e}); no still marks", file=sys.stderr)
+        return None
+
+
+def vtest_sheet(path: Path, rows: list[tuple]) -> None:
+    """A column per frame: the frame, the teacher, the student; still people outlined in yellow."""
     cols = []
     for t, rgb, tp, sp, still in rows:
         marks = []
@@ -528,12 +551,7 @@ def real_part(args, extra: dict, work: Path, sheet_path: Path) -> dict:
                 img = cv2.drawContours(img.copy(), contours, -1, (255, 230, 0), 2)
             marks.append(img)
         cols.append(np.pad(np.concatenate(marks, 0), ((0, 0), (0, 4), (0, 0))))
-    if cols:
-        write_png(sheet_path, np.concatenate(cols, 1))
-    return {"clip": str(clip), "frames": n, "train_frames": [first, n - 1], "shown_frames": [0, first - 1],
-            "train": tr, "agreement_iou": _mean(agree), "frames_with_still_people": still_frames,
-            "still_marks": "reference masks + frame difference" if ref_dir is not None else "none",
-            "contact_sheet": str(sheet_path) if cols else None}
+    write_png(path, np.concatenate(cols, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,14 +698,12 @@ def main() -> int:
         return 2
 
 
-def run(args) -> int:
-    from motionmask.config import load_config
-    from synth.rig import VERSION, cached_rig
-
+def preflight(args) -> None:
+    """Refuse a run without a training budget or a device, and load everything the scoring needs
+    now: not first after a long training, when a broken install (or a checkout being edited)
+    would lose the run's work at the export."""
     if not args.steps and not args.minutes:
         raise UserError("--steps 0 and --minutes 0: no training budget; give one of them")
-    # everything the scoring needs, loaded now: not first after a long training, when a broken
-    # install (or a checkout being edited) would lose the run's work at the export
     for module in ("exporter.export", "exporter.runtime", "learner.predict", "learner.heads", "streamer.motion.pipeline"):
         importlib.import_module(module)
     fuse_function()
@@ -695,6 +711,68 @@ def run(args) -> int:
         import torch
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device here; use --device cpu")
+
+
+def rig_seed(g: int, args, extra: dict, work: Path) -> tuple[list[dict], list[tuple]]:
+    """One generator seed's rig stream: its training frames written once, then per training seed
+    a trained, exported and scored student; the records and the contact sheet's rows."""
+    from motionmask.config import load_config
+    from synth.rig import cached_rig
+
+    clip_root, entries = cached_rig(OUT / "rig", seed=g, minutes=args.stream_minutes, ptz=args.ptz)
+    entry = entries[0]
+    video, clip_dir = clip_root / entry["file"], clip_root / entry["name"]
+    frames, split = entry["frames"], entry["split"]["test_start"]
+    gwork = work / f"g{g}{'_ptz' if args.ptz else ''}"
+    if not args.reuse or not (gwork / "train").is_dir():
+        write_train_frames(video, range(0, split), gwork / "train")
+    scfg = load_config(run_config(gwork / "teacher.yaml", None, 0, args.device, extra)).streamer
+    sheet_at = pick_sheet_frames(clip_dir, split, frames) if g == args.gen_seeds[0] else []
+    stride = max(1, (frames - split) // 8)
+    parity = [f.image for f in frames_of(video, split, frames) if (f.index - split) % stride == 0][:8]
+    crops = crops_of(video, clip_dir, entry, split, frames) if not args.no_id else None
+    runs, sheet_rows = [], []
+    for s in args.train_seeds:
+        rec, rows = train_and_score(g, s, args, extra, gwork, clip_root, entry, scfg, parity, crops,
+                                    sheet_at if s == args.train_seeds[0] else [])
+        runs.append(rec)
+        sheet_rows += rows
+    return runs, sheet_rows
+
+
+def train_and_score(g: int, s: int, args, extra: dict, gwork: Path, clip_root: Path, entry: dict, scfg,
+                    parity: list[np.ndarray], crops, sheet_at: list[int]) -> tuple[dict, list[tuple]]:
+    """Training seed s on rig seed g: `motionmask train`, the export, every method scored on the
+    later 30%, and (with crops) the multitask net's who-is-who."""
+    from synth.rig import VERSION
+
+    video, clip_dir = clip_root / entry["file"], clip_root / entry["name"]
+    frames, split, fps = entry["frames"], entry["split"]["test_start"], entry["fps"]
+    rwork = gwork / f"t{s}"
+    cfg = run_config(rwork / "cfg.yaml", None, s, args.device, extra)
+    tr = train(gwork / "train", rwork / "run", cfg, args.minutes, args.steps, args.reuse)
+    bundle = export_bundle(Path(tr["checkpoint"]), rwork / "exports", parity)
+    print(f"rig seed {g}, training seed {s}: scoring frames {split}-{frames - 1}", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    ev = evaluate(video, clip_dir, split, frames, fps, scfg, Path(tr["checkpoint"]), bundle, args.device, sheet_at)
+    sheet_rows = ev.pop("_sheet")
+    rec = {"gen_seed": g, "train_seed": s, "generator_version": VERSION, "ptz": args.ptz,
+           "stream": {"dir": str(clip_root), "frames": frames, "split": split, "fps": fps,
+                      "frames_still": ev["still_frames"], "frames_moving": ev["moving_frames"],
+                      "background": entry["background"]},
+           "score_seconds": round(time.monotonic() - t0, 1), "train": tr, "methods": ev["scores"],
+           "fused_source": ev["fused_source"], "live_student_every": ev["live_student_every"],
+           "exported_check": ev["exported"]}
+    if crops is not None:
+        icfg = run_config(rwork / "id.yaml", args.id_config, s, args.device, extra)
+        itr = train(gwork / "train", rwork / "id_run", icfg, args.id_minutes, args.id_steps, args.reuse)
+        rec["id"] = {**who_is_who(*crops, Path(itr["checkpoint"]), args.device), "train": itr,
+                     "config": args.id_config}
+    return rec, sheet_rows
+
+
+def run(args) -> int:
+    preflight(args)
     extra = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
     out = Path(args.out).resolve()
     work = out.parent / out.stem
@@ -702,41 +780,9 @@ def run(args) -> int:
     runs = []
     sheet_rows: list[tuple] = []
     for g in args.gen_seeds:
-        clip_root, entries = cached_rig(OUT / "rig", seed=g, minutes=args.stream_minutes, ptz=args.ptz)
-        entry = entries[0]
-        video, clip_dir = clip_root / entry["file"], clip_root / entry["name"]
-        frames, split, fps = entry["frames"], entry["split"]["test_start"], entry["fps"]
-        gwork = work / f"g{g}{'_ptz' if args.ptz else ''}"
-        if not args.reuse or not (gwork / "train").is_dir():
-            write_train_frames(video, range(0, split), gwork / "train")
-        scfg = load_config(run_config(gwork / "teacher.yaml", None, 0, args.device, extra)).streamer
-        sheet_at = pick_sheet_frames(clip_dir, split, frames) if g == args.gen_seeds[0] else []
-        stride = max(1, (frames - split) // 8)
-        parity = [f.image for f in frames_of(video, split, frames) if (f.index - split) % stride == 0][:8]
-        crops = crops_of(video, clip_dir, entry, split, frames) if not args.no_id else None
-        for s in args.train_seeds:
-            rwork = gwork / f"t{s}"
-            cfg = run_config(rwork / "cfg.yaml", None, s, args.device, extra)
-            tr = train(gwork / "train", rwork / "run", cfg, args.minutes, args.steps, args.reuse)
-            bundle = export_bundle(Path(tr["checkpoint"]), rwork / "exports", parity)
-            print(f"rig seed {g}, training seed {s}: scoring frames {split}-{frames - 1}", file=sys.stderr, flush=True)
-            t0 = time.monotonic()
-            ev = evaluate(video, clip_dir, split, frames, fps, scfg, Path(tr["checkpoint"]), bundle, args.device,
-                          sheet_at if s == args.train_seeds[0] else [])
-            sheet_rows += ev.pop("_sheet")
-            rec = {"gen_seed": g, "train_seed": s, "generator_version": VERSION, "ptz": args.ptz,
-                   "stream": {"dir": str(clip_root), "frames": frames, "split": split, "fps": fps,
-                              "frames_still": ev["still_frames"], "frames_moving": ev["moving_frames"],
-                              "background": entry["background"]},
-                   "score_seconds": round(time.monotonic() - t0, 1), "train": tr, "methods": ev["scores"],
-                   "fused_source": ev["fused_source"], "live_student_every": ev["live_student_every"],
-                   "exported_check": ev["exported"]}
-            if crops is not None:
-                icfg = run_config(rwork / "id.yaml", args.id_config, s, args.device, extra)
-                itr = train(gwork / "train", rwork / "id_run", icfg, args.id_minutes, args.id_steps, args.reuse)
-                rec["id"] = {**who_is_who(*crops, Path(itr["checkpoint"]), args.device), "train": itr,
-                             "config": args.id_config}
-            runs.append(rec)
+        g_runs, g_rows = rig_seed(g, args, extra, work)
+        runs += g_runs
+        sheet_rows += g_rows
     sheet = out.parent / f"{out.stem}_sheet.png"
     rig_sheet(sheet, sheet_rows)
     doc = {"runs": runs, "targets": targets(runs),

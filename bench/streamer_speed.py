@@ -39,8 +39,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import OUT, THREAD_VARS, cpu_model, git_revision, reexec_single_threaded
-from common.atomic import write_json
+from bench.common import OUT, THREAD_VARS, cpu_model, git_revision, reexec_single_threaded, save_json
 from common.config import to_dict
 from common.errors import UserError
 from motionmask.config import ConfigError, load_config
@@ -415,31 +414,64 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
-    except argparse.ArgumentTypeError as e:
-        print(f"bench/streamer_speed.py: error: --sizes {e}", file=sys.stderr)
-        return 2
-    if not sizes or (args.frames is not None and args.frames < 1) or (args.warmup is not None and args.warmup < 0):
-        print("bench/streamer_speed.py: error: need at least one --sizes entry, --frames >= 1 and --warmup >= 0",
-              file=sys.stderr)
-        return 2
-    n_timed = args.frames if args.frames is not None else (20 if args.quick else 200)
-    warmup = args.warmup if args.warmup is not None else (5 if args.quick else 10)
-    sp_per_clip = 2 if args.quick else 6
     notes: list[str] = []
     try:
+        sizes, n_timed, warmup, sp_per_clip = counts(args)
         pinning = pin_to_one_cpu(args.cpu)
         cfg = load_config(args.config).streamer
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         specs = [(p, "real", None) for p in real_paths(Path(args.data), notes)]
         specs += [(p, "synth", gt) for p, gt in synth_paths(notes)]
+        runs, clips = time_clips(specs, sizes, cfg, n_timed, warmup, sp_per_clip, notes)
     except (UserError, ConfigError) as e:
         print(f"bench/streamer_speed.py: error: {e}", file=sys.stderr)
         return 2
+    real = [c for c in clips if c.kind == "real"]
+    synth = [c for c in clips if c.kind == "synth"]
+    groups = {f"{kind} {_size(size)}": summarize([r for r in runs if r.kind == kind and r.size == size])
+              for kind in ("real", "synth") for size in sizes if any(r.kind == kind for r in runs)}
+    sp = None if args.no_superpixels else superpixel_table(real, synth, cfg, sp_per_clip)
+    meta = {
+        "command": shlex.join(["python", "-m", "bench.streamer_speed", *sys.argv[1:]]),
+        "cpu_model": cpu_model(), "cores": os.cpu_count(), "pinning": pinning, "load_average": load,
+        "revision": git_revision(), "config": args.config or "built-in defaults", "warmup": warmup,
+        "timed_frames_per_clip": n_timed, "python": platform.python_version(), "numpy": np.__version__,
+        "opencv": cv2.__version__, "pyav": av.__version__, "notes": notes,
+        "threads_env": {v: os.environ.get(v) for v in THREAD_VARS},
+    }
+    headline = headline_lines(groups, (640, 480)) or headline_lines(groups, sizes[0])
+    print(report(meta, groups, runs, sp, headline))
+    save_json(args.out, {
+        "meta": meta,
+        "config": to_dict(cfg),
+        "groups": groups,
+        "clips": [{"clip": r.clip, "kind": r.kind, "native": _size(r.native), "input": _size(r.size),
+                   "end_to_end": stat(r.push_ms), "decode_native": stat(r.decode_ms),
+                   "stages": {k: stat(v) for k, v in r.stages.items()}, "no_flow_frames": r.no_flow,
+                   "pushes_without_mask": r.held} for r in runs],
+        "superpixels": sp,
+    })
+    print(f"\nwrote {args.out}")
+    return 0
 
-    # Clip by clip, keeping only the few frames the superpixel table needs: the frames of all
-    # clips together would hold over a GB.
+
+def counts(args: argparse.Namespace) -> tuple[list[tuple[int, int]], int, int, int]:
+    """The input sizes, timed frames per clip, warm-up frames and superpixel frames per clip."""
+    try:
+        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"--sizes {e}") from None
+    if not sizes or (args.frames is not None and args.frames < 1) or (args.warmup is not None and args.warmup < 0):
+        raise UserError("need at least one --sizes entry, --frames >= 1 and --warmup >= 0")
+    n_timed = args.frames if args.frames is not None else (20 if args.quick else 200)
+    warmup = args.warmup if args.warmup is not None else (5 if args.quick else 10)
+    return sizes, n_timed, warmup, 2 if args.quick else 6
+
+
+def time_clips(specs: list[tuple[Path, str, Path | None]], sizes: list[tuple[int, int]], cfg: StreamerConfig,
+               n_timed: int, warmup: int, sp_per_clip: int, notes: list[str]) -> tuple[list[Run], list[Clip]]:
+    """The pipeline timed on every clip at every size. Clip by clip, keeping only the few frames
+    the superpixel table needs: the frames of all clips together would hold over a GB."""
     runs: list[Run] = []
     clips: list[Clip] = []
     with tqdm(total=0, desc="pipeline", unit="frame", file=sys.stderr) as bar:
@@ -461,45 +493,15 @@ def main(argv: list[str] | None = None) -> int:
             clip.frames = pick(clip.frames, sp_per_clip)
             clips.append(clip)
     if not clips:
-        print(f"bench/streamer_speed.py: error: no clip could be decoded ({'; '.join(notes)})", file=sys.stderr)
-        return 2
-    real = [c for c in clips if c.kind == "real"]
-    synth = [c for c in clips if c.kind == "synth"]
-    groups = {f"{kind} {_size(size)}": summarize([r for r in runs if r.kind == kind and r.size == size])
-              for kind in ("real", "synth") for size in sizes if any(r.kind == kind for r in runs)}
+        raise UserError(f"no clip could be decoded ({'; '.join(notes)})")
+    return runs, clips
 
-    sp = None
-    if not args.no_superpixels:
-        n_sp = (sum(len(pick(c.frames, sp_per_clip)) for c in (real or synth))
-                + sum(len(pick(c.frames, sp_per_clip)) for c in synth)) * 3 * len(SP_SIZES)
-        with tqdm(total=n_sp, desc="superpixels", unit="frame", file=sys.stderr) as bar:
-            sp = bench_superpixels(real, synth, cfg.motion.num_superpixels, sp_per_clip, bar)
 
-    meta = {
-        "command": shlex.join(["python", "-m", "bench.streamer_speed", *sys.argv[1:]]),
-        "cpu_model": cpu_model(), "cores": os.cpu_count(), "pinning": pinning, "load_average": load,
-        "revision": git_revision(), "config": args.config or "built-in defaults", "warmup": warmup,
-        "timed_frames_per_clip": n_timed, "python": platform.python_version(), "numpy": np.__version__,
-        "opencv": cv2.__version__, "pyav": av.__version__, "notes": notes,
-        "threads_env": {v: os.environ.get(v) for v in THREAD_VARS},
-    }
-    headline = headline_lines(groups, (640, 480)) or headline_lines(groups, sizes[0])
-    print(report(meta, groups, runs, sp, headline))
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, {
-        "meta": meta,
-        "config": to_dict(cfg),
-        "groups": groups,
-        "clips": [{"clip": r.clip, "kind": r.kind, "native": _size(r.native), "input": _size(r.size),
-                   "end_to_end": stat(r.push_ms), "decode_native": stat(r.decode_ms),
-                   "stages": {k: stat(v) for k, v in r.stages.items()}, "no_flow_frames": r.no_flow,
-                   "pushes_without_mask": r.held} for r in runs],
-        "superpixels": sp,
-    })
-    print(f"\nwrote {out}")
-    return 0
+def superpixel_table(real: list[Clip], synth: list[Clip], cfg: StreamerConfig, sp_per_clip: int) -> dict:
+    n_sp = (sum(len(pick(c.frames, sp_per_clip)) for c in (real or synth))
+            + sum(len(pick(c.frames, sp_per_clip)) for c in synth)) * 3 * len(SP_SIZES)
+    with tqdm(total=n_sp, desc="superpixels", unit="frame", file=sys.stderr) as bar:
+        return bench_superpixels(real, synth, cfg.motion.num_superpixels, sp_per_clip, bar)
 
 
 if __name__ == "__main__":

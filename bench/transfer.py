@@ -290,6 +290,42 @@ def grouping_iou(model, x: np.ndarray, inst: list[np.ndarray], hw: tuple[int, in
 # ---- main --------------------------------------------------------------------------------------
 
 def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    t_start = time.time()
+    cfg = load_config(None)
+    cfg.streamer.patches.track_length = args.track_length
+    data = Path(args.data)
+    pre = clip_set(data / f"pretrain_v{VERSION}_s{args.seed}", args.seed, args.clips, args.frames)
+    lab = clip_set(data / f"label_v{VERSION}_s{args.label_seed}", args.label_seed, 4, args.frames)
+    ev = clip_set(data / f"eval_v{VERSION}_s{args.eval_seed}", args.eval_seed, args.eval_clips, args.frames)
+
+    ring, pairs, streamed = stream(pre, cfg, gt_pairs=args.pairs == "gt")
+    print(f"streamed {streamed['frames']} frames: {streamed['samples']} samples, {streamed['pairs']} tracked-patch "
+          f"pairs in {streamed['pair_groups']} shots", file=sys.stderr)
+    sets = scoring_sets(lab, ev, args.labelled, args.gap)
+    results = {}
+    try:
+        for name in args.variants:
+            model, info = pretrain(name, cfg, ring, pairs, args.minutes, args.train_seed)
+            results[name] = score_backbone(model, info, name, sets, args.head_steps)
+            print(f"{name}: transfer IoU {results[name]['transfer']['iou']:.3f}", file=sys.stderr)
+    finally:
+        ring.close()
+    args.variants = ",".join(args.variants)  # recorded as given
+    res = {"args": vars(args), "synth_version": VERSION, "streamed": streamed, "labelled_frames": len(sets["train_x"]),
+           "test_frames": len(sets["test_x"]), "retrieval_queries": len(sets["retrieval"]["keys"]), "results": results,
+           "seconds": round(time.time() - t_start, 1),
+           "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": 1}}
+    write_json(Path(args.out), res)
+    print_tables(res)
+    print(f"wrote {args.out} ({res['seconds'] / 60:.1f} min)")
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 min: 0.5 min per backbone, fewer clips and head steps")
     ap.add_argument("--minutes", type=float, default=3.0, help="pre-training minutes per backbone (default 3)")
@@ -313,56 +349,36 @@ def main() -> int:
     variants = [v for v in args.variants.split(",") if v]
     if not variants or set(variants) - set(VARIANTS):
         ap.error(f"--variants {args.variants}: choose from {', '.join(VARIANTS)}")
+    args.variants = variants
     if args.quick:
         args.minutes, args.clips, args.eval_clips, args.head_steps = 0.5, 4, 3, 60
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    t_start = time.time()
-    cfg = load_config(None)
-    cfg.streamer.patches.track_length = args.track_length
-    data = Path(args.data)
-    pre = clip_set(data / f"pretrain_v{VERSION}_s{args.seed}", args.seed, args.clips, args.frames)
-    lab = clip_set(data / f"label_v{VERSION}_s{args.label_seed}", args.label_seed, 4, args.frames)
-    ev = clip_set(data / f"eval_v{VERSION}_s{args.eval_seed}", args.eval_seed, args.eval_clips, args.frames)
+    return args
 
-    ring, pairs, streamed = stream(pre, cfg, gt_pairs=args.pairs == "gt")
-    print(f"streamed {streamed['frames']} frames: {streamed['samples']} samples, {streamed['pairs']} tracked-patch "
-          f"pairs in {streamed['pair_groups']} shots", file=sys.stderr)
 
+def scoring_sets(lab: dict, ev: dict, n_labelled: int, gap: int) -> dict:
+    """The labelled frames the fresh head trains on, the unseen frames it is scored on (with
+    their instances, for grouping) and the retrieval queries."""
     labelled = moving_frames(lab, 1)
-    pick = np.linspace(0, len(labelled) - 1, args.labelled).round().astype(int)
+    pick = np.linspace(0, len(labelled) - 1, n_labelled).round().astype(int)
     labelled = [labelled[i] for i in pick]
     train_x, hw = padded([lab[c]["rgb"][i] for c, i in labelled])
-    train_gt = np.stack([lab[c]["gt"][i] for c, i in labelled])
     test = moving_frames(ev, 6)
     test_x, _ = padded([ev[c]["rgb"][i] for c, i in test])
-    test_gt = np.stack([ev[c]["gt"][i] for c, i in test])
-    test_inst = [ev[c]["inst"][i] for c, i in test]
-    rs = retrieval_set(ev, args.gap)
+    return {"train_x": train_x, "hw": hw, "train_gt": np.stack([lab[c]["gt"][i] for c, i in labelled]),
+            "test_x": test_x, "test_gt": np.stack([ev[c]["gt"][i] for c, i in test]),
+            "test_inst": [ev[c]["inst"][i] for c, i in test], "retrieval": retrieval_set(ev, gap)}
 
-    results = {}
-    try:
-        for name in variants:
-            model, info = pretrain(name, cfg, ring, pairs, args.minutes, args.train_seed)
-            r = {**info, "transfer": transfer_iou(model, train_x, train_gt, test_x, test_gt, hw, args.head_steps),
-                 "retrieval_top1_backbone": retrieval_top1(model, rs, use_head=False)}
-            if "embedding" in info["heads"]:
-                r["retrieval_top1_embedding"] = retrieval_top1(model, rs, use_head=True)
-            if "segments" in model.heads and name in ("all", "random"):
-                r["grouping"] = grouping_iou(model, test_x, test_inst, hw)
-            results[name] = r
-            print(f"{name}: transfer IoU {r['transfer']['iou']:.3f}", file=sys.stderr)
-    finally:
-        ring.close()
 
-    res = {"args": vars(args), "synth_version": VERSION, "streamed": streamed, "labelled_frames": len(labelled), "test_frames": len(test),
-           "retrieval_queries": len(rs["keys"]), "results": results, "seconds": round(time.time() - t_start, 1),
-           "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": 1}}
-    write_json(Path(args.out), res)
-    print_tables(res)
-    print(f"wrote {args.out} ({res['seconds'] / 60:.1f} min)")
-    return 0
+def score_backbone(model, info: dict, name: str, sets: dict, head_steps: int) -> dict:
+    """Transfer IoU and retrieval top-1 of a pre-trained backbone (and its heads' own scores)."""
+    r = {**info, "transfer": transfer_iou(model, sets["train_x"], sets["train_gt"], sets["test_x"], sets["test_gt"],
+                                          sets["hw"], head_steps),
+         "retrieval_top1_backbone": retrieval_top1(model, sets["retrieval"], use_head=False)}
+    if "embedding" in info["heads"]:
+        r["retrieval_top1_embedding"] = retrieval_top1(model, sets["retrieval"], use_head=True)
+    if "segments" in model.heads and name in ("all", "random"):
+        r["grouping"] = grouping_iou(model, sets["test_x"], sets["test_inst"], sets["hw"])
+    return r
 
 
 def _f(v) -> str:
