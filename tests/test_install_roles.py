@@ -32,7 +32,9 @@ ROLE_LINE = "motionmask {} needs the rig/learn role: pip install 'motionmask[all
 
 @pytest.fixture(scope="module")
 def device_env(tmp_path_factory) -> Path:
-    """A venv with `pip install <repo>` and nothing else (about 30 s here: wheels from the local index)."""
+    """A venv with `pip install <repo>` and nothing else (wheels from the local index). The venv gets
+    no pip of its own and nothing is byte-compiled: this environment's pip installs into it
+    (`pip --python`), which halves the time; the installed set is the same."""
     base = tmp_path_factory.mktemp("device-role")
     src, venv = base / "src", base / "venv"
     src.mkdir()
@@ -43,11 +45,12 @@ def device_env(tmp_path_factory) -> Path:
         else:
             shutil.copy2(p, src / name)
     t0 = time.monotonic()
-    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, timeout=120)
+    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True,
+                          timeout=120)
     if made.returncode != 0:
         pytest.skip(f"python -m venv failed here: {made.stderr.strip()[-300:]}")
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(src)], capture_output=True, text=True,
-                         timeout=600, env=_clean_env())
+    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                          "--no-compile", str(src)], capture_output=True, text=True, timeout=600, env=_clean_env())
     if pip.returncode != 0:
         pytest.skip(f"pip could not install the device role (no index here?): {pip.stderr.strip()[-400:]}")
     print(f"device-role venv: {time.monotonic() - t0:.1f} s")
