@@ -149,6 +149,18 @@ def test_start_and_frames_use_decode_indices(media, tmp_path, capsys):
     assert not (out / "overlay.mp4").exists() and not (out / "contact.png").exists()
 
 
+def test_progress_is_log_lines_when_stderr_is_not_a_terminal(media, tmp_path, capsys, caplog, monkeypatch):
+    from motionmask.commands.mask_outputs import Progress
+
+    monkeypatch.setattr(Progress, "LINE_EVERY_S", 0.0)  # a line for every frame, not every 10 s
+    with caplog.at_level(logging.INFO):
+        rc, err = run_cli(capsys, media["cut"], "--out", tmp_path / "out", "--frames", 6)
+    assert rc == 0, err
+    assert "\r" not in err  # no bar redraws in a log file
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=progress ")]
+    assert len(lines) == 6 and "frames=6/6" in lines[-1], lines
+
+
 # -- bad input: one line, non-zero exit, no traceback -----------------------------------------
 @pytest.mark.parametrize("which", ["missing", "notvideo", "empty"])
 def test_bad_input_files(media, tmp_path, capsys, which):

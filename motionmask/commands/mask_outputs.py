@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import queue
 import sys
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from common.log import log_event
 from motionmask.commands.options import plural
 from motionmask.commands.signals import Terminated, exit_status, signals_ignored
 from streamer.frames import MaskResult
@@ -25,6 +27,8 @@ from streamer.motion.prune import pruned_summary
 from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay, trimap_rgb
 from streamer.sources.base import Source
 from streamer.writer import CONTACT_NAME, OVERLAY_NAME, MaskWriter
+
+logger = logging.getLogger(__name__)
 
 
 def write_all(results: Iterator[MaskResult], outputs: Outputs, progress: Progress, quiet: bool) -> tuple[Tally, int]:
@@ -58,19 +62,33 @@ def write_all(results: Iterator[MaskResult], outputs: Outputs, progress: Progres
 
 
 class Progress:
-    """The run's progress bar on stderr (none with --quiet), over the frames it will write when
-    the source knows its length; with show_fps, the rate so far beside it."""
+    """The run's progress on stderr (nothing with --quiet), over the frames it will write when the
+    source knows its length: a bar on a terminal, with show_fps the rate so far beside it; when
+    stderr is a file or a pipe, a log line every LINE_EVERY_S instead (a bar's carriage-return
+    redraws would fill a log with noise)."""
+
+    LINE_EVERY_S = 10.0
 
     def __init__(self, source: Source, start: int, limit: int | None, quiet: bool, show_fps: bool) -> None:
         total = max(0, source.frame_count - start) if source.frame_count else None
         if limit is not None:
             total = min(total, limit) if total is not None else limit
-        self.bar = tqdm(total=total, unit="frame", file=sys.stderr, disable=quiet, dynamic_ncols=True,
+        self.lines = not quiet and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="frame", file=sys.stderr, disable=quiet or self.lines, dynamic_ncols=True,
                         desc=source.source_id[:30])
+        self.total, self.source_id = total, source.source_id
         self.show_fps = show_fps
-        self._last_postfix = 0.0
+        self._last_postfix = self._last_line = time.perf_counter()
 
     def step(self, tally: Tally) -> None:
+        if self.lines:
+            now = time.perf_counter()
+            if now - self._last_line >= self.LINE_EVERY_S:
+                frames = f"{tally.written}/{self.total}" if self.total else tally.written
+                log_event(logger, "progress", source=self.source_id, frames=frames, kept=tally.kept,
+                          fps=round(tally.fps, 1))
+                self._last_line = now
+            return
         if self.show_fps:
             now = time.perf_counter()
             if now - self._last_postfix > 0.2:
