@@ -660,7 +660,7 @@ def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]],
     # it describes if this run is interrupted halfway
     (out / "clips.json").unlink(missing_ok=True)
     entries = []
-    bar = tqdm(total=clips * frames, unit="frame", desc=desc, disable=not progress, file=sys.stderr)
+    bar = tqdm(total=clips * frames, unit="frame", desc=desc, disable=None if progress else True, file=sys.stderr)  # None: no bar off a terminal
     try:
         for c in range(clips):
             name = f"clip{c:03d}"
