@@ -517,7 +517,8 @@ def generate_rig(out_dir: str | Path, seed: int = 0, minutes: float = 3.0, size:
     plan = plan_rig(seed, minutes, size, fps, ptz)
     assert plan.frames == frames
     work = Path(tempfile.mkdtemp(dir=out, prefix=f".{NAME}."))
-    bar = tqdm(total=frames, unit="frame", desc=f"synth {FAMILY}", disable=None if progress else True, file=sys.stderr)  # None: no bar off a terminal
+    # disable=None: no bar when stderr is not a terminal
+    bar = tqdm(total=frames, unit="frame", desc=f"synth {FAMILY}", disable=None if progress else True, file=sys.stderr)
     try:
         for kind in ("gt", "inst", "still"):
             (work / kind).mkdir()

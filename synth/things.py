@@ -660,7 +660,8 @@ def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]],
     # it describes if this run is interrupted halfway
     (out / "clips.json").unlink(missing_ok=True)
     entries = []
-    bar = tqdm(total=clips * frames, unit="frame", desc=desc, disable=None if progress else True, file=sys.stderr)  # None: no bar off a terminal
+    # disable=None: no bar when stderr is not a terminal
+    bar = tqdm(total=clips * frames, unit="frame", desc=desc, disable=None if progress else True, file=sys.stderr)
     try:
         for c in range(clips):
             name = f"clip{c:03d}"
