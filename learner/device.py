@@ -88,7 +88,7 @@ class ThreadTrial:
         self.old = torch.get_num_threads()
         self.not_before = not_before  # step at which a retry starts timing
 
-    def check(self, trainer, feed) -> "ThreadTrial | None":
+    def check(self, trainer, feed) -> ThreadTrial | None:
         """Call after every step; returns None once all cores are kept."""
         step, t = trainer.step_count, trainer.train_seconds
         if self.before is None:  # waiting for the streamer; time the last 25 steps

@@ -175,9 +175,6 @@ def init_weights(model: nn.Module) -> None:
     nn.init.constant_(last.bias, math.log(FG_PRIOR / (1 - FG_PRIOR)))
 
 
-_init = init_weights  # the name bench/transfer.py imports; to go once it imports init_weights
-
-
 def build_model(cfg: ModelConfig, crop_size: int, heads: HeadsConfig | None = None) -> MaskNet:
     """The configured network. `crop_size` fixes alexnet's input size (the compact net takes any).
     heads: the multi-task heads to attach (learner/heads.py); None or mask only: the plain mask net."""

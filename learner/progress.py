@@ -14,9 +14,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -35,13 +35,9 @@ def draws_bar(enabled: bool) -> bool:
     return enabled and sys.stderr.isatty()
 
 
-class Display(Protocol):
-    def step(self, skipped: bool) -> None: ...
-    def interval(self, record: dict, ema: float, heads: dict[str, float]) -> None: ...
-    def close(self) -> None: ...
+class Display:
+    """What a run shows as it goes; this base shows nothing (--quiet, the daemon)."""
 
-
-class NoDisplay:
     def step(self, skipped: bool) -> None:
         pass
 
@@ -52,7 +48,7 @@ class NoDisplay:
         pass
 
 
-class Bar(NoDisplay):
+class Bar(Display):
     """tqdm on stderr: steps of the run (of `total`), the smoothed loss, crops/s and `status()`."""
 
     def __init__(self, total: int, initial: int, status: Callable[[], str] | None = None):
@@ -72,7 +68,7 @@ class Bar(NoDisplay):
         self.bar.close()
 
 
-class Lines(NoDisplay):
+class Lines(Display):
     """One log line per interval (event=train_progress): what the bar shows, for a file."""
 
     def __init__(self, total: int, status: Callable[[], str] | None = None):
@@ -90,7 +86,7 @@ class Lines(NoDisplay):
 def display(enabled: bool, total: int, initial: int, status: Callable[[], str] | None = None) -> Display:
     """The run's progress display: a bar on a terminal, log lines otherwise, nothing when disabled."""
     if not enabled:
-        return NoDisplay()
+        return Display()
     return Bar(total, initial, status) if draws_bar(enabled) else Lines(total, status)
 
 
@@ -101,7 +97,7 @@ class TrainLog:
         self.fd = fd
 
     @classmethod
-    def open(cls, run_dir: Path | None) -> "TrainLog | None":
+    def open(cls, run_dir: Path | None) -> TrainLog | None:
         if run_dir is None:
             return None
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +119,7 @@ class IntervalLog:
     step) their mean loss, crops/s, lr, ... go to train.jsonl and to the display."""
     every: int
     file: TrainLog | None
-    show: Display = field(default_factory=NoDisplay)
+    show: Display = field(default_factory=Display)
     losses: list[float] = field(default_factory=list)
     heads: dict[str, list[float]] = field(default_factory=dict)  # extra heads: each head's losses of the interval
     crops: int = 0

@@ -410,8 +410,9 @@ class _OfflineStreamer:
                     break
         if miner is not None:
             miner.flush()
-            log_event(logger, "offline_pairs", input=spec, **{k: v for k, v in miner.stats.as_dict().items()
-                                                               if k in ("examined", "started", "pairs", "ms_per_frame")})
+            stats = miner.stats.as_dict()
+            log_event(logger, "offline_pairs", input=spec,
+                      **{k: stats[k] for k in ("examined", "started", "pairs", "ms_per_frame") if k in stats})
         return True
 
     def take(self, r, camera: str, miner) -> None:

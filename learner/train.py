@@ -139,6 +139,18 @@ class Trainer:
         return "bf16" if self.bf16 else "fp32"
 
     # ---- the training step ------------------------------------------------------------------
+    def step(self, batch: Batch, pairs=None) -> StepResult:
+        """One whole training step on a batch of buffer samples (fit() overlaps the two halves);
+        pairs: a PairBatch of tracked patches for the embedding head (learner/pairs.py)."""
+        return self.update(self.queue_step(batch, pairs))
+
+    def queue_step(self, batch: Batch, pairs=None, host: HostBatches | None = None) -> _Pending:
+        """Steps 1-4 on a batch: its samples (and pairs) on the device, crops, forward, loss,
+        backward. On CUDA this only queues work; from a HostBatches batch the copies are asynchronous."""
+        extra = self.upload_heads(batch, pairs) if self.heads else None
+        pinned = host.pinned(batch) if host is not None and self.cuda else None
+        return self.forward_backward(*self.upload(batch, pinned), extra)
+
     def lr_now(self) -> float:
         t = self.cfg.train
         warm = min(1.0, (self.step_count + 1) / t.warmup_steps) if t.warmup_steps else 1.0
@@ -255,18 +267,6 @@ class Trainer:
             self.gen.set_state(self._pending.gen_state)
             self.opt.zero_grad(set_to_none=True)
             self._pending = None
-
-    def step(self, batch: Batch, pairs=None) -> StepResult:
-        """One whole training step on a batch of buffer samples (fit() overlaps the two halves);
-        pairs: a PairBatch of tracked patches for the embedding head (learner/pairs.py)."""
-        return self.update(self.queue_step(batch, pairs))
-
-    def queue_step(self, batch: Batch, pairs=None, host: HostBatches | None = None) -> _Pending:
-        """Steps 1-4 on a batch: its samples (and pairs) on the device, crops, forward, loss,
-        backward. On CUDA this only queues work; from a HostBatches batch the copies are asynchronous."""
-        extra = self.upload_heads(batch, pairs) if self.heads else None
-        pinned = host.pinned(batch) if host is not None and self.cuda else None
-        return self.forward_backward(*self.upload(batch, pinned), extra)
 
     # ---- the extra heads' inputs ----------------------------------------------------------------
     def draw_pairs(self, pair_feed):
@@ -474,8 +474,8 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     finally:
         log.close_display()
         try:
-            if run_dir is not None and trainer.step_count > clock.step:
-                checkpoint = save(trainer, run_dir, clock, draw.rng_state) or checkpoint  # at shutdown, whatever the reason
+            if run_dir is not None and trainer.step_count > clock.step:  # at shutdown, whatever the reason
+                checkpoint = save(trainer, run_dir, clock, draw.rng_state) or checkpoint
         finally:
             losses = log.close()
     return start.summary(trainer, losses, stopped, checkpoint, interrupted_by)
@@ -545,7 +545,7 @@ class _Start:
     time: float
 
     @classmethod
-    def of(cls, trainer: Trainer) -> "_Start":
+    def of(cls, trainer: Trainer) -> _Start:
         return cls(trainer.step_count, trainer.crops_seen, trainer.nan_skipped, time.monotonic())
 
     def summary(self, trainer: Trainer, losses: tuple[float, float, dict[str, float]], stopped: str,

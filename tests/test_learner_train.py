@@ -18,7 +18,8 @@ from learner.crops import make_crops
 from learner.loss import masked_bce
 from learner.samples import RingFeed
 from learner import device as device_mod
-from learner.train import Limits, NonFiniteLoss, Trainer, fit, resolve_device, use_bf16
+from learner.device import resolve_device, use_bf16
+from learner.train import Limits, NonFiniteLoss, Trainer, fit
 from common.errors import UserError
 
 
