@@ -435,45 +435,11 @@ def download_file(ch: Channel, version: str, name: str, meta: dict[str, Any], de
                   progress: Callable[[int], None] | None = None) -> None:
     """One file of a bundle into dest, `window` chunks in flight; checked against meta's size and
     sha256 (IntegrityError), TransferError when the server stays silent or refuses."""
-    size, chunk = int(meta["bytes"]), max(4096, min(MAX_CHUNK, cfg.chunk_kb * 1024))
-    pending = collections.deque(range(0, size, chunk))
-    inflight: dict[int, int] = {}  # request id -> offset
-    silent = 0
+    size = int(meta["bytes"])
     fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, size)
-        while pending or inflight:
-            while pending and len(inflight) < cfg.window:
-                off = pending.popleft()
-                rid = ch.send({"op": "chunk", "version": version, "file": name, "offset": off,
-                               "size": min(chunk, size - off)})
-                inflight[rid] = off
-            got = ch.recv(cfg.timeout_s)
-            if got is None:
-                silent += 1
-                if silent > cfg.retries:
-                    raise TransferError(f"{ch.endpoint}: no answer for {silent} x {cfg.timeout_s:g} s while pulling "
-                                        f"{name} of {version} (exporter down, or this device is offline)")
-                log_event(logger, "pull_retry", version=version, file=name, silent=silent,
-                          missing=len(pending) + len(inflight))
-                ch.reset()  # a fresh connection: whatever the old one had queued is gone
-                pending.extendleft(sorted(inflight.values(), reverse=True))
-                inflight.clear()
-                continue
-            hdr, data = got
-            off = inflight.pop(hdr.get("id"), None)
-            if off is None:
-                continue  # an answer to a request made before a reconnect
-            if not hdr.get("ok"):
-                raise TransferError(f"exporter refused {name} of {version}: {hdr.get('error')}")
-            want = min(chunk, size - off)
-            if hdr.get("offset") != off or data is None or len(data) != want:
-                raise IntegrityError(f"{name} of {version}: torn chunk at offset {off} "
-                                     f"({0 if data is None else len(data)} bytes, expected {want})")
-            os.pwrite(fd, data, off)
-            silent = 0
-            if progress:
-                progress(len(data))
+        _fetch_chunks(ch, version, name, size, fd, cfg, progress)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -481,6 +447,48 @@ def download_file(ch: Channel, version: str, name: str, meta: dict[str, Any], de
     if got != meta["sha256"]:
         raise IntegrityError(f"{name} of {version}: sha256 {got[:12]}... is not the announced "
                              f"{meta['sha256'][:12]}...: torn or tampered transfer")
+
+
+def _fetch_chunks(ch: Channel, version: str, name: str, size: int, fd: int, cfg: PullConfig,
+                  progress: Callable[[int], None] | None) -> None:
+    """Every chunk of the file written at its offset in fd. A silent round reconnects and asks
+    again for every chunk in flight; an answer from before a reconnect is dropped."""
+    chunk = max(4096, min(MAX_CHUNK, cfg.chunk_kb * 1024))
+    pending = collections.deque(range(0, size, chunk))
+    inflight: dict[int, int] = {}  # request id -> offset
+    silent = 0
+    while pending or inflight:
+        while pending and len(inflight) < cfg.window:
+            off = pending.popleft()
+            rid = ch.send({"op": "chunk", "version": version, "file": name, "offset": off,
+                           "size": min(chunk, size - off)})
+            inflight[rid] = off
+        got = ch.recv(cfg.timeout_s)
+        if got is None:
+            silent += 1
+            if silent > cfg.retries:
+                raise TransferError(f"{ch.endpoint}: no answer for {silent} x {cfg.timeout_s:g} s while pulling "
+                                    f"{name} of {version} (exporter down, or this device is offline)")
+            log_event(logger, "pull_retry", version=version, file=name, silent=silent,
+                      missing=len(pending) + len(inflight))
+            ch.reset()  # a fresh connection: whatever the old one had queued is gone
+            pending.extendleft(sorted(inflight.values(), reverse=True))
+            inflight.clear()
+            continue
+        hdr, data = got
+        off = inflight.pop(hdr.get("id"), None)
+        if off is None:
+            continue  # an answer to a request made before a reconnect
+        if not hdr.get("ok"):
+            raise TransferError(f"exporter refused {name} of {version}: {hdr.get('error')}")
+        want = min(chunk, size - off)
+        if hdr.get("offset") != off or data is None or len(data) != want:
+            raise IntegrityError(f"{name} of {version}: torn chunk at offset {off} "
+                                 f"({0 if data is None else len(data)} bytes, expected {want})")
+        os.pwrite(fd, data, off)
+        silent = 0
+        if progress:
+            progress(len(data))
 
 
 def smoke_test(bundle_dir: Path) -> None:
