@@ -22,7 +22,6 @@ bench/out/camera_student.png: eight held-back frames, the teacher's masks and th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -34,7 +33,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, tile
+from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, save_json, tile
 from common.errors import UserError
 from learner.evaluate import score
 from learner.predict import Predictor
@@ -189,10 +188,7 @@ def main() -> int:
            "minutes": args.minutes, "config": args.config, "train_summary": summary, **res,
            "contact_sheet": str(png), "cpu": cpu_model(), "cores": os.cpu_count(), "revision": git_revision(),
            "wall_s": round(time.monotonic() - t0, 1)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out)
+    save_json(out, doc, indent=1)
     print(f"\n{clip.name}: trained on frames 0-{split - 1} for {args.minutes:g} min: {summary}")
     print(f"held back: frames {split}-{n - 1}\n")
     print("| held-back frames | teacher (motion) | student (one frame) |")

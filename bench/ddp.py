@@ -21,17 +21,14 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from bench.common import OUT, cpu_model, git_revision
+from bench.common import OUT, cpu_model, git_revision, save_json
 from bench.learner_speed import config, end_to_end, fill_ring
-from common.atomic import write_json
 from learner import distributed
 from learner.train import Trainer, resolve_device
 from streamer.shm.ringbuffer import RingBuffer
-
 
 
 def measure(ring: RingBuffer, settings: dict) -> dict:
@@ -104,11 +101,10 @@ def main() -> int:
         print(f"| {r['ranks']} | {r['backend']} | {r['batchnorm']} | {r['threads_per_rank'] or '-'} | {r['precision']} | "
               f"{r['crops_per_s']:.0f} | "
               f"{r['crops_per_s_per_rank']:.0f} | {r['ms_per_step']:.0f} | {r['loadavg_before']:.1f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {"rows": rows, "settings": settings,
-                          "machine": {"device": name, "cpus": os.cpu_count(), "torch": torch.__version__,
-                                      "python": platform.python_version(), "revision": git_revision(),
-                                      "loadavg_end": os.getloadavg()}})
+    save_json(args.out, {"rows": rows, "settings": settings,
+                         "machine": {"device": name, "cpus": os.cpu_count(), "torch": torch.__version__,
+                                     "python": platform.python_version(), "revision": git_revision(),
+                                     "loadavg_end": os.getloadavg()}})
     return 0
 
 

@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from bench.common import OUT, ROOT, cpu_model, git_revision
-from common.atomic import write_json
+from bench.common import OUT, ROOT, cpu_model, git_revision, save_json
 
 TARGET = 2000.0
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
@@ -253,10 +252,10 @@ def main() -> int:
         print(f"below target: the learner pays {cpu_ms:.2f} ms of CPU per sample taken in (decoding, mostly), so "
               f"{TARGET:.0f} samples/s need {TARGET * cpu_ms / 1e3:.1f} free cores: about "
               f"{1e3 / max(1e-6, cpu_ms):.0f} samples/s per core it is given")
-    write_json(args.out, {"size": [w, h], "samples": len(samples), "rows": rows, "rig_cost": cost, "target": TARGET,
-                          "cpu": cpu_model(), "cores": os.cpu_count(), "load_average": round(load, 2),
-                          "decoders": args.decoders, "git": git_revision(),
-                          "command": "python -m bench.fanin " + " ".join(sys.argv[1:])})
+    save_json(args.out, {"size": [w, h], "samples": len(samples), "rows": rows, "rig_cost": cost, "target": TARGET,
+                         "cpu": cpu_model(), "cores": os.cpu_count(), "load_average": round(load, 2),
+                         "decoders": args.decoders, "git": git_revision(),
+                         "command": "python -m bench.fanin " + " ".join(sys.argv[1:])})
     print(f"wrote {args.out}")
     return 0
 

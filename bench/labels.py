@@ -19,7 +19,6 @@ Prints markdown tables; writes bench/out/labels.json (keyed by family; --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.common import OUT, cpu_model, git_revision
+from bench.common import OUT, cpu_model, git_revision, save_json
 from bench.families import FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped, title
 from bench.maskscore import LabelScore, MaskScore
 from common.errors import UserError
@@ -37,7 +36,6 @@ from streamer.config import SourceConfig
 from streamer.motion.pipeline import MotionSegmenter
 from streamer.sources import open_source
 from synth.things import load_gt
-
 
 
 # issue 18, on kept frames: (summary key, bound, at least?)
@@ -165,8 +163,7 @@ def main() -> int:
             "machine": {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision(),
                         "load_avg": os.getloadavg()},
             "seconds": time.monotonic() - t0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    save_json(args.out, res)
     print(f"wrote {args.out}")
     return 0
 

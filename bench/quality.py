@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -53,7 +52,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, tile
+from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, save_json, tile
 from bench.families import (FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped,
                              synth_family, title)
 from bench.maskscore import THRESHOLDS, MaskScore
@@ -328,8 +327,7 @@ def quality_main(args) -> int:
                       "load_avg": os.getloadavg()}
     res["args"] = vars(args)
     res["seconds"] = time.monotonic() - t0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    save_json(out, res)
     print(f"wrote {out}")
     return 0
 
@@ -582,8 +580,7 @@ def learner_main(args) -> int:
     res["seconds"] = time.monotonic() - t_start
     _print_learner(res, args)
     out = Path(args.out or out_dir / "quality_learner.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    save_json(out, res)
     print(f"wrote {out} ({res['seconds'] / 60:.1f} min)")
     return 0
 

@@ -63,7 +63,7 @@ import cv2
 import numpy as np
 import yaml
 
-from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, tile
+from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, save_json, tile
 from bench.maskscore import MaskScore
 from common.config import merge
 from common.errors import UserError
@@ -653,10 +653,7 @@ def print_tables(doc: dict) -> None:
 
 
 def _write(out: Path, doc: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, out)
+    save_json(out, doc, indent=1, default=str)
 
 
 def main() -> int:

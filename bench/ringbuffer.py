@@ -22,16 +22,13 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bench.common import OUT
-from common.atomic import write_json
+from bench.common import OUT, save_json
 from streamer.frames import Frame
 from streamer.motion.pipeline import MaskResult
 from streamer.shm.ringbuffer import BufferConfig, RingBuffer, sample_from_result
-
 
 
 def _pct(lat_s: list[float]) -> dict[str, float]:
@@ -200,8 +197,7 @@ def main() -> int:
               f"{f('sample_p99_ms', '9.2f'):>9} {r['sample_retries']:>7}")
     print("times in ms; drops = lock timeouts + no free slot; retries = torn copies redrawn")
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {
+    save_json(args.out, {
         "config": {"width": args.width, "height": args.height, "memory_mb": args.memory_mb,
                    "slots": cfg.slots(), "batch": args.batch, "mode": args.mode, "writers": args.writers,
                    "seconds": args.seconds, "fps": args.fps, "lock_timeout_ms": cfg.lock_timeout_ms},

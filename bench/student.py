@@ -17,14 +17,11 @@ Prints a markdown table and writes bench/out/student.json (--out).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from bench.common import OUT
+from bench.common import OUT, save_json
 from common.errors import UserError
 from learner.evaluate import coverage, evaluate_checkpoints, student_view, synth_clips
-
 
 
 def main() -> int:
@@ -67,9 +64,7 @@ def main() -> int:
         for g in split:
             print(f"| {g['background']} | {g['movers']} | {g['frames']} | "
                   + " | ".join(f"{g[m]:.3f}" for m in methods) + " |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"clips": args.clips, "rows": rows, "train": args.train,
-                                          "coverage": split}, indent=2))
+    save_json(args.out, {"clips": args.clips, "rows": rows, "train": args.train, "coverage": split})
     print(f"wrote {args.out}")
     return 0
 

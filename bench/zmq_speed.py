@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import OUT
-from common.atomic import write_json
+from bench.common import OUT, save_json
 from streamer.live.publish import MaskPublisher, PublishConfig
 
 W, H = 640, 480
@@ -271,11 +270,10 @@ def main() -> int:
               f"worst p99 {worst_p99:.2f} ms ({ok['p99']}, target < {TARGET_P99_MS:g}); "
               f"stall cost {cost:+.1%} publish() CPU ({ok['stall']}, target < {TARGET_STALL:.0%}; "
               f"process CPU incl. I/O thread {cost_cpu:+.1%}, flat-out rate {-cost_wall:+.1%})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {"rows": rows, "summary": summary,
-                          "args": {k: str(v) for k, v in vars(args).items()},
-                          "cpus": os.cpu_count(), "machine": platform.machine(),
-                          "load_avg": os.getloadavg()})
+    save_json(args.out, {"rows": rows, "summary": summary,
+                         "args": {k: str(v) for k, v in vars(args).items()},
+                         "cpus": os.cpu_count(), "machine": platform.machine(),
+                         "load_avg": os.getloadavg()})
     print(f"wrote {args.out}")
     return 0
 

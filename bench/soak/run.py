@@ -182,4 +182,3 @@ def main(argv: list[str] | None = None) -> int:
     save_json(args.out, r, indent=1)
     print(table(r))
     return 1 if r["problems"] else 0
-
