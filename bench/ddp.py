@@ -70,7 +70,7 @@ def main() -> int:
                 "cpu_precision": args.cpu_precision}
     counts = [int(n) for n in args.nproc.split(",")]
     if cuda and max(counts) > torch.cuda.device_count():
-        print(f"bench/ddp.py: --nproc {max(counts)} but {torch.cuda.device_count()} GPUs are visible", file=sys.stderr)
+        print(f"bench.ddp: --nproc {max(counts)} but {torch.cuda.device_count()} GPUs are visible", file=sys.stderr)
         return 2
     name = torch.cuda.get_device_name(0) if cuda else cpu_model()
     print(f"device: {args.device} ({name}), {os.cpu_count()} CPUs, torch {torch.__version__}, {settings}, "

@@ -106,7 +106,7 @@ def main() -> int:
             raise UserError(f"--cpu {cpu}: not one of the CPUs this process may use ({allowed})")
         return run(args, sizes, cpu, allowed)
     except UserError as e:
-        print(f"bench/export.py: error: {e}", file=sys.stderr)
+        print(f"bench.export: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -90,13 +90,13 @@ def main() -> int:
     args = ap.parse_args()
     checkpoints = sorted((Path(args.run) / "checkpoints").glob("step_*.pt"))
     if len(checkpoints) < 3:
-        print(f"bench/export_gate.py: {args.run}: {len(checkpoints)} step checkpoints; train with "
+        print(f"bench.export_gate: {args.run}: {len(checkpoints)} step checkpoints; train with "
               "--config configs/checkpoint-often.yaml to keep one every 400 steps", file=sys.stderr)
         return 2
     try:
         rows, holdouts = score_checkpoints(checkpoints, args)
     except UserError as e:
-        print(f"bench/export_gate.py: {e}", file=sys.stderr)
+        print(f"bench.export_gate: {e}", file=sys.stderr)
         return 2
     print(f"\ncheckpoints of {args.run}: the truth ({args.eval}, one frame in {args.every}) and the gate's "
           f"scores on {args.samples} held-back kept frames")

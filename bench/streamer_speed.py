@@ -54,7 +54,7 @@ from synth.things import load_gt
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".ts")
 SP_SIZES = ((160, 120), (240, 180), (320, 240))
-SYNTH_SEED, SYNTH_CLIPS = 100, 3  # seed 100: the first clips of bench/quality.py's set
+SYNTH_SEED, SYNTH_CLIPS = 100, 3  # seed 100: the first clips of bench.quality's set
 TARGET_FPS, AIM_FPS = 30.0, 60.0
 
 
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         specs += [(p, "synth", gt) for p, gt in synth_paths(notes)]
         runs, clips = time_clips(specs, sizes, cfg, n_timed, warmup, sp_per_clip, notes)
     except (UserError, ConfigError) as e:
-        print(f"bench/streamer_speed.py: error: {e}", file=sys.stderr)
+        print(f"bench.streamer_speed: error: {e}", file=sys.stderr)
         return 2
     real = [c for c in clips if c.kind == "real"]
     synth = [c for c in clips if c.kind == "synth"]

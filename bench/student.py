@@ -42,7 +42,7 @@ def main() -> int:
         res = evaluate_checkpoints(names, args.clips, device="cpu", progress=True, every=max(1, args.every),
                                    teacher=not args.no_teacher)
     except UserError as e:  # no clips.json, an unreadable checkpoint
-        print(f"bench/student.py: {e}", file=sys.stderr)
+        print(f"bench.student: {e}", file=sys.stderr)
         return 2
     rows = [student_view(res, n, ck) for n, ck in names.items()]
     print(f"\nstudents on {args.clips} (frames with a moving object"
