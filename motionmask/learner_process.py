@@ -207,7 +207,7 @@ class LearnerProcess:
             self.window = HoldoutWindow(self.ring, ecfg.holdout_samples, ecfg.holdout_every, ecfg.holdout_block)
             feed = HeldBack(feed, self.window)
         if self.spec.get("appetite"):  # `motionmask learn`: samples per insert (learner/appetite.py)
-            feed = _Rationed(feed, self.ring, self.spec["appetite"], self.counters)
+            feed = Rationed(feed, self.ring, self.spec["appetite"], self.counters)
         return feed
 
     def _fit_ranked(self, trainer, feed, run_dir: str, buffer_cfg: BufferConfig):
@@ -395,7 +395,7 @@ class _Shared:
         pass
 
 
-class _Rationed:
+class Rationed:
     """A feed that comes back empty (fit() waits, as on an empty buffer) while the learner is
     ahead of its appetite: more samples drawn per sample inserted than the ratio allows."""
 

@@ -356,7 +356,7 @@ learner: {{enabled: false, remote: tcp://127.0.0.1:{free_port()},
 
 
 def test_the_learner_waits_when_ahead_of_its_appetite(ring):
-    from motionmask.learner_process import _Rationed
+    from motionmask.learner_process import Rationed as _Rationed
     from learner.samples import RingFeed
 
     counters = {"appetite_waits": 0, "appetite_waiting": False}
