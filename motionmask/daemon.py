@@ -41,6 +41,7 @@ from motionmask.control import ControlServer
 from motionmask.daemon_config import camera_streamer_config
 from motionmask.lockfile import hold_lock, release
 from motionmask.private_tmp import make_private_dir
+from motionmask.specs import ChildSpec, export_spec
 from motionmask.sdnotify import Notifier
 from common.errors import UserError
 from streamer.config import PatchConfig
@@ -60,17 +61,6 @@ _TOTALS = ("frames", "kept", "pruned", "buffer_puts", "buffer_drops", "forward_d
 _SOURCE_TOTALS = ("decoded", "dropped_stale", "skipped_corrupt", "reconnects")
 _EXIT_WHY = {EXIT_OK: "source ended", EXIT_SOURCE: "source failed", EXIT_USER: "user error",
              EXIT_CRASH: "crashed (traceback above)"}
-
-
-@dataclass
-class ChildSpec:
-    """A process the daemon keeps running: `python -m module`, `payload` as JSON on stdin."""
-    name: str
-    role: str  # camera | learner
-    module: str
-    payload: dict[str, Any]
-    label: str = ""  # what it works on, fit for logs (URLs without passwords)
-    pass_fds: tuple[int, ...] = ()  # descriptors it inherits (the web console's listening socket)
 
 
 @dataclass
@@ -110,15 +100,6 @@ def _exit_text(code: int) -> str:
 
 def _source_label(source: str | int) -> str:
     return redact_url(source) if isinstance(source, str) else f"camera {source}"
-
-
-def export_spec(cfg: Config) -> dict[str, Any] | None:
-    """The export section for the children (its folder made absolute), or None when export is off."""
-    if not cfg.export.enabled:
-        return None
-    key = cfg.export.signing_key
-    return dict(to_dict(cfg.export), dir=os.path.abspath(os.path.expanduser(cfg.export.dir)),
-                signing_key=os.path.abspath(os.path.expanduser(key)) if key else "")
 
 
 def pair_store_config(cfg: Config) -> PatchConfig | None:
@@ -679,7 +660,7 @@ class Daemon:
             "control": {"endpoint": self.control.endpoint, "requests": self.control.requests,
                         "errors": self.control.errors},
             "web": self.web_status(),
-            "remote": remote_roles.remote_status(self),
+            "remote": remote_roles.remote_status(self.children.values(), self.cfg, self.ring),
             "bundle_server": self.bundles.status() if self.bundles is not None else None,
             "warnings": self.warnings,
         }

@@ -13,24 +13,23 @@ import os
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
+from common.config import to_dict
+from common.errors import UserError
 from learner.appetite import Appetite
 from motionmask.config import Config
-from common.config import to_dict
-
-if TYPE_CHECKING:
-    from motionmask.daemon import ChildSpec, Daemon
+from motionmask.remote_curve import check_keys
+from motionmask.specs import ChildSpec, export_spec
 
 SENDER, RECEIVER = "sender", "receiver"  # child names ('.'-free names a camera may not take: checked below)
 _RATIO_WINDOW_S = 30.0
-_windows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # daemon -> recent (t, inserts, samples)
+_windows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ring buffer -> recent (t, inserts, samples)
 
 
 def remote_specs(cfg: Config, role: str, forward: str, buffer_name: str, log_level: str,
                  pairs_name: str = "") -> list[ChildSpec]:
-    from motionmask.daemon import ChildSpec, export_spec
-
     common = {"transport": to_dict(cfg.learner.transport), "buffer_name": buffer_name, "buffer": to_dict(cfg.buffer),
               "pairs_name": pairs_name, "forward_endpoint": forward, "parent_pid": os.getpid(),
               "log_level": log_level}
@@ -48,9 +47,6 @@ def remote_specs(cfg: Config, role: str, forward: str, buffer_name: str, log_lev
 def check(cfg: Config, role: str) -> None:
     """UserError, in one line, for what would make the extra child fail over and over: a camera
     named like it, a key file that is missing or unreadable."""
-    from motionmask.remote_curve import check_keys
-    from common.errors import UserError
-
     if role == "learn":
         check_keys(cfg.learner.transport, "learner")
     elif cfg.learner.remote:
@@ -77,9 +73,11 @@ def learn_pair_store(cfg: Config) -> tuple[int, float] | None:
     return p.size, p.store_mb
 
 
-def remote_status(d: Daemon) -> dict[str, Any] | None:
-    """The sender's or the receiver's section of `motionmask status --json` (None when neither runs)."""
-    for child in d.children.values():
+def remote_status(children: Iterable, cfg: Config, ring) -> dict[str, Any] | None:
+    """The sender's or the receiver's section of `motionmask status --json` (None when neither runs),
+    from the daemon's children (motionmask.daemon.Child) and its ring buffer."""
+    children = list(children)
+    for child in children:
         if child.spec.role == "sender":
             return dict(_base(child), role="rig", **{k: child.report.get(k) for k in (
                 "rig", "remote", "curve", "connected", "connects", "sent", "dropped", "pairs_sent", "pairs_dropped",
@@ -89,7 +87,7 @@ def remote_status(d: Daemon) -> dict[str, Any] | None:
             return dict(_base(child), role="learner", listen=r.get("listen") or child.spec.label,
                         curve=r.get("curve"), rigs=r.get("rigs", {}), bad=r.get("bad", {}),
                         bad_total=r.get("bad_total", 0), foreign_rigs=r.get("foreign_rigs", 0),
-                        appetite=_appetite(d))
+                        appetite=_appetite(children, cfg, ring))
     return None
 
 
@@ -97,17 +95,17 @@ def _base(child) -> dict[str, Any]:
     return {"state": child.state, "pid": child.pid, "restarts": child.restarts, "last_error": child.last_error}
 
 
-def _appetite(d: Daemon) -> dict[str, Any]:
-    t = d.cfg.learner.transport
-    tot = d.ring.totals()
+def _appetite(children: list, cfg: Config, ring) -> dict[str, Any]:
+    t = cfg.learner.transport
+    tot = ring.totals()
     inserts, samples = tot["puts"], tot["samples"]
-    window = _windows.setdefault(d, deque())
+    window = _windows.setdefault(ring, deque())
     now = time.monotonic()
     window.append((now, inserts, samples))
     while len(window) > 2 and now - window[0][0] > _RATIO_WINDOW_S:
         window.popleft()
     (_, i0, s0) = window[0] if len(window) > 1 else (0.0, 0, 0)  # first look: since the start
-    learner = next((c for c in d.children.values() if c.spec.role == "learner"), None)
+    learner = next((c for c in children if c.spec.role == "learner"), None)
     return {"samples_per_insert": t.samples_per_insert, "tolerance": t.tolerance, "inserts": inserts,
             "samples": samples, "ratio": _round(Appetite.ratio(inserts, samples)),
             "recent_ratio": _round(Appetite.ratio(inserts - i0, samples - s0)),
