@@ -13,7 +13,7 @@ Modules (each one job; the public API in brief):
   bundle    EXPORTS/<version>/{model.onnx, manifest.json} published atomically, LATEST, keep N,
             read_bundle(path) for devices (no torch)
   runtime   BundleRunner: runs a bundle with ONNX Runtime only, hot-reloads LATEST (no torch)
-  transfer  BundleServer (announce on PUB, chunks on ROUTER) and pull_latest / DeviceAgent (a
+  transfer  BundleServer (announce on PUB, chunks on ROUTER) and pull_bundle / DeviceAgent (a
             device pulls, checks sha256, swaps atomically, keeps the previous bundle) (no torch)
 
 Kept light on purpose (no imports here): devices import exporter.runtime and exporter.transfer
