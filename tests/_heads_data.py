@@ -10,7 +10,7 @@ import numpy as np
 
 from streamer.config import StreamerConfig
 from streamer.motion.pipeline import MotionSegmenter
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, _total_bytes, sample_from_result
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, ring_bytes, sample_from_result
 from synth.things import object_patch, plan_clip, render_clip
 
 
@@ -47,7 +47,7 @@ def streamed_ring(clips: list[Clip], size: tuple[int, int] = (128, 96)) -> RingB
         samples += [sample_from_result(r, f"clip{i}", BufferConfig(train_width=w, train_height=h)) for r in results
                     if r.kept]
     n = len(samples) + 2
-    ring = RingBuffer.create(BufferConfig(train_width=w, train_height=h, memory_mb=_total_bytes(h, w, n) / 2**20,
+    ring = RingBuffer.create(BufferConfig(train_width=w, train_height=h, memory_mb=ring_bytes(h, w, n) / 2**20,
                                           per_shot_cap=n))
     for s in samples:
         assert ring.put(s)

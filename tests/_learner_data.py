@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from learner.config import LearnerConfig
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, ring_bytes
 
 
 def texture(rng: np.random.Generator, h: int, w: int, colour) -> np.ndarray:
@@ -34,7 +34,7 @@ def object_sample(rng: np.random.Generator, w: int = 96, h: int = 72, index: int
 
 def make_ring(n: int = 24, w: int = 96, h: int = 72, seed: int = 0, slots: int | None = None) -> RingBuffer:
     slots = slots or n + 2
-    cfg = BufferConfig(train_width=w, train_height=h, memory_mb=_total_bytes(h, w, slots) / 2**20,
+    cfg = BufferConfig(train_width=w, train_height=h, memory_mb=ring_bytes(h, w, slots) / 2**20,
                        per_shot_cap=slots)
     ring = RingBuffer.create(cfg)
     rng = np.random.default_rng(seed)

@@ -20,7 +20,7 @@ from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.cli import main
 from streamer.config import TrimapConfig
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, ring_bytes
 from synth.things import generate
 
 FORK = mp.get_context("fork")
@@ -63,7 +63,7 @@ def test_slot_trimap_uses_the_streamer_thresholds_and_pads_dont_care():
 
 def _ring(slots: int, w: int = 32, h: int = 24) -> RingBuffer:
     return RingBuffer.create(BufferConfig(train_width=w, train_height=h, per_shot_cap=slots,
-                                          memory_mb=_total_bytes(h, w, slots) / 2**20))
+                                          memory_mb=ring_bytes(h, w, slots) / 2**20))
 
 
 def _sample(value: int, w: int = 32, h: int = 24) -> Sample:

@@ -25,7 +25,7 @@ from learner.config import LearnerConfig
 from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.cli import main
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, _total_bytes
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample, ring_bytes
 from synth.things import generate
 
 H, W, N = 72, 96, 8  # slots, and samples in the whole batch (4 per rank)
@@ -55,7 +55,7 @@ def object_ring() -> RingBuffer:
     """N textured frames, each with one disc; the trimap has positives and negatives only (no
     "don't care"), so every rank counts as many labelled pixels (crop side squared per crop) and
     the mean of the ranks' mean losses is the whole batch's mean."""
-    cfg = BufferConfig(train_width=W, train_height=H, memory_mb=_total_bytes(H, W, N + 2) / 2**20, per_shot_cap=N + 2)
+    cfg = BufferConfig(train_width=W, train_height=H, memory_mb=ring_bytes(H, W, N + 2) / 2**20, per_shot_cap=N + 2)
     ring = RingBuffer.create(cfg)
     rng = np.random.default_rng(5)
     for i in range(N):

@@ -14,7 +14,7 @@ from _learner_data import object_sample
 from learner.samples import OfflineFeed, RingFeed, expand_inputs, next_batch
 from streamer.config import StreamerConfig
 from common.errors import UserError
-from streamer.shm.ringbuffer import BufferConfig, RingBuffer, _total_bytes
+from streamer.shm.ringbuffer import BufferConfig, RingBuffer, ring_bytes
 from synth.things import generate
 
 
@@ -26,7 +26,7 @@ def _late_put(name: str, delay: float) -> None:
 
 
 def test_empty_buffer_waits_with_one_log_line_and_without_spinning(caplog):
-    cfg = BufferConfig(train_width=96, train_height=72, memory_mb=_total_bytes(72, 96, 4) / 2**20)
+    cfg = BufferConfig(train_width=96, train_height=72, memory_mb=ring_bytes(72, 96, 4) / 2**20)
     with RingBuffer.create(cfg) as ring:
         feed = RingFeed(ring)
         out = ring.new_batch(4)
@@ -69,7 +69,7 @@ def test_expand_inputs(tmp_path):
 
 def test_offline_streamer_waits_instead_of_dropping(tmp_path):
     generate(tmp_path / "clips", seed=3, clips=2, frames=40, size=(160, 120))
-    small = BufferConfig(train_width=64, train_height=48, memory_mb=_total_bytes(48, 64, 6) / 2**20)
+    small = BufferConfig(train_width=64, train_height=48, memory_mb=ring_bytes(48, 64, 6) / 2**20)
     feed = OfflineFeed([str(tmp_path / "clips")], StreamerConfig(), small, draws_per_sample=2.0,
                        max_buffer_mb=small.memory_mb)  # the buffer may not grow: 6 slots
     assert feed.buffer_cfg.slots() == 6
@@ -119,8 +119,8 @@ _ORPHAN = """
 import sys, time
 from learner.samples import OfflineFeed
 from streamer.config import StreamerConfig
-from streamer.shm.ringbuffer import BufferConfig, _total_bytes
-small = BufferConfig(train_width=64, train_height=48, memory_mb=_total_bytes(48, 64, 2) / 2**20)
+from streamer.shm.ringbuffer import BufferConfig, ring_bytes
+small = BufferConfig(train_width=64, train_height=48, memory_mb=ring_bytes(48, 64, 2) / 2**20)
 feed = OfflineFeed([sys.argv[1]], StreamerConfig(), small, draws_per_sample=1.0, max_buffer_mb=small.memory_mb)
 feed.__enter__()
 print(feed._proc.pid, flush=True)

@@ -30,7 +30,7 @@ FORK = mp.get_context("fork")
 
 def cfg_for(slots: int, w: int = 64, h: int = 48, **kw) -> BufferConfig:
     """A config whose memory budget holds exactly `slots` slots of w x h."""
-    mb = ringbuffer._total_bytes(h, w, slots) / 2**20
+    mb = ringbuffer.ring_bytes(h, w, slots) / 2**20
     cfg = BufferConfig(train_width=w, train_height=h, memory_mb=mb, **kw)
     assert cfg.slots() == slots
     return cfg

@@ -114,7 +114,7 @@ class BufferConfig:
         check("buffer", checks)
         n = self.slots()
         if n < 2:
-            need = _total_bytes(self.train_height, self.train_width, 2) / 2**20
+            need = ring_bytes(self.train_height, self.train_width, 2) / 2**20
             raise ValueError(
                 f"buffer.memory_mb: {self.memory_mb:g} MB holds {n} slot(s) of "
                 f"{self.train_width}x{self.train_height}; need at least 2 (>= {need:.1f} MB), "
@@ -150,7 +150,8 @@ def _layout(h: int, w: int, n: int) -> Layout:
     ])
 
 
-def _total_bytes(h: int, w: int, n: int) -> int:
+def ring_bytes(h: int, w: int, n: int) -> int:
+    """Bytes of shared memory a ring of n slots of h x w takes, metadata and alignment included."""
     return _layout(h, w, n)[1]
 
 
@@ -158,8 +159,8 @@ def slots_for(height: int, width: int, memory_mb: float) -> int:
     """How many slots of height x width fit in memory_mb, metadata and alignment included."""
     budget = int(memory_mb * 2**20)
     per_slot = 9 * height * width + _META.itemsize + 8
-    n = max(0, (budget - _total_bytes(height, width, 0)) // per_slot)
-    while n > 0 and _total_bytes(height, width, n) > budget:
+    n = max(0, (budget - ring_bytes(height, width, 0)) // per_slot)
+    while n > 0 and ring_bytes(height, width, n) > budget:
         n -= 1
     return int(n)
 
@@ -275,7 +276,7 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         if "/" in name:
             raise UserError(f"ring buffer name {name!r} must not contain '/'")
         h, w, n = cfg.train_height, cfg.train_width, cfg.slots()
-        size = _total_bytes(h, w, n)
+        size = ring_bytes(h, w, n)
         fields = {"height": h, "width": w, "slots": n, "clients": MAX_CLIENTS,
                   "per_shot_cap": cfg.per_shot_cap or max(1, n // 4)}
         mm = create_segment(_FORMAT, name, size, fields, setting="buffer.memory_mb", mb=cfg.memory_mb,
