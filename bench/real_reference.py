@@ -48,7 +48,7 @@ def sheet(folder: Path, entry: dict, path: Path) -> None:
     sample, _ = rm.sample_frames(Path(entry["file"]), 160)
     tiles = [tile(rm.median_background(sample), TILE, "median background")]
     del sample
-    for i, image in enumerate(rm._frames(Path(entry["file"]))):
+    for i, image in enumerate(rm.decoded_frames(Path(entry["file"]))):
         if i in picks:
             ref = load_gt(folder / entry["name"], i)
             fg, void = (ref == rm.OBJECT).mean(), (ref == rm.VOID).mean()

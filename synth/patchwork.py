@@ -82,7 +82,7 @@ def pool() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
-def _scenes() -> dict[str, str]:
+def photo_scenes() -> dict[str, str]:
     """Photo name -> the clip it was taken from."""
     return {Path(r["file"]).stem: r["clip"] for r in json.loads((PHOTO_DIR / "sources.json").read_text())}
 
@@ -106,7 +106,7 @@ def _outline(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, float]:
     """Unit-square polygon and natural aspect; "box" is a slightly skewed quadrilateral (a box seen
     at an angle), the rest come from synth.things."""
     if shape != "box":
-        return things._outline(rng, shape)
+        return things.random_outline(rng, shape)
     pts = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float) + rng.uniform(-0.08, 0.08, (4, 2))
     pts = pts - pts.min(0)
     return pts / pts.max(0), 1.0
@@ -116,9 +116,9 @@ def _alpha(rng: np.random.Generator, shape: str, area: float) -> np.ndarray:
     """Coverage of a cut-out of `shape` whose covered area is about `area` world px."""
     pts, aspect = _outline(rng, shape)
     aspect *= rng.uniform(0.6, 1.6)
-    fill = float(things._rasterize(pts, 64, 64)[2:-2, 2:-2].mean())
+    fill = float(things.rasterize(pts, 64, 64)[2:-2, 2:-2].mean())
     h = math.sqrt(area / max(fill, 0.1) / aspect)
-    return things._rasterize(pts, max(6, round(h * aspect)), max(6, round(h)))
+    return things.rasterize(pts, max(6, round(h * aspect)), max(6, round(h)))
 
 
 def _shade(rng: np.random.Generator, rgb: np.ndarray, strength: tuple[float, float]) -> np.ndarray:
@@ -178,7 +178,7 @@ def plan_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)) -
         crf=int(rng.integers(23, 31)),
         noise_sigma=float(rng.uniform(1.5, 5.0)),
         shutter=float(rng.choice([0.0, rng.uniform(0.2, 0.6)], p=[0.3, 0.7])),
-        flicker=1 + rng.uniform(0.01, 0.03) * (0.7 * things._smooth(rng, frames, 6.0)
+        flicker=1 + rng.uniform(0.01, 0.03) * (0.7 * things.smooth_noise(rng, frames, 6.0)
                                                + 0.3 * rng.uniform(-1, 1, frames)),
         shots=[],
     )
@@ -199,7 +199,7 @@ class _View:
         self.half = np.array([width / 2, height / 2])
 
     def to_world(self, v: np.ndarray, i: int) -> np.ndarray:
-        return self.center[i] + things._rot(self.angle[i]) @ ((v - self.half) / self.zoom[i])
+        return self.center[i] + things.rotation_matrix(self.angle[i]) @ ((v - self.half) / self.zoom[i])
 
 
 def _background(rng: np.random.Generator, name: str, rel_center: np.ndarray, zoom: np.ndarray,
@@ -207,7 +207,7 @@ def _background(rng: np.random.Generator, name: str, rel_center: np.ndarray, zoo
     """The world image (the photo scaled to cover all the camera sees, plus a margin), the camera
     centre path in it, and the photo -> world scale."""
     corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half_view
-    seen = np.concatenate([rel_center[i] + corners @ things._rot(angle[i]).T / zoom[i] for i in range(len(zoom))])
+    seen = np.concatenate([rel_center[i] + corners @ things.rotation_matrix(angle[i]).T / zoom[i] for i in range(len(zoom))])
     lo, hi = seen.min(0), seen.max(0)
     img = photo(name)
     need = hi - lo + 8
@@ -223,7 +223,7 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
     k = width / things.REF_WIDTH
     half_view = np.array([width / 2, height / 2])
     camera = str(rng.choice(things.CAMERA_TYPES, p=CAMERA_P))
-    rel_center, zoom, angle = things._camera_path(rng, camera, n, k)
+    rel_center, zoom, angle = things.camera_path(rng, camera, n, k)
     names = pool()
     bg_name = str(rng.choice([p for p in names if p != prev_photo]))
     world, cam_center, bg_scale = _background(rng, bg_name, rel_center, zoom, angle, half_view)
@@ -234,12 +234,12 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
     def texture(alpha: np.ndarray, at: np.ndarray, contrast: str, weak: str) -> tuple[str, np.ndarray]:
         h, w = alpha.shape
         if contrast == "same_scene":  # the background's photo or its clip's other frames, at its scale
-            scene = [p for p in names if _scenes()[p] == _scenes()[bg_name]]
+            scene = [p for p in names if photo_scenes()[p] == photo_scenes()[bg_name]]
             name = str(rng.choice(scene))
-            rgb = things._crop(rng, photo(name), w, h, (0.8 * bg_scale, 1.25 * bg_scale))
+            rgb = things.crop_photo(rng, photo(name), w, h, (0.8 * bg_scale, 1.25 * bg_scale))
         else:
             name = str(rng.choice(names))
-            rgb = things._crop(rng, photo(name), w, h, (0.5, 1.5))
+            rgb = things.crop_photo(rng, photo(name), w, h, (0.5, 1.5))
             if contrast == "matched":
                 rgb = _match_colour(rgb, _window(world, at, w, h))
         return name, _weaken(rng, rgb, weak)
@@ -248,7 +248,7 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
              pos: np.ndarray, rot: np.ndarray, scale: np.ndarray, contrast: str, weak: str) -> Part:
         alpha = _alpha(rng, shape, area_frac * view_area)
         name, rgb = texture(alpha, at, contrast, weak)
-        return Part(role, inst, name, shape, size, things._cast(rgb, cast), alpha, pos, rot, scale,
+        return Part(role, inst, name, shape, size, things.colour_cast(rgb, cast), alpha, pos, rot, scale,
                     contrast=contrast, texture=weak, area=round(area_frac, 4))
 
     def still(p: np.ndarray, a: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -275,8 +275,8 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         shape = "box" if j == 0 and carried else draw(SHAPES, (0.45, 0.35, 0.2))
         margin = 0.3 if size == "large" else 0.15
         at = view.to_world(half_view * 2 * rng.uniform(margin, 1 - margin, 2), 0)
-        env = things._pause_envelope(rng, n)
-        pos = things._mover_path(rng, at, rng.uniform(1.0, 6.0), k, env, cam_center, zoom, half_view)
+        env = things.pause_envelope(rng, n)
+        pos = things.mover_path(rng, at, rng.uniform(1.0, 6.0), k, env, cam_center, zoom, half_view)
         spin = np.radians(rng.uniform(-0.5, 0.5)) if rng.random() < 0.4 else 0.0
         rot = rng.uniform(-0.4, 0.4) + spin * np.cumsum(env)  # turns only while it moves
         grow = np.exp(rng.uniform(-0.15, 0.15) * np.cumsum(env) / n)  # toward or away from the camera
@@ -288,12 +288,12 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         layers.append(mover)
 
     if rng.random() < 0.2:  # a still post in front of everything, GT 0
-        alpha = things._rasterize(_outline(rng, "pole")[0], round(rng.uniform(0.05, 0.09) * width / zoom[mid]),
+        alpha = things.rasterize(_outline(rng, "pole")[0], round(rng.uniform(0.05, 0.09) * width / zoom[mid]),
                                   round(1.3 * height / zoom[mid]))
         name = str(rng.choice(names))
-        rgb = things._crop(rng, photo(name), alpha.shape[1], alpha.shape[0], (0.5, 1.5))
+        rgb = things.crop_photo(rng, photo(name), alpha.shape[1], alpha.shape[0], (0.5, 1.5))
         at = view.to_world(half_view * 2 * np.array([rng.uniform(0.2, 0.8), 0.5]), mid)
-        layers.append(Part("occluder", 0, name, "pole", "pole", things._cast(rgb, cast), alpha,
+        layers.append(Part("occluder", 0, name, "pole", "pole", things.colour_cast(rgb, cast), alpha,
                            *still(at, angle[mid] + rng.uniform(-0.1, 0.1))))
 
     return Shot(start, n, bg_name, world, camera, cam_center, zoom, angle, layers)
@@ -315,10 +315,10 @@ def _arm(rng: np.random.Generator, box: Part, view: _View, n: int, cast: np.ndar
     u = reach / np.maximum(dist, 1e-6)[:, None]
     taper = rng.uniform(0.1, 0.2)  # a wrist narrower than the upper arm
     pts = np.array([[0, taper], [1, 0], [1, 1], [0, 1 - taper]], float)
-    alpha = things._rasterize(pts, max(6, round(length)), max(6, round(width)))
+    alpha = things.rasterize(pts, max(6, round(length)), max(6, round(width)))
     h, w = alpha.shape
     sleeve_name = str(rng.choice(pool()))
-    sleeve = things._crop(rng, photo(sleeve_name), w, h, (0.5, 1.5))
+    sleeve = things.crop_photo(rng, photo(sleeve_name), w, h, (0.5, 1.5))
     # a sleeve: one colour from the pool, lit like a cylinder across its width, faint lengthwise blur
     colour = sleeve.reshape(-1, 3).mean(0) * rng.uniform(0.7, 1.2)
     across = 0.7 + 0.4 * np.sin(np.pi * np.clip((np.arange(h) - 2) / max(h - 5, 1), 0, 1))
@@ -327,7 +327,7 @@ def _arm(rng: np.random.Generator, box: Part, view: _View, n: int, cast: np.ndar
     # the sprite's hand end (x = 0) sits at the box centre; the sprite turns about its own centre
     pos = box.pos + u * (w / 2 - 2)
     rot = np.arctan2(u[:, 1], u[:, 0])
-    return Part("mover", box.inst, sleeve_name, "arm", "arm", things._cast(rgb, cast), alpha, pos, rot, np.ones(n),
+    return Part("mover", box.inst, sleeve_name, "arm", "arm", things.colour_cast(rgb, cast), alpha, pos, rot, np.ones(n),
                 contrast="normal", texture="flat", part="arm",
                 area=round(float(alpha.sum()) / (4 * view.half[0] * view.half[1] / view.zoom[0] ** 2), 4))
 

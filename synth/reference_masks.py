@@ -130,7 +130,7 @@ def _disk(r: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def _frames(path: Path) -> Iterator[np.ndarray]:
+def decoded_frames(path: Path) -> Iterator[np.ndarray]:
     """RGB frames exactly as the project reads the file (so gt index i is source frame i)."""
     with open_source(str(path), SourceConfig()) as source:
         for frame in source:
@@ -138,7 +138,7 @@ def _frames(path: Path) -> Iterator[np.ndarray]:
 
 
 def _first(path: Path, max_frames: int | None) -> Iterator[np.ndarray]:
-    for i, image in enumerate(_frames(path)):
+    for i, image in enumerate(decoded_frames(path)):
         if max_frames is not None and i >= max_frames:
             return
         yield image

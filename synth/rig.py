@@ -28,7 +28,7 @@ teacher loses it the moment it stands still. This module writes one continuous s
   frame    the world through the camera, actors pasted back to front with motion blur
            (synth.things.paste), slow daylight drift (global gain +-12% and colour temperature
            +-5% red/blue, over periods of 1.5-6 minutes), sensor noise; real H.264
-           (synth.things._encode at the rig's fps).
+           (synth.things.encode_video at the rig's fps).
 
 Ground truth per frame, from geometry (a pixel belongs to the topmost actor covering it by >= 1/2):
   gt/NNNNNN.png     255 = an actor is there, moving or standing still
@@ -144,7 +144,7 @@ class RigPlan:
 
     def camera(self, t: int) -> np.ndarray:
         """World -> view at frame t."""
-        return things._similarity(float(self.cam_zoom[t]), 0.0, self.cam_center[t],
+        return things.similarity(float(self.cam_zoom[t]), 0.0, self.cam_center[t],
                                   np.array([self.width / 2, self.height / 2]))
 
 
@@ -191,7 +191,7 @@ def _silhouette(kind: str, w: int, h: int) -> np.ndarray:
         ellipse(0.32, 0.87, 0.09, 0.13)  # wheels
         ellipse(0.8, 0.87, 0.09, 0.13)
     elif kind == "dog":  # a quadruped: scikit-image's horse silhouette, squeezed to a dog's build
-        pts = things._horse_outline()
+        pts = things.horse_outline()
         pts = (pts - pts.min(0)) / np.ptp(pts, 0)
         poly(*map(tuple, pts))
     else:
@@ -250,7 +250,7 @@ def _background(rng: np.random.Generator, world_w: int, world_h: int) -> tuple[s
     source clip is drawn first, then one of its photos: the pool holds 5 frames of bikes and 2-3
     of the others, and every scene should be as likely."""
     names = [n for n in patchwork.pool() if patchwork.photo(n).shape[1] >= 320]
-    scenes = patchwork._scenes()
+    scenes = patchwork.photo_scenes()
     scene = str(rng.choice(sorted({scenes[n] for n in names})))
     name = str(rng.choice([n for n in names if scenes[n] == scene]))
     img = patchwork.photo(name)
@@ -273,7 +273,7 @@ def _glue_decoys(rng: np.random.Generator, world: np.ndarray, background: str, h
     """2-4 still cut-outs painted into the world (they are background, GT 0): actor-shaped ones
     standing on the floor and a box anywhere, wearing pieces of pool photos of other source clips
     (a piece of the background's own clip would hide in it)."""
-    scenes = patchwork._scenes()
+    scenes = patchwork.photo_scenes()
     others = [n for n in patchwork.pool() if scenes[n] != scenes[background]]
     out = world.astype(np.float32)
     owner = np.zeros(world.shape[:2], np.uint8)
@@ -285,16 +285,16 @@ def _glue_decoys(rng: np.random.Generator, world: np.ndarray, background: str, h
         kind = str(rng.choice([*KINDS, "box"]))
         if kind == "box":
             w = h = max(8, round(rng.uniform(18, 40) * k))
-            alpha = things._rasterize(np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float), w, h)
+            alpha = things.rasterize(np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float), w, h)
             feet = np.array([x, rng.uniform(0.25, 0.95) * height])
         else:
             w, h = _sprite_size(kind, k, rng)
             alpha = _silhouette(kind, w, h)
             feet = np.array([x, rng.uniform(*FLOOR) * height])
         photo = str(rng.choice(others))
-        rgb = things._crop(rng, patchwork.photo(photo), alpha.shape[1], alpha.shape[0], (0.5, 1.3))
+        rgb = things.crop_photo(rng, patchwork.photo(photo), alpha.shape[1], alpha.shape[0], (0.5, 1.3))
         scale = float(_floor_scale(feet[1], height)) / MAX_SCALE if kind != "box" else 1.0
-        m = things._similarity(scale, 0.0, np.array([alpha.shape[1] / 2, alpha.shape[0] - 2.0]), feet)
+        m = things.similarity(scale, 0.0, np.array([alpha.shape[1] / 2, alpha.shape[0] - 2.0]), feet)
         things.paste(out, owner, 1, rgb, alpha, m, None)
         decoys.append({"kind": kind, "photo": photo, "x": round(float(feet[0]), 1), "y": round(float(feet[1]), 1)})
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), decoys
@@ -324,7 +324,7 @@ def _cast(rng: np.random.Generator, height: int) -> list[Actor]:
         photo = "chelsea" if kind == "dog" else photos.pop()  # a cat's fur for the dog
         w, h = _sprite_size(kind, k, rng)
         alpha = _silhouette(kind, w, h)
-        rgb = things._whole_view(rng, things._photo(photo), alpha.shape[1], alpha.shape[0])
+        rgb = things.whole_view(rng, things.load_photo(photo), alpha.shape[1], alpha.shape[0])
         actors.append(Actor(i, kind, photo, rgb, alpha, float(rng.uniform(*KINDS[kind][2]))))
     return actors
 
@@ -444,7 +444,7 @@ def render_rig_frame(plan: RigPlan, t: int) -> RigFrame:
         m = cam @ _placement(actor, v, i)
         m_prev = plan.camera(t + prev - i) @ _placement(actor, v, prev)
         centre = np.array([actor.alpha.shape[1] / 2, actor.alpha.shape[0] / 2, 1.0])
-        kern = things._blur_kernel((m @ centre - m_prev @ centre)[:2] * plan.shutter)
+        kern = things.blur_kernel((m @ centre - m_prev @ centre)[:2] * plan.shutter)
         rgb, alpha = (actor.rgb, actor.alpha) if v.facing[i] > 0 else (actor.rgb[:, ::-1], actor.alpha[:, ::-1])
         things.paste(out, owner, actor.id, np.ascontiguousarray(rgb), np.ascontiguousarray(alpha), m, kern)
 
@@ -460,7 +460,7 @@ def render_rig_frame(plan: RigPlan, t: int) -> RigFrame:
 def _placement(actor: Actor, v: Visit, i: int) -> np.ndarray:
     """Sprite -> world: the sprite's bottom centre (its feet) at the visit's feet, scaled for its row."""
     h, w = actor.alpha.shape
-    return things._similarity(float(v.scale[i]) / MAX_SCALE, 0.0, np.array([w / 2, h - 2.0]), v.feet[i])
+    return things.similarity(float(v.scale[i]) / MAX_SCALE, 0.0, np.array([w / 2, h - 2.0]), v.feet[i])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,7 +512,7 @@ def generate_rig(out_dir: str | Path, seed: int = 0, minutes: float = 3.0, size:
 
     frames = _check(minutes, size, fps)
     out = Path(out_dir)
-    things._check_writable(out)
+    things.check_writable(out)
     (out / "clips.json").unlink(missing_ok=True)
     plan = plan_rig(seed, minutes, size, fps, ptz)
     assert plan.frames == frames
@@ -531,7 +531,7 @@ def generate_rig(out_dir: str | Path, seed: int = 0, minutes: float = 3.0, size:
                 bar.update(1)
                 yield r.rgb
 
-        things._encode(out / f"{NAME}.mp4", frames_with_gt(), size[0], size[1], plan.crf, fps=fps)
+        things.encode_video(out / f"{NAME}.mp4", frames_with_gt(), size[0], size[1], plan.crf, fps=fps)
         things.swap_dir(work, out / NAME)
     finally:
         bar.close()

@@ -128,7 +128,7 @@ class Rendered:
 
 
 @lru_cache(maxsize=None)
-def _photo(name: str) -> np.ndarray:
+def load_photo(name: str) -> np.ndarray:
     import skimage.data
 
     img = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
@@ -139,7 +139,7 @@ def _photo(name: str) -> np.ndarray:
     return img
 
 
-def _crop(rng: np.random.Generator, photo: np.ndarray, w: int, h: int, zoom: tuple[float, float]) -> np.ndarray:
+def crop_photo(rng: np.random.Generator, photo: np.ndarray, w: int, h: int, zoom: tuple[float, float]) -> np.ndarray:
     """A random w x h view of `photo`, seen at a random magnification."""
     ph, pw = photo.shape[:2]
     m = rng.uniform(*zoom)  # > 1: a smaller part of the photo, enlarged
@@ -151,7 +151,7 @@ def _crop(rng: np.random.Generator, photo: np.ndarray, w: int, h: int, zoom: tup
     return cv2.resize(photo[y:y + ch, x:x + cw], (w, h), interpolation=interp)
 
 
-def _whole_view(rng: np.random.Generator, photo: np.ndarray, w: int, h: int) -> np.ndarray:
+def whole_view(rng: np.random.Generator, photo: np.ndarray, w: int, h: int) -> np.ndarray:
     """Most of `photo` (75-100% of the largest w:h window in it) squeezed into w x h: a thing seen
     whole, so that a mover always looks like the thing it is, whatever its size."""
     ph, pw = photo.shape[:2]
@@ -162,7 +162,7 @@ def _whole_view(rng: np.random.Generator, photo: np.ndarray, w: int, h: int) -> 
     return cv2.resize(photo[y:y + ch, x:x + cw], (w, h), interpolation=interp)
 
 
-def _outline(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, float]:
+def random_outline(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, float]:
     """Polygon (N x 2) of a shape scaled into the unit square, and the shape's natural aspect w/h."""
     aspect = 1.0
     if shape == "blob":  # smooth random star-shaped blob: a few low harmonics of the radius
@@ -180,7 +180,7 @@ def _outline(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, float]:
         top, tilt = rng.uniform(0.5, 0.9), rng.uniform(-0.15, 0.15)
         pts = np.array([[-top + tilt, -1], [top + tilt, -1], [1, 1], [-1, 1]], float)
     elif shape == "horse":  # a real silhouette
-        pts = _horse_outline() * [rng.choice([-1, 1]), 1]
+        pts = horse_outline() * [rng.choice([-1, 1]), 1]
     else:
         raise ValueError(shape)
     pts = pts - pts.min(0)
@@ -190,7 +190,7 @@ def _outline(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, float]:
 
 
 @lru_cache(maxsize=1)
-def _horse_outline() -> np.ndarray:
+def horse_outline() -> np.ndarray:
     import skimage.data
 
     silhouette = (~skimage.data.horse()).astype(np.uint8)  # True is background in scikit-image's horse
@@ -198,7 +198,7 @@ def _horse_outline() -> np.ndarray:
     return max(contours, key=cv2.contourArea)[:, 0, :].astype(float)
 
 
-def _rasterize(pts: np.ndarray, w: int, h: int) -> np.ndarray:
+def rasterize(pts: np.ndarray, w: int, h: int) -> np.ndarray:
     """Coverage (h+4 x w+4 float32) of a unit-square polygon filling w x h, 4x supersampled, 2 px frame."""
     ss = 4
     big = np.zeros((h * ss, w * ss), np.uint8)
@@ -211,13 +211,13 @@ def _sprite(rng: np.random.Generator, shape: str, area: float, photo: str, whole
             ) -> tuple[np.ndarray, np.ndarray]:
     """Texture and coverage of a cut-out whose covered area is about `area` px; whole: the cut-out
     wears the whole photo (a thing), else a random piece of it (stuff)."""
-    pts, aspect = _outline(rng, shape)
+    pts, aspect = random_outline(rng, shape)
     aspect *= rng.uniform(0.85, 1.15) if shape == "horse" else rng.uniform(0.6, 1.6)
-    fill = float(_rasterize(pts, 64, 64)[2:-2, 2:-2].mean())
+    fill = float(rasterize(pts, 64, 64)[2:-2, 2:-2].mean())
     h = math.sqrt(area / max(fill, 0.1) / aspect)
     w, h = max(6, round(h * aspect)), max(6, round(h))
-    alpha = _rasterize(pts, w, h)
-    rgb = _whole_view(rng, _photo(photo), w + 4, h + 4) if whole else _crop(rng, _photo(photo), w + 4, h + 4, (0.5, 1.3))
+    alpha = rasterize(pts, w, h)
+    rgb = whole_view(rng, load_photo(photo), w + 4, h + 4) if whole else crop_photo(rng, load_photo(photo), w + 4, h + 4, (0.5, 1.3))
     return rgb, alpha
 
 
@@ -225,7 +225,7 @@ def _sprite(rng: np.random.Generator, shape: str, area: float, photo: str, whole
 # Motion
 
 
-def _smooth(rng: np.random.Generator, n: int, cycles: float = 2.0) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, n: int, cycles: float = 2.0) -> np.ndarray:
     """Low-frequency random signal in [-1, 1]: a sum of three sinusoids of up to `cycles` per n."""
     t = np.arange(n) / max(n, 1)
     s = sum(rng.uniform(0.5, 1) * np.sin(2 * np.pi * rng.uniform(0.2, cycles) * t + rng.uniform(0, 2 * np.pi))
@@ -233,32 +233,32 @@ def _smooth(rng: np.random.Generator, n: int, cycles: float = 2.0) -> np.ndarray
     return s / (np.abs(s).max() + 1e-9)
 
 
-def _camera_path(rng: np.random.Generator, kind: str, n: int, k: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def camera_path(rng: np.random.Generator, kind: str, n: int, k: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre (relative to the start), zoom and angle per frame; speeds in view px/frame * k."""
     zoom0 = rng.uniform(0.8, 1.3)
     center = np.zeros((n, 2))
     zoom = np.full(n, zoom0)
     angle = np.zeros(n)
     if kind in ("pan", "pan_zoom"):
-        speed = rng.uniform(0.5, 4.0) * k * (1 + 0.3 * _smooth(rng, n))
+        speed = rng.uniform(0.5, 4.0) * k * (1 + 0.3 * smooth_noise(rng, n))
         ease = np.clip(np.arange(n) / 6.0, 0.2, 1.0)  # a pan gets going over a few frames
         horizontal = rng.random() < 0.75  # most pans are horizontal; some tilt or go diagonal
         head = (rng.choice([0, np.pi]) + rng.uniform(-0.3, 0.3)) if horizontal else rng.uniform(0, 2 * np.pi)
-        head = head + 0.3 * _smooth(rng, n)
+        head = head + 0.3 * smooth_noise(rng, n)
         step = np.stack([np.cos(head), np.sin(head)], 1) * (speed * ease)[:, None] / zoom0
         center = np.vstack([[0, 0], np.cumsum(step, 0)[:-1]])
     if kind in ("zoom", "pan_zoom"):
         factor = rng.choice([-1, 1]) * rng.uniform(0.15, 0.35)  # zooms in or out by 15-35%
         ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(n) / max(n - 1, 1))
         zoom = zoom0 * np.exp(factor * ramp)
-        drift = np.stack([_smooth(rng, n, 1.0), _smooth(rng, n, 1.0)], 1) * rng.uniform(0, 0.4) * k
+        drift = np.stack([smooth_noise(rng, n, 1.0), smooth_noise(rng, n, 1.0)], 1) * rng.uniform(0, 0.4) * k
         center = center + np.cumsum(drift, 0) / zoom0  # a zoom is seldom perfectly centred
     if kind != "static":
-        angle = np.radians(rng.uniform(0.3, 2.0)) * _smooth(rng, n, 1.0)
+        angle = np.radians(rng.uniform(0.3, 2.0)) * smooth_noise(rng, n, 1.0)
     return center, zoom, angle
 
 
-def _pause_envelope(rng: np.random.Generator, n: int) -> np.ndarray:
+def pause_envelope(rng: np.random.Generator, n: int) -> np.ndarray:
     """Speed factor per frame: 1 while moving, 0 during 0-2 pauses of 5-20 frames, eased in and out.
     Pauses take at most half of the shot, so that every mover really moves in its shot."""
     env = np.ones(n)
@@ -273,15 +273,15 @@ def _pause_envelope(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.where(env > 0, eased, 0.0)  # slows down over 2 frames, then stands exactly still
 
 
-def _mover_path(rng: np.random.Generator, start: np.ndarray, speed: float, k: float, env: np.ndarray,
+def mover_path(rng: np.random.Generator, start: np.ndarray, speed: float, k: float, env: np.ndarray,
                 cam_center: np.ndarray, cam_zoom: np.ndarray, half_view: np.ndarray) -> np.ndarray:
     """World positions of a mover: a smoothly turning walk that steers back when near the view edge.
     `speed` is in px/frame of a REF_WIDTH-wide view; k = width / REF_WIDTH."""
     n = len(env)
     to_center = cam_center[0] - start
     head = math.atan2(to_center[1], to_center[0]) + rng.uniform(-1.0, 1.0)  # tends to cross the view
-    turn = np.radians(3.0) * _smooth(rng, n, 3.0)
-    vary = np.clip(1 + 0.25 * _smooth(rng, n), 1 / speed, 8 / speed)  # stays within 1-8 px/frame
+    turn = np.radians(3.0) * smooth_noise(rng, n, 3.0)
+    vary = np.clip(1 + 0.25 * smooth_noise(rng, n), 1 / speed, 8 / speed)  # stays within 1-8 px/frame
     pos = np.empty((n, 2))
     p = start.astype(float).copy()
     for i in range(n):
@@ -318,7 +318,7 @@ def plan_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)) -
         crf=int(rng.integers(23, 31)),
         noise_sigma=float(rng.uniform(2.0, 6.0)),
         shutter=float(rng.choice([0.0, rng.uniform(0.2, 0.6)], p=[0.3, 0.7])),
-        flicker=1 + rng.uniform(0.01, 0.04) * (0.7 * _smooth(rng, frames, 6.0) + 0.3 * rng.uniform(-1, 1, frames)),
+        flicker=1 + rng.uniform(0.01, 0.04) * (0.7 * smooth_noise(rng, frames, 6.0) + 0.3 * rng.uniform(-1, 1, frames)),
         shots=[],
     )
     next_inst = 1
@@ -338,14 +338,14 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
     k = width / REF_WIDTH
     half_view = np.array([width / 2, height / 2])
     camera = str(rng.choice(CAMERA_TYPES, p=CAMERA_P))
-    rel_center, zoom, angle = _camera_path(rng, camera, n, k)
+    rel_center, zoom, angle = camera_path(rng, camera, n, k)
 
     # The world: a photo scaled to cover everything the camera sees along its path, plus a margin.
     corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half_view
-    seen = np.concatenate([rel_center[i] + corners @ _rot(angle[i]).T / zoom[i] for i in range(n)])
+    seen = np.concatenate([rel_center[i] + corners @ rotation_matrix(angle[i]).T / zoom[i] for i in range(n)])
     lo, hi = seen.min(0), seen.max(0)
     photo_name = str(rng.choice([p for p in BACKGROUNDS if p != prev_photo]))
-    photo = _photo(photo_name)
+    photo = load_photo(photo_name)
     need = hi - lo + 8
     s = max(need[0] / photo.shape[1], need[1] / photo.shape[0]) * rng.uniform(1.0, 1.3)
     world_w, world_h = math.ceil(photo.shape[1] * s), math.ceil(photo.shape[0] * s)
@@ -354,10 +354,10 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
     cam_center = rel_center + offset
     # a colour cast per shot (a different camera or light): also what makes a cut obvious in colour
     cast = rng.uniform(0.85, 1.15, 3)
-    background = _cast(background, cast)
+    background = colour_cast(background, cast)
 
     def view_to_world(v: np.ndarray, i: int) -> np.ndarray:
-        return cam_center[i] + _rot(angle[i]) @ ((v - half_view) / zoom[i])
+        return cam_center[i] + rotation_matrix(angle[i]) @ ((v - half_view) / zoom[i])
 
     def still(n_: int, p: np.ndarray, a: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.repeat(p[None], n_, 0), np.full(n_, a), np.ones(n_)
@@ -374,7 +374,7 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         tex = stuff(photo_name)
         rgb, alpha = _sprite(rng, shape, area, tex)
         p = view_to_world(half_view * 2 * rng.uniform(0.2, 0.8, 2), mid)
-        layers.append(Layer("distractor", 0, tex, shape, size, _cast(rgb, cast), alpha,
+        layers.append(Layer("distractor", 0, tex, shape, size, colour_cast(rgb, cast), alpha,
                             *still(n, p, rng.uniform(-np.pi, np.pi))))
 
     n_movers = int(rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25]))
@@ -387,27 +387,27 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         margin = 0.3 if size == "large" else 0.15
         start_pos = view_to_world(half_view * 2 * rng.uniform(margin, 1 - margin, 2), 0)
         speed = rng.uniform(1.0, 8.0)
-        env = _pause_envelope(rng, n)
-        pos = _mover_path(rng, start_pos, speed, k, env, cam_center, zoom, half_view)
+        env = pause_envelope(rng, n)
+        pos = mover_path(rng, start_pos, speed, k, env, cam_center, zoom, half_view)
         spin = np.radians(rng.uniform(-0.6, 0.6)) if rng.random() < 0.5 else 0.0
         rot = rng.uniform(-0.5, 0.5) + spin * np.cumsum(env)  # turns only while it moves
         grow = np.exp(rng.uniform(-0.15, 0.15) * np.cumsum(env) / n)  # walks toward or away from us
-        layers.append(Layer("mover", first_inst + j, tex, shape, size, _cast(rgb, cast), alpha, pos, rot, grow))
+        layers.append(Layer("mover", first_inst + j, tex, shape, size, colour_cast(rgb, cast), alpha, pos, rot, grow))
 
     if rng.random() < 0.35:  # occluder: a still post in front of everything
         pole_w = rng.uniform(0.05, 0.09) * width / zoom[mid]
         pole_h = 1.3 * height / zoom[mid]
         tex = stuff(photo_name)
-        alpha = _rasterize(_outline(rng, "pole")[0], round(pole_w), round(pole_h))
-        rgb = _crop(rng, _photo(tex), alpha.shape[1], alpha.shape[0], (0.5, 1.3))
+        alpha = rasterize(random_outline(rng, "pole")[0], round(pole_w), round(pole_h))
+        rgb = crop_photo(rng, load_photo(tex), alpha.shape[1], alpha.shape[0], (0.5, 1.3))
         p = view_to_world(half_view * 2 * np.array([rng.uniform(0.2, 0.8), 0.5]), mid)
-        layers.append(Layer("occluder", 0, tex, "pole", "pole", _cast(rgb, cast), alpha,
+        layers.append(Layer("occluder", 0, tex, "pole", "pole", colour_cast(rgb, cast), alpha,
                             *still(n, p, angle[mid] + rng.uniform(-0.1, 0.1))))
 
     return Shot(start, n, photo_name, background, camera, cam_center, zoom, angle, layers)
 
 
-def _cast(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
+def colour_cast(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
     return np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
@@ -415,31 +415,31 @@ def _cast(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
 # Rendering
 
 
-def _rot(a: float) -> np.ndarray:
+def rotation_matrix(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[c, -s], [s, c]])
 
 
-def _similarity(scale: float, angle: float, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def similarity(scale: float, angle: float, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """3x3 matrix taking `src` to `dst`, rotating by `angle` and scaling by `scale` around it."""
     m = np.eye(3)
-    m[:2, :2] = scale * _rot(angle)
+    m[:2, :2] = scale * rotation_matrix(angle)
     m[:2, 2] = dst - m[:2, :2] @ src
     return m
 
 
-def _camera(shot: Shot, i: int, width: int, height: int) -> np.ndarray:
+def camera_at(shot: Shot, i: int, width: int, height: int) -> np.ndarray:
     """World -> view."""
-    return _similarity(shot.cam_zoom[i], -shot.cam_angle[i], shot.cam_center[i], np.array([width / 2, height / 2]))
+    return similarity(shot.cam_zoom[i], -shot.cam_angle[i], shot.cam_center[i], np.array([width / 2, height / 2]))
 
 
 def _placement(layer: Layer, i: int) -> np.ndarray:
     """Sprite -> world."""
     h, w = layer.alpha.shape
-    return _similarity(layer.scale[i], layer.angle[i], np.array([w / 2, h / 2]), layer.pos[i])
+    return similarity(layer.scale[i], layer.angle[i], np.array([w / 2, h / 2]), layer.pos[i])
 
 
-def _blur_kernel(v: np.ndarray) -> np.ndarray | None:
+def blur_kernel(v: np.ndarray) -> np.ndarray | None:
     """Line kernel along the image motion v (px) seen during the exposure; None when negligible."""
     length = float(np.hypot(*v))
     if length < 1.0:
@@ -486,14 +486,14 @@ def render_frame(plan: ClipPlan, t: int) -> Rendered:
     # image motion for the blur: from the previous frame (the next one at a shot's first frame;
     # a line kernel is symmetric, so the direction's sign does not matter)
     prev = i - 1 if i > 0 else min(1, shot.length - 1)
-    cam, cam_prev = _camera(shot, i, W, H), _camera(shot, prev, W, H)
+    cam, cam_prev = camera_at(shot, i, W, H), camera_at(shot, prev, W, H)
 
     out = cv2.warpAffine(shot.background, cam[:2], (W, H), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
     if plan.shutter > 0:  # camera motion blurs the whole view; approximated by the motion at the centre
         c = np.array([W / 2, H / 2, 1.0])
         v = (cam @ np.linalg.inv(cam_prev) @ c)[:2] - c[:2]
-        kern = _blur_kernel(v * plan.shutter)
+        kern = blur_kernel(v * plan.shutter)
         if kern is not None:
             out = cv2.filter2D(out, -1, kern, borderType=cv2.BORDER_REFLECT101)
 
@@ -503,7 +503,7 @@ def render_frame(plan: ClipPlan, t: int) -> Rendered:
         h, w = layer.alpha.shape
         centre = np.array([w / 2, h / 2, 1.0])
         v = (m @ centre - cam_prev @ _placement(layer, prev) @ centre)[:2]
-        kern = _blur_kernel(v * plan.shutter) if plan.shutter > 0 else None
+        kern = blur_kernel(v * plan.shutter) if plan.shutter > 0 else None
         paste(out, owner, index, layer.rgb, layer.alpha, m, kern)
 
     noise = np.random.default_rng([plan.seed, t]).standard_normal((H, W, 3), dtype=np.float32)
@@ -583,7 +583,7 @@ def object_patch(rgb: np.ndarray, mask: np.ndarray, patch: int, min_pixels: int 
                           borderMode=cv2.BORDER_REFLECT101)
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
@@ -592,7 +592,7 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
 
 
-def _encode(path: Path, frames, width: int, height: int, crf: int, fps: int = FPS) -> int:
+def encode_video(path: Path, frames, width: int, height: int, crf: int, fps: int = FPS) -> int:
     """H.264 yuv420p at a constant fps (FPS unless told: the rig scenario runs at its own), frame i
     at pts i; encoded to a temp name, then renamed."""
     tmp = path.with_name(f".{path.name}.partial")
@@ -655,7 +655,7 @@ def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]],
     if width < 32 or height < 32 or width % 2 or height % 2:
         raise UserError(f"--size {width}x{height}: width and height must be even and at least 32 (H.264 yuv420p)")
     out = Path(out_dir)
-    _check_writable(out)
+    check_writable(out)
     # clips.json is written last and names a complete set: an old one must not outlive the clips
     # it describes if this run is interrupted halfway
     (out / "clips.json").unlink(missing_ok=True)
@@ -679,7 +679,7 @@ def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]],
                         bar.update(1)
                         yield r.rgb
 
-                _encode(out / f"{name}.mp4", frames_with_gt(), width, height, p.crf)
+                encode_video(out / f"{name}.mp4", frames_with_gt(), width, height, p.crf)
                 swap_dir(work, out / name)
             finally:
                 shutil.rmtree(work, ignore_errors=True)

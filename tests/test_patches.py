@@ -12,7 +12,7 @@ from streamer.config import PatchConfig, StreamerConfig
 from streamer.frames import Frame
 from streamer.motion.patches import PatchMiner, PatchPair, best_box
 from streamer.motion.pipeline import MotionSegmenter
-from synth.things import _photo, render_clip
+from synth.things import load_photo, render_clip
 
 FRAMES = 90
 
@@ -73,7 +73,7 @@ def test_tracked_patch_stays_on_the_same_mover(seed):
 def _pan(n: int, speed: float = 1.5) -> list[np.ndarray]:
     """A camera panning (with a slight zoom) over a still photo: motion everywhere, none of it
     independent of the camera."""
-    world = cv2.resize(_photo("coffee"), (640, 480), interpolation=cv2.INTER_AREA)
+    world = cv2.resize(load_photo("coffee"), (640, 480), interpolation=cv2.INTER_AREA)
     frames = []
     for i in range(n):
         s = 1.0 + 0.002 * i
@@ -96,7 +96,7 @@ def _crowd(n: int) -> list[np.ndarray]:
     and there is no one object to track."""
     noise = np.random.default_rng(3).normal(0, 1, (60, 80)).astype(np.float32)
     wall = np.clip(128 + 5 * cv2.resize(noise, (320, 240), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
-    tex = cv2.resize(_photo("astronaut"), (256, 256), interpolation=cv2.INTER_AREA)
+    tex = cv2.resize(load_photo("astronaut"), (256, 256), interpolation=cv2.INTER_AREA)
     starts = np.array([[60, 50], [200, 60], [120, 150], [250, 170], [30, 180], [160, 20]], float)
     angle = 2 * np.pi * np.arange(6) / 6 + 0.3
     vel = 3.0 * np.stack([np.cos(angle), np.sin(angle)], 1)  # px/frame, every one in its own direction

@@ -128,8 +128,8 @@ def test_panning_shots_move_the_background_as_recorded():
                 measured.append((dx, dy))
                 # where the world point at the view centre of frame i-1 lands in frame i
                 c = np.array([SMALL[0] / 2, SMALL[1] / 2, 1.0])
-                prev_cam = synth._camera(shot, i - 1, *SMALL)
-                expected.append((synth._camera(shot, i, *SMALL) @ np.linalg.inv(prev_cam) @ c)[:2] - c[:2])
+                prev_cam = synth.camera_at(shot, i - 1, *SMALL)
+                expected.append((synth.camera_at(shot, i, *SMALL) @ np.linalg.inv(prev_cam) @ c)[:2] - c[:2])
             measured, expected = np.array(measured), np.array(expected)
             err = np.hypot(*(measured - expected).T)
             if shot.camera == "static":

@@ -82,7 +82,7 @@ def test_a_carried_box_and_its_arm_are_one_foreground_object_that_moves_together
                         continue
                     assert (r.gt[arm_px] == 255).all() and (r.inst[arm_px] == box.inst).all()
                     # the arm reaches the box: its pixel nearest the box centre lies within the box
-                    centre = (synth._camera(shot, i, W, H) @ np.append(box.pos[i], 1.0))[:2]
+                    centre = (synth.camera_at(shot, i, W, H) @ np.append(box.pos[i], 1.0))[:2]
                     ys, xs = np.nonzero(arm_px)
                     h, w = box.alpha.shape
                     reach = 0.5 * np.hypot(w, h) * box.scale[i] * shot.cam_zoom[i]
