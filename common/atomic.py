@@ -1,12 +1,14 @@
 """Atomic file writes: a temp file in the same directory, fsync, then rename over the target.
 An interrupted run leaves either the old file or the new one, never a torn one."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 
 def write_with(path: str | Path, write: Callable[[BinaryIO], object], fsync: bool = False) -> None:
@@ -50,6 +52,7 @@ def write_durable(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data`, file mode `mode`, fsynced and the folder too: a power cut leaves
     the old file or the new one. The temp file is mkstemp's (0600) until fchmod, so a private
     file is never readable by others, not even for a moment."""
+
     def write(f: BinaryIO) -> None:
         os.fchmod(f.fileno(), mode)
         f.write(data)

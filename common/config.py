@@ -4,6 +4,7 @@ unknown key, a wrong type or a bad value is an error that names the key.
 Each package owns the dataclasses of its own part (streamer.config, learner.config, ...) and
 checks its values with `check`; motionmask.config composes them into one Config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -143,8 +144,10 @@ def _checked_text(p: Path, where: str) -> str:
     PyYAML's scanner takes time quadratic in that depth (a megabyte of them would not finish;
     figures: docs/benchmarks.md, "Small measurements behind the code")."""
     if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{where}: {p.stat().st_size} bytes is too large for a config (at most "
-                          f"{MAX_CONFIG_BYTES}); is it the right file?")
+        raise ConfigError(
+            f"{where}: {p.stat().st_size} bytes is too large for a config (at most "
+            f"{MAX_CONFIG_BYTES}); is it the right file?"
+        )
     text = p.read_text(encoding="utf-8")
     depth = deepest = 0
     for ch in text:  # brackets inside strings count too: no real config comes near the limit

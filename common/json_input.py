@@ -5,6 +5,7 @@ json.loads alone raises RecursionError on deeply nested input (a few KB of "[" a
 is no ValueError and escaped the parsers that trusted it to be one; a 5000-digit number raises a
 plain ValueError, not the JSONDecodeError some of them caught.
 """
+
 from __future__ import annotations
 
 import json

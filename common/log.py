@@ -1,4 +1,5 @@
 """One line per event, key=value, so logs grep well: `grep 'event=shot_cut' daemon.log`."""
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ encoding. A device-only install (`pip install motionmask`, no OpenCV) imports th
 Same signatures and constants as the cv2 calls they replace; results match OpenCV's to within
 one grey level (uint8 rounding; tests/test_npcv.py compares them). Any other cv2 name raises
 ModuleNotFoundError(name="cv2"), which the command line turns into its one-line role error."""
+
 from __future__ import annotations
 
 import struct
@@ -70,7 +71,7 @@ def _resize_axis(a: np.ndarray, n_out: int, axis: int, interpolation: int) -> np
     if interpolation == INTER_AREA and n_out < n_in:
         if n_in % n_out == 0:
             f = n_in // n_out
-            shape = a.shape[:axis] + (n_out, f) + a.shape[axis + 1:]
+            shape = a.shape[:axis] + (n_out, f) + a.shape[axis + 1 :]
             return a.reshape(shape).mean(axis=axis + 1, dtype=np.float32)
         idx, w = _area_taps(n_in, n_out)
         shape = [1] * a.ndim
@@ -109,7 +110,9 @@ def cvtColor(src: np.ndarray, code: int) -> np.ndarray:
         diff = v - np.minimum(np.minimum(r, g), b)
         s = np.where(v > 0, diff * 255.0 / np.maximum(v, 1.0), 0.0)
         d = np.maximum(diff, 1e-6)
-        hue = np.where(v == r, 60.0 * (g - b) / d, np.where(v == g, 120.0 + 60.0 * (b - r) / d, 240.0 + 60.0 * (r - g) / d))
+        hue = np.where(
+            v == r, 60.0 * (g - b) / d, np.where(v == g, 120.0 + 60.0 * (b - r) / d, 240.0 + 60.0 * (r - g) / d)
+        )
         hue = np.where(diff > 0, hue, 0.0)
         hue = np.where(hue < 0, hue + 360.0, hue)
         hsv = np.stack([np.rint(hue / 2.0) % 180, np.rint(s), v], axis=-1)
@@ -121,8 +124,9 @@ def convertScaleAbs(src: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> n
     return _cast(np.abs(src.astype(np.float32) * alpha + beta), np.dtype(np.uint8))
 
 
-def calcHist(images: list[np.ndarray], channels: list[int], mask: None, histSize: list[int],
-             ranges: list[float]) -> np.ndarray:
+def calcHist(
+    images: list[np.ndarray], channels: list[int], mask: None, histSize: list[int], ranges: list[float]
+) -> np.ndarray:
     """Uniform bins over [lo, hi) per channel, as float32 counts of shape histSize."""
     img = images[0]
     flat = np.zeros(img.shape[:2], np.intp)
@@ -146,7 +150,7 @@ def getStructuringElement(shape: int, ksize: tuple[int, int]) -> np.ndarray:
         dy = i - r
         if abs(dy) <= r:
             dx = int(round(c * np.sqrt((r * r - dy * dy) / (r * r)))) if r else c
-            k[i, max(c - dx, 0):min(c + dx + 1, kw)] = 1
+            k[i, max(c - dx, 0) : min(c + dx + 1, kw)] = 1
     return k
 
 
@@ -156,14 +160,16 @@ def dilate(src: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     ay, ax = kh // 2, kw // 2
     h, w = src.shape
     padded = np.zeros((h + kh - 1, w + kw - 1), src.dtype)
-    padded[ay:ay + h, ax:ax + w] = src
+    padded[ay : ay + h, ax : ax + w] = src
     out = np.zeros_like(src)
     for i, j in zip(*np.nonzero(kernel)):
-        np.maximum(out, padded[i:i + h, j:j + w], out=out)
+        np.maximum(out, padded[i : i + h, j : j + w], out=out)
     return out
 
 
-def floodFill(image: np.ndarray, mask: None, seedPoint: tuple[int, int], newVal: int) -> tuple[int, np.ndarray, None, None]:
+def floodFill(
+    image: np.ndarray, mask: None, seedPoint: tuple[int, int], newVal: int
+) -> tuple[int, np.ndarray, None, None]:
     """4-connected fill, in place, of the region of the seed's value that holds the seed."""
     x, y = seedPoint
     region = image == image[y, x]
@@ -207,8 +213,12 @@ def imencode(ext: str, img: np.ndarray, params: list[int] | None = None) -> tupl
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
-           + chunk(b"IDAT", _deflate(raw, level, strategy)) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+        + chunk(b"IDAT", _deflate(raw, level, strategy))
+        + chunk(b"IEND", b"")
+    )
     return True, np.frombuffer(png, np.uint8)
 
 

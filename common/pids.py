@@ -1,4 +1,5 @@
 """Is the process that left something behind still there?"""
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ layout, so `motionmask predict --model EXPORTS` and BundleRunner read either.
 
 No torch here: devices import this module.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.signing import SIG_FILE, next_sequence, signed_fields
 from common import json_input
 from common.atomic import fsync_dir
-from common.pids import pid_alive
 from common.errors import UserError
 from common.log import log_event
+from common.pids import pid_alive
+from exporter.signing import SIG_FILE, next_sequence, signed_fields
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,10 @@ def sha256_file(path: str | Path) -> str:
 
 def check_version_name(version: str) -> str:
     if not isinstance(version, str) or not VERSION_RE.match(version):
-        raise UserError(f"bundle version {version!r} is not a valid name (letters, digits, '.', '_', '-'; "
-                        f"at most 100; no leading dot)")
+        raise UserError(
+            f"bundle version {version!r} is not a valid name (letters, digits, '.', '_', '-'; "
+            f"at most 100; no leading dot)"
+        )
     return version
 
 
@@ -145,8 +148,7 @@ def versions(d: str | Path) -> list[str]:
     d = Path(d)
     if not d.is_dir():
         return []
-    found = [p.name for p in d.iterdir()
-             if VERSION_RE.match(p.name) and p.is_dir() and (p / MANIFEST_FILE).is_file()]
+    found = [p.name for p in d.iterdir() if VERSION_RE.match(p.name) and p.is_dir() and (p / MANIFEST_FILE).is_file()]
     return sorted(found)
 
 
@@ -163,21 +165,25 @@ def resolve_bundle(path: str | Path) -> Path:
     if (p / LATEST).is_file():
         version = read_pointer(p)
         if version is None:
-            raise UserError(f"{p / LATEST}: does not name a bundle version; re-export, or "
-                            f"`motionmask device --dir {p} --rollback`")
+            raise UserError(
+                f"{p / LATEST}: does not name a bundle version; re-export, or `motionmask device --dir {p} --rollback`"
+            )
         if not (p / version / MANIFEST_FILE).is_file():
             raise UserError(f"{p / LATEST}: names {version}, but {p / version} holds no bundle")
         return p / version
     if not p.exists():
         raise UserError(f"{p}: no such bundle or exports folder")
-    raise UserError(f"{p}: neither a bundle folder (no {MANIFEST_FILE}) nor an exports folder (no {LATEST}); "
-                    f"make one with `motionmask export --checkpoint CKPT --out {p}`")
+    raise UserError(
+        f"{p}: neither a bundle folder (no {MANIFEST_FILE}) nor an exports folder (no {LATEST}); "
+        f"make one with `motionmask export --checkpoint CKPT --out {p}`"
+    )
 
 
 def _file_entry_ok(name: Any, meta: Any) -> bool:
     """A manifest's files entry: a safe name, a sha256 string and, when given, a length >= 0."""
-    if not (isinstance(name, str) and FILE_RE.match(name) and isinstance(meta, dict)
-            and isinstance(meta.get("sha256"), str)):
+    if not (
+        isinstance(name, str) and FILE_RE.match(name) and isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
+    ):
         return False
     n = meta.get("bytes", 0)
     return isinstance(n, int) and not isinstance(n, bool) and n >= 0
@@ -193,11 +199,16 @@ def parse_manifest(data: bytes, where: str | Path) -> dict[str, Any]:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise UserError(f"{where}: not a motionmask bundle manifest")
     if m.get("format_version") != FORMAT_VERSION or isinstance(m.get("format_version"), bool):
-        raise UserError(f"{where}: bundle format version {str(m.get('format_version'))[:40]} is not supported "
-                        f"(this motionmask reads version {FORMAT_VERSION})")
+        raise UserError(
+            f"{where}: bundle format version {str(m.get('format_version'))[:40]} is not supported "
+            f"(this motionmask reads version {FORMAT_VERSION})"
+        )
     files = m.get("files")
-    if not isinstance(files, dict) or MODEL_FILE not in files or not all(
-            _file_entry_ok(k, v) for k, v in files.items()):
+    if (
+        not isinstance(files, dict)
+        or MODEL_FILE not in files
+        or not all(_file_entry_ok(k, v) for k, v in files.items())
+    ):
         raise UserError(f"{where}: manifest lists no valid files")
     if not isinstance(m.get("source", {}), dict):
         raise UserError(f"{where}: manifest's source is not a mapping")
@@ -219,8 +230,10 @@ def load_bundle(path: str | Path, check_hash: bool = True) -> Bundle:
         if check_hash:
             got = sha256_file(f)
             if got != meta["sha256"]:
-                raise UserError(f"{f}: sha256 {got[:12]}... does not match the manifest's {meta['sha256'][:12]}...: "
-                                f"the bundle is damaged or was altered; re-export it or pull it again")
+                raise UserError(
+                    f"{f}: sha256 {got[:12]}... does not match the manifest's {meta['sha256'][:12]}...: "
+                    f"the bundle is damaged or was altered; re-export it or pull it again"
+                )
     return Bundle(d, m)
 
 
@@ -272,8 +285,15 @@ def sequences(d: str | Path) -> list[int]:
     return found
 
 
-def publish_bundle(exports: str | Path, version: str, files: dict[str, bytes], manifest: dict[str, Any],
-                   keep: int = 5, signer: Any = None, expiry_days: float = 30.0) -> Path:
+def publish_bundle(
+    exports: str | Path,
+    version: str,
+    files: dict[str, bytes],
+    manifest: dict[str, Any],
+    keep: int = 5,
+    signer: Any = None,
+    expiry_days: float = 30.0,
+) -> Path:
     """Write a bundle atomically and point LATEST at it (PREVIOUS at the bundle it replaces).
 
     files: name -> bytes (model.onnx, and any other file the bundle ships); their sha256 and size
@@ -303,8 +323,10 @@ def publish_bundle(exports: str | Path, version: str, files: dict[str, bytes], m
     except OSError:
         free = need
     if free < need:
-        raise UserError(f"{d}: no space left on the device for bundle {version} (needs {need / 2**20:.1f} MB, "
-                        f"{free / 2**20:.1f} MB free); LATEST still names {read_pointer(d) or 'no bundle'}")
+        raise UserError(
+            f"{d}: no space left on the device for bundle {version} (needs {need / 2**20:.1f} MB, "
+            f"{free / 2**20:.1f} MB free); LATEST still names {read_pointer(d) or 'no bundle'}"
+        )
     tmp = d / f"{TMP_PREFIX}{version}-{os.getpid()}"
     previous = read_pointer(d)
     try:
@@ -319,15 +341,19 @@ def publish_bundle(exports: str | Path, version: str, files: dict[str, bytes], m
         fsync_dir(d)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{_disk_message(d, e)} while writing bundle {version}; nothing was published, "
-                        f"LATEST still names {previous or 'no bundle'}") from None
+        raise UserError(
+            f"{_disk_message(d, e)} while writing bundle {version}; nothing was published, "
+            f"LATEST still names {previous or 'no bundle'}"
+        ) from None
     try:
         if previous and previous != version:
             write_pointer(d, previous, PREVIOUS)
         write_pointer(d, version, LATEST)
     except OSError as e:
-        raise UserError(f"{_disk_message(d, e)} while pointing LATEST at {version}; "
-                        f"LATEST still names {read_pointer(d) or 'no bundle'}") from None
+        raise UserError(
+            f"{_disk_message(d, e)} while pointing LATEST at {version}; "
+            f"LATEST still names {read_pointer(d) or 'no bundle'}"
+        ) from None
     prune(d, keep)
     return final
 
@@ -383,7 +409,7 @@ def prune(d: str | Path, keep: int) -> list[str]:
     protect = {read_pointer(d), read_pointer(d, PREVIOUS)}
     all_versions = versions(d)
     removed = []
-    for v in all_versions[:max(0, len(all_versions) - keep)]:
+    for v in all_versions[: max(0, len(all_versions) - keep)]:
         if v in protect:
             continue
         shutil.rmtree(d / v, ignore_errors=True)

@@ -3,9 +3,11 @@
 The first block is what one export does (`motionmask export` and the daemon alike); the second
 is when the daemon exports; the third is how bundles are served to devices.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from common.config import check
 
 MIN_OPSET, MAX_OPSET = 18, 23  # torch's dynamo exporter starts at 18; 23 is the newest onnx 1.18+ knows
@@ -31,7 +33,9 @@ class ExportConfig:
     # beats the last export on held-back buffer samples
     enabled: bool = False  # the daemon exports (learner), serves bundles, and cameras publish `student` masks
     student_every: int = 5  # a camera runs the latest bundle on every Nth frame (protects its fps); 0 = never
-    fused: bool = True  # cameras publish kind `fused` every frame (motionmask/fuse.py), the student carried along the flow
+    fused: bool = (
+        True  # cameras publish kind `fused` every frame (motionmask/fuse.py), the student carried along the flow
+    )
     fuse_min_student: float = 0.5  # the student marks a pixel of the fused mask alone from this probability
     dir: str = "exports"  # exports folder (relative: to the working directory)
     every_steps: int = 2000  # 0 = off
@@ -72,10 +76,12 @@ class ExportConfig:
             ("holdout_every", 2 <= self.holdout_every <= 1000, "between 2 and 1000"),
             ("holdout_block", 1 <= self.holdout_block <= 10000, "between 1 and 10000"),
             ("endpoint", "://" in self.endpoint, "a ZeroMQ endpoint such as tcp://127.0.0.1:5560"),
-            ("announce_endpoint", "://" in self.announce_endpoint,
-             "a ZeroMQ endpoint such as tcp://127.0.0.1:5561"),
-            ("announce_endpoint", self.announce_endpoint != self.endpoint or self.endpoint.endswith(":*"),
-             "different from export.endpoint"),
+            ("announce_endpoint", "://" in self.announce_endpoint, "a ZeroMQ endpoint such as tcp://127.0.0.1:5561"),
+            (
+                "announce_endpoint",
+                self.announce_endpoint != self.endpoint or self.endpoint.endswith(":*"),
+                "different from export.endpoint",
+            ),
             ("announce_interval_s", self.announce_interval_s > 0, "> 0"),
             ("chunk_kb", 4 <= self.chunk_kb <= 4096, "between 4 and 4096"),
             ("rate_limit_mbps", self.rate_limit_mbps >= 0, ">= 0 (0 = no limit)"),

@@ -20,6 +20,7 @@ we take the in-memory ModelProto, refuse any tensor stored outside it, and seria
 one file. The example batch is 2 so that the batch axis stays symbolic (torch.export specialises
 sizes 0 and 1), and the batch dimension is declared dynamic.
 """
+
 from __future__ import annotations
 
 import collections
@@ -29,22 +30,23 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
+from common.log import log_event
 from exporter.bundle import MODEL_FILE, check_exports_dir, new_version, publish_bundle, read_pointer
 from exporter.config import ExportConfig
 from exporter.runtime import fit_frame
 from exporter.signing import Signer
 from exporter.verify import ExportRejected, Verification, verify_onnx
-from common.errors import UserError
-from common.log import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ DEFAULT_SIZE = (224, 224)  # (width, height) when the checkpoint does not say wh
 @dataclass(frozen=True)
 class HeadSpec:
     """One named output. post: (the head's raw output, (H, W) of the input) -> the output tensor."""
+
     post: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
     meaning: str
     dims: tuple[str, ...]  # names of the output's axes, for the manifest
@@ -83,10 +86,17 @@ def _segments_post(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 HEADS: dict[str, HeadSpec] = {
     "mask": HeadSpec(_mask_post, "foreground probability in [0, 1] of each input pixel", ("N", "H", "W")),
-    "embedding": HeadSpec(_embedding_post, "L2-normalised embedding of each input image (cosine similarity = dot "
-                                           "product); feed a patch to embed a patch", ("N", "D")),
-    "segments": HeadSpec(_segments_post, "soft segments: probability of each of L segments at each input pixel "
-                                         "(sums to 1 over L); pixels of one segment move together", ("N", "L", "H", "W")),
+    "embedding": HeadSpec(
+        _embedding_post,
+        "L2-normalised embedding of each input image (cosine similarity = dot product); feed a patch to embed a patch",
+        ("N", "D"),
+    ),
+    "segments": HeadSpec(
+        _segments_post,
+        "soft segments: probability of each of L segments at each input pixel "
+        "(sums to 1 over L); pixels of one segment move together",
+        ("N", "L", "H", "W"),
+    ),
 }
 
 
@@ -147,8 +157,9 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def input_size(model: nn.Module, cfg: ExportConfig,
-               slot_size: Sequence[int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+def input_size(
+    model: nn.Module, cfg: ExportConfig, slot_size: Sequence[int] | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """((width, height) of the bundle's input, (w, h) box frames are fitted into).
     export.width/height when set (the box is the whole input); else the size the checkpoint
     trained at (its ring-buffer slot: the box) padded up to the net's stride, as
@@ -156,8 +167,10 @@ def input_size(model: nn.Module, cfg: ExportConfig,
     fixed = getattr(model, "input_size", None)
     if fixed:
         if cfg.size() and cfg.size() != (fixed, fixed):
-            raise UserError(f"export.width/height {cfg.width}x{cfg.height}: this alexnet model takes only "
-                            f"{fixed}x{fixed} (its crop size); set both to 0 or to {fixed}")
+            raise UserError(
+                f"export.width/height {cfg.width}x{cfg.height}: this alexnet model takes only "
+                f"{fixed}x{fixed} (its crop size); set both to 0 or to {fixed}"
+            )
         return (fixed, fixed), (fixed, fixed)
     stride = int(getattr(model, "stride", 1))
     if cfg.size():
@@ -171,8 +184,9 @@ def input_size(model: nn.Module, cfg: ExportConfig,
     return DEFAULT_SIZE, DEFAULT_SIZE
 
 
-def to_onnx(model: nn.Module, heads: Sequence[str], width: int, height: int, opset: int,
-            metadata: dict[str, Any]) -> bytes:
+def to_onnx(
+    model: nn.Module, heads: Sequence[str], width: int, height: int, opset: int, metadata: dict[str, Any]
+) -> bytes:
     """Export `model` (eval, fp32, on the CPU) to a self-contained ONNX model; metadata values
     go into metadata_props as JSON strings."""
     import onnx
@@ -183,9 +197,17 @@ def to_onnx(model: nn.Module, heads: Sequence[str], width: int, height: int, ops
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=list(heads),
-                dynamic_shapes={"image": {0: batch}}, opset_version=opset, external_data=False,
-                optimize=True, verbose=False)
+                wrapper,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=list(heads),
+                dynamic_shapes={"image": {0: batch}},
+                opset_version=opset,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
     except ImportError as e:
         raise UserError(f"torch.onnx.export needs onnxscript ({e}); pip install onnxscript") from None
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the reason is what counts
@@ -198,7 +220,8 @@ def to_onnx(model: nn.Module, heads: Sequence[str], width: int, height: int, ops
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value, sort_keys=True)
     proto.doc_string = "motionmask: uint8 RGB frames (N x H x W x 3) in; " + ", ".join(
-        f"{n}: {HEADS[n].meaning}" for n in heads)
+        f"{n}: {HEADS[n].meaning}" for n in heads
+    )
     return proto.SerializeToString()
 
 
@@ -211,8 +234,15 @@ def output_specs(onnx_bytes: bytes, heads: Sequence[str]) -> list[dict[str, Any]
     for o in g.output:
         t = o.type.tensor_type
         shape = [d.dim_param and "N" or d.dim_value for d in t.shape.dim]
-        specs.append({"name": o.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                      "shape": shape, "axes": list(HEADS[o.name].dims), "meaning": HEADS[o.name].meaning})
+        specs.append(
+            {
+                "name": o.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                "shape": shape,
+                "axes": list(HEADS[o.name].dims),
+                "meaning": HEADS[o.name].meaning,
+            }
+        )
     if [s["name"] for s in specs] != list(heads):
         raise ExportRejected("export", f"graph outputs {[s['name'] for s in specs]} are not the heads {list(heads)}")
     return specs
@@ -239,8 +269,20 @@ def default_frames(n: int) -> list[np.ndarray]:
     import skimage.data
 
     frames = []
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "camera", "brick", "grass",
-                 "gravel", "moon", "coins", "hubble_deep_field"):
+    for name in (
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "motorcycle_left",
+        "camera",
+        "brick",
+        "grass",
+        "gravel",
+        "moon",
+        "coins",
+        "hubble_deep_field",
+    ):
         img = skimage.data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(skimage.data, name)()
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, axis=2)
@@ -277,9 +319,18 @@ def _model_for_export(model: nn.Module) -> nn.Module:
     return m.to(memory_format=torch.contiguous_format)
 
 
-def export_model(model: nn.Module, out: str | Path, cfg: ExportConfig, *, step: int, source: dict[str, Any],
-                 frames: list[np.ndarray] | None = None, quality: dict[str, Any] | None = None,
-                 slot_size: Sequence[int] | None = None, preprocessing: dict[str, Any] | None = None) -> ExportResult:
+def export_model(
+    model: nn.Module,
+    out: str | Path,
+    cfg: ExportConfig,
+    *,
+    step: int,
+    source: dict[str, Any],
+    frames: list[np.ndarray] | None = None,
+    quality: dict[str, Any] | None = None,
+    slot_size: Sequence[int] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+) -> ExportResult:
     """Export, verify and publish. Raises ExportRejected (a UserError: the reason is logged, nothing
     is published) or UserError (e.g. the exports folder cannot be written)."""
     t0 = time.perf_counter()
@@ -291,27 +342,48 @@ def export_model(model: nn.Module, out: str | Path, cfg: ExportConfig, *, step: 
     version = new_version(out, step)
     resize = "stretch" if getattr(model, "input_size", None) else "fit"
     pre = preprocessing_spec(model.cfg, resize, box, preprocessing)
-    input_spec = {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", height, width, 3], "layout": "NHWC",
-                  "color": "RGB", "height": height, "width": width}
+    input_spec = {
+        "name": INPUT_NAME,
+        "dtype": "uint8",
+        "shape": ["N", height, width, 3],
+        "layout": "NHWC",
+        "color": "RGB",
+        "height": height,
+        "width": width,
+    }
     arch = dict(source.get("arch", {}))
-    metadata = {"version": version, "heads": heads, "input": input_spec, "preprocessing": pre,
-                "source": {"step": step, "arch": arch}}
-    log_event(logger, "export_start", version=version, heads=",".join(heads), size=f"{width}x{height}",
-              opset=cfg.opset, step=step)
+    metadata = {
+        "version": version,
+        "heads": heads,
+        "input": input_spec,
+        "preprocessing": pre,
+        "source": {"step": step, "arch": arch},
+    }
+    log_event(
+        logger,
+        "export_start",
+        version=version,
+        heads=",".join(heads),
+        size=f"{width}x{height}",
+        opset=cfg.opset,
+        step=step,
+    )
     t1 = time.perf_counter()
     try:
         onnx_bytes = to_onnx(model, heads, width, height, cfg.opset, metadata)
         outputs = output_specs(onnx_bytes, heads)
         t2 = time.perf_counter()
-        fitted = parity_batch(frames or default_frames(cfg.parity_frames), cfg.parity_frames, width, height,
-                              resize, box)
+        fitted = parity_batch(
+            frames or default_frames(cfg.parity_frames), cfg.parity_frames, width, height, resize, box
+        )
         ver = verify_onnx(onnx_bytes, heads, fitted, lambda x: torch_outputs(model, heads, x), cfg, what=version)
     except ExportRejected as e:
         log_event(logger, "export_rejected", logging.ERROR, version=version, check=e.check, reason=e.reason)
         raise
     timings = {"export": t2 - t1, "verify": time.perf_counter() - t2}
-    manifest = build_manifest(cfg, heads, input_spec, outputs, pre, {**source, "step": step, "arch": arch},
-                              quality or {}, ver, timings)
+    manifest = build_manifest(
+        cfg, heads, input_spec, outputs, pre, {**source, "step": step, "arch": arch}, quality or {}, ver, timings
+    )
     return _publish(out, version, onnx_bytes, manifest, cfg, signer, ver, timings, t0)
 
 
@@ -319,49 +391,94 @@ def preprocessing_spec(mcfg: Any, resize: str, box: Sequence[int], extra: dict[s
     """The manifest's `preprocessing`: what the graph does inside, and how a caller fits a frame to it."""
     return {
         "in_graph": "NHWC uint8 -> NCHW float32, x / 255, (x - mean) / std",
-        "mean": [float(v) for v in mcfg.mean], "std": [float(v) for v in mcfg.std],
-        "resize": resize, "fit_box": list(box),
-        "resize_note": ("scale the frame keeping its aspect ratio to fit fit_box (w, h), pad right and bottom "
-                        "to the input's W x H by repeating the edge pixels, cut the outputs back to the "
-                        "frame's region and resize them to the frame"
-                        if resize == "fit" else "resize the frame to W x H and the outputs back"),
+        "mean": [float(v) for v in mcfg.mean],
+        "std": [float(v) for v in mcfg.std],
+        "resize": resize,
+        "fit_box": list(box),
+        "resize_note": (
+            "scale the frame keeping its aspect ratio to fit fit_box (w, h), pad right and bottom "
+            "to the input's W x H by repeating the edge pixels, cut the outputs back to the "
+            "frame's region and resize them to the frame"
+            if resize == "fit"
+            else "resize the frame to W x H and the outputs back"
+        ),
         **(extra or {}),
     }
 
 
-def parity_batch(frames: list[np.ndarray], n: int, width: int, height: int, resize: str,
-                 box: Sequence[int]) -> np.ndarray:
+def parity_batch(
+    frames: list[np.ndarray], n: int, width: int, height: int, resize: str, box: Sequence[int]
+) -> np.ndarray:
     """The first n frames fitted to the input, as the device will fit them: the parity check's batch."""
     return np.stack([fit_frame(f, width, height, resize, box)[0] for f in frames[:n]])
 
 
-def build_manifest(cfg: ExportConfig, heads: list[str], input_spec: dict[str, Any], outputs: list[dict[str, Any]],
-                   pre: dict[str, Any], source: dict[str, Any], quality: dict[str, Any], ver: Verification,
-                   timings: dict[str, float]) -> dict[str, Any]:
+def build_manifest(
+    cfg: ExportConfig,
+    heads: list[str],
+    input_spec: dict[str, Any],
+    outputs: list[dict[str, Any]],
+    pre: dict[str, Any],
+    source: dict[str, Any],
+    quality: dict[str, Any],
+    ver: Verification,
+    timings: dict[str, float],
+) -> dict[str, Any]:
     import onnx
 
     return {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "created_unix": round(time.time(), 3),
-        "opset": cfg.opset, "heads": heads, "input": input_spec, "outputs": outputs, "preprocessing": pre,
-        "source": source, "quality": quality, "parity": ver.parity, "latency": ver.latency,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_unix": round(time.time(), 3),
+        "opset": cfg.opset,
+        "heads": heads,
+        "input": input_spec,
+        "outputs": outputs,
+        "preprocessing": pre,
+        "source": source,
+        "quality": quality,
+        "parity": ver.parity,
+        "latency": ver.latency,
         "checks": {"onnx_checker": "passed", "ort_session": ver.provider},
-        "producer": {"torch": str(torch.__version__).split("+")[0], "onnx": onnx.__version__,
-                     "onnxruntime": ver.ort_version},
+        "producer": {
+            "torch": str(torch.__version__).split("+")[0],
+            "onnx": onnx.__version__,
+            "onnxruntime": ver.ort_version,
+        },
         "timings_s": {"export": round(timings["export"], 3), "verify": round(timings["verify"], 3)},
     }
 
 
-def _publish(out: Path, version: str, onnx_bytes: bytes, manifest: dict[str, Any], cfg: ExportConfig,
-             signer: Signer | None, ver: Verification, timings: dict[str, float], t0: float) -> ExportResult:
+def _publish(
+    out: Path,
+    version: str,
+    onnx_bytes: bytes,
+    manifest: dict[str, Any],
+    cfg: ExportConfig,
+    signer: Signer | None,
+    ver: Verification,
+    timings: dict[str, float],
+    t0: float,
+) -> ExportResult:
     """The verified model and its manifest into `out` as the newest bundle (LATEST moves to it)."""
     previous = read_pointer(out)
-    path = publish_bundle(out, version, {MODEL_FILE: onnx_bytes}, manifest, cfg.keep, signer=signer,
-                          expiry_days=cfg.signature_days)
+    path = publish_bundle(
+        out, version, {MODEL_FILE: onnx_bytes}, manifest, cfg.keep, signer=signer, expiry_days=cfg.signature_days
+    )
     final = json.loads((path / "manifest.json").read_text())
     seconds = time.perf_counter() - t0
-    log_event(logger, "export_published", version=version, path=path, sha256=final["sha256"][:16],
-              mb=len(onnx_bytes) / 2**20, parity=ver.parity["max_abs_diff"], latency_ms=ver.latency["ms_median"],
-              previous=previous or "none", signed=signer.key_id if signer else "no", seconds=seconds)
+    log_event(
+        logger,
+        "export_published",
+        version=version,
+        path=path,
+        sha256=final["sha256"][:16],
+        mb=len(onnx_bytes) / 2**20,
+        parity=ver.parity["max_abs_diff"],
+        latency_ms=ver.latency["ms_median"],
+        previous=previous or "none",
+        signed=signer.key_id if signer else "no",
+        seconds=seconds,
+    )
     return ExportResult(version, path, final, seconds, ver, previous, {**timings, "total": seconds})
 
 
@@ -376,40 +493,63 @@ def load_for_export(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     state = load_checkpoint(path, "cpu")
     cfg = learner_config_from_dict(state.get("config", {}))
     if cfg.model.backbone not in BACKBONES:
-        raise UserError(f"{path}: backbone {cfg.model.backbone!r} is not one this motionmask knows "
-                        f"({', '.join(BACKBONES)}); export it with the motionmask that trained it")
+        raise UserError(
+            f"{path}: backbone {cfg.model.backbone!r} is not one this motionmask knows "
+            f"({', '.join(BACKBONES)}); export it with the motionmask that trained it"
+        )
     crop = cfg.crop_size
     arch = architecture(cfg.model, crop, cfg.heads)
     if state.get("arch") != arch:
-        raise UserError(f"{path}: checkpoint from another architecture: it says {state.get('arch')}, its config "
-                        f"builds {arch}")
+        raise UserError(
+            f"{path}: checkpoint from another architecture: it says {state.get('arch')}, its config builds {arch}"
+        )
     try:
         model = build_model(cfg.model, crop, cfg.heads)
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: checkpoint from another architecture: its weights do not fit a "
-                        f"{arch.get('backbone')} model ({first})") from None
+        raise UserError(
+            f"{path}: checkpoint from another architecture: its weights do not fit a "
+            f"{arch.get('backbone')} model ({first})"
+        ) from None
     return model, state
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig,
-                      frames: list[np.ndarray] | None = None, quality: dict[str, Any] | None = None) -> ExportResult:
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    cfg: ExportConfig,
+    frames: list[np.ndarray] | None = None,
+    quality: dict[str, Any] | None = None,
+) -> ExportResult:
     """`motionmask export`: a checkpoint file -> a verified bundle in `out`."""
     check_exports_dir(out)  # before loading anything: an unwritable --out fails in milliseconds
     model, state = load_for_export(checkpoint)
-    source = {"checkpoint": str(Path(checkpoint).resolve()), "arch": state.get("arch"),
-              "saved_at": state.get("saved_at"), "trained_seconds": state.get("counters", {}).get("train_seconds")}
-    return export_model(model, out, cfg, step=int(state.get("step", 0)), source=source, frames=frames,
-                        quality=quality, slot_size=state.get("slot_size"))
+    source = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "arch": state.get("arch"),
+        "saved_at": state.get("saved_at"),
+        "trained_seconds": state.get("counters", {}).get("train_seconds"),
+    }
+    return export_model(
+        model,
+        out,
+        cfg,
+        step=int(state.get("step", 0)),
+        source=source,
+        frames=frames,
+        quality=quality,
+        slot_size=state.get("slot_size"),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # The daemon's periodic export
 
 
-def fit_trimap(trimap: np.ndarray, width: int, height: int, resize: str = "fit",
-               box: tuple[int, int] | None = None) -> np.ndarray:
+def fit_trimap(
+    trimap: np.ndarray, width: int, height: int, resize: str = "fit", box: tuple[int, int] | None = None
+) -> np.ndarray:
     """A trimap through the same geometry as fit_frame (nearest neighbour; padding don't-care)."""
     import cv2
 
@@ -426,25 +566,32 @@ def fit_trimap(trimap: np.ndarray, width: int, height: int, resize: str = "fit",
 @dataclass
 class Holdout:
     """Buffer samples held back from training, fitted to the model's input like a frame."""
+
     images: np.ndarray  # N x H x W x 3 uint8
     trimaps: np.ndarray  # N x H x W uint8: 255 positive, 0 negative, else ignored
 
     @classmethod
-    def from_samples(cls, samples: Sequence[Any], width: int, height: int, resize: str = "fit",
-                     box: tuple[int, int] | None = None) -> Holdout:
+    def from_samples(
+        cls, samples: Sequence[Any], width: int, height: int, resize: str = "fit", box: tuple[int, int] | None = None
+    ) -> Holdout:
         """Ring-buffer samples (streamer.shm.ringbuffer.Sample: image, trimap, valid) -> a holdout."""
         imgs, tris = [], []
         for s in samples:
             y0, x0, h, w = s.valid
-            imgs.append(fit_frame(np.ascontiguousarray(s.image[y0:y0 + h, x0:x0 + w]), width, height, resize, box)[0])
-            tris.append(fit_trimap(np.ascontiguousarray(s.trimap[y0:y0 + h, x0:x0 + w]), width, height, resize, box))
+            imgs.append(
+                fit_frame(np.ascontiguousarray(s.image[y0 : y0 + h, x0 : x0 + w]), width, height, resize, box)[0]
+            )
+            tris.append(
+                fit_trimap(np.ascontiguousarray(s.trimap[y0 : y0 + h, x0 : x0 + w]), width, height, resize, box)
+            )
         if not imgs:
             raise ValueError("a holdout needs at least one sample")
         return cls(np.stack(imgs), np.stack(tris))
 
     @classmethod
-    def for_model(cls, samples: Sequence[Any], model: nn.Module, cfg: ExportConfig,
-                  slot_size: Sequence[int] | None = None) -> Holdout:
+    def for_model(
+        cls, samples: Sequence[Any], model: nn.Module, cfg: ExportConfig, slot_size: Sequence[int] | None = None
+    ) -> Holdout:
         """Samples fitted the way the bundles of this model and config will see frames."""
         (w, h), box = input_size(model, cfg, slot_size)
         return cls.from_samples(samples, w, h, "stretch" if getattr(model, "input_size", None) else "fit", box)
@@ -457,8 +604,8 @@ def holdout_score(model: nn.Module, holdout: Holdout, batch: int = 16) -> dict[s
     model = model.eval()
     bce_sum, counted, inter, union = 0.0, 0, 0, 0
     for i in range(0, len(holdout.images), batch):
-        prob = torch.from_numpy(torch_outputs(model, ["mask"], holdout.images[i:i + batch])[0]).double()
-        tri = torch.from_numpy(holdout.trimaps[i:i + batch])
+        prob = torch.from_numpy(torch_outputs(model, ["mask"], holdout.images[i : i + batch])[0]).double()
+        tri = torch.from_numpy(holdout.trimaps[i : i + batch])
         pos, neg = tri == 255, tri == 0
         use = pos | neg
         p = prob.clamp(1e-7, 1 - 1e-7)
@@ -468,8 +615,11 @@ def holdout_score(model: nn.Module, holdout: Holdout, batch: int = 16) -> dict[s
         fg = (prob >= 0.5) & use
         inter += int((fg & pos).sum())
         union += int((fg | pos).sum())
-    return {"holdout_bce": bce_sum / max(1, counted), "holdout_iou": inter / union if union else 1.0,
-            "holdout_samples": int(len(holdout.images))}
+    return {
+        "holdout_bce": bce_sum / max(1, counted),
+        "holdout_iou": inter / union if union else 1.0,
+        "holdout_samples": int(len(holdout.images)),
+    }
 
 
 def beats(score: dict[str, float], previous: dict[str, float]) -> bool:
@@ -493,8 +643,10 @@ def gate_reason(score: dict[str, float], previous: dict[str, float] | None) -> s
         verb = "beats" if iou > last else "does not beat"
         return f"holdout IoU {iou:.4f} {verb} the last export's {last:.4f}"
     verb = "below" if score["holdout_bce"] < previous["holdout_bce"] else "not below"
-    return (f"holdout IoU equal ({iou:.4f}); BCE {score['holdout_bce']:.4f} {verb} the last export's "
-            f"{previous['holdout_bce']:.4f}")
+    return (
+        f"holdout IoU equal ({iou:.4f}); BCE {score['holdout_bce']:.4f} {verb} the last export's "
+        f"{previous['holdout_bce']:.4f}"
+    )
 
 
 class PeriodicExport:
@@ -511,9 +663,17 @@ class PeriodicExport:
         periodic.maybe_export(trainer.model, trainer.step_count)
     """
 
-    def __init__(self, out: str | Path, cfg: ExportConfig, holdout: Holdout, *, slot_size: Sequence[int] | None = None,
-                 source: dict[str, Any] | None = None, on_publish: Callable[[ExportResult], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        out: str | Path,
+        cfg: ExportConfig,
+        holdout: Holdout,
+        *,
+        slot_size: Sequence[int] | None = None,
+        source: dict[str, Any] | None = None,
+        on_publish: Callable[[ExportResult], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.out, self.cfg, self.holdout = Path(out), cfg, holdout
         self.slot_size, self.source = slot_size, dict(source or {})
         self.on_publish, self.clock = on_publish, clock
@@ -541,16 +701,36 @@ class PeriodicExport:
         score = holdout_score(candidate, self.holdout)
         previous = holdout_score(self.last_model, self.holdout) if self.last_model is not None else None
         if previous is not None and not beats(score, previous):
-            log_event(logger, "export_skipped", step=step, reason="not_better", holdout_iou=score["holdout_iou"],
-                      last_export_iou=previous["holdout_iou"], holdout_bce=score["holdout_bce"],
-                      last_export_bce=previous["holdout_bce"])
+            log_event(
+                logger,
+                "export_skipped",
+                step=step,
+                reason="not_better",
+                holdout_iou=score["holdout_iou"],
+                last_export_iou=previous["holdout_iou"],
+                holdout_bce=score["holdout_bce"],
+                last_export_bce=previous["holdout_bce"],
+            )
             self._decided(step, "skipped", gate_reason(score, previous), score, previous)
             return None
-        quality = {**score, **({"last_export_holdout_iou": previous["holdout_iou"],
-                                "last_export_holdout_bce": previous["holdout_bce"]} if previous else {})}
+        quality = {
+            **score,
+            **(
+                {"last_export_holdout_iou": previous["holdout_iou"], "last_export_holdout_bce": previous["holdout_bce"]}
+                if previous
+                else {}
+            ),
+        }
         try:
-            result = export_model(candidate, self.out, self.cfg, step=step, source={**self.source, "step": step},
-                                  quality=quality, slot_size=self.slot_size)
+            result = export_model(
+                candidate,
+                self.out,
+                self.cfg,
+                step=step,
+                source={**self.source, "step": step},
+                quality=quality,
+                slot_size=self.slot_size,
+            )
         except UserError as e:  # ExportRejected included: already logged with its reason
             self.last_error = str(e)
             if not isinstance(e, ExportRejected):
@@ -564,17 +744,37 @@ class PeriodicExport:
             self.on_publish(result)
         return result
 
-    def _decided(self, step: int, outcome: str, reason: str, score: dict[str, float],
-                 previous: dict[str, float] | None, version: str | None = None) -> None:
+    def _decided(
+        self,
+        step: int,
+        outcome: str,
+        reason: str,
+        score: dict[str, float],
+        previous: dict[str, float] | None,
+        version: str | None = None,
+    ) -> None:
         self.counts[outcome] += 1
-        self.decisions.append({
-            "time": round(time.time(), 3), "step": step, "outcome": outcome, "reason": reason, "version": version,
-            "holdout_iou": score["holdout_iou"], "holdout_bce": score["holdout_bce"],
-            "last_export_holdout_iou": previous["holdout_iou"] if previous else None,
-            "last_export_holdout_bce": previous["holdout_bce"] if previous else None})
+        self.decisions.append(
+            {
+                "time": round(time.time(), 3),
+                "step": step,
+                "outcome": outcome,
+                "reason": reason,
+                "version": version,
+                "holdout_iou": score["holdout_iou"],
+                "holdout_bce": score["holdout_bce"],
+                "last_export_holdout_iou": previous["holdout_iou"] if previous else None,
+                "last_export_holdout_bce": previous["holdout_bce"] if previous else None,
+            }
+        )
 
     def summary(self) -> dict[str, Any]:
         """The gate's record for the daemon's status: counts by outcome and the recent decisions
         (oldest first), each with its reason."""
-        return {"shipped": self.counts["shipped"], "skipped": self.counts["skipped"],
-                "failed": self.counts["failed"], "last_step": self.last_step, "decisions": list(self.decisions)}
+        return {
+            "shipped": self.counts["shipped"],
+            "skipped": self.counts["skipped"],
+            "failed": self.counts["failed"],
+            "last_step": self.last_step,
+            "decisions": list(self.decisions),
+        }

@@ -8,6 +8,7 @@ stops half-way (a refused bundle, a device gone) is dropped after STALE_S withou
 
 Thread-safe: the server's thread records, the daemon's status handler reads.
 """
+
 from __future__ import annotations
 
 import collections
@@ -42,8 +43,13 @@ class PullLog:
             p["ranges"].setdefault(name, {})[offset] = size
             if all(sum(p["ranges"].get(n, {}).values()) >= b for n, b in sizes.items()):
                 del self._open[key]
-                rec = {"device": peer, "version": version, "time": round(now, 3),
-                       "seconds": round(now - p["started"], 3), "bytes": p["bytes"]}
+                rec = {
+                    "device": peer,
+                    "version": version,
+                    "time": round(now, 3),
+                    "seconds": round(now - p["started"], 3),
+                    "bytes": p["bytes"],
+                }
                 self._done.appendleft(rec)
                 self._devices[peer] = rec
                 self.completed += 1
@@ -55,10 +61,14 @@ class PullLog:
         in_progress."""
         with self._lock:
             return {
-                "pulls_total": self.completed, "bytes_served": self.bytes, "pulls": list(self._done),
+                "pulls_total": self.completed,
+                "bytes_served": self.bytes,
+                "pulls": list(self._done),
                 "devices": sorted(self._devices.values(), key=lambda r: -r["time"]),
-                "in_progress": [{"device": peer, "version": v, "started": round(p["started"], 3), "bytes": p["bytes"]}
-                                for (peer, v), p in self._open.items()],
+                "in_progress": [
+                    {"device": peer, "version": v, "started": round(p["started"], 3), "bytes": p["bytes"]}
+                    for (peer, v), p in self._open.items()
+                ],
             }
 
 

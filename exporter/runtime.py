@@ -17,6 +17,7 @@ e.g. 320 x 240) and pads right and bottom to W x H (320 x 256) by repeating the 
 outputs are cut back to the frame's region and resized to the frame. "stretch" (alexnet)
 resizes the frame to W x H and the outputs back.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from exporter.bundle import LATEST, Bundle, load_bundle, read_pointer, resolve_bundle
 from common.errors import UserError
 from common.log import log_event
+from exporter.bundle import LATEST, Bundle, load_bundle, read_pointer, resolve_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
 @dataclass(frozen=True)
 class Device:
     """Where a session runs: type "cpu" or "cuda" (what `motionmask predict` prints)."""
+
     type: str
     provider: str
 
@@ -50,8 +52,9 @@ def nvidia_gpu_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
 
 
-def make_session(model: bytes | str | Path, provider: str = "auto", threads: int = 0, strict: bool = False,
-                 what: str = "model") -> tuple[Any, Device]:
+def make_session(
+    model: bytes | str | Path, provider: str = "auto", threads: int = 0, strict: bool = False, what: str = "model"
+) -> tuple[Any, Device]:
     """An ONNX Runtime session on the requested provider; logs the provider it really got.
     threads: intra-op threads, 0 = ONNX Runtime's default (one per physical core)."""
     import onnxruntime as ort
@@ -87,12 +90,25 @@ def make_session(model: bytes | str | Path, provider: str = "auto", threads: int
     if want_cuda and device.type != "cuda":
         reason = reason or "the CUDA provider did not load (CUDA 12/13 or cuDNN 9 libraries missing?)"
         if strict:
-            raise UserError(f"{what}: CUDA was requested but ONNX Runtime runs on the CPU: {reason}; "
-                            f"use --device cpu")
-        log_event(logger, "ort_provider_fallback", logging.WARNING, model=what, requested=provider,
-                  using=device.provider, reason=reason)
-    log_event(logger, "ort_session", model=what, provider=device.provider, requested=provider,
-              threads=threads or "default", ort=ort.__version__)
+            raise UserError(f"{what}: CUDA was requested but ONNX Runtime runs on the CPU: {reason}; use --device cpu")
+        log_event(
+            logger,
+            "ort_provider_fallback",
+            logging.WARNING,
+            model=what,
+            requested=provider,
+            using=device.provider,
+            reason=reason,
+        )
+    log_event(
+        logger,
+        "ort_session",
+        model=what,
+        provider=device.provider,
+        requested=provider,
+        threads=threads or "default",
+        ort=ort.__version__,
+    )
     return session, device
 
 
@@ -111,8 +127,9 @@ def _cv2() -> Any:
     return cv2
 
 
-def fit_frame(image: np.ndarray, width: int, height: int, resize: str = "fit",
-              box: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def fit_frame(
+    image: np.ndarray, width: int, height: int, resize: str = "fit", box: tuple[int, int] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """An RGB frame as the model's input (height x width x 3 uint8) and the (h, w) region of that
     input the frame covers. box: (w, h) the frame is fitted into ("fit"; default the whole input),
     e.g. the 320 x 240 the net trained at inside a 320 x 256 input."""
@@ -127,8 +144,11 @@ def fit_frame(image: np.ndarray, width: int, height: int, resize: str = "fit",
     bw, bh = box or (width, height)
     scale = min(bw / w, bh / h)
     ww, wh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
-    x = image if (ww, wh) == (w, h) else cv2.resize(
-        image, (ww, wh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    x = (
+        image
+        if (ww, wh) == (w, h)
+        else cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    )
     if (ww, wh) != (width, height):  # pad right and bottom; the padding is cut off the outputs again
         x = cv2.copyMakeBorder(x, 0, height - wh, 0, width - ww, cv2.BORDER_REPLICATE)
     return np.ascontiguousarray(x), (wh, ww)
@@ -157,14 +177,21 @@ def check_runtime_spec(m: dict[str, Any], where: str | Path) -> None:
     type before they are used: a manifest from a device's exporter is outside input, and a wrong
     one must be refused with a UserError (the device keeps its bundle), never a KeyError."""
     spec, outs, pre = m.get("input"), m.get("outputs", []), m.get("preprocessing", {})
-    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and _side(spec.get("width"))
-            and _side(spec.get("height"))):
+    if not (
+        isinstance(spec, dict)
+        and isinstance(spec.get("name"), str)
+        and _side(spec.get("width"))
+        and _side(spec.get("height"))
+    ):
         raise UserError(f"{where}: the manifest's input is not {{name, width, height}} (1..{MAX_SIDE} px)")
     if not (isinstance(outs, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outs)):
         raise UserError(f"{where}: the manifest's outputs are not a list of {{name}}")
     box = pre.get("fit_box") if isinstance(pre, dict) else None
-    if not (isinstance(pre, dict) and pre.get("resize", "fit") in ("fit", "stretch")
-            and (not box or (isinstance(box, list) and len(box) == 2 and all(_side(v) for v in box)))):
+    if not (
+        isinstance(pre, dict)
+        and pre.get("resize", "fit") in ("fit", "stretch")
+        and (not box or (isinstance(box, list) and len(box) == 2 and all(_side(v) for v in box)))
+    ):
         raise UserError(f"{where}: the manifest's preprocessing is not resize fit|stretch with a fit_box [w, h]")
 
 
@@ -181,8 +208,9 @@ class BundleRunner:
     """A bundle with ONNX Runtime. path: a bundle folder, or an exports folder whose LATEST is
     followed by reload_if_changed()."""
 
-    def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0, strict: bool = False,
-                 check_hash: bool = True):
+    def __init__(
+        self, path: str | Path, provider: str = "auto", threads: int = 0, strict: bool = False, check_hash: bool = True
+    ):
         self.source = Path(path).expanduser()
         self.provider, self.threads, self.strict, self.check_hash = provider, threads, strict, check_hash
         self._lock = threading.Lock()
@@ -194,17 +222,22 @@ class BundleRunner:
         bundle = load_bundle(bundle_dir, self.check_hash)
         m = bundle.manifest
         check_runtime_spec(m, bundle.dir)
-        session, device = make_session(bundle.model_path, self.provider, self.threads, self.strict,
-                                       what=f"{bundle.dir.name}/model.onnx")
+        session, device = make_session(
+            bundle.model_path, self.provider, self.threads, self.strict, what=f"{bundle.dir.name}/model.onnx"
+        )
         inputs = session.get_inputs()
         spec = m.get("input", {})
         if len(inputs) != 1 or inputs[0].name != spec.get("name") or inputs[0].type != "tensor(uint8)":
-            raise UserError(f"{bundle.dir}: model input {[(i.name, i.type) for i in inputs]} does not match the "
-                            f"manifest's {spec.get('name')!r} uint8")
+            raise UserError(
+                f"{bundle.dir}: model input {[(i.name, i.type) for i in inputs]} does not match the "
+                f"manifest's {spec.get('name')!r} uint8"
+            )
         shape = inputs[0].shape
         if list(shape[1:]) != [spec["height"], spec["width"], 3]:
-            raise UserError(f"{bundle.dir}: model input shape {shape} does not match the manifest's "
-                            f"{spec['height']} x {spec['width']} x 3")
+            raise UserError(
+                f"{bundle.dir}: model input shape {shape} does not match the manifest's "
+                f"{spec['height']} x {spec['width']} x 3"
+            )
         names = [o.name for o in session.get_outputs()]
         wanted = [o["name"] for o in m.get("outputs", [])]
         if names != wanted:
@@ -285,7 +318,9 @@ class BundleRunner:
         loaded = self._loaded  # one reference: a concurrent reload swaps the whole bundle
         spec = loaded.bundle.manifest["input"]
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (spec["height"], spec["width"], 3):
-            raise ValueError(f"expected N x {spec['height']} x {spec['width']} x 3 uint8, got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"expected N x {spec['height']} x {spec['width']} x 3 uint8, got {images.dtype} {images.shape}"
+            )
         outs = loaded.session.run(loaded.outputs, {loaded.input_name: np.ascontiguousarray(images)})
         return dict(zip(loaded.outputs, outs))
 
@@ -310,8 +345,10 @@ class BundleRunner:
             if out.ndim == 2:  # one vector per image (embedding): the whole fitted frame, padding included
                 result[name] = list(out)
             elif out.ndim == 4:  # N x L x h x w (segments): each channel like a mask
-                result[name] = [np.stack([unfit_map(c, region, f.shape[:2]) for c in o])
-                                for o, (_, region), f in zip(out, fitted, frames)]
+                result[name] = [
+                    np.stack([unfit_map(c, region, f.shape[:2]) for c in o])
+                    for o, (_, region), f in zip(out, fitted, frames)
+                ]
             else:
                 result[name] = [unfit_map(o, region, f.shape[:2]) for o, (_, region), f in zip(out, fitted, frames)]
         return result

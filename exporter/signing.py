@@ -14,6 +14,7 @@ whose expiry has passed (freeze); it downloads no file beyond the signed length.
 No torch here: devices import this module. Its one dependency is `cryptography` (prebuilt wheels
 for x86_64, aarch64 and armv7); docs/signing.md says why not OpenSSF model-signing.
 """
+
 from __future__ import annotations
 
 import base64
@@ -85,8 +86,10 @@ def create_signing_keys(directory: str | Path, name: str, force: bool = False) -
     private, public = d / f"{name}{PRIVATE_SUFFIX}", d / f"{name}{PUBLIC_SUFFIX}"
     existing = [p for p in (private, public) if p.exists()]
     if existing and not force:
-        raise UserError(f"{existing[0]} already exists; pass --force to replace it (devices that pinned "
-                        f"the old public key will refuse bundles signed by the new one)")
+        raise UserError(
+            f"{existing[0]} already exists; pass --force to replace it (devices that pinned "
+            f"the old public key will refuse bundles signed by the new one)"
+        )
     key = _ed25519().Ed25519PrivateKey.generate()
     priv_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
     pub_pem = key.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo)
@@ -120,25 +123,28 @@ class Signer:
             st = p.stat()
             data = p.read_bytes()
         except OSError as e:
-            raise UserError(f"{what} {p}: cannot read it ({e.strerror}); create one with "
-                            f"`motionmask keys DIR --signing`") from None
+            raise UserError(
+                f"{what} {p}: cannot read it ({e.strerror}); create one with `motionmask keys DIR --signing`"
+            ) from None
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise UserError(f"{what} {p}: permissions {stat.S_IMODE(st.st_mode):04o} let others read the "
-                            f"private key; chmod 600 {p}")
+            raise UserError(
+                f"{what} {p}: permissions {stat.S_IMODE(st.st_mode):04o} let others read the private key; chmod 600 {p}"
+            )
         try:
             key = _serialization().load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
             key = None
         if not isinstance(key, _ed25519().Ed25519PrivateKey):
-            raise UserError(f"{what} {p}: not an Ed25519 private key in PEM (the NAME{PRIVATE_SUFFIX} file "
-                            f"of `motionmask keys DIR --signing`)")
+            raise UserError(
+                f"{what} {p}: not an Ed25519 private key in PEM (the NAME{PRIVATE_SUFFIX} file "
+                f"of `motionmask keys DIR --signing`)"
+            )
         return cls(key, p)
 
     def sign(self, manifest_body: bytes) -> bytes:
         """The manifest.sig file for these exact manifest bytes."""
         sig = self._key.sign(DOMAIN + manifest_body)
-        return (json.dumps({"alg": ALG, "key_id": self.key_id, "sig": base64.b64encode(sig).decode()})
-                + "\n").encode()
+        return (json.dumps({"alg": ALG, "key_id": self.key_id, "sig": base64.b64encode(sig).decode()}) + "\n").encode()
 
 
 class TrustedKey:
@@ -158,16 +164,19 @@ class TrustedKey:
         try:
             data = p.read_bytes()
         except OSError as e:
-            raise UserError(f"{what} {p}: cannot read it ({e.strerror}); copy the exporter's "
-                            f"NAME{PUBLIC_SUFFIX} here") from None
+            raise UserError(
+                f"{what} {p}: cannot read it ({e.strerror}); copy the exporter's NAME{PUBLIC_SUFFIX} here"
+            ) from None
         try:
             key = _serialization().load_pem_public_key(data)
         except (ValueError, TypeError):
             key = None
         if not isinstance(key, _ed25519().Ed25519PublicKey):
             hint = " (that is the private key: pin the .sign_pub file)" if b"PRIVATE KEY" in data else ""
-            raise UserError(f"{what} {p}: not an Ed25519 public key in PEM{hint}; use the exporter's "
-                            f"NAME{PUBLIC_SUFFIX} from `motionmask keys DIR --signing`")
+            raise UserError(
+                f"{what} {p}: not an Ed25519 public key in PEM{hint}; use the exporter's "
+                f"NAME{PUBLIC_SUFFIX} from `motionmask keys DIR --signing`"
+            )
         return cls(key, p)
 
     def verify(self, manifest_body: bytes, sig_body: bytes | None, where: str) -> None:
@@ -175,11 +184,14 @@ class TrustedKey:
         from cryptography.exceptions import InvalidSignature
 
         if sig_body is None:
-            raise SignatureError("unsigned", f"{where}: unsigned (no {SIG_FILE}); this device pins key "
-                                             f"{self.key_id} and refuses unsigned bundles")
+            raise SignatureError(
+                "unsigned",
+                f"{where}: unsigned (no {SIG_FILE}); this device pins key {self.key_id} and refuses unsigned bundles",
+            )
         if len(sig_body) > MAX_SIG_BYTES:
-            raise SignatureError("oversized", f"{where}: {SIG_FILE} is {len(sig_body)} bytes, more than "
-                                              f"{MAX_SIG_BYTES}")
+            raise SignatureError(
+                "oversized", f"{where}: {SIG_FILE} is {len(sig_body)} bytes, more than {MAX_SIG_BYTES}"
+            )
         try:
             doc = json_input.loads(sig_body)
             if not isinstance(doc, dict) or doc.get("alg") != ALG:
@@ -188,13 +200,17 @@ class TrustedKey:
         except (ValueError, KeyError, UnicodeDecodeError, binascii.Error) as e:
             raise SignatureError("bad_signature", f"{where}: {SIG_FILE} is not an {ALG} signature ({e})") from None
         if doc.get("key_id") != self.key_id:
-            raise SignatureError("wrong_key", f"{where}: signed by key {str(doc.get('key_id'))[:16]}, not by the "
-                                              f"pinned key {self.key_id}")
+            raise SignatureError(
+                "wrong_key",
+                f"{where}: signed by key {str(doc.get('key_id'))[:16]}, not by the pinned key {self.key_id}",
+            )
         try:
             self._key.verify(sig, DOMAIN + manifest_body)
         except InvalidSignature:
-            raise SignatureError("bad_signature", f"{where}: the signature does not match the manifest "
-                                                  f"(altered after signing, or forged)") from None
+            raise SignatureError(
+                "bad_signature",
+                f"{where}: the signature does not match the manifest (altered after signing, or forged)",
+            ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,8 +227,12 @@ def next_sequence(previous: list[int], now: float | None = None) -> int:
 def signed_fields(signer: Signer, sequence: int, days: float, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     expires = now + days * 86400
-    return {"sequence": int(sequence), "key_id": signer.key_id, "expires_unix": int(expires),
-            "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))}
+    return {
+        "sequence": int(sequence),
+        "key_id": signer.key_id,
+        "expires_unix": int(expires),
+        "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
+    }
 
 
 def check_fresh(manifest: dict[str, Any], trust: dict[str, Any] | None, where: str, now: float | None = None) -> int:
@@ -223,14 +243,20 @@ def check_fresh(manifest: dict[str, Any], trust: dict[str, Any] | None, where: s
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(expires, int):
         raise SignatureError("bad_signature", f"{where}: the signed manifest has no sequence or expiry")
     if now >= expires:
-        raise SignatureError("expired", f"{where}: expired at {manifest.get('expires')} (signed with "
-                                        f"export.signature_days; a stale bundle replayed, or this device's "
-                                        f"clock is wrong)")
+        raise SignatureError(
+            "expired",
+            f"{where}: expired at {manifest.get('expires')} (signed with "
+            f"export.signature_days; a stale bundle replayed, or this device's "
+            f"clock is wrong)",
+        )
     if trust:
         high, high_version = int(trust.get("sequence", -1)), trust.get("version")
         if seq < high or (seq == high and manifest.get("version") != high_version):
-            raise SignatureError("rollback", f"{where}: sequence {seq} is not above {high} ({high_version}), the "
-                                             f"highest this device installed: an older bundle replayed")
+            raise SignatureError(
+                "rollback",
+                f"{where}: sequence {seq} is not above {high} ({high_version}), the "
+                f"highest this device installed: an older bundle replayed",
+            )
     return seq
 
 
@@ -248,6 +274,15 @@ def read_trust(device_dir: str | Path) -> dict[str, Any] | None:
 def write_trust(device_dir: str | Path, sequence: int, version: str, key: str) -> None:
     """Rewrite TRUST.json atomically (temp file, fsync, rename, fsync of the folder): a power cut
     leaves the old or the new one, never a torn one that would forget the floor."""
-    body = json.dumps({"sequence": int(sequence), "version": version, "key_id": key,
-                       "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n"
+    body = (
+        json.dumps(
+            {
+                "sequence": int(sequence),
+                "version": version,
+                "key_id": key,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+        + "\n"
+    )
     write_durable(Path(device_dir) / TRUST_FILE, body.encode())

@@ -34,6 +34,7 @@ swapped atomically, PREVIOUS kept for rollback. Until then the previous bundle s
 
 No torch here.
 """
+
 from __future__ import annotations
 
 import collections
@@ -44,23 +45,45 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
 
-from exporter.bundle import (FILE_RE, LATEST, MANIFEST_FILE, MODEL_FILE, TMP_PREFIX, VERSION_RE, check_version_name,
-                             install_bundle, load_bundle, parse_manifest, read_pointer, resolve_bundle,
-                             sha256_bytes, sha256_file)
-from exporter.pulls import PullLog
-from exporter.signing import (MAX_MANIFEST_BYTES, MAX_SIG_BYTES, SIG_FILE, SignatureError, TrustedKey,
-                              check_fresh, read_trust, write_trust)
 from common import json_input
 from common.errors import UserError
 from common.log import log_event
+from exporter.bundle import (
+    FILE_RE,
+    LATEST,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TMP_PREFIX,
+    VERSION_RE,
+    check_version_name,
+    install_bundle,
+    load_bundle,
+    parse_manifest,
+    read_pointer,
+    resolve_bundle,
+    sha256_bytes,
+    sha256_file,
+)
+from exporter.pulls import PullLog
+from exporter.signing import (
+    MAX_MANIFEST_BYTES,
+    MAX_SIG_BYTES,
+    SIG_FILE,
+    SignatureError,
+    TrustedKey,
+    check_fresh,
+    read_trust,
+    write_trust,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +120,9 @@ def _bind(sock: zmq.Socket, endpoint: str, key: str) -> str:
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as e:
-        raise UserError(f"{key} {endpoint}: cannot listen there ({e.strerror}); pick a free port or interface") from None
+        raise UserError(
+            f"{key} {endpoint}: cannot listen there ({e.strerror}); pick a free port or interface"
+        ) from None
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
@@ -112,17 +137,30 @@ def bundle_info(exports: Path, version: str) -> dict[str, Any]:
         files[SIG_FILE] = {"sha256": sha256_bytes(sig), "bytes": len(sig)}
     for name, meta in m["files"].items():
         files[name] = {"sha256": meta["sha256"], "bytes": int(meta["bytes"])}
-    return {"version": version, "files": files, "step": m.get("source", {}).get("step"),
-            "created": m.get("created"), "protocol": PROTOCOL}
+    return {
+        "version": version,
+        "files": files,
+        "step": m.get("source", {}).get("step"),
+        "created": m.get("created"),
+        "protocol": PROTOCOL,
+    }
 
 
 class BundleServer:
     """Serves an exports folder to devices: announces LATEST on PUB, answers chunk requests on
     ROUTER. One thread; start() binds (a busy port raises UserError there), close() stops."""
 
-    def __init__(self, exports: str | Path, endpoint: str = "tcp://127.0.0.1:5560",
-                 announce_endpoint: str = "tcp://127.0.0.1:5561", *, announce_interval_s: float = 5.0,
-                 rate_limit_mbps: float = 0.0, watch_s: float = 0.5, context: zmq.Context | None = None):
+    def __init__(
+        self,
+        exports: str | Path,
+        endpoint: str = "tcp://127.0.0.1:5560",
+        announce_endpoint: str = "tcp://127.0.0.1:5561",
+        *,
+        announce_interval_s: float = 5.0,
+        rate_limit_mbps: float = 0.0,
+        watch_s: float = 0.5,
+        context: zmq.Context | None = None,
+    ):
         self.exports = Path(exports)
         self.requested = (endpoint, announce_endpoint)
         self.announce_interval_s = announce_interval_s
@@ -154,8 +192,9 @@ class BundleServer:
             raise
         self._thread = threading.Thread(target=self._loop, name="bundle-server", daemon=True)
         self._thread.start()
-        log_event(logger, "bundle_server_start", exports=self.exports, endpoint=self.endpoint,
-                  announce=self.announce_endpoint)
+        log_event(
+            logger, "bundle_server_start", exports=self.exports, endpoint=self.endpoint, announce=self.announce_endpoint
+        )
         return self
 
     def announce(self) -> None:
@@ -167,8 +206,13 @@ class BundleServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-            log_event(logger, "bundle_server_stop", requests=self.stats["requests"], chunks=self.stats["chunks"],
-                      mb=self.stats["bytes"] / 2**20)
+            log_event(
+                logger,
+                "bundle_server_stop",
+                requests=self.stats["requests"],
+                chunks=self.stats["chunks"],
+                mb=self.stats["bytes"] / 2**20,
+            )
 
     def __enter__(self) -> BundleServer:
         return self.start() if self._thread is None else self
@@ -210,7 +254,10 @@ class BundleServer:
                         reply = [frames[0], *self._answer(frames[1:], _peer(parts[-1], self.endpoint))]
                     except Exception as e:  # noqa: BLE001 - one bad request must not stop the server
                         log_event(logger, "bundle_server_error", logging.ERROR, error=f"{type(e).__name__}: {e}")
-                        reply = [frames[0], json.dumps({"ok": False, "error": "internal error", "code": "bad"}).encode()]
+                        reply = [
+                            frames[0],
+                            json.dumps({"ok": False, "error": "internal error", "code": "bad"}).encode(),
+                        ]
                     size = sum(len(f) for f in reply[1:])
                     if self.rate:
                         next_send = max(next_send, time.monotonic()) + size / self.rate
@@ -256,9 +303,15 @@ class BundleServer:
         """For the daemon's status: where it serves, what it announces, its counters, and the
         pulls (exporter.pulls.PullLog)."""
         info = self._info
-        return {"endpoint": self.endpoint, "announce_endpoint": self.announce_endpoint, "dir": str(self.exports),
-                "announced": info["version"] if info else None, "requests": self.stats["requests"],
-                "chunks": self.stats["chunks"], **self.pulls.status()}
+        return {
+            "endpoint": self.endpoint,
+            "announce_endpoint": self.announce_endpoint,
+            "dir": str(self.exports),
+            "announced": info["version"] if info else None,
+            "requests": self.stats["requests"],
+            "chunks": self.stats["chunks"],
+            **self.pulls.status(),
+        }
 
     def _answer(self, frames: list[bytes], peer: str = "") -> list[bytes]:
         self.stats["requests"] += 1
@@ -288,14 +341,16 @@ class BundleServer:
     def _chunk(self, req: dict[str, Any], peer: str = "") -> list[bytes]:
         version, name = req["version"], req["file"]
         offset, size = int(req["offset"]), int(req["size"])
-        if not (isinstance(version, str) and VERSION_RE.match(version) and isinstance(name, str)
-                and FILE_RE.match(name)):
+        if not (
+            isinstance(version, str) and VERSION_RE.match(version) and isinstance(name, str) and FILE_RE.match(name)
+        ):
             raise ValueError("version and file must be names")
         check = self._files.get(version)
         if check is None and (self.exports / version / MANIFEST_FILE).is_file():
             try:
                 check = self._files[check_version_name(version)] = {
-                    n: f["bytes"] for n, f in bundle_info(self.exports, version)["files"].items()}
+                    n: f["bytes"] for n, f in bundle_info(self.exports, version)["files"].items()
+                }
             except (OSError, UserError):
                 check = None
         if check is None:
@@ -367,8 +422,9 @@ class Channel:
         try:
             self.sock.connect(self.endpoint)
         except zmq.ZMQError as e:
-            raise UserError(f"--endpoint {self.endpoint}: not a ZeroMQ endpoint ({e.strerror}); "
-                            f"e.g. tcp://exporter-host:5560") from None
+            raise UserError(
+                f"--endpoint {self.endpoint}: not a ZeroMQ endpoint ({e.strerror}); e.g. tcp://exporter-host:5560"
+            ) from None
 
     def send(self, msg: dict[str, Any]) -> int:
         self._next_id += 1
@@ -400,8 +456,10 @@ class Channel:
                 if got[0].get("id") == rid:
                     return got
             self.reset()
-        raise TransferError(f"{self.endpoint}: no answer to {msg.get('op')!r} after {retries + 1} tries of "
-                            f"{timeout_s:g} s (exporter down, or this device is offline)")
+        raise TransferError(
+            f"{self.endpoint}: no answer to {msg.get('op')!r} after {retries + 1} tries of "
+            f"{timeout_s:g} s (exporter down, or this device is offline)"
+        )
 
     def close(self) -> None:
         if self.sock is not None:
@@ -419,20 +477,37 @@ def check_announcement(info: dict[str, Any]) -> dict[str, Any]:
     except UserError as e:
         raise TransferError(f"announcement: {e}") from None
     files = info.get("files")
-    if not isinstance(files, dict) or not 0 < len(files) <= MAX_FILES or MANIFEST_FILE not in files \
-            or MODEL_FILE not in files:
+    if (
+        not isinstance(files, dict)
+        or not 0 < len(files) <= MAX_FILES
+        or MANIFEST_FILE not in files
+        or MODEL_FILE not in files
+    ):
         raise TransferError(f"announcement of {version}: files must include {MANIFEST_FILE} and {MODEL_FILE}")
     for name, meta in files.items():
-        if not (isinstance(name, str) and FILE_RE.match(name) and isinstance(meta, dict)
-                and isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
-                and isinstance(meta.get("bytes"), int) and not isinstance(meta["bytes"], bool)
-                and 0 <= meta["bytes"] <= MAX_FILE):
+        if not (
+            isinstance(name, str)
+            and FILE_RE.match(name)
+            and isinstance(meta, dict)
+            and isinstance(meta.get("sha256"), str)
+            and len(meta["sha256"]) == 64
+            and isinstance(meta.get("bytes"), int)
+            and not isinstance(meta["bytes"], bool)
+            and 0 <= meta["bytes"] <= MAX_FILE
+        ):
             raise TransferError(f"announcement of {version}: bad entry for file {name!r}")
     return info
 
 
-def download_file(ch: Channel, version: str, name: str, meta: dict[str, Any], dest: Path, cfg: PullConfig,
-                  progress: Callable[[int], None] | None = None) -> None:
+def download_file(
+    ch: Channel,
+    version: str,
+    name: str,
+    meta: dict[str, Any],
+    dest: Path,
+    cfg: PullConfig,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """One file of a bundle into dest, `window` chunks in flight; checked against meta's size and
     sha256 (IntegrityError), TransferError when the server stays silent or refuses."""
     size = int(meta["bytes"])
@@ -445,12 +520,15 @@ def download_file(ch: Channel, version: str, name: str, meta: dict[str, Any], de
         os.close(fd)
     got = sha256_file(dest)
     if got != meta["sha256"]:
-        raise IntegrityError(f"{name} of {version}: sha256 {got[:12]}... is not the announced "
-                             f"{meta['sha256'][:12]}...: torn or tampered transfer")
+        raise IntegrityError(
+            f"{name} of {version}: sha256 {got[:12]}... is not the announced "
+            f"{meta['sha256'][:12]}...: torn or tampered transfer"
+        )
 
 
-def _fetch_chunks(ch: Channel, version: str, name: str, size: int, fd: int, cfg: PullConfig,
-                  progress: Callable[[int], None] | None) -> None:
+def _fetch_chunks(
+    ch: Channel, version: str, name: str, size: int, fd: int, cfg: PullConfig, progress: Callable[[int], None] | None
+) -> None:
     """Every chunk of the file written at its offset in fd. A silent round reconnects and asks
     again for every chunk in flight; an answer from before a reconnect is dropped."""
     chunk = max(4096, min(MAX_CHUNK, cfg.chunk_kb * 1024))
@@ -460,17 +538,21 @@ def _fetch_chunks(ch: Channel, version: str, name: str, size: int, fd: int, cfg:
     while pending or inflight:
         while pending and len(inflight) < cfg.window:
             off = pending.popleft()
-            rid = ch.send({"op": "chunk", "version": version, "file": name, "offset": off,
-                           "size": min(chunk, size - off)})
+            rid = ch.send(
+                {"op": "chunk", "version": version, "file": name, "offset": off, "size": min(chunk, size - off)}
+            )
             inflight[rid] = off
         got = ch.recv(cfg.timeout_s)
         if got is None:
             silent += 1
             if silent > cfg.retries:
-                raise TransferError(f"{ch.endpoint}: no answer for {silent} x {cfg.timeout_s:g} s while pulling "
-                                    f"{name} of {version} (exporter down, or this device is offline)")
-            log_event(logger, "pull_retry", version=version, file=name, silent=silent,
-                      missing=len(pending) + len(inflight))
+                raise TransferError(
+                    f"{ch.endpoint}: no answer for {silent} x {cfg.timeout_s:g} s while pulling "
+                    f"{name} of {version} (exporter down, or this device is offline)"
+                )
+            log_event(
+                logger, "pull_retry", version=version, file=name, silent=silent, missing=len(pending) + len(inflight)
+            )
             ch.reset()  # a fresh connection: whatever the old one had queued is gone
             pending.extendleft(sorted(inflight.values(), reverse=True))
             inflight.clear()
@@ -483,8 +565,10 @@ def _fetch_chunks(ch: Channel, version: str, name: str, size: int, fd: int, cfg:
             raise TransferError(f"exporter refused {name} of {version}: {hdr.get('error')}")
         want = min(chunk, size - off)
         if hdr.get("offset") != off or data is None or len(data) != want:
-            raise IntegrityError(f"{name} of {version}: torn chunk at offset {off} "
-                                 f"({0 if data is None else len(data)} bytes, expected {want})")
+            raise IntegrityError(
+                f"{name} of {version}: torn chunk at offset {off} "
+                f"({0 if data is None else len(data)} bytes, expected {want})"
+            )
         os.pwrite(fd, data, off)
         silent = 0
         if progress:
@@ -503,13 +587,16 @@ def smoke_test(bundle_dir: Path) -> None:
         raise IntegrityError(f"bundle {bundle_dir.name} does not run here: {e}") from None
 
 
-def _fetch_capped(ch: Channel, version: str, name: str, meta: dict[str, Any] | None, cap: int, staging: Path,
-                  cfg: PullConfig) -> bytes:
+def _fetch_capped(
+    ch: Channel, version: str, name: str, meta: dict[str, Any] | None, cap: int, staging: Path, cfg: PullConfig
+) -> bytes:
     """A small file of the bundle (manifest, signature) whose length nothing signed yet: never more
     than `cap` bytes, whatever the announcement says."""
     if meta["bytes"] > cap:
-        raise BundleRefused("oversized", f"bundle {version}: {name} is announced at {meta['bytes']} bytes, more "
-                                         f"than the {cap} this device accepts")
+        raise BundleRefused(
+            "oversized",
+            f"bundle {version}: {name} is announced at {meta['bytes']} bytes, more than the {cap} this device accepts",
+        )
     download_file(ch, version, name, meta, staging / name, cfg)
     return (staging / name).read_bytes()
 
@@ -530,8 +617,9 @@ def verified_floor(dest: Path, trusted: TrustedKey) -> dict[str, Any] | None:
     return {"sequence": seq, "version": b.version} if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
-def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
-                trusted: TrustedKey | None = None) -> tuple[Path, str | None]:
+def pull_bundle(
+    ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig, trusted: TrustedKey | None = None
+) -> tuple[Path, str | None]:
     """Download, check and install one announced bundle into dest; returns (bundle dir, previous).
 
     With a pinned key (trusted): the signature and the manifest first (each capped), the signature
@@ -565,8 +653,9 @@ def pull_bundle(ch: Channel, dest: Path, info: dict[str, Any], cfg: PullConfig,
         raise
 
 
-def _pull_manifest(ch: Channel, dest: Path, staging: Path, info: dict[str, Any], cfg: PullConfig,
-                   trusted: TrustedKey | None) -> tuple[dict[str, Any], int | None]:
+def _pull_manifest(
+    ch: Channel, dest: Path, staging: Path, info: dict[str, Any], cfg: PullConfig, trusted: TrustedKey | None
+) -> tuple[dict[str, Any], int | None]:
     """The bundle's manifest (and its signature, when announced) into staging: (the parsed manifest,
     its sequence once checked fresh against a pinned key, else None)."""
     version, files = info["version"], info["files"]
@@ -592,8 +681,9 @@ def _check_space(dest: Path, manifest: dict[str, Any], version: str) -> None:
     need = sum(int(f.get("bytes") or 0) for f in manifest["files"].values()) + (1 << 20)
     free = shutil.disk_usage(dest).free
     if free < need:
-        raise TransferError(f"{dest}: no space left for bundle {version} (needs {need / 2**20:.1f} MB, "
-                            f"{free / 2**20:.1f} MB free)")
+        raise TransferError(
+            f"{dest}: no space left for bundle {version} (needs {need / 2**20:.1f} MB, {free / 2**20:.1f} MB free)"
+        )
 
 
 def _pull_files(ch: Channel, staging: Path, info: dict[str, Any], manifest: dict[str, Any], cfg: PullConfig) -> None:
@@ -603,8 +693,7 @@ def _pull_files(ch: Channel, staging: Path, info: dict[str, Any], manifest: dict
         theirs = files.get(name)
         if theirs is None or theirs["sha256"] != meta["sha256"] or theirs["bytes"] != meta.get("bytes"):
             raise IntegrityError(f"{version}: the announcement and the manifest disagree on {name}")
-        download_file(ch, version, name, {"sha256": meta["sha256"], "bytes": int(meta["bytes"])},
-                      staging / name, cfg)
+        download_file(ch, version, name, {"sha256": meta["sha256"], "bytes": int(meta["bytes"])}, staging / name, cfg)
 
 
 def _check_staged(staging: Path) -> None:
@@ -680,9 +769,16 @@ class DeviceAgent:
     """The device side: keep `dest` on the exporter's latest bundle. run() until stop is set
     (or, once=True, until up to date)."""
 
-    def __init__(self, endpoint: str, dest: str | Path, cfg: PullConfig | None = None, announce: str | None = None,
-                 context: zmq.Context | None = None, on_install: Callable[[Installed], None] | None = None,
-                 trusted: TrustedKey | None = None):
+    def __init__(
+        self,
+        endpoint: str,
+        dest: str | Path,
+        cfg: PullConfig | None = None,
+        announce: str | None = None,
+        context: zmq.Context | None = None,
+        on_install: Callable[[Installed], None] | None = None,
+        trusted: TrustedKey | None = None,
+    ):
         self.endpoint = endpoint
         self.trusted = trusted  # the pinned public key; None: bundles are taken unverified (as before signing)
         self.dest = Path(dest).expanduser()
@@ -702,7 +798,9 @@ class DeviceAgent:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as e:
-            raise UserError(f"--dir {self.dest}: not writable ({e.strerror}); choose a folder you can write to") from None
+            raise UserError(
+                f"--dir {self.dest}: not writable ({e.strerror}); choose a folder you can write to"
+            ) from None
 
     def sync(self, ch: Channel, info: dict[str, Any] | None = None) -> Installed | None:
         """Pull `info` (or ask for the latest) when it differs from the bundle in service."""
@@ -722,29 +820,61 @@ class DeviceAgent:
         if info["version"] == read_pointer(self.dest, SKIP):
             if self._skip_logged != info["version"]:
                 self._skip_logged = info["version"]
-                log_event(logger, "pull_skipped", version=info["version"], reason=f"rolled back from it ({SKIP})",
-                          in_service=current[0] if current else "none")
+                log_event(
+                    logger,
+                    "pull_skipped",
+                    version=info["version"],
+                    reason=f"rolled back from it ({SKIP})",
+                    in_service=current[0] if current else "none",
+                )
             return None
         key = (info["version"], sha)
         if self.failures[key] >= self.cfg.attempts:
             return None  # given up on this one; a new version is tried as soon as it is announced
         t0 = time.monotonic()
-        log_event(logger, "pull_start", version=info["version"], sha256=sha[:16], current=current[0] if current else "none",
-                  mb=sum(f["bytes"] for f in info["files"].values()) / 2**20)
+        log_event(
+            logger,
+            "pull_start",
+            version=info["version"],
+            sha256=sha[:16],
+            current=current[0] if current else "none",
+            mb=sum(f["bytes"] for f in info["files"].values()) / 2**20,
+        )
         try:
             path, previous = pull_bundle(ch, self.dest, info, self.cfg, self.trusted)
         except IntegrityError as e:
             # a refusal by the trust policy is final for this version: one line, no retries
             self.failures[key] = self.cfg.attempts if isinstance(e, BundleRefused) else self.failures[key] + 1
             left = self.cfg.attempts - self.failures[key]
-            log_event(logger, "bundle_rejected", logging.ERROR, version=info["version"],
-                      check=e.kind if isinstance(e, BundleRefused) else "integrity", reason=str(e),
-                      attempts_left=left, in_service=current[0] if current else "none")
+            log_event(
+                logger,
+                "bundle_rejected",
+                logging.ERROR,
+                version=info["version"],
+                check=e.kind if isinstance(e, BundleRefused) else "integrity",
+                reason=str(e),
+                attempts_left=left,
+                in_service=current[0] if current else "none",
+            )
             raise
-        done = Installed(info["version"], path, previous, info.get("step"), sha, time.monotonic() - t0,
-                         sum(f["bytes"] for f in info["files"].values()))
-        log_event(logger, "bundle_installed", version=done.version, previous=previous or "none", sha256=sha[:16],
-                  seconds=done.seconds, mb=done.bytes / 2**20)
+        done = Installed(
+            info["version"],
+            path,
+            previous,
+            info.get("step"),
+            sha,
+            time.monotonic() - t0,
+            sum(f["bytes"] for f in info["files"].values()),
+        )
+        log_event(
+            logger,
+            "bundle_installed",
+            version=done.version,
+            previous=previous or "none",
+            sha256=sha[:16],
+            seconds=done.seconds,
+            mb=done.bytes / 2**20,
+        )
         if self.on_install:
             self.on_install(done)
         return done
@@ -778,8 +908,14 @@ class DeviceAgent:
                         if once and (schedule.tries >= self.cfg.attempts or isinstance(e, BundleRefused)):
                             raise
                         if not isinstance(e, IntegrityError):
-                            log_event(logger, "pull_failed", logging.WARNING, error=str(e), retry_in_s=retry_in,
-                                      in_service=(in_service(self.dest) or ("none",))[0])
+                            log_event(
+                                logger,
+                                "pull_failed",
+                                logging.WARNING,
+                                error=str(e),
+                                retry_in_s=retry_in,
+                                in_service=(in_service(self.dest) or ("none",))[0],
+                            )
                         ch.reset()
                     announced = None
                 wait = max(0.0, min(schedule.next_check - time.monotonic(), 0.25))
@@ -795,13 +931,22 @@ class DeviceAgent:
 
     def _log_trust(self) -> None:
         if self.trusted is None:
-            log_event(logger, "bundles_unverified", logging.WARNING, dir=self.dest,
-                      note="no --trusted-key: bundles are checked against their own manifest only; pin the "
-                           "exporter's public key (docs/signing.md)")
+            log_event(
+                logger,
+                "bundles_unverified",
+                logging.WARNING,
+                dir=self.dest,
+                note="no --trusted-key: bundles are checked against their own manifest only; pin the "
+                "exporter's public key (docs/signing.md)",
+            )
         else:
             floor = verified_floor(self.dest, self.trusted)
-            log_event(logger, "bundles_verified", key_id=self.trusted.key_id,
-                      highest_sequence=floor["sequence"] if floor else "none")
+            log_event(
+                logger,
+                "bundles_verified",
+                key_id=self.trusted.key_id,
+                highest_sequence=floor["sequence"] if floor else "none",
+            )
 
     def _announcement(self, sub: zmq.Socket) -> dict[str, Any] | None:
         """The announcement waiting on sub; None for anything else and for the periodic repeat of
@@ -810,7 +955,9 @@ class DeviceAgent:
             parts = sub.recv_multipart()
             announced = json_input.loads(parts[1]) if len(parts) == 2 and parts[0] == TOPIC else None
             if announced is not None and in_service(self.dest) == (
-                    announced.get("version"), announced.get("files", {}).get(MODEL_FILE, {}).get("sha256")):
+                announced.get("version"),
+                announced.get("files", {}).get(MODEL_FILE, {}).get("sha256"),
+            ):
                 return None
             return announced
         except (ValueError, AttributeError):

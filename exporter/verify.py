@@ -10,17 +10,19 @@
 The first failure raises ExportRejected naming the check and the reason; the caller logs it and
 publishes nothing. The PyTorch reference comes in as a function, so this module needs no torch.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
 from exporter.config import ExportConfig
 from exporter.runtime import make_session
-from common.errors import UserError
 
 
 class ExportRejected(UserError):
@@ -49,25 +51,32 @@ def check_onnx(onnx_bytes: bytes) -> None:
         raise ExportRejected("onnx_checker", str(e).strip().splitlines()[0][:300]) from None
 
 
-def parity(session: Any, heads: Sequence[str], images: np.ndarray,
-           reference: Callable[[np.ndarray], list[np.ndarray]]) -> dict[str, Any]:
+def parity(
+    session: Any, heads: Sequence[str], images: np.ndarray, reference: Callable[[np.ndarray], list[np.ndarray]]
+) -> dict[str, Any]:
     """Max |ORT - reference| per output, frames one by one and all in one batch."""
     ref = reference(images)
     worst = {n: 0.0 for n in heads}
-    batches = [images[i:i + 1] for i in range(len(images))] + ([images] if len(images) > 1 else [])
+    batches = [images[i : i + 1] for i in range(len(images))] + ([images] if len(images) > 1 else [])
     starts = list(range(len(images))) + ([0] if len(images) > 1 else [])
     for start, x in zip(starts, batches):
         got = session.run(list(heads), {"image": x})
         for n, g, r in zip(heads, got, ref):
-            want = r[start:start + len(x)]
+            want = r[start : start + len(x)]
             if g.shape != want.shape:
-                raise ExportRejected("parity", f"output {n} has shape {g.shape} for a batch of {len(x)}, "
-                                              f"PyTorch gives {want.shape}")
+                raise ExportRejected(
+                    "parity", f"output {n} has shape {g.shape} for a batch of {len(x)}, PyTorch gives {want.shape}"
+                )
             if not np.isfinite(g).all():
                 raise ExportRejected("parity", f"output {n} holds NaN or infinite values")
             worst[n] = max(worst[n], float(np.abs(g.astype(np.float64) - want).max()))
-    return {"max_abs_diff": max(worst.values()), "per_output": worst, "frames": int(len(images)),
-            "batches": sorted({1, int(len(images))}), "size": [int(images.shape[2]), int(images.shape[1])]}
+    return {
+        "max_abs_diff": max(worst.values()),
+        "per_output": worst,
+        "frames": int(len(images)),
+        "batches": sorted({1, int(len(images))}),
+        "size": [int(images.shape[2]), int(images.shape[1])],
+    }
 
 
 def latency(session: Any, heads: Sequence[str], images: np.ndarray, runs: int, warmup: int = 3) -> dict[str, Any]:
@@ -80,14 +89,25 @@ def latency(session: Any, heads: Sequence[str], images: np.ndarray, runs: int, w
         session.run(list(heads), {"image": x})
         times.append((time.perf_counter() - t0) * 1e3)
     t = np.asarray(times)
-    return {"ms_median": round(float(np.median(t)), 3), "ms_p90": round(float(np.percentile(t, 90)), 3),
-            "ms_min": round(float(t.min()), 3), "runs": runs, "batch": 1, "threads": 1,
-            "provider": "CPUExecutionProvider"}
+    return {
+        "ms_median": round(float(np.median(t)), 3),
+        "ms_p90": round(float(np.percentile(t, 90)), 3),
+        "ms_min": round(float(t.min()), 3),
+        "runs": runs,
+        "batch": 1,
+        "threads": 1,
+        "provider": "CPUExecutionProvider",
+    }
 
 
-def verify_onnx(onnx_bytes: bytes, heads: Sequence[str], images: np.ndarray,
-                reference: Callable[[np.ndarray], list[np.ndarray]], cfg: ExportConfig,
-                what: str = "model") -> Verification:
+def verify_onnx(
+    onnx_bytes: bytes,
+    heads: Sequence[str],
+    images: np.ndarray,
+    reference: Callable[[np.ndarray], list[np.ndarray]],
+    cfg: ExportConfig,
+    what: str = "model",
+) -> Verification:
     """Run the checks above on N x H x W x 3 uint8 frames (already at the model's input size)."""
     import onnxruntime as ort
 
@@ -107,10 +127,15 @@ def verify_onnx(onnx_bytes: bytes, heads: Sequence[str], images: np.ndarray,
     par["tolerance"] = cfg.parity_tolerance
     if not par["max_abs_diff"] <= cfg.parity_tolerance:
         worst = max(par["per_output"], key=par["per_output"].get)
-        raise ExportRejected("parity", f"max |onnxruntime - pytorch| = {par['max_abs_diff']:.3g} on output {worst} "
-                                       f"> export.parity_tolerance {cfg.parity_tolerance:g}")
+        raise ExportRejected(
+            "parity",
+            f"max |onnxruntime - pytorch| = {par['max_abs_diff']:.3g} on output {worst} "
+            f"> export.parity_tolerance {cfg.parity_tolerance:g}",
+        )
     lat = latency(session, heads, images, cfg.latency_runs)
     if cfg.max_latency_ms and lat["ms_median"] > cfg.max_latency_ms:
-        raise ExportRejected("latency", f"{lat['ms_median']:.1f} ms per frame on one CPU thread > "
-                                        f"export.max_latency_ms {cfg.max_latency_ms:g}")
+        raise ExportRejected(
+            "latency",
+            f"{lat['ms_median']:.1f} ms per frame on one CPU thread > export.max_latency_ms {cfg.max_latency_ms:g}",
+        )
     return Verification(device.provider, par, lat, ort.__version__, time.perf_counter() - t0)

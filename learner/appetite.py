@@ -10,6 +10,7 @@ rig must never wait, by dropping received samples instead of inserting them when
 buffer's own totals (RingBuffer.totals: `puts`, `samples`), shared by the receiving and the
 training process through shared memory, so neither has to tell the other anything.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -40,26 +40,27 @@ Each round is measured: agreement of student and motion, how much of the labels 
 when a ground-truth lookup is given (bench), the IoU and label accuracy of the motion labels
 and the refined ones on the same samples. One line per round in RUN/bootstrap.jsonl.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.log import log_event
 from learner.config import BootstrapConfig
 from learner.layers import upsample_logits
 from learner.model import AlexNet, MaskNet
 from streamer.config import TrimapConfig
-from common.log import log_event
 from streamer.motion.trimap import TRIMAP_IGNORE, trimap
 from streamer.shm.ringbuffer import Batch, RingBuffer
 from streamer.writer import append_line
@@ -101,9 +102,11 @@ def fuse(student: np.ndarray, motion: np.ndarray, w: float, rule: str = "linear"
     if rule == "linear":
         return (w * s + (1.0 - w) * m).astype(np.float32)
     if rule == "geometric":
+
         def logit(p: np.ndarray) -> np.ndarray:
             p = np.clip(p, EPS, 1.0 - EPS)
             return np.log(p) - np.log1p(-p)
+
         z = w * logit(s) + (1.0 - w) * logit(m)
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
     raise ValueError(f"unknown fusion rule {rule!r} (linear or geometric)")
@@ -114,12 +117,13 @@ def round_weight(cfg: BootstrapConfig, round_no: int) -> float:
     return float(min(cfg.weight_max, cfg.weight_start + (round_no - 1) * cfg.weight_step))
 
 
-def slot_trimap(prob: np.ndarray, valid: tuple[int, int, int, int], shape: tuple[int, int],
-                cfg: TrimapConfig) -> np.ndarray:
+def slot_trimap(
+    prob: np.ndarray, valid: tuple[int, int, int, int], shape: tuple[int, int], cfg: TrimapConfig
+) -> np.ndarray:
     """A slot's trimap from the probability of its valid region: don't care in the padding."""
     y0, x0, h, w = (int(v) for v in valid)
     out = np.full(shape, TRIMAP_IGNORE, np.uint8)
-    out[y0:y0 + h, x0:x0 + w] = trimap(prob, cfg)
+    out[y0 : y0 + h, x0 : x0 + w] = trimap(prob, cfg)
     return out
 
 
@@ -133,7 +137,7 @@ def student_probs(model: MaskNet, frames: np.ndarray, valid: np.ndarray, device:
     for i, v in enumerate(valid):
         groups.setdefault(tuple(int(x) for x in v), []).append(i)
     for (y0, x0, h, w), idx in groups.items():
-        x = torch.from_numpy(np.ascontiguousarray(frames[idx, y0:y0 + h, x0:x0 + w])).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(frames[idx, y0 : y0 + h, x0 : x0 + w])).to(device)
         x = model.normalize(x.permute(0, 3, 1, 2))
         if isinstance(model, AlexNet):
             s = model.input_size
@@ -157,6 +161,7 @@ def student_probs(model: MaskNet, frames: np.ndarray, valid: np.ndarray, device:
 @dataclass
 class Refined:
     """One chunk of a round, for whoever publishes or scores it (slot resolution, valid region)."""
+
     cameras: list[str]
     frame_index: list[int]
     shot: list[int]
@@ -210,10 +215,18 @@ class Bootstrapper:
     """Runs the rounds. Pass `on_step` to learner.train.fit; it returns True after a round, so
     that fit checkpoints the model that made the labels (its step names them: model_version)."""
 
-    def __init__(self, cfg: BootstrapConfig, trimap_cfg: TrimapConfig, ring: RingBuffer,
-                 run_dir: str | Path | None = None, on_refined: Callable[[Refined], None] | None = None,
-                 ground_truth: GroundTruth | None = None, stop: Callable[[], bool] | None = None,
-                 fg_threshold: float = 0.5, trimap_by_camera: dict[str, TrimapConfig] | None = None):
+    def __init__(
+        self,
+        cfg: BootstrapConfig,
+        trimap_cfg: TrimapConfig,
+        ring: RingBuffer,
+        run_dir: str | Path | None = None,
+        on_refined: Callable[[Refined], None] | None = None,
+        ground_truth: GroundTruth | None = None,
+        stop: Callable[[], bool] | None = None,
+        fg_threshold: float = 0.5,
+        trimap_by_camera: dict[str, TrimapConfig] | None = None,
+    ):
         """trimap_by_camera: thresholds of cameras whose config overrides streamer.trimap."""
         self.cfg, self.trimap_cfg, self.ring = cfg, trimap_cfg, ring
         self.trimap_by_camera = dict(trimap_by_camera or {})
@@ -258,8 +271,22 @@ class Bootstrapper:
         self.busy = True
         was_training = model.training
         model.eval()
-        acc = {k: [] for k in ("agreement", "changed", "cov_m", "cov_r", "iou_motion", "iou_student",
-                                "iou_refined", "acc_motion", "acc_refined", "n_motion", "n_refined")}
+        acc = {
+            k: []
+            for k in (
+                "agreement",
+                "changed",
+                "cov_m",
+                "cov_r",
+                "iou_motion",
+                "iou_student",
+                "iou_refined",
+                "acc_motion",
+                "acc_refined",
+                "n_motion",
+                "n_refined",
+            )
+        }
         try:
             slots = self.ring.ready_slots()  # newest first: the oldest leave the buffer soonest
             if cfg.max_samples:
@@ -270,7 +297,7 @@ class Bootstrapper:
                 if self.stop is not None and self.stop():
                     st.stopped = True
                     break
-                batch = self.ring.read(slots[start:start + cfg.batch], out=self._batch)
+                batch = self.ring.read(slots[start : start + cfg.batch], out=self._batch)
                 if len(batch):
                     self._refine(batch, model, device, step, round_no, w, st, acc)
         finally:
@@ -295,8 +322,17 @@ class Bootstrapper:
         self._log(st)
         return st
 
-    def _refine(self, batch: Batch, model: MaskNet, device: torch.device, step: int, round_no: int, w: float,
-                st: RoundStats, acc: dict[str, list]) -> None:
+    def _refine(
+        self,
+        batch: Batch,
+        model: MaskNet,
+        device: torch.device,
+        step: int,
+        round_no: int,
+        w: float,
+        st: RoundStats,
+        acc: dict[str, list],
+    ) -> None:
         valid = np.asarray(batch.valid)
         students = student_probs(model, batch.frames, valid, device)
         shape = (self.ring.height, self.ring.width)
@@ -305,7 +341,7 @@ class Bootstrapper:
         cameras = batch.cameras
         for k in range(len(batch)):
             y0, x0, h, wd = (int(v) for v in valid[k])
-            motion = batch.probs[k, y0:y0 + h, x0:x0 + wd].astype(np.float32) / 255.0
+            motion = batch.probs[k, y0 : y0 + h, x0 : x0 + wd].astype(np.float32) / 255.0
             student = students[k]
             refined = fuse(student, motion, w, self.cfg.rule)
             tcfg = self.trimap_by_camera.get(cameras[k], self.trimap_cfg)
@@ -314,7 +350,7 @@ class Bootstrapper:
                 st.refused += 1
                 continue
             st.samples += 1
-            new = tri[y0:y0 + h, x0:x0 + wd]
+            new = tri[y0 : y0 + h, x0 : x0 + wd]
             old = trimap(motion, tcfg)
             m_fg, s_fg, r_fg = motion >= thr, student >= thr, refined >= thr
             acc["agreement"].append(_iou(s_fg, m_fg))
@@ -347,12 +383,21 @@ class Bootstrapper:
 
     def _log(self, st: RoundStats) -> None:
         q = st.quality
-        log_event(logger, "bootstrap_round", round=st.round, step=st.step, weight=st.weight, rule=st.rule,
-                  samples=st.samples, refused=st.refused, seconds=st.seconds,
-                  agreement=st.agreement if st.agreement is not None else "-",
-                  changed=st.changed if st.changed is not None else "-",
-                  **({"iou_motion": q["iou_motion"], "iou_refined": q["iou_refined"]} if q else {}),
-                  **({"stopped": True} if st.stopped else {}))
+        log_event(
+            logger,
+            "bootstrap_round",
+            round=st.round,
+            step=st.step,
+            weight=st.weight,
+            rule=st.rule,
+            samples=st.samples,
+            refused=st.refused,
+            seconds=st.seconds,
+            agreement=st.agreement if st.agreement is not None else "-",
+            changed=st.changed if st.changed is not None else "-",
+            **({"iou_motion": q["iou_motion"], "iou_refined": q["iou_refined"]} if q else {}),
+            **({"stopped": True} if st.stopped else {}),
+        )
         if self.run_dir is None:
             return
         try:

@@ -8,6 +8,7 @@ previous files intact. A checkpoint is a dict of tensors and plain Python values
 `Trainer.state_dict` in learner/train.py) and loads with torch.load(weights_only=True): opening
 one never runs code from the file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,8 +90,10 @@ def save_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) -> Path:
         err = _os_error(e)
         if err is None:
             raise
-        raise CheckpointWriteError(f"{path}: cannot write the checkpoint ({err.strerror or err}); "
-                                   f"{LAST} still names the previous one; free space in {d}") from None
+        raise CheckpointWriteError(
+            f"{path}: cannot write the checkpoint ({err.strerror or err}); "
+            f"{LAST} still names the previous one; free space in {d}"
+        ) from None
     for old in step_files(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -108,27 +111,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         m = re.search(r"WeightsUnpickler error:\s*([^\n]*)", text)
         if m and "Unsupported global" in m.group(1):  # a pickle that needs code to load: never run it
             what = m.group(1).split(" was not")[0].strip()
-            raise UserError(f"{path}: refused: the file holds objects that a safe load does not run "
-                            f"({what[:160]}); it is not a motionmask checkpoint") from None
+            raise UserError(
+                f"{path}: refused: the file holds objects that a safe load does not run "
+                f"({what[:160]}); it is not a motionmask checkpoint"
+            ) from None
         why = m.group(1) if m else (text.strip().splitlines()[0] if text.strip() else type(e).__name__)
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {why[:160]}); "
-                        f"delete it to resume from an older one") from None
+        raise UserError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {why[:160]}); "
+            f"delete it to resume from an older one"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a motionmask learner checkpoint")
     if int(state.get("version", -1)) != VERSION:
-        raise UserError(f"{path}: checkpoint version {state.get('version')} is not supported "
-                        f"(this motionmask reads version {VERSION})")
+        raise UserError(
+            f"{path}: checkpoint version {state.get('version')} is not supported "
+            f"(this motionmask reads version {VERSION})"
+        )
     return state
 
 
 def check_compatible(state: dict, arch: dict, path: str | Path) -> None:
     """UserError naming what differs when a checkpoint's architecture is not the configured one."""
     theirs = state.get("arch", {})
-    diffs = [f"{k} {theirs.get(k)!r} in the checkpoint vs {arch.get(k)!r} in the config"
-             for k in sorted(set(arch) | set(theirs)) if theirs.get(k) != arch.get(k)]
+    diffs = [
+        f"{k} {theirs.get(k)!r} in the checkpoint vs {arch.get(k)!r} in the config"
+        for k in sorted(set(arch) | set(theirs))
+        if theirs.get(k) != arch.get(k)
+    ]
     if diffs:
-        raise UserError(f"{path}: incompatible checkpoint: {'; '.join(diffs)}; use the config it was "
-                        f"trained with, or another --out for a new run")
+        raise UserError(
+            f"{path}: incompatible checkpoint: {'; '.join(diffs)}; use the config it was "
+            f"trained with, or another --out for a new run"
+        )
 
 
 def find_resume(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
@@ -154,15 +168,18 @@ class CheckpointClock:
     """When fit() saves: every `every_steps` steps and every `every_minutes` minutes since the
     last save (learner.checkpoint; 0 = off), and whenever asked (a bootstrapping round). fit()
     also saves once at the end, whatever the reason, when a step was done since."""
+
     every_steps: int
     every_minutes: float
     step: int  # the step of the last save (at first: the run's step when fit() began)
     time: float = field(default_factory=time.monotonic)
 
     def due(self, step: int, asked: bool = False) -> bool:
-        return bool((self.every_steps and step - self.step >= self.every_steps)
-                    or (self.every_minutes and time.monotonic() - self.time >= self.every_minutes * 60)
-                    or asked)
+        return bool(
+            (self.every_steps and step - self.step >= self.every_steps)
+            or (self.every_minutes and time.monotonic() - self.time >= self.every_minutes * 60)
+            or asked
+        )
 
     def saved(self, step: int) -> None:
         """A save was tried at `step` (a failed one too: the next is tried on schedule)."""

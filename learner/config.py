@@ -3,6 +3,7 @@
 The defaults are chosen for the CPU: they give a useful student from ten 90-frame 320x240 clips
 in 12 minutes on two cores. On a GPU raise `train.batch` (e.g. 256) and `crops.size` (e.g. 224).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,9 @@ DEFAULT_CROP = {"compact": 128, "alexnet": 227}  # the paper: w = 227 for AlexNe
 @dataclass
 class ModelConfig:
     backbone: str = "compact"  # compact (fully convolutional, edge devices) | alexnet (the paper)
-    width: int = 0  # channels of the first stage, doubled per stage; 0 = the backbone's default (compact 24, alexnet 96)
+    width: int = (
+        0  # channels of the first stage, doubled per stage; 0 = the backbone's default (compact 24, alexnet 96)
+    )
     blocks: list[int] = field(default_factory=lambda: [1, 2, 2, 1])  # compact: residual blocks at strides 4, 8, 16, 32
     decoder: int = 0  # compact: decoder channels; 0 = 2 x width
     mask_size: int = 56  # alexnet: s, the FC head predicts an s x s mask
@@ -42,8 +45,11 @@ class ModelConfig:
         return [
             ("model.backbone", self.backbone in BACKBONES, " or ".join(BACKBONES)),
             ("model.width", 0 <= self.width <= 1024, "between 0 and 1024 (0 = default)"),
-            ("model.blocks", len(self.blocks) == 4 and all(0 <= n <= 16 for n in self.blocks),
-             "four block counts between 0 and 16, e.g. [1, 2, 2, 1]"),
+            (
+                "model.blocks",
+                len(self.blocks) == 4 and all(0 <= n <= 16 for n in self.blocks),
+                "four block counts between 0 and 16, e.g. [1, 2, 2, 1]",
+            ),
             ("model.decoder", 0 <= self.decoder <= 1024, "between 0 and 1024 (0 = 2 x width)"),
             ("model.mask_size", 4 <= self.mask_size <= 256, "between 4 and 256"),
             ("model.mean", len(self.mean) == 3, "three numbers (R, G, B in 0..1)"),
@@ -79,7 +85,11 @@ class CropConfig:
             ("crops.size", backbone != "compact" or self.size % 32 == 0, "a multiple of 32 for the compact backbone"),
             ("crops.size", backbone != "alexnet" or self.size == 0 or self.size >= 67, ">= 67 for alexnet"),
             ("crops.per_frame", 1 <= self.per_frame <= 64, "between 1 and 64"),
-            ("crops.context_min", 1.0 <= self.context_min <= self.context_max <= 8.0, "1 <= context_min <= context_max <= 8"),
+            (
+                "crops.context_min",
+                1.0 <= self.context_min <= self.context_max <= 8.0,
+                "1 <= context_min <= context_max <= 8",
+            ),
             ("crops.shift", 0 <= self.shift <= 0.5, "between 0 and 0.5"),
             ("crops.min_side", 0 < self.min_side <= 1, "in (0, 1]"),
             ("crops.random_fraction", 0 <= self.random_fraction <= 1, "between 0 and 1"),
@@ -100,14 +110,20 @@ class TrainConfig:
     batch: int = 24  # crops per step
     lr: float = 2e-3  # AdamW peak learning rate
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # constant | cosine (cosine decays over the run's step/time budget; online runs stay constant)
+    schedule: str = (
+        "cosine"  # constant | cosine (cosine decays over the run's step/time budget; online runs stay constant)
+    )
     warmup_steps: int = 50
     min_lr_fraction: float = 0.05  # cosine ends at lr x this
     grad_clip: float = 5.0  # max global gradient norm; 0 = off
     max_nan_steps: int = 20  # consecutive non-finite losses that stop training with an error
     compile: bool = False  # torch.compile the model (CUDA: faster after a warm-up of a minute)
-    channels_last: bool = True  # with bf16 (CUDA, or cpu_precision bf16): the memory format tensor cores and oneDNN like
-    cpu_precision: str = "auto"  # auto | bf16 | fp32: training on the CPU; auto = bf16 where the CPU has native bf16 (AVX512-BF16, AMX)
+    channels_last: bool = (
+        True  # with bf16 (CUDA, or cpu_precision bf16): the memory format tensor cores and oneDNN like
+    )
+    cpu_precision: str = (
+        "auto"  # auto | bf16 | fp32: training on the CPU; auto = bf16 where the CPU has native bf16 (AVX512-BF16, AMX)
+    )
     threads: int = 0  # CPU threads of torch; 0 = the cores this process may use, minus one for the streamer
     seed: int = 0
     nproc: int = 1  # `motionmask train`: data-parallel ranks it starts (DDP; one GPU each on CUDA, gloo on the CPU; learner/distributed.py)
@@ -156,13 +172,19 @@ class CheckpointConfig:
 class SamplesConfig:
     sampling: str = ""  # uniform | recency; "" = buffer.sampling
     wait_log_s: float = 30.0  # an empty buffer: one log line when waiting starts and then every this many seconds
-    offline_draws_per_sample: float = 4.0  # offline, buffer full: the streamer waits until the learner drew this many samples per eviction
+    offline_draws_per_sample: float = (
+        4.0  # offline, buffer full: the streamer waits until the learner drew this many samples per eviction
+    )
     offline_max_buffer_mb: float = 1024.0  # offline: the buffer grows up to this to hold every frame of the inputs
 
     def checks(self) -> list[tuple[str, bool, str]]:
         """(key, ok, what it must be) for common.config.check; keys relative to learner."""
         return [
-            ("samples.sampling", self.sampling in ("", "uniform", "recency"), "uniform, recency or \"\" (= buffer.sampling)"),
+            (
+                "samples.sampling",
+                self.sampling in ("", "uniform", "recency"),
+                'uniform, recency or "" (= buffer.sampling)',
+            ),
             ("samples.wait_log_s", self.wait_log_s > 0, "> 0"),
             ("samples.offline_draws_per_sample", self.offline_draws_per_sample >= 0, ">= 0 (0 = never wait)"),
             ("samples.offline_max_buffer_mb", self.offline_max_buffer_mb > 0, "> 0"),
@@ -173,6 +195,7 @@ class SamplesConfig:
 class BootstrapConfig:
     """Rounds of pseudo-label refinement (learner/bootstrap.py): the student's own prediction
     fused with the motion probability, the trimap re-derived, training goes on on the result."""
+
     enabled: bool = True
     every_steps: int = 400  # a round every this many steps...
     start_step: int = 0  # ... the first one at this step; 0 = every_steps
@@ -209,6 +232,7 @@ class MaskHeadConfig:
 @dataclass
 class EmbeddingHeadConfig:
     """Tracked-patch embeddings (Wang & Gupta 2015): triplet ranking loss on (query, tracked) pairs."""
+
     enabled: bool = False
     weight: float = 1.0
     dim: int = 128  # length of the L2-normalised vector
@@ -223,10 +247,13 @@ class EmbeddingHeadConfig:
 @dataclass
 class SegmentsHeadConfig:
     """Soft segments grouped by motion (S3-CNN, Mahendran et al. 2018); the flow enters the loss only."""
+
     enabled: bool = False
     weight: float = 1.0
     count: int = 8  # L, softmax channels
-    loss: str = "affine"  # affine: per-segment weighted least-squares affine fit | entropy: flow-magnitude histogram entropy
+    loss: str = (
+        "affine"  # affine: per-segment weighted least-squares affine fit | entropy: flow-magnitude histogram entropy
+    )
     robust: str = "charbonnier"  # affine: robust residual charbonnier | huber | l2
     robust_scale: float = 0.5  # ... its scale in pixels of the loss map (charbonnier epsilon, huber delta)
     ridge: float = 1e-4  # affine: ridge on the normal equations, relative to the segment's weight
@@ -247,7 +274,11 @@ class HeadsConfig:
     def checks(self) -> list[tuple[str, bool, str]]:
         m, e, s = self.mask, self.embedding, self.segments
         return [
-            ("heads.mask.enabled", m.enabled, "true (the mask head is the model's output; scale its loss with heads.mask.weight)"),
+            (
+                "heads.mask.enabled",
+                m.enabled,
+                "true (the mask head is the model's output; scale its loss with heads.mask.weight)",
+            ),
             ("heads.mask.weight", m.weight >= 0, ">= 0"),
             ("heads.embedding.weight", e.weight >= 0, ">= 0"),
             ("heads.embedding.dim", 2 <= e.dim <= 4096, "between 2 and 4096"),
@@ -255,7 +286,11 @@ class HeadsConfig:
             ("heads.embedding.margin", 0 < e.margin <= 2, "in (0, 2] (cosine distances lie in [0, 2])"),
             ("heads.embedding.hard_negatives", e.hard_negatives >= 1, ">= 1"),
             ("heads.embedding.warmup_steps", e.warmup_steps >= 0, ">= 0"),
-            ("heads.embedding.patch", 32 <= e.patch <= 512 and e.patch % 32 == 0, "a multiple of 32 between 32 and 512"),
+            (
+                "heads.embedding.patch",
+                32 <= e.patch <= 512 and e.patch % 32 == 0,
+                "a multiple of 32 between 32 and 512",
+            ),
             ("heads.embedding.pairs", 2 <= e.pairs <= 4096, "between 2 and 4096"),
             ("heads.segments.weight", s.weight >= 0, ">= 0"),
             ("heads.segments.count", 2 <= s.count <= 64, "between 2 and 64"),
@@ -276,7 +311,9 @@ class LearnerConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-    heads: HeadsConfig = field(default_factory=HeadsConfig)  # the mask head and the optional multi-task heads (learner/heads.py)
+    heads: HeadsConfig = field(
+        default_factory=HeadsConfig
+    )  # the mask head and the optional multi-task heads (learner/heads.py)
     enabled: bool = False  # `motionmask run`: a learner process trains on the daemon's ring buffer
     run_dir: str = "runs/daemon"  # ... its checkpoints and logs; a restart resumes from there
     # Across machines (docs/protocol.md, "Training samples between machines"): a rig with
@@ -291,8 +328,14 @@ class LearnerConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the key for values no type check catches."""
-        sections = (self.model.checks() + self.crops.checks(self.model.backbone) + self.train.checks()
-                    + self.checkpoint.checks() + self.samples.checks() + self.bootstrap.checks())
+        sections = (
+            self.model.checks()
+            + self.crops.checks(self.model.backbone)
+            + self.train.checks()
+            + self.checkpoint.checks()
+            + self.samples.checks()
+            + self.bootstrap.checks()
+        )
         check("learner", sections + self._checks() + self.heads.checks() + self.transport.checks())
 
     def _checks(self) -> list[tuple[str, bool, str]]:
@@ -300,19 +343,31 @@ class LearnerConfig:
         tr, batch = self.transport, self.train.batch
         return [
             ("run_dir", bool(self.run_dir.strip()), "a folder, e.g. runs/daemon"),
-            ("remote", not self.remote or "://" in self.remote, "empty or a ZeroMQ endpoint such as tcp://gpu-box:5562"),
-            ("remote", not (self.remote and self.enabled), "empty when learner.enabled is true (a rig whose "
-             "samples go to a remote learner sets learner.enabled: false)"),
+            (
+                "remote",
+                not self.remote or "://" in self.remote,
+                "empty or a ZeroMQ endpoint such as tcp://gpu-box:5562",
+            ),
+            (
+                "remote",
+                not (self.remote and self.enabled),
+                "empty when learner.enabled is true (a rig whose "
+                "samples go to a remote learner sets learner.enabled: false)",
+            ),
             ("listen", "://" in self.listen, "a ZeroMQ endpoint such as tcp://127.0.0.1:5562"),
-            ("transport.tolerance", not tr.samples_per_insert or tr.tolerance >= max(batch, tr.samples_per_insert),
-             f">= learner.train.batch ({batch}) and >= transport.samples_per_insert: a whole batch and one "
-             f"insert must fit in the slack"),
+            (
+                "transport.tolerance",
+                not tr.samples_per_insert or tr.tolerance >= max(batch, tr.samples_per_insert),
+                f">= learner.train.batch ({batch}) and >= transport.samples_per_insert: a whole batch and one "
+                f"insert must fit in the slack",
+            ),
         ]
 
 
 def learner_config_from_dict(data: dict) -> LearnerConfig:
     """The LearnerConfig saved in a checkpoint (dataclasses.asdict). Keys this version does not
     know are ignored, so that checkpoints of a newer minor version still load for inference."""
+
     def build(cls, d):
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
@@ -326,9 +381,16 @@ def learner_config_from_dict(data: dict) -> LearnerConfig:
     return build(LearnerConfig, data)
 
 
-_SECTIONS = {(LearnerConfig, "model"): ModelConfig, (LearnerConfig, "crops"): CropConfig,
-             (LearnerConfig, "train"): TrainConfig, (LearnerConfig, "checkpoint"): CheckpointConfig,
-             (LearnerConfig, "samples"): SamplesConfig, (LearnerConfig, "bootstrap"): BootstrapConfig,
-             (LearnerConfig, "heads"): HeadsConfig, (HeadsConfig, "mask"): MaskHeadConfig,
-             (HeadsConfig, "embedding"): EmbeddingHeadConfig, (HeadsConfig, "segments"): SegmentsHeadConfig,
-             (LearnerConfig, "transport"): TransportConfig}
+_SECTIONS = {
+    (LearnerConfig, "model"): ModelConfig,
+    (LearnerConfig, "crops"): CropConfig,
+    (LearnerConfig, "train"): TrainConfig,
+    (LearnerConfig, "checkpoint"): CheckpointConfig,
+    (LearnerConfig, "samples"): SamplesConfig,
+    (LearnerConfig, "bootstrap"): BootstrapConfig,
+    (LearnerConfig, "heads"): HeadsConfig,
+    (HeadsConfig, "mask"): MaskHeadConfig,
+    (HeadsConfig, "embedding"): EmbeddingHeadConfig,
+    (HeadsConfig, "segments"): SegmentsHeadConfig,
+    (LearnerConfig, "transport"): TransportConfig,
+}

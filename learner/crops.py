@@ -17,6 +17,7 @@ torch.Generator (deterministic given its seed), one affine grid, two grid_sample
     crops.images   # M x 3 x size x size float32 RGB in 0..255 (not normalised)
     crops.targets  # M x target_size x target_size uint8 trimap; 128 where the box left the frame
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,9 @@ def positive_boxes(trimaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x0, y0, x1, y1], 1).float(), rows.any(1)
 
 
-def crop_boxes(trimaps: torch.Tensor, valid: torch.Tensor, cfg: CropConfig, generator: torch.Generator | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_boxes(
+    trimaps: torch.Tensor, valid: torch.Tensor, cfg: CropConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One jittered box per sample: (N x 4 centre x, centre y, side, flip) and N bool random."""
     n = trimaps.shape[0]
     dev = trimaps.device
@@ -81,8 +83,9 @@ def crop_boxes(trimaps: torch.Tensor, valid: torch.Tensor, cfg: CropConfig, gene
     rand = ~has | (u[:, 6] < cfg.random_fraction)
 
     flip = torch.where(u[:, 7] < 0.5, -1.0, 1.0) if cfg.flip else torch.ones_like(side)
-    boxes = torch.stack([torch.where(rand, r_cx, cx), torch.where(rand, r_cy, cy),
-                         torch.where(rand, r_side, side), flip], 1)
+    boxes = torch.stack(
+        [torch.where(rand, r_cx, cx), torch.where(rand, r_cy, cy), torch.where(rand, r_side, side), flip], 1
+    )
     return boxes, rand
 
 
@@ -130,8 +133,9 @@ def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(yiq) @ rot @ yiq
 
 
-def paste_objects(images: torch.Tensor, targets: torch.Tensor, cfg: CropConfig, generator: torch.Generator | None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def paste_objects(
+    images: torch.Tensor, targets: torch.Tensor, cfg: CropConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Copy-paste: each crop, with probability `paste`, gets the positive region of another crop
     of the batch (grown by `paste_rim` of the crop side, that ring labelled "don't care") pasted
     on top, moved by up to half the crop side and scaled by 0.7-1.3. Returns images, targets and
@@ -171,9 +175,16 @@ def dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def make_crops(frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor, cfg: CropConfig, size: int,
-               target_size: int | None = None, generator: torch.Generator | None = None,
-               per_frame: int | None = None) -> Crops:
+def make_crops(
+    frames: torch.Tensor,
+    trimaps: torch.Tensor,
+    valid: torch.Tensor,
+    cfg: CropConfig,
+    size: int,
+    target_size: int | None = None,
+    generator: torch.Generator | None = None,
+    per_frame: int | None = None,
+) -> Crops:
     """Cut `per_frame` (default cfg.per_frame) jittered crops from every sample.
 
     frames: N x H x W x 3 uint8 RGB (buffer slots); trimaps: N x H x W uint8; valid: N x 4
@@ -187,7 +198,7 @@ def make_crops(frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor,
     grid = _grid(boxes, h, w, size)
     img = F.grid_sample(img if k == 1 else img[src], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # the trimap is shifted by -128 so that zero padding outside the frame reads "don't care"
-    t = (tri.unsqueeze(1).float() - DONT_CARE)
+    t = tri.unsqueeze(1).float() - DONT_CARE
     t_grid = grid if (target_size or size) == size else _grid(boxes, h, w, target_size)
     t = F.grid_sample(t, t_grid, mode="nearest", padding_mode="zeros", align_corners=False)
     targets = (t.squeeze(1) + DONT_CARE).round_().to(torch.uint8)
@@ -197,8 +208,14 @@ def make_crops(frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor,
     return Crops(img, targets, boxes, rand, src, pasted)
 
 
-def crop_flow(flows: torch.Tensor, has_flow: torch.Tensor, valid: torch.Tensor, boxes: torch.Tensor,
-              source: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_flow(
+    flows: torch.Tensor,
+    has_flow: torch.Tensor,
+    valid: torch.Tensor,
+    boxes: torch.Tensor,
+    source: torch.Tensor,
+    size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The flow through the crops' boxes (Crops.boxes: centre x, centre y, side, flip in slot
     pixels), for the segments head's loss (learner/grouping_loss.py): M x 2 x size x size in
     pixels of the crop, and M x size x size bool where it counts (the sample has flow and the
@@ -215,8 +232,12 @@ def crop_flow(flows: torch.Tensor, has_flow: torch.Tensor, valid: torch.Tensor, 
     ys = torch.arange(h, device=flows.device).view(1, h, 1)
     xs = torch.arange(w, device=flows.device).view(1, 1, w)
     v = valid.to(flows.device).long()
-    inside = ((ys >= v[:, 0, None, None]) & (ys < (v[:, 0] + v[:, 2])[:, None, None])
-              & (xs >= v[:, 1, None, None]) & (xs < (v[:, 1] + v[:, 3])[:, None, None]))
+    inside = (
+        (ys >= v[:, 0, None, None])
+        & (ys < (v[:, 0] + v[:, 2])[:, None, None])
+        & (xs >= v[:, 1, None, None])
+        & (xs < (v[:, 1] + v[:, 3])[:, None, None])
+    )
     ok = (inside & has_flow.to(flows.device).view(n, 1, 1)).float()
     src = torch.cat([flows.float().permute(0, 3, 1, 2), ok.unsqueeze(1)], 1)[source]
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -6,6 +6,7 @@ and torch's CPU threads next to a streamer that needs cores too.
     torch.set_num_threads(cpu_threads(cfg.train.threads))
     trial = ThreadTrial()                   # fit() offline on the CPU: all cores once the streamer is done, if faster
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,10 @@ def resolve_device(requested: str = "auto", strict: bool = False) -> torch.devic
     if requested == "cuda":
         why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"
         if strict:
-            raise UserError(f"learner.train.device is cuda but CUDA is not available ({why}); "
-                            f"use --device cpu, or set learner.train.strict_device: false to fall back")
+            raise UserError(
+                f"learner.train.device is cuda but CUDA is not available ({why}); "
+                f"use --device cpu, or set learner.train.strict_device: false to fall back"
+            )
         log_event(logger, "device_fallback", logging.WARNING, requested="cuda", using="cpu", reason=why)
     return torch.device("cpu")
 
@@ -108,7 +111,13 @@ class ThreadTrial:
         kept = after < 0.95 * self.before
         if not kept:
             torch.set_num_threads(self.old)
-        log_event(logger, "train_threads", threads=torch.get_num_threads(), tried=available_cores(),
-                  ms_per_step_before=round(self.before * 1000, 1), ms_per_step_tried=round(after * 1000, 1),
-                  retry_at_step=None if kept else step + self.RETRY_STEPS)
+        log_event(
+            logger,
+            "train_threads",
+            threads=torch.get_num_threads(),
+            tried=available_cores(),
+            ms_per_step_before=round(self.before * 1000, 1),
+            ms_per_step_tried=round(after * 1000, 1),
+            retry_at_step=None if kept else step + self.RETRY_STEPS,
+        )
         return None if kept else ThreadTrial(not_before=step + self.RETRY_STEPS)

@@ -26,6 +26,7 @@ concatenated batch's mean when the ranks count as many labelled pixels, as DDP's
 always are. learner.train.sync_batchnorm: false keeps per-rank statistics (fewer collectives;
 the running statistics are rank 0's, broadcast before every step).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ import os
 import signal
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,9 +85,17 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
     {rank: fn's return value}; a rank that fails stops the others and raises ChildFailedError."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          monitor_interval=0.1, start_method="spawn")
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
     # the agent takes over these signals (to pass them to the ranks); give them back afterwards
     signals = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT]
     handlers = [signal.getsignal(s) for s in signals]
@@ -106,13 +116,21 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
         if local >= gpus:
-            raise UserError(f"local rank {local} has no GPU: this machine shows {gpus}; "
-                            f"start at most {gpus} ranks per machine (--nproc / --nproc-per-node)")
+            raise UserError(
+                f"local rank {local} has no GPU: this machine shows {gpus}; "
+                f"start at most {gpus} ranks per machine (--nproc / --nproc-per-node)"
+            )
         torch.cuda.set_device(local)
         backend = "nccl"
     dist.init_process_group(backend, timeout=TIMEOUT)
-    log_event(logger, "ddp_init", rank=dist.get_rank(), world=dist.get_world_size(), backend=backend,
-              device=str(torch.device(device.type, torch.cuda.current_device()) if device.type == "cuda" else device))
+    log_event(
+        logger,
+        "ddp_init",
+        rank=dist.get_rank(),
+        world=dist.get_world_size(),
+        backend=backend,
+        device=str(torch.device(device.type, torch.cuda.current_device()) if device.type == "cuda" else device),
+    )
     return device
 
 
@@ -131,8 +149,10 @@ def wrap(trainer: Any) -> Any:
     if not active():
         return trainer
     if trainer.heads:
-        raise UserError(f"learner.heads {', '.join(trainer.heads)}: multi-task heads do not train on several "
-                        f"ranks yet (their extra forward passes bypass DDP); run them with one process")
+        raise UserError(
+            f"learner.heads {', '.join(trainer.heads)}: multi-task heads do not train on several "
+            f"ranks yet (their extra forward passes bypass DDP); run them with one process"
+        )
     sync = trainer.cfg.train.sync_batchnorm
     model = trainer.model
     if sync:
@@ -149,8 +169,14 @@ def wrap(trainer: Any) -> Any:
         trainer.gen.manual_seed(int(np.random.SeedSequence([seed, r, trainer.step_count]).generate_state(1)[0]))
     if not trainer.cuda and not trainer.cfg.train.threads:  # share the cores, one left to the streamer
         torch.set_num_threads(max(1, (available_cores() - 1) // dist.get_world_size()))
-    log_event(logger, "ddp_wrap", rank=r, world=dist.get_world_size(), sync_batchnorm=sync,
-              threads=torch.get_num_threads() if not trainer.cuda else None)
+    log_event(
+        logger,
+        "ddp_wrap",
+        rank=r,
+        world=dist.get_world_size(),
+        sync_batchnorm=sync,
+        threads=torch.get_num_threads() if not trainer.cuda else None,
+    )
     return trainer
 
 
@@ -234,12 +260,17 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         shift = self.running_mean.detach().clone().view(1, c, 1, 1)
         d = x.float() - shift
-        local = torch.cat([d.sum((0, 2, 3)), (d * d).sum((0, 2, 3)),
-                           torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)])
+        local = torch.cat(
+            [
+                d.sum((0, 2, 3)),
+                (d * d).sum((0, 2, 3)),
+                torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device),
+            ]
+        )
         total = _AllReduceSum.apply(local)
         n = total[-1]
         mean_d = total[:c] / n
-        var = (total[c:2 * c] / n - mean_d * mean_d).clamp(min=0)  # biased, as batch norm normalises
+        var = (total[c : 2 * c] / n - mean_d * mean_d).clamp(min=0)  # biased, as batch norm normalises
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -255,8 +286,9 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Every nn.BatchNorm2d of `module` -> SyncBatchNorm2d holding the same parameter and buffer
     tensors (so an optimiser, a checkpoint's keys and references to the statistics stay valid)."""
     if type(module) is nn.BatchNorm2d:
-        new = SyncBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
+        new = SyncBatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         new.weight, new.bias = module.weight, module.bias
         new.running_mean, new.running_var = module.running_mean, module.running_var
         new.num_batches_tracked = module.num_batches_tracked

@@ -8,6 +8,7 @@ patch of the same shot may show the same object. During warm-up every such negat
 the noise); afterwards only the K hardest, those with the largest loss, as in the paper's hard
 negative mining.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,13 @@ def hardest_negatives(hinge: torch.Tensor, negatives: torch.Tensor, k: int) -> t
     return idx, negatives.gather(1, idx)
 
 
-def triplet_loss(query: torch.Tensor, tracked: torch.Tensor, group: torch.Tensor, margin: float = 0.5,
-                 hard_negatives: int | None = None) -> torch.Tensor:
+def triplet_loss(
+    query: torch.Tensor,
+    tracked: torch.Tensor,
+    group: torch.Tensor,
+    margin: float = 0.5,
+    hard_negatives: int | None = None,
+) -> torch.Tensor:
     """Mean ranking loss over the pairs that have a negative in the batch (0 when none has one;
     no host sync: the trainer checks the groups on the host before it calls this).
 

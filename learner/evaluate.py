@@ -12,6 +12,7 @@ each wrongly calls foreground.
 `coverage` splits those frames by what the training clips showed (the background, how often each
 mover's photo), to tell a student that cannot generalise from one that has seen too little.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.errors import UserError
 from learner.predict import Predictor
 from streamer.config import StreamerConfig
-from common.errors import UserError
 from streamer.motion.pipeline import MotionSegmenter
 from streamer.sources import open_source
 from synth.things import load_gt
@@ -50,10 +51,18 @@ def synth_clips(clips_dir: str | Path) -> list[dict]:
     return json.loads(index.read_text())
 
 
-def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Path,
-                         device: str | torch.device = "auto", streamer_cfg: StreamerConfig | None = None,
-                         threshold: float = 0.5, max_clips: int | None = None, progress: bool = False,
-                         native: bool = False, every: int = 1, teacher: bool = True) -> dict:
+def evaluate_checkpoints(
+    checkpoints: dict[str, str | Path],
+    clips_dir: str | Path,
+    device: str | torch.device = "auto",
+    streamer_cfg: StreamerConfig | None = None,
+    threshold: float = 0.5,
+    max_clips: int | None = None,
+    progress: bool = False,
+    native: bool = False,
+    every: int = 1,
+    teacher: bool = True,
+) -> dict:
     """The teacher and any number of students (name -> checkpoint) on the clips of clips_dir (a
     `motionmask synth` folder), every clip decoded and its motion masks computed once. Returns
     {"summary": {method: {iou, precision, recall, empty_fp, frames}}, "per_clip": [{clip, method:
@@ -101,30 +110,47 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path], clips_dir: str | Pa
                 per_frame.append({"clip": clip["name"], "frame": i, **frame_iou})
         per_clip.append({"clip": clip["name"], **{m: _mean(clip_iou[m]) for m in methods}})
     summary = {m: {k: _mean(v) for k, v in rows[m].items()} | {"frames": len(rows[m]["iou"])} for m in methods}
-    return {"summary": summary, "per_clip": per_clip, "per_frame": per_frame,
-            "steps": {n: p.step for n, p in students.items()}, "clips": len(clips)}
+    return {
+        "summary": summary,
+        "per_clip": per_clip,
+        "per_frame": per_frame,
+        "steps": {n: p.step for n, p in students.items()},
+        "clips": len(clips),
+    }
 
 
-def evaluate_student(checkpoint: str | Path, clips_dir: str | Path, device: str | torch.device = "auto",
-                     streamer_cfg: StreamerConfig | None = None, threshold: float = 0.5,
-                     max_clips: int | None = None, progress: bool = False, native: bool = False,
-                     every: int = 1, teacher: bool = True) -> dict:
+def evaluate_student(
+    checkpoint: str | Path,
+    clips_dir: str | Path,
+    device: str | torch.device = "auto",
+    streamer_cfg: StreamerConfig | None = None,
+    threshold: float = 0.5,
+    max_clips: int | None = None,
+    progress: bool = False,
+    native: bool = False,
+    every: int = 1,
+    teacher: bool = True,
+) -> dict:
     """One student against the teacher (evaluate_checkpoints). Returns {"student": {...},
     "teacher": {...} (its entries None when teacher is False), "per_clip": [...], "clips",
     "checkpoint", "step", "threshold", "every"}."""
-    res = evaluate_checkpoints({"student": checkpoint}, clips_dir, device, streamer_cfg, threshold, max_clips,
-                               progress, native, every, teacher)
-    return {**student_view(res, "student", checkpoint), "clips": res["clips"], "threshold": threshold,
-            "every": every}
+    res = evaluate_checkpoints(
+        {"student": checkpoint}, clips_dir, device, streamer_cfg, threshold, max_clips, progress, native, every, teacher
+    )
+    return {**student_view(res, "student", checkpoint), "clips": res["clips"], "threshold": threshold, "every": every}
 
 
 def student_view(res: dict, name: str, checkpoint: str | Path) -> dict:
     """One student of an evaluate_checkpoints result, side by side with the teacher:
     {"student", "teacher" (entries None when it was not scored), "per_clip", "checkpoint", "step"}."""
     none = {k: None for k in ("iou", "precision", "recall", "empty_fp")} | {"frames": 0}
-    return {"student": res["summary"][name], "teacher": res["summary"].get("teacher", none),
-            "per_clip": [{"clip": c["clip"], "student": c[name], "teacher": c.get("teacher")} for c in res["per_clip"]],
-            "checkpoint": str(checkpoint), "step": res["steps"][name]}
+    return {
+        "student": res["summary"][name],
+        "teacher": res["summary"].get("teacher", none),
+        "per_clip": [{"clip": c["clip"], "student": c[name], "teacher": c.get("teacher")} for c in res["per_clip"]],
+        "checkpoint": str(checkpoint),
+        "step": res["steps"][name],
+    }
 
 
 def coverage(res: dict, eval_dir: str | Path, train_dir: str | Path, common: int = 5) -> list[dict]:
@@ -143,9 +169,19 @@ def coverage(res: dict, eval_dir: str | Path, train_dir: str | Path, common: int
         clip = clips[rec["clip"]]
         shot = max(k for k, s in enumerate(clip["shots"]) if s["start"] <= rec["frame"])
         movers = [o["photo"] for o in clip["objects"] if o["role"] == "mover" and o["shot"] == shot]
-        key = ("seen" if clip["shots"][shot]["background"] in backgrounds else "unseen",
-               "common" if all(counts[p] >= common for p in movers) else "rare")
+        key = (
+            "seen" if clip["shots"][shot]["background"] in backgrounds else "unseen",
+            "common" if all(counts[p] >= common for p in movers) else "rare",
+        )
         groups.setdefault(key, []).append(rec)
     order = [("unseen", "rare"), ("unseen", "common"), ("seen", "rare"), ("seen", "common")]
-    return [{"background": b, "movers": m, "frames": len(groups[b, m]),
-             **{k: _mean([r[k] for r in groups[b, m]]) for k in methods}} for b, m in order if (b, m) in groups]
+    return [
+        {
+            "background": b,
+            "movers": m,
+            "frames": len(groups[b, m]),
+            **{k: _mean([r[k] for r in groups[b, m]]) for k in methods},
+        }
+        for b, m in order
+        if (b, m) in groups
+    ]

@@ -14,6 +14,7 @@ Both count only valid pixels (the sample has flow, the point lies inside the ima
 without one gives 0 with zero gradients, never NaN. Nothing here waits for the device (no host
 sync): the trainer knows from the batch's has_flow whether to compute the loss at all.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from learner.config import SegmentsHeadConfig
 
 
-def _resize(logits: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, size: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _resize(
+    logits: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Segment probabilities, flow (in pixels of the new size) and validity at size x size."""
     logits = logits.float()
     if logits.shape[-1] != size or logits.shape[-2] != size:
@@ -32,7 +34,10 @@ def _resize(logits: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, size: in
     if flow.shape[-1] != size:
         scale = size / flow.shape[-1]
         flow = F.interpolate(flow.float(), size=(size, size), mode="bilinear", align_corners=False) * scale
-        ok = F.interpolate(ok.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0.999
+        ok = (
+            F.interpolate(ok.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            > 0.999
+        )
     return s, flow.float(), ok
 
 
@@ -72,8 +77,14 @@ def robust(r2: torch.Tensor, kind: str, scale: float) -> torch.Tensor:
     raise ValueError(f"robust loss {kind!r}: expected charbonnier, huber or l2")
 
 
-def affine_residual(segments: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, ridge: float = 1e-4,
-                    kind: str = "charbonnier", scale: float = 0.5) -> torch.Tensor:
+def affine_residual(
+    segments: torch.Tensor,
+    flow: torch.Tensor,
+    ok: torch.Tensor,
+    ridge: float = 1e-4,
+    kind: str = "charbonnier",
+    scale: float = 0.5,
+) -> torch.Tensor:
     """Mean robust residual between the flow and the segments' recombined affine fits.
     segments: N x L x H x W probabilities (sum 1 over L); flow N x 2 x H x W; ok N x H x W bool."""
     n, l, h, w = segments.shape
@@ -106,8 +117,7 @@ def entropy_loss(segments: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, b
     return (per_crop * keep).sum() / keep.sum().clamp_min(1)
 
 
-def segments_loss(logits: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, cfg: SegmentsHeadConfig
-                  ) -> torch.Tensor:
+def segments_loss(logits: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, cfg: SegmentsHeadConfig) -> torch.Tensor:
     """The configured grouping loss of the segments head's logits (N x L x h x w, any size) against
     the cropped flow (N x 2 x S x S pixels, ok N x S x S), at cfg.loss_size."""
     s, f, v = _resize(logits, flow, ok, cfg.loss_size)

@@ -19,6 +19,7 @@ The heads know the backbone only by what it reports (learner/model.py MaskNet): 
 channels and the width and output scale of a decoder over it. The flow the segments loss needs is
 cropped like the images (learner/crops.py crop_flow).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ def forward_heads(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
 @dataclass
 class HeadInputs:
     """What the extra heads' losses need beyond the crops, on the training device."""
+
     flows: torch.Tensor | None = None  # N x H x W x 2 (float16 from the buffer), slot pixels, t-1 -> t on t's grid
     has_flow: torch.Tensor | None = None  # N bool
     query: torch.Tensor | None = None  # n x P x P x 3 uint8: tracked-patch pairs (None: no pairs this step)

@@ -1,6 +1,7 @@
 """A feed (learner/samples.py) without the export holdout's samples: exports are compared on
 samples the model was not trained on (motionmask/holdout.py keeps that window). The daemon's
 learner process and the other ranks of `motionmask learn --nproc N` both train through it."""
+
 from __future__ import annotations
 
 from collections.abc import Container
@@ -26,8 +27,7 @@ class HeldBack:
             return batch
         # the held rows are replaced by redraws of the others (as the buffer draws with replacement
         # when it holds too few): a batch keeps its size, since BatchNorm cannot train on one sample
-        rows = keep if not len(keep) else np.concatenate(
-            [keep, rng.choice(keep, size=len(batch) - len(keep))])
+        rows = keep if not len(keep) else np.concatenate([keep, rng.choice(keep, size=len(batch) - len(keep))])
         batch.take(rows)
         return batch
 

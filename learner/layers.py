@@ -1,5 +1,6 @@
 """The building blocks the backbones (learner/model.py) and the heads (learner/heads.py) share:
 conv + batch norm (+ ReLU), the ResNet basic block, bilinear upsampling. All export to ONNX."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """The loss of Pathak et al. 2017 (5.2): logistic loss on the trimap's positive and negative
 pixels only; "don't care" pixels (128, and crop padding) do not count."""
+
 from __future__ import annotations
 
 import torch

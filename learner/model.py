@@ -16,6 +16,7 @@ Two backbones:
 Only conv, batch norm, ReLU, max pool, linear, bilinear interpolation (align_corners=False)
 and addition, with shapes fixed by the input shape: everything exports to ONNX.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,12 @@ class MaskNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, persistent=False
+        )
         self.heads = nn.ModuleDict()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -116,7 +121,9 @@ class AlexNet(MaskNet):
         w = cfg.resolved_width()
         c = [w, round(w * 256 / 96), round(w * 384 / 96), round(w * 384 / 96), round(w * 256 / 96)]
         self.input_size = input_size
-        self.conv1 = nn.Sequential(nn.Conv2d(3, c[0], 11, 4), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(3, c[0], 11, 4), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2)
+        )
         self.conv2 = nn.Sequential(conv_bn(c[0], c[1], 5), nn.MaxPool2d(3, 2))
         self.conv345 = nn.Sequential(conv_bn(c[1], c[2]), conv_bn(c[2], c[3]), conv_bn(c[3], c[4]), nn.MaxPool2d(3, 2))
         self.pyramid_channels = [c[0], c[1], c[4]]
@@ -131,8 +138,9 @@ class AlexNet(MaskNet):
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """pool1 (stride 8), pool2 (stride 16), pool5 (stride 32) feature maps."""
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            raise ValueError(f"alexnet was built for {self.input_size}x{self.input_size} inputs, got "
-                             f"{x.shape[-1]}x{x.shape[-2]}")
+            raise ValueError(
+                f"alexnet was built for {self.input_size}x{self.input_size} inputs, got {x.shape[-1]}x{x.shape[-2]}"
+            )
         p1 = self.conv1(x)
         p2 = self.conv2(p1)
         return [p1, p2, self.conv345(p2)]
@@ -196,10 +204,20 @@ def architecture(cfg: ModelConfig, crop_size: int, heads: HeadsConfig | None = N
     if heads is not None and heads.extra():
         extra = heads_architecture(heads)
     if cfg.backbone == "compact":
-        return {"backbone": "compact", "width": cfg.resolved_width(), "blocks": list(cfg.blocks),
-                "decoder": cfg.decoder or 2 * cfg.resolved_width(), **extra}
-    return {"backbone": cfg.backbone, "width": cfg.resolved_width(), "input_size": crop_size,
-            "mask_size": cfg.mask_size, **extra}
+        return {
+            "backbone": "compact",
+            "width": cfg.resolved_width(),
+            "blocks": list(cfg.blocks),
+            "decoder": cfg.decoder or 2 * cfg.resolved_width(),
+            **extra,
+        }
+    return {
+        "backbone": cfg.backbone,
+        "width": cfg.resolved_width(),
+        "input_size": crop_size,
+        "mask_size": cfg.mask_size,
+        **extra,
+    }
 
 
 def output_size(model: MaskNet, crop_size: int) -> int:

@@ -17,10 +17,12 @@ the whole run. So a group is (camera, shot, segment): the query frame t0 // SEGM
 minutes apart in one shot are mostly different actors; those near in time (one visit) are not
 negatives of each other. A short clip lies in one segment, so families of clips are unchanged.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -89,13 +91,18 @@ class MemoryPairFeed:
     def __init__(self, pairs: Sequence[PatchPair]):
         self.pairs = list(pairs)
         cams = np.array([camera_id_of(camera_key(p.camera)) for p in self.pairs], np.int64)
-        self.group = segment_groups(group_ids(cams, np.array([p.shot for p in self.pairs], np.int64)),
-                                    np.array([p.t0 for p in self.pairs], np.int64))
+        self.group = segment_groups(
+            group_ids(cams, np.array([p.shot for p in self.pairs], np.int64)),
+            np.array([p.t0 for p in self.pairs], np.int64),
+        )
         self.patch = self.pairs[0].query.shape[0] if self.pairs else 0
 
     def sample_pairs(self, n: int, rng: np.random.Generator) -> PairBatch | None:
         if not self.pairs or n <= 0:
             return None
         idx = rng.choice(len(self.pairs), size=n, replace=n > len(self.pairs))
-        return PairBatch(np.stack([self.pairs[i].query for i in idx]), np.stack([self.pairs[i].tracked for i in idx]),
-                         self.group[idx])
+        return PairBatch(
+            np.stack([self.pairs[i].query for i in idx]),
+            np.stack([self.pairs[i].tracked for i in idx]),
+            self.group[idx],
+        )

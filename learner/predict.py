@@ -9,6 +9,7 @@ native), padded to a multiple of the net's stride, and the logits are cut back a
 the input size. AlexNet takes the frame resized to its fixed input (227 x 227 in the paper) and
 its s x s mask is resized to the frame.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,12 +18,12 @@ import cv2
 import numpy as np
 import torch
 
+from common.errors import UserError
 from learner.checkpoint import load_checkpoint
 from learner.config import learner_config_from_dict
+from learner.device import resolve_device
 from learner.layers import upsample_logits
 from learner.model import AlexNet, architecture, build_model
-from learner.device import resolve_device
-from common.errors import UserError
 
 
 class Predictor:

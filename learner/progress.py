@@ -6,6 +6,7 @@ stderr is a file or a pipe (no carriage returns in logs), or nothing (--quiet, t
     log.add(trainer, result)     # after every step; writes when the interval is complete
     first, last, heads = log.close()
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,9 @@ class Bar(Display):
 
     def __init__(self, total: int, initial: int, status: Callable[[], str] | None = None):
         self.status = status
-        self.bar = tqdm(total=total or None, initial=initial, unit="step", desc="train", file=sys.stderr,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total or None, initial=initial, unit="step", desc="train", file=sys.stderr, dynamic_ncols=True
+        )
 
     def step(self, skipped: bool) -> None:
         self.bar.update(0 if skipped else 1)
@@ -77,10 +79,17 @@ class Lines(Display):
     def interval(self, record: dict, ema: float, heads: dict[str, float]) -> None:
         step = f"{record['step']}/{self.total}" if self.total else record["step"]
         status = self.status() if self.status is not None else ""
-        log_event(logger, "train_progress", step=step, loss=record["loss"],
-                  **{k: v for k, v in record.items() if k.startswith("loss_")},
-                  crops_per_s=record["crops_per_s"], lr=record["lr"], train_s=record["train_s"],
-                  **({"status": status} if status else {}))
+        log_event(
+            logger,
+            "train_progress",
+            step=step,
+            loss=record["loss"],
+            **{k: v for k, v in record.items() if k.startswith("loss_")},
+            crops_per_s=record["crops_per_s"],
+            lr=record["lr"],
+            train_s=record["train_s"],
+            **({"status": status} if status else {}),
+        )
 
 
 def display(enabled: bool, total: int, initial: int, status: Callable[[], str] | None = None) -> Display:
@@ -117,6 +126,7 @@ class TrainLog:
 class IntervalLog:
     """The losses and crops of the current interval; every `every` steps (counted by the run's
     step) their mean loss, crops/s, lr, ... go to train.jsonl and to the display."""
+
     every: int
     file: TrainLog | None
     show: Display = field(default_factory=Display)
@@ -147,10 +157,16 @@ class IntervalLog:
         rate = self.crops / max(now - self.since, 1e-9)
         self.last_loss = float(np.mean(self.losses))
         self.first_loss = self.last_loss if math.isnan(self.first_loss) else self.first_loss
-        record = {"step": trainer.step_count, "loss": round(self.last_loss, 5), "lr": result.lr,
-                  "crops_per_s": round(rate, 1), "grad_norm": round(result.grad_norm, 4),
-                  "nan_skipped": trainer.nan_skipped, "train_s": round(trainer.train_seconds, 2),
-                  "time": round(time.time(), 3)}
+        record = {
+            "step": trainer.step_count,
+            "loss": round(self.last_loss, 5),
+            "lr": result.lr,
+            "crops_per_s": round(rate, 1),
+            "grad_norm": round(result.grad_norm, 4),
+            "nan_skipped": trainer.nan_skipped,
+            "train_s": round(trainer.train_seconds, 2),
+            "time": round(time.time(), 3),
+        }
         if self.heads:  # each head's loss of the interval (unweighted), when it had one
             self.last_heads = {k: float(np.mean(v)) for k, v in self.heads.items()}
             record.update({f"loss_{k}": round(v, 5) for k, v in self.last_heads.items()})

@@ -12,6 +12,7 @@
 Sampling uses the trainer's numpy Generator, so a batch is a function of the buffer's content
 and that generator's state (what checkpoints store).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,23 +23,38 @@ import os
 import queue
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from streamer.config import StreamerConfig
 from common.errors import SourceError, UserError
 from common.log import log_event
 from learner.pairs import PairBatch, PairFeed, RingPairFeed
-from streamer.shm.pairbuffer import PairBuffer
+from streamer.config import StreamerConfig
 from streamer.motion.prune import pruned_summary, relax_hint
+from streamer.shm.pairbuffer import PairBuffer
 from streamer.shm.ringbuffer import Batch, BufferConfig, RingBuffer, sample_from_result, slots_for
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts",
-                    ".flv", ".wmv", ".3gp", ".y4m")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".avi",
+    ".webm",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".mts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".y4m",
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 POLL_S = 0.25  # empty buffer: how often to look again
 
@@ -55,8 +71,9 @@ class Feed(Protocol):
 class RingFeed:
     """Samples from a ring buffer that others fill (the daemon's camera processes)."""
 
-    def __init__(self, ring: RingBuffer, mode: str | None = None, half_life_s: float | None = None,
-                 pairs: PairFeed | None = None):
+    def __init__(
+        self, ring: RingBuffer, mode: str | None = None, half_life_s: float | None = None, pairs: PairFeed | None = None
+    ):
         self.ring = ring
         self.mode = mode or ring.sampling
         self.half_life_s = half_life_s
@@ -80,8 +97,14 @@ class RingFeed:
         return int(self.ring.stats()["fill"])
 
 
-def next_batch(feed: Feed, n: int, rng: np.random.Generator, out: Batch,
-               stop: Callable[[], bool] | None = None, wait_log_s: float = 30.0) -> Batch | None:
+def next_batch(
+    feed: Feed,
+    n: int,
+    rng: np.random.Generator,
+    out: Batch,
+    stop: Callable[[], bool] | None = None,
+    wait_log_s: float = 30.0,
+) -> Batch | None:
     """A non-empty batch of up to n samples, waiting while the buffer is empty; None if `stop()`
     turns true while waiting."""
     waiting_since = last_log = 0.0
@@ -98,13 +121,13 @@ def next_batch(feed: Feed, n: int, rng: np.random.Generator, out: Batch,
         if not waiting_since:
             waiting_since = now
         if now - last_log >= wait_log_s:
-            log_event(logger, "waiting_for_samples", reason="buffer empty",
-                      waited_s=round(now - waiting_since, 1))
+            log_event(logger, "waiting_for_samples", reason="buffer empty", waited_s=round(now - waiting_since, 1))
             last_log = now
         time.sleep(POLL_S)
 
 
 # ---- offline: the streamer on files, in a child process -------------------------------------
+
 
 def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
@@ -166,9 +189,16 @@ class OfflineProgress:
 class OfflineFeed:
     """Context manager: a ring buffer of its own, and a streamer process filling it from files."""
 
-    def __init__(self, inputs: list[str], streamer_cfg: StreamerConfig, buffer_cfg: BufferConfig,
-                 draws_per_sample: float = 4.0, max_buffer_mb: float = 1024.0, log_level: int | None = None,
-                 streamer_threads: int = 1):
+    def __init__(
+        self,
+        inputs: list[str],
+        streamer_cfg: StreamerConfig,
+        buffer_cfg: BufferConfig,
+        draws_per_sample: float = 4.0,
+        max_buffer_mb: float = 1024.0,
+        log_level: int | None = None,
+        streamer_threads: int = 1,
+    ):
         self.specs = expand_inputs(inputs)
         self.streamer_cfg = streamer_cfg
         frames = sum(_frame_count(s, streamer_cfg) for s in self.specs)
@@ -184,7 +214,7 @@ class OfflineFeed:
         self._stop = None
         self.height, self.width = self.buffer_cfg.train_height, self.buffer_cfg.train_width
 
-    def __enter__(self) -> "OfflineFeed":
+    def __enter__(self) -> OfflineFeed:
         self.ring = RingBuffer.create(self.buffer_cfg)
         pc = self.streamer_cfg.patches
         if pc.enabled:
@@ -196,14 +226,32 @@ class OfflineFeed:
         ctx = mp.get_context("spawn")  # never fork a process that holds torch's thread pools
         self._events = ctx.Queue()
         self._stop = ctx.Event()
-        self._proc = ctx.Process(target=_produce, name="motionmask-streamer", daemon=True,
-                                 args=(self.specs, self.streamer_cfg, self.ring.name, self.buffer_cfg,
-                                       self.draws_per_sample, self._events, self._stop, self.log_level,
-                                       self.streamer_threads,
-                                       self.pair_store.name if self.pair_store is not None else ""))
+        self._proc = ctx.Process(
+            target=_produce,
+            name="motionmask-streamer",
+            daemon=True,
+            args=(
+                self.specs,
+                self.streamer_cfg,
+                self.ring.name,
+                self.buffer_cfg,
+                self.draws_per_sample,
+                self._events,
+                self._stop,
+                self.log_level,
+                self.streamer_threads,
+                self.pair_store.name if self.pair_store is not None else "",
+            ),
+        )
         self._proc.start()
-        log_event(logger, "offline_streamer_start", inputs=len(self.specs), pid=self._proc.pid,
-                  buffer=self.ring.name, slots=self.ring.capacity)
+        log_event(
+            logger,
+            "offline_streamer_start",
+            inputs=len(self.specs),
+            pid=self._proc.pid,
+            buffer=self.ring.name,
+            slots=self.ring.capacity,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -254,8 +302,10 @@ class OfflineFeed:
             if p.kept == 0:
                 why = "; ".join(p.errors) or pruned_summary(p.pruned)
                 hint = relax_hint(p.pruned, self.streamer_cfg.prune) or "relax streamer.prune"
-                raise UserError(f"no training samples: the motion masks of {p.frames} frames were all pruned"
-                                f"{f' ({why})' if why else ''}; use clips with moving objects, or {hint}")
+                raise UserError(
+                    f"no training samples: the motion masks of {p.frames} frames were all pruned"
+                    f"{f' ({why})' if why else ''}; use clips with moving objects, or {hint}"
+                )
             return
         if self._proc is not None and not self._proc.is_alive():
             self.poll()
@@ -320,13 +370,24 @@ def _put_no_drop(ring: RingBuffer, sample, my_puts: int, draws_per_sample: float
     return time.monotonic() - t0
 
 
-def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg: BufferConfig,
-             draws_per_sample: float, events, stop, log_level: int, threads: int = 1, pairs_name: str = "") -> None:
+def _produce(
+    specs: list[str],
+    cfg: StreamerConfig,
+    buffer_name: str,
+    buffer_cfg: BufferConfig,
+    draws_per_sample: float,
+    events,
+    stop,
+    log_level: int,
+    threads: int = 1,
+    pairs_name: str = "",
+) -> None:
     """The offline streamer process: inputs one after another, kept results into the buffer, and
     with `pairs_name` every result through a PatchMiner, its pairs into that store (which keeps
     the newest: pairs are not paced like frames)."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S")
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
+    )
     import cv2
 
     cv2.setNumThreads(threads)
@@ -351,6 +412,7 @@ def _produce(specs: list[str], cfg: StreamerConfig, buffer_name: str, buffer_cfg
 class _OfflineStreamer:
     """The motion pipeline of the offline streamer process (_produce), and what it tells the
     parent through `events`: progress twice a second, each input done or skipped, the end."""
+
     cfg: StreamerConfig
     buffer_cfg: BufferConfig
     draws_per_sample: float
@@ -411,8 +473,12 @@ class _OfflineStreamer:
         if miner is not None:
             miner.flush()
             stats = miner.stats.as_dict()
-            log_event(logger, "offline_pairs", input=spec,
-                      **{k: stats[k] for k in ("examined", "started", "pairs", "ms_per_frame") if k in stats})
+            log_event(
+                logger,
+                "offline_pairs",
+                input=spec,
+                **{k: stats[k] for k in ("examined", "started", "pairs", "ms_per_frame") if k in stats},
+            )
         return True
 
     def take(self, r, camera: str, miner) -> None:
@@ -424,8 +490,9 @@ class _OfflineStreamer:
                     time.sleep(0.002)  # lock busy: offline, a pair is not worth dropping
         if r.kept:
             self.kept += 1
-            self.waited += _put_no_drop(self.ring, sample_from_result(r, camera, self.buffer_cfg), self.puts,
-                                        self.draws_per_sample, self.stop)
+            self.waited += _put_no_drop(
+                self.ring, sample_from_result(r, camera, self.buffer_cfg), self.puts, self.draws_per_sample, self.stop
+            )
             self.puts += 1
         else:
             self.pruned[r.reason] = self.pruned.get(r.reason, 0) + 1

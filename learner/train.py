@@ -24,6 +24,7 @@ batches. Around the steps: train.jsonl lines and the progress display every log_
 (learner/progress.py), checkpoints when the clock says (learner/checkpoint.py CheckpointClock),
 the limits, and with several ranks one decision for all (learner/distributed.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,18 +32,19 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
+from common.log import log_event
 from learner import distributed
-from learner.checkpoint import (FORMAT, VERSION, CheckpointClock, CheckpointWriteError, check_compatible,
-                                save_checkpoint)
+from learner.checkpoint import FORMAT, VERSION, CheckpointClock, CheckpointWriteError, check_compatible, save_checkpoint
 from learner.config import LearnerConfig
 from learner.crops import crop_flow, make_crops
 from learner.device import ThreadTrial, available_cores, cpu_threads, resolve_device, use_bf16
@@ -53,8 +55,6 @@ from learner.loss import masked_bce
 from learner.model import architecture, build_model, output_size
 from learner.progress import IntervalLog, TrainLog, display
 from learner.samples import Feed, next_batch
-from common.errors import UserError
-from common.log import log_event
 from streamer.shm.ringbuffer import Batch
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class StepResult:
 @dataclass
 class _Pending:
     """A step whose forward and backward are queued on the device, not yet applied."""
+
     loss: torch.Tensor
     grad_norm: torch.Tensor
     crops: int
@@ -93,7 +94,9 @@ class Trainer:
     def __init__(self, cfg: LearnerConfig, device: torch.device | str | None = None):
         t = cfg.train
         self.cfg = cfg
-        self.device = device if isinstance(device, torch.device) else resolve_device(device or t.device, t.strict_device)
+        self.device = (
+            device if isinstance(device, torch.device) else resolve_device(device or t.device, t.strict_device)
+        )
         self.cuda = self.device.type == "cuda"
         if not self.cuda:
             torch.set_num_threads(cpu_threads(t.threads))
@@ -114,11 +117,19 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.ndim > 1]  # no weight decay on biases and batch norm
         no_decay = [p for p in self.params if p.ndim <= 1]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=t.lr, betas=(0.9, 0.99), fused=True if self.cuda else None)
-        self._bn = [b for m in self.model.modules() if isinstance(m, BATCH_NORMS)
-                    for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr,
+            betas=(0.9, 0.99),
+            fused=True if self.cuda else None,
+        )
+        self._bn = [
+            b
+            for m in self.model.modules()
+            if isinstance(m, BATCH_NORMS)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if b is not None
+        ]
         self._bn_backup = [b.clone() for b in self._bn]
         self.rng = np.random.default_rng(t.seed)  # which buffer samples each step draws
         self.gen = torch.Generator(self.device)  # crop boxes, flips and colours
@@ -159,8 +170,9 @@ class Trainer:
         p = min(max(self.progress, 0.0), 1.0)
         return t.lr * warm * (t.min_lr_fraction + (1 - t.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * p)))
 
-    def upload(self, batch: Batch, pinned: dict[str, torch.Tensor] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def upload(
+        self, batch: Batch, pinned: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frames, trimaps and valid boxes of a Batch on the device. From pinned host tensors
         (HostBatches) the copies are asynchronous."""
         n = len(batch)
@@ -170,11 +182,15 @@ class Trainer:
             frames, trimaps = torch.from_numpy(batch.frames), torch.from_numpy(batch.trimaps)
         valid = torch.from_numpy(np.ascontiguousarray(batch.valid, dtype=np.int64))
         nb = self.cuda and pinned is not None
-        return (frames.to(self.device, non_blocking=nb), trimaps.to(self.device, non_blocking=nb),
-                valid.to(self.device))
+        return (
+            frames.to(self.device, non_blocking=nb),
+            trimaps.to(self.device, non_blocking=nb),
+            valid.to(self.device),
+        )
 
-    def forward_backward(self, frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor,
-                         extra: HeadInputs | None = None) -> _Pending:
+    def forward_backward(
+        self, frames: torch.Tensor, trimaps: torch.Tensor, valid: torch.Tensor, extra: HeadInputs | None = None
+    ) -> _Pending:
         """Steps 1-4. On CUDA this only queues work: nothing waits for the GPU here.
         extra: what the extra heads' losses need (upload_heads); ignored without extra heads."""
         self.model.train()
@@ -200,12 +216,14 @@ class Trainer:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip or math.inf)
         crops_all_ranks = int(crops.images.shape[0]) * distributed.world_size()
-        self._pending = _Pending(loss.detach(), norm.detach(), crops_all_ranks, gen_state,
-                                 {k: v.detach() for k, v in losses.items()})
+        self._pending = _Pending(
+            loss.detach(), norm.detach(), crops_all_ranks, gen_state, {k: v.detach() for k, v in losses.items()}
+        )
         return self._pending
 
-    def head_losses(self, mask_loss: torch.Tensor, outputs: dict[str, torch.Tensor], crops, valid: torch.Tensor,
-                    extra: HeadInputs) -> dict[str, torch.Tensor]:
+    def head_losses(
+        self, mask_loss: torch.Tensor, outputs: dict[str, torch.Tensor], crops, valid: torch.Tensor, extra: HeadInputs
+    ) -> dict[str, torch.Tensor]:
         """Step 3 for the extra heads: each enabled head's loss (float32), unweighted. A head with
         nothing to learn from in this batch (no sample with flow; no pairs from two groups: see
         upload_heads and draw_pairs, decided on the host) is left out of the sum."""
@@ -244,13 +262,22 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             self.nan_skipped += 1
             self.nan_streak += 1
-            log_event(logger, "nan_step_skipped", logging.WARNING, step=self.step_count, loss=loss,
-                      grad_norm=norm, in_a_row=self.nan_streak, total=self.nan_skipped)
+            log_event(
+                logger,
+                "nan_step_skipped",
+                logging.WARNING,
+                step=self.step_count,
+                loss=loss,
+                grad_norm=norm,
+                in_a_row=self.nan_streak,
+                total=self.nan_skipped,
+            )
             if self.nan_streak >= self.cfg.train.max_nan_steps:
                 raise NonFiniteLoss(
                     f"training stopped: the loss was not finite for {self.nan_streak} steps in a row "
                     f"(learner.train.max_nan_steps) after step {self.step_count}; lower learner.train.lr "
-                    f"or check the input frames")
+                    f"or check the input frames"
+                )
             return StepResult(math.nan, lr, norm, pending.crops, True)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -280,12 +307,21 @@ class Trainer:
         got = 0 if pairs is None else len(pairs.group)
         groups = 0 if pairs is None else len(np.unique(pairs.group))
         if groups < 2:  # a pair needs a negative from another (camera, shot)
-            why = ("no pair feed" if pair_feed is None else
-                   f"{got} pair(s) from {groups} shot(s) in the store; negatives need two "
-                   f"(streamer.patches.enabled mines pairs from moving objects)")
+            why = (
+                "no pair feed"
+                if pair_feed is None
+                else f"{got} pair(s) from {groups} shot(s) in the store; negatives need two "
+                f"(streamer.patches.enabled mines pairs from moving objects)"
+            )
             if self._pairs_missing is None:
-                log_event(logger, "embedding_no_pairs", logging.WARNING, step=self.step_count, reason=why,
-                          effect="embedding loss skipped until pairs arrive")
+                log_event(
+                    logger,
+                    "embedding_no_pairs",
+                    logging.WARNING,
+                    step=self.step_count,
+                    reason=why,
+                    effect="embedding loss skipped until pairs arrive",
+                )
             self._pairs_missing = why
             return None
         if self._pairs_missing is not None:
@@ -312,16 +348,29 @@ class Trainer:
         when training resumes (fit passes the state before its prefetched batch was drawn)."""
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         return {
-            "format": FORMAT, "version": VERSION, "step": self.step_count,
-            "arch": self.arch, "config": dataclasses.asdict(self.cfg),
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": numpy_rng_state or self.rng.bit_generator.state,
-                    "torch": torch.get_rng_state(), "cuda": cuda_rng, "crops": self.gen.get_state(),
-                    "crops_device": self.device.type},
-            "counters": {"nan_skipped": self.nan_skipped, "crops_seen": self.crops_seen,
-                         "train_seconds": self.train_seconds},
+            "format": FORMAT,
+            "version": VERSION,
+            "step": self.step_count,
+            "arch": self.arch,
+            "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": numpy_rng_state or self.rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+                "cuda": cuda_rng,
+                "crops": self.gen.get_state(),
+                "crops_device": self.device.type,
+            },
+            "counters": {
+                "nan_skipped": self.nan_skipped,
+                "crops_seen": self.crops_seen,
+                "train_seconds": self.train_seconds,
+            },
             "slot_size": list(self.slot_size) if self.slot_size else None,
-            "saved_at": time.time(), "torch_version": str(torch.__version__),
+            "saved_at": time.time(),
+            "torch_version": str(torch.__version__),
         }
 
     def load_state_dict(self, state: dict, path: str | Path = "checkpoint") -> None:
@@ -355,6 +404,7 @@ class Trainer:
 
 # ---- the loop -------------------------------------------------------------------------------
 
+
 class HostBatches:
     """Two host batches used in turn: one is copied to the device while the other is filled.
     Pinned (page-locked) on CUDA, so that the copies run asynchronously."""
@@ -362,8 +412,10 @@ class HostBatches:
     def __init__(self, capacity: int, height: int, width: int, pin: bool):
         self._tensors, self._batches, self._i = [], [], 0
         for _ in range(2):
-            t = {"frames": torch.empty((capacity, height, width, 3), dtype=torch.uint8, pin_memory=pin),
-                 "trimaps": torch.empty((capacity, height, width), dtype=torch.uint8, pin_memory=pin)}
+            t = {
+                "frames": torch.empty((capacity, height, width, 3), dtype=torch.uint8, pin_memory=pin),
+                "trimaps": torch.empty((capacity, height, width), dtype=torch.uint8, pin_memory=pin),
+            }
             self._tensors.append(t)
             self._batches.append(Batch(capacity, height, width, storage={k: v.numpy() for k, v in t.items()}))
 
@@ -422,10 +474,18 @@ def limit_reached(trainer: Trainer, limits: Limits, stop: Callable[[], bool] | N
     return None
 
 
-def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits, progress: bool = True,
-        stop: Callable[[], bool] | None = None, status: Callable[[], str] | None = None,
-        interrupts: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
-        on_step: Callable[[Trainer, StepResult], bool] | None = None, pairs=None) -> Summary:
+def fit(
+    trainer: Trainer,
+    feed: Feed,
+    run_dir: str | Path | None,
+    limits: Limits,
+    progress: bool = True,
+    stop: Callable[[], bool] | None = None,
+    status: Callable[[], str] | None = None,
+    interrupts: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
+    on_step: Callable[[Trainer, StepResult], bool] | None = None,
+    pairs=None,
+) -> Summary:
     """Train on samples from `feed` until a limit is reached or `stop()` turns true. Writes
     RUN/train.jsonl and checkpoints (on the configured schedule and at the end, also after an
     interrupt or an error); run_dir None: neither. progress: a bar on a terminal, a log line per
@@ -438,8 +498,9 @@ def fit(trainer: Trainer, feed: Feed, run_dir: str | Path | None, limits: Limits
     has sample_pairs (RingFeed, OfflineFeed). Without pairs the embedding loss is skipped (one log line)."""
     run_dir = Path(run_dir) if run_dir is not None else None
     draw = _Draw(trainer, feed, pairs, stop)  # the next batch of buffer samples and its pairs
-    log = IntervalLog(trainer.cfg.train.log_every, TrainLog.open(run_dir),
-                      display(progress, limits.steps, trainer.step_count, status))
+    log = IntervalLog(
+        trainer.cfg.train.log_every, TrainLog.open(run_dir), display(progress, limits.steps, trainer.step_count, status)
+    )
     k = trainer.cfg.checkpoint
     clock = CheckpointClock(k.every_steps, k.every_minutes, trainer.step_count)
     threads = ThreadTrial() if _try_all_cores(trainer) else None
@@ -486,8 +547,9 @@ def save(trainer: Trainer, run_dir: Path, clock: CheckpointClock, numpy_rng_stat
     drawn ahead). A failed write (a full disk) is logged and training goes on: the next is tried
     on schedule."""
     try:
-        path = save_checkpoint(run_dir, trainer.state_dict(numpy_rng_state=numpy_rng_state),
-                               keep=trainer.cfg.checkpoint.keep)
+        path = save_checkpoint(
+            run_dir, trainer.state_dict(numpy_rng_state=numpy_rng_state), keep=trainer.cfg.checkpoint.keep
+        )
     except CheckpointWriteError as e:
         clock.saved(trainer.step_count)
         log_event(logger, "checkpoint_failed", logging.WARNING, step=trainer.step_count, error=e)
@@ -539,6 +601,7 @@ def _try_all_cores(trainer: Trainer) -> bool:
 @dataclass(frozen=True)
 class _Start:
     """The run's counters when fit() began: its Summary counts from here."""
+
     step: int
     crops_seen: int
     nan_skipped: int
@@ -548,10 +611,25 @@ class _Start:
     def of(cls, trainer: Trainer) -> _Start:
         return cls(trainer.step_count, trainer.crops_seen, trainer.nan_skipped, time.monotonic())
 
-    def summary(self, trainer: Trainer, losses: tuple[float, float, dict[str, float]], stopped: str,
-                checkpoint: Path | None, interrupted_by: str) -> Summary:
+    def summary(
+        self,
+        trainer: Trainer,
+        losses: tuple[float, float, dict[str, float]],
+        stopped: str,
+        checkpoint: Path | None,
+        interrupted_by: str,
+    ) -> Summary:
         first, last, heads = losses
-        return Summary(step=trainer.step_count, steps=trainer.step_count - self.step,
-                       crops=trainer.crops_seen - self.crops_seen, seconds=time.monotonic() - self.time,
-                       first_loss=first, last_loss=last, nan_skipped=trainer.nan_skipped - self.nan_skipped,
-                       stopped=stopped, checkpoint=checkpoint, interrupted_by=interrupted_by, last_losses=heads)
+        return Summary(
+            step=trainer.step_count,
+            steps=trainer.step_count - self.step,
+            crops=trainer.crops_seen - self.crops_seen,
+            seconds=time.monotonic() - self.time,
+            first_loss=first,
+            last_loss=last,
+            nan_skipped=trainer.nan_skipped - self.nan_skipped,
+            stopped=stopped,
+            checkpoint=checkpoint,
+            interrupted_by=interrupted_by,
+            last_losses=heads,
+        )

@@ -4,6 +4,7 @@ them in there); see motionmask/remote_send.py, motionmask/remote_learn.py and do
 
 No imports from the rest of the project: learner/config.py composes it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,12 +42,21 @@ class TransportConfig:
             (f"{prefix}.sndhwm", 1 <= self.sndhwm <= 1_000_000, "between 1 and 1000000"),
             (f"{prefix}.jpeg_quality", 10 <= self.jpeg_quality <= 100, "between 10 and 100"),
             (f"{prefix}.heartbeat_s", self.heartbeat_s >= 0, ">= 0 (0 = off)"),
-            (f"{prefix}.bundles", not self.bundles or "://" in self.bundles,
-             "empty or a ZeroMQ endpoint such as tcp://learner:5560"),
-            (f"{prefix}.curve_server_key", not self.curve_server_key or bool(self.curve_secret_file),
-             f"empty unless learner.{prefix}.curve_secret_file is set (the rig's own key pair)"),
-            (f"{prefix}.curve_clients_dir", not self.curve_clients_dir or bool(self.curve_secret_file),
-             f"empty unless learner.{prefix}.curve_secret_file is set (the learner's key pair)"),
+            (
+                f"{prefix}.bundles",
+                not self.bundles or "://" in self.bundles,
+                "empty or a ZeroMQ endpoint such as tcp://learner:5560",
+            ),
+            (
+                f"{prefix}.curve_server_key",
+                not self.curve_server_key or bool(self.curve_secret_file),
+                f"empty unless learner.{prefix}.curve_secret_file is set (the rig's own key pair)",
+            ),
+            (
+                f"{prefix}.curve_clients_dir",
+                not self.curve_clients_dir or bool(self.curve_secret_file),
+                f"empty unless learner.{prefix}.curve_secret_file is set (the learner's key pair)",
+            ),
             (f"{prefix}.samples_per_insert", 0 <= self.samples_per_insert <= 1e6, ">= 0 (0 = no limit)"),
             (f"{prefix}.tolerance", self.tolerance >= 1, ">= 1 sample"),
             (f"{prefix}.decoders", 1 <= self.decoders <= 64, "between 1 and 64"),

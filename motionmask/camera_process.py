@@ -17,6 +17,7 @@ counts it. A SIGKILLed child loses at most the last half second of counters.
 Exit status: 0 the source ended (a file without loop), 128 + N stopped by signal N, 3 the source
 failed (missing, unplugged, unreachable), 2 another user error, 1 a crash.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,17 @@ class CameraProcess:
         self.error = ""
         self.source = None
         self.counters: dict[str, Any] = {
-            "frames": 0, "shots": 0, "kept": 0, "pruned": 0, "buffer_puts": 0, "buffer_drops": 0,
-            "forward_drops": 0, "ms_per_frame": 0.0, "fps": 0.0, "pair_puts": 0, "pair_drops": 0,
+            "frames": 0,
+            "shots": 0,
+            "kept": 0,
+            "pruned": 0,
+            "buffer_puts": 0,
+            "buffer_drops": 0,
+            "forward_drops": 0,
+            "ms_per_frame": 0.0,
+            "fps": 0.0,
+            "pair_puts": 0,
+            "pair_drops": 0,
             "pair_ms_per_frame": 0.0,
         }
         self.pruned_by: dict[str, int] = {}
@@ -84,8 +94,17 @@ class CameraProcess:
         self.masks = push_socket(self.ctx, spec["forward_endpoint"], FORWARD_HWM)
         # an orphan closes its source on SIGTERM; 5 s later it exits whatever the source is doing
         stats = push_socket(self.ctx, spec["forward_endpoint"], FORWARD_HWM)
-        self.reporter = Reporter("camera", self.snapshot, stats, MSG_STATS, int(spec["parent_pid"]), grace_s=5.0,
-                                 orphan_exit=EXIT_OK, interval=REPORT_INTERVAL_S, camera=self.name)
+        self.reporter = Reporter(
+            "camera",
+            self.snapshot,
+            stats,
+            MSG_STATS,
+            int(spec["parent_pid"]),
+            grace_s=5.0,
+            orphan_exit=EXIT_OK,
+            interval=REPORT_INTERVAL_S,
+            camera=self.name,
+        )
         self.ring: RingBuffer | None = None
         self.buffer_cfg: BufferConfig | None = None
         self.pairs = None  # streamer.shm.pairbuffer.PairBuffer, with a PatchMiner, when this camera mines pairs
@@ -166,10 +185,20 @@ class CameraProcess:
         self._running_since = time.monotonic()
         if self.stop.is_set():
             source.close()
-        self.info = {"kind": source.kind, "width": source.width, "height": source.height,
-                     "fps_nominal": source.fps or 0.0}
-        log_event(log, "camera_running", camera=self.name, kind=source.kind,
-                  size=f"{source.width}x{source.height}", fps=source.fps or 0.0)
+        self.info = {
+            "kind": source.kind,
+            "width": source.width,
+            "height": source.height,
+            "fps_nominal": source.fps or 0.0,
+        }
+        log_event(
+            log,
+            "camera_running",
+            camera=self.name,
+            kind=source.kind,
+            size=f"{source.width}x{source.height}",
+            fps=source.fps or 0.0,
+        )
 
     def _segment(self, source: Source, seg: MotionSegmenter) -> None:
         """Every frame through the segmenter until the source ends or a stop; a file in realtime
@@ -184,8 +213,7 @@ class CameraProcess:
                     anchor = self._pace(frame.timestamp, anchor)
                     if self.stop.is_set():
                         break
-                self._capture_ns[frame.index] = (int(frame.timestamp * 1e9) if source.live
-                                                 else time.time_ns())
+                self._capture_ns[frame.index] = int(frame.timestamp * 1e9) if source.live else time.time_ns()
                 t0 = time.perf_counter()
                 results = seg.push(frame)
                 self._handle(results, (time.perf_counter() - t0) * 1e3)
@@ -260,11 +288,24 @@ class CameraProcess:
         if c["kept"] >= FEW_KEPT_FRACTION * c["frames"]:
             return
         hint = relax_hint(self.pruned_by, self.cfg.prune)
-        log_event(log, "few_frames_kept", logging.WARNING, camera=self.name, kept=c["kept"], frames=c["frames"],
-                  pruned=pruned_summary(self.pruned_by), hint=hint or "-")
-        self.warnings.append({"time": round(time.time(), 3), "key": "streamer.prune",
-                              "text": f"camera {self.name} kept {c['kept']} of its first {c['frames']} frames "
-                                      f"(pruned: {pruned_summary(self.pruned_by)})" + (f"; {hint}" if hint else "")})
+        log_event(
+            log,
+            "few_frames_kept",
+            logging.WARNING,
+            camera=self.name,
+            kept=c["kept"],
+            frames=c["frames"],
+            pruned=pruned_summary(self.pruned_by),
+            hint=hint or "-",
+        )
+        self.warnings.append(
+            {
+                "time": round(time.time(), 3),
+                "key": "streamer.prune",
+                "text": f"camera {self.name} kept {c['kept']} of its first {c['frames']} frames "
+                f"(pruned: {pruned_summary(self.pruned_by)})" + (f"; {hint}" if hint else ""),
+            }
+        )
 
     def _mine(self, r) -> None:
         """Tracked-patch pairs into the pair store; never waits (a busy store drops, and counts)."""
@@ -292,15 +333,29 @@ class CameraProcess:
 
                 if self.student is None and follows_latest(self.student_dir):
                     self.student = BundleRunner(self.student_dir, threads=1)  # one thread: the camera's fps first
-                    log_event(log, "student_loaded", camera=self.name, version=self.student.version,
-                              provider=self.student.device.provider)
+                    log_event(
+                        log,
+                        "student_loaded",
+                        camera=self.name,
+                        version=self.student.version,
+                        provider=self.student.device.provider,
+                    )
                 elif self.student is not None:
                     self.student.reload_if_changed()
             if self.student is None:
                 return
             version = self.student.version
-            fused, mask = live_step(carried, motion, r.frame.image, r.shot, r.flow, self.student, version,
-                                    self.min_student, self.cfg.flow.width)
+            fused, mask = live_step(
+                carried,
+                motion,
+                r.frame.image,
+                r.shot,
+                r.flow,
+                self.student,
+                version,
+                self.min_student,
+                self.cfg.flow.width,
+            )
         except Exception as e:
             if str(e) != self._student_error:
                 self._student_error = str(e)
@@ -326,8 +381,16 @@ class CameraProcess:
         except protocol.ProtocolError:
             self.counters["forward_drops"] += 1
             return
-        meta = json.dumps({"frame": r.frame.index, "shot": r.shot, "capture_ns": capture_ns,
-                           "width": w, "height": h, **({"model_version": model_version} if model_version else {})}).encode()
+        meta = json.dumps(
+            {
+                "frame": r.frame.index,
+                "shot": r.shot,
+                "capture_ns": capture_ns,
+                "width": w,
+                "height": h,
+                **({"model_version": model_version} if model_version else {}),
+            }
+        ).encode()
         try:
             self.masks.send_multipart([MSG_MASK, self.name.encode(), kind.encode(), meta, payload], zmq.NOBLOCK)
         except zmq.Again:
@@ -342,15 +405,18 @@ class CameraProcess:
         img = r.frame.image
         h, w = img.shape[:2]
         if w > self.frame_width:
-            img = cv2.resize(img, (self.frame_width, max(1, round(h * self.frame_width / w))),
-                             interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, self.frame_quality])
+            img = cv2.resize(
+                img, (self.frame_width, max(1, round(h * self.frame_width / w))), interpolation=cv2.INTER_AREA
+            )
+        ok, buf = cv2.imencode(
+            ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.frame_quality]
+        )
         if not ok:
             return
         h, w = img.shape[:2]
-        meta = json.dumps({"frame": r.frame.index, "shot": r.shot, "capture_ns": capture_ns,
-                           "width": w, "height": h}).encode()
+        meta = json.dumps(
+            {"frame": r.frame.index, "shot": r.shot, "capture_ns": capture_ns, "width": w, "height": h}
+        ).encode()
         try:
             self.masks.send_multipart([MSG_MASK, self.name.encode(), b"frame", meta, buf.tobytes()], zmq.NOBLOCK)
         except zmq.Again:
@@ -360,8 +426,15 @@ class CameraProcess:
         c = dict(self.counters)
         c["fps"] = self.fps()
         src = self.source
-        out = {"child": self.name, "camera": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error,
-               "pruned_by": dict(self.pruned_by), **c}
+        out = {
+            "child": self.name,
+            "camera": self.name,
+            "pid": os.getpid(),
+            "phase": self.phase,
+            "error": self.error,
+            "pruned_by": dict(self.pruned_by),
+            **c,
+        }
         if src is not None:
             out["source"] = dict(getattr(self, "info", {}), **dict(src.stats))
             if getattr(src, "link", None):  # network sources: running | reconnecting | failed, and why

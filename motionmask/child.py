@@ -4,6 +4,7 @@ readable by every user through ps), log lines to stderr (inherited from the daem
 and SIGINT taken as a stop from the first moment, before the process object exists; and how they
 report to the daemon and notice that it died (Reporter).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,14 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import zmq
 
-from motionmask.journald import setup_logging
 from common.errors import UserError
 from common.log import log_event
+from motionmask.journald import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class Supervised(Protocol):
     phase: str
     error: str
     signum: int
-    reporter: "Reporter"
+    reporter: Reporter
 
     def close(self) -> None: ...
 
@@ -110,8 +112,18 @@ class Reporter(threading.Thread):
     `grace_s` without an exit the process exits with `orphan_exit` (the main thread is stuck).
     `role` names the log event (`<role>_orphaned`); `fields` go into every log line."""
 
-    def __init__(self, role: str, snapshot: Callable[[], dict], sock: zmq.Socket, topic: bytes, parent_pid: int,
-                 grace_s: float, orphan_exit: int, interval: float = 0.5, **fields: Any) -> None:
+    def __init__(
+        self,
+        role: str,
+        snapshot: Callable[[], dict],
+        sock: zmq.Socket,
+        topic: bytes,
+        parent_pid: int,
+        grace_s: float,
+        orphan_exit: int,
+        interval: float = 0.5,
+        **fields: Any,
+    ) -> None:
         super().__init__(name=f"reporter-{fields.get('camera', role)}", daemon=True)
         self.role, self.snapshot, self.sock, self.topic = role, snapshot, sock, topic
         self.parent_pid, self.grace_s, self.orphan_exit, self.interval = parent_pid, grace_s, orphan_exit, interval

@@ -1,6 +1,7 @@
 """`motionmask` command line. Each command lives in motionmask/commands/<name>.py and exposes
 `add_parser(subparsers)` and `run(args) -> int`. User mistakes become one line on stderr and a
 non-zero exit, never a traceback."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ _RIG = ("cv2", "skimage", "scipy")
 _WEB = ("starlette", "uvicorn")
 _LEARN = ("torch", "onnx", "onnxscript")
 NEEDS: dict[str, tuple[str, ...]] = {
-    "run": _RIG + _WEB, "learn": _RIG + _WEB + _LEARN, "console": _WEB, "subscribe": _RIG, "masks": _RIG,
-    "train": _RIG + _LEARN, "export": _RIG + _LEARN, "synth": _RIG,
+    "run": _RIG + _WEB,
+    "learn": _RIG + _WEB + _LEARN,
+    "console": _WEB,
+    "subscribe": _RIG,
+    "masks": _RIG,
+    "train": _RIG + _LEARN,
+    "export": _RIG + _LEARN,
+    "synth": _RIG,
 }  # device, predict, keys, status: the device role (predict --checkpoint and --overlay load more, see main)
 ROLE_MODULES = frozenset(_RIG + _WEB + _LEARN)
 ROLE_ERROR = "motionmask {command} needs the rig/learn role: pip install 'motionmask[all]'"

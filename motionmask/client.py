@@ -7,6 +7,7 @@
 `MaskSubscriber` is the same thing as an object with `recv(timeout)`. Messages that are not
 schema-1 masks are skipped with one warning line each; they never raise.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,9 +21,9 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from streamer.live import protocol
 from common.errors import UserError
 from common.log import log_event
+from streamer.live import protocol
 
 log = logging.getLogger("motionmask.client")
 
@@ -30,18 +31,29 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 # What a monitor event means to someone waiting for masks; each is said once per connection state.
 _NOTES = {
-    zmq.EVENT_CONNECT_RETRIED: (logging.WARNING, "endpoint_unreachable",
-                                "nothing answers there yet; still waiting (Ctrl-C or a timeout ends it)"),
+    zmq.EVENT_CONNECT_RETRIED: (
+        logging.WARNING,
+        "endpoint_unreachable",
+        "nothing answers there yet; still waiting (Ctrl-C or a timeout ends it)",
+    ),
     zmq.EVENT_CONNECTED: (logging.INFO, "connected", ""),
     zmq.EVENT_DISCONNECTED: (logging.WARNING, "disconnected", "publisher went away; reconnecting"),
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: (logging.WARNING, "curve_denied",
-                                      "the publisher refused this client's key; ask its operator to copy "
-                                      "your public .key into publish.curve_clients_dir"),
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (logging.WARNING, "handshake_failed",
-                                          "security mismatch: does the publisher use CURVE (then pass its "
-                                          "public key) or not (then pass none)?"),
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: (logging.WARNING, "handshake_failed",
-                                           "wrong server key, or the publisher's security differs from ours"),
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: (
+        logging.WARNING,
+        "curve_denied",
+        "the publisher refused this client's key; ask its operator to copy "
+        "your public .key into publish.curve_clients_dir",
+    ),
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
+        logging.WARNING,
+        "handshake_failed",
+        "security mismatch: does the publisher use CURVE (then pass its public key) or not (then pass none)?",
+    ),
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: (
+        logging.WARNING,
+        "handshake_failed",
+        "wrong server key, or the publisher's security differs from ours",
+    ),
 }
 
 
@@ -71,10 +83,17 @@ class MaskSubscriber:
         publisher without publish.curve_clients_dir accepts.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, topic: str | Sequence[str] = "mask.", *,
-                 latest: bool = False, curve_server_key: str | Path | None = None,
-                 curve_secret_file: str | Path | None = None, rcvhwm: int = 32,
-                 max_msg_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        topic: str | Sequence[str] = "mask.",
+        *,
+        latest: bool = False,
+        curve_server_key: str | Path | None = None,
+        curve_secret_file: str | Path | None = None,
+        rcvhwm: int = 32,
+        max_msg_bytes: int = 64 << 20,
+    ) -> None:
         if "://" not in endpoint:
             raise UserError(f"endpoint {endpoint!r} is not a ZeroMQ endpoint; use e.g. {DEFAULT_ENDPOINT}")
         topics = [topic] if isinstance(topic, str) else list(topic)
@@ -108,9 +127,13 @@ class MaskSubscriber:
             elif curve_secret_file:
                 raise UserError("a curve secret file needs the publisher's public key too (curve server key)")
             self._monitor = s.get_monitor_socket(
-                zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
-                | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                zmq.EVENT_CONNECTED
+                | zmq.EVENT_CONNECT_RETRIED
+                | zmq.EVENT_DISCONNECTED
+                | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            )
             for t in topics:
                 s.setsockopt(zmq.SUBSCRIBE, t.encode())
             s.connect(endpoint)
@@ -214,9 +237,14 @@ class MaskSubscriber:
         self.close()
 
 
-def subscribe(endpoint: str = DEFAULT_ENDPOINT, topic: str | Sequence[str] = "mask.", *,
-              count: int = 0, timeout: float | None = None, **options: Any
-              ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+def subscribe(
+    endpoint: str = DEFAULT_ENDPOINT,
+    topic: str | Sequence[str] = "mask.",
+    *,
+    count: int = 0,
+    timeout: float | None = None,
+    **options: Any,
+) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
     """Yield (header, mask) until `count` masks (0 = no limit) or until no mask has come for
     `timeout` seconds (None = wait forever). `options` go to MaskSubscriber."""
     with MaskSubscriber(endpoint, topic, **options) as sub:

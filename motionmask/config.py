@@ -3,19 +3,20 @@
 Each package owns the dataclasses of its own part (streamer.config, ...); this module composes
 them. The loader's rules (unknown keys, types, defaults) are common.config's, the same everywhere.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError, from_dict, merge, read_yaml
-from streamer.config import StreamerConfig
-from streamer.shm.ringbuffer import BufferConfig
-from streamer.live.publish import PublishConfig
-from motionmask.daemon_config import CameraConfig, DaemonConfig, validate_cameras
-from learner.config import LearnerConfig
 from exporter.config import ExportConfig
+from learner.config import LearnerConfig
+from motionmask.daemon_config import CameraConfig, DaemonConfig, validate_cameras
 from motionmask.web.config import WebConfig
+from streamer.config import StreamerConfig
+from streamer.live.publish import PublishConfig
+from streamer.shm.ringbuffer import BufferConfig
 
 
 @dataclass

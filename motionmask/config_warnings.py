@@ -7,6 +7,7 @@ The daemon logs each once (`event=config_warning key=... warning=...`, or `event
 for a camera file) and keeps them in its status (`warnings`), which is where the web console's
 event list and `motionmask status` read them.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,13 @@ def _beyond_loopback(endpoint: str) -> bool:
 
 
 def _missing_file(source: Any) -> bool:
-    return (isinstance(source, str) and "://" not in source and not source.startswith(("camera:", "/dev/"))
-            and not source.isdigit() and not os.path.exists(os.path.expanduser(source)))
+    return (
+        isinstance(source, str)
+        and "://" not in source
+        and not source.startswith(("camera:", "/dev/"))
+        and not source.isdigit()
+        and not os.path.exists(os.path.expanduser(source))
+    )
 
 
 def config_warnings(cfg: Config) -> list[dict[str, str]]:
@@ -46,22 +52,37 @@ def config_warnings(cfg: Config) -> list[dict[str, str]]:
     for i, cam in enumerate(cfg.cameras):
         # not fatal (a mount, a recording being copied), but a typo deserves a word at startup
         if cam.enabled and _missing_file(cam.source):
-            warn(f"cameras[{i}].source", f"camera {cam.name}: {redact_url(cam.source)} does not exist (yet); "
-                 f"the camera retries with backoff until it appears", "source_missing")
+            warn(
+                f"cameras[{i}].source",
+                f"camera {cam.name}: {redact_url(cam.source)} does not exist (yet); "
+                f"the camera retries with backoff until it appears",
+                "source_missing",
+            )
     p, w, e = cfg.publish, cfg.web, cfg.export
     if w.enabled and not p.enabled:
-        warn("publish.enabled", "publish.enabled is false: the web console shows the numbers but no pictures "
-             "(it reads masks and frames from the publish endpoint)")
+        warn(
+            "publish.enabled",
+            "publish.enabled is false: the web console shows the numbers but no pictures "
+            "(it reads masks and frames from the publish endpoint)",
+        )
     if p.enabled and _beyond_loopback(p.endpoint) and not p.curve_secret_file:
         frames = " and camera frames (web.frame_fps)" if w.enabled and w.frame_fps > 0 else ""
-        warn("publish.endpoint", f"publish.endpoint {p.endpoint} sends masks{frames} to anyone who can reach it; "
-             "set publish.curve_secret_file (CurveZMQ) or bind 127.0.0.1")
+        warn(
+            "publish.endpoint",
+            f"publish.endpoint {p.endpoint} sends masks{frames} to anyone who can reach it; "
+            "set publish.curve_secret_file (CurveZMQ) or bind 127.0.0.1",
+        )
     if e.enabled and e.serve and _beyond_loopback(e.endpoint) and not e.signing_key:
-        warn("export.signing_key", f"export.endpoint {e.endpoint} serves bundles beyond this machine unsigned: "
-             "a device cannot tell them from a forged one; set export.signing_key (docs/signing.md)")
+        warn(
+            "export.signing_key",
+            f"export.endpoint {e.endpoint} serves bundles beyond this machine unsigned: "
+            "a device cannot tell them from a forged one; set export.signing_key (docs/signing.md)",
+        )
     if e.enabled and e.student_every and not p.enabled:
-        warn("export.student_every", "export.student_every is ignored: cameras publish student masks only "
-             "when publish.enabled is true")
+        warn(
+            "export.student_every",
+            "export.student_every is ignored: cameras publish student masks only when publish.enabled is true",
+        )
     return out
 
 

@@ -10,13 +10,15 @@ envelope, a reply it failed to send) is stuck in the wrong state for every later
 ROUTER answers each message on its own. Every message gets exactly one reply, whatever it holds,
 and nothing a client sends can raise out of `handle()`.
 """
+
 from __future__ import annotations
 
 import errno
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -43,8 +45,10 @@ class ControlUnavailable(Exception):
 def bind_error(endpoint: str, key: str, e: zmq.ZMQError) -> UserError:
     """A bind failure as the one-line message a user can act on."""
     if e.errno == errno.EADDRINUSE:
-        return UserError(f"{key} {endpoint} is already in use (another motionmask daemon?); "
-                         f"stop that process or set {key} to a free port")
+        return UserError(
+            f"{key} {endpoint} is already in use (another motionmask daemon?); "
+            f"stop that process or set {key} to a free port"
+        )
     return UserError(f"{key} {endpoint} cannot be bound: {e.strerror}; use e.g. {DEFAULT_ENDPOINT}")
 
 
@@ -53,8 +57,9 @@ class ControlServer:
     reply dict). Not thread-safe: poll `socket` and call `handle()` from one thread (the daemon's
     main loop does), or run `serve()` in a thread of its own."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, handlers: dict[str, Handler],
-                 key: str = "daemon.control_endpoint") -> None:
+    def __init__(
+        self, ctx: zmq.Context, endpoint: str, handlers: dict[str, Handler], key: str = "daemon.control_endpoint"
+    ) -> None:
         self.handlers = handlers
         self.requests = 0
         self.errors = 0
@@ -117,8 +122,13 @@ class ControlServer:
             self.errors += 1
             now = time.monotonic()
             if now - self._bad_logged_at >= BAD_LOG_EVERY_S:
-                log_event(log, "control_bad_request", logging.WARNING, reason=e,
-                          **({"not_logged_since": self._bad_unlogged} if self._bad_unlogged else {}))
+                log_event(
+                    log,
+                    "control_bad_request",
+                    logging.WARNING,
+                    reason=e,
+                    **({"not_logged_since": self._bad_unlogged} if self._bad_unlogged else {}),
+                )
                 self._bad_logged_at, self._bad_unlogged = now, 0
             else:
                 self._bad_unlogged += 1
@@ -137,11 +147,11 @@ class ControlServer:
             request = json_input.loads(raw.decode("utf-8"))
         except ValueError:  # not UTF-8, not JSON, nested too deeply, a number too long
             shown = raw[:_MAX_REPLY_TO_JUNK].decode("utf-8", "replace")
-            raise ValueError(f"request is not JSON: {shown!r}; send e.g. {{\"cmd\": \"status\"}}") from None
+            raise ValueError(f'request is not JSON: {shown!r}; send e.g. {{"cmd": "status"}}') from None
         if not isinstance(request, dict):
-            raise ValueError(f"request must be a JSON object like {{\"cmd\": \"status\"}}, got {type(request).__name__}")
+            raise ValueError(f'request must be a JSON object like {{"cmd": "status"}}, got {type(request).__name__}')
         if not isinstance(request.get("cmd"), str):
-            raise ValueError("request has no \"cmd\" string; send e.g. {\"cmd\": \"status\"}")
+            raise ValueError('request has no "cmd" string; send e.g. {"cmd": "status"}')
         return request
 
     def close(self) -> None:
@@ -183,8 +193,9 @@ def parse_reply(endpoint: str, raw: bytes) -> dict[str, Any]:
     try:
         reply = json_input.loads(raw)
     except ValueError:
-        raise UserError(f"{endpoint} answered with something that is not JSON: is it a motionmask "
-                        f"daemon's control endpoint?") from None
+        raise UserError(
+            f"{endpoint} answered with something that is not JSON: is it a motionmask daemon's control endpoint?"
+        ) from None
     if not isinstance(reply, dict):
         raise UserError(f"{endpoint} answered {type(reply).__name__}, not a JSON object")
     return reply

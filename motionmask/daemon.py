@@ -18,6 +18,7 @@ consistent snapshot.
 Children run in their own process group so that a Ctrl-C in the terminal reaches only the daemon,
 which then stops them in order. A child whose daemon died stops itself (it watches its parent).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,21 +34,21 @@ from typing import Any
 
 import zmq
 
+from common.config import to_dict
+from common.errors import UserError
+from common.log import log_event
 from motionmask import __version__, remote_roles
 from motionmask.camera_process import EXIT_CRASH, EXIT_OK, EXIT_SOURCE, EXIT_USER, MSG_MASK, MSG_STATS
 from motionmask.config import Config
-from common.config import to_dict
 from motionmask.control import ControlServer
 from motionmask.daemon_config import camera_streamer_config
 from motionmask.lockfile import hold_lock, release
 from motionmask.private_tmp import make_private_dir
-from motionmask.specs import ChildSpec, export_spec
 from motionmask.sdnotify import Notifier
-from common.errors import UserError
+from motionmask.specs import ChildSpec, export_spec
 from streamer.config import PatchConfig
-from common.log import log_event
-from streamer.shm.pairbuffer import PairBuffer
 from streamer.live.publish import MaskPublisher
+from streamer.shm.pairbuffer import PairBuffer
 from streamer.shm.ringbuffer import RingBuffer
 from streamer.sources import redact_url
 
@@ -59,8 +60,12 @@ HANG_TIMEOUT_S = 30.0  # a child that sends no counters for this long is killed 
 # Counters a child reports that add up across its restarts.
 _TOTALS = ("frames", "kept", "pruned", "buffer_puts", "buffer_drops", "forward_drops", "pair_puts", "pair_drops")
 _SOURCE_TOTALS = ("decoded", "dropped_stale", "skipped_corrupt", "reconnects")
-_EXIT_WHY = {EXIT_OK: "source ended", EXIT_SOURCE: "source failed", EXIT_USER: "user error",
-             EXIT_CRASH: "crashed (traceback above)"}
+_EXIT_WHY = {
+    EXIT_OK: "source ended",
+    EXIT_SOURCE: "source failed",
+    EXIT_USER: "user error",
+    EXIT_CRASH: "crashed (traceback above)",
+}
 
 
 @dataclass
@@ -109,8 +114,10 @@ def pair_store_config(cfg: Config) -> PatchConfig | None:
     if not on:
         return None
     if len({p.size for p in on}) > 1:
-        raise UserError("streamer.patches.size differs between cameras; all cameras share one pair store, "
-                        "so set it once in streamer.patches")
+        raise UserError(
+            "streamer.patches.size differs between cameras; all cameras share one pair store, "
+            "so set it once in streamer.patches"
+        )
     return on[0]
 
 
@@ -119,22 +126,30 @@ def camera_specs(cfg: Config, forward: str, buffer_name: str, log_level: str, pa
     for i, cam in enumerate(cfg.cameras):
         if not cam.enabled:
             continue
-        specs.append(ChildSpec(cam.name, "camera", "motionmask.camera_process", {
-            "name": cam.name,
-            "source": cam.source,
-            "source_label": _source_label(cam.source),
-            "streamer": to_dict(camera_streamer_config(cfg.streamer, cam, i)),
-            "realtime": cam.realtime,
-            "publish_encoding": cfg.publish.encoding if cfg.publish.enabled else None,
-            "buffer_name": buffer_name,
-            "buffer": to_dict(cfg.buffer),
-            "pairs_name": pairs_name,  # "" = no pair store
-            "export": export_spec(cfg) if cfg.publish.enabled else None,  # student masks are published
-            "frames": {"fps": cfg.web.frame_fps, "width": cfg.web.frame_width, "quality": cfg.web.jpeg_quality},
-            "forward_endpoint": forward,
-            "parent_pid": os.getpid(),
-            "log_level": log_level,
-        }, _source_label(cam.source)))
+        specs.append(
+            ChildSpec(
+                cam.name,
+                "camera",
+                "motionmask.camera_process",
+                {
+                    "name": cam.name,
+                    "source": cam.source,
+                    "source_label": _source_label(cam.source),
+                    "streamer": to_dict(camera_streamer_config(cfg.streamer, cam, i)),
+                    "realtime": cam.realtime,
+                    "publish_encoding": cfg.publish.encoding if cfg.publish.enabled else None,
+                    "buffer_name": buffer_name,
+                    "buffer": to_dict(cfg.buffer),
+                    "pairs_name": pairs_name,  # "" = no pair store
+                    "export": export_spec(cfg) if cfg.publish.enabled else None,  # student masks are published
+                    "frames": {"fps": cfg.web.frame_fps, "width": cfg.web.frame_width, "quality": cfg.web.jpeg_quality},
+                    "forward_endpoint": forward,
+                    "parent_pid": os.getpid(),
+                    "log_level": log_level,
+                },
+                _source_label(cam.source),
+            )
+        )
     return specs
 
 
@@ -150,22 +165,28 @@ def learner_spec(cfg: Config, forward: str, buffer_name: str, log_level: str, pa
         if t != cfg.streamer.trimap:
             overrides[cam.name] = to_dict(t)
     publish = cfg.publish.enabled and cfg.learner.bootstrap.publish
-    return ChildSpec(LEARNER, "learner", "motionmask.learner_process", {
-        "name": LEARNER,
-        "learner": to_dict(cfg.learner),
-        "trimap": to_dict(cfg.streamer.trimap),
-        "trimap_by_camera": overrides,
-        "fg_threshold": cfg.streamer.prune.fg_threshold,
-        "buffer_name": buffer_name,
-        "buffer": to_dict(cfg.buffer),
-        "pairs_name": pairs_name,
-        "cameras": len(cams),
-        "publish_encoding": cfg.publish.encoding if publish else None,
-        "export": export_spec(cfg),
-        "forward_endpoint": forward,
-        "parent_pid": os.getpid(),
-        "log_level": log_level,
-    }, cfg.learner.run_dir)
+    return ChildSpec(
+        LEARNER,
+        "learner",
+        "motionmask.learner_process",
+        {
+            "name": LEARNER,
+            "learner": to_dict(cfg.learner),
+            "trimap": to_dict(cfg.streamer.trimap),
+            "trimap_by_camera": overrides,
+            "fg_threshold": cfg.streamer.prune.fg_threshold,
+            "buffer_name": buffer_name,
+            "buffer": to_dict(cfg.buffer),
+            "pairs_name": pairs_name,
+            "cameras": len(cams),
+            "publish_encoding": cfg.publish.encoding if publish else None,
+            "export": export_spec(cfg),
+            "forward_endpoint": forward,
+            "parent_pid": os.getpid(),
+            "log_level": log_level,
+        },
+        cfg.learner.run_dir,
+    )
 
 
 WEB = "web.console"  # the web console child's name ('.' is not allowed in camera names)
@@ -173,13 +194,26 @@ WEB = "web.console"  # the web console child's name ('.' is not allowed in camer
 
 def web_spec(cfg: Config, url: str, fd: int, control: str, masks: str, forward: str, log_level: str) -> ChildSpec:
     """The console process (motionmask/web/process.py): it reads this daemon like an outside client."""
-    return ChildSpec(WEB, "web", "motionmask.web.process", {
-        "name": WEB, "web": to_dict(cfg.web), "url": url, "listen_fd": fd, "control_endpoint": control,
-        "masks_endpoint": masks,
-        "run_dir": os.path.abspath(os.path.expanduser(cfg.learner.run_dir)) if cfg.learner.enabled else "",
-        "exports_dir": os.path.abspath(os.path.expanduser(cfg.export.dir)) if cfg.export.enabled else "",
-        "forward_endpoint": forward, "parent_pid": os.getpid(), "log_level": log_level,
-    }, url, pass_fds=(fd,))
+    return ChildSpec(
+        WEB,
+        "web",
+        "motionmask.web.process",
+        {
+            "name": WEB,
+            "web": to_dict(cfg.web),
+            "url": url,
+            "listen_fd": fd,
+            "control_endpoint": control,
+            "masks_endpoint": masks,
+            "run_dir": os.path.abspath(os.path.expanduser(cfg.learner.run_dir)) if cfg.learner.enabled else "",
+            "exports_dir": os.path.abspath(os.path.expanduser(cfg.export.dir)) if cfg.export.enabled else "",
+            "forward_endpoint": forward,
+            "parent_pid": os.getpid(),
+            "log_level": log_level,
+        },
+        url,
+        pass_fds=(fd,),
+    )
 
 
 def cameras_to_run(cfg: Config, role: str) -> list[Any]:
@@ -188,11 +222,13 @@ def cameras_to_run(cfg: Config, role: str) -> list[Any]:
     enabled = [c for c in cfg.cameras if c.enabled] if role == "run" else []
     remote_roles.check(cfg, role)  # names and key files, before anything is opened
     if not enabled and role == "run":
-        raise UserError("no cameras to run: add a `cameras:` section to the config (see "
-                        "configs/rig.yaml), or enable one")
+        raise UserError(
+            "no cameras to run: add a `cameras:` section to the config (see configs/rig.yaml), or enable one"
+        )
     if cfg.learner.enabled and any(c.name == LEARNER for c in enabled):
-        raise UserError(f"a camera is named {LEARNER!r}, the name of the learner process; rename it "
-                        f"(or set learner.enabled: false)")
+        raise UserError(
+            f"a camera is named {LEARNER!r}, the name of the learner process; rename it (or set learner.enabled: false)"
+        )
     return enabled
 
 
@@ -253,8 +289,17 @@ class Daemon:
             from motionmask.web.server import url_of
 
             pub = self.publisher.endpoint if self.publisher else ""
-            specs.append(web_spec(cfg, url_of(self.web_sock), self.web_sock.fileno(), self.control.endpoint, pub,
-                                  self.forward_endpoint, log_level))
+            specs.append(
+                web_spec(
+                    cfg,
+                    url_of(self.web_sock),
+                    self.web_sock.fileno(),
+                    self.control.endpoint,
+                    pub,
+                    self.forward_endpoint,
+                    log_level,
+                )
+            )
         return specs
 
     def _open(self) -> None:
@@ -266,8 +311,7 @@ class Daemon:
         self.pull.setsockopt(zmq.RCVHWM, 1000)
         self.forward_endpoint = f"ipc://{self._tmp}/children.sock"
         self.pull.bind(self.forward_endpoint)
-        self.control = ControlServer(self.ctx, self.dcfg.control_endpoint,
-                                     {"status": self._status, "ping": self._ping})
+        self.control = ControlServer(self.ctx, self.dcfg.control_endpoint, {"status": self._status, "ping": self._ping})
         if self.cfg.publish.enabled:
             self.publisher = MaskPublisher(self.cfg.publish)
         self.ring = RingBuffer.create(self.cfg.buffer)
@@ -289,11 +333,18 @@ class Daemon:
             try:
                 os.makedirs(os.path.expanduser(e.dir), exist_ok=True)
             except OSError as err:
-                raise UserError(f"export.dir {e.dir}: cannot create it ({err.strerror}); choose a writable "
-                                f"folder or set export.enabled: false") from None
-            self.bundles = BundleServer(os.path.expanduser(e.dir), e.endpoint, e.announce_endpoint,
-                                        announce_interval_s=e.announce_interval_s,
-                                        rate_limit_mbps=e.rate_limit_mbps, context=self.ctx).start()
+                raise UserError(
+                    f"export.dir {e.dir}: cannot create it ({err.strerror}); choose a writable "
+                    f"folder or set export.enabled: false"
+                ) from None
+            self.bundles = BundleServer(
+                os.path.expanduser(e.dir),
+                e.endpoint,
+                e.announce_endpoint,
+                announce_interval_s=e.announce_interval_s,
+                rate_limit_mbps=e.rate_limit_mbps,
+                context=self.ctx,
+            ).start()
 
     def _open_web(self) -> None:
         # A taken port leaves the rig without its console, not without its cameras: a viewer must
@@ -316,7 +367,7 @@ class Daemon:
             self._locks.append(hold_lock(os.path.join(run_dir, "daemon.lock"), "learner.run_dir", run_dir))
         ep = self.dcfg.control_endpoint
         if ep.startswith("ipc://"):
-            self._locks.append(hold_lock(ep[len("ipc://"):] + ".lock", "daemon.control_endpoint", ep))
+            self._locks.append(hold_lock(ep[len("ipc://") :] + ".lock", "daemon.control_endpoint", ep))
 
     # -- lifetime ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -324,10 +375,18 @@ class Daemon:
         # SIGHUP too: a daemon started from an ssh session that drops shuts down cleanly
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
-            log_event(log, "daemon_started", pid=os.getpid(), version=__version__,
-                      cameras=",".join(self.children), control=self.control.endpoint,
-                      publish=self.publisher.endpoint if self.publisher else "off", buffer=self.ring.name,
-                      slots=self.ring.capacity, web=self.children[WEB].spec.label if WEB in self.children else "off")
+            log_event(
+                log,
+                "daemon_started",
+                pid=os.getpid(),
+                version=__version__,
+                cameras=",".join(self.children),
+                control=self.control.endpoint,
+                publish=self.publisher.endpoint if self.publisher else "off",
+                buffer=self.ring.name,
+                slots=self.ring.capacity,
+                web=self.children[WEB].spec.label if WEB in self.children else "off",
+            )
             for child in self.children.values():
                 self._start(child)
             self.notify.send(f"READY=1\nSTATUS=supervising {len(self.children)} processes")
@@ -380,8 +439,12 @@ class Daemon:
         self.stopping = True
         self.notify.send("STOPPING=1")
         t0 = time.monotonic()
-        log_event(log, "shutdown", signal=signal.Signals(self._signal).name if self._signal else "-",
-                  timeout_s=self.dcfg.shutdown_timeout_s)
+        log_event(
+            log,
+            "shutdown",
+            signal=signal.Signals(self._signal).name if self._signal else "-",
+            timeout_s=self.dcfg.shutdown_timeout_s,
+        )
         for child in self.children.values():
             if child.state in ("restarting", "starting") and not child.alive():
                 child.state = "stopped"
@@ -393,8 +456,14 @@ class Daemon:
             self._check_children()
         for child in self.children.values():
             if child.alive():
-                log_event(log, "child_killed", logging.WARNING, child=child.spec.name, pid=child.proc.pid,
-                          reason=f"still running after shutdown_timeout_s={self.dcfg.shutdown_timeout_s:g}")
+                log_event(
+                    log,
+                    "child_killed",
+                    logging.WARNING,
+                    child=child.spec.name,
+                    pid=child.proc.pid,
+                    reason=f"still running after shutdown_timeout_s={self.dcfg.shutdown_timeout_s:g}",
+                )
                 self._signal_child(child, signal.SIGKILL)
         for child in self.children.values():
             if child.proc is not None:
@@ -403,9 +472,13 @@ class Daemon:
                 except subprocess.TimeoutExpired:
                     pass
                 self._check_children()
-        log_event(log, "shutdown_done", took_s=time.monotonic() - t0,
-                  frames=sum(self._counter(c, "frames") for c in self.children.values()),
-                  published=self.publisher.stats()["sent"] if self.publisher else 0)
+        log_event(
+            log,
+            "shutdown_done",
+            took_s=time.monotonic() - t0,
+            frames=sum(self._counter(c, "frames") for c in self.children.values()),
+            published=self.publisher.stats()["sent"] if self.publisher else 0,
+        )
 
     def _close_resources(self) -> None:
         if self.control is not None:
@@ -442,8 +515,13 @@ class Daemon:
         spec = child.spec
         try:
             # process_group=0: a terminal's Ctrl-C goes to the daemon only, which stops children in order
-            proc = subprocess.Popen([sys.executable, "-m", spec.module], stdin=subprocess.PIPE,
-                                    process_group=0, close_fds=True, pass_fds=spec.pass_fds)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", spec.module],
+                stdin=subprocess.PIPE,
+                process_group=0,
+                close_fds=True,
+                pass_fds=spec.pass_fds,
+            )
         except OSError as e:
             child.last_error = f"cannot start: {e}"
             log_event(log, "child_start_failed", logging.ERROR, child=spec.name, error=e)
@@ -457,8 +535,15 @@ class Daemon:
         now = time.monotonic()
         child.proc, child.state, child.report, child.kill_reason = proc, "starting", {}, ""
         child.started_at = child.last_report = now
-        log_event(log, "child_started", child=spec.name, role=spec.role, pid=proc.pid, source=spec.label,
-                  restarts=child.restarts)
+        log_event(
+            log,
+            "child_started",
+            child=spec.name,
+            role=spec.role,
+            pid=proc.pid,
+            source=spec.label,
+            restarts=child.restarts,
+        )
 
     def _signal_child(self, child: Child, sig: int) -> None:
         if not child.alive():
@@ -481,8 +566,14 @@ class Daemon:
                 self._drain()  # its last counters and error, if they are still queued
                 self._exited(child, now)
             elif child.proc is not None and not self.stopping and now - child.last_report > HANG_TIMEOUT_S:
-                log_event(log, "child_hung", logging.WARNING, child=child.spec.name, pid=child.proc.pid,
-                          silent_s=now - child.last_report)
+                log_event(
+                    log,
+                    "child_hung",
+                    logging.WARNING,
+                    child=child.spec.name,
+                    pid=child.proc.pid,
+                    silent_s=now - child.last_report,
+                )
                 child.kill_reason = f"hung: no report for {now - child.last_report:.0f} s"
                 self._signal_child(child, signal.SIGKILL)
             elif child.state == "restarting" and not self.stopping and now >= child.next_start:
@@ -496,8 +587,9 @@ class Daemon:
         for k in _TOTALS:
             child.totals[k] = child.totals.get(k, 0) + int(child.report.get(k, 0))
         for k in _SOURCE_TOTALS:
-            child.totals["source_" + k] = (child.totals.get("source_" + k, 0)
-                                           + int(child.report.get("source", {}).get(k, 0)))
+            child.totals["source_" + k] = child.totals.get("source_" + k, 0) + int(
+                child.report.get("source", {}).get(k, 0)
+            )
         child.totals["shots"] = child.totals.get("shots", 0) + int(child.report.get("shots", 0))
         reported = str(child.report.get("error", ""))
         child.report = {}
@@ -513,8 +605,16 @@ class Daemon:
         child.last_exit = _exit_text(code)
         if code != 0 and not self.stopping:
             child.last_error = why
-        log_event(log, "child_exited", logging.INFO if self.stopping or code == 0 else logging.WARNING,
-                  child=child.spec.name, pid=pid, code=_exit_text(code), reason=why, ran_s=ran)
+        log_event(
+            log,
+            "child_exited",
+            logging.INFO if self.stopping or code == 0 else logging.WARNING,
+            child=child.spec.name,
+            pid=pid,
+            code=_exit_text(code),
+            reason=why,
+            ran_s=ran,
+        )
         if self.stopping:
             child.state = "stopped"
         elif code == EXIT_OK:
@@ -528,13 +628,27 @@ class Daemon:
         child.failures += 1
         if self.dcfg.max_restarts and child.failures > self.dcfg.max_restarts:
             child.state = "failed"
-            log_event(log, "child_failed", logging.ERROR, child=child.spec.name, attempts=child.failures - 1,
-                      reason=child.last_error, note="gave up (daemon.max_restarts); fix it and restart the daemon")
+            log_event(
+                log,
+                "child_failed",
+                logging.ERROR,
+                child=child.spec.name,
+                attempts=child.failures - 1,
+                reason=child.last_error,
+                note="gave up (daemon.max_restarts); fix it and restart the daemon",
+            )
             return
         child.state = "restarting"
         child.next_start = now + child.backoff
-        log_event(log, "child_restart", logging.WARNING, child=child.spec.name, attempt=child.failures,
-                  backoff_s=child.backoff, reason=child.last_error)
+        log_event(
+            log,
+            "child_restart",
+            logging.WARNING,
+            child=child.spec.name,
+            attempt=child.failures,
+            backoff_s=child.backoff,
+            reason=child.last_error,
+        )
         child.backoff = min(child.backoff * 2, self.dcfg.restart_backoff_max_s)
 
     # -- messages from children -------------------------------------------------------------
@@ -560,12 +674,27 @@ class Daemon:
             return
         meta = json.loads(parts[3])
         if parts[2] == b"frame":  # a camera frame for web consoles: its own topic, JPEG
-            self.publisher.publish_frame(parts[1].decode(), parts[4], int(meta["width"]), int(meta["height"]),
-                                         int(meta["frame"]), int(meta["shot"]), int(meta["capture_ns"]))
+            self.publisher.publish_frame(
+                parts[1].decode(),
+                parts[4],
+                int(meta["width"]),
+                int(meta["height"]),
+                int(meta["frame"]),
+                int(meta["shot"]),
+                int(meta["capture_ns"]),
+            )
             return
-        self.publisher.publish_encoded(parts[1].decode(), parts[2].decode(), parts[4], int(meta["width"]),
-                                       int(meta["height"]), int(meta["frame"]), int(meta["shot"]),
-                                       int(meta["capture_ns"]), str(meta.get("model_version", "")))
+        self.publisher.publish_encoded(
+            parts[1].decode(),
+            parts[2].decode(),
+            parts[4],
+            int(meta["width"]),
+            int(meta["height"]),
+            int(meta["frame"]),
+            int(meta["shot"]),
+            int(meta["capture_ns"]),
+            str(meta.get("model_version", "")),
+        )
         self.forwarded += 1
 
     def _report(self, report: dict[str, Any]) -> None:
@@ -622,9 +751,23 @@ class Daemon:
     def learner_status(self, child: Child) -> dict[str, Any]:
         r = child.report
         now = time.monotonic()
-        keys = ("step", "loss", "lr", "crops_per_s", "device", "threads", "nan_skipped", "checkpoint_step",
-                "checkpoint_age_s", "bootstrap_round", "bootstrap_last", "resumed_from", "refined_sent",
-                "refined_dropped", "export")
+        keys = (
+            "step",
+            "loss",
+            "lr",
+            "crops_per_s",
+            "device",
+            "threads",
+            "nan_skipped",
+            "checkpoint_step",
+            "checkpoint_age_s",
+            "bootstrap_round",
+            "bootstrap_last",
+            "resumed_from",
+            "refined_sent",
+            "refined_dropped",
+            "export",
+        )
         return {
             "state": child.state,
             "pid": child.pid,
@@ -646,8 +789,7 @@ class Daemon:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "stopping": self.stopping,
-            "cameras": {name: self.camera_status(c) for name, c in self.children.items()
-                        if c.spec.role == "camera"},
+            "cameras": {name: self.camera_status(c) for name, c in self.children.items() if c.spec.role == "camera"},
             "learner": next((self.learner_status(c) for c in self.children.values() if c.spec.role == "learner"), None),
             "buffer": ring,
             "pairs": self.pairs.stats() if self.pairs is not None else None,
@@ -657,8 +799,11 @@ class Daemon:
                 **(self.publisher.stats() if self.publisher else {"sent": 0, "dropped": 0}),
                 "forwarded": self.forwarded,
             },
-            "control": {"endpoint": self.control.endpoint, "requests": self.control.requests,
-                        "errors": self.control.errors},
+            "control": {
+                "endpoint": self.control.endpoint,
+                "requests": self.control.requests,
+                "errors": self.control.errors,
+            },
             "web": self.web_status(),
             "remote": remote_roles.remote_status(self.children.values(), self.cfg, self.ring),
             "bundle_server": self.bundles.status() if self.bundles is not None else None,
@@ -672,7 +817,9 @@ class Daemon:
 
         found = config_warnings(self.cfg)
         if self.cfg.web.enabled and self.web_sock is None:
-            found.append({"key": "web.port", "event": "", "text": f"web console {self.web_note}"})  # logged by _open_web
+            found.append(
+                {"key": "web.port", "event": "", "text": f"web console {self.web_note}"}
+            )  # logged by _open_web
         now = round(time.time(), 3)
         for w in found:
             if w["event"]:
@@ -684,8 +831,15 @@ class Daemon:
         if child is None:
             return {"url": "", "state": self.web_note}
         r = child.report
-        return {"url": child.spec.label, "state": child.state, "pid": child.pid, "clients": r.get("clients", 0),
-                "stream_drops": r.get("stream_drops", 0), "restarts": child.restarts, "last_error": child.last_error}
+        return {
+            "url": child.spec.label,
+            "state": child.state,
+            "pid": child.pid,
+            "clients": r.get("clients", 0),
+            "stream_drops": r.get("stream_drops", 0),
+            "restarts": child.restarts,
+            "last_error": child.last_error,
+        }
 
     def _ping(self, _request: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self._started, 1)}
@@ -705,17 +859,44 @@ class Daemon:
                 continue
             if child.spec.role == "learner":
                 s = self.learner_status(child)
-                log_event(log, "learner_stats", state=s["state"], activity=s["activity"], step=s["step"] or 0,
-                          loss=s["loss"] if s["loss"] is not None else "-", crops_per_s=s["crops_per_s"] or 0.0,
-                          checkpoint=s["checkpoint_step"] if s["checkpoint_step"] is not None else "-",
-                          round=s["bootstrap_round"] or 0, restarts=s["restarts"])
+                log_event(
+                    log,
+                    "learner_stats",
+                    state=s["state"],
+                    activity=s["activity"],
+                    step=s["step"] or 0,
+                    loss=s["loss"] if s["loss"] is not None else "-",
+                    crops_per_s=s["crops_per_s"] or 0.0,
+                    checkpoint=s["checkpoint_step"] if s["checkpoint_step"] is not None else "-",
+                    round=s["bootstrap_round"] or 0,
+                    restarts=s["restarts"],
+                )
                 continue
             s = self.camera_status(child)
-            log_event(log, "camera_stats", camera=name, state=s["state"], fps=s["fps"], frames=s["frames"],
-                      shots=s["shots"], kept=s["kept"], pruned=s["pruned"], drops=s["drops"],
-                      restarts=s["restarts"], buffer=fill["by_camera"].get(name, 0), ms_per_frame=s["ms_per_frame"])
-        log_event(log, "buffer_stats", fill=fill["fill"], capacity=fill["capacity"], puts=fill["puts"],
-                  drops=fill["drops_total"], published=self.publisher.stats()["sent"] if self.publisher else 0)
+            log_event(
+                log,
+                "camera_stats",
+                camera=name,
+                state=s["state"],
+                fps=s["fps"],
+                frames=s["frames"],
+                shots=s["shots"],
+                kept=s["kept"],
+                pruned=s["pruned"],
+                drops=s["drops"],
+                restarts=s["restarts"],
+                buffer=fill["by_camera"].get(name, 0),
+                ms_per_frame=s["ms_per_frame"],
+            )
+        log_event(
+            log,
+            "buffer_stats",
+            fill=fill["fill"],
+            capacity=fill["capacity"],
+            puts=fill["puts"],
+            drops=fill["drops_total"],
+            published=self.publisher.stats()["sent"] if self.publisher else 0,
+        )
 
 
 def run_daemon(cfg: Config, log_level: str = "INFO", role: str = "run") -> int:

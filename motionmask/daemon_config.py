@@ -1,5 +1,6 @@
 """Config sections of `motionmask run`: `cameras:` (one streamer process each) and `daemon:`
 (supervisor, control endpoint, restarts, shutdown). Composed into `motionmask.config.Config`."""
+
 from __future__ import annotations
 
 import re
@@ -36,12 +37,14 @@ class DaemonConfig:
 
     def validate(self) -> None:
         checks = [
-            ("control_endpoint", "://" in self.control_endpoint,
-             "a ZeroMQ endpoint such as tcp://127.0.0.1:5556"),
+            ("control_endpoint", "://" in self.control_endpoint, "a ZeroMQ endpoint such as tcp://127.0.0.1:5556"),
             ("shutdown_timeout_s", self.shutdown_timeout_s > 0, "> 0"),
             ("restart_backoff_s", self.restart_backoff_s > 0, "> 0"),
-            ("restart_backoff_max_s", self.restart_backoff_max_s >= self.restart_backoff_s,
-             ">= daemon.restart_backoff_s"),
+            (
+                "restart_backoff_max_s",
+                self.restart_backoff_max_s >= self.restart_backoff_s,
+                ">= daemon.restart_backoff_s",
+            ),
             ("restart_reset_s", self.restart_reset_s > 0, "> 0"),
             ("max_restarts", self.max_restarts >= 0, ">= 0 (0 = never give up)"),
             ("stats_interval_s", self.stats_interval_s >= 0, ">= 0 (0 = off)"),
@@ -63,8 +66,9 @@ def camera_streamer_config(base: StreamerConfig, cam: CameraConfig, index: int) 
     return merged
 
 
-def validate_cameras(cameras: list[CameraConfig], base: StreamerConfig, daemon: DaemonConfig,
-                     publish_endpoints: tuple[str, ...]) -> None:
+def validate_cameras(
+    cameras: list[CameraConfig], base: StreamerConfig, daemon: DaemonConfig, publish_endpoints: tuple[str, ...]
+) -> None:
     """Fill default names and check what no type check catches; messages name `cameras[i].key`."""
     seen: dict[str, int] = {}
     for i, cam in enumerate(cameras):
@@ -72,8 +76,10 @@ def validate_cameras(cameras: list[CameraConfig], base: StreamerConfig, daemon: 
         if not cam.name:
             cam.name = f"cam{i}"
         if not _NAME.fullmatch(cam.name):
-            raise ValueError(f"{key}.name: {cam.name!r} must be 1-64 letters, digits, '_' or '-' "
-                             f"(it becomes the topic mask.<name>.motion)")
+            raise ValueError(
+                f"{key}.name: {cam.name!r} must be 1-64 letters, digits, '_' or '-' "
+                f"(it becomes the topic mask.<name>.motion)"
+            )
         if cam.name in seen:
             raise ValueError(f"{key}.name: {cam.name!r} is already the name of cameras[{seen[cam.name]}]")
         seen[cam.name] = i
@@ -84,8 +90,7 @@ def validate_cameras(cameras: list[CameraConfig], base: StreamerConfig, daemon: 
         camera_streamer_config(base, cam, i)
     ep = daemon.control_endpoint
     if ep in publish_endpoints:
-        raise ValueError(f"daemon.control_endpoint {ep} must differ from publish.endpoint and "
-                         f"publish.latest_endpoint")
+        raise ValueError(f"daemon.control_endpoint {ep} must differ from publish.endpoint and publish.latest_endpoint")
 
 
 __all__ = ["CameraConfig", "DaemonConfig", "camera_streamer_config", "validate_cameras"]

@@ -19,10 +19,11 @@ between, its last mask is carried along the optical flow the pipeline already co
 `CarriedStudent` keeps that state for one camera; `live_step` is one frame of it, the camera
 process's code and the benchmarks' alike.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -59,8 +60,7 @@ def carry_forward(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
     if mask.shape[:2] != (h, w):
         raise ValueError(f"mask {mask.shape[1]}x{mask.shape[0]} must be at the flow's resolution {w}x{h}")
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(mask, gx - flow[..., 0], gy - flow[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(mask, gx - flow[..., 0], gy - flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 @dataclass
@@ -74,6 +74,7 @@ class CarriedStudent:
 
     The student runs again when its turn comes (every `every` frames), and sooner when carrying
     cannot go on: a new shot (the scene changed), a frame without flow, a new bundle."""
+
     every: int
     mask: np.ndarray | None = None  # uint8 at the flow's resolution, carried to the latest frame
     shot: int = -1
@@ -87,8 +88,11 @@ class CarriedStudent:
 
     def ran(self, student: np.ndarray, shot: int, version: str, size: tuple[int, int]) -> None:
         """The student's fresh uint8 mask (any size); size: (w, h) of the flow it will be carried on."""
-        self.mask = student if student.shape[::-1] == tuple(size) else cv2.resize(
-            student, tuple(size), interpolation=cv2.INTER_AREA)
+        self.mask = (
+            student
+            if student.shape[::-1] == tuple(size)
+            else cv2.resize(student, tuple(size), interpolation=cv2.INTER_AREA)
+        )
         self.shot, self.version, self.age = shot, version, 0
 
     def step(self, flow: np.ndarray) -> None:
@@ -102,9 +106,17 @@ def to_u8(prob: np.ndarray) -> np.ndarray:
     return np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def live_step(carried: CarriedStudent, motion: np.ndarray, image: np.ndarray, shot: int, flow: np.ndarray | None,
-              student: Callable[[np.ndarray], np.ndarray], version: str = "", min_student: float = MIN_STUDENT,
-              flow_width: int = 240) -> tuple[np.ndarray, np.ndarray | None]:
+def live_step(
+    carried: CarriedStudent,
+    motion: np.ndarray,
+    image: np.ndarray,
+    shot: int,
+    flow: np.ndarray | None,
+    student: Callable[[np.ndarray], np.ndarray],
+    version: str = "",
+    min_student: float = MIN_STUDENT,
+    flow_width: int = 240,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One frame of a camera's live masks, exactly as motionmask/camera_process.py publishes them:
     (the fused mask, the student's fresh uint8 mask or None on a frame it was carried to).
 

@@ -15,6 +15,7 @@ between two trained ones would be a training sample in all but name.
     feed = HeldBack(RingFeed(ring), window)     # `put_seq in window`: never trained on
     ... each step: window.collect(); at each gate decision: Holdout.for_model(window.samples(), ...)
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -26,6 +27,7 @@ import numpy as np
 @dataclass
 class HeldSample:
     """A held-out buffer sample, copied out of the ring (the slot will be reused)."""
+
     image: np.ndarray  # slot H x W x 3 uint8
     trimap: np.ndarray  # slot H x W uint8, as the camera put it (the teacher's)
     valid: tuple[int, int, int, int]  # y0, x0, h, w of the frame inside the slot
@@ -77,8 +79,17 @@ class HoldoutWindow:
             newest = max(newest, q)
             if self.held(q):
                 y0, x0, h, w = (int(v) for v in b.valid[0])
-                fresh.append(HeldSample(b.frames[0].copy(), b.trimaps[0].copy(), (y0, x0, h, w), q,
-                                        float(b.put_time[0]), b.cameras[0], int(b.frame_index[0])))
+                fresh.append(
+                    HeldSample(
+                        b.frames[0].copy(),
+                        b.trimaps[0].copy(),
+                        (y0, x0, h, w),
+                        q,
+                        float(b.put_time[0]),
+                        b.cameras[0],
+                        int(b.frame_index[0]),
+                    )
+                )
                 if len(fresh) >= self.size:
                     break
         self.seen = newest
@@ -96,9 +107,12 @@ class HoldoutWindow:
         cams: dict[str, int] = {}
         for s in w:
             cams[s.camera] = cams.get(s.camera, 0) + 1
-        return {"samples": len(w), "newest_age_s": round(now - w[-1].put_time, 1) if w else None,
-                "oldest_age_s": round(now - w[0].put_time, 1) if w else None,
-                "cameras": ",".join(f"{k}:{v}" for k, v in sorted(cams.items())) or "-"}
+        return {
+            "samples": len(w),
+            "newest_age_s": round(now - w[-1].put_time, 1) if w else None,
+            "oldest_age_s": round(now - w[0].put_time, 1) if w else None,
+            "cameras": ",".join(f"{k}:{v}" for k, v in sorted(cams.items())) or "-",
+        }
 
 
 __all__ = ["HeldSample", "HoldoutWindow"]

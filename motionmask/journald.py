@@ -5,6 +5,7 @@ timestamp, which journald stamps itself, and start with the syslog priority pref
 that `journalctl -p warning -u motionmask` shows warnings and errors only. Elsewhere: the usual
 `2026-12-06T07:20:32 INFO name event=... key=value` lines.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,5 +39,9 @@ def setup_logging(level: str | int) -> None:
         handler.setFormatter(JournalFormatter("%(levelname)s %(name)s %(message)s"))
         logging.basicConfig(level=level, handlers=[handler])
     else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                            datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
+        logging.basicConfig(
+            level=level,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+            stream=sys.stderr,
+        )

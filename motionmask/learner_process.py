@@ -23,6 +23,7 @@ starves a camera on a small machine.
 Exit status: 128 + N stopped by signal N, 2 a user error (e.g. an incompatible checkpoint in
 run_dir, a loss that stays NaN), 1 a crash.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,14 @@ import cv2
 import numpy as np
 import zmq
 
-from motionmask.camera_process import MSG_MASK, MSG_STATS
-from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
 from common.config import from_dict
+from common.log import log_event
 from learner.config import LearnerConfig
 from learner.held_back import HeldBack
-from streamer.live import protocol
+from motionmask.camera_process import MSG_MASK, MSG_STATS
+from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
 from streamer.config import TrimapConfig
-from common.log import log_event
+from streamer.live import protocol
 from streamer.shm.ringbuffer import BufferConfig
 
 log = logging.getLogger("motionmask.learner")
@@ -73,8 +74,10 @@ class LearnerProcess:
         self.name: str = spec["name"]
         self.cfg: LearnerConfig = from_dict(LearnerConfig, spec["learner"], "learner")
         self.trimap_cfg: TrimapConfig = from_dict(TrimapConfig, spec["trimap"], "streamer.trimap")
-        self.trimap_by_camera = {k: from_dict(TrimapConfig, v, f"cameras.{k}.streamer.trimap")
-                                 for k, v in spec.get("trimap_by_camera", {}).items()}
+        self.trimap_by_camera = {
+            k: from_dict(TrimapConfig, v, f"cameras.{k}.streamer.trimap")
+            for k, v in spec.get("trimap_by_camera", {}).items()
+        }
         self.encoding: str | None = spec.get("publish_encoding")  # None: refined masks are not published
         self.stop = threading.Event()
         self.signum = 0
@@ -92,8 +95,17 @@ class LearnerProcess:
         self.export_cfg = None  # exporter.config.ExportConfig, parsed when training starts
         self.export_error = ""  # why periodic export stopped in this process (the holdout could not be built)
         self.counters: dict[str, Any] = {
-            "step": 0, "loss": None, "lr": 0.0, "crops_per_s": 0.0, "device": "", "threads": 0,
-            "nan_skipped": 0, "resumed_from": None, "refined_sent": 0, "refined_dropped": 0, "appetite_waits": 0,
+            "step": 0,
+            "loss": None,
+            "lr": 0.0,
+            "crops_per_s": 0.0,
+            "device": "",
+            "threads": 0,
+            "nan_skipped": 0,
+            "resumed_from": None,
+            "refined_sent": 0,
+            "refined_dropped": 0,
+            "appetite_waits": 0,
             "appetite_waiting": False,
         }
         self._rate: deque[tuple[float, int]] = deque()  # (time, crops seen) for crops/s
@@ -102,9 +114,16 @@ class LearnerProcess:
         self.masks = push_socket(self.ctx, spec["forward_endpoint"], REFINED_HWM)
         # an orphan checkpoints on SIGTERM; 30 s later it exits whatever the step is doing
         stats = push_socket(self.ctx, spec["forward_endpoint"], 64)
-        self.reporter = Reporter("learner", self.snapshot, stats, MSG_STATS,
-                                 int(spec["parent_pid"]), grace_s=30.0, orphan_exit=EXIT_CRASH,
-                                 interval=REPORT_INTERVAL_S)
+        self.reporter = Reporter(
+            "learner",
+            self.snapshot,
+            stats,
+            MSG_STATS,
+            int(spec["parent_pid"]),
+            grace_s=30.0,
+            orphan_exit=EXIT_CRASH,
+            interval=REPORT_INTERVAL_S,
+        )
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.signum = signum
@@ -124,14 +143,24 @@ class LearnerProcess:
         cfg = self.cfg
         run_dir = os.path.expanduser(cfg.run_dir)
         trainer, buffer_cfg = self._start_trainer(run_dir)
-        self.bootstrap = Bootstrapper(cfg.bootstrap, self.trimap_cfg, self.ring, run_dir,
-                                      on_refined=self._publish_refined if self.encoding else None,
-                                      stop=self.stop.is_set, fg_threshold=float(self.spec.get("fg_threshold", 0.5)),
-                                      trimap_by_camera=self.trimap_by_camera)
+        self.bootstrap = Bootstrapper(
+            cfg.bootstrap,
+            self.trimap_cfg,
+            self.ring,
+            run_dir,
+            on_refined=self._publish_refined if self.encoding else None,
+            stop=self.stop.is_set,
+            fg_threshold=float(self.spec.get("fg_threshold", 0.5)),
+            trimap_by_camera=self.trimap_by_camera,
+        )
         self.bootstrap.round = self.bootstrap.rounds_before(trainer.step_count) if cfg.bootstrap.enabled else 0
         self.trainer = trainer
-        self.counters.update(step=trainer.step_count, device=trainer.device.type, threads=cfg.train.threads,
-                             nan_skipped=trainer.nan_skipped)
+        self.counters.update(
+            step=trainer.step_count,
+            device=trainer.device.type,
+            threads=cfg.train.threads,
+            nan_skipped=trainer.nan_skipped,
+        )
         self.phase = "running"
         if self.stop.is_set():
             return
@@ -139,10 +168,17 @@ class LearnerProcess:
         if self.ranks:
             summary = self._fit_ranked(trainer, feed, run_dir, buffer_cfg)
         else:
-            summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
-                          on_step=self._on_step)
-        log_event(log, "learner_stopped", step=summary.step, steps=summary.steps, crops=summary.crops,
-                  checkpoint=summary.checkpoint or "-")
+            summary = fit(
+                trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set, on_step=self._on_step
+            )
+        log_event(
+            log,
+            "learner_stopped",
+            step=summary.step,
+            steps=summary.steps,
+            crops=summary.crops,
+            checkpoint=summary.checkpoint or "-",
+        )
 
     def _start_trainer(self, run_dir: str):
         """This process's share of the machine, the buffer attached, the other ranks started
@@ -167,9 +203,15 @@ class LearnerProcess:
             from motionmask import learner_ranks
 
             cfg.train.threads = max(1, cfg.train.threads // cfg.train.nproc)  # the cores, shared by the ranks
-            self.ranks = learner_ranks.start(cfg.train.nproc, {
-                "learner": self.spec["learner"] | {"train": self.spec["learner"]["train"] | {"threads": cfg.train.threads}},
-                "export": self.export_spec, "log_level": self.spec.get("log_level", "INFO")})
+            self.ranks = learner_ranks.start(
+                cfg.train.nproc,
+                {
+                    "learner": self.spec["learner"]
+                    | {"train": self.spec["learner"]["train"] | {"threads": cfg.train.threads}},
+                    "export": self.export_spec,
+                    "log_level": self.spec.get("log_level", "INFO"),
+                },
+            )
             device = distributed.init(resolve_device(cfg.train.device, cfg.train.strict_device))
         trainer = Trainer(cfg, device)
         resumed = find_resume(run_dir, trainer.device)
@@ -193,11 +235,21 @@ class LearnerProcess:
 
             self.pairs = PairBuffer.attach(self.spec["pairs_name"])
             pairs = RingPairFeed(self.pairs)
-        log_event(log, "learner_running", device=trainer.device.type, threads=cfg.train.threads,
-                  precision=trainer.precision,
-                  backbone=cfg.model.backbone, crop=trainer.crop_size, batch=cfg.train.batch, run_dir=run_dir,
-                  step=trainer.step_count, bootstrap=cfg.bootstrap.enabled, buffer=self.ring.name,
-                  pairs=self.pairs.name if self.pairs is not None else "off")
+        log_event(
+            log,
+            "learner_running",
+            device=trainer.device.type,
+            threads=cfg.train.threads,
+            precision=trainer.precision,
+            backbone=cfg.model.backbone,
+            crop=trainer.crop_size,
+            batch=cfg.train.batch,
+            run_dir=run_dir,
+            step=trainer.step_count,
+            bootstrap=cfg.bootstrap.enabled,
+            buffer=self.ring.name,
+            pairs=self.pairs.name if self.pairs is not None else "off",
+        )
         feed = RingFeed(self.ring, mode=cfg.samples.sampling or None, pairs=pairs)
         if self.export_spec is not None:
             from exporter.config import ExportConfig
@@ -218,8 +270,9 @@ class LearnerProcess:
 
         distributed.wrap(trainer)
         with distributed.share_feed(_Shared(self.ring, buffer_cfg)):
-            summary = fit(trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set,
-                          on_step=self._on_step)
+            summary = fit(
+                trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set, on_step=self._on_step
+            )
         distributed.shutdown()
         self.ranks_done = True  # the others left fit() with this rank: close() waits for them
         return summary
@@ -267,8 +320,15 @@ class LearnerProcess:
         cfg = self.export_cfg
         slot = (self.ring.height, self.ring.width)
         holdout = Holdout.for_model(self.window.samples(), trainer.model, cfg, slot_size=slot)
-        log_event(log, "export_holdout", why=why, step=trainer.step_count, **self.window.describe(time.monotonic()),
-                  every=cfg.holdout_every, block=cfg.holdout_block)
+        log_event(
+            log,
+            "export_holdout",
+            why=why,
+            step=trainer.step_count,
+            **self.window.describe(time.monotonic()),
+            every=cfg.holdout_every,
+            block=cfg.holdout_block,
+        )
         return holdout
 
     def _periodic_export(self, trainer):
@@ -281,8 +341,13 @@ class LearnerProcess:
         cfg = self.export_cfg
         holdout = self._holdout(trainer, "first")
         log_event(log, "export_schedule", every_steps=cfg.every_steps, every_minutes=cfg.every_minutes, dir=cfg.dir)
-        return PeriodicExport(cfg.dir, cfg, holdout, slot_size=(self.ring.height, self.ring.width),
-                              source={"run_dir": os.path.expanduser(self.cfg.run_dir)})
+        return PeriodicExport(
+            cfg.dir,
+            cfg,
+            holdout,
+            slot_size=(self.ring.height, self.ring.width),
+            source={"run_dir": os.path.expanduser(self.cfg.run_dir)},
+        )
 
     # -- refined masks ----------------------------------------------------------------------
     def _publish_refined(self, refined) -> None:
@@ -298,9 +363,16 @@ class LearnerProcess:
             ct = refined.capture_time[k]
             # live sources stamp wall-clock capture times; files stream time: use when it entered the buffer
             capture = ct if ct > _WALL_CLOCK else now_wall - (now_mono - refined.put_time[k])
-            meta = json.dumps({"frame": refined.frame_index[k], "shot": refined.shot[k],
-                               "capture_ns": int(capture * 1e9), "width": prob.shape[1], "height": prob.shape[0],
-                               "model_version": str(refined.step)}).encode()
+            meta = json.dumps(
+                {
+                    "frame": refined.frame_index[k],
+                    "shot": refined.shot[k],
+                    "capture_ns": int(capture * 1e9),
+                    "width": prob.shape[1],
+                    "height": prob.shape[0],
+                    "model_version": str(refined.step),
+                }
+            ).encode()
             try:
                 payload = protocol.encode_payload(prob, self.encoding)
                 self.masks.send_multipart([MSG_MASK, camera.encode(), b"refined", meta, payload], zmq.NOBLOCK)
@@ -349,23 +421,44 @@ class LearnerProcess:
             c["loss"] = None
         b = self.bootstrap
         last = b.history[-1] if b is not None and b.history else None
-        return {"child": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error,
-                "activity": self.activity(), **c, **self._checkpoint_info(),
-                "bootstrap_round": b.round if b is not None else 0, "export": self._export_status(),
-                "bootstrap_last": {"round": last.round, "step": last.step, "samples": last.samples,
-                                   "agreement": last.agreement, "changed": last.changed} if last else None}
+        return {
+            "child": self.name,
+            "pid": os.getpid(),
+            "phase": self.phase,
+            "error": self.error,
+            "activity": self.activity(),
+            **c,
+            **self._checkpoint_info(),
+            "bootstrap_round": b.round if b is not None else 0,
+            "export": self._export_status(),
+            "bootstrap_last": {
+                "round": last.round,
+                "step": last.step,
+                "samples": last.samples,
+                "agreement": last.agreement,
+                "changed": last.changed,
+            }
+            if last
+            else None,
+        }
 
     def _export_status(self) -> dict[str, Any] | None:
         """The export gate's record (exporter.export.PeriodicExport.summary) with its state: why
         a model did or did not ship is part of the status, so the console needs no other source."""
         if self.periodic is not None:
-            return {"state": "exporting", "holdout_samples": len(self.periodic.holdout.images),
-                    **self.periodic.summary()}
+            return {
+                "state": "exporting",
+                "holdout_samples": len(self.periodic.holdout.images),
+                **self.periodic.summary(),
+            }
         if self.export_error:
             return {"state": "off", "reason": self.export_error}
         if self.export_spec is None:
             return None
-        return {"state": "waiting", "reason": "waiting for the first held-out block of buffer samples (the gate's holdout window)"}
+        return {
+            "state": "waiting",
+            "reason": "waiting for the first held-out block of buffer samples (the gate's holdout window)",
+        }
 
     def close(self) -> None:
         if self.ranks:
@@ -388,7 +481,7 @@ class _Shared:
     def __init__(self, ring, buffer_cfg: BufferConfig) -> None:
         self.ring, self.buffer_cfg = ring, buffer_cfg
 
-    def __enter__(self) -> "_Shared":
+    def __enter__(self) -> _Shared:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -15,6 +15,7 @@ when rank 0's process is gone; rank 0 kills what is left when it closes.
 
 Run as `python -m motionmask.learner_ranks` with its spec as JSON on stdin.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ import threading
 import time
 from typing import Any
 
-from motionmask.journald import setup_logging
 from common.log import log_event
+from motionmask.journald import setup_logging
 
 log = logging.getLogger("motionmask.learner_ranks")
 
@@ -45,8 +46,12 @@ def _free_port() -> int:
 def start(nproc: int, spec: dict[str, Any]) -> list[subprocess.Popen]:
     """Make this process rank 0 of `nproc` (its environment) and start ranks 1..nproc-1 with
     `spec` (learner, buffer, export, log_level); call distributed.init afterwards."""
-    world = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nproc),
-             "LOCAL_WORLD_SIZE": str(nproc)}
+    world = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+    }
     os.environ.update(world, RANK="0", LOCAL_RANK="0")
     procs = []
     payload = json.dumps({**spec, "parent_pid": os.getpid()}).encode()
@@ -80,12 +85,12 @@ def _watch_parent(parent: int) -> None:
 
 
 def run(spec: dict[str, Any]) -> int:
+    from common.config import from_dict
     from learner import distributed
     from learner.checkpoint import find_resume
     from learner.config import LearnerConfig
     from learner.device import resolve_device
     from learner.train import Limits, Trainer, fit
-    from common.config import from_dict
 
     stop_ev = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_ev.set())
@@ -100,11 +105,13 @@ def run(spec: dict[str, Any]) -> int:
     distributed.wrap(trainer)
     with distributed.share_feed(None) as feed:
         if spec.get("export"):  # rank 0's export holdout: never trained on, here neither
-            from motionmask.holdout import HoldoutWindow
             from learner.held_back import HeldBack
+            from motionmask.holdout import HoldoutWindow
 
             e = spec["export"]
-            feed = HeldBack(feed, HoldoutWindow(feed.ring, e["holdout_samples"], e["holdout_every"], e["holdout_block"]))
+            feed = HeldBack(
+                feed, HoldoutWindow(feed.ring, e["holdout_samples"], e["holdout_every"], e["holdout_block"])
+            )
         summary = fit(trainer, feed, None, Limits(), progress=False, stop=stop_ev.is_set)
     log_event(log, "rank_stopped", rank=distributed.rank(), step=summary.step, steps=summary.steps)
     distributed.shutdown()

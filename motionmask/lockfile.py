@@ -7,6 +7,7 @@ so a crash never leaves a stale lock behind, and a pid file's "is that pid still
 never needed. The file itself stays (removing it would race with the next daemon taking it); it
 holds the holder's pid, for the message.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -25,8 +26,9 @@ def hold_lock(path: str | Path, key: str, what: str | Path) -> int:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise UserError(f"{key} {what}: cannot create {p.name} there ({e.strerror}); choose a folder you can "
-                        f"write to") from None
+        raise UserError(
+            f"{key} {what}: cannot create {p.name} there ({e.strerror}); choose a folder you can write to"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -35,8 +37,10 @@ def hold_lock(path: str | Path, key: str, what: str | Path) -> int:
         except OSError:
             holder = "?"
         os.close(fd)
-        raise UserError(f"{key} {what} is in use by another motionmask daemon (pid {holder}); stop that one "
-                        f"or set {key} to another path") from None
+        raise UserError(
+            f"{key} {what} is in use by another motionmask daemon (pid {holder}); stop that one "
+            f"or set {key} to another path"
+        ) from None
     except OSError as e:  # a file system without locks (some network mounts)
         os.close(fd)
         raise UserError(f"{key} {what}: cannot lock {p} ({e.strerror}); use a local folder") from None

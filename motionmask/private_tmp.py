@@ -8,6 +8,7 @@ starting removes the folders of daemons that are gone: the pid in the name is no
 nothing answers on the socket inside (a daemon in another pid namespace sharing /tmp still
 answers). Only folders that hold nothing but that socket are touched.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,8 @@ import shutil
 import socket
 import tempfile
 
-from common.pids import pid_alive
 from common.log import log_event
+from common.pids import pid_alive
 
 log = logging.getLogger("motionmask.daemon")
 

@@ -1,5 +1,6 @@
 """CurveZMQ for the sample transport (learner.transport.curve_*): key files are those of
 `motionmask keys`; errors name the config key and say how to make the file."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,10 @@ from streamer.live.publish import ClientKeys
 def _load(path_s: str, key: str, secret: bool) -> tuple[bytes, bytes | None]:
     path = Path(path_s).expanduser()
     if not path.is_file():
-        raise UserError(f"learner.transport.{key}: {path} not found; create one with "
-                        f"`motionmask keys {path.parent} --name {path.name.split('.')[0]}`")
+        raise UserError(
+            f"learner.transport.{key}: {path} not found; create one with "
+            f"`motionmask keys {path.parent} --name {path.name.split('.')[0]}`"
+        )
     try:
         public, sec = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
@@ -35,12 +38,16 @@ def check_keys(cfg: TransportConfig, role: str) -> None:
         _load(cfg.curve_secret_file, "curve_secret_file", True)
     if role == "rig" and cfg.curve_secret_file:
         if not cfg.curve_server_key:
-            raise UserError("learner.transport.curve_server_key: the learner's public NAME.key is needed "
-                            "with learner.transport.curve_secret_file on a rig")
+            raise UserError(
+                "learner.transport.curve_server_key: the learner's public NAME.key is needed "
+                "with learner.transport.curve_secret_file on a rig"
+            )
         _load(cfg.curve_server_key, "curve_server_key", False)
     if role == "learner" and cfg.curve_clients_dir and not Path(cfg.curve_clients_dir).expanduser().is_dir():
-        raise UserError(f"learner.transport.curve_clients_dir: {cfg.curve_clients_dir} is not a directory; "
-                        f"create it and copy each rig's public .key file into it")
+        raise UserError(
+            f"learner.transport.curve_clients_dir: {cfg.curve_clients_dir} is not a directory; "
+            f"create it and copy each rig's public .key file into it"
+        )
     if role == "rig" and cfg.trusted_key:
         from exporter.signing import TrustedKey
 
@@ -52,8 +59,10 @@ def client_curve(sock: zmq.Socket, cfg: TransportConfig) -> bool:
     if not cfg.curve_secret_file:
         return False
     if not cfg.curve_server_key:
-        raise UserError("learner.transport.curve_server_key: the learner's public NAME.key is needed "
-                        "with learner.transport.curve_secret_file on a rig")
+        raise UserError(
+            "learner.transport.curve_server_key: the learner's public NAME.key is needed "
+            "with learner.transport.curve_secret_file on a rig"
+        )
     pub, sec = _load(cfg.curve_secret_file, "curve_secret_file", True)
     server, _ = _load(cfg.curve_server_key, "curve_server_key", False)
     sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = pub, sec, server
@@ -72,8 +81,10 @@ def server_curve(ctx: zmq.Context, sock: zmq.Socket, cfg: TransportConfig) -> Th
         d = Path(cfg.curve_clients_dir).expanduser()
         if not d.is_dir():
             auth.stop()
-            raise UserError(f"learner.transport.curve_clients_dir: {d} is not a directory; create it and copy "
-                            f"each rig's public .key file into it")
+            raise UserError(
+                f"learner.transport.curve_clients_dir: {d} is not a directory; create it and copy "
+                f"each rig's public .key file into it"
+            )
         auth.configure_curve_callback(domain="*", credentials_provider=ClientKeys(d))
     else:
         auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)

@@ -18,13 +18,14 @@ lost on the way, refused by the appetite or by a full buffer), bad messages, las
 
 Run as `python -m motionmask.remote_learn` with its spec as JSON on stdin, like a camera.
 """
+
 from __future__ import annotations
 
 import errno
 import logging
 import os
-import sys
 import queue
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -34,15 +35,15 @@ from typing import Any
 import cv2
 import zmq
 
+from common.config import from_dict
+from common.errors import UserError
+from common.log import log_event
 from learner.appetite import Appetite
 from learner.transport_config import TransportConfig
 from motionmask.camera_process import MSG_STATS
 from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
-from common.config import from_dict
 from motionmask.remote_curve import server_curve
 from motionmask.sample_wire import WireError, decode_pair, decode_sample, parse_header
-from common.errors import UserError
-from common.log import log_event
 from streamer.shm.ringbuffer import BufferConfig, Sample
 
 log = logging.getLogger("motionmask.remote_learn")
@@ -90,13 +91,24 @@ class RigStats:
             (t0, n0, b0), (t1, n1, b1) = self.rate[0], self.rate[-1]
             if now - t1 < _RATE_WINDOW_S and t1 > t0:
                 sps, bps = (n1 - n0) / (t1 - t0), (b1 - b0) / (t1 - t0)
-        return {"received": self.received, "inserted": self.inserted, "pairs": self.pairs,
-                "dropped": self.rig_dropped + max(0, self.lost) + self.appetite_dropped + self.buffer_dropped,
-                "dropped_by": {"rig_hwm": self.rig_dropped, "lost": max(0, self.lost),
-                               "appetite": self.appetite_dropped, "buffer": self.buffer_dropped},
-                "bad": self.bad, "bytes": self.bytes, "bytes_per_s": round(bps, 1), "samples_per_s": round(sps, 2),
-                "bytes_per_sample": round(self.bytes / max(1, self.received + self.pairs), 1),
-                "last_seen": round(self.last_seen, 3)}
+        return {
+            "received": self.received,
+            "inserted": self.inserted,
+            "pairs": self.pairs,
+            "dropped": self.rig_dropped + max(0, self.lost) + self.appetite_dropped + self.buffer_dropped,
+            "dropped_by": {
+                "rig_hwm": self.rig_dropped,
+                "lost": max(0, self.lost),
+                "appetite": self.appetite_dropped,
+                "buffer": self.buffer_dropped,
+            },
+            "bad": self.bad,
+            "bytes": self.bytes,
+            "bytes_per_s": round(bps, 1),
+            "samples_per_s": round(sps, 2),
+            "bytes_per_sample": round(self.bytes / max(1, self.received + self.pairs), 1),
+            "last_seen": round(self.last_seen, 3),
+        }
 
 
 class ReceiverProcess:
@@ -122,8 +134,15 @@ class ReceiverProcess:
         self.admitted = 0
         self.queue: queue.Queue = queue.Queue(maxsize=RCVHWM)  # to the decoder threads
         self.ctx = zmq.Context()
-        self.reporter = Reporter(NAME, self.snapshot, push_socket(self.ctx, spec["forward_endpoint"], 64), MSG_STATS,
-                                 int(spec["parent_pid"]), grace_s=5.0, orphan_exit=EXIT_CRASH)
+        self.reporter = Reporter(
+            NAME,
+            self.snapshot,
+            push_socket(self.ctx, spec["forward_endpoint"], 64),
+            MSG_STATS,
+            int(spec["parent_pid"]),
+            grace_s=5.0,
+            orphan_exit=EXIT_CRASH,
+        )
         self.pull: zmq.Socket | None = None
         self.endpoint = ""
 
@@ -151,10 +170,14 @@ class ReceiverProcess:
             s.bind(self.spec["listen"])
         except zmq.ZMQError as e:
             if e.errno == errno.EADDRINUSE:
-                raise UserError(f"learner.listen {self.spec['listen']} is already in use (another motionmask "
-                                f"learn?); stop that process or set learner.listen to a free port") from None
-            raise UserError(f"learner.listen {self.spec['listen']} cannot be bound: {e.strerror}; use e.g. "
-                            f"tcp://127.0.0.1:5562 or tcp://*:5562") from None
+                raise UserError(
+                    f"learner.listen {self.spec['listen']} is already in use (another motionmask "
+                    f"learn?); stop that process or set learner.listen to a free port"
+                ) from None
+            raise UserError(
+                f"learner.listen {self.spec['listen']} cannot be bound: {e.strerror}; use e.g. "
+                f"tcp://127.0.0.1:5562 or tcp://*:5562"
+            ) from None
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _run(self) -> None:
@@ -168,13 +191,22 @@ class ReceiverProcess:
             self.pairs = PairBuffer.attach(self.spec["pairs_name"])
         self.bind()
         self.phase = "running"
-        log_event(log, "receiver_running", listen=self.endpoint, curve=self.auth is not None,
-                  samples_per_insert=self.cfg.samples_per_insert or "off", tolerance=self.cfg.tolerance,
-                  slot=f"{self.ring.width}x{self.ring.height}", pairs=self.pairs is not None)
+        log_event(
+            log,
+            "receiver_running",
+            listen=self.endpoint,
+            curve=self.auth is not None,
+            samples_per_insert=self.cfg.samples_per_insert or "off",
+            tolerance=self.cfg.tolerance,
+            slot=f"{self.ring.width}x{self.ring.height}",
+            pairs=self.pairs is not None,
+        )
         # decoders > 1: threads decode in parallel (cv2.imdecode releases the GIL); a full queue
         # holds this loop, then ZeroMQ's queues, then the rigs drop: nothing here grows unbounded
-        workers = [threading.Thread(target=self._work, name=f"decoder-{i}", daemon=True)
-                   for i in range(self.cfg.decoders if self.cfg.decoders > 1 else 0)]
+        workers = [
+            threading.Thread(target=self._work, name=f"decoder-{i}", daemon=True)
+            for i in range(self.cfg.decoders if self.cfg.decoders > 1 else 0)
+        ]
         for w in workers:
             w.start()
         while not self.stop.is_set():
@@ -246,9 +278,18 @@ class ReceiverProcess:
                 self._bad(e.reason, str(e), rig)
             return
         h = s.header
-        sample = Sample(camera=f"{h['rig']}/{h['camera']}", frame_index=h["frame"], shot=h["shot"],
-                        capture_time=float(h["capture_time"]), image=s.image, trimap=s.trimap, prob=s.prob,
-                        flow=s.flow, valid=tuple(h["valid"]), source_hw=tuple(h["source_hw"]))
+        sample = Sample(
+            camera=f"{h['rig']}/{h['camera']}",
+            frame_index=h["frame"],
+            shot=h["shot"],
+            capture_time=float(h["capture_time"]),
+            image=s.image,
+            trimap=s.trimap,
+            prob=s.prob,
+            flow=s.flow,
+            valid=tuple(h["valid"]),
+            source_hw=tuple(h["source_hw"]),
+        )
         with self.lock:  # the put and the end of its admission at once, as the appetite sees them
             try:
                 ok = self.ring.put(sample)
@@ -263,8 +304,17 @@ class ReceiverProcess:
         if self.pairs is None:
             return  # this learner trains no embedding head: pairs are not wanted (not an error)
         p = decode_pair(hdr, parts, self.pairs.patch)
-        self.pairs.put(SimpleNamespace(camera=f"{hdr['rig']}/{hdr['camera']}", query=p.query, tracked=p.tracked,
-                                       shot=hdr["shot"], t0=hdr["t0"], t1=hdr["t1"], track=hdr["track"]))
+        self.pairs.put(
+            SimpleNamespace(
+                camera=f"{hdr['rig']}/{hdr['camera']}",
+                query=p.query,
+                tracked=p.tracked,
+                shot=hdr["shot"],
+                t0=hdr["t0"],
+                t1=hdr["t1"],
+                track=hdr["track"],
+            )
+        )
 
     def _rig(self, name: str) -> RigStats | None:
         rig = self.rigs.get(name)
@@ -289,10 +339,19 @@ class ReceiverProcess:
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         with self.lock:  # the decoder threads count meanwhile
-            return {"child": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error,
-                    "listen": self.endpoint, "curve": self.auth is not None, "decoders": self.cfg.decoders,
-                    "bad": dict(self.bad), "bad_total": sum(self.bad.values()), "foreign_rigs": self.foreign_rigs,
-                    "rigs": {name: r.snapshot(now) for name, r in self.rigs.items()}}
+            return {
+                "child": self.name,
+                "pid": os.getpid(),
+                "phase": self.phase,
+                "error": self.error,
+                "listen": self.endpoint,
+                "curve": self.auth is not None,
+                "decoders": self.cfg.decoders,
+                "bad": dict(self.bad),
+                "bad_total": sum(self.bad.values()),
+                "foreign_rigs": self.foreign_rigs,
+                "rigs": {name: r.snapshot(now) for name, r in self.rigs.items()},
+            }
 
     def close(self) -> None:
         self.reporter.stop_and_send_last()

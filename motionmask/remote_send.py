@@ -17,6 +17,7 @@ DeviceAgent) into export.dir, where the cameras' student masks pick each new bun
 
 Run as `python -m motionmask.remote_send` with its spec as JSON on stdin, like a camera.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,13 +33,13 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from common.config import from_dict
+from common.log import log_event
 from learner.transport_config import TransportConfig
 from motionmask.camera_process import MSG_STATS
 from motionmask.child import EXIT_CRASH, Reporter, Stopped, push_socket, run_child, run_reported
-from common.config import from_dict
 from motionmask.remote_curve import client_curve
 from motionmask.sample_wire import WireError, encode_pair, encode_sample
-from common.log import log_event
 from streamer.shm.ringbuffer import BufferConfig
 
 log = logging.getLogger("motionmask.remote_send")
@@ -76,13 +77,31 @@ class SenderProcess:
         self.error = ""
         self.ring = self.pairs = None
         self.agent_thread: threading.Thread | None = None
-        self.counters: dict[str, Any] = {"sent": 0, "dropped": 0, "bytes": 0, "pairs_sent": 0, "pairs_dropped": 0,
-                                         "encode_ms": 0.0, "bytes_per_s": 0.0, "samples_per_s": 0.0,
-                                         "connected": False, "connects": 0, "bundle": "", "bundle_error": ""}
+        self.counters: dict[str, Any] = {
+            "sent": 0,
+            "dropped": 0,
+            "bytes": 0,
+            "pairs_sent": 0,
+            "pairs_dropped": 0,
+            "encode_ms": 0.0,
+            "bytes_per_s": 0.0,
+            "samples_per_s": 0.0,
+            "connected": False,
+            "connects": 0,
+            "bundle": "",
+            "bundle_error": "",
+        }
         self._rate: deque[tuple[float, int, int]] = deque()
         self.ctx = zmq.Context()
-        self.reporter = Reporter(NAME, self.snapshot, push_socket(self.ctx, spec["forward_endpoint"], 64), MSG_STATS,
-                                 int(spec["parent_pid"]), grace_s=5.0, orphan_exit=EXIT_CRASH)
+        self.reporter = Reporter(
+            NAME,
+            self.snapshot,
+            push_socket(self.ctx, spec["forward_endpoint"], 64),
+            MSG_STATS,
+            int(spec["parent_pid"]),
+            grace_s=5.0,
+            orphan_exit=EXIT_CRASH,
+        )
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.SNDHWM, self.cfg.sndhwm)
         self.push.setsockopt(zmq.LINGER, 0)  # a stopping rig never waits for a learner that is away
@@ -123,8 +142,16 @@ class SenderProcess:
         cursor = self.ring.put_seq()
         pair_cursor = self.pairs.put_seq() if self.pairs is not None else 0
         self.phase = "running"
-        log_event(log, "sender_running", remote=self.remote, rig=self.rig, curve=self.curve, sndhwm=self.cfg.sndhwm,
-                  flow=self.send_flow, pairs=self.pairs is not None)
+        log_event(
+            log,
+            "sender_running",
+            remote=self.remote,
+            rig=self.rig,
+            curve=self.curve,
+            sndhwm=self.cfg.sndhwm,
+            flow=self.send_flow,
+            pairs=self.pairs is not None,
+        )
         out = self.ring.new_batch(READ_BATCH)
         while not self.stop.is_set():
             self._watch_connection()
@@ -172,12 +199,22 @@ class SenderProcess:
         t0 = time.perf_counter()
         try:
             parts = encode_sample(
-                rig=self.rig, camera=batch.cameras[k], seq=c["sent"] + c["dropped"], frame=int(batch.frame_index[k]),
-                shot=int(batch.shot[k]), capture_time=float(batch.capture_time[k]), image=batch.frames[k],
-                trimap=batch.trimaps[k], prob=batch.probs[k],
+                rig=self.rig,
+                camera=batch.cameras[k],
+                seq=c["sent"] + c["dropped"],
+                frame=int(batch.frame_index[k]),
+                shot=int(batch.shot[k]),
+                capture_time=float(batch.capture_time[k]),
+                image=batch.frames[k],
+                trimap=batch.trimaps[k],
+                prob=batch.probs[k],
                 flow=batch.flows[k] if self.send_flow and batch.has_flow[k] else None,
-                valid=tuple(int(v) for v in batch.valid[k]), source_hw=tuple(int(v) for v in batch.source_hw[k]),
-                quality=self.cfg.jpeg_quality, rig_sent=c["sent"], rig_dropped=c["dropped"])
+                valid=tuple(int(v) for v in batch.valid[k]),
+                source_hw=tuple(int(v) for v in batch.source_hw[k]),
+                quality=self.cfg.jpeg_quality,
+                rig_sent=c["sent"],
+                rig_dropped=c["dropped"],
+            )
         except WireError as e:
             c["dropped"] += 1
             log_event(log, "sample_encode_failed", logging.WARNING, error=e)
@@ -191,10 +228,20 @@ class SenderProcess:
         if not self._room("pairs_dropped"):
             return
         try:
-            parts = encode_pair(rig=self.rig, camera=rows.cameras[k], seq=c["pairs_sent"] + c["pairs_dropped"],
-                                shot=int(rows.shot[k]), t0=int(rows.t0[k]), t1=int(rows.t1[k]), track=int(tracks[k]),
-                                query=rows.query[k], tracked=rows.tracked[k], quality=self.cfg.jpeg_quality,
-                                rig_sent=c["sent"], rig_dropped=c["dropped"])
+            parts = encode_pair(
+                rig=self.rig,
+                camera=rows.cameras[k],
+                seq=c["pairs_sent"] + c["pairs_dropped"],
+                shot=int(rows.shot[k]),
+                t0=int(rows.t0[k]),
+                t1=int(rows.t1[k]),
+                track=int(tracks[k]),
+                query=rows.query[k],
+                tracked=rows.tracked[k],
+                quality=self.cfg.jpeg_quality,
+                rig_sent=c["sent"],
+                rig_dropped=c["dropped"],
+            )
         except WireError:
             c["pairs_dropped"] += 1
             return
@@ -210,9 +257,14 @@ class SenderProcess:
             if up != self.counters["connected"]:
                 self.counters["connected"] = up
                 self.counters["connects"] += int(up)
-                log_event(log, "learner_connected" if up else "learner_disconnected",
-                          logging.INFO if up else logging.WARNING, remote=self.remote, sent=self.counters["sent"],
-                          dropped=self.counters["dropped"])
+                log_event(
+                    log,
+                    "learner_connected" if up else "learner_disconnected",
+                    logging.INFO if up else logging.WARNING,
+                    remote=self.remote,
+                    sent=self.counters["sent"],
+                    dropped=self.counters["dropped"],
+                )
 
     def _update_rate(self) -> None:
         c, now = self.counters, time.monotonic()
@@ -235,8 +287,9 @@ class SenderProcess:
 
         key = self.cfg.trusted_key
         trusted = TrustedKey.from_file(key, "learner.transport.trusted_key") if key else None
-        agent = DeviceAgent(endpoint, dest, PullConfig(poll_s=10.0, backoff_max_s=10.0), on_install=installed,
-                            trusted=trusted)
+        agent = DeviceAgent(
+            endpoint, dest, PullConfig(poll_s=10.0, backoff_max_s=10.0), on_install=installed, trusted=trusted
+        )
 
         def follow() -> None:
             while not self.stop.is_set():
@@ -255,8 +308,16 @@ class SenderProcess:
     def snapshot(self) -> dict[str, Any]:
         c = dict(self.counters)
         c["encode_ms"] = round(c["encode_ms"], 2)
-        return {"child": self.name, "pid": os.getpid(), "phase": self.phase, "error": self.error, "rig": self.rig,
-                "remote": self.remote, "curve": self.curve, **c}
+        return {
+            "child": self.name,
+            "pid": os.getpid(),
+            "phase": self.phase,
+            "error": self.error,
+            "rig": self.rig,
+            "remote": self.remote,
+            "curve": self.curve,
+            **c,
+        }
 
     def close(self) -> None:
         self.stop.set()

@@ -14,6 +14,7 @@ message from a damaged one and drops either with a count, never a crash. Everyth
 claims is checked before any pixel is decoded: the image sizes are read from the JPEG and PNG
 headers themselves, so a forged header cannot make the learner inflate a huge image.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,17 +36,43 @@ MAX_HEADER = 4096  # bytes: a larger first part is not ours
 MAX_NAME = 64
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 # The trimap (three levels) and the motion probability (smooth blobs): fast deflate, no row filter
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+_PNG_PARAMS = [
+    cv2.IMWRITE_PNG_COMPRESSION,
+    1,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_RLE,
+    cv2.IMWRITE_PNG_FILTER,
+    cv2.IMWRITE_PNG_FILTER_NONE,
+]
 _INT = (int,)
 _SAMPLE_FIELDS: dict[str, tuple[type, ...]] = {
-    "rig": (str,), "camera": (str,), "seq": _INT, "sent_ns": _INT, "frame": _INT, "shot": _INT,
-    "capture_time": (int, float), "width": _INT, "height": _INT, "valid": (list,), "source_hw": (list,),
-    "flow": (bool,), "rig_sent": _INT, "rig_dropped": _INT,
+    "rig": (str,),
+    "camera": (str,),
+    "seq": _INT,
+    "sent_ns": _INT,
+    "frame": _INT,
+    "shot": _INT,
+    "capture_time": (int, float),
+    "width": _INT,
+    "height": _INT,
+    "valid": (list,),
+    "source_hw": (list,),
+    "flow": (bool,),
+    "rig_sent": _INT,
+    "rig_dropped": _INT,
 }
 _PAIR_FIELDS: dict[str, tuple[type, ...]] = {
-    "rig": (str,), "camera": (str,), "seq": _INT, "sent_ns": _INT, "shot": _INT, "t0": _INT, "t1": _INT,
-    "track": _INT, "patch": _INT, "rig_sent": _INT, "rig_dropped": _INT,
+    "rig": (str,),
+    "camera": (str,),
+    "seq": _INT,
+    "sent_ns": _INT,
+    "shot": _INT,
+    "t0": _INT,
+    "t1": _INT,
+    "track": _INT,
+    "patch": _INT,
+    "rig_sent": _INT,
+    "rig_dropped": _INT,
 }
 
 
@@ -76,6 +103,7 @@ class WirePair:
 
 # ---- encoding (the rig) -------------------------------------------------------------------
 
+
 def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -90,34 +118,88 @@ def _png(gray: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def encode_sample(*, rig: str, camera: str, seq: int, frame: int, shot: int, capture_time: float,
-                  image: np.ndarray, trimap: np.ndarray, prob: np.ndarray, flow: np.ndarray | None,
-                  valid: tuple[int, ...], source_hw: tuple[int, ...], quality: int = 90,
-                  rig_sent: int = 0, rig_dropped: int = 0) -> list[bytes]:
+def encode_sample(
+    *,
+    rig: str,
+    camera: str,
+    seq: int,
+    frame: int,
+    shot: int,
+    capture_time: float,
+    image: np.ndarray,
+    trimap: np.ndarray,
+    prob: np.ndarray,
+    flow: np.ndarray | None,
+    valid: tuple[int, ...],
+    source_hw: tuple[int, ...],
+    quality: int = 90,
+    rig_sent: int = 0,
+    rig_dropped: int = 0,
+) -> list[bytes]:
     """The parts of one sample message. `rig_sent`/`rig_dropped` are the rig's running totals, so
     that the learner's status shows what a rig lost before it ever reached the network."""
     h, w = trimap.shape
-    hdr = {"schema": SCHEMA, "version": VERSION, "kind": "sample", "rig": rig, "camera": camera,
-           "seq": int(seq), "sent_ns": time.time_ns(), "frame": int(frame), "shot": int(shot),
-           "capture_time": float(capture_time), "width": int(w), "height": int(h),
-           "valid": [int(v) for v in valid], "source_hw": [int(v) for v in source_hw],
-           "flow": flow is not None, "rig_sent": int(rig_sent), "rig_dropped": int(rig_dropped)}
+    hdr = {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "kind": "sample",
+        "rig": rig,
+        "camera": camera,
+        "seq": int(seq),
+        "sent_ns": time.time_ns(),
+        "frame": int(frame),
+        "shot": int(shot),
+        "capture_time": float(capture_time),
+        "width": int(w),
+        "height": int(h),
+        "valid": [int(v) for v in valid],
+        "source_hw": [int(v) for v in source_hw],
+        "flow": flow is not None,
+        "rig_sent": int(rig_sent),
+        "rig_dropped": int(rig_dropped),
+    }
     parts = [json.dumps(hdr, separators=(",", ":")).encode(), _jpeg(image, quality), _png(trimap), _png(prob)]
     if flow is not None:
         parts.append(zlib.compress(np.ascontiguousarray(flow, "<f2").tobytes(), 1))
     return parts
 
 
-def encode_pair(*, rig: str, camera: str, seq: int, shot: int, t0: int, t1: int, track: int,
-                query: np.ndarray, tracked: np.ndarray, quality: int = 90, rig_sent: int = 0,
-                rig_dropped: int = 0) -> list[bytes]:
-    hdr = {"schema": SCHEMA, "version": VERSION, "kind": "pair", "rig": rig, "camera": camera, "seq": int(seq),
-           "sent_ns": time.time_ns(), "shot": int(shot), "t0": int(t0), "t1": int(t1), "track": int(track),
-           "patch": int(query.shape[0]), "rig_sent": int(rig_sent), "rig_dropped": int(rig_dropped)}
+def encode_pair(
+    *,
+    rig: str,
+    camera: str,
+    seq: int,
+    shot: int,
+    t0: int,
+    t1: int,
+    track: int,
+    query: np.ndarray,
+    tracked: np.ndarray,
+    quality: int = 90,
+    rig_sent: int = 0,
+    rig_dropped: int = 0,
+) -> list[bytes]:
+    hdr = {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "kind": "pair",
+        "rig": rig,
+        "camera": camera,
+        "seq": int(seq),
+        "sent_ns": time.time_ns(),
+        "shot": int(shot),
+        "t0": int(t0),
+        "t1": int(t1),
+        "track": int(track),
+        "patch": int(query.shape[0]),
+        "rig_sent": int(rig_sent),
+        "rig_dropped": int(rig_dropped),
+    }
     return [json.dumps(hdr, separators=(",", ":")).encode(), _jpeg(query, quality), _jpeg(tracked, quality)]
 
 
 # ---- decoding (the learner) ---------------------------------------------------------------
+
 
 def parse_header(parts: list[bytes]) -> dict[str, Any]:
     """The checked header of a received message (no pixels decoded yet)."""
@@ -200,10 +282,16 @@ def decode_sample(hdr: dict[str, Any], parts: list[bytes], slot_hw: tuple[int, i
     learner's slot size (buffer.train_width x train_height on both sides)."""
     w, h = hdr["width"], hdr["height"]
     if (h, w) != tuple(slot_hw):
-        raise WireError("slot_size", f"samples of {w}x{h}; this learner's buffer holds "
-                        f"{slot_hw[1]}x{slot_hw[0]}: set the same buffer.train_width/train_height on both")
-    if len(hdr["valid"]) != 4 or len(hdr["source_hw"]) != 2 or not all(
-            isinstance(v, int) and 0 <= v <= 1 << 16 for v in hdr["valid"] + hdr["source_hw"]):
+        raise WireError(
+            "slot_size",
+            f"samples of {w}x{h}; this learner's buffer holds "
+            f"{slot_hw[1]}x{slot_hw[0]}: set the same buffer.train_width/train_height on both",
+        )
+    if (
+        len(hdr["valid"]) != 4
+        or len(hdr["source_hw"]) != 2
+        or not all(isinstance(v, int) and 0 <= v <= 1 << 16 for v in hdr["valid"] + hdr["source_hw"])
+    ):
         raise WireError("header", "valid or source_hw malformed")
     image = _decode_jpeg(bytes(parts[1]), w, h)
     trimap = _decode_png(bytes(parts[2]), w, h, "trimap")
@@ -224,10 +312,24 @@ def decode_sample(hdr: dict[str, Any], parts: list[bytes], slot_hw: tuple[int, i
 def decode_pair(hdr: dict[str, Any], parts: list[bytes], patch: int) -> WirePair:
     p = hdr["patch"]
     if p != patch:
-        raise WireError("slot_size", f"pairs of {p}x{p} patches; this learner's pair store holds {patch}: "
-                        f"set the same streamer.patches.size on both")
+        raise WireError(
+            "slot_size",
+            f"pairs of {p}x{p} patches; this learner's pair store holds {patch}: "
+            f"set the same streamer.patches.size on both",
+        )
     return WirePair(hdr, _decode_jpeg(bytes(parts[1]), p, p), _decode_jpeg(bytes(parts[2]), p, p))
 
 
-__all__ = ["KINDS", "SCHEMA", "VERSION", "WireError", "WirePair", "WireSample", "decode_pair", "decode_sample",
-           "encode_pair", "encode_sample", "parse_header"]
+__all__ = [
+    "KINDS",
+    "SCHEMA",
+    "VERSION",
+    "WireError",
+    "WirePair",
+    "WireSample",
+    "decode_pair",
+    "decode_sample",
+    "encode_pair",
+    "encode_sample",
+    "parse_header",
+]

@@ -10,6 +10,7 @@ not started by systemd (no $NOTIFY_SOCKET).
 
 The protocol is in sd_notify(3): newline-separated VAR=value assignments in one datagram.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,13 @@ class Notifier:
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET") or None
         if address is not None and not address.startswith(("/", "@")):
-            log_event(log, "notify_unsupported", logging.WARNING, socket=address,
-                      note="only path and @abstract sockets are supported; systemd notifications are off")
+            log_event(
+                log,
+                "notify_unsupported",
+                logging.WARNING,
+                socket=address,
+                note="only path and @abstract sockets are supported; systemd notifications are off",
+            )
             address = None
         watchdog_s = None
         try:
@@ -68,8 +74,14 @@ class Notifier:
         except OSError as e:
             if not self._failed:
                 self._failed = True
-                log_event(log, "notify_failed", logging.WARNING, socket=self.address, state=state.split("=")[0],
-                          error=e.strerror or e)
+                log_event(
+                    log,
+                    "notify_failed",
+                    logging.WARNING,
+                    socket=self.address,
+                    state=state.split("=")[0],
+                    error=e.strerror or e,
+                )
             return False
 
     def close(self) -> None:

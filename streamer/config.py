@@ -1,7 +1,9 @@
 """Typed configuration of the streamer. Loaded from YAML by motionmask.config; defaults here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from common.config import check
 
 
@@ -37,7 +39,9 @@ class ShotConfig:
 class FlowConfig:
     width: int = 240  # working resolution (height follows the aspect ratio)
     preset: str = "fast"  # DIS preset: ultrafast | fast | medium
-    finest_scale: int = 1  # DIS pyramid level where flow stops (0 = full res); the presets stop at 2, too blurry for small objects
+    finest_scale: int = (
+        1  # DIS pyramid level where flow stops (0 = full res); the presets stop at 2, too blurry for small objects
+    )
     fb_sigma: float = 1.0  # forward-backward error (working px) at which confidence is exp(-1/2)
 
 
@@ -115,6 +119,7 @@ class TrimapConfig:
 @dataclass
 class PatchConfig:
     """Tracked-patch pairs (Wang & Gupta 2015) for the learner's embedding head; see streamer/motion/patches.py."""
+
     enabled: bool = False
     size: int = 64  # P: pairs are P x P RGB patches
     track_length: int = 30  # frames from the query patch to the tracked one (same shot)
@@ -160,8 +165,11 @@ class StreamerConfig:
             ("prune.min_fg", 0 <= self.prune.min_fg <= self.prune.max_fg <= 1, "0 <= min_fg <= max_fg <= 1"),
             ("prune.border", 0 <= self.prune.border < 0.5, "in [0, 0.5)"),
             ("prune.max_unsure", 0 <= self.prune.max_unsure <= 1, "in [0, 1] (1 = off)"),
-            ("trimap.negative_below", 0 <= self.trimap.negative_below <= self.trimap.positive_above <= 1,
-             "0 <= negative_below <= positive_above <= 1"),
+            (
+                "trimap.negative_below",
+                0 <= self.trimap.negative_below <= self.trimap.positive_above <= 1,
+                "0 <= negative_below <= positive_above <= 1",
+            ),
             ("trimap.near_positive", 0 <= self.trimap.near_positive <= 0.5, "in [0, 0.5]"),
             ("source.read_timeout_s", self.source.read_timeout_s > 0, "> 0"),
             ("source.open_timeout_s", self.source.open_timeout_s > 0, "> 0"),
@@ -169,8 +177,11 @@ class StreamerConfig:
             ("patches.track_length", self.patches.track_length >= 1, ">= 1"),
             ("patches.box", 0.05 <= self.patches.box <= 1.0, "in [0.05, 1]"),
             ("patches.points", self.patches.points >= 8, ">= 8"),
-            ("patches.min_moving", 0 <= self.patches.min_moving <= self.patches.max_moving <= 1,
-             "0 <= min_moving <= max_moving <= 1"),
+            (
+                "patches.min_moving",
+                0 <= self.patches.min_moving <= self.patches.max_moving <= 1,
+                "0 <= min_moving <= max_moving <= 1",
+            ),
             ("patches.min_box_points", self.patches.min_box_points >= 1, ">= 1"),
             ("patches.start_every", self.patches.start_every >= 1, ">= 1"),
             ("patches.max_tracks", self.patches.max_tracks >= 1, ">= 1"),

@@ -1,4 +1,5 @@
 """The unit every source yields (Frame), and what the motion pipeline makes of it (MaskResult)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Pictures of the masks for a person: overlay frames, an H.264 overlay.mp4, a contact sheet PNG."""
+
 from __future__ import annotations
 
 import functools
@@ -7,14 +8,15 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+
 try:
     import cv2
 except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
     from common import npcv as cv2
 import numpy as np
 
-from streamer.png import write_png
 from streamer.frames import MaskResult
+from streamer.png import write_png
 
 KEPT_TINT = (40, 220, 90)  # green: a usable training sample
 PRUNED_TINT = (235, 60, 60)  # red: pruned, with the reason in the text
@@ -199,7 +201,7 @@ class ContactSheet:
                 put_text(sheet, line, (x + 2, 18 + 18 * k), 0.45)
             for r, thumb in enumerate(rows):
                 y = label_h + r * (th + gap)
-                sheet[y:y + thumb.shape[0], x:x + tw] = thumb
+                sheet[y : y + thumb.shape[0], x : x + tw] = thumb
         return sheet
 
     def save(self, path: str | Path) -> bool:

@@ -1,4 +1,5 @@
 """PNG files written atomically (masks, trimaps, contact sheets, ground truth)."""
+
 from __future__ import annotations
 
 from pathlib import Path

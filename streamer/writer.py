@@ -8,6 +8,7 @@ NNNNNN is the 6-digit 0-based decode index of the frame. PNGs are written atomic
 jsonl line is one write(2) on an O_APPEND descriptor, so an interrupted run (Ctrl-C, kill, full
 disk) leaves only whole files and whole lines behind.
 """
+
 from __future__ import annotations
 
 import errno
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.png import write_png
 from common.errors import UserError
 from common.log import log_event
 from streamer.frames import MaskResult
+from streamer.png import write_png
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """The synthetic families by name: tune on "things", report every family (issue 18), and the
 benchmarks' cache of generated clips."""
+
 from __future__ import annotations
 
 import json

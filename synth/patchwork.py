@@ -29,19 +29,20 @@ Every random choice comes from the clip seed: a seed gives the same frames, GT a
 FROZEN at VERSION 1: figures from this family are quoted, so a change to what a seed generates
 (including the photos) must be a new VERSION, and never one made to make a method look better.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from synth import things
 from common.errors import UserError
+from synth import things
 from synth.things import ClipPlan, Layer, Shot
 
 FAMILY = "patchwork"
@@ -60,6 +61,7 @@ TEXTURE_P = (0.6, 0.2, 0.2)
 @dataclass
 class Part(Layer):
     """A layer with what this family varies on top of synth.things.Layer (for clips.json)."""
+
     contrast: str = "normal"  # CONTRASTS
     texture: str = "photo"  # TEXTURES
     part: str = "object"  # object | arm (an arm has its box's inst)
@@ -87,7 +89,7 @@ def photo_scenes() -> dict[str, str]:
     return {Path(r["file"]).stem: r["clip"] for r in json.loads((PHOTO_DIR / "sources.json").read_text())}
 
 
-@lru_cache(maxsize=None)
+@cache
 def photo(name: str) -> np.ndarray:
     """A pool photo, RGB uint8, read-only."""
     bgr = cv2.imread(str(PHOTO_DIR / f"{name}.jpg"), cv2.IMREAD_COLOR)
@@ -157,7 +159,7 @@ def _window(world: np.ndarray, centre: np.ndarray, w: int, h: int) -> np.ndarray
     x0, y0 = (np.round(centre - [w / 2, h / 2]).astype(int)).tolist()
     x0 = min(max(0, x0), world.shape[1] - 4)
     y0 = min(max(0, y0), world.shape[0] - 4)
-    return world[y0:y0 + max(4, h), x0:x0 + max(4, w)]
+    return world[y0 : y0 + max(4, h), x0 : x0 + max(4, w)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,12 +176,15 @@ def plan_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)) -
     cut = int(rng.integers(min_shot, frames - min_shot + 1)) if n_shots == 2 else frames
     starts, ends = ([0, cut], [cut, frames]) if n_shots == 2 else ([0], [frames])
     plan = ClipPlan(
-        seed=seed, frames=frames, width=width, height=height,
+        seed=seed,
+        frames=frames,
+        width=width,
+        height=height,
         crf=int(rng.integers(23, 31)),
         noise_sigma=float(rng.uniform(1.5, 5.0)),
         shutter=float(rng.choice([0.0, rng.uniform(0.2, 0.6)], p=[0.3, 0.7])),
-        flicker=1 + rng.uniform(0.01, 0.03) * (0.7 * things.smooth_noise(rng, frames, 6.0)
-                                               + 0.3 * rng.uniform(-1, 1, frames)),
+        flicker=1
+        + rng.uniform(0.01, 0.03) * (0.7 * things.smooth_noise(rng, frames, 6.0) + 0.3 * rng.uniform(-1, 1, frames)),
         shots=[],
     )
     next_inst, prev_photo = 1, None
@@ -202,12 +207,20 @@ class _View:
         return self.center[i] + things.rotation_matrix(self.angle[i]) @ ((v - self.half) / self.zoom[i])
 
 
-def _background(rng: np.random.Generator, name: str, rel_center: np.ndarray, zoom: np.ndarray,
-                angle: np.ndarray, half_view: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _background(
+    rng: np.random.Generator,
+    name: str,
+    rel_center: np.ndarray,
+    zoom: np.ndarray,
+    angle: np.ndarray,
+    half_view: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The world image (the photo scaled to cover all the camera sees, plus a margin), the camera
     centre path in it, and the photo -> world scale."""
     corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half_view
-    seen = np.concatenate([rel_center[i] + corners @ things.rotation_matrix(angle[i]).T / zoom[i] for i in range(len(zoom))])
+    seen = np.concatenate(
+        [rel_center[i] + corners @ things.rotation_matrix(angle[i]).T / zoom[i] for i in range(len(zoom))]
+    )
     lo, hi = seen.min(0), seen.max(0)
     img = photo(name)
     need = hi - lo + 8
@@ -218,8 +231,9 @@ def _background(rng: np.random.Generator, name: str, rel_center: np.ndarray, zoo
     return world, rel_center + offset, s
 
 
-def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height: int,
-               first_inst: int, prev_photo: str | None) -> Shot:
+def _plan_shot(
+    rng: np.random.Generator, start: int, n: int, width: int, height: int, first_inst: int, prev_photo: str | None
+) -> Shot:
     k = width / things.REF_WIDTH
     half_view = np.array([width / 2, height / 2])
     camera = str(rng.choice(things.CAMERA_TYPES, p=CAMERA_P))
@@ -244,12 +258,36 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
                 rgb = _match_colour(rgb, _window(world, at, w, h))
         return name, _weaken(rng, rgb, weak)
 
-    def part(role: str, inst: int, size: str, shape: str, area_frac: float, at: np.ndarray,
-             pos: np.ndarray, rot: np.ndarray, scale: np.ndarray, contrast: str, weak: str) -> Part:
+    def part(
+        role: str,
+        inst: int,
+        size: str,
+        shape: str,
+        area_frac: float,
+        at: np.ndarray,
+        pos: np.ndarray,
+        rot: np.ndarray,
+        scale: np.ndarray,
+        contrast: str,
+        weak: str,
+    ) -> Part:
         alpha = _alpha(rng, shape, area_frac * view_area)
         name, rgb = texture(alpha, at, contrast, weak)
-        return Part(role, inst, name, shape, size, things.colour_cast(rgb, cast), alpha, pos, rot, scale,
-                    contrast=contrast, texture=weak, area=round(area_frac, 4))
+        return Part(
+            role,
+            inst,
+            name,
+            shape,
+            size,
+            things.colour_cast(rgb, cast),
+            alpha,
+            pos,
+            rot,
+            scale,
+            contrast=contrast,
+            texture=weak,
+            area=round(area_frac, 4),
+        )
 
     def still(p: np.ndarray, a: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.repeat(p[None], n, 0), np.full(n, a), np.ones(n)
@@ -262,9 +300,19 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
     for _ in range(int(rng.choice([0, 1, 2], p=[0.3, 0.45, 0.25]))):  # still distractors, GT 0
         size = draw(("large", "medium", "small"), (0.15, 0.5, 0.35))
         at = view.to_world(half_view * 2 * rng.uniform(0.15, 0.85, 2), mid)
-        layers.append(part("distractor", 0, size, draw(SHAPES, (0.4, 0.35, 0.25)), rng.uniform(*SIZES[size]), at,
-                           *still(at, rng.uniform(-np.pi, np.pi)), draw(CONTRASTS, CONTRAST_P),
-                           draw(TEXTURES, TEXTURE_P)))
+        layers.append(
+            part(
+                "distractor",
+                0,
+                size,
+                draw(SHAPES, (0.4, 0.35, 0.25)),
+                rng.uniform(*SIZES[size]),
+                at,
+                *still(at, rng.uniform(-np.pi, np.pi)),
+                draw(CONTRASTS, CONTRAST_P),
+                draw(TEXTURES, TEXTURE_P),
+            )
+        )
 
     n_movers = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
     carried = rng.random() < 0.4  # the first mover is a box in a hand
@@ -280,21 +328,45 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         spin = np.radians(rng.uniform(-0.5, 0.5)) if rng.random() < 0.4 else 0.0
         rot = rng.uniform(-0.4, 0.4) + spin * np.cumsum(env)  # turns only while it moves
         grow = np.exp(rng.uniform(-0.15, 0.15) * np.cumsum(env) / n)  # toward or away from the camera
-        mover = part("mover", first_inst + j, size, shape, rng.uniform(*SIZES[size]), at, pos, rot, grow,
-                     draw(CONTRASTS, CONTRAST_P), draw(TEXTURES, TEXTURE_P))
+        mover = part(
+            "mover",
+            first_inst + j,
+            size,
+            shape,
+            rng.uniform(*SIZES[size]),
+            at,
+            pos,
+            rot,
+            grow,
+            draw(CONTRASTS, CONTRAST_P),
+            draw(TEXTURES, TEXTURE_P),
+        )
         if j == 0 and carried:
             mover.carried = True
             layers.append(_arm(rng, mover, view, n, cast))  # behind its box: the hand holds it
         layers.append(mover)
 
     if rng.random() < 0.2:  # a still post in front of everything, GT 0
-        alpha = things.rasterize(_outline(rng, "pole")[0], round(rng.uniform(0.05, 0.09) * width / zoom[mid]),
-                                  round(1.3 * height / zoom[mid]))
+        alpha = things.rasterize(
+            _outline(rng, "pole")[0],
+            round(rng.uniform(0.05, 0.09) * width / zoom[mid]),
+            round(1.3 * height / zoom[mid]),
+        )
         name = str(rng.choice(names))
         rgb = things.crop_photo(rng, photo(name), alpha.shape[1], alpha.shape[0], (0.5, 1.5))
         at = view.to_world(half_view * 2 * np.array([rng.uniform(0.2, 0.8), 0.5]), mid)
-        layers.append(Part("occluder", 0, name, "pole", "pole", things.colour_cast(rgb, cast), alpha,
-                           *still(at, angle[mid] + rng.uniform(-0.1, 0.1))))
+        layers.append(
+            Part(
+                "occluder",
+                0,
+                name,
+                "pole",
+                "pole",
+                things.colour_cast(rgb, cast),
+                alpha,
+                *still(at, angle[mid] + rng.uniform(-0.1, 0.1)),
+            )
+        )
 
     return Shot(start, n, bg_name, world, camera, cam_center, zoom, angle, layers)
 
@@ -327,9 +399,22 @@ def _arm(rng: np.random.Generator, box: Part, view: _View, n: int, cast: np.ndar
     # the sprite's hand end (x = 0) sits at the box centre; the sprite turns about its own centre
     pos = box.pos + u * (w / 2 - 2)
     rot = np.arctan2(u[:, 1], u[:, 0])
-    return Part("mover", box.inst, sleeve_name, "arm", "arm", things.colour_cast(rgb, cast), alpha, pos, rot, np.ones(n),
-                contrast="normal", texture="flat", part="arm",
-                area=round(float(alpha.sum()) / (4 * view.half[0] * view.half[1] / view.zoom[0] ** 2), 4))
+    return Part(
+        "mover",
+        box.inst,
+        sleeve_name,
+        "arm",
+        "arm",
+        things.colour_cast(rgb, cast),
+        alpha,
+        pos,
+        rot,
+        np.ones(n),
+        contrast="normal",
+        texture="flat",
+        part="arm",
+        area=round(float(alpha.sum()) / (4 * view.half[0] * view.half[1] / view.zoom[0] ** 2), 4),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,23 +426,38 @@ def clip_info(plan: ClipPlan) -> dict:
     info = things.clip_info(plan)
     layers = [layer for shot in plan.shots for layer in shot.layers]
     for obj, layer in zip(info["objects"], layers):
-        obj.update({"part": layer.part, "carried": layer.carried, "contrast": layer.contrast,
-                    "texture": layer.texture, "area": layer.area})
+        obj.update(
+            {
+                "part": layer.part,
+                "carried": layer.carried,
+                "contrast": layer.contrast,
+                "texture": layer.texture,
+                "area": layer.area,
+            }
+        )
     return {"family": FAMILY, "version": VERSION, **info}
 
 
-def render_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)
-                ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict]:
+def render_clip(
+    seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict]:
     """Render a whole clip in memory without encoding: (frames_rgb, gt, inst, info)."""
     plan = plan_clip(seed, frames, size)
     rendered = [things.render_frame(plan, t) for t in range(frames)]
     return [r.rgb for r in rendered], [r.gt for r in rendered], [r.inst for r in rendered], clip_info(plan)
 
 
-def generate(out_dir: str | Path, seed: int = 0, clips: int = 10, frames: int = 90,
-             size: tuple[int, int] = (320, 240), progress: bool = False) -> list[dict]:
+def generate(
+    out_dir: str | Path,
+    seed: int = 0,
+    clips: int = 10,
+    frames: int = 90,
+    size: tuple[int, int] = (320, 240),
+    progress: bool = False,
+) -> list[dict]:
     """Write `clips` clips under out_dir in the folder format of synth.things.generate (its write
     loop: synth.things.write_clips) and return the clips.json entries (each with "family":
     "patchwork" and "version")."""
-    return things.write_clips(out_dir, plan_clip, clip_info, seed, clips, frames, size, progress,
-                              desc=f"synth {FAMILY}")
+    return things.write_clips(
+        out_dir, plan_clip, clip_info, seed, clips, frames, size, progress, desc=f"synth {FAMILY}"
+    )

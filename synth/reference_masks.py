@@ -69,23 +69,23 @@ Figures of VERSION 1 (bench/real_reference.py; ~70 s to build on one core):
 VERSION 1 is frozen: figures are quoted from it. A change of method or parameters gets a new
 version (a new folder, real_v<N>), never an edit of this one.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
 
 from common.atomic import write_json
-
-from streamer.png import write_png
-from streamer.config import SourceConfig
 from common.errors import UserError
+from streamer.config import SourceConfig
+from streamer.png import write_png
 from streamer.sources import open_source
 from synth.things import swap_dir
 
@@ -98,6 +98,7 @@ BACKGROUND, VOID, OBJECT = 0, 128, 255
 @dataclass(frozen=True)
 class Params:
     """The method's parameters; lengths are fractions of the frame width, areas of the frame area."""
+
     median_frames: int = 160
     blur: float = 0.0015  # Gaussian sigma before the difference (~1.2 px at 768)
     k_high: float = 5.0  # sure mover: this many times the pixel's noise...
@@ -165,8 +166,8 @@ def median_background(frames: list[np.ndarray], rows: int = 64) -> np.ndarray:
     h = frames[0].shape[0]
     out = np.empty_like(frames[0])
     for y in range(0, h, rows):
-        band = np.stack([f[y:y + rows] for f in frames])
-        out[y:y + rows] = np.median(band, axis=0).round().astype(np.uint8)
+        band = np.stack([f[y : y + rows] for f in frames])
+        out[y : y + rows] = np.median(band, axis=0).round().astype(np.uint8)
     return out
 
 
@@ -191,8 +192,8 @@ def noise_map(sample: list[np.ndarray], plate: np.ndarray, sigma: float) -> np.n
     for lab in labs:  # the same exposure correction as the masks get (see reference_mask)
         lab[..., 0] /= exposure(lab, plate)
     for y in range(0, h, 64):
-        d = np.stack([delta_e(lab[y:y + 64], plate[y:y + 64]) for lab in labs])
-        out[y:y + 64] = np.median(d, axis=0)
+        d = np.stack([delta_e(lab[y : y + 64], plate[y : y + 64]) for lab in labs])
+        out[y : y + 64] = np.median(d, axis=0)
     # smooth: a threshold should follow regions (foliage, a window), not single noisy pixels
     return cv2.GaussianBlur(out, (0, 0), 2.0)
 
@@ -200,6 +201,7 @@ def noise_map(sample: list[np.ndarray], plate: np.ndarray, sigma: float) -> np.n
 @dataclass
 class Model:
     """What a clip's masks are computed against: the plate (Lab) and per-pixel thresholds."""
+
     plate: np.ndarray
     low: np.ndarray
     high: np.ndarray
@@ -291,8 +293,9 @@ def reference_mask(rgb: np.ndarray, model: Model) -> np.ndarray:
     return out
 
 
-def build_clip(path: Path, out: Path, name: str, params: Params = Params(), progress: bool = False,
-               max_frames: int | None = None) -> dict:
+def build_clip(
+    path: Path, out: Path, name: str, params: Params = Params(), progress: bool = False, max_frames: int | None = None
+) -> dict:
     """Write out/<name>/gt/*.png for one video and return its clips.json entry. max_frames: the
     first frames only (a quick check; the reference set always takes whole clips)."""
     sample, n = sample_frames(path, params.median_frames, max_frames)
@@ -321,23 +324,44 @@ def build_clip(path: Path, out: Path, name: str, params: Params = Params(), prog
         swap_dir(work, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"name": name, "file": str(path.resolve()), "width": w, "height": h, "fps": fps, "frames": n,
-            "shot_starts": [0], "family": "real", "version": VERSION, "method": "median_background",
-            "params": asdict(params), "mean_foreground": fg_sum / n, "mean_void": void_sum / n}
+    return {
+        "name": name,
+        "file": str(path.resolve()),
+        "width": w,
+        "height": h,
+        "fps": fps,
+        "frames": n,
+        "shot_starts": [0],
+        "family": "real",
+        "version": VERSION,
+        "method": "median_background",
+        "params": asdict(params),
+        "mean_foreground": fg_sum / n,
+        "mean_void": void_sum / n,
+    }
 
 
 def _check_data(data: Path, clips: tuple[Clip, ...]) -> None:
     if not data.is_dir():
-        raise UserError(f"{data}: no such folder (the shared real clips); pass data_dir / --data "
-                        f"pointing at the folder that holds {', '.join(c.file for c in clips)}")
+        raise UserError(
+            f"{data}: no such folder (the shared real clips); pass data_dir / --data "
+            f"pointing at the folder that holds {', '.join(c.file for c in clips)}"
+        )
     for c in clips:
         if not (data / c.file).is_file():
-            raise UserError(f"{data / c.file}: missing; the reference set needs it in {data} "
-                            f"(restore the shared data folder or pass another data_dir / --data)")
+            raise UserError(
+                f"{data / c.file}: missing; the reference set needs it in {data} "
+                f"(restore the shared data folder or pass another data_dir / --data)"
+            )
 
 
-def generate(out_dir: Path | str, data_dir: Path | str = DEFAULT_DATA, clips: tuple[Clip, ...] = CLIPS,
-             params: Params = Params(), progress: bool = False) -> list[dict]:
+def generate(
+    out_dir: Path | str,
+    data_dir: Path | str = DEFAULT_DATA,
+    clips: tuple[Clip, ...] = CLIPS,
+    params: Params = Params(),
+    progress: bool = False,
+) -> list[dict]:
     """Build the reference set in out_dir; clips.json is removed first and written last, so where
     it exists every clip it lists is complete."""
     data, out = Path(data_dir), Path(out_dir)
@@ -361,6 +385,8 @@ def reference_set(root: Path | str, data_dir: Path | str = DEFAULT_DATA) -> tupl
     entries = json.loads((d / "clips.json").read_text())
     for e in entries:  # the set points at the source videos; they must still be where it says
         if not Path(e["file"]).is_file():
-            raise UserError(f"{e['file']}: missing, and {d} scores against it; restore it, or delete {d} "
-                            f"and rebuild from another folder (python -m bench.real_reference --data DIR)")
+            raise UserError(
+                f"{e['file']}: missing, and {d} scores against it; restore it, or delete {d} "
+                f"and rebuild from another folder (python -m bench.real_reference --data DIR)"
+            )
     return d, entries

@@ -43,6 +43,7 @@ the first 70% of the frames to train on, the rest to score.
 Every random choice comes from the seed: a seed gives the same frames, GT and MP4 bytes.
 Frames are rendered and encoded one at a time, so memory does not grow with the stream's length.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,11 +57,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from synth import things
-from synth import patchwork
 from common.atomic import write_json
-from streamer.png import write_png
 from common.errors import UserError
+from streamer.png import write_png
+from synth import patchwork, things
 
 FAMILY = "rig"
 VERSION = 1  # bump when a seed's stream changes; cached streams are keyed by it
@@ -144,8 +144,9 @@ class RigPlan:
 
     def camera(self, t: int) -> np.ndarray:
         """World -> view at frame t."""
-        return things.similarity(float(self.cam_zoom[t]), 0.0, self.cam_center[t],
-                                  np.array([self.width / 2, self.height / 2]))
+        return things.similarity(
+            float(self.cam_zoom[t]), 0.0, self.cam_center[t], np.array([self.width / 2, self.height / 2])
+        )
 
 
 @dataclass
@@ -211,8 +212,9 @@ def _sprite_size(kind: str, k: float, rng: np.random.Generator) -> tuple[int, in
 # Planning: every random choice of a stream is made here
 
 
-def plan_rig(seed: int = 0, minutes: float = 3.0, size: tuple[int, int] = (320, 240), fps: int = FPS,
-             ptz: bool = False) -> RigPlan:
+def plan_rig(
+    seed: int = 0, minutes: float = 3.0, size: tuple[int, int] = (320, 240), fps: int = FPS, ptz: bool = False
+) -> RigPlan:
     """Lay out a rig stream: scene, camera, cast and every visit. No pixels of frames yet."""
     width, height = size
     frames = round(minutes * 60 * fps)
@@ -222,18 +224,31 @@ def plan_rig(seed: int = 0, minutes: float = 3.0, size: tuple[int, int] = (320, 
     background, world = _background(rng, world_w, height)
     world, decoys = _glue_decoys(rng, world, background, height)
     plan = RigPlan(
-        seed=seed, frames=frames, fps=fps, width=width, height=height, ptz=ptz,
-        crf=int(rng.integers(23, 29)), noise_sigma=float(rng.uniform(1.5, 3.5)), shutter=float(rng.uniform(0.3, 0.6)),
-        background=background, world=world, decoys=decoys, cam_center=cam_center, cam_zoom=cam_zoom,
-        light=_daylight(rng, frames, fps), actors=_cast(rng, height),
+        seed=seed,
+        frames=frames,
+        fps=fps,
+        width=width,
+        height=height,
+        ptz=ptz,
+        crf=int(rng.integers(23, 29)),
+        noise_sigma=float(rng.uniform(1.5, 3.5)),
+        shutter=float(rng.uniform(0.3, 0.6)),
+        background=background,
+        world=world,
+        decoys=decoys,
+        cam_center=cam_center,
+        cam_zoom=cam_zoom,
+        light=_daylight(rng, frames, fps),
+        actors=_cast(rng, height),
     )
     for actor in plan.actors:
         actor.visits = _schedule(rng, actor, frames, fps, width, height, world_w)
     return plan
 
 
-def _camera(rng: np.random.Generator, frames: int, fps: int, width: int, height: int, world_w: int,
-            ptz: bool) -> tuple[np.ndarray, np.ndarray]:
+def _camera(
+    rng: np.random.Generator, frames: int, fps: int, width: int, height: int, world_w: int, ptz: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Centre and zoom per frame: fixed, or a slow sinusoidal pan with a gentle zoom (ptz)."""
     centre = np.tile([world_w / 2, height / 2], (frames, 1)).astype(float)
     zoom = np.ones(frames)
@@ -255,11 +270,14 @@ def _background(rng: np.random.Generator, world_w: int, world_h: int) -> tuple[s
     name = str(rng.choice([n for n in names if scenes[n] == scene]))
     img = patchwork.photo(name)
     s = max(world_w / img.shape[1], world_h / img.shape[0])
-    big = cv2.resize(img, (math.ceil(img.shape[1] * s), math.ceil(img.shape[0] * s)),
-                     interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    big = cv2.resize(
+        img,
+        (math.ceil(img.shape[1] * s), math.ceil(img.shape[0] * s)),
+        interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+    )
     x = int(rng.integers(0, big.shape[1] - world_w + 1))
     y = int(rng.integers(0, big.shape[0] - world_h + 1))
-    return name, np.ascontiguousarray(big[y:y + world_h, x:x + world_w])
+    return name, np.ascontiguousarray(big[y : y + world_h, x : x + world_w])
 
 
 def _floor_scale(y: np.ndarray | float, height: int) -> np.ndarray | float:
@@ -268,8 +286,9 @@ def _floor_scale(y: np.ndarray | float, height: int) -> np.ndarray | float:
     return 0.55 + (MAX_SCALE - 0.55) * f
 
 
-def _glue_decoys(rng: np.random.Generator, world: np.ndarray, background: str, height: int
-                 ) -> tuple[np.ndarray, list[dict]]:
+def _glue_decoys(
+    rng: np.random.Generator, world: np.ndarray, background: str, height: int
+) -> tuple[np.ndarray, list[dict]]:
     """2-4 still cut-outs painted into the world (they are background, GT 0): actor-shaped ones
     standing on the floor and a box anywhere, wearing pieces of pool photos of other source clips
     (a piece of the background's own clip would hide in it)."""
@@ -302,8 +321,10 @@ def _glue_decoys(rng: np.random.Generator, world: np.ndarray, background: str, h
 
 def _drift(rng: np.random.Generator, secs: np.ndarray) -> np.ndarray:
     """Slow signal in [-1, 1]: two sinusoids with periods of 1.5-6 minutes."""
-    s = sum(rng.uniform(0.5, 1) * np.sin(2 * np.pi * secs / rng.uniform(90, 360) + rng.uniform(0, 2 * np.pi))
-            for _ in range(2))
+    s = sum(
+        rng.uniform(0.5, 1) * np.sin(2 * np.pi * secs / rng.uniform(90, 360) + rng.uniform(0, 2 * np.pi))
+        for _ in range(2)
+    )
     return s / 2
 
 
@@ -329,8 +350,9 @@ def _cast(rng: np.random.Generator, height: int) -> list[Actor]:
     return actors
 
 
-def _schedule(rng: np.random.Generator, actor: Actor, frames: int, fps: int, width: int, height: int,
-              world_w: int) -> list[Visit]:
+def _schedule(
+    rng: np.random.Generator, actor: Actor, frames: int, fps: int, width: int, height: int, world_w: int
+) -> list[Visit]:
     """Visits one after another, apart by absences of ABSENCE_S, each ending before the stream does.
     A visit that does not fit is tried once as a pass before the actor is done."""
     visits = []
@@ -352,7 +374,7 @@ def _curve(a: np.ndarray, b: np.ndarray, bend: float, n: int = 64) -> np.ndarray
     d = b - a
     ctrl = (a + b) / 2 + bend * np.array([-d[1], d[0]])
     u = np.linspace(0, 1, n)[:, None]
-    return (1 - u) ** 2 * a + 2 * (1 - u) * u * ctrl + u ** 2 * b
+    return (1 - u) ** 2 * a + 2 * (1 - u) * u * ctrl + u**2 * b
 
 
 def _walk(points: np.ndarray, step: float, ease_in: int, ease_out: int) -> np.ndarray:
@@ -371,8 +393,9 @@ def _walk(points: np.ndarray, step: float, ease_in: int, ease_out: int) -> np.nd
     return np.stack([np.interp(u, arc, points[:, 0]), np.interp(u, arc, points[:, 1])], 1)
 
 
-def _visit(rng: np.random.Generator, actor: Actor, kind: str, enter: int, fps: int, width: int, height: int,
-           world_w: int) -> Visit:
+def _visit(
+    rng: np.random.Generator, actor: Actor, kind: str, enter: int, fps: int, width: int, height: int, world_w: int
+) -> Visit:
     """One visit from `enter`: in by an edge, to a spot, stand there (unless a pass), out by an edge."""
     half_w = actor.alpha.shape[1] / 2 + 2  # at MAX_SCALE: outside the world whatever the row
     side_in = int(rng.choice([-1, 1]))  # -1: the left edge
@@ -399,8 +422,9 @@ def _visit(rng: np.random.Generator, actor: Actor, kind: str, enter: int, fps: i
     return _visit_arrays(kind, enter, stop, go, feet, height, fps)
 
 
-def _visit_arrays(kind: str, enter: int, stop: int | None, go: int | None, feet: np.ndarray, height: int,
-                  fps: int) -> Visit:
+def _visit_arrays(
+    kind: str, enter: int, stop: int | None, go: int | None, feet: np.ndarray, height: int, fps: int
+) -> Visit:
     """The per-frame pose of a visit and when it is still (pose unchanged over the last fps frames)."""
     dx = np.diff(feet[:, 0], prepend=np.nan)
     facing = np.empty(len(feet))
@@ -432,8 +456,9 @@ def render_rig_frame(plan: RigPlan, t: int) -> RigFrame:
     """Frame t with its GT. A pure function of (plan, t): frames render in any order."""
     W, H = plan.width, plan.height
     cam = plan.camera(t)
-    out = cv2.warpAffine(plan.world, cam[:2], (W, H), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
+    out = cv2.warpAffine(plan.world, cam[:2], (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101).astype(
+        np.float32
+    )
     # the PTZ sweep moves under 0.5 px/frame: below what the blur kernel draws, so no camera blur
     present = [(a, v) for a in plan.actors if (v := a.visit_at(t)) is not None]
     present.sort(key=lambda av: (av[1].feet[t - av[1].enter, 1], av[0].id))  # the farther, the earlier
@@ -473,18 +498,42 @@ def rig_info(plan: RigPlan) -> dict:
 
     def visit(v: Visit) -> dict:
         stand = (v.go - v.stop) / plan.fps if v.stop is not None else 0.0
-        return {"kind": v.kind, "enter": v.enter, "stop": v.stop, "go": v.go, "leave": v.leave,
-                "stand_seconds": round(stand, 2)}
+        return {
+            "kind": v.kind,
+            "enter": v.enter,
+            "stop": v.stop,
+            "go": v.go,
+            "leave": v.leave,
+            "stand_seconds": round(stand, 2),
+        }
 
     return {
-        "width": plan.width, "height": plan.height, "fps": plan.fps, "frames": plan.frames, "shot_starts": [0],
-        "family": FAMILY, "version": VERSION, "seed": plan.seed, "ptz": plan.ptz,
-        "minutes": round(plan.frames / plan.fps / 60, 4), "crf": plan.crf,
-        "noise_sigma": round(plan.noise_sigma, 3), "shutter": round(plan.shutter, 3),
-        "background": plan.background, "decoys": plan.decoys,
+        "width": plan.width,
+        "height": plan.height,
+        "fps": plan.fps,
+        "frames": plan.frames,
+        "shot_starts": [0],
+        "family": FAMILY,
+        "version": VERSION,
+        "seed": plan.seed,
+        "ptz": plan.ptz,
+        "minutes": round(plan.frames / plan.fps / 60, 4),
+        "crf": plan.crf,
+        "noise_sigma": round(plan.noise_sigma, 3),
+        "shutter": round(plan.shutter, 3),
+        "background": plan.background,
+        "decoys": plan.decoys,
         "camera_speed": round(float(np.hypot(*np.diff(plan.cam_center, axis=0).T).mean()), 3),  # px/frame, world
-        "cast": [{"id": a.id, "kind": a.kind, "photo": a.photo, "speed": round(a.speed, 1),
-                  "visits": [visit(v) for v in a.visits]} for a in plan.actors],
+        "cast": [
+            {
+                "id": a.id,
+                "kind": a.kind,
+                "photo": a.photo,
+                "speed": round(a.speed, 1),
+                "visits": [visit(v) for v in a.visits],
+            }
+            for a in plan.actors
+        ],
         "split": {"train_frames": train, "test_start": train},
     }
 
@@ -496,15 +545,24 @@ def _check(minutes: float, size: tuple[int, int], fps: int) -> int:
         raise UserError(f"--fps {fps}: choose 1-60 frames per second")
     frames = round(minutes * 60 * fps) if minutes > 0 and math.isfinite(minutes) else 0
     if not 2 <= frames <= 999_999:  # frame files are named with 6 digits
-        raise UserError(f"--minutes {minutes:g}: choose a stream of 2 to 999,999 frames "
-                        f"({2 / 60 / fps:.3f} to {999_999 / 60 / fps:.0f} minutes at {fps} fps)")
+        raise UserError(
+            f"--minutes {minutes:g}: choose a stream of 2 to 999,999 frames "
+            f"({2 / 60 / fps:.3f} to {999_999 / 60 / fps:.0f} minutes at {fps} fps)"
+        )
     if width < 32 or height < 32 or width % 2 or height % 2:
         raise UserError(f"--size {width}x{height}: width and height must be even and at least 32 (H.264 yuv420p)")
     return frames
 
 
-def generate_rig(out_dir: str | Path, seed: int = 0, minutes: float = 3.0, size: tuple[int, int] = (320, 240),
-                 fps: int = FPS, ptz: bool = False, progress: bool = False) -> list[dict]:
+def generate_rig(
+    out_dir: str | Path,
+    seed: int = 0,
+    minutes: float = 3.0,
+    size: tuple[int, int] = (320, 240),
+    fps: int = FPS,
+    ptz: bool = False,
+    progress: bool = False,
+) -> list[dict]:
     """Write the rig stream under out_dir (rig.mp4, rig/{gt,inst,still}/NNNNNN.png, clips.json) and
     return the clips.json entries (one). Rendered and encoded frame by frame; built in a hidden
     folder and swapped in whole; clips.json is removed first and written last."""

@@ -26,6 +26,7 @@ learn what movers look like, not where cut-out edges are; and motion alone must 
 still cut-out from a moving one.
 Every random choice comes from the clip seed, so a seed gives the same frames, GT and MP4 bytes.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import av
@@ -44,9 +45,8 @@ import cv2
 import numpy as np
 
 from common.atomic import write_json
-
-from streamer.png import write_png
 from common.errors import UserError
+from streamer.png import write_png
 
 FPS = 30
 VERSION = 2  # bump when a seed's clips change (2: movers wear their photo whole); cached sets are keyed by it
@@ -56,8 +56,20 @@ REF_WIDTH = 320  # speeds and sizes below are in pixels of a 320-wide frame and 
 # scene, so each appears once. Each group mixes colour and gray photos, so colour alone does not
 # tell a thing from stuff.
 THINGS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera", "colorwheel")
-STUFF = ("brick", "grass", "gravel", "moon", "coins", "hubble_deep_field", "clock", "page", "text",
-         "cell", "immunohistochemistry", "retina")
+STUFF = (
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "coins",
+    "hubble_deep_field",
+    "clock",
+    "page",
+    "text",
+    "cell",
+    "immunohistochemistry",
+    "retina",
+)
 BACKGROUNDS = STUFF
 
 CAMERA_TYPES = ("static", "pan", "zoom", "pan_zoom")
@@ -127,7 +139,7 @@ class Rendered:
 # Photos and shapes
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_photo(name: str) -> np.ndarray:
     import skimage.data
 
@@ -148,7 +160,7 @@ def crop_photo(rng: np.random.Generator, photo: np.ndarray, w: int, h: int, zoom
     cw, ch = max(1, int(cw * k)), max(1, int(ch * k))
     x, y = int(rng.integers(0, pw - cw + 1)), int(rng.integers(0, ph - ch + 1))
     interp = cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR
-    return cv2.resize(photo[y:y + ch, x:x + cw], (w, h), interpolation=interp)
+    return cv2.resize(photo[y : y + ch, x : x + cw], (w, h), interpolation=interp)
 
 
 def whole_view(rng: np.random.Generator, photo: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -159,7 +171,7 @@ def whole_view(rng: np.random.Generator, photo: np.ndarray, w: int, h: int) -> n
     cw, ch = max(1, int(w * k)), max(1, int(h * k))
     x, y = int(rng.integers(0, pw - cw + 1)), int(rng.integers(0, ph - ch + 1))
     interp = cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR
-    return cv2.resize(photo[y:y + ch, x:x + cw], (w, h), interpolation=interp)
+    return cv2.resize(photo[y : y + ch, x : x + cw], (w, h), interpolation=interp)
 
 
 def random_outline(rng: np.random.Generator, shape: str) -> tuple[np.ndarray, float]:
@@ -207,8 +219,9 @@ def rasterize(pts: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.copyMakeBorder(alpha, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=0)
 
 
-def _sprite(rng: np.random.Generator, shape: str, area: float, photo: str, whole: bool = False
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _sprite(
+    rng: np.random.Generator, shape: str, area: float, photo: str, whole: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Texture and coverage of a cut-out whose covered area is about `area` px; whole: the cut-out
     wears the whole photo (a thing), else a random piece of it (stuff)."""
     pts, aspect = random_outline(rng, shape)
@@ -217,7 +230,11 @@ def _sprite(rng: np.random.Generator, shape: str, area: float, photo: str, whole
     h = math.sqrt(area / max(fill, 0.1) / aspect)
     w, h = max(6, round(h * aspect)), max(6, round(h))
     alpha = rasterize(pts, w, h)
-    rgb = whole_view(rng, load_photo(photo), w + 4, h + 4) if whole else crop_photo(rng, load_photo(photo), w + 4, h + 4, (0.5, 1.3))
+    rgb = (
+        whole_view(rng, load_photo(photo), w + 4, h + 4)
+        if whole
+        else crop_photo(rng, load_photo(photo), w + 4, h + 4, (0.5, 1.3))
+    )
     return rgb, alpha
 
 
@@ -228,8 +245,10 @@ def _sprite(rng: np.random.Generator, shape: str, area: float, photo: str, whole
 def smooth_noise(rng: np.random.Generator, n: int, cycles: float = 2.0) -> np.ndarray:
     """Low-frequency random signal in [-1, 1]: a sum of three sinusoids of up to `cycles` per n."""
     t = np.arange(n) / max(n, 1)
-    s = sum(rng.uniform(0.5, 1) * np.sin(2 * np.pi * rng.uniform(0.2, cycles) * t + rng.uniform(0, 2 * np.pi))
-            for _ in range(3))
+    s = sum(
+        rng.uniform(0.5, 1) * np.sin(2 * np.pi * rng.uniform(0.2, cycles) * t + rng.uniform(0, 2 * np.pi))
+        for _ in range(3)
+    )
     return s / (np.abs(s).max() + 1e-9)
 
 
@@ -266,15 +285,23 @@ def pause_envelope(rng: np.random.Generator, n: int) -> np.ndarray:
     for _ in range(pauses):
         length = int(rng.integers(5, 21))
         start = int(rng.integers(0, n - length + 1))
-        near = env[max(0, start - 5):start + length + 5]
+        near = env[max(0, start - 5) : start + length + 5]
         if (env == 0).sum() + length <= n // 2 and near.all():  # separate pauses, never one long one
-            env[start:start + length] = 0
+            env[start : start + length] = 0
     eased = np.convolve(np.pad(env, 2, mode="edge"), np.ones(5) / 5, mode="valid")
     return np.where(env > 0, eased, 0.0)  # slows down over 2 frames, then stands exactly still
 
 
-def mover_path(rng: np.random.Generator, start: np.ndarray, speed: float, k: float, env: np.ndarray,
-                cam_center: np.ndarray, cam_zoom: np.ndarray, half_view: np.ndarray) -> np.ndarray:
+def mover_path(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    speed: float,
+    k: float,
+    env: np.ndarray,
+    cam_center: np.ndarray,
+    cam_zoom: np.ndarray,
+    half_view: np.ndarray,
+) -> np.ndarray:
     """World positions of a mover: a smoothly turning walk that steers back when near the view edge.
     `speed` is in px/frame of a REF_WIDTH-wide view; k = width / REF_WIDTH."""
     n = len(env)
@@ -314,7 +341,10 @@ def plan_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)) -
     starts = [0] + [int(e + (i + 1) * min_shot) for i, e in enumerate(extra)]
     ends = starts[1:] + [frames]
     plan = ClipPlan(
-        seed=seed, frames=frames, width=width, height=height,
+        seed=seed,
+        frames=frames,
+        width=width,
+        height=height,
         crf=int(rng.integers(23, 31)),
         noise_sigma=float(rng.uniform(2.0, 6.0)),
         shutter=float(rng.choice([0.0, rng.uniform(0.2, 0.6)], p=[0.3, 0.7])),
@@ -333,8 +363,9 @@ def plan_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)) -
     return plan
 
 
-def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height: int,
-               first_inst: int, prev_photo: str | None) -> Shot:
+def _plan_shot(
+    rng: np.random.Generator, start: int, n: int, width: int, height: int, first_inst: int, prev_photo: str | None
+) -> Shot:
     k = width / REF_WIDTH
     half_view = np.array([width / 2, height / 2])
     camera = str(rng.choice(CAMERA_TYPES, p=CAMERA_P))
@@ -374,8 +405,18 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         tex = stuff(photo_name)
         rgb, alpha = _sprite(rng, shape, area, tex)
         p = view_to_world(half_view * 2 * rng.uniform(0.2, 0.8, 2), mid)
-        layers.append(Layer("distractor", 0, tex, shape, size, colour_cast(rgb, cast), alpha,
-                            *still(n, p, rng.uniform(-np.pi, np.pi))))
+        layers.append(
+            Layer(
+                "distractor",
+                0,
+                tex,
+                shape,
+                size,
+                colour_cast(rgb, cast),
+                alpha,
+                *still(n, p, rng.uniform(-np.pi, np.pi)),
+            )
+        )
 
     n_movers = int(rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25]))
     for j in range(n_movers):
@@ -401,8 +442,18 @@ def _plan_shot(rng: np.random.Generator, start: int, n: int, width: int, height:
         alpha = rasterize(random_outline(rng, "pole")[0], round(pole_w), round(pole_h))
         rgb = crop_photo(rng, load_photo(tex), alpha.shape[1], alpha.shape[0], (0.5, 1.3))
         p = view_to_world(half_view * 2 * np.array([rng.uniform(0.2, 0.8), 0.5]), mid)
-        layers.append(Layer("occluder", 0, tex, "pole", "pole", colour_cast(rgb, cast), alpha,
-                            *still(n, p, angle[mid] + rng.uniform(-0.1, 0.1))))
+        layers.append(
+            Layer(
+                "occluder",
+                0,
+                tex,
+                "pole",
+                "pole",
+                colour_cast(rgb, cast),
+                alpha,
+                *still(n, p, angle[mid] + rng.uniform(-0.1, 0.1)),
+            )
+        )
 
     return Shot(start, n, photo_name, background, camera, cam_center, zoom, angle, layers)
 
@@ -447,13 +498,27 @@ def blur_kernel(v: np.ndarray) -> np.ndarray | None:
     r = math.ceil(length / 2)
     kern = np.zeros((2 * r + 1, 2 * r + 1), np.float32)
     d = v / 2
-    cv2.line(kern, (round((r - d[0]) * 16), round((r - d[1]) * 16)), (round((r + d[0]) * 16), round((r + d[1]) * 16)),
-             1.0, 1, cv2.LINE_AA, shift=4)
+    cv2.line(
+        kern,
+        (round((r - d[0]) * 16), round((r - d[1]) * 16)),
+        (round((r + d[0]) * 16), round((r + d[1]) * 16)),
+        1.0,
+        1,
+        cv2.LINE_AA,
+        shift=4,
+    )
     return kern / kern.sum()
 
 
-def paste(out: np.ndarray, owner: np.ndarray, index: int, rgb: np.ndarray, alpha: np.ndarray,
-          m: np.ndarray, kern: np.ndarray | None) -> None:
+def paste(
+    out: np.ndarray,
+    owner: np.ndarray,
+    index: int,
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    m: np.ndarray,
+    kern: np.ndarray | None,
+) -> None:
     """Composite a sprite (rgb, alpha) placed by `m` (3x3, sprite -> view) over `out` (H x W x 3
     float32), blurred by `kern`, and write `index` into `owner` where its UNBLURRED coverage is at
     least half (GT comes from geometry). Shared with synth/rig.py."""
@@ -467,8 +532,9 @@ def paste(out: np.ndarray, owner: np.ndarray, index: int, rgb: np.ndarray, alpha
         return  # outside the view
     roi = (np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], float) @ m)[:2]
     a = cv2.warpAffine(alpha, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0)
-    src = cv2.warpAffine(rgb, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    src = cv2.warpAffine(rgb, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(
+        np.float32
+    )
     owner[y0:y1, x0:x1][a >= 0.5] = index  # GT: the unblurred geometry
     prem = src * a[:, :, None]
     if kern is not None:
@@ -488,8 +554,9 @@ def render_frame(plan: ClipPlan, t: int) -> Rendered:
     prev = i - 1 if i > 0 else min(1, shot.length - 1)
     cam, cam_prev = camera_at(shot, i, W, H), camera_at(shot, prev, W, H)
 
-    out = cv2.warpAffine(shot.background, cam[:2], (W, H), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
+    out = cv2.warpAffine(
+        shot.background, cam[:2], (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
+    ).astype(np.float32)
     if plan.shutter > 0:  # camera motion blurs the whole view; approximated by the motion at the centre
         c = np.array([W / 2, H / 2, 1.0])
         v = (cam @ np.linalg.inv(cam_prev) @ c)[:2] - c[:2]
@@ -526,30 +593,53 @@ def clip_info(plan: ClipPlan) -> dict:
     k = REF_WIDTH / plan.width
     shots, objects = [], []
     for s, shot in enumerate(plan.shots):
-        cam_speed = np.hypot(*np.diff(shot.cam_center, axis=0).T) * shot.cam_zoom[:-1] if shot.length > 1 else np.zeros(1)
-        shots.append({
-            "start": shot.start, "frames": shot.length, "background": shot.photo, "camera": shot.camera,
-            "camera_speed": round(float(cam_speed.mean()), 3),  # view px/frame at the clip's size
-            "zoom_change": round(float(shot.cam_zoom[-1] / shot.cam_zoom[0]), 3),
-        })
+        cam_speed = (
+            np.hypot(*np.diff(shot.cam_center, axis=0).T) * shot.cam_zoom[:-1] if shot.length > 1 else np.zeros(1)
+        )
+        shots.append(
+            {
+                "start": shot.start,
+                "frames": shot.length,
+                "background": shot.photo,
+                "camera": shot.camera,
+                "camera_speed": round(float(cam_speed.mean()), 3),  # view px/frame at the clip's size
+                "zoom_change": round(float(shot.cam_zoom[-1] / shot.cam_zoom[0]), 3),
+            }
+        )
         for layer in shot.layers:
             step = np.hypot(*np.diff(layer.pos, axis=0).T) * shot.cam_zoom[:-1] if shot.length > 1 else np.zeros(1)
-            objects.append({
-                "id": layer.inst, "shot": s, "role": layer.role, "moving": layer.role == "mover",
-                "photo": layer.photo, "shape": layer.shape, "size": layer.size,
-                "mean_speed": round(float(step.mean()), 3),  # view px/frame relative to the background
-                "mean_speed_ref": round(float(step.mean()) * k, 3),  # the same at 320 px wide
-                "paused_frames": int((step < 1e-6).sum()) if layer.role == "mover" else 0,
-            })
+            objects.append(
+                {
+                    "id": layer.inst,
+                    "shot": s,
+                    "role": layer.role,
+                    "moving": layer.role == "mover",
+                    "photo": layer.photo,
+                    "shape": layer.shape,
+                    "size": layer.size,
+                    "mean_speed": round(float(step.mean()), 3),  # view px/frame relative to the background
+                    "mean_speed_ref": round(float(step.mean()) * k, 3),  # the same at 320 px wide
+                    "paused_frames": int((step < 1e-6).sum()) if layer.role == "mover" else 0,
+                }
+            )
     return {
-        "seed": plan.seed, "width": plan.width, "height": plan.height, "fps": FPS, "frames": plan.frames,
-        "crf": plan.crf, "noise_sigma": round(plan.noise_sigma, 3), "shutter": round(plan.shutter, 3),
-        "shot_starts": [s.start for s in plan.shots], "shots": shots, "objects": objects,
+        "seed": plan.seed,
+        "width": plan.width,
+        "height": plan.height,
+        "fps": FPS,
+        "frames": plan.frames,
+        "crf": plan.crf,
+        "noise_sigma": round(plan.noise_sigma, 3),
+        "shutter": round(plan.shutter, 3),
+        "shot_starts": [s.start for s in plan.shots],
+        "shots": shots,
+        "objects": objects,
     }
 
 
-def render_clip(seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)
-                ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict]:
+def render_clip(
+    seed: int, frames: int = 90, size: tuple[int, int] = (320, 240)
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict]:
     """Render a whole clip in memory without encoding: (frames_rgb, gt, inst, info)."""
     plan = plan_clip(seed, frames, size)
     rendered = [render_frame(plan, t) for t in range(frames)]
@@ -579,8 +669,9 @@ def object_patch(rgb: np.ndarray, mask: np.ndarray, patch: int, min_pixels: int 
     side = max(16.0, 1.2 * max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
     cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
     m = np.float32([[side / patch, 0, cx - side / 2], [0, side / patch, cy - side / 2]])
-    return cv2.warpAffine(rgb, m, (patch, patch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT101)
+    return cv2.warpAffine(
+        rgb, m, (patch, patch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101
+    )
 
 
 def check_writable(out: Path) -> None:
@@ -631,15 +722,29 @@ def count_frames(path: str | Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def generate(out_dir: str | Path, seed: int = 0, clips: int = 10, frames: int = 90,
-             size: tuple[int, int] = (320, 240), progress: bool = False) -> list[dict]:
+def generate(
+    out_dir: str | Path,
+    seed: int = 0,
+    clips: int = 10,
+    frames: int = 90,
+    size: tuple[int, int] = (320, 240),
+    progress: bool = False,
+) -> list[dict]:
     """Write `clips` clips under out_dir (see the module docstring) and return the clips.json entries."""
     return write_clips(out_dir, plan_clip, clip_info, seed, clips, frames, size, progress)
 
 
-def write_clips(out_dir: str | Path, plan: Callable[[int, int, tuple[int, int]], ClipPlan],
-                info: Callable[[ClipPlan], dict], seed: int, clips: int, frames: int,
-                size: tuple[int, int], progress: bool = False, desc: str = "synth") -> list[dict]:
+def write_clips(
+    out_dir: str | Path,
+    plan: Callable[[int, int, tuple[int, int]], ClipPlan],
+    info: Callable[[ClipPlan], dict],
+    seed: int,
+    clips: int,
+    frames: int,
+    size: tuple[int, int],
+    progress: bool = False,
+    desc: str = "synth",
+) -> list[dict]:
     """The write loop of every family that renders with render_frame: `plan(seed, frames, size)`
     plans a clip, `info(plan)` is its clips.json entry. Returns the entries.
 

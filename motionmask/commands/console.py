@@ -1,6 +1,7 @@
 """`motionmask console`: the web console of a daemon that runs elsewhere (or whose own console
 is off), from its ZeroMQ endpoints alone: status from daemon.control_endpoint, masks and frames
 from the publish endpoint its status names. The same page `motionmask run` serves."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,16 +28,27 @@ endpoint (one line)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("console", help="the web console for a daemon reached over its ZeroMQ endpoints",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"the daemon's daemon.control_endpoint (default {DEFAULT_ENDPOINT})")
+    p = sub.add_parser(
+        "console",
+        help="the web console for a daemon reached over its ZeroMQ endpoints",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help=f"the daemon's daemon.control_endpoint (default {DEFAULT_ENDPOINT})",
+    )
     p.add_argument("--masks", default="", metavar="URL", help="its publish.endpoint (default: from its status)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=8081, help="port to serve on (default 8081; 0 = any free port)")
     p.add_argument("--token", default="", help="required from browsers and scripts; needed to serve beyond loopback")
     p.add_argument("--run-dir", default="", metavar="DIR", help="the learner's run folder, if readable here")
     p.add_argument("--exports", default="", metavar="DIR", help="the exports folder, if readable here")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="ask for the status every S seconds (default 1)")
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="S", help="ask for the status every S seconds (default 1)"
+    )
     return p
 
 
@@ -55,11 +67,17 @@ def run(args: argparse.Namespace) -> int:
 
     sock = listen(args.host, args.port, key="--port")
     url = url_of(sock)
-    feed = DaemonFeed(args.endpoint, args.masks or None, args.run_dir or None, args.exports or None,
-                      interval_s=args.interval).start()
+    feed = DaemonFeed(
+        args.endpoint, args.masks or None, args.run_dir or None, args.exports or None, interval_s=args.interval
+    ).start()
     app = build_app(feed, url, args.token, args.interval)
-    log_event(log, "console_ready", url=url, daemon=feed.control,
-              note="token required" if args.token else ("loopback only" if is_loopback(args.host) else ""))
+    log_event(
+        log,
+        "console_ready",
+        url=url,
+        daemon=feed.control,
+        note="token required" if args.token else ("loopback only" if is_loopback(args.host) else ""),
+    )
     try:
         serve(app, sock)
     finally:

@@ -2,6 +2,7 @@
 exporter's latest bundle: subscribe to announcements, pull in chunks, check the signature (with a
 pinned key) and sha256, swap atomically, keep the previous bundle for rollback. ONNX Runtime
 only: this command never loads torch."""
+
 from __future__ import annotations
 
 import argparse
@@ -59,21 +60,51 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--endpoint", metavar="URL", help="the exporter's bundle server, e.g. tcp://exporter-host:5560")
     p.add_argument("--dir", required=True, metavar="DIR", help="the device's model folder (created)")
-    p.add_argument("--trusted-key", metavar="FILE", help="the exporter's Ed25519 public key (NAME.sign_pub): "
-                   "refuse every bundle it did not sign (default: bundles unverified)")
+    p.add_argument(
+        "--trusted-key",
+        metavar="FILE",
+        help="the exporter's Ed25519 public key (NAME.sign_pub): "
+        "refuse every bundle it did not sign (default: bundles unverified)",
+    )
     p.add_argument("--announce", metavar="URL", help="announcement address (default: asked from the server)")
     p.add_argument("--once", action="store_true", help="pull the latest bundle if it is new, then exit")
     p.add_argument("--rollback", action="store_true", help="put DIR/PREVIOUS back in service and exit")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds without an answer before a "
-                   "request is retried on a fresh connection (default: 5)")
-    p.add_argument("--retries", type=int, default=3, metavar="N", help="silent rounds in a row before a pull "
-                   "fails and waits for its backoff (default: 3)")
-    p.add_argument("--attempts", type=int, default=3, metavar="N", help="failed pulls of one version (torn, "
-                   "tampered, unusable) before it is skipped; with --once, tries in all (default: 3)")
-    p.add_argument("--poll", type=float, default=30.0, metavar="S", help="ask for the latest version this often, "
-                   "besides announcements (default: 30)")
-    p.add_argument("--keep", type=int, default=2, metavar="N", help="bundles kept in DIR (default: 2, the one in "
-                   "service and the previous one)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds without an answer before a request is retried on a fresh connection (default: 5)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="silent rounds in a row before a pull fails and waits for its backoff (default: 3)",
+    )
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="failed pulls of one version (torn, "
+        "tampered, unusable) before it is skipped; with --once, tries in all (default: 3)",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="ask for the latest version this often, besides announcements (default: 30)",
+    )
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=2,
+        metavar="N",
+        help="bundles kept in DIR (default: 2, the one in service and the previous one)",
+    )
     return p
 
 
@@ -87,19 +118,35 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.endpoint:
         raise UserError("--endpoint URL is required (the exporter's bundle server, e.g. tcp://exporter-host:5560)")
-    checks = [("--timeout", args.timeout > 0), ("--retries", args.retries >= 0), ("--attempts", args.attempts >= 1),
-              ("--poll", args.poll > 0), ("--keep", args.keep >= 2)]
+    checks = [
+        ("--timeout", args.timeout > 0),
+        ("--retries", args.retries >= 0),
+        ("--attempts", args.attempts >= 1),
+        ("--poll", args.poll > 0),
+        ("--keep", args.keep >= 2),
+    ]
     for flag, ok in checks:
         if not ok:
-            raise UserError(f"{flag} {getattr(args, flag[2:])}: out of range "
-                            f"({'>= 2: the one in service and the previous one' if flag == '--keep' else 'see --help'})")
-    cfg = PullConfig(timeout_s=args.timeout, retries=args.retries, attempts=args.attempts, poll_s=args.poll,
-                     keep=args.keep, backoff_max_s=max(1.0, min(30.0, args.poll)))
+            raise UserError(
+                f"{flag} {getattr(args, flag[2:])}: out of range "
+                f"({'>= 2: the one in service and the previous one' if flag == '--keep' else 'see --help'})"
+            )
+    cfg = PullConfig(
+        timeout_s=args.timeout,
+        retries=args.retries,
+        attempts=args.attempts,
+        poll_s=args.poll,
+        keep=args.keep,
+        backoff_max_s=max(1.0, min(30.0, args.poll)),
+    )
 
     def installed(done) -> None:
-        print(f"motionmask device: installed {done.version} (step {done.step}, sha256 {done.sha256[:12]}, "
-              f"{done.bytes / 2**20:.1f} MB in {done.seconds:.1f} s) -> {done.path}; "
-              f"previous: {done.previous or 'none'}", file=sys.stderr)
+        print(
+            f"motionmask device: installed {done.version} (step {done.step}, sha256 {done.sha256[:12]}, "
+            f"{done.bytes / 2**20:.1f} MB in {done.seconds:.1f} s) -> {done.path}; "
+            f"previous: {done.previous or 'none'}",
+            file=sys.stderr,
+        )
 
     trusted = TrustedKey.from_file(args.trusted_key) if args.trusted_key else None
     agent = DeviceAgent(args.endpoint, args.dir, cfg, announce=args.announce, on_install=installed, trusted=trusted)
@@ -112,8 +159,10 @@ def run(args: argparse.Namespace) -> int:
                 got = agent.run(stop, once=True)
                 if got is None:
                     cur = in_service(agent.dest)
-                    print(f"motionmask device: up to date ({cur[0] if cur else 'the exporter has no bundle yet'})",
-                          file=sys.stderr)
+                    print(
+                        f"motionmask device: up to date ({cur[0] if cur else 'the exporter has no bundle yet'})",
+                        file=sys.stderr,
+                    )
                 return 0
             log_event(logger, "device_start", endpoint=args.endpoint, dir=args.dir)
             agent.run(stop)

@@ -1,5 +1,6 @@
 """`motionmask export --checkpoint CKPT --out DIR`: a checkpoint -> a verified ONNX bundle
 (DIR/<version>/model.onnx + manifest.json, DIR/LATEST); `--serve` then serves DIR to devices."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,21 +52,45 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint of `motionmask train`, e.g. RUN/checkpoints/last.pt")
+    p.add_argument(
+        "--checkpoint", metavar="CKPT", help="a checkpoint of `motionmask train`, e.g. RUN/checkpoints/last.pt"
+    )
     p.add_argument("--out", metavar="DIR", help="exports folder (created; default: export.dir of the config, exports/)")
     p.add_argument("--config", metavar="FILE", help="YAML config: the export: section (default: built-in)")
-    p.add_argument("--size", metavar="WxH", help="input size of the model, e.g. 320x256 or 224 (multiples of 32; "
-                   "default: export.width/height, else the size the checkpoint trained at)")
-    p.add_argument("--frames", metavar="INPUT", help="video or image folder whose frames the parity check uses "
-                   "(default: photographs shipped with scikit-image)")
-    p.add_argument("--eval", metavar="CLIPS", help="also score the checkpoint on a `motionmask synth` folder; "
-                   "the IoU goes into the manifest's quality")
-    p.add_argument("--signing-key", metavar="FILE", help="Ed25519 private key that signs the bundle (default: "
-                   "export.signing_key; none: unsigned)")
+    p.add_argument(
+        "--size",
+        metavar="WxH",
+        help="input size of the model, e.g. 320x256 or 224 (multiples of 32; "
+        "default: export.width/height, else the size the checkpoint trained at)",
+    )
+    p.add_argument(
+        "--frames",
+        metavar="INPUT",
+        help="video or image folder whose frames the parity check uses "
+        "(default: photographs shipped with scikit-image)",
+    )
+    p.add_argument(
+        "--eval",
+        metavar="CLIPS",
+        help="also score the checkpoint on a `motionmask synth` folder; the IoU goes into the manifest's quality",
+    )
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        help="Ed25519 private key that signs the bundle (default: export.signing_key; none: unsigned)",
+    )
     p.add_argument("--keep", metavar="N", type=int, help="bundles kept in DIR (default: export.keep)")
-    p.add_argument("--serve", action="store_true", help="serve DIR to devices until Ctrl-C (after exporting, if --checkpoint)")
-    p.add_argument("--endpoint", metavar="URL", help="--serve: chunk requests (default: export.endpoint, tcp://127.0.0.1:5560)")
-    p.add_argument("--announce", metavar="URL", help="--serve: announcements (default: export.announce_endpoint, tcp://127.0.0.1:5561)")
+    p.add_argument(
+        "--serve", action="store_true", help="serve DIR to devices until Ctrl-C (after exporting, if --checkpoint)"
+    )
+    p.add_argument(
+        "--endpoint", metavar="URL", help="--serve: chunk requests (default: export.endpoint, tcp://127.0.0.1:5560)"
+    )
+    p.add_argument(
+        "--announce",
+        metavar="URL",
+        help="--serve: announcements (default: export.announce_endpoint, tcp://127.0.0.1:5561)",
+    )
     p.add_argument("--quiet", action="store_true", help="no info logs; warnings and the summary remain")
     return p
 
@@ -105,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     if e.signing_key and args.checkpoint:
         from exporter.signing import Signer
 
-        Signer.from_file(e.signing_key, "--signing-key" if args.signing_key else "export.signing_key")  # now, not after the export
+        Signer.from_file(
+            e.signing_key, "--signing-key" if args.signing_key else "export.signing_key"
+        )  # now, not after the export
     if args.keep is not None:
         if args.keep < 1:
             raise UserError(f"--keep {args.keep}: must be >= 1")
@@ -132,21 +159,29 @@ def _export(args: argparse.Namespace, cfg, out: Path) -> None:
     m = r.manifest
     arch = m["source"].get("arch") or {}
     inp = m["input"]
-    print(f"motionmask export: published {r.version} ({arch.get('backbone', '?')} {inp['width']}x{inp['height']} -> "
-          f"{', '.join(m['heads'])}, opset {m['opset']}, {m['files']['model.onnx']['bytes'] / 2**20:.1f} MB, step "
-          f"{m['source']['step']}; parity {m['parity']['max_abs_diff']:.1g} <= {m['parity']['tolerance']:g}, "
-          f"{m['latency']['ms_median']:.2f} ms/frame on 1 CPU thread; export {r.timings['export']:.1f} s + "
-          f"verify {r.timings['verify']:.1f} s) -> {r.path}; LATEST = {r.version}"
-          f"{f' (previous {r.previous})' if r.previous else ''}", file=sys.stderr)
+    print(
+        f"motionmask export: published {r.version} ({arch.get('backbone', '?')} {inp['width']}x{inp['height']} -> "
+        f"{', '.join(m['heads'])}, opset {m['opset']}, {m['files']['model.onnx']['bytes'] / 2**20:.1f} MB, step "
+        f"{m['source']['step']}; parity {m['parity']['max_abs_diff']:.1g} <= {m['parity']['tolerance']:g}, "
+        f"{m['latency']['ms_median']:.2f} ms/frame on 1 CPU thread; export {r.timings['export']:.1f} s + "
+        f"verify {r.timings['verify']:.1f} s) -> {r.path}; LATEST = {r.version}"
+        f"{f' (previous {r.previous})' if r.previous else ''}",
+        file=sys.stderr,
+    )
 
 
 def _evaluate(checkpoint: str, clips: str) -> dict:
     from learner.evaluate import evaluate_student
 
     res = evaluate_student(checkpoint, clips, device="cpu")
-    return {"clips": clips, "student_iou": res["student"]["iou"], "teacher_iou": res["teacher"]["iou"],
-            "student_precision": res["student"]["precision"], "student_recall": res["student"]["recall"],
-            "frames": res["student"]["frames"]}
+    return {
+        "clips": clips,
+        "student_iou": res["student"]["iou"],
+        "teacher_iou": res["teacher"]["iou"],
+        "student_precision": res["student"]["precision"],
+        "student_recall": res["student"]["recall"],
+        "frames": res["student"]["frames"],
+    }
 
 
 def _serve(args: argparse.Namespace, cfg, out: Path) -> int:
@@ -155,16 +190,29 @@ def _serve(args: argparse.Namespace, cfg, out: Path) -> int:
 
     e = cfg.export
     check_exports_dir(out)
-    server = BundleServer(out, args.endpoint or e.endpoint, args.announce or e.announce_endpoint,
-                          announce_interval_s=e.announce_interval_s, rate_limit_mbps=e.rate_limit_mbps)
+    server = BundleServer(
+        out,
+        args.endpoint or e.endpoint,
+        args.announce or e.announce_endpoint,
+        announce_interval_s=e.announce_interval_s,
+        rate_limit_mbps=e.rate_limit_mbps,
+    )
     stop = threading.Event()
     with server:
-        print(f"motionmask export: serving {out} (LATEST {read_pointer(out) or 'none yet'}) on {server.endpoint}, "
-              f"announcing on {server.announce_endpoint}; Ctrl-C stops", file=sys.stderr)
+        print(
+            f"motionmask export: serving {out} (LATEST {read_pointer(out) or 'none yet'}) on {server.endpoint}, "
+            f"announcing on {server.announce_endpoint}; Ctrl-C stops",
+            file=sys.stderr,
+        )
         try:
             while not stop.wait(0.5):
                 pass
         except (KeyboardInterrupt, Terminated) as ex:  # the way a service stops: exit 0, as `motionmask run`
-            log_event(logger, "serve_stop", signal="TERM" if isinstance(ex, Terminated) else "INT",
-                      chunks=server.stats["chunks"], requests=server.stats["requests"])
+            log_event(
+                logger,
+                "serve_stop",
+                signal="TERM" if isinstance(ex, Terminated) else "INT",
+                chunks=server.stats["chunks"],
+                requests=server.stats["requests"],
+            )
     return 0

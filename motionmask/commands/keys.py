@@ -1,5 +1,6 @@
 """`motionmask keys`: create a CurveZMQ certificate pair for a publisher or a subscriber, or
 (--signing) the Ed25519 key pair that signs model bundles for devices."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,21 @@ The private key is never printed or logged; only its key id is."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("keys", help="create CurveZMQ key files for encrypted, authenticated masks",
-                       description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "keys",
+        help="create CurveZMQ key files for encrypted, authenticated masks",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dir", type=Path, help="directory for the key files (created if missing)")
     p.add_argument("--name", default="server", help="file stem: NAME.key and NAME.key_secret (default server)")
     p.add_argument("--force", action="store_true", help="replace existing key files of that name")
-    p.add_argument("--signing", action="store_true", help="an Ed25519 pair that signs model bundles "
-                   "(NAME.sign_key, NAME.sign_pub) instead of CurveZMQ keys")
+    p.add_argument(
+        "--signing",
+        action="store_true",
+        help="an Ed25519 pair that signs model bundles (NAME.sign_key, NAME.sign_pub) instead of CurveZMQ keys",
+    )
     return p
 
 
@@ -58,8 +66,10 @@ def create_keys(directory: Path, name: str, force: bool = False) -> tuple[Path, 
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     existing = [p for p in (public, secret) if p.exists()]
     if existing and not force:
-        raise UserError(f"{existing[0]} already exists; pass --force to replace it "
-                        f"(clients holding the old public key will be refused)")
+        raise UserError(
+            f"{existing[0]} already exists; pass --force to replace it "
+            f"(clients holding the old public key will be refused)"
+        )
     with tempfile.TemporaryDirectory(dir=directory, prefix=".keys.") as tmp:  # 0700: private meanwhile
         pub_tmp, sec_tmp = zmq.auth.create_certificates(tmp, name)
         write_private(secret, Path(sec_tmp).read_bytes())

@@ -3,6 +3,7 @@ in from any number of rigs (`motionmask run` with learner.enabled: false and lea
 on learner.listen, into its own ring buffer; trains, bootstraps, checkpoints to learner.run_dir
 (a restart resumes there), exports through the export gate and serves bundles to the rigs and
 devices (export.endpoint). Cameras in the config are ignored: they belong to the rigs."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,27 @@ environment problem (a port in use, a typo in a key), said in one line."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("learn", help="the learner role: train on samples that rigs send over the network",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, required=True, metavar="FILE",
-                   help="YAML config: learner, buffer, export, daemon sections (see configs/learner.yaml)")
-    p.add_argument("--nproc", default=None, metavar="N", help="data-parallel ranks on this machine: N GPUs on CUDA, "
-                   "N processes on the CPU; rank 0 receives, checkpoints and exports (default: learner.train.nproc = 1)")
+    p = sub.add_parser(
+        "learn",
+        help="the learner role: train on samples that rigs send over the network",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="YAML config: learner, buffer, export, daemon sections (see configs/learner.yaml)",
+    )
+    p.add_argument(
+        "--nproc",
+        default=None,
+        metavar="N",
+        help="data-parallel ranks on this machine: N GPUs on CUDA, "
+        "N processes on the CPU; rank 0 receives, checkpoints and exports (default: learner.train.nproc = 1)",
+    )
     return p
 
 
@@ -55,8 +71,10 @@ def learn_config(cfg: Config) -> Config:
         taken.update({"export.endpoint": cfg.export.endpoint, "export.announce_endpoint": cfg.export.announce_endpoint})
     for key, ep in taken.items():
         if ep and ep == listen:
-            raise UserError(f"learner.listen {listen} is also {key}; give the samples a port of their own "
-                            f"(default tcp://127.0.0.1:5562)")
+            raise UserError(
+                f"learner.listen {listen} is also {key}; give the samples a port of their own "
+                f"(default tcp://127.0.0.1:5562)"
+            )
     return cfg
 
 
@@ -75,8 +93,10 @@ def probe_listen(endpoint: str, wait_s: float = 3.0) -> None:
             return
         except zmq.ZMQError as e:
             if time.monotonic() >= deadline:
-                raise UserError(f"learner.listen {endpoint} cannot be bound ({e.strerror}); another motionmask "
-                                f"learn? stop it or set learner.listen to a free address") from None
+                raise UserError(
+                    f"learner.listen {endpoint} cannot be bound ({e.strerror}); another motionmask "
+                    f"learn? stop it or set learner.listen to a free address"
+                ) from None
         finally:
             s.close(0)
         time.sleep(0.2)
@@ -88,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
     t = cfg.learner.train
     t.nproc = t.nproc if nproc is None else nproc
     if t.nproc > 1 and cfg.learner.heads.extra():
-        raise UserError(f"--nproc {t.nproc} with learner.heads {', '.join(cfg.learner.heads.extra())}: the multi-task "
-                        f"heads do not train on several ranks yet; run them with --nproc 1")
+        raise UserError(
+            f"--nproc {t.nproc} with learner.heads {', '.join(cfg.learner.heads.extra())}: the multi-task "
+            f"heads do not train on several ranks yet; run them with --nproc 1"
+        )
     probe_listen(cfg.learner.listen)
     return run_daemon(cfg, getattr(args, "log_level", "INFO"), role="learn")

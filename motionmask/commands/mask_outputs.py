@@ -2,6 +2,7 @@
 writes them (write_all), the files of one run (Outputs, on a writer thread), the progress bar
 (Progress), the counts of the summary line (Tally), and a disk error told with how much was
 written (explained)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +75,14 @@ class Progress:
         if limit is not None:
             total = min(total, limit) if total is not None else limit
         self.lines = not quiet and not sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit="frame", file=sys.stderr, disable=quiet or self.lines, dynamic_ncols=True,
-                        desc=source.source_id[:30])
+        self.bar = tqdm(
+            total=total,
+            unit="frame",
+            file=sys.stderr,
+            disable=quiet or self.lines,
+            dynamic_ncols=True,
+            desc=source.source_id[:30],
+        )
         self.total, self.source_id = total, source.source_id
         self.show_fps = show_fps
         self._last_postfix = self._last_line = time.perf_counter()
@@ -85,8 +92,9 @@ class Progress:
             now = time.perf_counter()
             if now - self._last_line >= self.LINE_EVERY_S:
                 frames = f"{tally.written}/{self.total}" if self.total else tally.written
-                log_event(logger, "progress", source=self.source_id, frames=frames, kept=tally.kept,
-                          fps=round(tally.fps, 1))
+                log_event(
+                    logger, "progress", source=self.source_id, frames=frames, kept=tally.kept, fps=round(tally.fps, 1)
+                )
                 self._last_line = now
             return
         if self.show_fps:
@@ -129,8 +137,10 @@ class Tally:
         pruned = self.written - self.kept
         why = f" ({pruned_summary(self.pruned)})" if pruned else ""
         bad = f", {corrupt} corrupt packets skipped" if corrupt else ""
-        return (f"motionmask masks: {note}{plural(self.written, 'frame')}, {plural(len(self.shots), 'shot')}, "
-                f"{self.kept} kept, {pruned} pruned{why}{bad}, {self.fps:.1f} fps -> {out}")
+        return (
+            f"motionmask masks: {note}{plural(self.written, 'frame')}, {plural(len(self.shots), 'shot')}, "
+            f"{self.kept} kept, {pruned} pruned{why}{bad}, {self.fps:.1f} fps -> {out}"
+        )
 
 
 class Outputs:
@@ -214,7 +224,6 @@ class Outputs:
                 pass
         if self.writer is not None:
             self.writer.close()
-
 
 
 def explained(e: BaseException, outputs: Outputs) -> BaseException:

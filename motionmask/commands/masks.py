@@ -1,5 +1,6 @@
 """`motionmask masks INPUT --out DIR`: decode a video, compute online motion masks, write them to
 DIR following the contract of streamer.writer, and optionally an overlay video and contact sheet."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", metavar="INPUT", help="video file, folder of images, camera (0, camera:0, /dev/video0) or URL")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; an earlier run there is replaced)")
+    p.add_argument(
+        "input", metavar="INPUT", help="video file, folder of images, camera (0, camera:0, /dev/video0) or URL"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (created; an earlier run there is replaced)"
+    )
     p.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults, as configs/default.yaml)")
-    p.add_argument("--start", default="0", metavar="N", help="first decode index to write (earlier frames are decoded and skipped)")
+    p.add_argument(
+        "--start", default="0", metavar="N", help="first decode index to write (earlier frames are decoded and skipped)"
+    )
     p.add_argument("--frames", default=None, metavar="M", help="stop after writing M frames (default: to the end)")
-    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 and contact.png for a person to look at")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no info logs; warnings and the summary remain")
+    p.add_argument(
+        "--overlay", action="store_true", help="also write overlay.mp4 and contact.png for a person to look at"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no info logs; warnings and the summary remain"
+    )
     return p
 
 
@@ -66,8 +77,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: int | None, stop: StopRequest) -> int:
     with open_source(source_spec(args.input), cfg.streamer.source) as source:
-        log_event(logger, "masks_start", source=source.source_id, kind=source.kind, out=out, start=start,
-                  frames=limit if limit is not None else "all", overlay=args.overlay)
+        log_event(
+            logger,
+            "masks_start",
+            source=source.source_id,
+            kind=source.kind,
+            out=out,
+            start=start,
+            frames=limit if limit is not None else "all",
+            overlay=args.overlay,
+        )
         outputs = Outputs(out, args.overlay, source.fps)
         progress = Progress(source, start, limit, args.quiet, show_fps=True)
         results = _masks(source, cfg.streamer, start, limit, stop)
@@ -75,14 +94,24 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, start: int, limit: in
         corrupt = int(source.stats.get("skipped_corrupt", 0) or 0)
     if tally.written == 0 and not status:
         raise UserError(f"{args.input}: no frames to write (--start {start} is past the last frame?)")
-    log_event(logger, "masks_done", source=source.source_id, frames=tally.written, shots=len(tally.shots),
-              kept=tally.kept, fps=tally.fps, out=out, status=status)
+    log_event(
+        logger,
+        "masks_done",
+        source=source.source_id,
+        frames=tally.written,
+        shots=len(tally.shots),
+        kept=tally.kept,
+        fps=tally.fps,
+        out=out,
+        status=status,
+    )
     print(tally.summary(out, corrupt, "interrupted after " if status else ""), file=sys.stderr)
     return status
 
 
-def _masks(source: Source, cfg: StreamerConfig, start: int, limit: int | None,
-           stop: StopRequest) -> Iterator[MaskResult]:
+def _masks(
+    source: Source, cfg: StreamerConfig, start: int, limit: int | None, stop: StopRequest
+) -> Iterator[MaskResult]:
     """The masks of frames start.. (at most limit of them), each with its decode time."""
     from streamer.motion.pipeline import MotionSegmenter  # OpenCV and SciPy: the rig role, loaded when run
 

@@ -1,5 +1,6 @@
 """What several commands' options mean, read the same way everywhere: counts (--start, --frames,
 --steps, --nproc), a video source given as INPUT, and --quiet. Standard library only."""
+
 from __future__ import annotations
 
 import contextlib

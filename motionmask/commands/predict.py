@@ -1,6 +1,7 @@
 """`motionmask predict --checkpoint CKPT INPUT --out DIR`: the trained ConvNet on every frame alone,
 written with the same file contract as `motionmask masks` (streamer.writer). `--model BUNDLE`
 runs an exported bundle with ONNX Runtime instead (exporter.runtime; torch is never loaded)."""
+
 from __future__ import annotations
 
 import argparse
@@ -59,19 +60,37 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", metavar="INPUT", help="video file, folder of images, camera (0, camera:0, /dev/video0) or URL")
+    p.add_argument(
+        "input", metavar="INPUT", help="video file, folder of images, camera (0, camera:0, /dev/video0) or URL"
+    )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint of `motionmask train`, e.g. RUN/checkpoints/last.pt")
-    what.add_argument("--model", metavar="BUNDLE", help="an exported bundle folder, or an exports folder (its LATEST): "
-                      "ONNX Runtime at the bundle's fixed size, no torch")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; an earlier run there is replaced)")
-    p.add_argument("--config", metavar="FILE", help="YAML config: source, shots, prune and trimap settings (default: built-in)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (CUDA when present)")
+    what.add_argument(
+        "--checkpoint", metavar="CKPT", help="a checkpoint of `motionmask train`, e.g. RUN/checkpoints/last.pt"
+    )
+    what.add_argument(
+        "--model",
+        metavar="BUNDLE",
+        help="an exported bundle folder, or an exports folder (its LATEST): "
+        "ONNX Runtime at the bundle's fixed size, no torch",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (created; an earlier run there is replaced)"
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML config: source, shots, prune and trimap settings (default: built-in)"
+    )
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (CUDA when present)"
+    )
     p.add_argument("--start", default="0", metavar="N", help="first decode index to write")
     p.add_argument("--frames", default=None, metavar="M", help="stop after writing M frames (default: to the end)")
     p.add_argument("--native", action="store_true", help="run the net at the input resolution, not the training one")
-    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 and contact.png for a person to look at")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no info logs; warnings and the summary remain")
+    p.add_argument(
+        "--overlay", action="store_true", help="also write overlay.mp4 and contact.png for a person to look at"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no info logs; warnings and the summary remain"
+    )
     return p
 
 
@@ -96,27 +115,59 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, cfg, predictor, out, start, limit, stop)
 
 
-def _run(args: argparse.Namespace, cfg: Config, predictor: BundleRunner | Predictor, out: Path, start: int, limit: int | None,
-         stop: StopRequest) -> int:
+def _run(
+    args: argparse.Namespace,
+    cfg: Config,
+    predictor: BundleRunner | Predictor,
+    out: Path,
+    start: int,
+    limit: int | None,
+    stop: StopRequest,
+) -> int:
     with open_source(source_spec(args.input), cfg.streamer.source) as source:
-        log_event(logger, "predict_start", source=source.source_id, checkpoint=predictor.path, step=predictor.step,
-                  device=predictor.device.type, out=out, start=start)
+        log_event(
+            logger,
+            "predict_start",
+            source=source.source_id,
+            checkpoint=predictor.path,
+            step=predictor.step,
+            device=predictor.device.type,
+            out=out,
+            start=start,
+        )
         outputs = Outputs(out, args.overlay, source.fps)
         progress = Progress(source, start, limit, args.quiet, show_fps=False)
         results = _predictions(source, cfg.streamer, predictor, start, limit, stop)
         tally, status = write_all(results, outputs, progress, args.quiet)
     if tally.written == 0 and not status:
         raise UserError(f"{args.input}: no frames to write (--start {start} is past the last frame?)")
-    log_event(logger, "predict_done", source=source.source_id, frames=tally.written, kept=tally.kept,
-              fps=tally.fps, out=out, status=status)
-    print(f"motionmask predict: {'interrupted after ' if status else ''}{plural(tally.written, 'frame')}, "
-          f"{plural(len(tally.shots), 'shot')}, {tally.kept} kept by pruning, {tally.fps:.1f} fps on "
-          f"{predictor.device.type} (checkpoint step {predictor.step}) -> {out}", file=sys.stderr)
+    log_event(
+        logger,
+        "predict_done",
+        source=source.source_id,
+        frames=tally.written,
+        kept=tally.kept,
+        fps=tally.fps,
+        out=out,
+        status=status,
+    )
+    print(
+        f"motionmask predict: {'interrupted after ' if status else ''}{plural(tally.written, 'frame')}, "
+        f"{plural(len(tally.shots), 'shot')}, {tally.kept} kept by pruning, {tally.fps:.1f} fps on "
+        f"{predictor.device.type} (checkpoint step {predictor.step}) -> {out}",
+        file=sys.stderr,
+    )
     return status
 
 
-def _predictions(source: Source, s: StreamerConfig, predictor: BundleRunner | Predictor, start: int, limit: int | None,
-                 stop: StopRequest) -> Iterator[MaskResult]:
+def _predictions(
+    source: Source,
+    s: StreamerConfig,
+    predictor: BundleRunner | Predictor,
+    start: int,
+    limit: int | None,
+    stop: StopRequest,
+) -> Iterator[MaskResult]:
     """The net's mask of frames start.. (at most limit of them), pruned and thresholded as
     `motionmask masks` does, each with its decode, shots and predict times."""
     shots = ShotDetector(s.shots)
@@ -137,6 +188,14 @@ def _predictions(source: Source, s: StreamerConfig, predictor: BundleRunner | Pr
         prob = predictor(frame.image)
         t3 = time.perf_counter()
         frac, kept, reason = prune(prob, s.prune, (s.trimap.negative_below, s.trimap.positive_above))
-        yield MaskResult(frame, shot.shot, prob, trimap(prob, s.trimap), frac, kept, reason,
-                         {"decode": (t1 - t0) * 1e3, "shots": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3})
+        yield MaskResult(
+            frame,
+            shot.shot,
+            prob,
+            trimap(prob, s.trimap),
+            frac,
+            kept,
+            reason,
+            {"decode": (t1 - t0) * 1e3, "shots": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3},
+        )
         written += 1

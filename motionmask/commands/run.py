@@ -1,5 +1,6 @@
 """`motionmask run`: the daemon. One streamer process per camera, live masks on one endpoint, a
 shared ring buffer of training samples, a control endpoint for `motionmask status`."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,20 @@ while cameras deliver frames, STOPPING=1 on shutdown; journald lines carry prior
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("run", help="run the daemon: cameras -> live masks + training samples",
-                       description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, required=True, metavar="FILE",
-                   help="YAML config with a cameras: section (see configs/default.yaml, configs/rig.yaml)")
+    p = sub.add_parser(
+        "run",
+        help="run the daemon: cameras -> live masks + training samples",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="YAML config with a cameras: section (see configs/default.yaml, configs/rig.yaml)",
+    )
     return p
 
 

@@ -4,6 +4,7 @@ A command either turns SIGTERM into an exception for its whole run (signals_as_e
 in a frame loop, only notes the signal and acts on it between frames (signals_deferred); while
 its outputs are being finished, both are ignored (signals_ignored). Standard library only: the
 device's commands use this module too."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """`motionmask status`: ask a running daemon how its cameras are doing."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,14 +19,22 @@ running? is daemon.control_endpoint the same?), 2 a usage error."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("status", help="per-camera fps, frames, kept/pruned, drops and the learner of a running daemon",
-                       description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
-                   help=f"the daemon's daemon.control_endpoint (default {DEFAULT_ENDPOINT})")
+    p = sub.add_parser(
+        "status",
+        help="per-camera fps, frames, kept/pruned, drops and the learner of a running daemon",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help=f"the daemon's daemon.control_endpoint (default {DEFAULT_ENDPOINT})",
+    )
     p.add_argument("--json", action="store_true", help="print the daemon's whole reply as JSON")
-    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
-                   help="give up after S seconds without an answer (default 2)")
+    p.add_argument(
+        "--timeout", type=float, default=2.0, metavar="S", help="give up after S seconds without an answer (default 2)"
+    )
     return p
 
 
@@ -40,8 +49,10 @@ def _duration(s: float) -> str:
 
 def format_status(st: dict) -> str:
     pub, buf = st.get("publisher", {}), st.get("buffer", {})
-    lines = [f"motionmask daemon pid {st.get('pid')} (v{st.get('version', '?')}), up {_duration(st.get('uptime_s', 0))}"
-             f"{', stopping' if st.get('stopping') else ''}"]
+    lines = [
+        f"motionmask daemon pid {st.get('pid')} (v{st.get('version', '?')}), up {_duration(st.get('uptime_s', 0))}"
+        f"{', stopping' if st.get('stopping') else ''}"
+    ]
     if pub.get("endpoint"):
         lines.append(f"masks:  {pub['endpoint']}  sent {pub.get('sent', 0)}, dropped {pub.get('dropped', 0)}")
     else:
@@ -50,14 +61,18 @@ def format_status(st: dict) -> str:
     if web is not None:
         lines.append(format_web(web))
     if buf:
-        lines.append(f"buffer: {buf.get('name')}  {buf.get('fill', 0)}/{buf.get('capacity', 0)} samples "
-                     f"({100 * buf.get('fill_fraction', 0):.0f}%), puts {buf.get('puts', 0)}, "
-                     f"drops {buf.get('drops_total', 0)}, drawn {buf.get('samples_drawn', 0)}")
+        lines.append(
+            f"buffer: {buf.get('name')}  {buf.get('fill', 0)}/{buf.get('capacity', 0)} samples "
+            f"({100 * buf.get('fill_fraction', 0):.0f}%), puts {buf.get('puts', 0)}, "
+            f"drops {buf.get('drops_total', 0)}, drawn {buf.get('samples_drawn', 0)}"
+        )
     pairs = st.get("pairs")
     if pairs:
-        lines.append(f"pairs:  {pairs.get('fill', 0)}/{pairs.get('capacity', 0)} tracked-patch pairs "
-                     f"({100 * pairs.get('fill_fraction', 0):.0f}%), puts {pairs.get('puts', 0)}, "
-                     f"drops {pairs.get('drops_total', 0)}, drawn {pairs.get('pairs_drawn', 0)}")
+        lines.append(
+            f"pairs:  {pairs.get('fill', 0)}/{pairs.get('capacity', 0)} tracked-patch pairs "
+            f"({100 * pairs.get('fill_fraction', 0):.0f}%), puts {pairs.get('puts', 0)}, "
+            f"drops {pairs.get('drops_total', 0)}, drawn {pairs.get('pairs_drawn', 0)}"
+        )
     by_cam = buf.get("by_camera", {})
     head = ("CAMERA", "STATE", "FPS", "FRAMES", "SHOTS", "KEPT", "PRUNED", "DROPS", "BUFFER", "RESTARTS", "LAST ERROR")
     rows = []
@@ -65,9 +80,21 @@ def format_status(st: dict) -> str:
         state = c["state"]
         if state == "restarting" and c.get("restart_in_s") is not None:
             state += f" ({c['restart_in_s']:g}s)"
-        rows.append((name, state, f"{c.get('fps', 0):.1f}", str(c.get("frames", 0)), str(c.get("shots", 0)),
-                     str(c.get("kept", 0)), str(c.get("pruned", 0)), str(c.get("drops", 0)),
-                     str(by_cam.get(name, 0)), str(c.get("restarts", 0)), c.get("last_error") or "-"))
+        rows.append(
+            (
+                name,
+                state,
+                f"{c.get('fps', 0):.1f}",
+                str(c.get("frames", 0)),
+                str(c.get("shots", 0)),
+                str(c.get("kept", 0)),
+                str(c.get("pruned", 0)),
+                str(c.get("drops", 0)),
+                str(by_cam.get(name, 0)),
+                str(c.get("restarts", 0)),
+                c.get("last_error") or "-",
+            )
+        )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
     for r in [head, *rows] if rows else []:  # `motionmask learn` has no cameras
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
@@ -98,9 +125,11 @@ def format_exports(gate: dict | None, served: dict | None) -> str:
             parts.append(f"shipped {gate['shipped']}, skipped {gate['skipped']}, failed {gate['failed']}")
     if served:
         devices = served.get("devices") or []
-        parts.append(f"served at {served.get('endpoint')}: {served.get('pulls_total', 0)} pulls by "
-                     f"{len(devices)} device{'' if len(devices) == 1 else 's'}"
-                     + (f" (last {devices[0]['device']} took {devices[0]['version']})" if devices else ""))
+        parts.append(
+            f"served at {served.get('endpoint')}: {served.get('pulls_total', 0)} pulls by "
+            f"{len(devices)} device{'' if len(devices) == 1 else 's'}"
+            + (f" (last {devices[0]['device']} took {devices[0]['version']})" if devices else "")
+        )
     return "export: " + "; ".join(parts)
 
 
@@ -124,10 +153,14 @@ def format_learner(c: dict) -> str:
     if c.get("pid"):
         parts[0] += f" pid {c['pid']} on {c.get('device') or '?'} x{c.get('threads') or '?'}"
     loss = c.get("loss")
-    parts.append(f"step {c.get('step') or 0}, loss {'-' if loss is None else f'{loss:.3f}'}, "
-                 f"{c.get('crops_per_s') or 0:.0f} crops/s")
+    parts.append(
+        f"step {c.get('step') or 0}, loss {'-' if loss is None else f'{loss:.3f}'}, "
+        f"{c.get('crops_per_s') or 0:.0f} crops/s"
+    )
     ck = c.get("checkpoint_step")
-    parts.append("no checkpoint yet" if ck is None else f"checkpoint step {ck} ({_duration(c.get('checkpoint_age_s') or 0)} ago)")
+    parts.append(
+        "no checkpoint yet" if ck is None else f"checkpoint step {ck} ({_duration(c.get('checkpoint_age_s') or 0)} ago)"
+    )
     parts.append(f"bootstrap round {c.get('bootstrap_round') or 0}")
     parts.append(f"restarts {c.get('restarts', 0)}")
     if c.get("last_error"):
@@ -141,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         reply = request(args.endpoint, "status", timeout=args.timeout)
     except ControlUnavailable:
-        print(f"motionmask status: no daemon answering at {args.endpoint}: is `motionmask run` running?",
-              file=sys.stderr)
+        print(
+            f"motionmask status: no daemon answering at {args.endpoint}: is `motionmask run` running?", file=sys.stderr
+        )
         return 1
     if not reply.get("ok"):
         raise UserError(f"{args.endpoint} refused the request: {reply.get('error', reply)}")
@@ -156,5 +190,7 @@ def describe(endpoint: str, reply: dict) -> str:
     try:
         return format_status(reply)
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as e:
-        raise UserError(f"{endpoint} answered a status this motionmask cannot read ({type(e).__name__}: "
-                        f"{str(e)[:80]}); another version? `motionmask status --json` shows it whole") from None
+        raise UserError(
+            f"{endpoint} answered a status this motionmask cannot read ({type(e).__name__}: "
+            f"{str(e)[:80]}); another version? `motionmask status --json` shows it whole"
+        ) from None

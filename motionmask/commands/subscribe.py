@@ -1,4 +1,5 @@
 """`motionmask subscribe`: watch (and optionally save) the live masks a daemon publishes."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,22 +26,44 @@ DIR/<camera>/<kind>/<frame:06d>.png. Exit status: 0 when --count masks arrived (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("subscribe", help="print and save the live masks a daemon publishes",
-                       description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
-                   help=f"publisher endpoint (default {DEFAULT_ENDPOINT}; with --latest, its latest_endpoint)")
-    p.add_argument("--topic", action="append", metavar="PREFIX",
-                   help="topic prefix, repeatable: mask. (all, default), mask.cam0., mask.cam0.trimap")
+    p = sub.add_parser(
+        "subscribe",
+        help="print and save the live masks a daemon publishes",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help=f"publisher endpoint (default {DEFAULT_ENDPOINT}; with --latest, its latest_endpoint)",
+    )
+    p.add_argument(
+        "--topic",
+        action="append",
+        metavar="PREFIX",
+        help="topic prefix, repeatable: mask. (all, default), mask.cam0., mask.cam0.trimap",
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="save each mask as DIR/<camera>/<kind>/<frame>.png")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N masks (default: never)")
-    p.add_argument("--timeout", type=float, default=0.0, metavar="S",
-                   help="stop when no mask has arrived for S seconds (default: wait forever)")
-    p.add_argument("--latest", action="store_true",
-                   help="keep only the newest mask (never lag); needs the publisher's latest_endpoint")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop when no mask has arrived for S seconds (default: wait forever)",
+    )
+    p.add_argument(
+        "--latest",
+        action="store_true",
+        help="keep only the newest mask (never lag); needs the publisher's latest_endpoint",
+    )
     p.add_argument("--curve-server-key", metavar="FILE", help="publisher's public certificate (server.key)")
-    p.add_argument("--curve-secret-file", metavar="FILE",
-                   help="this client's secret certificate (from `motionmask keys`); default: a throwaway key")
+    p.add_argument(
+        "--curve-secret-file",
+        metavar="FILE",
+        help="this client's secret certificate (from `motionmask keys`); default: a throwaway key",
+    )
     p.add_argument("--quiet", action="store_true", help="no line per mask, only the summary")
     return p
 
@@ -66,10 +89,18 @@ def run(args: argparse.Namespace) -> int:
     timeout = args.timeout or None
     n = 0
     made: set[Path] = set()
-    with MaskSubscriber(args.endpoint, topics, latest=args.latest, curve_server_key=args.curve_server_key,
-                        curve_secret_file=args.curve_secret_file) as sub:
-        print(f"subscribed to {args.endpoint} topics {','.join(topics)}"
-              f"{' (latest only)' if args.latest else ''}", file=sys.stderr, flush=True)
+    with MaskSubscriber(
+        args.endpoint,
+        topics,
+        latest=args.latest,
+        curve_server_key=args.curve_server_key,
+        curve_secret_file=args.curve_secret_file,
+    ) as sub:
+        print(
+            f"subscribed to {args.endpoint} topics {','.join(topics)}{' (latest only)' if args.latest else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             while not args.count or n < args.count:
                 got = sub.recv_raw(timeout)
@@ -81,19 +112,23 @@ def run(args: argparse.Namespace) -> int:
                 n += 1
                 if not args.quiet:
                     latency_ms = (header["recv_ns"] - header["capture_ns"]) / 1e6
-                    print(f"camera={header['camera']} kind={header['kind']} frame={header['frame']} "
-                          f"shot={header['shot']} size={header['width']}x{header['height']} "
-                          f"latency_ms={latency_ms:.1f}", flush=True)
+                    print(
+                        f"camera={header['camera']} kind={header['kind']} frame={header['frame']} "
+                        f"shot={header['shot']} size={header['width']}x{header['height']} "
+                        f"latency_ms={latency_ms:.1f}",
+                        flush=True,
+                    )
         finally:
             s = sub.stats()
-            print(f"received {s['received']}, rejected {s['rejected']}, missed {s['missed']}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"received {s['received']}, rejected {s['rejected']}, missed {s['missed']}", file=sys.stderr, flush=True
+            )
     if args.count and n < args.count:
-        print(f"motionmask subscribe: got {n} of {args.count} masks before --timeout {args.timeout:g}s",
-              file=sys.stderr)
+        print(
+            f"motionmask subscribe: got {n} of {args.count} masks before --timeout {args.timeout:g}s", file=sys.stderr
+        )
         return 1
     if not n:
-        print(f"motionmask subscribe: no mask from {args.endpoint} within --timeout {args.timeout:g}s",
-              file=sys.stderr)
+        print(f"motionmask subscribe: no mask from {args.endpoint} within --timeout {args.timeout:g}s", file=sys.stderr)
         return 1
     return 0

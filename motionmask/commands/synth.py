@@ -2,6 +2,7 @@
 masks. Family "things" (synth/things.py) is the one the project tunes on; "patchwork"
 (synth/patchwork.py) is for reporting only; scenario "rig" (synth/rig.py) is one
 long stream of one scene with recurring actors that stop (issue 19)."""
+
 from __future__ import annotations
 
 import argparse
@@ -75,21 +76,36 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; clips of the same name are replaced)")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (created; clips of the same name are replaced)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the whole set (default: 0)")
     p.add_argument("--clips", type=_positive, default=None, metavar="N", help="number of clips (default: 10)")
-    p.add_argument("--frames", type=_positive, default=None, metavar="F",
-                   help="frames per clip, at 30 fps (default: 90)")
-    p.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="frame size, even numbers (default: 320x240)")
-    p.add_argument("--family", choices=FAMILIES, default=None,
-                   help="generator: things (tuned on) or patchwork (reported only) (default: things)")
-    p.add_argument("--scenario", choices=SCENARIOS, default=None,
-                   help="instead of a family of clips: rig, one long stream of one scene (see below)")
-    p.add_argument("--minutes", type=float, default=None, metavar="M",
-                   help="rig: length of the stream in minutes (default: 3)")
+    p.add_argument(
+        "--frames", type=_positive, default=None, metavar="F", help="frames per clip, at 30 fps (default: 90)"
+    )
+    p.add_argument(
+        "--size", type=_size, default=(320, 240), metavar="WxH", help="frame size, even numbers (default: 320x240)"
+    )
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default=None,
+        help="generator: things (tuned on) or patchwork (reported only) (default: things)",
+    )
+    p.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default=None,
+        help="instead of a family of clips: rig, one long stream of one scene (see below)",
+    )
+    p.add_argument(
+        "--minutes", type=float, default=None, metavar="M", help="rig: length of the stream in minutes (default: 3)"
+    )
     p.add_argument("--fps", type=int, default=None, help=f"rig: frames per second (default: {RIG_FPS})")
-    p.add_argument("--ptz", action="store_true",
-                   help="rig: the camera sweeps slowly (pan and zoom) instead of staying fixed")
+    p.add_argument(
+        "--ptz", action="store_true", help="rig: the camera sweeps slowly (pan and zoom) instead of staying fixed"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -110,11 +126,21 @@ def _run_rig(args: argparse.Namespace) -> int:
     started = time.monotonic()
     minutes = 3.0 if args.minutes is None else args.minutes
     fps = RIG_FPS if args.fps is None else args.fps
-    entries = generate_rig(args.out, seed=args.seed, minutes=minutes, size=args.size, fps=fps, ptz=args.ptz,
-                           progress=not args.quiet)
-    log_event(logger, "synth_done", out=args.out, scenario=args.scenario, frames=entries[0]["frames"], fps=fps,
-              ptz=args.ptz, size=f"{args.size[0]}x{args.size[1]}", seed=args.seed,
-              seconds=time.monotonic() - started)
+    entries = generate_rig(
+        args.out, seed=args.seed, minutes=minutes, size=args.size, fps=fps, ptz=args.ptz, progress=not args.quiet
+    )
+    log_event(
+        logger,
+        "synth_done",
+        out=args.out,
+        scenario=args.scenario,
+        frames=entries[0]["frames"],
+        fps=fps,
+        ptz=args.ptz,
+        size=f"{args.size[0]}x{args.size[1]}",
+        seed=args.seed,
+        seconds=time.monotonic() - started,
+    )
     return 0
 
 
@@ -129,9 +155,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--frames must be at least 2: motion needs two frames")
     started = time.monotonic()
     _, generate = family_generate(args.family)
-    entries = generate(args.out, seed=args.seed, clips=args.clips, frames=args.frames,
-                       size=args.size, progress=not args.quiet)
-    log_event(logger, "synth_done", out=args.out, family=args.family, clips=len(entries), frames=args.frames,
-              size=f"{args.size[0]}x{args.size[1]}", seed=args.seed,
-              seconds=time.monotonic() - started)
+    entries = generate(
+        args.out, seed=args.seed, clips=args.clips, frames=args.frames, size=args.size, progress=not args.quiet
+    )
+    log_event(
+        logger,
+        "synth_done",
+        out=args.out,
+        family=args.family,
+        clips=len(entries),
+        frames=args.frames,
+        size=f"{args.size[0]}x{args.size[1]}",
+        seed=args.seed,
+        seconds=time.monotonic() - started,
+    )
     return 0

@@ -1,5 +1,6 @@
 """`motionmask train INPUT... --out RUN`: run the streamer on videos (no frame dropped) and train
 the mask ConvNet on the frames it keeps, until --steps or --minutes; resumable."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,15 +9,15 @@ import logging
 import math
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from common.errors import UserError
+from common.log import log_event
 from motionmask.commands.options import info_logs, parse_count
 from motionmask.commands.signals import Terminated, signals_as_exceptions
 from motionmask.config import load_config
-from common.errors import UserError
-from common.log import log_event
 from streamer.motion.prune import FEW_KEPT_FRACTION, pruned_summary, relax_hint
 from streamer.writer import check_out_dir
 
@@ -66,12 +67,36 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos or folders of images")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (created; an existing run there is resumed)")
     p.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults, as configs/default.yaml)")
-    p.add_argument("--steps", default=None, metavar="N", help="stop at step N of the run; 0 = no step limit (default: learner.train.steps)")
-    p.add_argument("--minutes", default=None, metavar="M", help="stop after M minutes of training in the run; 0 = no time limit (default: learner.train.minutes = 12)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: learner.train.device (auto: CUDA when present)")
-    p.add_argument("--nproc", default=None, metavar="N", help="data-parallel ranks: N GPUs on CUDA, N processes on the CPU "
-                   "(default: learner.train.nproc = 1; under torchrun, its --nproc-per-node)")
-    p.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no info logs; warnings and the summary remain")
+    p.add_argument(
+        "--steps",
+        default=None,
+        metavar="N",
+        help="stop at step N of the run; 0 = no step limit (default: learner.train.steps)",
+    )
+    p.add_argument(
+        "--minutes",
+        default=None,
+        metavar="M",
+        help="stop after M minutes of training in the run; 0 = no time limit (default: learner.train.minutes = 12)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="default: learner.train.device (auto: CUDA when present)",
+    )
+    p.add_argument(
+        "--nproc",
+        default=None,
+        metavar="N",
+        help="data-parallel ranks: N GPUs on CUDA, N processes on the CPU "
+        "(default: learner.train.nproc = 1; under torchrun, its --nproc-per-node)",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (bar or lines) and no info logs; warnings and the summary remain",
+    )
     return p
 
 
@@ -103,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
     ranked = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a rank of --nproc or of torchrun
     if t.nproc > 1 and not ranked:
         if cfg.learner.heads.extra():
-            raise UserError(f"--nproc {t.nproc} with learner.heads {', '.join(cfg.learner.heads.extra())}: the multi-task "
-                            f"heads do not train on several ranks yet; train them with --nproc 1")
+            raise UserError(
+                f"--nproc {t.nproc} with learner.heads {', '.join(cfg.learner.heads.extra())}: the multi-task "
+                f"heads do not train on several ranks yet; train them with --nproc 1"
+            )
         return _launch(args, t.nproc, t.device)
     if ranked and int(os.environ.get("RANK", "0")) > 0:
         args.quiet = True  # rank 0 speaks for the run
@@ -131,10 +158,15 @@ def _launch(args: argparse.Namespace, nproc: int, device: str) -> int:
     expand_inputs(args.inputs)  # a wrong path is one line from here, not one from every rank
     gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
     if gpus and nproc > gpus:
-        raise UserError(f"--nproc {nproc}: this machine shows {gpus} GPU(s), one per rank; use --nproc {gpus} "
-                        f"or fewer (or --device cpu)")
-    quiet = [lg for name, lg in logging.root.manager.loggerDict.items()
-             if isinstance(lg, logging.Logger) and name.startswith(("torch.distributed", "torch.multiprocessing"))]
+        raise UserError(
+            f"--nproc {nproc}: this machine shows {gpus} GPU(s), one per rank; use --nproc {gpus} "
+            f"or fewer (or --device cpu)"
+        )
+    quiet = [
+        lg
+        for name, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger) and name.startswith(("torch.distributed", "torch.multiprocessing"))
+    ]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
         lg.setLevel(logging.CRITICAL)
@@ -191,15 +223,25 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
     from learner import distributed
     from learner.bootstrap import Bootstrapper, synthetic_ground_truth
     from learner.device import available_cores, resolve_device
-    from learner.samples import OfflineFeed
     from learner.progress import draws_bar
+    from learner.samples import OfflineFeed
     from learner.train import Limits, Trainer, fit
 
     t = cfg.learner.train
     main = distributed.is_main()  # with several ranks the others sample rank 0's buffer (share_feed)
-    feed = OfflineFeed(args.inputs, cfg.streamer, cfg.buffer, cfg.learner.samples.offline_draws_per_sample,
-                       cfg.learner.samples.offline_max_buffer_mb, streamer_threads=1,  # inputs checked here
-                       log_level=logging.WARNING if args.quiet else None) if main else None
+    feed = (
+        OfflineFeed(
+            args.inputs,
+            cfg.streamer,
+            cfg.buffer,
+            cfg.learner.samples.offline_draws_per_sample,
+            cfg.learner.samples.offline_max_buffer_mb,
+            streamer_threads=1,  # inputs checked here
+            log_level=logging.WARNING if args.quiet else None,
+        )
+        if main
+        else None
+    )
     trainer = Trainer(cfg.learner, distributed.init(resolve_device(t.device, t.strict_device)))
     if trainer.cuda and main:
         feed.streamer_threads = max(1, available_cores() - 2)  # the GPU trains: the CPUs can stream
@@ -207,24 +249,49 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
     if _resume(trainer, out, limits, main):
         return 0
     distributed.wrap(trainer)
-    log_event(logger, "train_start", out=out, inputs=len(feed.specs) if main else None, device=trainer.device.type,
-              precision=trainer.precision,
-              backbone=cfg.learner.model.backbone, crop=trainer.crop_size, batch=t.batch, steps=t.steps,
-              minutes=t.minutes, start_step=trainer.step_count)
+    log_event(
+        logger,
+        "train_start",
+        out=out,
+        inputs=len(feed.specs) if main else None,
+        device=trainer.device.type,
+        precision=trainer.precision,
+        backbone=cfg.learner.model.backbone,
+        crop=trainer.crop_size,
+        batch=t.batch,
+        steps=t.steps,
+        minutes=t.minutes,
+        start_step=trainer.step_count,
+    )
 
     def status() -> str:
         p = feed.progress
         return "" if p.done else f"streamer {p.inputs_done}/{p.inputs} inputs, {p.kept} kept"
 
     bar = draws_bar(not args.quiet)  # on a terminal: logs go above the bar; elsewhere one line per interval
-    with distributed.share_feed(feed) as feed, (logging_redirect_tqdm() if bar else contextlib.nullcontext()):
+    with distributed.share_feed(feed) as feed, logging_redirect_tqdm() if bar else contextlib.nullcontext():
         boot = None
-        if cfg.learner.bootstrap.enabled and main:  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
-            boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, out,
-                                ground_truth=synthetic_ground_truth(feed.specs),
-                                fg_threshold=cfg.streamer.prune.fg_threshold)
-        summary = fit(trainer, feed, out if main else None, limits, progress=not args.quiet, status=status if main else None,
-                      interrupts=(KeyboardInterrupt, Terminated), on_step=boot.on_step if boot else None)
+        if (
+            cfg.learner.bootstrap.enabled and main
+        ):  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
+            boot = Bootstrapper(
+                cfg.learner.bootstrap,
+                cfg.streamer.trimap,
+                feed.ring,
+                out,
+                ground_truth=synthetic_ground_truth(feed.specs),
+                fg_threshold=cfg.streamer.prune.fg_threshold,
+            )
+        summary = fit(
+            trainer,
+            feed,
+            out if main else None,
+            limits,
+            progress=not args.quiet,
+            status=status if main else None,
+            interrupts=(KeyboardInterrupt, Terminated),
+            on_step=boot.on_step if boot else None,
+        )
     code = {"Terminated": 143, "KeyboardInterrupt": 130}.get(summary.interrupted_by, 0)
     if main:
         _report(summary, trainer, feed.progress, boot, interrupted=bool(code))
@@ -241,14 +308,22 @@ def _resume(trainer, out, limits, main: bool) -> bool:
         return False
     path, state = resumed
     trainer.load_state_dict(state, path)
-    log_event(logger, "train_resume", checkpoint=path, step=trainer.step_count,
-              trained_min=round(trainer.train_seconds / 60, 2))
-    if (limits.steps and trainer.step_count >= limits.steps) or \
-            (limits.minutes and trainer.train_seconds >= limits.minutes * 60):
+    log_event(
+        logger,
+        "train_resume",
+        checkpoint=path,
+        step=trainer.step_count,
+        trained_min=round(trainer.train_seconds / 60, 2),
+    )
+    if (limits.steps and trainer.step_count >= limits.steps) or (
+        limits.minutes and trainer.train_seconds >= limits.minutes * 60
+    ):
         if main:
-            print(f"motionmask train: {out} is complete (step {trainer.step_count}, "
-                  f"{trainer.train_seconds / 60:.1f} min trained); raise --steps or --minutes to go on",
-                  file=sys.stderr)
+            print(
+                f"motionmask train: {out} is complete (step {trainer.step_count}, "
+                f"{trainer.train_seconds / 60:.1f} min trained); raise --steps or --minutes to go on",
+                file=sys.stderr,
+            )
         return True
     return False
 
@@ -260,16 +335,32 @@ def _report(summary, trainer, p, boot, interrupted: bool) -> None:
     note = "interrupted; " if interrupted else ""
     nan = f", {summary.nan_skipped} non-finite steps skipped" if summary.nan_skipped else ""
     rounds = f", {len(boot.history)} bootstrapping rounds" if boot is not None and boot.history else ""
-    loss = f"loss {summary.first_loss:.3f} -> {summary.last_loss:.3f}" if not math.isnan(summary.last_loss) else "no loss logged"
+    loss = (
+        f"loss {summary.first_loss:.3f} -> {summary.last_loss:.3f}"
+        if not math.isnan(summary.last_loss)
+        else "no loss logged"
+    )
     where = summary.checkpoint.parent / "last.pt" if summary.checkpoint else "no checkpoint (no step done)"
     ranks = f" x {distributed.world_size()} ranks" if distributed.active() else ""
-    log_event(logger, "train_done", step=summary.step, steps=summary.steps, crops=summary.crops,
-              crops_per_s=summary.crops_per_s, stopped=summary.stopped, loss=summary.last_loss,
-              nan_skipped=summary.nan_skipped, frames=p.frames, kept=p.kept)
-    print(f"motionmask train: {note}{summary.steps} steps (run at step {summary.step}), {summary.crops} crops, "
-          f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}{ranks}, {loss}{nan}{rounds}; "
-          f"{p.kept} samples kept of {p.frames} frames streamed from {p.inputs_done}/{p.inputs} inputs -> {where}",
-          file=sys.stderr)
+    log_event(
+        logger,
+        "train_done",
+        step=summary.step,
+        steps=summary.steps,
+        crops=summary.crops,
+        crops_per_s=summary.crops_per_s,
+        stopped=summary.stopped,
+        loss=summary.last_loss,
+        nan_skipped=summary.nan_skipped,
+        frames=p.frames,
+        kept=p.kept,
+    )
+    print(
+        f"motionmask train: {note}{summary.steps} steps (run at step {summary.step}), {summary.crops} crops, "
+        f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}{ranks}, {loss}{nan}{rounds}; "
+        f"{p.kept} samples kept of {p.frames} frames streamed from {p.inputs_done}/{p.inputs} inputs -> {where}",
+        file=sys.stderr,
+    )
 
 
 def warn_if_few_kept(p, prune_cfg) -> None:
@@ -278,5 +369,8 @@ def warn_if_few_kept(p, prune_cfg) -> None:
     if p.frames < MIN_FRAMES_TO_JUDGE or p.kept >= FEW_KEPT_FRACTION * p.frames:
         return
     hint = relax_hint(p.pruned, prune_cfg)
-    print(f"motionmask train: warning: pruning kept {p.kept} of {p.frames} frames ({pruned_summary(p.pruned)})"
-          f"{'; ' + hint if hint else ''}", file=sys.stderr)
+    print(
+        f"motionmask train: warning: pruning kept {p.kept} of {p.frames} frames ({pruned_summary(p.pruned)})"
+        f"{'; ' + hint if hint else ''}",
+        file=sys.stderr,
+    )

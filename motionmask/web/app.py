@@ -18,6 +18,7 @@ request to the daemon: any number of viewers and scripts cost the daemon one req
 The handlers read what they serve from app.state; the token gate is gate.py, the WebSocket
 viewer viewer.py.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,8 +61,9 @@ def build_app(feed: DaemonFeed, url: str = "", token: str = "", interval_s: floa
     app.state.console = state = ConsoleState(url=url)
     app.state.token = token
     app.state.interval_s = interval_s
-    app.state.metrics = registry(lambda: (feed.status, {"clients": state.clients, "stream_drops": state.stream_drops,
-                                                        "exports": feed.exports()}))
+    app.state.metrics = registry(
+        lambda: (feed.status, {"clients": state.clients, "stream_drops": state.stream_drops, "exports": feed.exports()})
+    )
     return TokenGate(app, token) if token else app
 
 
@@ -86,11 +88,18 @@ def console_info(feed: DaemonFeed, state: ConsoleState) -> dict[str, Any]:
     """/api/console: this console, its viewers, and what it has seen of the daemon."""
     st = feed.status or {}
     return {
-        "url": state.url, "clients": state.clients, "stream_drops": state.stream_drops,
-        "stream_sent": state.stream_sent, "control": feed.control, "masks": feed.masks or "",
-        "status_at": feed.status_at, "error": feed.error, "masks_received": feed.store.received,
-        "cameras": {name: {"quality": feed.quality(name), "kinds": feed.store.kinds(name)}
-                    for name in st.get("cameras", {})},
+        "url": state.url,
+        "clients": state.clients,
+        "stream_drops": state.stream_drops,
+        "stream_sent": state.stream_sent,
+        "control": feed.control,
+        "masks": feed.masks or "",
+        "status_at": feed.status_at,
+        "error": feed.error,
+        "masks_received": feed.store.received,
+        "cameras": {
+            name: {"quality": feed.quality(name), "kinds": feed.store.kinds(name)} for name in st.get("cameras", {})
+        },
     }
 
 
@@ -120,10 +129,18 @@ async def api_camera(request: Request) -> Response:
     name = request.path_params["name"]
     cam = st.get("cameras", {}).get(name)
     if cam is None:
-        return JSONResponse({"ok": False, "error": f"no camera {name!r}; cameras: "
-                             f"{', '.join(st.get('cameras', {})) or 'none'}"}, 404)
-    return JSONResponse({**cam, "name": name, "buffer": (st.get("buffer") or {}).get("by_camera", {}).get(name, 0),
-                         "quality": feed.quality(name), "kinds": feed.store.kinds(name)})
+        return JSONResponse(
+            {"ok": False, "error": f"no camera {name!r}; cameras: {', '.join(st.get('cameras', {})) or 'none'}"}, 404
+        )
+    return JSONResponse(
+        {
+            **cam,
+            "name": name,
+            "buffer": (st.get("buffer") or {}).get("by_camera", {}).get(name, 0),
+            "quality": feed.quality(name),
+            "kinds": feed.store.kinds(name),
+        }
+    )
 
 
 async def api_still(request: Request) -> Response:
@@ -132,8 +149,11 @@ async def api_still(request: Request) -> Response:
     _, fh, jpeg, mh, mask = feed.store.latest(name, kind)
     if fh is None and mh is None:
         return JSONResponse({"ok": False, "error": f"no picture from camera {name!r} yet"}, 404)
-    return Response(pack_unit(name, kind, fh, jpeg, mh, mask), media_type="application/octet-stream",
-                    headers={"Cache-Control": "no-store"})
+    return Response(
+        pack_unit(name, kind, fh, jpeg, mh, mask),
+        media_type="application/octet-stream",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def api_learner(request: Request) -> Response:
@@ -160,8 +180,11 @@ async def api_console(request: Request) -> Response:
 
 async def live(request: Request) -> Response:
     s = request.app.state
-    return StreamingResponse(live_events(s.feed, s.console, s.interval_s), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        live_events(s.feed, s.console, s.interval_s),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 async def live_events(feed: DaemonFeed, state: ConsoleState, interval_s: float) -> AsyncIterator[str]:

@@ -1,8 +1,10 @@
 """The `web:` config section: the console that `motionmask run` serves (motionmask/web/)."""
+
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
 from common.config import check
 
 
@@ -45,8 +47,10 @@ class WebConfig:
         ]
         check("web", checks)
         if self.enabled and not is_loopback(self.host) and not self.token:
-            raise ValueError(f"web.host {self.host} would open the console beyond this machine without a token: "
-                             f"set web.token (a long random string) or keep web.host: 127.0.0.1")
+            raise ValueError(
+                f"web.host {self.host} would open the console beyond this machine without a token: "
+                f"set web.token (a long random string) or keep web.host: 127.0.0.1"
+            )
 
 
 __all__ = ["WebConfig", "is_loopback"]

@@ -8,6 +8,7 @@ connection quality over the last hour, the event list).
 Two threads: one asks for the status, one receives masks. Readers (the web app's coroutines)
 take snapshots; replacing a reference is atomic, lists are copied under a lock.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,12 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from common.errors import UserError
+from common.log import log_event
 from motionmask.control import ControlUnavailable, request
 from motionmask.web.redact import redact, redact_text
 from motionmask.web.stream import LiveStore
 from streamer.live import protocol
-from common.errors import UserError
-from common.log import log_event
 
 log = logging.getLogger("motionmask.web")
 
@@ -94,8 +95,15 @@ class DaemonFeed:
     status names). run_dir / exports_dir: the learner's run folder and the exports folder, when
     readable from here (default: the run_dir the status names, if it exists here)."""
 
-    def __init__(self, control: str, masks: str | None = None, run_dir: str | None = None,
-                 exports_dir: str | None = None, interval_s: float = 1.0, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        control: str,
+        masks: str | None = None,
+        run_dir: str | None = None,
+        exports_dir: str | None = None,
+        interval_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
         self.control = connectable(control)
         self.masks = masks
         self.run_dir = run_dir
@@ -173,20 +181,35 @@ class DaemonFeed:
         run_dir = self.run_dir or learner.get("run_dir")
         if run_dir and self._train is None and os.path.isdir(run_dir):
             from learner.bootstrap import BOOTSTRAP_LOG  # file names only; no torch at import
+
             self._train = JsonlTail(Path(run_dir) / "train.jsonl")
             self._boot = JsonlTail(Path(run_dir) / BOOTSTRAP_LOG)
-        if learner.get("step") is not None and (not self._status_curve or self._status_curve[-1]["step"] != learner["step"]):
-            self._status_curve.append({"step": learner["step"], "loss": learner.get("loss"),
-                                       "crops_per_s": learner.get("crops_per_s"), "time": round(time.time(), 3)})
-            del self._status_curve[:-MAX_CURVE_POINTS * 4]
+        if learner.get("step") is not None and (
+            not self._status_curve or self._status_curve[-1]["step"] != learner["step"]
+        ):
+            self._status_curve.append(
+                {
+                    "step": learner["step"],
+                    "loss": learner.get("loss"),
+                    "crops_per_s": learner.get("crops_per_s"),
+                    "time": round(time.time(), 3),
+                }
+            )
+            del self._status_curve[: -MAX_CURVE_POINTS * 4]
 
     # -- history and events -----------------------------------------------------------------
     def event(self, subject: str, level: str, text: str, at: float | None = None) -> None:
         """at: when it happened, for records the daemon keeps with their time (config warnings,
         export decisions, pulls), which may be older than this console."""
         with self._lock:
-            self._events.appendleft({"time": round(time.time() if at is None else at, 3), "subject": subject,
-                                     "level": level, "text": redact_text(text)})
+            self._events.appendleft(
+                {
+                    "time": round(time.time() if at is None else at, 3),
+                    "subject": subject,
+                    "level": level,
+                    "text": redact_text(text),
+                }
+            )
 
     def events(self, limit: int = MAX_EVENTS) -> list[dict[str, Any]]:
         """Newest first."""
@@ -220,8 +243,13 @@ class DaemonFeed:
             self.event("export", level, f"{what} {d.get('outcome')}: {d.get('reason')}", d.get("time"))
         for pull in (st.get("bundle_server") or {}).get("pulls") or []:
             if self._once(("pull", pull.get("device"), pull.get("version"), pull.get("time"))):
-                self.event("export", "info", f"device {pull.get('device')} pulled {pull.get('version')} "
-                           f"({pull.get('bytes', 0) / 2**20:.1f} MB in {pull.get('seconds', 0):.1f} s)", pull.get("time"))
+                self.event(
+                    "export",
+                    "info",
+                    f"device {pull.get('device')} pulled {pull.get('version')} "
+                    f"({pull.get('bytes', 0) / 2**20:.1f} MB in {pull.get('seconds', 0):.1f} s)",
+                    pull.get("time"),
+                )
 
     def _track(self, prev: dict[str, Any] | None, st: dict[str, Any]) -> None:
         now = time.time()
@@ -260,8 +288,11 @@ class DaemonFeed:
                 if l1["state"] == "running" and l0.get("state"):
                     self.event(name, "info", f"camera {name} source back (after: {l1.get('error') or '?'})")
                 elif l1["state"] != "running":
-                    self.event(name, "error" if l1["state"] == "failed" else "warning",
-                               f"camera {name} source {l1['state']}: {l1.get('error') or '?'}")
+                    self.event(
+                        name,
+                        "error" if l1["state"] == "failed" else "warning",
+                        f"camera {name} source {l1['state']}: {l1.get('error') or '?'}",
+                    )
             r0 = int(p.get("source_stats", {}).get("reconnects", 0))
             r1 = int(c.get("source_stats", {}).get("reconnects", 0))
             if r1 > r0 and l1.get("state") == l0.get("state"):  # a drop between two polls
@@ -270,8 +301,11 @@ class DaemonFeed:
         if lp and lc:
             if lc.get("state") != lp.get("state"):
                 why = f": {lc['last_error']}" if lc.get("last_error") and lc["state"] != "running" else ""
-                self.event("learner", "info" if lc["state"] == "running" else "warning",
-                           f"learner {lp.get('state')} -> {lc['state']}{why}")
+                self.event(
+                    "learner",
+                    "info" if lc["state"] == "running" else "warning",
+                    f"learner {lp.get('state')} -> {lc['state']}{why}",
+                )
             if (lc.get("bootstrap_round") or 0) > (lp.get("bootstrap_round") or 0):
                 last = lc.get("bootstrap_last") or {}
                 agree = f", label agreement {last['agreement']:.3f}" if isinstance(last.get("agreement"), float) else ""
@@ -310,8 +344,13 @@ class DaemonFeed:
         reconnects = hist[-1][2] - hist[0][2]
         stalls = len(self._stalls.get(name, ()))
         grade = "good" if up >= 0.99 and not reconnects and not stalls else "fair" if up >= 0.9 else "poor"
-        return {"window_s": round(hist[-1][0] - hist[0][0], 1), "up": round(up, 4), "reconnects": reconnects,
-                "stalls": stalls, "grade": grade}
+        return {
+            "window_s": round(hist[-1][0] - hist[0][0], 1),
+            "up": round(up, 4),
+            "reconnects": reconnects,
+            "stalls": stalls,
+            "grade": grade,
+        }
 
     # -- learner and exports ----------------------------------------------------------------
     def learner(self) -> dict[str, Any] | None:
@@ -325,12 +364,22 @@ class DaemonFeed:
             rows, source = self._status_curve, "status samples since the console started"
         heads = sorted({k for r in rows for k in r if k.startswith("loss_")})
         rows = _thin(rows)
-        curve = {"step": [r.get("step") for r in rows], "loss": [r.get("loss") for r in rows],
-                 "crops_per_s": [r.get("crops_per_s") for r in rows], "time": [r.get("time") for r in rows],
-                 **{h: [r.get(h) for r in rows] for h in heads}}
+        curve = {
+            "step": [r.get("step") for r in rows],
+            "loss": [r.get("loss") for r in rows],
+            "crops_per_s": [r.get("crops_per_s") for r in rows],
+            "time": [r.get("time") for r in rows],
+            **{h: [r.get(h) for r in rows] for h in heads},
+        }
         boot = list(self._boot.read()) if self._boot is not None else []
-        return {**lr, "curve": curve, "curve_source": source, "heads": ["loss", *heads], "bootstrap_rounds": boot,
-                "checkpoints": self._checkpoints()}
+        return {
+            **lr,
+            "curve": curve,
+            "curve_source": source,
+            "heads": ["loss", *heads],
+            "bootstrap_rounds": boot,
+            "checkpoints": self._checkpoints(),
+        }
 
     def _checkpoints(self) -> list[dict[str, Any]] | None:
         """The run's step checkpoints on disk, newest first (None: the run folder is not readable here)."""
@@ -360,15 +409,28 @@ class DaemonFeed:
         out = self._versions()
         for v in out["versions"]:
             v["pulled_by"] = [{"device": p["device"], "time": p["time"]} for p in pulls if p["version"] == v["version"]]
-        return {**out, "gate": gate or None, "decisions": decisions, "server": server or None,
-                "devices": devices, "pulls": pulls}
+        return {
+            **out,
+            "gate": gate or None,
+            "decisions": decisions,
+            "server": server or None,
+            "devices": devices,
+            "pulls": pulls,
+        }
 
     def _versions(self) -> dict[str, Any]:
         d = self.exports_dir
         if not d or not os.path.isdir(d):
-            return {"dir": d or "", "readable": False, "latest": None, "previous": None, "versions": [],
-                    "note": "the exports folder is not readable from here" if d else
-                    "export is off (export.enabled: false), or pass --exports DIR"}
+            return {
+                "dir": d or "",
+                "readable": False,
+                "latest": None,
+                "previous": None,
+                "versions": [],
+                "note": "the exports folder is not readable from here"
+                if d
+                else "export is off (export.enabled: false), or pass --exports DIR",
+            }
         from exporter.bundle import read_pointer, versions
 
         latest, previous = read_pointer(d), read_pointer(d, "PREVIOUS")
@@ -379,11 +441,19 @@ class DaemonFeed:
             except (OSError, ValueError):
                 continue
             q = m.get("quality") or {}
-            out.append({"version": v, "step": (m.get("source") or {}).get("step"), "created": m.get("created"),
-                        "holdout_iou": q.get("holdout_iou"), "holdout_bce": q.get("holdout_bce"),
-                        "last_export_holdout_iou": q.get("last_export_holdout_iou"),
-                        "bytes": sum(int(f.get("bytes", 0)) for f in (m.get("files") or {}).values()),
-                        "latest": v == latest, "previous": v == previous})
+            out.append(
+                {
+                    "version": v,
+                    "step": (m.get("source") or {}).get("step"),
+                    "created": m.get("created"),
+                    "holdout_iou": q.get("holdout_iou"),
+                    "holdout_bce": q.get("holdout_bce"),
+                    "last_export_holdout_iou": q.get("last_export_holdout_iou"),
+                    "bytes": sum(int(f.get("bytes", 0)) for f in (m.get("files") or {}).values()),
+                    "latest": v == latest,
+                    "previous": v == previous,
+                }
+            )
         return {"dir": d, "readable": True, "latest": latest, "previous": previous, "versions": out}
 
     # -- masks ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The console's token gate: with a token set, no request (HTTP or WebSocket) passes without it."""
+
 from __future__ import annotations
 
 import hmac
@@ -26,8 +27,9 @@ class TokenGate:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        await PlainTextResponse("this console needs its token: open /?token=... or send "
-                                "'Authorization: Bearer ...'\n", 401)(scope, receive, send)
+        await PlainTextResponse(
+            "this console needs its token: open /?token=... or send 'Authorization: Bearer ...'\n", 401
+        )(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
         return any(hmac.compare_digest(o.encode(), self.token.encode()) for o in offered_tokens(scope))

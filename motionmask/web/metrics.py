@@ -1,5 +1,6 @@
 """`/metrics` in the Prometheus exposition format, built at each scrape from the daemon's last
 status (prometheus_client's custom-collector API), so the figures are the daemon's own."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -8,9 +9,13 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-_CAMERA_COUNTERS = (("frames", "frames processed"), ("kept", "frames kept for training"),
-                    ("pruned", "frames kept out of training"), ("drops", "frames or masks dropped"),
-                    ("restarts", "process restarts"))
+_CAMERA_COUNTERS = (
+    ("frames", "frames processed"),
+    ("kept", "frames kept for training"),
+    ("pruned", "frames kept out of training"),
+    ("drops", "frames or masks dropped"),
+    ("restarts", "process restarts"),
+)
 
 
 class StatusCollector(Collector):
@@ -29,8 +34,9 @@ class StatusCollector(Collector):
             return
         cams = st.get("cameras", {})
         fps = GaugeMetricFamily("motionmask_camera_fps", "frames per second over the last seconds", labels=["camera"])
-        running = GaugeMetricFamily("motionmask_camera_running", "1 when the camera's state is running",
-                                    labels=["camera"])
+        running = GaugeMetricFamily(
+            "motionmask_camera_running", "1 when the camera's state is running", labels=["camera"]
+        )
         for name, c in cams.items():
             fps.add_metric([name], float(c.get("fps") or 0))
             running.add_metric([name], 1.0 if c.get("state") == "running" else 0.0)
@@ -41,15 +47,19 @@ class StatusCollector(Collector):
             for name, c in cams.items():
                 m.add_metric([name], float(c.get(key) or 0))
             yield m
-        pruned = CounterMetricFamily("motionmask_camera_pruned_by_reason", "frames kept out of training, by reason",
-                                     labels=["camera", "reason"])
+        pruned = CounterMetricFamily(
+            "motionmask_camera_pruned_by_reason", "frames kept out of training, by reason", labels=["camera", "reason"]
+        )
         for name, c in cams.items():
             for reason, n in (c.get("pruned_by") or {}).items():
                 pruned.add_metric([name, reason], float(n))
         yield pruned
         buf = st.get("buffer") or {}
-        for key, text in (("fill", "samples in the ring buffer"), ("capacity", "ring buffer slots"),
-                          ("fill_fraction", "ring buffer fill, 0-1")):
+        for key, text in (
+            ("fill", "samples in the ring buffer"),
+            ("capacity", "ring buffer slots"),
+            ("fill_fraction", "ring buffer fill, 0-1"),
+        ):
             g = GaugeMetricFamily(f"motionmask_buffer_{key}", text)
             g.add_metric([], float(buf.get(key) or 0))
             yield g
@@ -60,9 +70,12 @@ class StatusCollector(Collector):
             yield m
         lr = st.get("learner")
         if lr:
-            for key, text in (("step", "training steps"), ("loss", "training loss (last interval)"),
-                              ("crops_per_s", "training crops per second"),
-                              ("bootstrap_round", "bootstrapping rounds done")):
+            for key, text in (
+                ("step", "training steps"),
+                ("loss", "training loss (last interval)"),
+                ("crops_per_s", "training crops per second"),
+                ("bootstrap_round", "bootstrapping rounds done"),
+            ):
                 if lr.get(key) is not None:
                     g = GaugeMetricFamily(f"motionmask_learner_{key}", text)
                     g.add_metric([], float(lr[key]))
@@ -73,8 +86,7 @@ class StatusCollector(Collector):
         g = GaugeMetricFamily("motionmask_console_clients", "image streams open on this console")
         g.add_metric([], float(extra.get("clients", 0)))
         yield g
-        c = CounterMetricFamily("motionmask_console_stream_drops",
-                                "images a slow viewer never got (latest-frame-wins)")
+        c = CounterMetricFamily("motionmask_console_stream_drops", "images a slow viewer never got (latest-frame-wins)")
         c.add_metric([], float(extra.get("stream_drops", 0)))
         yield c
         ex = extra.get("exports") or {}
@@ -91,8 +103,11 @@ class StatusCollector(Collector):
             yield g
         gate = ex.get("gate")
         if gate and "shipped" in gate:
-            c = CounterMetricFamily("motionmask_export_decisions", "the export gate's decisions (since the learner "
-                                    "process started), by outcome", labels=["outcome"])
+            c = CounterMetricFamily(
+                "motionmask_export_decisions",
+                "the export gate's decisions (since the learner process started), by outcome",
+                labels=["outcome"],
+            )
             for outcome in ("shipped", "skipped", "failed"):
                 c.add_metric([outcome], float(gate.get(outcome) or 0))
             yield c

@@ -9,6 +9,7 @@ delay a mask. Here the console reads the daemon the way any outside client does 
 mask stream), which is also all that `motionmask console` has for a daemon on another machine: one
 code path for both. It runs at nice 5: cameras first, then the console, then the learner (nice 10).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,10 +19,10 @@ import socket
 import sys
 from typing import Any
 
-from motionmask.child import Reporter, push_socket, run_child
 from common.config import from_dict
-from motionmask.web.config import WebConfig
 from common.log import log_event
+from motionmask.child import Reporter, push_socket, run_child
+from motionmask.web.config import WebConfig
 
 log = logging.getLogger("motionmask.web")
 
@@ -40,8 +41,17 @@ class WebProcess:
         self.phase = "starting"
         self.ctx = zmq.Context()
         stats = push_socket(self.ctx, spec["forward_endpoint"], 4)
-        self.reporter = Reporter("web", self.snapshot, stats, MSG_STATS, int(spec["parent_pid"]), grace_s=3.0,
-                                 orphan_exit=0, interval=1.0, camera=self.name)
+        self.reporter = Reporter(
+            "web",
+            self.snapshot,
+            stats,
+            MSG_STATS,
+            int(spec["parent_pid"]),
+            grace_s=3.0,
+            orphan_exit=0,
+            interval=1.0,
+            camera=self.name,
+        )
         self.app_state = None
         self.stop_requested = False
 
@@ -54,9 +64,16 @@ class WebProcess:
 
     def snapshot(self) -> dict[str, Any]:
         st = self.app_state
-        return {"child": self.name, "pid": os.getpid(), "phase": self.phase, "error": "",
-                "url": self.spec["url"], "clients": st.clients if st else 0,
-                "stream_drops": st.stream_drops if st else 0, "stream_sent": st.stream_sent if st else 0}
+        return {
+            "child": self.name,
+            "pid": os.getpid(),
+            "phase": self.phase,
+            "error": "",
+            "url": self.spec["url"],
+            "clients": st.clients if st else 0,
+            "stream_drops": st.stream_drops if st else 0,
+            "stream_sent": st.stream_sent if st else 0,
+        }
 
     def run(self) -> int:
         try:
@@ -68,9 +85,13 @@ class WebProcess:
         from motionmask.web.feed import DaemonFeed
         from motionmask.web.server import serve
 
-        feed = DaemonFeed(self.spec["control_endpoint"], self.spec.get("masks_endpoint") or None,
-                          self.spec.get("run_dir") or None, self.spec.get("exports_dir") or None,
-                          interval_s=self.cfg.status_interval_s).start()
+        feed = DaemonFeed(
+            self.spec["control_endpoint"],
+            self.spec.get("masks_endpoint") or None,
+            self.spec.get("run_dir") or None,
+            self.spec.get("exports_dir") or None,
+            interval_s=self.cfg.status_interval_s,
+        ).start()
         app = build_app(feed, self.spec["url"], self.cfg.token, self.cfg.status_interval_s)
         inner = getattr(app, "app", app)
         self.app_state = inner.state.console

@@ -1,6 +1,7 @@
 """Camera URLs with credentials never reach the page or the API: every string the console serves
 goes through the redaction the logs use (streamer.sources.redact_url), applied to each URL found
 inside it (a last_error can quote the URL it failed on)."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """Serving the console: a listening socket bound by whoever owns the port (the daemon, or
 `motionmask console`), and uvicorn on it."""
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,10 @@ def listen(host: str, port: int, key: str = "web.port") -> socket.socket:
     except OSError as e:
         s.close()
         if e.errno == errno.EADDRINUSE:
-            raise UserError(f"{key} {host}:{port} is already in use (another console or web server?); "
-                            f"stop it or choose a free {key}") from None
+            raise UserError(
+                f"{key} {host}:{port} is already in use (another console or web server?); "
+                f"stop it or choose a free {key}"
+            ) from None
         raise UserError(f"web.host {host}:{port} cannot be bound: {e.strerror}; use e.g. 127.0.0.1") from None
     s.set_inheritable(True)
     return s
@@ -40,8 +43,15 @@ def serve(app, sock: socket.socket, should_exit_holder: list | None = None) -> N
     server object put into `should_exit_holder`)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=1, ws_ping_interval=20.0, ws_ping_timeout=20.0)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+    )
     server = uvicorn.Server(config)
     if should_exit_holder is not None:
         should_exit_holder.append(server)

@@ -17,6 +17,7 @@ The header says which frame and mask it holds ({"frame": frame header or null, "
 header or null, ...}, the headers as published: docs/protocol.md), so the page can draw the mask
 over the frame it belongs to and measure latency from `capture_ns`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -128,10 +129,26 @@ class LiveStore:
             return cam.tick, fh, jpeg, mh, mask
 
 
-def pack_unit(camera: str, kind: str, frame_header: dict[str, Any] | None, jpeg: bytes,
-              mask_header: dict[str, Any] | None, mask: bytes, **extra: Any) -> bytes:
-    head = json.dumps({"camera": camera, "kind": kind, "frame": frame_header, "mask": mask_header,
-                       "sent_ns": time.time_ns(), **extra}, separators=(",", ":")).encode()
+def pack_unit(
+    camera: str,
+    kind: str,
+    frame_header: dict[str, Any] | None,
+    jpeg: bytes,
+    mask_header: dict[str, Any] | None,
+    mask: bytes,
+    **extra: Any,
+) -> bytes:
+    head = json.dumps(
+        {
+            "camera": camera,
+            "kind": kind,
+            "frame": frame_header,
+            "mask": mask_header,
+            "sent_ns": time.time_ns(),
+            **extra,
+        },
+        separators=(",", ":"),
+    ).encode()
     return b"".join((struct.pack(">I", len(head)), head, struct.pack(">I", len(jpeg)), jpeg, mask))
 
 

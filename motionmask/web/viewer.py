@@ -4,6 +4,7 @@ The viewer may send {"kind": "trimap"} at any time to switch the kind of mask it
 picture that arrives while the viewer is still taking the previous one replaces it (counted as a
 drop); a viewer that takes longer than SEND_TIMEOUT_S over one picture is closed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +25,7 @@ SEND_TIMEOUT_S = 30.0  # a viewer that takes longer than this to accept one pict
 @dataclass
 class Wanted:
     """What the viewer asked for last, shared by the listening and the sending coroutine."""
+
     kind: str
     closed: bool = False
 
@@ -41,8 +43,13 @@ async def ws_camera(ws: WebSocket) -> None:
     try:
         await send_newest(ws, name, want, wake)
     except TimeoutError:  # asyncio.wait_for's, the builtin since 3.11
-        log_event(log, "console_viewer_dropped", logging.WARNING, camera=name,
-                  reason=f"took over {SEND_TIMEOUT_S:g} s to take one picture")
+        log_event(
+            log,
+            "console_viewer_dropped",
+            logging.WARNING,
+            camera=name,
+            reason=f"took over {SEND_TIMEOUT_S:g} s to take one picture",
+        )
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:

@@ -7,6 +7,7 @@ Two framings carry the same header and payload:
 The single frame exists because ZeroMQ's CONFLATE keeps one *part* of a message; starting it with
 the topic keeps prefix subscription working.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,12 @@ _LEN = struct.Struct(">I")
 # Masks are piecewise constant: no row filter plus run-length deflate is faster than OpenCV's
 # default PNG settings and smaller too (docs/benchmarks.md, "Small measurements behind the code").
 _PNG_PARAMS = [
-    cv2.IMWRITE_PNG_COMPRESSION, 1,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
+    cv2.IMWRITE_PNG_COMPRESSION,
+    1,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_RLE,
+    cv2.IMWRITE_PNG_FILTER,
+    cv2.IMWRITE_PNG_FILTER_NONE,
 ]
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -89,15 +93,34 @@ def encode_payload(mask_u8: np.ndarray, encoding: str) -> bytes:
     raise ValueError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
 
 
-def make_header(camera: str, kind: str, frame: int, shot: int, seq: int, capture_ns: int,
-                publish_ns: int, width: int, height: int, encoding: str,
-                model_version: str = "", publisher: str = "") -> dict[str, Any]:
+def make_header(
+    camera: str,
+    kind: str,
+    frame: int,
+    shot: int,
+    seq: int,
+    capture_ns: int,
+    publish_ns: int,
+    width: int,
+    height: int,
+    encoding: str,
+    model_version: str = "",
+    publisher: str = "",
+) -> dict[str, Any]:
     """`publisher` (optional on the wire) names one publisher instance, so that a subscriber
     tells a restart from lost masks when `seq` starts again."""
     hdr = {
-        "schema": SCHEMA, "camera": camera, "kind": kind, "frame": int(frame), "shot": int(shot),
-        "seq": int(seq), "capture_ns": int(capture_ns), "publish_ns": int(publish_ns),
-        "width": int(width), "height": int(height), "encoding": encoding,
+        "schema": SCHEMA,
+        "camera": camera,
+        "kind": kind,
+        "frame": int(frame),
+        "shot": int(shot),
+        "seq": int(seq),
+        "capture_ns": int(capture_ns),
+        "publish_ns": int(publish_ns),
+        "width": int(width),
+        "height": int(height),
+        "encoding": encoding,
         "model_version": model_version,
     }
     if publisher:
@@ -143,8 +166,10 @@ def _split_single(frame: bytes) -> tuple[bytes, bytes, bytes]:
     if cut < 0:
         if frame.startswith(TOPIC_ROOT.encode() + b".") and len(frame) <= MAX_TOPIC:
             # What CONFLATE leaves of a multipart message: a sign of the wrong endpoint.
-            raise ProtocolError("got a bare topic: a latest-only subscriber must connect to the "
-                                "publisher's latest_endpoint (single-frame framing)")
+            raise ProtocolError(
+                "got a bare topic: a latest-only subscriber must connect to the "
+                "publisher's latest_endpoint (single-frame framing)"
+            )
         raise ProtocolError("single frame without a topic separator")
     start = cut + 1 + _LEN.size
     if len(frame) < start:
@@ -152,7 +177,7 @@ def _split_single(frame: bytes) -> tuple[bytes, bytes, bytes]:
     (n,) = _LEN.unpack_from(frame, cut + 1)
     if len(frame) < start + n:
         raise ProtocolError(f"single frame truncated: header length {n} exceeds the frame")
-    return frame[:cut], frame[start:start + n], frame[start + n:]
+    return frame[:cut], frame[start : start + n], frame[start + n :]
 
 
 def _check_header(header: Any, topic: str) -> None:

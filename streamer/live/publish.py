@@ -4,6 +4,7 @@ ZeroMQ PUB never blocks a sender: each subscriber has its own queue of at most `
 messages, and a subscriber that is slow, stalled or gone loses messages once its queue is
 full, while everyone else carries on. Subscribers see such losses as gaps in `seq`.
 """
+
 from __future__ import annotations
 
 import errno
@@ -20,9 +21,9 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from common.config import check
-from streamer.live import protocol
 from common.errors import UserError
 from common.log import log_event
+from streamer.live import protocol
 
 log = logging.getLogger("streamer.live.publish")
 
@@ -44,15 +45,24 @@ class PublishConfig:
         """Raise ValueError naming the key for values no type check catches."""
         checks = [
             ("endpoint", "://" in self.endpoint, "a ZeroMQ endpoint such as tcp://127.0.0.1:5555"),
-            ("latest_endpoint", not self.latest_endpoint or "://" in self.latest_endpoint,
-             "empty or a ZeroMQ endpoint such as tcp://127.0.0.1:5557"),
-            ("latest_endpoint", self.latest_endpoint != self.endpoint or self.endpoint.endswith(":*"),
-             "different from publish.endpoint"),
+            (
+                "latest_endpoint",
+                not self.latest_endpoint or "://" in self.latest_endpoint,
+                "empty or a ZeroMQ endpoint such as tcp://127.0.0.1:5557",
+            ),
+            (
+                "latest_endpoint",
+                self.latest_endpoint != self.endpoint or self.endpoint.endswith(":*"),
+                "different from publish.endpoint",
+            ),
             ("encoding", self.encoding in protocol.ENCODINGS, "png or u8"),
             ("sndhwm", self.sndhwm >= 1, ">= 1"),
             ("heartbeat_s", self.heartbeat_s >= 0, ">= 0"),
-            ("curve_clients_dir", not self.curve_clients_dir or bool(self.curve_secret_file),
-             "empty unless publish.curve_secret_file is set"),
+            (
+                "curve_clients_dir",
+                not self.curve_clients_dir or bool(self.curve_secret_file),
+                "empty unless publish.curve_secret_file is set",
+            ),
         ]
         check("publish", checks)
 
@@ -78,23 +88,25 @@ class ClientKeys:
         now = time.monotonic()
         if not allowed and now - self._denied_at.get(key, -1e9) > 60:
             self._denied_at[key] = now
-            log_event(log, "curve_client_denied", logging.WARNING, key=key.decode(errors="replace"),
-                      dir=self.directory)
+            log_event(log, "curve_client_denied", logging.WARNING, key=key.decode(errors="replace"), dir=self.directory)
         return allowed
 
 
 def _load_secret(path_s: str) -> tuple[bytes, bytes]:
     path = Path(path_s).expanduser()
     if not path.is_file():
-        raise UserError(f"publish.curve_secret_file: {path} not found; create one with "
-                        f"`motionmask keys {path.parent} --name {path.name.split('.')[0]}`")
+        raise UserError(
+            f"publish.curve_secret_file: {path} not found; create one with "
+            f"`motionmask keys {path.parent} --name {path.name.split('.')[0]}`"
+        )
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
         raise UserError(f"publish.curve_secret_file: {path} is not a ZeroMQ certificate ({e})") from None
     if not secret:
-        raise UserError(f"publish.curve_secret_file: {path} holds no secret key; name the "
-                        f".key_secret file, not the public .key")
+        raise UserError(
+            f"publish.curve_secret_file: {path} holds no secret key; name the .key_secret file, not the public .key"
+        )
     return public, secret
 
 
@@ -126,8 +138,14 @@ class MaskPublisher:
         except BaseException:
             self.close()
             raise
-        log_event(log, "publisher_ready", endpoint=self.endpoint, latest_endpoint=self.latest_endpoint or "-",
-                  encoding=cfg.encoding, curve=bool(curve))
+        log_event(
+            log,
+            "publisher_ready",
+            endpoint=self.endpoint,
+            latest_endpoint=self.latest_endpoint or "-",
+            encoding=cfg.encoding,
+            curve=bool(curve),
+        )
 
     def _setup_curve(self) -> tuple[bytes, bytes] | None:
         if not self.cfg.curve_secret_file:
@@ -138,8 +156,10 @@ class MaskPublisher:
         if self.cfg.curve_clients_dir:
             d = Path(self.cfg.curve_clients_dir).expanduser()
             if not d.is_dir():
-                raise UserError(f"publish.curve_clients_dir: {d} is not a directory; create it and "
-                                f"copy each allowed client's public .key file into it")
+                raise UserError(
+                    f"publish.curve_clients_dir: {d} is not a directory; create it and "
+                    f"copy each allowed client's public .key file into it"
+                )
             self._auth.configure_curve_callback(domain="*", credentials_provider=ClientKeys(d))
         else:
             self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
@@ -165,14 +185,25 @@ class MaskPublisher:
         except zmq.ZMQError as e:
             s.close(0)
             if e.errno == errno.EADDRINUSE:
-                raise UserError(f"{key} {endpoint} is already in use (another motionmask daemon?); "
-                                f"stop that process or set {key} to a free port") from None
-            raise UserError(f"{key} {endpoint} cannot be bound: {e.strerror}; use e.g. "
-                            f"tcp://127.0.0.1:5555 or tcp://*:5555") from None
+                raise UserError(
+                    f"{key} {endpoint} is already in use (another motionmask daemon?); "
+                    f"stop that process or set {key} to a free port"
+                ) from None
+            raise UserError(
+                f"{key} {endpoint} cannot be bound: {e.strerror}; use e.g. tcp://127.0.0.1:5555 or tcp://*:5555"
+            ) from None
         return s
 
-    def publish(self, camera: str, kind: str, mask_u8: np.ndarray, frame: int, shot: int,
-                capture_ns: int, model_version: str = "") -> bool:
+    def publish(
+        self,
+        camera: str,
+        kind: str,
+        mask_u8: np.ndarray,
+        frame: int,
+        shot: int,
+        capture_ns: int,
+        model_version: str = "",
+    ) -> bool:
         """Send one H x W uint8 mask. `capture_ns` is the wall-clock time (time.time_ns()) the
         frame was captured, so subscribers on other processes can measure latency.
         Returns False when the mask was dropped here (publisher closed, encoding failed)."""
@@ -189,8 +220,18 @@ class MaskPublisher:
             return False
         return self.publish_encoded(camera, kind, payload, w, h, frame, shot, capture_ns, model_version)
 
-    def publish_encoded(self, camera: str, kind: str, payload: bytes, width: int, height: int, frame: int,
-                        shot: int, capture_ns: int, model_version: str = "") -> bool:
+    def publish_encoded(
+        self,
+        camera: str,
+        kind: str,
+        payload: bytes,
+        width: int,
+        height: int,
+        frame: int,
+        shot: int,
+        capture_ns: int,
+        model_version: str = "",
+    ) -> bool:
         """Send a mask that is already encoded with `protocol.encode_payload(mask, cfg.encoding)`:
         lets several processes (the daemon's cameras) encode in parallel and share one publisher."""
         topic = protocol.topic_for(camera, kind)
@@ -201,9 +242,22 @@ class MaskPublisher:
                 return False
             seq = self._seq.get(topic, 0)
             self._seq[topic] = seq + 1
-            hdr = protocol.header_bytes(protocol.make_header(
-                camera, kind, frame, shot, seq, capture_ns, time.time_ns(), w, h,
-                self.cfg.encoding, model_version, self.publisher_id))
+            hdr = protocol.header_bytes(
+                protocol.make_header(
+                    camera,
+                    kind,
+                    frame,
+                    shot,
+                    seq,
+                    capture_ns,
+                    time.time_ns(),
+                    w,
+                    h,
+                    self.cfg.encoding,
+                    model_version,
+                    self.publisher_id,
+                )
+            )
             try:
                 # PUB drops for a subscriber whose queue is full, never blocks; NOBLOCK guards the
                 # rare transient EAGAIN of a socket being torn down.
@@ -219,8 +273,9 @@ class MaskPublisher:
         self._drop("send_failed", camera, kind, frame, err, counted=True)
         return False
 
-    def publish_frame(self, camera: str, jpeg: bytes, width: int, height: int, frame: int, shot: int,
-                      capture_ns: int) -> bool:
+    def publish_frame(
+        self, camera: str, jpeg: bytes, width: int, height: int, frame: int, shot: int, capture_ns: int
+    ) -> bool:
         """Send a camera frame (JPEG bytes) for web consoles on topic `frame.<camera>`: the mask
         header with kind "frame" and encoding "jpeg". A topic of its own, so `mask.` subscribers
         never see it; only the multipart endpoint carries it."""
@@ -230,9 +285,22 @@ class MaskPublisher:
                 return False
             seq = self._seq.get(topic, 0)
             self._seq[topic] = seq + 1
-            hdr = protocol.header_bytes(protocol.make_header(
-                camera, "frame", frame, shot, seq, capture_ns, time.time_ns(), width, height, "jpeg", "",
-                self.publisher_id))
+            hdr = protocol.header_bytes(
+                protocol.make_header(
+                    camera,
+                    "frame",
+                    frame,
+                    shot,
+                    seq,
+                    capture_ns,
+                    time.time_ns(),
+                    width,
+                    height,
+                    "jpeg",
+                    "",
+                    self.publisher_id,
+                )
+            )
             try:
                 self._pub.send_multipart(protocol.pack_multipart(topic, hdr, jpeg), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -243,8 +311,7 @@ class MaskPublisher:
         if not counted:
             with self._lock:
                 self._dropped += 1
-        log_event(log, "mask_dropped", logging.WARNING, reason=why, camera=camera, kind=kind,
-                  frame=frame, error=err)
+        log_event(log, "mask_dropped", logging.WARNING, reason=why, camera=camera, kind=kind, frame=frame, error=err)
 
     def stats(self) -> dict[str, int]:
         """Masks handed to ZeroMQ and masks dropped by this publisher. Losses at a slow

@@ -1,4 +1,5 @@
 """Dense optical flow (OpenCV DIS) with a forward-backward consistency confidence."""
+
 from __future__ import annotations
 
 try:

@@ -11,6 +11,7 @@ close to the moving edges of its own object (no edge between them) and far from 
 their vote; the less reliable, the more the geodesic answer counts, in both directions: it also
 clears the flat background that smeared flow next to a moving object had lit up.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -39,8 +40,16 @@ def mean_colour(sp: Superpixels, rgb: np.ndarray) -> np.ndarray:
     return np.stack([np.bincount(flat, lab[:, c], sp.n) / area for c in range(3)], axis=1)
 
 
-def geodesic_foreground(sp: Superpixels, rgb: np.ndarray, voted: np.ndarray, reliability: np.ndarray,
-                        sure_fg: float, sure_bg: float, min_reliability: float, edge_floor: float) -> np.ndarray | None:
+def geodesic_foreground(
+    sp: Superpixels,
+    rgb: np.ndarray,
+    voted: np.ndarray,
+    reliability: np.ndarray,
+    sure_fg: float,
+    sure_bg: float,
+    min_reliability: float,
+    edge_floor: float,
+) -> np.ndarray | None:
     """Per superpixel, D_bg / (D_fg + D_bg) in [0, 1]: 1 where the sure foreground is much nearer
     along the image than the sure background. None when the frame has no sure foreground.
     Sure background: voted <= sure_bg where the motion was measured (reliability >= min_reliability:
@@ -61,8 +70,9 @@ def geodesic_foreground(sp: Superpixels, rgb: np.ndarray, voted: np.ndarray, rel
     step = np.linalg.norm(colour[a] - colour[b], axis=1)
     # relative to this frame's typical edge, so a dim or washed-out frame is not all one region
     step = step / (np.median(step) + 1e-6) + edge_floor
-    graph = coo_matrix((np.concatenate([step, step]), (np.concatenate([a, b]), np.concatenate([b, a]))),
-                       shape=(sp.n, sp.n)).tocsr()
+    graph = coo_matrix(
+        (np.concatenate([step, step]), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(sp.n, sp.n)
+    ).tocsr()
     d_fg = dijkstra(graph, indices=fg, min_only=True)
     d_bg = dijkstra(graph, indices=bg, min_only=True)
     big = float(np.nanmax(np.where(np.isfinite(d_fg), d_fg, 0)) + np.nanmax(np.where(np.isfinite(d_bg), d_bg, 0)) + 1)

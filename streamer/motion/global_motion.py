@@ -1,5 +1,6 @@
 """Camera motion: a homography (or affine) fitted with RANSAC to flow samples, so that a
 panning or zooming camera does not make the whole frame foreground."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ def fit_global_motion(motion: np.ndarray, conf: np.ndarray, cfg: GlobalMotionCon
     if cfg.model == "homography":
         model, inliers = cv2.findHomography(cur, prev, cv2.RANSAC, cfg.ransac_threshold, maxIters=200)
     else:
-        a, inliers = cv2.estimateAffine2D(cur, prev, method=cv2.RANSAC,
-                                          ransacReprojThreshold=cfg.ransac_threshold, maxIters=200)
+        a, inliers = cv2.estimateAffine2D(
+            cur, prev, method=cv2.RANSAC, ransacReprojThreshold=cfg.ransac_threshold, maxIters=200
+        )
         if a is not None:
             model = np.vstack([a, [0, 0, 1]])
     if model is None or inliers is None or not np.isfinite(model).all():

@@ -21,6 +21,7 @@ Per MaskResult, in decode order (one PatchMiner per camera):
 
 Memory per camera: at most `max_tracks` tracks of a few dozen points and one P x P query patch.
 """
+
 from __future__ import annotations
 
 import time
@@ -162,7 +163,7 @@ class PatchMiner:
         if r.flow is not None and r.flow_conf is not None and r.gray is not None:
             out = self._advance(r)
             self._since_start += 1
-            if (self._since_start >= self.cfg.start_every and len(self.tracks) < self.cfg.max_tracks):
+            if self._since_start >= self.cfg.start_every and len(self.tracks) < self.cfg.max_tracks:
                 self._examine(r)
         st.pairs += len(out)
         st.ms += (time.perf_counter() - t0) * 1e3
@@ -195,8 +196,9 @@ class PatchMiner:
                 continue
             if tr.steps >= self.cfg.track_length:
                 tracked, box1 = self._cut(r, tr.center, tr.side)
-                out.append(PatchPair(tr.query, tracked, self.camera, tr.shot, tr.t0, r.frame.index, tr.id,
-                                     tr.box0, box1))
+                out.append(
+                    PatchPair(tr.query, tracked, self.camera, tr.shot, tr.t0, r.frame.index, tr.id, tr.box0, box1)
+                )
                 continue
             alive.append(tr)
         self.tracks = alive
@@ -244,8 +246,19 @@ class PatchMiner:
                 return
         inside = np.all(np.abs(mp - center) <= side / 2, axis=1)
         query, box0 = self._cut(r, center, side)
-        self.tracks.append(_Track(self._next_id, r.shot, r.frame.index, mp[inside].copy(), int(inside.sum()),
-                                  center, float(side), query, box0))
+        self.tracks.append(
+            _Track(
+                self._next_id,
+                r.shot,
+                r.frame.index,
+                mp[inside].copy(),
+                int(inside.sum()),
+                center,
+                float(side),
+                query,
+                box0,
+            )
+        )
         self._next_id += 1
         self._since_start = 0
         st.started += 1
@@ -259,7 +272,7 @@ class PatchMiner:
         sz = int(round(min(side * s, W, H)))
         x0 = int(round(np.clip(center[0] * s - sz / 2, 0, W - sz)))
         y0 = int(round(np.clip(center[1] * (H / h) - sz / 2, 0, H - sz)))
-        crop = img[y0:y0 + sz, x0:x0 + sz]
+        crop = img[y0 : y0 + sz, x0 : x0 + sz]
         P = self.cfg.size
         patch = cv2.resize(crop, (P, P), interpolation=cv2.INTER_AREA if sz > P else cv2.INTER_LINEAR)
         return np.ascontiguousarray(patch), (x0, y0, sz, sz)

@@ -1,6 +1,7 @@
 """Frame in, motion mask out: shots -> flow -> camera motion -> saliency -> superpixel voting
 -> pruning -> trimap. One `MotionSegmenter` per source; it keeps the recent history of the
 current shot and never mixes shots."""
+
 from __future__ import annotations
 
 import time
@@ -10,20 +11,21 @@ import cv2
 import numpy as np
 
 from streamer.config import StreamerConfig
-from streamer.motion.flow import FlowEstimator, texture_weight, working_size
 from streamer.frames import Frame, MaskResult  # noqa: F401  MaskResult lives in frames, light to import
+from streamer.motion.flow import FlowEstimator, texture_weight, working_size
 from streamer.motion.geodesic import fill, geodesic_foreground
 from streamer.motion.global_motion import fit_global_motion, residual_motion
 from streamer.motion.prune import prune
-from streamer.motion.trimap import trimap
 from streamer.motion.shots import ShotDetector
-from streamer.motion.superpixels import Superpixels, SuperpixelExtractor
+from streamer.motion.superpixels import SuperpixelExtractor, Superpixels
+from streamer.motion.trimap import trimap
 from streamer.motion.voting import OnlineVoter, VoteParams
 
 
 @dataclass
 class _Analysis:
     """What one frame contributes before voting: computed as soon as the frame arrives."""
+
     frame: Frame
     shot: int
     small: np.ndarray  # working-resolution RGB
@@ -40,8 +42,9 @@ class _Analysis:
     ms: dict[str, float] = field(default_factory=dict)
 
 
-def motion_saliency(residual: np.ndarray, noise: float, scale: float, min_scale: float = 0.5,
-                    noise_multiplier: float = 3.0) -> np.ndarray:
+def motion_saliency(
+    residual: np.ndarray, noise: float, scale: float, min_scale: float = 0.5, noise_multiplier: float = 3.0
+) -> np.ndarray:
     """Residual motion (px) -> saliency in [0, 1); `scale` px gives 0.5. With scale 0 the
     scale adapts to the frame's flow noise, so compression noise does not light up."""
     tau = scale if scale > 0 else max(min_scale, noise_multiplier * noise)
@@ -59,10 +62,19 @@ class MotionSegmenter:
         self.flow = FlowEstimator(cfg.flow)
         self.superpixels = SuperpixelExtractor(cfg.motion.superpixels, cfg.motion.num_superpixels)
         m = cfg.motion
-        self.voter = OnlineVoter(VoteParams(
-            history=m.history, neighbours=m.neighbours, iterations=m.iterations, location_weight=m.location_weight,
-            neighbour_weight=m.neighbour_weight, static_evidence=m.static_evidence, memory_decay=m.memory_decay,
-            prior=m.prior, relay=m.relay))
+        self.voter = OnlineVoter(
+            VoteParams(
+                history=m.history,
+                neighbours=m.neighbours,
+                iterations=m.iterations,
+                location_weight=m.location_weight,
+                neighbour_weight=m.neighbour_weight,
+                static_evidence=m.static_evidence,
+                memory_decay=m.memory_decay,
+                prior=m.prior,
+                relay=m.relay,
+            )
+        )
         self.pending: list[_Analysis] = []  # analysed, waiting for look-ahead frames
         self.prev: _Analysis | None = None  # the last pushed frame (pending may already be empty)
 
@@ -81,8 +93,7 @@ class MotionSegmenter:
         a.ms["shots"] = (t2 - t1) * 1e3
         out: list[MaskResult] = []
         prev, self.prev = self.prev, a
-        new_segment = (prev is None or decision.cut or prev.dark or prev.shot != a.shot
-                       or prev.gray.shape != gray.shape)
+        new_segment = prev is None or decision.cut or prev.dark or prev.shot != a.shot or prev.gray.shape != gray.shape
         if new_segment:
             out += self._finish_segment()
         if a.dark:
@@ -111,8 +122,13 @@ class MotionSegmenter:
         gm = fit_global_motion(motion, conf, cfg.global_motion)
         residual = np.linalg.norm(residual_motion(motion, gm), axis=2)
         t2 = time.perf_counter()
-        sal = motion_saliency(residual, gm.residual_noise, cfg.motion.saliency_scale, cfg.motion.min_saliency_scale,
-                              cfg.motion.noise_multiplier)
+        sal = motion_saliency(
+            residual,
+            gm.residual_noise,
+            cfg.motion.saliency_scale,
+            cfg.motion.min_saliency_scale,
+            cfg.motion.noise_multiplier,
+        )
         sp = self.superpixels(a.small)
         t3 = time.perf_counter()
         a.sp = sp
@@ -163,12 +179,15 @@ class MotionSegmenter:
         voted = self.voter.vote(a.sp, a.saliency, a.reliability, ahead)
         m = self.cfg.motion
         if m.geodesic_trust > 0:
-            geo = geodesic_foreground(a.sp, a.small, voted, a.reliability, m.sure_fg, m.sure_bg, m.geodesic_trust,
-                                      m.edge_floor)
+            geo = geodesic_foreground(
+                a.sp, a.small, voted, a.reliability, m.sure_fg, m.sure_bg, m.geodesic_trust, m.edge_floor
+            )
             voted = fill(voted, geo, a.reliability, m.geodesic_trust)
         small_prob = a.sp.paint(np.clip(voted, 0.0, 1.0))
         t1 = time.perf_counter()
-        prob = cv2.resize(small_prob, (w, h), interpolation=cv2.INTER_LINEAR) if small_prob.shape != (h, w) else small_prob
+        prob = (
+            cv2.resize(small_prob, (w, h), interpolation=cv2.INTER_LINEAR) if small_prob.shape != (h, w) else small_prob
+        )
         a.ms["vote"] = (t1 - t0) * 1e3
         return self._result(a, prob, t_start=t1)
 
@@ -181,5 +200,19 @@ class MotionSegmenter:
             kept, reason = False, reason_override
         tri = trimap(prob, cfg.trimap)
         a.ms["upsample_prune"] = (time.perf_counter() - t_start) * 1e3
-        return MaskResult(a.frame, a.shot, prob, tri, frac, kept, reason, dict(a.ms), a.motion,
-                          flow_conf=a.conf, to_prev=a.to_prev, camera_ok=a.camera_ok, camera_noise=a.noise, gray=a.gray)
+        return MaskResult(
+            a.frame,
+            a.shot,
+            prob,
+            tri,
+            frac,
+            kept,
+            reason,
+            dict(a.ms),
+            a.motion,
+            flow_conf=a.conf,
+            to_prev=a.to_prev,
+            camera_ok=a.camera_ok,
+            camera_noise=a.noise,
+            gray=a.gray,
+        )

@@ -1,5 +1,6 @@
 """Pathak et al. 2017, sec. 5.1: discard frames whose mask is implausible (too little or too much
 foreground, foreground on the border, mostly unsure), and say which threshold to relax."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -7,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from streamer.config import PruneConfig
+
 
 def prune(prob: np.ndarray, cfg: PruneConfig, band: tuple[float, float] = (0.3, 0.6)) -> tuple[float, bool, str]:
     """(foreground fraction, kept, reason). Reasons: too_little_fg, too_much_fg, border_fg, unsure.
@@ -41,10 +43,12 @@ FEW_KEPT_FRACTION = 0.25
 
 # The reasons a threshold decides, with what to do when one of them prunes most of a video; the
 # others (no_motion_history, dark, camera_unreliable) come from the footage, not a setting.
-_KNOBS = {"too_little_fg": ("min_fg", "for small or distant movers lower"),
-          "too_much_fg": ("max_fg", "for large movers or a close camera raise"),
-          "border_fg": ("max_border_fg", "for movers that cross the frame's edge raise"),
-          "unsure": ("max_unsure", "for faint or weakly textured movers raise")}
+_KNOBS = {
+    "too_little_fg": ("min_fg", "for small or distant movers lower"),
+    "too_much_fg": ("max_fg", "for large movers or a close camera raise"),
+    "border_fg": ("max_border_fg", "for movers that cross the frame's edge raise"),
+    "unsure": ("max_unsure", "for faint or weakly textured movers raise"),
+}
 
 
 def pruned_summary(pruned: Mapping[str, int]) -> str:

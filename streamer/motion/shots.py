@@ -6,6 +6,7 @@ cut; the first lit frame after darkness is compared with the last lit frame befo
 fade-out/fade-in between two shots is one cut and a black lead-in is none. A slow dissolve is
 caught by comparing with the frame `gap` frames back.
 """
+
 from __future__ import annotations
 
 from collections import deque

@@ -4,6 +4,7 @@ SEEDS (OpenCV ximgproc) is the default: several times faster than scikit-image's
 same boundary recall, and superpixels were the costliest stage of the streamer (figures:
 docs/benchmarks.md, "Why SEEDS, not SLIC").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

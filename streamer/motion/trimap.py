@@ -1,6 +1,7 @@
 """Pathak et al. 2017, sec. 5.2: a probability becomes a trimap (negative, "don't care", positive)
 so the ConvNet never trains on the uncertain middle, nor learns an object's missed parts as
 background."""
+
 from __future__ import annotations
 
 try:
@@ -35,8 +36,11 @@ def near_or_inside(sure: np.ndarray, mask: np.ndarray, radius: float) -> np.ndar
     # marks its cell
     f = max(1, k // 8)
     # (255, not 1: the cell's mean of one sure pixel in 16 must not round to 0)
-    cells = cv2.resize(sure.astype(np.uint8) * 255, (-(-w // f), -(-h // f)), interpolation=cv2.INTER_AREA) if f > 1 \
+    cells = (
+        cv2.resize(sure.astype(np.uint8) * 255, (-(-w // f), -(-h // f)), interpolation=cv2.INTER_AREA)
+        if f > 1
         else sure.astype(np.uint8)
+    )
     kc = max(3, (k // f) | 1)
     near = cv2.dilate((cells > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kc, kc)))
     if f > 1:

@@ -10,6 +10,7 @@ moment ago, at the same place), and averages away isolated flow noise.
 Evidence is asymmetric on purpose: "this moved" is strong evidence, "this did not move right
 now" is weak, because objects pause and flat regions hide motion.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -34,6 +35,7 @@ class _Memory:
 class VoteParams:
     """The vote's knobs; the pipeline fills them from streamer.config.MotionConfig, whose
     comments say what each does (one set of defaults, there)."""
+
     history: int
     neighbours: int
     iterations: int
@@ -78,8 +80,13 @@ class OnlineVoter:
     def _embed(self, feats: np.ndarray, centroid: np.ndarray, scale: float) -> np.ndarray:
         return np.concatenate([feats, centroid * (self.p.location_weight / scale)], axis=1).astype(np.float32)
 
-    def vote(self, sp: Superpixels, saliency: np.ndarray, reliability: np.ndarray,
-             future: list[tuple[Superpixels, np.ndarray, np.ndarray]] = ()) -> np.ndarray:
+    def vote(
+        self,
+        sp: Superpixels,
+        saliency: np.ndarray,
+        reliability: np.ndarray,
+        future: list[tuple[Superpixels, np.ndarray, np.ndarray]] = (),
+    ) -> np.ndarray:
         """Voted saliency per superpixel of `sp`. `saliency`, `reliability`: its pooled raw motion
         saliency and the reliability of that measurement (flow confidence x texture).
         `future`: (superpixels, saliency, reliability) of look-ahead frames, in this frame's coordinates."""

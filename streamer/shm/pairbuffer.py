@@ -14,6 +14,7 @@
 Slots hold two P x P x 3 uint8 patches and a metadata row; the number of slots follows from
 `memory_mb`. Same memory-ordering caveat as the ring buffer (x86-TSO; best effort on ARM).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,10 +26,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.pids import pid_alive
 from common.errors import UserError
 from common.log import log_event
-from streamer.shm.ringbuffer import ABANDON_CHECK_S, ABANDON_FORCE_S, CAMERA_BYTES, MAX_CLIENTS, camera_id_of, camera_key
+from common.pids import pid_alive
+from streamer.shm.ringbuffer import (
+    ABANDON_CHECK_S,
+    ABANDON_FORCE_S,
+    CAMERA_BYTES,
+    MAX_CLIENTS,
+    camera_id_of,
+    camera_key,
+)
 from streamer.shm.segment import Format, Layout, Segment, attach_segment, create_segment, layout
 
 logger = logging.getLogger(__name__)
@@ -38,20 +46,49 @@ VERSION = 1
 FREE, WRITING, READY = 0, 1, 2
 COUNTERS = ("puts", "drop_lock_timeout", "drop_busy", "drop_lost_slot", "reclaimed", "drawn", "retries")
 _C = {name: i for i, name in enumerate(COUNTERS)}
-_HEADER = np.dtype([("magic", "S8"), ("version", "<u4"), ("patch", "<u4"), ("slots", "<u4"),
-                    ("owner_pid", "<i8"), ("created", "<f8"), ("put_seq", "<u8"), ("size", "<u8")])
+_HEADER = np.dtype(
+    [
+        ("magic", "S8"),
+        ("version", "<u4"),
+        ("patch", "<u4"),
+        ("slots", "<u4"),
+        ("owner_pid", "<i8"),
+        ("created", "<f8"),
+        ("put_seq", "<u8"),
+        ("size", "<u8"),
+    ]
+)
 _CLIENT = np.dtype([("pid", "<i8"), ("counts", "<i8", (8,))])
-_META = np.dtype([("put_seq", "<u8"), ("camera_id", "<i8"), ("shot", "<i8"), ("t0", "<i8"), ("t1", "<i8"),
-                  ("track", "<i8"), ("put_time", "<f8"), ("write_start", "<f8"), ("writer_pid", "<i8"),
-                  ("state", "u1"), ("camera", f"S{CAMERA_BYTES}")])
+_META = np.dtype(
+    [
+        ("put_seq", "<u8"),
+        ("camera_id", "<i8"),
+        ("shot", "<i8"),
+        ("t0", "<i8"),
+        ("t1", "<i8"),
+        ("track", "<i8"),
+        ("put_time", "<f8"),
+        ("write_start", "<f8"),
+        ("writer_pid", "<i8"),
+        ("state", "u1"),
+        ("camera", f"S{CAMERA_BYTES}"),
+    ]
+)
 _FORMAT = Format("pair store", MAGIC, VERSION, _HEADER)
 _GROUP_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _layout(p: int, n: int) -> Layout:
-    return layout([("header", _HEADER, (1,)), ("clients", _CLIENT, (MAX_CLIENTS,)), ("seq", np.dtype("<u8"), (n,)),
-                   ("meta", _META, (n,)), ("query", np.dtype("u1"), (n, p, p, 3)),
-                   ("tracked", np.dtype("u1"), (n, p, p, 3))])
+    return layout(
+        [
+            ("header", _HEADER, (1,)),
+            ("clients", _CLIENT, (MAX_CLIENTS,)),
+            ("seq", np.dtype("<u8"), (n,)),
+            ("meta", _META, (n,)),
+            ("query", np.dtype("u1"), (n, p, p, 3)),
+            ("tracked", np.dtype("u1"), (n, p, p, 3)),
+        ]
+    )
 
 
 def pair_slots(patch: int, memory_mb: float) -> int:
@@ -74,6 +111,7 @@ def group_ids(camera_id: np.ndarray, shot: np.ndarray) -> np.ndarray:
 @dataclass
 class PairRows:
     """Pairs copied out of the store (fresh arrays)."""
+
     query: np.ndarray  # n x P x P x 3 uint8
     tracked: np.ndarray  # n x P x P x 3 uint8
     group: np.ndarray  # n int64, see group_ids
@@ -102,22 +140,24 @@ class PairBuffer(contextlib.AbstractContextManager["PairBuffer"]):
 
     # ---- lifetime -------------------------------------------------------------------------
     @classmethod
-    def create(cls, patch: int, memory_mb: float, name: str | None = None,
-               lock_timeout_ms: float = 2.0) -> "PairBuffer":
+    def create(cls, patch: int, memory_mb: float, name: str | None = None, lock_timeout_ms: float = 2.0) -> PairBuffer:
         n = pair_slots(patch, memory_mb)
         if n < 2:
-            raise UserError(f"streamer.patches.store_mb={memory_mb:g} holds {n} pair(s) of {patch}x{patch}; "
-                            f"raise it or lower streamer.patches.size")
+            raise UserError(
+                f"streamer.patches.store_mb={memory_mb:g} holds {n} pair(s) of {patch}x{patch}; "
+                f"raise it or lower streamer.patches.size"
+            )
         name = name or f"motionmask_pairs_{os.getpid()}_{os.urandom(4).hex()}"
         size = _layout(patch, n)[1]
-        mm = create_segment(_FORMAT, name, size, {"patch": patch, "slots": n},
-                            setting="streamer.patches.store_mb", mb=memory_mb)
+        mm = create_segment(
+            _FORMAT, name, size, {"patch": patch, "slots": n}, setting="streamer.patches.store_mb", mb=memory_mb
+        )
         pb = cls(name, mm, True, lock_timeout_ms)
         log_event(logger, "pairs_create", name=name, slots=n, patch=patch, mb=round(size / 2**20, 1))
         return pb
 
     @classmethod
-    def attach(cls, name: str, lock_timeout_ms: float = 2.0) -> "PairBuffer":
+    def attach(cls, name: str, lock_timeout_ms: float = 2.0) -> PairBuffer:
         """Attach to a store another process created; close() only unmaps."""
         return cls(name, attach_segment(_FORMAT, name), False, lock_timeout_ms)
 
@@ -140,8 +180,9 @@ class PairBuffer(contextlib.AbstractContextManager["PairBuffer"]):
         self._seg.check()
         p = self.patch
         if pair.query.shape != (p, p, 3) or pair.tracked.shape != (p, p, 3):
-            raise ValueError(f"pair patches are {pair.query.shape}, the store holds {p}x{p}x3; "
-                             f"use one streamer.patches.size")
+            raise ValueError(
+                f"pair patches are {pair.query.shape}, the store holds {p}x{p}x3; use one streamer.patches.size"
+            )
         cam = self._cams.get(pair.camera)
         if cam is None:
             key = camera_key(pair.camera)
@@ -216,9 +257,15 @@ class PairBuffer(contextlib.AbstractContextManager["PairBuffer"]):
             self._count("drawn", k)
             self._count("retries", retries)
         meta = meta[:k]
-        return PairRows(q[:k], t[:k], group_ids(meta["camera_id"], meta["shot"]), meta["shot"].astype(np.int64),
-                        meta["t0"].astype(np.int64), meta["t1"].astype(np.int64),
-                        [c.decode(errors="replace") for c in meta["camera"]])
+        return PairRows(
+            q[:k],
+            t[:k],
+            group_ids(meta["camera_id"], meta["shot"]),
+            meta["shot"].astype(np.int64),
+            meta["t0"].astype(np.int64),
+            meta["t1"].astype(np.int64),
+            [c.decode(errors="replace") for c in meta["camera"]],
+        )
 
     def put_seq(self) -> int:
         """The put_seq of the newest pair put so far (0 before the first): a cursor for read_after."""
@@ -246,9 +293,15 @@ class PairBuffer(contextlib.AbstractContextManager["PairBuffer"]):
             if int(self._seq[slot]) == s1 and meta["state"][k] == READY and int(meta["put_seq"][k]) == want:
                 k += 1
         meta = meta[:k]
-        rows = PairRows(q[:k], t[:k], group_ids(meta["camera_id"], meta["shot"]), meta["shot"].astype(np.int64),
-                        meta["t0"].astype(np.int64), meta["t1"].astype(np.int64),
-                        [c.decode(errors="replace") for c in meta["camera"]])
+        rows = PairRows(
+            q[:k],
+            t[:k],
+            group_ids(meta["camera_id"], meta["shot"]),
+            meta["shot"].astype(np.int64),
+            meta["t0"].astype(np.int64),
+            meta["t1"].astype(np.int64),
+            [c.decode(errors="replace") for c in meta["camera"]],
+        )
         return rows, meta["track"].astype(np.int64), cursor
 
     # ---- statistics -----------------------------------------------------------------------
@@ -265,9 +318,17 @@ class PairBuffer(contextlib.AbstractContextManager["PairBuffer"]):
         fill = int(ready.sum())
         drops = {"lock_timeout": c["drop_lock_timeout"], "busy": c["drop_busy"], "lost_slot": c["drop_lost_slot"]}
         return {
-            "name": self.name, "capacity": self.capacity, "patch": self.patch, "bytes": len(self._seg.mm),
-            "fill": fill, "fill_fraction": fill / self.capacity, "puts": c["puts"], "drops": drops,
-            "drops_total": sum(drops.values()), "reclaimed_abandoned": c["reclaimed"], "pairs_drawn": c["drawn"],
+            "name": self.name,
+            "capacity": self.capacity,
+            "patch": self.patch,
+            "bytes": len(self._seg.mm),
+            "fill": fill,
+            "fill_fraction": fill / self.capacity,
+            "puts": c["puts"],
+            "drops": drops,
+            "drops_total": sum(drops.values()),
+            "reclaimed_abandoned": c["reclaimed"],
+            "pairs_drawn": c["drawn"],
             "sample_retries": c["retries"],
             "groups": int(np.unique(group_ids(m["camera_id"][ready], m["shot"][ready])).size),
             "by_camera": by_camera,

@@ -21,8 +21,10 @@ Concurrency, and why it never blocks a streamer:
 Memory ordering: the seqlock relies on the CPU not reordering stores as seen by other cores
 (x86-TSO). Python offers no fences; on weakly ordered CPUs (ARM) the seqlock is best effort.
 """
+
 from __future__ import annotations
 
+import _posixshmem  # the module multiprocessing.shared_memory is built on; gives us the fd
 import contextlib
 import dataclasses
 import hashlib
@@ -33,7 +35,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import _posixshmem  # the module multiprocessing.shared_memory is built on; gives us the fd
 try:
     import cv2
 except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
@@ -41,9 +42,9 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
 import numpy as np
 
 from common.config import check
-from common.pids import pid_alive
 from common.errors import UserError
 from common.log import log_event
+from common.pids import pid_alive
 from streamer.shm.segment import Format, Layout, Segment, attach_segment, create_segment, layout, unlink_segment, unmap
 
 if TYPE_CHECKING:  # the pipeline pulls in flow and superpixels; config loading must stay light
@@ -62,24 +63,53 @@ ABANDON_CHECK_S = 1.0
 ABANDON_FORCE_S = 30.0
 
 COUNTERS = (
-    "puts", "drop_lock_timeout", "drop_no_slot", "drop_lost_slot",
-    "evict_shot_cap", "evict_oldest", "reclaimed", "samples", "sample_retries",
-    "relabels", "relabel_refused",  # update_labels: written / refused (the slot held another sample by then)
+    "puts",
+    "drop_lock_timeout",
+    "drop_no_slot",
+    "drop_lost_slot",
+    "evict_shot_cap",
+    "evict_oldest",
+    "reclaimed",
+    "samples",
+    "sample_retries",
+    "relabels",
+    "relabel_refused",  # update_labels: written / refused (the slot held another sample by then)
 )
 _C = {name: i for i, name in enumerate(COUNTERS)}
 
-_HEADER = np.dtype([
-    ("magic", "S8"), ("version", "<u4"), ("height", "<u4"), ("width", "<u4"), ("slots", "<u4"),
-    ("clients", "<u4"), ("per_shot_cap", "<u4"), ("owner_pid", "<i8"), ("created", "<f8"),
-    ("put_seq", "<u8"), ("size", "<u8"),
-])
+_HEADER = np.dtype(
+    [
+        ("magic", "S8"),
+        ("version", "<u4"),
+        ("height", "<u4"),
+        ("width", "<u4"),
+        ("slots", "<u4"),
+        ("clients", "<u4"),
+        ("per_shot_cap", "<u4"),
+        ("owner_pid", "<i8"),
+        ("created", "<f8"),
+        ("put_seq", "<u8"),
+        ("size", "<u8"),
+    ]
+)
 _CLIENT = np.dtype([("pid", "<i8"), ("counts", "<i8", (16,))])
-_META = np.dtype([
-    ("put_seq", "<u8"), ("frame_index", "<i8"), ("shot", "<i8"), ("capture_time", "<f8"),
-    ("put_time", "<f8"), ("write_start", "<f8"), ("writer_pid", "<i8"), ("camera_id", "<i8"),
-    ("valid", "<i4", (4,)), ("source_hw", "<i4", (2,)),
-    ("state", "u1"), ("has_flow", "u1"), ("camera", f"S{CAMERA_BYTES}"),
-])
+_META = np.dtype(
+    [
+        ("put_seq", "<u8"),
+        ("frame_index", "<i8"),
+        ("shot", "<i8"),
+        ("capture_time", "<f8"),
+        ("put_time", "<f8"),
+        ("write_start", "<f8"),
+        ("writer_pid", "<i8"),
+        ("camera_id", "<i8"),
+        ("valid", "<i4", (4,)),
+        ("source_hw", "<i4", (2,)),
+        ("state", "u1"),
+        ("has_flow", "u1"),
+        ("camera", f"S{CAMERA_BYTES}"),
+    ]
+)
 _FORMAT = Format("ring buffer", MAGIC, VERSION, _HEADER)
 _NEVER = np.uint64(2**64 - 1)  # put_seq that loses every "oldest" comparison
 
@@ -118,12 +148,14 @@ class BufferConfig:
             raise ValueError(
                 f"buffer.memory_mb: {self.memory_mb:g} MB holds {n} slot(s) of "
                 f"{self.train_width}x{self.train_height}; need at least 2 (>= {need:.1f} MB), "
-                f"or lower buffer.train_width/train_height")
+                f"or lower buffer.train_width/train_height"
+            )
 
 
 @dataclass
 class Sample:
     """One training sample in slot form (see `sample_from_result`)."""
+
     camera: str
     frame_index: int
     shot: int
@@ -138,16 +170,18 @@ class Sample:
 
 def _layout(h: int, w: int, n: int) -> Layout:
     """Offsets of every array in the segment; the same function on both sides of an attach."""
-    return layout([
-        ("header", _HEADER, (1,)),
-        ("clients", _CLIENT, (MAX_CLIENTS,)),
-        ("seq", np.dtype("<u8"), (n,)),
-        ("meta", _META, (n,)),
-        ("frames", np.dtype("u1"), (n, h, w, 3)),
-        ("trimaps", np.dtype("u1"), (n, h, w)),
-        ("probs", np.dtype("u1"), (n, h, w)),
-        ("flows", np.dtype("<f2"), (n, h, w, 2)),
-    ])
+    return layout(
+        [
+            ("header", _HEADER, (1,)),
+            ("clients", _CLIENT, (MAX_CLIENTS,)),
+            ("seq", np.dtype("<u8"), (n,)),
+            ("meta", _META, (n,)),
+            ("frames", np.dtype("u1"), (n, h, w, 3)),
+            ("trimaps", np.dtype("u1"), (n, h, w)),
+            ("probs", np.dtype("u1"), (n, h, w)),
+            ("flows", np.dtype("<f2"), (n, h, w, 2)),
+        ]
+    )
 
 
 def ring_bytes(h: int, w: int, n: int) -> int:
@@ -170,7 +204,7 @@ def camera_key(camera: str) -> bytes:
     b = camera.encode()
     if len(b) <= CAMERA_BYTES and not b.endswith(b"\0"):
         return b
-    return b[:CAMERA_BYTES - 17] + b"~" + hashlib.blake2b(b, digest_size=8).hexdigest().encode()
+    return b[: CAMERA_BYTES - 17] + b"~" + hashlib.blake2b(b, digest_size=8).hexdigest().encode()
 
 
 def camera_id_of(key: bytes) -> int:
@@ -183,8 +217,7 @@ class Batch:
     allocated once; pass the batch back as `sample(..., out=batch)` to reuse it (the learner may
     hand in its own, e.g. pinned, arrays through `storage`)."""
 
-    def __init__(self, capacity: int, height: int, width: int,
-                 storage: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, capacity: int, height: int, width: int, storage: dict[str, np.ndarray] | None = None) -> None:
         want = {
             "frames": ((capacity, height, width, 3), np.uint8),
             "trimaps": ((capacity, height, width), np.uint8),
@@ -197,8 +230,9 @@ class Batch:
             if arr is None:
                 storage[key] = np.empty(shape, dt)
             elif arr.shape != shape or arr.dtype != dt or not arr.flags.c_contiguous:
-                raise ValueError(f"Batch storage {key!r}: need C-contiguous {shape} {np.dtype(dt)}, "
-                                 f"got {arr.shape} {arr.dtype}")
+                raise ValueError(
+                    f"Batch storage {key!r}: need C-contiguous {shape} {np.dtype(dt)}, got {arr.shape} {arr.dtype}"
+                )
         self.capacity, self.height, self.width = capacity, height, width
         self._s = storage
         self._meta = np.zeros(capacity, _META)
@@ -265,7 +299,7 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
 
     # ---- lifetime -------------------------------------------------------------------------
     @classmethod
-    def create(cls, cfg: BufferConfig, name: str | None = None) -> "RingBuffer":
+    def create(cls, cfg: BufferConfig, name: str | None = None) -> RingBuffer:
         """Create the segment (this process owns it and unlinks it on close).
 
         `name` (or cfg.name) may be given so that separately started processes can attach; a
@@ -277,18 +311,38 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
             raise UserError(f"ring buffer name {name!r} must not contain '/'")
         h, w, n = cfg.train_height, cfg.train_width, cfg.slots()
         size = ring_bytes(h, w, n)
-        fields = {"height": h, "width": w, "slots": n, "clients": MAX_CLIENTS,
-                  "per_shot_cap": cfg.per_shot_cap or max(1, n // 4)}
-        mm = create_segment(_FORMAT, name, size, fields, setting="buffer.memory_mb", mb=cfg.memory_mb,
-                            on_exists=lambda: cls._handle_existing(name, cfg), reserve=True)
+        fields = {
+            "height": h,
+            "width": w,
+            "slots": n,
+            "clients": MAX_CLIENTS,
+            "per_shot_cap": cfg.per_shot_cap or max(1, n // 4),
+        }
+        mm = create_segment(
+            _FORMAT,
+            name,
+            size,
+            fields,
+            setting="buffer.memory_mb",
+            mb=cfg.memory_mb,
+            on_exists=lambda: cls._handle_existing(name, cfg),
+            reserve=True,
+        )
         try:
             rb = cls(name, mm, owner=True, cfg=cfg)
         except BaseException:
             unmap(mm)  # views of a half-built instance may keep it until they are collected
             unlink_segment(name)
             raise
-        log_event(logger, "ring_create", name=name, slots=n, slot=f"{w}x{h}", mb=round(size / 2**20, 1),
-                  per_shot_cap=rb.per_shot_cap)
+        log_event(
+            logger,
+            "ring_create",
+            name=name,
+            slots=n,
+            slot=f"{w}x{h}",
+            mb=round(size / 2**20, 1),
+            per_shot_cap=rb.per_shot_cap,
+        )
         return rb
 
     @classmethod
@@ -308,17 +362,20 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         except FileNotFoundError:
             return  # vanished meanwhile
         if owner and pid_alive(owner):
-            raise UserError(f"ring buffer {name!r} is in use by running process {owner}; "
-                            f"stop it or choose another buffer.name")
+            raise UserError(
+                f"ring buffer {name!r} is in use by running process {owner}; stop it or choose another buffer.name"
+            )
         if not cfg.replace_stale:
-            raise UserError(f"shared memory {name!r} already exists (left by a crashed run, owner pid "
-                            f"{owner or 'unknown'} is not running); delete /dev/shm/{name} or set "
-                            f"buffer.replace_stale: true")
+            raise UserError(
+                f"shared memory {name!r} already exists (left by a crashed run, owner pid "
+                f"{owner or 'unknown'} is not running); delete /dev/shm/{name} or set "
+                f"buffer.replace_stale: true"
+            )
         _posixshmem.shm_unlink("/" + name)
         log_event(logger, "ring_stale_replaced", logging.WARNING, name=name, dead_owner=owner)
 
     @classmethod
-    def attach(cls, name: str, cfg: BufferConfig | None = None) -> "RingBuffer":
+    def attach(cls, name: str, cfg: BufferConfig | None = None) -> RingBuffer:
         """Attach to a buffer created by another process. Never unlinks it; on close or exit it
         only unmaps. cfg (optional) gives this process's lock timeout and sampling defaults; its
         slot size, when set, must match the segment's."""
@@ -330,8 +387,10 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         del hdr
         if check_size and (cfg.train_width, cfg.train_height) != (w, h):
             mm.close()
-            raise UserError(f"ring buffer {name!r} has {w}x{h} slots but buffer.train_width/"
-                            f"train_height say {cfg.train_width}x{cfg.train_height}; use one config")
+            raise UserError(
+                f"ring buffer {name!r} has {w}x{h} slots but buffer.train_width/"
+                f"train_height say {cfg.train_width}x{cfg.train_height}; use one config"
+            )
         rb = cls(name, mm, owner=False, cfg=cfg)
         log_event(logger, "ring_attach", name=name, slots=rb.capacity, slot=f"{w}x{h}", pid=os.getpid())
         return rb
@@ -345,8 +404,7 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         if self._seg.closed:
             return
         for k in list(vars(self)):  # our views first: the mapping cannot be unmapped under them
-            if k.startswith(("_m_", "_hdr", "_clients", "_seq", "_meta", "_frames", "_trimaps",
-                             "_probs", "_flows")):
+            if k.startswith(("_m_", "_hdr", "_clients", "_seq", "_meta", "_frames", "_trimaps", "_probs", "_flows")):
                 delattr(self, k)
         if self._seg.close():
             log_event(logger, "ring_close", name=self.name, unlinked=True)
@@ -355,8 +413,10 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         self.close()
 
     def __repr__(self) -> str:
-        return (f"RingBuffer({self.name!r}, {self.capacity} slots of {self.width}x{self.height}, "
-                f"{'owner' if self._seg.owner else 'attached'})")
+        return (
+            f"RingBuffer({self.name!r}, {self.capacity} slots of {self.width}x{self.height}, "
+            f"{'owner' if self._seg.owner else 'attached'})"
+        )
 
     # ---- writing --------------------------------------------------------------------------
     def put(self, s: Sample) -> bool:
@@ -364,10 +424,16 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         a drop when the lock is busy or no slot can be taken."""
         self._seg.check()
         h, w = self.height, self.width
-        if (s.image.shape != (h, w, 3) or s.trimap.shape != (h, w) or s.prob.shape != (h, w)
-                or (s.flow is not None and s.flow.shape != (h, w, 2))):
-            raise ValueError(f"sample is {s.image.shape[1]}x{s.image.shape[0]}, ring buffer slots are "
-                             f"{w}x{h}; convert with sample_from_result(result, camera, cfg)")
+        if (
+            s.image.shape != (h, w, 3)
+            or s.trimap.shape != (h, w)
+            or s.prob.shape != (h, w)
+            or (s.flow is not None and s.flow.shape != (h, w, 2))
+        ):
+            raise ValueError(
+                f"sample is {s.image.shape[1]}x{s.image.shape[0]}, ring buffer slots are "
+                f"{w}x{h}; convert with sample_from_result(result, camera, cfg)"
+            )
         cam = self._cam_cache.get(s.camera)
         if cam is None:
             key = camera_key(s.camera)
@@ -484,15 +550,22 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
             if age > ABANDON_FORCE_S or (pid != self._seg.pid and not pid_alive(pid)):
                 self._m_state[i] = FREE  # seq stays odd; the next writer moves it on by 2
                 self._count("reclaimed")
-                log_event(logger, "ring_reclaim", logging.WARNING, name=self.name, slot=int(i),
-                          writer_pid=pid, age_s=age)
+                log_event(
+                    logger, "ring_reclaim", logging.WARNING, name=self.name, slot=int(i), writer_pid=pid, age_s=age
+                )
 
     # ---- reading --------------------------------------------------------------------------
     def new_batch(self, capacity: int) -> Batch:
         return Batch(capacity, self.height, self.width)
 
-    def sample(self, batch_size: int, rng: np.random.Generator | None = None, mode: str | None = None,
-               half_life_s: float | None = None, out: Batch | None = None) -> Batch:
+    def sample(
+        self,
+        batch_size: int,
+        rng: np.random.Generator | None = None,
+        mode: str | None = None,
+        half_life_s: float | None = None,
+        out: Batch | None = None,
+    ) -> Batch:
         """Copy up to batch_size samples out of the buffer.
 
         mode "uniform" draws every held sample alike; "recency" weights one put `age` seconds ago
@@ -508,8 +581,10 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         if out is None:
             out = self.new_batch(batch_size)
         elif out.capacity < batch_size or (out.height, out.width) != (self.height, self.width):
-            raise ValueError(f"out batch holds {out.capacity} of {out.width}x{out.height}, "
-                             f"need {batch_size} of {self.width}x{self.height}")
+            raise ValueError(
+                f"out batch holds {out.capacity} of {out.width}x{out.height}, "
+                f"need {batch_size} of {self.width}x{self.height}"
+            )
         out.n = 0
         seq = self._seq
         ready = (self._m_state == READY) & (seq % 2 == 0)
@@ -566,8 +641,9 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         slots = np.flatnonzero((self._m_state == READY) & after)
         # stop short of a slot still being written (put_seq is taken before the copy), or the
         # reader's cursor would pass it; one left by a dead writer holds nobody up for long
-        writing = np.flatnonzero((self._m_state == WRITING) & after
-                                 & (time.monotonic() - self._m_write_start < ABANDON_CHECK_S))
+        writing = np.flatnonzero(
+            (self._m_state == WRITING) & after & (time.monotonic() - self._m_write_start < ABANDON_CHECK_S)
+        )
         if writing.size:
             slots = slots[self._m_put_seq[slots] < self._m_put_seq[writing].min()]
         return slots[np.argsort(self._m_put_seq[slots], kind="stable")]
@@ -589,8 +665,10 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         if out is None:
             out = self.new_batch(max(1, len(slots)))
         elif out.capacity < len(slots) or (out.height, out.width) != (self.height, self.width):
-            raise ValueError(f"out batch holds {out.capacity} of {out.width}x{out.height}, "
-                             f"need {len(slots)} of {self.width}x{self.height}")
+            raise ValueError(
+                f"out batch holds {out.capacity} of {out.width}x{out.height}, "
+                f"need {len(slots)} of {self.width}x{self.height}"
+            )
         seq, k = self._seq, 0
         for i in slots:
             s1 = int(seq[i])
@@ -608,8 +686,9 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         out.n = k
         return out
 
-    def update_labels(self, slot: int, put_seq: int, trimap: np.ndarray, prob: np.ndarray | None = None,
-                      timeout_s: float = 0.1) -> bool:
+    def update_labels(
+        self, slot: int, put_seq: int, trimap: np.ndarray, prob: np.ndarray | None = None, timeout_s: float = 0.1
+    ) -> bool:
         """Replace the trimap (and, if given, the probability, u8) of the sample that `put_seq`
         names, if slot `slot` still holds it. False, and counted, when the sample was evicted or is
         being replaced meanwhile, or the lock stayed busy for timeout_s: a label never lands on
@@ -621,10 +700,15 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
         by 2, so a reader copying the slot meanwhile drops its copy, as for any rewrite."""
         self._seg.check()
         h, w = self.height, self.width
-        if trimap.shape != (h, w) or trimap.dtype != np.uint8 or (
-                prob is not None and (prob.shape != (h, w) or prob.dtype != np.uint8)):
-            raise ValueError(f"labels must be {w}x{h} uint8 like the slots, got trimap {trimap.shape} "
-                             f"{trimap.dtype}" + ("" if prob is None else f", prob {prob.shape} {prob.dtype}"))
+        if (
+            trimap.shape != (h, w)
+            or trimap.dtype != np.uint8
+            or (prob is not None and (prob.shape != (h, w) or prob.dtype != np.uint8))
+        ):
+            raise ValueError(
+                f"labels must be {w}x{h} uint8 like the slots, got trimap {trimap.shape} "
+                f"{trimap.dtype}" + ("" if prob is None else f", prob {prob.shape} {prob.dtype}")
+            )
         if not self._acquire(timeout_s):
             self._count("relabel_refused")
             return False
@@ -662,8 +746,7 @@ class RingBuffer(contextlib.AbstractContextManager["RingBuffer"]):
             per[int(shot)] = per.get(int(shot), 0) + 1
         fill = int(ready.sum())
         ages = time.monotonic() - self._m_put_time[ready]
-        drops = {"lock_timeout": c["drop_lock_timeout"], "no_slot": c["drop_no_slot"],
-                 "lost_slot": c["drop_lost_slot"]}
+        drops = {"lock_timeout": c["drop_lock_timeout"], "no_slot": c["drop_no_slot"], "lost_slot": c["drop_lost_slot"]}
         return {
             "name": self.name,
             "capacity": self.capacity,
@@ -724,6 +807,15 @@ def sample_from_result(result: MaskResult, camera: str, cfg: BufferConfig) -> Sa
         flow = np.zeros((th, tw, 2), np.float16)
         flow[:h, :w, 0] = f[..., 0] * (w / fw)
         flow[:h, :w, 1] = f[..., 1] * (h / fh)
-    return Sample(camera=camera, frame_index=result.frame.index, shot=result.shot,
-                  capture_time=result.frame.timestamp, image=image, trimap=trimap, prob=prob,
-                  flow=flow, valid=(0, 0, h, w), source_hw=(H, W))
+    return Sample(
+        camera=camera,
+        frame_index=result.frame.index,
+        shot=result.shot,
+        capture_time=result.frame.timestamp,
+        image=image,
+        trimap=trimap,
+        prob=prob,
+        flow=flow,
+        valid=(0, 0, h, w),
+        source_hw=(H, W),
+    )

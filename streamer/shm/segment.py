@@ -7,8 +7,10 @@ One process creates it and unlinks it on close; the others attach by name and on
 process holds the segment through a `Segment`: its own flock descriptor (flock belongs to the open
 file description, so a forked child must not share its parent's), thread locks and counter row.
 """
+
 from __future__ import annotations
 
+import _posixshmem  # the module multiprocessing.shared_memory is built on; gives us the fd
 import errno
 import fcntl
 import mmap
@@ -17,14 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
+from multiprocessing import resource_tracker
 from typing import Any
 
-import _posixshmem  # the module multiprocessing.shared_memory is built on; gives us the fd
 import numpy as np
-from multiprocessing import resource_tracker
 
-from common.pids import pid_alive
 from common.errors import UserError
+from common.pids import pid_alive
 
 HEADER_BYTES = 4096  # the header's page; anything smaller is not one of our segments
 _ALIGN = 4096
@@ -36,6 +37,7 @@ Layout = tuple[dict[str, tuple[int, Any, tuple]], int]  # name -> (offset, dtype
 class Format:
     """A kind of segment: `kind` names it in messages ("ring buffer"); `header` is a numpy record
     with at least magic, version, owner_pid, created and size."""
+
     kind: str
     magic: bytes
     version: int
@@ -65,9 +67,17 @@ def shm_free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def create_segment(fmt: Format, name: str, size: int, fields: dict[str, Any], *, setting: str,
-                   mb: float, on_exists: Callable[[], None] | None = None,
-                   reserve: bool = False) -> mmap.mmap:
+def create_segment(
+    fmt: Format,
+    name: str,
+    size: int,
+    fields: dict[str, Any],
+    *,
+    setting: str,
+    mb: float,
+    on_exists: Callable[[], None] | None = None,
+    reserve: bool = False,
+) -> mmap.mmap:
     """Create and map segment `name` of `size` bytes and write its header: `fields`, the common
     ones, the magic last. resource_tracker unlinks it if this process dies without closing it.
 
@@ -76,8 +86,10 @@ def create_segment(fmt: Format, name: str, size: int, fields: dict[str, Any], *,
     reserve: allocate the pages now, so that a full /dev/shm fails here, not with SIGBUS mid-run."""
     free = shm_free_bytes()
     if free is not None and size > free:
-        raise UserError(f"{setting}={mb:g} needs {size / 2**20:.0f} MB but /dev/shm has "
-                        f"{free / 2**20:.0f} MB free; lower {setting} (in Docker: --shm-size)")
+        raise UserError(
+            f"{setting}={mb:g} needs {size / 2**20:.0f} MB but /dev/shm has "
+            f"{free / 2**20:.0f} MB free; lower {setting} (in Docker: --shm-size)"
+        )
     path, flags = "/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR
     try:
         fd = _posixshmem.shm_open(path, flags, mode=0o600)
@@ -93,8 +105,10 @@ def create_segment(fmt: Format, name: str, size: int, fields: dict[str, Any], *,
                 os.posix_fallocate(fd, 0, size)
             except OSError as e:
                 if e.errno == errno.ENOSPC:
-                    raise UserError(f"/dev/shm is full: cannot reserve {size / 2**20:.0f} MB for "
-                                    f"{fmt.kind} {name!r}; lower {setting}") from None
+                    raise UserError(
+                        f"/dev/shm is full: cannot reserve {size / 2**20:.0f} MB for "
+                        f"{fmt.kind} {name!r}; lower {setting}"
+                    ) from None
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise
         mm = mmap.mmap(fd, size)
@@ -118,8 +132,9 @@ def attach_segment(fmt: Format, name: str) -> mmap.mmap:
     try:
         fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
     except FileNotFoundError:
-        raise UserError(f"no {fmt.kind} named {name!r} (is the process that creates it running? "
-                        f"segments are listed in /dev/shm)") from None
+        raise UserError(
+            f"no {fmt.kind} named {name!r} (is the process that creates it running? segments are listed in /dev/shm)"
+        ) from None
     try:
         size = os.fstat(fd).st_size
         if size < HEADER_BYTES:
@@ -134,8 +149,10 @@ def attach_segment(fmt: Format, name: str) -> mmap.mmap:
     del hdr
     if magic != fmt.magic or version != fmt.version:
         mm.close()
-        raise UserError(f"shared memory {name!r} is not a motionmask {fmt.kind} of version "
-                        f"{fmt.version} (magic {magic!r}); was it created by another program?")
+        raise UserError(
+            f"shared memory {name!r} is not a motionmask {fmt.kind} of version "
+            f"{fmt.version} (magic {magic!r}); was it created by another program?"
+        )
     return mm
 
 
@@ -203,6 +220,7 @@ class Segment:
     locks and counter row of its own, taken again in a forked child (see `check`).
 
     `columns` maps counter names to columns of the clients table's counts."""
+
     fmt: Format
     name: str
     mm: mmap.mmap = field(repr=False)
@@ -218,10 +236,13 @@ class Segment:
     def __post_init__(self, parts: Layout) -> None:
         offsets, size = parts
         if size > len(self.mm):
-            raise UserError(f"{self.what} is truncated ({len(self.mm)} < {size} bytes); "
-                            f"remove /dev/shm/{self.name} and restart")
-        self.arrays = {k: np.frombuffer(self.mm, dt, int(np.prod(shape)), off).reshape(shape)
-                       for k, (off, dt, shape) in offsets.items()}
+            raise UserError(
+                f"{self.what} is truncated ({len(self.mm)} < {size} bytes); remove /dev/shm/{self.name} and restart"
+            )
+        self.arrays = {
+            k: np.frombuffer(self.mm, dt, int(np.prod(shape)), off).reshape(shape)
+            for k, (off, dt, shape) in offsets.items()
+        }
         self.bind()
 
     @property

@@ -12,6 +12,7 @@ spec resolution, in order:
   an existing file    -> a video file (PyAV: any codec FFmpeg decodes)
   "N" (digits) with no such file -> camera N, as OpenCV users expect
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,8 @@ import stat
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from streamer.config import SourceConfig
 from common.errors import SourceError
+from streamer.config import SourceConfig
 from streamer.sources.base import Source
 from streamer.sources.file import FileSource, FolderSource
 from streamer.sources.live import CameraBackend, LiveSource, NetworkBackend
@@ -60,13 +61,14 @@ def open_source(spec: str | int | os.PathLike, cfg: SourceConfig, source_id: str
         scheme = text.split("://", 1)[0].lower()
         if scheme in NETWORK_SCHEMES:
             url = redact_url(text)
-            return LiveSource("network", source_id or url, url, cfg,
-                              lambda hook: NetworkBackend(text, url, cfg, hook))
+            return LiveSource("network", source_id or url, url, cfg, lambda hook: NetworkBackend(text, url, cfg, hook))
         if scheme == "file":
             text = urlsplit(text).path
         else:
-            raise SourceError(f"{redact_url(text)}: unsupported scheme {scheme}:// "
-                              f"(use {', '.join(s + '://' for s in NETWORK_SCHEMES)}, a path or camera:N)")
+            raise SourceError(
+                f"{redact_url(text)}: unsupported scheme {scheme}:// "
+                f"(use {', '.join(s + '://' for s in NETWORK_SCHEMES)}, a path or camera:N)"
+            )
     path = Path(text).expanduser()
     try:
         st = path.stat()
@@ -85,12 +87,18 @@ def open_source(spec: str | int | os.PathLike, cfg: SourceConfig, source_id: str
         m = re.fullmatch(r"/dev/video(\d+)", real)
         if m:  # keep the stable link name as the id: video numbers change across boots
             return _camera(int(m.group(1)), cfg, source_id or path.name)
-        return LiveSource("camera", source_id or path.name, f"camera {text}", cfg,
-                          lambda hook: CameraBackend(str(path), f"camera {text}", cfg))
+        return LiveSource(
+            "camera",
+            source_id or path.name,
+            f"camera {text}",
+            cfg,
+            lambda hook: CameraBackend(str(path), f"camera {text}", cfg),
+        )
     return FileSource(path, cfg, source_id or path.name)
 
 
 def _camera(index: int, cfg: SourceConfig, source_id: str | None) -> Source:
     label = f"camera {index}"
-    return LiveSource("camera", source_id or f"camera{index}", label, cfg,
-                      lambda hook: CameraBackend(index, label, cfg))
+    return LiveSource(
+        "camera", source_id or f"camera{index}", label, cfg, lambda hook: CameraBackend(index, label, cfg)
+    )

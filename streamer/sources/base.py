@@ -2,10 +2,11 @@
 
 `streamer.sources.open_source` picks the concrete source; code that consumes frames only needs
 the attributes and the iterator protocol defined here."""
+
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import av
 import numpy as np
@@ -51,15 +52,17 @@ class Source:
     def close(self) -> None:
         self.closed = True
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} {self.source_id!r} kind={self.kind} {self.width}x{self.height}"
-                f" fps={self.fps} decoded={self.stats['decoded']}>")
+        return (
+            f"<{type(self).__name__} {self.source_id!r} kind={self.kind} {self.width}x{self.height}"
+            f" fps={self.fps} decoded={self.stats['decoded']}>"
+        )
 
 
 def why(e: BaseException) -> str:

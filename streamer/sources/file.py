@@ -1,14 +1,16 @@
 """Sources that read at their own pace and never drop: a video file (PyAV) and a folder of
 images (OpenCV). Both can loop; the decode index and the timestamps keep increasing."""
+
 from __future__ import annotations
 
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import av
+
 try:
     import cv2
 except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
@@ -16,10 +18,10 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
 import numpy as np
 from av.error import FFmpegError
 
-from streamer.config import SourceConfig
 from common.errors import SourceError
-from streamer.frames import Frame
 from common.log import log_event
+from streamer.config import SourceConfig
+from streamer.frames import Frame
 from streamer.sources.base import Source, logger, rgb, why
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -116,8 +118,17 @@ class FileSource(_Iterating):
         if cfg.loop:
             self.frame_count = None  # endless: a progress bar should not pretend otherwise
         self._start(self._passes(container))
-        log_event(logger, "source_open", source=source_id, kind=self.kind, codec=self.codec,
-                  width=self.width, height=self.height, fps=self.fps or 0.0, frames=self.frame_count or "?")
+        log_event(
+            logger,
+            "source_open",
+            source=source_id,
+            kind=self.kind,
+            codec=self.codec,
+            width=self.width,
+            height=self.height,
+            fps=self.fps or 0.0,
+            frames=self.frame_count or "?",
+        )
 
     def _passes(self, container: av.container.InputContainer) -> Iterator[Frame]:
         index = 0
@@ -171,8 +182,14 @@ class FileSource(_Iterating):
                 self._corrupt(None, e, "demux")
                 failures += 1
                 if failures >= _MAX_DEMUX_ERRORS:
-                    log_event(logger, "read_stopped", level=logging.WARNING, source=self.source_id,
-                              reason=why(e), errors=failures)
+                    log_event(
+                        logger,
+                        "read_stopped",
+                        level=logging.WARNING,
+                        source=self.source_id,
+                        reason=why(e),
+                        errors=failures,
+                    )
                     return
                 demux = container.demux(stream)  # av_read_frame carries on after the bad spot
                 continue
@@ -189,8 +206,16 @@ class FileSource(_Iterating):
         where = {}
         if packet is not None:
             where = {k: "?" if v is None else v for k, v in (("pts", packet.pts), ("pos", packet.pos))}
-        log_event(logger, "corrupt_packet", level=logging.WARNING, source=self.source_id, stage=stage,
-                  **where, error=why(e), skipped=self.stats["skipped_corrupt"])
+        log_event(
+            logger,
+            "corrupt_packet",
+            level=logging.WARNING,
+            source=self.source_id,
+            stage=stage,
+            **where,
+            error=why(e),
+            skipped=self.stats["skipped_corrupt"],
+        )
 
     def _check_complete(self, container, stream, first_ts: float, end_ts: float) -> None:
         """Warn when the file ends well before the length its header states: a truncated
@@ -208,8 +233,14 @@ class FileSource(_Iterating):
             return
         frame = 1.0 / self.fps if self.fps else 0.04
         if expected - end_ts > max(2 * frame, 0.01 * (expected - start)):
-            log_event(logger, "ended_early", level=logging.WARNING, source=self.source_id,
-                      decoded_s=end_ts - first_ts, declared_s=expected - start)
+            log_event(
+                logger,
+                "ended_early",
+                level=logging.WARNING,
+                source=self.source_id,
+                decoded_s=end_ts - first_ts,
+                declared_s=expected - start,
+            )
 
 
 def natural_key(name: str) -> list[object]:
@@ -223,8 +254,11 @@ def list_images(folder: Path) -> list[Path]:
     except PermissionError:
         raise SourceError(f"{folder}: cannot list folder (permission denied)") from None
     # dotfiles: macOS leaves ._name.png resource forks next to the real images
-    names = [e.name for e in entries if not e.name.startswith(".") and e.is_file()
-             and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+    names = [
+        e.name
+        for e in entries
+        if not e.name.startswith(".") and e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+    ]
     return [folder / n for n in sorted(names, key=natural_key)]
 
 
@@ -257,8 +291,16 @@ class FolderSource(_Iterating):
         self.fps = float(cfg.folder_fps)
         self.frame_count = None if cfg.loop else len(self.files)
         self._start(self._passes())
-        log_event(logger, "source_open", source=source_id, kind=self.kind, images=len(self.files),
-                  width=self.width, height=self.height, fps=self.fps)
+        log_event(
+            logger,
+            "source_open",
+            source=source_id,
+            kind=self.kind,
+            images=len(self.files),
+            width=self.width,
+            height=self.height,
+            fps=self.fps,
+        )
 
     def _passes(self) -> Iterator[Frame]:
         index = 0
@@ -271,13 +313,25 @@ class FolderSource(_Iterating):
                 image = read_image(path)
                 if image is None:
                     self.stats["skipped_corrupt"] += 1
-                    log_event(logger, "unreadable_image", level=logging.WARNING, source=self.source_id,
-                              file=path.name, skipped=self.stats["skipped_corrupt"])
+                    log_event(
+                        logger,
+                        "unreadable_image",
+                        level=logging.WARNING,
+                        source=self.source_id,
+                        file=path.name,
+                        skipped=self.stats["skipped_corrupt"],
+                    )
                     continue
                 if size is not None and image.shape[:2] != size:
-                    log_event(logger, "image_size_changed", level=logging.WARNING, source=self.source_id,
-                              file=path.name, size=f"{image.shape[1]}x{image.shape[0]}",
-                              was=f"{size[1]}x{size[0]}")
+                    log_event(
+                        logger,
+                        "image_size_changed",
+                        level=logging.WARNING,
+                        source=self.source_id,
+                        file=path.name,
+                        size=f"{image.shape[1]}x{image.shape[0]}",
+                        was=f"{size[1]}x{size[0]}",
+                    )
                 size = image.shape[:2]
                 self.stats["decoded"] += 1
                 # the position, not the decode index, keeps the timing of a sequence with holes

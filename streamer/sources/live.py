@@ -6,16 +6,19 @@ Threads: one *connection* thread per attempt opens the device and reads until it
 or library call that ignores its timeout is abandoned (it closes its handle if the call ever
 returns) rather than waited for, so nothing here blocks longer than the configured timeouts.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import av
+
 try:
     import cv2
 except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
@@ -23,10 +26,10 @@ except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's
 import numpy as np
 from av.error import ExitError, FFmpegError
 
-from streamer.config import SourceConfig
 from common.errors import SourceError
-from streamer.frames import Frame
 from common.log import log_event
+from streamer.config import SourceConfig
+from streamer.frames import Frame
 from streamer.sources.base import Source, logger, rgb, why
 
 # Beyond the library's own timeouts, before the watchdog gives up on a silent connection; the
@@ -114,8 +117,7 @@ def network_options(url: str) -> dict[str, str]:
 
 
 class NetworkBackend:
-    def __init__(self, url: str, label: str, cfg: SourceConfig,
-                 on_corrupt: CorruptHook) -> None:
+    def __init__(self, url: str, label: str, cfg: SourceConfig, on_corrupt: CorruptHook) -> None:
         self.url, self.label, self.cfg, self.on_corrupt = url, label, cfg, on_corrupt
         self.container = None
         self.fps: float | None = None
@@ -123,14 +125,15 @@ class NetworkBackend:
 
     def open(self) -> None:
         try:
-            self.container = av.open(self.url, timeout=(self.cfg.open_timeout_s, self.cfg.read_timeout_s),
-                                     options=network_options(self.url))
+            self.container = av.open(
+                self.url, timeout=(self.cfg.open_timeout_s, self.cfg.read_timeout_s), options=network_options(self.url)
+            )
         except ExitError:
-            raise SourceError(f"{self.label}: no stream within {self.cfg.open_timeout_s:g} s "
-                              "(open_timeout_s)") from None
+            raise SourceError(
+                f"{self.label}: no stream within {self.cfg.open_timeout_s:g} s (open_timeout_s)"
+            ) from None
         except av.error.ProtocolNotFoundError:
-            raise SourceError(f"{self.label}: this FFmpeg build cannot speak "
-                              f"{urlsplit(self.url).scheme}://") from None
+            raise SourceError(f"{self.label}: this FFmpeg build cannot speak {urlsplit(self.url).scheme}://") from None
         except (FFmpegError, OSError) as e:
             raise SourceError(f"{self.label}: cannot open stream ({why(e)})") from None
         if not self.container.streams.video:
@@ -149,8 +152,7 @@ class NetworkBackend:
             except StopIteration:
                 return None
             except ExitError:
-                raise SourceError(f"{self.label}: no data for {self.cfg.read_timeout_s:g} s "
-                                  "(read_timeout_s)") from None
+                raise SourceError(f"{self.label}: no data for {self.cfg.read_timeout_s:g} s (read_timeout_s)") from None
             try:
                 self.pending.extend(packet.decode())
             except (FFmpegError, ValueError) as e:
@@ -184,8 +186,9 @@ class LiveSource(Source):
 
     live = True
 
-    def __init__(self, kind: str, source_id: str, label: str, cfg: SourceConfig,
-                 make_backend: Callable[[CorruptHook], Backend]) -> None:
+    def __init__(
+        self, kind: str, source_id: str, label: str, cfg: SourceConfig, make_backend: Callable[[CorruptHook], Backend]
+    ) -> None:
         super().__init__(source_id, cfg)
         self.kind = kind
         self.label = label
@@ -206,18 +209,28 @@ class LiveSource(Source):
         if conn.frames == 0:
             conn.abandoned = True
             self._stop.set()
-            reason = conn.reason or (f"{label}: no frame within {cfg.read_timeout_s:g} s (read_timeout_s)"
-                                     if conn.state == "open" else
-                                     f"{label}: no answer within {cfg.open_timeout_s:g} s (open_timeout_s)")
+            reason = conn.reason or (
+                f"{label}: no frame within {cfg.read_timeout_s:g} s (read_timeout_s)"
+                if conn.state == "open"
+                else f"{label}: no answer within {cfg.open_timeout_s:g} s (open_timeout_s)"
+            )
             raise SourceError(reason)
         with self._cond:
             self.height, self.width = self._buf[-1].image.shape[:2]
         self.fps = conn.backend.fps
-        log_event(logger, "source_open", source=source_id, kind=kind, width=self.width, height=self.height,
-                  fps=self.fps or 0.0)
+        log_event(
+            logger,
+            "source_open",
+            source=source_id,
+            kind=kind,
+            width=self.width,
+            height=self.height,
+            fps=self.fps or 0.0,
+        )
         self.link = {"state": "running", "error": "", "since": time.time()}
-        self._supervisor = threading.Thread(target=self._supervise, args=(conn,), daemon=True,
-                                            name=f"source-{source_id}")
+        self._supervisor = threading.Thread(
+            target=self._supervise, args=(conn,), daemon=True, name=f"source-{source_id}"
+        )
         self._supervisor.start()
 
     # -- consumer side
@@ -260,8 +273,9 @@ class LiveSource(Source):
 
     def _connect(self) -> _Connection:
         conn = _Connection(self._make_backend(self.corrupt))
-        threading.Thread(target=self._read_loop, args=(conn,), daemon=True,
-                         name=f"source-{self.source_id}-reader").start()
+        threading.Thread(
+            target=self._read_loop, args=(conn,), daemon=True, name=f"source-{self.source_id}-reader"
+        ).start()
         return conn
 
     def _read_loop(self, conn: _Connection) -> None:
@@ -278,8 +292,9 @@ class LiveSource(Source):
             while not (conn.abandoned or self._stop.is_set()):
                 image = backend.read()
                 if image is None:
-                    reason = f"{self.label}: " + ("stream ended" if self.kind == "network" else
-                                                  "no frame from the device (unplugged?)")
+                    reason = f"{self.label}: " + (
+                        "stream ended" if self.kind == "network" else "no frame from the device (unplugged?)"
+                    )
                     break
                 if not self._publish(conn, image):
                     break
@@ -322,8 +337,16 @@ class LiveSource(Source):
         with self._cond:
             self.stats["skipped_corrupt"] += 1
             n = self.stats["skipped_corrupt"]
-        log_event(logger, "corrupt_packet", level=logging.WARNING, source=self.source_id, stage="decode",
-                  pts=packet.pts if packet.pts is not None else "?", error=why(e), skipped=n)
+        log_event(
+            logger,
+            "corrupt_packet",
+            level=logging.WARNING,
+            source=self.source_id,
+            stage="decode",
+            pts=packet.pts if packet.pts is not None else "?",
+            error=why(e),
+            skipped=n,
+        )
 
     def _watch(self, conn: _Connection) -> str:
         """Block until the connection ends or goes silent; return why ("" when closing)."""
@@ -341,7 +364,7 @@ class LiveSource(Source):
                 self._cond.wait(min(0.25, limit - silent + 0.01))
 
     def _await_open(self, conn: _Connection) -> str:
-        """"" once open, else why not."""
+        """ "" once open, else why not."""
         if not self._wait(lambda: conn.state != "opening", self._open_budget()):
             conn.abandoned = True
             return f"{self.label}: no answer within {self.cfg.open_timeout_s:g} s (open_timeout_s)"
@@ -365,8 +388,14 @@ class LiveSource(Source):
                     return
                 if conn.frames > 0:
                     failures, backoff = 0, cfg.reconnect_backoff_s
-                log_event(logger, "source_dropped", level=logging.WARNING, source=self.source_id,
-                          reason=reason, frames=conn.frames)
+                log_event(
+                    logger,
+                    "source_dropped",
+                    level=logging.WARNING,
+                    source=self.source_id,
+                    reason=reason,
+                    frames=conn.frames,
+                )
                 self.link = {"state": "reconnecting", "error": reason, "since": time.time()}
                 dropped = reason
                 while True:
@@ -379,8 +408,15 @@ class LiveSource(Source):
                     failures += 1
                     with self._cond:
                         self.stats["reconnects"] += 1
-                    log_event(logger, "reconnect", level=logging.WARNING, source=self.source_id,
-                              attempt=failures, in_s=backoff, after=reason)
+                    log_event(
+                        logger,
+                        "reconnect",
+                        level=logging.WARNING,
+                        source=self.source_id,
+                        attempt=failures,
+                        in_s=backoff,
+                        after=reason,
+                    )
                     if self._stop.wait(backoff):
                         return
                     backoff = min(backoff * 2, max(cfg.reconnect_backoff_max_s, cfg.reconnect_backoff_s))
