@@ -126,7 +126,9 @@ class TrainConfig:
     )
     threads: int = 0  # CPU threads of torch; 0 = the cores this process may use, minus one for the streamer
     seed: int = 0
-    nproc: int = 1  # `motionmask train`: data-parallel ranks it starts (DDP; one GPU each on CUDA, gloo on the CPU; learner/distributed.py)
+    # `motionmask train`: data-parallel ranks it starts (DDP; one GPU each on CUDA, gloo on the CPU;
+    # learner/distributed.py)
+    nproc: int = 1
     sync_batchnorm: bool = True  # with several ranks: batch norm over the global batch (false: each rank's own)
     steps: int = 0  # offline (`motionmask train`): stop after this many steps; 0 = no step limit
     minutes: float = 12.0  # ... or after this long, whichever comes first; 0 = no time limit

@@ -47,13 +47,13 @@ def affine_fit(weights: torch.Tensor, flow: torch.Tensor, ridge: float = 1e-4) -
     weights: N x L x H x W (s_l times validity); flow: N x 2 x H x W.
     Returns N x L x 3 x 2: per segment [a_x, b_x; a_y, b_y; c_x, c_y] with f ~ [x, y, 1] @ theta,
     x and y in [-1, 1] across the map (conditioning does not depend on the map's size)."""
-    n, l, h, w = weights.shape
+    n, segs, h, w = weights.shape
     phi = _design(h, w, weights.device)  # P x 3
-    wp = weights.reshape(n, l, h * w)
+    wp = weights.reshape(n, segs, h * w)
     fp = flow.reshape(n, 2, h * w).transpose(1, 2)  # N x P x 2
     outer = (phi.unsqueeze(2) * phi.unsqueeze(1)).reshape(h * w, 9)  # as matrix products: fast
-    a = (wp @ outer).view(n, l, 3, 3)
-    b = torch.bmm(wp, (phi.view(1, -1, 3, 1) * fp.unsqueeze(2)).reshape(n, h * w, 6)).view(n, l, 3, 2)
+    a = (wp @ outer).view(n, segs, 3, 3)
+    b = torch.bmm(wp, (phi.view(1, -1, 3, 1) * fp.unsqueeze(2)).reshape(n, h * w, 6)).view(n, segs, 3, 2)
     mass = wp.sum(-1)[..., None, None]
     eye = torch.eye(3, device=weights.device)
     return torch.linalg.solve(a + (ridge * mass + 1e-6) * eye, b)
@@ -87,11 +87,11 @@ def affine_residual(
 ) -> torch.Tensor:
     """Mean robust residual between the flow and the segments' recombined affine fits.
     segments: N x L x H x W probabilities (sum 1 over L); flow N x 2 x H x W; ok N x H x W bool."""
-    n, l, h, w = segments.shape
+    n, segs, h, w = segments.shape
     v = ok.float()
     theta = affine_fit(segments * v.unsqueeze(1), flow, ridge)  # N x L x 3 x 2
     phi = _design(h, w, segments.device)
-    pred = (phi @ theta).transpose(-1, -2).reshape(n, l, 2, h, w)  # N x L x P x 2 -> N x L x 2 x H x W
+    pred = (phi @ theta).transpose(-1, -2).reshape(n, segs, 2, h, w)  # N x L x P x 2 -> N x L x 2 x H x W
     recombined = (segments.unsqueeze(2) * pred).sum(1)  # N x 2 x H x W
     r2 = (recombined - flow).square().sum(1)
     return (robust(r2, kind, scale) * v).sum() / v.sum().clamp_min(1)
@@ -102,7 +102,7 @@ def entropy_loss(segments: torch.Tensor, flow: torch.Tensor, ok: torch.Tensor, b
     are scaled by each crop's largest valid magnitude, so the bins span [0, 1] in every crop."""
     v = ok.float()
     keep = (v.flatten(1).sum(1) > 0).float()  # crops with a valid pixel
-    n, l = segments.shape[:2]
+    n, segs = segments.shape[:2]
     mag = flow.square().sum(1).sqrt() * v  # N x H x W
     top = mag.flatten(1).amax(1).clamp_min(1e-3).view(n, 1, 1)
     u = (mag / top).clamp(0, 1).flatten(1)  # N x P in [0, 1]

@@ -1,7 +1,8 @@
 """`motionmask run`: the supervisor. Starts one streamer process per camera and, with
-`learner.enabled`, the learner process (motionmask/learner_process.py), restarts a child that dies with exponential backoff, publishes every camera's
-masks on one endpoint, owns the shared ring buffer, answers the control endpoint, and shuts it
-all down on SIGINT/SIGTERM within daemon.shutdown_timeout_s.
+`learner.enabled`, the learner process (motionmask/learner_process.py), restarts a child that
+dies with exponential backoff, publishes every camera's masks on one endpoint, owns the shared
+ring buffer, answers the control endpoint, and shuts it all down on SIGINT/SIGTERM within
+daemon.shutdown_timeout_s.
 
 Why the daemon owns the one PUB socket: ZeroMQ lets only one process bind an endpoint, and
 subscribers should see one endpoint for all cameras. Children encode their masks (PNG encoding

@@ -186,7 +186,8 @@ def format_remote(r: dict[str, Any]) -> list[str]:
     if r.get("role") == "rig":
         link = "connected" if r.get("connected") else "not connected"
         lines = [
-            f"remote: samples to {r.get('remote')} as rig {r.get('rig')!r} ({link}{', curve' if r.get('curve') else ''}): "
+            f"remote: samples to {r.get('remote')} as rig {r.get('rig')!r} "
+            f"({link}{', curve' if r.get('curve') else ''}): "
             f"{state}, sent {r.get('sent') or 0}, dropped {r.get('dropped') or 0}, "
             f"{(r.get('samples_per_s') or 0):.1f} samples/s, {(r.get('bytes_per_s') or 0) / 1e3:.0f} kB/s, "
             f"encode {(r.get('encode_ms') or 0):.1f} ms/sample" + (f", bundle {r['bundle']}" if r.get("bundle") else "")

@@ -31,7 +31,9 @@ class MaskResult:
     trimap: np.ndarray  # H x W uint8: 0 negative, 128 don't care, 255 positive
     fg_fraction: float  # fraction of pixels with prob >= prune.fg_threshold
     kept: bool  # passed pruning (usable as a training sample)
-    reason: str  # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | unsure | camera_unreliable | no_motion_history | dark
+    # why it was pruned ("" when kept): too_little_fg | too_much_fg | border_fg | unsure |
+    # camera_unreliable | no_motion_history | dark
+    reason: str
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     flow: np.ndarray | None = None  # h x w x 2 float32 at working resolution (frame t-1 -> t), if any
     # with the flow (None without): what tracking on it needs (streamer/motion/patches.py)

@@ -776,7 +776,7 @@ def write_clips(
                 (work / "gt").mkdir()
                 (work / "inst").mkdir()
 
-                def frames_with_gt():
+                def frames_with_gt(p: ClipPlan, work: Path):
                     for t in range(frames):
                         r = render_frame(p, t)
                         write_png(work / "gt" / f"{t:06d}.png", r.gt)
@@ -784,7 +784,7 @@ def write_clips(
                         bar.update(1)
                         yield r.rgb
 
-                encode_video(out / f"{name}.mp4", frames_with_gt(), width, height, p.crf)
+                encode_video(out / f"{name}.mp4", frames_with_gt(p, work), width, height, p.crf)
                 swap_dir(work, out / name)
             finally:
                 shutil.rmtree(work, ignore_errors=True)

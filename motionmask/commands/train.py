@@ -357,7 +357,8 @@ def _report(summary, trainer, p, boot, interrupted: bool) -> None:
     )
     print(
         f"motionmask train: {note}{summary.steps} steps (run at step {summary.step}), {summary.crops} crops, "
-        f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}{ranks}, {loss}{nan}{rounds}; "
+        f"{summary.crops_per_s:.0f} crops/s, {summary.seconds / 60:.1f} min on {trainer.device.type}{ranks}, "
+        f"{loss}{nan}{rounds}; "
         f"{p.kept} samples kept of {p.frames} frames streamed from {p.inputs_done}/{p.inputs} inputs -> {where}",
         file=sys.stderr,
     )
