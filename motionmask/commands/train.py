@@ -221,27 +221,13 @@ def _learner_info_logs(enabled: bool) -> Iterator[None]:
 def _run(args: argparse.Namespace, cfg, out) -> int:
     # torch loads here, not at import: `motionmask --help` stays fast
     from learner import distributed
-    from learner.bootstrap import Bootstrapper, synthetic_ground_truth
     from learner.device import available_cores, resolve_device
     from learner.progress import draws_bar
-    from learner.samples import OfflineFeed
     from learner.train import Limits, Trainer, fit
 
     t = cfg.learner.train
     main = distributed.is_main()  # with several ranks the others sample rank 0's buffer (share_feed)
-    feed = (
-        OfflineFeed(
-            args.inputs,
-            cfg.streamer,
-            cfg.buffer,
-            cfg.learner.samples.offline_draws_per_sample,
-            cfg.learner.samples.offline_max_buffer_mb,
-            streamer_threads=1,  # inputs checked here
-            log_level=logging.WARNING if args.quiet else None,
-        )
-        if main
-        else None
-    )
+    feed = _offline_feed(args, cfg) if main else None
     trainer = Trainer(cfg.learner, distributed.init(resolve_device(t.device, t.strict_device)))
     if trainer.cuda and main:
         feed.streamer_threads = max(1, available_cores() - 2)  # the GPU trains: the CPUs can stream
@@ -249,20 +235,7 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
     if _resume(trainer, out, limits, main):
         return 0
     distributed.wrap(trainer)
-    log_event(
-        logger,
-        "train_start",
-        out=out,
-        inputs=len(feed.specs) if main else None,
-        device=trainer.device.type,
-        precision=trainer.precision,
-        backbone=cfg.learner.model.backbone,
-        crop=trainer.crop_size,
-        batch=t.batch,
-        steps=t.steps,
-        minutes=t.minutes,
-        start_step=trainer.step_count,
-    )
+    _log_start(cfg, trainer, feed, out, main)
 
     def status() -> str:
         p = feed.progress
@@ -270,18 +243,7 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
 
     bar = draws_bar(not args.quiet)  # on a terminal: logs go above the bar; elsewhere one line per interval
     with distributed.share_feed(feed) as feed, logging_redirect_tqdm() if bar else contextlib.nullcontext():
-        boot = None
-        if (
-            cfg.learner.bootstrap.enabled and main
-        ):  # rounds refine the labels in the feed's buffer (learner/bootstrap.py)
-            boot = Bootstrapper(
-                cfg.learner.bootstrap,
-                cfg.streamer.trimap,
-                feed.ring,
-                out,
-                ground_truth=synthetic_ground_truth(feed.specs),
-                fg_threshold=cfg.streamer.prune.fg_threshold,
-            )
+        boot = _bootstrapper(cfg, feed, out) if cfg.learner.bootstrap.enabled and main else None
         summary = fit(
             trainer,
             feed,
@@ -297,6 +259,53 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         _report(summary, trainer, feed.progress, boot, interrupted=bool(code))
         warn_if_few_kept(feed.progress, cfg.streamer.prune)
     return code
+
+
+def _offline_feed(args: argparse.Namespace, cfg):
+    """The streamer over the inputs, in its own process, filling the buffer the learner samples."""
+    from learner.samples import OfflineFeed
+
+    return OfflineFeed(
+        args.inputs,
+        cfg.streamer,
+        cfg.buffer,
+        cfg.learner.samples.offline_draws_per_sample,
+        cfg.learner.samples.offline_max_buffer_mb,
+        streamer_threads=1,  # inputs checked here
+        log_level=logging.WARNING if args.quiet else None,
+    )
+
+
+def _log_start(cfg, trainer, feed, out, main: bool) -> None:
+    t = cfg.learner.train
+    log_event(
+        logger,
+        "train_start",
+        out=out,
+        inputs=len(feed.specs) if main else None,
+        device=trainer.device.type,
+        precision=trainer.precision,
+        backbone=cfg.learner.model.backbone,
+        crop=trainer.crop_size,
+        batch=t.batch,
+        steps=t.steps,
+        minutes=t.minutes,
+        start_step=trainer.step_count,
+    )
+
+
+def _bootstrapper(cfg, feed, out):
+    """Rounds that refine the labels in the feed's buffer (learner/bootstrap.py)."""
+    from learner.bootstrap import Bootstrapper, synthetic_ground_truth
+
+    return Bootstrapper(
+        cfg.learner.bootstrap,
+        cfg.streamer.trimap,
+        feed.ring,
+        out,
+        ground_truth=synthetic_ground_truth(feed.specs),
+        fg_threshold=cfg.streamer.prune.fg_threshold,
+    )
 
 
 def _resume(trainer, out, limits, main: bool) -> bool:
