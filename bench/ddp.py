@@ -78,7 +78,7 @@ def main() -> int:
     ring = fill_ring()
     rows = []
     try:
-        for n, bn in [(n, bn) for n in counts for bn in (["-"] if n == 1 else args.batchnorm.split(","))]:
+        for n, bn in [(k, b) for k in counts for b in (["-"] if k == 1 else args.batchnorm.split(","))]:
             load = os.getloadavg()[0]
             run = {**settings, "sync_batchnorm": bn != "local"}
             got = measure(ring, run) if n == 1 else distributed.launch(n, measure, ring, run)[0]

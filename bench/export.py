@@ -33,7 +33,6 @@ import numpy as np
 from bench.common import OUT, ROOT, cpu_model, git_revision, reexec_single_threaded, save_json
 from common.errors import UserError
 
-
 TARGET_MS = 10.0  # per 224x224 frame, one core
 TARGET_PARITY = 1e-4
 

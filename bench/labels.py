@@ -37,7 +37,6 @@ from streamer.motion.pipeline import MotionSegmenter
 from streamer.sources import open_source
 from synth.things import load_gt
 
-
 # issue 18, on kept frames: (summary key, bound, at least?)
 TARGETS = {"fg_positive": (0.70, True), "fg_negative": (0.05, False), "bg_positive": (0.02, False)}
 

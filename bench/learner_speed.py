@@ -38,7 +38,6 @@ from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit, resolve_device
 from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample
 
-
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {
     "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0,

@@ -53,8 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, save_json, tile
-from bench.families import (FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped,
-                             synth_family, title)
+from bench.families import FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped, synth_family, title
 from bench.maskscore import THRESHOLDS, MaskScore
 from learner.evaluate import coverage, evaluate_checkpoints, score
 from motionmask.config import load_config

@@ -188,7 +188,7 @@ def main() -> int:
     print(hdr)
     print("-" * len(hdr))
     for name, r in scen.items():
-        def f(key, fmt):
+        def f(key, fmt, r=r):
             return format(r[key], fmt) if key in r else "-"
         drops = sum(r["drops"].values())
         print(f"{name:<10} {r['writers']:>3} {f('puts_per_s', '8.0f'):>8} {f('put_p50_ms', '8.3f'):>8} "

@@ -333,7 +333,7 @@ def report(meta: dict, groups: dict[str, dict], runs: list[Run], sp: dict | None
 
         row("working size", lambda g: g["working_size"])
         for s in stages:
-            row(s, lambda g: mp(g["stages"].get(s)))
+            row(s, lambda g, s=s: mp(g["stages"].get(s)))
         row("**sum of stages**", lambda g: mp(g["stages_total"]))
         row("outside the stages (end to end - sum)", lambda g: _f(g["outside_stages_ms"]))
         row("**end to end** (push + flush)", lambda g: mp(g["end_to_end"]))

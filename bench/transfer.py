@@ -207,7 +207,7 @@ def transfer_iou(model, train_x: np.ndarray, train_gt: np.ndarray, test_x: np.nd
     opt = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
     target = torch.from_numpy(train_gt > 0).float()
     g = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+    for _step in range(steps):
         idx = torch.randperm(len(target), generator=g)[:10]
         head.train()
         logits = head([f[idx] for f in feats])[:, 0, :h, :w]
@@ -281,7 +281,7 @@ def grouping_iou(model, x: np.ndarray, inst: list[np.ndarray], hw: tuple[int, in
                 m = ins == obj
                 if obj == 0 or m.sum() < 50:
                     continue
-                ious = [(m & (s == l)).sum() / (m | (s == l)).sum() for l in np.unique(s)]
+                ious = [(m & (s == lab)).sum() / (m | (s == lab)).sum() for lab in np.unique(s)]
                 best.append(max(ious))
                 whole.append(m.mean())
     return {"best_match_iou": float(np.mean(best)), "whole_frame_iou": float(np.mean(whole)), "instances": len(best)}

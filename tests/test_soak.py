@@ -107,6 +107,7 @@ def test_a_daemon_removes_the_private_folder_a_killed_one_left(tmp_path: Path, c
     children's ipc socket) in /tmp, one more per restart outside systemd's PrivateTmp. The next
     daemon removes it (and never the folder of a daemon that still runs)."""
     from _media import free_port
+
     from motionmask.control import ControlUnavailable, request
 
     def config(name: str) -> tuple[Path, str]:

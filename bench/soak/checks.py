@@ -19,7 +19,6 @@ from exporter.transfer import smoke_test
 from exporter.verify import check_onnx
 from learner.checkpoint import CHECKPOINT_DIR, load_checkpoint
 
-
 # ---- processes -------------------------------------------------------------------------------
 
 

@@ -60,7 +60,7 @@ class BundleProxy:
         while self._up.is_set():
             try:
                 client, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
