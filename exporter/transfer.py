@@ -805,32 +805,50 @@ class DeviceAgent:
     def sync(self, ch: Channel, info: dict[str, Any] | None = None) -> Installed | None:
         """Pull `info` (or ask for the latest) when it differs from the bundle in service."""
         if info is None:
-            hdr, _ = ch.request({"op": "latest"}, self.cfg.timeout_s, self.cfg.retries)
-            if not hdr.get("ok"):
-                if hdr.get("code") == "empty":
-                    return None
-                raise TransferError(f"exporter: {hdr.get('error')}")
-            info = hdr
+            info = self._ask_latest(ch)
+            if info is None:
+                return None
         info = check_announcement(info)
         sha = info["files"][MODEL_FILE]["sha256"]
         current = in_service(self.dest, check_hash=not self._checked)  # once per run: heal a damaged bundle
         self._checked = True
         if current and current == (info["version"], sha):
             return None
-        if info["version"] == read_pointer(self.dest, SKIP):
-            if self._skip_logged != info["version"]:
-                self._skip_logged = info["version"]
-                log_event(
-                    logger,
-                    "pull_skipped",
-                    version=info["version"],
-                    reason=f"rolled back from it ({SKIP})",
-                    in_service=current[0] if current else "none",
-                )
+        if self._rolled_back_from(info["version"], current):
             return None
-        key = (info["version"], sha)
-        if self.failures[key] >= self.cfg.attempts:
+        if self.failures[(info["version"], sha)] >= self.cfg.attempts:
             return None  # given up on this one; a new version is tried as soon as it is announced
+        done = self._pull(ch, info, sha, current)
+        if self.on_install:
+            self.on_install(done)
+        return done
+
+    def _ask_latest(self, ch: Channel) -> dict[str, Any] | None:
+        """The exporter's latest announcement; None when it has published nothing yet."""
+        hdr, _ = ch.request({"op": "latest"}, self.cfg.timeout_s, self.cfg.retries)
+        if not hdr.get("ok"):
+            if hdr.get("code") == "empty":
+                return None
+            raise TransferError(f"exporter: {hdr.get('error')}")
+        return hdr
+
+    def _rolled_back_from(self, version: str, current: tuple[str, str] | None) -> bool:
+        """True when `version` was rolled back from on this device (logged once per version)."""
+        if version != read_pointer(self.dest, SKIP):
+            return False
+        if self._skip_logged != version:
+            self._skip_logged = version
+            log_event(
+                logger,
+                "pull_skipped",
+                version=version,
+                reason=f"rolled back from it ({SKIP})",
+                in_service=current[0] if current else "none",
+            )
+        return True
+
+    def _pull(self, ch: Channel, info: dict[str, Any], sha: str, current: tuple[str, str] | None) -> Installed:
+        """Pull and install the announced bundle; an integrity failure counts against its attempts."""
         t0 = time.monotonic()
         log_event(
             logger,
@@ -843,19 +861,7 @@ class DeviceAgent:
         try:
             path, previous = pull_bundle(ch, self.dest, info, self.cfg, self.trusted)
         except IntegrityError as e:
-            # a refusal by the trust policy is final for this version: one line, no retries
-            self.failures[key] = self.cfg.attempts if isinstance(e, BundleRefused) else self.failures[key] + 1
-            left = self.cfg.attempts - self.failures[key]
-            log_event(
-                logger,
-                "bundle_rejected",
-                logging.ERROR,
-                version=info["version"],
-                check=e.kind if isinstance(e, BundleRefused) else "integrity",
-                reason=str(e),
-                attempts_left=left,
-                in_service=current[0] if current else "none",
-            )
+            self._count_rejection(e, (info["version"], sha), current)
             raise
         done = Installed(
             info["version"],
@@ -875,9 +881,22 @@ class DeviceAgent:
             seconds=done.seconds,
             mb=done.bytes / 2**20,
         )
-        if self.on_install:
-            self.on_install(done)
         return done
+
+    def _count_rejection(self, e: IntegrityError, key: tuple[str, str], current: tuple[str, str] | None) -> None:
+        # a refusal by the trust policy is final for this version: one line, no retries
+        self.failures[key] = self.cfg.attempts if isinstance(e, BundleRefused) else self.failures[key] + 1
+        left = self.cfg.attempts - self.failures[key]
+        log_event(
+            logger,
+            "bundle_rejected",
+            logging.ERROR,
+            version=key[0],
+            check=e.kind if isinstance(e, BundleRefused) else "integrity",
+            reason=str(e),
+            attempts_left=left,
+            in_service=current[0] if current else "none",
+        )
 
     def run(self, stop: threading.Event | None = None, once: bool = False) -> Installed | None:
         """Follow the exporter until `stop` is set. once=True: return after the first successful
