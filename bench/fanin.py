@@ -21,6 +21,7 @@ Target: the learner takes in >= 2,000 samples/s (about 60 cameras at 30 fps).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from bench.common import OUT, ROOT, cpu_model, git_revision, save_json
+from bench.common import OUT, ROOT, cpu_model, free_port, git_revision, save_json
 
 TARGET = 2000.0
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
@@ -122,11 +123,13 @@ def run_fanin(n_rigs: int, samples: list, seconds: float, width: int, height: in
 
     drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()
-    with RingBuffer.create(BufferConfig(train_width=width, train_height=height, memory_mb=64)) as ring:
-        listen = f"tcp://127.0.0.1:{_free_port()}"
-        spec = {"name": "receiver", "listen": listen, "transport": asdict(TransportConfig(samples_per_insert=0, decoders=decoders)),
-                "buffer_name": ring.name, "buffer": asdict(ring._cfg), "forward_endpoint": f"tcp://127.0.0.1:{rport}",
-                "parent_pid": os.getpid(), "log_level": "WARNING"}
+    bcfg = BufferConfig(train_width=width, train_height=height, memory_mb=64)
+    with RingBuffer.create(bcfg) as ring:
+        listen = f"tcp://127.0.0.1:{free_port()}"
+        spec = {"name": "receiver", "listen": listen,
+                "transport": asdict(TransportConfig(samples_per_insert=0, decoders=decoders)),
+                "buffer_name": ring.name, "buffer": asdict(dataclasses.replace(bcfg, name=ring.name)),
+                "forward_endpoint": f"tcp://127.0.0.1:{rport}", "parent_pid": os.getpid(), "log_level": "WARNING"}
         proc = subprocess.Popen([sys.executable, "-m", "motionmask.remote_learn"], stdin=subprocess.PIPE)
         proc.stdin.write(json.dumps(spec).encode())
         proc.stdin.close()
@@ -150,18 +153,13 @@ def run_fanin(n_rigs: int, samples: list, seconds: float, width: int, height: in
             reports.close(0)
             ctx.term()
     inserted = p1 - p0
-    return {"rigs": n_rigs, "decoders": decoders, "seconds": round(t1 - t0, 2), "samples_per_s": round(inserted / (t1 - t0), 1),
+    return {"rigs": n_rigs, "decoders": decoders, "seconds": round(t1 - t0, 2),
+            "samples_per_s": round(inserted / (t1 - t0), 1),
             "rig_sent_per_s": round((s1 - s0) / (t1 - t0), 1), "rig_dropped_per_s": round((d1 - d0) / (t1 - t0), 1),
-            "bytes_per_sample": round(nbytes), "learner_cpu_ms_per_sample": round(1e3 * (c1 - c0) / max(1, inserted), 3),
-            "learner_cpu_share": round((c1 - c0) / (t1 - t0), 2), "exit": {"learner": proc.returncode, "rigs": rigs.exitcode}}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+            "bytes_per_sample": round(nbytes),
+            "learner_cpu_ms_per_sample": round(1e3 * (c1 - c0) / max(1, inserted), 3),
+            "learner_cpu_share": round((c1 - c0) / (t1 - t0), 2),
+            "exit": {"learner": proc.returncode, "rigs": rigs.exitcode}}
 
 
 def rig_cost(samples: list, width: int, height: int, n: int = 300) -> dict:
@@ -218,7 +216,8 @@ class SimpleSample:
 
     def __init__(self, b) -> None:
         self.camera, self.frame_index, self.shot = b.cameras[0], int(b.frame_index[0]), int(b.shot[0])
-        self.capture_time, self.image, self.trimap, self.prob = float(b.capture_time[0]), b.frames[0], b.trimaps[0], b.probs[0]
+        self.capture_time, self.image = float(b.capture_time[0]), b.frames[0]
+        self.trimap, self.prob = b.trimaps[0], b.probs[0]
         self.valid, self.source_hw = tuple(int(v) for v in b.valid[0]), tuple(int(v) for v in b.source_hw[0])
 
 
@@ -227,7 +226,8 @@ def main() -> int:
     ap.add_argument("--rigs", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per rig count (after warm-up)")
     ap.add_argument("--size", default="320x240", help="slot WxH (default 320x240)")
-    ap.add_argument("--decoders", type=int, default=2, help="the receiver's decoder threads (learner.transport.decoders)")
+    ap.add_argument("--decoders", type=int, default=2,
+                    help="the receiver's decoder threads (learner.transport.decoders)")
     ap.add_argument("--samples", type=int, default=32, help="distinct real samples each rig cycles through")
     ap.add_argument("--out", type=Path, default=OUT / "fanin.json")
     args = ap.parse_args()
@@ -238,13 +238,15 @@ def main() -> int:
     print(f"fan-in on loopback, {w}x{h} samples ({len(samples)} real kept frames of {CLIP.name}), "
           f"{os.cpu_count()} cores ({cpu_model()}), {args.decoders} decoder threads, load average "
           f"{os.getloadavg()[0]:.1f} at the end, target >= {TARGET:.0f} samples/s")
-    print("| rigs | samples/s taken in | rigs sent/s | rigs dropped/s | bytes/sample | learner CPU ms/sample | learner CPU share |")
+    print("| rigs | samples/s taken in | rigs sent/s | rigs dropped/s | bytes/sample | learner CPU ms/sample "
+          "| learner CPU share |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['rigs']} | {r['samples_per_s']:.0f} | {r['rig_sent_per_s']:.0f} | {r['rig_dropped_per_s']:.0f} | "
               f"{r['bytes_per_sample']} | {r['learner_cpu_ms_per_sample']:.3f} | {r['learner_cpu_share']:.2f} |")
     load = os.getloadavg()[0]
-    print(f"rig's cost per sample sent (one thread: ring read + encode + send): {cost['rig_cpu_ms_per_sample']:.2f} ms CPU "
+    print("rig's cost per sample sent (one thread: ring read + encode + send): "
+          f"{cost['rig_cpu_ms_per_sample']:.2f} ms CPU "
           f"(encode {cost['rig_encode_ms']:.2f} ms); learner's decode alone: {cost['learner_decode_ms']:.2f} ms")
     best = max(r["samples_per_s"] for r in rows)
     cpu_ms = min(r["learner_cpu_ms_per_sample"] for r in rows)
