@@ -110,7 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from exporter.signing import TrustedKey
-    from exporter.transfer import DeviceAgent, PullConfig, rollback_device
+    from exporter.transfer import DeviceAgent, rollback_device
 
     if args.rollback:
         now, was = rollback_device(args.dir)
@@ -118,6 +118,34 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.endpoint:
         raise UserError("--endpoint URL is required (the exporter's bundle server, e.g. tcp://exporter-host:5560)")
+    cfg = _pull_config(args)
+    trusted = TrustedKey.from_file(args.trusted_key) if args.trusted_key else None
+    agent = DeviceAgent(
+        args.endpoint, args.dir, cfg, announce=args.announce, on_install=_print_installed, trusted=trusted
+    )
+    stop = threading.Event()
+    with signals_as_exceptions():
+        try:
+            if args.once:
+                _pull_once(agent, stop)
+                return 0
+            log_event(logger, "device_start", endpoint=args.endpoint, dir=args.dir)
+            agent.run(stop)
+        except (KeyboardInterrupt, Terminated) as ex:
+            stop.set()
+            log_event(logger, "device_stop", signal="TERM" if isinstance(ex, Terminated) else "INT")
+        except UserError as e:
+            from exporter.transfer import in_service
+
+            cur = in_service(agent.dest)
+            raise UserError(f"{e}; {'still in service: ' + cur[0] if cur else 'no bundle in service yet'}") from None
+    return 0
+
+
+def _pull_config(args: argparse.Namespace):
+    """The pull settings from the flags; a flag out of range is a one-line UserError naming it."""
+    from exporter.transfer import PullConfig
+
     checks = [
         ("--timeout", args.timeout > 0),
         ("--retries", args.retries >= 0),
@@ -131,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{flag} {getattr(args, flag[2:])}: out of range "
                 f"({'>= 2: the one in service and the previous one' if flag == '--keep' else 'see --help'})"
             )
-    cfg = PullConfig(
+    return PullConfig(
         timeout_s=args.timeout,
         retries=args.retries,
         attempts=args.attempts,
@@ -140,38 +168,23 @@ def run(args: argparse.Namespace) -> int:
         backoff_max_s=max(1.0, min(30.0, args.poll)),
     )
 
-    def installed(done) -> None:
+
+def _print_installed(done) -> None:
+    print(
+        f"motionmask device: installed {done.version} (step {done.step}, sha256 {done.sha256[:12]}, "
+        f"{done.bytes / 2**20:.1f} MB in {done.seconds:.1f} s) -> {done.path}; "
+        f"previous: {done.previous or 'none'}",
+        file=sys.stderr,
+    )
+
+
+def _pull_once(agent, stop: threading.Event) -> None:
+    """--once: pull if newer, else say what is in service."""
+    from exporter.transfer import in_service
+
+    if agent.run(stop, once=True) is None:
+        cur = in_service(agent.dest)
         print(
-            f"motionmask device: installed {done.version} (step {done.step}, sha256 {done.sha256[:12]}, "
-            f"{done.bytes / 2**20:.1f} MB in {done.seconds:.1f} s) -> {done.path}; "
-            f"previous: {done.previous or 'none'}",
+            f"motionmask device: up to date ({cur[0] if cur else 'the exporter has no bundle yet'})",
             file=sys.stderr,
         )
-
-    trusted = TrustedKey.from_file(args.trusted_key) if args.trusted_key else None
-    agent = DeviceAgent(args.endpoint, args.dir, cfg, announce=args.announce, on_install=installed, trusted=trusted)
-    stop = threading.Event()
-    with signals_as_exceptions():
-        try:
-            if args.once:
-                from exporter.transfer import in_service
-
-                got = agent.run(stop, once=True)
-                if got is None:
-                    cur = in_service(agent.dest)
-                    print(
-                        f"motionmask device: up to date ({cur[0] if cur else 'the exporter has no bundle yet'})",
-                        file=sys.stderr,
-                    )
-                return 0
-            log_event(logger, "device_start", endpoint=args.endpoint, dir=args.dir)
-            agent.run(stop)
-        except (KeyboardInterrupt, Terminated) as ex:
-            stop.set()
-            log_event(logger, "device_stop", signal="TERM" if isinstance(ex, Terminated) else "INT")
-        except UserError as e:
-            from exporter.transfer import in_service
-
-            cur = in_service(agent.dest)
-            raise UserError(f"{e}; {'still in service: ' + cur[0] if cur else 'no bundle in service yet'}") from None
-    return 0
