@@ -194,7 +194,8 @@ def main() -> int:
     print("| held-back frames | teacher (motion) | student (one frame) |")
     print("|---|---:|---:|")
     print(f"| mean foreground fraction | {_f(res['teacher_fg'])} | {_f(res['student_fg'])} |")
-    print(f"| stability: IoU with the previous frame's mask | {_f(res['teacher_stable'])} | {_f(res['student_stable'])} |")
+    print(f"| stability: IoU with the previous frame's mask | {_f(res['teacher_stable'])} "
+          f"| {_f(res['student_stable'])} |")
     print(f"| agreement IoU, all / frames the teacher keeps | {_f(res['agreement'])} / {_f(res['agreement_kept'])} | |")
     print(f"| teacher's sure positives the student marks | | {_f(res['covered'])} |")
     print(f"| student foreground the teacher calls background | | {_f(res['student_only'])} |")

@@ -199,8 +199,8 @@ def print_table(result: dict, realtime: bool) -> None:
         return "-" if v is None else f"{v}{u}"
 
     for r in result["phases"]:
-        print(f"| {r['consoles']} | {r['camera_fps']} | {f(r['latency_p50_ms'], ' ms')} | {f(r['latency_p99_ms'], ' ms')} "
-              f"| {f(r['pictures_per_console_s'])} |")
+        print(f"| {r['consoles']} | {r['camera_fps']} | {f(r['latency_p50_ms'], ' ms')} "
+              f"| {f(r['latency_p99_ms'], ' ms')} | {f(r['pictures_per_console_s'])} |")
 
 
 if __name__ == "__main__":

@@ -98,8 +98,8 @@ def main() -> int:
           f"ms per step | load avg before |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['ranks']} | {r['backend']} | {r['batchnorm']} | {r['threads_per_rank'] or '-'} | {r['precision']} | "
-              f"{r['crops_per_s']:.0f} | "
+        print(f"| {r['ranks']} | {r['backend']} | {r['batchnorm']} | {r['threads_per_rank'] or '-'} "
+              f"| {r['precision']} | {r['crops_per_s']:.0f} | "
               f"{r['crops_per_s_per_rank']:.0f} | {r['ms_per_step']:.0f} | {r['loadavg_before']:.1f} |")
     save_json(args.out, {"rows": rows, "settings": settings,
                          "machine": {"device": name, "cpus": os.cpu_count(), "torch": torch.__version__,

@@ -78,7 +78,8 @@ def measure(bundle: Path, frames: np.ndarray, threads: int, cpus: set[int] | Non
         out = {}
         for batch in (1, 8):
             x = frames[:batch] if len(frames) >= batch else np.repeat(frames[:1], batch, axis=0)
-            t = np.asarray(time_runs(runner, np.ascontiguousarray(x), runs if batch == 1 else max(3, runs // 4))) / batch
+            n_runs = runs if batch == 1 else max(3, runs // 4)
+            t = np.asarray(time_runs(runner, np.ascontiguousarray(x), n_runs)) / batch
             out[f"batch{batch}"] = {"ms_per_frame_median": round(float(np.median(t)), 3),
                                     "ms_per_frame_p90": round(float(np.percentile(t, 90)), 3),
                                     "fps": round(1000.0 / float(np.median(t)), 1), "runs": len(t)}
@@ -171,7 +172,8 @@ def export_and_time(model, step: int, arch: dict, what: str, sizes: list[tuple[i
             print(f"time {w}x{h} ...", file=sys.stderr, flush=True)
             one = measure(r.path, x, 1, {cpu}, runs)
             every = measure(r.path, x, len(allowed), set(allowed), runs)
-            rows.append({"size": [w, h], "version": r.version, "mb": round(r.manifest["files"]["model.onnx"]["bytes"] / 2**20, 2),
+            rows.append({"size": [w, h], "version": r.version,
+                         "mb": round(r.manifest["files"]["model.onnx"]["bytes"] / 2**20, 2),
                          "export_s": round(r.timings["export"], 2), "verify_s": round(r.timings["verify"], 2),
                          "export_total_s": round(total, 2), "parity_max_abs_diff": r.manifest["parity"]["max_abs_diff"],
                          "threads_1": one, f"threads_{len(allowed)}": every})
@@ -190,8 +192,8 @@ def print_table(rows: list[dict], n: int) -> None:
             for b in ("batch1", "batch8"):
                 m = row[k][b]
                 cells.append(f"{m['ms_per_frame_median']:.2f} ({m['ms_per_frame_p90']:.2f})")
-        print(f"| {row['size'][0]}x{row['size'][1]} | {' | '.join(cells)} | {row['export_s']:.1f} + {row['verify_s']:.1f} "
-              f"| {row['parity_max_abs_diff']:.1e} | {row['mb']:.1f} |")
+        print(f"| {row['size'][0]}x{row['size'][1]} | {' | '.join(cells)} "
+              f"| {row['export_s']:.1f} + {row['verify_s']:.1f} | {row['parity_max_abs_diff']:.1e} | {row['mb']:.1f} |")
     verdicts = []
     for row in rows:
         if tuple(row["size"]) == (224, 224):

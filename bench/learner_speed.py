@@ -158,12 +158,14 @@ def measure(cfg: LearnerConfig, device: torch.device, ring: RingBuffer, warmup: 
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| backbone | crop | precision | end to end crops/s | step only crops/s | GFLOP/crop (fwd+bwd) | achieved TFLOP/s | of peak |")
+    print("| backbone | crop | precision | end to end crops/s | step only crops/s | GFLOP/crop (fwd+bwd) "
+          "| achieved TFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         frac = f"{r['fraction_of_peak']:.1%}" if r["fraction_of_peak"] is not None else "-"
-        print(f"| {r['backbone']} (width {r['width']}) | {r['size']} | {r['precision']} | {r['end_to_end_crops_per_s']:.0f} | "
-              f"{r['step_only_crops_per_s']:.0f} | {r['gflop_per_crop']:.2f} | {r['tflops']:.3f} | {frac} |")
+        print(f"| {r['backbone']} (width {r['width']}) | {r['size']} | {r['precision']} "
+              f"| {r['end_to_end_crops_per_s']:.0f} | {r['step_only_crops_per_s']:.0f} | {r['gflop_per_crop']:.2f} "
+              f"| {r['tflops']:.3f} | {frac} |")
 
 
 def main() -> int:

@@ -414,7 +414,8 @@ def fusion_table(model, device, ring, trimap_cfg, lookup, fg: float = 0.5) -> li
             gt = lookup(b.cameras[k], int(b.frame_index[k]))
             if gt is None:
                 continue
-            gt = gt if gt.shape == (h, w) else cv2.resize(gt.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+            if gt.shape != (h, w):
+                gt = cv2.resize(gt.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
             motion = b.probs[k, y0:y0 + h, x0:x0 + w] / 255.0
             for i, (_, rule, wt) in enumerate(grid):
                 p = motion if i == 0 else students[k] if i == 1 else fuse(students[k], motion, wt, rule)

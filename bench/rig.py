@@ -345,7 +345,8 @@ def evaluate(video: Path, clip_dir: Path, split: int, frames: int, fps: int, str
     for frame in frames_of(video, max(0, split - round(TEACHER_WARMUP_S * fps)), frames):
         take(seg.push(frame))
     take(seg.flush())
-    return {"scores": {k: v.summary() for k, v in scores.items()}, "still_frames": scores["teacher"].still.summary()["frames"],
+    return {"scores": {k: v.summary() for k, v in scores.items()},
+            "still_frames": scores["teacher"].still.summary()["frames"],
             "moving_frames": scores["teacher"].moving.summary()["frames"], "fused_source": fuse_note,
             "live_student_every": every,
             "exported": {"provider": runner.device.provider, "version": runner.version,
@@ -601,7 +602,8 @@ def targets(runs: list[dict]) -> dict:
         "student_still_recall": {"want": f">= {TARGET_STILL}", "values": still,
                                  "met": bool(still) and all(v is not None and v >= TARGET_STILL for v in still)},
         "export_gap": {"want": f"<= {TARGET_EXPORT}", "values": exp, "met": bool(exp) and max(exp) <= TARGET_EXPORT},
-        "live_beats_both": {"want": "live mIoU - max(teacher, exported) > 0", "values": fused, "met": (bool(fused) and min(fused) > 0) if fused else None},
+        "live_beats_both": {"want": "live mIoU - max(teacher, exported) > 0", "values": fused,
+                            "met": (bool(fused) and min(fused) > 0) if fused else None},
         "who_is_who": {"want": "embedding top-1 > colour histogram top-1", "values": ids,
                        "met": (all(e > c for e, c in ids)) if ids else None},
     }
@@ -634,9 +636,11 @@ def print_tables(doc: dict) -> None:
               f"worst {_f(e['max_abs_diff_max'])}")
         if r.get("id"):
             i = r["id"]
-            print(f"who is who ({i['crops']} crops of {i['actors']} actors, {i['visits']} visits; top-1 over other visits): "
+            print(f"who is who ({i['crops']} crops of {i['actors']} actors, {i['visits']} visits; "
+                  "top-1 over other visits): "
                   f"embedding {_f(i['embedding']['top1'])}, colour histogram {_f(i['colour_histogram']['top1'])}, "
-                  f"chance {_f(i['embedding']['chance'])}; embedding loss logged on {i['train']['embedding_loss_lines']}"
+                  f"chance {_f(i['embedding']['chance'])}; "
+                  f"embedding loss logged on {i['train']['embedding_loss_lines']}"
                   f" of {i['train']['log_lines']} log lines, mean {_f(i['train']['embedding_loss_mean'])}")
     print("\n### targets (issue 19; live = what a subscriber receives)")
     for k, v in doc["targets"].items():
@@ -663,14 +667,16 @@ def main() -> int:
     ap.add_argument("--id-minutes", type=float, default=None, help="minutes of the multitask run (default --minutes)")
     ap.add_argument("--real-minutes", type=float, default=None, help="minutes of the vtest run (default --minutes)")
     ap.add_argument("--gen-seeds", type=int, nargs="+", default=None,
-                    help="rig generator seeds (default 0 1; --quick: 2, whose 30-s stream has actors in its later part)")
+                    help="rig generator seeds (default 0 1; --quick: 2, whose 30-s stream has actors in its "
+                         "later part)")
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     ap.add_argument("--stream-minutes", type=float, default=3.0, help="length of the rig stream (default 3)")
     ap.add_argument("--ptz", action="store_true", help="the rig with a slow pan-tilt-zoom sweep")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: the GPU recipe (batch 256, crops 224 x 4 per frame), ONNX Runtime's CUDA provider")
     ap.add_argument("--config", default=None, help="YAML merged over every training's config (e.g. a tiny net)")
-    ap.add_argument("--id-config", default=str(ROOT / "configs" / "multitask.yaml"), help="config of the who-is-who run")
+    ap.add_argument("--id-config", default=str(ROOT / "configs" / "multitask.yaml"),
+                    help="config of the who-is-who run")
     ap.add_argument("--no-id", action="store_true", help="skip who-is-who (the multitask training)")
     ap.add_argument("--real-clip", default=str(REAL_CLIP), help="real footage from a fixed camera")
     ap.add_argument("--real-frames", type=int, default=100000, help="at most this many frames of it")
@@ -678,7 +684,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: a 0.5-minute stream, 5 steps, one seed each, 200 frames of vtest")
     ap.add_argument("--reuse", action="store_true",
-                    help="take the finished trainings of an earlier call with the same --out as they are (scores again)")
+                    help="take the finished trainings of an earlier call with the same --out as they are "
+                         "(scores again)")
     ap.add_argument("--out", default=str(OUT / "rig.json"))
     args = ap.parse_args()
     if args.quick:
@@ -701,7 +708,8 @@ def preflight(args) -> None:
     would lose the run's work at the export."""
     if not args.steps and not args.minutes:
         raise UserError("--steps 0 and --minutes 0: no training budget; give one of them")
-    for module in ("exporter.export", "exporter.runtime", "learner.predict", "learner.heads", "streamer.motion.pipeline"):
+    for module in ("exporter.export", "exporter.runtime", "learner.predict", "learner.heads",
+                   "streamer.motion.pipeline"):
         importlib.import_module(module)
     fuse_function()
     if args.device == "cuda":

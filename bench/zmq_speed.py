@@ -244,7 +244,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['encoding']:4} {r['scenario']:8} {r['publish_per_s']:10.0f} {r['publish_per_cpu_s']:8.0f} "
               f"{r['delivered_min']:8.1%} {r['delivered_mean']:8.1%}  {r['publish_call_us_p50']:7.0f} "
-              f"{r['publish_thread_cpu_us']:7.0f} {r['paced_cpu_us_per_mask']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:8.2f} "
+              f"{r['publish_thread_cpu_us']:7.0f} {r['paced_cpu_us_per_mask']:7.0f} {r['p50_ms']:7.2f} "
+              f"{r['p99_ms']:8.2f} "
               f"{r['latency_delivered']:6.1%}")
     for encoding in ("png", "u8"):
         us = np.mean([r["reader_cpu_us_per_mask"] for r in rows if r["encoding"] == encoding])

@@ -17,7 +17,8 @@ TINY = """learner:
   crops: {size: 64}
   train: {batch: 4, warmup_steps: 0, device: cpu}
 buffer: {train_width: 160, train_height: 120, memory_mb: 16}
-streamer: {prune: {min_fg: 0.01, max_unsure: 1.0}}  # every frame with a walker trains: this tests the bench, not the labels
+# every frame with a walker trains: this tests the bench, not the labels
+streamer: {prune: {min_fg: 0.01, max_unsure: 1.0}}
 """
 
 

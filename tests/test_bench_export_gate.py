@@ -13,7 +13,8 @@ TINY = """learner:
   crops: {size: 64}
   train: {batch: 4, warmup_steps: 0, device: cpu}
   checkpoint: {every_steps: 10, every_minutes: 0, keep: 10}
-streamer: {prune: {min_fg: 0.01, max_unsure: 1.0}}  # every frame with a walker trains: this tests the bench, not the labels
+# every frame with a walker trains: this tests the bench, not the labels
+streamer: {prune: {min_fg: 0.01, max_unsure: 1.0}}
 """
 
 

@@ -16,7 +16,8 @@ def healthy(rig: Rig, since: dict | None = None, learner: bool = True) -> bool:
     for name, cam in st["cameras"].items():
         if cam["state"] != "running":
             return False
-        before = (since or {}).get("cameras", {}).get(name, {}).get("frames", -1) if since and since.get("pid") == st["pid"] else -1
+        same_daemon = since and since.get("pid") == st["pid"]
+        before = since.get("cameras", {}).get(name, {}).get("frames", -1) if same_daemon else -1
         if cam["frames"] <= max(before, 0):
             return False
     if learner:

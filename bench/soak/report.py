@@ -47,11 +47,13 @@ def machine() -> str:
 def table(r: dict[str, Any]) -> str:
     what = "each fault once" if r["minutes"] is None else f"{r['minutes']:g} min of faults"
     lines = [f"soak: {what} (seed {r['seed']}), {r['machine']}", "",
-             "| fault | injected | recovered | p50 s | p99 s | max s | bound s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| fault | injected | recovered | p50 s | p99 s | max s | bound s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for k, v in r["by_kind"].items():
         if v["injected"] or v.get("skipped"):
-            lines.append(f"| {k} | {v['injected']}{' (skipped: no tmpfs)' if v.get('skipped') else ''} | {v['recovered']} "
-                         f"| {v['recover_p50_s']} | {v['recover_p99_s']} | {v['recover_max_s']} | {v['bound_s']} |")
+            skipped = " (skipped: no tmpfs)" if v.get("skipped") else ""
+            lines.append(f"| {k} | {v['injected']}{skipped} | {v['recovered']} | {v['recover_p50_s']} "
+                         f"| {v['recover_p99_s']} | {v['recover_max_s']} | {v['bound_s']} |")
     lines.append(f"| **all** | {r['faults_injected']} | {r['faults_recovered']} | {r['recover_p50_s']} "
                  f"| {r['recover_p99_s']} | | |")
     lines += ["", "| camera | decoded | processed | kept | motion masks received | missing by seq | restarts |",
@@ -59,7 +61,8 @@ def table(r: dict[str, Any]) -> str:
     for name, c in r["cameras"].items():
         lines.append(f"| {name} | {c['decoded']} | {c['processed']} | {c['kept']} | {c['motion_masks_received']} "
                      f"| {c['motion_masks_missing_by_seq']} | {c['restarts']} |")
-    lines += ["", f"written: {r['checkpoints_written']} checkpoints ({r['checkpoints_failed']} refused by a full disk), "
+    lines += ["", f"written: {r['checkpoints_written']} checkpoints "
+              f"({r['checkpoints_failed']} refused by a full disk), "
               f"{r['bundles_written']} bundles; the device installed {r['device_installs']} and rejected "
               f"{r['device_rejections']} (damaged in transit)",
               f"checkpoints checked {r['checkpoints_checked']}, unreadable {r['unreadable_checkpoints']}; "

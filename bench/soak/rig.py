@@ -27,8 +27,8 @@ class Rig:
         self.run_dir.mkdir(parents=True)
         self.tmpfs = False
         if os.geteuid() == 0:
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m,mode=0755", "tmpfs", str(self.run_dir)],
-                               capture_output=True, text=True)
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m,mode=0755", "tmpfs",
+                                str(self.run_dir)], capture_output=True, text=True)
             self.tmpfs = r.returncode == 0
             if not self.tmpfs:
                 log(f"no tmpfs ({r.stderr.strip()}): disk_full is skipped")

@@ -46,8 +46,8 @@ def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None,
             time.sleep(quiet_minutes * 60)
     finally:
         stopped = shut_down(rig, monitor, subs)
-    return summarize(SoakRun(seed, None if once else minutes, soak_s, quiet_from, quiet_minutes, problems, rig, monitor, subs,
-                             faults.events, stopped))
+    return summarize(SoakRun(seed, None if once else minutes, soak_s, quiet_from, quiet_minutes, problems, rig,
+                             monitor, subs, faults.events, stopped))
 
 
 def bring_up(rig: Rig, plan: str) -> Subscribers:
@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT / "soak.json"), help="JSON output")
     p.add_argument("--quiet-minutes", type=float, default=0.0, help="then this long without faults: the growth "
                    "of RSS, files and threads in a steady state (default 0)")
-    p.add_argument("--kinds", default="", help=f"comma-separated faults to draw from (default: all of {', '.join(KINDS)})")
+    p.add_argument("--kinds", default="",
+                   help=f"comma-separated faults to draw from (default: all of {', '.join(KINDS)})")
     p.add_argument("--once", action="store_true", help="every fault kind (of --kinds) once, in the seeded order, "
                    "then stop, however long that takes (instead of --minutes)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, run dir, device dir)")
