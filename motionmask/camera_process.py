@@ -59,6 +59,24 @@ KEEP_RATE_CHECK_FRAMES = 300  # the keep rate is judged once, after this many fr
 KEEP_RATE_MIN_FRAMES = 20  # or at the end of a shorter file of at least this many
 
 
+def _zero_counters() -> dict[str, Any]:
+    """The counters a camera reports to the daemon (CameraProcess.snapshot), all zero."""
+    return {
+        "frames": 0,
+        "shots": 0,
+        "kept": 0,
+        "pruned": 0,
+        "buffer_puts": 0,
+        "buffer_drops": 0,
+        "forward_drops": 0,
+        "ms_per_frame": 0.0,
+        "fps": 0.0,
+        "pair_puts": 0,
+        "pair_drops": 0,
+        "pair_ms_per_frame": 0.0,
+    }
+
+
 class CameraProcess:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.name: str = spec["name"]
@@ -71,20 +89,7 @@ class CameraProcess:
         self.phase = "opening"  # opening -> running -> finished | stopped | failed
         self.error = ""
         self.source = None
-        self.counters: dict[str, Any] = {
-            "frames": 0,
-            "shots": 0,
-            "kept": 0,
-            "pruned": 0,
-            "buffer_puts": 0,
-            "buffer_drops": 0,
-            "forward_drops": 0,
-            "ms_per_frame": 0.0,
-            "fps": 0.0,
-            "pair_puts": 0,
-            "pair_drops": 0,
-            "pair_ms_per_frame": 0.0,
-        }
+        self.counters: dict[str, Any] = _zero_counters()
         self.pruned_by: dict[str, int] = {}
         self.warnings: list[dict[str, Any]] = []  # said once (a log line), kept for the daemon's status
         self._times: deque[float] = deque()  # result times of the last _FPS_WINDOW_S, for fps
@@ -92,19 +97,7 @@ class CameraProcess:
         self._capture_ns: dict[int, int] = {}
         self.ctx = zmq.Context()
         self.masks = push_socket(self.ctx, spec["forward_endpoint"], FORWARD_HWM)
-        # an orphan closes its source on SIGTERM; 5 s later it exits whatever the source is doing
-        stats = push_socket(self.ctx, spec["forward_endpoint"], FORWARD_HWM)
-        self.reporter = Reporter(
-            "camera",
-            self.snapshot,
-            stats,
-            MSG_STATS,
-            int(spec["parent_pid"]),
-            grace_s=5.0,
-            orphan_exit=EXIT_OK,
-            interval=REPORT_INTERVAL_S,
-            camera=self.name,
-        )
+        self.reporter = self._reporter(spec)
         self.ring: RingBuffer | None = None
         self.buffer_cfg: BufferConfig | None = None
         self.pairs = None  # streamer.shm.pairbuffer.PairBuffer, with a PatchMiner, when this camera mines pairs
@@ -125,6 +118,22 @@ class CameraProcess:
         self.frame_width = int(frames.get("width", 640)) if frames else 640
         self.frame_quality = int(frames.get("quality", 70)) if frames else 70
         self._next_frame = 0.0
+
+    def _reporter(self, spec: dict[str, Any]) -> Reporter:
+        """The thread that pushes this camera's counters to the daemon twice a second."""
+        # an orphan closes its source on SIGTERM; 5 s later it exits whatever the source is doing
+        stats = push_socket(self.ctx, spec["forward_endpoint"], FORWARD_HWM)
+        return Reporter(
+            "camera",
+            self.snapshot,
+            stats,
+            MSG_STATS,
+            int(spec["parent_pid"]),
+            grace_s=5.0,
+            orphan_exit=EXIT_OK,
+            interval=REPORT_INTERVAL_S,
+            camera=self.name,
+        )
 
     # -- signals ----------------------------------------------------------------------------
     def on_signal(self, signum: int, _frame: object) -> None:
