@@ -342,15 +342,7 @@ def export_model(
     version = new_version(out, step)
     resize = "stretch" if getattr(model, "input_size", None) else "fit"
     pre = preprocessing_spec(model.cfg, resize, box, preprocessing)
-    input_spec = {
-        "name": INPUT_NAME,
-        "dtype": "uint8",
-        "shape": ["N", height, width, 3],
-        "layout": "NHWC",
-        "color": "RGB",
-        "height": height,
-        "width": width,
-    }
+    input_spec = _input_spec(width, height)
     arch = dict(source.get("arch", {}))
     metadata = {
         "version": version,
@@ -368,6 +360,42 @@ def export_model(
         opset=cfg.opset,
         step=step,
     )
+    onnx_bytes, outputs, ver, timings = _convert_and_verify(
+        model, heads, (width, height), resize, box, metadata, frames, cfg
+    )
+    manifest = build_manifest(
+        cfg, heads, input_spec, outputs, pre, {**source, "step": step, "arch": arch}, quality or {}, ver, timings
+    )
+    return _publish(out, version, onnx_bytes, manifest, cfg, signer, ver, timings, t0)
+
+
+def _input_spec(width: int, height: int) -> dict[str, Any]:
+    """The graph's one input, as the manifest and the ONNX metadata describe it."""
+    return {
+        "name": INPUT_NAME,
+        "dtype": "uint8",
+        "shape": ["N", height, width, 3],
+        "layout": "NHWC",
+        "color": "RGB",
+        "height": height,
+        "width": width,
+    }
+
+
+def _convert_and_verify(
+    model: nn.Module,
+    heads: list[str],
+    size: tuple[int, int],
+    resize: str,
+    box: Sequence[int],
+    metadata: dict[str, Any],
+    frames: list[np.ndarray] | None,
+    cfg: ExportConfig,
+):
+    """(ONNX bytes, output specs, parity verdict, timings): the graph and its parity check against
+    the torch model. A rejection is logged (export_rejected) and raised."""
+    width, height = size
+    version = metadata["version"]
     t1 = time.perf_counter()
     try:
         onnx_bytes = to_onnx(model, heads, width, height, cfg.opset, metadata)
@@ -380,11 +408,7 @@ def export_model(
     except ExportRejected as e:
         log_event(logger, "export_rejected", logging.ERROR, version=version, check=e.check, reason=e.reason)
         raise
-    timings = {"export": t2 - t1, "verify": time.perf_counter() - t2}
-    manifest = build_manifest(
-        cfg, heads, input_spec, outputs, pre, {**source, "step": step, "arch": arch}, quality or {}, ver, timings
-    )
-    return _publish(out, version, onnx_bytes, manifest, cfg, signer, ver, timings, t0)
+    return onnx_bytes, outputs, ver, {"export": t2 - t1, "verify": time.perf_counter() - t2}
 
 
 def preprocessing_spec(mcfg: Any, resize: str, box: Sequence[int], extra: dict[str, Any] | None) -> dict[str, Any]:
