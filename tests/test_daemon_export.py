@@ -38,7 +38,7 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
     code = None
     try:
         with MaskSubscriber(cfg["publish"]["endpoint"], "mask.a.student") as sub:
-            deadline = time.monotonic() + 40
+            deadline = time.monotonic() + 90  # the first export imports the ONNX exporter: slow on a busy host
             while not (exports / LATEST).is_file():
                 assert proc.poll() is None, f"daemon exited {proc.returncode}:\n{log.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, f"no bundle exported\n{log.read_text()[-3000:]}"
