@@ -256,65 +256,77 @@ class DaemonFeed:
         pcams = (prev or {}).get("cameras", {})
         for name, c in st.get("cameras", {}).items():
             p = pcams.get(name)
-            reconnects = int(c.get("restarts", 0)) + int(c.get("source_stats", {}).get("reconnects", 0))
-            advancing = p is None or c.get("frames", 0) > p.get("frames", 0)
-            healthy = c.get("state") == "running" and advancing
-            hist = self._history.setdefault(name, deque())
-            stalls = self._stalls.setdefault(name, deque())
-            if not hist and not healthy and c.get("state") == "starting" and not reconnects:
-                continue  # a camera still opening its source for the first time is not a bad link yet
-            if hist and hist[-1][1] and not healthy:
-                stalls.append(now)
-            hist.append((now, healthy, reconnects))
-            while hist and now - hist[0][0] > HOUR_S:
-                hist.popleft()
-            while stalls and now - stalls[0] > HOUR_S:
-                stalls.popleft()
-            if p is None:
-                continue
-            if c.get("state") != p.get("state"):
-                if c["state"] == "running" and not c.get("restarts") and p.get("state") == "starting":
-                    self.event(name, "info", f"camera {name} running ({c.get('source')})")
-                elif c["state"] == "running":
-                    self.event(name, "info", f"camera {name} running again (restarts {c.get('restarts', 0)})")
-                else:
-                    why = f": {c['last_error']}" if c.get("last_error") else ""
-                    level = "error" if c["state"] == "failed" else "warning"
-                    self.event(name, level, f"camera {name} {p.get('state')} -> {c['state']}{why}")
-            elif c.get("restarts", 0) > p.get("restarts", 0):
-                self.event(name, "warning", f"camera {name} restarted ({c.get('last_error') or c.get('last_exit')})")
-            l0, l1 = p.get("source_link") or {}, c.get("source_link") or {}
-            if l1.get("state") and l1.get("state") != l0.get("state"):
-                if l1["state"] == "running" and l0.get("state"):
-                    self.event(name, "info", f"camera {name} source back (after: {l1.get('error') or '?'})")
-                elif l1["state"] != "running":
-                    self.event(
-                        name,
-                        "error" if l1["state"] == "failed" else "warning",
-                        f"camera {name} source {l1['state']}: {l1.get('error') or '?'}",
-                    )
-            r0 = int(p.get("source_stats", {}).get("reconnects", 0))
-            r1 = int(c.get("source_stats", {}).get("reconnects", 0))
-            if r1 > r0 and l1.get("state") == l0.get("state"):  # a drop between two polls
-                self.event(name, "warning", f"camera {name} source reconnected ({r1 - r0}x)")
+            if self._sample_health(name, c, p, now) and p is not None:
+                self._camera_events(name, p, c)
         lp, lc = (prev or {}).get("learner"), st.get("learner")
         if lp and lc:
-            if lc.get("state") != lp.get("state"):
-                why = f": {lc['last_error']}" if lc.get("last_error") and lc["state"] != "running" else ""
-                self.event(
-                    "learner",
-                    "info" if lc["state"] == "running" else "warning",
-                    f"learner {lp.get('state')} -> {lc['state']}{why}",
-                )
-            if (lc.get("bootstrap_round") or 0) > (lp.get("bootstrap_round") or 0):
-                last = lc.get("bootstrap_last") or {}
-                agree = f", label agreement {last['agreement']:.3f}" if isinstance(last.get("agreement"), float) else ""
-                self.event("learner", "info", f"bootstrap round {lc['bootstrap_round']}{agree}")
-            if lc.get("checkpoint_step") is not None and lc.get("checkpoint_step") != lp.get("checkpoint_step"):
-                self.event("learner", "info", f"checkpoint at step {lc['checkpoint_step']}")
+            self._learner_events(lp, lc)
         self._track_records(st)
         # the learner's gate says what it shipped, with why; manifests speak for other exports
         self._track_exports(gate_speaks="decisions" in ((lc or {}).get("export") or {}))
+
+    def _sample_health(self, name: str, c: dict[str, Any], p: dict[str, Any] | None, now: float) -> bool:
+        """Add this poll to the camera's last hour of health (and stalls); False, and nothing added,
+        while it is still opening its source for the first time."""
+        reconnects = int(c.get("restarts", 0)) + int(c.get("source_stats", {}).get("reconnects", 0))
+        advancing = p is None or c.get("frames", 0) > p.get("frames", 0)
+        healthy = c.get("state") == "running" and advancing
+        hist = self._history.setdefault(name, deque())
+        stalls = self._stalls.setdefault(name, deque())
+        if not hist and not healthy and c.get("state") == "starting" and not reconnects:
+            return False  # a camera still opening its source for the first time is not a bad link yet
+        if hist and hist[-1][1] and not healthy:
+            stalls.append(now)
+        hist.append((now, healthy, reconnects))
+        while hist and now - hist[0][0] > HOUR_S:
+            hist.popleft()
+        while stalls and now - stalls[0] > HOUR_S:
+            stalls.popleft()
+        return True
+
+    def _camera_events(self, name: str, p: dict[str, Any], c: dict[str, Any]) -> None:
+        """Events from a camera's change between two polls: its state, restarts, its source link."""
+        if c.get("state") != p.get("state"):
+            if c["state"] == "running" and not c.get("restarts") and p.get("state") == "starting":
+                self.event(name, "info", f"camera {name} running ({c.get('source')})")
+            elif c["state"] == "running":
+                self.event(name, "info", f"camera {name} running again (restarts {c.get('restarts', 0)})")
+            else:
+                why = f": {c['last_error']}" if c.get("last_error") else ""
+                level = "error" if c["state"] == "failed" else "warning"
+                self.event(name, level, f"camera {name} {p.get('state')} -> {c['state']}{why}")
+        elif c.get("restarts", 0) > p.get("restarts", 0):
+            self.event(name, "warning", f"camera {name} restarted ({c.get('last_error') or c.get('last_exit')})")
+        l0, l1 = p.get("source_link") or {}, c.get("source_link") or {}
+        if l1.get("state") and l1.get("state") != l0.get("state"):
+            if l1["state"] == "running" and l0.get("state"):
+                self.event(name, "info", f"camera {name} source back (after: {l1.get('error') or '?'})")
+            elif l1["state"] != "running":
+                self.event(
+                    name,
+                    "error" if l1["state"] == "failed" else "warning",
+                    f"camera {name} source {l1['state']}: {l1.get('error') or '?'}",
+                )
+        r0 = int(p.get("source_stats", {}).get("reconnects", 0))
+        r1 = int(c.get("source_stats", {}).get("reconnects", 0))
+        if r1 > r0 and l1.get("state") == l0.get("state"):  # a drop between two polls
+            self.event(name, "warning", f"camera {name} source reconnected ({r1 - r0}x)")
+
+    def _learner_events(self, lp: dict[str, Any], lc: dict[str, Any]) -> None:
+        """Events from the learner's change between two polls: state, bootstrap rounds, checkpoints."""
+        if lc.get("state") != lp.get("state"):
+            why = f": {lc['last_error']}" if lc.get("last_error") and lc["state"] != "running" else ""
+            self.event(
+                "learner",
+                "info" if lc["state"] == "running" else "warning",
+                f"learner {lp.get('state')} -> {lc['state']}{why}",
+            )
+        if (lc.get("bootstrap_round") or 0) > (lp.get("bootstrap_round") or 0):
+            last = lc.get("bootstrap_last") or {}
+            agree = f", label agreement {last['agreement']:.3f}" if isinstance(last.get("agreement"), float) else ""
+            self.event("learner", "info", f"bootstrap round {lc['bootstrap_round']}{agree}")
+        if lc.get("checkpoint_step") is not None and lc.get("checkpoint_step") != lp.get("checkpoint_step"):
+            self.event("learner", "info", f"checkpoint at step {lc['checkpoint_step']}")
 
     def _track_exports(self, gate_speaks: bool = False) -> None:
         ex = self.exports()
