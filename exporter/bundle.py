@@ -307,44 +307,12 @@ def publish_bundle(
     final = d / version
     if final.exists():
         raise UserError(f"{final}: already exists; bundle versions are never overwritten")
-    manifest = dict(manifest)
-    manifest["files"] = {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in files.items()}
-    manifest["sha256"] = manifest["files"][MODEL_FILE]["sha256"]
-    manifest.update(format=FORMAT, format_version=FORMAT_VERSION, version=version)
-    sequence = next_sequence(sequences(d))
-    manifest["sequence"] = sequence
-    if signer is not None:
-        manifest.update(signed_fields(signer, sequence, expiry_days))
+    manifest = _complete_manifest(d, version, files, manifest, signer, expiry_days)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
     signature = signer.sign(body) if signer is not None else None
-    need = sum(len(b) for b in files.values()) + len(body) + (1 << 20)
-    try:
-        free = shutil.disk_usage(d).free
-    except OSError:
-        free = need
-    if free < need:
-        raise UserError(
-            f"{d}: no space left on the device for bundle {version} (needs {need / 2**20:.1f} MB, "
-            f"{free / 2**20:.1f} MB free); LATEST still names {read_pointer(d) or 'no bundle'}"
-        )
-    tmp = d / f"{TMP_PREFIX}{version}-{os.getpid()}"
+    _check_space(d, version, sum(len(b) for b in files.values()) + len(body) + (1 << 20))
     previous = read_pointer(d)
-    try:
-        tmp.mkdir()
-        for name, data in files.items():
-            _write_file(tmp / name, data)
-        _write_file(tmp / MANIFEST_FILE, body)
-        if signature is not None:
-            _write_file(tmp / SIG_FILE, signature)
-        fsync_dir(tmp)
-        os.rename(tmp, final)
-        fsync_dir(d)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(
-            f"{_disk_message(d, e)} while writing bundle {version}; nothing was published, "
-            f"LATEST still names {previous or 'no bundle'}"
-        ) from None
+    _write_bundle(d, version, files, body, signature, previous)
     try:
         if previous and previous != version:
             write_pointer(d, previous, PREVIOUS)
@@ -356,6 +324,59 @@ def publish_bundle(
         ) from None
     prune(d, keep)
     return final
+
+
+def _complete_manifest(
+    d: Path, version: str, files: dict[str, bytes], manifest: dict[str, Any], signer: Any, expiry_days: float
+) -> dict[str, Any]:
+    """A copy of `manifest` with the files' sha256 and sizes, the format, the version, the next
+    sequence number and, with a signer, key_id and expiry."""
+    manifest = dict(manifest)
+    manifest["files"] = {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in files.items()}
+    manifest["sha256"] = manifest["files"][MODEL_FILE]["sha256"]
+    manifest.update(format=FORMAT, format_version=FORMAT_VERSION, version=version)
+    sequence = next_sequence(sequences(d))
+    manifest["sequence"] = sequence
+    if signer is not None:
+        manifest.update(signed_fields(signer, sequence, expiry_days))
+    return manifest
+
+
+def _check_space(d: Path, version: str, need: int) -> None:
+    """A UserError, before anything is written, when the folder's disk has less than `need` bytes free."""
+    try:
+        free = shutil.disk_usage(d).free
+    except OSError:
+        free = need
+    if free < need:
+        raise UserError(
+            f"{d}: no space left on the device for bundle {version} (needs {need / 2**20:.1f} MB, "
+            f"{free / 2**20:.1f} MB free); LATEST still names {read_pointer(d) or 'no bundle'}"
+        )
+
+
+def _write_bundle(
+    d: Path, version: str, files: dict[str, bytes], body: bytes, signature: bytes | None, previous: str | None
+) -> None:
+    """Write the bundle in a temp folder and rename it to d/version; on an error remove it and
+    raise a UserError that says nothing was published."""
+    tmp = d / f"{TMP_PREFIX}{version}-{os.getpid()}"
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            _write_file(tmp / name, data)
+        _write_file(tmp / MANIFEST_FILE, body)
+        if signature is not None:
+            _write_file(tmp / SIG_FILE, signature)
+        fsync_dir(tmp)
+        os.rename(tmp, d / version)
+        fsync_dir(d)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"{_disk_message(d, e)} while writing bundle {version}; nothing was published, "
+            f"LATEST still names {previous or 'no bundle'}"
+        ) from None
 
 
 def install_bundle(dest: str | Path, staged: Path, keep: int = 2) -> tuple[Path, str | None]:
