@@ -40,7 +40,7 @@ def resolve_device(requested: str = "auto", strict: bool = False) -> torch.devic
 
 def cpu_has_native_bf16() -> bool:
     """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there autocast to bf16 makes a
-    training step about 1.8x faster (bench/learner.py). Without those instructions oneDNN
+    training step about 1.8x faster (python -m bench.learner_speed). Without those instructions oneDNN
     emulates bf16, which is slower than float32."""
     try:
         with open("/proc/cpuinfo") as f:

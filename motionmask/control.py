@@ -32,7 +32,7 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 MAX_REQUEST_BYTES = 64 << 10  # a request is a few bytes of JSON; a peer sending more is cut off
 _MAX_REPLY_TO_JUNK = 200  # characters of an unreadable request echoed back in the error
 # Bad requests are logged one line this often at most, with the count of the ones in between:
-# whoever can reach the port must not be able to flood the journal (bench/soak.py's junk fault).
+# whoever can reach the port must not be able to flood the journal (the soak's junk fault, bench/soak/junk.py).
 BAD_LOG_EVERY_S = 10.0
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]

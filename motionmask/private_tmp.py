@@ -3,7 +3,7 @@
 
 A daemon killed with SIGKILL (the kernel's OOM killer, a watchdog, a person) cannot remove it.
 Under systemd PrivateTmp= does; elsewhere a daemon restarted after each such death would leave
-one folder a time in /tmp for as long as the rig runs (bench/soak.py found them). So a daemon
+one folder a time in /tmp for as long as the rig runs (the soak, bench/soak/, found them). So a daemon
 starting removes the folders of daemons that are gone: the pid in the name is not running and
 nothing answers on the socket inside (a daemon in another pid namespace sharing /tmp still
 answers). Only folders that hold nothing but that socket are touched.
