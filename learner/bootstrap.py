@@ -19,15 +19,9 @@ and a confident student cannot overrule a saturated background or vice versa. Th
 treats both as probabilities: where they disagree strongly the result lands in the trimap's
 don't-care band (0.3-0.6 by default) and nobody trains on it; where they agree it stays a label.
 
-Measured (bench/quality.py --learner: ten synthetic clips, 6 minutes on 2 CPU cores, 3 rounds
-over the second half): with linear w = 0.3 the labels' IoU against ground truth went from 0.722
-(motion) to 0.799, 0.798, 0.803 with their accuracy unchanged (98.1%, 98.0%) and 7% more pixels
-labelled. On the same labels the geometric rule at w = 0.3 labelled more pixels less accurately
-(97.6%), and w = 0.5 or 0.7 lost accuracy under both rules (97.4-96.5%). Hence linear, w = 0.3,
-no ramp. At that budget the student scored the same on unseen clips with or without rounds (IoU
-0.357 vs 0.356), far below its teacher (0.714): better labels did not make a better student
-there. Raise weight_step/weight_max where the student has been seen to beat its teacher (a long
-GPU run); the per-round lines tell.
+The measurements behind linear, w = 0.3, no ramp: docs/learner-trials.md, "Bootstrapping: the
+fusion rule". Raise weight_step/weight_max where the student has been seen to beat its teacher (a
+long GPU run); the per-round lines tell.
 
 Why the trimap is refined in place, the motion probability kept: every draw from the buffer then
 sees the refined label with no lookup (training is unchanged), the ring's seqlock and the

@@ -40,8 +40,8 @@ def resolve_device(requested: str = "auto", strict: bool = False) -> torch.devic
 
 def cpu_has_native_bf16() -> bool:
     """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there autocast to bf16 makes a
-    training step about 1.8x faster (python -m bench.learner_speed). Without those instructions oneDNN
-    emulates bf16, which is slower than float32."""
+    training step faster (docs/benchmarks.md). Without those instructions oneDNN emulates bf16,
+    which is slower than float32."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -70,8 +70,7 @@ def available_cores() -> int:
 def cpu_threads(requested: int = 0) -> int:
     """torch's CPU threads: `requested`, or all usable cores but one. On a small machine that one
     is worth more to the streamer than to torch: an intra-op pool that must wait for a busy core
-    runs several times slower than one thread fewer (measured: 2 threads next to a busy core,
-    18 crops/s; 1 thread, 67)."""
+    runs several times slower than one thread fewer (docs/benchmarks.md)."""
     return requested or max(1, available_cores() - 1)
 
 
@@ -79,7 +78,7 @@ class ThreadTrial:
     """Offline on the CPU, torch runs one thread fewer than the cores while the streamer process
     streams the inputs. Once it is done, try all cores for a few steps and keep them only if steps
     got faster: on a machine busy with other work, an intra-op pool that waits for a busy core is
-    several times slower than one thread fewer (measured here: 353 ms a step became 4177).
+    several times slower than one thread fewer (docs/benchmarks.md).
     A trial that lost is tried again RETRY_STEPS later: the other work may have been brief."""
 
     STEPS = 5  # steps timed with all cores

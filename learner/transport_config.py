@@ -32,7 +32,7 @@ class TransportConfig:
     # behind by more, received samples are dropped (counted) rather than inserted. 0 = no limit.
     samples_per_insert: float = 16.0
     tolerance: float = 2048.0  # samples (drawn) of slack either way; >= one training batch
-    decoders: int = 2  # learner: threads decoding received samples (JPEG/PNG decoding takes ~1 ms of CPU per sample)
+    decoders: int = 2  # learner: threads decoding received samples (JPEG/PNG: about a ms of CPU each)
     max_message_kb: int = 4096  # larger messages are refused by ZeroMQ before they are read
     max_rigs: int = 256  # rigs tracked in status; more distinct names are counted as foreign
 
