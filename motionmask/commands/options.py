@@ -36,11 +36,11 @@ def plural(n: int, word: str) -> str:
 
 @contextlib.contextmanager
 def info_logs(enabled: bool) -> Iterator[None]:
-    """--quiet: the streamer's and motionmask's info lines are held back while the run lasts."""
+    """--quiet: the project's info lines are held back while the run lasts."""
     if enabled:
         yield
         return
-    loggers = [logging.getLogger(n) for n in ("streamer", "motionmask")]
+    loggers = [logging.getLogger(n) for n in ("common", "streamer", "synth", "learner", "exporter", "motionmask")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
