@@ -73,31 +73,7 @@ def format_status(st: dict) -> str:
             f"({100 * pairs.get('fill_fraction', 0):.0f}%), puts {pairs.get('puts', 0)}, "
             f"drops {pairs.get('drops_total', 0)}, drawn {pairs.get('pairs_drawn', 0)}"
         )
-    by_cam = buf.get("by_camera", {})
-    head = ("CAMERA", "STATE", "FPS", "FRAMES", "SHOTS", "KEPT", "PRUNED", "DROPS", "BUFFER", "RESTARTS", "LAST ERROR")
-    rows = []
-    for name, c in st.get("cameras", {}).items():
-        state = c["state"]
-        if state == "restarting" and c.get("restart_in_s") is not None:
-            state += f" ({c['restart_in_s']:g}s)"
-        rows.append(
-            (
-                name,
-                state,
-                f"{c.get('fps', 0):.1f}",
-                str(c.get("frames", 0)),
-                str(c.get("shots", 0)),
-                str(c.get("kept", 0)),
-                str(c.get("pruned", 0)),
-                str(c.get("drops", 0)),
-                str(by_cam.get(name, 0)),
-                str(c.get("restarts", 0)),
-                c.get("last_error") or "-",
-            )
-        )
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
-    for r in [head, *rows] if rows else []:  # `motionmask learn` has no cameras
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    lines += _camera_table(st.get("cameras", {}), buf.get("by_camera", {}))
     if st.get("learner"):
         lines.append(format_learner(st["learner"]))
     if st.get("remote"):  # a rig's sender or a learner's receiver (motionmask/remote_roles.py)
@@ -110,6 +86,33 @@ def format_status(st: dict) -> str:
     for w in st.get("warnings") or []:
         lines.append(f"warning: {w.get('key')}: {w.get('text')}")
     return "\n".join(lines)
+
+
+def _camera_table(cameras: dict, by_cam: dict) -> list[str]:
+    """One row per camera under a header; no lines at all without cameras (`motionmask learn`)."""
+    head = ("CAMERA", "STATE", "FPS", "FRAMES", "SHOTS", "KEPT", "PRUNED", "DROPS", "BUFFER", "RESTARTS", "LAST ERROR")
+    rows = [_camera_row(name, c, by_cam.get(name, 0)) for name, c in cameras.items()]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in ([head, *rows] if rows else [])]
+
+
+def _camera_row(name: str, c: dict, buffered: int) -> tuple[str, ...]:
+    state = c["state"]
+    if state == "restarting" and c.get("restart_in_s") is not None:
+        state += f" ({c['restart_in_s']:g}s)"
+    return (
+        name,
+        state,
+        f"{c.get('fps', 0):.1f}",
+        str(c.get("frames", 0)),
+        str(c.get("shots", 0)),
+        str(c.get("kept", 0)),
+        str(c.get("pruned", 0)),
+        str(c.get("drops", 0)),
+        str(buffered),
+        str(c.get("restarts", 0)),
+        c.get("last_error") or "-",
+    )
 
 
 def format_exports(gate: dict | None, served: dict | None) -> str:
