@@ -70,6 +70,45 @@ def _load_cert(path: str | Path, what: str, need_secret: bool) -> tuple[bytes, b
     return public, secret
 
 
+# The monitor events _NOTES speaks of.
+_MONITORED = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def _set_options(s: zmq.Socket, latest: bool, rcvhwm: int, max_msg_bytes: int) -> None:
+    """Queue, size limit, reconnect and heartbeat settings; all before connect."""
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 1 if latest else rcvhwm)
+    s.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)  # a rogue peer cannot make us buffer gigabytes
+    s.setsockopt(zmq.RECONNECT_IVL, 200)
+    s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    # A publisher that vanishes without closing (power cut, cable) is noticed within 10 s,
+    # and the socket reconnects when it is back.
+    s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+    if latest:
+        s.setsockopt(zmq.CONFLATE, 1)  # must precede connect
+
+
+def _set_curve(s: zmq.Socket, curve_server_key: str | Path | None, curve_secret_file: str | Path | None) -> None:
+    """CURVE encryption when the publisher's public key is given: with this client's key, or an ephemeral one."""
+    if curve_server_key:
+        server_public, _ = _load_cert(curve_server_key, "curve server key", need_secret=False)
+        if curve_secret_file:
+            public, secret = _load_cert(curve_secret_file, "curve secret file", need_secret=True)
+        else:
+            public, secret = zmq.curve_keypair()
+        s.curve_serverkey, s.curve_publickey, s.curve_secretkey = server_public, public, secret
+    elif curve_secret_file:
+        raise UserError("a curve secret file needs the publisher's public key too (curve server key)")
+
+
 class MaskSubscriber:
     """A SUB socket that yields decoded masks.
 
@@ -105,35 +144,10 @@ class MaskSubscriber:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         s = self._sock
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVHWM, 1 if latest else rcvhwm)
-        s.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)  # a rogue peer cannot make us buffer gigabytes
-        s.setsockopt(zmq.RECONNECT_IVL, 200)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        # A publisher that vanishes without closing (power cut, cable) is noticed within 10 s,
-        # and the socket reconnects when it is back.
-        s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-        if latest:
-            s.setsockopt(zmq.CONFLATE, 1)  # must precede connect
+        _set_options(s, latest, rcvhwm, max_msg_bytes)
         try:
-            if curve_server_key:
-                server_public, _ = _load_cert(curve_server_key, "curve server key", need_secret=False)
-                if curve_secret_file:
-                    public, secret = _load_cert(curve_secret_file, "curve secret file", need_secret=True)
-                else:
-                    public, secret = zmq.curve_keypair()
-                s.curve_serverkey, s.curve_publickey, s.curve_secretkey = server_public, public, secret
-            elif curve_secret_file:
-                raise UserError("a curve secret file needs the publisher's public key too (curve server key)")
-            self._monitor = s.get_monitor_socket(
-                zmq.EVENT_CONNECTED
-                | zmq.EVENT_CONNECT_RETRIED
-                | zmq.EVENT_DISCONNECTED
-                | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-            )
+            _set_curve(s, curve_server_key, curve_secret_file)
+            self._monitor = s.get_monitor_socket(_MONITORED)
             for t in topics:
                 s.setsockopt(zmq.SUBSCRIBE, t.encode())
             s.connect(endpoint)
