@@ -80,32 +80,16 @@ def evaluate_checkpoints(
     from tqdm import tqdm
 
     for clip in tqdm(clips, desc="evaluate", unit="clip", disable=not progress, file=sys.stderr):
-        seg = MotionSegmenter(cfg) if teacher else None
-        images, motion = [], []
-        with open_source(str(clips_dir / clip["file"]), cfg.source) as source:
-            for frame in source:
-                images.append(frame.image)
-                if seg is not None:
-                    motion += [r.prob for r in seg.push(frame)]
-        if seg is not None:
-            motion += [r.prob for r in seg.flush()]
+        images, motion = _decode_clip(clips_dir / clip["file"], cfg, teacher)
         clip_iou = {m: [] for m in methods}
         for i in range(0, len(images), every):
-            frame_iou = {}
             gt = load_gt(clips_dir / clip["name"], i) > 127
             preds = {name: p(images[i]) >= threshold for name, p in students.items()}
             if teacher:
                 preds["teacher"] = motion[i] >= cfg.prune.fg_threshold
-            for m in methods:
-                if gt.any():
-                    iou, p, r = score(preds[m], gt)
-                    rows[m]["iou"].append(iou)
-                    rows[m]["precision"].append(p)
-                    rows[m]["recall"].append(r)
-                    clip_iou[m].append(iou)
-                    frame_iou[m] = iou
-                else:
-                    rows[m]["empty_fp"].append(float(preds[m].mean()))
+            frame_iou = _score_frame(preds, gt, methods, rows)
+            for m, iou in frame_iou.items():
+                clip_iou[m].append(iou)
             if frame_iou:
                 per_frame.append({"clip": clip["name"], "frame": i, **frame_iou})
         per_clip.append({"clip": clip["name"], **{m: _mean(clip_iou[m]) for m in methods}})
@@ -117,6 +101,36 @@ def evaluate_checkpoints(
         "steps": {n: p.step for n, p in students.items()},
         "clips": len(clips),
     }
+
+
+def _decode_clip(path: Path, cfg: StreamerConfig, teacher: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every frame of a clip, and with teacher its motion masks (the streamer over the whole clip)."""
+    seg = MotionSegmenter(cfg) if teacher else None
+    images, motion = [], []
+    with open_source(str(path), cfg.source) as source:
+        for frame in source:
+            images.append(frame.image)
+            if seg is not None:
+                motion += [r.prob for r in seg.push(frame)]
+    if seg is not None:
+        motion += [r.prob for r in seg.flush()]
+    return images, motion
+
+
+def _score_frame(preds: dict[str, np.ndarray], gt: np.ndarray, methods: list[str], rows: dict) -> dict[str, float]:
+    """Add each method's scores on one frame to rows; returns their IoUs ({} when the ground
+    truth holds no moving object: then the wrongly-foreground fraction is what counts)."""
+    frame_iou = {}
+    for m in methods:
+        if gt.any():
+            iou, p, r = score(preds[m], gt)
+            rows[m]["iou"].append(iou)
+            rows[m]["precision"].append(p)
+            rows[m]["recall"].append(r)
+            frame_iou[m] = iou
+        else:
+            rows[m]["empty_fp"].append(float(preds[m].mean()))
+    return frame_iou
 
 
 def evaluate_student(
