@@ -19,6 +19,7 @@ other work on a shared machine the way wall-clock fps does.
 
 Prints a markdown table; writes bench/out/camera_fused.json (--out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,22 +76,28 @@ def daemon_config(path: Path, clip: Path, exports: Path | None, every: int, fuse
         "learner": {"enabled": False},
         "buffer": {"memory_mb": 64},
         "web": {"enabled": False},
-        "export": ({"enabled": True, "dir": str(exports), "serve": False, "student_every": every, "fused": fused}
-                   if exports is not None else {"enabled": False}),
+        "export": (
+            {"enabled": True, "dir": str(exports), "serve": False, "student_every": every, "fused": fused}
+            if exports is not None
+            else {"enabled": False}
+        ),
     }
     path.write_text(yaml.safe_dump(cfg))
     return control
 
 
-def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, warm_s: float,
-          seconds: float) -> dict:
+def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, warm_s: float, seconds: float) -> dict:
     """One daemon run: the camera's fps and CPU ms per frame over `seconds`, after `warm_s`."""
     conf = tmp / "d.yaml"
     control = daemon_config(conf, clip, exports, every, fused)
     log_path = tmp / f"daemon-{every}-{int(fused)}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(conf)],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -117,18 +124,28 @@ def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, 
         raise SystemExit(f"the student failed in the camera; see {log_path}")
     fps = (f1 - f0) / (t1 - t0)
     runs = fps / every if exports is not None and every else 0.0
-    return {"bundle": exports is not None, "student_every": every if exports is not None else None,
-            "fused": fused and exports is not None, "camera_fps": round(fps, 2), "student_runs_per_s": round(runs, 2),
-            "camera_cpu_ms_per_frame": round((c1 - c0) * 1e3 / max(1, f1 - f0), 2),
-            "daemon_cpu_ms_per_frame": round((p1 - p0) * 1e3 / max(1, f1 - f0), 2), "forward_drops": d1 - d0}
+    return {
+        "bundle": exports is not None,
+        "student_every": every if exports is not None else None,
+        "fused": fused and exports is not None,
+        "camera_fps": round(fps, 2),
+        "student_runs_per_s": round(runs, 2),
+        "camera_cpu_ms_per_frame": round((c1 - c0) * 1e3 / max(1, f1 - f0), 2),
+        "daemon_cpu_ms_per_frame": round((p1 - p0) * 1e3 / max(1, f1 - f0), 2),
+        "forward_drops": d1 - d0,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", type=Path, default=CLIP, help="video the camera loops (default the bundled sample)")
     ap.add_argument("--every", default="1,5,10", help="student_every values measured, with fused on (default 1,5,10)")
-    ap.add_argument("--student-only", type=int, default=5,
-                    help="also measure this student_every with fused off (the fused mask's own cost); 0 = skip")
+    ap.add_argument(
+        "--student-only",
+        type=int,
+        default=5,
+        help="also measure this student_every with fused off (the fused mask's own cost); 0 = skip",
+    )
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase (default 20)")
     ap.add_argument("--warm", type=float, default=5.0, help="seconds after start-up before measuring (default 5)")
     ap.add_argument("--rounds", type=int, default=2, help="every phase once per round (default 2)")
@@ -146,10 +163,19 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     rows = [row for rnd in range(args.rounds) for row in one_round(rnd, plan, tmp, args)]
     load1 = os.getloadavg()[0]
-    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "revision": git_revision(), "clip": str(args.clip),
-              "bundle_version": version, "bundle_input": input_wh, "seconds_per_phase": args.seconds,
-              "rounds": args.rounds, "load_avg_start_end": [load0, load1], "phases": rows,
-              "summary": summarize(plan, rows)}
+    result = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "revision": git_revision(),
+        "clip": str(args.clip),
+        "bundle_version": version,
+        "bundle_input": input_wh,
+        "seconds_per_phase": args.seconds,
+        "rounds": args.rounds,
+        "load_avg_start_end": [load0, load1],
+        "phases": rows,
+        "summary": summarize(plan, rows),
+    }
     save_json(args.out, result)
     print_table(result, args.clip)
     return 0
@@ -165,8 +191,9 @@ def one_round(rnd: int, plan: list[tuple[bool, int, bool]], tmp: Path, args: arg
         row["vs_no_bundle"] = round(row["camera_fps"] / base["camera_fps"], 3) if base else None
         # CPU-bound, a camera's fps is 1 / its CPU time per frame: this ratio does not move with the
         # machine's other load the way the wall-clock one does
-        row["cpu_vs_no_bundle"] = (round(base["camera_cpu_ms_per_frame"] / row["camera_cpu_ms_per_frame"], 3)
-                                   if base else None)
+        row["cpu_vs_no_bundle"] = (
+            round(base["camera_cpu_ms_per_frame"] / row["camera_cpu_ms_per_frame"], 3) if base else None
+        )
         rows.append(row)
         print(f"round {rnd}: {row}", file=sys.stderr)
     return rows
@@ -182,31 +209,49 @@ def summarize(plan: list[tuple[bool, int, bool]], rows: list[dict]) -> list[dict
     """Per phase of the plan: its figures in every round, and the mean fps kept by CPU time."""
     summary = []
     for bundle, every, fused in plan:
-        mine = [r for r in rows if r["bundle"] == bundle and (r["student_every"] == every or not bundle)
-                and r["fused"] == (fused and bundle)]
-        summary.append({"phase": label(mine[0]), **{k: [r[k] for r in mine] for k in (
-            "camera_fps", "vs_no_bundle", "camera_cpu_ms_per_frame", "cpu_vs_no_bundle")},
-            "mean_cpu_vs_no_bundle": round(statistics.mean(r["cpu_vs_no_bundle"] for r in mine), 3)})
+        mine = [
+            r
+            for r in rows
+            if r["bundle"] == bundle
+            and (r["student_every"] == every or not bundle)
+            and r["fused"] == (fused and bundle)
+        ]
+        summary.append(
+            {
+                "phase": label(mine[0]),
+                **{
+                    k: [r[k] for r in mine]
+                    for k in ("camera_fps", "vs_no_bundle", "camera_cpu_ms_per_frame", "cpu_vs_no_bundle")
+                },
+                "mean_cpu_vs_no_bundle": round(statistics.mean(r["cpu_vs_no_bundle"] for r in mine), 3),
+            }
+        )
     return summary
 
 
 def print_table(result: dict, clip: Path) -> None:
     load0, load1 = result["load_avg_start_end"]
     input_wh = result["bundle_input"]
-    print(f"Camera fps with the student and the fused mask: {result['cpu']}, {result['cores']} cores, load "
-          f"{load0:.1f} at start, {load1:.1f} at end; one camera ({clip.name}, flat out, PNG masks), "
-          f"bundle {input_wh[0]}x{input_wh[1]} in (default model), {result['seconds_per_phase']:g} s per phase, "
-          f"{result['rounds']} rounds\n")
-    print("| phase | camera fps, per round | vs no bundle, same round | camera CPU ms per frame | "
-          "fps kept by CPU time (mean) |")
+    print(
+        f"Camera fps with the student and the fused mask: {result['cpu']}, {result['cores']} cores, load "
+        f"{load0:.1f} at start, {load1:.1f} at end; one camera ({clip.name}, flat out, PNG masks), "
+        f"bundle {input_wh[0]}x{input_wh[1]} in (default model), {result['seconds_per_phase']:g} s per phase, "
+        f"{result['rounds']} rounds\n"
+    )
+    print(
+        "| phase | camera fps, per round | vs no bundle, same round | camera CPU ms per frame | "
+        "fps kept by CPU time (mean) |"
+    )
     print("|---|---|---|---|---:|")
 
     def join(vs: list, fmt: str) -> str:
         return " / ".join(format(v, fmt) for v in vs)
 
     for s in result["summary"]:
-        print(f"| {s['phase']} | {join(s['camera_fps'], '.1f')} | {join(s['vs_no_bundle'], '.2f')} "
-              f"| {join(s['camera_cpu_ms_per_frame'], '.1f')} | {s['mean_cpu_vs_no_bundle']:.2f} |")
+        print(
+            f"| {s['phase']} | {join(s['camera_fps'], '.1f')} | {join(s['vs_no_bundle'], '.2f')} "
+            f"| {join(s['camera_cpu_ms_per_frame'], '.1f')} | {s['mean_cpu_vs_no_bundle']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ reports what can be measured without one, and a contact sheet for a person to ju
 Prints a markdown table and writes bench/out/camera_student.json (--out) and the sheet
 bench/out/camera_student.png: eight held-back frames, the teacher's masks and the student's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,11 @@ def extract(clip: Path, work: Path, max_frames: int, cfg) -> tuple[Path, Path, i
     n = 0
     with open_source(str(clip), cfg.source) as source:
         for frame in source:
-            cv2.imwrite(str(all_dir / f"{n:06d}.jpg"), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(
+                str(all_dir / f"{n:06d}.jpg"),
+                cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 95],
+            )
             n += 1
             if n >= max_frames:
                 break
@@ -72,8 +76,19 @@ def extract(clip: Path, work: Path, max_frames: int, cfg) -> tuple[Path, Path, i
 def train(train_dir: Path, run: Path, minutes: float, config: str | None) -> str:
     """`motionmask train` from scratch, as a user runs it; returns its summary line."""
     shutil.rmtree(run, ignore_errors=True)  # the same --out again would resume the earlier run
-    cmd = [sys.executable, "-m", "motionmask.cli", "train", str(train_dir), "--out", str(run),
-           "--minutes", f"{minutes:g}", "--steps", "0"] + (["--config", config] if config else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "motionmask.cli",
+        "train",
+        str(train_dir),
+        "--out",
+        str(run),
+        "--minutes",
+        f"{minutes:g}",
+        "--steps",
+        "0",
+    ] + (["--config", config] if config else [])
     print("$ " + " ".join(cmd[2:]), file=sys.stderr)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, cwd=ROOT)
     tail = b""
@@ -98,8 +113,19 @@ def evaluate(all_dir: Path, split: int, n: int, checkpoint: Path, cfg) -> tuple[
     scfg = cfg.streamer
     student = Predictor(checkpoint, "auto")
     pos, neg, fg = scfg.trimap.positive_above, scfg.trimap.negative_below, scfg.prune.fg_threshold
-    rows: dict[str, list[float]] = {k: [] for k in ("agreement", "agreement_kept", "covered", "student_only",
-                                                    "teacher_fg", "student_fg", "teacher_stable", "student_stable")}
+    rows: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "agreement",
+            "agreement_kept",
+            "covered",
+            "student_only",
+            "teacher_fg",
+            "student_fg",
+            "teacher_stable",
+            "student_stable",
+        )
+    }
     picks = set(np.linspace(split, n - 1, SHEET_FRAMES).round().astype(int).tolist())
     sheet, prev_t, prev_s = [], None, None
     seg = MotionSegmenter(scfg)
@@ -148,9 +174,17 @@ def evaluate(all_dir: Path, split: int, n: int, checkpoint: Path, cfg) -> tuple[
 
 def write_sheet(path: Path, sheet: list[tuple], width: int = 240) -> None:
     """Three rows: the held-back frames, the teacher's masks, the student's."""
-    cols = [np.concatenate([tile(rgb, width, f"#{i}"), tile(overlay(rgb, prob), width, "teacher (motion)"),
-                            tile(overlay(rgb, sp), width, "student (one frame)")], axis=0)
-            for i, rgb, prob, sp in sorted(sheet, key=lambda s: s[0])]
+    cols = [
+        np.concatenate(
+            [
+                tile(rgb, width, f"#{i}"),
+                tile(overlay(rgb, prob), width, "teacher (motion)"),
+                tile(overlay(rgb, sp), width, "student (one frame)"),
+            ],
+            axis=0,
+        )
+        for i, rgb, prob, sp in sorted(sheet, key=lambda s: s[0])
+    ]
     cols = [np.pad(c, ((0, 0), (0, 4), (0, 0))) for c in cols]
     write_png(path, np.concatenate(cols, axis=1))
 
@@ -161,8 +195,12 @@ def _f(v: float | None) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("clip", nargs="?", default=str(ROOT.parent / "shared" / "data" / "vtest.avi"),
-                    help="a real video (default: ../shared/data/vtest.avi, a fixed camera over walkers)")
+    ap.add_argument(
+        "clip",
+        nargs="?",
+        default=str(ROOT.parent / "shared" / "data" / "vtest.avi"),
+        help="a real video (default: ../shared/data/vtest.avi, a fixed camera over walkers)",
+    )
     ap.add_argument("--minutes", type=float, default=12.0, help="training minutes (default 12, the issue's budget)")
     ap.add_argument("--config", default=None, help="YAML config for `motionmask train` and the teacher")
     ap.add_argument("--frames", type=int, default=100000, help="at most this many frames of the clip")
@@ -184,18 +222,30 @@ def main() -> int:
         return 2
     png = out.with_suffix(".png")
     write_sheet(png, sheet)
-    doc = {"clip": str(clip), "frames": n, "train_frames": split, "held_back": n - split,
-           "minutes": args.minutes, "config": args.config, "train_summary": summary, **res,
-           "contact_sheet": str(png), "cpu": cpu_model(), "cores": os.cpu_count(), "revision": git_revision(),
-           "wall_s": round(time.monotonic() - t0, 1)}
+    doc = {
+        "clip": str(clip),
+        "frames": n,
+        "train_frames": split,
+        "held_back": n - split,
+        "minutes": args.minutes,
+        "config": args.config,
+        "train_summary": summary,
+        **res,
+        "contact_sheet": str(png),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "revision": git_revision(),
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
     save_json(out, doc, indent=1)
     print(f"\n{clip.name}: trained on frames 0-{split - 1} for {args.minutes:g} min: {summary}")
     print(f"held back: frames {split}-{n - 1}\n")
     print("| held-back frames | teacher (motion) | student (one frame) |")
     print("|---|---:|---:|")
     print(f"| mean foreground fraction | {_f(res['teacher_fg'])} | {_f(res['student_fg'])} |")
-    print(f"| stability: IoU with the previous frame's mask | {_f(res['teacher_stable'])} "
-          f"| {_f(res['student_stable'])} |")
+    print(
+        f"| stability: IoU with the previous frame's mask | {_f(res['teacher_stable'])} | {_f(res['student_stable'])} |"
+    )
     print(f"| agreement IoU, all / frames the teacher keeps | {_f(res['agreement'])} / {_f(res['agreement_kept'])} | |")
     print(f"| teacher's sure positives the student marks | | {_f(res['covered'])} |")
     print(f"| student foreground the teacher calls background | | {_f(res['student_only'])} |")

@@ -6,6 +6,7 @@ a free loopback port, one-thread re-execution, and contact-sheet tiles.
 Benchmarks run as modules from the repository root (`python -m bench.quality`), so `bench`,
 `common`, `streamer`, `learner`, ... all import as packages and nothing edits sys.path.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ from common.atomic import write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 
 
 # ---- where it ran ----------------------------------------------------------------------------
@@ -45,10 +51,15 @@ def cpu_model() -> str:
 def git_revision() -> str:
     """The checkout's short commit, "+ uncommitted changes" when tracked files differ from it."""
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -90,8 +101,11 @@ def reexec_single_threaded(module: str) -> None:
     imported, so an honest single-core benchmark sets the environment and starts again. The same
     working directory and environment, so `bench` imports as it did."""
     if any(os.environ.get(v) != "1" for v in THREAD_VARS):
-        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]],
-                  {**os.environ, **{v: "1" for v in THREAD_VARS}})
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", module, *sys.argv[1:]],
+            {**os.environ, **{v: "1" for v in THREAD_VARS}},
+        )
 
 
 # ---- contact sheets --------------------------------------------------------------------------

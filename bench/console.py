@@ -14,6 +14,7 @@ bench/out/console.json.
     python -m bench.console                       # ~2 min
     python -m bench.console --seconds 10 --consoles 0,1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,7 @@ class Console(threading.Thread):
                         continue
                     now = time.time_ns()
                     n = int.from_bytes(unit[:4], "big")
-                    head = json.loads(unit[4:4 + n])
+                    head = json.loads(unit[4 : 4 + n])
                     if head.get("mask"):
                         self.latencies_ms.append((now - head["mask"]["capture_ns"]) / 1e6)
                     self.units += 1
@@ -125,9 +126,18 @@ def main() -> int:
     finally:
         stop(proc)
         log.close()
-    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "revision": git_revision(), "load_avg_at_start": load0,
-              "clip": str(CLIP.relative_to(ROOT)), "realtime": args.realtime, "seconds_per_phase": args.seconds,
-              "frame_fps": 5.0, "size": st["cameras"]["cam"]["size"], "phases": rows}
+    result = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "revision": git_revision(),
+        "load_avg_at_start": load0,
+        "clip": str(CLIP.relative_to(ROOT)),
+        "realtime": args.realtime,
+        "seconds_per_phase": args.seconds,
+        "frame_fps": 5.0,
+        "size": st["cameras"]["cam"]["size"],
+        "phases": rows,
+    }
     save_json(args.out, result)
     print_table(result, args.realtime)
     return 0
@@ -144,8 +154,12 @@ def start_daemon(tmp: Path, control: str, web_port: int, realtime: bool, log) ->
         "web": {"port": web_port},
     }
     (tmp / "d.yaml").write_text(yaml.safe_dump(cfg))
-    return subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(tmp / "d.yaml")],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "motionmask.cli", "run", "--config", str(tmp / "d.yaml")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
 
 
 def wait_until_up(proc: subprocess.Popen, control: str, url: str, log_path: Path) -> None:
@@ -180,18 +194,23 @@ def measure(n: int, url: str, control: str, seconds: float) -> dict:
     for c in consoles:
         c.join(timeout=10)
     errors = [e for c in consoles for e in c.errors]
-    return {"consoles": n, "camera_fps": round((f1 - f0) / (t1 - t0), 2),
-            "latency_p50_ms": round(pct(lat, 0.5), 1) if lat else None,
-            "latency_p99_ms": round(pct(lat, 0.99), 1) if lat else None,
-            "pictures_per_console_s": round(units / max(n, 1) / (t1 - t0), 2) if n else None,
-            "errors": errors[:5]}
+    return {
+        "consoles": n,
+        "camera_fps": round((f1 - f0) / (t1 - t0), 2),
+        "latency_p50_ms": round(pct(lat, 0.5), 1) if lat else None,
+        "latency_p99_ms": round(pct(lat, 0.99), 1) if lat else None,
+        "pictures_per_console_s": round(units / max(n, 1) / (t1 - t0), 2) if n else None,
+        "errors": errors[:5],
+    }
 
 
 def print_table(result: dict, realtime: bool) -> None:
-    print(f"Console cost and latency: {result['cpu']}, {result['cores']} cores, load {result['load_avg_at_start']:.2f} "
-          f"at start; one camera ({CLIP.name} {result['size'][0]}x{result['size'][1]}, "
-          f"{'real time' if realtime else 'flat out'}), frames to consoles at 5 fps, "
-          f"{result['seconds_per_phase']:g} s per phase\n")
+    print(
+        f"Console cost and latency: {result['cpu']}, {result['cores']} cores, load {result['load_avg_at_start']:.2f} "
+        f"at start; one camera ({CLIP.name} {result['size'][0]}x{result['size'][1]}, "
+        f"{'real time' if realtime else 'flat out'}), frames to consoles at 5 fps, "
+        f"{result['seconds_per_phase']:g} s per phase\n"
+    )
     print("| open consoles | camera fps | capture -> mask at client p50 | p99 | pictures/s per console |")
     print("|---:|---:|---:|---:|---:|")
 
@@ -199,8 +218,10 @@ def print_table(result: dict, realtime: bool) -> None:
         return "-" if v is None else f"{v}{u}"
 
     for r in result["phases"]:
-        print(f"| {r['consoles']} | {r['camera_fps']} | {f(r['latency_p50_ms'], ' ms')} "
-              f"| {f(r['latency_p99_ms'], ' ms')} | {f(r['pictures_per_console_s'])} |")
+        print(
+            f"| {r['consoles']} | {r['camera_fps']} | {f(r['latency_p50_ms'], ' ms')} "
+            f"| {f(r['latency_p99_ms'], ' ms')} | {f(r['pictures_per_console_s'])} |"
+        )
 
 
 if __name__ == "__main__":

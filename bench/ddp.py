@@ -14,6 +14,7 @@ On the CPU the ranks share the machine's cores (each gets (cores - 1) // N threa
 there the figure says what the collectives cost, never that more ranks are faster.
 Prints a markdown table; writes bench/out/ddp.json (--out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,14 @@ def measure(ring: RingBuffer, settings: dict) -> dict:
     steps0 = trainer.step_count
     t0 = time.perf_counter()
     crops_per_s = end_to_end(trainer, ring, s["warmup"], s["seconds"])
-    out = {"rank": distributed.rank(), "crops_per_s": crops_per_s, "threads": torch.get_num_threads(),
-           "precision": trainer.precision, "steps": trainer.step_count - steps0,
-           "seconds": time.perf_counter() - t0}
+    out = {
+        "rank": distributed.rank(),
+        "crops_per_s": crops_per_s,
+        "threads": torch.get_num_threads(),
+        "precision": trainer.precision,
+        "steps": trainer.step_count - steps0,
+        "seconds": time.perf_counter() - t0,
+    }
     distributed.shutdown()
     return out
 
@@ -59,22 +65,35 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0, help="timed seconds per measurement (default: cpu 8, cuda 10)")
     ap.add_argument("--warmup", type=int, default=0, help="steps before timing (default: cpu 3, cuda 20)")
     ap.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto")
-    ap.add_argument("--batchnorm", default="sync,local", help="with several ranks: sync (learner.train.sync_batchnorm, "
-                    "the default) and/or local (each rank's own statistics), to see what synchronising costs")
+    ap.add_argument(
+        "--batchnorm",
+        default="sync,local",
+        help="with several ranks: sync (learner.train.sync_batchnorm, "
+        "the default) and/or local (each rank's own statistics), to see what synchronising costs",
+    )
     ap.add_argument("--out", default=str(OUT / "ddp.json"))
     args = ap.parse_args()
     cuda = args.device == "cuda"
-    settings = {"device": args.device, "backbone": args.backbone, "size": args.size,
-                "batch": args.batch or (256 if cuda else 24), "per_frame": args.per_frame or (4 if cuda else 1),
-                "seconds": args.seconds or (10.0 if cuda else 8.0), "warmup": args.warmup or (20 if cuda else 3),
-                "cpu_precision": args.cpu_precision}
+    settings = {
+        "device": args.device,
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch": args.batch or (256 if cuda else 24),
+        "per_frame": args.per_frame or (4 if cuda else 1),
+        "seconds": args.seconds or (10.0 if cuda else 8.0),
+        "warmup": args.warmup or (20 if cuda else 3),
+        "cpu_precision": args.cpu_precision,
+    }
     counts = [int(n) for n in args.nproc.split(",")]
     if cuda and max(counts) > torch.cuda.device_count():
         print(f"bench.ddp: --nproc {max(counts)} but {torch.cuda.device_count()} GPUs are visible", file=sys.stderr)
         return 2
     name = torch.cuda.get_device_name(0) if cuda else cpu_model()
-    print(f"device: {args.device} ({name}), {os.cpu_count()} CPUs, torch {torch.__version__}, {settings}, "
-          f"load average at start {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    print(
+        f"device: {args.device} ({name}), {os.cpu_count()} CPUs, torch {torch.__version__}, {settings}, "
+        f"load average at start {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
     ring = fill_ring()
     rows = []
     try:
@@ -82,29 +101,54 @@ def main() -> int:
             load = os.getloadavg()[0]
             run = {**settings, "sync_batchnorm": bn != "local"}
             got = measure(ring, run) if n == 1 else distributed.launch(n, measure, ring, run)[0]
-            rows.append({"ranks": n, "backend": "-" if n == 1 else ("nccl" if cuda else "gloo"), "batchnorm": bn,
-                         "threads_per_rank": None if cuda else got["threads"], "precision": got["precision"],
-                         "batch_per_rank": settings["batch"], "crops_per_s": round(got["crops_per_s"], 1),
-                         "crops_per_s_per_rank": round(got["crops_per_s"] / n, 1),
-                         "ms_per_step": round(1000 * settings["batch"] * n / got["crops_per_s"], 1),
-                         "loadavg_before": round(load, 2)})
+            rows.append(
+                {
+                    "ranks": n,
+                    "backend": "-" if n == 1 else ("nccl" if cuda else "gloo"),
+                    "batchnorm": bn,
+                    "threads_per_rank": None if cuda else got["threads"],
+                    "precision": got["precision"],
+                    "batch_per_rank": settings["batch"],
+                    "crops_per_s": round(got["crops_per_s"], 1),
+                    "crops_per_s_per_rank": round(got["crops_per_s"] / n, 1),
+                    "ms_per_step": round(1000 * settings["batch"] * n / got["crops_per_s"], 1),
+                    "loadavg_before": round(load, 2),
+                }
+            )
             print(f"{n} rank(s), batch norm {bn}: {got['crops_per_s']:.0f} crops/s", file=sys.stderr)
     finally:
         ring.close()
     unit = "GPU" if cuda else "rank"
-    print(f"\ndata-parallel training, {args.device} ({name}), {settings['backbone']} {settings['size']} px, "
-          f"{settings['batch']} crops per step per rank")
-    print(f"| ranks | backend | batch norm | threads per rank | precision | crops/s (all ranks) | crops/s per {unit} | "
-          f"ms per step | load avg before |")
+    print(
+        f"\ndata-parallel training, {args.device} ({name}), {settings['backbone']} {settings['size']} px, "
+        f"{settings['batch']} crops per step per rank"
+    )
+    print(
+        f"| ranks | backend | batch norm | threads per rank | precision | crops/s (all ranks) | crops/s per {unit} | "
+        f"ms per step | load avg before |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['ranks']} | {r['backend']} | {r['batchnorm']} | {r['threads_per_rank'] or '-'} "
-              f"| {r['precision']} | {r['crops_per_s']:.0f} | "
-              f"{r['crops_per_s_per_rank']:.0f} | {r['ms_per_step']:.0f} | {r['loadavg_before']:.1f} |")
-    save_json(args.out, {"rows": rows, "settings": settings,
-                         "machine": {"device": name, "cpus": os.cpu_count(), "torch": torch.__version__,
-                                     "python": platform.python_version(), "revision": git_revision(),
-                                     "loadavg_end": os.getloadavg()}})
+        print(
+            f"| {r['ranks']} | {r['backend']} | {r['batchnorm']} | {r['threads_per_rank'] or '-'} "
+            f"| {r['precision']} | {r['crops_per_s']:.0f} | "
+            f"{r['crops_per_s_per_rank']:.0f} | {r['ms_per_step']:.0f} | {r['loadavg_before']:.1f} |"
+        )
+    save_json(
+        args.out,
+        {
+            "rows": rows,
+            "settings": settings,
+            "machine": {
+                "device": name,
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "revision": git_revision(),
+                "loadavg_end": os.getloadavg(),
+            },
+        },
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ Target (issue 7): <= 10 ms per 224x224 frame on one core; parity <= 1e-4.
     python -m bench.export --checkpoint runs/r1/checkpoints/last.pt
 Writes bench/out/export.json (--out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,17 +81,23 @@ def measure(bundle: Path, frames: np.ndarray, threads: int, cpus: set[int] | Non
             x = frames[:batch] if len(frames) >= batch else np.repeat(frames[:1], batch, axis=0)
             n_runs = runs if batch == 1 else max(3, runs // 4)
             t = np.asarray(time_runs(runner, np.ascontiguousarray(x), n_runs)) / batch
-            out[f"batch{batch}"] = {"ms_per_frame_median": round(float(np.median(t)), 3),
-                                    "ms_per_frame_p90": round(float(np.percentile(t, 90)), 3),
-                                    "fps": round(1000.0 / float(np.median(t)), 1), "runs": len(t)}
+            out[f"batch{batch}"] = {
+                "ms_per_frame_median": round(float(np.median(t)), 3),
+                "ms_per_frame_p90": round(float(np.percentile(t, 90)), 3),
+                "fps": round(1000.0 / float(np.median(t)), 1),
+                "runs": len(t),
+            }
         return out
     finally:
         os.sched_setaffinity(0, allowed)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--sizes", default="224x224,320x320", help="input sizes WxH, comma-separated (multiples of 32)")
     ap.add_argument("--checkpoint", help="export this checkpoint instead of a freshly initialised default compact net")
     ap.add_argument("--runs", type=int, default=40, help="timed runs at batch 1 (batch 8: a quarter)")
@@ -121,14 +128,30 @@ def run(args, sizes: list[tuple[int, int]], cpu: int, allowed: list[int]) -> int
     rows = export_and_time(model, step, arch, what, sizes, cpu, allowed, args.runs)
     n = len(allowed)
     print(f"\n### ONNX Runtime {ort.__version__}, compact mask net ({what}; {params / 1e6:.2f} M parameters)\n")
-    print(f"{cpu_model()}, {os.cpu_count()} cores; one thread pinned to CPU {cpu}; all threads = {n} "
-          f"(CPUs {allowed}); load average {load} at start; ms per frame, median (p90)\n")
+    print(
+        f"{cpu_model()}, {os.cpu_count()} cores; one thread pinned to CPU {cpu}; all threads = {n} "
+        f"(CPUs {allowed}); load average {load} at start; ms per frame, median (p90)\n"
+    )
     print_table(rows, n)
-    save_json(args.out, {"rows": rows, "model": what, "arch": arch, "parameters": params, "cpu_model": cpu_model(),
-                         "cores": os.cpu_count(), "one_thread_cpu": cpu, "all_threads": n, "load_average": load,
-                         "onnxruntime": ort.__version__, "torch": str(torch.__version__),
-                         "python": platform.python_version(), "git": git_revision(),
-                         "targets": {"ms_per_224_frame_one_core": TARGET_MS, "parity": TARGET_PARITY}})
+    save_json(
+        args.out,
+        {
+            "rows": rows,
+            "model": what,
+            "arch": arch,
+            "parameters": params,
+            "cpu_model": cpu_model(),
+            "cores": os.cpu_count(),
+            "one_thread_cpu": cpu,
+            "all_threads": n,
+            "load_average": load,
+            "onnxruntime": ort.__version__,
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+            "git": git_revision(),
+            "targets": {"ms_per_224_frame_one_core": TARGET_MS, "parity": TARGET_PARITY},
+        },
+    )
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 
@@ -150,8 +173,9 @@ def the_model(checkpoint: str | None):
     return model, 0, architecture(cfg.model, cfg.crop_size), "default compact net, random weights"
 
 
-def export_and_time(model, step: int, arch: dict, what: str, sizes: list[tuple[int, int]], cpu: int,
-                    allowed: list[int], runs: int) -> list[dict]:
+def export_and_time(
+    model, step: int, arch: dict, what: str, sizes: list[tuple[int, int]], cpu: int, allowed: list[int], runs: int
+) -> list[dict]:
     """Per size: `motionmask export`'s export and verification into a scratch folder, then the
     bundle timed with one pinned thread and with every allowed CPU."""
     from exporter.config import ExportConfig
@@ -165,26 +189,42 @@ def export_and_time(model, step: int, arch: dict, what: str, sizes: list[tuple[i
         for w, h in sizes:
             print(f"export {w}x{h} ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            r = export_model(model, scratch, ExportConfig(width=w, height=h, keep=len(sizes)), step=step,
-                             source={"checkpoint": what, "arch": arch}, frames=frames)
+            r = export_model(
+                model,
+                scratch,
+                ExportConfig(width=w, height=h, keep=len(sizes)),
+                step=step,
+                source={"checkpoint": what, "arch": arch},
+                frames=frames,
+            )
             total = time.perf_counter() - t0
             x = np.stack([fit_frame(f, w, h)[0] for f in frames])
             print(f"time {w}x{h} ...", file=sys.stderr, flush=True)
             one = measure(r.path, x, 1, {cpu}, runs)
             every = measure(r.path, x, len(allowed), set(allowed), runs)
-            rows.append({"size": [w, h], "version": r.version,
-                         "mb": round(r.manifest["files"]["model.onnx"]["bytes"] / 2**20, 2),
-                         "export_s": round(r.timings["export"], 2), "verify_s": round(r.timings["verify"], 2),
-                         "export_total_s": round(total, 2), "parity_max_abs_diff": r.manifest["parity"]["max_abs_diff"],
-                         "threads_1": one, f"threads_{len(allowed)}": every})
+            rows.append(
+                {
+                    "size": [w, h],
+                    "version": r.version,
+                    "mb": round(r.manifest["files"]["model.onnx"]["bytes"] / 2**20, 2),
+                    "export_s": round(r.timings["export"], 2),
+                    "verify_s": round(r.timings["verify"], 2),
+                    "export_total_s": round(total, 2),
+                    "parity_max_abs_diff": r.manifest["parity"]["max_abs_diff"],
+                    "threads_1": one,
+                    f"threads_{len(allowed)}": every,
+                }
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return rows
 
 
 def print_table(rows: list[dict], n: int) -> None:
-    print(f"| input | 1 thread, batch 1 | 1 thread, batch 8 | {n} threads, batch 1 | {n} threads, batch 8 | "
-          f"export + verify s | parity | MB |")
+    print(
+        f"| input | 1 thread, batch 1 | 1 thread, batch 8 | {n} threads, batch 1 | {n} threads, batch 8 | "
+        f"export + verify s | parity | MB |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         cells = []
@@ -192,17 +232,23 @@ def print_table(rows: list[dict], n: int) -> None:
             for b in ("batch1", "batch8"):
                 m = row[k][b]
                 cells.append(f"{m['ms_per_frame_median']:.2f} ({m['ms_per_frame_p90']:.2f})")
-        print(f"| {row['size'][0]}x{row['size'][1]} | {' | '.join(cells)} "
-              f"| {row['export_s']:.1f} + {row['verify_s']:.1f} | {row['parity_max_abs_diff']:.1e} | {row['mb']:.1f} |")
+        print(
+            f"| {row['size'][0]}x{row['size'][1]} | {' | '.join(cells)} "
+            f"| {row['export_s']:.1f} + {row['verify_s']:.1f} | {row['parity_max_abs_diff']:.1e} | {row['mb']:.1f} |"
+        )
     verdicts = []
     for row in rows:
         if tuple(row["size"]) == (224, 224):
             ms = row["threads_1"]["batch1"]["ms_per_frame_median"]
-            verdicts.append(f"224x224 on one core, batch 1: {ms:.2f} ms per frame "
-                            f"({'meets' if ms <= TARGET_MS else 'MISSES'} the <= {TARGET_MS:g} ms target)")
+            verdicts.append(
+                f"224x224 on one core, batch 1: {ms:.2f} ms per frame "
+                f"({'meets' if ms <= TARGET_MS else 'MISSES'} the <= {TARGET_MS:g} ms target)"
+            )
     worst = max(r["parity_max_abs_diff"] for r in rows)
-    verdicts.append(f"parity: max |onnxruntime - pytorch| {worst:.1e} "
-                    f"({'meets' if worst <= TARGET_PARITY else 'MISSES'} the <= {TARGET_PARITY:g} target)")
+    verdicts.append(
+        f"parity: max |onnxruntime - pytorch| {worst:.1e} "
+        f"({'meets' if worst <= TARGET_PARITY else 'MISSES'} the <= {TARGET_PARITY:g} target)"
+    )
     print("\n" + "\n".join(f"- {v}" for v in verdicts))
 
 

@@ -16,6 +16,7 @@ have left in service.
 
 Prints markdown tables and writes bench/out/export_gate.json (--out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,11 +69,12 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def replay(rows: list[dict], holdout: str, rule: str, every: int) -> dict:
     """The gate at every `every`-th checkpoint: the one in service at the end and how many shipped."""
+
     def score(r: dict) -> dict[str, float]:
         return {key: r[f"{holdout}_{key}"] for key in ("holdout_bce", "holdout_iou")}
 
     served, shipped = None, 0
-    for r in rows[every - 1::every]:
+    for r in rows[every - 1 :: every]:
         if served is None or RULES[rule](score(r), score(served)):
             served, shipped = r, shipped + 1
     return {"served_step": served["step"], "served_gt_iou": served["gt_iou"], "exports": shipped}
@@ -83,35 +85,58 @@ def main() -> int:
     ap.add_argument("run", help="a motionmask train run with step checkpoints (RUN/checkpoints/step_*.pt)")
     ap.add_argument("--seen", required=True, help="the motionmask synth folder the run trained on")
     ap.add_argument("--eval", required=True, help="a motionmask synth folder never trained on")
-    ap.add_argument("--samples", type=int, default=ExportConfig().holdout_samples,
-                    help="frames per holdout (default: export.holdout_samples)")
+    ap.add_argument(
+        "--samples",
+        type=int,
+        default=ExportConfig().holdout_samples,
+        help="frames per holdout (default: export.holdout_samples)",
+    )
     ap.add_argument("--every", type=int, default=3, help="score the truth on every N-th frame (default 3)")
     ap.add_argument("--out", default=str(OUT / "export_gate.json"))
     args = ap.parse_args()
     checkpoints = sorted((Path(args.run) / "checkpoints").glob("step_*.pt"))
     if len(checkpoints) < 3:
-        print(f"bench.export_gate: {args.run}: {len(checkpoints)} step checkpoints; train with "
-              "--config configs/checkpoint-often.yaml to keep one every 400 steps", file=sys.stderr)
+        print(
+            f"bench.export_gate: {args.run}: {len(checkpoints)} step checkpoints; train with "
+            "--config configs/checkpoint-often.yaml to keep one every 400 steps",
+            file=sys.stderr,
+        )
         return 2
     try:
         rows, holdouts = score_checkpoints(checkpoints, args)
     except UserError as e:
         print(f"bench.export_gate: {e}", file=sys.stderr)
         return 2
-    print(f"\ncheckpoints of {args.run}: the truth ({args.eval}, one frame in {args.every}) and the gate's "
-          f"scores on {args.samples} held-back kept frames")
+    print(
+        f"\ncheckpoints of {args.run}: the truth ({args.eval}, one frame in {args.every}) and the gate's "
+        f"scores on {args.samples} held-back kept frames"
+    )
     print("| step | IoU vs ground truth | seen: BCE | seen: IoU | unseen: BCE | unseen: IoU |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['step']} | {r['gt_iou']:.3f} | {r['seen_holdout_bce']:.4f} | {r['seen_holdout_iou']:.3f} | "
-              f"{r['unseen_holdout_bce']:.4f} | {r['unseen_holdout_iou']:.3f} |")
+        print(
+            f"| {r['step']} | {r['gt_iou']:.3f} | {r['seen_holdout_bce']:.4f} | {r['seen_holdout_iou']:.3f} | "
+            f"{r['unseen_holdout_bce']:.4f} | {r['unseen_holdout_iou']:.3f} |"
+        )
     ranks = rank_correlations(rows, holdouts)
     replays = replays_of(rows, holdouts)
     best = max(rows, key=lambda r: r["gt_iou"])
     print(f"\nbest checkpoint by the truth: step {best['step']} ({best['gt_iou']:.3f})")
-    save_json(args.out, {"run": args.run, "seen": args.seen, "eval": args.eval, "samples": args.samples,
-                         "cpu": cpu_model(), "revision": git_revision(), "rows": rows,
-                         "spearman": ranks, "replay": replays}, indent=1)
+    save_json(
+        args.out,
+        {
+            "run": args.run,
+            "seen": args.seen,
+            "eval": args.eval,
+            "samples": args.samples,
+            "cpu": cpu_model(),
+            "revision": git_revision(),
+            "rows": rows,
+            "spearman": ranks,
+            "replay": replays,
+        },
+        indent=1,
+    )
     return 0
 
 
@@ -122,10 +147,17 @@ def score_checkpoints(checkpoints: list[Path], args: argparse.Namespace) -> tupl
     holdouts = {}
     for name, d in (("seen", args.seen), ("unseen", args.eval)):
         samples = kept_samples(Path(d), args.samples)  # the clips' own size stands in for the buffer slot
-        holdouts[name] = Holdout.for_model(samples, models[checkpoints[0]], ExportConfig(),
-                                           slot_size=samples[0].image.shape[:2])
-    truth = evaluate_checkpoints({c.stem: c for c in checkpoints}, args.eval, device="cpu", progress=True,
-                                 every=max(1, args.every), teacher=False)
+        holdouts[name] = Holdout.for_model(
+            samples, models[checkpoints[0]], ExportConfig(), slot_size=samples[0].image.shape[:2]
+        )
+    truth = evaluate_checkpoints(
+        {c.stem: c for c in checkpoints},
+        args.eval,
+        device="cpu",
+        progress=True,
+        every=max(1, args.every),
+        teacher=False,
+    )
     rows = []
     for c, model in models.items():
         row = {"checkpoint": c.stem, "step": truth["steps"][c.stem], "gt_iou": truth["summary"][c.stem]["iou"]}
@@ -139,8 +171,11 @@ def score_checkpoints(checkpoints: list[Path], args: argparse.Namespace) -> tupl
 def rank_correlations(rows: list[dict], holdouts: dict) -> dict[str, float]:
     """Spearman's rank correlation of each gate score with the truth, printed as a table."""
     gt = [r["gt_iou"] for r in rows]
-    ranks = {f"{h}_{rule}": spearman(gt, [r[f"{h}_{key}"] * (1 if higher else -1) for r in rows])
-             for h in holdouts for rule, (key, higher) in SCORES.items()}
+    ranks = {
+        f"{h}_{rule}": spearman(gt, [r[f"{h}_{key}"] * (1 if higher else -1) for r in rows])
+        for h in holdouts
+        for rule, (key, higher) in SCORES.items()
+    }
     print("\nrank correlation (Spearman) of each gate score with the truth (1 = the same order)")
     print("| holdout | BCE (lower better) | IoU (higher better) |")
     print("|---|---:|---:|")

@@ -8,6 +8,7 @@ Rerunning it rewrites the JPEGs (the bytes may differ with another OpenCV build,
 the family: do not rerun it on a quoted version; add photos under a new family version instead).
 Megamind.avi is left out on purpose (animated shot cuts with black frames, kept for other uses).
 """
+
 from __future__ import annotations
 
 import argparse

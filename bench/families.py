@@ -12,6 +12,7 @@ with 0 background, 255 moving object, 128 void): synth.families.cached for the s
 synth.reference_masks.reference_set for the real clips. things-s100 is THE TUNING SET: the
 streamer's thresholds were chosen on it, so its figures flatter the teacher; every table marks it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,12 +35,15 @@ class Family:
     folder: Path | None = None  # kind "folder" only
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("things-s100", "synth", "things", 100, 10, tuning=True),
-    Family("things-s7", "synth", "things", 7, 10),
-    Family("patchwork-s1", "synth", "patchwork", 1, 10),
-    Family("real", "real"),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("things-s100", "synth", "things", 100, 10, tuning=True),
+        Family("things-s7", "synth", "things", 7, 10),
+        Family("patchwork-s1", "synth", "patchwork", 1, 10),
+        Family("real", "real"),
+    )
+}
 
 
 class Skipped(Exception):
@@ -54,8 +58,9 @@ def folder_family(path: str | Path) -> Family:
 
 def synth_family(seed: int, clips: int) -> Family:
     """A "things" set of any seed and size (quality.py --seed/--clips); seed 100 is the tuning seed."""
-    return Family(f"things-s{seed}" + ("" if clips == 10 else f"-n{clips}"), "synth", "things", seed, clips,
-                  tuning=seed == 100)
+    return Family(
+        f"things-s{seed}" + ("" if clips == 10 else f"-n{clips}"), "synth", "things", seed, clips, tuning=seed == 100
+    )
 
 
 def select(names: list[str] | None) -> list[Family]:

@@ -18,6 +18,7 @@ time, median), and the receiver's decode alone.
     python -m bench.fanin --rigs 1 4 16 --seconds 4
 Target: the learner takes in >= 2,000 samples/s (about 60 cameras at 30 fps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,20 @@ def real_samples(n: int, width: int, height: int) -> list:
 def encode(s, rig: str, seq: int) -> list[bytes]:
     from motionmask.sample_wire import encode_sample
 
-    return encode_sample(rig=rig, camera=s.camera, seq=seq, frame=s.frame_index, shot=s.shot,
-                         capture_time=s.capture_time, image=s.image, trimap=s.trimap, prob=s.prob, flow=None,
-                         valid=s.valid, source_hw=s.source_hw)
+    return encode_sample(
+        rig=rig,
+        camera=s.camera,
+        seq=seq,
+        frame=s.frame_index,
+        shot=s.shot,
+        capture_time=s.capture_time,
+        image=s.image,
+        trimap=s.trimap,
+        prob=s.prob,
+        flow=None,
+        valid=s.valid,
+        source_hw=s.source_hw,
+    )
 
 
 def _rigs(endpoint: str, n: int, messages: list[list[list[bytes]]], stop, counts) -> None:
@@ -126,10 +138,16 @@ def run_fanin(n_rigs: int, samples: list, seconds: float, width: int, height: in
     bcfg = BufferConfig(train_width=width, train_height=height, memory_mb=64)
     with RingBuffer.create(bcfg) as ring:
         listen = f"tcp://127.0.0.1:{free_port()}"
-        spec = {"name": "receiver", "listen": listen,
-                "transport": asdict(TransportConfig(samples_per_insert=0, decoders=decoders)),
-                "buffer_name": ring.name, "buffer": asdict(dataclasses.replace(bcfg, name=ring.name)),
-                "forward_endpoint": f"tcp://127.0.0.1:{rport}", "parent_pid": os.getpid(), "log_level": "WARNING"}
+        spec = {
+            "name": "receiver",
+            "listen": listen,
+            "transport": asdict(TransportConfig(samples_per_insert=0, decoders=decoders)),
+            "buffer_name": ring.name,
+            "buffer": asdict(dataclasses.replace(bcfg, name=ring.name)),
+            "forward_endpoint": f"tcp://127.0.0.1:{rport}",
+            "parent_pid": os.getpid(),
+            "log_level": "WARNING",
+        }
         proc = subprocess.Popen([sys.executable, "-m", "motionmask.remote_learn"], stdin=subprocess.PIPE)
         proc.stdin.write(json.dumps(spec).encode())
         proc.stdin.close()
@@ -153,13 +171,18 @@ def run_fanin(n_rigs: int, samples: list, seconds: float, width: int, height: in
             reports.close(0)
             ctx.term()
     inserted = p1 - p0
-    return {"rigs": n_rigs, "decoders": decoders, "seconds": round(t1 - t0, 2),
-            "samples_per_s": round(inserted / (t1 - t0), 1),
-            "rig_sent_per_s": round((s1 - s0) / (t1 - t0), 1), "rig_dropped_per_s": round((d1 - d0) / (t1 - t0), 1),
-            "bytes_per_sample": round(nbytes),
-            "learner_cpu_ms_per_sample": round(1e3 * (c1 - c0) / max(1, inserted), 3),
-            "learner_cpu_share": round((c1 - c0) / (t1 - t0), 2),
-            "exit": {"learner": proc.returncode, "rigs": rigs.exitcode}}
+    return {
+        "rigs": n_rigs,
+        "decoders": decoders,
+        "seconds": round(t1 - t0, 2),
+        "samples_per_s": round(inserted / (t1 - t0), 1),
+        "rig_sent_per_s": round((s1 - s0) / (t1 - t0), 1),
+        "rig_dropped_per_s": round((d1 - d0) / (t1 - t0), 1),
+        "bytes_per_sample": round(nbytes),
+        "learner_cpu_ms_per_sample": round(1e3 * (c1 - c0) / max(1, inserted), 3),
+        "learner_cpu_share": round((c1 - c0) / (t1 - t0), 2),
+        "exit": {"learner": proc.returncode, "rigs": rigs.exitcode},
+    }
 
 
 def rig_cost(samples: list, width: int, height: int, n: int = 300) -> dict:
@@ -207,8 +230,12 @@ def rig_cost(samples: list, width: int, height: int, n: int = 300) -> dict:
         s.close(0)
     ctx.term()
     med = lambda xs: round(1e3 * float(np.median(xs)), 3)  # noqa: E731
-    return {"rig_cpu_ms_per_sample": med(cost), "rig_encode_ms": med(encode_ms), "learner_decode_ms": med(decode_ms),
-            "received": len(got)}
+    return {
+        "rig_cpu_ms_per_sample": med(cost),
+        "rig_encode_ms": med(encode_ms),
+        "learner_decode_ms": med(decode_ms),
+        "received": len(got),
+    }
 
 
 class SimpleSample:
@@ -226,8 +253,9 @@ def main() -> int:
     ap.add_argument("--rigs", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per rig count (after warm-up)")
     ap.add_argument("--size", default="320x240", help="slot WxH (default 320x240)")
-    ap.add_argument("--decoders", type=int, default=2,
-                    help="the receiver's decoder threads (learner.transport.decoders)")
+    ap.add_argument(
+        "--decoders", type=int, default=2, help="the receiver's decoder threads (learner.transport.decoders)"
+    )
     ap.add_argument("--samples", type=int, default=32, help="distinct real samples each rig cycles through")
     ap.add_argument("--out", type=Path, default=OUT / "fanin.json")
     args = ap.parse_args()
@@ -235,29 +263,51 @@ def main() -> int:
     samples = real_samples(args.samples, w, h)
     rows = [run_fanin(n, samples, args.seconds, w, h, args.decoders) for n in args.rigs]
     cost = rig_cost(samples, w, h)
-    print(f"fan-in on loopback, {w}x{h} samples ({len(samples)} real kept frames of {CLIP.name}), "
-          f"{os.cpu_count()} cores ({cpu_model()}), {args.decoders} decoder threads, load average "
-          f"{os.getloadavg()[0]:.1f} at the end, target >= {TARGET:.0f} samples/s")
-    print("| rigs | samples/s taken in | rigs sent/s | rigs dropped/s | bytes/sample | learner CPU ms/sample "
-          "| learner CPU share |")
+    print(
+        f"fan-in on loopback, {w}x{h} samples ({len(samples)} real kept frames of {CLIP.name}), "
+        f"{os.cpu_count()} cores ({cpu_model()}), {args.decoders} decoder threads, load average "
+        f"{os.getloadavg()[0]:.1f} at the end, target >= {TARGET:.0f} samples/s"
+    )
+    print(
+        "| rigs | samples/s taken in | rigs sent/s | rigs dropped/s | bytes/sample | learner CPU ms/sample "
+        "| learner CPU share |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['rigs']} | {r['samples_per_s']:.0f} | {r['rig_sent_per_s']:.0f} | {r['rig_dropped_per_s']:.0f} | "
-              f"{r['bytes_per_sample']} | {r['learner_cpu_ms_per_sample']:.3f} | {r['learner_cpu_share']:.2f} |")
+        print(
+            f"| {r['rigs']} | {r['samples_per_s']:.0f} | {r['rig_sent_per_s']:.0f} | {r['rig_dropped_per_s']:.0f} | "
+            f"{r['bytes_per_sample']} | {r['learner_cpu_ms_per_sample']:.3f} | {r['learner_cpu_share']:.2f} |"
+        )
     load = os.getloadavg()[0]
-    print("rig's cost per sample sent (one thread: ring read + encode + send): "
-          f"{cost['rig_cpu_ms_per_sample']:.2f} ms CPU "
-          f"(encode {cost['rig_encode_ms']:.2f} ms); learner's decode alone: {cost['learner_decode_ms']:.2f} ms")
+    print(
+        "rig's cost per sample sent (one thread: ring read + encode + send): "
+        f"{cost['rig_cpu_ms_per_sample']:.2f} ms CPU "
+        f"(encode {cost['rig_encode_ms']:.2f} ms); learner's decode alone: {cost['learner_decode_ms']:.2f} ms"
+    )
     best = max(r["samples_per_s"] for r in rows)
     cpu_ms = min(r["learner_cpu_ms_per_sample"] for r in rows)
     if best < TARGET:
-        print(f"below target: the learner pays {cpu_ms:.2f} ms of CPU per sample taken in (decoding, mostly), so "
-              f"{TARGET:.0f} samples/s need {TARGET * cpu_ms / 1e3:.1f} free cores: about "
-              f"{1e3 / max(1e-6, cpu_ms):.0f} samples/s per core it is given")
-    save_json(args.out, {"size": [w, h], "samples": len(samples), "rows": rows, "rig_cost": cost, "target": TARGET,
-                         "cpu": cpu_model(), "cores": os.cpu_count(), "load_average": round(load, 2),
-                         "decoders": args.decoders, "git": git_revision(),
-                         "command": "python -m bench.fanin " + " ".join(sys.argv[1:])})
+        print(
+            f"below target: the learner pays {cpu_ms:.2f} ms of CPU per sample taken in (decoding, mostly), so "
+            f"{TARGET:.0f} samples/s need {TARGET * cpu_ms / 1e3:.1f} free cores: about "
+            f"{1e3 / max(1e-6, cpu_ms):.0f} samples/s per core it is given"
+        )
+    save_json(
+        args.out,
+        {
+            "size": [w, h],
+            "samples": len(samples),
+            "rows": rows,
+            "rig_cost": cost,
+            "target": TARGET,
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "load_average": round(load, 2),
+            "decoders": args.decoders,
+            "git": git_revision(),
+            "command": "python -m bench.fanin " + " ".join(sys.argv[1:]),
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -16,6 +16,7 @@ background positive; each marked met / NOT MET.
 
 Prints markdown tables; writes bench/out/labels.json (keyed by family; --out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,12 @@ def family_labels(folder: Path, clips: list[dict], cfg, desc: str = "labels") ->
     frames = sum(int(c.get("frames", 0)) for c in clips) or None
     with tqdm(total=frames, desc=desc, unit="frame", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
         for clip in clips:
-            rows.append({"clip": clip["name"],
-                         **clip_labels(folder / clip["file"], folder / clip["name"], cfg, total, iou, bar)})
+            rows.append(
+                {
+                    "clip": clip["name"],
+                    **clip_labels(folder / clip["file"], folder / clip["name"], cfg, total, iou, bar),
+                }
+            )
     t = {**total.summary(), "iou_kept": iou["kept"].summary()["iou"], "iou_pruned": iou["pruned"].summary()["iou"]}
     return {"total": t, "targets": targets(t), "clips": rows}
 
@@ -87,8 +92,12 @@ def targets(summary: dict) -> dict:
     out = {}
     for key, (bound, at_least) in TARGETS.items():
         v = summary[key]
-        out[key] = {"value": v, "bound": bound, "at_least": at_least,
-                    "met": None if v is None else (v >= bound if at_least else v <= bound)}
+        out[key] = {
+            "value": v,
+            "bound": bound,
+            "at_least": at_least,
+            "met": None if v is None else (v >= bound if at_least else v <= bound),
+        }
     return out
 
 
@@ -102,28 +111,36 @@ def _met(t: dict) -> str:
 
 def print_clips(name: str, r: dict) -> None:
     print(f"\npseudo-labels of {name} on kept frames, per clip")
-    print("| clip | kept frames | fg -> positive | fg -> negative | fg -> don't care | bg -> positive | "
-          "positive precision | negative precision | teacher IoU kept / pruned |")
+    print(
+        "| clip | kept frames | fg -> positive | fg -> negative | fg -> don't care | bg -> positive | "
+        "positive precision | negative precision | teacher IoU kept / pruned |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for c in r["clips"] + [{"clip": "**all**", **r["total"]}]:
-        print(f"| {c['clip']} | {c['kept']}/{c['frames']} | {_f(c['fg_positive'], True)} | "
-              f"{_f(c['fg_negative'], True)} | {_f(c['fg_dont_care'], True)} | {_f(c['bg_positive'], True)} | "
-              f"{_f(c['positive_precision'], True)} | {_f(c['negative_precision'], True)} | "
-              f"{_f(c['iou_kept'])} / {_f(c['iou_pruned'])} |")
+        print(
+            f"| {c['clip']} | {c['kept']}/{c['frames']} | {_f(c['fg_positive'], True)} | "
+            f"{_f(c['fg_negative'], True)} | {_f(c['fg_dont_care'], True)} | {_f(c['bg_positive'], True)} | "
+            f"{_f(c['positive_precision'], True)} | {_f(c['negative_precision'], True)} | "
+            f"{_f(c['iou_kept'])} / {_f(c['iou_pruned'])} |"
+        )
 
 
 def print_families(res: dict, config: str | None) -> None:
     print(f"\n### pseudo-labels on kept frames, every family (streamer config: {config or 'defaults'})")
-    print("| family | kept frames | fg -> positive (>= 70%) | fg -> negative (<= 5%) | bg -> positive (<= 2%) | "
-          "fg -> don't care | positive precision | teacher IoU kept / pruned |")
+    print(
+        "| family | kept frames | fg -> positive (>= 70%) | fg -> negative (<= 5%) | bg -> positive (<= 2%) | "
+        "fg -> don't care | positive precision | teacher IoU kept / pruned |"
+    )
     print("|---|---:|---|---|---|---:|---:|---|")
     for name, r in res["families"].items():
         t, g = r["total"], r["targets"]
         label = f"{name} (tuning set)" if r["tuning"] else name
-        print(f"| {label} | {t['kept']}/{t['frames']} | {_f(t['fg_positive'], True)}{_met(g['fg_positive'])} | "
-              f"{_f(t['fg_negative'], True)}{_met(g['fg_negative'])} | "
-              f"{_f(t['bg_positive'], True)}{_met(g['bg_positive'])} | {_f(t['fg_dont_care'], True)} | "
-              f"{_f(t['positive_precision'], True)} | {_f(t['iou_kept'])} / {_f(t['iou_pruned'])} |")
+        print(
+            f"| {label} | {t['kept']}/{t['frames']} | {_f(t['fg_positive'], True)}{_met(g['fg_positive'])} | "
+            f"{_f(t['fg_negative'], True)}{_met(g['fg_negative'])} | "
+            f"{_f(t['bg_positive'], True)}{_met(g['bg_positive'])} | {_f(t['fg_dont_care'], True)} | "
+            f"{_f(t['positive_precision'], True)} | {_f(t['iou_kept'])} / {_f(t['iou_pruned'])} |"
+        )
     print_skipped(res["skipped"])
 
 
@@ -135,11 +152,19 @@ def chosen_families(args) -> list[Family]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("clips", nargs="?", help="a folder in the synthetic sets' format (clips.json, CLIP.mp4, "
-                    "CLIP/gt/); the same as --data")
+    ap.add_argument(
+        "clips",
+        nargs="?",
+        help="a folder in the synthetic sets' format (clips.json, CLIP.mp4, CLIP/gt/); the same as --data",
+    )
     ap.add_argument("--data", help="also (or, without --family, only) this folder; printed with a row per clip")
-    ap.add_argument("--family", action="append", choices=list(FAMILIES), metavar="NAME",
-                    help=f"an evaluation family, repeatable (default: all of {', '.join(FAMILIES)})")
+    ap.add_argument(
+        "--family",
+        action="append",
+        choices=list(FAMILIES),
+        metavar="NAME",
+        help=f"an evaluation family, repeatable (default: all of {', '.join(FAMILIES)})",
+    )
     ap.add_argument("--config", help="YAML config whose streamer section makes the labels (default: built-in)")
     ap.add_argument("--out", default=str(OUT / "labels.json"))
     args = ap.parse_args()
@@ -158,10 +183,17 @@ def main() -> int:
         print(f"labels.py: error: {e}", file=sys.stderr)
         return 2
     print_families(res, args.config)
-    res |= {"config": args.config, "targets": {k: {"bound": b, "at_least": a} for k, (b, a) in TARGETS.items()},
-            "machine": {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision(),
-                        "load_avg": os.getloadavg()},
-            "seconds": time.monotonic() - t0}
+    res |= {
+        "config": args.config,
+        "targets": {k: {"bound": b, "at_least": a} for k, (b, a) in TARGETS.items()},
+        "machine": {
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+            "revision": git_revision(),
+            "load_avg": os.getloadavg(),
+        },
+        "seconds": time.monotonic() - t0,
+    }
     save_json(args.out, res)
     print(f"wrote {args.out}")
     return 0

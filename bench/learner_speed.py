@@ -17,6 +17,7 @@ the CPU in bf16 + channels_last where it has native bf16, see --cpu-precision):
     python -m bench.learner_speed --device cuda --compile --sizes 224 --backbones compact
 Prints a markdown table; writes bench/out/learner.json (--out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,19 @@ from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {
-    "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0,
-    "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0, "RTX 4090": 165.0,
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
 }
 
 
@@ -72,8 +84,9 @@ def fill_ring(n: int = 48, w: int = 320, h: int = 240, seed: int = 0) -> RingBuf
     return ring
 
 
-def config(backbone: str, size: int, batch: int, per_frame: int, device: str, compile_: bool,
-           cpu_precision: str = "auto") -> LearnerConfig:
+def config(
+    backbone: str, size: int, batch: int, per_frame: int, device: str, compile_: bool, cpu_precision: str = "auto"
+) -> LearnerConfig:
     cfg = LearnerConfig()
     cfg.train.cpu_precision = cpu_precision
     cfg.model.backbone = backbone
@@ -140,32 +153,48 @@ def end_to_end(trainer: Trainer, ring: RingBuffer, warmup: int, seconds: float) 
     return s.crops_per_s
 
 
-def measure(cfg: LearnerConfig, device: torch.device, ring: RingBuffer, warmup: int, seconds: float,
-            peak: float | None) -> dict:
+def measure(
+    cfg: LearnerConfig, device: torch.device, ring: RingBuffer, warmup: int, seconds: float, peak: float | None
+) -> dict:
     """One backbone at one crop size: crops/s end to end and step only, FLOPs per crop."""
     trainer = Trainer(cfg, device)
     e2e = end_to_end(trainer, ring, warmup, seconds)
     only, flops = step_only(trainer, ring, seconds / 2)
-    row = {"backbone": cfg.model.backbone, "width": cfg.model.resolved_width(), "size": cfg.crops.size,
-           "batch": cfg.train.batch, "device": device.type, "threads": torch.get_num_threads(),
-           "precision": trainer.precision,
-           "end_to_end_crops_per_s": round(e2e, 1), "step_only_crops_per_s": round(only, 1),
-           "gflop_per_crop": round(flops / 1e9, 3), "tflops": round(flops * e2e / 1e12, 3),
-           "peak_tflops": peak, "fraction_of_peak": round(flops * e2e / 1e12 / peak, 4) if peak else None}
-    print(f"{row['backbone']} {row['size']}px {row['precision']}: {e2e:.0f} crops/s end to end, {only:.0f} step only",
-          file=sys.stderr)
+    row = {
+        "backbone": cfg.model.backbone,
+        "width": cfg.model.resolved_width(),
+        "size": cfg.crops.size,
+        "batch": cfg.train.batch,
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "precision": trainer.precision,
+        "end_to_end_crops_per_s": round(e2e, 1),
+        "step_only_crops_per_s": round(only, 1),
+        "gflop_per_crop": round(flops / 1e9, 3),
+        "tflops": round(flops * e2e / 1e12, 3),
+        "peak_tflops": peak,
+        "fraction_of_peak": round(flops * e2e / 1e12 / peak, 4) if peak else None,
+    }
+    print(
+        f"{row['backbone']} {row['size']}px {row['precision']}: {e2e:.0f} crops/s end to end, {only:.0f} step only",
+        file=sys.stderr,
+    )
     return row
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| backbone | crop | precision | end to end crops/s | step only crops/s | GFLOP/crop (fwd+bwd) "
-          "| achieved TFLOP/s | of peak |")
+    print(
+        "| backbone | crop | precision | end to end crops/s | step only crops/s | GFLOP/crop (fwd+bwd) "
+        "| achieved TFLOP/s | of peak |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         frac = f"{r['fraction_of_peak']:.1%}" if r["fraction_of_peak"] is not None else "-"
-        print(f"| {r['backbone']} (width {r['width']}) | {r['size']} | {r['precision']} "
-              f"| {r['end_to_end_crops_per_s']:.0f} | {r['step_only_crops_per_s']:.0f} | {r['gflop_per_crop']:.2f} "
-              f"| {r['tflops']:.3f} | {frac} |")
+        print(
+            f"| {r['backbone']} (width {r['width']}) | {r['size']} | {r['precision']} "
+            f"| {r['end_to_end_crops_per_s']:.0f} | {r['step_only_crops_per_s']:.0f} | {r['gflop_per_crop']:.2f} "
+            f"| {r['tflops']:.3f} | {frac} |"
+        )
 
 
 def main() -> int:
@@ -178,8 +207,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0, help="timed seconds per measurement (default: cpu 8, cuda 10)")
     ap.add_argument("--warmup", type=int, default=0, help="steps before timing (default: cpu 3, cuda 20)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; adds a minute of warm-up)")
-    ap.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",
-                    help="learner.train.cpu_precision (auto: bf16 where the CPU has native bf16)")
+    ap.add_argument(
+        "--cpu-precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="learner.train.cpu_precision (auto: bf16 where the CPU has native bf16)",
+    )
     ap.add_argument("--out", default=str(OUT / "learner.json"))
     args = ap.parse_args()
     device = resolve_device(args.device, strict=args.device == "cuda")
@@ -190,9 +223,12 @@ def main() -> int:
     warmup = args.warmup or (20 if cuda else 3)
     name = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine())
     peak = gpu_peak(name) if cuda else None
-    print(f"device: {device.type} ({name}), torch {torch.__version__}, batch {batch}, {per_frame} crops per "
-          f"sample, cpu precision {args.cpu_precision}{', compiled' if args.compile else ''}, "
-          f"load average at start {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    print(
+        f"device: {device.type} ({name}), torch {torch.__version__}, batch {batch}, {per_frame} crops per "
+        f"sample, cpu precision {args.cpu_precision}{', compiled' if args.compile else ''}, "
+        f"load average at start {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
     ring = fill_ring()
     rows = []
     try:
@@ -206,11 +242,27 @@ def main() -> int:
         ring.close()
     print(f"\ntraining crops per second, {device.type} ({name}), batch {batch}")
     print_table(rows)
-    save_json(args.out, {"rows": rows, "machine": {"device": name, "torch": torch.__version__,
-                                                    "python": platform.python_version(), "cpus": os.cpu_count(),
-                                                    "loadavg": os.getloadavg()},
-                          "settings": {"batch": batch, "per_frame": per_frame, "seconds": seconds, "warmup": warmup,
-                                       "compile": args.compile, "cpu_precision": args.cpu_precision}})
+    save_json(
+        args.out,
+        {
+            "rows": rows,
+            "machine": {
+                "device": name,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "loadavg": os.getloadavg(),
+            },
+            "settings": {
+                "batch": batch,
+                "per_frame": per_frame,
+                "seconds": seconds,
+                "warmup": warmup,
+                "compile": args.compile,
+                "cpu_precision": args.cpu_precision,
+            },
+        },
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ does), so the curve's point at 0.5 is the published mask's decision exactly.
 `LabelScore` counts what a trimap teaches on the frames that pruning kept: the share of object
 pixels labelled positive and negative, and of background pixels labelled positive.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -83,9 +84,15 @@ class MaskScore:
 
     def reliability(self) -> list[dict]:
         """Per probability bin: mean probability, observed foreground fraction, pixels."""
-        return [{"bin": f"{i / CAL_BINS:.1f}-{(i + 1) / CAL_BINS:.1f}", "pixels": int(n),
-                 "mean_prob": float(s / n) if n else None, "fg_fraction": float(f / n) if n else None}
-                for i, (s, f, n) in enumerate(zip(self.cal_sum, self.cal_fg, self.cal_n))]
+        return [
+            {
+                "bin": f"{i / CAL_BINS:.1f}-{(i + 1) / CAL_BINS:.1f}",
+                "pixels": int(n),
+                "mean_prob": float(s / n) if n else None,
+                "fg_fraction": float(f / n) if n else None,
+            }
+            for i, (s, f, n) in enumerate(zip(self.cal_sum, self.cal_fg, self.cal_n))
+        ]
 
     def curve(self) -> list[float] | None:
         """Mean IoU at every threshold of THRESHOLDS (None before a frame with an object)."""
@@ -94,16 +101,24 @@ class MaskScore:
     def summary(self) -> dict:
         n = self.cal_n.sum()
         ece = float(np.abs(self.cal_sum - self.cal_fg).sum() / n) if n else None
-        base = {"frames": len(self.iou), "empty_frames": len(self.empty_fp), "ece": ece,
-                "empty_fp": _mean(self.empty_fp)}
+        base = {
+            "frames": len(self.iou),
+            "empty_frames": len(self.empty_fp),
+            "ece": ece,
+            "empty_fp": _mean(self.empty_fp),
+        }
         if not self.iou:
-            return {**base, "iou": None, "precision": None, "recall": None, "best_iou": None,
-                    "best_threshold": None}
+            return {**base, "iou": None, "precision": None, "recall": None, "best_iou": None, "best_threshold": None}
         curve = np.mean(self.iou, axis=0)
         best = int(np.argmax(curve))  # the lowest threshold among equals
-        return {**base, "iou": float(curve[HALF]), "precision": _mean(self.precision),
-                "recall": _mean(self.recall), "best_iou": float(curve[best]),
-                "best_threshold": float(THRESHOLDS[best])}
+        return {
+            **base,
+            "iou": float(curve[HALF]),
+            "precision": _mean(self.precision),
+            "recall": _mean(self.recall),
+            "best_iou": float(curve[best]),
+            "best_threshold": float(THRESHOLDS[best]),
+        }
 
 
 class LabelScore:
@@ -127,11 +142,16 @@ class LabelScore:
 
     def summary(self) -> dict:
         nf, nb = self.fg.sum(), self.bg.sum()
-        return {"frames": self.frames, "kept": self.kept,
-                "fg_positive": _ratio(self.fg[2], nf), "fg_negative": _ratio(self.fg[0], nf),
-                "fg_dont_care": _ratio(self.fg[1], nf), "bg_positive": _ratio(self.bg[2], nb),
-                "positive_precision": _ratio(self.fg[2], self.fg[2] + self.bg[2]),
-                "negative_precision": _ratio(self.bg[0], self.bg[0] + self.fg[0])}
+        return {
+            "frames": self.frames,
+            "kept": self.kept,
+            "fg_positive": _ratio(self.fg[2], nf),
+            "fg_negative": _ratio(self.fg[0], nf),
+            "fg_dont_care": _ratio(self.fg[1], nf),
+            "bg_positive": _ratio(self.bg[2], nb),
+            "positive_precision": _ratio(self.fg[2], self.fg[2] + self.bg[2]),
+            "negative_precision": _ratio(self.bg[0], self.bg[0] + self.fg[0]),
+        }
 
 
 def _ratio(a: int, b: int) -> float | None:

@@ -34,6 +34,7 @@ the same labels. Then real clips (../shared/data, skipped if absent), without gr
 student-teacher agreement on held-back frames and a contact sheet. Writes
 bench/out/quality_learner.json and bench/out/quality_learner_real.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,15 +113,20 @@ class Baselines:
         sal = motion_saliency(res, gm.residual_noise, cfg.motion.saliency_scale).astype(np.float32)
         r8 = np.clip(res / max(float(res.max()), 1e-6) * 255, 0, 255).astype(np.uint8)
         _, m = cv2.threshold(r8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        return {"saliency": cv2.resize(sal, (w, h)),
-                "otsu": (cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) > 0).astype(np.float32)}
+        return {
+            "saliency": cv2.resize(sal, (w, h)),
+            "otsu": (cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) > 0).astype(np.float32),
+        }
 
 
 def _thumb(rgb: np.ndarray, prob: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h, w = ref.shape
     size = (SHEET_WIDTH, int(round(h * SHEET_WIDTH / w)))
-    return (cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.resize(prob, size),
-            cv2.resize(ref, size, interpolation=cv2.INTER_NEAREST))
+    return (
+        cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(prob, size),
+        cv2.resize(ref, size, interpolation=cv2.INTER_NEAREST),
+    )
 
 
 def evaluate_clip(path: Path, gt_dir: Path, clip: dict, cfg, scores: dict[str, MaskScore], bar=None) -> dict:
@@ -130,8 +136,15 @@ def evaluate_clip(path: Path, gt_dir: Path, clip: dict, cfg, scores: dict[str, M
     base = Baselines(cfg, set(clip.get("shot_starts", [0])))
     pending: dict[int, dict[str, np.ndarray]] = {}  # baseline maps until the teacher's result (lookahead)
     stride = max(1, int(clip.get("frames", 90)) // SHEET_CANDIDATES)
-    row = {"clip": clip["name"], "frames": 0, "kept": 0, "seconds": 0.0, "iou": {m: [] for m in METHODS},
-           "kept_iou": [], "_sheet": []}
+    row = {
+        "clip": clip["name"],
+        "frames": 0,
+        "kept": 0,
+        "seconds": 0.0,
+        "iou": {m: [] for m in METHODS},
+        "kept_iou": [],
+        "_sheet": [],
+    }
 
     def take(results) -> None:
         for r in results:
@@ -177,14 +190,28 @@ def evaluate(data_dir: Path, clips: list[dict], cfg, progress: bool = True, desc
     summary = {m: scores[m].summary() for m in METHODS}
     frames = sum(r["frames"] for r in rows)
     kept_iou = [v for r in rows for v in r["kept_iou"]]
-    summary["motion_masks"] |= {"kept_fraction": sum(r["kept"] for r in rows) / max(frames, 1),
-                                "kept_iou": float(np.mean(kept_iou)) if kept_iou else None,
-                                "fps": frames / max(sum(r["seconds"] for r in rows), 1e-9)}
-    per_clip = [{"clip": r["clip"], "frames": r["frames"], "object_frames": len(r["iou"]["motion_masks"]),
-                 **{m: (float(np.mean(r["iou"][m])) if r["iou"][m] else None) for m in METHODS}} for r in rows]
-    return {"summary": summary, "targets": targets(summary), "curve": {m: scores[m].curve() for m in METHODS},
-            "reliability": scores["motion_masks"].reliability(), "per_clip": per_clip,
-            "_sheet": {r["clip"]: r["_sheet"] for r in rows}}
+    summary["motion_masks"] |= {
+        "kept_fraction": sum(r["kept"] for r in rows) / max(frames, 1),
+        "kept_iou": float(np.mean(kept_iou)) if kept_iou else None,
+        "fps": frames / max(sum(r["seconds"] for r in rows), 1e-9),
+    }
+    per_clip = [
+        {
+            "clip": r["clip"],
+            "frames": r["frames"],
+            "object_frames": len(r["iou"]["motion_masks"]),
+            **{m: (float(np.mean(r["iou"][m])) if r["iou"][m] else None) for m in METHODS},
+        }
+        for r in rows
+    ]
+    return {
+        "summary": summary,
+        "targets": targets(summary),
+        "curve": {m: scores[m].curve() for m in METHODS},
+        "reliability": scores["motion_masks"].reliability(),
+        "per_clip": per_clip,
+        "_sheet": {r["clip"]: r["_sheet"] for r in rows},
+    }
 
 
 def targets(summary: dict) -> dict:
@@ -194,8 +221,12 @@ def targets(summary: dict) -> dict:
     if t["iou"] is None:
         return {"gap_to_otsu": None, "gap_met": None, "calibration_gap": None, "calibration_met": None}
     gap, cal = t["iou"] - o["iou"], abs(t["iou"] - t["best_iou"])
-    return {"gap_to_otsu": gap, "gap_met": gap >= TARGET_GAP, "calibration_gap": cal,
-            "calibration_met": cal <= TARGET_CALIBRATION}
+    return {
+        "gap_to_otsu": gap,
+        "gap_met": gap >= TARGET_GAP,
+        "calibration_gap": cal,
+        "calibration_met": cal <= TARGET_CALIBRATION,
+    }
 
 
 def _outline(img: np.ndarray, ref: np.ndarray, void: bool = False) -> np.ndarray:
@@ -211,8 +242,9 @@ def _outline(img: np.ndarray, ref: np.ndarray, void: bool = False) -> np.ndarray
 
 
 def _heat(rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    heat = cv2.cvtColor(cv2.applyColorMap((np.clip(prob, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET),
-                        cv2.COLOR_BGR2RGB)
+    heat = cv2.cvtColor(
+        cv2.applyColorMap((np.clip(prob, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
+    )
     gray = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     return (0.7 * heat + 0.3 * gray).astype(np.uint8)  # a little of the frame, to see what is hot
 
@@ -230,11 +262,20 @@ def worst_sheet(result: dict, path: Path) -> list[str]:
         picks = sorted({int(round(k)) for k in np.linspace(0, len(cands) - 1, SHEET_FRAMES)}) if cands else []
         for k in picks:
             i, iou, rgb, prob, ref = cands[k]
-            rows.append(np.concatenate([
-                tile(_outline(rgb, ref, void=True), SHEET_WIDTH, f"{c['clip']} #{i}"),
-                tile(_outline(_heat(rgb, prob), ref), SHEET_WIDTH, "teacher probability"),
-                tile(_outline(overlay(rgb, prob), ref), SHEET_WIDTH,
-                     f"p>=0.5 IoU {iou:.2f}, clip {c['motion_masks']:.2f}")], axis=1))
+            rows.append(
+                np.concatenate(
+                    [
+                        tile(_outline(rgb, ref, void=True), SHEET_WIDTH, f"{c['clip']} #{i}"),
+                        tile(_outline(_heat(rgb, prob), ref), SHEET_WIDTH, "teacher probability"),
+                        tile(
+                            _outline(overlay(rgb, prob), ref),
+                            SHEET_WIDTH,
+                            f"p>=0.5 IoU {iou:.2f}, clip {c['motion_masks']:.2f}",
+                        ),
+                    ],
+                    axis=1,
+                )
+            )
     if not rows:
         return []
     width = max(r.shape[1] for r in rows)
@@ -255,21 +296,29 @@ def _met(ok: bool | None) -> str:
 def print_family(fam: Family, folder: Path, n_clips: int, r: dict) -> None:
     s, t = r["summary"], r["targets"]
     mm = s["motion_masks"]
-    print(f"\n### {title(fam)}: {n_clips} clips, {mm['frames']} frames with a moving object, "
-          f"{mm['empty_frames']} without ({folder})")
+    print(
+        f"\n### {title(fam)}: {n_clips} clips, {mm['frames']} frames with a moving object, "
+        f"{mm['empty_frames']} without ({folder})"
+    )
     print("| method | mIoU@0.5 | best mIoU (threshold) | precision | recall | ECE | FP on frames without objects |")
     print("|---|---|---|---|---|---|---|")
     for m in METHODS:
         x = s[m]
         best = "-" if x["best_iou"] is None else f"{x['best_iou']:.3f} ({x['best_threshold']:.2f})"
-        print(f"| {NAMES[m]} | {_f(x['iou'])} | {best} | {_f(x['precision'])} | {_f(x['recall'])} | "
-              f"{_f(x['ece'])} | {_f(x['empty_fp'])} |")
+        print(
+            f"| {NAMES[m]} | {_f(x['iou'])} | {best} | {_f(x['precision'])} | {_f(x['recall'])} | "
+            f"{_f(x['ece'])} | {_f(x['empty_fp'])} |"
+        )
     if t["gap_to_otsu"] is not None:
-        print(f"targets: teacher IoU@0.5 - Otsu = {t['gap_to_otsu']:+.3f} (>= +{TARGET_GAP:.2f}: "
-              f"{_met(t['gap_met'])}); |IoU@0.5 - best IoU| = {t['calibration_gap']:.3f} "
-              f"(<= {TARGET_CALIBRATION:.2f}: {_met(t['calibration_met'])})")
-    print(f"kept after pruning: {mm['kept_fraction']:.1%} of frames, teacher IoU on kept frames "
-          f"{_f(mm['kept_iou'])}; segmenter {mm['fps']:.1f} fps (decode excluded)")
+        print(
+            f"targets: teacher IoU@0.5 - Otsu = {t['gap_to_otsu']:+.3f} (>= +{TARGET_GAP:.2f}: "
+            f"{_met(t['gap_met'])}); |IoU@0.5 - best IoU| = {t['calibration_gap']:.3f} "
+            f"(<= {TARGET_CALIBRATION:.2f}: {_met(t['calibration_met'])})"
+        )
+    print(
+        f"kept after pruning: {mm['kept_fraction']:.1%} of frames, teacher IoU on kept frames "
+        f"{_f(mm['kept_iou'])}; segmenter {mm['fps']:.1f} fps (decode excluded)"
+    )
     print(f"\nreliability of the teacher's probability, {fam.name} (frames with an object, void excluded)")
     print("| probability | pixels | mean probability | foreground fraction |")
     print("|---|---|---|---|")
@@ -282,8 +331,10 @@ def print_family(fam: Family, folder: Path, n_clips: int, r: dict) -> None:
 
 def print_overview(res: dict) -> None:
     print("\n### every family: the targets of issue 18 (teacher = motion masks)")
-    print("| family | teacher mIoU@0.5 | best (threshold) | Otsu mIoU@0.5 | teacher - Otsu (>= +0.10) | "
-          "abs(IoU@0.5 - best) (<= 0.02) | ECE |")
+    print(
+        "| family | teacher mIoU@0.5 | best (threshold) | Otsu mIoU@0.5 | teacher - Otsu (>= +0.10) | "
+        "abs(IoU@0.5 - best) (<= 0.02) | ECE |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in res["families"].items():
         mm, t = r["summary"]["motion_masks"], r["targets"]
@@ -291,8 +342,10 @@ def print_overview(res: dict) -> None:
         gap = "-" if t["gap_to_otsu"] is None else f"{t['gap_to_otsu']:+.3f} {_met(t['gap_met'])}"
         cal = "-" if t["calibration_gap"] is None else f"{t['calibration_gap']:.3f} {_met(t['calibration_met'])}"
         label = f"{name} (tuning set)" if r["tuning"] else name
-        print(f"| {label} | {_f(mm['iou'])} | {best} | {_f(r['summary']['otsu']['iou'])} | {gap} | {cal} | "
-              f"{_f(mm['ece'])} |")
+        print(
+            f"| {label} | {_f(mm['iou'])} | {best} | {_f(r['summary']['otsu']['iou'])} | {gap} | {cal} | "
+            f"{_f(mm['ece'])} |"
+        )
     print_skipped(res["skipped"])
 
 
@@ -322,8 +375,12 @@ def quality_main(args) -> int:
         print_family(fam, folder, len(clips), r)
     print_overview(res)
     res["thresholds_grid"] = [float(t) for t in THRESHOLDS]
-    res["machine"] = {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision(),
-                      "load_avg": os.getloadavg()}
+    res["machine"] = {
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "revision": git_revision(),
+        "load_avg": os.getloadavg(),
+    }
     res["args"] = vars(args)
     res["seconds"] = time.monotonic() - t0
     save_json(out, res)
@@ -333,22 +390,42 @@ def quality_main(args) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", action="append", choices=list(FAMILIES), metavar="NAME",
-                    help=f"an evaluation family, repeatable (default: all of {', '.join(FAMILIES)})")
-    ap.add_argument("--data", default=None, help="also (or, without --family, only) this folder in the synthetic "
-                    "sets' format (clips.json, CLIP/gt/)")
-    ap.add_argument("--clips", type=int, default=None,
-                    help="a 'things' set of this many clips (default 10; --learner: the training clips)")
-    ap.add_argument("--seed", type=int, default=None,
-                    help="a 'things' set of this seed (default 100; --learner: the training seed)")
+    ap.add_argument(
+        "--family",
+        action="append",
+        choices=list(FAMILIES),
+        metavar="NAME",
+        help=f"an evaluation family, repeatable (default: all of {', '.join(FAMILIES)})",
+    )
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="also (or, without --family, only) this folder in the synthetic sets' format (clips.json, CLIP/gt/)",
+    )
+    ap.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="a 'things' set of this many clips (default 10; --learner: the training clips)",
+    )
+    ap.add_argument(
+        "--seed", type=int, default=None, help="a 'things' set of this seed (default 100; --learner: the training seed)"
+    )
     ap.add_argument("--config", default=None)
-    ap.add_argument("--out", default=None, help="default bench/out/quality.json (--learner: quality_learner.json); "
-                    "the contact sheets go next to it")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="default bench/out/quality.json (--learner: quality_learner.json); the contact sheets go next to it",
+    )
     learner = ap.add_argument_group("--learner")
     learner.add_argument("--learner", action="store_true", help="student vs teacher and bootstrapping (see above)")
     learner.add_argument("--minutes", type=float, default=6.0, help="training minutes of each student (default 6)")
-    learner.add_argument("--branch", type=float, default=0.5,
-                         help="fraction of --minutes trained plainly before the bootstrapped student branches off")
+    learner.add_argument(
+        "--branch",
+        type=float,
+        default=0.5,
+        help="fraction of --minutes trained plainly before the bootstrapped student branches off",
+    )
     learner.add_argument("--rounds", type=int, default=3, help="bootstrapping rounds after the branch (default 3)")
     learner.add_argument("--eval-seed", type=int, default=7)
     learner.add_argument("--eval-clips", type=int, default=10)
@@ -365,8 +442,11 @@ def main() -> int:
 
 # ---- --learner: the student against its teacher ------------------------------------------------
 
-STUDENTS = {"student_branch": "plain student at the branch point", "student": "plain student",
-            "bootstrapped": "student after bootstrapping rounds"}
+STUDENTS = {
+    "student_branch": "plain student at the branch point",
+    "student": "plain student",
+    "bootstrapped": "student after bootstrapping rounds",
+}
 
 
 def _synth(seed: int, clips: int) -> tuple[Path, list[dict]]:
@@ -374,8 +454,9 @@ def _synth(seed: int, clips: int) -> tuple[Path, list[dict]]:
     return synth_cached(OUT / "learner_runs", seed, clips)
 
 
-def _train(cfg, feed, run_dir: Path, minutes: float, stop_after_s: float | None = None,
-           resume: Path | None = None, boot=None):
+def _train(
+    cfg, feed, run_dir: Path, minutes: float, stop_after_s: float | None = None, resume: Path | None = None, boot=None
+):
     """One training phase on `feed`; a phase that resumes starts from a copy of `resume`'s run."""
     import shutil
 
@@ -390,8 +471,16 @@ def _train(cfg, feed, run_dir: Path, minutes: float, stop_after_s: float | None 
     if found is not None:
         trainer.load_state_dict(found[1], found[0])
     stop = (lambda: trainer.train_seconds >= stop_after_s) if stop_after_s else None
-    summary = fit(trainer, feed, run_dir, Limits(minutes=minutes), progress=True, stop=stop, interrupts=(),
-                  on_step=boot.on_step if boot is not None else None)
+    summary = fit(
+        trainer,
+        feed,
+        run_dir,
+        Limits(minutes=minutes),
+        progress=True,
+        stop=stop,
+        interrupts=(),
+        on_step=boot.on_step if boot is not None else None,
+    )
     return trainer, summary
 
 
@@ -401,13 +490,14 @@ def fusion_table(model, device, ring, trimap_cfg, lookup, fg: float = 0.5) -> li
     from learner.bootstrap import fuse, student_probs
     from streamer.motion.trimap import trimap
 
-    grid = [("motion", None, 0.0), ("student", None, 1.0)] + [(r, r, w) for r in ("linear", "geometric")
-                                                            for w in (0.3, 0.5, 0.7)]
+    grid = [("motion", None, 0.0), ("student", None, 1.0)] + [
+        (r, r, w) for r in ("linear", "geometric") for w in (0.3, 0.5, 0.7)
+    ]
     acc = {i: {"iou": [], "right": 0, "labelled": 0, "pixels": 0} for i in range(len(grid))}
     slots = ring.ready_slots()
     model.eval()
     for start in range(0, len(slots), 16):
-        b = ring.read(slots[start:start + 16])
+        b = ring.read(slots[start : start + 16])
         students = student_probs(model, b.frames, np.asarray(b.valid), device)
         for k in range(len(b)):
             y0, x0, h, w = (int(v) for v in b.valid[k])
@@ -416,7 +506,7 @@ def fusion_table(model, device, ring, trimap_cfg, lookup, fg: float = 0.5) -> li
                 continue
             if gt.shape != (h, w):
                 gt = cv2.resize(gt.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-            motion = b.probs[k, y0:y0 + h, x0:x0 + w] / 255.0
+            motion = b.probs[k, y0 : y0 + h, x0 : x0 + w] / 255.0
             for i, (_, rule, wt) in enumerate(grid):
                 p = motion if i == 0 else students[k] if i == 1 else fuse(students[k], motion, wt, rule)
                 t = trimap(p, trimap_cfg)
@@ -426,10 +516,16 @@ def fusion_table(model, device, ring, trimap_cfg, lookup, fg: float = 0.5) -> li
                 a["labelled"] += int((t != 128).sum())
                 a["pixels"] += t.size
     model.train()
-    return [{"labels": name if rule is None else f"{rule} w={wt:g}", "iou": float(np.mean(acc[i]["iou"])),
-             "accuracy": acc[i]["right"] / max(acc[i]["labelled"], 1),
-             "coverage": acc[i]["labelled"] / max(acc[i]["pixels"], 1), "samples": len(acc[i]["iou"])}
-            for i, (name, rule, wt) in enumerate(grid)]
+    return [
+        {
+            "labels": name if rule is None else f"{rule} w={wt:g}",
+            "iou": float(np.mean(acc[i]["iou"])),
+            "accuracy": acc[i]["right"] / max(acc[i]["labelled"], 1),
+            "coverage": acc[i]["labelled"] / max(acc[i]["pixels"], 1),
+            "samples": len(acc[i]["iou"]),
+        }
+        for i, (name, rule, wt) in enumerate(grid)
+    ]
 
 
 def evaluate_students(data_dir: Path, clips: list[dict], scfg, checkpoints: dict[str, Path]) -> dict:
@@ -479,8 +575,14 @@ def real_part(args, cfg, out_dir: Path) -> dict | None:
     if not clips:
         return None
     s = cfg.learner.samples
-    with OfflineFeed([str(c["train_dir"]) for c in clips], cfg.streamer, cfg.buffer, s.offline_draws_per_sample,
-                     s.offline_max_buffer_mb, log_level=logging.WARNING) as feed:
+    with OfflineFeed(
+        [str(c["train_dir"]) for c in clips],
+        cfg.streamer,
+        cfg.buffer,
+        s.offline_draws_per_sample,
+        s.offline_max_buffer_mb,
+        log_level=logging.WARNING,
+    ) as feed:
         from learner.bootstrap import Bootstrapper
 
         boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, out_dir / "learner_runs" / "real")
@@ -510,21 +612,40 @@ def real_part(args, cfg, out_dir: Path) -> dict | None:
         if not picks:  # nothing kept: show the held-back frames anyway
             picks = [(r, student(r.frame.image)) for r in held[:: max(1, len(held) // 2)][:2]]
         for r, sp in picks[:: max(1, len(picks) // 2)][:2]:
-            sheet.append(np.concatenate([tile(r.frame.image, 240, f"{c['name']} #{r.frame.index}"),
-                                         tile(overlay(r.frame.image, r.prob), 240, "teacher (motion)"),
-                                         tile(overlay(r.frame.image, sp), 240, "student (one frame)")], axis=1))
-        rows.append({"clip": c["name"], "train_frames": c["split"], "held_back": len(held),
-                     "kept_held_back": sum(r.kept for r in held), "scored": len(agree),
-                     "agreement_iou": float(np.mean(agree)) if agree else None,
-                     "agreement_iou_kept": float(np.mean(agree_kept)) if agree_kept else None,
-                     "teacher_fg": float(np.mean([(r.prob >= 0.5).mean() for r in held])) if held else None})
+            sheet.append(
+                np.concatenate(
+                    [
+                        tile(r.frame.image, 240, f"{c['name']} #{r.frame.index}"),
+                        tile(overlay(r.frame.image, r.prob), 240, "teacher (motion)"),
+                        tile(overlay(r.frame.image, sp), 240, "student (one frame)"),
+                    ],
+                    axis=1,
+                )
+            )
+        rows.append(
+            {
+                "clip": c["name"],
+                "train_frames": c["split"],
+                "held_back": len(held),
+                "kept_held_back": sum(r.kept for r in held),
+                "scored": len(agree),
+                "agreement_iou": float(np.mean(agree)) if agree else None,
+                "agreement_iou_kept": float(np.mean(agree_kept)) if agree_kept else None,
+                "teacher_fg": float(np.mean([(r.prob >= 0.5).mean() for r in held])) if held else None,
+            }
+        )
     png = out_dir / "quality_learner_real.png"
     if sheet:
         width = max(t.shape[1] for t in sheet)
         sheet = [np.pad(t, ((0, 4), (0, width - t.shape[1]), (0, 0))) for t in sheet]
         write_png(png, np.concatenate(sheet, axis=0))
-    return {"clips": rows, "train_steps": trainer.step_count, "train_minutes": summary.seconds / 60,
-            "rounds": [h.line() for h in boot.history], "contact_sheet": str(png)}
+    return {
+        "clips": rows,
+        "train_steps": trainer.step_count,
+        "train_minutes": summary.seconds / 60,
+        "rounds": [h.line() for h in boot.history],
+        "contact_sheet": str(png),
+    }
 
 
 def learner_main(args) -> int:
@@ -544,11 +665,20 @@ def learner_main(args) -> int:
     M = args.minutes
     s = cfg.learner.samples
     res: dict = {"args": vars(args)}
-    with OfflineFeed([str(train_dir)], cfg.streamer, cfg.buffer, s.offline_draws_per_sample, s.offline_max_buffer_mb,
-                     log_level=logging.WARNING) as feed:
+    with OfflineFeed(
+        [str(train_dir)],
+        cfg.streamer,
+        cfg.buffer,
+        s.offline_draws_per_sample,
+        s.offline_max_buffer_mb,
+        log_level=logging.WARNING,
+    ) as feed:
         lookup = synthetic_ground_truth(feed.specs)
-        print(f"training on {len(train_clips)} clips (seed {args.seed}) for {M:g} min: plain for "
-              f"{args.branch * M:g} min, then a plain and a bootstrapped branch", file=sys.stderr)
+        print(
+            f"training on {len(train_clips)} clips (seed {args.seed}) for {M:g} min: plain for "
+            f"{args.branch * M:g} min, then a plain and a bootstrapped branch",
+            file=sys.stderr,
+        )
         trainer, summary = _train(cfg, feed, runs / "branch", M, stop_after_s=args.branch * M * 60)
         branch_step = trainer.step_count
         rate = branch_step / max(trainer.train_seconds, 1e-9)
@@ -557,26 +687,45 @@ def learner_main(args) -> int:
         _, plain = _train(cfg, feed, runs / "plain", M, resume=runs / "branch")
         # rounds spread over the branch's expected steps: one at the branch, then every `every`
         every = max(1, int(rate * (1 - args.branch) * M * 60 / max(args.rounds, 1)))
-        bcfg = dataclasses.replace(boot_cfg, enabled=True, start_step=branch_step + 1, every_steps=every,
-                                   max_rounds=args.rounds)
-        boot = Bootstrapper(bcfg, cfg.streamer.trimap, feed.ring, runs / "bootstrapped", ground_truth=lookup,
-                            fg_threshold=cfg.streamer.prune.fg_threshold)
+        bcfg = dataclasses.replace(
+            boot_cfg, enabled=True, start_step=branch_step + 1, every_steps=every, max_rounds=args.rounds
+        )
+        boot = Bootstrapper(
+            bcfg,
+            cfg.streamer.trimap,
+            feed.ring,
+            runs / "bootstrapped",
+            ground_truth=lookup,
+            fg_threshold=cfg.streamer.prune.fg_threshold,
+        )
         _, booted = _train(cfg, feed, runs / "bootstrapped", M, resume=runs / "branch", boot=boot)
         res["streamed"] = dataclasses.asdict(feed.poll())
-    res["training"] = {"branch_step": branch_step, "plain_step": plain.step, "bootstrapped_step": booted.step,
-                       "round_every_steps": every, "crops_per_s": plain.crops_per_s, "rule": bcfg.rule,
-                       "weights": [h.weight for h in boot.history]}
+    res["training"] = {
+        "branch_step": branch_step,
+        "plain_step": plain.step,
+        "bootstrapped_step": booted.step,
+        "round_every_steps": every,
+        "crops_per_s": plain.crops_per_s,
+        "rule": bcfg.rule,
+        "weights": [h.weight for h in boot.history],
+    }
     res["rounds"] = [h.line() for h in boot.history]
-    ck = {"student_branch": runs / "branch" / "checkpoints" / "last.pt",
-          "student": runs / "plain" / "checkpoints" / "last.pt",
-          "bootstrapped": runs / "bootstrapped" / "checkpoints" / "last.pt"}
+    ck = {
+        "student_branch": runs / "branch" / "checkpoints" / "last.pt",
+        "student": runs / "plain" / "checkpoints" / "last.pt",
+        "bootstrapped": runs / "bootstrapped" / "checkpoints" / "last.pt",
+    }
     res["unseen"] = evaluate_students(eval_dir, eval_clips, cfg.streamer, ck)
     res["coverage"] = coverage(res["unseen"], eval_dir, train_dir)
     cfg.learner.bootstrap = boot_cfg
     cfg.learner.bootstrap.enabled = True
     res["real"] = real_part(args, cfg, out_dir)
-    res["machine"] = {"cpu": cpu_model(), "python": platform.python_version(), "revision": git_revision(),
-                      "load_avg": os.getloadavg()}
+    res["machine"] = {
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "revision": git_revision(),
+        "load_avg": os.getloadavg(),
+    }
     res["seconds"] = time.monotonic() - t_start
     _print_learner(res, args)
     out = Path(args.out or out_dir / "quality_learner.json")
@@ -587,37 +736,51 @@ def learner_main(args) -> int:
 
 def _print_learner(res: dict, args) -> None:
     u, t = res["unseen"]["summary"], res["training"]
-    print(f"\nstudent vs teacher on {args.eval_clips} unseen synthetic clips (seed {args.eval_seed}; trained on "
-          f"seed {args.seed}, {args.minutes:g} min each on {res['machine']['cpu']})")
+    print(
+        f"\nstudent vs teacher on {args.eval_clips} unseen synthetic clips (seed {args.eval_seed}; trained on "
+        f"seed {args.seed}, {args.minutes:g} min each on {res['machine']['cpu']})"
+    )
     print("| masks | mean IoU | precision | recall | FP on empty frames | steps |")
     print("|---|---|---|---|---|---|")
     steps = res["unseen"]["steps"]
     names = {"teacher": "teacher (motion masks)", **STUDENTS}
     for m in ["teacher", "student_branch", "student", "bootstrapped"]:
         r = u[m]
-        print(f"| {names[m]} | {_f(r['iou'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['empty_fp'])} | "
-              f"{steps.get(m, '-')} |")
-    print("\nthe same frames by what the training clips showed of their shot: its background, and its movers' "
-          "photos (common: each moved in >= 5 training objects)")
+        print(
+            f"| {names[m]} | {_f(r['iou'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['empty_fp'])} | "
+            f"{steps.get(m, '-')} |"
+        )
+    print(
+        "\nthe same frames by what the training clips showed of their shot: its background, and its movers' "
+        "photos (common: each moved in >= 5 training objects)"
+    )
     print("| background | movers | frames | teacher | plain at the branch | plain | bootstrapped |")
     print("|---|---|---|---|---|---|---|")
     for g in res["coverage"]:
-        print(f"| {g['background']} | {g['movers']} | {g['frames']} | {_f(g['teacher'])} | "
-              f"{_f(g['student_branch'])} | {_f(g['student'])} | {_f(g['bootstrapped'])} |")
-    print(f"\npseudo-label quality per round (training samples with ground truth; {t['rule']} rule, round 0 = "
-          f"the motion labels; a round every {t['round_every_steps']} steps from step {t['branch_step'] + 1})")
+        print(
+            f"| {g['background']} | {g['movers']} | {g['frames']} | {_f(g['teacher'])} | "
+            f"{_f(g['student_branch'])} | {_f(g['student'])} | {_f(g['bootstrapped'])} |"
+        )
+    print(
+        f"\npseudo-label quality per round (training samples with ground truth; {t['rule']} rule, round 0 = "
+        f"the motion labels; a round every {t['round_every_steps']} steps from step {t['branch_step'] + 1})"
+    )
     print("| round | step | w | IoU of labels | label accuracy | labelled pixels | labels changed | student IoU |")
     print("|---|---|---|---|---|---|---|---|")
     rounds = res["rounds"]
     if rounds:
         q = rounds[0]["quality"]
-        print(f"| 0 | - | 0 | {_f(q.get('iou_motion'))} | {_f(q.get('accuracy_motion'))} | "
-              f"{_f(rounds[0]['coverage_motion'])} | - | - |")
+        print(
+            f"| 0 | - | 0 | {_f(q.get('iou_motion'))} | {_f(q.get('accuracy_motion'))} | "
+            f"{_f(rounds[0]['coverage_motion'])} | - | - |"
+        )
     for r in rounds:
         q = r["quality"]
-        print(f"| {r['round']} | {r['step']} | {r['weight']:.2f} | {_f(q.get('iou_refined'))} | "
-              f"{_f(q.get('accuracy_refined'))} | {_f(r['coverage_refined'])} | {_f(r['changed'])} | "
-              f"{_f(q.get('iou_student'))} |")
+        print(
+            f"| {r['round']} | {r['step']} | {r['weight']:.2f} | {_f(q.get('iou_refined'))} | "
+            f"{_f(q.get('accuracy_refined'))} | {_f(r['coverage_refined'])} | {_f(r['changed'])} | "
+            f"{_f(q.get('iou_student'))} |"
+        )
     print(f"\nfusion rules on the training labels at the branch point (student at step {t['branch_step']})")
     print("| labels | IoU vs GT | label accuracy | labelled pixels |")
     print("|---|---|---|---|")
@@ -625,14 +788,18 @@ def _print_learner(res: dict, args) -> None:
         print(f"| {r['labels']} | {_f(r['iou'])} | {_f(r['accuracy'])} | {_f(r['coverage'])} |")
     real = res.get("real")
     if real:
-        print(f"\nreal clips ({args.real}), trained {real['train_minutes']:.1f} min on the first 70% of each "
-              f"(at most {args.real_frames} frames), scored on the held-back rest: no ground truth, so agreement "
-              f"(IoU) of student and teacher on frames where either marks something")
+        print(
+            f"\nreal clips ({args.real}), trained {real['train_minutes']:.1f} min on the first 70% of each "
+            f"(at most {args.real_frames} frames), scored on the held-back rest: no ground truth, so agreement "
+            f"(IoU) of student and teacher on frames where either marks something"
+        )
         print("| clip | held-back frames | kept by pruning | agreement (all) | agreement (kept) | teacher fg |")
         print("|---|---|---|---|---|---|")
         for r in real["clips"]:
-            print(f"| {r['clip']} | {r['held_back']} | {r['kept_held_back']} | {_f(r['agreement_iou'])} | "
-                  f"{_f(r['agreement_iou_kept'])} | {_f(r['teacher_fg'])} |")
+            print(
+                f"| {r['clip']} | {r['held_back']} | {r['kept_held_back']} | {_f(r['agreement_iou'])} | "
+                f"{_f(r['agreement_iou_kept'])} | {_f(r['teacher_fg'])} |"
+            )
         print(f"contact sheet: {real['contact_sheet']}")
 
 

@@ -9,6 +9,7 @@ The sheet bench/out/real_reference_<clip>.png shows the median background plate,
 spread over the clip with the reference outline in red and the void (not scored) tinted cyan.
 The table and the per-clip figures also go to bench/out/real_reference.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,7 @@ def marked(rgb: np.ndarray, ref: np.ndarray) -> np.ndarray:
     out = rgb.copy()
     void = ref == rm.VOID
     out[void] = (0.45 * out[void] + 0.55 * np.array([0, 230, 255])).astype(np.uint8)
-    contours, _ = cv2.findContours((ref == rm.OBJECT).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours((ref == rm.OBJECT).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     thick = max(1, rgb.shape[1] // 300)
     cv2.drawContours(out, contours, -1, (255, 30, 30), thick)
     return out
@@ -56,7 +56,7 @@ def sheet(folder: Path, entry: dict, path: Path) -> None:
     cols = 4
     while len(tiles) % cols:
         tiles.append(np.zeros_like(tiles[0]))
-    grid = np.vstack([np.hstack(tiles[r:r + cols]) for r in range(0, len(tiles), cols)])
+    grid = np.vstack([np.hstack(tiles[r : r + cols]) for r in range(0, len(tiles), cols)])
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
 
 
@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         for e in entries:
             path = OUT / f"real_reference_{e['name']}.png"
             sheet(folder, e, path)
-            print(f"| {e['name']} | {e['frames']} | {e['width']}x{e['height']} | "
-                  f"{e['mean_foreground']:.1%} | {e['mean_void']:.1%} |")
+            print(
+                f"| {e['name']} | {e['frames']} | {e['width']}x{e['height']} | "
+                f"{e['mean_foreground']:.1%} | {e['mean_void']:.1%} |"
+            )
             rows.append({**e, "sheet": str(path)})
         (OUT / "real_reference.json").write_text(json.dumps({"folder": str(folder), "clips": rows}, indent=1))
     except UserError as e:

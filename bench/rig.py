@@ -46,6 +46,7 @@ whose pixels hardly changed over the last second) outlined in yellow.
     python -m bench.rig --quick                # smoke: a 30 s stream, a few steps, no vtest training
 Prints markdown tables and writes bench/out/rig.json (--out) and bench/out/rig_sheet.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,10 +72,14 @@ from streamer.config import SourceConfig
 from streamer.png import write_png
 
 METHODS = ("teacher", "student", "exported", "fused", "live")
-NAMES = {"teacher": "teacher (motion masks)", "student": "student (checkpoint)",
-         "exported": "student exported (ONNX Runtime)", "fused": "fused, student on every frame",
-         "live": "live fused mask (student every Nth frame, carried)",
-         "ground_truth": "ground truth (flicker ceiling)"}
+NAMES = {
+    "teacher": "teacher (motion masks)",
+    "student": "student (checkpoint)",
+    "exported": "student exported (ONNX Runtime)",
+    "fused": "fused, student on every frame",
+    "live": "live fused mask (student every Nth frame, carried)",
+    "ground_truth": "ground truth (flicker ceiling)",
+}
 TEACHER_WARMUP_S = 4.0  # seconds of stream before the split the teacher sees first: its motion history
 FLICKER_GROW = 4  # px an actor's region grows by before a mask is cut to it (masks overshoot edges a little)
 ID_STRIDE = 5  # frames between crops for who-is-who
@@ -111,8 +116,9 @@ class Truth:
         else:
             self.kind = "mixed"
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FLICKER_GROW + 1,) * 2)
-        self.region = {i: (cv2.dilate((inst == i).astype(np.uint8), k) > 0) & ((inst == 0) | (inst == i))
-                       for i in self.ids}
+        self.region = {
+            i: (cv2.dilate((inst == i).astype(np.uint8), k) > 0) & ((inst == 0) | (inst == i)) for i in self.ids
+        }
 
 
 class RigScore:
@@ -152,14 +158,26 @@ class RigScore:
 
     def summary(self) -> dict:
         a, s, m = self.all.summary(), self.still.summary(), self.moving.summary()
-        return {"miou": a["iou"], "miou_still": s["iou"], "miou_moving": m["iou"],
-                "best_iou": a["best_iou"], "best_threshold": a["best_threshold"], "precision": a["precision"],
-                "recall": a["recall"], "ece": a["ece"], "empty_fp": a["empty_fp"],
-                "still_recall": self.still_hit / self.still_px if self.still_px else None,
-                "flicker": _mean(self.flicker), "flicker_still": _mean(self.flicker_still),
-                "frames": a["frames"], "frames_still": s["frames"], "frames_moving": m["frames"],
-                "empty_frames": a["empty_frames"], "flicker_pairs": len(self.flicker),
-                "flicker_still_pairs": len(self.flicker_still)}
+        return {
+            "miou": a["iou"],
+            "miou_still": s["iou"],
+            "miou_moving": m["iou"],
+            "best_iou": a["best_iou"],
+            "best_threshold": a["best_threshold"],
+            "precision": a["precision"],
+            "recall": a["recall"],
+            "ece": a["ece"],
+            "empty_fp": a["empty_fp"],
+            "still_recall": self.still_hit / self.still_px if self.still_px else None,
+            "flicker": _mean(self.flicker),
+            "flicker_still": _mean(self.flicker_still),
+            "frames": a["frames"],
+            "frames_still": s["frames"],
+            "frames_moving": m["frames"],
+            "empty_frames": a["empty_frames"],
+            "flicker_pairs": len(self.flicker),
+            "flicker_still_pairs": len(self.flicker_still),
+        }
 
 
 def _mean(v: list[float]) -> float | None:
@@ -215,8 +233,9 @@ def write_train_frames(video: Path, indices: range, folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for j, frame in enumerate(frames_of(video, indices.start, indices.stop)):
-        cv2.imwrite(str(folder / f"{j:06d}.jpg"), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(
+            str(folder / f"{j:06d}.jpg"), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+        )
 
 
 def run_config(path: Path, base: str | None, seed: int, device: str, extra: dict) -> Path:
@@ -244,8 +263,22 @@ def train(inputs: Path, run: Path, cfg: Path, minutes: float, steps: int, reuse:
         print(f"reusing {run}", file=sys.stderr, flush=True)
         return _train_record(run, log.read_text(), None)
     shutil.rmtree(run, ignore_errors=True)  # the same --out again would resume the earlier run
-    cmd = [sys.executable, "-m", "motionmask.cli", "train", str(inputs), "--out", str(run), "--config", str(cfg),
-           "--minutes", f"{minutes:g}", "--steps", str(steps), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "motionmask.cli",
+        "train",
+        str(inputs),
+        "--out",
+        str(run),
+        "--config",
+        str(cfg),
+        "--minutes",
+        f"{minutes:g}",
+        "--steps",
+        str(steps),
+        "--quiet",
+    ]
     print("$ motionmask " + " ".join(cmd[3:]), file=sys.stderr, flush=True)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -259,21 +292,33 @@ def train(inputs: Path, run: Path, cfg: Path, minutes: float, steps: int, reuse:
 
 def _train_record(run: Path, stderr: str, wall_s: float | None) -> dict:
     lines = stderr.splitlines()
-    summary = [ln.removeprefix("motionmask train: ") for ln in lines
-               if ln.startswith("motionmask train:") and " steps (run at step " in ln]
-    records = [json.loads(ln) for ln in (run / "train.jsonl").read_text().splitlines() if ln.strip()] \
-        if (run / "train.jsonl").is_file() else []
+    summary = [
+        ln.removeprefix("motionmask train: ")
+        for ln in lines
+        if ln.startswith("motionmask train:") and " steps (run at step " in ln
+    ]
+    records = (
+        [json.loads(ln) for ln in (run / "train.jsonl").read_text().splitlines() if ln.strip()]
+        if (run / "train.jsonl").is_file()
+        else []
+    )
     emb = [r["loss_embedding"] for r in records if "loss_embedding" in r]
     first_emb = next((r["step"] for r in records if "loss_embedding" in r), None)
-    return {"summary": summary[-1] if summary else "", "wall_s": wall_s,
-            "steps": records[-1]["step"] if records else 0, "log_lines": len(records),
-            "loss_first": records[0].get("loss") if records else None,
-            "loss_last": records[-1].get("loss") if records else None,
-            "embedding_loss_lines": len(emb), "embedding_loss_mean": _mean(emb),
-            "embedding_loss_last": emb[-1] if emb else None, "embedding_first_step": first_emb,
-            "embedding_loss_zero_lines": sum(1 for v in emb if v < 5e-4),
-            "warnings": [ln[:300] for ln in lines if "embedding" in ln or "WARNING" in ln][:10],
-            "checkpoint": str(run / "checkpoints" / "last.pt")}
+    return {
+        "summary": summary[-1] if summary else "",
+        "wall_s": wall_s,
+        "steps": records[-1]["step"] if records else 0,
+        "log_lines": len(records),
+        "loss_first": records[0].get("loss") if records else None,
+        "loss_last": records[-1].get("loss") if records else None,
+        "embedding_loss_lines": len(emb),
+        "embedding_loss_mean": _mean(emb),
+        "embedding_loss_last": emb[-1] if emb else None,
+        "embedding_first_step": first_emb,
+        "embedding_loss_zero_lines": sum(1 for v in emb if v < 5e-4),
+        "warnings": [ln[:300] for ln in lines if "embedding" in ln or "WARNING" in ln][:10],
+        "checkpoint": str(run / "checkpoints" / "last.pt"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,8 +340,18 @@ def pick_sheet_frames(clip_dir: Path, split: int, frames: int) -> list[int]:
     return sorted(out)
 
 
-def evaluate(video: Path, clip_dir: Path, split: int, frames: int, fps: int, streamer_cfg, checkpoint: Path,
-             bundle: Path, device: str, sheet_at: list[int]) -> dict:
+def evaluate(
+    video: Path,
+    clip_dir: Path,
+    split: int,
+    frames: int,
+    fps: int,
+    streamer_cfg,
+    checkpoint: Path,
+    bundle: Path,
+    device: str,
+    sheet_at: list[int],
+) -> dict:
     """The teacher over the stream from TEACHER_WARMUP_S before the split (its motion history), and
     on every scored frame: the teacher's uint8 mask (what `motionmask masks` writes), the student's
     checkpoint, the exported bundle, the fused mask with the bundle run on this frame, and the live
@@ -314,6 +369,7 @@ def evaluate(video: Path, clip_dir: Path, split: int, frames: int, fps: int, str
     carried = None
     if fuse is not None:
         from motionmask.fuse import CarriedStudent
+
         carried = CarriedStudent(every)
     names = ["teacher", "student", "exported"] + (["fused", "live"] if fuse is not None else [])
     scores = {m: RigScore() for m in names + ["ground_truth"]}
@@ -345,17 +401,25 @@ def evaluate(video: Path, clip_dir: Path, split: int, frames: int, fps: int, str
     for frame in frames_of(video, max(0, split - round(TEACHER_WARMUP_S * fps)), frames):
         take(seg.push(frame))
     take(seg.flush())
-    return {"scores": {k: v.summary() for k, v in scores.items()},
-            "still_frames": scores["teacher"].still.summary()["frames"],
-            "moving_frames": scores["teacher"].moving.summary()["frames"], "fused_source": fuse_note,
-            "live_student_every": every,
-            "exported": {"provider": runner.device.provider, "version": runner.version,
-                         "max_abs_diff_max": max(diffs) if diffs else None,
-                         "max_abs_diff_mean": _mean(diffs)}, "_sheet": sheet}
+    return {
+        "scores": {k: v.summary() for k, v in scores.items()},
+        "still_frames": scores["teacher"].still.summary()["frames"],
+        "moving_frames": scores["teacher"].moving.summary()["frames"],
+        "fused_source": fuse_note,
+        "live_student_every": every,
+        "exported": {
+            "provider": runner.device.provider,
+            "version": runner.version,
+            "max_abs_diff_max": max(diffs) if diffs else None,
+            "max_abs_diff_mean": _mean(diffs),
+        },
+        "_sheet": sheet,
+    }
 
 
-def fused_and_live(fuse: Callable, carried, motion: np.ndarray, ep: np.ndarray, r, version: str,
-                   flow_width: int) -> tuple[np.ndarray, np.ndarray]:
+def fused_and_live(
+    fuse: Callable, carried, motion: np.ndarray, ep: np.ndarray, r, version: str, flow_width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The fused mask with the bundle run on this frame, and the live one as the camera makes it:
     the bundle's mask when it is due, else the last one carried along the flow, fused."""
     from streamer.motion.flow import working_size
@@ -420,7 +484,7 @@ def embeddings(checkpoint: Path, crops: list[np.ndarray], device: str) -> np.nda
     out = []
     with torch.no_grad():
         for i in range(0, len(crops), 64):
-            x = torch.from_numpy(np.stack(crops[i:i + 64])).to(p.device).permute(0, 3, 1, 2).float()
+            x = torch.from_numpy(np.stack(crops[i : i + 64])).to(p.device).permute(0, 3, 1, 2).float()
             side = getattr(model, "input_size", None)
             if side and x.shape[-1] != side:
                 x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
@@ -448,8 +512,13 @@ def top1(vectors: np.ndarray, ids: list[int], keys: list[tuple]) -> dict:
 def who_is_who(crops, ids, keys, checkpoint: Path, device: str) -> dict:
     hist = np.stack([colour_histogram(c) for c in crops]) if crops else np.zeros((0, 512))
     emb = embeddings(checkpoint, crops, device) if crops else np.zeros((0, 1))
-    return {"crops": len(crops), "actors": len(set(ids)), "visits": len(set(keys)),
-            "embedding": top1(emb, ids, keys), "colour_histogram": top1(hist, ids, keys)}
+    return {
+        "crops": len(crops),
+        "actors": len(set(ids)),
+        "visits": len(set(keys)),
+        "embedding": top1(emb, ids, keys),
+        "colour_histogram": top1(hist, ids, keys),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -519,10 +588,17 @@ def real_part(args, extra: dict, work: Path, sheet_path: Path) -> dict:
     take(seg.flush())
     if rows:
         vtest_sheet(sheet_path, rows)
-    return {"clip": str(clip), "frames": n, "train_frames": [first, n - 1], "shown_frames": [0, first - 1],
-            "train": tr, "agreement_iou": _mean(agree), "frames_with_still_people": still_frames,
-            "still_marks": "reference masks + frame difference" if ref_dir is not None else "none",
-            "contact_sheet": str(sheet_path) if rows else None}
+    return {
+        "clip": str(clip),
+        "frames": n,
+        "train_frames": [first, n - 1],
+        "shown_frames": [0, first - 1],
+        "train": tr,
+        "agreement_iou": _mean(agree),
+        "frames_with_still_people": still_frames,
+        "still_marks": "reference masks + frame difference" if ref_dir is not None else "none",
+        "contact_sheet": str(sheet_path) if rows else None,
+    }
 
 
 def vtest_reference(clip: Path) -> Path | None:
@@ -544,8 +620,11 @@ def vtest_sheet(path: Path, rows: list[tuple]) -> None:
     cols = []
     for t, rgb, tp, sp, still in rows:
         marks = []
-        for img in (tile(rgb, 240, f"#{t}"), tile(overlay(rgb, tp), 240, "teacher (motion)"),
-                    tile(overlay(rgb, sp), 240, "student (one frame)")):
+        for img in (
+            tile(rgb, 240, f"#{t}"),
+            tile(overlay(rgb, tp), 240, "teacher (motion)"),
+            tile(overlay(rgb, sp), 240, "student (one frame)"),
+        ):
             if still.any():
                 s = cv2.resize(still.astype(np.uint8), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
                 contours, _ = cv2.findContours(s, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -590,22 +669,43 @@ def targets(runs: list[dict]) -> dict:
             by_gen.setdefault(r["gen_seed"], []).append(s - t)
     gains = {str(g): float(np.mean(v)) for g, v in by_gen.items()}
     still = [r["methods"]["student"]["still_recall"] for r in runs]
-    exp = [abs(r["methods"]["exported"]["miou"] - r["methods"]["student"]["miou"]) for r in runs
-           if r["methods"]["exported"]["miou"] is not None and r["methods"]["student"]["miou"] is not None]
-    fused = [r["methods"]["live"]["miou"] - max(r["methods"]["exported"]["miou"], r["methods"]["teacher"]["miou"])
-             for r in runs if r["methods"].get("live") and r["methods"]["live"]["miou"] is not None]
-    ids = [(r["id"]["embedding"]["top1"], r["id"]["colour_histogram"]["top1"]) for r in runs
-           if r.get("id") and r["id"]["embedding"]["top1"] is not None]
+    exp = [
+        abs(r["methods"]["exported"]["miou"] - r["methods"]["student"]["miou"])
+        for r in runs
+        if r["methods"]["exported"]["miou"] is not None and r["methods"]["student"]["miou"] is not None
+    ]
+    fused = [
+        r["methods"]["live"]["miou"] - max(r["methods"]["exported"]["miou"], r["methods"]["teacher"]["miou"])
+        for r in runs
+        if r["methods"].get("live") and r["methods"]["live"]["miou"] is not None
+    ]
+    ids = [
+        (r["id"]["embedding"]["top1"], r["id"]["colour_histogram"]["top1"])
+        for r in runs
+        if r.get("id") and r["id"]["embedding"]["top1"] is not None
+    ]
     return {
-        "student_gain": {"want": f">= +{TARGET_GAIN}", "per_gen_seed": gains,
-                         "met": bool(gains) and all(v >= TARGET_GAIN for v in gains.values())},
-        "student_still_recall": {"want": f">= {TARGET_STILL}", "values": still,
-                                 "met": bool(still) and all(v is not None and v >= TARGET_STILL for v in still)},
+        "student_gain": {
+            "want": f">= +{TARGET_GAIN}",
+            "per_gen_seed": gains,
+            "met": bool(gains) and all(v >= TARGET_GAIN for v in gains.values()),
+        },
+        "student_still_recall": {
+            "want": f">= {TARGET_STILL}",
+            "values": still,
+            "met": bool(still) and all(v is not None and v >= TARGET_STILL for v in still),
+        },
         "export_gap": {"want": f"<= {TARGET_EXPORT}", "values": exp, "met": bool(exp) and max(exp) <= TARGET_EXPORT},
-        "live_beats_both": {"want": "live mIoU - max(teacher, exported) > 0", "values": fused,
-                            "met": (bool(fused) and min(fused) > 0) if fused else None},
-        "who_is_who": {"want": "embedding top-1 > colour histogram top-1", "values": ids,
-                       "met": (all(e > c for e, c in ids)) if ids else None},
+        "live_beats_both": {
+            "want": "live mIoU - max(teacher, exported) > 0",
+            "values": fused,
+            "met": (bool(fused) and min(fused) > 0) if fused else None,
+        },
+        "who_is_who": {
+            "want": "embedding top-1 > colour histogram top-1",
+            "values": ids,
+            "met": (all(e > c for e, c in ids)) if ids else None,
+        },
     }
 
 
@@ -616,8 +716,10 @@ def _f(v) -> str:
 def print_tables(doc: dict) -> None:
     for r in doc["runs"]:
         st = r["stream"]
-        print(f"\n### rig seed {r['gen_seed']}, training seed {r['train_seed']}: scored frames {st['split']}-"
-              f"{st['frames'] - 1} ({st['frames_still']} with every actor still, {st['frames_moving']} all moving)")
+        print(
+            f"\n### rig seed {r['gen_seed']}, training seed {r['train_seed']}: scored frames {st['split']}-"
+            f"{st['frames'] - 1} ({st['frames_still']} with every actor still, {st['frames_moving']} all moving)"
+        )
         print(f"student: {r['train']['summary']}")
         print("\n| method | mIoU | mIoU still | mIoU moving | still-actor recall | flicker IoU | flicker IoU still |")
         print("|---|---:|---:|---:|---:|---:|---:|")
@@ -629,19 +731,25 @@ def print_tables(doc: dict) -> None:
             if m == "ground_truth":
                 print(f"| {NAMES[m]} | | | | | {_f(s['flicker'])} | {_f(s['flicker_still'])} |")
                 continue
-            print(f"| {NAMES[m]} | {_f(s['miou'])} | {_f(s['miou_still'])} | {_f(s['miou_moving'])} | "
-                  f"{_f(s['still_recall'])} | {_f(s['flicker'])} | {_f(s['flicker_still'])} |")
+            print(
+                f"| {NAMES[m]} | {_f(s['miou'])} | {_f(s['miou_still'])} | {_f(s['miou_moving'])} | "
+                f"{_f(s['still_recall'])} | {_f(s['flicker'])} | {_f(s['flicker_still'])} |"
+            )
         e = r["exported_check"]
-        print(f"\nexported on {e['provider']}: max |ONNX - checkpoint| per frame: mean {_f(e['max_abs_diff_mean'])}, "
-              f"worst {_f(e['max_abs_diff_max'])}")
+        print(
+            f"\nexported on {e['provider']}: max |ONNX - checkpoint| per frame: mean {_f(e['max_abs_diff_mean'])}, "
+            f"worst {_f(e['max_abs_diff_max'])}"
+        )
         if r.get("id"):
             i = r["id"]
-            print(f"who is who ({i['crops']} crops of {i['actors']} actors, {i['visits']} visits; "
-                  "top-1 over other visits): "
-                  f"embedding {_f(i['embedding']['top1'])}, colour histogram {_f(i['colour_histogram']['top1'])}, "
-                  f"chance {_f(i['embedding']['chance'])}; "
-                  f"embedding loss logged on {i['train']['embedding_loss_lines']}"
-                  f" of {i['train']['log_lines']} log lines, mean {_f(i['train']['embedding_loss_mean'])}")
+            print(
+                f"who is who ({i['crops']} crops of {i['actors']} actors, {i['visits']} visits; "
+                "top-1 over other visits): "
+                f"embedding {_f(i['embedding']['top1'])}, colour histogram {_f(i['colour_histogram']['top1'])}, "
+                f"chance {_f(i['embedding']['chance'])}; "
+                f"embedding loss logged on {i['train']['embedding_loss_lines']}"
+                f" of {i['train']['log_lines']} log lines, mean {_f(i['train']['embedding_loss_mean'])}"
+            )
     print("\n### targets (issue 19; live = what a subscriber receives)")
     for k, v in doc["targets"].items():
         vals = v.get("per_gen_seed", v.get("values"))
@@ -651,9 +759,11 @@ def print_tables(doc: dict) -> None:
         if "skipped" in real or "error" in real:
             print(f"\nvtest: not done ({real.get('skipped') or real.get('error')})")
         else:
-            print(f"\nvtest: trained on frames {real['train_frames']}, shown {real['shown_frames']}: "
-                  f"agreement IoU {_f(real['agreement_iou'])}, {real['frames_with_still_people']} frames with someone "
-                  f"standing still; {real['train']['summary']}; sheet {real['contact_sheet']}")
+            print(
+                f"\nvtest: trained on frames {real['train_frames']}, shown {real['shown_frames']}: "
+                f"agreement IoU {_f(real['agreement_iou'])}, {real['frames_with_still_people']} frames with someone "
+                f"standing still; {real['train']['summary']}; sheet {real['contact_sheet']}"
+            )
 
 
 def _write(out: Path, doc: dict) -> None:
@@ -666,26 +776,40 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=0, help="stop each training at this step (0: --minutes only)")
     ap.add_argument("--id-minutes", type=float, default=None, help="minutes of the multitask run (default --minutes)")
     ap.add_argument("--real-minutes", type=float, default=None, help="minutes of the vtest run (default --minutes)")
-    ap.add_argument("--gen-seeds", type=int, nargs="+", default=None,
-                    help="rig generator seeds (default 0 1; --quick: 2, whose 30-s stream has actors in its "
-                         "later part)")
+    ap.add_argument(
+        "--gen-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="rig generator seeds (default 0 1; --quick: 2, whose 30-s stream has actors in its later part)",
+    )
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     ap.add_argument("--stream-minutes", type=float, default=3.0, help="length of the rig stream (default 3)")
     ap.add_argument("--ptz", action="store_true", help="the rig with a slow pan-tilt-zoom sweep")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                    help="cuda: the GPU recipe (batch 256, crops 224 x 4 per frame), ONNX Runtime's CUDA provider")
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: the GPU recipe (batch 256, crops 224 x 4 per frame), ONNX Runtime's CUDA provider",
+    )
     ap.add_argument("--config", default=None, help="YAML merged over every training's config (e.g. a tiny net)")
-    ap.add_argument("--id-config", default=str(ROOT / "configs" / "multitask.yaml"),
-                    help="config of the who-is-who run")
+    ap.add_argument(
+        "--id-config", default=str(ROOT / "configs" / "multitask.yaml"), help="config of the who-is-who run"
+    )
     ap.add_argument("--no-id", action="store_true", help="skip who-is-who (the multitask training)")
     ap.add_argument("--real-clip", default=str(REAL_CLIP), help="real footage from a fixed camera")
     ap.add_argument("--real-frames", type=int, default=100000, help="at most this many frames of it")
     ap.add_argument("--no-real", action="store_true", help="skip the real footage")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: a 0.5-minute stream, 5 steps, one seed each, 200 frames of vtest")
-    ap.add_argument("--reuse", action="store_true",
-                    help="take the finished trainings of an earlier call with the same --out as they are "
-                         "(scores again)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: a 0.5-minute stream, 5 steps, one seed each, 200 frames of vtest",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the finished trainings of an earlier call with the same --out as they are (scores again)",
+    )
     ap.add_argument("--out", default=str(OUT / "rig.json"))
     args = ap.parse_args()
     if args.quick:
@@ -708,12 +832,18 @@ def preflight(args) -> None:
     would lose the run's work at the export."""
     if not args.steps and not args.minutes:
         raise UserError("--steps 0 and --minutes 0: no training budget; give one of them")
-    for module in ("exporter.export", "exporter.runtime", "learner.predict", "learner.heads",
-                   "streamer.motion.pipeline"):
+    for module in (
+        "exporter.export",
+        "exporter.runtime",
+        "learner.predict",
+        "learner.heads",
+        "streamer.motion.pipeline",
+    ):
         importlib.import_module(module)
     fuse_function()
     if args.device == "cuda":
         import torch
+
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device here; use --device cpu")
 
@@ -738,15 +868,37 @@ def rig_seed(g: int, args, extra: dict, work: Path) -> tuple[list[dict], list[tu
     crops = crops_of(video, clip_dir, entry, split, frames) if not args.no_id else None
     runs, sheet_rows = [], []
     for s in args.train_seeds:
-        rec, rows = train_and_score(g, s, args, extra, gwork, clip_root, entry, scfg, parity, crops,
-                                    sheet_at if s == args.train_seeds[0] else [])
+        rec, rows = train_and_score(
+            g,
+            s,
+            args,
+            extra,
+            gwork,
+            clip_root,
+            entry,
+            scfg,
+            parity,
+            crops,
+            sheet_at if s == args.train_seeds[0] else [],
+        )
         runs.append(rec)
         sheet_rows += rows
     return runs, sheet_rows
 
 
-def train_and_score(g: int, s: int, args, extra: dict, gwork: Path, clip_root: Path, entry: dict, scfg,
-                    parity: list[np.ndarray], crops, sheet_at: list[int]) -> tuple[dict, list[tuple]]:
+def train_and_score(
+    g: int,
+    s: int,
+    args,
+    extra: dict,
+    gwork: Path,
+    clip_root: Path,
+    entry: dict,
+    scfg,
+    parity: list[np.ndarray],
+    crops,
+    sheet_at: list[int],
+) -> tuple[dict, list[tuple]]:
     """Training seed s on rig seed g: `motionmask train`, the export, every method scored on the
     later 30%, and (with crops) the multitask net's who-is-who."""
     from synth.rig import VERSION
@@ -761,18 +913,31 @@ def train_and_score(g: int, s: int, args, extra: dict, gwork: Path, clip_root: P
     t0 = time.monotonic()
     ev = evaluate(video, clip_dir, split, frames, fps, scfg, Path(tr["checkpoint"]), bundle, args.device, sheet_at)
     sheet_rows = ev.pop("_sheet")
-    rec = {"gen_seed": g, "train_seed": s, "generator_version": VERSION, "ptz": args.ptz,
-           "stream": {"dir": str(clip_root), "frames": frames, "split": split, "fps": fps,
-                      "frames_still": ev["still_frames"], "frames_moving": ev["moving_frames"],
-                      "background": entry["background"]},
-           "score_seconds": round(time.monotonic() - t0, 1), "train": tr, "methods": ev["scores"],
-           "fused_source": ev["fused_source"], "live_student_every": ev["live_student_every"],
-           "exported_check": ev["exported"]}
+    rec = {
+        "gen_seed": g,
+        "train_seed": s,
+        "generator_version": VERSION,
+        "ptz": args.ptz,
+        "stream": {
+            "dir": str(clip_root),
+            "frames": frames,
+            "split": split,
+            "fps": fps,
+            "frames_still": ev["still_frames"],
+            "frames_moving": ev["moving_frames"],
+            "background": entry["background"],
+        },
+        "score_seconds": round(time.monotonic() - t0, 1),
+        "train": tr,
+        "methods": ev["scores"],
+        "fused_source": ev["fused_source"],
+        "live_student_every": ev["live_student_every"],
+        "exported_check": ev["exported"],
+    }
     if crops is not None:
         icfg = run_config(rwork / "id.yaml", args.id_config, s, args.device, extra)
         itr = train(gwork / "train", rwork / "id_run", icfg, args.id_minutes, args.id_steps, args.reuse)
-        rec["id"] = {**who_is_who(*crops, Path(itr["checkpoint"]), args.device), "train": itr,
-                     "config": args.id_config}
+        rec["id"] = {**who_is_who(*crops, Path(itr["checkpoint"]), args.device), "train": itr, "config": args.id_config}
     return rec, sheet_rows
 
 
@@ -790,12 +955,23 @@ def run(args) -> int:
         sheet_rows += g_rows
     sheet = out.parent / f"{out.stem}_sheet.png"
     rig_sheet(sheet, sheet_rows)
-    doc = {"runs": runs, "targets": targets(runs),
-           "summary": {m: {k: spread([r["methods"][m][k] for r in runs if r["methods"].get(m)])
-                           for k in ("miou", "miou_still", "miou_moving", "still_recall", "flicker", "flicker_still")}
-                       for m in METHODS},
-           "args": {k: v for k, v in vars(args).items()}, "device": args.device, "cpu": cpu_model(),
-           "cores": os.cpu_count(), "revision": git_revision(), "contact_sheet": str(sheet) if sheet_rows else None}
+    doc = {
+        "runs": runs,
+        "targets": targets(runs),
+        "summary": {
+            m: {
+                k: spread([r["methods"][m][k] for r in runs if r["methods"].get(m)])
+                for k in ("miou", "miou_still", "miou_moving", "still_recall", "flicker", "flicker_still")
+            }
+            for m in METHODS
+        },
+        "args": {k: v for k, v in vars(args).items()},
+        "device": args.device,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "revision": git_revision(),
+        "contact_sheet": str(sheet) if sheet_rows else None,
+    }
     if not args.no_real:
         _write(out, doc)  # the rig's figures are safe before the real footage's training starts
         try:

@@ -14,6 +14,7 @@ drops by reason, learner batches/s and samples/s, torn-read retries.
     python -m bench.ringbuffer --writers 4 --seconds 5 --batch 64
 Writes bench/out/ringbuffer.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,7 @@ def _pct(lat_s: list[float]) -> dict[str, float]:
     if not lat_s:
         return {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
     a = np.asarray(lat_s) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "max_ms": float(a.max())}
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
 
 
 def _fake_result(rng: np.random.Generator, index: int, shot: int) -> MaskResult:
@@ -44,8 +44,16 @@ def _fake_result(rng: np.random.Generator, index: int, shot: int) -> MaskResult:
     prob = rng.random((720, 1280), dtype=np.float32)
     trimap = np.where(prob > 0.7, 255, np.where(prob < 0.4, 0, 128)).astype(np.uint8)
     flow = rng.standard_normal((90, 160, 2)).astype(np.float32)
-    return MaskResult(frame=Frame(img, "bench", index, index / 30), shot=shot, prob=prob, trimap=trimap,
-                      fg_fraction=0.3, kept=True, reason="", flow=flow)
+    return MaskResult(
+        frame=Frame(img, "bench", index, index / 30),
+        shot=shot,
+        prob=prob,
+        trimap=trimap,
+        fg_fraction=0.3,
+        kept=True,
+        reason="",
+        flow=flow,
+    )
 
 
 def streamer_proc(name: str, camera: str, seconds: float, fps: float, go, out) -> None:
@@ -72,8 +80,9 @@ def streamer_proc(name: str, camera: str, seconds: float, fps: float, go, out) -
         ok += rb.put(s)
         lat.append(time.perf_counter() - t)
         n += 1
-    out.put({"role": "streamer", "camera": camera, "tried": n, "ok": ok,
-             "seconds": time.monotonic() - start, **_pct(lat)})
+    out.put(
+        {"role": "streamer", "camera": camera, "tried": n, "ok": ok, "seconds": time.monotonic() - start, **_pct(lat)}
+    )
     rb.close()
 
 
@@ -93,13 +102,22 @@ def learner_proc(name: str, seconds: float, batch: int, mode: str, go, out) -> N
         empty += b.n == 0
         if b.n == 0:
             time.sleep(0.001)  # nothing yet: a real learner would wait too
-    out.put({"role": "learner", "batches": batches, "samples": samples, "empty": empty,
-             "seconds": time.monotonic() - start, **_pct(lat)})
+    out.put(
+        {
+            "role": "learner",
+            "batches": batches,
+            "samples": samples,
+            "empty": empty,
+            "seconds": time.monotonic() - start,
+            **_pct(lat),
+        }
+    )
     rb.close()
 
 
-def run_scenario(cfg: BufferConfig, writers: int, learner: bool, seconds: float, fps: float,
-                 batch: int, mode: str, prefill: bool) -> dict:
+def run_scenario(
+    cfg: BufferConfig, writers: int, learner: bool, seconds: float, fps: float, batch: int, mode: str, prefill: bool
+) -> dict:
     ctx = mp.get_context("spawn")
     with RingBuffer.create(cfg) as rb:
         if prefill:
@@ -109,8 +127,9 @@ def run_scenario(cfg: BufferConfig, writers: int, learner: bool, seconds: float,
                 s.frame_index, s.shot = i, i
                 rb.put(s)
         go, out = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=streamer_proc, args=(rb.name, f"cam{i}", seconds, fps, go, out))
-                 for i in range(writers)]
+        procs = [
+            ctx.Process(target=streamer_proc, args=(rb.name, f"cam{i}", seconds, fps, go, out)) for i in range(writers)
+        ]
         if learner:
             procs.append(ctx.Process(target=learner_proc, args=(rb.name, seconds, batch, mode, go, out)))
         for p in procs:
@@ -134,12 +153,21 @@ def run_scenario(cfg: BufferConfig, writers: int, learner: bool, seconds: float,
             put_max_ms=max(r["max_ms"] for r in streamers),
         )
     if learn:
-        row.update(batches_per_s=learn["batches"] / learn["seconds"],
-                   samples_per_s=learn["samples"] / learn["seconds"],
-                   mb_per_s=learn["samples"] / learn["seconds"] * 9 * cfg.train_width * cfg.train_height / 2**20,
-                   sample_p50_ms=learn["p50_ms"], sample_p99_ms=learn["p99_ms"], empty_batches=learn["empty"])
-    row.update(drops=st["drops"], sample_retries=st["sample_retries"], fill=st["fill"],
-               capacity=st["capacity"], evictions=st["evictions"])
+        row.update(
+            batches_per_s=learn["batches"] / learn["seconds"],
+            samples_per_s=learn["samples"] / learn["seconds"],
+            mb_per_s=learn["samples"] / learn["seconds"] * 9 * cfg.train_width * cfg.train_height / 2**20,
+            sample_p50_ms=learn["p50_ms"],
+            sample_p99_ms=learn["p99_ms"],
+            empty_batches=learn["empty"],
+        )
+    row.update(
+        drops=st["drops"],
+        sample_retries=st["sample_retries"],
+        fill=st["fill"],
+        capacity=st["capacity"],
+        evictions=st["evictions"],
+    )
     return row
 
 
@@ -155,9 +183,11 @@ def bench_adapter(cfg: BufferConfig, n: int = 60) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 epilog="example: python -m bench.ringbuffer --writers 2 --seconds 3",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="example: python -m bench.ringbuffer --writers 2 --seconds 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--writers", type=int, default=2, help="streamer processes (cameras)")
     ap.add_argument("--seconds", type=float, default=3.0, help="measured time per scenario")
     ap.add_argument("--batch", type=int, default=32, help="learner batch size")
@@ -168,8 +198,9 @@ def main() -> int:
     ap.add_argument("--memory-mb", type=float, default=256.0)
     ap.add_argument("--out", default=str(OUT / "ringbuffer.json"))
     args = ap.parse_args()
-    cfg = BufferConfig(train_width=args.width, train_height=args.height, memory_mb=args.memory_mb,
-                       sampling=args.mode, half_life_s=30.0)
+    cfg = BufferConfig(
+        train_width=args.width, train_height=args.height, memory_mb=args.memory_mb, sampling=args.mode, half_life_s=30.0
+    )
     cfg.validate()
 
     adapter = bench_adapter(cfg)
@@ -180,31 +211,51 @@ def main() -> int:
         "paced": run_scenario(cfg, args.writers, True, args.seconds, args.fps, args.batch, args.mode, prefill=True),
     }
 
-    print(f"ring buffer: {cfg.slots()} slots of {args.width}x{args.height} in {args.memory_mb:g} MB, "
-          f"batch {args.batch}, {args.mode} sampling, {os.cpu_count()} CPUs")
+    print(
+        f"ring buffer: {cfg.slots()} slots of {args.width}x{args.height} in {args.memory_mb:g} MB, "
+        f"batch {args.batch}, {args.mode} sampling, {os.cpu_count()} CPUs"
+    )
     print(f"sample_from_result {adapter['source']} -> {adapter['slot']}: {adapter['ms']:.2f} ms")
-    hdr = (f"{'scenario':<10} {'wr':>3} {'puts/s':>8} {'put p50':>8} {'put p99':>8} {'put max':>8} "
-           f"{'drops':>6} {'batch/s':>8} {'samp/s':>8} {'MB/s':>7} {'samp p99':>9} {'retries':>7}")
+    hdr = (
+        f"{'scenario':<10} {'wr':>3} {'puts/s':>8} {'put p50':>8} {'put p99':>8} {'put max':>8} "
+        f"{'drops':>6} {'batch/s':>8} {'samp/s':>8} {'MB/s':>7} {'samp p99':>9} {'retries':>7}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for name, r in scen.items():
+
         def f(key, fmt, r=r):
             return format(r[key], fmt) if key in r else "-"
+
         drops = sum(r["drops"].values())
-        print(f"{name:<10} {r['writers']:>3} {f('puts_per_s', '8.0f'):>8} {f('put_p50_ms', '8.3f'):>8} "
-              f"{f('put_p99_ms', '8.3f'):>8} {f('put_max_ms', '8.2f'):>8} {drops:>6} "
-              f"{f('batches_per_s', '8.1f'):>8} {f('samples_per_s', '8.0f'):>8} {f('mb_per_s', '7.0f'):>7} "
-              f"{f('sample_p99_ms', '9.2f'):>9} {r['sample_retries']:>7}")
+        print(
+            f"{name:<10} {r['writers']:>3} {f('puts_per_s', '8.0f'):>8} {f('put_p50_ms', '8.3f'):>8} "
+            f"{f('put_p99_ms', '8.3f'):>8} {f('put_max_ms', '8.2f'):>8} {drops:>6} "
+            f"{f('batches_per_s', '8.1f'):>8} {f('samples_per_s', '8.0f'):>8} {f('mb_per_s', '7.0f'):>7} "
+            f"{f('sample_p99_ms', '9.2f'):>9} {r['sample_retries']:>7}"
+        )
     print("times in ms; drops = lock timeouts + no free slot; retries = torn copies redrawn")
 
-    save_json(args.out, {
-        "config": {"width": args.width, "height": args.height, "memory_mb": args.memory_mb,
-                   "slots": cfg.slots(), "batch": args.batch, "mode": args.mode, "writers": args.writers,
-                   "seconds": args.seconds, "fps": args.fps, "lock_timeout_ms": cfg.lock_timeout_ms},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "adapter": adapter,
-        "scenarios": scen,
-    })
+    save_json(
+        args.out,
+        {
+            "config": {
+                "width": args.width,
+                "height": args.height,
+                "memory_mb": args.memory_mb,
+                "slots": cfg.slots(),
+                "batch": args.batch,
+                "mode": args.mode,
+                "writers": args.writers,
+                "seconds": args.seconds,
+                "fps": args.fps,
+                "lock_timeout_ms": cfg.lock_timeout_ms,
+            },
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "adapter": adapter,
+            "scenarios": scen,
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

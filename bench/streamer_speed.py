@@ -23,6 +23,7 @@ boundary recall against the exact masks of the synthetic clips.
     python -m bench.streamer_speed --config configs/default.yaml --sizes 640x480 --cpu 0
 Writes bench/out/streamer.json (--out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -152,8 +153,7 @@ def time_pipeline(clip: Clip, size: tuple[int, int], cfg: StreamerConfig, warmup
     warmup = min(warmup, len(clip.frames) // 2)
     first_timed = clip.frames[warmup].index
     seg = MotionSegmenter(cfg)
-    run = Run(clip.name, clip.kind, clip.native, size, working_size(*size, cfg.flow.width),
-              decode_ms=clip.decode_ms)
+    run = Run(clip.name, clip.kind, clip.native, size, working_size(*size, cfg.flow.width), decode_ms=clip.decode_ms)
     timings: list[dict[str, float]] = []
 
     def collect(results) -> None:
@@ -270,8 +270,13 @@ def bench_superpixels(real: list[Clip], synth: list[Clip], num: int, per_clip: i
     rows = []
     for w, h in SP_SIZES:
         small = [cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in timing_frames]
-        pairs = [(cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA),
-                  cv2.resize(gt, (w, h), interpolation=cv2.INTER_NEAREST)) for im, gt in recall_frames]
+        pairs = [
+            (
+                cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA),
+                cv2.resize(gt, (w, h), interpolation=cv2.INTER_NEAREST),
+            )
+            for im, gt in recall_frames
+        ]
         for method, fn in superpixel_methods(num).items():
             fn(small[0])  # warm-up: SEEDS builds its grid per size; SLIC's first call imports
             ms, counts = [], []
@@ -286,16 +291,27 @@ def bench_superpixels(real: list[Clip], synth: list[Clip], num: int, per_clip: i
                 recall.append(boundary_recall(fn(rgb), gt))
                 bar.update(1)
             recall = [r for r in recall if r == r]  # frames with no object boundary say nothing
-            rows.append({"size": f"{w}x{h}", "method": method, "num_superpixels": num, **stat(ms),
-                         "segments": float(np.mean(counts)) if counts else float("nan"),
-                         "boundary_recall": float(np.mean(recall)) if recall else float("nan"),
-                         "recall_frames": len(recall)})
+            rows.append(
+                {
+                    "size": f"{w}x{h}",
+                    "method": method,
+                    "num_superpixels": num,
+                    **stat(ms),
+                    "segments": float(np.mean(counts)) if counts else float("nan"),
+                    "boundary_recall": float(np.mean(recall)) if recall else float("nan"),
+                    "recall_frames": len(recall),
+                }
+            )
         base = next(r for r in rows if r["size"] == f"{w}x{h}")
         for r in rows:
             if r["size"] == base["size"]:
                 r["vs_seeds"] = r["mean_ms"] / base["mean_ms"]
-    return {"timed_on": timed_on, "timing_frames": len(timing_frames), "recall_frames": len(recall_frames),
-            "rows": rows}
+    return {
+        "timed_on": timed_on,
+        "timing_frames": len(timing_frames),
+        "recall_frames": len(recall_frames),
+        "rows": rows,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,18 +327,26 @@ def _size(s: tuple[int, int]) -> str:
 
 
 def report(meta: dict, groups: dict[str, dict], runs: list[Run], sp: dict | None, headline: list[str]) -> str:
-    lines = ["# Streamer speed, one core", "",
-             f"- command: `{meta['command']}`",
-             f"- machine: {meta['cpu_model']}, {meta['cores']} cores, {meta['pinning']}; "
-             f"load average {meta['load_average']} at start",
-             f"- code: {meta['revision']}; config: {meta['config']}; warm-up {meta['warmup']} frames per clip",
-             f"- python {meta['python']}, numpy {meta['numpy']}, OpenCV {meta['opencv']}, PyAV {meta['pyav']}"]
+    lines = [
+        "# Streamer speed, one core",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- machine: {meta['cpu_model']}, {meta['cores']} cores, {meta['pinning']}; "
+        f"load average {meta['load_average']} at start",
+        f"- code: {meta['revision']}; config: {meta['config']}; warm-up {meta['warmup']} frames per clip",
+        f"- python {meta['python']}, numpy {meta['numpy']}, OpenCV {meta['opencv']}, PyAV {meta['pyav']}",
+    ]
     lines += [f"- note: {n}" for n in meta["notes"]]
     lines += [""] + headline
     if groups:
         names = list(groups)
-        lines += ["", "## Per stage, ms per frame (mean / p95), frames pooled over the clips", "",
-                  "| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines += [
+            "",
+            "## Per stage, ms per frame (mean / p95), frames pooled over the clips",
+            "",
+            "| stage | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
         stages = list(dict.fromkeys(s for g in groups.values() for s in g["stages"]))
 
         def row(label, cell):
@@ -341,31 +365,46 @@ def report(meta: dict, groups: dict[str, dict], runs: list[Run], sp: dict | None
         row("end to end + decode", lambda g: _f(g["end_to_end_with_decode_ms"]))
         row("**fps** end to end", lambda g: _f(g["fps"]))
         row("**fps** with decode", lambda g: _f(g["fps_with_decode"]))
-        row("frames timed / without flow / pushes that returned no mask",
-            lambda g: f"{g['frames']} / {g['no_flow_frames']} / {g['pushes_without_mask']}")
+        row(
+            "frames timed / without flow / pushes that returned no mask",
+            lambda g: f"{g['frames']} / {g['no_flow_frames']} / {g['pushes_without_mask']}",
+        )
 
-        lines += ["", "## Per clip", "",
-                  "| clip | native | input | working | frames | decode ms | end to end ms (mean / p95) | fps | "
-                  "fps with decode |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Per clip",
+            "",
+            "| clip | native | input | working | frames | decode ms | end to end ms (mean / p95) | fps | "
+            "fps with decode |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|",
+        ]
         for r in runs:
             e, d = stat(r.push_ms), stat(r.decode_ms)
-            lines.append(f"| {r.kind}/{r.clip} | {_size(r.native)} | {_size(r.size)} | {_size(r.working)} | {e['n']} | "
-                         f"{_f(d['mean_ms'], '.2f')} | {_f(e['mean_ms'])} / {_f(e['p95_ms'])} | "
-                         f"{_f(fps(e['mean_ms']))} | {_f(fps(e['mean_ms'] + d['mean_ms']))} |")
+            lines.append(
+                f"| {r.kind}/{r.clip} | {_size(r.native)} | {_size(r.size)} | {_size(r.working)} | {e['n']} | "
+                f"{_f(d['mean_ms'], '.2f')} | {_f(e['mean_ms'])} / {_f(e['p95_ms'])} | "
+                f"{_f(fps(e['mean_ms']))} | {_f(fps(e['mean_ms'] + d['mean_ms']))} |"
+            )
     if sp:
         rows = sp["rows"]
-        lines += ["", f"## Superpixels: SEEDS (OpenCV ximgproc) vs SLIC (scikit-image), n_segments = "
-                      f"{rows[0]['num_superpixels']}", "",
-                  f"RGB at the working size in, labels out; ms per frame on {sp['timing_frames']} {sp['timed_on']} "
-                  f"frames. Segments: superpixels actually returned. Boundary recall: share of object-boundary "
-                  f"pixels within 1 px of a superpixel boundary, on {sp['recall_frames']} synthetic frames with "
-                  f"exact masks.", "",
-                  "| working size | method | ms mean | ms p95 | x SEEDS | segments | boundary recall |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## Superpixels: SEEDS (OpenCV ximgproc) vs SLIC (scikit-image), n_segments = "
+            f"{rows[0]['num_superpixels']}",
+            "",
+            f"RGB at the working size in, labels out; ms per frame on {sp['timing_frames']} {sp['timed_on']} "
+            f"frames. Segments: superpixels actually returned. Boundary recall: share of object-boundary "
+            f"pixels within 1 px of a superpixel boundary, on {sp['recall_frames']} synthetic frames with "
+            f"exact masks.",
+            "",
+            "| working size | method | ms mean | ms p95 | x SEEDS | segments | boundary recall |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for r in rows:
-            lines.append(f"| {r['size']} | {r['method']} | {_f(r['mean_ms'])} | {_f(r['p95_ms'])} | "
-                         f"{_f(r['vs_seeds'])} | {_f(r['segments'], '.0f')} | {_f(r['boundary_recall'], '.2f')} |")
+            lines.append(
+                f"| {r['size']} | {r['method']} | {_f(r['mean_ms'])} | {_f(r['p95_ms'])} | "
+                f"{_f(r['vs_seeds'])} | {_f(r['segments'], '.0f')} | {_f(r['boundary_recall'], '.2f')} |"
+            )
     return "\n".join(lines)
 
 
@@ -375,9 +414,11 @@ def headline_lines(groups: dict[str, dict], size: tuple[int, int]) -> list[str]:
         g = groups.get(f"{kind} {_size(size)}")
         if not g:
             continue
-        verdict = ("aim met" if g["fps"] >= AIM_FPS else "target met" if g["fps"] >= TARGET_FPS else "TARGET MISSED")
-        out.append(f"**{kind} clips at {_size(size)}: {_f(g['fps'])} fps end to end, {_f(g['fps_with_decode'])} fps "
-                   f"with decode, on one core** (target >= {TARGET_FPS:.0f}, aim {AIM_FPS:.0f}: {verdict})  ")
+        verdict = "aim met" if g["fps"] >= AIM_FPS else "target met" if g["fps"] >= TARGET_FPS else "TARGET MISSED"
+        out.append(
+            f"**{kind} clips at {_size(size)}: {_f(g['fps'])} fps end to end, {_f(g['fps_with_decode'])} fps "
+            f"with decode, on one core** (target >= {TARGET_FPS:.0f}, aim {AIM_FPS:.0f}: {verdict})  "
+        )
     return out
 
 
@@ -398,8 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description="Streamer speed on one CPU core: decode, each pipeline stage, end to end; SEEDS vs SLIC.",
         epilog="examples:\n  python -m bench.streamer_speed\n  python -m bench.streamer_speed --quick\n"
-               "  python -m bench.streamer_speed --config configs/default.yaml --sizes 640x480 --cpu 0",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  python -m bench.streamer_speed --config configs/default.yaml --sizes 640x480 --cpu 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--quick", action="store_true", help="fewer frames (about 15 s): a smoke run, noisier numbers")
     ap.add_argument("--config", default=None, help="YAML config to bench (default: the built-in defaults)")
     ap.add_argument("--data", default="/work/shared/data", help="folder of real clips (skipped with a note if missing)")
@@ -428,29 +470,55 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     real = [c for c in clips if c.kind == "real"]
     synth = [c for c in clips if c.kind == "synth"]
-    groups = {f"{kind} {_size(size)}": summarize([r for r in runs if r.kind == kind and r.size == size])
-              for kind in ("real", "synth") for size in sizes if any(r.kind == kind for r in runs)}
+    groups = {
+        f"{kind} {_size(size)}": summarize([r for r in runs if r.kind == kind and r.size == size])
+        for kind in ("real", "synth")
+        for size in sizes
+        if any(r.kind == kind for r in runs)
+    }
     sp = None if args.no_superpixels else superpixel_table(real, synth, cfg, sp_per_clip)
     meta = {
         "command": shlex.join(["python", "-m", "bench.streamer_speed", *sys.argv[1:]]),
-        "cpu_model": cpu_model(), "cores": os.cpu_count(), "pinning": pinning, "load_average": load,
-        "revision": git_revision(), "config": args.config or "built-in defaults", "warmup": warmup,
-        "timed_frames_per_clip": n_timed, "python": platform.python_version(), "numpy": np.__version__,
-        "opencv": cv2.__version__, "pyav": av.__version__, "notes": notes,
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "pinning": pinning,
+        "load_average": load,
+        "revision": git_revision(),
+        "config": args.config or "built-in defaults",
+        "warmup": warmup,
+        "timed_frames_per_clip": n_timed,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "pyav": av.__version__,
+        "notes": notes,
         "threads_env": {v: os.environ.get(v) for v in THREAD_VARS},
     }
     headline = headline_lines(groups, (640, 480)) or headline_lines(groups, sizes[0])
     print(report(meta, groups, runs, sp, headline))
-    save_json(args.out, {
-        "meta": meta,
-        "config": to_dict(cfg),
-        "groups": groups,
-        "clips": [{"clip": r.clip, "kind": r.kind, "native": _size(r.native), "input": _size(r.size),
-                   "end_to_end": stat(r.push_ms), "decode_native": stat(r.decode_ms),
-                   "stages": {k: stat(v) for k, v in r.stages.items()}, "no_flow_frames": r.no_flow,
-                   "pushes_without_mask": r.held} for r in runs],
-        "superpixels": sp,
-    })
+    save_json(
+        args.out,
+        {
+            "meta": meta,
+            "config": to_dict(cfg),
+            "groups": groups,
+            "clips": [
+                {
+                    "clip": r.clip,
+                    "kind": r.kind,
+                    "native": _size(r.native),
+                    "input": _size(r.size),
+                    "end_to_end": stat(r.push_ms),
+                    "decode_native": stat(r.decode_ms),
+                    "stages": {k: stat(v) for k, v in r.stages.items()},
+                    "no_flow_frames": r.no_flow,
+                    "pushes_without_mask": r.held,
+                }
+                for r in runs
+            ],
+            "superpixels": sp,
+        },
+    )
     print(f"\nwrote {args.out}")
     return 0
 
@@ -468,8 +536,15 @@ def counts(args: argparse.Namespace) -> tuple[list[tuple[int, int]], int, int, i
     return sizes, n_timed, warmup, 2 if args.quick else 6
 
 
-def time_clips(specs: list[tuple[Path, str, Path | None]], sizes: list[tuple[int, int]], cfg: StreamerConfig,
-               n_timed: int, warmup: int, sp_per_clip: int, notes: list[str]) -> tuple[list[Run], list[Clip]]:
+def time_clips(
+    specs: list[tuple[Path, str, Path | None]],
+    sizes: list[tuple[int, int]],
+    cfg: StreamerConfig,
+    n_timed: int,
+    warmup: int,
+    sp_per_clip: int,
+    notes: list[str],
+) -> tuple[list[Run], list[Clip]]:
     """The pipeline timed on every clip at every size. Clip by clip, keeping only the few frames
     the superpixel table needs: the frames of all clips together would hold over a GB."""
     runs: list[Run] = []
@@ -484,8 +559,13 @@ def time_clips(specs: list[tuple[Path, str, Path | None]], sizes: list[tuple[int
             if not clips:
                 # A throwaway pass first: imports and first-use costs of OpenCV and the allocator
                 # stay out of every row.
-                time_pipeline(Clip("warm-up", "warm-up", clip.native, clip.frames[: 2 * warmup + 2], []),
-                              sizes[0], cfg, warmup, tqdm(disable=True))
+                time_pipeline(
+                    Clip("warm-up", "warm-up", clip.native, clip.frames[: 2 * warmup + 2], []),
+                    sizes[0],
+                    cfg,
+                    warmup,
+                    tqdm(disable=True),
+                )
             bar.total += len(clip.frames) * len(sizes)
             for size in sizes:
                 bar.set_postfix_str(f"{clip.name} @ {_size(size)}")
@@ -498,8 +578,14 @@ def time_clips(specs: list[tuple[Path, str, Path | None]], sizes: list[tuple[int
 
 
 def superpixel_table(real: list[Clip], synth: list[Clip], cfg: StreamerConfig, sp_per_clip: int) -> dict:
-    n_sp = (sum(len(pick(c.frames, sp_per_clip)) for c in (real or synth))
-            + sum(len(pick(c.frames, sp_per_clip)) for c in synth)) * 3 * len(SP_SIZES)
+    n_sp = (
+        (
+            sum(len(pick(c.frames, sp_per_clip)) for c in (real or synth))
+            + sum(len(pick(c.frames, sp_per_clip)) for c in synth)
+        )
+        * 3
+        * len(SP_SIZES)
+    )
     with tqdm(total=n_sp, desc="superpixels", unit="frame", file=sys.stderr) as bar:
         return bench_superpixels(real, synth, cfg.motion.num_superpixels, sp_per_clip, bar)
 

@@ -28,6 +28,7 @@ Scores (ground truth: synth/things.py gt/ and inst/ maps):
   grouping      best-match IoU of the segments (argmax over L) with each moving instance, mean
                 over instances; references: the whole frame as one segment, and an untrained head
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,6 +64,7 @@ VARIANTS = {"random": (), "mask": (), "mask+emb": ("embedding",), "all": ("embed
 
 # ---- data ------------------------------------------------------------------------------------
 
+
 def decode(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -79,8 +81,15 @@ def clip_set(folder: Path, seed: int, clips: int, frames: int) -> list[dict]:
     for e in entries:
         d = folder / e["name"]
         rgb = decode(folder / e["file"])
-        out.append({**e, "dir": d, "rgb": rgb, "gt": [load_gt(d, i) for i in range(len(rgb))],
-                    "inst": [load_gt(d, i, kind="inst") for i in range(len(rgb))]})
+        out.append(
+            {
+                **e,
+                "dir": d,
+                "rgb": rgb,
+                "gt": [load_gt(d, i) for i in range(len(rgb))],
+                "inst": [load_gt(d, i, kind="inst") for i in range(len(rgb))],
+            }
+        )
     return out
 
 
@@ -135,9 +144,14 @@ def stream(clips: list[dict], cfg, gt_pairs: bool = False) -> tuple[RingBuffer, 
                             pairs.append(PatchPair(a, b, c["name"], s, t0, t0 + L, int(obj)))
     bar.close()
     n = len(samples) + 2
-    ring = RingBuffer.create(BufferConfig(train_width=bcfg.train_width, train_height=bcfg.train_height,
-                                          memory_mb=ring_mb(bcfg.train_height, bcfg.train_width, n),
-                                          per_shot_cap=n))
+    ring = RingBuffer.create(
+        BufferConfig(
+            train_width=bcfg.train_width,
+            train_height=bcfg.train_height,
+            memory_mb=ring_mb(bcfg.train_height, bcfg.train_width, n),
+            per_shot_cap=n,
+        )
+    )
     for s in samples:
         ring.put(s)
     feed = MemoryPairFeed(pairs) if pairs else None
@@ -154,11 +168,16 @@ def padded(frames: list[np.ndarray], stride: int = 32) -> tuple[np.ndarray, tupl
 
 def moving_frames(clips: list[dict], every: int, min_fg: float = 0.005) -> list[tuple[int, int]]:
     """(clip, frame) pairs with a moving object, every `every`th frame."""
-    return [(c, i) for c, clip in enumerate(clips) for i in range(1, len(clip["rgb"]), every)
-            if (clip["gt"][i] > 0).mean() >= min_fg]
+    return [
+        (c, i)
+        for c, clip in enumerate(clips)
+        for i in range(1, len(clip["rgb"]), every)
+        if (clip["gt"][i] > 0).mean() >= min_fg
+    ]
 
 
 # ---- pre-training ------------------------------------------------------------------------------
+
 
 def learner_config(cfg, heads: tuple[str, ...], seed: int = 0):
     lc = copy.deepcopy(cfg.learner)
@@ -174,27 +193,46 @@ def pretrain(name: str, cfg, ring, pairs, minutes: float, seed: int = 0) -> tupl
     info = {"heads": ["mask", *heads] if name != "random" else [], "steps": 0, "crops": 0, "minutes": 0.0}
     if name != "random":
         print(f"pre-training {name}: heads {', '.join(info['heads'])}, {minutes:g} min", file=sys.stderr)
-        s = fit(trainer, RingFeed(ring), None, Limits(minutes=minutes), progress=True,
-                pairs=pairs if "embedding" in heads else None)
-        info.update(steps=s.steps, crops=s.crops, minutes=round(trainer.train_seconds / 60, 2),
-                    last_losses={k: round(v, 4) for k, v in s.last_losses.items()})
+        s = fit(
+            trainer,
+            RingFeed(ring),
+            None,
+            Limits(minutes=minutes),
+            progress=True,
+            pairs=pairs if "embedding" in heads else None,
+        )
+        info.update(
+            steps=s.steps,
+            crops=s.crops,
+            minutes=round(trainer.train_seconds / 60, 2),
+            last_losses={k: round(v, 4) for k, v in s.last_losses.items()},
+        )
     return trainer.model.eval(), info
 
 
 # ---- scores ------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def pyramids(model, images: np.ndarray, batch: int = 8) -> list[torch.Tensor]:
     out = None
     for i in range(0, len(images), batch):
-        x = model.normalize(torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2))
+        x = model.normalize(torch.from_numpy(images[i : i + batch]).permute(0, 3, 1, 2))
         levels = [f.clone() for f in model.features(x)]
         out = levels if out is None else [torch.cat([a, b]) for a, b in zip(out, levels)]
     return out
 
 
-def transfer_iou(model, train_x: np.ndarray, train_gt: np.ndarray, test_x: np.ndarray, test_gt: np.ndarray,
-                 hw: tuple[int, int], steps: int, seed: int = 0) -> dict:
+def transfer_iou(
+    model,
+    train_x: np.ndarray,
+    train_gt: np.ndarray,
+    test_x: np.ndarray,
+    test_gt: np.ndarray,
+    hw: tuple[int, int],
+    steps: int,
+    seed: int = 0,
+) -> dict:
     """A fresh FPN mask head on the frozen backbone's features of the labelled frames; mean IoU
     of its masks on the test frames (the frame's region only, not the padding)."""
     h, w = hw
@@ -217,8 +255,9 @@ def transfer_iou(model, train_x: np.ndarray, train_gt: np.ndarray, test_x: np.nd
         opt.step()
     head.eval()
     with torch.no_grad():
-        prob = torch.cat([torch.sigmoid(head([f[i:i + 8] for f in test_feats])[:, 0, :h, :w])
-                          for i in range(0, len(test_x), 8)]).numpy()
+        prob = torch.cat(
+            [torch.sigmoid(head([f[i : i + 8] for f in test_feats])[:, 0, :h, :w]) for i in range(0, len(test_x), 8)]
+        ).numpy()
     ious = []
     for p, gt in zip(prob, test_gt):
         m, g_ = p >= 0.5, gt > 0
@@ -274,9 +313,9 @@ def grouping_iou(model, x: np.ndarray, inst: list[np.ndarray], hw: tuple[int, in
     h, w = hw
     best, whole = [], []
     for i in range(0, len(x), 8):
-        t = model.normalize(torch.from_numpy(x[i:i + 8]).permute(0, 3, 1, 2))
+        t = model.normalize(torch.from_numpy(x[i : i + 8]).permute(0, 3, 1, 2))
         seg = forward_heads(model, t, ["segments"])["segments"].argmax(1)[:, :h, :w].numpy()
-        for s, ins in zip(seg, inst[i:i + 8]):
+        for s, ins in zip(seg, inst[i : i + 8]):
             for obj in np.unique(ins):
                 m = ins == obj
                 if obj == 0 or m.sum() < 50:
@@ -288,6 +327,7 @@ def grouping_iou(model, x: np.ndarray, inst: list[np.ndarray], hw: tuple[int, in
 
 
 # ---- main --------------------------------------------------------------------------------------
+
 
 def main() -> int:
     args = parse_args()
@@ -303,8 +343,11 @@ def main() -> int:
     ev = clip_set(data / f"eval_v{VERSION}_s{args.eval_seed}", args.eval_seed, args.eval_clips, args.frames)
 
     ring, pairs, streamed = stream(pre, cfg, gt_pairs=args.pairs == "gt")
-    print(f"streamed {streamed['frames']} frames: {streamed['samples']} samples, {streamed['pairs']} tracked-patch "
-          f"pairs in {streamed['pair_groups']} shots", file=sys.stderr)
+    print(
+        f"streamed {streamed['frames']} frames: {streamed['samples']} samples, {streamed['pairs']} tracked-patch "
+        f"pairs in {streamed['pair_groups']} shots",
+        file=sys.stderr,
+    )
     sets = scoring_sets(lab, ev, args.labelled, args.gap)
     results = {}
     try:
@@ -315,10 +358,17 @@ def main() -> int:
     finally:
         ring.close()
     args.variants = ",".join(args.variants)  # recorded as given
-    res = {"args": vars(args), "synth_version": VERSION, "streamed": streamed, "labelled_frames": len(sets["train_x"]),
-           "test_frames": len(sets["test_x"]), "retrieval_queries": len(sets["retrieval"]["keys"]), "results": results,
-           "seconds": round(time.time() - t_start, 1),
-           "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": 1}}
+    res = {
+        "args": vars(args),
+        "synth_version": VERSION,
+        "streamed": streamed,
+        "labelled_frames": len(sets["train_x"]),
+        "test_frames": len(sets["test_x"]),
+        "retrieval_queries": len(sets["retrieval"]["keys"]),
+        "results": results,
+        "seconds": round(time.time() - t_start, 1),
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": 1},
+    }
     write_json(Path(args.out), res)
     print_tables(res)
     print(f"wrote {args.out} ({res['seconds'] / 60:.1f} min)")
@@ -338,8 +388,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--eval-clips", type=int, default=6)
     ap.add_argument("--head-steps", type=int, default=150, help="steps of the fresh mask head (batch 10)")
     ap.add_argument("--gap", type=int, default=15, help="retrieval: frames between a query and its match")
-    ap.add_argument("--pairs", choices=("miner", "gt"), default="miner",
-                    help="tracked-patch pairs: streamer/motion/patches.py (default) or ground-truth tracks")
+    ap.add_argument(
+        "--pairs",
+        choices=("miner", "gt"),
+        default="miner",
+        help="tracked-patch pairs: streamer/motion/patches.py (default) or ground-truth tracks",
+    )
     ap.add_argument("--track-length", type=int, default=15, help="frames from a query patch to its tracked patch")
     ap.add_argument("--train-seed", type=int, default=0, help="initialisation and sampling of the pre-training")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"which backbones (default: {','.join(VARIANTS)})")
@@ -364,16 +418,26 @@ def scoring_sets(lab: dict, ev: dict, n_labelled: int, gap: int) -> dict:
     train_x, hw = padded([lab[c]["rgb"][i] for c, i in labelled])
     test = moving_frames(ev, 6)
     test_x, _ = padded([ev[c]["rgb"][i] for c, i in test])
-    return {"train_x": train_x, "hw": hw, "train_gt": np.stack([lab[c]["gt"][i] for c, i in labelled]),
-            "test_x": test_x, "test_gt": np.stack([ev[c]["gt"][i] for c, i in test]),
-            "test_inst": [ev[c]["inst"][i] for c, i in test], "retrieval": retrieval_set(ev, gap)}
+    return {
+        "train_x": train_x,
+        "hw": hw,
+        "train_gt": np.stack([lab[c]["gt"][i] for c, i in labelled]),
+        "test_x": test_x,
+        "test_gt": np.stack([ev[c]["gt"][i] for c, i in test]),
+        "test_inst": [ev[c]["inst"][i] for c, i in test],
+        "retrieval": retrieval_set(ev, gap),
+    }
 
 
 def score_backbone(model, info: dict, name: str, sets: dict, head_steps: int) -> dict:
     """Transfer IoU and retrieval top-1 of a pre-trained backbone (and its heads' own scores)."""
-    r = {**info, "transfer": transfer_iou(model, sets["train_x"], sets["train_gt"], sets["test_x"], sets["test_gt"],
-                                          sets["hw"], head_steps),
-         "retrieval_top1_backbone": retrieval_top1(model, sets["retrieval"], use_head=False)}
+    r = {
+        **info,
+        "transfer": transfer_iou(
+            model, sets["train_x"], sets["train_gt"], sets["test_x"], sets["test_gt"], sets["hw"], head_steps
+        ),
+        "retrieval_top1_backbone": retrieval_top1(model, sets["retrieval"], use_head=False),
+    }
     if "embedding" in info["heads"]:
         r["retrieval_top1_embedding"] = retrieval_top1(model, sets["retrieval"], use_head=True)
     if "segments" in model.heads and name in ("all", "random"):
@@ -388,18 +452,26 @@ def _f(v) -> str:
 def print_tables(res: dict) -> None:
     a = res["args"]
     st = res["streamed"]
-    print(f"\npre-training data: {st['samples']} samples kept of {st['frames']} frames; {st['pairs']} tracked-patch "
-          f"pairs ({a['pairs']}) from {st['pair_groups']} shots")
-    print(f"low-shot transfer: frozen backbone, fresh mask head on {res['labelled_frames']} labelled frames, "
-          f"mean IoU on {res['test_frames']} frames of {a['eval_clips']} unseen clips; retrieval top-1 over "
-          f"{res['retrieval_queries']} queries")
-    print("| backbone | pre-training | steps | transfer IoU | retrieval top-1 (pooled backbone) | "
-          "retrieval top-1 (embedding head) |")
+    print(
+        f"\npre-training data: {st['samples']} samples kept of {st['frames']} frames; {st['pairs']} tracked-patch "
+        f"pairs ({a['pairs']}) from {st['pair_groups']} shots"
+    )
+    print(
+        f"low-shot transfer: frozen backbone, fresh mask head on {res['labelled_frames']} labelled frames, "
+        f"mean IoU on {res['test_frames']} frames of {a['eval_clips']} unseen clips; retrieval top-1 over "
+        f"{res['retrieval_queries']} queries"
+    )
+    print(
+        "| backbone | pre-training | steps | transfer IoU | retrieval top-1 (pooled backbone) | "
+        "retrieval top-1 (embedding head) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in res["results"].items():
         pre = f"{r['minutes']:g} min" if r["steps"] else "none"
-        print(f"| {name} | {pre} | {r['steps']} | {r['transfer']['iou']:.3f} | {r['retrieval_top1_backbone']:.3f} | "
-              f"{_f(r.get('retrieval_top1_embedding'))} |")
+        print(
+            f"| {name} | {pre} | {r['steps']} | {r['transfer']['iou']:.3f} | {r['retrieval_top1_backbone']:.3f} | "
+            f"{_f(r.get('retrieval_top1_embedding'))} |"
+        )
     if not any("grouping" in r for r in res["results"].values()):
         return
     print("\ngrouping: best-match IoU of the segments (argmax) with each moving instance")

@@ -22,6 +22,7 @@ with how much the readers manage to drain.
     python -m bench.zmq_speed                 # about a minute; prints a table, writes bench/out/zmq.json
 Targets: >= 500 masks/s, p99 < 5 ms, stall cost < 5 %.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,8 +107,10 @@ class Bench:
         self.masks = make_masks()
         self.pub = MaskPublisher(PublishConfig(endpoint="tcp://127.0.0.1:*", encoding=encoding))
         self.n_readers = readers
-        self.procs = [self.ctx.Process(target=reader, args=(self.pub.endpoint, self.ready, self.stop, self.results))
-                      for _ in range(readers)]
+        self.procs = [
+            self.ctx.Process(target=reader, args=(self.pub.endpoint, self.ready, self.stop, self.results))
+            for _ in range(readers)
+        ]
         if with_staller:
             self.procs.append(self.ctx.Process(target=staller, args=(self.pub.endpoint, self.commands, self.ready)))
         for p in self.procs:
@@ -174,25 +177,30 @@ class Bench:
         return got, stats
 
 
-def _row(encoding: str, scenario: str, tput: list, lat_runs: list, got: list[dict], tag: str,
-         n_tput: int, dropped: int) -> dict:
+def _row(
+    encoding: str, scenario: str, tput: list, lat_runs: list, got: list[dict], tag: str, n_tput: int, dropped: int
+) -> dict:
     wall, cpu = zip(*tput)
     n_lat = sum(r[0] for r in lat_runs)
     calls = np.concatenate([r[2] for r in lat_runs])
     delivered = [g["counts"].get("tput" + tag, 0) / (n_tput * len(tput)) for g in got]
     lat = np.concatenate([np.asarray(g["lat"].get("lat" + tag, []), float) for g in got])
     return {
-        "encoding": encoding, "scenario": scenario,
-        "publish_per_s": float(np.median(wall)), "publish_per_s_rounds": [round(r, 1) for r in wall],
+        "encoding": encoding,
+        "scenario": scenario,
+        "publish_per_s": float(np.median(wall)),
+        "publish_per_s_rounds": [round(r, 1) for r in wall],
         "publish_per_cpu_s": float(np.median(cpu)),
-        "delivered_min": min(delivered), "delivered_mean": float(np.mean(delivered)),
+        "delivered_min": min(delivered),
+        "delivered_mean": float(np.mean(delivered)),
         "paced_cpu_us_per_mask": float(np.median([r[1] for r in lat_runs])),
         "paced_cpu_us_rounds": [round(r[1], 1) for r in lat_runs],
         "publish_call_us_p50": float(np.percentile(calls, 50)),
         "publish_call_us_p99": float(np.percentile(calls, 99)),
         "publish_thread_cpu_us": float(sum(r[3] * r[0] for r in lat_runs) / n_lat),
         "latency_delivered": float(np.mean([g["counts"].get("lat" + tag, 0) / n_lat for g in got])),
-        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
         "reader_cpu_us_per_mask": float(np.mean([g["cpu_us_per_mask"] for g in got])),
         "publisher_dropped": dropped,
     }
@@ -235,22 +243,30 @@ def main() -> int:
         rows += run_encoding(encoding, args.masks, args.rounds, args.rate, args.seconds)
         print(f"  done {encoding}", file=sys.stderr, flush=True)
 
-    print(f"\n640x480 masks over tcp loopback, {os.cpu_count()} CPUs ({platform.machine()}), load average "
-          f"{os.getloadavg()[0]:.1f}. Flat out: median of {args.rounds} rounds of {args.masks}; paced: "
-          f"{args.rate:g}/s for {args.seconds:g} s")
+    print(
+        f"\n640x480 masks over tcp loopback, {os.cpu_count()} CPUs ({platform.machine()}), load average "
+        f"{os.getloadavg()[0]:.1f}. Flat out: median of {args.rounds} rounds of {args.masks}; paced: "
+        f"{args.rate:g}/s for {args.seconds:g} s"
+    )
     print(f"{'':13} {'------------ flat out ------------':<36} {'------------------ paced ------------------'}")
-    print(f"{'enc':4} {'subs':8} {'publish/s':>10} {'/cpu-s':>8} {'got min':>8} {'got avg':>8}  "
-          f"{'call us':>7} {'cpu us':>7} {'proc us':>7} {'p50 ms':>7} {'p99 ms':>8} {'got':>6}")
+    print(
+        f"{'enc':4} {'subs':8} {'publish/s':>10} {'/cpu-s':>8} {'got min':>8} {'got avg':>8}  "
+        f"{'call us':>7} {'cpu us':>7} {'proc us':>7} {'p50 ms':>7} {'p99 ms':>8} {'got':>6}"
+    )
     for r in rows:
-        print(f"{r['encoding']:4} {r['scenario']:8} {r['publish_per_s']:10.0f} {r['publish_per_cpu_s']:8.0f} "
-              f"{r['delivered_min']:8.1%} {r['delivered_mean']:8.1%}  {r['publish_call_us_p50']:7.0f} "
-              f"{r['publish_thread_cpu_us']:7.0f} {r['paced_cpu_us_per_mask']:7.0f} {r['p50_ms']:7.2f} "
-              f"{r['p99_ms']:8.2f} "
-              f"{r['latency_delivered']:6.1%}")
+        print(
+            f"{r['encoding']:4} {r['scenario']:8} {r['publish_per_s']:10.0f} {r['publish_per_cpu_s']:8.0f} "
+            f"{r['delivered_min']:8.1%} {r['delivered_mean']:8.1%}  {r['publish_call_us_p50']:7.0f} "
+            f"{r['publish_thread_cpu_us']:7.0f} {r['paced_cpu_us_per_mask']:7.0f} {r['p50_ms']:7.2f} "
+            f"{r['p99_ms']:8.2f} "
+            f"{r['latency_delivered']:6.1%}"
+        )
     for encoding in ("png", "u8"):
         us = np.mean([r["reader_cpu_us_per_mask"] for r in rows if r["encoding"] == encoding])
-        print(f"{encoding}: each reader spends {us:.0f} us CPU per mask (receive, check, decode): "
-              f"{us * args.rate / 1e6:.2f} of a core at {args.rate:g}/s")
+        print(
+            f"{encoding}: each reader spends {us:.0f} us CPU per mask (receive, check, decode): "
+            f"{us * args.rate / 1e6:.2f} of a core at {args.rate:g}/s"
+        )
     summary = {}
     for encoding in ("png", "u8"):
         by = {r["scenario"]: r for r in rows if r["encoding"] == encoding}
@@ -263,18 +279,32 @@ def main() -> int:
         worst_p99 = max(r["p99_ms"] for r in by.values())
         slowest = min(r["publish_per_s"] for r in by.values())
         meets = {"rate": slowest >= TARGET_RATE, "p99": worst_p99 < TARGET_P99_MS, "stall": cost < TARGET_STALL}
-        summary[encoding] = {"stall_cost": cost, "stall_cost_process_cpu": cost_cpu,
-                             "stall_cost_flat_out_wall": cost_wall,
-                             "worst_p99_ms": worst_p99, "min_publish_per_s": slowest, "meets": meets}
+        summary[encoding] = {
+            "stall_cost": cost,
+            "stall_cost_process_cpu": cost_cpu,
+            "stall_cost_flat_out_wall": cost_wall,
+            "worst_p99_ms": worst_p99,
+            "min_publish_per_s": slowest,
+            "meets": meets,
+        }
         ok = {k: "ok" if v else "MISS" for k, v in meets.items()}
-        print(f"{encoding}: publish >= {slowest:.0f}/s ({ok['rate']}, target {TARGET_RATE:g}); "
-              f"worst p99 {worst_p99:.2f} ms ({ok['p99']}, target < {TARGET_P99_MS:g}); "
-              f"stall cost {cost:+.1%} publish() CPU ({ok['stall']}, target < {TARGET_STALL:.0%}; "
-              f"process CPU incl. I/O thread {cost_cpu:+.1%}, flat-out rate {-cost_wall:+.1%})")
-    save_json(args.out, {"rows": rows, "summary": summary,
-                         "args": {k: str(v) for k, v in vars(args).items()},
-                         "cpus": os.cpu_count(), "machine": platform.machine(),
-                         "load_avg": os.getloadavg()})
+        print(
+            f"{encoding}: publish >= {slowest:.0f}/s ({ok['rate']}, target {TARGET_RATE:g}); "
+            f"worst p99 {worst_p99:.2f} ms ({ok['p99']}, target < {TARGET_P99_MS:g}); "
+            f"stall cost {cost:+.1%} publish() CPU ({ok['stall']}, target < {TARGET_STALL:.0%}; "
+            f"process CPU incl. I/O thread {cost_cpu:+.1%}, flat-out rate {-cost_wall:+.1%})"
+        )
+    save_json(
+        args.out,
+        {
+            "rows": rows,
+            "summary": summary,
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "load_avg": os.getloadavg(),
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

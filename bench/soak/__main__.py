@@ -1,4 +1,5 @@
 """python -m bench.soak: see bench/soak/__init__.py."""
+
 import sys
 
 from bench.soak.run import main

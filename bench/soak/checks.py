@@ -3,6 +3,7 @@ learner's loader, every bundle passes the device's checks (sha256 of each file, 
 signature, onnx.checker, an ONNX Runtime session that runs a frame), the device's model in service
 is such a bundle, and the daemon's process tree (RSS, open files, threads, shared-memory segments)
 sampled over time, with least-squares slopes."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ def children_of(pid: int) -> list[int]:
             try:
                 with open(f"/proc/{d}/stat") as f:
                     s = f.read()
-                parent[int(d)] = int(s[s.rindex(")") + 2:].split()[1])
+                parent[int(d)] = int(s[s.rindex(")") + 2 :].split()[1])
             except (OSError, ValueError):
                 pass
     out, todo = [], [pid]
@@ -92,6 +93,7 @@ def slope_per_hour(t_s: list[float], y: list[float]) -> float:
 @dataclass
 class FileChecks:
     """Checks each checkpoint and bundle once (by path, size and mtime); remembers the bad ones."""
+
     trusted: Any  # exporter.signing.TrustedKey
     seen: set = field(default_factory=set)
     checkpoints: int = 0
@@ -128,7 +130,7 @@ class FileChecks:
                 self.checkpoints += 1
 
     def check_bundle(self, d: Path) -> str:
-        """"" when the bundle folder passes every check a device makes, else why not: each file
+        """ "" when the bundle folder passes every check a device makes, else why not: each file
         against the manifest's sha256 and length, the manifest's signature by the pinned key, and
         (once per bundle) onnx.checker and an ONNX Runtime session that runs a frame."""
         try:

@@ -1,5 +1,6 @@
 """The faults the soak injects, one method each: inject, wait for recovery within the kind's
 bound, record the event."""
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,26 @@ class Faults:
         self.events: list[dict] = []
 
     def record(self, kind: str, detail: str, took: float | None, bound: float, injected: bool = True) -> dict:
-        ev = {"kind": kind, "t": time.strftime("%H:%M:%S"), "detail": detail, "injected": injected,
-              "recovered": took is not None, "recover_s": None if took is None else round(took, 1), "bound_s": bound}
+        ev = {
+            "kind": kind,
+            "t": time.strftime("%H:%M:%S"),
+            "detail": detail,
+            "injected": injected,
+            "recovered": took is not None,
+            "recover_s": None if took is None else round(took, 1),
+            "bound_s": bound,
+        }
         self.events.append(ev)
-        log(f"fault {kind}: {detail}; " + ("not injected" if not injected else
-                                           f"recovered in {took:.1f} s" if took is not None else
-                                           f"NOT RECOVERED within {bound} s"))
+        log(
+            f"fault {kind}: {detail}; "
+            + (
+                "not injected"
+                if not injected
+                else f"recovered in {took:.1f} s"
+                if took is not None
+                else f"NOT RECOVERED within {bound} s"
+            )
+        )
         return ev
 
     def run(self, kind: str) -> dict:
@@ -73,8 +88,12 @@ class Faults:
         def back() -> bool:
             s = rig.status()
             l2 = (s or {}).get("learner") or {}
-            return bool(l2.get("pid")) and l2["pid"] != pid and l2.get("state") == "running" \
+            return (
+                bool(l2.get("pid"))
+                and l2["pid"] != pid
+                and l2.get("state") == "running"
                 and (l2.get("step") or 0) > (l2.get("resumed_from") or 0)
+            )
 
         took = wait_until(back, BOUND_S["learner_kill"])
         return self.record("learner_kill", f"pid {pid} at step {lr.get('step')}", took, BOUND_S["learner_kill"])
@@ -87,8 +106,10 @@ class Faults:
         time.sleep(SYSTEMD_RESTART_S)
         connected = rig.device_log().count("event=device_connected")
         rig.start_device()
-        took = wait_until(lambda: rig.device_log().count("event=device_connected") > connected
-                          and device_current(rig), BOUND_S["device_kill"])
+        took = wait_until(
+            lambda: rig.device_log().count("event=device_connected") > connected and device_current(rig),
+            BOUND_S["device_kill"],
+        )
         return self.record("device_kill", f"pid {pid}", took, BOUND_S["device_kill"])
 
     def daemon_kill(self) -> dict:
@@ -110,8 +131,13 @@ class Faults:
         time.sleep(SYSTEMD_RESTART_S)
         rig.start_daemon()
         took = wait_until(lambda: healthy(rig), BOUND_S["daemon_kill"])
-        ev = self.record("daemon_kill", f"pid {old.pid}; {len(kids)} children exited in {orphans_s:.1f} s"
-                         + (f", {len(left)} SIGKILLed by the 'unit'" if left else ""), took, BOUND_S["daemon_kill"])
+        ev = self.record(
+            "daemon_kill",
+            f"pid {old.pid}; {len(kids)} children exited in {orphans_s:.1f} s"
+            + (f", {len(left)} SIGKILLed by the 'unit'" if left else ""),
+            took,
+            BOUND_S["daemon_kill"],
+        )
         ev["children_left_after_stop_s"] = len(left)
         if left:
             ev["recovered"] = False  # a child that outlives TimeoutStopSec is a failure of its own
@@ -145,21 +171,31 @@ class Faults:
         before = (rig.status() or {}).get("learner") or {}
         filler.unlink()
         freed = time.monotonic()
+
         def back() -> bool:
             files = step_files(rig.learner_dir)
             new_ckpt = bool(files) and files[-1].stat().st_mtime > time.time() - (time.monotonic() - freed)
             return new_ckpt and healthy(rig)
 
         took = wait_until(back, BOUND_S["disk_full"])
-        return self.record("disk_full", f"{free} bytes free for {hold:.0f} s (learner step {before.get('step')})",
-                           took, BOUND_S["disk_full"])
+        return self.record(
+            "disk_full",
+            f"{free} bytes free for {hold:.0f} s (learner step {before.get('step')})",
+            took,
+            BOUND_S["disk_full"],
+        )
 
     def junk(self) -> dict:
         rig = self.rig
         st = rig.status()
         # a process of its own: a junk client may crash itself (bench.soak.junk says how)
-        proc = subprocess.run([sys.executable, "-m", "bench.soak.junk", json.dumps(rig.endpoints()),
-                               str(self.rng.randrange(1 << 30))], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.soak.junk", json.dumps(rig.endpoints()), str(self.rng.randrange(1 << 30))],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         try:
             sent = json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -207,9 +243,24 @@ class Faults:
         extra = None
         if hit is None:
             fresh = rig.work / f"device-once-{len(self.events)}"
-            extra = rig._spawn(f"device-once-{len(self.events)}",
-                               [sys.executable, "-m", "motionmask.cli", "device", "--endpoint", rig.proxy.endpoint,
-                                "--dir", str(fresh), "--trusted-key", str(rig.public), "--timeout", "2", "--once"])
+            extra = rig._spawn(
+                f"device-once-{len(self.events)}",
+                [
+                    sys.executable,
+                    "-m",
+                    "motionmask.cli",
+                    "device",
+                    "--endpoint",
+                    rig.proxy.endpoint,
+                    "--dir",
+                    str(fresh),
+                    "--trusted-key",
+                    str(rig.public),
+                    "--timeout",
+                    "2",
+                    "--once",
+                ],
+            )
             hit = wait_until(lambda: len(rig.proxy.hits) > hits, 60.0)
         rig.proxy.arm("")
         if hit is None:
@@ -219,6 +270,7 @@ class Faults:
             return self.record(kind, "no transfer went through the proxy", None, 0, injected=False)
         what = rig.proxy.hits[-1]
         if extra is not None:
+
             def done() -> bool:
                 if extra.poll() is None:
                     return False
@@ -234,9 +286,17 @@ class Faults:
                 extra.wait(10)
             return self.record(kind, f"{what} (one-off device, exit {extra.returncode})", took, BOUND_S[kind])
         # the device must have noticed (a rejected file, or a torn ZMTP stream it retried), then be whole again
-        took = wait_until(lambda: sum(rig.device_log().count(e) for e in ("event=bundle_rejected", "event=pull_retry",
-                                                                           "event=pull_failed")) > before
-                          and device_current(rig), BOUND_S[kind])
+        took = wait_until(
+            lambda: (
+                sum(
+                    rig.device_log().count(e)
+                    for e in ("event=bundle_rejected", "event=pull_retry", "event=pull_failed")
+                )
+                > before
+                and device_current(rig)
+            ),
+            BOUND_S[kind],
+        )
         return self.record(kind, f"{what} (the device)", took, BOUND_S[kind])
 
     def bundle_flip(self) -> dict:

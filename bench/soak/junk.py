@@ -2,6 +2,7 @@
 bench.soak. Each function sends its batch and returns how many messages it sent; none waits
 for a reply longer than a second (a daemon that answers junk with an error is fine, one that
 stops answering is what the soak then catches)."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,13 @@ def raw_tcp(endpoint: str, rng: random.Random) -> int:
     """Bytes that are not ZMTP (or HTTP): a random blob, an HTTP request to a ZeroMQ port, a ZMTP
     greeting with a bogus version and mechanism, and a connection closed half way through."""
     host, port = _host_port(endpoint)
-    blobs = [rng.randbytes(rng.randrange(1, 4096)),
-             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-             b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([9, 9]) + b"NOPE".ljust(20, b"\x00") + b"\x00" * 31,
-             b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03",  # a greeting cut off
-             rng.randbytes(BIG)]
+    blobs = [
+        rng.randbytes(rng.randrange(1, 4096)),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([9, 9]) + b"NOPE".ljust(20, b"\x00") + b"\x00" * 31,
+        b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03",  # a greeting cut off
+        rng.randbytes(BIG),
+    ]
     for blob in blobs:
         send_raw(host, port, blob, 0.2, 64)
     return len(blobs)
@@ -77,10 +80,18 @@ def zmq_router(endpoint: str, rng: random.Random, requests: list[dict]) -> int:
     try:
         s = _zsock(ctx, zmq.DEALER, endpoint)
         msgs: list[list[bytes]] = [
-            [b""], [b"\x00\xff\xfe"], [rng.randbytes(512)], [b"{", b"}"], [b"[]"], [b"null"], [b"1e999"],
-            [b'{"cmd": 5, "op": 5}'], [json.dumps({"cmd": "status" * 1000}).encode()],
+            [b""],
+            [b"\x00\xff\xfe"],
+            [rng.randbytes(512)],
+            [b"{", b"}"],
+            [b"[]"],
+            [b"null"],
+            [b"1e999"],
+            [b'{"cmd": 5, "op": 5}'],
+            [json.dumps({"cmd": "status" * 1000}).encode()],
             [b'{"cmd":' * 5000 + b"1" + b"}" * 5000],  # nesting deeper than the parser's recursion
-            [rng.randbytes(BIG)], [b"x"] * 300,
+            [rng.randbytes(BIG)],
+            [b"x"] * 300,
             *[[json.dumps(r).encode()] for r in requests],
         ]
         for m in msgs:
@@ -146,14 +157,17 @@ def http(url: str, rng: random.Random) -> int:
     """The web console: malformed request lines, a huge header, a bad WebSocket upgrade, a body
     bigger than announced, a slow client that stops half way."""
     host, port = _host_port(url)
-    reqs = [b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 200000 + b"\r\n\r\n",
-            b"GET /ws/cameras/clip HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!!\r\n\r\n",
-            b"POST /api/status HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n" + rng.randbytes(BIG),
-            b"GET /api/cameras/..%2f..%2fetc HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET /api/status HTTP/1.1\r\nHost: x\r\nContent-Le",
-            rng.randbytes(4096)]
+    reqs = [
+        b"GARBAGE\r\n\r\n",
+        b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 200000 + b"\r\n\r\n",
+        b"GET /ws/cameras/clip HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!!\r\n\r\n",
+        b"POST /api/status HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n" + rng.randbytes(BIG),
+        b"GET /api/cameras/..%2f..%2fetc HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/status HTTP/1.1\r\nHost: x\r\nContent-Le",
+        rng.randbytes(4096),
+    ]
     for r in reqs:
         send_raw(host, port, r, 0.5, 256)
     return len(reqs)
@@ -165,7 +179,10 @@ BUNDLE_REQUESTS = [
     {"op": "chunk", "version": "x", "file": "model.onnx", "offset": 0, "size": 1 << 40},
     {"op": "chunk", "version": None, "file": [], "offset": "a", "size": {}},
     {"op": "chunk", "version": "x" * 5000, "file": "model.onnx", "offset": 0, "size": 1},
-    {"op": "latest", "id": {"deep": [1, 2, 3]}}, {"op": "nope"}, {"op": None}, {},
+    {"op": "latest", "id": {"deep": [1, 2, 3]}},
+    {"op": "nope"},
+    {"op": None},
+    {},
 ]
 CONTROL_REQUESTS = [{"cmd": "nope"}, {"cmd": ""}, {"cmd": "status", "extra": "x" * 60000}, {"cmd": None}]
 
@@ -195,8 +212,10 @@ def main() -> int:
     """Run as a process of its own (bench.soak does): a client that sends junk can itself crash
     in libzmq (a SUB keeps its subscriptions in a recursive trie: a megabyte-long topic overflows
     the stack of the client's own I/O thread), and that must not take the soak down with it."""
-    p = argparse.ArgumentParser(description="Send malformed and oversized messages to a daemon's endpoints.",
-                                epilog='example: python -m bench.soak.junk \'{"control": "tcp://127.0.0.1:5556"}\' 0')
+    p = argparse.ArgumentParser(
+        description="Send malformed and oversized messages to a daemon's endpoints.",
+        epilog='example: python -m bench.soak.junk \'{"control": "tcp://127.0.0.1:5556"}\' 0',
+    )
     p.add_argument("endpoints", help="JSON object: name -> endpoint (control, publish, bundles, announce, web)")
     p.add_argument("seed", type=int)
     a = p.parse_args()

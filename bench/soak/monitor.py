@@ -1,4 +1,5 @@
 """The soak's monitor thread: what the rig's processes use over time, and every file it writes."""
+
 from __future__ import annotations
 
 import threading
@@ -52,8 +53,12 @@ class Monitor(threading.Thread):
             main = proc_usage(d.pid)
             if main:
                 row.update(daemon_rss_mb=round(main[0], 1), daemon_fds=main[1], daemon_threads=main[2])
-            row.update(tree_rss_mb=round(sum(u[0] for u in use), 1), tree_fds=sum(u[1] for u in use),
-                       tree_threads=sum(u[2] for u in use), processes=len(use))
+            row.update(
+                tree_rss_mb=round(sum(u[0] for u in use), 1),
+                tree_fds=sum(u[1] for u in use),
+                tree_threads=sum(u[2] for u in use),
+                processes=len(use),
+            )
             dev = [rig.device.pid] if rig.device is not None and rig.device.poll() is None else []
             for pid in tree + dev:
                 u = proc_usage(pid)
@@ -95,8 +100,14 @@ def role_of(pid: int) -> str:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return "?"
-    for needle, role in (("camera_process", "camera"), ("learner_process", "learner"), ("web.process", "web"),
-                         ("resource_tracker", "tracker"), (" device ", "device"), (" run ", "daemon")):
+    for needle, role in (
+        ("camera_process", "camera"),
+        ("learner_process", "learner"),
+        ("web.process", "web"),
+        ("resource_tracker", "tracker"),
+        (" device ", "device"),
+        (" run ", "daemon"),
+    ):
         if needle in cmd:
             return role
     return "other"

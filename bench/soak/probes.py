@@ -1,4 +1,5 @@
 """Whether the rig is whole again: the conditions each fault's recovery waits for."""
+
 from __future__ import annotations
 
 from bench.soak.checks import device_model
@@ -45,8 +46,12 @@ def camera_back(rig: Rig, name: str, pid: int, before: dict) -> bool:
     if st is None:
         return False
     cam = st["cameras"][name]
-    return bool(cam["pid"]) and cam["pid"] != pid and cam["state"] == "running" \
+    return (
+        bool(cam["pid"])
+        and cam["pid"] != pid
+        and cam["state"] == "running"
         and cam["frames"] > before["cameras"][name]["frames"]
+    )
 
 
 def camera_frames_beyond(rig: Rig, name: str, before: dict | None) -> bool:

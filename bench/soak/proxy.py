@@ -5,6 +5,7 @@ payload is wrong: the device's sha256 check must catch it), `truncate` forwards 
 and cuts both connections (a transfer torn mid-chunk). down() stops listening and cuts every
 connection (the bundle server gone from the device's view); up() listens again on the same port.
 """
+
 from __future__ import annotations
 
 import random

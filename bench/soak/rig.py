@@ -1,5 +1,6 @@
 """The processes under test (a daemon, a network camera, a device behind a proxy) and what the
 soak knows about them: their ports, config, logs and every daemon pid it started."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,11 @@ class Rig:
         self.run_dir.mkdir(parents=True)
         self.tmpfs = False
         if os.geteuid() == 0:
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m,mode=0755", "tmpfs",
-                                str(self.run_dir)], capture_output=True, text=True)
+            r = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m,mode=0755", "tmpfs", str(self.run_dir)],
+                capture_output=True,
+                text=True,
+            )
             self.tmpfs = r.returncode == 0
             if not self.tmpfs:
                 log(f"no tmpfs ({r.stderr.strip()}): disk_full is skipped")
@@ -57,28 +61,46 @@ class Rig:
     def _config(self, signing_key: Path) -> dict[str, Any]:
         p = self.ports
         return {
-            "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                         "prune": {"min_fg": 0.0, "max_border_fg": 1.0}},
+            "streamer": {
+                "flow": {"width": 64},
+                "motion": {"num_superpixels": 60},
+                "prune": {"min_fg": 0.0, "max_border_fg": 1.0},
+            },
             "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 4},
             "publish": {"endpoint": f"tcp://127.0.0.1:{p['publish']}"},
             "daemon": {"control_endpoint": f"tcp://127.0.0.1:{p['control']}", "stats_interval_s": 30.0},
             "cameras": [
                 {"name": "clip", "source": str(CLIP), "loop": True},
-                {"name": "net", "source": f"tcp://127.0.0.1:{p['stream']}",
-                 "streamer": {"source": {"open_timeout_s": 3.0, "read_timeout_s": 3.0}}},
+                {
+                    "name": "net",
+                    "source": f"tcp://127.0.0.1:{p['stream']}",
+                    "streamer": {"source": {"open_timeout_s": 3.0, "read_timeout_s": 3.0}},
+                },
             ],
             "learner": {
-                "enabled": True, "run_dir": str(self.learner_dir),
-                "model": {"width": 8, "blocks": [1, 1, 1, 1]}, "crops": {"size": 32},
+                "enabled": True,
+                "run_dir": str(self.learner_dir),
+                "model": {"width": 8, "blocks": [1, 1, 1, 1]},
+                "crops": {"size": 32},
                 "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
                 "checkpoint": {"every_steps": 25, "every_minutes": 0, "keep": 3},
                 "bootstrap": {"every_steps": 150},
             },
-            "export": {"enabled": True, "dir": str(self.exports), "every_steps": 40, "every_minutes": 0,
-                       "holdout_samples": 4, "parity_frames": 2, "latency_runs": 2, "keep": 3, "student_every": 5,
-                       "endpoint": f"tcp://127.0.0.1:{p['bundles']}",
-                       "announce_endpoint": f"tcp://127.0.0.1:{p['announce']}", "announce_interval_s": 2.0,
-                       "signing_key": str(signing_key)},
+            "export": {
+                "enabled": True,
+                "dir": str(self.exports),
+                "every_steps": 40,
+                "every_minutes": 0,
+                "holdout_samples": 4,
+                "parity_frames": 2,
+                "latency_runs": 2,
+                "keep": 3,
+                "student_every": 5,
+                "endpoint": f"tcp://127.0.0.1:{p['bundles']}",
+                "announce_endpoint": f"tcp://127.0.0.1:{p['announce']}",
+                "announce_interval_s": 2.0,
+                "signing_key": str(signing_key),
+            },
             "web": {"enabled": True, "host": "127.0.0.1", "port": p["web"], "frame_fps": 1.0},
         }
 
@@ -88,9 +110,13 @@ class Rig:
 
     def endpoints(self) -> dict[str, str]:
         p = self.ports
-        return {"control": self.control, "publish": self.cfg["publish"]["endpoint"],
-                "bundles": self.cfg["export"]["endpoint"], "announce": self.cfg["export"]["announce_endpoint"],
-                "web": f"http://127.0.0.1:{p['web']}"}
+        return {
+            "control": self.control,
+            "publish": self.cfg["publish"]["endpoint"],
+            "bundles": self.cfg["export"]["endpoint"],
+            "announce": self.cfg["export"]["announce_endpoint"],
+            "web": f"http://127.0.0.1:{p['web']}",
+        }
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "ab")
@@ -99,8 +125,10 @@ class Rig:
 
     # -- components
     def start_stream(self) -> None:
-        self.stream = self._spawn("stream", [sys.executable, "-m", "bench.soak.stream",
-                                             "--port", str(self.ports["stream"]), "--clip", str(CLIP)])
+        self.stream = self._spawn(
+            "stream",
+            [sys.executable, "-m", "bench.soak.stream", "--port", str(self.ports["stream"]), "--clip", str(CLIP)],
+        )
         self.stream_starts += 1
 
     def stop_stream(self) -> None:
@@ -109,15 +137,32 @@ class Rig:
             self.stream.wait(10)
 
     def start_daemon(self) -> None:
-        self.daemon = self._spawn("daemon", [sys.executable, "-m", "motionmask.cli", "run", "--config",
-                                             str(self.config_path)])
+        self.daemon = self._spawn(
+            "daemon", [sys.executable, "-m", "motionmask.cli", "run", "--config", str(self.config_path)]
+        )
         self.daemon_pids.add(self.daemon.pid)
         self.daemon_starts += 1
 
     def start_device(self) -> None:
-        self.device = self._spawn("device", [sys.executable, "-m", "motionmask.cli", "device", "--endpoint",
-                                             self.proxy.endpoint, "--dir", str(self.device_dir), "--trusted-key",
-                                             str(self.public), "--timeout", "2", "--poll", "5"])
+        self.device = self._spawn(
+            "device",
+            [
+                sys.executable,
+                "-m",
+                "motionmask.cli",
+                "device",
+                "--endpoint",
+                self.proxy.endpoint,
+                "--dir",
+                str(self.device_dir),
+                "--trusted-key",
+                str(self.public),
+                "--timeout",
+                "2",
+                "--poll",
+                "5",
+            ],
+        )
         self.device_starts += 1
 
     def device_log(self) -> str:
@@ -133,8 +178,11 @@ class Rig:
         if d is None or d.poll() is not None:
             return
         try:
-            inodes = {os.readlink(f"/proc/{d.pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{d.pid}/fd")
-                      if os.readlink(f"/proc/{d.pid}/fd/{fd}").startswith("socket:")}
+            inodes = {
+                os.readlink(f"/proc/{d.pid}/fd/{fd}")[8:-1]
+                for fd in os.listdir(f"/proc/{d.pid}/fd")
+                if os.readlink(f"/proc/{d.pid}/fd/{fd}").startswith("socket:")
+            }
             with open("/proc/net/unix") as f:
                 for line in f.readlines()[1:]:
                     parts = line.split()

@@ -1,5 +1,6 @@
 """The soak from start to finish: bring the rig up, inject faults until the time is up, stop
 everything as systemd would, and summarize (bench/soak/__init__.py says what and why)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ from bench.soak.settings import KINDS, SoakFailure, log, wait_until
 from bench.soak.subscribers import Subscribers
 
 
-def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None,
-         quiet_minutes: float = 0.0, once: bool = False) -> dict[str, Any]:
+def soak(
+    minutes: float, seed: int, work: Path, only: list[str] | None = None, quiet_minutes: float = 0.0, once: bool = False
+) -> dict[str, Any]:
     rng = random.Random(seed)
     rig = Rig(work, seed)
     log(f"work dir {work}; tmpfs run dir: {rig.tmpfs}; ports {rig.ports}")
@@ -46,8 +48,21 @@ def soak(minutes: float, seed: int, work: Path, only: list[str] | None = None,
             time.sleep(quiet_minutes * 60)
     finally:
         stopped = shut_down(rig, monitor, subs)
-    return summarize(SoakRun(seed, None if once else minutes, soak_s, quiet_from, quiet_minutes, problems, rig,
-                             monitor, subs, faults.events, stopped))
+    return summarize(
+        SoakRun(
+            seed,
+            None if once else minutes,
+            soak_s,
+            quiet_from,
+            quiet_minutes,
+            problems,
+            rig,
+            monitor,
+            subs,
+            faults.events,
+            stopped,
+        )
+    )
 
 
 def bring_up(rig: Rig, plan: str) -> Subscribers:
@@ -68,15 +83,22 @@ def bring_up(rig: Rig, plan: str) -> Subscribers:
     return subs
 
 
-def inject_faults(rig: Rig, faults: Faults, rng: random.Random, seed: int, only: list[str] | None,
-                  minutes: float | None, problems: list[str]) -> float:
+def inject_faults(
+    rig: Rig,
+    faults: Faults,
+    rng: random.Random,
+    seed: int,
+    only: list[str] | None,
+    minutes: float | None,
+    problems: list[str],
+) -> float:
     """One fault after another, in the seeded order, until `minutes` are up (None: every kind
     once); the seconds it took. A daemon that exits on its own is a problem, and is started again."""
     kinds = [k for k in (only or KINDS) if k != "disk_full" or rig.tmpfs]
     order = schedule(rng, kinds)
-    log(f"seed {seed}: fault order starts {', '.join(order[:len(kinds)])}")
+    log(f"seed {seed}: fault order starts {', '.join(order[: len(kinds)])}")
     if minutes is None:
-        order = order[:len(kinds)]
+        order = order[: len(kinds)]
     t_faults = time.monotonic()
     end = math.inf if minutes is None else t_faults + minutes * 60
     i = 0
@@ -145,20 +167,30 @@ def stop_device(rig: Rig) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Soak a real `motionmask run` (two cameras, learner, exports, a device, subscribers) under a "
-                    "seeded schedule of faults; assert that each is recovered and nothing is lost or corrupted.",
+        "seeded schedule of faults; assert that each is recovered and nothing is lost or corrupted.",
         epilog="examples:\n  python -m bench.soak                       # 20 minutes of faults, seed 0\n"
-               "  python -m bench.soak --minutes 2 --seed 3 --out /tmp/soak.json\n"
-               "  python -m bench.soak --once --kinds camera_kill,junk   # each once: the test's soak",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  python -m bench.soak --minutes 2 --seed 3 --out /tmp/soak.json\n"
+        "  python -m bench.soak --once --kinds camera_kill,junk   # each once: the test's soak",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--minutes", type=float, default=20.0, help="minutes of faults after the rig is up (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seeds the fault order, pauses and durations (default 0)")
     p.add_argument("--out", default=str(OUT / "soak.json"), help="JSON output")
-    p.add_argument("--quiet-minutes", type=float, default=0.0, help="then this long without faults: the growth "
-                   "of RSS, files and threads in a steady state (default 0)")
-    p.add_argument("--kinds", default="",
-                   help=f"comma-separated faults to draw from (default: all of {', '.join(KINDS)})")
-    p.add_argument("--once", action="store_true", help="every fault kind (of --kinds) once, in the seeded order, "
-                   "then stop, however long that takes (instead of --minutes)")
+    p.add_argument(
+        "--quiet-minutes",
+        type=float,
+        default=0.0,
+        help="then this long without faults: the growth of RSS, files and threads in a steady state (default 0)",
+    )
+    p.add_argument(
+        "--kinds", default="", help=f"comma-separated faults to draw from (default: all of {', '.join(KINDS)})"
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="every fault kind (of --kinds) once, in the seeded order, "
+        "then stop, however long that takes (instead of --minutes)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, run dir, device dir)")
     args = p.parse_args(argv)
     if args.minutes <= 0:

@@ -1,5 +1,6 @@
 """The soak's plan: the faults it knows, the bound on each one's recovery, the clocks it keeps,
 and the two things every part of it does (log a line, wait for a condition)."""
+
 from __future__ import annotations
 
 import sys
@@ -9,12 +10,32 @@ from collections.abc import Callable
 from bench.common import ROOT
 
 CLIP = ROOT / "tests" / "data" / "sample.mp4"
-KINDS = ("camera_kill", "learner_kill", "device_kill", "daemon_kill", "stream_stop", "disk_full", "junk",
-         "bundle_link_down", "bundle_flip", "bundle_truncate")
+KINDS = (
+    "camera_kill",
+    "learner_kill",
+    "device_kill",
+    "daemon_kill",
+    "stream_stop",
+    "disk_full",
+    "junk",
+    "bundle_link_down",
+    "bundle_flip",
+    "bundle_truncate",
+)
 # seconds from the end of a fault to a recovered rig, per kind (a loaded 2-core machine: a learner
 # imports torch in 10-20 s there; a camera waits up to its restart backoff)
-BOUND_S = {"camera_kill": 45, "learner_kill": 120, "device_kill": 60, "daemon_kill": 150, "stream_stop": 60,
-           "disk_full": 150, "junk": 30, "bundle_link_down": 60, "bundle_flip": 90, "bundle_truncate": 90}
+BOUND_S = {
+    "camera_kill": 45,
+    "learner_kill": 120,
+    "device_kill": 60,
+    "daemon_kill": 150,
+    "stream_stop": 60,
+    "disk_full": 150,
+    "junk": 30,
+    "bundle_link_down": 60,
+    "bundle_flip": 90,
+    "bundle_truncate": 90,
+}
 SYSTEMD_STOP_S = 30.0  # docs/motionmask.service: TimeoutStopSec
 SYSTEMD_RESTART_S = 2.0  # RestartSec (5 in the unit; shorter here, to spend the soak on faults)
 SAMPLE_S = 2.0

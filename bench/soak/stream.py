@@ -5,6 +5,7 @@ keyframe). The soak stops the camera by killing this process and brings it back 
 
     python -m bench.soak.stream --port 8554 --clip tests/data/sample.mp4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,13 @@ def serve(port: int, clip: str, width: int) -> None:
     stream = container.add_stream("libx264", rate=rate)
     stream.height, stream.width = frames[0].shape[:2]
     stream.pix_fmt = "yuv420p"
-    stream.options = {"x264-params": "log-level=none", "g": "10", "bf": "0", "preset": "ultrafast",
-                      "tune": "zerolatency"}
+    stream.options = {
+        "x264-params": "log-level=none",
+        "g": "10",
+        "bf": "0",
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+    }
     t0, i = time.monotonic(), 0
     while True:
         vf = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")
@@ -91,9 +97,10 @@ def serve(port: int, clip: str, width: int) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="Serve a clip, looped, as a live MPEG-TS stream on loopback TCP "
-                                "(the soak's network camera).",
-                                epilog="example: python -m bench.soak.stream --port 8554 --clip tests/data/sample.mp4")
+    p = argparse.ArgumentParser(
+        description="Serve a clip, looped, as a live MPEG-TS stream on loopback TCP (the soak's network camera).",
+        epilog="example: python -m bench.soak.stream --port 8554 --clip tests/data/sample.mp4",
+    )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--clip", required=True)
     p.add_argument("--width", type=int, default=320)

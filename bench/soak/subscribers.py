@@ -1,4 +1,5 @@
 """The soak's two subscribers to the daemon's masks: one reads every message, one never reads."""
+
 from __future__ import annotations
 
 import threading
