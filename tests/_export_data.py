@@ -3,14 +3,15 @@ trained for a few steps on real samples in a real ring buffer, and two real expo
 it (the second at another input size). Built under pytest's session temp folder, so every test
 file that asks gets the same ones without exporting again; under pytest-xdist, once for all the
 workers (in the folder above theirs, which they share, under a lock)."""
+
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -40,6 +41,7 @@ def _trained(base: Path) -> Path:
     ckpt = base / "run" / "checkpoints" / "last.pt"
     if not ckpt.is_file():
         from _learner_data import make_ring, tiny_config
+
         from learner.samples import RingFeed
         from learner.train import Limits, Trainer, fit
 
@@ -69,8 +71,20 @@ def _exported(base: Path) -> Path:
         tmp = base / "exports.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         export_checkpoint(ckpt, tmp, ExportConfig(), frames=sample_frames(8))
-        rc = main(["export", "--checkpoint", str(ckpt), "--out", str(tmp), "--size", "128x96",
-                   "--frames", str(SAMPLE), "--quiet"])  # the command a user runs
+        rc = main(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp),
+                "--size",
+                "128x96",
+                "--frames",
+                str(SAMPLE),
+                "--quiet",
+            ]
+        )  # the command a user runs
         assert rc == 0
         tmp.rename(out)
     return out
@@ -92,7 +106,7 @@ def sample_frames(n: int) -> list[np.ndarray]:
             break
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     cap.release()
-    return frames[::max(1, len(frames) // n)][:n]
+    return frames[:: max(1, len(frames) // n)][:n]
 
 
 def copy_version(exports: Path, version: str, dest: Path, point: bool = True) -> Path:

@@ -8,6 +8,7 @@ search for when a parser changed:
 
     MOTIONMASK_FUZZ=deep .venv/bin/python -m pytest tests/test_fuzz_protocol.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ def fuzz(examples: int, deadline_s: float | None = 2.0) -> settings:
         derandomize=not DEEP,
         database=None,
         deadline=None if deadline_s is None else timedelta(seconds=deadline_s),
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                               HealthCheck.function_scoped_fixture],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
         print_blob=True,
     )
 
@@ -41,19 +41,34 @@ def fuzz(examples: int, deadline_s: float | None = 2.0) -> settings:
 # Numbers that break naive parsers: NaN, infinities, bools posing as ints, huge and negative ints
 awkward_numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([float("nan"), float("inf"), -float("inf"), 0, -1, 2**31, 2**63, -2**63, 10**30, True, False]),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 0, -1, 2**31, 2**63, -(2**63), 10**30, True, False]),
     st.integers(),
 )
 awkward_text = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["", "..", "../x", "/etc/passwd", "a" * 300, "\x00", "é", "\ufffd", "LATEST", "model.onnx",
-                     "manifest.json", "NaN"]),
+    st.sampled_from(
+        [
+            "",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a" * 300,
+            "\x00",
+            "é",
+            "\ufffd",
+            "LATEST",
+            "model.onnx",
+            "manifest.json",
+            "NaN",
+        ]
+    ),
 )
 scalars = st.one_of(st.none(), st.booleans(), awkward_numbers, awkward_text)
 json_values = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=4),
-                               st.dictionaries(st.text(max_size=12), children, max_size=4)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -80,10 +95,12 @@ def byte_mutations(data: bytes) -> st.SearchStrategy[bytes]:
     n = len(data)
     truncated = st.integers(0, max(0, n - 1)).map(lambda k: data[:k])
     flipped = st.lists(st.tuples(st.integers(0, max(0, n - 1)), st.integers(1, 255)), min_size=1, max_size=4).map(
-        lambda flips: _flip(data, flips))
+        lambda flips: _flip(data, flips)
+    )
     inserted = st.tuples(st.integers(0, n), st.binary(min_size=1, max_size=16)).map(
-        lambda t: data[:t[0]] + t[1] + data[t[0]:])
-    deleted = st.tuples(st.integers(0, n), st.integers(1, 16)).map(lambda t: data[:t[0]] + data[t[0] + t[1]:])
+        lambda t: data[: t[0]] + t[1] + data[t[0] :]
+    )
+    deleted = st.tuples(st.integers(0, n), st.integers(1, 16)).map(lambda t: data[: t[0]] + data[t[0] + t[1] :])
     appended = st.binary(min_size=1, max_size=64).map(lambda b: data + b)
     return st.one_of(truncated, flipped, inserted, deleted, appended)
 

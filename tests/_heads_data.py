@@ -2,6 +2,7 @@
 run through the real motion streamer into a real ring buffer (frames, trimaps and DIS flow), and
 tracked-patch pairs cut around the same object instance in two frames of a shot (from the
 clips' instance ground truth), served by a small in-memory PairFeed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,11 +45,13 @@ def streamed_ring(clips: list[Clip], size: tuple[int, int] = (128, 96)) -> RingB
         for k, f in enumerate(clip.frames):
             results += seg.push(_frame(f, k))
         results += seg.flush()
-        samples += [sample_from_result(r, f"clip{i}", BufferConfig(train_width=w, train_height=h)) for r in results
-                    if r.kept]
+        samples += [
+            sample_from_result(r, f"clip{i}", BufferConfig(train_width=w, train_height=h)) for r in results if r.kept
+        ]
     n = len(samples) + 2
-    ring = RingBuffer.create(BufferConfig(train_width=w, train_height=h, memory_mb=ring_bytes(h, w, n) / 2**20,
-                                          per_shot_cap=n))
+    ring = RingBuffer.create(
+        BufferConfig(train_width=w, train_height=h, memory_mb=ring_bytes(h, w, n) / 2**20, per_shot_cap=n)
+    )
     for s in samples:
         assert ring.put(s)
     return ring
@@ -78,7 +81,10 @@ class GTPairFeed:
                 if clip.shot_of[t0] != clip.shot_of[t1]:
                     continue
                 for obj in set(np.unique(clip.inst[t0])) & set(np.unique(clip.inst[t1])) - {0}:
-                    a, b = object_patch(clip.frames[t0], clip.inst[t0] == obj, patch), object_patch(clip.frames[t1], clip.inst[t1] == obj, patch)
+                    a, b = (
+                        object_patch(clip.frames[t0], clip.inst[t0] == obj, patch),
+                        object_patch(clip.frames[t1], clip.inst[t1] == obj, patch),
+                    )
                     if a is not None and b is not None:
                         q.append(a), t.append(b), g.append(c * 100 + clip.shot_of[t0])
         self.query, self.tracked, self.group = np.stack(q), np.stack(t), np.asarray(g, np.int64)

@@ -1,6 +1,7 @@
 """Small real training data for the learner tests: textured frames with one textured object,
 its trimap (positives on the object, a don't-care ring, negatives elsewhere), in a real
 shared-memory ring buffer."""
+
 from __future__ import annotations
 
 import cv2
@@ -28,14 +29,23 @@ def object_sample(rng: np.random.Generator, w: int = 96, h: int = 72, index: int
     ring = cv2.dilate(mask, np.ones((5, 5), np.uint8)) - cv2.erode(mask, np.ones((5, 5), np.uint8))
     tri[mask > 0] = 255
     tri[ring > 0] = 128
-    return Sample(camera="cam", frame_index=index, shot=index // 10, capture_time=index / 25.0, image=img,
-                  trimap=tri, prob=(mask * 255).astype(np.uint8), flow=None, valid=(0, 0, h, w), source_hw=(h, w))
+    return Sample(
+        camera="cam",
+        frame_index=index,
+        shot=index // 10,
+        capture_time=index / 25.0,
+        image=img,
+        trimap=tri,
+        prob=(mask * 255).astype(np.uint8),
+        flow=None,
+        valid=(0, 0, h, w),
+        source_hw=(h, w),
+    )
 
 
 def make_ring(n: int = 24, w: int = 96, h: int = 72, seed: int = 0, slots: int | None = None) -> RingBuffer:
     slots = slots or n + 2
-    cfg = BufferConfig(train_width=w, train_height=h, memory_mb=ring_bytes(h, w, slots) / 2**20,
-                       per_shot_cap=slots)
+    cfg = BufferConfig(train_width=w, train_height=h, memory_mb=ring_bytes(h, w, slots) / 2**20, per_shot_cap=slots)
     ring = RingBuffer.create(cfg)
     rng = np.random.default_rng(seed)
     for i in range(n):

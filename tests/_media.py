@@ -1,14 +1,15 @@
 """Small real test media, written with PyAV and OpenCV. Shared by the tests of every package.
 
-    frames = moving_square(30, 64, 48)                  # list of RGB uint8 arrays
-    write_video(tmp_path / "a.mp4", frames, fps=25)     # H.264 MP4
-    write_video(tmp_path / "g.mkv", gray_frames, codec="ffv1", pix_fmt="gray")
-    write_video(tmp_path / "v.mkv", frames, timestamps=[0, 0.04, 0.5, ...])   # variable rate
-    write_images(tmp_path / "seq", frames, ext=".png")  # 0.png, 1.png, ...
-    data = encode_stream(frames, fps=25)                # MPEG-TS bytes
-    with StreamServer(data) as server:                  # serve them on tcp://127.0.0.1:PORT
-        open_source(server.url, cfg)
+frames = moving_square(30, 64, 48)                  # list of RGB uint8 arrays
+write_video(tmp_path / "a.mp4", frames, fps=25)     # H.264 MP4
+write_video(tmp_path / "g.mkv", gray_frames, codec="ffv1", pix_fmt="gray")
+write_video(tmp_path / "v.mkv", frames, timestamps=[0, 0.04, 0.5, ...])   # variable rate
+write_images(tmp_path / "seq", frames, ext=".png")  # 0.png, 1.png, ...
+data = encode_stream(frames, fps=25)                # MPEG-TS bytes
+with StreamServer(data) as server:                  # serve them on tcp://127.0.0.1:PORT
+    open_source(server.url, cfg)
 """
+
 from __future__ import annotations
 
 import io
@@ -16,9 +17,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import av
 import cv2
@@ -29,8 +30,9 @@ import numpy as np
 _DEFAULTS = {"libx264": {"x264-params": "log-level=none"}, "mpeg4": {"b": "4000000"}}
 
 
-def moving_square(n: int, width: int = 64, height: int = 48, size: int = 12, step: int = 2,
-                  seed: int = 0) -> list[np.ndarray]:
+def moving_square(
+    n: int, width: int = 64, height: int = 48, size: int = 12, step: int = 2, seed: int = 0
+) -> list[np.ndarray]:
     """`n` RGB frames: a bright square moving right over a fixed textured background, so that
     flow, superpixels and codecs all have something real to chew on."""
     rng = np.random.default_rng(seed)
@@ -40,7 +42,7 @@ def moving_square(n: int, width: int = 64, height: int = 48, size: int = 12, ste
         img = background.copy()
         x = (i * step) % max(1, width - size)
         y = (height - size) // 2
-        img[y:y + size, x:x + size] = (250, 40, 40)
+        img[y : y + size, x : x + size] = (250, 40, 40)
         frames.append(img)
     return frames
 
@@ -50,9 +52,16 @@ def _to_av(frame: np.ndarray) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(frame, format="gray" if frame.ndim == 2 else "rgb24")
 
 
-def _encode(container: av.container.OutputContainer, frames: Sequence[np.ndarray], fps: float, codec: str,
-            pix_fmt: str | None, timestamps: Sequence[float] | None, options: dict | None,
-            rotation: int | None) -> None:
+def _encode(
+    container: av.container.OutputContainer,
+    frames: Sequence[np.ndarray],
+    fps: float,
+    codec: str,
+    pix_fmt: str | None,
+    timestamps: Sequence[float] | None,
+    options: dict | None,
+    rotation: int | None,
+) -> None:
     h, w = frames[0].shape[:2]
     stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
     stream.width, stream.height = w, h
@@ -73,10 +82,18 @@ def _encode(container: av.container.OutputContainer, frames: Sequence[np.ndarray
         container.mux(packet)
 
 
-def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 25, codec: str = "libx264",
-                pix_fmt: str | None = None, timestamps: Sequence[float] | None = None,
-                format: str | None = None, options: dict | None = None,
-                container_options: dict | None = None, rotation: int | None = None) -> Path:
+def write_video(
+    path: str | Path,
+    frames: Sequence[np.ndarray],
+    fps: float = 25,
+    codec: str = "libx264",
+    pix_fmt: str | None = None,
+    timestamps: Sequence[float] | None = None,
+    format: str | None = None,
+    options: dict | None = None,
+    container_options: dict | None = None,
+    rotation: int | None = None,
+) -> Path:
     """Encode RGB (HxWx3) or gray (HxW) uint8 frames into a real video file and return its path.
 
     codec: any PyAV encoder (libx264, mpeg4, mjpeg, ffv1...); pix_fmt defaults to yuv420p
@@ -92,8 +109,9 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 25,
     return path
 
 
-def write_empty_video(path: str | Path, width: int = 64, height: int = 48, codec: str = "mpeg4",
-                      format: str | None = None) -> Path:
+def write_empty_video(
+    path: str | Path, width: int = 64, height: int = 48, codec: str = "mpeg4", format: str | None = None
+) -> Path:
     """A container with a video stream header and no frames at all (use .avi: MP4 and MKV
     writers drop a stream that never got a packet)."""
     path = Path(path)
@@ -105,8 +123,9 @@ def write_empty_video(path: str | Path, width: int = 64, height: int = 48, codec
     return path
 
 
-def encode_stream(frames: Sequence[np.ndarray], fps: float = 25, codec: str = "libx264",
-                  format: str = "mpegts", gop: int = 10) -> bytes:
+def encode_stream(
+    frames: Sequence[np.ndarray], fps: float = 25, codec: str = "libx264", format: str = "mpegts", gop: int = 10
+) -> bytes:
     """Frames encoded for live streaming (short GOP, no B-frames), as the bytes of a
     streamable container: what a camera or an encoder box sends."""
     buf = io.BytesIO()
@@ -118,8 +137,9 @@ def encode_stream(frames: Sequence[np.ndarray], fps: float = 25, codec: str = "l
     return buf.getvalue()
 
 
-def write_images(folder: str | Path, frames: Sequence[np.ndarray], ext: str = ".png",
-                 names: Sequence[str] | None = None) -> list[Path]:
+def write_images(
+    folder: str | Path, frames: Sequence[np.ndarray], ext: str = ".png", names: Sequence[str] | None = None
+) -> list[Path]:
     """Write RGB or gray frames as image files (0.png, 1.png... or `names`); return the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,8 +182,14 @@ class StreamServer:
     listens again on the same port. Use as a context manager.
     """
 
-    def __init__(self, data: bytes = b"", seconds: float = 2.0, silent: bool = False,
-                 stall_after: float | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        data: bytes = b"",
+        seconds: float = 2.0,
+        silent: bool = False,
+        stall_after: float | None = None,
+        port: int = 0,
+    ) -> None:
         self.data, self.seconds, self.silent, self.stall_after = data, seconds, silent, stall_after
         self.port = port
         self.connections = 0  # clients served so far
@@ -176,7 +202,7 @@ class StreamServer:
     def url(self) -> str:
         return f"tcp://127.0.0.1:{self.port}"
 
-    def start(self) -> "StreamServer":
+    def start(self) -> StreamServer:
         self._stop.clear()
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,7 +228,7 @@ class StreamServer:
             self._listener.close()
             self._listener = None
 
-    def __enter__(self) -> "StreamServer":
+    def __enter__(self) -> StreamServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -212,7 +238,7 @@ class StreamServer:
         while not self._stop.is_set():
             try:
                 conn, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -235,7 +261,7 @@ class StreamServer:
                 if self.stall_after is not None and time.monotonic() - t0 > self.stall_after:
                     self._stop.wait()
                     return
-                conn.sendall(self.data[i:i + chunk])
+                conn.sendall(self.data[i : i + chunk])
                 time.sleep(pause)
         except OSError:
             pass

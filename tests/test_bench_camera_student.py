@@ -1,6 +1,7 @@
 """bench.camera_student end to end on the bundled real clip: a real `motionmask train` run (a tiny
 net for a few seconds), the teacher over the whole clip and the student on the held-back 30%, then
 the JSON and the contact sheet it promises."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,24 @@ def test_camera_student_bench_runs_end_to_end(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "cs.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.camera_student", str(ROOT / "tests" / "data" / "sample.mp4"),
-                           "--minutes", "0.05", "--config", str(cfg), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.camera_student",
+            str(ROOT / "tests" / "data" / "sample.mp4"),
+            "--minutes",
+            "0.05",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert doc["frames"] == 80 and doc["train_frames"] == 56 and doc["held_back"] == 24

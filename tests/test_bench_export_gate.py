@@ -1,5 +1,6 @@
 """bench.export_gate end to end: real synthetic clips, a real `motionmask train` run (a tiny net)
 with a checkpoint every 10 steps, and the gate's scores and replays it promises."""
+
 from __future__ import annotations
 
 import json
@@ -25,20 +26,47 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_export_gate_bench_scores_every_checkpoint_and_replays_both_rules(tmp_path):
     mm = [sys.executable, "-m", "motionmask.cli"]
     for name, seed in (("seen", 100), ("unseen", 7)):
-        proc = run(*mm, "synth", "--out", name, "--seed", str(seed), "--clips", "2", "--frames", "30",
-                   "--size", "160x120", cwd=tmp_path)
+        proc = run(
+            *mm,
+            "synth",
+            "--out",
+            name,
+            "--seed",
+            str(seed),
+            "--clips",
+            "2",
+            "--frames",
+            "30",
+            "--size",
+            "160x120",
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
     (tmp_path / "tiny.yaml").write_text(TINY)
-    proc = run(*mm, "train", "seen", "--out", "r", "--config", "tiny.yaml", "--steps", "30", "--minutes", "0",
-               cwd=tmp_path)
+    proc = run(
+        *mm, "train", "seen", "--out", "r", "--config", "tiny.yaml", "--steps", "30", "--minutes", "0", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "gate.json"
     bench = [sys.executable, "-m", "bench.export_gate"]
     seen, unseen = str(tmp_path / "seen"), str(tmp_path / "unseen")
     # the truth on every 6th frame of the unseen clips (10 frames a checkpoint): the student's forward
     # passes are most of the bench's time
-    proc = run(*bench, str(tmp_path / "r"), "--seen", seen, "--eval", unseen, "--samples", "8", "--every", "6",
-               "--out", str(out), cwd=ROOT)
+    proc = run(
+        *bench,
+        str(tmp_path / "r"),
+        "--seen",
+        seen,
+        "--eval",
+        unseen,
+        "--samples",
+        "8",
+        "--every",
+        "6",
+        "--out",
+        str(out),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert [r["step"] for r in doc["rows"]] == [10, 20, 30]

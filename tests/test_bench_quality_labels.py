@@ -1,5 +1,6 @@
 """bench.quality and bench.labels end to end on a tiny generated folder (--data), and the
 family list they share (bench/families.py)."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 

@@ -1,6 +1,7 @@
 """bench.rig end to end, smoke sized: a 30-second rig stream (generated and cached under
 bench/out/rig), the teacher on its later 30%, real `motionmask train` runs of a tiny net for a few
 steps (the student and the multitask net), a real export and ONNX Runtime session, then the JSON."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,25 @@ def test_rig_bench_smoke(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "rig.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.rig", "--quick", "--steps", "2", "--no-real",
-                           "--config", str(cfg), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.rig",
+            "--quick",
+            "--steps",
+            "2",
+            "--no-real",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     [run] = doc["runs"]
@@ -56,8 +73,13 @@ def test_rig_bench_smoke(tmp_path):
     for method in ("embedding", "colour_histogram"):
         v = ident[method]["top1"]
         assert v is None or 0.0 <= v <= 1.0
-    assert set(doc["targets"]) == {"student_gain", "student_still_recall", "export_gap", "live_beats_both",
-                                   "who_is_who"}
+    assert set(doc["targets"]) == {
+        "student_gain",
+        "student_still_recall",
+        "export_gap",
+        "live_beats_both",
+        "who_is_who",
+    }
     assert doc["targets"]["export_gap"]["met"] is True
     assert "real" not in doc
     assert Path(doc["contact_sheet"]).is_file()

@@ -3,6 +3,7 @@ rules and their schedule, trimaps re-derived with the streamer's thresholds, a r
 labels that training then reads, a refined label never landing on a slot that took a new sample
 (also against a real writer process), rounds inside fit() with a checkpoint at each, and the
 offline `motionmask train` running rounds and logging them."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import time
 
 import numpy as np
 import pytest
-
 from _learner_data import make_ring, tiny_config
+
 from learner.bootstrap import Bootstrapper, fuse, round_weight, slot_trimap, student_probs
 from learner.checkpoint import load_checkpoint, step_files
 from learner.config import BootstrapConfig
@@ -62,13 +63,24 @@ def test_slot_trimap_uses_the_streamer_thresholds_and_pads_dont_care():
 
 
 def _ring(slots: int, w: int = 32, h: int = 24) -> RingBuffer:
-    return RingBuffer.create(BufferConfig(train_width=w, train_height=h, per_shot_cap=slots,
-                                          memory_mb=ring_bytes(h, w, slots) / 2**20))
+    return RingBuffer.create(
+        BufferConfig(train_width=w, train_height=h, per_shot_cap=slots, memory_mb=ring_bytes(h, w, slots) / 2**20)
+    )
 
 
 def _sample(value: int, w: int = 32, h: int = 24) -> Sample:
-    return Sample("cam", value, 0, 0.0, np.full((h, w, 3), value, np.uint8), np.zeros((h, w), np.uint8),
-                  np.zeros((h, w), np.uint8), None, (0, 0, h, w), (h, w))
+    return Sample(
+        "cam",
+        value,
+        0,
+        0.0,
+        np.full((h, w, 3), value, np.uint8),
+        np.zeros((h, w), np.uint8),
+        np.zeros((h, w), np.uint8),
+        None,
+        (0, 0, h, w),
+        (h, w),
+    )
 
 
 def test_update_labels_refuses_a_replaced_slot():
@@ -147,8 +159,9 @@ def test_a_round_changes_the_labels_training_reads_and_is_measured(tmp_path):
         bcfg = BootstrapConfig(every_steps=1, weight_start=0.5, weight_max=0.5, batch=5)
         # the paper's thresholds: 0.5 x 0.25 + 0.5 x 1 = 0.625 is "don't care" under them (not under the defaults)
         paper = TrimapConfig(negative_below=0.4, positive_above=0.7, near_positive=0.0)
-        boot = Bootstrapper(bcfg, paper, ring, tmp_path, on_refined=published.append,
-                            ground_truth=lambda cam, i: gts.get(i))
+        boot = Bootstrapper(
+            bcfg, paper, ring, tmp_path, on_refined=published.append, ground_truth=lambda cam, i: gts.get(i)
+        )
         st = boot.run_round(trainer.model, trainer.device, 7, 1)
         assert st.samples == 12 and st.refused == 0 and trainer.model.training  # the mode is restored
         # the labels are exactly the fused probabilities through the streamer's thresholds
@@ -167,7 +180,9 @@ def test_a_round_changes_the_labels_training_reads_and_is_measured(tmp_path):
             np.testing.assert_array_equal(drawn.trimaps[k], after.trimaps[list(after.frame_index).index(f)])
         # measured against ground truth: the teacher here is exact, its labels all right
         assert st.gt_samples == 12 and st.quality["iou_motion"] == pytest.approx(1.0)
-        assert st.quality["accuracy_motion"] == pytest.approx(1.0) and st.quality["accuracy_refined"] == pytest.approx(1.0)
+        assert st.quality["accuracy_motion"] == pytest.approx(1.0) and st.quality["accuracy_refined"] == pytest.approx(
+            1.0
+        )
         assert st.coverage_refined < st.coverage_motion
         assert sum(len(r.cameras) for r in published) == 12 and {r.step for r in published} == {7}
         assert published[0].refined[0].shape == (72, 96) and published[0].source_hw[0] == (72, 96)
@@ -220,8 +235,19 @@ def test_offline_train_runs_rounds(tmp_path):
     generate(tmp_path / "synth", seed=13, clips=1, frames=24, size=(160, 120))  # a seed whose clip keeps frames
     (tmp_path / "tiny.yaml").write_text(TINY)
     run = tmp_path / "run"
-    rc = main(["train", str(tmp_path / "synth" / "clip000.mp4"), "--out", str(run), "--config",
-               str(tmp_path / "tiny.yaml"), "--steps", "6", "--quiet"])
+    rc = main(
+        [
+            "train",
+            str(tmp_path / "synth" / "clip000.mp4"),
+            "--out",
+            str(run),
+            "--config",
+            str(tmp_path / "tiny.yaml"),
+            "--steps",
+            "6",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     rounds = [json.loads(x) for x in (run / "bootstrap.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rounds] == [3, 6] and all(r["samples"] > 0 for r in rounds)

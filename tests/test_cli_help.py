@@ -1,6 +1,7 @@
 """`motionmask --help` lists every command with its line from motionmask/cli.py, without importing
 them; each command's own parser says the same line, so the list reads the same whichever command
 is built. Listing the commands loads nothing of the streamer, OpenCV, torch, the learner or synth."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,20 @@ def test_each_command_says_the_line_the_list_shows(name: str) -> None:
 
 
 def test_the_list_of_commands_imports_none_of_them() -> None:
-    probe = ("import contextlib, io, json, sys\nfrom motionmask.cli import main\nout = io.StringIO()\n"
-             "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n    main(['--help'])\n"
-             "print(json.dumps([out.getvalue(), sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('streamer', 'torch', 'cv2', 'learner', 'synth') or m.startswith('motionmask.commands.'))]))")
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "200"})
+    probe = (
+        "import contextlib, io, json, sys\nfrom motionmask.cli import main\nout = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n    main(['--help'])\n"
+        "print(json.dumps([out.getvalue(), sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('streamer', 'torch', 'cv2', 'learner', 'synth') or m.startswith('motionmask.commands.'))]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     text, loaded = json.loads(proc.stdout.splitlines()[-1])
     assert loaded == []

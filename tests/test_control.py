@@ -1,4 +1,5 @@
 """Control endpoint over real loopback sockets: replies, malformed and foreign messages, timeouts."""
+
 import json
 import socket
 import threading
@@ -6,11 +7,11 @@ import time
 
 import pytest
 import zmq
+from _media import free_port
 
+from common.errors import UserError
 from motionmask.cli import main
 from motionmask.control import ControlServer, ControlUnavailable, request
-from common.errors import UserError
-from _media import free_port
 
 
 @pytest.fixture
@@ -26,8 +27,7 @@ def server():
     def broken(req):
         raise RuntimeError("handler bug")
 
-    srv = ControlServer(ctx, "tcp://127.0.0.1:*", {"status": status, "ping": lambda r: {"pong": 1},
-                                                   "broken": broken})
+    srv = ControlServer(ctx, "tcp://127.0.0.1:*", {"status": status, "ping": lambda r: {"pong": 1}, "broken": broken})
     stop = threading.Event()
     t = threading.Thread(target=srv.serve, args=(stop.is_set, 20), daemon=True)
     t.start()
@@ -59,16 +59,19 @@ def test_ping_and_status(server):
     assert calls[-1] == {"cmd": "status", "verbose": True}
 
 
-@pytest.mark.parametrize("frames, match", [
-    ([b"not json at all"], "not JSON"),
-    ([b"\xff\xfe\x00binary\x01"], "not JSON"),
-    ([b"[1, 2, 3]"], "JSON object"),
-    ([b'{"command": "status"}'], "no \"cmd\""),
-    ([b'{"cmd": 7}'], "no \"cmd\""),
-    ([b'{"cmd": "reboot"}'], "unknown cmd 'reboot'; known: broken, ping, status"),
-    ([b'{"cmd": "status"}', b"extra part"], "got 2 frames"),
-    ([b""], "not JSON"),
-])
+@pytest.mark.parametrize(
+    "frames, match",
+    [
+        ([b"not json at all"], "not JSON"),
+        ([b"\xff\xfe\x00binary\x01"], "not JSON"),
+        ([b"[1, 2, 3]"], "JSON object"),
+        ([b'{"command": "status"}'], 'no "cmd"'),
+        ([b'{"cmd": 7}'], 'no "cmd"'),
+        ([b'{"cmd": "reboot"}'], "unknown cmd 'reboot'; known: broken, ping, status"),
+        ([b'{"cmd": "status"}', b"extra part"], "got 2 frames"),
+        ([b""], "not JSON"),
+    ],
+)
 def test_malformed_requests_get_an_error_reply_and_the_server_keeps_going(server, frames, match):
     srv, _ = server
     (raw,) = _req_raw(srv.endpoint, frames)

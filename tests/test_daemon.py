@@ -1,5 +1,6 @@
 """`motionmask run` as a real subprocess: real clips, real camera processes, real sockets, real
 signals; then SIGTERM and check it exits 0 in time and leaves no shared memory behind."""
+
 import json
 import os
 import shutil
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 import zmq
-
 from _media import StreamServer, free_port, process_gone
+
 from motionmask.cli import main
 from motionmask.client import MaskSubscriber
 from motionmask.control import ControlUnavailable, request
@@ -25,13 +26,20 @@ SHUTDOWN_S = 5.0
 def _config(tmp_path: Path, cameras: list[dict], **sections) -> tuple[Path, dict]:
     ports = {"publish": free_port(), "control": free_port()}
     cfg = {
-        "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
+        "streamer": {
+            "flow": {"width": 64},
+            "motion": {"num_superpixels": 60},
+            "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0},
+        },
         "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
         "publish": {"endpoint": f"tcp://127.0.0.1:{ports['publish']}"},
-        "daemon": {"control_endpoint": f"tcp://127.0.0.1:{ports['control']}",
-                   "shutdown_timeout_s": SHUTDOWN_S, "restart_backoff_s": 0.3,
-                   "restart_backoff_max_s": 1.0, "stats_interval_s": 1.0},
+        "daemon": {
+            "control_endpoint": f"tcp://127.0.0.1:{ports['control']}",
+            "shutdown_timeout_s": SHUTDOWN_S,
+            "restart_backoff_s": 0.3,
+            "restart_backoff_max_s": 1.0,
+            "stats_interval_s": 1.0,
+        },
         "cameras": cameras,
     }
     for k, v in sections.items():
@@ -47,8 +55,11 @@ class Daemon:
         self.publish = cfg["publish"]["endpoint"]
         self.log_path = tmp_path / "daemon.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def status(self) -> dict:
         return request(self.control, "status", timeout=2.0)
@@ -90,17 +101,30 @@ def _shm_left(name: str) -> bool:
 
 def test_daemon_end_to_end_with_faults(tmp_path, clip):
     later = tmp_path / "later.mp4"  # camera b: missing at first, appears later
-    config, cfg = _config(tmp_path, [
-        {"name": "a", "source": str(clip), "loop": True},
-        {"name": "b", "source": str(later), "loop": True},
-        # plays once, then done; a foreground floor no frame reaches: pruning keeps none
-        {"name": "c", "source": str(clip), "loop": False, "realtime": False,
-         "streamer": {"prune": {"min_fg": 0.85, "max_fg": 0.9}}},
-    ])
+    config, cfg = _config(
+        tmp_path,
+        [
+            {"name": "a", "source": str(clip), "loop": True},
+            {"name": "b", "source": str(later), "loop": True},
+            # plays once, then done; a foreground floor no frame reaches: pruning keeps none
+            {
+                "name": "c",
+                "source": str(clip),
+                "loop": False,
+                "realtime": False,
+                "streamer": {"prune": {"min_fg": 0.85, "max_fg": 0.9}},
+            },
+        ],
+    )
     d = Daemon(config, cfg, tmp_path)
     try:
-        st = d.wait_for(lambda s: s["cameras"]["a"]["frames"] > 0 and s["cameras"]["b"]["restarts"] >= 1
-                        and s["cameras"]["c"]["state"] == "finished")
+        st = d.wait_for(
+            lambda s: (
+                s["cameras"]["a"]["frames"] > 0
+                and s["cameras"]["b"]["restarts"] >= 1
+                and s["cameras"]["c"]["state"] == "finished"
+            )
+        )
         b = st["cameras"]["b"]
         assert b["state"] in ("restarting", "starting") and "no such file" in b["last_error"]
         assert st["cameras"]["c"]["frames"] == 50 and st["cameras"]["c"]["restarts"] == 0
@@ -130,9 +154,13 @@ def test_daemon_end_to_end_with_faults(tmp_path, clip):
         restarts = st["cameras"]["b"]["restarts"]
         frames_before = st["cameras"]["b"]["frames"]
         os.kill(victim, signal.SIGKILL)
-        st = d.wait_for(lambda s: s["cameras"]["b"]["restarts"] == restarts + 1
-                        and s["cameras"]["b"]["state"] == "running"
-                        and s["cameras"]["b"]["frames"] > frames_before + 3)
+        st = d.wait_for(
+            lambda s: (
+                s["cameras"]["b"]["restarts"] == restarts + 1
+                and s["cameras"]["b"]["state"] == "running"
+                and s["cameras"]["b"]["frames"] > frames_before + 3
+            )
+        )
         assert st["cameras"]["b"]["pid"] != victim and "SIGKILL" in st["cameras"]["b"]["last_error"]
         assert st["cameras"]["a"]["restarts"] == 0
 
@@ -156,15 +184,23 @@ def test_daemon_end_to_end_with_faults(tmp_path, clip):
         assert request(d.control, "ping", timeout=2)["ok"]
 
         # the status command: a table and JSON
-        out = subprocess.run([sys.executable, "-m", "motionmask.cli", "status", "--endpoint", d.control],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "motionmask.cli", "status", "--endpoint", d.control],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert any(line.split()[:2] == ["a", "running"] for line in lines), out.stdout
         assert any(line.split()[:2] == ["c", "finished"] for line in lines), out.stdout
         assert "CAMERA" in out.stdout and "buffer:" in out.stdout
-        out = subprocess.run([sys.executable, "-m", "motionmask.cli", "status", "--endpoint", d.control, "--json"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "motionmask.cli", "status", "--endpoint", d.control, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert set(json.loads(out.stdout)["cameras"]) == {"a", "b", "c"}
         cams = json.loads(out.stdout)["cameras"]  # c's warning stays in the status after it finished
         assert [w["key"] for w in cams["c"]["warnings"]] == ["streamer.prune"], cams["c"]
@@ -182,12 +218,19 @@ def test_daemon_end_to_end_with_faults(tmp_path, clip):
     assert took < SHUTDOWN_S + 2
     assert not _shm_left(ring)
     assert all(process_gone(p, 1.0) for p in pids)
-    for event in ("event=child_started", "event=child_exited child=b", 'code="exit 3"', "code=SIGKILL",
-                  "event=child_restart child=b", "event=camera_stats camera=a", "event=shutdown ",
-                  "event=shutdown_done",
-                  # c kept nothing: one warning names the reasons and the threshold to change
-                  'event=few_frames_kept camera=c kept=0 frames=50 pruned="too_little_fg ',
-                  'hint="for small or distant movers lower streamer.prune.min_fg (now 0.85)"'):
+    for event in (
+        "event=child_started",
+        "event=child_exited child=b",
+        'code="exit 3"',
+        "code=SIGKILL",
+        "event=child_restart child=b",
+        "event=camera_stats camera=a",
+        "event=shutdown ",
+        "event=shutdown_done",
+        # c kept nothing: one warning names the reasons and the threshold to change
+        'event=few_frames_kept camera=c kept=0 frames=50 pruned="too_little_fg ',
+        'hint="for small or distant movers lower streamer.prune.min_fg (now 0.85)"',
+    ):
         assert event in log, event
     assert log.count("event=few_frames_kept") == 1  # a and b keep every frame (min_fg 0)
     assert "Traceback" not in log
@@ -199,15 +242,24 @@ def test_give_up_sigint_and_daemon_killed(tmp_path, clip):
     promptly, even with a camera stuck opening a stream that never sends; a daemon killed with
     SIGKILL takes its cameras and its buffer along."""
     with StreamServer(silent=True) as mute:
-        config, cfg = _config(tmp_path, [
-            {"name": "solo", "source": str(clip), "loop": True},
-            {"name": "ghost", "source": str(tmp_path / "never.mp4")},
-            {"name": "mute", "source": mute.url, "streamer": {"source": {"open_timeout_s": 30.0}}},
-        ], daemon={"max_restarts": 2})
+        config, cfg = _config(
+            tmp_path,
+            [
+                {"name": "solo", "source": str(clip), "loop": True},
+                {"name": "ghost", "source": str(tmp_path / "never.mp4")},
+                {"name": "mute", "source": mute.url, "streamer": {"source": {"open_timeout_s": 30.0}}},
+            ],
+            daemon={"max_restarts": 2},
+        )
         d = Daemon(config, cfg, tmp_path)
         try:
-            st = d.wait_for(lambda s: s["cameras"]["solo"]["frames"] > 0 and s["cameras"]["ghost"]["state"] == "failed"
-                            and mute.connections > 0)
+            st = d.wait_for(
+                lambda s: (
+                    s["cameras"]["solo"]["frames"] > 0
+                    and s["cameras"]["ghost"]["state"] == "failed"
+                    and mute.connections > 0
+                )
+            )
             assert st["cameras"]["ghost"]["restarts"] == 2 and st["cameras"]["ghost"]["pid"] is None
             assert st["cameras"]["solo"]["state"] == "running" and st["cameras"]["mute"]["state"] == "starting"
             ring = st["buffer"]["name"]
@@ -243,8 +295,12 @@ def test_port_in_use_is_one_line_exit_2(tmp_path, clip, which, key):
     squatter.bind(endpoint)
     try:
         before = set(os.listdir("/dev/shm"))
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _, stderr = proc.communicate(timeout=30)
     finally:
         squatter.close(0)
@@ -257,15 +313,18 @@ def test_port_in_use_is_one_line_exit_2(tmp_path, clip, which, key):
     assert not [n for n in set(os.listdir("/dev/shm")) - before if f"_{proc.pid}_" in n]
 
 
-@pytest.mark.parametrize("cameras, key", [
-    ([{"name": "a", "sourc": "x.mp4"}], "cameras[0].sourc: unknown key"),
-    ([{"name": "a", "source": "x.mp4"}, {"name": "b"}], "cameras[1].source: required"),
-    ([{"name": "a", "source": "x.mp4"}, {"name": "a", "source": "y.mp4"}], "cameras[1].name"),
-    ([{"name": "front cam", "source": "x.mp4"}], "cameras[0].name"),
-    ([{"source": "x.mp4", "streamer": {"flow": {"widht": 100}}}], "cameras[0].streamer.flow.widht"),
-    ([{"source": "x.mp4", "streamer": {"flow": {"preset": "slow"}}}], "cameras[0].streamer.flow.preset"),
-    ([{"source": "x.mp4", "loop": "yes"}], "cameras[0].loop"),
-])
+@pytest.mark.parametrize(
+    "cameras, key",
+    [
+        ([{"name": "a", "sourc": "x.mp4"}], "cameras[0].sourc: unknown key"),
+        ([{"name": "a", "source": "x.mp4"}, {"name": "b"}], "cameras[1].source: required"),
+        ([{"name": "a", "source": "x.mp4"}, {"name": "a", "source": "y.mp4"}], "cameras[1].name"),
+        ([{"name": "front cam", "source": "x.mp4"}], "cameras[0].name"),
+        ([{"source": "x.mp4", "streamer": {"flow": {"widht": 100}}}], "cameras[0].streamer.flow.widht"),
+        ([{"source": "x.mp4", "streamer": {"flow": {"preset": "slow"}}}], "cameras[0].streamer.flow.preset"),
+        ([{"source": "x.mp4", "loop": "yes"}], "cameras[0].loop"),
+    ],
+)
 def test_config_mistakes_name_the_key_and_file(tmp_path, capsys, cameras, key):
     config, _ = _config(tmp_path, cameras)
     assert main(["run", "--config", str(config)]) == 2

@@ -1,14 +1,15 @@
 """Export inside a real `motionmask run`: the learner exports a verified, signed bundle every few
 steps (exports/<version> + LATEST), the daemon serves it to a device that pins the signing key,
 and the camera hot-loads it and publishes kind `student` masks stamped with the bundle's version."""
+
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
-
 from _media import free_port
+
 from exporter.bundle import LATEST
 from exporter.signing import SIG_FILE, TrustedKey, create_signing_keys, read_trust
 from exporter.transfer import DeviceAgent, PullConfig
@@ -18,12 +19,21 @@ SHUTDOWN_S = 5.0
 
 
 def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_daemon_config):
-    cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 1000, "every_minutes": 0, "keep": 2},
-                                bootstrap={"enabled": False})
+    cfg = learner_daemon_config(
+        SHUTDOWN_S, checkpoint={"every_steps": 1000, "every_minutes": 0, "keep": 2}, bootstrap={"enabled": False}
+    )
     cfg["export"] = {
-        "enabled": True, "dir": str(tmp_path / "exports"), "every_steps": 10, "every_minutes": 0,
-        "holdout_samples": 4, "parity_frames": 2, "latency_runs": 2, "keep": 2, "student_every": 2,
-        "endpoint": f"tcp://127.0.0.1:{free_port()}", "announce_endpoint": f"tcp://127.0.0.1:{free_port()}",
+        "enabled": True,
+        "dir": str(tmp_path / "exports"),
+        "every_steps": 10,
+        "every_minutes": 0,
+        "holdout_samples": 4,
+        "parity_frames": 2,
+        "latency_runs": 2,
+        "keep": 2,
+        "student_every": 2,
+        "endpoint": f"tcp://127.0.0.1:{free_port()}",
+        "announce_endpoint": f"tcp://127.0.0.1:{free_port()}",
         "announce_interval_s": 1.0,
     }
     private, public = create_signing_keys(tmp_path / "keys", "exporter")
@@ -33,8 +43,11 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
     exports = Path(cfg["export"]["dir"])
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     code = None
     try:
         with MaskSubscriber(cfg["publish"]["endpoint"], "mask.a.student") as sub:
@@ -74,16 +87,27 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
 def test_held_back_samples_never_reach_training():
     import numpy as np
 
-    from learner.samples import RingFeed
     from learner.held_back import HeldBack as _HeldBack
+    from learner.samples import RingFeed
     from streamer.shm.ringbuffer import BufferConfig, RingBuffer, Sample
 
     cfg = BufferConfig(train_width=32, train_height=24, memory_mb=1, per_shot_cap=64)
     with RingBuffer.create(cfg) as ring:
         for i in range(12):
             img = np.full((24, 32, 3), i, np.uint8)
-            assert ring.put(Sample("a", i, 0, float(i), img, np.full((24, 32), 128, np.uint8),
-                                   np.zeros((24, 32), np.uint8), None, (0, 0, 24, 32)))
+            assert ring.put(
+                Sample(
+                    "a",
+                    i,
+                    0,
+                    float(i),
+                    img,
+                    np.full((24, 32), 128, np.uint8),
+                    np.zeros((24, 32), np.uint8),
+                    None,
+                    (0, 0, 24, 32),
+                )
+            )
         held_batch = ring.read(ring.ready_slots()[:4])
         held = {int(q) for q in held_batch.put_seq}
         held_frames = {int(f) for f in held_batch.frame_index}

@@ -8,6 +8,7 @@ started by torch's elastic agent, as `motionmask train --nproc 2` starts them:
 - `motionmask train --nproc 2`: the loss falls, a second run resumes from the checkpoint on both
   ranks, and the checkpoint exports to a bundle that passes the exporter's verification
 """
+
 from __future__ import annotations
 
 import itertools
@@ -92,14 +93,26 @@ def _rank_step(ring: RingBuffer, empty: RingBuffer) -> dict:
         out["draw"] = int(trainer.rng.integers(1 << 40))  # each rank samples its own batches
     trainer = distributed.wrap(Trainer(step_config(), torch.device("cpu")))
     trainer.train_seconds = 100.0 * r  # the ranks' clocks differ: they agree on the slowest
-    summary = fit(trainer, RingFeed(ring, mode="uniform"), None, Limits(steps=50), progress=False,
-                  stop=lambda: r == 1 and trainer.step_count >= 3)
+    summary = fit(
+        trainer,
+        RingFeed(ring, mode="uniform"),
+        None,
+        Limits(steps=50),
+        progress=False,
+        stop=lambda: r == 1 and trainer.step_count >= 3,
+    )
     out["fit"] = (summary.stopped, summary.step, trainer.train_seconds >= 100.0)
     asked = itertools.count()
     if r == 0:
         threading.Timer(1.0, lambda: empty.put(disc_sample(np.random.default_rng(0), 0))).start()
-    summary = fit(trainer, RingFeed(empty, mode="uniform"), None, Limits(steps=50), progress=False,
-                  stop=lambda: r == 1 and next(asked) >= 1)  # not at the first limit check: in the wait
+    summary = fit(
+        trainer,
+        RingFeed(empty, mode="uniform"),
+        None,
+        Limits(steps=50),
+        progress=False,
+        stop=lambda: r == 1 and next(asked) >= 1,
+    )  # not at the first limit check: in the wait
     out["fit_waiting"] = (summary.stopped, summary.steps)
     distributed.shutdown()
     return out
@@ -163,8 +176,20 @@ def test_train_nproc_2_learns_resumes_and_exports(tmp_path, capfd):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 20
     assert [json.loads(x)["step"] for x in (run / "train.jsonl").read_text().splitlines()][-5:] == [16, 17, 18, 19, 20]
 
-    assert main(["export", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "exports"),
-                 "--frames", str(clip)]) == 0  # onnx.checker, ONNX Runtime, parity with PyTorch, latency
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(run / "checkpoints" / "last.pt"),
+                "--out",
+                str(tmp_path / "exports"),
+                "--frames",
+                str(clip),
+            ]
+        )
+        == 0
+    )  # onnx.checker, ONNX Runtime, parity with PyTorch, latency
     manifest = json.loads(next((tmp_path / "exports").glob("*/manifest.json")).read_text())
     assert manifest["source"]["step"] == 20 and manifest["parity"]
 
@@ -176,8 +201,21 @@ def test_train_nproc_user_errors(tmp_path, capsys):
     assert "--nproc 0: must be >= 1" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "r"), "--nproc", "2"]) == 2
     assert "none.mp4: no such file or folder" in capsys.readouterr().err
-    assert main(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--nproc", "2",
-                 "--config", str(tmp_path / "heads.yaml")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "r"),
+                "--nproc",
+                "2",
+                "--config",
+                str(tmp_path / "heads.yaml"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "learner.heads segments" in err and "--nproc 1" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()

@@ -3,6 +3,7 @@ follows announcements, keeps the previous one for rollback; a tampered transfer 
 and retried; an exporter that vanishes mid-transfer, or a device that does, hangs nobody and
 leaves the bundle in service untouched; junk requests are answered; the CLI says each in one
 line."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from _export_data import copy_version, exported
+
 from exporter.bundle import PREVIOUS, read_pointer, sha256_file, versions
 from exporter.runtime import BundleRunner
 from exporter.transfer import BundleServer, Channel, DeviceAgent, IntegrityError, PullConfig
@@ -220,13 +221,16 @@ def test_junk_requests_are_answered_and_nothing_outside_is_served(exports, tmp_p
     with server_for(served) as server:
         ch = Channel(server.endpoint)
         asks = [
-            b"not json", b"[1, 2]", json.dumps({"op": "format_disk"}).encode(),
+            b"not json",
+            b"[1, 2]",
+            json.dumps({"op": "format_disk"}).encode(),
             json.dumps({"op": "chunk", "version": "..", "file": "secret", "offset": 0, "size": 10}).encode(),
             json.dumps({"op": "chunk", "version": v1, "file": "../../secret", "offset": 0, "size": 10}).encode(),
             json.dumps({"op": "chunk", "version": v1, "file": "LATEST", "offset": 0, "size": 10}).encode(),
             json.dumps({"op": "chunk", "version": v1, "file": "model.onnx", "offset": 0, "size": 1 << 30}).encode(),
-            json.dumps({"op": "chunk", "version": "20000101T000000Z-s0000001", "file": "model.onnx",
-                        "offset": 0, "size": 10}).encode(),
+            json.dumps(
+                {"op": "chunk", "version": "20000101T000000Z-s0000001", "file": "model.onnx", "offset": 0, "size": 10}
+            ).encode(),
         ]
         for raw in asks:
             ch.sock.send(raw)
@@ -255,8 +259,22 @@ def test_device_cli_once_and_offline_errors(exports, tmp_path, capsys):
         port = server.endpoint.rsplit(":", 1)[1]
     # the exporter is gone: one line, exit 2, the bundle in service named
     t0 = time.monotonic()
-    rc = main(["device", "--endpoint", f"tcp://127.0.0.1:{port}", "--dir", str(dev), "--once", "--timeout", "0.2",
-               "--retries", "0", "--attempts", "2"])
+    rc = main(
+        [
+            "device",
+            "--endpoint",
+            f"tcp://127.0.0.1:{port}",
+            "--dir",
+            str(dev),
+            "--once",
+            "--timeout",
+            "0.2",
+            "--retries",
+            "0",
+            "--attempts",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if "error" in x]
     assert rc == 2 and len(lines) == 1 and "no answer" in lines[0] and f"still in service: {v1}" in lines[0], err
@@ -281,9 +299,11 @@ def test_device_with_a_full_disk_keeps_its_bundle(exports, tmp_path):
     mnt.mkdir()
     with server_for(served) as server:
         # a private 1 MiB tmpfs as the device's disk, v1 in service: v2 (0.4 MB + margin) does not fit
-        script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} && cp -r {exports / v1} {mnt}/ && echo {v1} > {mnt}/LATEST "
-                  f"&& {sys.executable} -m motionmask.cli device --endpoint {server.endpoint} --dir {mnt} --once "
-                  f"--attempts 1; rc=$?; ls -A {mnt} > {tmp_path / 'ls'}; exit $rc")
+        script = (
+            f"mount -t tmpfs -o size=1m tmpfs {mnt} && cp -r {exports / v1} {mnt}/ && echo {v1} > {mnt}/LATEST "
+            f"&& {sys.executable} -m motionmask.cli device --endpoint {server.endpoint} --dir {mnt} --once "
+            f"--attempts 1; rc=$?; ls -A {mnt} > {tmp_path / 'ls'}; exit $rc"
+        )
         proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=60)
     lines = [x for x in proc.stderr.splitlines() if "error" in x]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr

@@ -1,6 +1,7 @@
 """Device code depends on the leaf package `common/` and on nothing of the streamer: importing what
 `motionmask device` runs on loads no streamer, OpenCV, torch, learner or synth module. Checked in
 a fresh interpreter, where nothing else has loaded them already."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,19 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEVICE_MODULES = ["motionmask.commands.device", "exporter.runtime", "exporter.bundle", "exporter.signing",
-                  "exporter.transfer", "exporter.pulls"]
+DEVICE_MODULES = [
+    "motionmask.commands.device",
+    "exporter.runtime",
+    "exporter.bundle",
+    "exporter.signing",
+    "exporter.transfer",
+    "exporter.pulls",
+]
 FORBIDDEN = ("streamer", "torch", "cv2", "learner", "synth")
 
 
 def _loaded_after(code: str) -> list[str]:
-    probe = (f"import json, sys\n{code}\n"
-             f"print(json.dumps([m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}]))")
+    probe = f"import json, sys\n{code}\nprint(json.dumps([m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}]))"
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])

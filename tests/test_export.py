@@ -3,6 +3,7 @@ ONNX file described by its manifest and its metadata, ONNX Runtime matches PyTor
 on real frames, a model that fails a check is never published, and every bad input (a foreign or
 mismatched checkpoint, an unwritable or full exports folder, a bad size) is one line, exit 2,
 with the previous bundle still in service."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from _export_data import SAMPLE, copy_version, exported, sample_frames, trained_checkpoint
+
 from exporter.bundle import PREVIOUS, read_pointer, sha256_file, versions
 from exporter.config import ExportConfig
 from exporter.export import export_checkpoint, load_for_export, torch_outputs
@@ -63,8 +64,15 @@ def test_bundle_is_one_self_contained_described_onnx_file(exports):
         assert m["version"] == v and m["format"] == "motionmask-bundle"
         assert m["sha256"] == m["files"]["model.onnx"]["sha256"] == sha256_file(d / "model.onnx")
         assert m["files"]["model.onnx"]["bytes"] == (d / "model.onnx").stat().st_size
-        assert m["input"] == {"name": "image", "dtype": "uint8", "shape": ["N", h, w, 3], "layout": "NHWC",
-                              "color": "RGB", "height": h, "width": w}
+        assert m["input"] == {
+            "name": "image",
+            "dtype": "uint8",
+            "shape": ["N", h, w, 3],
+            "layout": "NHWC",
+            "color": "RGB",
+            "height": h,
+            "width": w,
+        }
         assert [(o["name"], o["dtype"], o["shape"]) for o in m["outputs"]] == [("mask", "float32", ["N", h, w])]
         assert m["heads"] == ["mask"] and m["opset"] == 18
         pre = m["preprocessing"]
@@ -100,7 +108,7 @@ def test_onnx_runtime_matches_pytorch_at_batch_1_and_8_on_real_frames(exports, c
         want = torch.sigmoid(model(model.normalize(torch.from_numpy(x).permute(0, 3, 1, 2))))[:, 0].numpy()
     assert want.std() > 1e-3  # a trained net: the outputs vary over the frame
     batch8 = runner.run(x)["mask"]
-    singles = np.concatenate([runner.run(x[i:i + 1])["mask"] for i in range(8)])
+    singles = np.concatenate([runner.run(x[i : i + 1])["mask"] for i in range(8)])
     batch3 = runner.run(x[2:5])["mask"]
     assert batch8.shape == (8, 96, 128) and batch8.dtype == np.float32
     assert np.abs(batch8 - want).max() <= 1e-4
@@ -165,9 +173,14 @@ def test_foreign_and_mismatched_checkpoints_are_one_line(ckpt, tmp_path, capsys)
     wider = build_model(ModelConfig(width=16, blocks=[1, 1, 1, 1]), 64).state_dict()
     cases = [
         (variant("wider.pt", model=wider), "wider.pt: checkpoint from another architecture: its weights do not fit"),
-        (variant("arch.pt", arch={**state["arch"], "backbone": "alexnet"}), "arch.pt: checkpoint from another architecture"),
-        (variant("future.pt", config={**state["config"], "model": {**state["config"]["model"], "backbone": "vit"}}),
-         "backbone 'vit' is not one this motionmask knows"),
+        (
+            variant("arch.pt", arch={**state["arch"], "backbone": "alexnet"}),
+            "arch.pt: checkpoint from another architecture",
+        ),
+        (
+            variant("future.pt", config={**state["config"], "model": {**state["config"]["model"], "backbone": "vit"}}),
+            "backbone 'vit' is not one this motionmask knows",
+        ),
     ]
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     cases.append((tmp_path / "junk.pt", "junk.pt: not a readable checkpoint"))
@@ -196,8 +209,9 @@ def in_private_mounts(script: str) -> subprocess.CompletedProcess:
 def test_unwritable_exports_folder_fails_at_once(ckpt, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
-    proc = in_private_mounts(f"mount --bind -o ro {ro} {ro} && {PY} -m motionmask.cli export "
-                             f"--checkpoint {ckpt} --out {ro / 'exports'}")
+    proc = in_private_mounts(
+        f"mount --bind -o ro {ro} {ro} && {PY} -m motionmask.cli export --checkpoint {ckpt} --out {ro / 'exports'}"
+    )
     assert proc.returncode == 2, proc.stderr
     one_error_line(proc.stderr, str(ro / "exports"), "not writable")
 
@@ -208,10 +222,12 @@ def test_full_disk_publishes_nothing_and_keeps_the_bundle_in_service(exports, ck
     mnt.mkdir()
     out = mnt / "exports"
     # a private 1 MiB tmpfs holding one good bundle (0.4 MB): the next one does not fit
-    script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} && mkdir {out} && cp -r {exports / v1} {out}/ && "
-              f"echo {v1} > {out}/LATEST && {PY} -m motionmask.cli export --checkpoint {ckpt} --out {out} --quiet "
-              f"--frames {SAMPLE}; rc=$?; ls -A {out} > {tmp_path / 'ls'}; cat {out}/LATEST > {tmp_path / 'latest'}; "
-              f"exit $rc")
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {mnt} && mkdir {out} && cp -r {exports / v1} {out}/ && "
+        f"echo {v1} > {out}/LATEST && {PY} -m motionmask.cli export --checkpoint {ckpt} --out {out} --quiet "
+        f"--frames {SAMPLE}; rc=$?; ls -A {out} > {tmp_path / 'ls'}; cat {out}/LATEST > {tmp_path / 'latest'}; "
+        f"exit $rc"
+    )
     proc = in_private_mounts(script)
     assert proc.returncode == 2, proc.stderr
     one_error_line(proc.stderr, "no space left", f"LATEST still names {v1}")
@@ -251,6 +267,7 @@ def test_periodic_export_publishes_only_a_model_that_beats_the_last_one(tmp_path
     """The daemon's policy: due every N steps or M minutes; exported only when better on the
     held-back buffer samples than the last export; a failure is logged, never raised."""
     from _learner_data import make_ring, object_sample, tiny_config
+
     from exporter.export import Holdout, PeriodicExport
     from learner.samples import RingFeed
     from learner.train import Limits, Trainer, fit
@@ -263,8 +280,15 @@ def test_periodic_export_publishes_only_a_model_that_beats_the_last_one(tmp_path
     assert (holdout.images[:, :72] == np.stack([s.image for s in samples])).all()
     now, published = [0.0], []
     out = tmp_path / "exports"
-    periodic = PeriodicExport(out, ExportConfig(every_steps=10, every_minutes=1.0), holdout, slot_size=(72, 96),
-                              source={"run": "test"}, on_publish=published.append, clock=lambda: now[0])
+    periodic = PeriodicExport(
+        out,
+        ExportConfig(every_steps=10, every_minutes=1.0),
+        holdout,
+        slot_size=(72, 96),
+        source={"run": "test"},
+        on_publish=published.append,
+        clock=lambda: now[0],
+    )
     caplog.set_level(logging.INFO)
     assert periodic.maybe_export(trainer.model, 5) is None and not versions(out)  # not due yet
     first = periodic.maybe_export(trainer.model, 10)  # nothing to beat yet
@@ -296,8 +320,15 @@ def test_periodic_export_publishes_only_a_model_that_beats_the_last_one(tmp_path
     assert (summary["shipped"], summary["skipped"], summary["failed"]) == (2, 1, 1)
     d = summary["decisions"]
     assert [(x["step"], x["outcome"], x["version"]) for x in d] == [
-        (10, "shipped", first.version), (20, "skipped", None), (40, "shipped", second.version), (50, "failed", None)]
+        (10, "shipped", first.version),
+        (20, "skipped", None),
+        (40, "shipped", second.version),
+        (50, "failed", None),
+    ]
     assert d[0]["reason"] == "first export of this run" and d[0]["last_export_holdout_iou"] is None
     assert d[1]["reason"].startswith("holdout IoU equal") and "not below the last export's" in d[1]["reason"]
-    assert f"{second.manifest['quality']['holdout_iou']:.4f} beats the last export's {q1['holdout_iou']:.4f}" in d[2]["reason"]
+    assert (
+        f"{second.manifest['quality']['holdout_iou']:.4f} beats the last export's {q1['holdout_iou']:.4f}"
+        in d[2]["reason"]
+    )
     assert d[3]["reason"].startswith("rejected by the latency check: ")

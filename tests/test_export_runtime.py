@@ -2,6 +2,7 @@
 BundleRunner never import torch (checked in a fresh process), write the masks file contract,
 hot-load a new LATEST and refuse a damaged one, and a CUDA request that lands on the CPU is
 reported, never silent."""
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from _export_data import SAMPLE, copy_version, exported, sample_frames
+
+from common.errors import UserError
 from exporter.bundle import versions, write_pointer
 from exporter.runtime import BundleRunner, make_session
 from motionmask.cli import main
-from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,8 +122,9 @@ def test_a_cuda_request_that_runs_on_the_cpu_is_reported(exports, caplog):
         pytest.skip("this machine runs ONNX Runtime on CUDA: nothing falls back")
     warn = [r for r in caplog.records if "event=ort_provider_fallback" in r.message]
     assert len(warn) == 1 and warn[0].levelno == logging.WARNING and "using=CPUExecutionProvider" in warn[0].message
-    assert any("event=ort_session" in r.message and "provider=CPUExecutionProvider" in r.message
-               for r in caplog.records)
+    assert any(
+        "event=ort_session" in r.message and "provider=CPUExecutionProvider" in r.message for r in caplog.records
+    )
     with pytest.raises(UserError, match="CUDA was requested but ONNX Runtime runs on the CPU"):
         make_session(model, "cuda", strict=True)
     caplog.clear()

@@ -1,4 +1,5 @@
 """Dense flow (DIS) on a real photo moved by known amounts: direction, accuracy, confidence."""
+
 from __future__ import annotations
 
 import cv2
@@ -21,8 +22,7 @@ def _photo_gray(name: str = "astronaut") -> np.ndarray:
 def _shift(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
     """Content moves by (+dx, +dy): out(x) = img(x - d)."""
     m = np.float32([[1, 0, dx], [0, 1, dy]])
-    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 @pytest.mark.parametrize("dx,dy", [(2.0, -1.0), (1.5, 0.5), (-0.7, 1.3), (-3.0, 0.0)])
@@ -80,13 +80,16 @@ def test_texture_weight_separates_flat_edges_and_texture():
     assert float(np.median(texture_weight(_photo_gray(), scale=100.0))) < float(np.median(photo))
 
 
-@pytest.mark.parametrize("size,target,expected", [
-    ((640, 480), 240, (240, 180)),
-    ((1920, 1080), 240, (240, 135)),
-    ((480, 640), 240, (240, 320)),  # portrait
-    ((160, 120), 240, (160, 120)),  # never upsampled
-    ((240, 180), 240, (240, 180)),
-])
+@pytest.mark.parametrize(
+    "size,target,expected",
+    [
+        ((640, 480), 240, (240, 180)),
+        ((1920, 1080), 240, (240, 135)),
+        ((480, 640), 240, (240, 320)),  # portrait
+        ((160, 120), 240, (160, 120)),  # never upsampled
+        ((240, 180), 240, (240, 180)),
+    ],
+)
 def test_working_size_keeps_aspect_and_never_upsamples(size, target, expected):
     w, h = working_size(size[0], size[1], target)
     assert (w, h) == expected

@@ -1,5 +1,6 @@
 """The fused live mask (motionmask/fuse.py): the rule on small arrays, carrying the student along
 real optical flow, the run-every-Nth schedule, and its config keys."""
+
 import numpy as np
 import pytest
 
@@ -75,7 +76,7 @@ def _textured_frames(shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     tex = (rng.random((24, 24)) * 100 + 140).astype(np.uint8)
     a, b = bg.copy(), bg.copy()
     a[24:48, 20:44] = tex
-    b[24:48, 20 + shift:44 + shift] = tex
+    b[24:48, 20 + shift : 44 + shift] = tex
     return a, b, _box(h, w, 24, 48, 20, 44, 255), _box(h, w, 24, 48, 20 + shift, 44 + shift, 255)
 
 
@@ -140,7 +141,7 @@ def test_live_step_runs_the_student_every_nth_frame_and_carries_it_in_between():
     grays, truths = [], []
     for i in range(7):
         g = bg.copy()
-        g[24:48, 10 + step * i:34 + step * i] = tex
+        g[24:48, 10 + step * i : 34 + step * i] = tex
         grays.append(g)
         truths.append(_box(h, w, 24, 48, 10 + step * i, 34 + step * i, 255) >= 128)
     est = FlowEstimator(FlowConfig())

@@ -2,6 +2,7 @@
 camera process on a real clip that hot-loads it, ONNX Runtime, and a real ZeroMQ subscriber that
 gets the fused mask on every frame, the student's own mask on every student_every-th frame, and
 checks the rule of motionmask/fuse.py on what the wire carried."""
+
 import shutil
 import subprocess
 import sys
@@ -10,8 +11,8 @@ from collections import defaultdict
 
 import numpy as np
 import yaml
-
 from _export_data import exported
+
 from exporter.bundle import LATEST
 from motionmask.client import MaskSubscriber
 from motionmask.fuse import fuse
@@ -27,15 +28,23 @@ def test_daemon_publishes_fused_masks_every_frame(tmp_path, tmp_path_factory, le
     cfg = learner_daemon_config(SHUTDOWN_S)
     cfg["learner"]["enabled"] = False  # the bundle is there already: cameras only
     cfg["web"] = {"enabled": False}
-    cfg["export"] = {"enabled": True, "dir": str(exports), "serve": False, "student_every": EVERY,
-                     "fuse_min_student": 0.5}
+    cfg["export"] = {
+        "enabled": True,
+        "dir": str(exports),
+        "serve": False,
+        "student_every": EVERY,
+        "fuse_min_student": 0.5,
+    }
     config = tmp_path / "daemon.yaml"
     config.write_text(yaml.safe_dump(cfg))
     log = tmp_path / "daemon.log"
     masks: dict[str, dict[int, tuple[dict, np.ndarray]]] = defaultdict(dict)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     code = None
     try:
         with MaskSubscriber(cfg["publish"]["endpoint"], "mask.a.") as sub:

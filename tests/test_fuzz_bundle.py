@@ -9,6 +9,7 @@ Hypothesis settings: tests/_fuzz.py (derandomized, no database; MOTIONMASK_FUZZ=
 The model is a 200-byte ONNX graph (mean of the channels / 255) made here: real ONNX Runtime
 sessions in seconds, no trained net needed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,23 +22,44 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from _fuzz import (
+    byte_mutations,
+    deeply_nested_json,
+    dict_mutations,
+    fuzz,
+    json_bytes,
+    json_values,
+    malformed_json_bytes,
+)
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from _fuzz import (byte_mutations, deeply_nested_json, dict_mutations, fuzz, json_bytes, json_values,
-                   malformed_json_bytes)
-from exporter.bundle import (MANIFEST_FILE, MODEL_FILE, parse_manifest, publish_bundle, read_pointer,
-                             write_pointer)
-from exporter.runtime import BundleRunner
-from exporter.signing import (SIG_FILE, TRUST_FILE, SignatureError, Signer, TrustedKey, check_fresh,
-                              create_signing_keys, read_trust)
-from exporter.transfer import (BundleServer, Channel, DeviceAgent, PullConfig, TransferError, check_announcement,
-                               download_file, verified_floor)
 from common.errors import UserError
+from exporter.bundle import MANIFEST_FILE, MODEL_FILE, parse_manifest, publish_bundle, read_pointer, write_pointer
+from exporter.runtime import BundleRunner
+from exporter.signing import (
+    SIG_FILE,
+    TRUST_FILE,
+    SignatureError,
+    Signer,
+    TrustedKey,
+    check_fresh,
+    create_signing_keys,
+    read_trust,
+)
+from exporter.transfer import (
+    BundleServer,
+    Channel,
+    DeviceAgent,
+    PullConfig,
+    TransferError,
+    check_announcement,
+    download_file,
+    verified_floor,
+)
 
 VERSION = "20261206T080000Z-s0000005"
-FAST = PullConfig(timeout_s=0.15, retries=1, backoff_s=0.05, backoff_max_s=0.1, poll_s=30.0, attempts=2,
-                  chunk_kb=4)
+FAST = PullConfig(timeout_s=0.15, retries=1, backoff_s=0.05, backoff_max_s=0.1, poll_s=30.0, attempts=2, chunk_kb=4)
 
 
 def tiny_onnx(height: int = 24, width: int = 32) -> bytes:
@@ -45,21 +67,29 @@ def tiny_onnx(height: int = 24, width: int = 32) -> bytes:
     import onnx.helper as h
     from onnx import TensorProto as T
 
-    g = h.make_graph([h.make_node("Cast", ["image"], ["f"], to=T.FLOAT),
-                      h.make_node("ReduceMean", ["f"], ["m"], axes=[3], keepdims=0),
-                      h.make_node("Div", ["m", "c255"], ["mask"])], "tiny",
-                     [h.make_tensor_value_info("image", T.UINT8, ["N", height, width, 3])],
-                     [h.make_tensor_value_info("mask", T.FLOAT, ["N", height, width])],
-                     [h.make_tensor("c255", T.FLOAT, [], [255.0])])
+    g = h.make_graph(
+        [
+            h.make_node("Cast", ["image"], ["f"], to=T.FLOAT),
+            h.make_node("ReduceMean", ["f"], ["m"], axes=[3], keepdims=0),
+            h.make_node("Div", ["m", "c255"], ["mask"]),
+        ],
+        "tiny",
+        [h.make_tensor_value_info("image", T.UINT8, ["N", height, width, 3])],
+        [h.make_tensor_value_info("mask", T.FLOAT, ["N", height, width])],
+        [h.make_tensor("c255", T.FLOAT, [], [255.0])],
+    )
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
     m.ir_version = 8
     return m.SerializeToString()
 
 
 MODEL = tiny_onnx()
-SPEC = {"input": {"name": "image", "dtype": "uint8", "shape": ["N", 24, 32, 3], "height": 24, "width": 32},
-        "outputs": [{"name": "mask"}], "preprocessing": {"resize": "fit", "fit_box": [32, 24]},
-        "source": {"step": 5}}
+SPEC = {
+    "input": {"name": "image", "dtype": "uint8", "shape": ["N", 24, 32, 3], "height": 24, "width": 32},
+    "outputs": [{"name": "mask"}],
+    "preprocessing": {"resize": "fit", "fit_box": [32, 24]},
+    "source": {"step": 5},
+}
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +122,25 @@ def test_the_valid_bundle_runs(published, keys):
 
 # -- manifests, signatures, freshness, TRUST.json ------------------------------------------
 
-MANIFEST_EXAMPLE = {"format": "motionmask-bundle", "format_version": 1, "version": VERSION, "sha256": "0" * 64,
-                    "files": {MODEL_FILE: {"sha256": "0" * 64, "bytes": 197}}, **SPEC}
+MANIFEST_EXAMPLE = {
+    "format": "motionmask-bundle",
+    "format_version": 1,
+    "version": VERSION,
+    "sha256": "0" * 64,
+    "files": {MODEL_FILE: {"sha256": "0" * 64, "bytes": 197}},
+    **SPEC,
+}
 
 
 @fuzz(200)
-@given(raw=st.one_of(malformed_json_bytes(MANIFEST_EXAMPLE),
-                     dict_mutations(MANIFEST_EXAMPLE["files"][MODEL_FILE]).map(
-                         lambda e: json_bytes(dict(MANIFEST_EXAMPLE, files={MODEL_FILE: e})))))
+@given(
+    raw=st.one_of(
+        malformed_json_bytes(MANIFEST_EXAMPLE),
+        dict_mutations(MANIFEST_EXAMPLE["files"][MODEL_FILE]).map(
+            lambda e: json_bytes(dict(MANIFEST_EXAMPLE, files={MODEL_FILE: e}))
+        ),
+    )
+)
 @example(raw=json_bytes(dict(MANIFEST_EXAMPLE, format_version=[1])))  # was TypeError from int()
 @example(raw=json_bytes(dict(MANIFEST_EXAMPLE, format_version=float("inf"))))  # was OverflowError
 @example(raw=b"[" * 100000)  # was RecursionError
@@ -117,9 +158,10 @@ def test_manifests(raw):
 
 
 @fuzz(150)
-@given(sig=st.one_of(malformed_json_bytes({"alg": "ed25519", "key_id": "0" * 16, "sig": "AAAA"}),
-                     st.binary(max_size=64)),
-       body=st.one_of(st.none(), st.binary(max_size=64)))
+@given(
+    sig=st.one_of(malformed_json_bytes({"alg": "ed25519", "key_id": "0" * 16, "sig": "AAAA"}), st.binary(max_size=64)),
+    body=st.one_of(st.none(), st.binary(max_size=64)),
+)
 @example(sig=b"[" * 4000, body=None)  # was RecursionError
 def test_signature_files(published, keys, sig, body):
     good = (published / VERSION / MANIFEST_FILE).read_bytes()
@@ -138,8 +180,7 @@ trusts = st.one_of(st.none(), st.fixed_dictionaries({"sequence": st.integers()},
 
 
 @fuzz(120)
-@given(m=dict_mutations({"sequence": 10**12, "expires_unix": 2**40, "version": VERSION, "expires": "x"}),
-       trust=trusts)
+@given(m=dict_mutations({"sequence": 10**12, "expires_unix": 2**40, "version": VERSION, "expires": "x"}), trust=trusts)
 def test_freshness(m, trust):
     try:
         seq = check_fresh(m, trust, "pulled")
@@ -150,8 +191,11 @@ def test_freshness(m, trust):
 
 
 @fuzz(80)
-@given(raw=st.one_of(malformed_json_bytes({"sequence": 5, "version": VERSION, "key_id": "k"}),
-                     deeply_nested_json.map(str.encode)))
+@given(
+    raw=st.one_of(
+        malformed_json_bytes({"sequence": 5, "version": VERSION, "key_id": "k"}), deeply_nested_json.map(str.encode)
+    )
+)
 @example(raw=b"[" * 100000)  # was RecursionError
 def test_trust_files(tmp_path_factory, raw):
     d = tmp_path_factory.mktemp("trust", numbered=True)
@@ -183,16 +227,30 @@ def test_the_floor_from_the_bundle_in_service(published, keys, tmp_path_factory,
 
 # -- announcements -------------------------------------------------------------------------
 
-INFO = {"version": VERSION, "protocol": 1, "step": 5, "created": "2026-12-06T08:00:00Z", "files": {
-    MANIFEST_FILE: {"sha256": "a" * 64, "bytes": 900}, SIG_FILE: {"sha256": "b" * 64, "bytes": 150},
-    MODEL_FILE: {"sha256": "c" * 64, "bytes": len(MODEL)}}}
+INFO = {
+    "version": VERSION,
+    "protocol": 1,
+    "step": 5,
+    "created": "2026-12-06T08:00:00Z",
+    "files": {
+        MANIFEST_FILE: {"sha256": "a" * 64, "bytes": 900},
+        SIG_FILE: {"sha256": "b" * 64, "bytes": 150},
+        MODEL_FILE: {"sha256": "c" * 64, "bytes": len(MODEL)},
+    },
+}
 
 
 @fuzz(150)
-@given(info=st.one_of(json_values, dict_mutations(INFO),
-                      dict_mutations(INFO["files"]).map(lambda f: dict(INFO, files=f)),
-                      dict_mutations(INFO["files"][MODEL_FILE]).map(
-                          lambda e: dict(INFO, files=dict(INFO["files"], **{MODEL_FILE: e})))))
+@given(
+    info=st.one_of(
+        json_values,
+        dict_mutations(INFO),
+        dict_mutations(INFO["files"]).map(lambda f: dict(INFO, files=f)),
+        dict_mutations(INFO["files"][MODEL_FILE]).map(
+            lambda e: dict(INFO, files=dict(INFO["files"], **{MODEL_FILE: e}))
+        ),
+    )
+)
 @example(info=dict(INFO, version="../../etc"))  # was UserError, which no device loop catches: the agent died
 @example(info=[INFO])  # was AttributeError
 def test_announcements(info):
@@ -204,6 +262,7 @@ def test_announcements(info):
 
 
 # -- the runner's view of a manifest -------------------------------------------------------
+
 
 @fuzz(25, deadline_s=10)
 @given(spec=dict_mutations(SPEC))
@@ -241,10 +300,11 @@ def test_server_requests(published, raw):
     assert isinstance(hdr, dict) and isinstance(hdr["ok"], bool)
     if hdr["ok"] and len(reply) == 2:
         body = (published / VERSION / hdr["file"]).read_bytes()
-        assert reply[1] == body[hdr["offset"]:hdr["offset"] + hdr["size"]]
+        assert reply[1] == body[hdr["offset"] : hdr["offset"] + hdr["size"]]
 
 
 # -- a device against an exporter that sends anything ---------------------------------------
+
 
 class FakeExporter:
     """A ROUTER on 127.0.0.1 that speaks the bundle protocol from files in memory, honestly unless
@@ -262,16 +322,31 @@ class FakeExporter:
         self.thread.start()
 
     def info(self) -> dict[str, Any]:
-        return {"version": self.version, "protocol": 1, "step": 5, "files": {
-            n: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)} for n, b in self.files.items()}}
+        return {
+            "version": self.version,
+            "protocol": 1,
+            "step": 5,
+            "files": {n: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)} for n, b in self.files.items()},
+        }
 
     def answer(self, req: dict[str, Any]) -> list[bytes]:
         if req.get("op") == "latest":
             return [json.dumps({"id": req["id"], "ok": True, **self.info()}).encode()]
         if req.get("op") == "chunk":
-            data = self.files[req["file"]][req["offset"]:req["offset"] + req["size"]]
-            return [json.dumps({"id": req["id"], "ok": True, "version": self.version, "file": req["file"],
-                                "offset": req["offset"], "size": len(data)}).encode(), data]
+            data = self.files[req["file"]][req["offset"] : req["offset"] + req["size"]]
+            return [
+                json.dumps(
+                    {
+                        "id": req["id"],
+                        "ok": True,
+                        "version": self.version,
+                        "file": req["file"],
+                        "offset": req["offset"],
+                        "size": len(data),
+                    }
+                ).encode(),
+                data,
+            ]
         return [json.dumps({"id": req.get("id"), "ok": True, "protocol": 1, "announce": "tcp://127.0.0.1:1"}).encode()]
 
     def _loop(self) -> None:
@@ -297,6 +372,7 @@ class FakeExporter:
 def mangle_with(plan: list[tuple[str, Any]]):
     """The n-th chunk reply mangled by plan[n] (then honest): a header field replaced, the bytes
     cut or altered, foreign frames, or no answer."""
+
     def mangle(req, reply, n):
         if n > len(plan):
             return reply
@@ -317,15 +393,23 @@ def mangle_with(plan: list[tuple[str, Any]]):
     return mangle
 
 
-plans = st.lists(st.one_of(
-    st.tuples(st.just("honest"), st.none()),
-    st.tuples(st.just("field"), st.tuples(st.sampled_from(["id", "ok", "offset", "size", "error"]), json_values)),
-    st.tuples(st.just("data"), st.sampled_from([lambda b: b[:-1], lambda b: b + b"x", lambda b: b"",
-                                                lambda b: b[::-1]])),
-    st.tuples(st.just("no_data"), st.none()),
-    st.tuples(st.just("frames"), st.lists(st.one_of(st.binary(max_size=32), malformed_json_bytes(CHUNK)),
-                                          min_size=1, max_size=3)),
-    st.tuples(st.just("silent"), st.none())), min_size=1, max_size=6)
+plans = st.lists(
+    st.one_of(
+        st.tuples(st.just("honest"), st.none()),
+        st.tuples(st.just("field"), st.tuples(st.sampled_from(["id", "ok", "offset", "size", "error"]), json_values)),
+        st.tuples(
+            st.just("data"), st.sampled_from([lambda b: b[:-1], lambda b: b + b"x", lambda b: b"", lambda b: b[::-1]])
+        ),
+        st.tuples(st.just("no_data"), st.none()),
+        st.tuples(
+            st.just("frames"),
+            st.lists(st.one_of(st.binary(max_size=32), malformed_json_bytes(CHUNK)), min_size=1, max_size=3),
+        ),
+        st.tuples(st.just("silent"), st.none()),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 @fuzz(20, deadline_s=None)
@@ -385,9 +469,14 @@ def test_a_device_against_any_manifest(tmp_path_factory, keys, spec, signed):
 
 # -- end to end: a real BundleServer after a batch of junk ----------------------------------
 
-junk_batches = st.lists(st.one_of(malformed_json_bytes(CHUNK, ("op",)).map(lambda b: [b]),
-                                  st.lists(st.binary(max_size=64), min_size=0, max_size=3)),
-                        min_size=10, max_size=30)
+junk_batches = st.lists(
+    st.one_of(
+        malformed_json_bytes(CHUNK, ("op",)).map(lambda b: [b]),
+        st.lists(st.binary(max_size=64), min_size=0, max_size=3),
+    ),
+    min_size=10,
+    max_size=30,
+)
 
 
 @fuzz(3, deadline_s=None)

@@ -5,18 +5,19 @@ and never hangs (billion laughs included).
 
 Hypothesis settings: tests/_fuzz.py (derandomized, no database; MOTIONMASK_FUZZ=deep for more).
 """
+
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
 import yaml
+from _fuzz import byte_mutations, deep, dict_mutations, fuzz, json_values
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from _fuzz import byte_mutations, deep, dict_mutations, fuzz, json_values
-from motionmask.config import Config, ConfigError, load_config
 from common.config import to_dict
+from motionmask.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -26,7 +27,8 @@ FULL = to_dict(Config())  # every key of every section, with its default
 FULL["cameras"] = [{"name": "a", "source": "clip.mp4", "streamer": {"flow": {"width": 64}}}]
 
 BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)
 
 
 def check(path: Path) -> None:
@@ -53,7 +55,8 @@ def _all_finite(v) -> None:
 def section_mutations(base: dict) -> st.SearchStrategy[dict]:
     """One section (or a section of a section) of `base` mutated."""
     return st.sampled_from(sorted(k for k, v in base.items() if isinstance(v, dict))).flatmap(
-        lambda k: dict_mutations(base[k]).map(lambda sec: {**base, k: sec}))
+        lambda k: dict_mutations(base[k]).map(lambda sec: {**base, k: sec})
+    )
 
 
 texts = st.one_of(

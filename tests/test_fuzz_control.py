@@ -6,6 +6,7 @@ The end-to-end test sends a Hypothesis batch over a real socket and asks for a s
 
 Hypothesis settings: tests/_fuzz.py (derandomized, no database; MOTIONMASK_FUZZ=deep for more).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,13 @@ import threading
 
 import pytest
 import zmq
+from _fuzz import dict_mutations, fuzz, malformed_json_bytes
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from _fuzz import dict_mutations, fuzz, malformed_json_bytes
+from common.errors import UserError
 from motionmask.commands.status import describe
 from motionmask.control import MAX_REQUEST_BYTES, ControlServer, parse_reply, request
-from common.errors import UserError
 
 HANDLERS = {"status": lambda r: {"cameras": {}}, "ping": lambda r: {"pong": 1}}
 VALID = {"cmd": "status", "verbose": True}
@@ -69,14 +70,51 @@ def test_client_reply_parser(raw):
 
 
 STATUS = {
-    "ok": True, "cmd": "status", "pid": 12, "version": "0.1.0", "uptime_s": 3725.4, "stopping": False,
-    "cameras": {"cam0": {"state": "restarting", "restart_in_s": 1.5, "fps": 9.5, "frames": 100, "shots": 2,
-                         "kept": 80, "pruned": 20, "drops": 0, "restarts": 1, "last_error": ""}},
-    "learner": {"state": "running", "activity": "training", "pid": 13, "device": "cpu", "threads": 2, "step": 120,
-                "loss": 0.25, "crops_per_s": 30.0, "checkpoint_step": 100, "checkpoint_age_s": 30.0,
-                "bootstrap_round": 1, "restarts": 0, "last_error": ""},
-    "buffer": {"name": "mm", "fill": 3, "capacity": 8, "fill_fraction": 0.375, "puts": 5, "drops_total": 0,
-               "samples_drawn": 4, "by_camera": {"cam0": 3}},
+    "ok": True,
+    "cmd": "status",
+    "pid": 12,
+    "version": "0.1.0",
+    "uptime_s": 3725.4,
+    "stopping": False,
+    "cameras": {
+        "cam0": {
+            "state": "restarting",
+            "restart_in_s": 1.5,
+            "fps": 9.5,
+            "frames": 100,
+            "shots": 2,
+            "kept": 80,
+            "pruned": 20,
+            "drops": 0,
+            "restarts": 1,
+            "last_error": "",
+        }
+    },
+    "learner": {
+        "state": "running",
+        "activity": "training",
+        "pid": 13,
+        "device": "cpu",
+        "threads": 2,
+        "step": 120,
+        "loss": 0.25,
+        "crops_per_s": 30.0,
+        "checkpoint_step": 100,
+        "checkpoint_age_s": 30.0,
+        "bootstrap_round": 1,
+        "restarts": 0,
+        "last_error": "",
+    },
+    "buffer": {
+        "name": "mm",
+        "fill": 3,
+        "capacity": 8,
+        "fill_fraction": 0.375,
+        "puts": 5,
+        "drops_total": 0,
+        "samples_drawn": 4,
+        "by_camera": {"cam0": 3},
+    },
     "pairs": {"fill": 1, "capacity": 4, "fill_fraction": 0.25, "puts": 1, "drops_total": 0, "pairs_drawn": 0},
     "publisher": {"endpoint": "tcp://127.0.0.1:5555", "sent": 10, "dropped": 0},
     "web": {"url": "http://127.0.0.1:8080", "state": "running", "clients": 1, "restarts": 1, "last_error": "x"},
@@ -104,6 +142,7 @@ def test_status_of_another_version_or_a_stranger(reply):
 
 # -- end to end over a real socket ---------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def live_server():
     """A ControlServer answering in a thread, as the daemon's loop does (as tests/test_control.py)."""
@@ -119,10 +158,15 @@ def live_server():
     ctx.term()
 
 
-messages = st.lists(st.one_of(malformed_json_bytes(VALID).map(lambda b: [b]),
-                              st.lists(st.binary(max_size=64), min_size=1, max_size=4),
-                              st.just([b"x" * (MAX_REQUEST_BYTES + 1)])),  # over the cap: the peer is cut off
-                    min_size=10, max_size=30)
+messages = st.lists(
+    st.one_of(
+        malformed_json_bytes(VALID).map(lambda b: [b]),
+        st.lists(st.binary(max_size=64), min_size=1, max_size=4),
+        st.just([b"x" * (MAX_REQUEST_BYTES + 1)]),
+    ),  # over the cap: the peer is cut off
+    min_size=10,
+    max_size=30,
+)
 
 
 @fuzz(6, deadline_s=None)

@@ -3,15 +3,16 @@ parser returns a schema-1 mask or raises ProtocolError, never anything else, nev
 
 Hypothesis settings: tests/_fuzz.py (derandomized, no database; MOTIONMASK_FUZZ=deep for more).
 """
+
 from __future__ import annotations
 
 import struct
 
 import numpy as np
+from _fuzz import byte_mutations, deeply_nested_json, dict_mutations, fuzz, json_bytes, malformed_json_bytes
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from _fuzz import byte_mutations, deeply_nested_json, dict_mutations, fuzz, json_bytes, malformed_json_bytes
 from streamer.live import protocol
 from streamer.live.protocol import ProtocolError
 
@@ -68,7 +69,7 @@ def test_single_frame_messages(topic, header, payload, claimed):
     if claimed is not None:  # a header length that lies, up to 4 GiB
         cut = frame.find(b"\x00")
         if cut >= 0 and len(frame) >= cut + 5:
-            frame = frame[:cut + 1] + struct.pack(">I", claimed) + frame[cut + 5:]
+            frame = frame[: cut + 1] + struct.pack(">I", claimed) + frame[cut + 5 :]
     parse_and_decode([frame])
 
 
@@ -92,8 +93,12 @@ def test_deeply_nested_headers(nesting):
 
 
 @fuzz(150)
-@given(w=st.integers(-2**40, 2**40), h=st.integers(-2**40, 2**40),
-       png_w=st.integers(0, 2**32 - 1), png_h=st.integers(0, 2**32 - 1))
+@given(
+    w=st.integers(-(2**40), 2**40),
+    h=st.integers(-(2**40), 2**40),
+    png_w=st.integers(0, 2**32 - 1),
+    png_h=st.integers(0, 2**32 - 1),
+)
 def test_a_forged_size_never_inflates_a_huge_image(w, h, png_w, png_h):
     """A header and a PNG that agree on a huge size (or lie) are refused before decoding."""
     hb = protocol.header_bytes(dict(HEADER, width=w, height=h))

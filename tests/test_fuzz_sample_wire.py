@@ -4,15 +4,16 @@ input: parse_header and decode_sample / decode_pair return a checked sample or r
 
 Hypothesis settings: tests/_fuzz.py (derandomized, no database; MOTIONMASK_FUZZ=deep for more).
 """
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
+from _fuzz import byte_mutations, dict_mutations, fuzz, json_bytes, malformed_json_bytes
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from _fuzz import byte_mutations, dict_mutations, fuzz, json_bytes, malformed_json_bytes
 from motionmask.sample_wire import WireError, decode_pair, decode_sample, encode_pair, encode_sample, parse_header
 
 H, W = 24, 32
@@ -21,10 +22,31 @@ IMAGE = np.dstack([np.tile(np.linspace(0, 255, W), (H, 1))] * 3).astype(np.uint8
 TRIMAP = np.where(RNG.random((H, W)) > 0.5, 255, 0).astype(np.uint8)
 PROB = RNG.integers(0, 256, (H, W), dtype=np.uint8)
 FLOW = RNG.normal(size=(H, W, 2)).astype(np.float16)
-SAMPLE = encode_sample(rig="r1", camera="cam0", seq=3, frame=7, shot=1, capture_time=1.5, image=IMAGE,
-                       trimap=TRIMAP, prob=PROB, flow=FLOW, valid=(0, 0, H, W), source_hw=(H, W))
-PAIR = encode_pair(rig="r1", camera="cam0", seq=4, shot=1, t0=0, t1=30, track=2,
-                   query=IMAGE[:16, :16].copy(), tracked=IMAGE[8:24, 8:24].copy())
+SAMPLE = encode_sample(
+    rig="r1",
+    camera="cam0",
+    seq=3,
+    frame=7,
+    shot=1,
+    capture_time=1.5,
+    image=IMAGE,
+    trimap=TRIMAP,
+    prob=PROB,
+    flow=FLOW,
+    valid=(0, 0, H, W),
+    source_hw=(H, W),
+)
+PAIR = encode_pair(
+    rig="r1",
+    camera="cam0",
+    seq=4,
+    shot=1,
+    t0=0,
+    t1=30,
+    track=2,
+    query=IMAGE[:16, :16].copy(),
+    tracked=IMAGE[8:24, 8:24].copy(),
+)
 SAMPLE_HDR, PAIR_HDR = json.loads(SAMPLE[0]), json.loads(PAIR[0])
 
 
@@ -53,9 +75,12 @@ def test_the_valid_messages_decode():
 
 
 @fuzz(200)
-@given(header=st.one_of(malformed_json_bytes(SAMPLE_HDR, ("extra",)),
-                        dict_mutations(SAMPLE_HDR, ("extra",)).map(json_bytes)),
-       parts=st.lists(st.one_of(st.sampled_from(SAMPLE[1:]), st.binary(max_size=64)), max_size=5))
+@given(
+    header=st.one_of(
+        malformed_json_bytes(SAMPLE_HDR, ("extra",)), dict_mutations(SAMPLE_HDR, ("extra",)).map(json_bytes)
+    ),
+    parts=st.lists(st.one_of(st.sampled_from(SAMPLE[1:]), st.binary(max_size=64)), max_size=5),
+)
 @example(header=b"[" * 5000, parts=SAMPLE[1:])
 @example(header=json_bytes(dict(SAMPLE_HDR, width=10**30)), parts=SAMPLE[1:])
 @example(header=json_bytes(dict(SAMPLE_HDR, valid=[True, 0, 1e300, None])), parts=SAMPLE[1:])
@@ -72,8 +97,11 @@ def test_sample_payloads(k, data):
 
 
 @fuzz(100)
-@given(header=st.one_of(malformed_json_bytes(PAIR_HDR), dict_mutations(PAIR_HDR).map(json_bytes)),
-       k=st.integers(1, 2), data=st.data())
+@given(
+    header=st.one_of(malformed_json_bytes(PAIR_HDR), dict_mutations(PAIR_HDR).map(json_bytes)),
+    k=st.integers(1, 2),
+    data=st.data(),
+)
 def test_pairs(header, k, data):
     parts = [header, *PAIR[1:]]
     parts[k] = data.draw(st.one_of(st.just(PAIR[k]), byte_mutations(PAIR[k])))

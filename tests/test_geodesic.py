@@ -1,5 +1,6 @@
 """The geodesic fill of weakly textured objects (streamer/motion/geodesic.py) and the trimap's "don't
 care" near positives and in holes (streamer/motion/trimap.py), on real pipeline runs and tiny maps."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -11,8 +12,8 @@ from streamer.config import MotionConfig, StreamerConfig, TrimapConfig
 from streamer.frames import Frame
 from streamer.motion.geodesic import adjacency, fill, geodesic_foreground
 from streamer.motion.pipeline import MotionSegmenter
-from streamer.motion.trimap import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, trimap
 from streamer.motion.superpixels import describe
+from streamer.motion.trimap import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, trimap
 
 
 def _flat_box_clip(n: int = 16, size: int = 70) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -24,8 +25,8 @@ def _flat_box_clip(n: int = 16, size: int = 70) -> tuple[list[np.ndarray], list[
     for t in range(n):
         img, m = bg.copy(), np.zeros((180, 240), bool)
         x, y = 40 + 3 * t, 55
-        img[y:y + size, x:x + size] = (90, 140, 90)
-        m[y:y + size, x:x + size] = True
+        img[y : y + size, x : x + size] = (90, 140, 90)
+        m[y : y + size, x : x + size] = True
         frames.append(img)
         masks.append(m)
     return frames, masks
@@ -63,8 +64,9 @@ def test_geodesic_distance_follows_colour_regions():
     assert sorted(zip(a.tolist(), b.tolist())) == [(0, 1), (0, 2), (1, 2), (2, 3)]
     voted = np.array([0.9, 0.1, 0.1, 0.1], np.float32)
     reliability = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
-    geo = geodesic_foreground(sp, rgb, voted, reliability, sure_fg=0.5, sure_bg=0.2, min_reliability=0.3,
-                              edge_floor=0.05)
+    geo = geodesic_foreground(
+        sp, rgb, voted, reliability, sure_fg=0.5, sure_bg=0.2, min_reliability=0.3, edge_floor=0.05
+    )
     assert geo[0] > 0.9 and geo[1] > 0.9  # the interior goes with its colour, not with its low vote
     assert geo[2] < 0.1 and geo[3] < 0.1
     # unreliable superpixels follow the geodesic answer, reliable ones keep their vote

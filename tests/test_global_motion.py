@@ -1,5 +1,6 @@
 """Camera model from real flow: a virtual camera pans and zooms over a real photo, so the true
 camera motion of every pixel is known."""
+
 from __future__ import annotations
 
 import cv2
@@ -12,8 +13,7 @@ from streamer.motion.flow import FlowEstimator
 from streamer.motion.global_motion import GlobalMotion, fit_global_motion, residual_motion
 
 W, H = 240, 180
-WORLD = cv2.cvtColor(cv2.resize(skimage.data.astronaut(), (400, 400), interpolation=cv2.INTER_AREA),
-                     cv2.COLOR_RGB2GRAY)
+WORLD = cv2.cvtColor(cv2.resize(skimage.data.astronaut(), (400, 400), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
 INNER = (slice(10, H - 10), slice(10, W - 10))
 
 
@@ -64,15 +64,15 @@ def test_independent_object_stands_out_of_the_camera_model(model):
     prev, cur = _view((200, 200, 1.0)), _view((202, 200, 1.0))  # camera: content moves (-2, 0)
     ph, pw = 72, 90  # 15% of the frame
     patch = cv2.resize(cv2.cvtColor(skimage.data.coffee(), cv2.COLOR_RGB2GRAY), (pw, ph), interpolation=cv2.INTER_AREA)
-    prev[50:50 + ph, 60:60 + pw] = patch
-    cur[53:53 + ph, 64:64 + pw] = patch  # the object moves (+4, +3): (+6, +3) relative to the scene
+    prev[50 : 50 + ph, 60 : 60 + pw] = patch
+    cur[53 : 53 + ph, 64 : 64 + pw] = patch  # the object moves (+4, +3): (+6, +3) relative to the scene
     motion, conf = FlowEstimator(FlowConfig())(prev, cur)
     gm = fit_global_motion(motion, conf, GlobalMotionConfig(model=model))
     res = np.linalg.norm(residual_motion(motion, gm), axis=2)
-    on_object = res[61:53 + ph - 8, 72:64 + pw - 8]
+    on_object = res[61 : 53 + ph - 8, 72 : 64 + pw - 8]
     assert float(np.median(on_object)) > 5.0  # truth: |(6, 3)| = 6.7
     elsewhere = np.ones((H, W), bool)
-    elsewhere[38:53 + ph + 12, 48:64 + pw + 12] = False
+    elsewhere[38 : 53 + ph + 12, 48 : 64 + pw + 12] = False
     elsewhere[:8] = elsewhere[-8:] = elsewhere[:, :8] = elsewhere[:, -8:] = False
     assert float(np.median(res[elsewhere])) < 0.2
     assert float(np.percentile(res[elsewhere], 90)) < 0.5

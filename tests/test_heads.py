@@ -2,6 +2,7 @@
 crops' boxes, multitask training on real frames (synthetic clips through the real streamer: DIS
 flow and motion trimaps in a real ring buffer; tracked patches of the same object instance), the
 mask-only path unchanged, and config and checkpoint errors that name what is wrong."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from _heads_data import GTPairFeed, render, streamed_ring
 from _learner_data import make_ring, tiny_config
+
+from common.errors import UserError
 from learner.config import LearnerConfig
 from learner.crops import crop_flow, make_crops
 from learner.embedding_loss import hardest_negatives, negative_mask, triplet_loss
@@ -24,7 +26,6 @@ from learner.model import architecture, build_model
 from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.config import ConfigError, load_config
-from common.errors import UserError
 
 
 def grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,6 +34,7 @@ def grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---- grouping losses -------------------------------------------------------------------------
+
 
 def test_an_affine_flow_is_fitted_exactly_by_any_segmentation():
     xs, ys = grid(32, 40)
@@ -102,6 +104,7 @@ def test_the_gradient_pulls_each_half_towards_its_own_segment(loss):
 
 # ---- ranking loss ------------------------------------------------------------------------------
 
+
 def test_triplet_loss_is_zero_when_the_margin_holds_and_exact_when_it_does_not():
     q = torch.eye(4)[:3]  # three pairs, tracked == query, all negatives orthogonal: D = 1 >= 0 + 0.5
     group = torch.tensor([0, 1, 2])
@@ -135,6 +138,7 @@ def test_hard_negative_mining_keeps_the_k_hardest_of_the_other_groups():
 
 # ---- the flow through the crops --------------------------------------------------------------
 
+
 def test_flow_is_cut_with_the_crops_boxes_scaled_and_flipped():
     n, h, w = 2, 48, 64
     flows = torch.zeros(n, h, w, 2, dtype=torch.float16)
@@ -144,13 +148,16 @@ def test_flow_is_cut_with_the_crops_boxes_scaled_and_flipped():
     boxes = torch.tensor([[32.0, 24.0, 32.0, -1.0], [32.0, 24.0, 32.0, 1.0], [32.0, 40.0, 32.0, 1.0]])
     source = torch.tensor([0, 1, 0])
     flow, ok = crop_flow(flows, has, valid, boxes, source, 16)
-    assert torch.allclose(flow[0, 0][ok[0]], torch.tensor(-1.0)) and torch.allclose(flow[0, 1][ok[0]], torch.tensor(0.5))
+    assert torch.allclose(flow[0, 0][ok[0]], torch.tensor(-1.0)) and torch.allclose(
+        flow[0, 1][ok[0]], torch.tensor(0.5)
+    )
     assert ok[0].all()  # inside the image
     assert not ok[1].any()  # sample 1 has no flow
     assert ok[2, :4].all() and not ok[2, -4:].any()  # the box reaches into sample 0's padding
 
 
 # ---- training ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def synth():
@@ -220,8 +227,11 @@ def test_mask_only_training_is_the_plain_step_unchanged():
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trainer.model.state_dict().values()))
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, betas=(0.9, 0.99))
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.train.lr,
+            betas=(0.9, 0.99),
+        )
         rng, gen = np.random.default_rng(cfg.train.seed), torch.Generator()
         gen.manual_seed(cfg.train.seed)
         for _ in range(4):
@@ -258,15 +268,19 @@ def test_embedding_without_pairs_skips_its_loss_with_one_log_line(synth, caplog)
 
 # ---- config and checkpoints ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("heads,key", [
-    ({"segments": {"loss": "mse"}}, "learner.heads.segments.loss"),
-    ({"segments": {"count": 1}}, "learner.heads.segments.count"),
-    ({"embedding": {"patch": 50}}, "learner.heads.embedding.patch"),
-    ({"embedding": {"margin": 0}}, "learner.heads.embedding.margin"),
-    ({"mask": {"enabled": False}}, "learner.heads.mask.enabled"),
-    ({"embedding": {"dimm": 3}}, "learner.heads.embedding.dimm"),
-    ({"segments": {"weight": "high"}}, "learner.heads.segments.weight"),
-])
+
+@pytest.mark.parametrize(
+    "heads,key",
+    [
+        ({"segments": {"loss": "mse"}}, "learner.heads.segments.loss"),
+        ({"segments": {"count": 1}}, "learner.heads.segments.count"),
+        ({"embedding": {"patch": 50}}, "learner.heads.embedding.patch"),
+        ({"embedding": {"margin": 0}}, "learner.heads.embedding.margin"),
+        ({"mask": {"enabled": False}}, "learner.heads.mask.enabled"),
+        ({"embedding": {"dimm": 3}}, "learner.heads.embedding.dimm"),
+        ({"segments": {"weight": "high"}}, "learner.heads.segments.weight"),
+    ],
+)
 def test_config_errors_name_the_key(heads, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(overrides={"learner": {"heads": heads}})

@@ -2,6 +2,7 @@
 as one ONNX model with a named output per head: the manifest and the model's metadata list the
 heads, verification checks parity of every output, ONNX Runtime returns all of them at batch 1
 and 8 matching PyTorch, and `motionmask predict --model` still writes masks."""
+
 from __future__ import annotations
 
 import json
@@ -9,16 +10,16 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from _export_data import SAMPLE, sample_frames
 from _heads_data import GTPairFeed, render, streamed_ring
 from _learner_data import tiny_config
+
+from common.errors import UserError
 from exporter.export import load_for_export, torch_outputs
 from exporter.runtime import BundleRunner, fit_frame
 from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.cli import main
-from common.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,8 @@ def test_per_frame_outputs_at_each_frames_size(bundle):
 
 def test_predict_with_a_multitask_bundle_writes_masks(bundle, tmp_path, capsys):
     _, exports = bundle
-    rc = main(["predict", "--model", str(exports), str(SAMPLE), "--out", str(tmp_path / "pred"), "--frames", "3",
-               "--quiet"])
+    rc = main(
+        ["predict", "--model", str(exports), str(SAMPLE), "--out", str(tmp_path / "pred"), "--frames", "3", "--quiet"]
+    )
     assert rc == 0
     assert len(list((tmp_path / "pred").glob("*.png"))) == 3  # one mask per frame

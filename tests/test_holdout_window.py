@@ -3,18 +3,19 @@ background (day to night, another place) half way; the real motion pipeline fill
 buffer, a real tiny learner trains on it through the daemon's feed filter, and the window is
 collected every step as in the learner process. After the switch the holdout holds only frames
 from after it, and never a sample that training drew."""
+
 import numpy as np
 import pytest
-
 from _learner_data import tiny_config
 from _media import moving_square
+
 from exporter.config import ExportConfig
 from exporter.export import Holdout, holdout_score
+from learner.held_back import HeldBack as _HeldBack
 from learner.samples import RingFeed
 from learner.train import Limits, Trainer, fit
 from motionmask.config import ConfigError, load_config
 from motionmask.holdout import HoldoutWindow
-from learner.held_back import HeldBack as _HeldBack
 from streamer.config import StreamerConfig
 from streamer.frames import Frame
 from streamer.motion.pipeline import MotionSegmenter
@@ -26,8 +27,9 @@ SWITCH = 90  # the frame at which the background changes
 
 def _stream() -> list[np.ndarray]:
     day = moving_square(SWITCH, W, H, size=32, step=3, seed=0)
-    night = [(f.astype(np.float32) * 0.35).astype(np.uint8)
-             for f in moving_square(90, W, H, size=32, step=3, seed=1)]  # another background, dark
+    night = [
+        (f.astype(np.float32) * 0.35).astype(np.uint8) for f in moving_square(90, W, H, size=32, step=3, seed=1)
+    ]  # another background, dark
     return day + night
 
 
@@ -62,8 +64,14 @@ def test_the_holdout_follows_a_scene_change_and_never_holds_a_trained_sample():
 
         def train(steps: int) -> None:
             window.collect()
-            fit(trainer, recorder, None, Limits(steps=trainer.step_count + steps), progress=False,
-                on_step=lambda t, r: window.collect() and False)
+            fit(
+                trainer,
+                recorder,
+                None,
+                Limits(steps=trainer.step_count + steps),
+                progress=False,
+                on_step=lambda t, r: window.collect() and False,
+            )
 
         for i, img in enumerate(_stream()):
             for r in seg.push(Frame(img, "cam", i, i / 25.0)):

@@ -1,5 +1,6 @@
 """The shape of the house, read from the source: dependencies point one way, with no circles and
 no borrowed private names. Imports inside functions count: they are how a circle hides."""
+
 from __future__ import annotations
 
 import ast
@@ -130,15 +131,25 @@ def _borrowed(name: str, path: Path) -> list[str]:
 
 
 def test_no_private_names_borrowed() -> None:
-    everyone = {**MODULES, **{".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
-                              for p in (REPO / "bench").rglob("*.py")}}
+    everyone = {
+        **MODULES,
+        **{
+            ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (REPO / "bench").rglob("*.py")
+        },
+    }
     assert [b for name, path in everyone.items() for b in _borrowed(name, path)] == []
 
 
 @pytest.mark.parametrize("package", ["common"])
 def test_the_leaf_imports_nothing_of_the_project(package: str) -> None:
-    leaks = [f"{n} -> {t}" for n, ts in _edges().items() if n.split(".")[0] == package
-             for t in ts if t.split(".")[0] != package]
+    leaks = [
+        f"{n} -> {t}"
+        for n, ts in _edges().items()
+        if n.split(".")[0] == package
+        for t in ts
+        if t.split(".")[0] != package
+    ]
     assert not leaks
 
 

@@ -3,6 +3,7 @@ environment for real (a fresh venv, pip with this machine's configured index, no
 OpenCV) and runs the device's two commands in it: `motionmask device` pulls a real bundle from a
 real BundleServer over loopback, and `motionmask predict --model` writes masks that match the
 full install's within a grey level or two. Any other command answers with one line."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from _export_data import SAMPLE, copy_version, exported
+
 from exporter.bundle import read_pointer, versions
 from exporter.runtime import BundleRunner
 from exporter.transfer import BundleServer
@@ -45,12 +46,28 @@ def device_env(tmp_path_factory) -> Path:
         else:
             shutil.copy2(p, src / name)
     t0 = time.monotonic()
-    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True,
-                          timeout=120)
+    made = subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True, timeout=120
+    )
     if made.returncode != 0:
         pytest.skip(f"python -m venv failed here: {made.stderr.strip()[-300:]}")
-    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                          "--no-compile", str(src)], capture_output=True, text=True, timeout=600, env=_clean_env())
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-compile",
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_clean_env(),
+    )
     if pip.returncode != 0:
         pytest.skip(f"pip could not install the device role (no index here?): {pip.stderr.strip()[-400:]}")
     print(f"device-role venv: {time.monotonic() - t0:.1f} s")
@@ -71,9 +88,14 @@ def _run(venv: Path, *args: str, cwd: Path, timeout: float = 120) -> subprocess.
 
 
 def test_the_device_role_has_no_torch_or_opencv(device_env: Path, tmp_path: Path) -> None:
-    proc = _run(device_env, "python", "-c", "import json, importlib.util, motionmask, onnxruntime, av, zmq, yaml; "
-                f"print(json.dumps([motionmask.__file__, [m for m in {ROLE_ONLY!r} if importlib.util.find_spec(m)]]))",
-                cwd=tmp_path)
+    proc = _run(
+        device_env,
+        "python",
+        "-c",
+        "import json, importlib.util, motionmask, onnxruntime, av, zmq, yaml; "
+        f"print(json.dumps([motionmask.__file__, [m for m in {ROLE_ONLY!r} if importlib.util.find_spec(m)]]))",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     where, present = json.loads(proc.stdout)
     assert where.startswith(str(device_env)) and present == []  # the installed copy, and none of them
@@ -88,14 +110,37 @@ def test_device_pulls_a_bundle_and_predict_writes_masks(device_env: Path, tmp_pa
     copy_version(exports, v2, served)
     assert _run(device_env, "device", "--help", cwd=tmp_path).returncode == 0
     with BundleServer(served, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", watch_s=0.05).start() as server:
-        proc = _run(device_env, "device", "--endpoint", server.endpoint, "--dir", str(dev), "--once",
-                    "--timeout", "2", cwd=tmp_path)
+        proc = _run(
+            device_env,
+            "device",
+            "--endpoint",
+            server.endpoint,
+            "--dir",
+            str(dev),
+            "--once",
+            "--timeout",
+            "2",
+            cwd=tmp_path,
+        )
     assert proc.returncode == 0, proc.stderr
-    assert read_pointer(dev) == v2 and (dev / v2 / "model.onnx").read_bytes() == (exports / v2 / "model.onnx").read_bytes()
+    assert (
+        read_pointer(dev) == v2 and (dev / v2 / "model.onnx").read_bytes() == (exports / v2 / "model.onnx").read_bytes()
+    )
 
     out = tmp_path / "pred"
-    proc = _run(device_env, "predict", "--model", str(dev), str(SAMPLE), "--out", str(out), "--frames", "6",
-                "--quiet", cwd=tmp_path)
+    proc = _run(
+        device_env,
+        "predict",
+        "--model",
+        str(dev),
+        str(SAMPLE),
+        "--out",
+        str(out),
+        "--frames",
+        "6",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "6 frames" in proc.stderr and "Traceback" not in proc.stderr
     recs = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
@@ -113,8 +158,15 @@ def test_device_pulls_a_bundle_and_predict_writes_masks(device_env: Path, tmp_pa
     cap.release()
 
 
-@pytest.mark.parametrize("argv", [["train", "--help"], ["run", "--config", "x.yaml"], ["export", "--help"],
-                                  ["predict", "--checkpoint", "last.pt", "clip.mp4", "--out", "o"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--help"],
+        ["run", "--config", "x.yaml"],
+        ["export", "--help"],
+        ["predict", "--checkpoint", "last.pt", "clip.mp4", "--out", "o"],
+    ],
+)
 def test_other_roles_answer_in_one_line(device_env: Path, tmp_path: Path, argv: list[str]) -> None:
     if argv[0] == "predict":
         (tmp_path / "clip.mp4").write_bytes(SAMPLE.read_bytes())

@@ -1,6 +1,7 @@
 """`motionmask train` and `motionmask predict` end to end on a real synthetic clip: train a tiny
 net for a few steps, resume it, stop it with SIGTERM, predict with the file contract of
 `motionmask masks`, and evaluate the student against its teacher."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,19 @@ def clips(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(clips, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "r"
-    rc = main(["train", str(clips / "clip000.mp4"), "--out", str(run), "--config", str(clips / "tiny.yaml"),
-               "--steps", "5", "--quiet"])
+    rc = main(
+        [
+            "train",
+            str(clips / "clip000.mp4"),
+            "--out",
+            str(run),
+            "--config",
+            str(clips / "tiny.yaml"),
+            "--steps",
+            "5",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     return run
 
@@ -90,8 +102,24 @@ def test_train_warns_when_pruning_keeps_few_frames(clips, tmp_path, capsys):
     cfg = tmp_path / "strict.yaml"
     cfg.write_text(TINY + "streamer: {prune: {min_fg: 0.36}}\n")
     # 3 s of training: the streamer's 24 frames are done long before (the summary counts what it streamed)
-    assert main(["train", str(clips / "clip000.mp4"), "--out", str(tmp_path / "r"), "--config", str(cfg),
-                 "--steps", "0", "--minutes", "0.05", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(clips / "clip000.mp4"),
+                "--out",
+                str(tmp_path / "r"),
+                "--config",
+                str(cfg),
+                "--steps",
+                "0",
+                "--minutes",
+                "0.05",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     warning = [ln for ln in capsys.readouterr().err.splitlines() if "warning: pruning" in ln]
     assert len(warning) == 1, warning
     assert re.search(r"pruning kept [12] of 24 frames \(too_little_fg 2[12]\b", warning[0]), warning[0]
@@ -100,9 +128,24 @@ def test_train_warns_when_pruning_keeps_few_frames(clips, tmp_path, capsys):
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(clips, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "train", str(clips), "--out", str(run),
-                             "--config", str(clips / "tiny.yaml"), "--minutes", "5"],
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "motionmask.cli",
+            "train",
+            str(clips),
+            "--out",
+            str(run),
+            "--config",
+            str(clips / "tiny.yaml"),
+            "--minutes",
+            "5",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     log = run / "train.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
@@ -121,9 +164,25 @@ def test_train_logs_one_line_per_interval_when_stderr_is_not_a_terminal(clips, t
     returns in the log): every learner.train.log_every steps it writes one log line instead."""
     cfg = tmp_path / "every2.yaml"
     cfg.write_text(TINY.replace("log_every: 1", "log_every: 2"))
-    out = subprocess.run([sys.executable, "-m", "motionmask.cli", "train", str(clips / "clip000.mp4"),
-                          "--out", str(tmp_path / "r"), "--config", str(cfg), "--steps", "6"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "motionmask.cli",
+            "train",
+            str(clips / "clip000.mp4"),
+            "--out",
+            str(tmp_path / "r"),
+            "--config",
+            str(cfg),
+            "--steps",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "\r" not in out.stderr
     lines = [ln for ln in out.stderr.splitlines() if "event=train_progress" in ln]
@@ -137,8 +196,18 @@ def test_train_logs_one_line_per_interval_when_stderr_is_not_a_terminal(clips, t
 
 def test_predict_writes_the_masks_contract(clips, trained, tmp_path, capsys):
     out = tmp_path / "pred"
-    rc = main(["predict", "--checkpoint", str(trained / "checkpoints" / "last.pt"), str(clips / "clip000.mp4"),
-               "--out", str(out), "--quiet", "--overlay"])
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(trained / "checkpoints" / "last.pt"),
+            str(clips / "clip000.mp4"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--overlay",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "motionmask predict: 24 frames" in err
@@ -153,8 +222,24 @@ def test_predict_writes_the_masks_contract(clips, trained, tmp_path, capsys):
         assert ((prob >= 179) <= (tri == 255)).all()  # trimap from the probability, streamer thresholds
     assert (out / "overlay.mp4").is_file() and (out / "contact.png").is_file()
     # --start/--frames as in `masks`; a broken checkpoint is one line and exit 2
-    assert main(["predict", "--checkpoint", str(trained / "checkpoints" / "last.pt"), str(clips / "clip000.mp4"),
-                 "--out", str(tmp_path / "p2"), "--start", "20", "--frames", "3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained / "checkpoints" / "last.pt"),
+                str(clips / "clip000.mp4"),
+                "--out",
+                str(tmp_path / "p2"),
+                "--start",
+                "20",
+                "--frames",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "p2").glob("*.png")) == ["000020.png", "000021.png", "000022.png"]
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -176,8 +261,9 @@ def test_evaluate_student_scores_student_and_teacher(clips, trained):
     assert 0 < quick["student"]["frames"] <= n // 3 + 1
     assert 0.0 <= quick["student"]["iou"] <= 1.0 and quick["every"] == 3
     # several students in one pass (bench/quality.py): each scored as if alone, the teacher once
-    both = evaluate_checkpoints({"a": trained / "checkpoints" / "last.pt", "b": trained / "checkpoints" / "last.pt"},
-                                clips, device="cpu")
+    both = evaluate_checkpoints(
+        {"a": trained / "checkpoints" / "last.pt", "b": trained / "checkpoints" / "last.pt"}, clips, device="cpu"
+    )
     assert both["summary"]["a"] == both["summary"]["b"] == res["student"]
     assert both["summary"]["teacher"] == res["teacher"] and both["steps"]["a"] == res["step"]
     assert both["per_clip"][0]["a"] == res["per_clip"][0]["student"]
@@ -186,18 +272,22 @@ def test_evaluate_student_scores_student_and_teacher(clips, trained):
 def test_coverage_splits_the_frames_by_what_training_showed(clips, trained, tmp_path):
     res = evaluate_checkpoints({"s": trained / "checkpoints" / "last.pt"}, clips, device="cpu")
     n = res["summary"]["s"]["frames"]
-    assert len(res["per_frame"]) == n and [r["frame"] for r in res["per_frame"]] == sorted(r["frame"] for r in res["per_frame"])
+    assert len(res["per_frame"]) == n and [r["frame"] for r in res["per_frame"]] == sorted(
+        r["frame"] for r in res["per_frame"]
+    )
     assert np.mean([r["s"] for r in res["per_frame"]]) == pytest.approx(res["summary"]["s"]["iou"])
     # trained on these very clips: every background seen, every mover's photo moved at least once
     [g] = coverage(res, clips, clips, common=1)
     assert (g["background"], g["movers"], g["frames"]) == ("seen", "common", n)
-    assert g["s"] == pytest.approx(res["summary"]["s"]["iou"]) and g["teacher"] == pytest.approx(res["summary"]["teacher"]["iou"])
+    assert g["s"] == pytest.approx(res["summary"]["s"]["iou"]) and g["teacher"] == pytest.approx(
+        res["summary"]["teacher"]["iou"]
+    )
     assert [g["movers"] for g in coverage(res, clips, clips, common=99)] == ["rare"]
     # a training set whose first shot had another background: that shot's frames become unseen
     meta = json.loads((clips / "clips.json").read_text())
     meta[0]["shots"][0]["background"] = "somewhere else"
     (tmp_path / "clips.json").write_text(json.dumps(meta))
     split = {(g["background"], g["movers"]): g["frames"] for g in coverage(res, clips, tmp_path, common=1)}
-    first = meta[0]["shots"][1]["start"] if len(meta[0]["shots"]) > 1 else 10 ** 9
+    first = meta[0]["shots"][1]["start"] if len(meta[0]["shots"]) > 1 else 10**9
     unseen = sum(r["frame"] < first for r in res["per_frame"])
     assert split == {k: v for k, v in {("unseen", "common"): unseen, ("seen", "common"): n - unseen}.items() if v}

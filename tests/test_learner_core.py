@@ -1,6 +1,7 @@
 """Learner building blocks on the CPU: the masked loss against a hand computation, the crops
 (jitter, positives inside, flips, colour jitter, padding, determinism), both backbones forward
 and backward at their sizes, and the config section."""
+
 from __future__ import annotations
 
 import math
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from learner.config import LearnerConfig, ModelConfig, CropConfig, learner_config_from_dict
+from learner.config import CropConfig, LearnerConfig, ModelConfig, learner_config_from_dict
 from learner.crops import dilate, make_crops, positive_boxes
-from learner.loss import masked_bce
 from learner.layers import upsample_logits
+from learner.loss import masked_bce
 from learner.model import AlexNet, CompactNet, architecture, build_model, output_size
 from motionmask.config import ConfigError, load_config
 
@@ -56,12 +57,12 @@ def scene(n: int = 8, h: int = 96, w: int = 128, seed: int = 0):
     for i in range(n):
         s = int(rng.integers(12, 28))
         y, x = int(rng.integers(4, h - s - 4)), int(rng.integers(4, w - 16 - s - 4))
-        frames[i, y:y + s, x:x + s] = (220, 180, 40)
-        tri[i, y - 2:y + s + 2, x - 2:x + s + 2] = 128
-        tri[i, y:y + s, x:x + s] = 255
+        frames[i, y : y + s, x : x + s] = (220, 180, 40)
+        tri[i, y - 2 : y + s + 2, x - 2 : x + s + 2] = 128
+        tri[i, y : y + s, x : x + s] = 255
         boxes.append((x, y, x + s, y + s))
-    tri[:, :, w - 16:] = 128
-    frames[:, :, w - 16:] = 0
+    tri[:, :, w - 16 :] = 128
+    frames[:, :, w - 16 :] = 0
     valid = torch.tensor([[0, 0, h, w - 16]] * n)
     return torch.from_numpy(frames), torch.from_numpy(tri), valid, boxes
 
@@ -128,8 +129,9 @@ def test_flip_mirrors_image_and_labels_and_colour_jitter_keeps_geometry():
     assert torch.allclose(b.images[flipped], a.images[flipped].flip(-1), atol=1e-3)
     assert torch.equal(b.targets[flipped], a.targets[flipped].flip(-1))
     assert torch.equal(b.images[~flipped], a.images[~flipped])
-    jit = make_crops(frames, tri, valid, CropConfig(random_fraction=0.0, flip=False, paste=0.0), 64, generator=gen(1),
-                     per_frame=16)
+    jit = make_crops(
+        frames, tri, valid, CropConfig(random_fraction=0.0, flip=False, paste=0.0), 64, generator=gen(1), per_frame=16
+    )
     assert torch.equal(jit.targets, a.targets)  # colour changes, labels and geometry do not
     assert not torch.allclose(jit.images, a.images, atol=1.0)
     assert jit.images.min() >= 0 and jit.images.max() <= 255
@@ -179,21 +181,36 @@ def test_hue_rotation_keeps_luma_and_grayscale_makes_grey():
     assert (la - lb).abs().mean() < 6.0
     assert (a.images - b.images).abs().permute(0, 2, 3, 1)[pos].mean() > 20
     g = make_crops(frames, tri, valid, CropConfig(**base, grayscale=1.0), 64, generator=gen(2), per_frame=4)
-    assert torch.allclose(g.images[:, 0], g.images[:, 1], atol=1e-3) and torch.allclose(g.images[:, 1], g.images[:, 2], atol=1e-3)
+    assert torch.allclose(g.images[:, 0], g.images[:, 1], atol=1e-3) and torch.allclose(
+        g.images[:, 1], g.images[:, 2], atol=1e-3
+    )
 
 
 def test_samples_without_positives_get_random_crops_and_outside_is_dont_care():
     frames, tri, valid, _ = scene(n=4)
     tri[2:] = torch.where(tri[2:] == 255, torch.zeros_like(tri[2:]), tri[2:])  # samples 2, 3: no positives
-    c = make_crops(frames, tri, valid, CropConfig(random_fraction=0.0, context_min=3.0, context_max=4.0),
-                   64, generator=gen(0), per_frame=8)
+    c = make_crops(
+        frames,
+        tri,
+        valid,
+        CropConfig(random_fraction=0.0, context_min=3.0, context_max=4.0),
+        64,
+        generator=gen(0),
+        per_frame=8,
+    )
     assert not c.random[c.source < 2].any() and c.random[c.source >= 2].all()
     # random boxes stay inside the valid area
     r = c.boxes[c.random]
     assert (r[:, 0] - r[:, 2] / 2 >= -1e-3).all() and (r[:, 0] + r[:, 2] / 2 <= 112 + 1e-3).all()
     # large context boxes around objects near the border leave the frame: labels say don't care there
-    big = make_crops(frames[:1], tri[:1], valid[:1], CropConfig(random_fraction=0, context_min=6, context_max=6,
-                                                                  shift=0), 64, generator=gen(0))
+    big = make_crops(
+        frames[:1],
+        tri[:1],
+        valid[:1],
+        CropConfig(random_fraction=0, context_min=6, context_max=6, shift=0),
+        64,
+        generator=gen(0),
+    )
     side, cx = big.boxes[0, 2].item(), big.boxes[0, 0].item()
     assert cx - side / 2 < 0 or cx + side / 2 > 128
     assert (big.targets == 128).sum() > 0
@@ -254,11 +271,14 @@ def test_learner_config_section_and_round_trip(tmp_path):
     alex = LearnerConfig(model=ModelConfig(backbone="alexnet"))
     assert alex.crop_size == 227 and alex.model.resolved_width() == 96
     import dataclasses
+
     assert learner_config_from_dict(dataclasses.asdict(cfg)) == cfg
-    for bad, key in [("learner:\n  crops:\n    size: 100\n", "learner.crops.size"),
-                     ("learner:\n  model:\n    backbone: vgg\n", "learner.model.backbone"),
-                     ("learner:\n  train:\n    device: tpu\n", "learner.train.device"),
-                     ("learner:\n  model:\n    blocks: [1, 2]\n", "learner.model.blocks")]:
+    for bad, key in [
+        ("learner:\n  crops:\n    size: 100\n", "learner.crops.size"),
+        ("learner:\n  model:\n    backbone: vgg\n", "learner.model.backbone"),
+        ("learner:\n  train:\n    device: tpu\n", "learner.train.device"),
+        ("learner:\n  model:\n    blocks: [1, 2]\n", "learner.model.blocks"),
+    ]:
         p.write_text(bad)
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(p)

@@ -1,6 +1,7 @@
 """The CUDA path of the learner (skipped without a GPU): bf16 autocast, channels_last, pinned
 asynchronous uploads, NaN skipping, checkpoints that resume on CUDA and on the CPU, the
 predictor, and torch.compile."""
+
 from __future__ import annotations
 
 import logging
@@ -8,8 +9,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from _learner_data import make_ring, tiny_config
+
 from learner.checkpoint import find_resume
 from learner.predict import Predictor
 from learner.samples import RingFeed

@@ -2,6 +2,7 @@
 sockets, a tiny ConvNet on the CPU. It trains, checkpoints, runs bootstrapping rounds whose
 masks are published as kind `refined`, shows in `motionmask status`, survives a SIGKILL by
 resuming from its checkpoint, and stops cleanly (checkpoint first) on SIGTERM."""
+
 import json
 import os
 import signal
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from _media import process_gone
+
 from learner.checkpoint import LAST, checkpoint_dir, load_checkpoint
 from motionmask.client import MaskSubscriber
 from motionmask.control import ControlUnavailable, request
@@ -47,20 +48,32 @@ def _start_daemon(tmp_path: Path, cfg: dict) -> tuple[subprocess.Popen, Path]:
     config.write_text(yaml.safe_dump(cfg))
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return proc, log
 
 
 def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
-    cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 50, "every_minutes": 0, "keep": 2},
-                                bootstrap={"every_steps": ROUND_EVERY})
+    cfg = learner_daemon_config(
+        SHUTDOWN_S,
+        checkpoint={"every_steps": 50, "every_minutes": 0, "keep": 2},
+        bootstrap={"every_steps": ROUND_EVERY},
+    )
     control, endpoint = cfg["daemon"]["control_endpoint"], cfg["publish"]["endpoint"]
     proc, log = _start_daemon(tmp_path, cfg)
     try:
         with MaskSubscriber(endpoint, "mask.a.refined") as sub:
-            st = _wait(proc, control, lambda s: s["state"] == "running" and (s["checkpoint_step"] or 0) >= 50
-                       and (s["bootstrap_round"] or 0) >= 1, log)
+            st = _wait(
+                proc,
+                control,
+                lambda s: (
+                    s["state"] == "running" and (s["checkpoint_step"] or 0) >= 50 and (s["bootstrap_round"] or 0) >= 1
+                ),
+                log,
+            )
             assert st["device"] == "cpu" and st["threads"] == 1 and st["pid"]
             assert st["loss"] is not None and st["crops_per_s"] > 0
             # refined masks: the camera's frame size, stamped with the step of the model that made them
@@ -74,8 +87,12 @@ def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
                 peak = max(peak, int(mask.max()))
             assert peak > 0  # a probability image, not an empty one (fusion values: test_bootstrap.py)
 
-        out = subprocess.run([sys.executable, "-m", "motionmask.cli", "status", "--endpoint", control],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "motionmask.cli", "status", "--endpoint", control],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr
         line = [x for x in out.stdout.splitlines() if x.startswith("learner:")]
         assert len(line) == 1 and "running" in line[0] and "on cpu x1" in line[0], out.stdout
@@ -86,8 +103,14 @@ def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
         st = _wait(proc, control, lambda s: s["checkpoint_step"] is not None and s["step"] > s["checkpoint_step"], log)
         victim, ckpt = st["pid"], st["checkpoint_step"]
         os.kill(victim, signal.SIGKILL)
-        st = _wait(proc, control, lambda s: s["pid"] not in (None, victim) and s["resumed_from"] is not None
-                   and s["step"] > s["resumed_from"], log)
+        st = _wait(
+            proc,
+            control,
+            lambda s: (
+                s["pid"] not in (None, victim) and s["resumed_from"] is not None and s["step"] > s["resumed_from"]
+            ),
+            log,
+        )
         assert st["restarts"] == 1 and "SIGKILL" in st["last_error"]
         assert st["resumed_from"] >= ckpt
         step_before_stop = st["step"]

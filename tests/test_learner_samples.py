@@ -1,5 +1,6 @@
 """How samples reach the trainer: an empty buffer is waited for (one log line, no spinning), and
 the offline streamer process never drops a sample: it waits for the learner instead."""
+
 from __future__ import annotations
 
 import logging
@@ -9,11 +10,11 @@ import time
 
 import numpy as np
 import pytest
-
 from _learner_data import object_sample
+
+from common.errors import UserError
 from learner.samples import OfflineFeed, RingFeed, expand_inputs, next_batch
 from streamer.config import StreamerConfig
-from common.errors import UserError
 from streamer.shm.ringbuffer import BufferConfig, RingBuffer, ring_bytes
 from synth.things import generate
 
@@ -46,7 +47,9 @@ def test_empty_buffer_waits_with_one_log_line_and_without_spinning(caplog):
             flag = threading.Event()
             threading.Timer(0.3, flag.set).start()
             t0 = time.monotonic()
-            assert next_batch(RingFeed(empty), 4, np.random.default_rng(0), empty.new_batch(4), stop=flag.is_set) is None
+            assert (
+                next_batch(RingFeed(empty), 4, np.random.default_rng(0), empty.new_batch(4), stop=flag.is_set) is None
+            )
             assert time.monotonic() - t0 < 2.0
 
 
@@ -59,7 +62,12 @@ def test_expand_inputs(tmp_path):
     imgs.mkdir()
     (imgs / "0001.png").write_bytes(b"x")
     assert expand_inputs([str(vids), str(imgs), "rtsp://cam/1"]) == [
-        str(vids / "clip1.MKV"), str(vids / "clip2.mp4"), str(vids / "clip10.mp4"), str(imgs), "rtsp://cam/1"]
+        str(vids / "clip1.MKV"),
+        str(vids / "clip2.mp4"),
+        str(vids / "clip10.mp4"),
+        str(imgs),
+        "rtsp://cam/1",
+    ]
     with pytest.raises(UserError, match="nowhere.mp4: no such file or folder"):
         expand_inputs([str(tmp_path / "nowhere.mp4")])
     (tmp_path / "empty").mkdir()
@@ -70,8 +78,9 @@ def test_expand_inputs(tmp_path):
 def test_offline_streamer_waits_instead_of_dropping(tmp_path):
     generate(tmp_path / "clips", seed=3, clips=2, frames=40, size=(160, 120))
     small = BufferConfig(train_width=64, train_height=48, memory_mb=ring_bytes(48, 64, 6) / 2**20)
-    feed = OfflineFeed([str(tmp_path / "clips")], StreamerConfig(), small, draws_per_sample=2.0,
-                       max_buffer_mb=small.memory_mb)  # the buffer may not grow: 6 slots
+    feed = OfflineFeed(
+        [str(tmp_path / "clips")], StreamerConfig(), small, draws_per_sample=2.0, max_buffer_mb=small.memory_mb
+    )  # the buffer may not grow: 6 slots
     assert feed.buffer_cfg.slots() == 6
     rng = np.random.default_rng(0)
     drawn = 0
@@ -95,6 +104,7 @@ def test_offline_streamer_waits_instead_of_dropping(tmp_path):
 def test_offline_feed_reports_inputs_without_training_samples(tmp_path):
     # a still scene: nothing moves, so pruning keeps no frame
     import av
+
     path = tmp_path / "still.mp4"
     with av.open(str(path), "w") as c:
         s = c.add_stream("mpeg4", rate=25)
@@ -107,9 +117,12 @@ def test_offline_feed_reports_inputs_without_training_samples(tmp_path):
             c.mux(pkt)
     with OfflineFeed([str(path)], StreamerConfig(), BufferConfig(train_width=64, train_height=48, memory_mb=8)) as feed:
         # the reasons, the most first, and what to change for the main one
-        with pytest.raises(UserError, match=r"no training samples: the motion masks of 8 frames were all pruned "
-                                            r"\(too_little_fg 8\); use clips with moving objects, or for "
-                                            r"small or distant movers lower streamer.prune.min_fg \(now 0.03\)"):
+        with pytest.raises(
+            UserError,
+            match=r"no training samples: the motion masks of 8 frames were all pruned "
+            r"\(too_little_fg 8\); use clips with moving objects, or for "
+            r"small or distant movers lower streamer.prune.min_fg \(now 0.03\)",
+        ):
             next_batch(feed, 2, np.random.default_rng(0), feed.ring.new_batch(2))
     with pytest.raises(UserError, match="nope.mp4: no such file"):
         OfflineFeed([str(tmp_path / "nope.mp4")], StreamerConfig(), BufferConfig())
@@ -135,8 +148,9 @@ def test_offline_streamer_exits_when_the_learner_is_killed(tmp_path):
     import sys
 
     generate(tmp_path / "clips", seed=3, clips=1, frames=30, size=(160, 120))
-    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(tmp_path / "clips" / "clip000.mp4")],
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN, str(tmp_path / "clips" / "clip000.mp4")], stdout=subprocess.PIPE, text=True
+    )
     child = int(parent.stdout.readline())
     time.sleep(2.0)  # the streamer is running (and soon waiting on back-pressure)
     parent.send_signal(signal.SIGKILL)

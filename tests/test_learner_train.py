@@ -2,6 +2,7 @@
 the loss falls, NaN steps are skipped and a persistent NaN stops the run, checkpoints resume
 exactly, only the newest N are kept, corrupt and incompatible checkpoints are one-line errors,
 and a missing CUDA falls back to the CPU with a warning."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,16 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from _learner_data import make_ring, tiny_config
+
+from common.errors import UserError
+from learner import device as device_mod
 from learner.checkpoint import find_resume, load_checkpoint, step_files
 from learner.crops import make_crops
+from learner.device import resolve_device, use_bf16
 from learner.loss import masked_bce
 from learner.samples import RingFeed
-from learner import device as device_mod
-from learner.device import resolve_device, use_bf16
 from learner.train import Limits, NonFiniteLoss, Trainer, fit
-from common.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,7 @@ def test_resume_continues_exactly(ring, tmp_path):
     fit(whole, RingFeed(ring), tmp_path / "a", Limits(steps=6), progress=False)
 
     first = Trainer(tiny_config())
-    s = fit(first, RingFeed(ring), tmp_path / "b", Limits(steps=6), progress=False,
-            stop=lambda: first.step_count >= 3)
+    s = fit(first, RingFeed(ring), tmp_path / "b", Limits(steps=6), progress=False, stop=lambda: first.step_count >= 3)
     assert s.stopped == "stop" and s.step == 3
     torch.manual_seed(999)  # a fresh process would start with other global RNG states
     np.random.seed(999)
@@ -149,7 +149,9 @@ def test_corrupt_and_incompatible_checkpoints(ring, tmp_path):
     # another width: the error names the file and what differs
     wider = tiny_config()
     wider.model.width = 16
-    with pytest.raises(UserError, match=r"step_0000004\.pt: incompatible checkpoint: .*width 8 in the checkpoint vs 16"):
+    with pytest.raises(
+        UserError, match=r"step_0000004\.pt: incompatible checkpoint: .*width 8 in the checkpoint vs 16"
+    ):
         Trainer(wider).load_state_dict(state, path)
     alex = tiny_config()
     alex.model.backbone = "alexnet"
@@ -176,7 +178,7 @@ def test_cpu_precision_bf16_trains_and_auto_follows_the_cpu(ring, monkeypatch):
     assert not fp32.bf16 and not fp32.channels_last and fp32.precision == "fp32"
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda native=native: native)
         assert use_bf16(cpu, "auto") is native
         assert use_bf16(cpu, "bf16") and not use_bf16(cpu, "fp32")
     cfg = tiny_config(cpu_precision="half")

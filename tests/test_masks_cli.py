@@ -1,5 +1,6 @@
 """`motionmask masks` end to end: real videos written with PyAV, decoded, segmented and written
 through motionmask.cli.main, then read back as a user's tools would."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import av
 import cv2
 import numpy as np
 import pytest
-
 from _media import write_empty_video, write_video
+
 from motionmask.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +36,10 @@ def scene(n: int, w: int, h: int, cut_at: int | None = None, seed: int = 0) -> l
         t = cv2.resize(low, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
         return np.clip(colour * (0.45 + 0.9 * t), 0, 255).astype(np.uint8)
 
-    looks = [(texture((h, w), np.array([70, 140, 200.0])), texture((h // 2, h // 2), np.array([230, 90, 40.0]))),
-             (texture((h, w), np.array([200, 190, 60.0])), texture((h // 2, h // 2), np.array([40, 60, 230.0])))]
+    looks = [
+        (texture((h, w), np.array([70, 140, 200.0])), texture((h // 2, h // 2), np.array([230, 90, 40.0]))),
+        (texture((h, w), np.array([200, 190, 60.0])), texture((h // 2, h // 2), np.array([40, 60, 230.0]))),
+    ]
     frames = []
     for i in range(n):
         bg, obj = looks[1 if cut_at is not None and i >= cut_at else 0]
@@ -44,7 +47,7 @@ def scene(n: int, w: int, h: int, cut_at: int | None = None, seed: int = 0) -> l
         s = obj.shape[0]
         x = 4 + (3 * i) % max(1, w - s - 8)
         y = h // 4
-        img[y:y + s, x:x + s] = obj
+        img[y : y + s, x : x + s] = obj
         frames.append(img)
     return frames
 
@@ -55,8 +58,12 @@ def media(tmp_path_factory) -> dict[str, Path]:
     m = {
         "cut": write_video(d / "cut.mp4", scene(24, 96, 64, cut_at=12), fps=10),
         "odd": write_video(d / "odd.mp4", scene(12, 175, 143, seed=1), codec="mpeg4"),
-        "gray": write_video(d / "gray.mkv", [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in scene(10, 80, 64, seed=2)],
-                            codec="ffv1", pix_fmt="gray"),
+        "gray": write_video(
+            d / "gray.mkv",
+            [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in scene(10, 80, 64, seed=2)],
+            codec="ffv1",
+            pix_fmt="gray",
+        ),
         "black": write_video(d / "black.mp4", [np.zeros((48, 64, 3), np.uint8)] * 10),
         "one": write_video(d / "one.mp4", scene(1, 64, 48)),
         "long": write_video(d / "long.mkv", scene(30, 96, 64, seed=3)),
@@ -255,8 +262,13 @@ def test_odd_size_keeps_input_resolution(media, tmp_path, capsys):
 
 # -- real processes: signals and a full disk ------------------------------------------------
 def spawn(*argv: object, cwd: Path = ROOT) -> subprocess.Popen:
-    return subprocess.Popen([PY, "-m", "motionmask.cli", "masks", *map(str, argv)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [PY, "-m", "motionmask.cli", "masks", *map(str, argv)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -293,15 +305,15 @@ def in_private_mounts(script: str) -> subprocess.CompletedProcess:
     system that nobody else sees and that vanishes with it."""
     if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
         pytest.skip("user namespaces (unshare -rm) are not available here")
-    return subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_read_only_out_is_one_line(media, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
-    proc = in_private_mounts(f"mount --bind -o ro {ro} {ro} && {PY} -m motionmask.cli masks {media['cut']} "
-                             f"--out {ro / 'masks'}")
+    proc = in_private_mounts(
+        f"mount --bind -o ro {ro} {ro} && {PY} -m motionmask.cli masks {media['cut']} --out {ro / 'masks'}"
+    )
     assert proc.returncode == 2, proc.stderr
     assert_one_error_line(proc.stderr, ro / "masks", "not writable")
 
@@ -311,12 +323,16 @@ def test_full_disk_is_one_line_and_keeps_whole_files(media, tmp_path):
     mnt.mkdir()
     shutil.copy(media["cut"], tmp_path / "in.mp4")
     # a private 64 KiB tmpfs: the disk fills up after a few frames
-    script = (f"mount -t tmpfs -o size=64k tmpfs {mnt} && {PY} -m motionmask.cli masks "
-              f"{tmp_path / 'in.mp4'} --out {mnt / 'out'} --quiet")
+    script = (
+        f"mount -t tmpfs -o size=64k tmpfs {mnt} && {PY} -m motionmask.cli masks "
+        f"{tmp_path / 'in.mp4'} --out {mnt / 'out'} --quiet"
+    )
     # look at what survived from inside the namespace, before the tmpfs goes away with it
-    check = (f"; rc=$?; cd {mnt / 'out'} && cat frames.jsonl > {tmp_path / 'jsonl'}; "
-             f"ls -A > {tmp_path / 'ls_top'}; ls -A trimap > {tmp_path / 'ls_tri'}; "
-             f"cp *.png {tmp_path}/; exit $rc")
+    check = (
+        f"; rc=$?; cd {mnt / 'out'} && cat frames.jsonl > {tmp_path / 'jsonl'}; "
+        f"ls -A > {tmp_path / 'ls_top'}; ls -A trimap > {tmp_path / 'ls_tri'}; "
+        f"cp *.png {tmp_path}/; exit $rc"
+    )
     proc = in_private_mounts(script + check)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,5 +1,6 @@
 """bench/maskscore: the scores every quality figure of issue 18 comes from, on arrays small
 enough to work out by hand."""
+
 from __future__ import annotations
 
 import numpy as np

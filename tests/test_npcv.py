@@ -1,5 +1,6 @@
 """common.npcv, the NumPy stand-ins a device-only install uses for OpenCV on predict's path,
 against OpenCV itself on the same inputs."""
+
 from __future__ import annotations
 
 import cv2
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from common import npcv
-from streamer.motion.trimap import near_or_inside
 from streamer.motion.shots import hsv_histogram
+from streamer.motion.trimap import near_or_inside
 
 
 @pytest.fixture
@@ -19,9 +20,15 @@ def rgb() -> np.ndarray:
 
 
 # INTER_AREA only ever shrinks on the device's path (enlarging, npcv interpolates linearly)
-@pytest.mark.parametrize("size,interp", [(s, i) for s in [(80, 60), (64, 48), (50, 37), (320, 240), (161, 121)]
-                                         for i in (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_NEAREST)
-                                         if not (i == cv2.INTER_AREA and s[0] > 161)])
+@pytest.mark.parametrize(
+    "size,interp",
+    [
+        (s, i)
+        for s in [(80, 60), (64, 48), (50, 37), (320, 240), (161, 121)]
+        for i in (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_NEAREST)
+        if not (i == cv2.INTER_AREA and s[0] > 161)
+    ],
+)
 def test_resize_matches_opencv(rgb: np.ndarray, size: tuple[int, int], interp: int) -> None:
     ref = cv2.resize(rgb, size, interpolation=interp)
     got = npcv.resize(rgb, size, interpolation=interp)
@@ -33,7 +40,9 @@ def test_resize_matches_opencv(rgb: np.ndarray, size: tuple[int, int], interp: i
 
 
 def test_colour_and_histogram_match_opencv(rgb: np.ndarray) -> None:
-    assert np.abs(npcv.cvtColor(rgb, npcv.COLOR_RGB2GRAY).astype(int) - cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)).max() <= 1
+    assert (
+        np.abs(npcv.cvtColor(rgb, npcv.COLOR_RGB2GRAY).astype(int) - cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)).max() <= 1
+    )
     hsv_ref, hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV), npcv.cvtColor(rgb, npcv.COLOR_RGB2HSV)
     assert np.abs(hsv.astype(int) - hsv_ref).max() <= 1
     assert np.array_equal(npcv.convertScaleAbs(rgb, alpha=1.7), cv2.convertScaleAbs(rgb, alpha=1.7))
@@ -43,8 +52,9 @@ def test_colour_and_histogram_match_opencv(rgb: np.ndarray) -> None:
 
 @pytest.mark.parametrize("k", [3, 5, 9, 15])
 def test_dilate_ellipse_matches_opencv(k: int) -> None:
-    assert np.array_equal(npcv.getStructuringElement(npcv.MORPH_ELLIPSE, (k, k)),
-                          cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    assert np.array_equal(
+        npcv.getStructuringElement(npcv.MORPH_ELLIPSE, (k, k)), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    )
     src = (np.random.default_rng(k).random((40, 50)) > 0.97).astype(np.uint8)
     kern = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     assert np.array_equal(npcv.dilate(src, kern), cv2.dilate(src, kern))
@@ -63,8 +73,8 @@ def test_flood_fill_matches_opencv() -> None:
 
 
 def test_trimap_band_and_shot_histogram_through_stand_ins(monkeypatch: pytest.MonkeyPatch, rgb: np.ndarray) -> None:
-    import streamer.motion.trimap as trimap
     import streamer.motion.shots as shots
+    import streamer.motion.trimap as trimap
 
     prob = cv2.GaussianBlur(rgb[..., 1].astype(np.float32) / 255, (0, 0), 6)
     sure, mask = prob > 0.6, prob >= 0.5
@@ -82,11 +92,12 @@ def test_png_decodes_to_the_same_pixels(rgb: np.ndarray) -> None:
         assert ok
         assert np.array_equal(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), img)
     from streamer.live.protocol import _PNG_PARAMS  # the mask stream's settings: run-length deflate, no filter
+
     ok, buf = npcv.imencode(".png", rgb[..., 0] // 64 * 64, _PNG_PARAMS)
     assert np.array_equal(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), rgb[..., 0] // 64 * 64)
 
 
 def test_other_opencv_names_raise_the_role_error() -> None:
     with pytest.raises(ModuleNotFoundError) as e:
-        npcv.findContours
+        _ = npcv.findContours
     assert e.value.name == "cv2"

@@ -1,7 +1,9 @@
 """The pair store (streamer/shm/pairbuffer.py) across real processes, and the feeds that hand pairs
 to the learner (learner/pairs.py, OfflineFeed.sample_pairs)."""
+
 from __future__ import annotations
 
+import _posixshmem
 import fcntl
 import json
 import multiprocessing as mp
@@ -11,21 +13,20 @@ import subprocess
 import sys
 import time
 
-import _posixshmem
 import numpy as np
 import pytest
 import yaml
+from _learner_data import make_ring
+from _media import free_port, write_video
 
+from common.errors import UserError
 from learner.pairs import MemoryPairFeed, PairBatch, RingPairFeed
 from learner.samples import OfflineFeed, RingFeed
 from streamer.config import StreamerConfig
-from common.errors import UserError
-from streamer.shm.pairbuffer import WRITING, PairBuffer, pair_slots
 from streamer.motion.patches import PatchPair
+from streamer.shm.pairbuffer import WRITING, PairBuffer, pair_slots
 from streamer.shm.ringbuffer import BufferConfig
 from synth.things import render_clip
-from _learner_data import make_ring
-from _media import free_port, write_video
 
 P = 16
 
@@ -150,8 +151,9 @@ def test_offline_feed_mines_pairs(tmp_path):
     clip = write_video(tmp_path / "clip.mp4", rgb, fps=30)
     cfg = StreamerConfig()
     cfg.patches.enabled = True
-    with OfflineFeed([str(clip)], cfg, BufferConfig(train_width=64, train_height=48, memory_mb=8),
-                     draws_per_sample=0) as feed:
+    with OfflineFeed(
+        [str(clip)], cfg, BufferConfig(train_width=64, train_height=48, memory_mb=8), draws_per_sample=0
+    ) as feed:
         deadline = time.monotonic() + 25
         while not feed.poll().done and time.monotonic() < deadline:
             feed.check()
@@ -176,17 +178,25 @@ def test_daemon_cameras_mine_pairs_into_the_store_the_learner_reads(tmp_path):
         "publish": {"enabled": False},
         "daemon": {"control_endpoint": control, "shutdown_timeout_s": 5.0},
         "cameras": [{"name": "a", "source": str(clip), "loop": True, "realtime": False}],
-        "learner": {"enabled": True, "run_dir": str(tmp_path / "run"), "model": {"width": 8, "blocks": [1, 1, 1, 1]},
-                    "crops": {"size": 32}, "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
-                    "bootstrap": {"enabled": False}},
+        "learner": {
+            "enabled": True,
+            "run_dir": str(tmp_path / "run"),
+            "model": {"width": 8, "blocks": [1, 1, 1, 1]},
+            "crops": {"size": 32},
+            "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
+            "bootstrap": {"enabled": False},
+        },
     }
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
     log = tmp_path / "daemon.log"
     from motionmask.control import ControlUnavailable, request
 
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(tmp_path / "d.yaml")],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(tmp_path / "d.yaml")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         st, deadline = None, time.monotonic() + 60  # a learner process starts slowly on a busy host
         while time.monotonic() < deadline:
@@ -196,14 +206,22 @@ def test_daemon_cameras_mine_pairs_into_the_store_the_learner_reads(tmp_path):
             except ControlUnavailable:
                 st = None
             # the camera's own count reaches status with its next report, after the store's
-            if (st and st["pairs"]["puts"] >= 2 and st["cameras"].get("a", {}).get("pair_puts", 0) >= 2
-                    and "event=learner_running" in log.read_text(errors="replace")):
+            if (
+                st
+                and st["pairs"]["puts"] >= 2
+                and st["cameras"].get("a", {}).get("pair_puts", 0) >= 2
+                and "event=learner_running" in log.read_text(errors="replace")
+            ):
                 break
             time.sleep(0.3)
         assert st and st["pairs"]["puts"] >= 2, (json.dumps(st), log.read_text()[-3000:])
         assert st["cameras"]["a"]["pair_puts"] >= 2 and st["pairs"]["by_camera"].get("a", 0) >= 2
-        out = subprocess.run([sys.executable, "-m", "motionmask.cli", "status", "--endpoint", control],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "motionmask.cli", "status", "--endpoint", control],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert any(x.startswith("pairs:") and "tracked-patch pairs" in x for x in out.stdout.splitlines()), out.stdout
         with PairBuffer.attach(st["pairs"]["name"]) as store:  # as the learner does
             b = RingPairFeed(store).sample_pairs(4, np.random.default_rng(0))

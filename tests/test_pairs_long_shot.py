@@ -1,17 +1,18 @@
 """One camera, one shot, a long stream (a rig, issue 19): its tracked-patch pairs must give the
 embedding loss negatives. They used to fall in one group (camera, shot), so the loss was skipped
 for the whole run; now a group is (camera, shot, segment of time), learner/pairs.py."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
+from _learner_data import tiny_config
 
 from learner.embedding_loss import negative_mask, triplet_loss
 from learner.pairs import SEGMENT_FRAMES, MemoryPairFeed, RingPairFeed
 from learner.train import Trainer
-from streamer.shm.pairbuffer import PairBuffer
 from streamer.motion.patches import PatchPair
-from _learner_data import tiny_config
+from streamer.shm.pairbuffer import PairBuffer
 
 P = 16
 
@@ -19,8 +20,18 @@ P = 16
 def rig_pairs(n: int, every: int = 30) -> list[PatchPair]:
     """n pairs of one camera's one shot, a query every `every` frames (n * every frames of stream)."""
     rng = np.random.default_rng(0)
-    return [PatchPair(rng.integers(0, 256, (P, P, 3), np.uint8), rng.integers(0, 256, (P, P, 3), np.uint8),
-                      "rig", 0, t0=i * every, t1=i * every + 30, track=i) for i in range(n)]
+    return [
+        PatchPair(
+            rng.integers(0, 256, (P, P, 3), np.uint8),
+            rng.integers(0, 256, (P, P, 3), np.uint8),
+            "rig",
+            0,
+            t0=i * every,
+            t1=i * every + 30,
+            track=i,
+        )
+        for i in range(n)
+    ]
 
 
 def embedding_trainer() -> Trainer:

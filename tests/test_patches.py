@@ -1,8 +1,9 @@
 """Tracked-patch mining (streamer/motion/patches.py) on real pipeline output: synthetic clips with
 instance ground truth, a camera panning over a still photo, a crowd of movers, shot cuts."""
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -17,7 +18,7 @@ from synth.things import load_photo, render_clip
 FRAMES = 90
 
 
-@lru_cache(maxsize=None)
+@cache
 def _clip(seed: int):
     return render_clip(seed, FRAMES)
 
@@ -40,7 +41,7 @@ def mine(frames: list[np.ndarray], cfg: StreamerConfig | None = None) -> tuple[l
 
 def dominant(inst: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, float]:
     x, y, w, h = box
-    v = inst[y:y + h, x:x + w].ravel()
+    v = inst[y : y + h, x : x + w].ravel()
     if not (v > 0).any():
         return 0, 0.0
     k = int(np.bincount(v[v > 0]).argmax())
@@ -62,7 +63,7 @@ def test_tracked_patch_stays_on_the_same_mover(seed):
         assert cover0 > 0.05 and cover1 > 0.05
         # the query is the frame's pixels in its box, as the learner will see them
         x, y, w, h = p.box0
-        want = cv2.resize(rgb[p.t0][y:y + h, x:x + w], (P, P), interpolation=cv2.INTER_AREA)
+        want = cv2.resize(rgb[p.t0][y : y + h, x : x + w], (P, P), interpolation=cv2.INTER_AREA)
         assert np.array_equal(p.query, want)
     assert len({p.track for p in pairs}) == len(pairs)
     st = miner.stats
@@ -105,7 +106,7 @@ def _crowd(n: int) -> list[np.ndarray]:
         img = np.repeat(wall[:, :, None], 3, axis=2)
         for k in range(6):
             x, y = (np.abs((starts[k] + vel[k] * i + [280, 200]) % [560, 400] - [280, 200])).astype(int)  # bounce
-            img[y:y + 40, x:x + 40] = tex[36 * k:36 * k + 40, 30 * k:30 * k + 40]
+            img[y : y + 40, x : x + 40] = tex[36 * k : 36 * k + 40, 30 * k : 30 * k + 40]
         frames.append(img)
     return frames
 

@@ -1,5 +1,6 @@
 """MotionSegmenter end to end: ordering and shots, a panning camera, mask quality against the
 exact synthetic ground truth, and real footage of pedestrians."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from synth import things as synth
 from streamer.config import MotionConfig, StreamerConfig
 from streamer.frames import Frame
 from streamer.motion.pipeline import MotionSegmenter, motion_saliency
+from synth import things as synth
 
 SAMPLE = Path(__file__).parent / "data" / "sample.mp4"
 SMALL = (160, 120)
@@ -105,8 +106,9 @@ def test_first_frame_of_a_shot_borrows_the_next_frames_flow(clip_with_cut):
         assert first > 0.6 * _iou(results[start + 1].prob >= 0.5, gt[start + 1] > 0)
 
 
-def _camera_clip(photo: str, pan: tuple[float, float], zoom: float, n: int = 20,
-                 size: tuple[int, int] = (320, 240)) -> list[np.ndarray]:
+def _camera_clip(
+    photo: str, pan: tuple[float, float], zoom: float, n: int = 20, size: tuple[int, int] = (320, 240)
+) -> list[np.ndarray]:
     """A camera moving over a still photo: nothing in the scene moves by itself."""
     w, h = size
     world = cv2.resize(getattr(skimage.data, photo)(), (2 * w, 2 * h), interpolation=cv2.INTER_AREA)
@@ -118,10 +120,13 @@ def _camera_clip(photo: str, pan: tuple[float, float], zoom: float, n: int = 20,
     return frames
 
 
-@pytest.mark.parametrize("photo,pan,zoom", [
-    ("astronaut", (3.0, 1.0), 1.015),  # pan and zoom-in together
-    ("coffee", (0.0, 0.0), 1.015),  # zoom only: the hardest of these for the camera model
-])
+@pytest.mark.parametrize(
+    "photo,pan,zoom",
+    [
+        ("astronaut", (3.0, 1.0), 1.015),  # pan and zoom-in together
+        ("coffee", (0.0, 0.0), 1.015),  # zoom only: the hardest of these for the camera model
+    ],
+)
 def test_moving_camera_over_a_still_scene_stays_background(photo, pan, zoom):
     results, _ = _run(_camera_clip(photo, pan, zoom))
     fg = [float((r.prob >= 0.5).mean()) for r in results]
@@ -138,7 +143,7 @@ def _paused_masks(plan: synth.ClipPlan, inst: list[np.ndarray]) -> dict[int, np.
         if i < 2:
             continue
         for layer in shot.layers:
-            if layer.role == "mover" and np.allclose(layer.pos[i - 2:i + 1], layer.pos[i]):
+            if layer.role == "mover" and np.allclose(layer.pos[i - 2 : i + 1], layer.pos[i]):
                 mask = inst[t] == layer.inst
                 if mask.sum() > 50:
                     out[t] = out.get(t, np.zeros_like(mask)) | mask

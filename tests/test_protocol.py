@@ -1,4 +1,5 @@
 """Wire format: both encodings, both framings, and every way a message can be malformed."""
+
 import json
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Pruning (Pathak et al. sec. 5.1) and trimaps at the exact thresholds of the config."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ BAND = H * W - (H - 10) * (W - 10)
 def _centre_block(n: int, value: float = 1.0) -> np.ndarray:
     """n foreground pixels inside the centre (never touching the border band)."""
     inner = np.zeros((H, W), bool)
-    inner[5:H - 5, 5:W - 5] = True
+    inner[5 : H - 5, 5 : W - 5] = True
     idx = np.flatnonzero(inner)
     assert n <= idx.size
     prob = np.zeros((H, W), np.float32)
@@ -63,7 +64,7 @@ def test_probability_exactly_at_fg_threshold_counts_as_foreground():
 def test_too_much_foreground_at_the_threshold():
     prob = _centre_block((H - 10) * (W - 10))  # all 8100 inner pixels
     band = np.ones((H, W), bool)
-    band[5:H - 5, 5:W - 5] = False
+    band[5 : H - 5, 5 : W - 5] = False
     band_idx = np.flatnonzero(band)
     prob.reshape(-1)[band_idx[:190]] = 1.0  # 8290 px: 82.9% > 80%, border 10% (not the reason)
     assert prune(prob, CFG)[1:] == (False, "too_much_fg")
@@ -73,7 +74,7 @@ def test_too_much_foreground_at_the_threshold():
 
 def test_foreground_on_the_border_at_the_threshold():
     band = np.ones((H, W), bool)
-    band[5:H - 5, 5:W - 5] = False
+    band[5 : H - 5, 5 : W - 5] = False
     band_idx = np.flatnonzero(band)
     assert band_idx.size == BAND == 1900
     prob = _centre_block(3000)
@@ -99,8 +100,17 @@ def test_trimap_at_the_thresholds():
     prob = np.array([[0.0, 0.3999, 0.4, 0.55, 0.7, 0.7001, 1.0]], np.float32)
     tri = trimap(prob, TrimapConfig(negative_below=0.4, positive_above=0.7, near_positive=0.0))  # the paper's
     assert tri.dtype == np.uint8 and tri.shape == prob.shape
-    assert tri.tolist() == [[TRIMAP_NEGATIVE, TRIMAP_NEGATIVE, TRIMAP_IGNORE, TRIMAP_IGNORE, TRIMAP_IGNORE,
-                             TRIMAP_POSITIVE, TRIMAP_POSITIVE]]
+    assert tri.tolist() == [
+        [
+            TRIMAP_NEGATIVE,
+            TRIMAP_NEGATIVE,
+            TRIMAP_IGNORE,
+            TRIMAP_IGNORE,
+            TRIMAP_IGNORE,
+            TRIMAP_POSITIVE,
+            TRIMAP_POSITIVE,
+        ]
+    ]
     assert (TRIMAP_NEGATIVE, TRIMAP_IGNORE, TRIMAP_POSITIVE) == (0, 128, 255)
 
 

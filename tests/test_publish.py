@@ -1,4 +1,5 @@
 """Publisher and subscribers over real loopback sockets (random free ports via tcp://127.0.0.1:*)."""
+
 import logging
 import re
 import subprocess
@@ -12,12 +13,12 @@ import numpy as np
 import pytest
 import zmq
 
+from common.errors import UserError
 from motionmask.cli import main
 from motionmask.client import MaskSubscriber, subscribe
 from motionmask.commands.keys import create_keys
 from motionmask.config import ConfigError, load_config
 from streamer.live import protocol
-from common.errors import UserError
 from streamer.live.publish import MaskPublisher, PublishConfig
 
 ANY = "tcp://127.0.0.1:*"
@@ -26,7 +27,7 @@ ANY = "tcp://127.0.0.1:*"
 def _mask(frame=0, h=120, w=160):
     m = np.zeros((h, w), np.uint8)
     x = (frame * 7) % (w - 40)
-    m[30:90, x:x + 40] = 255
+    m[30:90, x : x + 40] = 255
     m[0:10, :] = 128
     return m
 
@@ -64,8 +65,9 @@ def test_round_trip_both_encodings_and_framings(encoding, latest):
                 pass
             mask = _mask(5, 480, 640)
             before = time.time_ns()
-            assert pub.publish("clip.mp4", "trimap", mask, frame=1234, shot=7, capture_ns=before,
-                               model_version="unet-3")
+            assert pub.publish(
+                "clip.mp4", "trimap", mask, frame=1234, shot=7, capture_ns=before, model_version="unet-3"
+            )
             header, got = sub.recv(2.0)
     np.testing.assert_array_equal(got, mask)
     assert header["camera"] == "clip.mp4" and header["kind"] == "trimap"
@@ -76,8 +78,10 @@ def test_round_trip_both_encodings_and_framings(encoding, latest):
 
 
 def test_topic_filtering_on_both_framings(pub):
-    with MaskSubscriber(pub.endpoint, "mask.cam1.") as sub, \
-            MaskSubscriber(pub.latest_endpoint, "mask.cam1.trimap", latest=True) as latest:
+    with (
+        MaskSubscriber(pub.endpoint, "mask.cam1.") as sub,
+        MaskSubscriber(pub.latest_endpoint, "mask.cam1.trimap", latest=True) as latest,
+    ):
         # cam1's first masks may arrive before the joins settle; then only cam1 (and trimap) counts
         deadline = time.monotonic() + 5
         seen, seen_latest = [], []
@@ -200,9 +204,11 @@ def test_curve_authorised_client_receives_and_others_do_not(tmp_path, caplog):
     cfg = PublishConfig(endpoint=ANY, curve_secret_file=str(server_sec), curve_clients_dir=str(clients))
     caplog.set_level(logging.INFO)
     with MaskPublisher(cfg) as pub:
-        with MaskSubscriber(pub.endpoint, curve_server_key=server_pub, curve_secret_file=alice_sec) as alice, \
-                MaskSubscriber(pub.endpoint, curve_server_key=server_pub, curve_secret_file=mallory_sec) as mallory, \
-                MaskSubscriber(pub.endpoint) as plain:
+        with (
+            MaskSubscriber(pub.endpoint, curve_server_key=server_pub, curve_secret_file=alice_sec) as alice,
+            MaskSubscriber(pub.endpoint, curve_server_key=server_pub, curve_secret_file=mallory_sec) as mallory,
+            MaskSubscriber(pub.endpoint) as plain,
+        ):
             header, _ = _first(pub, alice)
             for i in range(20):
                 pub.publish("cam0", "motion", _mask(i), 100 + i, 0, time.time_ns())
@@ -231,8 +237,9 @@ def test_curve_config_mistakes_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no secret key"):
         MaskPublisher(PublishConfig(endpoint=ANY, curve_secret_file=str(public)))
     with pytest.raises(UserError, match="curve_clients_dir.*not a directory"):
-        MaskPublisher(PublishConfig(endpoint=ANY, curve_secret_file=str(secret),
-                                    curve_clients_dir=str(tmp_path / "missing")))
+        MaskPublisher(
+            PublishConfig(endpoint=ANY, curve_secret_file=str(secret), curve_clients_dir=str(tmp_path / "missing"))
+        )
     with pytest.raises(UserError, match="already exists"):
         create_keys(tmp_path, "server")
 
@@ -284,6 +291,7 @@ def _publish_in_background(pub, stop):
             pub.publish("cam0", "trimap", _mask(i), i, 0, time.time_ns())
             i += 1
             time.sleep(0.01)
+
     t = threading.Thread(target=loop, daemon=True)
     t.start()
     return t
@@ -295,8 +303,21 @@ def test_subscribe_cli_end_to_end(tmp_path, capsys, encoding):
     with MaskPublisher(PublishConfig(endpoint=ANY, encoding=encoding)) as pub:
         t = _publish_in_background(pub, stop)
         try:
-            rc = main(["subscribe", "--endpoint", pub.endpoint, "--topic", "mask.cam0.trimap",
-                       "--count", "5", "--timeout", "10", "--out", str(tmp_path / "saved")])
+            rc = main(
+                [
+                    "subscribe",
+                    "--endpoint",
+                    pub.endpoint,
+                    "--topic",
+                    "mask.cam0.trimap",
+                    "--count",
+                    "5",
+                    "--timeout",
+                    "10",
+                    "--out",
+                    str(tmp_path / "saved"),
+                ]
+            )
         finally:
             stop.set()
             t.join()

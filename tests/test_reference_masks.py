@@ -1,5 +1,6 @@
 """Reference masks from a median background (synth.reference_masks) on a real encoded video
 with a known mover, and on the first frames of the shared vtest.avi when it is there."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from synth import reference_masks as rm
-from streamer.config import SourceConfig
 from common.errors import UserError
+from streamer.config import SourceConfig
 from streamer.sources import open_source
+from synth import reference_masks as rm
 from synth.things import load_gt
 from tests._media import moving_square, write_video
 
@@ -24,7 +25,7 @@ def true_square(i: int) -> np.ndarray:
     """Where tests._media.moving_square draws the square in frame i."""
     m = np.zeros((H, W), bool)
     x, y = (i * STEP) % (W - SIZE), (H - SIZE) // 2
-    m[y:y + SIZE, x:x + SIZE] = True
+    m[y : y + SIZE, x : x + SIZE] = True
     return m
 
 
@@ -33,8 +34,7 @@ def square_set(tmp_path_factory) -> tuple[Path, list[dict], Path]:
     data = tmp_path_factory.mktemp("data")
     # CRF 12: this checks the method's geometry; at the default CRF 23 x264 leaves remnants of the
     # saturated square a few pixels behind it in P-frames at 128x96, which no reference can undo
-    write_video(data / "square.mp4", moving_square(N, W, H, size=SIZE, step=STEP), fps=25,
-                options={"crf": "12"})
+    write_video(data / "square.mp4", moving_square(N, W, H, size=SIZE, step=STEP), fps=25, options={"crf": "12"})
     out = tmp_path_factory.mktemp("ref") / "set"
     entries = rm.generate(out, data, clips=(rm.Clip("square", "square.mp4"),))
     return out, entries, data / "square.mp4"

@@ -2,6 +2,7 @@
 two (motionmask/learner_ranks.py starts rank 1), fed real wire-format samples over its listen
 socket. Steps grow on both ranks (the log's per-rank lines), rank 0 checkpoints, and a SIGINT stops
 both ranks cleanly."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,8 @@ import numpy as np
 import pytest
 import yaml
 import zmq
-
 from _media import free_port, process_gone
+
 from motionmask.control import ControlUnavailable, request
 from motionmask.sample_wire import encode_sample
 
@@ -29,10 +30,22 @@ def _parts(i: int) -> list[bytes]:
     yy, xx = np.mgrid[0:H, 0:W]
     img = np.stack([(xx * 4 + i) % 256, (yy * 5) % 256, np.full_like(xx, 40 + i)], -1).astype(np.uint8)
     trimap = np.zeros((H, W), np.uint8)
-    trimap[10:30, 20 + i % 8:40 + i % 8] = 255
+    trimap[10:30, 20 + i % 8 : 40 + i % 8] = 255
     prob = (rng.random((H, W)) * 255).astype(np.uint8)
-    return encode_sample(rig="rigA", camera="cam0", seq=i, frame=i, shot=i // 10, capture_time=1000.0 + i,
-                         image=img, trimap=trimap, prob=prob, flow=None, valid=(0, 0, H, W), source_hw=(H, W))
+    return encode_sample(
+        rig="rigA",
+        camera="cam0",
+        seq=i,
+        frame=i,
+        shot=i // 10,
+        capture_time=1000.0 + i,
+        image=img,
+        trimap=trimap,
+        prob=prob,
+        flow=None,
+        valid=(0, 0, H, W),
+        source_hw=(H, W),
+    )
 
 
 def _status(endpoint: str) -> dict | None:
@@ -51,22 +64,35 @@ def test_learn_with_two_gloo_ranks_trains_checkpoints_and_stops_both(tmp_path: P
         "daemon": {"control_endpoint": ep["ctl"], "stats_interval_s": 0, "shutdown_timeout_s": 30.0},
         "web": {"enabled": False},
         "learner": {
-            "run_dir": str(tmp_path / "run"), "listen": ep["samples"],
-            "model": {"width": 8, "blocks": [1, 1, 1, 1]}, "crops": {"size": 32},
+            "run_dir": str(tmp_path / "run"),
+            "listen": ep["samples"],
+            "model": {"width": 8, "blocks": [1, 1, 1, 1]},
+            "crops": {"size": 32},
             "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 2},
-            "checkpoint": {"every_steps": 5, "every_minutes": 0, "keep": 2}, "bootstrap": {"enabled": False},
+            "checkpoint": {"every_steps": 5, "every_minutes": 0, "keep": 2},
+            "bootstrap": {"enabled": False},
             "transport": {"samples_per_insert": 0},
         },
         # export on: rank 1 leaves rank 0's holdout out too; no export falls due in this test
-        "export": {"enabled": True, "dir": str(tmp_path / "exports"), "every_steps": 100000, "every_minutes": 0,
-                   "holdout_samples": 4, "endpoint": ep["bundles"], "announce_endpoint": ep["announce"]},
+        "export": {
+            "enabled": True,
+            "dir": str(tmp_path / "exports"),
+            "every_steps": 100000,
+            "every_minutes": 0,
+            "holdout_samples": 4,
+            "endpoint": ep["bundles"],
+            "announce_endpoint": ep["announce"],
+        },
     }
     path = tmp_path / "learn.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log = tmp_path / "learn.log"
     with open(log, "ab") as out:
-        learn = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "learn", "--config", str(path), "--nproc", "2"],
-                                 stdout=out, stderr=subprocess.STDOUT)
+        learn = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "learn", "--config", str(path), "--nproc", "2"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
@@ -89,8 +115,14 @@ def test_learn_with_two_gloo_ranks_trains_checkpoints_and_stops_both(tmp_path: P
                 break
             time.sleep(0.3)
         else:
-            raise AssertionError(f"no training within 50 s; learner: {st and st.get('learner')}\n{log.read_text()[-3000:]}")
-        assert st["remote"]["rigs"]["rigA"]["inserted"] > 0 and st["learner"]["state"] == "running" and st["learner"]["restarts"] == 0
+            raise AssertionError(
+                f"no training within 50 s; learner: {st and st.get('learner')}\n{log.read_text()[-3000:]}"
+            )
+        assert (
+            st["remote"]["rigs"]["rigA"]["inserted"] > 0
+            and st["learner"]["state"] == "running"
+            and st["learner"]["restarts"] == 0
+        )
         text = log.read_text(errors="replace")
         pids = [int(p) for p in re.search(r"event=ranks_started .*pids=([\d,]+)", text).group(1).split(",")]
         assert "world=2" in text and "backend=gloo" in text

@@ -3,6 +3,7 @@ playing the bundled clip, and a learner (`motionmask learn`). Samples flow, the 
 checkpoints and exports, the rig pulls the bundle and its camera publishes `student` masks. Then
 the learner is SIGKILLed while the rig sends: the rig's camera keeps its fps (from its status),
 and after a restart samples flow again and training resumes from the last checkpoint."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 import zmq
-
 from _media import free_port, process_gone
+
 from exporter.bundle import LATEST
 from motionmask.client import MaskSubscriber
 from motionmask.commands.status import format_status
@@ -28,34 +29,59 @@ SLOT = {"train_width": 96, "train_height": 72, "memory_mb": 4}
 
 
 def _configs(tmp: Path) -> tuple[dict, dict]:
-    ep = {k: f"tcp://127.0.0.1:{free_port()}" for k in ("samples", "bundles", "announce", "lctl", "lpub", "rctl", "rpub")}
+    ep = {
+        k: f"tcp://127.0.0.1:{free_port()}" for k in ("samples", "bundles", "announce", "lctl", "lpub", "rctl", "rpub")
+    }
     learn = {
         "buffer": dict(SLOT, name=f"mm_test_learn_{os.getpid()}"),  # a restart replaces the killed one's segment
         "publish": {"endpoint": ep["lpub"]},
-        "daemon": {"control_endpoint": ep["lctl"], "stats_interval_s": 0, "restart_backoff_s": 0.3,
-                   "shutdown_timeout_s": 5.0},
+        "daemon": {
+            "control_endpoint": ep["lctl"],
+            "stats_interval_s": 0,
+            "restart_backoff_s": 0.3,
+            "shutdown_timeout_s": 5.0,
+        },
         "web": {"enabled": False},
         "learner": {
-            "run_dir": str(tmp / "run"), "listen": ep["samples"],
-            "model": {"width": 8, "blocks": [1, 1, 1, 1]}, "crops": {"size": 32},
+            "run_dir": str(tmp / "run"),
+            "listen": ep["samples"],
+            "model": {"width": 8, "blocks": [1, 1, 1, 1]},
+            "crops": {"size": 32},
             "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
-            "checkpoint": {"every_steps": 20, "every_minutes": 0, "keep": 2}, "bootstrap": {"enabled": False},
+            "checkpoint": {"every_steps": 20, "every_minutes": 0, "keep": 2},
+            "bootstrap": {"enabled": False},
             "transport": {"samples_per_insert": 16, "tolerance": 256},
         },
-        "export": {"enabled": True, "dir": str(tmp / "exports"), "every_steps": 30, "every_minutes": 0,
-                   "holdout_samples": 4, "parity_frames": 2, "latency_runs": 2, "keep": 2,
-                   "endpoint": ep["bundles"], "announce_endpoint": ep["announce"], "announce_interval_s": 1.0},
+        "export": {
+            "enabled": True,
+            "dir": str(tmp / "exports"),
+            "every_steps": 30,
+            "every_minutes": 0,
+            "holdout_samples": 4,
+            "parity_frames": 2,
+            "latency_runs": 2,
+            "keep": 2,
+            "endpoint": ep["bundles"],
+            "announce_endpoint": ep["announce"],
+            "announce_interval_s": 1.0,
+        },
     }
     rig = {
-        "streamer": {"flow": {"width": 96}, "motion": {"num_superpixels": 60},
-                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
+        "streamer": {
+            "flow": {"width": 96},
+            "motion": {"num_superpixels": 60},
+            "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0},
+        },
         "buffer": SLOT,
         "publish": {"endpoint": ep["rpub"]},
         "daemon": {"control_endpoint": ep["rctl"], "stats_interval_s": 0, "restart_backoff_s": 0.3},
         "web": {"enabled": False},
         "cameras": [{"name": "cam", "source": str(CLIP), "loop": True}],
-        "learner": {"enabled": False, "remote": ep["samples"],
-                    "transport": {"rig": "rigA", "bundles": ep["bundles"], "heartbeat_s": 0.5}},
+        "learner": {
+            "enabled": False,
+            "remote": ep["samples"],
+            "transport": {"rig": "rigA", "bundles": ep["bundles"], "heartbeat_s": 0.5},
+        },
         "export": {"enabled": True, "serve": False, "dir": str(tmp / "rig_model"), "student_every": 2},
     }
     return learn, rig
@@ -65,8 +91,9 @@ def _start(args: list[str], config: dict, path: Path) -> tuple[subprocess.Popen,
     path.write_text(yaml.safe_dump(config))
     log = path.with_suffix(".log")
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "motionmask.cli", *args, "--config", str(path)],
-                                stdout=out, stderr=subprocess.STDOUT), log
+        return subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", *args, "--config", str(path)], stdout=out, stderr=subprocess.STDOUT
+        ), log
 
 
 def _status(endpoint: str) -> dict | None:
@@ -105,8 +132,16 @@ def test_rig_and_learner_on_loopback_survive_a_killed_learner(tmp_path):
         # samples flow, the learner trains, checkpoints and exports; the rig pulls the bundle and
         # its camera publishes student masks made by it
         with MaskSubscriber(rig_cfg["publish"]["endpoint"], "mask.cam.student") as sub:
-            st = _wait("an export", lctl, lambda s: (Path(learn_cfg["export"]["dir"]) / LATEST).is_file()
-                       and (s["learner"] or {}).get("checkpoint_step"), procs, 90)
+            st = _wait(
+                "an export",
+                lctl,
+                lambda s: (
+                    (Path(learn_cfg["export"]["dir"]) / LATEST).is_file()
+                    and (s["learner"] or {}).get("checkpoint_step")
+                ),
+                procs,
+                90,
+            )
             assert _rig_in(st)["inserted"] > 0 and st["learner"]["step"] > 0
             assert st["remote"]["bad_total"] == 0 and st["remote"]["appetite"]["ratio"] is not None
             text = format_status(st)  # what `motionmask status` prints on the learner
@@ -119,7 +154,11 @@ def test_rig_and_learner_on_loopback_survive_a_killed_learner(tmp_path):
         ctx = zmq.Context()
         junk = ctx.socket(zmq.PUSH)
         junk.connect(learn_cfg["learner"]["listen"])
-        for parts in ([b"GET / HTTP/1.0"], [b'{"schema":"motionmask.sample","version":7}', b"x"], [b"{}", b"", b"", b""]):
+        for parts in (
+            [b"GET / HTTP/1.0"],
+            [b'{"schema":"motionmask.sample","version":7}', b"x"],
+            [b"{}", b"", b"", b""],
+        ):
             junk.send_multipart(parts)
         st = _wait("junk counted", lctl, lambda s: s["remote"]["bad_total"] >= 3, procs, 20)
         assert st["remote"]["state"] == "running" and st["remote"]["restarts"] == 0
@@ -149,8 +188,13 @@ def test_rig_and_learner_on_loopback_survive_a_killed_learner(tmp_path):
         # a restarted learner resumes from its checkpoint; the rig reconnects by itself
         learn, llog = _start(["learn"], learn_cfg, tmp_path / "learn.yaml")
         procs = [(learn, llog), (rig, rlog)]
-        st = _wait("samples after the restart", lctl, lambda s: _rig_in(s).get("inserted", 0) > 0
-                   and (s["learner"] or {}).get("resumed_from") is not None, procs, 60)
+        st = _wait(
+            "samples after the restart",
+            lctl,
+            lambda s: _rig_in(s).get("inserted", 0) > 0 and (s["learner"] or {}).get("resumed_from") is not None,
+            procs,
+            60,
+        )
         resumed = st["learner"]["resumed_from"]
         assert resumed >= checkpoint > 0
         _wait("training after the restart", lctl, lambda s: s["learner"]["step"] > resumed, procs, 60)

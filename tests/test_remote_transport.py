@@ -2,6 +2,7 @@
 real processes: the wire format (motionmask/sample_wire.py), the learner's receiver
 (motionmask/remote_learn.py) fed junk and good samples, its appetite, and a rig's sender
 (motionmask/remote_send.py) following a ring buffer with and without a learner."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import zmq
-
 from _media import free_port
+
 from learner.appetite import Appetite
 from learner.transport_config import TransportConfig
 from motionmask.sample_wire import WireError, decode_sample, encode_sample, parse_header
@@ -37,9 +38,20 @@ def _sample(i: int, camera: str = "cam0", flow: bool = False) -> Sample:
 
 
 def _parts(s: Sample, seq: int = 0, rig: str = "rig1") -> list[bytes]:
-    return encode_sample(rig=rig, camera=s.camera, seq=seq, frame=s.frame_index, shot=s.shot,
-                         capture_time=s.capture_time, image=s.image, trimap=s.trimap, prob=s.prob, flow=s.flow,
-                         valid=s.valid, source_hw=s.source_hw)
+    return encode_sample(
+        rig=rig,
+        camera=s.camera,
+        seq=seq,
+        frame=s.frame_index,
+        shot=s.shot,
+        capture_time=s.capture_time,
+        image=s.image,
+        trimap=s.trimap,
+        prob=s.prob,
+        flow=s.flow,
+        valid=s.valid,
+        source_hw=s.source_hw,
+    )
 
 
 def test_wire_round_trip_is_exact_for_labels_and_close_for_the_frame():
@@ -54,17 +66,20 @@ def test_wire_round_trip_is_exact_for_labels_and_close_for_the_frame():
     assert sum(map(len, parts)) < s.image.nbytes + s.prob.nbytes + s.trimap.nbytes + s.flow.nbytes
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda p: [b"not json", *p[1:]], "header"),
-    (lambda p: [json.dumps({"schema": "other"}).encode(), *p[1:]], "foreign"),
-    (lambda p: [p[0].replace(b'"version":1', b'"version":2'), *p[1:]], "version"),
-    (lambda p: p[:3], "header"),
-    (lambda p: [p[0].replace(b'"seq":0', b'"seq":"0"'), *p[1:]], "header"),
-    (lambda p: [p[0].replace(b'"rig":"rig1"', b'"rig":"a/b"'), *p[1:]], "header"),
-    (lambda p: [p[0], p[1][:40], *p[2:]], "payload"),  # a truncated JPEG
-    (lambda p: [p[0], p[2], p[2], p[3]], "payload"),  # a PNG where the JPEG belongs
-    (lambda p: [p[0].replace(b'"width":64', b'"width":640'), *p[1:]], "slot_size"),
-])
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda p: [b"not json", *p[1:]], "header"),
+        (lambda p: [json.dumps({"schema": "other"}).encode(), *p[1:]], "foreign"),
+        (lambda p: [p[0].replace(b'"version":1', b'"version":2'), *p[1:]], "version"),
+        (lambda p: p[:3], "header"),
+        (lambda p: [p[0].replace(b'"seq":0', b'"seq":"0"'), *p[1:]], "header"),
+        (lambda p: [p[0].replace(b'"rig":"rig1"', b'"rig":"a/b"'), *p[1:]], "header"),
+        (lambda p: [p[0], p[1][:40], *p[2:]], "payload"),  # a truncated JPEG
+        (lambda p: [p[0], p[2], p[2], p[3]], "payload"),  # a PNG where the JPEG belongs
+        (lambda p: [p[0].replace(b'"width":64', b'"width":640'), *p[1:]], "slot_size"),
+    ],
+)
 def test_wire_refuses_bad_messages_with_a_reason(mutate, reason):
     parts = mutate(_parts(_sample(1)))
     with pytest.raises(WireError) as e:
@@ -76,7 +91,7 @@ def test_forged_jpeg_size_is_refused_before_decoding():
     parts = _parts(_sample(1))
     jpeg = bytearray(parts[1])
     i = jpeg.find(b"\xff\xc0")  # baseline SOF0: height, width at +5
-    jpeg[i + 5:i + 9] = (60000).to_bytes(2, "big") * 2
+    jpeg[i + 5 : i + 9] = (60000).to_bytes(2, "big") * 2
     with pytest.raises(WireError, match="JPEG is"):
         decode_sample(parse_header(parts), [parts[0], bytes(jpeg), *parts[2:]], (H, W))
 
@@ -90,6 +105,7 @@ def test_appetite_keeps_the_ratio_within_the_tolerance():
 
 
 # ---- the learner's receiver, a real process on a real socket ---------------------------------
+
 
 class _Child:
     """A daemon child (`python -m MODULE`) with its spec on stdin; its reports on our PULL."""
@@ -131,8 +147,11 @@ def ring():
 def _receiver(ring: RingBuffer, ctx: zmq.Context, **transport) -> tuple[_Child, str]:
     listen = f"tcp://127.0.0.1:{free_port()}"
     cfg = asdict(TransportConfig(**{"samples_per_insert": 0, "max_message_kb": 256, **transport}))
-    child = _Child("motionmask.remote_learn", {"name": "receiver", "listen": listen, "transport": cfg,
-                                               "buffer_name": ring.name, "buffer": asdict(ring._cfg)}, ctx)
+    child = _Child(
+        "motionmask.remote_learn",
+        {"name": "receiver", "listen": listen, "transport": cfg, "buffer_name": ring.name, "buffer": asdict(ring._cfg)},
+        ctx,
+    )
     child.wait_for(lambda r: r["phase"] == "running")
     return child, listen
 
@@ -150,9 +169,14 @@ def test_receiver_counts_and_drops_junk_and_stores_good_samples(ring):
     try:
         push = _push(ctx, listen)
         good = _parts(_sample(5))
-        junk = [[b"hello"], [os.urandom(300), os.urandom(10)], [json.dumps({"schema": "other"}).encode()],
-                [good[0].replace(b'"version":1', b'"version":9'), *good[1:]], [good[0], good[1][:50], *good[2:]],
-                [good[0].replace(b'"width":64', b'"width":32'), *good[1:]]]
+        junk = [
+            [b"hello"],
+            [os.urandom(300), os.urandom(10)],
+            [json.dumps({"schema": "other"}).encode()],
+            [good[0].replace(b'"version":1', b'"version":9'), *good[1:]],
+            [good[0], good[1][:50], *good[2:]],
+            [good[0].replace(b'"width":64', b'"width":32'), *good[1:]],
+        ]
         for parts in junk:
             push.send_multipart(parts)
         push.send_multipart(good)
@@ -186,8 +210,12 @@ def test_receiver_drops_what_a_lagging_learner_cannot_eat(ring):
         for i in range(6):
             push.send_multipart(_parts(_sample(i), seq=i))
         # received counts a message as it arrives, inserted once a decoder thread has put it: wait for both
-        settled = lambda n: lambda r: (r["rigs"].get("rig1", {}).get("received") == n  # noqa: E731
-                                       and r["rigs"]["rig1"]["inserted"] + r["rigs"]["rig1"]["dropped_by"]["appetite"] == n)
+        settled = lambda n: (  # noqa: E731
+            lambda r: (
+                r["rigs"].get("rig1", {}).get("received") == n
+                and r["rigs"]["rig1"]["inserted"] + r["rigs"]["rig1"]["dropped_by"]["appetite"] == n
+            )
+        )
         r = child.wait_for(settled(6))
         assert r["rigs"]["rig1"]["inserted"] == 2 and r["rigs"]["rig1"]["dropped_by"]["appetite"] == 4
         ring.sample(8, np.random.default_rng(0))  # the learner eats: two more inserts fit
@@ -203,6 +231,7 @@ def test_receiver_drops_what_a_lagging_learner_cannot_eat(ring):
 
 # ---- a rig's sender ---------------------------------------------------------------------------
 
+
 def test_sender_follows_the_buffer_and_drops_past_its_high_water_mark(ring):
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
@@ -211,8 +240,17 @@ def test_sender_follows_the_buffer_and_drops_past_its_high_water_mark(ring):
     before = _sample(0)
     assert ring.put(before)  # already there when the sender starts: not sent (a restart would repeat it)
     cfg = asdict(TransportConfig(rig="rigX", sndhwm=16, heartbeat_s=0.5))
-    child = _Child("motionmask.remote_send", {"name": "sender", "remote": f"tcp://127.0.0.1:{port}", "transport": cfg,
-                                             "buffer_name": ring.name, "buffer": asdict(ring._cfg)}, ctx)
+    child = _Child(
+        "motionmask.remote_send",
+        {
+            "name": "sender",
+            "remote": f"tcp://127.0.0.1:{port}",
+            "transport": cfg,
+            "buffer_name": ring.name,
+            "buffer": asdict(ring._cfg),
+        },
+        ctx,
+    )
     try:
         child.wait_for(lambda r: r["phase"] == "running" and r["connected"])
         for i in range(1, 11):
@@ -250,16 +288,32 @@ def test_curve_admits_a_rig_with_keys_and_refuses_one_without(ring, tmp_path):
     (tmp_path / "clients" / "rig.key").write_bytes(rig_public.read_bytes())
     ctx = zmq.Context()
     rig_ring = RingBuffer.create(BufferConfig(train_width=W, train_height=H, memory_mb=2))  # the rig's own
-    child, listen = _receiver(ring, ctx, curve_secret_file=str(server_secret), curve_clients_dir=str(tmp_path / "clients"))
+    child, listen = _receiver(
+        ring, ctx, curve_secret_file=str(server_secret), curve_clients_dir=str(tmp_path / "clients")
+    )
     sender = None
     try:
         assert child.last["curve"]
         plain = _push(ctx, listen)  # no keys: the handshake fails, nothing gets through
         plain.send_multipart(_parts(_sample(1), rig="intruder"))
-        cfg = asdict(TransportConfig(rig="rigK", curve_secret_file=str(rig_secret),
-                                     curve_server_key=str(tmp_path / "learner" / "learner.key")))
-        sender = _Child("motionmask.remote_send", {"name": "sender", "remote": listen, "transport": cfg,
-                                                   "buffer_name": rig_ring.name, "buffer": asdict(rig_ring._cfg)}, ctx)
+        cfg = asdict(
+            TransportConfig(
+                rig="rigK",
+                curve_secret_file=str(rig_secret),
+                curve_server_key=str(tmp_path / "learner" / "learner.key"),
+            )
+        )
+        sender = _Child(
+            "motionmask.remote_send",
+            {
+                "name": "sender",
+                "remote": listen,
+                "transport": cfg,
+                "buffer_name": rig_ring.name,
+                "buffer": asdict(rig_ring._cfg),
+            },
+            ctx,
+        )
         sender.wait_for(lambda r: r["phase"] == "running" and r["connected"] and r["curve"])
         rig_ring.put(_sample(2))
         r = child.wait_for(lambda r: r["rigs"].get("rigK", {}).get("received") == 1)
@@ -277,8 +331,8 @@ def test_curve_admits_a_rig_with_keys_and_refuses_one_without(ring, tmp_path):
 
 def test_tracked_pairs_travel_from_a_rigs_store_to_the_learners(ring):
     """A rig's sender follows its pair store too; the learner's receiver puts them into its own."""
-    from streamer.shm.pairbuffer import PairBuffer
     from streamer.motion.patches import PatchPair
+    from streamer.shm.pairbuffer import PairBuffer
 
     def pair(i: int) -> PatchPair:
         q = np.full((32, 32, 3), 10 * i, np.uint8)
@@ -296,12 +350,30 @@ def test_tracked_pairs_travel_from_a_rigs_store_to_the_learners(ring):
         assert rig_pairs.read_after(cursor, 10)[2] == 3 and not len(rig_pairs.read_after(cursor, 10)[0])
 
         listen = f"tcp://127.0.0.1:{free_port()}"
-        receiver = _Child("motionmask.remote_learn", {
-            "name": "receiver", "listen": listen, "transport": asdict(TransportConfig(samples_per_insert=0)),
-            "buffer_name": ring.name, "buffer": asdict(ring._cfg), "pairs_name": learner_pairs.name}, ctx)
-        sender = _Child("motionmask.remote_send", {
-            "name": "sender", "remote": listen, "transport": asdict(TransportConfig(rig="rigP")),
-            "buffer_name": rig_ring.name, "buffer": asdict(rig_ring._cfg), "pairs_name": rig_pairs.name}, ctx)
+        receiver = _Child(
+            "motionmask.remote_learn",
+            {
+                "name": "receiver",
+                "listen": listen,
+                "transport": asdict(TransportConfig(samples_per_insert=0)),
+                "buffer_name": ring.name,
+                "buffer": asdict(ring._cfg),
+                "pairs_name": learner_pairs.name,
+            },
+            ctx,
+        )
+        sender = _Child(
+            "motionmask.remote_send",
+            {
+                "name": "sender",
+                "remote": listen,
+                "transport": asdict(TransportConfig(rig="rigP")),
+                "buffer_name": rig_ring.name,
+                "buffer": asdict(rig_ring._cfg),
+                "pairs_name": rig_pairs.name,
+            },
+            ctx,
+        )
         try:
             sender.wait_for(lambda r: r["phase"] == "running" and r["connected"])
             for i in range(3, 8):
@@ -322,17 +394,19 @@ def test_tracked_pairs_travel_from_a_rigs_store_to_the_learners(ring):
 def test_config_errors_name_the_key(tmp_path):
     from motionmask.config import ConfigError, load_config
 
-    cases = [({"learner": {"enabled": True, "remote": "tcp://gpu:5562"}}, "learner.remote"),
-             ({"learner": {"remote": "gpu:5562"}}, "learner.remote"),
-             ({"learner": {"transport": {"samples_per_insert": 8, "tolerance": 4}}}, "learner.transport.tolerance"),
-             ({"learner": {"transport": {"sndhwm": 0}}}, "learner.transport.sndhwm"),
-             ({"learner": {"transport": {"curve_server_key": "k.key"}}}, "learner.transport.curve_server_key"),
-             ({"learner": {"transport": {"samples_per_inset": 8}}}, "learner.transport.samples_per_inset")]
+    cases = [
+        ({"learner": {"enabled": True, "remote": "tcp://gpu:5562"}}, "learner.remote"),
+        ({"learner": {"remote": "gpu:5562"}}, "learner.remote"),
+        ({"learner": {"transport": {"samples_per_insert": 8, "tolerance": 4}}}, "learner.transport.tolerance"),
+        ({"learner": {"transport": {"sndhwm": 0}}}, "learner.transport.sndhwm"),
+        ({"learner": {"transport": {"curve_server_key": "k.key"}}}, "learner.transport.curve_server_key"),
+        ({"learner": {"transport": {"samples_per_inset": 8}}}, "learner.transport.samples_per_inset"),
+    ]
     for data, key in cases:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, data)
-    from motionmask.commands.learn import learn_config
     from common.errors import UserError
+    from motionmask.commands.learn import learn_config
 
     cfg = load_config(None, {"learner": {"listen": "tcp://127.0.0.1:5560"}, "export": {"enabled": True}})
     with pytest.raises(UserError, match="learner.listen .* is also export.endpoint"):
@@ -342,22 +416,26 @@ def test_config_errors_name_the_key(tmp_path):
 def test_a_missing_key_file_stops_the_rig_at_start_in_one_line(tmp_path):
     cfg = tmp_path / "rig.yaml"
     cfg.write_text(f"""
-cameras: [{{name: cam, source: {tmp_path / 'none.mp4'}}}]
+cameras: [{{name: cam, source: {tmp_path / "none.mp4"}}}]
 daemon: {{control_endpoint: tcp://127.0.0.1:{free_port()}}}
 publish: {{endpoint: tcp://127.0.0.1:{free_port()}}}
 web: {{enabled: false}}
 learner: {{enabled: false, remote: tcp://127.0.0.1:{free_port()},
-          transport: {{curve_secret_file: {tmp_path / 'rig.key_secret'}, curve_server_key: x.key}}}}
+          transport: {{curve_secret_file: {tmp_path / "rig.key_secret"}, curve_server_key: x.key}}}}
 """)
-    r = subprocess.run([sys.executable, "-m", "motionmask.cli", "run", "--config", str(cfg)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "motionmask.cli", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "learner.transport.curve_secret_file" in r.stderr and "motionmask keys" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_the_learner_waits_when_ahead_of_its_appetite(ring):
-    from motionmask.learner_process import Rationed as _Rationed
     from learner.samples import RingFeed
+    from motionmask.learner_process import Rationed as _Rationed
 
     counters = {"appetite_waits": 0, "appetite_waiting": False}
     feed = _Rationed(RingFeed(ring), ring, {"samples_per_insert": 2, "tolerance": 4}, counters)

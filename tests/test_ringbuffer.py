@@ -1,5 +1,6 @@
 """Shared-memory ring buffer: exact round trips, eviction, sampling, and real multi-process
 concurrency (writers, a reader, a lock holder, SIGKILLed writers)."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -8,20 +9,25 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 from multiprocessing import resource_tracker
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import streamer.shm.ringbuffer as ringbuffer
-from motionmask.config import ConfigError, load_config
 from common.errors import UserError
+from motionmask.config import ConfigError, load_config
 from streamer.frames import Frame
 from streamer.motion.pipeline import MaskResult
 from streamer.shm.ringbuffer import (
-    READY, WRITING, BufferConfig, RingBuffer, Sample, camera_key, sample_from_result,
+    READY,
+    WRITING,
+    BufferConfig,
+    RingBuffer,
+    Sample,
+    camera_key,
+    sample_from_result,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,12 +44,16 @@ def cfg_for(slots: int, w: int = 64, h: int = 48, **kw) -> BufferConfig:
 
 def random_sample(rng, w, h, camera="cam0", frame=0, shot=0, flow=True) -> Sample:
     return Sample(
-        camera=camera, frame_index=frame, shot=shot, capture_time=frame / 25.0,
+        camera=camera,
+        frame_index=frame,
+        shot=shot,
+        capture_time=frame / 25.0,
         image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
         trimap=rng.choice(np.array([0, 128, 255], np.uint8), (h, w)),
         prob=rng.integers(0, 256, (h, w), dtype=np.uint8),
         flow=rng.standard_normal((h, w, 2)).astype(np.float16) * 4 if flow else None,
-        valid=(0, 0, h - 3, w), source_hw=(720, 1280),
+        valid=(0, 0, h - 3, w),
+        source_hw=(720, 1280),
     )
 
 
@@ -51,11 +61,16 @@ def constant_sample(w, h, camera, frame, shot) -> Sample:
     """Every array a constant derived from (camera, frame): a torn copy mixes two constants."""
     v = _value(camera, frame)
     return Sample(
-        camera=camera, frame_index=frame, shot=shot, capture_time=float(frame),
-        image=np.full((h, w, 3), v, np.uint8), trimap=np.full((h, w), (v * 3) % 256, np.uint8),
+        camera=camera,
+        frame_index=frame,
+        shot=shot,
+        capture_time=float(frame),
+        image=np.full((h, w, 3), v, np.uint8),
+        trimap=np.full((h, w), (v * 3) % 256, np.uint8),
         prob=np.full((h, w), (v * 5) % 256, np.uint8),
         flow=np.full((h, w, 2), v, np.float16) * np.array([1, -1], np.float16),
-        valid=(0, 0, h, w), source_hw=(h, w),
+        valid=(0, 0, h, w),
+        source_hw=(h, w),
     )
 
 
@@ -68,9 +83,11 @@ def count_torn(batch) -> int:
     for k in range(batch.n):
         v = _value(batch.cameras[k], int(batch.frame_index[k]))
         ok = (
-            (batch.frames[k] == v).all() and (batch.trimaps[k] == (v * 3) % 256).all()
+            (batch.frames[k] == v).all()
+            and (batch.trimaps[k] == (v * 3) % 256).all()
             and (batch.probs[k] == (v * 5) % 256).all()
-            and (batch.flows[k][..., 0] == v).all() and (batch.flows[k][..., 1] == -v).all()
+            and (batch.flows[k][..., 0] == v).all()
+            and (batch.flows[k][..., 1] == -v).all()
             and batch.capture_time[k] == batch.frame_index[k]
         )
         torn += not ok
@@ -168,7 +185,11 @@ def test_per_shot_cap_then_oldest_first_eviction(rb_factory):
     assert held() == [("a", 6), ("a", 11), ("a", 12), ("b", 20), ("b", 21), ("c", 30)]
     st = rb.stats()
     assert st["evictions"] == {"shot_cap": 6, "oldest": 1} and st["puts"] == 13 and st["drops_total"] == 0
-    assert st["by_camera"] == {"a": 3, "b": 2, "c": 1} and st["by_shot"] == {"a": {0: 1, 1: 2}, "b": {0: 2}, "c": {0: 1}}
+    assert st["by_camera"] == {"a": 3, "b": 2, "c": 1} and st["by_shot"] == {
+        "a": {0: 1, 1: 2},
+        "b": {0: 2},
+        "c": {0: 1},
+    }
 
 
 def test_recency_sampling_prefers_new_samples(rb_factory):
@@ -182,8 +203,9 @@ def test_recency_sampling_prefers_new_samples(rb_factory):
     batch = rb.new_batch(8)
 
     def new_fraction(mode):
-        new = [(rb.sample(8, rng, mode=mode, half_life_s=0.05, out=batch).frame_index >= 100).mean()
-               for _ in range(200)]
+        new = [
+            (rb.sample(8, rng, mode=mode, half_life_s=0.05, out=batch).frame_index >= 100).mean() for _ in range(200)
+        ]
         return float(np.mean(new))
 
     uniform, recency = new_fraction("uniform"), new_fraction("recency")
@@ -200,8 +222,16 @@ def test_sample_from_result_letterboxes_and_rescales_flow():
     trimap = np.where(prob > 0.7, 255, np.where(prob < 0.4, 0, 128)).astype(np.uint8)
     flow = np.zeros((90, 160, 2), np.float32)  # working resolution 160 px wide
     flow[..., 0], flow[..., 1] = 1.5, -0.5
-    res = MaskResult(frame=Frame(image, "clip.mp4", 42, 1.68), shot=3, prob=prob, trimap=trimap,
-                     fg_fraction=0.3, kept=True, reason="", flow=flow)
+    res = MaskResult(
+        frame=Frame(image, "clip.mp4", 42, 1.68),
+        shot=3,
+        prob=prob,
+        trimap=trimap,
+        fg_fraction=0.3,
+        kept=True,
+        reason="",
+        flow=flow,
+    )
     s = sample_from_result(res, "cam0", cfg)
     assert s.valid == (0, 0, 180, 320) and s.source_hw == (360, 640)
     assert (s.frame_index, s.shot, s.capture_time, s.camera) == (42, 3, 1.68, "cam0")
@@ -219,26 +249,39 @@ def test_sample_from_result_letterboxes_and_rescales_flow():
         b = rb.sample(1)
         np.testing.assert_array_equal(b.frames[0], s.image)
     # no flow yet (first frame of a shot), and a portrait frame padded on the right
-    res2 = MaskResult(frame=Frame(image.transpose(1, 0, 2).copy(), "c", 0, 0.0), shot=0, prob=prob.T.copy(),
-                      trimap=trimap.T.copy(), fg_fraction=0.3, kept=True, reason="")
+    res2 = MaskResult(
+        frame=Frame(image.transpose(1, 0, 2).copy(), "c", 0, 0.0),
+        shot=0,
+        prob=prob.T.copy(),
+        trimap=trimap.T.copy(),
+        fg_fraction=0.3,
+        kept=True,
+        reason="",
+    )
     s2 = sample_from_result(res2, "cam0", cfg)
     assert s2.flow is None and s2.valid == (0, 0, 240, 135) and (s2.trimap[:, 135:] == 128).all()
 
 
 def test_long_camera_names_stay_distinct():
-    a, b = "rtsp://user:pw@10.0.0.1:554/stream/" + "x" * 60 + "1", "rtsp://user:pw@10.0.0.1:554/stream/" + "x" * 60 + "2"
+    a, b = (
+        "rtsp://user:pw@10.0.0.1:554/stream/" + "x" * 60 + "1",
+        "rtsp://user:pw@10.0.0.1:554/stream/" + "x" * 60 + "2",
+    )
     assert len(camera_key(a)) == 64 and camera_key(a) != camera_key(b)
     assert camera_key("cam0") == b"cam0"
 
 
 # ---- config ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("section, key", [
-    ({"memory_mb": 0.5}, "buffer.memory_mb"),
-    ({"sampling": "newest"}, "buffer.sampling"),
-    ({"train_width": 8}, "buffer.train_width"),
-    ({"memroy_mb": 64}, "buffer.memroy_mb"),
-    ({"half_life_s": 0}, "buffer.half_life_s"),
-])
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ({"memory_mb": 0.5}, "buffer.memory_mb"),
+        ({"sampling": "newest"}, "buffer.sampling"),
+        ({"train_width": 8}, "buffer.train_width"),
+        ({"memroy_mb": 64}, "buffer.memroy_mb"),
+        ({"half_life_s": 0}, "buffer.half_life_s"),
+    ],
+)
 def test_config_errors_name_the_buffer_key(section, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(overrides={"buffer": section})

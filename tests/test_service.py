@@ -2,6 +2,7 @@
 WATCHDOG=1 only once frames flow, then STOPPING=1 arrive at a NOTIFY_SOCKET the test binds (a
 path, and '@' abstract); a daemon whose cameras make no progress sends no WATCHDOG=1; a second
 daemon on the same learner run dir or control endpoint exits 2 with one line."""
+
 from __future__ import annotations
 
 import os
@@ -14,20 +15,28 @@ import uuid
 from pathlib import Path
 
 import yaml
-
 from _media import free_port
+
 from motionmask.control import ControlUnavailable, request
 from motionmask.sdnotify import Notifier
 
 
 def config(tmp_path: Path, source: str, name: str = "daemon.yaml", **sections) -> tuple[Path, dict]:
     cfg = {
-        "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                     "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
+        "streamer": {
+            "flow": {"width": 64},
+            "motion": {"num_superpixels": 60},
+            "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0},
+        },
         "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
         "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
-        "daemon": {"control_endpoint": f"tcp://127.0.0.1:{free_port()}", "shutdown_timeout_s": 5.0,
-                   "restart_backoff_s": 0.3, "restart_backoff_max_s": 1.0, "stats_interval_s": 1.0},
+        "daemon": {
+            "control_endpoint": f"tcp://127.0.0.1:{free_port()}",
+            "shutdown_timeout_s": 5.0,
+            "restart_backoff_s": 0.3,
+            "restart_backoff_max_s": 1.0,
+            "stats_interval_s": 1.0,
+        },
         "cameras": [{"name": "a", "source": source, "loop": True}],
     }
     for k, v in sections.items():
@@ -38,8 +47,12 @@ def config(tmp_path: Path, source: str, name: str = "daemon.yaml", **sections) -
 
 
 def start(path: Path, log: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, **env})
+    return subprocess.Popen(
+        [sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
 
 
 def wait_ping(proc: subprocess.Popen, endpoint: str, log: Path, timeout: float = 30.0) -> None:
@@ -82,7 +95,7 @@ class NotifySocket:
             self.sock.settimeout(max(0.01, min(0.5, deadline - time.monotonic())))
             try:
                 self.got.append(self.sock.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 pass
         return any(state in m.splitlines() for m in self.got)
 
@@ -96,7 +109,9 @@ class NotifySocket:
 def test_notifier_reads_systemds_environment():
     n = Notifier.from_env({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())})
     assert n.enabled and n.watchdog_s == 4.0
-    assert Notifier.from_env({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_s is None
+    assert (
+        Notifier.from_env({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_s is None
+    )
     assert not Notifier.from_env({}).enabled and not Notifier.from_env({}).send("READY=1")
     assert not Notifier.from_env({"NOTIFY_SOCKET": "vsock:2:1234"}).enabled
     gone = Notifier.from_env({"NOTIFY_SOCKET": "@motionmask-nobody-listens-" + uuid.uuid4().hex})
@@ -152,8 +167,12 @@ def one_error(out: subprocess.CompletedProcess) -> str:
 
 
 def run_once(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_a_second_daemon_on_the_same_run_dir_or_control_endpoint_exits_2(tmp_path, clip, learner_daemon_config):
@@ -167,15 +186,21 @@ def test_a_second_daemon_on_the_same_run_dir_or_control_endpoint_exits_2(tmp_pat
         run_dir = first["learner"]["run_dir"]
 
         # same run dir, other ports: refused before anything is bound or started
-        second = {**first, "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
-                  "daemon": {**first["daemon"], "control_endpoint": f"tcp://127.0.0.1:{free_port()}"}}
+        second = {
+            **first,
+            "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
+            "daemon": {**first["daemon"], "control_endpoint": f"tcp://127.0.0.1:{free_port()}"},
+        }
         (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
         line = one_error(run_once(tmp_path / "second.yaml"))
         assert f"learner.run_dir {run_dir} is in use by another motionmask daemon (pid {proc.pid})" in line
 
         # same control endpoint, another run dir
-        third = {**second, "daemon": first["daemon"],
-                 "learner": {**first["learner"], "run_dir": str(tmp_path / "other-run")}}
+        third = {
+            **second,
+            "daemon": first["daemon"],
+            "learner": {**first["learner"], "run_dir": str(tmp_path / "other-run")},
+        }
         (tmp_path / "third.yaml").write_text(yaml.safe_dump(third))
         line = one_error(run_once(tmp_path / "third.yaml"))
         assert first["daemon"]["control_endpoint"] in line and "already in use" in line
@@ -213,17 +238,22 @@ def test_a_second_daemon_on_the_same_ipc_control_endpoint_exits_2(tmp_path, clip
 
 
 def test_log_lines_under_journald_carry_priorities_and_no_timestamp(tmp_path):
-    code = ("import logging; from motionmask.journald import setup_logging; setup_logging('INFO'); "
-            "logging.getLogger('motionmask.daemon').warning('event=child_restart child=a'); "
-            "logging.getLogger('motionmask.daemon').info('event=daemon_started')")
+    code = (
+        "import logging; from motionmask.journald import setup_logging; setup_logging('INFO'); "
+        "logging.getLogger('motionmask.daemon').warning('event=child_restart child=a'); "
+        "logging.getLogger('motionmask.daemon').info('event=daemon_started')"
+    )
     out = tmp_path / "stderr"
     with open(out, "wb") as f:
         st = os.fstat(f.fileno())
         env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
         subprocess.run([sys.executable, "-c", code], stderr=f, env=env, check=True, timeout=30)
-        subprocess.run([sys.executable, "-c", code], stderr=f, env={**env, "JOURNAL_STREAM": "1:2"}, check=True,
-                       timeout=30)
+        subprocess.run(
+            [sys.executable, "-c", code], stderr=f, env={**env, "JOURNAL_STREAM": "1:2"}, check=True, timeout=30
+        )
     lines = out.read_text().splitlines()
-    assert lines[:2] == ["<4>WARNING motionmask.daemon event=child_restart child=a",
-                         "<6>INFO motionmask.daemon event=daemon_started"]
+    assert lines[:2] == [
+        "<4>WARNING motionmask.daemon event=child_restart child=a",
+        "<6>INFO motionmask.daemon event=daemon_started",
+    ]
     assert lines[2][:4].isdigit() and lines[2].endswith("WARNING motionmask.daemon event=child_restart child=a")

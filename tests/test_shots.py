@@ -1,4 +1,5 @@
 """Shot boundaries on synthetic clips with recorded cuts, black frames, fades and real footage."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from synth import things as synth
 from streamer.config import ShotConfig
 from streamer.motion.flow import working_size
 from streamer.motion.shots import ShotDetector
+from synth import things as synth
 
 SMALL = (160, 120)
 SAMPLE = Path(__file__).parent / "data" / "sample.mp4"

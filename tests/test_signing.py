@@ -3,6 +3,7 @@ exporter signs the manifest; a device with a pinned key refuses, with one log li
 kept in service, a bundle signed by another key, a manifest edited after signing, a replayed
 older version (also after a restart), an expired bundle, a missing signature and an oversized
 download; a good signed bundle goes end to end over a real BundleServer on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,23 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from _export_data import exported
+
+from common.errors import UserError
 from exporter.bundle import MANIFEST_FILE, publish_bundle, read_pointer, versions, write_pointer
 from exporter.runtime import BundleRunner
-from exporter.signing import (SIG_FILE, TRUST_FILE, SignatureError, Signer, TrustedKey, check_fresh,
-                              create_signing_keys, read_trust)
+from exporter.signing import (
+    SIG_FILE,
+    TRUST_FILE,
+    SignatureError,
+    Signer,
+    TrustedKey,
+    check_fresh,
+    create_signing_keys,
+    read_trust,
+)
 from exporter.transfer import BundleRefused, BundleServer, DeviceAgent, IntegrityError, PullConfig
 from motionmask.cli import main
-from common.errors import UserError
 
 FAST = dict(timeout_s=0.5, retries=2, backoff_s=0.1, backoff_max_s=0.5, poll_s=30.0, attempts=3)
 
@@ -39,8 +48,12 @@ def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
     a_priv, a_pub = create_signing_keys(d, "a")
     b_priv, _ = create_signing_keys(d, "b")
-    return {"a": Signer.from_file(a_priv), "b": Signer.from_file(b_priv), "pin": TrustedKey.from_file(a_pub),
-            "pub": a_pub}
+    return {
+        "a": Signer.from_file(a_priv),
+        "b": Signer.from_file(b_priv),
+        "pin": TrustedKey.from_file(a_pub),
+        "pub": a_pub,
+    }
 
 
 def sign_copy(exports: Path, version: str, dest: Path, signer: Signer | None, days: float = 30.0) -> Path:
@@ -48,8 +61,14 @@ def sign_copy(exports: Path, version: str, dest: Path, signer: Signer | None, da
     the exporter does; LATEST points at it."""
     dest.mkdir(parents=True, exist_ok=True)
     m = json.loads((exports / version / MANIFEST_FILE).read_bytes())
-    return publish_bundle(dest, version, {"model.onnx": (exports / version / "model.onnx").read_bytes()}, m,
-                          signer=signer, expiry_days=days)
+    return publish_bundle(
+        dest,
+        version,
+        {"model.onnx": (exports / version / "model.onnx").read_bytes()},
+        m,
+        signer=signer,
+        expiry_days=days,
+    )
 
 
 def server_for(folder: Path, **kw) -> BundleServer:
@@ -107,8 +126,14 @@ def refuse(served: Path, dev: Path, keys, caplog, kind: str, endpoint: str | Non
     caplog.set_level(logging.INFO)
     with server_for(served) as server:
         with pytest.raises(BundleRefused) as e:
-            DeviceAgent(endpoint or server.endpoint, dev, PullConfig(**FAST), trusted=keys["pin"],
-                        **({"announce": server.announce_endpoint} if endpoint else {}), **agent).run(once=True)
+            DeviceAgent(
+                endpoint or server.endpoint,
+                dev,
+                PullConfig(**FAST),
+                trusted=keys["pin"],
+                **({"announce": server.announce_endpoint} if endpoint else {}),
+                **agent,
+            ).run(once=True)
     assert e.value.kind == kind, e.value
     lines = rejected(caplog)
     assert len(lines) == 1 and f"check={kind}" in lines[0] and f"in_service={v1}" in lines[0], lines
@@ -155,8 +180,23 @@ def test_export_signs_when_a_key_is_configured(tmp_path_factory, tmp_path, keys,
     ckpt = trained_checkpoint(tmp_path_factory)
     out = tmp_path / "exports"
     key = Path(keys["a"].path)
-    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--signing-key", str(key),
-                 "--frames", str(SAMPLE), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--signing-key",
+                str(key),
+                "--frames",
+                str(SAMPLE),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     v = read_pointer(out)
     body = (out / v / MANIFEST_FILE).read_bytes()
     keys["pin"].verify(body, (out / v / SIG_FILE).read_bytes(), v)
@@ -193,9 +233,11 @@ def test_signature_and_freshness_checks(keys):
     m = json.loads(body)
     assert check_fresh(m, {"sequence": 9, "version": "u"}, "b") == 10
     assert check_fresh(m, {"sequence": 10, "version": "v"}, "b") == 10  # the same bundle again (a re-pull)
-    for trust, now, kind in [({"sequence": 11, "version": "w"}, None, "rollback"),
-                             ({"sequence": 10, "version": "w"}, None, "rollback"),
-                             (None, time.time() + 120, "expired")]:
+    for trust, now, kind in [
+        ({"sequence": 11, "version": "w"}, None, "rollback"),
+        ({"sequence": 10, "version": "w"}, None, "rollback"),
+        (None, time.time() + 120, "expired"),
+    ]:
         with pytest.raises(SignatureError) as e:
             check_fresh(m, trust, "b", now)
         assert e.value.kind == kind
@@ -206,7 +248,11 @@ def test_a_good_signed_bundle_goes_end_to_end(exports, keys, device_on_v1, serve
     dev = device_on_v1
     served = served_v2
     m2 = json.loads((served / v2 / MANIFEST_FILE).read_bytes())
-    assert m2["key_id"] == keys["a"].key_id and m2["expires"].endswith("Z") and m2["sequence"] > read_trust(dev)["sequence"]
+    assert (
+        m2["key_id"] == keys["a"].key_id
+        and m2["expires"].endswith("Z")
+        and m2["sequence"] > read_trust(dev)["sequence"]
+    )
     caplog.set_level(logging.INFO)
     # a running device, by announcement, over the real sockets
     with server_for(served) as server:
@@ -227,19 +273,46 @@ def test_a_good_signed_bundle_goes_end_to_end(exports, keys, device_on_v1, serve
     assert not rejected(caplog) and "event=bundles_verified" in caplog.text and "bundles_unverified" not in caplog.text
 
     # the CLI with the pinned key: up to date; a device without a key takes it and says so once
-    assert main(["device", "--endpoint", "tcp://127.0.0.1:1", "--dir", str(dev), "--once", "--trusted-key",
-                 str(tmp_path / "missing.pub")]) == 2
+    assert (
+        main(
+            [
+                "device",
+                "--endpoint",
+                "tcp://127.0.0.1:1",
+                "--dir",
+                str(dev),
+                "--once",
+                "--trusted-key",
+                str(tmp_path / "missing.pub"),
+            ]
+        )
+        == 2
+    )
     caplog.clear()
     with server_for(served) as server:
-        assert main(["device", "--endpoint", server.endpoint, "--dir", str(dev), "--once",
-                     "--trusted-key", str(keys["pub"])]) == 0
+        assert (
+            main(
+                [
+                    "device",
+                    "--endpoint",
+                    server.endpoint,
+                    "--dir",
+                    str(dev),
+                    "--once",
+                    "--trusted-key",
+                    str(keys["pub"]),
+                ]
+            )
+            == 0
+        )
         plain = tmp_path / "plain"
         assert DeviceAgent(server.endpoint, plain, PullConfig(**FAST)).run(once=True).version == v2
     assert caplog.text.count("event=bundles_unverified") == 1 and read_pointer(plain) == v2
 
 
-def test_another_key_an_edited_manifest_and_no_signature_are_refused(exports, keys, device_on_v1, served_v2, tmp_path,
-                                                                     caplog):
+def test_another_key_an_edited_manifest_and_no_signature_are_refused(
+    exports, keys, device_on_v1, served_v2, tmp_path, caplog
+):
     v2 = versions(exports)[1]
     dev = device_on_v1
     sign_copy(exports, v2, tmp_path / "other-key", keys["b"])
@@ -273,8 +346,9 @@ def test_another_key_an_edited_manifest_and_no_signature_are_refused(exports, ke
     assert len(rejected(caplog)) == 1 and read_pointer(dev) == versions(exports)[0]
 
 
-def test_a_replayed_older_version_is_refused_also_after_a_restart(exports, keys, device_on_v1, served_v2, tmp_path,
-                                                                  caplog):
+def test_a_replayed_older_version_is_refused_also_after_a_restart(
+    exports, keys, device_on_v1, served_v2, tmp_path, caplog
+):
     v1, v2 = versions(exports)
     dev = device_on_v1
     served = copy_of(served_v2, tmp_path / "served")  # LATEST is rewritten below
@@ -354,8 +428,9 @@ class InflatingProxy:
 
 
 @pytest.mark.parametrize("name", [MANIFEST_FILE, SIG_FILE])
-def test_an_oversized_manifest_or_signature_is_refused_before_it_is_fetched(exports, keys, device_on_v1, served_v2,
-                                                                           caplog, name):
+def test_an_oversized_manifest_or_signature_is_refused_before_it_is_fetched(
+    exports, keys, device_on_v1, served_v2, caplog, name
+):
     served = served_v2
     with server_for(served) as server:
         proxy = InflatingProxy(server.endpoint, inflate={name: 3 << 30})
@@ -363,8 +438,13 @@ def test_an_oversized_manifest_or_signature_is_refused_before_it_is_fetched(expo
             caplog.clear()
             caplog.set_level(logging.INFO)
             with pytest.raises(BundleRefused) as e:
-                DeviceAgent(proxy.endpoint, device_on_v1, PullConfig(**FAST), trusted=keys["pin"],
-                            announce=server.announce_endpoint).run(once=True)
+                DeviceAgent(
+                    proxy.endpoint,
+                    device_on_v1,
+                    PullConfig(**FAST),
+                    trusted=keys["pin"],
+                    announce=server.announce_endpoint,
+                ).run(once=True)
         finally:
             proxy.close()
     assert e.value.kind == "oversized" and f"{name} is announced at {3 << 30} bytes" in str(e.value)
@@ -381,8 +461,13 @@ def test_a_model_download_never_goes_beyond_the_signed_length(exports, keys, dev
         proxy = InflatingProxy(server.endpoint, inflate={"model.onnx": signed + (64 << 20)})
         try:
             with pytest.raises(IntegrityError, match="disagree on model.onnx"):
-                DeviceAgent(proxy.endpoint, device_on_v1, PullConfig(**{**FAST, "attempts": 1}), trusted=keys["pin"],
-                            announce=server.announce_endpoint).run(once=True)
+                DeviceAgent(
+                    proxy.endpoint,
+                    device_on_v1,
+                    PullConfig(**{**FAST, "attempts": 1}),
+                    trusted=keys["pin"],
+                    announce=server.announce_endpoint,
+                ).run(once=True)
         finally:
             proxy.close()
     assert "model.onnx" not in proxy.relayed
@@ -391,8 +476,13 @@ def test_a_model_download_never_goes_beyond_the_signed_length(exports, keys, dev
         proxy = InflatingProxy(server.endpoint, pad=4096)
         try:
             with pytest.raises(IntegrityError, match="torn chunk"):
-                DeviceAgent(proxy.endpoint, device_on_v1, PullConfig(**{**FAST, "attempts": 1}), trusted=keys["pin"],
-                            announce=server.announce_endpoint).run(once=True)
+                DeviceAgent(
+                    proxy.endpoint,
+                    device_on_v1,
+                    PullConfig(**{**FAST, "attempts": 1}),
+                    trusted=keys["pin"],
+                    announce=server.announce_endpoint,
+                ).run(once=True)
         finally:
             proxy.close()
     assert read_pointer(device_on_v1) == v1 and versions(device_on_v1) == [v1] and no_temp(device_on_v1)

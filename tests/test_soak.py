@@ -1,5 +1,6 @@
 """bench.soak (issue 22): a short soak of a real daemon under a seeded fault schedule, and the
 regressions it found, each with a test that failed before its fix."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,13 @@ def test_training_goes_on_when_the_disk_refuses_checkpoints(tmp_path: Path) -> N
     daemon's learner crashed with a traceback at every checkpoint until the disk was freed. Now a
     refused checkpoint (or train.jsonl line) is one warning, training goes on, and last.pt still
     names the previous whole checkpoint."""
-    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / "run"), str(ROOT / "tests"), str(ROOT)],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path / "run"), str(ROOT / "tests"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["8", "2", "last.pt"], out.stdout  # trained to 8; step 2 is still the one on disk
     assert "event=checkpoint_failed" in out.stderr and "cannot write the checkpoint" in out.stderr
@@ -71,15 +77,37 @@ def test_a_short_soak_recovers_from_every_fault(tmp_path: Path) -> None:
     model verified at every sample. About 40 s of faults after ~40-80 s to bring the rig up."""
     out_json = tmp_path / "soak.json"
     kinds = ("camera_kill", "device_kill", "junk", "bundle_flip")
-    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--once", "--kinds", ",".join(kinds), "--seed", "7",
-                           "--out", str(out_json)], capture_output=True, text=True, timeout=420, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.soak",
+            "--once",
+            "--kinds",
+            ",".join(kinds),
+            "--seed",
+            "7",
+            "--out",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=ROOT,
+    )
     assert out_json.is_file(), proc.stderr[-4000:]
     r = json.loads(out_json.read_text())
     assert proc.returncode == 0, (r["problems"], proc.stderr[-4000:])
     assert r["faults_injected"] == r["faults_recovered"] == len(kinds), r["events"]
     assert {k: v["injected"] for k, v in r["by_kind"].items() if v["injected"]} == dict.fromkeys(kinds, 1)
-    for key in ("unreadable_checkpoints", "unreadable_bundles", "leftover_shm", "leftover_processes",
-                "leftover_tmp_dirs", "device_unverified"):
+    for key in (
+        "unreadable_checkpoints",
+        "unreadable_bundles",
+        "leftover_shm",
+        "leftover_processes",
+        "leftover_tmp_dirs",
+        "device_unverified",
+    ):
         assert r[key] == 0, (key, r["problems"])
     assert r["checkpoints_checked"] > 0 and r["bundles_checked"] > 0 and r["device_checks"] > 0
     assert isinstance(r["rss_slope_mb_per_hour"], float)
@@ -112,19 +140,26 @@ def test_a_daemon_removes_the_private_folder_a_killed_one_left(tmp_path: Path, c
 
     def config(name: str) -> tuple[Path, str]:
         control = f"tcp://127.0.0.1:{free_port()}"
-        cfg = {"streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60}},
-               "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
-               "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"}, "web": {"enabled": False},
-               "learner": {"enabled": False},
-               "daemon": {"control_endpoint": control}, "cameras": [{"name": "a", "source": str(clip), "loop": True}]}
+        cfg = {
+            "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60}},
+            "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
+            "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
+            "web": {"enabled": False},
+            "learner": {"enabled": False},
+            "daemon": {"control_endpoint": control},
+            "cameras": [{"name": "a", "source": str(clip), "loop": True}],
+        }
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path, control
 
     def start(name: str) -> tuple[subprocess.Popen, str]:
         path, control = config(name)
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.log", "wb"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"{name}.log", "wb"),
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -1,5 +1,6 @@
 """Video sources on real media: files written with PyAV, images with OpenCV, and live MPEG-TS
 streams served over loopback TCP."""
+
 from __future__ import annotations
 
 import logging
@@ -11,11 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _media import (
+    StreamServer,
+    encode_stream,
+    free_port,
+    moving_square,
+    stream_udp,
+    write_empty_video,
+    write_images,
+    write_video,
+)
 
-from _media import (StreamServer, encode_stream, free_port, moving_square, stream_udp, write_empty_video,
-                    write_images, write_video)
-from streamer.config import SourceConfig
 from common.errors import SourceError, UserError
+from streamer.config import SourceConfig
 from streamer.sources import open_source, redact_url
 
 SHARED = Path("/work/shared/data")
@@ -138,7 +147,7 @@ def test_corrupt_packets_are_skipped_with_one_warning_each(tmp_path, caplog):
     starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]  # JPEG SOI
     assert len(starts) == 30
     for k in (10, 20):  # scribble inside two frames' scan data
-        data[starts[k] + 100:starts[k] + 400] = np.random.default_rng(k).integers(0, 256, 300, np.uint8).tobytes()
+        data[starts[k] + 100 : starts[k] + 400] = np.random.default_rng(k).integers(0, 256, 300, np.uint8).tobytes()
     path.write_bytes(bytes(data))
     with open_source(path, cfg()) as src:
         got = list(src)
@@ -148,11 +157,14 @@ def test_corrupt_packets_are_skipped_with_one_warning_each(tmp_path, caplog):
     assert got[-1].timestamp == pytest.approx(29 / 25)  # frames after the damage keep their own time
 
 
-@pytest.mark.parametrize("content, why", [
-    (os.urandom(4000), "not a video file PyAV can decode"),
-    (b"", "not a video file PyAV can decode (the file is empty)"),
-    (b"just some notes\n" * 100, "not a video file PyAV can decode"),
-])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (os.urandom(4000), "not a video file PyAV can decode"),
+        (b"", "not a video file PyAV can decode (the file is empty)"),
+        (b"just some notes\n" * 100, "not a video file PyAV can decode"),
+    ],
+)
 def test_not_video_is_a_source_error(tmp_path, content, why):
     path = tmp_path / "clip.mp4"
     path.write_bytes(content)
@@ -413,8 +425,9 @@ def test_credentials_never_reach_ids_or_messages():
 
 
 @pytest.mark.skipif(not (SHARED / "carphone_pristine.mp4").exists(), reason="no /work/shared/data here")
-@pytest.mark.parametrize("name, size, count",
-                         [("carphone_pristine.mp4", (144, 176), 120), ("tree.avi", (240, 320), 68)])
+@pytest.mark.parametrize(
+    "name, size, count", [("carphone_pristine.mp4", (144, 176), 120), ("tree.avi", (240, 320), 68)]
+)
 def test_real_footage(name, size, count):
     with open_source(SHARED / name, cfg()) as src:
         assert src.frame_count == count  # tree.avi declares 444 frames, 376 of them empty drop chunks

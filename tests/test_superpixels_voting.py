@@ -1,4 +1,5 @@
 """Superpixels on real photos, the nearest-neighbour search, and the online vote."""
+
 from __future__ import annotations
 
 from dataclasses import fields
@@ -40,10 +41,10 @@ def test_superpixels_cover_the_image_consistently(method):
     assert np.isfinite(sp.features).all()
     nonempty = sp.area > 0
     for c in range(3):
-        norms = np.square(sp.features[nonempty, c * COLOR_BINS:(c + 1) * COLOR_BINS]).sum(axis=1)
+        norms = np.square(sp.features[nonempty, c * COLOR_BINS : (c + 1) * COLOR_BINS]).sum(axis=1)
         assert np.allclose(norms, 1.0, atol=1e-4)
     # orientation: unit norm, or all zero where a superpixel has no gradient at all (saturated)
-    norms = np.square(sp.features[nonempty, 3 * COLOR_BINS:]).sum(axis=1)
+    norms = np.square(sp.features[nonempty, 3 * COLOR_BINS :]).sum(axis=1)
     assert np.all((np.abs(norms - 1.0) < 1e-4) | (norms == 0.0))
     assert (norms > 0).mean() > 0.9
 
@@ -128,9 +129,9 @@ def _voter(**overrides) -> OnlineVoter:
 def _scene(x: int, y: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """A textured object (a cup) at (x, y) on grass; also its pixel mask."""
     img = BACKGROUND.copy()
-    img[y:y + 36, x:x + 40] = OBJECT
+    img[y : y + 36, x : x + 40] = OBJECT
     mask = np.zeros((SMALL_H, SMALL_W), np.float32)
-    mask[y:y + 36, x:x + 40] = 1.0
+    mask[y : y + 36, x : x + 40] = 1.0
     return img, mask
 
 
@@ -167,7 +168,7 @@ def test_reset_forgets_the_history():
     voter = _voter()
     _play(voter, [20, 23, 26, 29, 32], [True] * 5)
     voter.reset()
-    (obj, bg), = _play(voter, [32], [False])
+    ((obj, bg),) = _play(voter, [32], [False])
     assert obj < 0.05 and bg < 0.05
 
 

@@ -1,4 +1,5 @@
 """Synthetic clips: deterministic, exact GT, real cuts, real camera motion, a real H.264 file."""
+
 from __future__ import annotations
 
 import json
@@ -99,7 +100,9 @@ def test_cuts_jump_in_histogram_at_recorded_shot_starts():
     for plan in _plans(40, 6):
         starts = [s.start for s in plan.shots]
         hists = [_hsv_hist(synth.render_frame(plan, t).rgb) for t in range(plan.frames)]
-        d = np.array([cv2.compareHist(hists[t - 1], hists[t], cv2.HISTCMP_BHATTACHARYYA) for t in range(1, plan.frames)])
+        d = np.array(
+            [cv2.compareHist(hists[t - 1], hists[t], cv2.HISTCMP_BHATTACHARYYA) for t in range(1, plan.frames)]
+        )
         at_cut = np.zeros(len(d), bool)
         at_cut[[s - 1 for s in starts[1:]]] = True
         if at_cut.any():

@@ -1,19 +1,18 @@
 """Synthetic family "patchwork": deterministic, one shared photo pool, large objects, a box carried
 by an arm that is foreground too, the CLI and the family-aware cache."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from motionmask.cli import main
 from synth import families
-from synth import things as synth
-
 from synth import patchwork as pw
+from synth import things as synth
 
 SMALL = (160, 120)
 
@@ -29,7 +28,7 @@ def _files(d: Path) -> dict[str, bytes]:
 def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path: Path):
     a = pw.generate(tmp_path / "a", seed=3, clips=2, frames=24, size=SMALL)
     b = pw.generate(tmp_path / "b", seed=3, clips=2, frames=24, size=SMALL)
-    c = pw.generate(tmp_path / "c", seed=4, clips=1, frames=24, size=SMALL)
+    pw.generate(tmp_path / "c", seed=4, clips=1, frames=24, size=SMALL)
     assert a == b
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert fa == fb
@@ -70,8 +69,9 @@ def test_a_carried_box_and_its_arm_are_one_foreground_object_that_moves_together
         for shot in plan.shots:
             arms = [(i, layer) for i, layer in enumerate(shot.layers, start=1) if layer.part == "arm"]
             for arm_index, arm in arms:
-                box_index = next(i for i, layer in enumerate(shot.layers, start=1)
-                                 if layer.carried and layer.inst == arm.inst)
+                box_index = next(
+                    i for i, layer in enumerate(shot.layers, start=1) if layer.carried and layer.inst == arm.inst
+                )
                 box = shot.layers[box_index - 1]
                 assert box.role == "mover" and arm.role == "mover" and box.inst > 0
                 seen = []
@@ -110,8 +110,27 @@ def test_some_objects_are_large():
 
 def test_cli_writes_a_patchwork_set_and_rejects_a_bad_family(tmp_path: Path, capsys):
     out = tmp_path / "pw"
-    assert main(["synth", "--out", str(out), "--family", "patchwork", "--clips", "1", "--frames", "12",
-                 "--size", "160x120", "--seed", "5", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--family",
+                "patchwork",
+                "--clips",
+                "1",
+                "--frames",
+                "12",
+                "--size",
+                "160x120",
+                "--seed",
+                "5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     entries = json.loads((out / "clips.json").read_text())
     assert [e["family"] for e in entries] == ["patchwork"]
     assert synth.count_frames(out / "clip000.mp4") == 12

@@ -1,9 +1,10 @@
 """Scenario "rig" (issue 19): one long stream, recurring actors with stable ids, a still map that
 starts one second into a stop, GT that keeps paused actors, a 70/30 split by time, the CLI."""
+
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import av
@@ -11,15 +12,14 @@ import numpy as np
 import pytest
 
 from motionmask.cli import main
-from synth import things as synth
-
 from synth import rig
+from synth import things as synth
 
 SMALL = (96, 72)
 MINUTES = 0.3  # 270 frames at 15 fps
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plan(seed: int = 0, minutes: float = 3.0, ptz: bool = False) -> rig.RigPlan:
     """A plan only (no frames rendered): long enough for every actor to come back."""
     return rig.plan_rig(seed, minutes, SMALL, ptz=ptz)
@@ -71,8 +71,14 @@ def test_the_still_map_starts_one_second_into_a_stop_and_never_marks_a_moving_ac
     fps = plan.fps
     checked = 0
     for actor, v in _stops(plan)[:4]:
-        for t, still in ((v.stop - 1, False), (v.stop, False), (v.stop + fps - 1, False), (v.stop + fps, True),
-                         (v.go - 1, True), (v.go, False)):
+        for t, still in (
+            (v.stop - 1, False),
+            (v.stop, False),
+            (v.stop + fps - 1, False),
+            (v.stop + fps, True),
+            (v.go - 1, True),
+            (v.go, False),
+        ):
             r = rig.render_rig_frame(plan, t)
             mine = r.inst == actor.id
             if mine.sum() < 10:
@@ -129,8 +135,25 @@ def test_clips_json_splits_70_30_and_lists_every_visit(tmp_path: Path):
 
 def test_cli_writes_the_stream_and_cached_rig_finds_it(tmp_path: Path, capsys):
     out = tmp_path / "rig"
-    assert main(["synth", "--scenario", "rig", "--out", str(out), "--minutes", str(MINUTES), "--size", "96x72",
-                 "--seed", "4", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--scenario",
+                "rig",
+                "--out",
+                str(out),
+                "--minutes",
+                str(MINUTES),
+                "--size",
+                "96x72",
+                "--seed",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     entries = json.loads((out / "clips.json").read_text())
     assert [(e["name"], e["file"], e["frames"]) for e in entries] == [("rig", "rig.mp4", 270)]
     assert entries[0]["split"]["train_frames"] == 189
@@ -146,12 +169,15 @@ def test_cli_writes_the_stream_and_cached_rig_finds_it(tmp_path: Path, capsys):
     assert rig.cached_rig(tmp_path, 4, 0.3, ptz=True) == (d, [])
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["--scenario", "rig", "--minutes", "0"], "--minutes 0"),
-    (["--scenario", "rig", "--clips", "3"], "--clips: applies to the families"),
-    (["--ptz"], "--ptz: applies to --scenario rig only"),
-    (["--scenario", "rig", "--fps", "0"], "--fps 0"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--scenario", "rig", "--minutes", "0"], "--minutes 0"),
+        (["--scenario", "rig", "--clips", "3"], "--clips: applies to the families"),
+        (["--ptz"], "--ptz: applies to --scenario rig only"),
+        (["--scenario", "rig", "--fps", "0"], "--fps 0"),
+    ],
+)
 def test_a_bad_option_is_one_line_and_a_non_zero_exit(tmp_path: Path, capsys, argv, says):
     assert main(["synth", "--out", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The console's rules that need no running daemon: loopback unless a token, the token gate,
 redaction of camera credentials, latest-frame-wins, a port in use."""
+
 from __future__ import annotations
 
 import socket
@@ -9,10 +10,10 @@ import sys
 import pytest
 import yaml
 
+from common.errors import UserError
 from motionmask.web.config import WebConfig, is_loopback
 from motionmask.web.redact import redact
 from motionmask.web.stream import LiveStore
-from common.errors import UserError
 
 
 def _one_line_error(cmd: list[str]) -> str:
@@ -25,8 +26,9 @@ def _one_line_error(cmd: list[str]) -> str:
 
 def test_daemon_refuses_to_open_the_console_without_a_token(tmp_path):
     cfg = tmp_path / "open.yaml"
-    cfg.write_text(yaml.safe_dump({"cameras": [{"name": "a", "source": "tests/data/sample.mp4"}],
-                                   "web": {"host": "0.0.0.0"}}))
+    cfg.write_text(
+        yaml.safe_dump({"cameras": [{"name": "a", "source": "tests/data/sample.mp4"}], "web": {"host": "0.0.0.0"}})
+    )
     line = _one_line_error(["run", "--config", str(cfg)])
     assert line.startswith("motionmask run: error:") and "web.host 0.0.0.0" in line and "web.token" in line
 
@@ -66,8 +68,14 @@ def test_token_gate():
 
 
 def test_credentials_never_reach_the_page():
-    st = {"cameras": {"door": {"source": "rtsp://admin:hunter2@10.0.0.7:554/live",
-                               "last_error": "rtsp://admin:hunter2@10.0.0.7:554/live: connection refused"}}}
+    st = {
+        "cameras": {
+            "door": {
+                "source": "rtsp://admin:hunter2@10.0.0.7:554/live",
+                "last_error": "rtsp://admin:hunter2@10.0.0.7:554/live: connection refused",
+            }
+        }
+    }
     out = redact(st)
     assert "hunter2" not in repr(out) and "admin" not in repr(out)
     assert out["cameras"]["door"]["last_error"] == "rtsp://10.0.0.7:554/live: connection refused"

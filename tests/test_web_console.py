@@ -2,12 +2,13 @@
 endpoints say what `motionmask status --json` says, /metrics parses, a stalled viewer costs the
 camera nothing; and, where Debian's chromium and playwright are installed, the page in a real
 headless browser. One daemon for the whole module (2-core machines)."""
+
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
-import importlib.util
 import os
 import signal
 import socket
@@ -20,15 +21,23 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from _media import free_port
+
 from motionmask.cli import main
 from motionmask.control import request
 
 CLIP = Path(__file__).parent / "data" / "sample.mp4"  # 384x288 at 10 fps, played in real time, looping
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _browser_missing() -> str:
@@ -47,21 +56,39 @@ class WebDaemon:
         self.web_port = free_port()
         self.control = f"tcp://127.0.0.1:{free_port()}"
         self.cfg = {
-            "streamer": {"flow": {"width": 64}, "motion": {"num_superpixels": 60},
-                         "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0}},
+            "streamer": {
+                "flow": {"width": 64},
+                "motion": {"num_superpixels": 60},
+                "prune": {"min_fg": 0.0, "max_border_fg": 1.0, "max_unsure": 1.0},
+            },
             "buffer": {"train_width": 64, "train_height": 48, "memory_mb": 2},
             "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
             "daemon": {"control_endpoint": self.control, "shutdown_timeout_s": 5.0, "stats_interval_s": 5.0},
             "cameras": [{"name": "a", "source": str(CLIP), "loop": True}],
-            "learner": {"enabled": True, "run_dir": str(root / "run"), "model": {"width": 8, "blocks": [1, 1, 1, 1]},
-                        "crops": {"size": 32}, "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
-                        "bootstrap": {"every_steps": 100}},
+            "learner": {
+                "enabled": True,
+                "run_dir": str(root / "run"),
+                "model": {"width": 8, "blocks": [1, 1, 1, 1]},
+                "crops": {"size": 32},
+                "train": {"batch": 4, "device": "cpu", "warmup_steps": 0, "threads": 1},
+                "bootstrap": {"every_steps": 100},
+            },
             "web": {"port": self.web_port},
             # exports with their gate, and a bundle server on all interfaces without a signing key:
             # a config warning (export.signing_key) for the event list
-            "export": {"enabled": True, "dir": str(root / "exports"), "every_steps": 30, "every_minutes": 0,
-                       "holdout_samples": 4, "parity_frames": 2, "latency_runs": 2, "keep": 3, "student_every": 0,
-                       "endpoint": f"tcp://0.0.0.0:{free_port()}", "announce_endpoint": f"tcp://127.0.0.1:{free_port()}"},
+            "export": {
+                "enabled": True,
+                "dir": str(root / "exports"),
+                "every_steps": 30,
+                "every_minutes": 0,
+                "holdout_samples": 4,
+                "parity_frames": 2,
+                "latency_runs": 2,
+                "keep": 3,
+                "student_every": 0,
+                "endpoint": f"tcp://0.0.0.0:{free_port()}",
+                "announce_endpoint": f"tcp://127.0.0.1:{free_port()}",
+            },
         }
         self.bundles = self.cfg["export"]["endpoint"].replace("0.0.0.0", "127.0.0.1")
         self.url = f"http://127.0.0.1:{self.web_port}"
@@ -69,8 +96,11 @@ class WebDaemon:
         path.write_text(yaml.safe_dump(self.cfg))
         self.log_path = root / "daemon.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -167,13 +197,21 @@ def test_metrics_parse(daemon):
 
     r = daemon.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(r.text)
+        for s in fam.samples
+    }
     assert samples[("motionmask_daemon_up", ())] == 1.0
     assert samples[("motionmask_camera_frames_total", (("camera", "a"),))] > 0
     assert ("motionmask_camera_fps", (("camera", "a"),)) in samples
-    for name in ("motionmask_buffer_fill", "motionmask_publisher_sent_total", "motionmask_learner_step",
-                 "motionmask_camera_restarts_total", "motionmask_console_clients"):
+    for name in (
+        "motionmask_buffer_fill",
+        "motionmask_publisher_sent_total",
+        "motionmask_learner_step",
+        "motionmask_camera_restarts_total",
+        "motionmask_console_clients",
+    ):
         assert any(k[0] == name for k in samples), name
 
 
@@ -207,10 +245,14 @@ def test_exports_say_why_and_who_pulled(daemon, tmp_path):
     (pull,) = ex["pulls"]
     assert (pull["device"], pull["version"]) == ("127.0.0.1", got.version) and ex["devices"] == [pull]
     assert {"device": "127.0.0.1", "time": pull["time"]} in next(
-        v for v in ex["versions"] if v["version"] == got.version)["pulled_by"]
+        v for v in ex["versions"] if v["version"] == got.version
+    )["pulled_by"]
 
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(daemon.get("/metrics").text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(daemon.get("/metrics").text)
+        for s in fam.samples
+    }
     assert samples[("motionmask_export_pulls_total", ())] == 1.0
     assert samples[("motionmask_export_decisions_total", (("outcome", "shipped"),))] >= 1.0
 
@@ -233,8 +275,12 @@ def _ws_handshake(port: int, path: str) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    s.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     return s
 
 
@@ -243,7 +289,9 @@ def test_stalled_viewers_do_not_slow_the_camera(daemon):
 
     before = daemon.fps(6.0)
     stalled = [_ws_handshake(daemon.web_port, "/ws/cameras/a?kind=motion") for _ in range(3)]
-    stalled.append(socket.create_connection(("127.0.0.1", daemon.web_port), timeout=5))  # an SSE reader that never reads
+    stalled.append(
+        socket.create_connection(("127.0.0.1", daemon.web_port), timeout=5)
+    )  # an SSE reader that never reads
     stalled[-1].sendall(f"GET /api/live HTTP/1.1\r\nHost: 127.0.0.1:{daemon.web_port}\r\n\r\n".encode())
     try:
         time.sleep(3.0)  # long enough for their socket buffers to fill
@@ -254,7 +302,7 @@ def test_stalled_viewers_do_not_slow_the_camera(daemon):
             for _ in range(5):
                 unit = ws.recv(timeout=5)
                 n = int.from_bytes(unit[:4], "big")
-                head = json.loads(unit[4:4 + n])
+                head = json.loads(unit[4 : 4 + n])
                 assert head["camera"] == "a" and head["mask"]["kind"] == "trimap"
                 frames.append((head["frame"] or head["mask"])["frame"])
             assert frames == sorted(frames) and frames[-1] > frames[0]
@@ -272,14 +320,15 @@ def test_still_picture(daemon):
     assert r.status_code == 200
     body = r.content
     n = int.from_bytes(body[:4], "big")
-    head = json.loads(body[4:4 + n])
-    m = int.from_bytes(body[4 + n:8 + n], "big")
-    assert head["mask"]["kind"] == "motion" and body[8 + n + m:][:4] == b"\x89PNG"
-    assert head["frame"] is not None and body[8 + n:10 + n] == b"\xff\xd8"  # a JPEG frame under it
+    head = json.loads(body[4 : 4 + n])
+    m = int.from_bytes(body[4 + n : 8 + n], "big")
+    assert head["mask"]["kind"] == "motion" and body[8 + n + m :][:4] == b"\x89PNG"
+    assert head["frame"] is not None and body[8 + n : 10 + n] == b"\xff\xd8"  # a JPEG frame under it
     assert daemon.get("/api/cameras/zz/still").status_code == 404
 
 
 # ---- in a real browser ----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -296,8 +345,14 @@ def _open(browser, url: str, height: int = 1100):
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}")
-            if "/api/live" not in r.url and "/ws/" not in r.url else None)  # closed by us on exit
+    page.on(
+        "requestfailed",
+        lambda r: (
+            problems.append(f"request failed: {r.url} {r.failure}")
+            if "/api/live" not in r.url and "/ws/" not in r.url
+            else None
+        ),
+    )  # closed by us on exit
     page.goto(url, wait_until="load", timeout=15000)
     return page, problems
 
@@ -311,12 +366,14 @@ def test_page_live_numbers_and_curves(daemon, browser):
     daemon.wait_for(lambda s: ((s["learner"] or {}).get("step") or 0) >= 20)
     page, problems = _open(browser, daemon.url)
     try:
-        page.wait_for_function("() => +(document.querySelector('[data-camera=\"a\"] canvas')?.dataset.drawn || 0) >= 2",
-                               timeout=15000)
+        page.wait_for_function(
+            "() => +(document.querySelector('[data-camera=\"a\"] canvas')?.dataset.drawn || 0) >= 2", timeout=15000
+        )
         canvas = page.locator('[data-camera="a"] canvas')
         first, frame1 = canvas.screenshot(), page.eval_on_selector('[data-camera="a"] canvas', "c => c.dataset.frame")
-        page.wait_for_function(f"() => document.querySelector('[data-camera=\"a\"] canvas').dataset.frame != '{frame1}'",
-                               timeout=10000)
+        page.wait_for_function(
+            f"() => document.querySelector('[data-camera=\"a\"] canvas').dataset.frame != '{frame1}'", timeout=10000
+        )
         time.sleep(0.3)
         assert canvas.screenshot() != first, "the live image did not change"
 
@@ -347,7 +404,9 @@ def test_page_live_numbers_and_curves(daemon, browser):
         # the kind buttons are the kinds the daemon publishes for this camera
         for _ in range(30):
             kinds = set(daemon.get("/api/cameras/a").json()["kinds"])
-            buttons = set(page.eval_on_selector_all('[data-camera="a"] .kinds button', "bs => bs.map(b => b.textContent)"))
+            buttons = set(
+                page.eval_on_selector_all('[data-camera="a"] .kinds button', "bs => bs.map(b => b.textContent)")
+            )
             if buttons == kinds | {"motion"}:
                 break
             time.sleep(0.2)
@@ -357,8 +416,11 @@ def test_page_live_numbers_and_curves(daemon, browser):
         # camera's real frame, through the page's own drawing) outlined in exactly the kind's colour
         page.select_option("#overlay", "outline")
         drawn = _drawn(page)
-        page.wait_for_function(f"""() => {{ const c = document.querySelector('[data-camera="a"] canvas');
-            return c.dataset.overlay === 'outline' && +c.dataset.drawn > {drawn}; }}""", timeout=10000)
+        page.wait_for_function(
+            f"""() => {{ const c = document.querySelector('[data-camera="a"] canvas');
+            return c.dataset.overlay === 'outline' && +c.dataset.drawn > {drawn}; }}""",
+            timeout=10000,
+        )
         outlined, coloured = page.evaluate("""async () => {
             const t = tiles.a; t.stop();
             const buf = await (await fetch('/api/cameras/a/still?kind=motion')).arrayBuffer();
@@ -367,7 +429,8 @@ def test_page_live_numbers_and_curves(daemon, browser):
             const W = head.frame.width, H = head.frame.height, px = new Uint8Array(W * H);
             for (let y = H / 4; y < 3 * H / 4; y++) for (let x = W / 4; x < 3 * W / 4; x++) px[y * W + x] = 255;
             head.mask = {...head.mask, encoding: 'u8', width: W, height: H};
-            const hb = new TextEncoder().encode(JSON.stringify(head)), unit = new Uint8Array(8 + hb.length + m + px.length);
+            const hb = new TextEncoder().encode(JSON.stringify(head));
+            const unit = new Uint8Array(8 + hb.length + m + px.length);
             const dv = new DataView(unit.buffer);
             dv.setUint32(0, hb.length); unit.set(hb, 4); dv.setUint32(4 + hb.length, m);
             unit.set(new Uint8Array(buf, 8 + n, m), 8 + hb.length); unit.set(px, 8 + hb.length + m);
@@ -380,12 +443,18 @@ def test_page_live_numbers_and_curves(daemon, browser):
         assert outlined == 2 * 192 + 2 * 142, outlined  # the square's border, one mask pixel wide (384 x 288)
         assert outlined <= coloured <= 3 * outlined, coloured  # drawn two screen pixels wide
         page.select_option("#overlay", "tint")
-        page.wait_for_function("""() => { const c = document.querySelector('[data-camera="a"] canvas');
-            return c.dataset.overlay === 'tint' && c.dataset.outlined === '0'; }""", timeout=10000)
+        page.wait_for_function(
+            """() => { const c = document.querySelector('[data-camera="a"] canvas');
+            return c.dataset.overlay === 'tint' && c.dataset.outlined === '0'; }""",
+            timeout=10000,
+        )
 
         # exports: the gate's decisions with their reasons, the pull of the test before, config warnings
-        page.wait_for_function("() => document.querySelectorAll('#decisions tbody tr').length > 0 && "
-                               "document.querySelectorAll('#pulls tbody tr').length > 0", timeout=15000)
+        page.wait_for_function(
+            "() => document.querySelectorAll('#decisions tbody tr').length > 0 && "
+            "document.querySelectorAll('#pulls tbody tr').length > 0",
+            timeout=15000,
+        )
         assert "first export of this run" in page.text_content("#decisions")
         assert "127.0.0.1" in page.text_content("#pulls")
         # a pulled version still in the exports folder says who pulled it (exporting every 30 steps,
@@ -416,8 +485,9 @@ def test_hidden_tiles_stop_streaming_and_still_mode(daemon, browser):
 
     page, problems = _open(browser, daemon.url, height=500)
     try:
-        page.wait_for_function("() => +(document.querySelector('[data-camera=\"a\"] canvas')?.dataset.drawn || 0) >= 1",
-                               timeout=15000)
+        page.wait_for_function(
+            "() => +(document.querySelector('[data-camera=\"a\"] canvas')?.dataset.drawn || 0) >= 1", timeout=15000
+        )
         wait(lambda: streams() == 1, "the visible tile opened no stream")
         page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")  # the tile leaves the screen
         wait(lambda: streams() == 0, "an off-screen tile kept streaming")

@@ -1,14 +1,15 @@
 """What the daemon records for its console, without a daemon: the bundle server's record of which
 device pulled which version (real BundleServer and DeviceAgent over loopback TCP), and the
 warnings a valid config earns."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import yaml
-
 from _export_data import copy_version, exported
+
 from exporter.bundle import versions
 from exporter.transfer import BundleServer, Channel, DeviceAgent, PullConfig
 from motionmask.config import load_config
@@ -65,34 +66,62 @@ def test_config_warnings_name_the_key(tmp_path):
     quiet = _cfg(tmp_path, {"cameras": [{"name": "a", "source": str(CLIP)}]})
     assert config_warnings(quiet) == []
 
-    cfg = _cfg(tmp_path, {
-        "cameras": [{"name": "a", "source": str(CLIP)}, {"name": "b", "source": str(tmp_path / "later.mp4")},
-                    {"name": "c", "source": "rtsp://user:pw@cam.local/stream"}],
-        "publish": {"endpoint": "tcp://*:5555"},
-        "export": {"enabled": True, "endpoint": "tcp://0.0.0.0:5560"},
-    })
+    cfg = _cfg(
+        tmp_path,
+        {
+            "cameras": [
+                {"name": "a", "source": str(CLIP)},
+                {"name": "b", "source": str(tmp_path / "later.mp4")},
+                {"name": "c", "source": "rtsp://user:pw@cam.local/stream"},
+            ],
+            "publish": {"endpoint": "tcp://*:5555"},
+            "export": {"enabled": True, "endpoint": "tcp://0.0.0.0:5560"},
+        },
+    )
     found = {w["key"]: w for w in config_warnings(cfg)}
     assert set(found) == {"cameras[1].source", "publish.endpoint", "export.signing_key"}
     assert found["cameras[1].source"]["event"] == "source_missing" and "later.mp4" in found["cameras[1].source"]["text"]
-    assert "camera frames" in found["publish.endpoint"]["text"] and "curve_secret_file" in found["publish.endpoint"]["text"]
+    assert (
+        "camera frames" in found["publish.endpoint"]["text"]
+        and "curve_secret_file" in found["publish.endpoint"]["text"]
+    )
     assert "unsigned" in found["export.signing_key"]["text"]
 
     # protected, or kept on this machine: nothing to say
     key = tmp_path / "k.sign_key"
-    cfg = _cfg(tmp_path, {"cameras": [{"name": "a", "source": str(CLIP)}],
-                          "publish": {"endpoint": "tcp://127.0.0.1:5555"},
-                          "export": {"enabled": True, "endpoint": "tcp://0.0.0.0:5560", "signing_key": str(key)}})
+    cfg = _cfg(
+        tmp_path,
+        {
+            "cameras": [{"name": "a", "source": str(CLIP)}],
+            "publish": {"endpoint": "tcp://127.0.0.1:5555"},
+            "export": {"enabled": True, "endpoint": "tcp://0.0.0.0:5560", "signing_key": str(key)},
+        },
+    )
     assert config_warnings(cfg) == []
 
-    cfg = _cfg(tmp_path, {"cameras": [{"name": "a", "source": str(CLIP)}], "publish": {"enabled": False},
-                          "export": {"enabled": True, "student_every": 5}})
+    cfg = _cfg(
+        tmp_path,
+        {
+            "cameras": [{"name": "a", "source": str(CLIP)}],
+            "publish": {"enabled": False},
+            "export": {"enabled": True, "student_every": 5},
+        },
+    )
     assert {w["key"] for w in config_warnings(cfg)} == {"publish.enabled", "export.student_every"}
 
 
-@pytest.mark.parametrize("endpoint,beyond", [("tcp://127.0.0.1:1", False), ("tcp://[::1]:1", False),
-                                             ("tcp://localhost:1", False), ("tcp://*:1", True),
-                                             ("tcp://0.0.0.0:1", True), ("tcp://192.168.1.4:1", True),
-                                             ("ipc:///tmp/x", False)])
+@pytest.mark.parametrize(
+    "endpoint,beyond",
+    [
+        ("tcp://127.0.0.1:1", False),
+        ("tcp://[::1]:1", False),
+        ("tcp://localhost:1", False),
+        ("tcp://*:1", True),
+        ("tcp://0.0.0.0:1", True),
+        ("tcp://192.168.1.4:1", True),
+        ("ipc:///tmp/x", False),
+    ],
+)
 def test_beyond_loopback(endpoint, beyond):
     from motionmask.config_warnings import _beyond_loopback
 
@@ -107,20 +136,56 @@ def test_console_events_from_what_the_daemon_records():
 
     feed = DaemonFeed("tcp://127.0.0.1:1")  # never started: fed the replies below
     t = 1_700_000_000.0
-    cam = {"state": "running", "frames": 10, "restarts": 0, "source": "rtsp://cam/1",
-           "source_stats": {"reconnects": 0}, "source_link": {"state": "running", "error": "", "since": t}}
-    first = {"cameras": {"a": cam}, "warnings": [{"time": t, "key": "export.signing_key", "text": "unsigned"}],
-             "learner": {"state": "running", "export": {"state": "exporting", "shipped": 1, "skipped": 1, "failed": 0,
-                                                        "decisions": [
-                {"time": t + 1, "step": 30, "outcome": "shipped", "version": "v1", "reason": "first export of this run"},
-                {"time": t + 2, "step": 60, "outcome": "skipped", "version": None,
-                 "reason": "holdout IoU 0.3000 does not beat the last export's 0.4000"}]}},
-             "bundle_server": {"pulls": [{"device": "10.0.0.7", "version": "v1", "time": t + 3, "bytes": 2 << 20,
-                                          "seconds": 0.5}], "devices": [], "pulls_total": 1}}
+    cam = {
+        "state": "running",
+        "frames": 10,
+        "restarts": 0,
+        "source": "rtsp://cam/1",
+        "source_stats": {"reconnects": 0},
+        "source_link": {"state": "running", "error": "", "since": t},
+    }
+    first = {
+        "cameras": {"a": cam},
+        "warnings": [{"time": t, "key": "export.signing_key", "text": "unsigned"}],
+        "learner": {
+            "state": "running",
+            "export": {
+                "state": "exporting",
+                "shipped": 1,
+                "skipped": 1,
+                "failed": 0,
+                "decisions": [
+                    {
+                        "time": t + 1,
+                        "step": 30,
+                        "outcome": "shipped",
+                        "version": "v1",
+                        "reason": "first export of this run",
+                    },
+                    {
+                        "time": t + 2,
+                        "step": 60,
+                        "outcome": "skipped",
+                        "version": None,
+                        "reason": "holdout IoU 0.3000 does not beat the last export's 0.4000",
+                    },
+                ],
+            },
+        },
+        "bundle_server": {
+            "pulls": [{"device": "10.0.0.7", "version": "v1", "time": t + 3, "bytes": 2 << 20, "seconds": 0.5}],
+            "devices": [],
+            "pulls_total": 1,
+        },
+    }
     feed._track(None, first)
-    dropped = {**cam, "frames": 12, "source_stats": {"reconnects": 1},
-               "source_link": {"state": "reconnecting", "error": "rtsp://cam/1: no frame within 5 s", "since": t + 4},
-               "warnings": [{"time": t + 5, "key": "streamer.prune", "text": "camera a kept 3 of its first 300 frames"}]}
+    dropped = {
+        **cam,
+        "frames": 12,
+        "source_stats": {"reconnects": 1},
+        "source_link": {"state": "reconnecting", "error": "rtsp://cam/1: no frame within 5 s", "since": t + 4},
+        "warnings": [{"time": t + 5, "key": "streamer.prune", "text": "camera a kept 3 of its first 300 frames"}],
+    }
     second = {**first, "cameras": {"a": dropped}}
     feed._track(first, second)
     feed._track(second, second)  # the same records again: no new events
@@ -138,8 +203,10 @@ def test_console_events_from_what_the_daemon_records():
         "export.signing_key: unsigned",
     ]
     live = [e["text"] for e in ev if e["time"] >= t + 100]  # seen by the polls: their time
-    assert live == ["camera a source back (after: rtsp://cam/1: no frame within 5 s)",
-                    "camera a source reconnecting: rtsp://cam/1: no frame within 5 s"]
+    assert live == [
+        "camera a source back (after: rtsp://cam/1: no frame within 5 s)",
+        "camera a source reconnecting: rtsp://cam/1: no frame within 5 s",
+    ]
 
     feed.status = second
     ex = feed.exports()  # no exports folder here: the status's records still answer

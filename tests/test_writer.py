@@ -1,5 +1,6 @@
 """The on-disk mask contract (streamer.writer) and the pictures (streamer.overlay), on hand-made
 MaskResults; the end-to-end path through real decoding is in test_masks_cli.py."""
+
 from __future__ import annotations
 
 import errno
@@ -13,8 +14,8 @@ import pytest
 
 from common.errors import UserError
 from streamer.frames import Frame
-from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay
 from streamer.motion.pipeline import MaskResult
+from streamer.overlay import ContactSheet, OverlayVideo, contact_label, render_overlay
 from streamer.writer import JSONL_NAME, MaskWriter, append_line, prob_to_png
 
 
@@ -22,15 +23,20 @@ def make_result(index: int, h: int = 48, w: int = 64, kept: bool = True, shot: i
     rng = np.random.default_rng(index)
     image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
     prob = np.zeros((h, w), np.float32)
-    prob[h // 4: h // 2, w // 4: w // 2] = 1.0
+    prob[h // 4 : h // 2, w // 4 : w // 2] = 1.0
     prob[0, 0] = 0.5  # round(0.5 * 255) = 128
     trimap = np.zeros((h, w), np.uint8)
-    trimap[h // 4 - 2: h // 2 + 2, w // 4 - 2: w // 2 + 2] = 128
-    trimap[h // 4: h // 2, w // 4: w // 2] = 255
+    trimap[h // 4 - 2 : h // 2 + 2, w // 4 - 2 : w // 2 + 2] = 128
+    trimap[h // 4 : h // 2, w // 4 : w // 2] = 255
     return MaskResult(
         frame=Frame(image=image, source_id="clip.mp4", index=index, timestamp=index / 25),
-        shot=shot, prob=prob, trimap=trimap, fg_fraction=float((prob >= 0.5).mean()),
-        kept=kept, reason="" if kept else "too_little_fg", timings_ms={"flow": 1.23456, "vote": 0.5},
+        shot=shot,
+        prob=prob,
+        trimap=trimap,
+        fg_fraction=float((prob >= 0.5).mean()),
+        kept=kept,
+        reason="" if kept else "too_little_fg",
+        timings_ms={"flow": 1.23456, "vote": 0.5},
     )
 
 
