@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 # /opt/wheels on this machine (find-links). On a GPU box: make install TORCH_SPEC='torch'
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test install install-dev bench clean
+.PHONY: run test lint format install install-dev bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,18 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(VENV)/bin/motionmask run --config configs/default.yaml
 
+# The linter and the formatter (ruff, configured in pyproject.toml) over the whole tree; `make
+# format` rewrites what `make lint` would refuse.
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 # pytest exits 5 when it collects nothing: that is a failure here, never a pass.
-test: install-dev
+test: install-dev lint
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
