@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from motionmask.config import Config
 
 
-def _beyond_loopback(endpoint: str) -> bool:
+def beyond_loopback(endpoint: str) -> bool:
     """Whether a ZeroMQ tcp:// bind endpoint listens beyond this machine."""
     if not endpoint.startswith("tcp://"):
         return False
@@ -65,14 +65,14 @@ def config_warnings(cfg: Config) -> list[dict[str, str]]:
             "publish.enabled is false: the web console shows the numbers but no pictures "
             "(it reads masks and frames from the publish endpoint)",
         )
-    if p.enabled and _beyond_loopback(p.endpoint) and not p.curve_secret_file:
+    if p.enabled and beyond_loopback(p.endpoint) and not p.curve_secret_file:
         frames = " and camera frames (web.frame_fps)" if w.enabled and w.frame_fps > 0 else ""
         warn(
             "publish.endpoint",
             f"publish.endpoint {p.endpoint} sends masks{frames} to anyone who can reach it; "
             "set publish.curve_secret_file (CurveZMQ) or bind 127.0.0.1",
         )
-    if e.enabled and e.serve and _beyond_loopback(e.endpoint) and not e.signing_key:
+    if e.enabled and e.serve and beyond_loopback(e.endpoint) and not e.signing_key:
         warn(
             "export.signing_key",
             f"export.endpoint {e.endpoint} serves bundles beyond this machine unsigned: "

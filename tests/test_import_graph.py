@@ -135,7 +135,8 @@ def test_no_private_names_borrowed() -> None:
         **MODULES,
         **{
             ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in (REPO / "bench").rglob("*.py")
+            for folder in ("bench", "tests")
+            for p in (REPO / folder).rglob("*.py")
         },
     }
     assert [b for name, path in everyone.items() for b in _borrowed(name, path)] == []

@@ -91,9 +91,9 @@ def test_png_decodes_to_the_same_pixels(rgb: np.ndarray) -> None:
         ok, buf = npcv.imencode(".png", np.ascontiguousarray(img), [npcv.IMWRITE_PNG_COMPRESSION, 1])
         assert ok
         assert np.array_equal(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), img)
-    from streamer.live.protocol import _PNG_PARAMS  # the mask stream's settings: run-length deflate, no filter
+    from streamer.live.protocol import PNG_PARAMS  # the mask stream's settings: run-length deflate, no filter
 
-    ok, buf = npcv.imencode(".png", rgb[..., 0] // 64 * 64, _PNG_PARAMS)
+    ok, buf = npcv.imencode(".png", rgb[..., 0] // 64 * 64, PNG_PARAMS)
     assert np.array_equal(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), rgb[..., 0] // 64 * 64)
 
 

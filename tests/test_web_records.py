@@ -123,9 +123,9 @@ def test_config_warnings_name_the_key(tmp_path):
     ],
 )
 def test_beyond_loopback(endpoint, beyond):
-    from motionmask.config_warnings import _beyond_loopback
+    from motionmask.config_warnings import beyond_loopback
 
-    assert _beyond_loopback(endpoint) is beyond
+    assert beyond_loopback(endpoint) is beyond
 
 
 def test_console_events_from_what_the_daemon_records():

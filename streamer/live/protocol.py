@@ -34,7 +34,7 @@ _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _LEN = struct.Struct(">I")
 # Masks are piecewise constant: no row filter plus run-length deflate is faster than OpenCV's
 # default PNG settings and smaller too (docs/benchmarks.md, "Small measurements behind the code").
-_PNG_PARAMS = [
+PNG_PARAMS = [
     cv2.IMWRITE_PNG_COMPRESSION,
     1,
     cv2.IMWRITE_PNG_STRATEGY,
@@ -86,7 +86,7 @@ def encode_payload(mask_u8: np.ndarray, encoding: str) -> bytes:
     if encoding == "u8":
         return np.ascontiguousarray(mask_u8).tobytes()
     if encoding == "png":
-        ok, buf = cv2.imencode(".png", mask_u8, _PNG_PARAMS)
+        ok, buf = cv2.imencode(".png", mask_u8, PNG_PARAMS)
         if not ok:
             raise ProtocolError("PNG encoding failed")
         return buf.tobytes()
