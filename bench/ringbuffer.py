@@ -182,7 +182,7 @@ def bench_adapter(cfg: BufferConfig, n: int = 60) -> dict:
     return {"source": "1280x720", "slot": f"{cfg.train_width}x{cfg.train_height}", "ms": ms}
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="example: python -m bench.ringbuffer --writers 2 --seconds 3",
@@ -197,20 +197,19 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--memory-mb", type=float, default=256.0)
     ap.add_argument("--out", default=str(OUT / "ringbuffer.json"))
-    args = ap.parse_args()
-    cfg = BufferConfig(
-        train_width=args.width, train_height=args.height, memory_mb=args.memory_mb, sampling=args.mode, half_life_s=30.0
-    )
-    cfg.validate()
+    return ap.parse_args()
 
-    adapter = bench_adapter(cfg)
-    scen = {
+
+def run_scenarios(cfg: BufferConfig, args: argparse.Namespace) -> dict[str, dict]:
+    return {
         "put": run_scenario(cfg, 1, False, args.seconds, 0, args.batch, args.mode, prefill=False),
         "sample": run_scenario(cfg, 0, True, args.seconds, 0, args.batch, args.mode, prefill=True),
         "contended": run_scenario(cfg, args.writers, True, args.seconds, 0, args.batch, args.mode, prefill=True),
         "paced": run_scenario(cfg, args.writers, True, args.seconds, args.fps, args.batch, args.mode, prefill=True),
     }
 
+
+def print_table(cfg: BufferConfig, args: argparse.Namespace, adapter: dict, scen: dict[str, dict]) -> None:
     print(
         f"ring buffer: {cfg.slots()} slots of {args.width}x{args.height} in {args.memory_mb:g} MB, "
         f"batch {args.batch}, {args.mode} sampling, {os.cpu_count()} CPUs"
@@ -236,6 +235,8 @@ def main() -> int:
         )
     print("times in ms; drops = lock timeouts + no free slot; retries = torn copies redrawn")
 
+
+def write_json(cfg: BufferConfig, args: argparse.Namespace, adapter: dict, scen: dict[str, dict]) -> None:
     save_json(
         args.out,
         {
@@ -257,6 +258,18 @@ def main() -> int:
         },
     )
     print(f"wrote {args.out}")
+
+
+def main() -> int:
+    args = parse_args()
+    cfg = BufferConfig(
+        train_width=args.width, train_height=args.height, memory_mb=args.memory_mb, sampling=args.mode, half_life_s=30.0
+    )
+    cfg.validate()
+    adapter = bench_adapter(cfg)
+    scen = run_scenarios(cfg, args)
+    print_table(cfg, args, adapter, scen)
+    write_json(cfg, args, adapter, scen)
     return 0
 
 
