@@ -229,20 +229,17 @@ def run_encoding(encoding: str, n: int, rounds: int, rate: float, seconds: float
     return rows
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--masks", type=int, default=1000, help="masks per throughput round (default 1000)")
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds per scenario (default 3)")
     ap.add_argument("--rate", type=float, default=TARGET_RATE, help="latency run pace, masks/s (default 500)")
     ap.add_argument("--seconds", type=float, default=2.0, help="latency run length (default 2)")
     ap.add_argument("--out", type=Path, default=OUT / "zmq.json")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    rows = []
-    for encoding in ("png", "u8"):
-        rows += run_encoding(encoding, args.masks, args.rounds, args.rate, args.seconds)
-        print(f"  done {encoding}", file=sys.stderr, flush=True)
 
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(
         f"\n640x480 masks over tcp loopback, {os.cpu_count()} CPUs ({platform.machine()}), load average "
         f"{os.getloadavg()[0]:.1f}. Flat out: median of {args.rounds} rounds of {args.masks}; paced: "
@@ -267,33 +264,45 @@ def main() -> int:
             f"{encoding}: each reader spends {us:.0f} us CPU per mask (receive, check, decode): "
             f"{us * args.rate / 1e6:.2f} of a core at {args.rate:g}/s"
         )
-    summary = {}
+
+
+def summarize(rows: list[dict], encoding: str) -> dict:
+    """The targets for one encoding, printed as one line."""
+    by = {r["scenario"]: r for r in rows if r["encoding"] == encoding}
+    # What the stalled peer costs the streamer: the CPU its publish() call takes on the
+    # streamer's thread, at the same pace and delivered work (thread CPU time: preemption by
+    # other load on the host does not inflate it). Wall and flat-out figures only inform.
+    cost = by["3+stall"]["publish_thread_cpu_us"] / by["3"]["publish_thread_cpu_us"] - 1
+    cost_cpu = by["3+stall"]["paced_cpu_us_per_mask"] / by["3"]["paced_cpu_us_per_mask"] - 1
+    cost_wall = 1 - by["3+stall"]["publish_per_s"] / by["3"]["publish_per_s"]
+    worst_p99 = max(r["p99_ms"] for r in by.values())
+    slowest = min(r["publish_per_s"] for r in by.values())
+    meets = {"rate": slowest >= TARGET_RATE, "p99": worst_p99 < TARGET_P99_MS, "stall": cost < TARGET_STALL}
+    ok = {k: "ok" if v else "MISS" for k, v in meets.items()}
+    print(
+        f"{encoding}: publish >= {slowest:.0f}/s ({ok['rate']}, target {TARGET_RATE:g}); "
+        f"worst p99 {worst_p99:.2f} ms ({ok['p99']}, target < {TARGET_P99_MS:g}); "
+        f"stall cost {cost:+.1%} publish() CPU ({ok['stall']}, target < {TARGET_STALL:.0%}; "
+        f"process CPU incl. I/O thread {cost_cpu:+.1%}, flat-out rate {-cost_wall:+.1%})"
+    )
+    return {
+        "stall_cost": cost,
+        "stall_cost_process_cpu": cost_cpu,
+        "stall_cost_flat_out_wall": cost_wall,
+        "worst_p99_ms": worst_p99,
+        "min_publish_per_s": slowest,
+        "meets": meets,
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    rows = []
     for encoding in ("png", "u8"):
-        by = {r["scenario"]: r for r in rows if r["encoding"] == encoding}
-        # What the stalled peer costs the streamer: the CPU its publish() call takes on the
-        # streamer's thread, at the same pace and delivered work (thread CPU time: preemption by
-        # other load on the host does not inflate it). Wall and flat-out figures only inform.
-        cost = by["3+stall"]["publish_thread_cpu_us"] / by["3"]["publish_thread_cpu_us"] - 1
-        cost_cpu = by["3+stall"]["paced_cpu_us_per_mask"] / by["3"]["paced_cpu_us_per_mask"] - 1
-        cost_wall = 1 - by["3+stall"]["publish_per_s"] / by["3"]["publish_per_s"]
-        worst_p99 = max(r["p99_ms"] for r in by.values())
-        slowest = min(r["publish_per_s"] for r in by.values())
-        meets = {"rate": slowest >= TARGET_RATE, "p99": worst_p99 < TARGET_P99_MS, "stall": cost < TARGET_STALL}
-        summary[encoding] = {
-            "stall_cost": cost,
-            "stall_cost_process_cpu": cost_cpu,
-            "stall_cost_flat_out_wall": cost_wall,
-            "worst_p99_ms": worst_p99,
-            "min_publish_per_s": slowest,
-            "meets": meets,
-        }
-        ok = {k: "ok" if v else "MISS" for k, v in meets.items()}
-        print(
-            f"{encoding}: publish >= {slowest:.0f}/s ({ok['rate']}, target {TARGET_RATE:g}); "
-            f"worst p99 {worst_p99:.2f} ms ({ok['p99']}, target < {TARGET_P99_MS:g}); "
-            f"stall cost {cost:+.1%} publish() CPU ({ok['stall']}, target < {TARGET_STALL:.0%}; "
-            f"process CPU incl. I/O thread {cost_cpu:+.1%}, flat-out rate {-cost_wall:+.1%})"
-        )
+        rows += run_encoding(encoding, args.masks, args.rounds, args.rate, args.seconds)
+        print(f"  done {encoding}", file=sys.stderr, flush=True)
+    print_table(rows, args)
+    summary = {encoding: summarize(rows, encoding) for encoding in ("png", "u8")}
     save_json(
         args.out,
         {
