@@ -327,6 +327,15 @@ def _size(s: tuple[int, int]) -> str:
 
 
 def report(meta: dict, groups: dict[str, dict], runs: list[Run], sp: dict | None, headline: list[str]) -> str:
+    lines = report_header(meta) + [""] + headline
+    if groups:
+        lines += stage_table(groups) + clip_table(runs)
+    if sp:
+        lines += superpixel_lines(sp)
+    return "\n".join(lines)
+
+
+def report_header(meta: dict) -> list[str]:
     lines = [
         "# Streamer speed, one core",
         "",
@@ -336,76 +345,82 @@ def report(meta: dict, groups: dict[str, dict], runs: list[Run], sp: dict | None
         f"- code: {meta['revision']}; config: {meta['config']}; warm-up {meta['warmup']} frames per clip",
         f"- python {meta['python']}, numpy {meta['numpy']}, OpenCV {meta['opencv']}, PyAV {meta['pyav']}",
     ]
-    lines += [f"- note: {n}" for n in meta["notes"]]
-    lines += [""] + headline
-    if groups:
-        names = list(groups)
-        lines += [
-            "",
-            "## Per stage, ms per frame (mean / p95), frames pooled over the clips",
-            "",
-            "| stage | " + " | ".join(names) + " |",
-            "|---|" + "---:|" * len(names),
-        ]
-        stages = list(dict.fromkeys(s for g in groups.values() for s in g["stages"]))
+    return lines + [f"- note: {n}" for n in meta["notes"]]
 
-        def row(label, cell):
-            lines.append(f"| {label} | " + " | ".join(cell(groups[n]) for n in names) + " |")
 
-        def mp(s):
-            return f"{_f(s['mean_ms'])} / {_f(s['p95_ms'])}" if s else "-"
+def stage_table(groups: dict[str, dict]) -> list[str]:
+    """Markdown table: a column per group, a row per stage and per total."""
+    names = list(groups)
+    lines = [
+        "",
+        "## Per stage, ms per frame (mean / p95), frames pooled over the clips",
+        "",
+        "| stage | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    stages = list(dict.fromkeys(s for g in groups.values() for s in g["stages"]))
 
-        row("working size", lambda g: g["working_size"])
-        for s in stages:
-            row(s, lambda g, s=s: mp(g["stages"].get(s)))
-        row("**sum of stages**", lambda g: mp(g["stages_total"]))
-        row("outside the stages (end to end - sum)", lambda g: _f(g["outside_stages_ms"]))
-        row("**end to end** (push + flush)", lambda g: mp(g["end_to_end"]))
-        row("decode (PyAV, native clip size)", lambda g: mp(g["decode_native"]))
-        row("end to end + decode", lambda g: _f(g["end_to_end_with_decode_ms"]))
-        row("**fps** end to end", lambda g: _f(g["fps"]))
-        row("**fps** with decode", lambda g: _f(g["fps_with_decode"]))
-        row(
-            "frames timed / without flow / pushes that returned no mask",
-            lambda g: f"{g['frames']} / {g['no_flow_frames']} / {g['pushes_without_mask']}",
+    def row(label, cell):
+        lines.append(f"| {label} | " + " | ".join(cell(groups[n]) for n in names) + " |")
+
+    def mp(s):
+        return f"{_f(s['mean_ms'])} / {_f(s['p95_ms'])}" if s else "-"
+
+    row("working size", lambda g: g["working_size"])
+    for s in stages:
+        row(s, lambda g, s=s: mp(g["stages"].get(s)))
+    row("**sum of stages**", lambda g: mp(g["stages_total"]))
+    row("outside the stages (end to end - sum)", lambda g: _f(g["outside_stages_ms"]))
+    row("**end to end** (push + flush)", lambda g: mp(g["end_to_end"]))
+    row("decode (PyAV, native clip size)", lambda g: mp(g["decode_native"]))
+    row("end to end + decode", lambda g: _f(g["end_to_end_with_decode_ms"]))
+    row("**fps** end to end", lambda g: _f(g["fps"]))
+    row("**fps** with decode", lambda g: _f(g["fps_with_decode"]))
+    row(
+        "frames timed / without flow / pushes that returned no mask",
+        lambda g: f"{g['frames']} / {g['no_flow_frames']} / {g['pushes_without_mask']}",
+    )
+    return lines
+
+
+def clip_table(runs: list[Run]) -> list[str]:
+    lines = [
+        "",
+        "## Per clip",
+        "",
+        "| clip | native | input | working | frames | decode ms | end to end ms (mean / p95) | fps | fps with decode |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        e, d = stat(r.push_ms), stat(r.decode_ms)
+        lines.append(
+            f"| {r.kind}/{r.clip} | {_size(r.native)} | {_size(r.size)} | {_size(r.working)} | {e['n']} | "
+            f"{_f(d['mean_ms'], '.2f')} | {_f(e['mean_ms'])} / {_f(e['p95_ms'])} | "
+            f"{_f(fps(e['mean_ms']))} | {_f(fps(e['mean_ms'] + d['mean_ms']))} |"
         )
+    return lines
 
-        lines += [
-            "",
-            "## Per clip",
-            "",
-            "| clip | native | input | working | frames | decode ms | end to end ms (mean / p95) | fps | "
-            "fps with decode |",
-            "|---|---|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in runs:
-            e, d = stat(r.push_ms), stat(r.decode_ms)
-            lines.append(
-                f"| {r.kind}/{r.clip} | {_size(r.native)} | {_size(r.size)} | {_size(r.working)} | {e['n']} | "
-                f"{_f(d['mean_ms'], '.2f')} | {_f(e['mean_ms'])} / {_f(e['p95_ms'])} | "
-                f"{_f(fps(e['mean_ms']))} | {_f(fps(e['mean_ms'] + d['mean_ms']))} |"
-            )
-    if sp:
-        rows = sp["rows"]
-        lines += [
-            "",
-            f"## Superpixels: SEEDS (OpenCV ximgproc) vs SLIC (scikit-image), n_segments = "
-            f"{rows[0]['num_superpixels']}",
-            "",
-            f"RGB at the working size in, labels out; ms per frame on {sp['timing_frames']} {sp['timed_on']} "
-            f"frames. Segments: superpixels actually returned. Boundary recall: share of object-boundary "
-            f"pixels within 1 px of a superpixel boundary, on {sp['recall_frames']} synthetic frames with "
-            f"exact masks.",
-            "",
-            "| working size | method | ms mean | ms p95 | x SEEDS | segments | boundary recall |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            lines.append(
-                f"| {r['size']} | {r['method']} | {_f(r['mean_ms'])} | {_f(r['p95_ms'])} | "
-                f"{_f(r['vs_seeds'])} | {_f(r['segments'], '.0f')} | {_f(r['boundary_recall'], '.2f')} |"
-            )
-    return "\n".join(lines)
+
+def superpixel_lines(sp: dict) -> list[str]:
+    rows = sp["rows"]
+    lines = [
+        "",
+        f"## Superpixels: SEEDS (OpenCV ximgproc) vs SLIC (scikit-image), n_segments = {rows[0]['num_superpixels']}",
+        "",
+        f"RGB at the working size in, labels out; ms per frame on {sp['timing_frames']} {sp['timed_on']} "
+        f"frames. Segments: superpixels actually returned. Boundary recall: share of object-boundary "
+        f"pixels within 1 px of a superpixel boundary, on {sp['recall_frames']} synthetic frames with "
+        f"exact masks.",
+        "",
+        "| working size | method | ms mean | ms p95 | x SEEDS | segments | boundary recall |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['method']} | {_f(r['mean_ms'])} | {_f(r['p95_ms'])} | "
+            f"{_f(r['vs_seeds'])} | {_f(r['segments'], '.0f')} | {_f(r['boundary_recall'], '.2f')} |"
+        )
+    return lines
 
 
 def headline_lines(groups: dict[str, dict], size: tuple[int, int]) -> list[str]:
