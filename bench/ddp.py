@@ -54,7 +54,7 @@ def measure(ring: RingBuffer, settings: dict) -> dict:
     return out
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--nproc", default="1,2", help="rank counts to measure, e.g. 1,2,4,8")
@@ -72,9 +72,13 @@ def main() -> int:
         "the default) and/or local (each rank's own statistics), to see what synchronising costs",
     )
     ap.add_argument("--out", default=str(OUT / "ddp.json"))
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    """The measurement's settings, with the per-device defaults filled in."""
     cuda = args.device == "cuda"
-    settings = {
+    return {
         "device": args.device,
         "backbone": args.backbone,
         "size": args.size,
@@ -84,43 +88,38 @@ def main() -> int:
         "warmup": args.warmup or (20 if cuda else 3),
         "cpu_precision": args.cpu_precision,
     }
-    counts = [int(n) for n in args.nproc.split(",")]
-    if cuda and max(counts) > torch.cuda.device_count():
-        print(f"bench.ddp: --nproc {max(counts)} but {torch.cuda.device_count()} GPUs are visible", file=sys.stderr)
-        return 2
-    name = torch.cuda.get_device_name(0) if cuda else cpu_model()
-    print(
-        f"device: {args.device} ({name}), {os.cpu_count()} CPUs, torch {torch.__version__}, {settings}, "
-        f"load average at start {os.getloadavg()[0]:.2f}",
-        file=sys.stderr,
-    )
-    ring = fill_ring()
+
+
+def measure_all(ring: RingBuffer, settings: dict, counts: list[int], batchnorms: list[str]) -> list[dict]:
+    """A row per rank count and, with several ranks, per batch-norm mode."""
+    cuda = settings["device"] == "cuda"
     rows = []
-    try:
-        for n, bn in [(k, b) for k in counts for b in (["-"] if k == 1 else args.batchnorm.split(","))]:
-            load = os.getloadavg()[0]
-            run = {**settings, "sync_batchnorm": bn != "local"}
-            got = measure(ring, run) if n == 1 else distributed.launch(n, measure, ring, run)[0]
-            rows.append(
-                {
-                    "ranks": n,
-                    "backend": "-" if n == 1 else ("nccl" if cuda else "gloo"),
-                    "batchnorm": bn,
-                    "threads_per_rank": None if cuda else got["threads"],
-                    "precision": got["precision"],
-                    "batch_per_rank": settings["batch"],
-                    "crops_per_s": round(got["crops_per_s"], 1),
-                    "crops_per_s_per_rank": round(got["crops_per_s"] / n, 1),
-                    "ms_per_step": round(1000 * settings["batch"] * n / got["crops_per_s"], 1),
-                    "loadavg_before": round(load, 2),
-                }
-            )
-            print(f"{n} rank(s), batch norm {bn}: {got['crops_per_s']:.0f} crops/s", file=sys.stderr)
-    finally:
-        ring.close()
-    unit = "GPU" if cuda else "rank"
+    for n, bn in [(k, b) for k in counts for b in (["-"] if k == 1 else batchnorms)]:
+        load = os.getloadavg()[0]
+        run = {**settings, "sync_batchnorm": bn != "local"}
+        got = measure(ring, run) if n == 1 else distributed.launch(n, measure, ring, run)[0]
+        rows.append(
+            {
+                "ranks": n,
+                "backend": "-" if n == 1 else ("nccl" if cuda else "gloo"),
+                "batchnorm": bn,
+                "threads_per_rank": None if cuda else got["threads"],
+                "precision": got["precision"],
+                "batch_per_rank": settings["batch"],
+                "crops_per_s": round(got["crops_per_s"], 1),
+                "crops_per_s_per_rank": round(got["crops_per_s"] / n, 1),
+                "ms_per_step": round(1000 * settings["batch"] * n / got["crops_per_s"], 1),
+                "loadavg_before": round(load, 2),
+            }
+        )
+        print(f"{n} rank(s), batch norm {bn}: {got['crops_per_s']:.0f} crops/s", file=sys.stderr)
+    return rows
+
+
+def print_table(rows: list[dict], settings: dict, name: str) -> None:
+    unit = "GPU" if settings["device"] == "cuda" else "rank"
     print(
-        f"\ndata-parallel training, {args.device} ({name}), {settings['backbone']} {settings['size']} px, "
+        f"\ndata-parallel training, {settings['device']} ({name}), {settings['backbone']} {settings['size']} px, "
         f"{settings['batch']} crops per step per rank"
     )
     print(
@@ -134,6 +133,28 @@ def main() -> int:
             f"| {r['precision']} | {r['crops_per_s']:.0f} | "
             f"{r['crops_per_s_per_rank']:.0f} | {r['ms_per_step']:.0f} | {r['loadavg_before']:.1f} |"
         )
+
+
+def main() -> int:
+    args = parse_args()
+    cuda = args.device == "cuda"
+    settings = settings_from(args)
+    counts = [int(n) for n in args.nproc.split(",")]
+    if cuda and max(counts) > torch.cuda.device_count():
+        print(f"bench.ddp: --nproc {max(counts)} but {torch.cuda.device_count()} GPUs are visible", file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name(0) if cuda else cpu_model()
+    print(
+        f"device: {args.device} ({name}), {os.cpu_count()} CPUs, torch {torch.__version__}, {settings}, "
+        f"load average at start {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
+    ring = fill_ring()
+    try:
+        rows = measure_all(ring, settings, counts, args.batchnorm.split(","))
+    finally:
+        ring.close()
+    print_table(rows, settings, name)
     save_json(
         args.out,
         {
