@@ -562,10 +562,24 @@ def _real_clips(folder: Path, max_frames: int, work: Path) -> list[dict]:
     return out
 
 
-def real_part(args, cfg, out_dir: Path) -> dict | None:
-    from learner.predict import Predictor
+def _offline_feed(cfg, folders: list[str]):
     from learner.samples import OfflineFeed
-    from streamer.png import write_png
+
+    s = cfg.learner.samples
+    return OfflineFeed(
+        folders,
+        cfg.streamer,
+        cfg.buffer,
+        s.offline_draws_per_sample,
+        s.offline_max_buffer_mb,
+        log_level=logging.WARNING,
+    )
+
+
+def real_part(args, cfg, out_dir: Path) -> dict | None:
+    """Train on the first 70% of each real clip, then student-teacher agreement on the rest."""
+    from learner.bootstrap import Bootstrapper
+    from learner.predict import Predictor
 
     folder = Path(args.real)
     if args.real_minutes <= 0 or not folder.is_dir():
@@ -574,66 +588,16 @@ def real_part(args, cfg, out_dir: Path) -> dict | None:
     clips = _real_clips(folder, args.real_frames, out_dir / "learner_runs" / "real_train")
     if not clips:
         return None
-    s = cfg.learner.samples
-    with OfflineFeed(
-        [str(c["train_dir"]) for c in clips],
-        cfg.streamer,
-        cfg.buffer,
-        s.offline_draws_per_sample,
-        s.offline_max_buffer_mb,
-        log_level=logging.WARNING,
-    ) as feed:
-        from learner.bootstrap import Bootstrapper
-
-        boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, out_dir / "learner_runs" / "real")
-        trainer, summary = _train(cfg, feed, out_dir / "learner_runs" / "real", args.real_minutes, boot=boot)
-    student = Predictor(out_dir / "learner_runs" / "real" / "checkpoints" / "last.pt", "auto")
-    scfg = cfg.streamer
+    run_dir = out_dir / "learner_runs" / "real"
+    with _offline_feed(cfg, [str(c["train_dir"]) for c in clips]) as feed:
+        boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, run_dir)
+        trainer, summary = _train(cfg, feed, run_dir, args.real_minutes, boot=boot)
+    student = Predictor(run_dir / "checkpoints" / "last.pt", "auto")
     rows, sheet = [], []
     for c in clips:
-        seg = MotionSegmenter(scfg)
-        results = []
-        for i, rgb in enumerate(c["frames"]):
-            results += seg.push(Frame(rgb, c["name"], i, i / 25.0))
-        results += seg.flush()
-        held = [r for r in results if r.frame.index >= c["split"]]
-        agree, agree_kept, picks = [], [], []
-        for r in held:
-            sp = student(r.frame.image)
-            teacher_fg, student_fg = r.prob >= scfg.prune.fg_threshold, sp >= 0.5
-            if r.kept:
-                picks.append((r, sp))
-            if not (teacher_fg.any() or student_fg.any()):
-                continue  # both empty: agreement on nothing says nothing
-            iou = score(student_fg, teacher_fg)[0]
-            agree.append(iou)
-            if r.kept:
-                agree_kept.append(iou)
-        if not picks:  # nothing kept: show the held-back frames anyway
-            picks = [(r, student(r.frame.image)) for r in held[:: max(1, len(held) // 2)][:2]]
-        for r, sp in picks[:: max(1, len(picks) // 2)][:2]:
-            sheet.append(
-                np.concatenate(
-                    [
-                        tile(r.frame.image, 240, f"{c['name']} #{r.frame.index}"),
-                        tile(overlay(r.frame.image, r.prob), 240, "teacher (motion)"),
-                        tile(overlay(r.frame.image, sp), 240, "student (one frame)"),
-                    ],
-                    axis=1,
-                )
-            )
-        rows.append(
-            {
-                "clip": c["name"],
-                "train_frames": c["split"],
-                "held_back": len(held),
-                "kept_held_back": sum(r.kept for r in held),
-                "scored": len(agree),
-                "agreement_iou": float(np.mean(agree)) if agree else None,
-                "agreement_iou_kept": float(np.mean(agree_kept)) if agree_kept else None,
-                "teacher_fg": float(np.mean([(r.prob >= 0.5).mean() for r in held])) if held else None,
-            }
-        )
+        row, tiles = _score_real_clip(c, cfg.streamer, student)
+        rows.append(row)
+        sheet += tiles
     png = out_dir / "quality_learner_real.png"
     if sheet:
         width = max(t.shape[1] for t in sheet)
@@ -648,10 +612,53 @@ def real_part(args, cfg, out_dir: Path) -> dict | None:
     }
 
 
-def learner_main(args) -> int:
-    from learner.bootstrap import Bootstrapper, synthetic_ground_truth
-    from learner.samples import OfflineFeed
+def _score_real_clip(c: dict, scfg, student) -> tuple[dict, list[np.ndarray]]:
+    """One real clip's agreement row and its contact-sheet rows (at most two)."""
+    seg = MotionSegmenter(scfg)
+    results = []
+    for i, rgb in enumerate(c["frames"]):
+        results += seg.push(Frame(rgb, c["name"], i, i / 25.0))
+    results += seg.flush()
+    held = [r for r in results if r.frame.index >= c["split"]]
+    agree, agree_kept, picks = [], [], []
+    for r in held:
+        sp = student(r.frame.image)
+        teacher_fg, student_fg = r.prob >= scfg.prune.fg_threshold, sp >= 0.5
+        if r.kept:
+            picks.append((r, sp))
+        if not (teacher_fg.any() or student_fg.any()):
+            continue  # both empty: agreement on nothing says nothing
+        iou = score(student_fg, teacher_fg)[0]
+        agree.append(iou)
+        if r.kept:
+            agree_kept.append(iou)
+    if not picks:  # nothing kept: show the held-back frames anyway
+        picks = [(r, student(r.frame.image)) for r in held[:: max(1, len(held) // 2)][:2]]
+    row = {
+        "clip": c["name"],
+        "train_frames": c["split"],
+        "held_back": len(held),
+        "kept_held_back": sum(r.kept for r in held),
+        "scored": len(agree),
+        "agreement_iou": float(np.mean(agree)) if agree else None,
+        "agreement_iou_kept": float(np.mean(agree_kept)) if agree_kept else None,
+        "teacher_fg": float(np.mean([(r.prob >= 0.5).mean() for r in held])) if held else None,
+    }
+    return row, [_real_sheet_row(c["name"], r, sp) for r, sp in picks[:: max(1, len(picks) // 2)][:2]]
 
+
+def _real_sheet_row(name: str, r, sp: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [
+            tile(r.frame.image, 240, f"{name} #{r.frame.index}"),
+            tile(overlay(r.frame.image, r.prob), 240, "teacher (motion)"),
+            tile(overlay(r.frame.image, sp), 240, "student (one frame)"),
+        ],
+        axis=1,
+    )
+
+
+def learner_main(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     t_start = time.monotonic()
     out_dir = OUT
@@ -662,54 +669,8 @@ def learner_main(args) -> int:
     eval_dir, eval_clips = _synth(args.eval_seed, args.eval_clips)
     boot_cfg = cfg.learner.bootstrap
     cfg.learner.bootstrap.enabled = False  # the plain phases; the bootstrapped branch gets its own Bootstrapper
-    M = args.minutes
-    s = cfg.learner.samples
     res: dict = {"args": vars(args)}
-    with OfflineFeed(
-        [str(train_dir)],
-        cfg.streamer,
-        cfg.buffer,
-        s.offline_draws_per_sample,
-        s.offline_max_buffer_mb,
-        log_level=logging.WARNING,
-    ) as feed:
-        lookup = synthetic_ground_truth(feed.specs)
-        print(
-            f"training on {len(train_clips)} clips (seed {args.seed}) for {M:g} min: plain for "
-            f"{args.branch * M:g} min, then a plain and a bootstrapped branch",
-            file=sys.stderr,
-        )
-        trainer, summary = _train(cfg, feed, runs / "branch", M, stop_after_s=args.branch * M * 60)
-        branch_step = trainer.step_count
-        rate = branch_step / max(trainer.train_seconds, 1e-9)
-        res["fusion_at_branch"] = fusion_table(trainer.model, trainer.device, feed.ring, cfg.streamer.trimap, lookup)
-        del trainer
-        _, plain = _train(cfg, feed, runs / "plain", M, resume=runs / "branch")
-        # rounds spread over the branch's expected steps: one at the branch, then every `every`
-        every = max(1, int(rate * (1 - args.branch) * M * 60 / max(args.rounds, 1)))
-        bcfg = dataclasses.replace(
-            boot_cfg, enabled=True, start_step=branch_step + 1, every_steps=every, max_rounds=args.rounds
-        )
-        boot = Bootstrapper(
-            bcfg,
-            cfg.streamer.trimap,
-            feed.ring,
-            runs / "bootstrapped",
-            ground_truth=lookup,
-            fg_threshold=cfg.streamer.prune.fg_threshold,
-        )
-        _, booted = _train(cfg, feed, runs / "bootstrapped", M, resume=runs / "branch", boot=boot)
-        res["streamed"] = dataclasses.asdict(feed.poll())
-    res["training"] = {
-        "branch_step": branch_step,
-        "plain_step": plain.step,
-        "bootstrapped_step": booted.step,
-        "round_every_steps": every,
-        "crops_per_s": plain.crops_per_s,
-        "rule": bcfg.rule,
-        "weights": [h.weight for h in boot.history],
-    }
-    res["rounds"] = [h.line() for h in boot.history]
+    res.update(train_students(args, cfg, boot_cfg, train_dir, len(train_clips), runs))
     ck = {
         "student_branch": runs / "branch" / "checkpoints" / "last.pt",
         "student": runs / "plain" / "checkpoints" / "last.pt",
@@ -734,8 +695,64 @@ def learner_main(args) -> int:
     return 0
 
 
+def train_students(args, cfg, boot_cfg, train_dir: Path, n_clips: int, runs: Path) -> dict:
+    """Plain training to the branch point, then a plain and a bootstrapped branch from there; the
+    fusion rules scored at the branch point."""
+    from learner.bootstrap import Bootstrapper, synthetic_ground_truth
+
+    M = args.minutes
+    with _offline_feed(cfg, [str(train_dir)]) as feed:
+        lookup = synthetic_ground_truth(feed.specs)
+        print(
+            f"training on {n_clips} clips (seed {args.seed}) for {M:g} min: plain for "
+            f"{args.branch * M:g} min, then a plain and a bootstrapped branch",
+            file=sys.stderr,
+        )
+        trainer, _ = _train(cfg, feed, runs / "branch", M, stop_after_s=args.branch * M * 60)
+        branch_step = trainer.step_count
+        rate = branch_step / max(trainer.train_seconds, 1e-9)
+        fusion = fusion_table(trainer.model, trainer.device, feed.ring, cfg.streamer.trimap, lookup)
+        del trainer
+        _, plain = _train(cfg, feed, runs / "plain", M, resume=runs / "branch")
+        # rounds spread over the branch's expected steps: one at the branch, then every `every`
+        every = max(1, int(rate * (1 - args.branch) * M * 60 / max(args.rounds, 1)))
+        bcfg = dataclasses.replace(
+            boot_cfg, enabled=True, start_step=branch_step + 1, every_steps=every, max_rounds=args.rounds
+        )
+        fg_threshold = cfg.streamer.prune.fg_threshold
+        boot = Bootstrapper(
+            bcfg, cfg.streamer.trimap, feed.ring, runs / "bootstrapped", ground_truth=lookup, fg_threshold=fg_threshold
+        )
+        _, booted = _train(cfg, feed, runs / "bootstrapped", M, resume=runs / "branch", boot=boot)
+        streamed = dataclasses.asdict(feed.poll())
+    training = {
+        "branch_step": branch_step,
+        "plain_step": plain.step,
+        "bootstrapped_step": booted.step,
+        "round_every_steps": every,
+        "crops_per_s": plain.crops_per_s,
+        "rule": bcfg.rule,
+        "weights": [h.weight for h in boot.history],
+    }
+    return {
+        "fusion_at_branch": fusion,
+        "streamed": streamed,
+        "training": training,
+        "rounds": [h.line() for h in boot.history],
+    }
+
+
 def _print_learner(res: dict, args) -> None:
-    u, t = res["unseen"]["summary"], res["training"]
+    _print_unseen(res, args)
+    _print_coverage(res["coverage"])
+    _print_rounds(res["rounds"], res["training"])
+    _print_fusion(res["fusion_at_branch"], res["training"])
+    if res.get("real"):
+        _print_real(res["real"], args)
+
+
+def _print_unseen(res: dict, args) -> None:
+    u = res["unseen"]["summary"]
     print(
         f"\nstudent vs teacher on {args.eval_clips} unseen synthetic clips (seed {args.eval_seed}; trained on "
         f"seed {args.seed}, {args.minutes:g} min each on {res['machine']['cpu']})"
@@ -750,24 +767,29 @@ def _print_learner(res: dict, args) -> None:
             f"| {names[m]} | {_f(r['iou'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['empty_fp'])} | "
             f"{steps.get(m, '-')} |"
         )
+
+
+def _print_coverage(groups: list[dict]) -> None:
     print(
         "\nthe same frames by what the training clips showed of their shot: its background, and its movers' "
         "photos (common: each moved in >= 5 training objects)"
     )
     print("| background | movers | frames | teacher | plain at the branch | plain | bootstrapped |")
     print("|---|---|---|---|---|---|---|")
-    for g in res["coverage"]:
+    for g in groups:
         print(
             f"| {g['background']} | {g['movers']} | {g['frames']} | {_f(g['teacher'])} | "
             f"{_f(g['student_branch'])} | {_f(g['student'])} | {_f(g['bootstrapped'])} |"
         )
+
+
+def _print_rounds(rounds: list[dict], t: dict) -> None:
     print(
         f"\npseudo-label quality per round (training samples with ground truth; {t['rule']} rule, round 0 = "
         f"the motion labels; a round every {t['round_every_steps']} steps from step {t['branch_step'] + 1})"
     )
     print("| round | step | w | IoU of labels | label accuracy | labelled pixels | labels changed | student IoU |")
     print("|---|---|---|---|---|---|---|---|")
-    rounds = res["rounds"]
     if rounds:
         q = rounds[0]["quality"]
         print(
@@ -781,26 +803,30 @@ def _print_learner(res: dict, args) -> None:
             f"{_f(q.get('accuracy_refined'))} | {_f(r['coverage_refined'])} | {_f(r['changed'])} | "
             f"{_f(q.get('iou_student'))} |"
         )
+
+
+def _print_fusion(rows: list[dict], t: dict) -> None:
     print(f"\nfusion rules on the training labels at the branch point (student at step {t['branch_step']})")
     print("| labels | IoU vs GT | label accuracy | labelled pixels |")
     print("|---|---|---|---|")
-    for r in res["fusion_at_branch"]:
+    for r in rows:
         print(f"| {r['labels']} | {_f(r['iou'])} | {_f(r['accuracy'])} | {_f(r['coverage'])} |")
-    real = res.get("real")
-    if real:
+
+
+def _print_real(real: dict, args) -> None:
+    print(
+        f"\nreal clips ({args.real}), trained {real['train_minutes']:.1f} min on the first 70% of each "
+        f"(at most {args.real_frames} frames), scored on the held-back rest: no ground truth, so agreement "
+        f"(IoU) of student and teacher on frames where either marks something"
+    )
+    print("| clip | held-back frames | kept by pruning | agreement (all) | agreement (kept) | teacher fg |")
+    print("|---|---|---|---|---|---|")
+    for r in real["clips"]:
         print(
-            f"\nreal clips ({args.real}), trained {real['train_minutes']:.1f} min on the first 70% of each "
-            f"(at most {args.real_frames} frames), scored on the held-back rest: no ground truth, so agreement "
-            f"(IoU) of student and teacher on frames where either marks something"
+            f"| {r['clip']} | {r['held_back']} | {r['kept_held_back']} | {_f(r['agreement_iou'])} | "
+            f"{_f(r['agreement_iou_kept'])} | {_f(r['teacher_fg'])} |"
         )
-        print("| clip | held-back frames | kept by pruning | agreement (all) | agreement (kept) | teacher fg |")
-        print("|---|---|---|---|---|---|")
-        for r in real["clips"]:
-            print(
-                f"| {r['clip']} | {r['held_back']} | {r['kept_held_back']} | {_f(r['agreement_iou'])} | "
-                f"{_f(r['agreement_iou_kept'])} | {_f(r['teacher_fg'])} |"
-            )
-        print(f"contact sheet: {real['contact_sheet']}")
+    print(f"contact sheet: {real['contact_sheet']}")
 
 
 if __name__ == "__main__":
