@@ -366,41 +366,12 @@ def evaluate(
     runner = BundleRunner(bundle, provider="cuda" if device == "cuda" else "cpu", strict=device == "cuda")
     fuse, fuse_note = fuse_function()
     every = max(1, ExportConfig().student_every)
-    carried = None
-    if fuse is not None:
-        from motionmask.fuse import CarriedStudent
-
-        carried = CarriedStudent(every)
-    names = ["teacher", "student", "exported"] + (["fused", "live"] if fuse is not None else [])
-    scores = {m: RigScore() for m in names + ["ground_truth"]}
-    diffs, sheet = [], []
+    scorer = FrameScorer(predictor, runner, fuse, every, streamer_cfg.flow.width)
     seg = MotionSegmenter(streamer_cfg)
-
-    def take(results) -> None:
-        for r in results:
-            t = r.frame.index
-            if t < split:
-                continue
-            truth = truth_of(clip_dir, t)
-            motion = np.clip(r.prob * 255 + 0.5, 0, 255).astype(np.uint8)
-            sp = predictor(r.frame.image)
-            ep = runner(r.frame.image)
-            diffs.append(float(np.abs(ep - sp).max()))
-            scores["teacher"].add(motion, truth)
-            scores["student"].add(sp, truth)
-            scores["exported"].add(ep, truth)
-            scores["ground_truth"].add(truth.gt, truth)
-            lp = None
-            if fuse is not None:
-                fp, lp = fused_and_live(fuse, carried, motion, ep, r, runner.version, streamer_cfg.flow.width)
-                scores["fused"].add(fp, truth)
-                scores["live"].add(lp, truth)
-            if t in sheet_at:
-                sheet.append((t, r.frame.image, truth.gt, truth.still, motion, sp, lp))
-
     for frame in frames_of(video, max(0, split - round(TEACHER_WARMUP_S * fps)), frames):
-        take(seg.push(frame))
-    take(seg.flush())
+        scorer.take(seg.push(frame), clip_dir, split, sheet_at)
+    scorer.take(seg.flush(), clip_dir, split, sheet_at)
+    scores = scorer.scores
     return {
         "scores": {k: v.summary() for k, v in scores.items()},
         "still_frames": scores["teacher"].still.summary()["frames"],
@@ -410,11 +381,50 @@ def evaluate(
         "exported": {
             "provider": runner.device.provider,
             "version": runner.version,
-            "max_abs_diff_max": max(diffs) if diffs else None,
-            "max_abs_diff_mean": _mean(diffs),
+            "max_abs_diff_max": max(scorer.diffs) if scorer.diffs else None,
+            "max_abs_diff_mean": _mean(scorer.diffs),
         },
-        "_sheet": sheet,
+        "_sheet": scorer.sheet,
     }
+
+
+class FrameScorer:
+    """Every method's mask of each teacher result from the split on, scored against its truth; the
+    bundle's largest difference from the checkpoint per frame; the frames of the sheet kept."""
+
+    def __init__(self, predictor: Callable, runner, fuse: Callable | None, every: int, flow_width: int) -> None:
+        self.predictor, self.runner, self.fuse, self.flow_width = predictor, runner, fuse, flow_width
+        self.carried = None
+        if fuse is not None:
+            from motionmask.fuse import CarriedStudent
+
+            self.carried = CarriedStudent(every)
+        names = ["teacher", "student", "exported"] + (["fused", "live"] if fuse is not None else [])
+        self.scores = {m: RigScore() for m in names + ["ground_truth"]}
+        self.diffs: list[float] = []
+        self.sheet: list[tuple] = []
+
+    def take(self, results, clip_dir: Path, split: int, sheet_at: list[int]) -> None:
+        for r in results:
+            t = r.frame.index
+            if t < split:
+                continue
+            truth = truth_of(clip_dir, t)
+            motion = np.clip(r.prob * 255 + 0.5, 0, 255).astype(np.uint8)
+            sp = self.predictor(r.frame.image)
+            ep = self.runner(r.frame.image)
+            self.diffs.append(float(np.abs(ep - sp).max()))
+            self.scores["teacher"].add(motion, truth)
+            self.scores["student"].add(sp, truth)
+            self.scores["exported"].add(ep, truth)
+            self.scores["ground_truth"].add(truth.gt, truth)
+            lp = None
+            if self.fuse is not None:
+                fp, lp = fused_and_live(self.fuse, self.carried, motion, ep, r, self.runner.version, self.flow_width)
+                self.scores["fused"].add(fp, truth)
+                self.scores["live"].add(lp, truth)
+            if t in sheet_at:
+                self.sheet.append((t, r.frame.image, truth.gt, truth.still, motion, sp, lp))
 
 
 def fused_and_live(
