@@ -492,7 +492,26 @@ def main(argv: list[str] | None = None) -> int:
         if any(r.kind == kind for r in runs)
     }
     sp = None if args.no_superpixels else superpixel_table(real, synth, cfg, sp_per_clip)
-    meta = {
+    meta = run_meta(args, pinning, load, warmup, n_timed, notes)
+    headline = headline_lines(groups, (640, 480)) or headline_lines(groups, sizes[0])
+    print(report(meta, groups, runs, sp, headline))
+    save_json(
+        args.out,
+        {
+            "meta": meta,
+            "config": to_dict(cfg),
+            "groups": groups,
+            "clips": [clip_record(r) for r in runs],
+            "superpixels": sp,
+        },
+    )
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def run_meta(args: argparse.Namespace, pinning: str, load: str, warmup: int, n_timed: int, notes: list[str]) -> dict:
+    """What the figures were measured with: command, machine, code and library versions."""
+    return {
         "command": shlex.join(["python", "-m", "bench.streamer_speed", *sys.argv[1:]]),
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
@@ -509,33 +528,20 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "threads_env": {v: os.environ.get(v) for v in THREAD_VARS},
     }
-    headline = headline_lines(groups, (640, 480)) or headline_lines(groups, sizes[0])
-    print(report(meta, groups, runs, sp, headline))
-    save_json(
-        args.out,
-        {
-            "meta": meta,
-            "config": to_dict(cfg),
-            "groups": groups,
-            "clips": [
-                {
-                    "clip": r.clip,
-                    "kind": r.kind,
-                    "native": _size(r.native),
-                    "input": _size(r.size),
-                    "end_to_end": stat(r.push_ms),
-                    "decode_native": stat(r.decode_ms),
-                    "stages": {k: stat(v) for k, v in r.stages.items()},
-                    "no_flow_frames": r.no_flow,
-                    "pushes_without_mask": r.held,
-                }
-                for r in runs
-            ],
-            "superpixels": sp,
-        },
-    )
-    print(f"\nwrote {args.out}")
-    return 0
+
+
+def clip_record(r: Run) -> dict:
+    return {
+        "clip": r.clip,
+        "kind": r.kind,
+        "native": _size(r.native),
+        "input": _size(r.size),
+        "end_to_end": stat(r.push_ms),
+        "decode_native": stat(r.decode_ms),
+        "stages": {k: stat(v) for k, v in r.stages.items()},
+        "no_flow_frames": r.no_flow,
+        "pushes_without_mask": r.held,
+    }
 
 
 def counts(args: argparse.Namespace) -> tuple[list[tuple[int, int]], int, int, int]:
