@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from bench.common import ROOT
 from bench.soak.checks import alive, children_of, device_model
@@ -20,6 +21,9 @@ from bench.soak.rig import Rig
 from bench.soak.settings import BOUND_S, SYSTEMD_RESTART_S, SYSTEMD_STOP_S, log, wait_until
 from exporter.transfer import Channel
 from learner.checkpoint import step_files
+
+# What a device logs when it noticed a damaged bundle transfer.
+NOTICED = ("event=bundle_rejected", "event=pull_retry", "event=pull_failed")
 
 
 def schedule(rng: random.Random, kinds: list[str]) -> list[str]:
@@ -236,31 +240,14 @@ class Faults:
         rig = self.rig
         kind = f"bundle_{how}"
         hits = len(rig.proxy.hits)
-        noticed = rig.device_log().count
-        before = noticed("event=bundle_rejected") + noticed("event=pull_retry") + noticed("event=pull_failed")
+        seen = rig.device_log()
+        before = sum(seen.count(e) for e in NOTICED)
         rig.proxy.arm(how)
         hit = wait_until(lambda: len(rig.proxy.hits) > hits, 15.0)
-        extra = None
+        extra = fresh = None
         if hit is None:
             fresh = rig.work / f"device-once-{len(self.events)}"
-            extra = rig._spawn(
-                f"device-once-{len(self.events)}",
-                [
-                    sys.executable,
-                    "-m",
-                    "motionmask.cli",
-                    "device",
-                    "--endpoint",
-                    rig.proxy.endpoint,
-                    "--dir",
-                    str(fresh),
-                    "--trusted-key",
-                    str(rig.public),
-                    "--timeout",
-                    "2",
-                    "--once",
-                ],
-            )
+            extra = self._once_device(fresh)
             hit = wait_until(lambda: len(rig.proxy.hits) > hits, 60.0)
         rig.proxy.arm("")
         if hit is None:
@@ -270,34 +257,39 @@ class Faults:
             return self.record(kind, "no transfer went through the proxy", None, 0, injected=False)
         what = rig.proxy.hits[-1]
         if extra is not None:
-
-            def done() -> bool:
-                if extra.poll() is None:
-                    return False
-
-                version, why = device_model(fresh, rig.checks)
-                text = (rig.logs / f"{fresh.name}.log").read_text(errors="replace")
-                noticed = any(e in text for e in ("event=bundle_rejected", "event=pull_retry", "event=pull_failed"))
-                return extra.returncode == 0 and noticed and version is not None and not why
-
-            took = wait_until(done, BOUND_S[kind])
-            if extra.poll() is None:
-                extra.kill()
-                extra.wait(10)
-            return self.record(kind, f"{what} (one-off device, exit {extra.returncode})", took, BOUND_S[kind])
+            return self._once_device_recovers(kind, what, extra, fresh)
         # the device must have noticed (a rejected file, or a torn ZMTP stream it retried), then be whole again
         took = wait_until(
-            lambda: (
-                sum(
-                    rig.device_log().count(e)
-                    for e in ("event=bundle_rejected", "event=pull_retry", "event=pull_failed")
-                )
-                > before
-                and device_current(rig)
-            ),
+            lambda: sum(rig.device_log().count(e) for e in NOTICED) > before and device_current(rig),
             BOUND_S[kind],
         )
         return self.record(kind, f"{what} (the device)", took, BOUND_S[kind])
+
+    def _once_device(self, fresh: Path) -> subprocess.Popen:
+        """A device with a fresh folder that pulls once through the proxy, then exits."""
+        rig = self.rig
+        argv = [sys.executable, "-m", "motionmask.cli", "device", "--endpoint", rig.proxy.endpoint]
+        argv += ["--dir", str(fresh), "--trusted-key", str(rig.public), "--timeout", "2", "--once"]
+        return rig._spawn(fresh.name, argv)
+
+    def _once_device_recovers(self, kind: str, what: str, extra: subprocess.Popen, fresh: Path) -> dict:
+        """Recovered: the one-off device noticed the damage, and exited 0 with a verified model."""
+        rig = self.rig
+
+        def done() -> bool:
+            if extra.poll() is None:
+                return False
+
+            version, why = device_model(fresh, rig.checks)
+            text = (rig.logs / f"{fresh.name}.log").read_text(errors="replace")
+            noticed = any(e in text for e in NOTICED)
+            return extra.returncode == 0 and noticed and version is not None and not why
+
+        took = wait_until(done, BOUND_S[kind])
+        if extra.poll() is None:
+            extra.kill()
+            extra.wait(10)
+        return self.record(kind, f"{what} (one-off device, exit {extra.returncode})", took, BOUND_S[kind])
 
     def bundle_flip(self) -> dict:
         return self._bundle_damage("flip")
