@@ -117,7 +117,6 @@ def _cpu_s(pid: int) -> float:
 
 
 def run_fanin(n_rigs: int, samples: list, seconds: float, width: int, height: int, decoders: int) -> dict:
-    from learner.transport_config import TransportConfig
     from streamer.shm.ringbuffer import BufferConfig, RingBuffer
 
     msgs = [[encode(s, f"rig{r:02d}", k) for k, s in enumerate(samples)] for r in range(n_rigs)]
@@ -138,19 +137,7 @@ def run_fanin(n_rigs: int, samples: list, seconds: float, width: int, height: in
     bcfg = BufferConfig(train_width=width, train_height=height, memory_mb=64)
     with RingBuffer.create(bcfg) as ring:
         listen = f"tcp://127.0.0.1:{free_port()}"
-        spec = {
-            "name": "receiver",
-            "listen": listen,
-            "transport": asdict(TransportConfig(samples_per_insert=0, decoders=decoders)),
-            "buffer_name": ring.name,
-            "buffer": asdict(dataclasses.replace(bcfg, name=ring.name)),
-            "forward_endpoint": f"tcp://127.0.0.1:{rport}",
-            "parent_pid": os.getpid(),
-            "log_level": "WARNING",
-        }
-        proc = subprocess.Popen([sys.executable, "-m", "motionmask.remote_learn"], stdin=subprocess.PIPE)
-        proc.stdin.write(json.dumps(spec).encode())
-        proc.stdin.close()
+        proc = start_receiver(ring.name, bcfg, listen, f"tcp://127.0.0.1:{rport}", decoders)
         spawn = mp.get_context("spawn")
         stop, counts = spawn.Event(), spawn.Array("q", 2)
         rigs = spawn.Process(target=_rigs, args=(listen, n_rigs, msgs, stop, counts), daemon=True)
@@ -183,6 +170,26 @@ def run_fanin(n_rigs: int, samples: list, seconds: float, width: int, height: in
         "learner_cpu_share": round((c1 - c0) / (t1 - t0), 2),
         "exit": {"learner": proc.returncode, "rigs": rigs.exitcode},
     }
+
+
+def start_receiver(buffer_name: str, bcfg, listen: str, forward_endpoint: str, decoders: int) -> subprocess.Popen:
+    """The real receiver process (`motionmask learn`'s child) on `listen`, putting into the ring."""
+    from learner.transport_config import TransportConfig
+
+    spec = {
+        "name": "receiver",
+        "listen": listen,
+        "transport": asdict(TransportConfig(samples_per_insert=0, decoders=decoders)),
+        "buffer_name": buffer_name,
+        "buffer": asdict(dataclasses.replace(bcfg, name=buffer_name)),
+        "forward_endpoint": forward_endpoint,
+        "parent_pid": os.getpid(),
+        "log_level": "WARNING",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "motionmask.remote_learn"], stdin=subprocess.PIPE)
+    proc.stdin.write(json.dumps(spec).encode())
+    proc.stdin.close()
+    return proc
 
 
 def rig_cost(samples: list, width: int, height: int, n: int = 300) -> dict:
@@ -248,7 +255,7 @@ class SimpleSample:
         self.valid, self.source_hw = tuple(int(v) for v in b.valid[0]), tuple(int(v) for v in b.source_hw[0])
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rigs", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per rig count (after warm-up)")
@@ -258,14 +265,13 @@ def main() -> int:
     )
     ap.add_argument("--samples", type=int, default=32, help="distinct real samples each rig cycles through")
     ap.add_argument("--out", type=Path, default=OUT / "fanin.json")
-    args = ap.parse_args()
-    w, h = (int(v) for v in args.size.lower().split("x"))
-    samples = real_samples(args.samples, w, h)
-    rows = [run_fanin(n, samples, args.seconds, w, h, args.decoders) for n in args.rigs]
-    cost = rig_cost(samples, w, h)
+    return ap.parse_args()
+
+
+def print_table(rows: list[dict], w: int, h: int, n_samples: int, decoders: int) -> None:
     print(
-        f"fan-in on loopback, {w}x{h} samples ({len(samples)} real kept frames of {CLIP.name}), "
-        f"{os.cpu_count()} cores ({cpu_model()}), {args.decoders} decoder threads, load average "
+        f"fan-in on loopback, {w}x{h} samples ({n_samples} real kept frames of {CLIP.name}), "
+        f"{os.cpu_count()} cores ({cpu_model()}), {decoders} decoder threads, load average "
         f"{os.getloadavg()[0]:.1f} at the end, target >= {TARGET:.0f} samples/s"
     )
     print(
@@ -278,7 +284,9 @@ def main() -> int:
             f"| {r['rigs']} | {r['samples_per_s']:.0f} | {r['rig_sent_per_s']:.0f} | {r['rig_dropped_per_s']:.0f} | "
             f"{r['bytes_per_sample']} | {r['learner_cpu_ms_per_sample']:.3f} | {r['learner_cpu_share']:.2f} |"
         )
-    load = os.getloadavg()[0]
+
+
+def print_costs(rows: list[dict], cost: dict) -> None:
     print(
         "rig's cost per sample sent (one thread: ring read + encode + send): "
         f"{cost['rig_cpu_ms_per_sample']:.2f} ms CPU "
@@ -292,6 +300,17 @@ def main() -> int:
             f"{TARGET:.0f} samples/s need {TARGET * cpu_ms / 1e3:.1f} free cores: about "
             f"{1e3 / max(1e-6, cpu_ms):.0f} samples/s per core it is given"
         )
+
+
+def main() -> int:
+    args = parse_args()
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    samples = real_samples(args.samples, w, h)
+    rows = [run_fanin(n, samples, args.seconds, w, h, args.decoders) for n in args.rigs]
+    cost = rig_cost(samples, w, h)
+    print_table(rows, w, h, len(samples), args.decoders)
+    load = os.getloadavg()[0]
+    print_costs(rows, cost)
     save_json(
         args.out,
         {
