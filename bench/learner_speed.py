@@ -197,7 +197,28 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def main() -> int:
+def measure_all(
+    args: argparse.Namespace,
+    device: torch.device,
+    ring: RingBuffer,
+    batch: int,
+    per_frame: int,
+    warmup: int,
+    seconds: float,
+    peak: float | None,
+) -> list[dict]:
+    """A row per backbone and crop size, in table order."""
+    rows = []
+    for backbone in args.backbones.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            cfg = config(backbone, size, batch, per_frame, device.type, args.compile, args.cpu_precision)
+            rows.append(measure(cfg, device, ring, warmup, seconds, peak))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     ap.add_argument("--backbones", default="compact,alexnet")
@@ -214,7 +235,11 @@ def main() -> int:
         help="learner.train.cpu_precision (auto: bf16 where the CPU has native bf16)",
     )
     ap.add_argument("--out", default=str(OUT / "learner.json"))
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     device = resolve_device(args.device, strict=args.device == "cuda")
     cuda = device.type == "cuda"
     batch = args.batch or (256 if cuda else 24)
@@ -230,14 +255,8 @@ def main() -> int:
         file=sys.stderr,
     )
     ring = fill_ring()
-    rows = []
     try:
-        for backbone in args.backbones.split(","):
-            for size in (int(s) for s in args.sizes.split(",")):
-                cfg = config(backbone, size, batch, per_frame, device.type, args.compile, args.cpu_precision)
-                rows.append(measure(cfg, device, ring, warmup, seconds, peak))
-                if cuda:
-                    torch.cuda.empty_cache()
+        rows = measure_all(args, device, ring, batch, per_frame, warmup, seconds, peak)
     finally:
         ring.close()
     print(f"\ntraining crops per second, {device.type} ({name}), batch {batch}")
