@@ -44,6 +44,17 @@ from streamer.png import write_png
 from streamer.sources import open_source
 
 SHEET_FRAMES = 8
+# What evaluate() reports, a mean over the held-back frames each (in this order in the JSON).
+FIGURES = (
+    "agreement",
+    "agreement_kept",
+    "covered",
+    "student_only",
+    "teacher_fg",
+    "student_fg",
+    "teacher_stable",
+    "student_stable",
+)
 
 
 def extract(clip: Path, work: Path, max_frames: int, cfg) -> tuple[Path, Path, int, int]:
@@ -113,19 +124,7 @@ def evaluate(all_dir: Path, split: int, n: int, checkpoint: Path, cfg) -> tuple[
     scfg = cfg.streamer
     student = Predictor(checkpoint, "auto")
     pos, neg, fg = scfg.trimap.positive_above, scfg.trimap.negative_below, scfg.prune.fg_threshold
-    rows: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "agreement",
-            "agreement_kept",
-            "covered",
-            "student_only",
-            "teacher_fg",
-            "student_fg",
-            "teacher_stable",
-            "student_stable",
-        )
-    }
+    rows: dict[str, list[float]] = {k: [] for k in FIGURES}
     picks = set(np.linspace(split, n - 1, SHEET_FRAMES).round().astype(int).tolist())
     sheet, prev_t, prev_s = [], None, None
     seg = MotionSegmenter(scfg)
