@@ -27,24 +27,9 @@ def test_rig_bench_smoke(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "rig.json"
+    args = ["--quick", "--steps", "2", "--no-real", "--config", str(cfg), "--out", str(out)]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.rig",
-            "--quick",
-            "--steps",
-            "2",
-            "--no-real",
-            "--config",
-            str(cfg),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
+        [sys.executable, "-m", "bench.rig", *args], capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
