@@ -137,7 +137,9 @@ def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--clip", type=Path, default=CLIP, help="video the camera loops (default the bundled sample)")
     ap.add_argument("--every", default="1,5,10", help="student_every values measured, with fused on (default 1,5,10)")
     ap.add_argument(

@@ -101,7 +101,9 @@ def pct(xs: list[float], p: float) -> float | None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=float, default=30.0, help="measured seconds per phase (default 30)")
     ap.add_argument("--consoles", default="0,1,5", help="open consoles per phase (default 0,1,5)")
     ap.add_argument("--realtime", action="store_true", help="play the clip at its 10 fps instead of flat out")

@@ -55,7 +55,9 @@ def measure(ring: RingBuffer, settings: dict) -> dict:
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--nproc", default="1,2", help="rank counts to measure, e.g. 1,2,4,8")
     ap.add_argument("--backbone", default="compact")

@@ -94,6 +94,7 @@ def measure(bundle: Path, frames: np.ndarray, threads: int, cpus: set[int] | Non
 
 def main() -> int:
     ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -81,7 +81,9 @@ def replay(rows: list[dict], holdout: str, rule: str, every: int) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("run", help="a motionmask train run with step checkpoints (RUN/checkpoints/step_*.pt)")
     ap.add_argument("--seen", required=True, help="the motionmask synth folder the run trained on")
     ap.add_argument("--eval", required=True, help="a motionmask synth folder never trained on")

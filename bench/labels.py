@@ -4,7 +4,7 @@ things-s7; patchwork-s1; real, skipped with a note when ../shared/data is absent
 trails its teacher, this says whether its labels were the limit: of the pixels of moving objects,
 the share labelled positive, negative or "don't care"; of the background, the share labelled
 positive; how many frames pruning kept; the teacher's IoU on kept and pruned frames. Void pixels
-(128 in a reference) count nowhere (bench/_maskscore.LabelScore).
+(128 in a reference) count nowhere (bench/maskscore.py LabelScore).
 
 Targets (issue 18), on kept frames: >= 70% of object pixels positive, <= 5% negative, <= 2% of
 background positive; each marked met / NOT MET.
@@ -151,7 +151,9 @@ def chosen_families(args) -> list[Family]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument(
         "clips",
         nargs="?",

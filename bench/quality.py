@@ -11,7 +11,7 @@ Each is generated under bench/out on first use. Methods, all from the same flow 
   motion_masks  the teacher (streamer.motion.pipeline.MotionSegmenter), its probability
   saliency      our per-pixel motion saliency, without superpixels or voting
   otsu          residual flow magnitude after camera-motion removal, Otsu threshold per frame
-Scored by bench/_maskscore.MaskScore (void, 128 in a reference, counts nowhere): on frames with a
+Scored by bench/maskscore.py MaskScore (void, 128 in a reference, counts nowhere): on frames with a
 moving object, mIoU at 0.5 and at the best threshold (and which), precision and recall at 0.5,
 expected calibration error; frames without an object count only for false positives. Then the
 targets of issue 18, each met or not met: teacher IoU@0.5 - Otsu's >= +0.10, and |IoU@0.5 - best
@@ -389,7 +389,9 @@ def quality_main(args) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument(
         "--family",
         action="append",

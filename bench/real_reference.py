@@ -61,7 +61,9 @@ def sheet(folder: Path, entry: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=rm.DEFAULT_DATA, help="folder of the real clips")
     ap.add_argument("--out", type=Path, default=OUT, help="root of the set (real_v<VERSION> under it)")
     ap.add_argument("--rebuild", action="store_true", help="replace an existing set")

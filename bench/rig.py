@@ -17,7 +17,7 @@ the later 30% scored against its ground truth):
              flow in between (motionmask.fuse.CarriedStudent), fused with every frame's motion mask
   (without motionmask/fuse.py the two rows say why they are missing: fuse_function below)
 
-Per method, on the scored frames (bench/_maskscore.MaskScore, threshold 0.5):
+Per method, on the scored frames (bench/maskscore.py MaskScore, threshold 0.5):
   miou          mean IoU over frames with an actor
   miou_still    ... over frames where every actor present stands still (>= 1 s without moving)
   miou_moving   ... over frames where no actor present stands still (frames with both count only in miou)
@@ -781,7 +781,9 @@ def _write(out: Path, doc: dict) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--minutes", type=float, default=12.0, help="training minutes per student (default 12)")
     ap.add_argument("--steps", type=int, default=0, help="stop each training at this step (0: --minutes only)")
     ap.add_argument("--id-minutes", type=float, default=None, help="minutes of the multitask run (default --minutes)")

@@ -184,6 +184,7 @@ def bench_adapter(cfg: BufferConfig, n: int = 60) -> dict:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
         description=__doc__.split("\n")[0],
         epilog="example: python -m bench.ringbuffer --writers 2 --seconds 3",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -452,6 +452,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
         description="Streamer speed on one CPU core: decode, each pipeline stage, end to end; SEEDS vs SLIC.",
         epilog="examples:\n  python -m bench.streamer_speed\n  python -m bench.streamer_speed --quick\n"
         "  python -m bench.streamer_speed --config configs/default.yaml --sizes 640x480 --cpu 0",

@@ -26,7 +26,9 @@ from learner.evaluate import coverage, evaluate_checkpoints, student_view, synth
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("clips", help="a motionmask synth folder (clips never trained on)")
     ap.add_argument("checkpoints", nargs="+", help="student checkpoints (.pt)")
     ap.add_argument("--every", type=int, default=1, help="score every N-th frame (default: all)")

@@ -376,7 +376,9 @@ def main() -> int:
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="3 min: 0.5 min per backbone, fewer clips and head steps")
     ap.add_argument("--minutes", type=float, default=3.0, help="pre-training minutes per backbone (default 3)")
     ap.add_argument("--seed", type=int, default=100, help="pre-training clips")

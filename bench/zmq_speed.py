@@ -230,7 +230,9 @@ def run_encoding(encoding: str, n: int, rounds: int, rate: float, seconds: float
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--masks", type=int, default=1000, help="masks per throughput round (default 1000)")
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds per scenario (default 3)")
     ap.add_argument("--rate", type=float, default=TARGET_RATE, help="latency run pace, masks/s (default 500)")

@@ -213,6 +213,7 @@ def main() -> int:
     in libzmq (a SUB keeps its subscriptions in a recursive trie: a megabyte-long topic overflows
     the stack of the client's own I/O thread), and that must not take the soak down with it."""
     p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
         description="Send malformed and oversized messages to a daemon's endpoints.",
         epilog='example: python -m bench.soak.junk \'{"control": "tcp://127.0.0.1:5556"}\' 0',
     )

@@ -166,6 +166,7 @@ def stop_device(rig: Rig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
+        prog="python -m bench.soak",
         description="Soak a real `motionmask run` (two cameras, learner, exports, a device, subscribers) under a "
         "seeded schedule of faults; assert that each is recovered and nothing is lost or corrupted.",
         epilog="examples:\n  python -m bench.soak                       # 20 minutes of faults, seed 0\n"

@@ -98,6 +98,7 @@ def serve(port: int, clip: str, width: int) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}",
         description="Serve a clip, looped, as a live MPEG-TS stream on loopback TCP (the soak's network camera).",
         epilog="example: python -m bench.soak.stream --port 8554 --clip tests/data/sample.mp4",
     )
