@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import UserError
+from common.pids import pid_alive
 from exporter.bundle import MANIFEST_FILE, MODEL_FILE, TMP_PREFIX, load_bundle, read_pointer
 from exporter.signing import SIG_FILE
 from exporter.transfer import smoke_test
@@ -57,12 +58,8 @@ def proc_usage(pid: int) -> tuple[float, int, int] | None:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:  # a zombie is gone for our purposes
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"

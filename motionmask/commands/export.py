@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import re
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from common.errors import UserError
 from common.log import log_event
+from motionmask.commands.options import info_logs
 from motionmask.commands.signals import Terminated, signals_as_exceptions
 from motionmask.config import load_config
 
@@ -106,20 +105,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-@contextlib.contextmanager
-def quiet_logs(enabled: bool) -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in ("streamer", "motionmask", "learner", "exporter")]
-    levels = [lg.level for lg in loggers]
-    if enabled:
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     e = cfg.export
@@ -140,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint and not args.serve:
         raise UserError("nothing to do: give --checkpoint CKPT to export, or --serve to serve an exports folder")
     out = Path(args.out or e.dir)
-    with quiet_logs(args.quiet), signals_as_exceptions():
+    with info_logs(not args.quiet), signals_as_exceptions():
         if args.checkpoint:
             _export(args, cfg, out)
         if args.serve:
