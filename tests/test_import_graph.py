@@ -4,6 +4,7 @@ no borrowed private names. Imports inside functions count: they are how a circle
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def _project(module: str) -> str | None:
     return module or None
 
 
+@functools.cache  # read once for the tests that share it; they only read it
 def _edges() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for name, path in MODULES.items():
