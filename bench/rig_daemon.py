@@ -24,7 +24,8 @@ under bench/out/rig/, the first 70% to train, the later 30% scored against its g
             and still-actor recall (bench.rig.RigScore)
   gate      the gate's decisions: shipped, skipped (not better on the holdout), failed, from the
             daemon's status just before the stop and from its log (event=export_published,
-            export_skipped, export_failed, export_rejected)
+            export_skipped, export_failed, export_rejected); an export under way at the stop
+            finishes during the shutdown: in the log and on disk, not in the status
 
 Then the last shipped bundle against the offline student after the same minutes: the target is
 |last export - offline student| <= 0.03 mIoU; and how well the gate's holdout IoU ranks the bundles
@@ -257,12 +258,18 @@ def _ranks(v: list[float]) -> np.ndarray:
 # The offline student
 
 
-def offline_from_json(path: Path, g: int, seed: int, ptz: bool) -> dict:
-    """The student of an earlier bench.rig run on the same stream (gen seed, training seed, PTZ)."""
+def offline_from_json(path: Path, g: int, seed: int, ptz: bool, stream_minutes: float) -> dict:
+    """The student of an earlier bench.rig run on the same stream (gen seed, training seed, PTZ,
+    stream length)."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"--offline {path}: not readable as JSON ({e}); give a bench.rig output") from None
+    theirs = (doc.get("args") or {}).get("stream_minutes")
+    if theirs != stream_minutes:
+        raise UserError(
+            f"--offline {path}: a {theirs}-minute stream, not {stream_minutes:g}; give --stream-minutes {theirs}"
+        )
     for r in doc.get("runs", []):
         if r.get("gen_seed") == g and r.get("train_seed") == seed and bool(r.get("ptz")) == ptz:
             return {
@@ -318,7 +325,7 @@ def rig_seed(g: int, args, extra: dict, work: Path) -> dict:
     if not (args.reuse and (gwork / "train").is_dir()):
         write_train_frames(video, range(0, split), gwork / "train")
     if args.offline:
-        offline = offline_from_json(Path(args.offline), g, args.train_seed, args.ptz)
+        offline = offline_from_json(Path(args.offline), g, args.train_seed, args.ptz, args.stream_minutes)
     else:
         offline = offline_run(g, args, extra, gwork, clip_root, entry)
     dwork = gwork / "daemon"
@@ -430,7 +437,10 @@ def print_tables(doc: dict) -> None:
         c, lv, off = d["log_counts"], r["last_vs_offline"], r["offline"]
         print("\n| summary | |")
         print("|---|---|")
-        print(f"| bundles shipped / skipped / failed (status) | {st['shipped']} / {st['skipped']} / {st['failed']} |")
+        print(
+            f"| bundles shipped / skipped / failed (status before the stop) | {st['shipped']} / {st['skipped']} / "
+            f"{st['failed']} |"
+        )
         print(
             f"| log: published / skipped / failed / rejected | {c['export_published']} / {c['export_skipped']} / "
             f"{c['export_failed']} / {c['export_rejected']} |"

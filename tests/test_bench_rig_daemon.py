@@ -100,5 +100,5 @@ def test_bundles_scored_in_one_pass_match_each_alone(tmp_path, tmp_path_factory,
     names = [row.split(" | ")[0].lstrip("| ") for row in table]  # step order: the bundles, then the skip
     assert names == [b["version"] for b in found] + ["(skipped: not better)"]
     assert "12.5 s per export" in out
-    assert "| bundles shipped / skipped / failed (status) | 2 / 1 / 0 |" in out
+    assert "| bundles shipped / skipped / failed (status before the stop) | 2 / 1 / 0 |" in out
     assert "| target: abs(last export - offline student) <= 0.03 | 0.010: met |" in out
