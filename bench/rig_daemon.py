@@ -51,7 +51,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import yaml
 
 from bench.common import OUT, ROOT, cpu_model, free_port, git_revision, save_json
@@ -232,26 +231,14 @@ def score_bundles(video: Path, clip_dir: Path, split: int, frames: int, bundle_d
 
 
 def spearman(a: list[float | None], b: list[float | None]) -> float | None:
-    """Spearman's rank correlation of the pairs where both are numbers (ties share their mean
-    rank); None with fewer than 3 pairs or when either side is constant."""
+    """Spearman's rank correlation of the pairs where both are numbers; None with fewer than 3
+    pairs or when either side is constant (no ranking to compare)."""
+    from scipy.stats import spearmanr
+
     pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
-    if len(pairs) < 3:
+    if len(pairs) < 3 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
         return None
-    ra, rb = (_ranks([p[i] for p in pairs]) for i in (0, 1))
-    if ra.std() == 0 or rb.std() == 0:
-        return None
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ranks(v: list[float]) -> np.ndarray:
-    x = np.asarray(v, float)
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x), dtype=float)
-    for value in np.unique(x):
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+    return float(spearmanr([x for x, _ in pairs], [y for _, y in pairs]).statistic)
 
 
 # ----------------------------------------------------------------------------------------------
