@@ -8,7 +8,9 @@ next to the camera processes:
 It only reads the buffer (a streamer never waits for it) and writes refined labels through the
 buffer's seqlock. An empty buffer at start is waited on with a log line, not spun on. It resumes
 from the newest readable checkpoint in `learner.run_dir` (model, optimiser, step, RNG), so a
-crash or a SIGKILL costs at most the steps since the last checkpoint; SIGTERM checkpoints first.
+crash or a SIGKILL costs at most the steps since the last checkpoint; SIGTERM checkpoints first,
+abandoning an export under way (one takes seconds, longer than daemon.shutdown_timeout_s allows
+on a small machine; the bundle in service stays, and a half-written one is never published).
 
 learner.train.nproc > 1 (`motionmask learn --nproc N`): this process is rank 0 of N data-parallel
 ranks and starts the others (motionmask/learner_ranks.py, docs/distributed.md).
@@ -68,6 +70,11 @@ def daemon_threads(requested: int, cameras: int) -> int:
     return requested or max(1, available_cores() - cameras - 1)
 
 
+class ExportInterrupted(BaseException):
+    """A stop signal during an export: raised by the signal handler so that the export is left
+    (a BaseException, past the export's own error handling) and fit() checkpoints and returns."""
+
+
 class LearnerProcess:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
@@ -82,6 +89,7 @@ class LearnerProcess:
         self.stop = threading.Event()
         self.signum = 0
         self.phase = "starting"  # starting -> running -> stopped | failed
+        self.exporting = False  # inside the gate's export: a stop signal interrupts it
         self.error = ""
         self.trainer = None
         self.bootstrap = None
@@ -130,6 +138,9 @@ class LearnerProcess:
         self.stop.set()
         if self.phase == "starting":
             raise Stopped()
+        if self.exporting and not self.ranks:  # ranks wait for rank 0 in the next step's collectives
+            self.exporting = False
+            raise ExportInterrupted()
 
     # -- main -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -169,8 +180,17 @@ class LearnerProcess:
             summary = self._fit_ranked(trainer, feed, run_dir, buffer_cfg)
         else:
             summary = fit(
-                trainer, feed, run_dir, Limits(), progress=False, stop=self.stop.is_set, on_step=self._on_step
+                trainer,
+                feed,
+                run_dir,
+                Limits(),
+                progress=False,
+                stop=self.stop.is_set,
+                interrupts=(ExportInterrupted,),
+                on_step=self._on_step,
             )
+        if summary.interrupted_by:
+            log_event(log, "export_abandoned", logging.WARNING, step=summary.step, reason="stop signal")
         log_event(
             log,
             "learner_stopped",
@@ -306,7 +326,11 @@ class LearnerProcess:
             elif self.periodic.due(trainer.step_count):
                 self.periodic.holdout = self._holdout(trainer, "refresh")
             if self.periodic is not None:
-                self.periodic.maybe_export(trainer.model, trainer.step_count)
+                self.exporting = True
+                try:
+                    self.periodic.maybe_export(trainer.model, trainer.step_count)
+                finally:
+                    self.exporting = False
         except Exception as e:
             log_event(log, "export_failed", logging.ERROR, step=trainer.step_count, error=f"{type(e).__name__}: {e}")
             if self.periodic is None:
@@ -402,6 +426,8 @@ class LearnerProcess:
     def activity(self) -> str:
         if self.phase != "running":
             return self.phase
+        if self.exporting:
+            return "exporting"
         if self.bootstrap is not None and self.bootstrap.busy:
             return "bootstrapping"
         ring = self.ring

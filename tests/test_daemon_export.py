@@ -122,3 +122,67 @@ def test_held_back_samples_never_reach_training():
             assert all(int(b.frames[k, 0, 0, 0]) == int(b.frame_index[k]) for k in range(len(b)))
             seen |= {int(f) for f in b.frame_index}
         assert seen == set(range(12)) - held_frames
+
+
+def test_a_stop_during_an_export_abandons_it_and_checkpoints_in_time(tmp_path, learner_daemon_config):
+    """An export takes seconds (here: a long latency measurement); SIGINT in the middle of one
+    must not cost the training since the last checkpoint: the learner leaves the export, saves
+    its step and exits within shutdown_timeout_s, and no half-written bundle is published."""
+    from learner.checkpoint import load_checkpoint
+    from motionmask.control import ControlUnavailable, request
+
+    shutdown_s = 3.0
+    cfg = learner_daemon_config(
+        shutdown_s, checkpoint={"every_steps": 100000, "every_minutes": 0, "keep": 2}, bootstrap={"enabled": False}
+    )
+    cfg["export"] = {
+        "enabled": True,
+        "dir": str(tmp_path / "exports"),
+        "every_steps": 5,
+        "every_minutes": 0,
+        "holdout_samples": 4,
+        "parity_frames": 2,
+        "latency_runs": 10000,  # seconds of timed runs: longer than shutdown_timeout_s
+        "serve": False,
+    }
+    config = tmp_path / "daemon.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    control = cfg["daemon"]["control_endpoint"]
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    code, step = None, None
+    try:
+        deadline = time.monotonic() + 90
+        while step is None:
+            assert proc.poll() is None, f"daemon exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the learner never exported\n{log.read_text()[-3000:]}"
+            try:
+                learner = request(control, "status", timeout=2.0).get("learner") or {}
+            except ControlUnavailable:
+                learner = {}
+            if learner.get("activity") == "exporting":
+                step = learner["step"]
+            time.sleep(0.1)
+        proc.send_signal(2)
+        t0 = time.monotonic()
+        code = proc.wait(shutdown_s + 10)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    assert "event=child_killed" not in text, text[-3000:]  # the learner did not wait out its export
+    assert took < shutdown_s + 2, text[-3000:]
+    assert "event=export_abandoned" in text and "Traceback" not in text, text[-3000:]
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", "cpu")
+    assert state["step"] >= step > 0
+    exports = tmp_path / "exports"
+    published = [p for p in exports.iterdir() if not p.name.startswith(".")] if exports.is_dir() else []
+    assert all((p / "manifest.json").is_file() for p in published if p.is_dir())
