@@ -186,10 +186,10 @@ class LearnerProcess:
                 Limits(),
                 progress=False,
                 stop=self.stop.is_set,
-                interrupts=(ExportInterrupted,),
+                interrupts=(KeyboardInterrupt, ExportInterrupted),
                 on_step=self._on_step,
             )
-        if summary.interrupted_by:
+        if summary.interrupted_by == ExportInterrupted.__name__:
             log_event(log, "export_abandoned", logging.WARNING, step=summary.step, reason="stop signal")
         log_event(
             log,
