@@ -2,12 +2,10 @@
 steps (exports/<version> + LATEST), the daemon serves it to a device that pins the signing key,
 and the camera hot-loads it and publishes kind `student` masks stamped with the bundle's version."""
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import yaml
+from _daemon import start_daemon, wait_learner
 from _media import free_port
 
 from exporter.bundle import LATEST
@@ -38,16 +36,8 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
     }
     private, public = create_signing_keys(tmp_path / "keys", "exporter")
     cfg["export"]["signing_key"] = str(private)
-    config = tmp_path / "daemon.yaml"
-    config.write_text(yaml.safe_dump(cfg))
     exports = Path(cfg["export"]["dir"])
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc, log = start_daemon(tmp_path, cfg)
     code = None
     try:
         with MaskSubscriber(cfg["publish"]["endpoint"], "mask.a.student") as sub:
@@ -129,7 +119,6 @@ def test_a_stop_during_an_export_abandons_it_and_checkpoints_in_time(tmp_path, l
     must not cost the training since the last checkpoint: the learner leaves the export, saves
     its step and exits within shutdown_timeout_s, and no half-written bundle is published."""
     from learner.checkpoint import load_checkpoint
-    from motionmask.control import ControlUnavailable, request
 
     shutdown_s = 3.0
     cfg = learner_daemon_config(
@@ -145,29 +134,12 @@ def test_a_stop_during_an_export_abandons_it_and_checkpoints_in_time(tmp_path, l
         "latency_runs": 10000,  # seconds of timed runs: longer than shutdown_timeout_s
         "serve": False,
     }
-    config = tmp_path / "daemon.yaml"
-    config.write_text(yaml.safe_dump(cfg))
     control = cfg["daemon"]["control_endpoint"]
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    code, step = None, None
+    proc, log = start_daemon(tmp_path, cfg)
+    code = None
     try:
-        deadline = time.monotonic() + 90
-        while step is None:
-            assert proc.poll() is None, f"daemon exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the learner never exported\n{log.read_text()[-3000:]}"
-            try:
-                learner = request(control, "status", timeout=2.0).get("learner") or {}
-            except ControlUnavailable:
-                learner = {}
-            if learner.get("activity") == "exporting":
-                step = learner["step"]
-            time.sleep(0.1)
+        exporting = wait_learner(proc, control, lambda s: s["activity"] == "exporting", log, timeout=90)
+        step = exporting["step"]
         proc.send_signal(2)
         t0 = time.monotonic()
         code = proc.wait(shutdown_s + 10)

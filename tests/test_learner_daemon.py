@@ -12,48 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from _daemon import start_daemon, wait_learner
 from _media import process_gone
 
 from learner.checkpoint import LAST, checkpoint_dir, load_checkpoint
 from motionmask.client import MaskSubscriber
-from motionmask.control import ControlUnavailable, request
 
 SHUTDOWN_S = 5.0
 ROUND_EVERY = 40
-
-
-def _learner(control: str) -> dict | None:
-    try:
-        return request(control, "status", timeout=2.0).get("learner")
-    except ControlUnavailable:
-        return None
-
-
-def _wait(proc, control: str, what, log: Path, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"daemon exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-        last = _learner(control)
-        if last is not None and what(last):
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out; learner {json.dumps(last)}\n{log.read_text()[-3000:]}")
-
-
-def _start_daemon(tmp_path: Path, cfg: dict) -> tuple[subprocess.Popen, Path]:
-    """`motionmask run` with cfg, its log (the children's lines too) in tmp_path/daemon.log."""
-    config = tmp_path / "daemon.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return proc, log
 
 
 def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
@@ -63,10 +29,10 @@ def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
         bootstrap={"every_steps": ROUND_EVERY},
     )
     control, endpoint = cfg["daemon"]["control_endpoint"], cfg["publish"]["endpoint"]
-    proc, log = _start_daemon(tmp_path, cfg)
+    proc, log = start_daemon(tmp_path, cfg)
     try:
         with MaskSubscriber(endpoint, "mask.a.refined") as sub:
-            st = _wait(
+            st = wait_learner(
                 proc,
                 control,
                 lambda s: (
@@ -100,10 +66,12 @@ def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
 
         # SIGKILL: the daemon restarts it; it resumes from its last checkpoint and goes on counting
         victim, ckpt = st["pid"], None
-        st = _wait(proc, control, lambda s: s["checkpoint_step"] is not None and s["step"] > s["checkpoint_step"], log)
+        st = wait_learner(
+            proc, control, lambda s: s["checkpoint_step"] is not None and s["step"] > s["checkpoint_step"], log
+        )
         victim, ckpt = st["pid"], st["checkpoint_step"]
         os.kill(victim, signal.SIGKILL)
-        st = _wait(
+        st = wait_learner(
             proc,
             control,
             lambda s: (
@@ -140,9 +108,11 @@ def test_an_orphaned_learner_checkpoints_and_exits(tmp_path, learner_daemon_conf
     """A daemon killed with SIGKILL cannot stop its learner: the learner notices (its parent is
     gone), saves a checkpoint as on SIGTERM, and exits instead of training forever."""
     cfg = learner_daemon_config(SHUTDOWN_S, checkpoint={"every_steps": 10_000, "every_minutes": 0, "keep": 2})
-    proc, log = _start_daemon(tmp_path, cfg)
+    proc, log = start_daemon(tmp_path, cfg)
     try:
-        st = _wait(proc, cfg["daemon"]["control_endpoint"], lambda s: s["state"] == "running" and s["step"] >= 5, log)
+        st = wait_learner(
+            proc, cfg["daemon"]["control_endpoint"], lambda s: s["state"] == "running" and s["step"] >= 5, log
+        )
         learner, step = st["pid"], st["step"]
         proc.kill()
         proc.wait(5)
