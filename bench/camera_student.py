@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, save_json, tile
+from bench.common import OUT, ROOT, cpu_model, fmt, git_revision, overlay, save_json, tile
 from common.errors import UserError
 from learner.evaluate import score
 from learner.predict import Predictor
@@ -188,10 +188,6 @@ def write_sheet(path: Path, sheet: list[tuple], width: int = 240) -> None:
     write_png(path, np.concatenate(cols, axis=1))
 
 
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -243,13 +239,16 @@ def main() -> int:
     print(f"held back: frames {split}-{n - 1}\n")
     print("| held-back frames | teacher (motion) | student (one frame) |")
     print("|---|---:|---:|")
-    print(f"| mean foreground fraction | {_f(res['teacher_fg'])} | {_f(res['student_fg'])} |")
+    print(f"| mean foreground fraction | {fmt(res['teacher_fg'])} | {fmt(res['student_fg'])} |")
     print(
-        f"| stability: IoU with the previous frame's mask | {_f(res['teacher_stable'])} | {_f(res['student_stable'])} |"
+        f"| stability: IoU with the previous frame's mask | {fmt(res['teacher_stable'])} | "
+        f"{fmt(res['student_stable'])} |"
     )
-    print(f"| agreement IoU, all / frames the teacher keeps | {_f(res['agreement'])} / {_f(res['agreement_kept'])} | |")
-    print(f"| teacher's sure positives the student marks | | {_f(res['covered'])} |")
-    print(f"| student foreground the teacher calls background | | {_f(res['student_only'])} |")
+    print(
+        f"| agreement IoU, all / frames the teacher keeps | {fmt(res['agreement'])} / {fmt(res['agreement_kept'])} | |"
+    )
+    print(f"| teacher's sure positives the student marks | | {fmt(res['covered'])} |")
+    print(f"| student foreground the teacher calls background | | {fmt(res['student_only'])} |")
     print(f"\nwrote {out} and {png}")
     return 0
 

@@ -78,6 +78,11 @@ def save_json(path: str | Path, doc: object, indent: int = 2, default=None) -> N
 # ---- how it runs -----------------------------------------------------------------------------
 
 
+def fmt(v: float | None, digits: int = 3) -> str:
+    """A figure for a markdown table: `digits` decimals, "-" where there is none."""
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

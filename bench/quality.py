@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, save_json, tile
+from bench.common import OUT, ROOT, cpu_model, fmt, git_revision, overlay, save_json, tile
 from bench.families import FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped, synth_family, title
 from bench.maskscore import THRESHOLDS, MaskScore
 from learner.evaluate import coverage, evaluate_checkpoints, score
@@ -285,10 +285,6 @@ def worst_sheet(result: dict, path: Path) -> list[str]:
     return [c["clip"] for c in worst]
 
 
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def _met(ok: bool | None) -> str:
     return "-" if ok is None else "met" if ok else "NOT MET"
 
@@ -306,8 +302,8 @@ def print_family(fam: Family, folder: Path, n_clips: int, r: dict) -> None:
         x = s[m]
         best = "-" if x["best_iou"] is None else f"{x['best_iou']:.3f} ({x['best_threshold']:.2f})"
         print(
-            f"| {NAMES[m]} | {_f(x['iou'])} | {best} | {_f(x['precision'])} | {_f(x['recall'])} | "
-            f"{_f(x['ece'])} | {_f(x['empty_fp'])} |"
+            f"| {NAMES[m]} | {fmt(x['iou'])} | {best} | {fmt(x['precision'])} | {fmt(x['recall'])} | "
+            f"{fmt(x['ece'])} | {fmt(x['empty_fp'])} |"
         )
     if t["gap_to_otsu"] is not None:
         print(
@@ -317,14 +313,14 @@ def print_family(fam: Family, folder: Path, n_clips: int, r: dict) -> None:
         )
     print(
         f"kept after pruning: {mm['kept_fraction']:.1%} of frames, teacher IoU on kept frames "
-        f"{_f(mm['kept_iou'])}; segmenter {mm['fps']:.1f} fps (decode excluded)"
+        f"{fmt(mm['kept_iou'])}; segmenter {mm['fps']:.1f} fps (decode excluded)"
     )
     print(f"\nreliability of the teacher's probability, {fam.name} (frames with an object, void excluded)")
     print("| probability | pixels | mean probability | foreground fraction |")
     print("|---|---|---|---|")
     n = sum(b["pixels"] for b in r["reliability"]) or 1
     for b in r["reliability"]:
-        print(f"| {b['bin']} | {b['pixels'] / n:.1%} | {_f(b['mean_prob'])} | {_f(b['fg_fraction'])} |")
+        print(f"| {b['bin']} | {b['pixels'] / n:.1%} | {fmt(b['mean_prob'])} | {fmt(b['fg_fraction'])} |")
     if r.get("contact_sheet"):
         print(f"worst clips ({', '.join(r['worst_clips'])}): {r['contact_sheet']}")
 
@@ -343,8 +339,8 @@ def print_overview(res: dict) -> None:
         cal = "-" if t["calibration_gap"] is None else f"{t['calibration_gap']:.3f} {_met(t['calibration_met'])}"
         label = f"{name} (tuning set)" if r["tuning"] else name
         print(
-            f"| {label} | {_f(mm['iou'])} | {best} | {_f(r['summary']['otsu']['iou'])} | {gap} | {cal} | "
-            f"{_f(mm['ece'])} |"
+            f"| {label} | {fmt(mm['iou'])} | {best} | {fmt(r['summary']['otsu']['iou'])} | {gap} | {cal} | "
+            f"{fmt(mm['ece'])} |"
         )
     print_skipped(res["skipped"])
 
@@ -766,7 +762,7 @@ def _print_unseen(res: dict, args) -> None:
     for m in ["teacher", "student_branch", "student", "bootstrapped"]:
         r = u[m]
         print(
-            f"| {names[m]} | {_f(r['iou'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['empty_fp'])} | "
+            f"| {names[m]} | {fmt(r['iou'])} | {fmt(r['precision'])} | {fmt(r['recall'])} | {fmt(r['empty_fp'])} | "
             f"{steps.get(m, '-')} |"
         )
 
@@ -780,8 +776,8 @@ def _print_coverage(groups: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|")
     for g in groups:
         print(
-            f"| {g['background']} | {g['movers']} | {g['frames']} | {_f(g['teacher'])} | "
-            f"{_f(g['student_branch'])} | {_f(g['student'])} | {_f(g['bootstrapped'])} |"
+            f"| {g['background']} | {g['movers']} | {g['frames']} | {fmt(g['teacher'])} | "
+            f"{fmt(g['student_branch'])} | {fmt(g['student'])} | {fmt(g['bootstrapped'])} |"
         )
 
 
@@ -795,15 +791,15 @@ def _print_rounds(rounds: list[dict], t: dict) -> None:
     if rounds:
         q = rounds[0]["quality"]
         print(
-            f"| 0 | - | 0 | {_f(q.get('iou_motion'))} | {_f(q.get('accuracy_motion'))} | "
-            f"{_f(rounds[0]['coverage_motion'])} | - | - |"
+            f"| 0 | - | 0 | {fmt(q.get('iou_motion'))} | {fmt(q.get('accuracy_motion'))} | "
+            f"{fmt(rounds[0]['coverage_motion'])} | - | - |"
         )
     for r in rounds:
         q = r["quality"]
         print(
-            f"| {r['round']} | {r['step']} | {r['weight']:.2f} | {_f(q.get('iou_refined'))} | "
-            f"{_f(q.get('accuracy_refined'))} | {_f(r['coverage_refined'])} | {_f(r['changed'])} | "
-            f"{_f(q.get('iou_student'))} |"
+            f"| {r['round']} | {r['step']} | {r['weight']:.2f} | {fmt(q.get('iou_refined'))} | "
+            f"{fmt(q.get('accuracy_refined'))} | {fmt(r['coverage_refined'])} | {fmt(r['changed'])} | "
+            f"{fmt(q.get('iou_student'))} |"
         )
 
 
@@ -812,7 +808,7 @@ def _print_fusion(rows: list[dict], t: dict) -> None:
     print("| labels | IoU vs GT | label accuracy | labelled pixels |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['labels']} | {_f(r['iou'])} | {_f(r['accuracy'])} | {_f(r['coverage'])} |")
+        print(f"| {r['labels']} | {fmt(r['iou'])} | {fmt(r['accuracy'])} | {fmt(r['coverage'])} |")
 
 
 def _print_real(real: dict, args) -> None:
@@ -825,8 +821,8 @@ def _print_real(real: dict, args) -> None:
     print("|---|---|---|---|---|---|")
     for r in real["clips"]:
         print(
-            f"| {r['clip']} | {r['held_back']} | {r['kept_held_back']} | {_f(r['agreement_iou'])} | "
-            f"{_f(r['agreement_iou_kept'])} | {_f(r['teacher_fg'])} |"
+            f"| {r['clip']} | {r['held_back']} | {r['kept_held_back']} | {fmt(r['agreement_iou'])} | "
+            f"{fmt(r['agreement_iou_kept'])} | {fmt(r['teacher_fg'])} |"
         )
     print(f"contact sheet: {real['contact_sheet']}")
 

@@ -64,7 +64,7 @@ import cv2
 import numpy as np
 import yaml
 
-from bench.common import OUT, ROOT, cpu_model, git_revision, overlay, save_json, tile
+from bench.common import OUT, ROOT, cpu_model, fmt, git_revision, overlay, save_json, tile
 from bench.maskscore import MaskScore
 from common.config import merge
 from common.errors import UserError
@@ -719,10 +719,6 @@ def targets(runs: list[dict]) -> dict:
     }
 
 
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def print_tables(doc: dict) -> None:
     for r in doc["runs"]:
         st = r["stream"]
@@ -739,26 +735,26 @@ def print_tables(doc: dict) -> None:
                 print(f"| {NAMES[m]} | not scored: {r['fused_source']} | | | | | |")
                 continue
             if m == "ground_truth":
-                print(f"| {NAMES[m]} | | | | | {_f(s['flicker'])} | {_f(s['flicker_still'])} |")
+                print(f"| {NAMES[m]} | | | | | {fmt(s['flicker'])} | {fmt(s['flicker_still'])} |")
                 continue
             print(
-                f"| {NAMES[m]} | {_f(s['miou'])} | {_f(s['miou_still'])} | {_f(s['miou_moving'])} | "
-                f"{_f(s['still_recall'])} | {_f(s['flicker'])} | {_f(s['flicker_still'])} |"
+                f"| {NAMES[m]} | {fmt(s['miou'])} | {fmt(s['miou_still'])} | {fmt(s['miou_moving'])} | "
+                f"{fmt(s['still_recall'])} | {fmt(s['flicker'])} | {fmt(s['flicker_still'])} |"
             )
         e = r["exported_check"]
         print(
-            f"\nexported on {e['provider']}: max |ONNX - checkpoint| per frame: mean {_f(e['max_abs_diff_mean'])}, "
-            f"worst {_f(e['max_abs_diff_max'])}"
+            f"\nexported on {e['provider']}: max |ONNX - checkpoint| per frame: mean {fmt(e['max_abs_diff_mean'])}, "
+            f"worst {fmt(e['max_abs_diff_max'])}"
         )
         if r.get("id"):
             i = r["id"]
             print(
                 f"who is who ({i['crops']} crops of {i['actors']} actors, {i['visits']} visits; "
                 "top-1 over other visits): "
-                f"embedding {_f(i['embedding']['top1'])}, colour histogram {_f(i['colour_histogram']['top1'])}, "
-                f"chance {_f(i['embedding']['chance'])}; "
+                f"embedding {fmt(i['embedding']['top1'])}, colour histogram {fmt(i['colour_histogram']['top1'])}, "
+                f"chance {fmt(i['embedding']['chance'])}; "
                 f"embedding loss logged on {i['train']['embedding_loss_lines']}"
-                f" of {i['train']['log_lines']} log lines, mean {_f(i['train']['embedding_loss_mean'])}"
+                f" of {i['train']['log_lines']} log lines, mean {fmt(i['train']['embedding_loss_mean'])}"
             )
     print("\n### targets (issue 19; live = what a subscriber receives)")
     for k, v in doc["targets"].items():
@@ -771,7 +767,7 @@ def print_tables(doc: dict) -> None:
         else:
             print(
                 f"\nvtest: trained on frames {real['train_frames']}, shown {real['shown_frames']}: "
-                f"agreement IoU {_f(real['agreement_iou'])}, {real['frames_with_still_people']} frames with someone "
+                f"agreement IoU {fmt(real['agreement_iou'])}, {real['frames_with_still_people']} frames with someone "
                 f"standing still; {real['train']['summary']}; sheet {real['contact_sheet']}"
             )
 

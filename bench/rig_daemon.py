@@ -53,7 +53,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from bench.common import OUT, ROOT, cpu_model, free_port, git_revision, save_json
+from bench.common import OUT, ROOT, cpu_model, fmt, free_port, git_revision, save_json
 from bench.rig import RigScore, frames_of, run_config, train_and_score, truth_of, write_train_frames
 from common.config import merge
 from common.errors import UserError
@@ -365,14 +365,6 @@ def rig_seed(g: int, args, extra: dict, work: Path) -> dict:
 # Output
 
 
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
-def _g(v) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
 def decision_rows(bundles: list[dict], decisions: list[dict]) -> list[str]:
     """The table's rows in step order: each shipped bundle with its true scores, and each decision
     that shipped nothing (skipped, failed: from the status) with the gate's reason."""
@@ -382,9 +374,9 @@ def decision_rows(bundles: list[dict], decisions: list[dict]) -> list[str]:
         rows.append(
             (
                 b["step"],
-                f"| {b['version']} | {b['step']} | {_g(b['minutes'])} | {_f(b['holdout_iou'])} | "
-                f"{_f(b['holdout_bce'])} | {_f(t['miou'])} | {_f(t['miou_still'])} | {_f(t['miou_moving'])} | "
-                f"{_f(t['still_recall'])} |",
+                f"| {b['version']} | {b['step']} | {fmt(b['minutes'], 1)} | {fmt(b['holdout_iou'])} | "
+                f"{fmt(b['holdout_bce'])} | {fmt(t['miou'])} | {fmt(t['miou_still'])} | {fmt(t['miou_moving'])} | "
+                f"{fmt(t['still_recall'])} |",
             )
         )
     for dec in decisions:
@@ -393,7 +385,7 @@ def decision_rows(bundles: list[dict], decisions: list[dict]) -> list[str]:
                 (
                     dec.get("step") or 0,
                     f"| ({dec.get('outcome')}: {dec.get('reason', '')}) | {dec.get('step')} | | "
-                    f"{_f(dec.get('holdout_iou'))} | {_f(dec.get('holdout_bce'))} | | | | |",
+                    f"{fmt(dec.get('holdout_iou'))} | {fmt(dec.get('holdout_bce'))} | | | | |",
                 )
             )
     return [text for _, text in sorted(rows, key=lambda x: x[0])] or ["| (none shipped) | | | | | | | | |"]
@@ -408,10 +400,11 @@ def print_tables(doc: dict) -> None:
             f"bundles scored on frames {r['stream']['split']}-{r['stream']['frames'] - 1}"
         )
         print(
-            f"daemon: exit status {d['exit_status']}, learner at step {st['step']} ({_f(st['crops_per_s'])} crops/s "
+            f"daemon: exit status {d['exit_status']}, learner at step {st['step']} ({fmt(st['crops_per_s'])} crops/s "
             f"at the end, {st['learner_restarts']} restarts), camera {st['camera_fps']} fps, gate every "
             f"{d['every_minutes']:g} min, holdout {st['holdout_samples']} samples refreshed "
-            f"{d['log_counts']['holdout_refreshed']} times, {_g(d['log_counts']['export_seconds_mean'])} s per export"
+            f"{d['log_counts']['holdout_refreshed']} times, "
+            f"{fmt(d['log_counts']['export_seconds_mean'], 1)} s per export"
             + (f", {d['log_counts']['tracebacks']} tracebacks in the log" if d["log_counts"]["tracebacks"] else "")
         )
         print(
@@ -432,14 +425,14 @@ def print_tables(doc: dict) -> None:
             f"| log: published / skipped / failed / rejected | {c['export_published']} / {c['export_skipped']} / "
             f"{c['export_failed']} / {c['export_rejected']} |"
         )
-        print(f"| Spearman, holdout IoU vs true mIoU | {_f(r['spearman_holdout_vs_true'])} (n={len(r['bundles'])}) |")
-        print(f"| last export, true mIoU | {_f(lv['last_export_miou'])} |")
+        print(f"| Spearman, holdout IoU vs true mIoU | {fmt(r['spearman_holdout_vs_true'])} (n={len(r['bundles'])}) |")
+        print(f"| last export, true mIoU | {fmt(lv['last_export_miou'])} |")
         print(
-            f"| offline student after {off['minutes']} min, mIoU | {_f(lv['offline_student_miou'])} "
+            f"| offline student after {off['minutes']} min, mIoU | {fmt(lv['offline_student_miou'])} "
             f"({off['summary'].split(';')[0]}) |"
         )
         verdict = "met" if lv["met"] else "NOT met"
-        print(f"| target: abs(last export - offline student) {lv['want']} | {_f(lv['gap'])}: {verdict} |")
+        print(f"| target: abs(last export - offline student) {lv['want']} | {fmt(lv['gap'])}: {verdict} |")
 
 
 def main() -> int:
