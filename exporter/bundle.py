@@ -1,6 +1,8 @@
 """Bundles on disk: one folder per version, published atomically, with pointers.
 
     EXPORTS/20261127T101500Z-s0004000/model.onnx       self-contained ONNX model (no .onnx.data)
+    EXPORTS/20261127T101500Z-s0004000/model.int8.onnx  the same model in 8 bits, faster on a CPU (when it
+                                                       passed its check, exporter/quantize.py)
     EXPORTS/20261127T101500Z-s0004000/manifest.json    version, sequence, sha256 and length of every file,
                                                        specs, metrics (and, signed, key_id and expiry)
     EXPORTS/20261127T101500Z-s0004000/manifest.sig     Ed25519 signature of manifest.json, when the
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 FORMAT = "motionmask-bundle"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # the same model in 8 bits (exporter/quantize.py), when it passed its check
+PRECISIONS = ("auto", "fp32", "int8")  # which of a bundle's models a runner loads (exporter/runtime.py)
 MANIFEST_FILE = "manifest.json"
 LATEST = "LATEST"
 PREVIOUS = "PREVIOUS"
@@ -66,6 +70,11 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.dir / MODEL_FILE
+
+    @property
+    def int8_path(self) -> Path | None:
+        """The 8-bit model, or None where the bundle has none (older, or the int8 check refused it)."""
+        return self.dir / INT8_FILE if INT8_FILE in self.manifest.get("files", {}) else None
 
     @property
     def sha256(self) -> str:

@@ -19,6 +19,9 @@ The exporter is torch's dynamo exporter (torch.onnx.export(dynamo=True), the def
 we take the in-memory ModelProto, refuse any tensor stored outside it, and serialise the model as
 one file. The example batch is 2 so that the batch axis stays symbolic (torch.export specialises
 sizes 0 and 1), and the batch dimension is declared dynamic.
+
+After the checks, the verified graph is also quantized to 8 bits (export.int8, exporter/quantize.py)
+and ships beside it as model.int8.onnx when it agrees with it; runners on a CPU take that one.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from torch import nn
 
 from common.errors import UserError
 from common.log import log_event
-from exporter.bundle import MODEL_FILE, check_exports_dir, new_version, publish_bundle, read_pointer
+from exporter.bundle import INT8_FILE, MODEL_FILE, check_exports_dir, new_version, publish_bundle, read_pointer
 from exporter.config import ExportConfig
 from exporter.runtime import fit_frame
 from exporter.signing import Signer
@@ -330,9 +333,12 @@ def export_model(
     quality: dict[str, Any] | None = None,
     slot_size: Sequence[int] | None = None,
     preprocessing: dict[str, Any] | None = None,
+    calibration: np.ndarray | None = None,
 ) -> ExportResult:
     """Export, verify and publish. Raises ExportRejected (a UserError: the reason is logged, nothing
-    is published) or UserError (e.g. the exports folder cannot be written)."""
+    is published) or UserError (e.g. the exports folder cannot be written). calibration: frames
+    fitted to the input (N x H x W x 3 uint8) that set the 8-bit model's ranges (export.int8);
+    default the parity frames."""
     t0 = time.perf_counter()
     out = check_exports_dir(out)
     signer = Signer.from_file(cfg.signing_key) if cfg.signing_key else None  # a bad key fails before the work
@@ -360,13 +366,33 @@ def export_model(
         opset=cfg.opset,
         step=step,
     )
-    onnx_bytes, outputs, ver, timings = _convert_and_verify(
+    onnx_bytes, outputs, ver, timings, fitted = _convert_and_verify(
         model, heads, (width, height), resize, box, metadata, frames, cfg
     )
     manifest = build_manifest(
         cfg, heads, input_spec, outputs, pre, {**source, "step": step, "arch": arch}, quality or {}, ver, timings
     )
-    return _publish(out, version, onnx_bytes, manifest, cfg, signer, ver, timings, t0)
+    files = {MODEL_FILE: onnx_bytes}
+    if cfg.int8:
+        t3 = time.perf_counter()
+        files, manifest["int8"] = with_int8(files, heads, fitted if calibration is None else calibration, fitted, cfg)
+        timings["int8"] = manifest["timings_s"]["int8"] = round(time.perf_counter() - t3, 3)
+    return _publish(out, version, files, manifest, cfg, signer, ver, timings, t0)
+
+
+def with_int8(
+    files: dict[str, bytes], heads: list[str], calibration: np.ndarray, check: np.ndarray, cfg: ExportConfig
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The bundle's files with the 8-bit model added, and the manifest's `int8` entry; when the
+    8-bit model fails its check, the files as they were and the reason (the fp32 model ships)."""
+    from exporter.quantize import Int8Refused, int8_model
+
+    try:
+        q = int8_model(files[MODEL_FILE], heads, calibration, check, cfg.int8_min_iou, cfg.latency_runs)
+    except Int8Refused as e:
+        log_event(logger, "int8_skipped", logging.WARNING, reason=str(e))
+        return files, {"skipped": str(e)}
+    return {**files, INT8_FILE: q.onnx}, q.report
 
 
 def _input_spec(width: int, height: int) -> dict[str, Any]:
@@ -392,8 +418,9 @@ def _convert_and_verify(
     frames: list[np.ndarray] | None,
     cfg: ExportConfig,
 ):
-    """(ONNX bytes, output specs, parity verdict, timings): the graph and its parity check against
-    the torch model. A rejection is logged (export_rejected) and raised."""
+    """(ONNX bytes, output specs, parity verdict, timings, the parity frames fitted to the input):
+    the graph and its parity check against the torch model. A rejection is logged
+    (export_rejected) and raised."""
     width, height = size
     version = metadata["version"]
     t1 = time.perf_counter()
@@ -408,7 +435,7 @@ def _convert_and_verify(
     except ExportRejected as e:
         log_event(logger, "export_rejected", logging.ERROR, version=version, check=e.check, reason=e.reason)
         raise
-    return onnx_bytes, outputs, ver, {"export": t2 - t1, "verify": time.perf_counter() - t2}
+    return onnx_bytes, outputs, ver, {"export": t2 - t1, "verify": time.perf_counter() - t2}, fitted
 
 
 def preprocessing_spec(mcfg: Any, resize: str, box: Sequence[int], extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -475,7 +502,7 @@ def build_manifest(
 def _publish(
     out: Path,
     version: str,
-    onnx_bytes: bytes,
+    files: dict[str, bytes],
     manifest: dict[str, Any],
     cfg: ExportConfig,
     signer: Signer | None,
@@ -483,11 +510,9 @@ def _publish(
     timings: dict[str, float],
     t0: float,
 ) -> ExportResult:
-    """The verified model and its manifest into `out` as the newest bundle (LATEST moves to it)."""
+    """The verified model(s) and the manifest into `out` as the newest bundle (LATEST moves to it)."""
     previous = read_pointer(out)
-    path = publish_bundle(
-        out, version, {MODEL_FILE: onnx_bytes}, manifest, cfg.keep, signer=signer, expiry_days=cfg.signature_days
-    )
+    path = publish_bundle(out, version, files, manifest, cfg.keep, signer=signer, expiry_days=cfg.signature_days)
     final = json.loads((path / "manifest.json").read_text())
     seconds = time.perf_counter() - t0
     log_event(
@@ -496,9 +521,10 @@ def _publish(
         version=version,
         path=path,
         sha256=final["sha256"][:16],
-        mb=len(onnx_bytes) / 2**20,
+        mb=len(files[MODEL_FILE]) / 2**20,
         parity=ver.parity["max_abs_diff"],
         latency_ms=ver.latency["ms_median"],
+        int8_ms=manifest.get("int8", {}).get("latency", {}).get("ms_median", "none"),
         previous=previous or "none",
         signed=signer.key_id if signer else "no",
         seconds=seconds,
@@ -754,6 +780,7 @@ class PeriodicExport:
                 source={**self.source, "step": step},
                 quality=quality,
                 slot_size=self.slot_size,
+                calibration=self.holdout.images,  # this camera's recent frames set the 8-bit ranges
             )
         except UserError as e:  # ExportRejected included: already logged with its reason
             self.last_error = str(e)

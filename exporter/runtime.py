@@ -7,6 +7,10 @@
     per_frame = runner.predict_all(frames)       # any frame sizes -> {output: [one per frame, at its size]}
     runner.reload_if_changed()                   # hot-load a new LATEST; a bad one is refused, the old kept
 
+Precision: "auto" loads the bundle's 8-bit model (model.int8.onnx, about twice as fast on a CPU)
+where the bundle has one and the session will run on the CPU, else the fp32 model.onnx; "fp32"
+always the fp32 one; "int8" the 8-bit one, and a bundle without it is refused.
+
 Providers: "auto" asks for CUDA when an NVIDIA GPU is present, else takes the CPU; "cuda" asks
 for CUDA. Whatever the session really got is logged, and a
 CUDA request that ends on the CPU is a warning (or, with strict=True, an error), never silent.
@@ -32,7 +36,7 @@ import numpy as np
 
 from common.errors import UserError
 from common.log import log_event
-from exporter.bundle import LATEST, Bundle, load_bundle, read_pointer, resolve_bundle
+from exporter.bundle import LATEST, PRECISIONS, Bundle, load_bundle, read_pointer, resolve_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +206,7 @@ class _Loaded:
     device: Device
     input_name: str
     outputs: list[str]
+    precision: str  # "fp32" or "int8": the model file the session runs
 
 
 class BundleRunner:
@@ -209,10 +214,19 @@ class BundleRunner:
     followed by reload_if_changed()."""
 
     def __init__(
-        self, path: str | Path, provider: str = "auto", threads: int = 0, strict: bool = False, check_hash: bool = True
+        self,
+        path: str | Path,
+        provider: str = "auto",
+        threads: int = 0,
+        strict: bool = False,
+        check_hash: bool = True,
+        precision: str = "auto",
     ):
+        if precision not in PRECISIONS:
+            raise UserError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.source = Path(path).expanduser()
         self.provider, self.threads, self.strict, self.check_hash = provider, threads, strict, check_hash
+        self.precision_wanted = precision
         self._lock = threading.Lock()
         self._latest_seen = read_pointer(self.source)
         self._loaded = self._load(resolve_bundle(self.source))
@@ -222,8 +236,9 @@ class BundleRunner:
         bundle = load_bundle(bundle_dir, self.check_hash)
         m = bundle.manifest
         check_runtime_spec(m, bundle.dir)
+        model = self._model_file(bundle)
         session, device = make_session(
-            bundle.model_path, self.provider, self.threads, self.strict, what=f"{bundle.dir.name}/model.onnx"
+            model, self.provider, self.threads, self.strict, what=f"{bundle.dir.name}/{model.name}"
         )
         inputs = session.get_inputs()
         spec = m.get("input", {})
@@ -242,7 +257,20 @@ class BundleRunner:
         wanted = [o["name"] for o in m.get("outputs", [])]
         if names != wanted:
             raise UserError(f"{bundle.dir}: model outputs {names} do not match the manifest's {wanted}")
-        return _Loaded(bundle, session, device, inputs[0].name, names)
+        return _Loaded(bundle, session, device, inputs[0].name, names, "int8" if model != bundle.model_path else "fp32")
+
+    def _model_file(self, bundle: Bundle) -> Path:
+        """The model this runner's precision picks from the bundle (module docstring)."""
+        int8 = bundle.int8_path
+        if self.precision_wanted == "int8" and int8 is None:
+            raise UserError(
+                f"{bundle.dir}: the bundle has no 8-bit model (exported with export.int8 false, by an older "
+                "motionmask, or refused by its check: see the manifest's int8); use precision auto or fp32"
+            )
+        on_cpu = self.provider == "cpu" or (self.provider == "auto" and not nvidia_gpu_present())
+        if int8 is not None and (self.precision_wanted == "int8" or (self.precision_wanted == "auto" and on_cpu)):
+            return int8
+        return bundle.model_path
 
     def reload_if_changed(self) -> bool:
         """When the runner follows an exports folder and its LATEST names another version, load
@@ -262,7 +290,14 @@ class BundleRunner:
             return False
         with self._lock:
             self._loaded = loaded
-        log_event(logger, "bundle_loaded", version=latest, previous=current, provider=loaded.device.provider)
+        log_event(
+            logger,
+            "bundle_loaded",
+            version=latest,
+            previous=current,
+            provider=loaded.device.provider,
+            precision=loaded.precision,
+        )
         return True
 
     # -- what is loaded ---------------------------------------------------------------------
@@ -293,6 +328,11 @@ class BundleRunner:
     @property
     def outputs(self) -> list[str]:
         return list(self._loaded.outputs)
+
+    @property
+    def precision(self) -> str:
+        """ "fp32" or "int8": which of the bundle's models runs."""
+        return self._loaded.precision
 
     @property
     def width(self) -> int:

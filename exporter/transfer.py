@@ -576,13 +576,17 @@ def _fetch_chunks(
 
 
 def smoke_test(bundle_dir: Path) -> None:
-    """Load the bundle with ONNX Runtime on the CPU and run one frame: a bundle that does not run
-    here (an opset this onnxruntime lacks, a damaged graph) is never swapped in."""
+    """Load each model of the bundle (fp32, and 8-bit where it has one) with ONNX Runtime on the
+    CPU and run one frame: a bundle that does not run here (an opset this onnxruntime lacks, a
+    damaged graph) is never swapped in."""
+    from exporter.bundle import load_bundle
     from exporter.runtime import BundleRunner
 
     try:
-        runner = BundleRunner(bundle_dir, provider="cpu", threads=1)
-        runner.run(np.zeros((1, runner.height, runner.width, 3), np.uint8))
+        precisions = ["fp32"] + (["int8"] if load_bundle(bundle_dir).int8_path else [])
+        for precision in precisions:
+            runner = BundleRunner(bundle_dir, provider="cpu", threads=1, precision=precision)
+            runner.run(np.zeros((1, runner.height, runner.width, 3), np.uint8))
     except (UserError, ValueError, RuntimeError) as e:
         raise IntegrityError(f"bundle {bundle_dir.name} does not run here: {e}") from None
 

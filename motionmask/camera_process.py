@@ -109,6 +109,7 @@ class CameraProcess:
         # kind `fused` every frame (motionmask/fuse.py): the student between its runs is carried along the flow
         self.fused = bool(export.get("fused", True)) if self.student_dir else False
         self.min_student = float(export.get("fuse_min_student", MIN_STUDENT)) if self.student_dir else MIN_STUDENT
+        self.student_precision = str(export.get("student_precision", "auto")) if self.student_dir else "auto"
         self.carried = CarriedStudent(max(1, self.student_every))
         self._student_check = 0.0
         self._student_error = ""
@@ -341,13 +342,15 @@ class CameraProcess:
                 from exporter.runtime import BundleRunner, follows_latest  # ONNX Runtime only, no torch
 
                 if self.student is None and follows_latest(self.student_dir):
-                    self.student = BundleRunner(self.student_dir, threads=1)  # one thread: the camera's fps first
+                    # one thread and, by default, the 8-bit model: the camera's fps first
+                    self.student = BundleRunner(self.student_dir, threads=1, precision=self.student_precision)
                     log_event(
                         log,
                         "student_loaded",
                         camera=self.name,
                         version=self.student.version,
                         provider=self.student.device.provider,
+                        precision=self.student.precision,
                     )
                 elif self.student is not None:
                     self.student.reload_if_changed()

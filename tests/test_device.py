@@ -53,9 +53,10 @@ def test_device_pulls_follows_announcements_and_keeps_the_previous_bundle(export
     with server_for(served) as server:
         got = DeviceAgent(server.endpoint, dev, PullConfig(**FAST)).run(once=True)
         assert got.version == v1 and got.previous is None and read_pointer(dev) == v1
-        assert sha256_file(dev / v1 / "model.onnx") == sha256_file(exports / v1 / "model.onnx")
+        for name in ("model.onnx", "model.int8.onnx"):  # both models travel (and passed the smoke test)
+            assert sha256_file(dev / v1 / name) == sha256_file(exports / v1 / name)
         runner = BundleRunner(dev, provider="cpu")  # the device's model in service
-        assert runner.version == v1
+        assert runner.version == v1 and runner.precision == "int8"
         assert DeviceAgent(server.endpoint, dev, PullConfig(**FAST)).run(once=True) is None  # up to date
 
         # a running device (polling only every 30 s) gets v2 from the announcement

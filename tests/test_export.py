@@ -59,7 +59,8 @@ def test_bundle_is_one_self_contained_described_onnx_file(exports):
     assert not [p.name for p in exports.iterdir() if p.name.startswith(".")]
     for v, (w, h), box in ((v1, (96, 96), [96, 72]), (v2, (128, 96), [128, 96])):
         d = exports / v
-        assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "model.onnx"]  # no .onnx.data
+        # no .onnx.data; the 8-bit model beside the fp32 one (tests/test_int8.py)
+        assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "model.int8.onnx", "model.onnx"]
         m = json.loads((d / "manifest.json").read_text())
         assert m["version"] == v and m["format"] == "motionmask-bundle"
         assert m["sha256"] == m["files"]["model.onnx"]["sha256"] == sha256_file(d / "model.onnx")
@@ -102,7 +103,7 @@ def test_onnx_runtime_matches_pytorch_at_batch_1_and_8_on_real_frames(exports, c
     v2 = versions(exports)[1]
     model, _ = load_for_export(ckpt)
     model.eval()
-    runner = BundleRunner(exports / v2, provider="cpu", threads=1)
+    runner = BundleRunner(exports / v2, provider="cpu", threads=1, precision="fp32")
     x = np.stack([fit_frame(f, 128, 96)[0] for f in sample_frames(8)])
     with torch.no_grad():  # the learner's own forward (MaskNet.forward), not the export wrapper
         want = torch.sigmoid(model(model.normalize(torch.from_numpy(x).permute(0, 3, 1, 2))))[:, 0].numpy()
@@ -121,7 +122,7 @@ def test_bundle_runs_frames_as_the_learners_predictor_does(exports, ckpt):
     """The auto-sized bundle fits frames into the box the net trained at, pads to the stride and
     cuts back, as learner.predict.Predictor does; any frame size comes back at its own size."""
     v1 = versions(exports)[0]
-    runner = BundleRunner(exports / v1, provider="cpu")
+    runner = BundleRunner(exports / v1, provider="cpu", precision="fp32")
     predictor = Predictor(ckpt, "cpu")
     for f in sample_frames(3):
         small = cv2.resize(f, (96, 72), interpolation=cv2.INTER_AREA)

@@ -64,6 +64,8 @@ def test_daemon_publishes_fused_masks_every_frame(tmp_path, tmp_path_factory, le
     text = log.read_text(errors="replace")
     assert code == 0, text[-3000:]
     assert "Traceback" not in text and "event=student_failed" not in text and "event=student_loaded" in text
+    loaded = next(line for line in text.splitlines() if "event=student_loaded" in line)
+    assert "precision=int8" in loaded, loaded  # a camera on a CPU runs the bundle's 8-bit model
     fused, student, motion = masks["fused"], masks["student"], masks["motion"]
     assert len(fused) >= 40, f"{len(fused)} fused masks\n{text[-3000:]}"
 

@@ -59,7 +59,7 @@ def test_every_head_is_a_named_verified_output(bundle):
 @pytest.mark.parametrize("n", [1, 8])
 def test_onnx_runtime_returns_every_output_matching_pytorch(bundle, n):
     ckpt, exports = bundle
-    runner = BundleRunner(exports, provider="cpu")
+    runner = BundleRunner(exports, provider="cpu", precision="fp32")
     model, _ = load_for_export(ckpt)
     model.eval()
     w, h = runner.width, runner.height

@@ -82,6 +82,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (CUDA when present)"
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        default="auto",
+        help="--model: which of the bundle's models runs (default: auto, the 8-bit one on a CPU where it has one)",
+    )
     p.add_argument("--start", default="0", metavar="N", help="first decode index to write")
     p.add_argument("--frames", default=None, metavar="M", help="stop after writing M frames (default: to the end)")
     p.add_argument("--native", action="store_true", help="run the net at the input resolution, not the training one")
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--native: a bundle runs at its fixed input size; use --checkpoint for --native")
         from exporter.runtime import BundleRunner  # ONNX Runtime only: the device's code path
 
-        predictor = BundleRunner(args.model, provider=args.device)
+        predictor = BundleRunner(args.model, provider=args.device, precision=args.precision)
     else:
         from learner.predict import Predictor  # torch loads here, not at import
 
@@ -132,6 +138,7 @@ def _run(
             checkpoint=predictor.path,
             step=predictor.step,
             device=predictor.device.type,
+            precision=getattr(predictor, "precision", "fp32"),
             out=out,
             start=start,
         )
