@@ -16,6 +16,10 @@ other work on a shared machine the way wall-clock fps does.
 
     python -m bench.camera_fused                                 # sample clip, ~5 min
     python -m bench.camera_fused --clip ../shared/data/vtest.avi --seconds 20 --rounds 2 --every 1,5,10
+    python -m bench.camera_fused --every 1,2,3,5 --precisions fp32,int8 --student-only 0   # ~11 min
+
+The bundle carries the fp32 model and the 8-bit one (exporter/quantize.py); --precisions picks which
+the camera runs (export.student_precision; auto = the 8-bit one on a CPU), each a phase of its own.
 
 Prints a markdown table; writes bench/out/camera_fused.json (--out).
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -66,7 +71,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def daemon_config(path: Path, clip: Path, exports: Path | None, every: int, fused: bool) -> str:
+def daemon_config(path: Path, clip: Path, exports: Path | None, every: int, fused: bool, precision: str) -> str:
     """A one-camera `motionmask run` config at `path`, flat out, no learner; its control endpoint."""
     control = f"tcp://127.0.0.1:{free_port()}"
     cfg = {
@@ -77,7 +82,14 @@ def daemon_config(path: Path, clip: Path, exports: Path | None, every: int, fuse
         "buffer": {"memory_mb": 64},
         "web": {"enabled": False},
         "export": (
-            {"enabled": True, "dir": str(exports), "serve": False, "student_every": every, "fused": fused}
+            {
+                "enabled": True,
+                "dir": str(exports),
+                "serve": False,
+                "student_every": every,
+                "fused": fused,
+                "student_precision": precision,
+            }
             if exports is not None
             else {"enabled": False}
         ),
@@ -86,11 +98,20 @@ def daemon_config(path: Path, clip: Path, exports: Path | None, every: int, fuse
     return control
 
 
-def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, warm_s: float, seconds: float) -> dict:
+def phase(
+    tmp: Path,
+    clip: Path,
+    exports: Path | None,
+    every: int,
+    fused: bool,
+    precision: str,
+    warm_s: float,
+    seconds: float,
+) -> dict:
     """One daemon run: the camera's fps and CPU ms per frame over `seconds`, after `warm_s`."""
     conf = tmp / "d.yaml"
-    control = daemon_config(conf, clip, exports, every, fused)
-    log_path = tmp / f"daemon-{every}-{int(fused)}.log"
+    control = daemon_config(conf, clip, exports, every, fused, precision)
+    log_path = tmp / f"daemon-{every}-{int(fused)}-{precision}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "motionmask.cli", "run", "--config", str(conf)],
@@ -122,12 +143,14 @@ def phase(tmp: Path, clip: Path, exports: Path | None, every: int, fused: bool, 
         raise SystemExit(f"the camera never loaded the bundle; see {log_path}")
     if "event=student_failed" in text:
         raise SystemExit(f"the student failed in the camera; see {log_path}")
+    loaded = re.search(r"event=student_loaded .*precision=(\w+)", text)
     fps = (f1 - f0) / (t1 - t0)
     runs = fps / every if exports is not None and every else 0.0
     return {
         "bundle": exports is not None,
         "student_every": every if exports is not None else None,
         "fused": fused and exports is not None,
+        "precision": loaded.group(1) if loaded else None,  # the model the camera really ran
         "camera_fps": round(fps, 2),
         "student_runs_per_s": round(runs, 2),
         "camera_cpu_ms_per_frame": round((c1 - c0) * 1e3 / max(1, f1 - f0), 2),
@@ -148,6 +171,12 @@ def main() -> int:
         default=5,
         help="also measure this student_every with fused off (the fused mask's own cost); 0 = skip",
     )
+    ap.add_argument(
+        "--precisions",
+        default="auto",
+        help="export.student_precision values measured for each --every (default auto: the 8-bit model); "
+        "e.g. fp32,int8",
+    )
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase (default 20)")
     ap.add_argument("--warm", type=float, default=5.0, help="seconds after start-up before measuring (default 5)")
     ap.add_argument("--rounds", type=int, default=2, help="every phase once per round (default 2)")
@@ -159,9 +188,15 @@ def main() -> int:
     everies = [int(x) for x in args.every.split(",") if x.strip()]
     tmp = Path(tempfile.mkdtemp(prefix="bench-fused-"))
     version, input_wh = make_bundle(tmp / "exports")
-    plan: list[tuple[bool, int, bool]] = [(False, 0, False)] + [(True, n, True) for n in everies]
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    if not precisions or set(precisions) - {"auto", "fp32", "int8"}:
+        print(f"--precisions {args.precisions!r}: auto, fp32 or int8, comma-separated", file=sys.stderr)
+        return 2
+    plan: list[tuple[bool, int, bool, str]] = [(False, 0, False, "")] + [
+        (True, n, True, p) for n in everies for p in precisions
+    ]
     if args.student_only:
-        plan.append((True, args.student_only, False))
+        plan += [(True, args.student_only, False, p) for p in precisions]
     load0 = os.getloadavg()[0]
     rows = [row for rnd in range(args.rounds) for row in one_round(rnd, plan, tmp, args)]
     load1 = os.getloadavg()[0]
@@ -183,11 +218,14 @@ def main() -> int:
     return 0
 
 
-def one_round(rnd: int, plan: list[tuple[bool, int, bool]], tmp: Path, args: argparse.Namespace) -> list[dict]:
+def one_round(rnd: int, plan: list[tuple[bool, int, bool, str]], tmp: Path, args: argparse.Namespace) -> list[dict]:
     """Every phase of the plan once, each against the round's phase without a bundle."""
     rows, base = [], None
-    for bundle, every, fused in plan:
-        row = phase(tmp, args.clip, tmp / "exports" if bundle else None, every, fused, args.warm, args.seconds)
+    for bundle, every, fused, precision in plan:
+        row = phase(
+            tmp, args.clip, tmp / "exports" if bundle else None, every, fused, precision, args.warm, args.seconds
+        )
+        row["precision_asked"] = precision or None
         base = row if not bundle else base
         row["round"] = rnd
         row["vs_no_bundle"] = round(row["camera_fps"] / base["camera_fps"], 3) if base else None
@@ -204,19 +242,24 @@ def one_round(rnd: int, plan: list[tuple[bool, int, bool]], tmp: Path, args: arg
 def label(r: dict) -> str:
     if not r["bundle"]:
         return "no bundle (motion, trimap)"
-    return f"student every {r['student_every']}" + (" + fused" if r["fused"] else ", no fused")
+    return (
+        f"student every {r['student_every']}"
+        + (" + fused" if r["fused"] else ", no fused")
+        + (f" ({r['precision']})" if r.get("precision") else "")
+    )
 
 
-def summarize(plan: list[tuple[bool, int, bool]], rows: list[dict]) -> list[dict]:
+def summarize(plan: list[tuple[bool, int, bool, str]], rows: list[dict]) -> list[dict]:
     """Per phase of the plan: its figures in every round, and the mean fps kept by CPU time."""
     summary = []
-    for bundle, every, fused in plan:
+    for bundle, every, fused, precision in plan:
         mine = [
             r
             for r in rows
             if r["bundle"] == bundle
             and (r["student_every"] == every or not bundle)
             and r["fused"] == (fused and bundle)
+            and r["precision_asked"] == (precision or None)
         ]
         summary.append(
             {

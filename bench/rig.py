@@ -9,9 +9,12 @@ the later 30% scored against its ground truth):
   student    `motionmask train` (the CLI, defaults; --minutes) on the first 70%, its checkpoint
              through learner.predict.Predictor, one frame at a time
   exported   that checkpoint exported (exporter.export.export_checkpoint: a verified ONNX bundle)
-             and run by ONNX Runtime (exporter.runtime.BundleRunner), as a device runs it
-  fused      the motion mask and the exported student's, combined by motionmask/fuse.py (the
-             function the camera process publishes kind `fused` with), the student on every frame
+             and its fp32 model run by ONNX Runtime (exporter.runtime.BundleRunner)
+  exported_int8  the bundle's 8-bit model (exporter/quantize.py), which cameras and CPU runners
+             load by default (export.student_precision auto); scored on the CPU
+  fused      the motion mask and the student a camera runs (export.student_precision: on a CPU the
+             8-bit model), combined by motionmask/fuse.py (the function the camera process
+             publishes kind `fused` with), the student on every frame
   live       what a subscriber receives: the same, but as motionmask/camera_process.py runs it: the
              bundle on every export.student_every-th frame, its mask carried along the teacher's
              flow in between (motionmask.fuse.CarriedStudent), fused with every frame's motion mask
@@ -71,11 +74,12 @@ from common.errors import UserError
 from streamer.config import SourceConfig
 from streamer.png import write_png
 
-METHODS = ("teacher", "student", "exported", "fused", "live")
+METHODS = ("teacher", "student", "exported", "exported_int8", "fused", "live")
 NAMES = {
     "teacher": "teacher (motion masks)",
     "student": "student (checkpoint)",
-    "exported": "student exported (ONNX Runtime)",
+    "exported": "student exported (ONNX Runtime, fp32)",
+    "exported_int8": "student exported, 8-bit (ONNX Runtime)",
     "fused": "fused, student on every frame",
     "live": "live fused mask (student every Nth frame, carried)",
     "ground_truth": "ground truth (flicker ceiling)",
@@ -363,21 +367,29 @@ def evaluate(
     from streamer.motion.pipeline import MotionSegmenter
 
     predictor = Predictor(checkpoint, device)
-    runner = BundleRunner(bundle, provider="cuda" if device == "cuda" else "cpu", strict=device == "cuda")
+    provider = "cuda" if device == "cuda" else "cpu"
+    runner = BundleRunner(bundle, provider=provider, strict=device == "cuda", precision="fp32")
+    # the model a camera runs (exporter.runtime: auto is the 8-bit one on a CPU)
+    camera = BundleRunner(
+        bundle, provider=provider, strict=device == "cuda", precision=ExportConfig().student_precision
+    )
     fuse, fuse_note = fuse_function()
     every = max(1, ExportConfig().student_every)
-    scorer = FrameScorer(predictor, runner, fuse, every, streamer_cfg.flow.width)
+    scorer = FrameScorer(predictor, runner, camera, fuse, every, streamer_cfg.flow.width)
     seg = MotionSegmenter(streamer_cfg)
     for frame in frames_of(video, max(0, split - round(TEACHER_WARMUP_S * fps)), frames):
         scorer.take(seg.push(frame), clip_dir, split, sheet_at)
     scorer.take(seg.flush(), clip_dir, split, sheet_at)
     scores = scorer.scores
     return {
-        "scores": {k: v.summary() for k, v in scores.items()},
+        "scores": {
+            k: v.summary() if k != "exported_int8" or camera.precision == "int8" else None for k, v in scores.items()
+        },
         "still_frames": scores["teacher"].still.summary()["frames"],
         "moving_frames": scores["teacher"].moving.summary()["frames"],
         "fused_source": fuse_note,
         "live_student_every": every,
+        "live_precision": camera.precision,
         "exported": {
             "provider": runner.device.provider,
             "version": runner.version,
@@ -392,14 +404,21 @@ class FrameScorer:
     """Every method's mask of each teacher result from the split on, scored against its truth; the
     bundle's largest difference from the checkpoint per frame; the frames of the sheet kept."""
 
-    def __init__(self, predictor: Callable, runner, fuse: Callable | None, every: int, flow_width: int) -> None:
-        self.predictor, self.runner, self.fuse, self.flow_width = predictor, runner, fuse, flow_width
+    def __init__(self, predictor: Callable, runner, camera, fuse: Callable | None, every: int, flow_width: int) -> None:
+        """runner: the bundle's fp32 model; camera: the model a camera runs (maybe the 8-bit one)."""
+        self.predictor, self.runner, self.camera, self.fuse, self.flow_width = (
+            predictor,
+            runner,
+            camera,
+            fuse,
+            flow_width,
+        )
         self.carried = None
         if fuse is not None:
             from motionmask.fuse import CarriedStudent
 
             self.carried = CarriedStudent(every)
-        names = ["teacher", "student", "exported"] + (["fused", "live"] if fuse is not None else [])
+        names = ["teacher", "student", "exported", "exported_int8"] + (["fused", "live"] if fuse is not None else [])
         self.scores = {m: RigScore() for m in names + ["ground_truth"]}
         self.diffs: list[float] = []
         self.sheet: list[tuple] = []
@@ -413,14 +432,17 @@ class FrameScorer:
             motion = np.clip(r.prob * 255 + 0.5, 0, 255).astype(np.uint8)
             sp = self.predictor(r.frame.image)
             ep = self.runner(r.frame.image)
+            cp = self.camera(r.frame.image) if self.camera.precision != self.runner.precision else ep
             self.diffs.append(float(np.abs(ep - sp).max()))
+            if self.camera.precision == "int8":
+                self.scores["exported_int8"].add(cp, truth)
             self.scores["teacher"].add(motion, truth)
             self.scores["student"].add(sp, truth)
             self.scores["exported"].add(ep, truth)
             self.scores["ground_truth"].add(truth.gt, truth)
             lp = None
             if self.fuse is not None:
-                fp, lp = fused_and_live(self.fuse, self.carried, motion, ep, r, self.runner.version, self.flow_width)
+                fp, lp = fused_and_live(self.fuse, self.carried, motion, cp, r, self.camera.version, self.flow_width)
                 self.scores["fused"].add(fp, truth)
                 self.scores["live"].add(lp, truth)
             if t in sheet_at:
@@ -443,6 +465,13 @@ def fused_and_live(
         return fp, fp
     carried.step(r.flow)
     return fp, fuse(motion, carried.mask)
+
+
+def parity_frames(video: Path, split: int, n: int = 8) -> list[np.ndarray]:
+    """n frames spread over the training part: the export's parity check, and the ranges of its
+    8-bit model (exporter/quantize.py), which must not come from the frames it is scored on."""
+    stride = max(1, split // n)
+    return [f.image for f in frames_of(video, 0, split) if f.index % stride == 0][:n]
 
 
 def export_bundle(checkpoint: Path, out: Path, parity_frames: list[np.ndarray]) -> Path:
@@ -679,13 +708,19 @@ def targets(runs: list[dict]) -> dict:
             by_gen.setdefault(r["gen_seed"], []).append(s - t)
     gains = {str(g): float(np.mean(v)) for g, v in by_gen.items()}
     still = [r["methods"]["student"]["still_recall"] for r in runs]
-    exp = [
-        abs(r["methods"]["exported"]["miou"] - r["methods"]["student"]["miou"])
+    exp = [  # every model of the bundle: fp32, and the 8-bit one where the bundle has it
+        abs(r["methods"][m]["miou"] - r["methods"]["student"]["miou"])
         for r in runs
-        if r["methods"]["exported"]["miou"] is not None and r["methods"]["student"]["miou"] is not None
+        for m in ("exported", "exported_int8")
+        if r["methods"].get(m) and r["methods"][m]["miou"] is not None and r["methods"]["student"]["miou"] is not None
     ]
     fused = [
-        r["methods"]["live"]["miou"] - max(r["methods"]["exported"]["miou"], r["methods"]["teacher"]["miou"])
+        r["methods"]["live"]["miou"]
+        - max(
+            r["methods"][m]["miou"]
+            for m in ("teacher", "exported", "exported_int8")
+            if r["methods"].get(m) and r["methods"][m]["miou"] is not None
+        )
         for r in runs
         if r["methods"].get("live") and r["methods"]["live"]["miou"] is not None
     ]
@@ -707,7 +742,7 @@ def targets(runs: list[dict]) -> dict:
         },
         "export_gap": {"want": f"<= {TARGET_EXPORT}", "values": exp, "met": bool(exp) and max(exp) <= TARGET_EXPORT},
         "live_beats_both": {
-            "want": "live mIoU - max(teacher, exported) > 0",
+            "want": "live mIoU - max(teacher, exported fp32 and 8-bit) > 0",
             "values": fused,
             "met": (bool(fused) and min(fused) > 0) if fused else None,
         },
@@ -732,7 +767,8 @@ def print_tables(doc: dict) -> None:
         for m in (*METHODS, "ground_truth"):
             s = r["methods"].get(m)
             if s is None:
-                print(f"| {NAMES[m]} | not scored: {r['fused_source']} | | | | | |")
+                why = "the bundle has no 8-bit model" if m == "exported_int8" else r["fused_source"]
+                print(f"| {NAMES[m]} | not scored: {why} | | | | | |")
                 continue
             if m == "ground_truth":
                 print(f"| {NAMES[m]} | | | | | {fmt(s['flicker'])} | {fmt(s['flicker_still'])} |")
@@ -871,8 +907,7 @@ def rig_seed(g: int, args, extra: dict, work: Path) -> tuple[list[dict], list[tu
         write_train_frames(video, range(0, split), gwork / "train")
     scfg = load_config(run_config(gwork / "teacher.yaml", None, 0, args.device, extra)).streamer
     sheet_at = pick_sheet_frames(clip_dir, split, frames) if g == args.gen_seeds[0] else []
-    stride = max(1, (frames - split) // 8)
-    parity = [f.image for f in frames_of(video, split, frames) if (f.index - split) % stride == 0][:8]
+    parity = parity_frames(video, split)
     crops = crops_of(video, clip_dir, entry, split, frames) if not args.no_id else None
     runs, sheet_rows = [], []
     for s in args.train_seeds:
@@ -940,6 +975,7 @@ def train_and_score(
         "methods": ev["scores"],
         "fused_source": ev["fused_source"],
         "live_student_every": ev["live_student_every"],
+        "live_precision": ev["live_precision"],
         "exported_check": ev["exported"],
     }
     if crops is not None:

@@ -221,7 +221,8 @@ def score_bundles(video: Path, clip_dir: Path, split: int, frames: int, bundle_d
     over the stream (each frame decoded and its truth read once): RigScore summaries."""
     from exporter.runtime import BundleRunner
 
-    runners = [BundleRunner(d, provider="cpu") for d in bundle_dirs]
+    # fp32, as the offline student is scored; bench.rig reports what the 8-bit model changes
+    runners = [BundleRunner(d, provider="cpu", precision="fp32") for d in bundle_dirs]
     scores = [RigScore() for _ in runners]
     for frame in frames_of(video, split, frames):
         truth = truth_of(clip_dir, frame.index)

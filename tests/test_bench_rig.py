@@ -38,8 +38,11 @@ def test_rig_bench_smoke(tmp_path):
     assert run["stream"]["split"] == 315 and "rig_v1_s2_m0.5" in run["stream"]["dir"]
     assert run["train"]["steps"] == 2 or "2 steps" in run["train"]["summary"]
     m = run["methods"]
-    assert set(m) == {"teacher", "student", "exported", "fused", "live", "ground_truth"}
-    for name in ("teacher", "student", "exported", "fused", "live"):
+    assert set(m) == {"teacher", "student", "exported", "exported_int8", "fused", "live", "ground_truth"}
+    # cameras run the bundle's 8-bit model where it has one (a net of 2 steps may fail its check)
+    camera = "exported_int8" if run["live_precision"] == "int8" else "exported"
+    assert (m["exported_int8"] is None) == (run["live_precision"] == "fp32")
+    for name in ("teacher", "student", "exported", camera, "fused", "live"):
         assert m[name]["frames"] > 40, name  # scored frames with an actor
         for k in FIGURES:
             v = m[name][k]
@@ -52,7 +55,7 @@ def test_rig_bench_smoke(tmp_path):
     assert abs(m["exported"]["miou"] - m["student"]["miou"]) <= 0.01
     # fused = max(motion, sure student): it keeps at least what each of its inputs keeps
     assert run["fused_source"] == "motionmask.fuse.fuse"
-    assert m["fused"]["recall"] >= max(m["teacher"]["recall"], m["exported"]["recall"]) - 1e-9
+    assert m["fused"]["recall"] >= max(m["teacher"]["recall"], m[camera]["recall"]) - 1e-9
     ident = run["id"]
     assert ident["crops"] > 10 and ident["actors"] >= 2 and ident["train"]["steps"] >= 0
     for method in ("embedding", "colour_histogram"):
@@ -69,3 +72,21 @@ def test_rig_bench_smoke(tmp_path):
     assert "real" not in doc
     assert Path(doc["contact_sheet"]).is_file()
     assert "| teacher (motion masks) |" in proc.stdout and "### targets (issue 19" in proc.stdout
+
+    # bench.rig_live rescores that finished run: the same frames, the live mask for two intervals
+    live_out = tmp_path / "live.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.rig_live", "--runs", str(out), "--every", "1", "4", "--out", str(live_out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [again] = json.loads(live_out.read_text())["runs"]
+    lm = again["methods"]
+    assert set(lm) == {"teacher", "exported", "exported_int8", "fused", "live_1", "live_4"}
+    assert lm["teacher"]["miou"] == pytest.approx(m["teacher"]["miou"], abs=1e-9)  # the same teacher, frames
+    assert lm["exported"]["miou"] == pytest.approx(m["exported"]["miou"], abs=0.01)  # a new export, same weights
+    assert lm["live_1"]["miou"] == pytest.approx(lm["fused"]["miou"], abs=1e-9)  # every frame: no carry
+    assert set(again["live_minus_inputs"]) == {"1", "4"} and "| live_4 |" in proc.stdout
