@@ -37,7 +37,7 @@ class ExportConfig:
     # the daemon: export every N steps or minutes, whichever comes first, and only a model that
     # beats the last export on held-back buffer samples
     enabled: bool = False  # the daemon exports (learner), serves bundles, and cameras publish `student` masks
-    student_every: int = 5  # a camera runs the latest bundle on every Nth frame (protects its fps); 0 = never
+    student_every: int = 2  # a camera runs the latest bundle on every Nth frame (protects its fps); 0 = never
     fused: bool = (
         True  # cameras publish kind `fused` every frame (motionmask/fuse.py), the student carried along the flow
     )
