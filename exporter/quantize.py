@@ -4,7 +4,7 @@ it still says what the fp32 model says.
 On a CPU the student's convolutions dominate what a camera pays per frame for its live student
 mask; in 8-bit (static quantization, QDQ format: int8 weights per output channel, uint8
 activations with ranges calibrated on real frames) they run about twice as fast, which lets the
-camera run the student on more frames for the same fps (docs/operations.md has the figures).
+camera run the student on more frames for the same fps (figures: docs/benchmarks.md).
 ONNX Runtime does the work (onnxruntime.quantization); this module feeds it frames and judges
 the result.
 
@@ -22,7 +22,6 @@ bundle still ships in fp32, which every runner can run.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -69,26 +68,21 @@ def quantize(onnx_bytes: bytes, calibration: np.ndarray, input_name: str = "imag
             x = next(self.left, None)
             return None if x is None else {input_name: np.ascontiguousarray(x)}
 
-    quiet = logging.getLogger()  # the quantizer warns through the root logger about pre-processing it was given
-    level = quiet.level
     with tempfile.TemporaryDirectory(prefix="motionmask-int8-") as tmp:
         src, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(onnx_bytes)
-        quiet.setLevel(logging.ERROR)
-        try:
-            # symbolic shape inference gives up on the graph's dynamic batch; ONNX's own suffices
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            quantize_static(
-                str(pre),
-                str(out),
-                Frames(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-            )
-        finally:
-            quiet.setLevel(level)
+        # symbolic shape inference gives up on the graph's dynamic batch (and then leaves its temp
+        # files in the working directory); ONNX's own shape inference suffices
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(out),
+            Frames(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         return out.read_bytes()
 
 
