@@ -453,6 +453,9 @@ class CameraProcess:
                 out["source_link"] = dict(src.link)
         if self.warnings:
             out["warnings"] = list(self.warnings)
+        student = self.student  # the reporter thread reads what the camera thread swaps in
+        if student is not None:
+            out["student"] = {"version": student.version, "precision": student.precision, "every": self.student_every}
         return out
 
     def close(self) -> None:

@@ -741,6 +741,7 @@ class Daemon:
             "size": [r["source"]["width"], r["source"]["height"]] if "width" in r.get("source", {}) else None,
             "pruned_by": r.get("pruned_by", {}),
             "source_link": r.get("source_link"),  # network sources: state running | reconnecting | failed, error, since
+            "student": r.get("student"),  # the bundle the camera runs for live masks: version, precision, every
             "warnings": child.warnings,  # e.g. few frames kept, with the threshold to change
             "restarts": child.restarts,
             "last_error": child.last_error,

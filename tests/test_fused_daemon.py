@@ -15,6 +15,8 @@ from _export_data import exported
 
 from exporter.bundle import LATEST
 from motionmask.client import MaskSubscriber
+from motionmask.commands.status import format_status
+from motionmask.control import request
 from motionmask.fuse import fuse
 
 SHUTDOWN_S = 5.0
@@ -55,6 +57,8 @@ def test_daemon_publishes_fused_masks_every_frame(tmp_path, tmp_path_factory, le
                 if got is not None:
                     header, mask = got
                     masks[header["kind"]][header["frame"]] = (header, mask)
+        # what the operator sees: the bundle each camera runs, in which precision, how often
+        st = request(cfg["daemon"]["control_endpoint"], "status", timeout=5.0)
         proc.send_signal(2)
         code = proc.wait(SHUTDOWN_S + 5)
     finally:
@@ -66,6 +70,9 @@ def test_daemon_publishes_fused_masks_every_frame(tmp_path, tmp_path_factory, le
     assert "Traceback" not in text and "event=student_failed" not in text and "event=student_loaded" in text
     loaded = next(line for line in text.splitlines() if "event=student_loaded" in line)
     assert "precision=int8" in loaded, loaded  # a camera on a CPU runs the bundle's 8-bit model
+    assert st["cameras"]["a"]["student"] == {"version": version, "precision": "int8", "every": EVERY}
+    row = next(line for line in format_status(st).splitlines() if line.startswith("a "))
+    assert f"{version.rsplit('-', 1)[-1]} int8 /{EVERY}" in row, row
     fused, student, motion = masks["fused"], masks["student"], masks["motion"]
     assert len(fused) >= 40, f"{len(fused)} fused masks\n{text[-3000:]}"
 

@@ -90,7 +90,20 @@ def format_status(st: dict) -> str:
 
 def _camera_table(cameras: dict, by_cam: dict) -> list[str]:
     """One row per camera under a header; no lines at all without cameras (`motionmask learn`)."""
-    head = ("CAMERA", "STATE", "FPS", "FRAMES", "SHOTS", "KEPT", "PRUNED", "DROPS", "BUFFER", "RESTARTS", "LAST ERROR")
+    head = (
+        "CAMERA",
+        "STATE",
+        "FPS",
+        "FRAMES",
+        "SHOTS",
+        "KEPT",
+        "PRUNED",
+        "DROPS",
+        "BUFFER",
+        "RESTARTS",
+        "STUDENT",
+        "LAST ERROR",
+    )
     rows = [_camera_row(name, c, by_cam.get(name, 0)) for name, c in cameras.items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
     return ["  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in ([head, *rows] if rows else [])]
@@ -111,8 +124,17 @@ def _camera_row(name: str, c: dict, buffered: int) -> tuple[str, ...]:
         str(c.get("drops", 0)),
         str(buffered),
         str(c.get("restarts", 0)),
+        _student(c.get("student")),
         c.get("last_error") or "-",
     )
+
+
+def _student(s: dict | None) -> str:
+    """The bundle a camera runs for its live masks: "s0002004 int8 /2" (step, precision, every Nth frame)."""
+    if not s:
+        return "-"
+    step = str(s.get("version", "?")).rsplit("-", 1)[-1]
+    return f"{step} {s.get('precision', '?')} /{s.get('every', '?')}"
 
 
 def format_exports(gate: dict | None, served: dict | None) -> str:
