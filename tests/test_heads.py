@@ -167,8 +167,15 @@ def synth():
     ring.close()
 
 
-def multitask_config(**heads) -> LearnerConfig:
-    cfg = tiny_config()
+# the heads and the crop code (copy-paste, hue) on CUDA too, where there is one (issue 19)
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+]
+
+
+def multitask_config(device: str = "cpu", **heads) -> LearnerConfig:
+    cfg = tiny_config(device=device)
     h = cfg.heads
     h.embedding.enabled = h.segments.enabled = True
     h.embedding.dim, h.embedding.hidden, h.embedding.pairs, h.embedding.warmup_steps = 16, 32, 12, 0
@@ -185,7 +192,7 @@ def fixed_losses(trainer: Trainer, ring, pairs) -> dict[str, float]:
     """Each head's loss of the current weights on one fixed batch, crops and set of pairs."""
     b = ring.sample(16, np.random.default_rng(123))
     frames, tri, valid = trainer.upload(b)
-    g = torch.Generator()
+    g = torch.Generator(device=trainer.device)
     g.manual_seed(5)
     c = make_crops(frames, tri, valid, trainer.cfg.crops, trainer.crop_size, trainer.target_size, g)
     extra = trainer.upload_heads(b, pairs.sample_pairs(24, np.random.default_rng(7)))
@@ -196,11 +203,14 @@ def fixed_losses(trainer: Trainer, ring, pairs) -> dict[str, float]:
     return {k: v.item() for k, v in losses.items()}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("loss", ["affine", "entropy"])
-def test_multitask_steps_reduce_every_loss_on_real_frames(synth, tmp_path, loss):
+def test_multitask_steps_reduce_every_loss_on_real_frames(synth, tmp_path, loss, device):
     ring, pairs = synth
     # the entropy's gradients are weak (a soft histogram of noisy DIS flow): more weight, fewer bins
-    trainer = Trainer(multitask_config(loss=loss, **({"weight": 3.0, "bins": 8} if loss == "entropy" else {})))
+    extra = {"weight": 3.0, "bins": 8} if loss == "entropy" else {}
+    trainer = Trainer(multitask_config(device, loss=loss, **extra))
+    assert trainer.device.type == device
     before = fixed_losses(trainer, ring, pairs)
     assert set(before) == {"mask", "embedding", "segments"}
     s = fit(trainer, RingFeed(ring), tmp_path, Limits(steps=60), progress=False, pairs=pairs)
@@ -306,11 +316,12 @@ def test_a_checkpoint_with_other_heads_is_refused_by_name(tmp_path):
         ring.close()
 
 
-def test_copy_paste_crops_train_the_segments_head_too(synth):
+@pytest.mark.parametrize("device", DEVICES)
+def test_copy_paste_crops_train_the_segments_head_too(synth, device):
     """With copy-paste (learner.crops.paste) the pasted pixels carry the background's flow: they
     are left out of the grouping loss, and the step runs."""
     ring, pairs = synth
-    cfg = multitask_config()
+    cfg = multitask_config(device)
     cfg.crops.paste = 1.0
     trainer = Trainer(cfg)
     r = trainer.step(ring.sample(8, trainer.rng), trainer.draw_pairs(pairs))
