@@ -2,6 +2,7 @@
 steps (exports/<version> + LATEST), the daemon serves it to a device that pins the signing key,
 and the camera hot-loads it and publishes kind `student` masks stamped with the bundle's version."""
 
+import json
 import time
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
                 time.sleep(0.2)
             version = (exports / LATEST).read_text().strip()
             assert (exports / version / "model.onnx").is_file() and (exports / version / "manifest.json").is_file()
+            # the 8-bit model, its ranges from the gate's holdout (this camera's frames), or why not
+            int8 = json.loads((exports / version / "manifest.json").read_text())["int8"]
+            assert int8.get("calibration_frames") == 4 or int8.get("skipped"), int8
+            assert (exports / version / "model.int8.onnx").is_file() == ("file" in int8)
 
             got = sub.recv(20.0)
             assert got is not None, f"no student mask published\n{log.read_text()[-3000:]}"
@@ -61,6 +66,8 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
         installed = DeviceAgent(cfg["export"]["endpoint"], device, PullConfig(), trusted=pinned).run(once=True)
         assert installed is not None and (device / LATEST).is_file()
         assert (device / installed.version / SIG_FILE).is_file() and read_trust(device)["version"] == installed.version
+        shipped = json.loads((device / installed.version / "manifest.json").read_text())
+        assert (device / installed.version / "model.int8.onnx").is_file() == ("model.int8.onnx" in shipped["files"])
 
         proc.send_signal(2)
         code = proc.wait(SHUTDOWN_S + 5)
