@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.log import log_event
 from exporter.bundle import INT8_FILE, MODEL_FILE, check_exports_dir, new_version, publish_bundle, read_pointer
 from exporter.config import ExportConfig
@@ -214,7 +214,7 @@ def to_onnx(
     except ImportError as e:
         raise UserError(f"torch.onnx.export needs onnxscript ({e}); pip install onnxscript") from None
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the reason is what counts
-        raise ExportRejected("export", f"torch.onnx.export failed: {str(e).strip().splitlines()[0][:300]}") from None
+        raise ExportRejected("export", f"torch.onnx.export failed: {first_line(e, 300)}") from None
     proto = program.model_proto
     outside = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if outside:
@@ -557,10 +557,9 @@ def load_for_export(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = build_model(cfg.model, crop, cfg.heads)
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(
             f"{path}: checkpoint from another architecture: its weights do not fit a "
-            f"{arch.get('backbone')} model ({first})"
+            f"{arch.get('backbone')} model ({first_line(e)})"
         ) from None
     return model, state
 

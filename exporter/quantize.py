@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import first_line
 from exporter.bundle import INT8_FILE
 from exporter.runtime import make_session
 from exporter.verify import latency
@@ -133,11 +134,8 @@ def int8_model(
         int8, _ = make_session(q, "cpu", threads=1, what=f"{what} (int8)")
         names = list(heads)
         figures = agreement(names, fp32.run(names, {"image": check}), int8.run(names, {"image": check}))
-    except Int8Refused:
-        raise
     except Exception as e:  # noqa: BLE001 - the quantizer and ORT raise many types; the fp32 bundle ships
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise Int8Refused(f"quantization failed: {type(e).__name__}: {first}") from None
+        raise Int8Refused(f"quantization failed: {type(e).__name__}: {first_line(e)}") from None
     why = refusal(figures, min_iou)
     if why:
         raise Int8Refused(why)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.log import log_event
 from exporter.bundle import LATEST, PRECISIONS, Bundle, load_bundle, read_pointer, resolve_bundle
 
@@ -87,8 +87,7 @@ def make_session(
     try:
         session = ort.InferenceSession(src, so, providers=providers)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for invalid models
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise UserError(f"{what}: ONNX Runtime cannot load it ({first})") from None
+        raise UserError(f"{what}: ONNX Runtime cannot load it ({first_line(e, 300)})") from None
     got = session.get_providers()
     device = Device("cuda" if got and got[0] == CUDA_EP else "cpu", got[0] if got else CPU_EP)
     if want_cuda and device.type != "cuda":

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 from exporter.config import ExportConfig
 from exporter.runtime import make_session
 
@@ -48,7 +48,7 @@ def check_onnx(onnx_bytes: bytes) -> None:
     try:
         onnx.checker.check_model(onnx.load_from_string(onnx_bytes), full_check=True)
     except Exception as e:  # noqa: BLE001 - ValidationError, shape inference errors, protobuf errors
-        raise ExportRejected("onnx_checker", str(e).strip().splitlines()[0][:300]) from None
+        raise ExportRejected("onnx_checker", first_line(e, 300)) from None
 
 
 def parity(

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.log import log_event
 from learner import distributed
 from learner.checkpoint import FORMAT, VERSION, CheckpointClock, CheckpointWriteError, check_compatible, save_checkpoint
@@ -380,8 +380,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise UserError(f"{path}: checkpoint does not fit the model ({first})") from None
+            raise UserError(f"{path}: checkpoint does not fit the model ({first_line(e)})") from None
         for group in self.opt.param_groups:  # the configured values win over the saved ones
             group["weight_decay"] = self.cfg.train.weight_decay if group["weight_decay"] else 0.0
         rng = state["rng"]
