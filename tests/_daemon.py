@@ -1,12 +1,17 @@
 """A real `motionmask run` for the tests that drive one, and its learner's status.
 
 proc, log = start_daemon(tmp_path, cfg)     # cfg: the daemon's config as a dict
-st = wait_learner(proc, control, lambda s: s["step"] >= 5, log)
+try:
+    st = wait_learner(proc, control, lambda s: s["step"] >= 5, log)
+    code, took = stop_daemon(proc, signal.SIGINT, timeout=10)
+finally:
+    reap(proc)                              # a test that failed before its stop leaves no daemon
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +35,21 @@ def start_daemon(tmp_path: Path, cfg: dict) -> tuple[subprocess.Popen, Path]:
             stderr=subprocess.STDOUT,
         )
     return proc, log
+
+
+def stop_daemon(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int, float]:
+    """Send `sig` and wait for the daemon: (its exit status, seconds from the signal to its exit)."""
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    code = proc.wait(timeout)
+    return code, time.monotonic() - t0
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Kill the daemon if it still runs (a test that failed before stopping it)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
 
 
 def learner_status(control: str) -> dict | None:

@@ -3,10 +3,11 @@ steps (exports/<version> + LATEST), the daemon serves it to a device that pins t
 and the camera hot-loads it and publishes kind `student` masks stamped with the bundle's version."""
 
 import json
+import signal
 import time
 from pathlib import Path
 
-from _daemon import start_daemon, wait_learner
+from _daemon import reap, start_daemon, stop_daemon, wait_learner
 from _media import free_port
 
 from exporter.bundle import LATEST
@@ -39,7 +40,6 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
     cfg["export"]["signing_key"] = str(private)
     exports = Path(cfg["export"]["dir"])
     proc, log = start_daemon(tmp_path, cfg)
-    code = None
     try:
         with MaskSubscriber(cfg["publish"]["endpoint"], "mask.a.student") as sub:
             deadline = time.monotonic() + 90  # the first export imports the ONNX exporter: slow on a busy host
@@ -69,12 +69,9 @@ def test_daemon_exports_serves_and_publishes_student_masks(tmp_path, learner_dae
         shipped = json.loads((device / installed.version / "manifest.json").read_text())
         assert (device / installed.version / "model.int8.onnx").is_file() == ("model.int8.onnx" in shipped["files"])
 
-        proc.send_signal(2)
-        code = proc.wait(SHUTDOWN_S + 5)
+        code, _ = stop_daemon(proc, signal.SIGINT, SHUTDOWN_S + 5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        reap(proc)
     text = log.read_text(errors="replace")
     assert code == 0, text[-3000:]
     assert "Traceback" not in text and "event=export_failed" not in text and "event=student_failed" not in text
@@ -143,18 +140,12 @@ def test_a_stop_during_an_export_abandons_it_and_checkpoints_in_time(tmp_path, l
     }
     control = cfg["daemon"]["control_endpoint"]
     proc, log = start_daemon(tmp_path, cfg)
-    code = None
     try:
         exporting = wait_learner(proc, control, lambda s: s["activity"] == "exporting", log, timeout=90)
         step = exporting["step"]
-        proc.send_signal(2)
-        t0 = time.monotonic()
-        code = proc.wait(shutdown_s + 10)
-        took = time.monotonic() - t0
+        code, took = stop_daemon(proc, signal.SIGINT, shutdown_s + 10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        reap(proc)
     text = log.read_text(errors="replace")
     assert code == 0, text[-3000:]
     assert "event=child_killed" not in text, text[-3000:]  # the learner did not wait out its export

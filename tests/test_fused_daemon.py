@@ -4,13 +4,12 @@ gets the fused mask on every frame, the student's own mask on every student_ever
 checks the rule of motionmask/fuse.py on what the wire carried."""
 
 import shutil
-import subprocess
-import sys
+import signal
 import time
 from collections import defaultdict
 
 import numpy as np
-import yaml
+from _daemon import reap, start_daemon, stop_daemon
 from _export_data import exported
 
 from exporter.bundle import LATEST
@@ -37,17 +36,8 @@ def test_daemon_publishes_fused_masks_every_frame(tmp_path, tmp_path_factory, le
         "student_every": EVERY,
         "fuse_min_student": 0.5,
     }
-    config = tmp_path / "daemon.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    log = tmp_path / "daemon.log"
     masks: dict[str, dict[int, tuple[dict, np.ndarray]]] = defaultdict(dict)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "motionmask.cli", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    code = None
+    proc, log = start_daemon(tmp_path, cfg)
     try:
         with MaskSubscriber(cfg["publish"]["endpoint"], "mask.a.") as sub:
             deadline = time.monotonic() + 25
@@ -59,12 +49,9 @@ def test_daemon_publishes_fused_masks_every_frame(tmp_path, tmp_path_factory, le
                     masks[header["kind"]][header["frame"]] = (header, mask)
         # what the operator sees: the bundle each camera runs, in which precision, how often
         st = request(cfg["daemon"]["control_endpoint"], "status", timeout=5.0)
-        proc.send_signal(2)
-        code = proc.wait(SHUTDOWN_S + 5)
+        code, _ = stop_daemon(proc, signal.SIGINT, SHUTDOWN_S + 5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        reap(proc)
     text = log.read_text(errors="replace")
     assert code == 0, text[-3000:]
     assert "Traceback" not in text and "event=student_failed" not in text and "event=student_loaded" in text

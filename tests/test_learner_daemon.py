@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from _daemon import start_daemon, wait_learner
+from _daemon import reap, start_daemon, stop_daemon, wait_learner
 from _media import process_gone
 
 from learner.checkpoint import LAST, checkpoint_dir, load_checkpoint
@@ -83,15 +82,9 @@ def test_learner_in_the_daemon(tmp_path, learner_daemon_config):
         assert st["resumed_from"] >= ckpt
         step_before_stop = st["step"]
 
-        code = None
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(SHUTDOWN_S + 5)
-        took = time.monotonic() - t0
+        code, took = stop_daemon(proc, signal.SIGTERM, SHUTDOWN_S + 5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        reap(proc)
     text = log.read_text(errors="replace")
     assert code == 0 and took < SHUTDOWN_S + 2, text[-3000:]
     assert "Traceback" not in text and "event=child_killed" not in text
@@ -118,9 +111,7 @@ def test_an_orphaned_learner_checkpoints_and_exits(tmp_path, learner_daemon_conf
         proc.wait(5)
         assert process_gone(learner, 15.0), f"orphaned learner kept running:\n{log.read_text()[-3000:]}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        reap(proc)
     text = log.read_text(errors="replace")
     assert "event=learner_orphaned" in text, text[-3000:]
     state = load_checkpoint(checkpoint_dir(cfg["learner"]["run_dir"]) / LAST)  # no scheduled one: the exit's
