@@ -78,6 +78,14 @@ class MotionConfig:
     # sure background; 0 = off. Off by default: at 0.3 it helps flat objects (patchwork)
     # but not the tuning family (docs/teacher.md); configs/geodesic.yaml turns it on
     geodesic_trust: float = 0.0
+    # outline evidence (streamer/motion/outline.py): flat regions are told how much their outline
+    # moved, with weight gain x the outline's measured edge x (1 - the region's own reliability);
+    # 0 = off. Chosen on the tuning family; the cost and gain on every family: docs/teacher.md
+    outline_gain: float = 0.5
+    outline_max_reliability: float = 0.5  # superpixels less reliable than this may merge into a flat region...
+    outline_max_colour_step: float = 8.0  # ... with a touching one of a mean Lab colour this close
+    outline_band: int = 2  # working px just inside a region's outline that count as its outline
+    edge_scale: float = 4.0  # larger structure-tensor eigenvalue at which an edge's motion is 63% trusted
     sure_fg: float = 0.5  # vote that seeds the foreground: the decision point, so no found object is erased...
     sure_bg: float = 0.2  # ... and the background (with the frame's border)
     edge_floor: float = 0.05  # cost of a step between two superpixels of the same colour (a typical edge costs 1)
@@ -160,6 +168,12 @@ class StreamerConfig:
             ("motion.neighbours", self.motion.neighbours >= 1, ">= 1"),
             ("motion.lookahead", self.motion.lookahead >= 0, ">= 0"),
             ("motion.geodesic_trust", self.motion.geodesic_trust >= 0, ">= 0"),
+            ("motion.outline_gain", self.motion.outline_gain >= 0, ">= 0 (0 = off)"),
+            ("motion.outline_max_reliability", 0 <= self.motion.outline_max_reliability <= 1, "in [0, 1]"),
+            ("motion.outline_max_colour_step", self.motion.outline_max_colour_step >= 0, ">= 0"),
+            ("motion.outline_band", 1 <= self.motion.outline_band <= 16, "between 1 and 16"),
+            ("motion.edge_scale", self.motion.edge_scale > 0, "> 0"),
+            ("motion.texture_scale", self.motion.texture_scale > 0, "> 0"),
             ("motion.sure_bg", 0 <= self.motion.sure_bg < self.motion.sure_fg <= 1, "0 <= sure_bg < sure_fg <= 1"),
             ("motion.edge_floor", self.motion.edge_floor > 0, "> 0"),
             ("prune.min_fg", 0 <= self.prune.min_fg <= self.prune.max_fg <= 1, "0 <= min_fg <= max_fg <= 1"),

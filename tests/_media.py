@@ -1,6 +1,7 @@
 """Small real test media, written with PyAV and OpenCV. Shared by the tests of every package.
 
 frames = moving_square(30, 64, 48)                  # list of RGB uint8 arrays
+frames, masks = flat_box_clip()                     # a flat box over texture, and its masks
 write_video(tmp_path / "a.mp4", frames, fps=25)     # H.264 MP4
 write_video(tmp_path / "g.mkv", gray_frames, codec="ffv1", pix_fmt="gray")
 write_video(tmp_path / "v.mkv", frames, timestamps=[0, 0.04, 0.5, ...])   # variable rate
@@ -45,6 +46,22 @@ def moving_square(
         img[y : y + size, x : x + size] = (250, 40, 40)
         frames.append(img)
     return frames
+
+
+def flat_box_clip(n: int = 16, size: int = 70) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A flat grey-green box (no texture inside: its flow is not measurable there) gliding over a
+    textured background, 3 px per frame; frames and exact masks, 240x180."""
+    rng = np.random.default_rng(3)
+    bg = cv2.GaussianBlur(rng.integers(0, 255, (180, 240, 3), dtype=np.uint8), (0, 0), 1.2)
+    frames, masks = [], []
+    for t in range(n):
+        img, m = bg.copy(), np.zeros((180, 240), bool)
+        x, y = 40 + 3 * t, 55
+        img[y : y + size, x : x + size] = (90, 140, 90)
+        m[y : y + size, x : x + size] = True
+        frames.append(img)
+        masks.append(m)
+    return frames, masks
 
 
 def _to_av(frame: np.ndarray) -> av.VideoFrame:

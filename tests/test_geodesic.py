@@ -10,34 +10,19 @@ import numpy as np
 
 from streamer.config import MotionConfig, StreamerConfig, TrimapConfig
 from streamer.frames import Frame
-from streamer.motion.geodesic import adjacency, fill, geodesic_foreground
+from streamer.motion.geodesic import fill, geodesic_foreground
 from streamer.motion.pipeline import MotionSegmenter
-from streamer.motion.superpixels import describe
+from streamer.motion.superpixels import adjacency, describe
 from streamer.motion.trimap import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, trimap
-
-
-def _flat_box_clip(n: int = 16, size: int = 70) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A flat grey-green box (no texture inside: its flow is not measurable there) gliding over a
-    textured background, 3 px per frame; frames and exact masks, 240x180."""
-    rng = np.random.default_rng(3)
-    bg = cv2.GaussianBlur(rng.integers(0, 255, (180, 240, 3), dtype=np.uint8), (0, 0), 1.2)
-    frames, masks = [], []
-    for t in range(n):
-        img, m = bg.copy(), np.zeros((180, 240), bool)
-        x, y = 40 + 3 * t, 55
-        img[y : y + size, x : x + size] = (90, 140, 90)
-        m[y : y + size, x : x + size] = True
-        frames.append(img)
-        masks.append(m)
-    return frames, masks
+from tests._media import flat_box_clip
 
 
 def _recall(trust: float) -> float:
     cfg = StreamerConfig()
     cfg.flow = replace(cfg.flow, width=240)
-    cfg.motion = replace(MotionConfig(), geodesic_trust=trust)
+    cfg.motion = replace(MotionConfig(), geodesic_trust=trust, outline_gain=0.0)  # the fill alone
     seg = MotionSegmenter(cfg)
-    frames, masks = _flat_box_clip()
+    frames, masks = flat_box_clip()
     results = []
     for i, img in enumerate(frames):
         results += seg.push(Frame(img, "box", i, i / 30))
@@ -64,16 +49,14 @@ def test_geodesic_distance_follows_colour_regions():
     assert sorted(zip(a.tolist(), b.tolist())) == [(0, 1), (0, 2), (1, 2), (2, 3)]
     voted = np.array([0.9, 0.1, 0.1, 0.1], np.float32)
     reliability = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
-    geo = geodesic_foreground(
-        sp, rgb, voted, reliability, sure_fg=0.5, sure_bg=0.2, min_reliability=0.3, edge_floor=0.05
-    )
+    geo = geodesic_foreground(sp, voted, reliability, sure_fg=0.5, sure_bg=0.2, min_reliability=0.3, edge_floor=0.05)
     assert geo[0] > 0.9 and geo[1] > 0.9  # the interior goes with its colour, not with its low vote
     assert geo[2] < 0.1 and geo[3] < 0.1
     # unreliable superpixels follow the geodesic answer, reliable ones keep their vote
     out = fill(voted, geo, reliability, trust=0.3)
     assert abs(out[0] - voted[0]) < 0.05 and out[1] > 0.9 and out[2] < 0.2 and out[3] < 0.2
     # no sure foreground: nothing to fill from
-    assert geodesic_foreground(sp, rgb, np.full(4, 0.3, np.float32), reliability, 0.5, 0.2, 0.3, 0.05) is None
+    assert geodesic_foreground(sp, np.full(4, 0.3, np.float32), reliability, 0.5, 0.2, 0.3, 0.05) is None
 
 
 def test_trimap_does_not_call_the_neighbours_and_holes_of_an_object_background():

@@ -50,16 +50,27 @@ class FlowEstimator:
         return -back, conf
 
 
-def texture_weight(gray: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """How far flow can be trusted from texture alone: 1 - exp(-lambda_min / scale), where
-    lambda_min is the smaller eigenvalue of the 5x5 structure tensor (squared gray levels per
-    pixel). Flat regions (sky, walls, blurred backgrounds) get ~0: DIS fills them by
-    smoothness, so their residual motion says nothing about what moves."""
+def structure_eigenvalues(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(smaller, larger) eigenvalue of the 5x5 structure tensor at each pixel, in squared gray
+    levels per pixel. The smaller is large only where flow is fully measurable (corners, texture);
+    the larger is large on any edge, where at least the motion across the edge is."""
     g = gray.astype(np.float32)
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) * 0.125
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) * 0.125
     a = cv2.boxFilter(gx * gx, -1, (5, 5))
     b = cv2.boxFilter(gx * gy, -1, (5, 5))
     c = cv2.boxFilter(gy * gy, -1, (5, 5))
-    lam = 0.5 * (a + c) - np.sqrt(0.25 * np.square(a - c) + b * b)
-    return (1.0 - np.exp(-np.maximum(lam, 0) / scale)).astype(np.float32)
+    mean, spread = 0.5 * (a + c), np.sqrt(0.25 * np.square(a - c) + b * b)
+    return np.maximum(mean - spread, 0), mean + spread
+
+
+def saturating(eigenvalue: np.ndarray, scale: float) -> np.ndarray:
+    """1 - exp(-eigenvalue / scale): 0 on a flat patch, 63% at `scale`, towards 1 beyond."""
+    return (1.0 - np.exp(-eigenvalue / scale)).astype(np.float32)
+
+
+def texture_weight(gray: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """How far flow can be trusted from texture alone: saturating(lambda_min, scale), lambda_min
+    the smaller structure-tensor eigenvalue. Flat regions (sky, walls, blurred backgrounds) get ~0:
+    DIS fills them by smoothness, so their residual motion says nothing about what moves."""
+    return saturating(structure_eigenvalues(gray)[0], scale)

@@ -14,35 +14,15 @@ clears the flat background that smeared flow next to a moving object had lit up.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from streamer.motion.superpixels import Superpixels
-
-
-def adjacency(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (a, b), a < b, of superpixels that touch (4-neighbourhood), each pair once."""
-    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()])
-    b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()])
-    d = a != b
-    lo, hi = np.minimum(a[d], b[d]).astype(np.int64), np.maximum(a[d], b[d]).astype(np.int64)
-    key = np.unique(lo * n + hi)
-    return key // n, key % n
-
-
-def mean_colour(sp: Superpixels, rgb: np.ndarray) -> np.ndarray:
-    """(n, 3) mean Lab colour of each superpixel (OpenCV's 8-bit Lab scaling)."""
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab).reshape(-1, 3).astype(np.float64)
-    flat = sp.labels.ravel()
-    area = np.maximum(sp.area, 1)
-    return np.stack([np.bincount(flat, lab[:, c], sp.n) / area for c in range(3)], axis=1)
+from streamer.motion.superpixels import Superpixels, adjacency
 
 
 def geodesic_foreground(
     sp: Superpixels,
-    rgb: np.ndarray,
     voted: np.ndarray,
     reliability: np.ndarray,
     sure_fg: float,
@@ -66,8 +46,7 @@ def geodesic_foreground(
     if len(bg) == 0:
         return None
     a, b = adjacency(sp.labels, sp.n)
-    colour = mean_colour(sp, rgb)
-    step = np.linalg.norm(colour[a] - colour[b], axis=1)
+    step = np.linalg.norm(sp.mean_lab[a] - sp.mean_lab[b], axis=1)
     # relative to this frame's typical edge, so a dim or washed-out frame is not all one region
     step = step / (np.median(step) + 1e-6) + edge_floor
     graph = coo_matrix(

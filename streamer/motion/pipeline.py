@@ -5,16 +5,17 @@ current shot and never mixes shots."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
 from streamer.config import StreamerConfig
 from streamer.frames import Frame, MaskResult  # noqa: F401  MaskResult lives in frames, light to import
-from streamer.motion.flow import FlowEstimator, texture_weight, working_size
+from streamer.motion.flow import FlowEstimator, saturating, structure_eigenvalues, working_size
 from streamer.motion.geodesic import fill, geodesic_foreground
 from streamer.motion.global_motion import fit_global_motion, residual_motion
+from streamer.motion.outline import flat_regions, outline_motion, with_outline
 from streamer.motion.prune import prune
 from streamer.motion.shots import ShotDetector
 from streamer.motion.superpixels import SuperpixelExtractor, Superpixels
@@ -132,15 +133,26 @@ class MotionSegmenter:
         sp = self.superpixels(a.small)
         t3 = time.perf_counter()
         a.sp = sp
-        rel = conf * texture_weight(a.gray, cfg.motion.texture_scale)
+        m = cfg.motion
+        lam_min, lam_max = structure_eigenvalues(a.gray)
+        rel = conf * saturating(lam_min, m.texture_scale)
         a.saliency = sp.pool(sal, rel + 1e-3).astype(np.float32)
         a.reliability = sp.pool(rel).astype(np.float32)
+        t4 = time.perf_counter()
+        if m.outline_gain > 0:
+            region = flat_regions(sp, a.reliability, m.outline_max_reliability, m.outline_max_colour_step)
+            edge = conf * saturating(lam_max, m.edge_scale)
+            value, support = outline_motion(sp, region, sal, edge, m.outline_band)
+            a.saliency, a.reliability = with_outline(a.saliency, a.reliability, value, support, m.outline_gain)
+        t5 = time.perf_counter()
         a.to_prev = None if reverse else gm.to_prev
         a.camera_ok = gm.reliable
         a.motion = None if reverse else motion
         a.conf = None if reverse else conf
         a.noise = gm.residual_noise
-        a.ms.update(flow=(t1 - t0) * 1e3, global_motion=(t2 - t1) * 1e3, superpixels=(t3 - t2) * 1e3)
+        a.ms.update(
+            flow=(t1 - t0) * 1e3, global_motion=(t2 - t1) * 1e3, superpixels=(t3 - t2) * 1e3, outline=(t5 - t4) * 1e3
+        )
 
     def _emit_ready(self) -> list[MaskResult]:
         out = []
@@ -175,13 +187,11 @@ class MotionSegmenter:
                 break
             to_here = to_here @ f.to_prev  # f -> ... -> a
             c = cv2.perspectiveTransform(f.sp.centroid[None].astype(np.float64), to_here)[0].astype(np.float32)
-            ahead.append((Superpixels(f.sp.labels, f.sp.n, f.sp.area, c, f.sp.features), f.saliency, f.reliability))
+            ahead.append((replace(f.sp, centroid=c), f.saliency, f.reliability))
         voted = self.voter.vote(a.sp, a.saliency, a.reliability, ahead)
         m = self.cfg.motion
         if m.geodesic_trust > 0:
-            geo = geodesic_foreground(
-                a.sp, a.small, voted, a.reliability, m.sure_fg, m.sure_bg, m.geodesic_trust, m.edge_floor
-            )
+            geo = geodesic_foreground(a.sp, voted, a.reliability, m.sure_fg, m.sure_bg, m.geodesic_trust, m.edge_floor)
             voted = fill(voted, geo, a.reliability, m.geodesic_trust)
         small_prob = a.sp.paint(np.clip(voted, 0.0, 1.0))
         t1 = time.perf_counter()

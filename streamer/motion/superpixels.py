@@ -23,6 +23,7 @@ class Superpixels:
     area: np.ndarray  # (n,) pixels per superpixel (0 for empty labels)
     centroid: np.ndarray  # (n, 2) x, y in working pixels
     features: np.ndarray  # (n, d) float32 appearance: sqrt-normalised histograms (Hellinger)
+    mean_lab: np.ndarray  # (n, 3) mean colour (OpenCV's 8-bit Lab scaling)
 
     def pool(self, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Mean of a per-pixel map over each superpixel (weighted if weights given)."""
@@ -86,8 +87,10 @@ def describe(labels: np.ndarray, lab: np.ndarray) -> Superpixels:
     safe = np.maximum(area, 1)
     centroid = np.stack([np.bincount(flat, xs, n) / safe, np.bincount(flat, ys, n) / safe], axis=1)
 
+    lab_flat = lab.reshape(-1, 3)
+    mean_lab = np.stack([np.bincount(flat, lab_flat[:, c], n) / safe for c in range(3)], axis=1)
     feats = []
-    q = (lab.reshape(-1, 3).astype(np.int32) * COLOR_BINS) >> 8  # 0..COLOR_BINS-1 per channel
+    q = (lab_flat.astype(np.int32) * COLOR_BINS) >> 8  # 0..COLOR_BINS-1 per channel
     for c in range(3):
         hist = np.bincount(flat * COLOR_BINS + q[:, c], minlength=n * COLOR_BINS).reshape(n, COLOR_BINS)
         feats.append(hist / safe[:, None])
@@ -101,4 +104,16 @@ def describe(labels: np.ndarray, lab: np.ndarray) -> Superpixels:
     feats.append(ohist / np.maximum(ohist.sum(axis=1, keepdims=True), 1e-6))
     # sqrt turns Euclidean distance between histograms into the Hellinger distance
     features = np.sqrt(np.concatenate(feats, axis=1)).astype(np.float32)
-    return Superpixels(labels, n, area, centroid.astype(np.float32), features)
+    return Superpixels(labels, n, area, centroid.astype(np.float32), features, mean_lab.astype(np.float32))
+
+
+def adjacency(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a, b), a < b, of superpixels that touch (4-neighbourhood), each pair once, sorted."""
+    across = labels[:, :-1] != labels[:, 1:]
+    down = labels[:-1, :] != labels[1:, :]
+    x = np.concatenate([labels[:, :-1][across], labels[:-1, :][down]]).astype(np.int64)
+    y = np.concatenate([labels[:, 1:][across], labels[1:, :][down]]).astype(np.int64)
+    seen = np.zeros(n * n, bool)  # a bitmap beats np.unique here: n is a few hundred
+    seen[np.minimum(x, y) * n + np.maximum(x, y)] = True
+    key = np.flatnonzero(seen)
+    return key // n, key % n

@@ -1,0 +1,110 @@
+"""Outline evidence for flat interiors (streamer/motion/outline.py): flat regions, the motion of
+their outline, and a flat box that the pipeline finds whole with it and only by its edges without."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from streamer.config import MotionConfig, StreamerConfig
+from streamer.frames import Frame
+from streamer.motion.outline import flat_regions, outline_motion, with_outline
+from streamer.motion.pipeline import MotionSegmenter
+from streamer.motion.superpixels import describe
+
+
+def _quadrants() -> tuple[np.ndarray, np.ndarray]:
+    """Four 20x20 superpixels on a 40x40 image: 0 and 1 (top) one red, 2 a slightly different red,
+    3 blue."""
+    labels = np.zeros((40, 40), np.int32)
+    labels[:20, 20:], labels[20:, :20], labels[20:, 20:] = 1, 2, 3
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[:20] = (200, 30, 30)
+    rgb[20:, :20] = (196, 34, 30)
+    rgb[20:, 20:] = (30, 30, 200)
+    return labels, rgb
+
+
+def test_flat_superpixels_of_one_colour_merge_and_textured_or_other_coloured_ones_do_not():
+    labels, rgb = _quadrants()
+    sp = describe(labels, cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab))
+    flat = np.zeros(4, np.float32)
+    region = flat_regions(sp, flat, max_reliability=0.5, max_colour_step=8.0)
+    assert region[0] == region[1] == region[2] != region[3]
+    textured = np.array([0.0, 0.9, 0.0, 0.0], np.float32)  # its motion is measured: it stays alone
+    region = flat_regions(sp, textured, max_reliability=0.5, max_colour_step=8.0)
+    assert region[0] == region[2] and len({region[0], region[1], region[3]}) == 3
+    strict = flat_regions(sp, flat, 0.5, max_colour_step=1.0)  # the slightly different red stays apart
+    assert strict[0] == strict[1] and len({strict[0], strict[2], strict[3]}) == 3
+
+
+def test_outline_motion_is_the_weighted_saliency_just_inside_the_outline_not_at_the_frame_border():
+    labels = np.zeros((60, 60), np.int32)
+    labels[20:40, 20:40] = 1  # a square region inside region 0
+    sp = describe(labels, np.zeros((60, 60, 3), np.uint8))
+    region = np.array([0, 1])
+    weight = np.ones((60, 60), np.float32)
+    moving = np.zeros((60, 60), np.float32)
+    moving[18:42, 18:42] = 1.0  # the square's outline moved, on both sides of it
+    value, support = outline_motion(sp, region, moving, weight, band=2)
+    assert value[1] == 1.0 and value[0] == 1.0  # region 0's only outline is the square: the border is none
+    assert support[1] == 1.0
+    half = moving.copy()
+    half[:, 30:] = 0.0  # only the left half of the outline moved
+    value, _ = outline_motion(sp, region, half, weight, band=2)
+    assert 0.4 < value[1] < 0.6
+    unsure = weight.copy()
+    unsure[:, 30:] = 0.0  # ... and the right half could not be measured: it does not count
+    value, support = outline_motion(sp, region, half, unsure, band=2)
+    assert value[1] == 1.0 and 0.4 < support[1] < 0.6
+
+
+def test_outline_evidence_counts_in_proportion_to_what_texture_could_not_say():
+    sal, value = np.array([0.0, 0.0, 0.8], np.float32), np.array([1.0, 1.0, 0.0], np.float32)
+    rel, support = np.array([0.0, 1.0, 0.2], np.float32), np.ones(3, np.float32)
+    s, r = with_outline(sal, rel, value, support, gain=0.5)
+    assert s[0] == 1.0 and r[0] == 0.5  # nothing measured inside: the outline's answer, at its weight
+    assert s[1] == 0.0 and r[1] == 1.0  # fully measured: its own answer stands
+    assert 0.0 < s[2] < 0.8 and r[2] > 0.2  # a static outline pulls a weakly measured "moved" down
+    assert np.allclose(with_outline(sal, rel, value, np.zeros(3, np.float32), 0.5)[0], sal)  # no outline measured
+
+
+def _flat_box_over_smooth_texture(n: int = 16, size: int = 70):
+    """A bright flat box gliding 3 px per frame over a smoothly textured background (blurred noise):
+    its inside has nothing to track, its outline does."""
+    rng = np.random.default_rng(3)
+    bg = cv2.GaussianBlur(rng.normal(0, 1, (180, 240, 3)).astype(np.float32), (0, 0), 3)
+    bg = np.clip(bg / bg.std() * 30 + 110, 0, 255).astype(np.uint8)
+    frames, masks = [], []
+    for t in range(n):
+        img, m = bg.copy(), np.zeros((180, 240), bool)
+        img[55 : 55 + size, 40 + 3 * t : 40 + 3 * t + size] = (200, 200, 60)
+        m[55 : 55 + size, 40 + 3 * t : 40 + 3 * t + size] = True
+        frames.append(img)
+        masks.append(m)
+    return frames, masks
+
+
+def _box_scores(gain: float) -> tuple[float, float]:
+    cfg = StreamerConfig()
+    cfg.flow = replace(cfg.flow, width=240)
+    cfg.motion = replace(MotionConfig(), outline_gain=gain)
+    seg = MotionSegmenter(cfg)
+    frames, masks = _flat_box_over_smooth_texture()
+    results = []
+    for i, img in enumerate(frames):
+        results += seg.push(Frame(img, "box", i, i / 30))
+    results += seg.flush()
+    pairs = list(zip(results[4:], masks[4:]))
+    iou = np.mean([((r.prob >= 0.5) & m).sum() / ((r.prob >= 0.5) | m).sum() for r, m in pairs])
+    outside = np.mean([r.prob[~m].mean() for r, m in pairs])
+    return float(iou), float(outside)
+
+
+def test_the_pipeline_finds_a_flat_box_whole_by_its_outline():
+    assert MotionConfig().outline_gain > 0  # on by default
+    (iou_without, out_without), (iou_with, out_with) = _box_scores(0.0), _box_scores(MotionConfig().outline_gain)
+    assert iou_without < 0.4 and iou_with > 0.7, (iou_without, iou_with)
+    assert out_with < out_without + 0.01  # no halo bought with it
