@@ -48,16 +48,19 @@ def moving_square(
     return frames
 
 
-def flat_box_clip(n: int = 16, size: int = 70) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A flat grey-green box (no texture inside: its flow is not measurable there) gliding over a
-    textured background, 3 px per frame; frames and exact masks, 240x180."""
-    rng = np.random.default_rng(3)
-    bg = cv2.GaussianBlur(rng.integers(0, 255, (180, 240, 3), dtype=np.uint8), (0, 0), 1.2)
+def flat_box_clip(
+    n: int = 16, size: int = 70, colour: tuple[int, int, int] = (90, 140, 90), background: np.ndarray | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A flat box (no texture inside: its flow is not measurable there) gliding 3 px per frame over
+    a textured 240x180 background (default: sharp noise); frames and exact masks."""
+    if background is None:
+        rng = np.random.default_rng(3)
+        background = cv2.GaussianBlur(rng.integers(0, 255, (180, 240, 3), dtype=np.uint8), (0, 0), 1.2)
     frames, masks = [], []
     for t in range(n):
-        img, m = bg.copy(), np.zeros((180, 240), bool)
+        img, m = background.copy(), np.zeros(background.shape[:2], bool)
         x, y = 40 + 3 * t, 55
-        img[y : y + size, x : x + size] = (90, 140, 90)
+        img[y : y + size, x : x + size] = colour
         m[y : y + size, x : x + size] = True
         frames.append(img)
         masks.append(m)

@@ -3,30 +3,20 @@ care" near positives and in holes (streamer/motion/trimap.py), on real pipeline 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import cv2
 import numpy as np
 
-from streamer.config import MotionConfig, StreamerConfig, TrimapConfig
-from streamer.frames import Frame
+from streamer.config import TrimapConfig
 from streamer.motion.geodesic import fill, geodesic_foreground
-from streamer.motion.pipeline import MotionSegmenter
 from streamer.motion.superpixels import adjacency, describe
 from streamer.motion.trimap import TRIMAP_IGNORE, TRIMAP_NEGATIVE, TRIMAP_POSITIVE, trimap
 from tests._media import flat_box_clip
+from tests._pipeline import config, run_segmenter
 
 
 def _recall(trust: float) -> float:
-    cfg = StreamerConfig()
-    cfg.flow = replace(cfg.flow, width=240)
-    cfg.motion = replace(MotionConfig(), geodesic_trust=trust, outline_gain=0.0)  # the fill alone
-    seg = MotionSegmenter(cfg)
     frames, masks = flat_box_clip()
-    results = []
-    for i, img in enumerate(frames):
-        results += seg.push(Frame(img, "box", i, i / 30))
-    results += seg.flush()
+    results, _ = run_segmenter(frames, config(geodesic_trust=trust, outline_gain=0.0))  # the fill alone
     return float(np.mean([(r.prob[m] >= 0.5).mean() for r, m in zip(results[4:], masks[4:])]))
 
 

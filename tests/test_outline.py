@@ -3,16 +3,14 @@ their outline, and a flat box that the pipeline finds whole with it and only by 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import cv2
 import numpy as np
 
-from streamer.config import MotionConfig, StreamerConfig
-from streamer.frames import Frame
+from streamer.config import MotionConfig
 from streamer.motion.outline import flat_regions, outline_motion, with_outline
-from streamer.motion.pipeline import MotionSegmenter
 from streamer.motion.superpixels import describe
+from tests._media import flat_box_clip
+from tests._pipeline import config, run_segmenter
 
 
 def _quadrants() -> tuple[np.ndarray, np.ndarray]:
@@ -71,32 +69,17 @@ def test_outline_evidence_counts_in_proportion_to_what_texture_could_not_say():
     assert np.allclose(with_outline(sal, rel, value, np.zeros(3, np.float32), 0.5)[0], sal)  # no outline measured
 
 
-def _flat_box_over_smooth_texture(n: int = 16, size: int = 70):
-    """A bright flat box gliding 3 px per frame over a smoothly textured background (blurred noise):
-    its inside has nothing to track, its outline does."""
+def _smooth_texture() -> np.ndarray:
+    """Blurred noise: texture the flow can follow right up to a box's edge."""
     rng = np.random.default_rng(3)
     bg = cv2.GaussianBlur(rng.normal(0, 1, (180, 240, 3)).astype(np.float32), (0, 0), 3)
-    bg = np.clip(bg / bg.std() * 30 + 110, 0, 255).astype(np.uint8)
-    frames, masks = [], []
-    for t in range(n):
-        img, m = bg.copy(), np.zeros((180, 240), bool)
-        img[55 : 55 + size, 40 + 3 * t : 40 + 3 * t + size] = (200, 200, 60)
-        m[55 : 55 + size, 40 + 3 * t : 40 + 3 * t + size] = True
-        frames.append(img)
-        masks.append(m)
-    return frames, masks
+    return np.clip(bg / bg.std() * 30 + 110, 0, 255).astype(np.uint8)
 
 
 def _box_scores(gain: float) -> tuple[float, float]:
-    cfg = StreamerConfig()
-    cfg.flow = replace(cfg.flow, width=240)
-    cfg.motion = replace(MotionConfig(), outline_gain=gain)
-    seg = MotionSegmenter(cfg)
-    frames, masks = _flat_box_over_smooth_texture()
-    results = []
-    for i, img in enumerate(frames):
-        results += seg.push(Frame(img, "box", i, i / 30))
-    results += seg.flush()
+    # a bright flat box over smooth texture: its inside has nothing to track, its outline does
+    frames, masks = flat_box_clip(colour=(200, 200, 60), background=_smooth_texture())
+    results, _ = run_segmenter(frames, config(outline_gain=gain))
     pairs = list(zip(results[4:], masks[4:]))
     iou = np.mean([((r.prob >= 0.5) & m).sum() / ((r.prob >= 0.5) | m).sum() for r, m in pairs])
     outside = np.mean([r.prob[~m].mean() for r, m in pairs])

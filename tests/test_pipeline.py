@@ -12,32 +12,13 @@ import numpy as np
 import pytest
 import skimage.data
 
-from streamer.config import MotionConfig, StreamerConfig
-from streamer.frames import Frame
-from streamer.motion.pipeline import MotionSegmenter, motion_saliency
+from streamer.config import StreamerConfig
+from streamer.motion.pipeline import motion_saliency
 from synth import things as synth
+from tests._pipeline import config, run_segmenter
 
 SAMPLE = Path(__file__).parent / "data" / "sample.mp4"
 SMALL = (160, 120)
-
-
-def _config(**motion) -> StreamerConfig:
-    cfg = StreamerConfig()
-    cfg.motion = replace(MotionConfig(), **motion)
-    return cfg
-
-
-def _run(frames: list[np.ndarray], cfg: StreamerConfig | None = None, fps: float = 30.0):
-    """Push every frame, then flush; returns the results and, per push, the indices it returned."""
-    seg = MotionSegmenter(cfg or StreamerConfig())
-    results, returned = [], []
-    for i, img in enumerate(frames):
-        out = seg.push(Frame(img, "test", i, i / fps))
-        returned.append([r.frame.index for r in out])
-        results += out
-    tail = seg.flush()
-    returned.append([r.frame.index for r in tail])
-    return results + tail, returned
 
 
 def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -71,7 +52,7 @@ def test_every_frame_returns_once_in_order_across_cuts_and_dark_frames(clip_with
     stream = frames[:10] + [black] * 3 + frames[10:] + [other]
     expected_shot = [0] * 13 + [0] * 13 + [1] * 22 + [2]
     dark = set(range(10, 13))
-    results, returned = _run(stream, _config(lookahead=lookahead))
+    results, returned = run_segmenter(stream, config(lookahead=lookahead))
 
     assert [r.frame.index for r in results] == list(range(len(stream)))
     assert [r.shot for r in results] == expected_shot
@@ -98,7 +79,7 @@ def test_every_frame_returns_once_in_order_across_cuts_and_dark_frames(clip_with
 
 def test_first_frame_of_a_shot_borrows_the_next_frames_flow(clip_with_cut):
     frames, gt = clip_with_cut
-    results, _ = _run(frames)
+    results, _ = run_segmenter(frames)
     for start in (0, 23):
         assert gt[start].any()  # things move in this shot
         first = _iou(results[start].prob >= 0.5, gt[start] > 0)
@@ -128,7 +109,7 @@ def _camera_clip(
     ],
 )
 def test_moving_camera_over_a_still_scene_stays_background(photo, pan, zoom):
-    results, _ = _run(_camera_clip(photo, pan, zoom))
+    results, _ = run_segmenter(_camera_clip(photo, pan, zoom))
     fg = [float((r.prob >= 0.5).mean()) for r in results]
     assert np.mean(fg) < 0.05
     assert max(fg) < 0.1
@@ -162,7 +143,7 @@ def test_mask_quality_on_synthetic_clips(model):
         plan = synth.plan_clip(seed, 40, (320, 240))
         frames, gt, inst, info = synth.render_clip(seed, 40, (320, 240))
         assert any(s["camera"] != "static" for s in info["shots"])
-        results, _ = _run(frames, cfg)
+        results, _ = run_segmenter(frames, cfg)
         ious += [_iou(r.prob >= 0.5, g > 0) for r, g in zip(results, gt) if g.any()]
         paused_recall += [float((results[t].prob[m] >= 0.5).mean()) for t, m in _paused_masks(plan, inst).items()]
     assert len(ious) >= 60
@@ -174,7 +155,7 @@ def test_mask_quality_on_synthetic_clips(model):
 def test_pedestrians_in_real_footage():
     with av.open(str(SAMPLE)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][:30]
-    results, _ = _run(frames, fps=10.0)
+    results, _ = run_segmenter(frames, fps=10.0)
     assert [r.shot for r in results] == [0] * 30
     lawn = np.zeros(frames[0].shape[:2], bool)
     lawn[170:280, 0:200] = True  # grass in the lower left: nobody walks there
