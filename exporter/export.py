@@ -375,20 +375,27 @@ def export_model(
     files = {MODEL_FILE: onnx_bytes}
     if cfg.int8:
         t3 = time.perf_counter()
-        files, manifest["int8"] = with_int8(files, heads, fitted if calibration is None else calibration, fitted, cfg)
+        calib = fitted if calibration is None else calibration
+        files, manifest["int8"] = with_int8(files, heads, calib, fitted, ver.outputs, cfg)
         timings["int8"] = manifest["timings_s"]["int8"] = round(time.perf_counter() - t3, 3)
     return _publish(out, version, files, manifest, cfg, signer, ver, timings, t0)
 
 
 def with_int8(
-    files: dict[str, bytes], heads: list[str], calibration: np.ndarray, check: np.ndarray, cfg: ExportConfig
+    files: dict[str, bytes],
+    heads: list[str],
+    calibration: np.ndarray,
+    check: np.ndarray,
+    fp32: list[np.ndarray],
+    cfg: ExportConfig,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The bundle's files with the 8-bit model added, and the manifest's `int8` entry; when the
-    8-bit model fails its check, the files as they were and the reason (the fp32 model ships)."""
+    8-bit model fails its check against the fp32 outputs on `check`, the files as they were and
+    the reason (the fp32 model ships)."""
     from exporter.quantize import Int8Refused, int8_model
 
     try:
-        q = int8_model(files[MODEL_FILE], heads, calibration, check, cfg.int8_min_iou, cfg.latency_runs)
+        q = int8_model(files[MODEL_FILE], heads, calibration, check, fp32, cfg.int8_min_iou, cfg.latency_runs)
     except Int8Refused as e:
         log_event(logger, "int8_skipped", logging.WARNING, reason=str(e))
         return files, {"skipped": str(e)}

@@ -121,19 +121,20 @@ def int8_model(
     heads: Sequence[str],
     calibration: np.ndarray,
     check: np.ndarray,
+    fp32: Sequence[np.ndarray],
     min_iou: float,
     latency_runs: int,
     what: str = "model",
 ) -> Int8:
-    """Quantize, then compare with the fp32 graph on `check` (N x H x W x 3 uint8) and time it on
-    one thread. Raises Int8Refused when the two disagree (or ONNX Runtime cannot run the result)."""
+    """Quantize, then compare with the fp32 graph's outputs `fp32` on `check` (N x H x W x 3 uint8,
+    one batch: the verification's, exporter/verify.py) and time it on one thread. Raises
+    Int8Refused when the two disagree (or ONNX Runtime cannot run the result)."""
     t0 = time.perf_counter()
     try:
         q = quantize(onnx_bytes, calibration)
-        fp32, _ = make_session(onnx_bytes, "cpu", threads=1, what=what)
         int8, _ = make_session(q, "cpu", threads=1, what=f"{what} (int8)")
         names = list(heads)
-        figures = agreement(names, fp32.run(names, {"image": check}), int8.run(names, {"image": check}))
+        figures = agreement(names, fp32, int8.run(names, {"image": check}))
     except Exception as e:  # noqa: BLE001 - the quantizer and ORT raise many types; the fp32 bundle ships
         raise Int8Refused(f"quantization failed: {type(e).__name__}: {first_line(e)}") from None
     why = refusal(figures, min_iou)

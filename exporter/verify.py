@@ -40,6 +40,7 @@ class Verification:
     latency: dict[str, Any]
     ort_version: str
     seconds: float
+    outputs: list[np.ndarray]  # ONNX Runtime's outputs on the frames, all in one batch (the 8-bit check's reference)
 
 
 def check_onnx(onnx_bytes: bytes) -> None:
@@ -53,8 +54,9 @@ def check_onnx(onnx_bytes: bytes) -> None:
 
 def parity(
     session: Any, heads: Sequence[str], images: np.ndarray, reference: Callable[[np.ndarray], list[np.ndarray]]
-) -> dict[str, Any]:
-    """Max |ORT - reference| per output, frames one by one and all in one batch."""
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Max |ORT - reference| per output, frames one by one and all in one batch; and ORT's outputs
+    on that one batch (the last run)."""
     ref = reference(images)
     worst = {n: 0.0 for n in heads}
     batches = [images[i : i + 1] for i in range(len(images))] + ([images] if len(images) > 1 else [])
@@ -70,13 +72,14 @@ def parity(
             if not np.isfinite(g).all():
                 raise ExportRejected("parity", f"output {n} holds NaN or infinite values")
             worst[n] = max(worst[n], float(np.abs(g.astype(np.float64) - want).max()))
-    return {
+    report = {
         "max_abs_diff": max(worst.values()),
         "per_output": worst,
         "frames": int(len(images)),
         "batches": sorted({1, int(len(images))}),
         "size": [int(images.shape[2]), int(images.shape[1])],
     }
+    return report, got
 
 
 def latency(session: Any, heads: Sequence[str], images: np.ndarray, runs: int, warmup: int = 3) -> dict[str, Any]:
@@ -123,7 +126,7 @@ def verify_onnx(
     names = [o.name for o in session.get_outputs()]
     if names != list(heads):
         raise ExportRejected("ort_session", f"outputs are {names}, expected {list(heads)}")
-    par = parity(session, heads, images, reference)
+    par, outputs = parity(session, heads, images, reference)
     par["tolerance"] = cfg.parity_tolerance
     if not par["max_abs_diff"] <= cfg.parity_tolerance:
         worst = max(par["per_output"], key=par["per_output"].get)
@@ -138,4 +141,4 @@ def verify_onnx(
             "latency",
             f"{lat['ms_median']:.1f} ms per frame on one CPU thread > export.max_latency_ms {cfg.max_latency_ms:g}",
         )
-    return Verification(device.provider, par, lat, ort.__version__, time.perf_counter() - t0)
+    return Verification(device.provider, par, lat, ort.__version__, time.perf_counter() - t0, outputs)

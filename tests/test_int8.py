@@ -93,7 +93,8 @@ def test_an_8_bit_model_that_disagrees_or_cannot_be_made_is_left_out(tmp_path, t
 
     frames = np.zeros((2, 32, 32, 3), np.uint8)
     caplog.set_level(logging.WARNING)
-    files, entry = with_int8({MODEL_FILE: b"not an onnx model"}, heads, frames, frames, ExportConfig())
+    fp32 = [np.zeros((2, 1, 32, 32), np.float32)]
+    files, entry = with_int8({MODEL_FILE: b"not an onnx model"}, heads, frames, frames, fp32, ExportConfig())
     assert list(files) == [MODEL_FILE] and entry["skipped"].startswith("quantization failed")
     assert "event=int8_skipped" in caplog.text or any("int8_skipped" in r.getMessage() for r in caplog.records)
 
