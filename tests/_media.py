@@ -26,6 +26,8 @@ import av
 import cv2
 import numpy as np
 
+from bench.common import free_port  # noqa: F401  (the tests' one source of ports)
+
 # Per-codec defaults: x264 prints its CPU capabilities on every encoder (keep test output
 # readable); mpeg4's default 200 kb/s smears small motions away (keep frames recognisable).
 _DEFAULTS = {"libx264": {"x264-params": "log-level=none"}, "mpeg4": {"b": "4000000"}}
@@ -172,12 +174,6 @@ def write_images(
         path.write_bytes(data.tobytes())
         paths.append(path)
     return paths
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_gone(pid: int, timeout: float = 5.0) -> bool:
