@@ -89,6 +89,10 @@ class MotionConfig:
     sure_fg: float = 0.5  # vote that seeds the foreground: the decision point, so no found object is erased...
     sure_bg: float = 0.2  # ... and the background (with the frame's border)
     edge_floor: float = 0.05  # cost of a step between two superpixels of the same colour (a typical edge costs 1)
+    # coherence over time (streamer/motion/coherence.py): a residual that agrees with its own a frame
+    # ago counts for up to 1 + this; 0 = off. Off by default: it finds slow movers, and its halo puts
+    # patchwork's background labelled positive over 2% (docs/teacher.md); configs/coherence.yaml
+    coherence_gain: float = 0.0
 
 
 @dataclass
@@ -169,6 +173,7 @@ class StreamerConfig:
             ("motion.lookahead", self.motion.lookahead >= 0, ">= 0"),
             ("motion.geodesic_trust", self.motion.geodesic_trust >= 0, ">= 0"),
             ("motion.outline_gain", self.motion.outline_gain >= 0, ">= 0 (0 = off)"),
+            ("motion.coherence_gain", 0 <= self.motion.coherence_gain <= 1, "between 0 (off) and 1"),
             ("motion.outline_max_reliability", 0 <= self.motion.outline_max_reliability <= 1, "in [0, 1]"),
             ("motion.outline_max_colour_step", self.motion.outline_max_colour_step >= 0, ">= 0"),
             ("motion.outline_band", 1 <= self.motion.outline_band <= 16, "between 1 and 16"),

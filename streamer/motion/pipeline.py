@@ -12,6 +12,7 @@ import numpy as np
 
 from streamer.config import StreamerConfig
 from streamer.frames import Frame, MaskResult  # noqa: F401  MaskResult lives in frames, light to import
+from streamer.motion.coherence import coherent_residual, noise_factor
 from streamer.motion.flow import FlowEstimator, saturating, structure_eigenvalues, working_size
 from streamer.motion.geodesic import fill, geodesic_foreground
 from streamer.motion.global_motion import fit_global_motion, residual_motion
@@ -38,6 +39,7 @@ class _Analysis:
     to_prev: np.ndarray | None = None  # 3x3 camera model, this frame -> previous frame
     motion: np.ndarray | None = None
     conf: np.ndarray | None = None  # forward-backward confidence of `motion`
+    residual: np.ndarray | None = None  # residual motion after coherence (h x w x 2), for the next frame's
     noise: float = 0.0  # the camera model's median residual (px)
     camera_ok: bool = True  # the camera model was fitted (False: assumed static; the mask is not trusted)
     ms: dict[str, float] = field(default_factory=dict)
@@ -106,7 +108,7 @@ class MotionSegmenter:
             return out
         if prev.sp is None:  # prev is a segment head: give it this frame's flow, reversed in time
             self._analyse(prev, gray, reverse=True)
-        self._analyse(a, prev.gray)
+        self._analyse(a, prev.gray, prev.residual)
         self.pending.append(a)
         out += self._emit_ready()
         return out
@@ -115,17 +117,20 @@ class MotionSegmenter:
         return self._finish_segment()
 
     # -- stages -------------------------------------------------------------------------------
-    def _analyse(self, a: _Analysis, other_gray: np.ndarray, reverse: bool = False) -> None:
+    def _analyse(
+        self, a: _Analysis, other_gray: np.ndarray, previous: np.ndarray | None = None, reverse: bool = False
+    ) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
         motion, conf = self.flow(other_gray, a.gray)
         t1 = time.perf_counter()
         gm = fit_global_motion(motion, conf, cfg.global_motion)
-        residual = np.linalg.norm(residual_motion(motion, gm), axis=2)
+        gain = 0.0 if reverse else cfg.motion.coherence_gain
+        residual = coherent_residual(residual_motion(motion, gm), previous, motion, conf, gain)
         t2 = time.perf_counter()
         sal = motion_saliency(
-            residual,
-            gm.residual_noise,
+            np.linalg.norm(residual, axis=2),
+            gm.residual_noise * (noise_factor(gain) if previous is not None else 1.0),
             cfg.motion.saliency_scale,
             cfg.motion.min_saliency_scale,
             cfg.motion.noise_multiplier,
@@ -150,6 +155,7 @@ class MotionSegmenter:
         a.motion = None if reverse else motion
         a.conf = None if reverse else conf
         a.noise = gm.residual_noise
+        a.residual = None if reverse or gain <= 0 else residual
         a.ms.update(
             flow=(t1 - t0) * 1e3, global_motion=(t2 - t1) * 1e3, superpixels=(t3 - t2) * 1e3, outline=(t5 - t4) * 1e3
         )
