@@ -103,6 +103,20 @@ def test_nearest_others_matches_brute_force_and_skips_self():
     assert np.allclose(np.sort(d2, axis=1), np.take_along_axis(full, truth, axis=1), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [20, 67, 1003])
+def test_nearest_others_finds_neighbours_in_every_block_including_the_remainder(size: int):
+    # 1003 rows are 125 blocks of 8 and a remainder of 3: the query's three copies are put there
+    rng = np.random.default_rng(size)
+    pool = rng.random((size, 34)).astype(np.float32)
+    pool[-3:] = pool[0]
+    k = min(16, size - 1)
+    idx, d2 = nearest_others(pool[:5], pool, k)
+    assert {size - 3, size - 2, size - 1} <= set(idx[0]) and np.allclose(np.sort(d2[0])[:3], 0.0)
+    full = np.square(pool[:5, None, :] - pool[None, :, :]).sum(axis=2)
+    full[np.arange(5), np.arange(5)] = np.inf
+    assert np.allclose(np.sort(d2, axis=1), np.sort(full, axis=1)[:, :k], rtol=1e-4, atol=1e-5)
+
+
 def test_nearest_others_with_exact_duplicates_never_returns_self():
     rng = np.random.default_rng(2)
     x = rng.random((50, 8)).astype(np.float32)
