@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import signal
 import socket
 import subprocess
@@ -84,19 +85,27 @@ def fmt(v: float | None, digits: int = 3) -> str:
 
 
 _handed_out: set[int] = set()
+_draw = random.SystemRandom()  # not `random`: every test worker must draw differently
+PORTS = (20000, 32768)  # under Linux's ephemeral range: no outgoing connection takes one meanwhile
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now and that this process has not
-    handed out before: the kernel may give the same free port to two binds in a row, and a config
-    that names one port for two sockets never comes up (a soak run in CI died of exactly that)."""
+    handed out before. Drawn at random from PORTS, not asked of the kernel with port 0: the kernel
+    gave the same free port to two binds in a row, and a config that names one port for two
+    sockets never comes up (a soak run in CI died of exactly that); parallel test workers asking
+    it would share its habits too."""
     while True:
+        port = _draw.randrange(*PORTS)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use, or lingering: draw again
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
