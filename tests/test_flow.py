@@ -8,7 +8,7 @@ import pytest
 import skimage.data
 
 from streamer.config import FlowConfig
-from streamer.motion.flow import FlowEstimator, texture_weight, warp_by_flow, working_size
+from streamer.motion.flow import FlowEstimator, saturating, structure_eigenvalues, warp_by_flow, working_size
 
 W, H = 240, 180
 INNER = (slice(16, H - 16), slice(16, W - 16))  # away from borders that the shift exposes
@@ -64,6 +64,11 @@ def test_confidence_is_low_where_content_changed_and_high_elsewhere():
     unchanged[:16] = unchanged[-16:] = unchanged[:, :16] = unchanged[:, -16:] = False
     assert changed < 0.5
     assert float(np.median(conf[unchanged])) > 0.8
+
+
+def texture_weight(gray: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """How far the pipeline trusts flow from texture alone (its `rel` before flow confidence)."""
+    return saturating(structure_eigenvalues(gray)[0], scale)
 
 
 def test_texture_weight_separates_flat_edges_and_texture():

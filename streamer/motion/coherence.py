@@ -13,24 +13,16 @@ opposed, it shortens it. The saliency's noise scale grows by sqrt(1 + gain^2), w
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import cv2
 import numpy as np
 
-
-@lru_cache(maxsize=4)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return gx, gy
+from streamer.motion.flow import warp_by_flow
 
 
 def carried_along(previous: np.ndarray, motion: np.ndarray) -> np.ndarray:
-    """`previous` (h x w x 2, on frame t-1's grid) sampled where each pixel of frame t was then."""
-    gx, gy = _grid(*motion.shape[:2])
-    return cv2.remap(
-        previous, gx - motion[..., 0], gy - motion[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    """`previous` (h x w x 2, on frame t-1's grid) sampled where each pixel of frame t was then,
+    x - motion(x)."""
+    return warp_by_flow(previous, -motion)
 
 
 def _length(field: np.ndarray) -> np.ndarray:

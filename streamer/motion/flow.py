@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 try:
     import cv2
 except ModuleNotFoundError:  # device-only install: NumPy stand-ins on predict's path (common/npcv.py)
@@ -24,10 +26,15 @@ def working_size(width: int, height: int, target_width: int) -> tuple[int, int]:
     return max(8, w), h
 
 
+@lru_cache(maxsize=4)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of every pixel (read-only use: shared between calls of one frame size)."""
+    return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+
+
 def warp_by_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample `image` at x + flow(x): brings frame t+1 content back onto frame t's grid."""
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx, gy = _pixel_grid(*flow.shape[:2])
     return cv2.remap(image, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -67,10 +74,3 @@ def structure_eigenvalues(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def saturating(eigenvalue: np.ndarray, scale: float) -> np.ndarray:
     """1 - exp(-eigenvalue / scale): 0 on a flat patch, 63% at `scale`, towards 1 beyond."""
     return (1.0 - np.exp(-eigenvalue / scale)).astype(np.float32)
-
-
-def texture_weight(gray: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """How far flow can be trusted from texture alone: saturating(lambda_min, scale), lambda_min
-    the smaller structure-tensor eigenvalue. Flat regions (sky, walls, blurred backgrounds) get ~0:
-    DIS fills them by smoothness, so their residual motion says nothing about what moves."""
-    return saturating(structure_eigenvalues(gray)[0], scale)
