@@ -13,8 +13,15 @@ reports what can be measured without one, and a contact sheet for a person to ju
   - stability: IoU of each mask with the previous frame's (objects move between frames, so neither
     reaches 1; a mask that comes and goes scores low).
 
+Where the clip has reference masks, both are also scored against them (IoU, precision and recall
+at 0.5, and the best threshold's IoU; void pixels not counted): the still-camera clips of
+../shared/data have them (synth/reference_masks.py, built under bench/out on first use), and so
+does a clip of a synthetic set (`motionmask synth`: clips.json beside the video). On vtest that
+is what says whether the student's foreground beyond its teacher's is a person or a halo.
+
     python -m bench.camera_student                      # ../shared/data/vtest.avi, 12 minutes (~15 min)
     python -m bench.camera_student CLIP --minutes 3 --config my.yaml --frames 300
+    python -m bench.camera_student --reuse              # score the student trained by the last run again
 
 Prints a markdown table and writes bench/out/camera_student.json (--out) and the sheet
 bench/out/camera_student.png: eight held-back frames, the teacher's masks and the student's.
@@ -23,6 +30,7 @@ bench/out/camera_student.png: eight held-back frames, the teacher's masks and th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -35,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import OUT, ROOT, cpu_model, fmt, git_revision, overlay, save_json, tile
+from bench.maskscore import MaskScore, reference
 from common.errors import UserError
 from learner.evaluate import score
 from learner.predict import Predictor
@@ -42,6 +51,9 @@ from motionmask.config import load_config
 from streamer.motion.pipeline import MotionSegmenter
 from streamer.png import write_png
 from streamer.sources import open_source
+from synth.reference_masks import CLIPS as REFERENCE_CLIPS
+from synth.reference_masks import reference_set
+from synth.things import load_gt
 
 SHEET_FRAMES = 8
 # What evaluate() reports, a mean over the held-back frames each (in this order in the JSON).
@@ -84,6 +96,30 @@ def extract(clip: Path, work: Path, max_frames: int, cfg) -> tuple[Path, Path, i
     return all_dir, train_dir, n, split
 
 
+def extracted(work: Path) -> tuple[Path, Path, int, int]:
+    """An earlier run's frames (--reuse): the same tuple as extract()."""
+    all_dir, train_dir = work / "all", work / "train"
+    if not (work / "run" / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{work / 'run'}: no trained student to reuse; run once without --reuse")
+    return all_dir, train_dir, len(list(all_dir.glob("*.jpg"))), len(list(train_dir.glob("*.jpg")))
+
+
+def reference_of(clip: Path) -> Path | None:
+    """The folder of reference masks (NNNNNN.png per frame) of `clip`, or None: a clip of a
+    synthetic set (clips.json beside it), or one of the still-camera real clips (their reference
+    set is built under bench/out on first use, ~70 s)."""
+    sets = []
+    if (clip.parent / "clips.json").is_file():
+        sets.append((clip.parent, json.loads((clip.parent / "clips.json").read_text())))
+    if clip.name in {c.file for c in REFERENCE_CLIPS}:
+        sets.append(reference_set(OUT, clip.parent))
+    for folder, entries in sets:
+        for e in entries:
+            if Path(folder, e["file"]).resolve() == clip.resolve():
+                return Path(folder) / e["name"] / "gt"
+    return None
+
+
 def train(train_dir: Path, run: Path, minutes: float, config: str | None) -> str:
     """`motionmask train` from scratch, as a user runs it; returns its summary line."""
     shutil.rmtree(run, ignore_errors=True)  # the same --out again would resume the earlier run
@@ -120,13 +156,16 @@ def frame_pair_iou(a: np.ndarray | None, b: np.ndarray) -> float | None:
     return score(b, a)[0]
 
 
-def evaluate(all_dir: Path, split: int, n: int, checkpoint: Path, cfg) -> tuple[dict, list[tuple]]:
+def evaluate(
+    all_dir: Path, split: int, n: int, checkpoint: Path, cfg, ref_dir: Path | None = None
+) -> tuple[dict, list[tuple]]:
     scfg = cfg.streamer
     student = Predictor(checkpoint, "auto")
     pos, neg, fg = scfg.trimap.positive_above, scfg.trimap.negative_below, scfg.prune.fg_threshold
     rows: dict[str, list[float]] = {k: [] for k in FIGURES}
     picks = set(np.linspace(split, n - 1, SHEET_FRAMES).round().astype(int).tolist())
     sheet, prev_t, prev_s = [], None, None
+    against = {"teacher": MaskScore(), "student": MaskScore()}
     seg = MotionSegmenter(scfg)
     with open_source(str(all_dir), scfg.source) as source:
         bar = tqdm(total=n, desc="teacher over the clip, student on the held-back frames", unit="frame")
@@ -156,8 +195,13 @@ def evaluate(all_dir: Path, split: int, n: int, checkpoint: Path, cfg) -> tuple[
                     if v is not None:
                         rows[key].append(v)
                 prev_t, prev_s = t_fg, s_fg
+                ref = None
+                if ref_dir is not None:
+                    ref = load_gt(ref_dir.parent, r.frame.index, ref_dir.name)
+                    against["teacher"].add(r.prob, ref)
+                    against["student"].add(sp, ref)
                 if r.frame.index in picks:
-                    sheet.append((r.frame.index, r.frame.image, r.prob, sp))
+                    sheet.append((r.frame.index, r.frame.image, r.prob, sp, ref))
 
         for frame in source:
             if frame.index >= n:
@@ -167,23 +211,30 @@ def evaluate(all_dir: Path, split: int, n: int, checkpoint: Path, cfg) -> tuple[
         bar.close()
     res = {k: (float(np.mean(v)) if v else None) for k, v in rows.items()}
     res["frames_scored"] = {k: len(v) for k, v in rows.items()}
+    res["reference"] = str(ref_dir) if ref_dir is not None else None
+    res["against_reference"] = {k: v.summary() for k, v in against.items()} if ref_dir is not None else None
     res["checkpoint_step"] = student.step
     return res, sheet
 
 
 def write_sheet(path: Path, sheet: list[tuple], width: int = 240) -> None:
-    """Three rows: the held-back frames, the teacher's masks, the student's."""
-    cols = [
-        np.concatenate(
-            [
-                tile(rgb, width, f"#{i}"),
-                tile(overlay(rgb, prob), width, "teacher (motion)"),
-                tile(overlay(rgb, sp), width, "student (one frame)"),
-            ],
-            axis=0,
-        )
-        for i, rgb, prob, sp in sorted(sheet, key=lambda s: s[0])
-    ]
+    """Three rows: the held-back frames, the teacher's masks, the student's; a fourth with the
+    reference masks where there are some (void shown grey)."""
+
+    def column(i, rgb, prob, sp, ref):
+        rows = [
+            tile(rgb, width, f"#{i}"),
+            tile(overlay(rgb, prob), width, "teacher (motion)"),
+            tile(overlay(rgb, sp), width, "student (one frame)"),
+        ]
+        if ref is not None:
+            fg, scored = reference(ref)
+            shown = overlay(rgb, fg.astype(np.float32))
+            shown[~scored] = 128
+            rows.append(tile(shown, width, "reference"))
+        return np.concatenate(rows, axis=0)
+
+    cols = [column(*s) for s in sorted(sheet, key=lambda s: s[0])]
     cols = [np.pad(c, ((0, 0), (0, 4), (0, 0))) for c in cols]
     write_png(path, np.concatenate(cols, axis=1))
 
@@ -202,6 +253,12 @@ def main() -> int:
     ap.add_argument("--config", default=None, help="YAML config for `motionmask train` and the teacher")
     ap.add_argument("--frames", type=int, default=100000, help="at most this many frames of the clip")
     ap.add_argument("--out", default=str(OUT / "camera_student.json"))
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score the student the last run with the same --out trained again, without training (its "
+        "--minutes and --config are taken as given)",
+    )
     args = ap.parse_args()
     clip = Path(args.clip)
     try:
@@ -211,9 +268,14 @@ def main() -> int:
         out = Path(args.out).resolve()
         work = out.parent / out.stem / clip.stem  # frames and the run, beside the JSON
         t0 = time.monotonic()
-        all_dir, train_dir, n, split = extract(clip, work, args.frames, cfg.streamer)
-        summary = train(train_dir, work / "run", args.minutes, args.config)
-        res, sheet = evaluate(all_dir, split, n, work / "run" / "checkpoints" / "last.pt", cfg)
+        if args.reuse:
+            all_dir, train_dir, n, split = extracted(work)
+            summary = f"reused {work / 'run'}"
+        else:
+            all_dir, train_dir, n, split = extract(clip, work, args.frames, cfg.streamer)
+            summary = train(train_dir, work / "run", args.minutes, args.config)
+        ref_dir = reference_of(clip)
+        res, sheet = evaluate(all_dir, split, n, work / "run" / "checkpoints" / "last.pt", cfg, ref_dir)
     except UserError as e:
         print(f"camera_student: {e}", file=sys.stderr)
         return 2
@@ -249,6 +311,19 @@ def main() -> int:
     )
     print(f"| teacher's sure positives the student marks | | {fmt(res['covered'])} |")
     print(f"| student foreground the teacher calls background | | {fmt(res['student_only'])} |")
+    if res["against_reference"]:
+        t, st = res["against_reference"]["teacher"], res["against_reference"]["student"]
+        for key, what in (
+            ("iou", "IoU at 0.5"),
+            ("precision", "precision at 0.5"),
+            ("recall", "recall at 0.5"),
+            ("best_iou", "IoU at the best threshold"),
+        ):
+            print(f"| against the reference: {what} | {fmt(t[key])} | {fmt(st[key])} |")
+        print(f"| against the reference: best threshold | {fmt(t['best_threshold'])} | {fmt(st['best_threshold'])} |")
+        print(f"\nreference masks: {res['reference']} ({t['frames']} held-back frames with an object)")
+    else:
+        print("\nno reference masks for this clip: agreement with the teacher only")
     print(f"\nwrote {out} and {png}")
     return 0
 

@@ -129,9 +129,9 @@ def print_families(res: dict, config: str | None) -> None:
     print(f"\n### pseudo-labels on kept frames, every family (streamer config: {config or 'defaults'})")
     print(
         "| family | kept frames | fg -> positive (>= 70%) | fg -> negative (<= 5%) | bg -> positive (<= 2%) | "
-        "fg -> don't care | positive precision | teacher IoU kept / pruned |"
+        "fg -> don't care | bg -> don't care, per object pixel | positive precision | teacher IoU kept / pruned |"
     )
-    print("|---|---:|---|---|---|---:|---:|---|")
+    print("|---|---:|---|---|---|---:|---:|---:|---|")
     for name, r in res["families"].items():
         t, g = r["total"], r["targets"]
         label = f"{name} (tuning set)" if r["tuning"] else name
@@ -139,7 +139,8 @@ def print_families(res: dict, config: str | None) -> None:
             f"| {label} | {t['kept']}/{t['frames']} | {_f(t['fg_positive'], True)}{_met(g['fg_positive'])} | "
             f"{_f(t['fg_negative'], True)}{_met(g['fg_negative'])} | "
             f"{_f(t['bg_positive'], True)}{_met(g['bg_positive'])} | {_f(t['fg_dont_care'], True)} | "
-            f"{_f(t['positive_precision'], True)} | {_f(t['iou_kept'])} / {_f(t['iou_pruned'])} |"
+            f"{_f(t['bg_dont_care_per_object'])} | {_f(t['positive_precision'], True)} | "
+            f"{_f(t['iou_kept'])} / {_f(t['iou_pruned'])} |"
         )
     print_skipped(res["skipped"])
 

@@ -19,7 +19,9 @@ A pixel reaches threshold t when prob >= t, compared in float32 (as `prob >= t` 
 does), so the curve's point at 0.5 is the published mask's decision exactly.
 
 `LabelScore` counts what a trimap teaches on the frames that pruning kept: the share of object
-pixels labelled positive and negative, and of background pixels labelled positive.
+pixels labelled positive and negative, and of background pixels labelled positive; and the
+background labelled "don't care" per object pixel (2 means that around the objects twice their
+area is left to the student, which may mark it as object: a halo).
 """
 
 from __future__ import annotations
@@ -149,6 +151,9 @@ class LabelScore:
             "fg_negative": _ratio(self.fg[0], nf),
             "fg_dont_care": _ratio(self.fg[1], nf),
             "bg_positive": _ratio(self.bg[2], nb),
+            # background the student is told nothing about, in object areas: the "don't care" band
+            # and ring around the objects, where a student is free to grow a halo
+            "bg_dont_care_per_object": _ratio(self.bg[1], nf),
             "positive_precision": _ratio(self.fg[2], self.fg[2] + self.bg[2]),
             "negative_precision": _ratio(self.bg[0], self.bg[0] + self.fg[0]),
         }

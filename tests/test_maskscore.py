@@ -91,13 +91,14 @@ def test_uint8_and_boolean_inputs() -> None:
 
 
 def test_label_score_counts_kept_frames_and_skips_void() -> None:
-    ref = np.array([[255, 255, 255, 255, 128, 0, 0, 0, 0, 0]], np.uint8)
-    tri = np.array([[255, 255, 128, 0, 255, 0, 0, 0, 0, 255]], np.uint8)
+    ref = np.array([[255, 255, 255, 255, 128, 0, 0, 0, 0, 0, 0, 0]], np.uint8)
+    tri = np.array([[255, 255, 128, 0, 255, 0, 0, 0, 0, 255, 128, 128]], np.uint8)
     ls = LabelScore()
     ls.add(tri, ref, kept=True)
     ls.add(np.full(ref.shape, 255, np.uint8), ref, kept=False)  # pruned: counted as a frame only
     out = ls.summary()
     assert out["frames"] == 2 and out["kept"] == 1
     assert out["fg_positive"] == 0.5 and out["fg_negative"] == 0.25
-    assert out["bg_positive"] == 0.2
+    assert out["bg_positive"] == pytest.approx(1 / 7)
+    assert out["bg_dont_care_per_object"] == 0.5  # two background pixels unlabelled, four object pixels
     assert out["positive_precision"] == pytest.approx(2 / 3)
