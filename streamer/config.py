@@ -93,6 +93,11 @@ class MotionConfig:
     # ago counts for up to 1 + this; 0 = off. Off by default: it finds slow movers, and its halo puts
     # patchwork's background labelled positive over 2% (docs/teacher.md); configs/coherence.yaml
     coherence_gain: float = 0.0
+    # edge-aware refinement (streamer/motion/refine.py): the guided filter moves the vote's outline,
+    # a superpixel's, to the frame's colour edges; radius in working px (0 = off), eps in grey
+    # levels^2. Chosen on the tuning family; every family and the cost: docs/teacher.md
+    refine_radius: int = 3
+    refine_eps: float = 25.0
 
 
 @dataclass
@@ -174,6 +179,8 @@ class StreamerConfig:
             ("motion.geodesic_trust", self.motion.geodesic_trust >= 0, ">= 0"),
             ("motion.outline_gain", self.motion.outline_gain >= 0, ">= 0 (0 = off)"),
             ("motion.coherence_gain", 0 <= self.motion.coherence_gain <= 1, "between 0 (off) and 1"),
+            ("motion.refine_radius", 0 <= self.motion.refine_radius <= 64, "between 0 (off) and 64"),
+            ("motion.refine_eps", self.motion.refine_eps > 0, "> 0"),
             ("motion.outline_max_reliability", 0 <= self.motion.outline_max_reliability <= 1, "in [0, 1]"),
             ("motion.outline_max_colour_step", self.motion.outline_max_colour_step >= 0, ">= 0"),
             ("motion.outline_band", 1 <= self.motion.outline_band <= 16, "between 1 and 16"),

@@ -159,15 +159,20 @@ def test_pedestrians_in_real_footage():
     assert [r.shot for r in results] == [0] * 30
     lawn = np.zeros(frames[0].shape[:2], bool)
     lawn[170:280, 0:200] = True  # grass in the lower left: nobody walks there
+
+    def changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=2) > 30
+
     hit, fg = [], []
-    for i in range(1, 30):
+    for i in range(1, 29):
         mask = results[i].prob >= 0.5
-        diff = np.abs(frames[i].astype(np.int16) - frames[i - 1].astype(np.int16)).max(axis=2) > 30
-        diff = cv2.dilate(diff.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        hit.append(float(mask[diff].mean()))
+        # changed against the frames before and after: where a walker is now (one frame's change
+        # alone also holds where he was, which is background now)
+        here = changed(frames[i], frames[i - 1]) & changed(frames[i], frames[i + 1])
+        hit.append(float(mask[here].mean()))
         fg.append(float(mask.mean()))
         assert float(results[i].prob[lawn].max()) < 0.3
-    # where pixels changed (walking people) the mask is far more often on than by chance
-    assert np.mean(hit) > 0.3
+    # where walkers are the mask is far more often on than by chance
+    assert np.mean(hit) > 0.35
     assert np.mean(hit) > 8 * np.mean(fg)
     assert 0.005 < np.mean(fg) < 0.15

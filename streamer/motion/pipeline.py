@@ -18,6 +18,7 @@ from streamer.motion.geodesic import fill, geodesic_foreground
 from streamer.motion.global_motion import fit_global_motion, residual_motion
 from streamer.motion.outline import flat_regions, outline_motion, with_outline
 from streamer.motion.prune import prune
+from streamer.motion.refine import edge_aware
 from streamer.motion.shots import ShotDetector
 from streamer.motion.superpixels import SuperpixelExtractor, Superpixels
 from streamer.motion.trimap import trimap
@@ -182,7 +183,7 @@ class MotionSegmenter:
         if a.sp is None:  # dark, or a shot of one frame: no motion evidence at all
             prob = np.zeros((h, w), np.float32)
             reason = "dark" if a.dark else "no_motion_history"
-            a.ms["vote"] = 0.0
+            a.ms["vote"] = a.ms["refine"] = 0.0
             return self._result(a, prob, reason_override=reason, t_start=t0)
         if a.to_prev is not None:
             self.voter.move_history(np.linalg.inv(a.to_prev))
@@ -201,11 +202,14 @@ class MotionSegmenter:
             voted = fill(voted, geo, a.reliability, m.geodesic_trust)
         small_prob = a.sp.paint(np.clip(voted, 0.0, 1.0))
         t1 = time.perf_counter()
+        small_prob = edge_aware(a.small, small_prob, m.refine_radius, m.refine_eps)
+        t2 = time.perf_counter()
         prob = (
             cv2.resize(small_prob, (w, h), interpolation=cv2.INTER_LINEAR) if small_prob.shape != (h, w) else small_prob
         )
         a.ms["vote"] = (t1 - t0) * 1e3
-        return self._result(a, prob, t_start=t1)
+        a.ms["refine"] = (t2 - t1) * 1e3
+        return self._result(a, prob, t_start=t2)
 
     def _result(self, a: _Analysis, prob: np.ndarray, t_start: float, reason_override: str = "") -> MaskResult:
         cfg = self.cfg
