@@ -123,14 +123,17 @@ class TrimapConfig:
     # calibrated that way: on every synthetic family its pixels are foreground more often than the
     # paper's thresholds assume (the reliability tables of `python -m bench.quality`; figures in
     # docs/teacher.md), so these thresholds give the paper's labels their meaning: positive where
-    # most pixels are foreground, and far more object pixels labelled positive on kept frames
-    negative_below: float = 0.3
+    # most pixels are foreground, and far more object pixels labelled positive on kept frames.
+    # negative_below sits a little above the 10% point (0.3) and the "don't care" ring is narrow, so
+    # the student is still told where an object ends: with 0.3 and a ring twice as wide it grew
+    # a halo around every object (docs/teacher.md, "Labels the student can learn edges from")
+    negative_below: float = 0.35
     positive_above: float = 0.6
     # "don't care" instead of negative within this fraction of the frame's diagonal of a positive,
     # and in holes of the mask: an object's own pixels next to its sure part are the likeliest
     # wrong negatives (a negative inside an object teaches that objects are background); 0 = off.
     # its share of the wrong negatives turned "don't care" is in docs/teacher.md
-    near_positive: float = 0.04
+    near_positive: float = 0.02
 
 
 @dataclass

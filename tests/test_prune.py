@@ -32,7 +32,7 @@ def test_config_thresholds_are_the_documented_ones():
     assert d.max_unsure == 0.8
     # not the paper's 0.4 / 0.7: placed where the teacher's measured foreground rate gives them that meaning
     t = TrimapConfig()
-    assert (t.negative_below, t.positive_above, t.near_positive) == (0.3, 0.6, 0.04)
+    assert (t.negative_below, t.positive_above, t.near_positive) == (0.35, 0.6, 0.02)
 
 
 def test_a_mostly_unsure_mask_is_pruned_at_the_documented_share():
@@ -142,7 +142,7 @@ def test_the_band_next_to_positives_holds_for_a_lone_sure_pixel_at_full_size():
     # at 640x480 the band is dilated on a coarser grid: one sure pixel must still mark its cell
     prob = np.full((480, 640), 0.1, np.float32)
     prob[100, 100] = 0.9
-    t = trimap(prob, TrimapConfig())  # near_positive 0.04: 16 px at this size
+    t = trimap(prob, TrimapConfig())  # near_positive 0.02: 8 px at this size
     assert t[100, 100] == TRIMAP_POSITIVE
-    assert t[100, 110] == TRIMAP_IGNORE and t[108, 100] == TRIMAP_IGNORE  # inside the band
-    assert t[100, 130] == TRIMAP_NEGATIVE and t[300, 300] == TRIMAP_NEGATIVE  # beyond it
+    assert t[100, 105] == TRIMAP_IGNORE and t[106, 100] == TRIMAP_IGNORE  # inside the band
+    assert t[100, 115] == TRIMAP_NEGATIVE and t[300, 300] == TRIMAP_NEGATIVE  # beyond it
