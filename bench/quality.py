@@ -27,6 +27,7 @@ Prints markdown tables and writes bench/out/quality.json (keyed by family; --out
 
 --learner: the student against its teacher (learner_main below; about 15 min on 2 CPU cores)
     python -m bench.quality --learner               # --minutes 6 per student, --real-minutes 2.5
+    python -m bench.quality --learner --steps 2300 --real-minutes 0   # paired: same steps per student
 Trains on --seed clips (default 100) and scores on --eval-seed clips (default 7), never seen in
 training: the motion masks (teacher), the ConvNet from single frames (student), and the student
 after bootstrapping rounds; the pseudo-label quality of every round; the fusion rules compared on
@@ -419,10 +420,17 @@ def main() -> int:
     learner.add_argument("--learner", action="store_true", help="student vs teacher and bootstrapping (see above)")
     learner.add_argument("--minutes", type=float, default=6.0, help="training minutes of each student (default 6)")
     learner.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="train each student this many steps instead of --minutes (a comparison that does not depend "
+        "on how busy the machine is); 0 = use --minutes",
+    )
+    learner.add_argument(
         "--branch",
         type=float,
         default=0.5,
-        help="fraction of --minutes trained plainly before the bootstrapped student branches off",
+        help="fraction of --minutes (or --steps) trained plainly before the bootstrapped student branches off",
     )
     learner.add_argument("--rounds", type=int, default=3, help="bootstrapping rounds after the branch (default 3)")
     learner.add_argument("--eval-seed", type=int, default=7)
@@ -453,13 +461,20 @@ def _synth(seed: int, clips: int) -> tuple[Path, list[dict]]:
 
 
 def _train(
-    cfg, feed, run_dir: Path, minutes: float, stop_after_s: float | None = None, resume: Path | None = None, boot=None
+    cfg,
+    feed,
+    run_dir: Path,
+    limits,
+    stop_at: tuple[str, float] | None = None,
+    resume: Path | None = None,
+    boot=None,
 ):
-    """One training phase on `feed`; a phase that resumes starts from a copy of `resume`'s run."""
+    """One training phase on `feed` up to `limits` (learner.train.Limits), or earlier at `stop_at`
+    ("seconds" or "steps", value); a phase that resumes starts from a copy of `resume`'s run."""
     import shutil
 
     from learner.checkpoint import find_resume
-    from learner.train import Limits, Trainer, fit
+    from learner.train import Trainer, fit
 
     shutil.rmtree(run_dir, ignore_errors=True)
     if resume is not None:
@@ -468,12 +483,15 @@ def _train(
     found = find_resume(run_dir, trainer.device) if resume is not None else None
     if found is not None:
         trainer.load_state_dict(found[1], found[0])
-    stop = (lambda: trainer.train_seconds >= stop_after_s) if stop_after_s else None
+    stop = None
+    if stop_at is not None:
+        kind, at = stop_at
+        stop = (lambda: trainer.train_seconds >= at) if kind == "seconds" else (lambda: trainer.step_count >= at)
     summary = fit(
         trainer,
         feed,
         run_dir,
-        Limits(minutes=minutes),
+        limits,
         progress=True,
         stop=stop,
         interrupts=(),
@@ -578,6 +596,7 @@ def real_part(args, cfg, out_dir: Path) -> dict | None:
     """Train on the first 70% of each real clip, then student-teacher agreement on the rest."""
     from learner.bootstrap import Bootstrapper
     from learner.predict import Predictor
+    from learner.train import Limits
 
     folder = Path(args.real)
     if args.real_minutes <= 0 or not folder.is_dir():
@@ -589,7 +608,7 @@ def real_part(args, cfg, out_dir: Path) -> dict | None:
     run_dir = out_dir / "learner_runs" / "real"
     with _offline_feed(cfg, [str(c["train_dir"]) for c in clips]) as feed:
         boot = Bootstrapper(cfg.learner.bootstrap, cfg.streamer.trimap, feed.ring, run_dir)
-        trainer, summary = _train(cfg, feed, run_dir, args.real_minutes, boot=boot)
+        trainer, summary = _train(cfg, feed, run_dir, Limits(minutes=args.real_minutes), boot=boot)
     student = Predictor(run_dir / "checkpoints" / "last.pt", "auto")
     rows, sheet = [], []
     for c in clips:
@@ -697,23 +716,30 @@ def train_students(args, cfg, boot_cfg, train_dir: Path, n_clips: int, runs: Pat
     """Plain training to the branch point, then a plain and a bootstrapped branch from there; the
     fusion rules scored at the branch point."""
     from learner.bootstrap import Bootstrapper, synthetic_ground_truth
+    from learner.train import Limits
 
-    M = args.minutes
+    M, S = args.minutes, args.steps
+    # --steps: every student trains the same number of steps, however busy the machine is (a
+    # paired comparison); --minutes: the same time, as a user's budget would be
+    limits = Limits(steps=S) if S else Limits(minutes=M)
+    budget = f"{S} steps" if S else f"{M:g} min"
+    branch_at = ("steps", int(args.branch * S)) if S else ("seconds", args.branch * M * 60)
     with _offline_feed(cfg, [str(train_dir)]) as feed:
         lookup = synthetic_ground_truth(feed.specs)
         print(
-            f"training on {n_clips} clips (seed {args.seed}) for {M:g} min: plain for "
-            f"{args.branch * M:g} min, then a plain and a bootstrapped branch",
+            f"training on {n_clips} clips (seed {args.seed}) for {budget}: plain for "
+            f"{args.branch:.0%} of it, then a plain and a bootstrapped branch",
             file=sys.stderr,
         )
-        trainer, _ = _train(cfg, feed, runs / "branch", M, stop_after_s=args.branch * M * 60)
+        trainer, _ = _train(cfg, feed, runs / "branch", limits, stop_at=branch_at)
         branch_step = trainer.step_count
         rate = branch_step / max(trainer.train_seconds, 1e-9)
         fusion = fusion_table(trainer.model, trainer.device, feed.ring, cfg.streamer.trimap, lookup)
         del trainer
-        _, plain = _train(cfg, feed, runs / "plain", M, resume=runs / "branch")
+        _, plain = _train(cfg, feed, runs / "plain", limits, resume=runs / "branch")
         # rounds spread over the branch's expected steps: one at the branch, then every `every`
-        every = max(1, int(rate * (1 - args.branch) * M * 60 / max(args.rounds, 1)))
+        left = S - branch_step if S else rate * (1 - args.branch) * M * 60
+        every = max(1, int(left / max(args.rounds, 1)))
         bcfg = dataclasses.replace(
             boot_cfg, enabled=True, start_step=branch_step + 1, every_steps=every, max_rounds=args.rounds
         )
@@ -721,7 +747,7 @@ def train_students(args, cfg, boot_cfg, train_dir: Path, n_clips: int, runs: Pat
         boot = Bootstrapper(
             bcfg, cfg.streamer.trimap, feed.ring, runs / "bootstrapped", ground_truth=lookup, fg_threshold=fg_threshold
         )
-        _, booted = _train(cfg, feed, runs / "bootstrapped", M, resume=runs / "branch", boot=boot)
+        _, booted = _train(cfg, feed, runs / "bootstrapped", limits, resume=runs / "branch", boot=boot)
         streamed = dataclasses.asdict(feed.poll())
     training = {
         "branch_step": branch_step,
@@ -753,7 +779,8 @@ def _print_unseen(res: dict, args) -> None:
     u = res["unseen"]["summary"]
     print(
         f"\nstudent vs teacher on {args.eval_clips} unseen synthetic clips (seed {args.eval_seed}; trained on "
-        f"seed {args.seed}, {args.minutes:g} min each on {res['machine']['cpu']})"
+        f"seed {args.seed}, {f'{args.steps} steps' if args.steps else f'{args.minutes:g} min'} each on "
+        f"{res['machine']['cpu']})"
     )
     print("| masks | mean IoU | precision | recall | FP on empty frames | steps |")
     print("|---|---|---|---|---|---|")
