@@ -42,6 +42,9 @@ class FlowConfig:
     finest_scale: int = (
         1  # DIS pyramid level where flow stops (0 = full res); the presets stop at 2, too blurry for small objects
     )
+    # px between DIS's 8x8 patches; 0 = the preset's (4, medium 3). A finer flow (finest_scale 0,
+    # ultrafast, stride 6) costs the same and is measured in docs/teacher.md: not the default
+    patch_stride: int = 0
     fb_sigma: float = 1.0  # forward-backward error (working px) at which confidence is exp(-1/2)
 
 
@@ -173,6 +176,7 @@ class StreamerConfig:
             ("flow.preset", self.flow.preset in ("ultrafast", "fast", "medium"), "ultrafast, fast or medium"),
             ("flow.width", 32 <= self.flow.width <= 2048, "between 32 and 2048"),
             ("flow.finest_scale", 0 <= self.flow.finest_scale <= 4, "between 0 and 4"),
+            ("flow.patch_stride", 0 <= self.flow.patch_stride <= 8, "between 0 (the preset's) and 8"),
             ("global_motion.model", self.global_motion.model in ("homography", "affine"), "homography or affine"),
             ("motion.superpixels", self.motion.superpixels in ("seeds", "slic"), "seeds or slic"),
             ("motion.num_superpixels", self.motion.num_superpixels >= 4, ">= 4"),

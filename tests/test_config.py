@@ -28,6 +28,7 @@ def test_every_bundled_config_loads(name):
         ("streamer:\n  source:\n    reconnect: 1\n", "streamer.source.reconnect"),
         ("streamr: {}\n", "streamr"),
         ("streamer:\n  flow:\n    preset: slow\n", "streamer.flow.preset"),
+        ("streamer:\n  flow:\n    patch_stride: 9\n", "streamer.flow.patch_stride"),
         ("streamer:\n  prune:\n    min_fg: 0.9\n    max_fg: 0.5\n", "streamer.prune.min_fg"),
         ("streamer:\n  flow: 3\n", "streamer.flow"),
     ],

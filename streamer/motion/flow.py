@@ -47,6 +47,8 @@ class FlowEstimator:
         self.cfg = cfg
         self._dis = cv2.DISOpticalFlow.create(getattr(cv2, _PRESETS[cfg.preset]))
         self._dis.setFinestScale(cfg.finest_scale)
+        if cfg.patch_stride:
+            self._dis.setPatchStride(cfg.patch_stride)
 
     def __call__(self, gray_prev: np.ndarray, gray_cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         back = self._dis.calc(gray_cur, gray_prev, None)  # t -> t-1, on t's grid
