@@ -267,7 +267,9 @@ def test_give_up_sigint_and_daemon_killed(tmp_path, clip):
         finally:
             d.kill()
     log = d.log()
-    assert code == 0 and took < 2.5 and not _shm_left(ring), log[-3000:]
+    # prompt: well under the shutdown timeout that a camera stuck opening would be waited out to
+    # (2.6 s seen on a loaded 2-core machine, where 2.5 was once the bound)
+    assert code == 0 and took < SHUTDOWN_S - 1.0 and not _shm_left(ring), log[-3000:]
     assert "event=child_failed child=ghost" in log and "event=child_killed" not in log
     config, cfg = _config(tmp_path, [{"name": "solo", "source": str(clip), "loop": True}])
 
