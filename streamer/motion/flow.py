@@ -59,13 +59,20 @@ class FlowEstimator:
         return -back, conf
 
 
-def structure_eigenvalues(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def image_gradient(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d/dx, d/dy) of the image in gray levels per pixel (3x3 Sobel)."""
+    g = gray.astype(np.float32)
+    return cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) * 0.125, cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) * 0.125
+
+
+def structure_eigenvalues(
+    gray: np.ndarray, gradient: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(smaller, larger) eigenvalue of the 5x5 structure tensor at each pixel, in squared gray
     levels per pixel. The smaller is large only where flow is fully measurable (corners, texture);
-    the larger is large on any edge, where at least the motion across the edge is."""
-    g = gray.astype(np.float32)
-    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) * 0.125
-    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) * 0.125
+    the larger is large on any edge, where at least the motion across the edge is. `gradient`:
+    image_gradient(gray), when the caller has it already."""
+    gx, gy = gradient if gradient is not None else image_gradient(gray)
     a = cv2.boxFilter(gx * gx, -1, (5, 5))
     b = cv2.boxFilter(gx * gy, -1, (5, 5))
     c = cv2.boxFilter(gy * gy, -1, (5, 5))

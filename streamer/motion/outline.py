@@ -33,12 +33,28 @@ def flat_regions(
     return connected_components(graph, directed=False)[1]
 
 
+# below this the band's mean motion (working px) has no direction worth testing edges against
+_MIN_OUTLINE_MOTION = 0.25
+
+
 def outline_motion(
-    sp: Superpixels, region: np.ndarray, saliency: np.ndarray, weight: np.ndarray, band: int
+    sp: Superpixels,
+    region: np.ndarray,
+    saliency: np.ndarray,
+    weight: np.ndarray,
+    band: int,
+    residual: np.ndarray | None = None,
+    gradient: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per superpixel, of its region's outline: (the weighted mean of the per-pixel `saliency` over
     the band of `band` px just inside it, the band's mean `weight`). The frame's border is no
-    outline: a region that leaves the frame is judged by the rest of its edge."""
+    outline: a region that leaves the frame is judged by the rest of its edge.
+
+    With the `residual` motion (h x w x 2) and the image `gradient` (gx, gy), an edge counts in the
+    mean as far as it can see the region's motion: an edge that lies along the motion (the top and
+    bottom of a box that moves sideways) reads static whether the region moves or not (the aperture
+    problem), so it weighs (cos of the angle between its normal and the band's mean motion)^2. The
+    support stays the band's plain mean weight: how well the outline was measured at all."""
     reg = region[sp.labels]
     regf = reg.astype(np.float32)  # exact below 2**24 regions; dilate and erode take float32
     k = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
@@ -46,10 +62,33 @@ def outline_motion(
     r = reg[inside]
     n = int(region.max()) + 1
     w = weight[inside].astype(np.float64)
-    total = np.bincount(r, w, n)
-    value = np.bincount(r, w * saliency[inside], n) / np.maximum(total, 1e-9)
-    support = total / np.maximum(np.bincount(r, minlength=n), 1)
+    s = saliency[inside].astype(np.float64)
+    seen = w
+    if residual is not None and gradient is not None:
+        # channel by channel: a boolean mask over (h, w, 2) rows is several times slower
+        rx, ry = residual[..., 0][inside], residual[..., 1][inside]
+        seen = w * _sees_motion(r, n, w * s, rx, ry, gradient[0][inside], gradient[1][inside])
+    total = np.bincount(r, seen, n)
+    value = np.bincount(r, seen * s, n) / np.maximum(total, 1e-9)
+    support = np.bincount(r, w, n) / np.maximum(np.bincount(r, minlength=n), 1)
     return value[region].astype(np.float32), support[region].astype(np.float32)
+
+
+def _sees_motion(
+    r: np.ndarray, n: int, moved: np.ndarray, rx: np.ndarray, ry: np.ndarray, gx: np.ndarray, gy: np.ndarray
+) -> np.ndarray:
+    """Per band pixel in [0, 1]: how much of its region's motion its edge can see, cos^2 of the
+    angle between the gradient (gx, gy) and the region's motion: the band's mean residual (rx, ry)
+    weighted by `moved` (the parts that read static have no direction). A region whose band
+    barely moves keeps every edge at 1."""
+    den = np.maximum(np.bincount(r, moved, n), 1e-9)
+    vx = np.bincount(r, moved * rx, n) / den
+    vy = np.bincount(r, moved * ry, n) / den
+    speed2 = vx * vx + vy * vy
+    dot = gx * vx[r] + gy * vy[r]
+    cos2 = dot * dot / np.maximum((gx * gx + gy * gy) * speed2[r], 1e-12)
+    cos2[(speed2 < _MIN_OUTLINE_MOTION**2)[r]] = 1.0
+    return cos2
 
 
 def with_outline(

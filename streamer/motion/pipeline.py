@@ -13,7 +13,7 @@ import numpy as np
 from streamer.config import StreamerConfig
 from streamer.frames import Frame, MaskResult  # noqa: F401  MaskResult lives in frames, light to import
 from streamer.motion.coherence import coherent_residual, noise_factor
-from streamer.motion.flow import FlowEstimator, saturating, structure_eigenvalues, working_size
+from streamer.motion.flow import FlowEstimator, image_gradient, saturating, structure_eigenvalues, working_size
 from streamer.motion.geodesic import fill, geodesic_foreground
 from streamer.motion.global_motion import fit_global_motion, residual_motion
 from streamer.motion.outline import flat_regions, outline_motion, with_outline
@@ -140,7 +140,8 @@ class MotionSegmenter:
         t3 = time.perf_counter()
         a.sp = sp
         m = cfg.motion
-        lam_min, lam_max = structure_eigenvalues(a.gray)
+        grad = image_gradient(a.gray)
+        lam_min, lam_max = structure_eigenvalues(a.gray, grad)
         rel = conf * saturating(lam_min, m.texture_scale)
         a.saliency = sp.pool(sal, rel + 1e-3).astype(np.float32)
         a.reliability = sp.pool(rel).astype(np.float32)
@@ -148,7 +149,7 @@ class MotionSegmenter:
         if m.outline_gain > 0:
             region = flat_regions(sp, a.reliability, m.outline_max_reliability, m.outline_max_colour_step)
             edge = conf * saturating(lam_max, m.edge_scale)
-            value, support = outline_motion(sp, region, sal, edge, m.outline_band)
+            value, support = outline_motion(sp, region, sal, edge, m.outline_band, residual, grad)
             a.saliency, a.reliability = with_outline(a.saliency, a.reliability, value, support, m.outline_gain)
         t5 = time.perf_counter()
         a.to_prev = None if reverse else gm.to_prev
