@@ -127,10 +127,11 @@ class TrimapConfig:
     # paper's thresholds assume (the reliability tables of `python -m bench.quality`; figures in
     # docs/teacher.md), so these thresholds give the paper's labels their meaning: positive where
     # most pixels are foreground, and far more object pixels labelled positive on kept frames.
-    # negative_below sits a little above the 10% point (0.3) and the "don't care" ring is narrow, so
-    # the student is still told where an object ends: with 0.3 and a ring twice as wide it grew
-    # a halo around every object (docs/teacher.md, "Labels the student can learn edges from")
-    negative_below: float = 0.35
+    # negative_below sits at about the 10% point, and the "don't care" ring is narrow, so the
+    # student is still told where an object ends: with a ring twice as wide it grew a halo around
+    # every object. 0.35 taught the students as well and labelled more object pixels negative
+    # (docs/teacher.md, "Labels the student can learn edges from")
+    negative_below: float = 0.3
     positive_above: float = 0.6
     # "don't care" instead of negative within this fraction of the frame's diagonal of a positive,
     # and in holes of the mask: an object's own pixels next to its sure part are the likeliest
