@@ -84,6 +84,31 @@ def test_edges_along_the_motion_do_not_count_as_static_outline():
     assert still[1] == 0.0  # a region that does not move stays static
 
 
+def test_an_edge_that_a_textured_mover_explains_belongs_to_the_mover():
+    """Flat background (region 0) around a textured square that moves (1) and one that does not
+    (2). The flow smears the mover's motion onto both sides of its edge, so half the background's
+    outline reads moving. Told who is textured and moving (`owner`: reliability x saliency), the
+    background leaves that edge to the mover and reads static; the mover itself is unchanged."""
+    labels = np.zeros((60, 90), np.int32)
+    labels[20:40, 10:30], labels[20:40, 60:80] = 1, 2
+    sp = describe(labels, np.zeros((60, 90, 3), np.uint8))
+    region = np.array([0, 1, 2])
+    moving = np.zeros((60, 90), np.float32)
+    moving[17:43, 7:33] = 1.0
+    weight = np.ones((60, 90), np.float32)
+    owner = sp.paint(np.array([0.0, 1.0, 0.0], np.float32))  # square 2 is textured too, but static
+    plain, support = outline_motion(sp, region, moving, weight, band=2)
+    owned, owned_support = outline_motion(sp, region, moving, weight, band=2, owner=owner)
+    assert 0.3 < plain[0] < 0.7
+    assert owned[0] < 0.1, owned[0]
+    assert owned[1] == plain[1] == 1.0 and owned[2] == plain[2] == 0.0
+    assert np.array_equal(owned_support, support)  # how well the outline was measured: unchanged
+    # a flat patch on a textured object that moves with it: its whole outline is claimed, and
+    # what is left of it still says "moved"
+    patch = outline_motion(sp, region, moving, weight, band=2, owner=sp.paint(np.array([1.0, 0.0, 0.0])))[0]
+    assert patch[1] == 1.0
+
+
 def test_outline_evidence_counts_in_proportion_to_what_texture_could_not_say():
     sal, value = np.array([0.0, 0.0, 0.8], np.float32), np.array([1.0, 1.0, 0.0], np.float32)
     rel, support = np.array([0.0, 1.0, 0.2], np.float32), np.ones(3, np.float32)

@@ -9,6 +9,11 @@ edge strength). The answer enters the vote as the region's own evidence, in prop
 little its own texture could say. It works both ways: a flat object moves along its whole
 outline and is filled; flat background beside a mover, lit by flow smeared across the edge,
 shares only part of its outline with the mover, reads mostly static and is cleared.
+
+An edge between two regions moves with one of them only. Where the other side is textured and
+measured moving, that side explains the edge by itself, so the flat side gives the edge (almost)
+no say: flat background stops taking a textured mover's motion as its own, while a flat object
+over static texture keeps all of its outline.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ def flat_regions(
     return connected_components(graph, directed=False)[1]
 
 
+# how much of an edge's say a textured, moving neighbour across it takes: not all, so a flat
+# region whose whole outline is claimed (a flat patch on a moving textured object) keeps its answer
+_CLAIM = 0.95
+
 # below this the band's mean motion (working px) has no direction worth testing edges against
 _MIN_OUTLINE_MOTION = 0.25
 
@@ -45,6 +54,7 @@ def outline_motion(
     band: int,
     residual: np.ndarray | None = None,
     gradient: tuple[np.ndarray, np.ndarray] | None = None,
+    owner: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per superpixel, of its region's outline: (the weighted mean of the per-pixel `saliency` over
     the band of `band` px just inside it, the band's mean `weight`). The frame's border is no
@@ -53,8 +63,12 @@ def outline_motion(
     With the `residual` motion (h x w x 2) and the image `gradient` (gx, gy), an edge counts in the
     mean as far as it can see the region's motion: an edge that lies along the motion (the top and
     bottom of a box that moves sideways) reads static whether the region moves or not (the aperture
-    problem), so it weighs (cos of the angle between its normal and the band's mean motion)^2. The
-    support stays the band's plain mean weight: how well the outline was measured at all."""
+    problem), so it weighs (cos of the angle between its normal and the band's mean motion)^2.
+
+    With `owner` (per pixel, how surely a textured neighbour moved: reliability x saliency), an
+    edge whose other side, `band` + 1 px across, is such a neighbour counts (1 - 0.95 x owner) as
+    much: the edge is that neighbour's. The support stays the band's plain mean weight: how well
+    the outline was measured at all."""
     reg = region[sp.labels]
     regf = reg.astype(np.float32)  # exact below 2**24 regions; dilate and erode take float32
     k = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
@@ -68,6 +82,8 @@ def outline_motion(
         # channel by channel: a boolean mask over (h, w, 2) rows is several times slower
         rx, ry = residual[..., 0][inside], residual[..., 1][inside]
         seen = w * _sees_motion(r, n, w * s, rx, ry, gradient[0][inside], gradient[1][inside])
+    if owner is not None:
+        seen = seen * (1.0 - _CLAIM * _claimed(reg, inside, owner, band + 1))
     total = np.bincount(r, seen, n)
     value = np.bincount(r, seen * s, n) / np.maximum(total, 1e-9)
     support = np.bincount(r, w, n) / np.maximum(np.bincount(r, minlength=n), 1)
@@ -89,6 +105,21 @@ def _sees_motion(
     cos2 = dot * dot / np.maximum((gx * gx + gy * gy) * speed2[r], 1e-12)
     cos2[(speed2 < _MIN_OUTLINE_MOTION**2)[r]] = 1.0
     return cos2
+
+
+def _claimed(reg: np.ndarray, inside: np.ndarray, owner: np.ndarray, d: int) -> np.ndarray:
+    """Per band pixel (`inside`), the largest `owner` among the pixels `d` px away in the 8
+    directions that lie in another region; past the frame's border, nothing."""
+    h, w = reg.shape
+    rp = np.pad(reg, d, constant_values=-1)
+    op = np.pad(owner.astype(np.float32), d)
+    best = np.zeros((h, w), np.float32)
+    for dy in (-d, 0, d):
+        for dx in (-d, 0, d):
+            if dy or dx:
+                shifted = (slice(d + dy, d + dy + h), slice(d + dx, d + dx + w))
+                np.maximum(best, np.where(rp[shifted] != reg, op[shifted], 0.0), out=best)
+    return best[inside]
 
 
 def with_outline(

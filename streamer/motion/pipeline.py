@@ -149,7 +149,9 @@ class MotionSegmenter:
         if m.outline_gain > 0:
             region = flat_regions(sp, a.reliability, m.outline_max_reliability, m.outline_max_colour_step)
             edge = conf * saturating(lam_max, m.edge_scale)
-            value, support = outline_motion(sp, region, sal, edge, m.outline_band, residual, grad)
+            # who can explain an edge's motion by itself: textured superpixels that moved
+            owner = sp.paint(np.clip(a.reliability, 0.0, 1.0) * a.saliency)
+            value, support = outline_motion(sp, region, sal, edge, m.outline_band, residual, grad, owner)
             a.saliency, a.reliability = with_outline(a.saliency, a.reliability, value, support, m.outline_gain)
         t5 = time.perf_counter()
         a.to_prev = None if reverse else gm.to_prev
