@@ -38,13 +38,12 @@ class ShotConfig:
 @dataclass
 class FlowConfig:
     width: int = 240  # working resolution (height follows the aspect ratio)
-    preset: str = "fast"  # DIS preset: ultrafast | fast | medium
-    finest_scale: int = (
-        1  # DIS pyramid level where flow stops (0 = full res); the presets stop at 2, too blurry for small objects
-    )
-    # px between DIS's 8x8 patches; 0 = the preset's (4, medium 3). A finer flow (finest_scale 0,
-    # ultrafast, stride 6) costs the same and is measured in docs/teacher.md: not the default
-    patch_stride: int = 0
+    # DIS preset: ultrafast | fast | medium. ultrafast (no variational refinement) at the working
+    # resolution, with patches 6 px apart, costs what "fast" at half of it did and measures small
+    # and fast movers whole where that smeared them over the ground (docs/teacher.md)
+    preset: str = "ultrafast"
+    finest_scale: int = 0  # DIS pyramid level where flow stops: 0 = the working resolution, 1 = half of it
+    patch_stride: int = 6  # px between DIS's 8x8 patches; 0 = the preset's (4, medium 3)
     fb_sigma: float = 1.0  # forward-backward error (working px) at which confidence is exp(-1/2)
 
 
@@ -69,7 +68,7 @@ class MotionConfig:
     location_weight: float = 1.5  # location vs appearance in the neighbour search
     neighbour_weight: float = 3.0  # neighbours' total say relative to one fully reliable own measurement
     static_evidence: float = 0.3  # weight of "did not move" relative to "moved" (objects pause)
-    prior: float = 0.1  # weight of "background" where evidence is thin (flat, unreliable regions)
+    prior: float = 0.05  # weight of "background" where evidence is thin (flat, unreliable regions)
     relay: float = 0.5  # share of the neighbours' weight a remembered vote passes on as evidence
     memory_decay: float = 0.95  # per frame, on the weight of remembered votes
     texture_scale: float = 1.0  # structure-tensor eigenvalue (gray levels^2 per px^2) at which flow is 63% trusted

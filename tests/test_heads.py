@@ -217,8 +217,10 @@ def test_multitask_steps_reduce_every_loss_on_real_frames(synth, tmp_path, loss,
     after = fixed_losses(trainer, ring, pairs)
     # the entropy has a floor well above 0 (noisy DIS flow): 2.18 -> 2.11 nats measured (synth v2).
     # The mask's labels fill flat interiors since issue 18's outline evidence, which 60 steps learn
-    # less of: 0.692 -> 0.624 (affine) and 0.588 (entropy) measured
-    factor = {"mask": 0.93, **({"segments": 0.985} if loss == "entropy" else {})}
+    # less of: 0.692 -> 0.624 (affine) and 0.588 (entropy) measured. The flow at the working
+    # resolution (the default since 2026-12-07) is noisier per pixel, which no affine motion explains:
+    # the affine residual falls 0.099 -> 0.090 in these steps (0.081 -> 0.065 on the flow before)
+    factor = {"mask": 0.93, "segments": 0.985 if loss == "entropy" else 0.95}
     for k in before:
         assert after[k] < factor.get(k, 0.9) * before[k], (k, before, after)
     lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
