@@ -66,7 +66,7 @@ class MotionConfig:
     lookahead: int = 0  # frames of delay traded for quality; 0 = causal
     iterations: int = 2  # rounds of vote propagation
     location_weight: float = 1.5  # location vs appearance in the neighbour search
-    neighbour_weight: float = 3.0  # neighbours' total say relative to one fully reliable own measurement
+    neighbour_weight: float = 2.0  # neighbours' total say relative to one fully reliable own measurement
     static_evidence: float = 0.3  # weight of "did not move" relative to "moved" (objects pause)
     prior: float = 0.05  # weight of "background" where evidence is thin (flat, unreliable regions)
     relay: float = 0.5  # share of the neighbours' weight a remembered vote passes on as evidence
