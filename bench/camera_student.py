@@ -266,6 +266,8 @@ def main() -> int:
             raise UserError(f"{clip}: no such video; pass a clip, e.g. ../shared/data/vtest.avi")
         cfg = load_config(args.config)
         out = Path(args.out).resolve()
+        if out.suffix.lower() != ".json":  # the run goes in a folder named like it: they would collide
+            raise UserError(f"--out {args.out}: name a .json file, e.g. {out.name}.json (the run goes beside it)")
         work = out.parent / out.stem / clip.stem  # frames and the run, beside the JSON
         t0 = time.monotonic()
         if args.reuse:

@@ -97,3 +97,12 @@ def test_reuse_without_an_earlier_run_says_what_to_do(tmp_path):
     proc = _bench(str(ROOT / "tests" / "data" / "sample.mp4"), "--reuse", "--out", str(tmp_path / "cs.json"))
     assert proc.returncode == 2
     assert "no trained student to reuse; run once without --reuse" in proc.stderr
+
+
+def test_an_out_that_is_not_json_is_refused_before_training(tmp_path):
+    # the run goes in a folder named like the JSON without its suffix: `--out DIR` would collide with it
+    # at the very end, after twelve minutes of training
+    proc = _bench(str(ROOT / "tests" / "data" / "sample.mp4"), "--out", str(tmp_path / "cs"))
+    assert proc.returncode == 2
+    assert "--out" in proc.stderr and "name a .json file, e.g. cs.json" in proc.stderr
+    assert not (tmp_path / "cs").exists()
