@@ -168,7 +168,12 @@ def evaluate(
     against = {"teacher": MaskScore(), "student": MaskScore()}
     seg = MotionSegmenter(scfg)
     with open_source(str(all_dir), scfg.source) as source:
-        bar = tqdm(total=n, desc="teacher over the clip, student on the held-back frames", unit="frame")
+        bar = tqdm(
+            total=n,
+            desc="teacher over the clip, student on the held-back frames",
+            unit="frame",
+            disable=not sys.stderr.isatty(),
+        )
 
         def held_back(results):
             nonlocal prev_t, prev_s

@@ -492,7 +492,7 @@ def _train(
         feed,
         run_dir,
         limits,
-        progress=True,
+        progress=_progress(),
         stop=stop,
         interrupts=(),
         on_step=boot.on_step if boot is not None else None,
@@ -547,7 +547,7 @@ def fusion_table(model, device, ring, trimap_cfg, lookup, fg: float = 0.5) -> li
 def evaluate_students(data_dir: Path, clips: list[dict], scfg, checkpoints: dict[str, Path]) -> dict:
     """Teacher and students on clips never seen in training: IoU, precision, recall on frames with
     a moving object, false-positive fraction on frames without (learner.evaluate)."""
-    return evaluate_checkpoints(checkpoints, data_dir, "auto", scfg, max_clips=len(clips), progress=True)
+    return evaluate_checkpoints(checkpoints, data_dir, "auto", scfg, max_clips=len(clips), progress=_progress())
 
 
 def _real_clips(folder: Path, max_frames: int, work: Path) -> list[dict]:

@@ -571,7 +571,7 @@ def time_clips(
     the superpixel table needs: the frames of all clips together would hold over a GB."""
     runs: list[Run] = []
     clips: list[Clip] = []
-    with tqdm(total=0, desc="pipeline", unit="frame", file=sys.stderr) as bar:
+    with tqdm(total=0, desc="pipeline", unit="frame", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         for path, kind, gt_dir in specs:
             try:
                 clip = decode_clip(path, kind, n_timed + warmup, cfg, gt_dir)
@@ -608,7 +608,7 @@ def superpixel_table(real: list[Clip], synth: list[Clip], cfg: StreamerConfig, s
         * 3
         * len(SP_SIZES)
     )
-    with tqdm(total=n_sp, desc="superpixels", unit="frame", file=sys.stderr) as bar:
+    with tqdm(total=n_sp, desc="superpixels", unit="frame", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         return bench_superpixels(real, synth, cfg.motion.num_superpixels, sp_per_clip, bar)
 
 

@@ -117,7 +117,13 @@ def stream(clips: list[dict], cfg, gt_pairs: bool = False) -> tuple[RingBuffer, 
     pcfg = copy.deepcopy(cfg.streamer.patches)
     pcfg.enabled = True
     samples, pairs, frames = [], [], 0
-    bar = tqdm(total=sum(len(c["rgb"]) for c in clips), unit="frame", desc="stream", file=sys.stderr)
+    bar = tqdm(
+        total=sum(len(c["rgb"]) for c in clips),
+        unit="frame",
+        desc="stream",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+    )
     for c in clips:
         seg, miner = MotionSegmenter(cfg.streamer), PatchMiner(pcfg, camera=c["name"])
         results = []
