@@ -62,18 +62,18 @@ class MotionConfig:
     superpixels: str = "seeds"  # seeds (opencv-contrib) | slic (scikit-image)
     num_superpixels: int = 450  # SEEDS rounds to its block grid; see superpixels._closest_seeds
     history: int = 8  # recent frames of the same shot whose superpixels vote
-    neighbours: int = 16  # k of the k-nearest-neighbour vote
+    neighbours: int = 8  # k of the k-nearest-neighbour vote
     lookahead: int = 0  # frames of delay traded for quality; 0 = causal
     iterations: int = 2  # rounds of vote propagation
     location_weight: float = 1.5  # location vs appearance in the neighbour search
     neighbour_weight: float = 2.0  # neighbours' total say relative to one fully reliable own measurement
-    static_evidence: float = 0.3  # weight of "did not move" relative to "moved" (objects pause)
+    static_evidence: float = 0.2  # weight of "did not move" relative to "moved" (objects pause)
     prior: float = 0.05  # weight of "background" where evidence is thin (flat, unreliable regions)
     relay: float = 0.5  # share of the neighbours' weight a remembered vote passes on as evidence
     memory_decay: float = 0.95  # per frame, on the weight of remembered votes
-    texture_scale: float = 1.0  # structure-tensor eigenvalue (gray levels^2 per px^2) at which flow is 63% trusted
+    texture_scale: float = 2.0  # structure-tensor eigenvalue (gray levels^2 per px^2) at which flow is 63% trusted
     saliency_scale: float = 0.0  # residual flow (working px) at saliency 0.5; 0 = adaptive:
-    noise_multiplier: float = 2.0  # ... this many times the frame's median camera-model residual,
+    noise_multiplier: float = 3.0  # ... this many times the frame's median camera-model residual,
     min_saliency_scale: float = 0.5  # ... but at least this (working px)
     # geodesic fill (streamer/motion/geodesic.py): a superpixel of reliability r keeps r / (r + trust) of
     # its vote and takes the rest from its geodesic distance to this frame's sure foreground vs
@@ -83,11 +83,11 @@ class MotionConfig:
     # outline evidence (streamer/motion/outline.py): flat regions are told how much their outline
     # moved, with weight gain x the outline's measured edge x (1 - the region's own reliability);
     # 0 = off. Chosen on the tuning family; the cost and gain on every family: docs/teacher.md
-    outline_gain: float = 0.5
+    outline_gain: float = 1.0
     outline_max_reliability: float = 0.5  # superpixels less reliable than this may merge into a flat region...
     outline_max_colour_step: float = 8.0  # ... with a touching one of a mean Lab colour this close
     outline_band: int = 2  # working px just inside a region's outline that count as its outline
-    edge_scale: float = 4.0  # larger structure-tensor eigenvalue at which an edge's motion is 63% trusted
+    edge_scale: float = 2.0  # larger structure-tensor eigenvalue at which an edge's motion is 63% trusted
     sure_fg: float = 0.5  # vote that seeds the foreground: the decision point, so no found object is erased...
     sure_bg: float = 0.2  # ... and the background (with the frame's border)
     edge_floor: float = 0.05  # cost of a step between two superpixels of the same colour (a typical edge costs 1)
