@@ -40,9 +40,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from bench.common import OUT, ROOT, cpu_model, fmt, git_revision, overlay, save_json, tile
+from bench.common import OUT, ROOT, cpu_model, fmt, git_revision, overlay, progress_bar, save_json, tile
 from bench.maskscore import MaskScore, reference
 from common.errors import UserError
 from learner.evaluate import score
@@ -168,12 +167,7 @@ def evaluate(
     against = {"teacher": MaskScore(), "student": MaskScore()}
     seg = MotionSegmenter(scfg)
     with open_source(str(all_dir), scfg.source) as source:
-        bar = tqdm(
-            total=n,
-            desc="teacher over the clip, student on the held-back frames",
-            unit="frame",
-            disable=not sys.stderr.isatty(),
-        )
+        bar = progress_bar(n, "teacher over the clip, student on the held-back frames")
 
         def held_back(results):
             nonlocal prev_t, prev_s

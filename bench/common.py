@@ -21,8 +21,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from common.atomic import write_bytes
+from learner.progress import draws_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -33,6 +35,14 @@ THREAD_VARS = (
     "NUMEXPR_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
 )
+
+
+# ---- progress ----------------------------------------------------------------------------------
+
+
+def progress_bar(total: int, desc: str, unit: str = "frame") -> tqdm:
+    """A bar on stderr, drawn only on a terminal (learner.progress.draws_bar)."""
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not draws_bar(True))
 
 
 # ---- where it ran ----------------------------------------------------------------------------

@@ -26,9 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from bench.common import OUT, cpu_model, git_revision, save_json
+from bench.common import OUT, cpu_model, git_revision, progress_bar, save_json
 from bench.families import FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped, title
 from bench.maskscore import LabelScore, MaskScore
 from common.errors import UserError
@@ -75,7 +73,7 @@ def family_labels(folder: Path, clips: list[dict], cfg, desc: str = "labels") ->
     iou = {"kept": MaskScore(), "pruned": MaskScore()}
     rows = []
     frames = sum(int(c.get("frames", 0)) for c in clips) or None
-    with tqdm(total=frames, desc=desc, unit="frame", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+    with progress_bar(frames, desc) as bar:
         for clip in clips:
             rows.append(
                 {

@@ -58,6 +58,7 @@ from bench.common import OUT, ROOT, cpu_model, fmt, git_revision, overlay, save_
 from bench.families import FAMILIES, Family, chosen, each_resolved, folder_family, print_skipped, synth_family, title
 from bench.maskscore import THRESHOLDS, MaskScore
 from learner.evaluate import coverage, evaluate_checkpoints, score
+from learner.progress import draws_bar
 from motionmask.config import load_config
 from streamer.config import SourceConfig
 from streamer.frames import Frame
@@ -79,7 +80,7 @@ SHEET_CLIPS, SHEET_FRAMES = 2, 4
 
 
 def _progress() -> bool:
-    return sys.stderr.isatty()
+    return draws_bar(True)
 
 
 def frames_of(path: Path) -> Iterator[Frame]:

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import OUT, THREAD_VARS, cpu_model, git_revision, reexec_single_threaded, save_json
+from bench.common import OUT, THREAD_VARS, cpu_model, git_revision, progress_bar, reexec_single_threaded, save_json
 from common.config import to_dict
 from common.errors import UserError
 from motionmask.config import ConfigError, load_config
@@ -571,7 +571,7 @@ def time_clips(
     the superpixel table needs: the frames of all clips together would hold over a GB."""
     runs: list[Run] = []
     clips: list[Clip] = []
-    with tqdm(total=0, desc="pipeline", unit="frame", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+    with progress_bar(0, "pipeline") as bar:
         for path, kind, gt_dir in specs:
             try:
                 clip = decode_clip(path, kind, n_timed + warmup, cfg, gt_dir)
@@ -608,7 +608,7 @@ def superpixel_table(real: list[Clip], synth: list[Clip], cfg: StreamerConfig, s
         * 3
         * len(SP_SIZES)
     )
-    with tqdm(total=n_sp, desc="superpixels", unit="frame", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+    with progress_bar(n_sp, "superpixels") as bar:
         return bench_superpixels(real, synth, cfg.motion.num_superpixels, sp_per_clip, bar)
 
 

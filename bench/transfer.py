@@ -45,9 +45,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from bench.common import OUT
+from bench.common import OUT, progress_bar
 from common.atomic import write_json
 from learner.heads import forward_heads
 from learner.model import FPNMaskHead, init_weights
@@ -117,13 +116,7 @@ def stream(clips: list[dict], cfg, gt_pairs: bool = False) -> tuple[RingBuffer, 
     pcfg = copy.deepcopy(cfg.streamer.patches)
     pcfg.enabled = True
     samples, pairs, frames = [], [], 0
-    bar = tqdm(
-        total=sum(len(c["rgb"]) for c in clips),
-        unit="frame",
-        desc="stream",
-        file=sys.stderr,
-        disable=not sys.stderr.isatty(),
-    )
+    bar = progress_bar(sum(len(c["rgb"]) for c in clips), "stream")
     for c in clips:
         seg, miner = MotionSegmenter(cfg.streamer), PatchMiner(pcfg, camera=c["name"])
         results = []
